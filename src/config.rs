@@ -1,0 +1,712 @@
+//! Configuration: compiled-in defaults, then the TOML file, then `COSELL_SECTION__KEY` env
+//! variables (figment); secrets inline or from `_file` paths (relative ones in systemd's
+//! `$CREDENTIALS_DIRECTORY`); validation whose every message names the offending key; and the
+//! redacted view `check-config` prints.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::http::RetryPolicy;
+
+/// Where the configuration file is looked for when neither `--config` nor `COSELL_CONFIG` say.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/cosell-sync/config.toml";
+/// Prefix of environment overrides: `COSELL_MICROSOFT__TENANT` sets `microsoft.tenant`.
+pub const ENV_PREFIX: &str = "COSELL_";
+/// Name of the rotated Microsoft refresh-token file, kept beside the database (never in it).
+pub const TOKEN_FILE_NAME: &str = "microsoft-refresh-token";
+
+/// A configuration problem, always tied to the key that causes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+    fn missing(key: &str) -> Self {
+        ConfigError::new(key, "is missing")
+    }
+}
+
+/// `microsoft.tenant is missing`, `schedule.sync: invalid cron expression ...`: the key leads.
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.message.starts_with("is ") {
+            write!(f, "{} {}", self.key, self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Several problems at once, so an operator fixes the file in one go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}
+
+/// A duration written the way people write them: `"90m"`, `"72h"`, `"14d"`, `"1h30m"`, `"500ms"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub const fn secs(s: u64) -> Self {
+        HumanDuration(Duration::from_secs(s))
+    }
+    pub fn as_chrono(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.0).unwrap_or(chrono::Duration::MAX)
+    }
+}
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let text = s.trim();
+        if text.is_empty() {
+            return Err("empty duration".into());
+        }
+        let mut total = Duration::ZERO;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let digits = rest.chars().take_while(|c| c.is_ascii_digit()).count();
+            if digits == 0 {
+                return Err(format!(
+                    "invalid duration {s:?}: expected a number followed by a unit (ms, s, m, h, d, w), e.g. \"72h\""
+                ));
+            }
+            let number: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| format!("invalid duration {s:?}: number too large"))?;
+            rest = &rest[digits..];
+            let unit_len = rest.chars().take_while(|c| c.is_ascii_alphabetic()).count();
+            let unit = &rest[..unit_len];
+            rest = &rest[unit_len..];
+            let seconds_per_unit: f64 = match unit {
+                "ms" => 0.001,
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                "d" => 86_400.0,
+                "w" => 604_800.0,
+                _ => {
+                    return Err(format!(
+                        "invalid duration {s:?}: unknown unit {unit:?} (use ms, s, m, h, d or w)"
+                    ))
+                }
+            };
+            total += Duration::from_secs_f64(number as f64 * seconds_per_unit);
+        }
+        Ok(HumanDuration(total))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms == 0 {
+            return write!(f, "0s");
+        }
+        // Whole days only from a week up ("14d", "30d"); below that hours read better
+        // ("72h", "24h"), matching how thresholds are written.
+        let day = 86_400_000u128;
+        if ms.is_multiple_of(day) && ms >= 7 * day {
+            return write!(f, "{}d", ms / day);
+        }
+        for (unit, size) in [("h", 3_600_000u128), ("m", 60_000), ("s", 1000)] {
+            if ms.is_multiple_of(size) {
+                return write!(f, "{}{unit}", ms / size);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Seconds(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+            Raw::Seconds(n) => Ok(HumanDuration::secs(n)),
+        }
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Secrets are printed as `[redacted]`, whatever serializes the configuration.
+fn redact<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => s.serialize_str("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub state: StateConfig,
+    pub schedule: ScheduleConfig,
+    pub daemon: DaemonConfig,
+    pub log: LogConfig,
+    pub microsoft: MicrosoftConfig,
+    pub google: GoogleConfig,
+    pub alerts: AlertsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// The SQLite database. The rotated Microsoft refresh token is kept beside it.
+    pub path: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            path: PathBuf::from("/var/lib/cosell-sync/state.db"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// 6-field cron, seconds first, UTC.
+    pub sync: String,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            sync: "0 */5 * * * *".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// How long a running cycle may go on after SIGTERM before the process exits anyway.
+    /// Keep it below systemd's `TimeoutStopSec`.
+    pub shutdown_grace: HumanDuration,
+    /// Run a cycle as soon as `run` starts instead of waiting for the first cron tick.
+    pub sync_on_start: bool,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            shutdown_grace: HumanDuration::secs(30),
+            sync_on_start: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `cosell_sync=debug,info`); `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Retry settings shared by both APIs' `[*.retry]` tables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub max_retries: usize,
+    pub min_delay: HumanDuration,
+    pub max_delay: HumanDuration,
+    pub max_total: HumanDuration,
+    pub max_retry_after: HumanDuration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        let p = RetryPolicy::default();
+        RetryConfig {
+            max_retries: p.max_retries,
+            min_delay: HumanDuration(p.min_delay),
+            max_delay: HumanDuration(p.max_delay),
+            max_total: HumanDuration(p.max_total),
+            max_retry_after: HumanDuration(p.max_retry_after),
+        }
+    }
+}
+
+impl RetryConfig {
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_retries: self.max_retries,
+            min_delay: self.min_delay.0,
+            max_delay: self.max_delay.0,
+            max_total: self.max_total.0,
+            max_retry_after: self.max_retry_after.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MicrosoftConfig {
+    pub api_base: String,
+    /// Token endpoint: `{authority}/{tenant}/oauth2/v2.0/token`.
+    pub authority: String,
+    pub tenant: Option<String>,
+    pub client_id: Option<String>,
+    #[serde(serialize_with = "redact")]
+    pub client_secret: Option<SecretString>,
+    pub client_secret_file: Option<PathBuf>,
+    /// Only the first token: every grant returns a new one, kept in the token file.
+    #[serde(serialize_with = "redact")]
+    pub refresh_token: Option<SecretString>,
+    pub refresh_token_file: Option<PathBuf>,
+    pub requests_per_second: f64,
+    /// `$top` of list queries; Partner Center serves at most 100 per page.
+    pub page_size: u32,
+    pub timeout: HumanDuration,
+    pub connect_timeout: HumanDuration,
+    /// The incremental query re-reads this much before the watermark, so nothing slips between
+    /// pages or clocks.
+    pub incremental_overlap: HumanDuration,
+    /// On the very first cycle the incremental query starts this far back.
+    pub initial_lookback: HumanDuration,
+    pub retry: RetryConfig,
+}
+
+impl Default for MicrosoftConfig {
+    fn default() -> Self {
+        MicrosoftConfig {
+            api_base: "https://api.partner.microsoft.com".into(),
+            authority: "https://login.microsoftonline.com".into(),
+            tenant: None,
+            client_id: None,
+            client_secret: None,
+            client_secret_file: None,
+            refresh_token: None,
+            refresh_token_file: None,
+            requests_per_second: 5.0,
+            page_size: 100,
+            timeout: HumanDuration::secs(60),
+            connect_timeout: HumanDuration::secs(10),
+            incremental_overlap: HumanDuration::secs(10 * 60),
+            initial_lookback: HumanDuration::secs(30 * 86_400),
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+/// The Google side. Accepted and validated now; the Google client uses it once it lands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GoogleConfig {
+    pub api_base: String,
+    pub partner_id: Option<String>,
+    pub credentials_file: Option<PathBuf>,
+    pub requests_per_second: f64,
+    pub lead: GoogleLeadConfig,
+}
+
+impl Default for GoogleConfig {
+    fn default() -> Self {
+        GoogleConfig {
+            api_base: "https://cloudcrmpartners.googleapis.com".into(),
+            partner_id: None,
+            credentials_file: None,
+            requests_per_second: 5.0,
+            lead: GoogleLeadConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GoogleLeadConfig {
+    pub submitter_email: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// How long Microsoft waits for an answer when a referral has no `expirationDateTime`.
+    pub response_window: HumanDuration,
+    /// Warn when this little time is left before the deadline.
+    pub thresholds: Vec<HumanDuration>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            response_window: HumanDuration::secs(14 * 86_400),
+            thresholds: vec![
+                HumanDuration::secs(72 * 3600),
+                HumanDuration::secs(24 * 3600),
+                HumanDuration::secs(4 * 3600),
+            ],
+        }
+    }
+}
+
+/// Where the configuration came from, for messages and `check-config`.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub file: PathBuf,
+}
+
+/// The path the command line, then `COSELL_CONFIG`, then the default name.
+pub fn config_path(cli: Option<&Path>) -> PathBuf {
+    if let Some(p) = cli {
+        return p.to_path_buf();
+    }
+    match std::env::var_os("COSELL_CONFIG") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+    }
+}
+
+impl Config {
+    /// Layers defaults, the file and the environment, loads secret files, and validates.
+    pub fn load(file: &Path) -> Result<Loaded, ConfigErrors> {
+        if !file.is_file() {
+            return Err(ConfigError::new(
+                "config",
+                format!(
+                    "configuration file {} does not exist (set --config or COSELL_CONFIG)",
+                    file.display()
+                ),
+            )
+            .into());
+        }
+        let figment = Figment::new()
+            .merge(Toml::file_exact(file))
+            .merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__"));
+        Self::from_figment(figment, file)
+    }
+
+    /// The part of [`Config::load`] after the file check; tests feed it a figment directly.
+    pub fn from_figment(figment: Figment, file: &Path) -> Result<Loaded, ConfigErrors> {
+        let mut config: Config = figment.extract().map_err(figment_errors)?;
+        let base_dir = file.parent().unwrap_or(Path::new("."));
+        config.resolve_secrets(base_dir)?;
+        config.validate()?;
+        Ok(Loaded {
+            config,
+            file: file.to_path_buf(),
+        })
+    }
+
+    fn resolve_secrets(&mut self, base_dir: &Path) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        let ms = &mut self.microsoft;
+        for (key, inline, file) in [
+            (
+                "microsoft.client_secret",
+                &mut ms.client_secret,
+                &ms.client_secret_file,
+            ),
+            (
+                "microsoft.refresh_token",
+                &mut ms.refresh_token,
+                &ms.refresh_token_file,
+            ),
+        ] {
+            if let Err(e) = resolve_secret(key, inline, file.as_deref(), base_dir) {
+                errors.push(e);
+            }
+        }
+        if let Some(path) = &self.google.credentials_file {
+            self.google.credentials_file = Some(resolve_secret_path(path, base_dir));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Checks every key and reports all problems together, each naming its key.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        if self.state.path.as_os_str().is_empty() {
+            errors.push(ConfigError::missing("state.path"));
+        }
+        if let Err(e) = parse_cron(&self.schedule.sync) {
+            errors.push(ConfigError::new("schedule.sync", e));
+        }
+        let ms = &self.microsoft;
+        for (key, value) in [
+            ("microsoft.api_base", &ms.api_base),
+            ("microsoft.authority", &ms.authority),
+            ("google.api_base", &self.google.api_base),
+        ] {
+            if let Err(e) = check_base_url(value) {
+                errors.push(ConfigError::new(key, e));
+            }
+        }
+        for (key, value) in [
+            ("microsoft.tenant", &ms.tenant),
+            ("microsoft.client_id", &ms.client_id),
+        ] {
+            if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                errors.push(ConfigError::missing(key));
+            }
+        }
+        if ms.refresh_token.is_none() && !self.token_file().exists() {
+            errors.push(ConfigError::new(
+                "microsoft.refresh_token",
+                format!(
+                    "is missing and there is no stored token at {} (set microsoft.refresh_token or microsoft.refresh_token_file)",
+                    self.token_file().display()
+                ),
+            ));
+        }
+        for (key, rps) in [
+            ("microsoft.requests_per_second", ms.requests_per_second),
+            (
+                "google.requests_per_second",
+                self.google.requests_per_second,
+            ),
+        ] {
+            if !(rps.is_finite() && rps > 0.0) {
+                errors.push(ConfigError::new(
+                    key,
+                    format!("must be a positive number, got {rps}"),
+                ));
+            }
+        }
+        if !(1..=100).contains(&ms.page_size) {
+            errors.push(ConfigError::new(
+                "microsoft.page_size",
+                format!(
+                    "must be between 1 and 100 (the API's maximum), got {}",
+                    ms.page_size
+                ),
+            ));
+        }
+        if ms.timeout.0.is_zero() {
+            errors.push(ConfigError::new(
+                "microsoft.timeout",
+                "must be more than 0s",
+            ));
+        }
+        if self.alerts.response_window.0.is_zero() {
+            errors.push(ConfigError::new(
+                "alerts.response_window",
+                "must be more than 0s",
+            ));
+        }
+        if self.alerts.thresholds.iter().any(|t| t.0.is_zero()) {
+            errors.push(ConfigError::new(
+                "alerts.thresholds",
+                "a threshold must be more than 0s",
+            ));
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// The rotated Microsoft refresh token's file, beside the database.
+    pub fn token_file(&self) -> PathBuf {
+        self.state.path.with_file_name(TOKEN_FILE_NAME)
+    }
+
+    /// The effective configuration as TOML, secrets shown as `[redacted]`.
+    pub fn redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+/// Converts figment's error list into key-named errors.
+fn figment_errors(err: figment::Error) -> ConfigErrors {
+    ConfigErrors(
+        err.into_iter()
+            .map(|e| {
+                let key = e.path.join(".");
+                let source = e
+                    .metadata
+                    .as_ref()
+                    .map(|m| match &m.source {
+                        Some(src) => format!(" (from {} {src})", m.name),
+                        None => format!(" (from {})", m.name),
+                    })
+                    .unwrap_or_default();
+                ConfigError::new(
+                    if key.is_empty() { "config".into() } else { key },
+                    format!("{}{source}", e.kind),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// A relative secret path is looked up in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential`)
+/// when it is set, else beside the configuration file.
+pub fn resolve_secret_path(path: &Path, base_dir: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    match std::env::var_os("CREDENTIALS_DIRECTORY") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join(path),
+        _ => base_dir.join(path),
+    }
+}
+
+fn resolve_secret(
+    key: &str,
+    inline: &mut Option<SecretString>,
+    file: Option<&Path>,
+    base_dir: &Path,
+) -> Result<(), ConfigError> {
+    let Some(file) = file else {
+        if inline
+            .as_ref()
+            .is_some_and(|s| s.expose_secret().trim().is_empty())
+        {
+            *inline = None;
+        }
+        return Ok(());
+    };
+    if inline.is_some() {
+        return Err(ConfigError::new(
+            key,
+            format!("both {key} and {key}_file are set; keep one"),
+        ));
+    }
+    let path = resolve_secret_path(file, base_dir);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        ConfigError::new(
+            format!("{key}_file"),
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(ConfigError::new(
+            format!("{key}_file"),
+            format!("{} is empty", path.display()),
+        ));
+    }
+    *inline = Some(SecretString::from(value.to_string()));
+    Ok(())
+}
+
+/// Parses a 6-field cron (seconds first) exactly as the scheduler will.
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr)
+        .map_err(|e| {
+            format!("invalid cron expression {expr:?}: {e} (6 fields, seconds first, e.g. \"0 */5 * * * *\")")
+        })
+}
+
+fn check_base_url(value: &str) -> Result<(), String> {
+    match reqwest::Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(()),
+        Ok(url) => Err(format!(
+            "{value:?} must be an http(s) URL, not {}",
+            url.scheme()
+        )),
+        Err(e) => Err(format!("{value:?} is not a URL: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations_parse_and_print() {
+        for (text, secs) in [
+            ("90m", 5400),
+            ("72h", 259_200),
+            ("14d", 1_209_600),
+            ("1h30m", 5400),
+            ("2w", 1_209_600),
+        ] {
+            let d: HumanDuration = text.parse().unwrap();
+            assert_eq!(d.0, Duration::from_secs(secs), "{text}");
+        }
+        assert_eq!(HumanDuration::secs(72 * 3600).to_string(), "72h");
+        assert_eq!(HumanDuration::secs(14 * 86_400).to_string(), "14d");
+        assert_eq!(HumanDuration::secs(5400).to_string(), "90m");
+        assert_eq!(
+            "500ms".parse::<HumanDuration>().unwrap().to_string(),
+            "500ms"
+        );
+        for bad in ["", "h", "12", "3 days", "5y", "-3h"] {
+            assert!(bad.parse::<HumanDuration>().is_err(), "{bad:?} must fail");
+        }
+    }
+
+    #[test]
+    fn cron_needs_six_fields() {
+        assert!(parse_cron("0 */5 * * * *").is_ok());
+        let err = parse_cron("*/5 * * * *").unwrap_err();
+        assert!(err.contains("invalid cron expression"), "{err}");
+    }
+}

@@ -1,0 +1,349 @@
+//! What every remote client shares: the error taxonomy that decides retries (`is_transient`),
+//! `Retry-After` parsing, the bounded jittered backoff policy (backon), and the request rate limit.
+//!
+//! Clients do not retry on their own (except the documented 401 → refresh → retry once); callers
+//! wrap a call in [`with_retry`] with a [`RetryPolicy`] taken from configuration.
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// An error from a remote API call, classified so that the caller can decide to retry.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// The server answered with a non-success status.
+    #[error("{api} {method} {path}: HTTP {status}{code}: {message}{rid}",
+        code = code.as_deref().map(|c| format!(" {c}")).unwrap_or_default(),
+        rid = request_id.as_deref().map(|r| format!(" (request-id {r})")).unwrap_or_default())]
+    Status {
+        api: &'static str,
+        method: String,
+        path: String,
+        status: u16,
+        /// The API's own error code (`preconditionFailed`, `INVALID_ARGUMENT`, ...).
+        code: Option<String>,
+        message: String,
+        retry_after: Option<Duration>,
+        request_id: Option<String>,
+    },
+    /// No usable answer: connection refused, reset, timed out, or cut mid-body.
+    #[error("{api} {method} {path}: {message}")]
+    Transport {
+        api: &'static str,
+        method: String,
+        path: String,
+        message: String,
+        /// Whether the request may have reached the server (matters for non-idempotent creates).
+        maybe_sent: bool,
+    },
+    /// The server answered 2xx but the body is not what the API documents.
+    #[error("{api} {method} {path}: malformed response body: {message}{rid}",
+        rid = request_id.as_deref().map(|r| format!(" (request-id {r})")).unwrap_or_default())]
+    Malformed {
+        api: &'static str,
+        method: String,
+        path: String,
+        message: String,
+        request_id: Option<String>,
+    },
+    /// Getting an access token failed.
+    #[error("{api} authentication failed: {message}")]
+    Auth {
+        api: &'static str,
+        message: String,
+        /// The identity provider's error code, e.g. `invalid_grant`.
+        code: Option<String>,
+        transient: bool,
+    },
+}
+
+impl ApiError {
+    /// 408, 429, 5xx, transport errors and malformed bodies (a truncated answer) are worth
+    /// another try; every other 4xx is permanent.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApiError::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            ApiError::Transport { .. } | ApiError::Malformed { .. } => true,
+            ApiError::Auth { transient, .. } => *transient,
+        }
+    }
+
+    /// The server's requested pause before the next try, if it gave one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn is_auth(&self) -> bool {
+        matches!(self, ApiError::Auth { .. }) || matches!(self.status(), Some(401 | 403))
+    }
+
+    /// Builds a transport error from a reqwest error, keeping whether the request may have
+    /// reached the server: a connect failure certainly did not, anything later might have.
+    pub fn transport(api: &'static str, method: &str, path: &str, err: &reqwest::Error) -> Self {
+        let maybe_sent = !err.is_connect();
+        let kind = if err.is_timeout() {
+            "timed out"
+        } else if err.is_connect() {
+            "connection failed"
+        } else if err.is_body() || err.is_decode() {
+            "connection lost while reading the answer"
+        } else {
+            "request failed"
+        };
+        ApiError::Transport {
+            api,
+            method: method.to_string(),
+            path: path.to_string(),
+            message: format!("{kind}: {}", error_chain(err)),
+            maybe_sent,
+        }
+    }
+}
+
+/// The full cause chain of an error on one line (reqwest hides the useful part in `source`).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Parses `Retry-After` as delta-seconds or an HTTP date; falls back to the "Try again in N
+/// seconds" sentence of Partner Center's 429 body, whose shape differs from its other errors.
+pub fn parse_retry_after(header: Option<&str>, body: &str) -> Option<Duration> {
+    if let Some(value) = header.map(str::trim) {
+        if let Ok(secs) = value.parse::<u64>() {
+            return Some(Duration::from_secs(secs));
+        }
+        if let Ok(when) = chrono::DateTime::parse_from_rfc2822(value) {
+            let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
+            return Some(delta.to_std().unwrap_or(Duration::ZERO));
+        }
+    }
+    let lower = body.to_ascii_lowercase();
+    let rest = &lower[lower.find("try again in ")? + "try again in ".len()..];
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().ok().map(Duration::from_secs)
+}
+
+/// Bounded exponential backoff with full jitter, for short blips inside one attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first try.
+    pub max_retries: usize,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    /// Upper bound on the summed sleeps; once spent the last error is returned.
+    pub max_total: Duration,
+    /// Longest `Retry-After` honoured; a longer one ends the retries (the cycle tries next time).
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 5,
+            min_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            max_total: Duration::from_secs(120),
+            max_retry_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Runs `op` until it succeeds, fails permanently, or the policy is spent. A transient error
+/// with `Retry-After` waits exactly that long (when within `max_retry_after`).
+pub async fn with_retry<T, F, Fut>(policy: &RetryPolicy, what: &str, op: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(policy.min_delay)
+        .with_max_delay(policy.max_delay)
+        .with_max_times(policy.max_retries)
+        .with_total_delay(Some(policy.max_total))
+        .with_jitter();
+    let max_retry_after = policy.max_retry_after;
+    op.retry(backoff)
+        .when(|e: &ApiError| {
+            e.is_transient() && e.retry_after().is_none_or(|d| d <= max_retry_after)
+        })
+        .adjust(|e: &ApiError, planned| planned.map(|d| e.retry_after().unwrap_or(d)))
+        .notify(|e: &ApiError, wait| {
+            tracing::warn!(what, error = %e, wait_ms = wait.as_millis() as u64, "transient error, retrying");
+        })
+        .await
+}
+
+/// A token bucket: at most `rate` requests per second on average, bursts up to `burst`.
+/// Every client holds one per API so the daemon stays under the quota it was told.
+#[derive(Debug)]
+pub struct RateLimiter {
+    interval: Duration,
+    burst: u32,
+    /// The theoretical arrival time of the next request (GCRA); `None` until first use.
+    next_free: Mutex<Option<Instant>>,
+}
+
+impl RateLimiter {
+    pub fn new(requests_per_second: f64) -> Self {
+        let rate = if requests_per_second.is_finite() && requests_per_second > 0.0 {
+            requests_per_second
+        } else {
+            f64::MAX
+        };
+        RateLimiter {
+            interval: Duration::from_secs_f64((1.0 / rate).min(3600.0)),
+            burst: (rate.floor() as u32).clamp(1, 100),
+            next_free: Mutex::new(None),
+        }
+    }
+
+    /// Waits until one more request fits under the rate.
+    pub async fn acquire(&self) {
+        let wait_until = {
+            let mut next = self.next_free.lock().await;
+            let now = Instant::now();
+            let tat = next.unwrap_or(now).max(now);
+            // Allow `burst` requests to go at once, then one per interval.
+            let allowance = self.interval * (self.burst - 1);
+            let start = if tat > now + allowance {
+                tat - allowance
+            } else {
+                now
+            };
+            *next = Some(tat + self.interval);
+            start
+        };
+        tokio::time::sleep_until(wait_until).await;
+    }
+}
+
+/// A fresh correlation id for one request (`client-request-id`).
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn status(code: u16, retry_after: Option<Duration>) -> ApiError {
+        ApiError::Status {
+            api: "test",
+            method: "GET".into(),
+            path: "/x".into(),
+            status: code,
+            code: None,
+            message: "m".into(),
+            retry_after,
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn taxonomy_separates_transient_from_permanent() {
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert!(status(code, None).is_transient(), "{code}");
+        }
+        for code in [400, 401, 403, 404, 409, 412, 422] {
+            assert!(!status(code, None).is_transient(), "{code}");
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_header_date_and_partner_center_body() {
+        assert_eq!(
+            parse_retry_after(Some("7"), ""),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            parse_retry_after(
+                None,
+                r#"{"statusCode":429,"message":"Rate limit is exceeded. Try again in 57 seconds."}"#
+            ),
+            Some(Duration::from_secs(57))
+        );
+        let past = parse_retry_after(Some("Wed, 21 Oct 2015 07:28:00 GMT"), "");
+        assert_eq!(past, Some(Duration::ZERO));
+        assert_eq!(parse_retry_after(Some("soon"), "{}"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_honours_retry_after_and_stops_on_permanent() {
+        let calls = AtomicUsize::new(0);
+        let started = Instant::now();
+        let policy = RetryPolicy::default();
+        let result = with_retry(&policy, "t", || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    Err(status(429, Some(Duration::from_secs(9))))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 1);
+        assert!(started.elapsed() >= Duration::from_secs(9));
+
+        calls.store(0, Ordering::SeqCst);
+        let result: Result<(), _> = with_retry(&policy, "t", || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(status(400, None)) }
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "a 400 is never retried");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_is_bounded_in_attempts() {
+        let calls = AtomicUsize::new(0);
+        let policy = RetryPolicy {
+            max_retries: 3,
+            ..RetryPolicy::default()
+        };
+        let result: Result<(), _> = with_retry(&policy, "t", || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err(status(503, None)) }
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limiter_spaces_requests() {
+        let limiter = RateLimiter::new(2.0);
+        let started = Instant::now();
+        for _ in 0..6 {
+            limiter.acquire().await;
+        }
+        // Burst of 2, then one every 500 ms: the 6th goes at 2 s.
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,309 @@
+//! Entra ID tokens for Partner Center: the refresh-token grant on
+//! `{authority}/{tenant}/oauth2/v2.0/token`. Every grant returns a new refresh token; it is
+//! written atomically (mode 0600) to its own file beside the database and used next time, so
+//! the configured token is only the first. Access tokens are cached until shortly before expiry.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::http::{error_chain, ApiError};
+
+const API: &str = "microsoft-auth";
+
+#[derive(Debug)]
+struct CachedToken {
+    access_token: SecretString,
+    refresh_at: Instant,
+}
+
+/// Hands out access tokens for the Referrals API and keeps the refresh token rotating.
+#[derive(Debug)]
+pub struct TokenSource {
+    http: reqwest::Client,
+    token_url: reqwest::Url,
+    client_id: String,
+    client_secret: Option<SecretString>,
+    scope: String,
+    token_file: PathBuf,
+    initial_refresh_token: Option<SecretString>,
+    cached: Mutex<Option<CachedToken>>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    /// Entra's v2 endpoint sends a number, its v1 endpoint a string.
+    #[serde(default, deserialize_with = "number_or_string")]
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct OAuthError {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    })
+}
+
+impl TokenSource {
+    pub fn new(
+        http: reqwest::Client,
+        authority: &str,
+        tenant: &str,
+        client_id: String,
+        client_secret: Option<SecretString>,
+        initial_refresh_token: Option<SecretString>,
+        token_file: PathBuf,
+    ) -> Result<Self, String> {
+        let token_url = token_endpoint(authority, tenant, "token")?;
+        Ok(TokenSource {
+            http,
+            token_url,
+            client_id,
+            client_secret,
+            scope: super::SCOPE.to_string(),
+            token_file,
+            initial_refresh_token,
+            cached: Mutex::new(None),
+        })
+    }
+
+    /// A valid access token, from cache or from a fresh grant.
+    pub async fn access_token(&self) -> Result<SecretString, ApiError> {
+        let mut cached = self.cached.lock().await;
+        if let Some(token) = cached.as_ref() {
+            if Instant::now() < token.refresh_at {
+                return Ok(token.access_token.clone());
+            }
+        }
+        let fresh = self.redeem_refresh_token().await?;
+        let token = fresh.access_token.clone();
+        *cached = Some(fresh);
+        Ok(token)
+    }
+
+    /// Forgets the cached access token (after a 401), so the next call makes a new grant.
+    pub async fn invalidate(&self) {
+        *self.cached.lock().await = None;
+    }
+
+    /// The refresh token to redeem: the rotated one on disk, else the configured first one.
+    fn current_refresh_token(&self) -> Result<SecretString, ApiError> {
+        match std::fs::read_to_string(&self.token_file) {
+            Ok(text) if !text.trim().is_empty() => {
+                return Ok(SecretString::from(text.trim().to_string()))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ApiError::Auth {
+                    api: API,
+                    message: format!("cannot read token file {}: {e}", self.token_file.display()),
+                    code: None,
+                    transient: false,
+                })
+            }
+        }
+        self.initial_refresh_token.clone().ok_or_else(|| ApiError::Auth {
+            api: API,
+            message: format!(
+                "no refresh token: {} is absent and microsoft.refresh_token is not set; run `cosell-sync auth microsoft`",
+                self.token_file.display()
+            ),
+            code: None,
+            transient: false,
+        })
+    }
+
+    async fn redeem_refresh_token(&self) -> Result<CachedToken, ApiError> {
+        let refresh_token = self.current_refresh_token()?;
+        let mut form = vec![
+            ("grant_type", "refresh_token"),
+            ("client_id", self.client_id.as_str()),
+            ("refresh_token", refresh_token.expose_secret()),
+            ("scope", self.scope.as_str()),
+        ];
+        if let Some(secret) = &self.client_secret {
+            form.push(("client_secret", secret.expose_secret()));
+        }
+        let started = Instant::now();
+        let response = self
+            .http
+            .post(self.token_url.clone())
+            .header("client-request-id", crate::http::new_request_id())
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| ApiError::Auth {
+                api: API,
+                message: format!("token endpoint unreachable: {}", error_chain(&e)),
+                code: None,
+                transient: true,
+            })?;
+        let status = response.status();
+        let body = response.text().await.map_err(|e| ApiError::Auth {
+            api: API,
+            message: format!("token answer cut short: {}", error_chain(&e)),
+            code: None,
+            transient: true,
+        })?;
+        if !status.is_success() {
+            let err: OAuthError = serde_json::from_str(&body).unwrap_or_default();
+            let permanent = status.is_client_error() && status.as_u16() != 429;
+            let hint = if err.error == "invalid_grant" {
+                " — the refresh token is expired or revoked; run `cosell-sync auth microsoft`"
+            } else {
+                ""
+            };
+            // The description can quote the request but never the token, so it is safe to log.
+            let description = err
+                .error_description
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            return Err(ApiError::Auth {
+                api: API,
+                message: format!(
+                    "token endpoint answered HTTP {}: {} {description}{hint}",
+                    status.as_u16(),
+                    if err.error.is_empty() {
+                        "(no error code)"
+                    } else {
+                        &err.error
+                    }
+                ),
+                code: (!err.error.is_empty()).then_some(err.error),
+                transient: !permanent,
+            });
+        }
+        let parsed: TokenResponse = serde_json::from_str(&body).map_err(|e| ApiError::Auth {
+            api: API,
+            message: format!("token answer is not a token response: {e}"),
+            code: None,
+            transient: true,
+        })?;
+        if let Some(rotated) = parsed.refresh_token.as_deref().filter(|t| !t.is_empty()) {
+            write_secret_file(&self.token_file, rotated).map_err(|e| ApiError::Auth {
+                api: API,
+                message: format!(
+                    "cannot store the rotated refresh token in {}: {e}",
+                    self.token_file.display()
+                ),
+                code: None,
+                transient: false,
+            })?;
+        }
+        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(3600));
+        // Renew a little early: 5 minutes, or a tenth of a short lifetime.
+        let margin = (lifetime / 10).min(Duration::from_secs(300));
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            expires_in = lifetime.as_secs(),
+            "microsoft access token granted"
+        );
+        Ok(CachedToken {
+            access_token: SecretString::from(parsed.access_token),
+            refresh_at: started + lifetime - margin,
+        })
+    }
+}
+
+/// `{authority}/{tenant}/oauth2/v2.0/{endpoint}`.
+pub fn token_endpoint(
+    authority: &str,
+    tenant: &str,
+    endpoint: &str,
+) -> Result<reqwest::Url, String> {
+    let text = format!(
+        "{}/{}/oauth2/v2.0/{endpoint}",
+        authority.trim_end_matches('/'),
+        tenant.trim_matches('/')
+    );
+    reqwest::Url::parse(&text).map_err(|e| format!("bad token endpoint {text:?}: {e}"))
+}
+
+/// Writes a secret so that no reader ever sees a partial file or a wider mode than 0600:
+/// a temporary file in the same directory, fsync, rename over, fsync the directory.
+pub fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("secret");
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(contents.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn secret_files_are_private_and_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        write_secret_file(&path, "first").unwrap();
+        write_secret_file(&path, "second").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "second\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+    }
+
+    #[test]
+    fn token_endpoint_joins_authority_and_tenant() {
+        assert_eq!(
+            token_endpoint(
+                "https://login.microsoftonline.com/",
+                "contoso.onmicrosoft.com",
+                "token"
+            )
+            .unwrap()
+            .as_str(),
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+    }
+}

@@ -1,0 +1,338 @@
+//! The referral resource as the daemon reads it: a typed view of the fields it decides on, with
+//! the raw JSON kept beside it so no field is ever lost. Parsing is lenient where the API facts
+//! are uncertain ([I]/[?] in `partner-apis.md`): unknown enum values are kept as strings, unknown
+//! fields are ignored (they stay in the raw JSON), numbers may arrive as strings, and timestamps
+//! may lack a zone or carry up to 9 fractional digits.
+
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+/// Declares a string enum that keeps values it does not know instead of failing the record.
+macro_rules! open_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant,)+
+            /// A value this version does not know; kept verbatim.
+            Other(String),
+        }
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $($name::$variant => stringify!($variant),)+
+                    $name::Other(s) => s,
+                }
+            }
+            pub fn parse(s: &str) -> Self {
+                match s {
+                    $(stringify!($variant) => $name::$variant,)+
+                    other => $name::Other(other.to_string()),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Ok($name::parse(&String::deserialize(d)?))
+            }
+        }
+    };
+}
+
+open_enum!(
+    /// `New → Active → Closed`; Closed is terminal.
+    ReferralStatus { None, New, Active, Closed }
+);
+open_enum!(
+    /// New: Pending|Received; Active: Accepted; Closed: Won|Lost|Declined|Expired.
+    ReferralSubstatus { None, Pending, Received, Accepted, Won, Lost, Declined, Expired }
+);
+open_enum!(Direction { Incoming, Outgoing });
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Address {
+    #[serde(default)]
+    pub city: Option<String>,
+    #[serde(default)]
+    pub country: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerProfile {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "lenient_object")]
+    pub address: Option<Address>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferralDetails {
+    #[serde(default)]
+    pub notes: Option<String>,
+    #[serde(default, deserialize_with = "lenient_number")]
+    pub deal_value: Option<f64>,
+    #[serde(default)]
+    pub currency: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_datetime")]
+    pub closing_date_time: Option<DateTime<Utc>>,
+}
+
+/// The fields of a referral the daemon reads. Everything else is in the raw JSON.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Referral {
+    pub id: String,
+    #[serde(default)]
+    pub engagement_id: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub external_reference_id: Option<String>,
+    #[serde(deserialize_with = "lenient_datetime")]
+    pub created_date_time: DateTime<Utc>,
+    #[serde(default, deserialize_with = "lenient_opt_datetime")]
+    pub updated_date_time: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "lenient_opt_datetime")]
+    pub expiration_date_time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub status: Option<ReferralStatus>,
+    #[serde(default)]
+    pub substatus: Option<ReferralSubstatus>,
+    #[serde(default)]
+    pub direction: Option<Direction>,
+    #[serde(default)]
+    pub qualification: Option<String>,
+    #[serde(default, rename = "type")]
+    pub referral_type: Option<String>,
+    /// Sent back verbatim (quotes included) in `If-Match`.
+    #[serde(default)]
+    pub e_tag: Option<String>,
+    #[serde(default, deserialize_with = "lenient_object")]
+    pub customer_profile: Option<CustomerProfile>,
+    #[serde(default, deserialize_with = "lenient_object")]
+    pub details: Option<ReferralDetails>,
+}
+
+impl Referral {
+    /// When the referral last changed; a referral without `updatedDateTime` changed when created.
+    pub fn updated_at(&self) -> DateTime<Utc> {
+        self.updated_date_time.unwrap_or(self.created_date_time)
+    }
+
+    pub fn customer_name(&self) -> Option<&str> {
+        self.customer_profile.as_ref()?.name.as_deref()
+    }
+
+    pub fn customer_country(&self) -> Option<&str> {
+        self.customer_profile
+            .as_ref()?
+            .address
+            .as_ref()?
+            .country
+            .as_deref()
+    }
+
+    /// Status New (Pending or Received): the 14-day response clock is running.
+    pub fn awaits_response(&self) -> bool {
+        self.status == Some(ReferralStatus::New)
+            && matches!(
+                self.substatus,
+                Some(ReferralSubstatus::Pending | ReferralSubstatus::Received)
+            )
+    }
+}
+
+/// A referral and the exact JSON it came from.
+#[derive(Debug, Clone)]
+pub struct ParsedReferral {
+    pub referral: Referral,
+    pub raw: String,
+}
+
+/// A record of a page that could not be read as a referral: reported, kept, and skipped.
+#[derive(Debug, Clone)]
+pub struct RejectedRecord {
+    pub id: Option<String>,
+    pub error: String,
+    pub raw: String,
+}
+
+impl ParsedReferral {
+    /// Reads one element of a page's `value` array; a bad one never fails its page.
+    pub fn from_value(value: Value) -> Result<ParsedReferral, RejectedRecord> {
+        let raw = value.to_string();
+        let id = value.get("id").and_then(Value::as_str).map(str::to_string);
+        match serde_json::from_value::<Referral>(value) {
+            Ok(referral) if referral.id.trim().is_empty() => Err(RejectedRecord {
+                id: None,
+                error: "empty id".into(),
+                raw,
+            }),
+            Ok(referral) => Ok(ParsedReferral { referral, raw }),
+            Err(e) => Err(RejectedRecord {
+                id,
+                error: e.to_string(),
+                raw,
+            }),
+        }
+    }
+}
+
+/// A canonical, sortable text form for timestamps in the database (always 9 fraction digits).
+pub fn db_timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+/// Parses the timestamp shapes seen from Partner Center: RFC 3339 with up to 9 fractional
+/// digits, or the same without a zone (taken as UTC), or a bare date.
+pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    if let Ok(t) = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f") {
+        return Some(t.and_utc());
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+}
+
+fn lenient_datetime<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_timestamp(&text)
+        .ok_or_else(|| serde::de::Error::custom(format!("unreadable timestamp {text:?}")))
+}
+
+fn lenient_opt_datetime<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<DateTime<Utc>>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) if s.trim().is_empty() => Ok(None),
+        Some(s) => parse_timestamp(&s)
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("unreadable timestamp {s:?}"))),
+    }
+}
+
+/// A number, a numeric string, or null.
+fn lenient_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::Number(n) => Ok(n.as_f64()),
+        Value::String(s) if s.trim().is_empty() => Ok(None),
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("not a number: {s:?}"))),
+        other => Err(serde::de::Error::custom(format!("not a number: {other}"))),
+    }
+}
+
+/// An optional nested object; `null`, `{}`-like junk of the wrong type becomes `None` rather
+/// than failing the whole referral (the raw JSON still has it).
+fn lenient_object<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = Value::deserialize(d)?;
+    if !value.is_object() {
+        return Ok(None);
+    }
+    serde_json::from_value(value)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_the_fixture_page() {
+        let page: Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/microsoft-referrals-page.json"
+        ))
+        .unwrap();
+        let items = page["value"].as_array().unwrap();
+        let first = ParsedReferral::from_value(items[0].clone())
+            .unwrap()
+            .referral;
+        assert_eq!(first.id, "3b1f6a52-7c1e-4f0e-9d8a-2f5c6b1e4a10");
+        assert_eq!(first.status, Some(ReferralStatus::New));
+        assert_eq!(first.substatus, Some(ReferralSubstatus::Pending));
+        assert_eq!(first.direction, Some(Direction::Incoming));
+        assert_eq!(
+            first.e_tag.as_deref(),
+            Some("\"84001c9d-0000-0100-0000-6225a63e0000\"")
+        );
+        assert_eq!(first.customer_name(), Some("Fabrikam Inc"));
+        assert_eq!(first.details.as_ref().unwrap().deal_value, Some(125000.0));
+        assert_eq!(
+            db_timestamp(first.created_date_time),
+            "2026-11-10T08:14:05.875490100Z"
+        );
+        let second = ParsedReferral::from_value(items[1].clone())
+            .unwrap()
+            .referral;
+        assert_eq!(second.customer_country(), Some("FR"));
+        assert_eq!(second.details.unwrap().closing_date_time, None);
+    }
+
+    #[test]
+    fn unknown_enums_and_fields_are_kept() {
+        let parsed = ParsedReferral::from_value(json!({
+            "id": "r1", "createdDateTime": "2026-11-10T08:14:05",
+            "status": "Paused", "substatus": "OnHold", "brandNewField": {"x": 1},
+            "details": {"dealValue": "1500.50"}, "customerProfile": {"ids": {}, "address": []}
+        }))
+        .unwrap();
+        assert_eq!(
+            parsed.referral.status,
+            Some(ReferralStatus::Other("Paused".into()))
+        );
+        assert_eq!(
+            parsed.referral.substatus.as_ref().unwrap().as_str(),
+            "OnHold"
+        );
+        assert_eq!(parsed.referral.details.unwrap().deal_value, Some(1500.5));
+        assert!(parsed.raw.contains("brandNewField"));
+    }
+
+    #[test]
+    fn a_broken_record_is_rejected_with_its_id() {
+        let err = ParsedReferral::from_value(json!({"id": "r2", "createdDateTime": "yesterday"}))
+            .unwrap_err();
+        assert_eq!(err.id.as_deref(), Some("r2"));
+        assert!(err.error.contains("unreadable timestamp"), "{}", err.error);
+        assert!(ParsedReferral::from_value(json!("not an object")).is_err());
+        assert!(
+            ParsedReferral::from_value(json!({"createdDateTime": "2026-01-01T00:00:00Z"})).is_err()
+        );
+    }
+}

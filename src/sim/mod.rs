@@ -1,0 +1,261 @@
+//! The simulator of the partner APIs, a product part used by `demo` and by the tests: the Entra
+//! token endpoint and the Partner Center Referrals API, behaving as `partner-apis.md` documents
+//! (OData subset, nextLink paging on the documented `/v1.0/referrals?$skiptoken=` shape, PATCH
+//! with eTags and 412, status rules), with switchable faults. It listens on 127.0.0.1 only.
+
+pub mod microsoft;
+pub mod odata;
+pub mod sample;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// A fault the simulator can inject into an API answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// 429 with `Retry-After` (and Partner Center's odd 429 body).
+    TooManyRequests { retry_after_secs: u64 },
+    /// 503 with the standard error body.
+    Unavailable,
+    /// 500.
+    Internal,
+    /// The connection is cut after the request was processed (the outcome is unknown).
+    Drop,
+    /// 200 with a truncated JSON body.
+    Malformed,
+}
+
+/// Random fault rates (0.0–1.0) applied to every API request, plus a script of faults for the
+/// next requests (taken first), plus a fixed delay.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    pub rate_429: f64,
+    pub rate_5xx: f64,
+    pub rate_drop: f64,
+    pub rate_malformed: f64,
+    pub retry_after_secs: u64,
+    pub delay: Duration,
+    pub script: VecDeque<Fault>,
+}
+
+impl Faults {
+    fn next_fault(&mut self) -> Option<Fault> {
+        if let Some(f) = self.script.pop_front() {
+            return Some(f);
+        }
+        let roll = fastrand::f64();
+        let mut edge = self.rate_429;
+        if roll < edge {
+            return Some(Fault::TooManyRequests {
+                retry_after_secs: self.retry_after_secs,
+            });
+        }
+        edge += self.rate_5xx;
+        if roll < edge {
+            return Some(if fastrand::bool() {
+                Fault::Unavailable
+            } else {
+                Fault::Internal
+            });
+        }
+        edge += self.rate_drop;
+        if roll < edge {
+            return Some(Fault::Drop);
+        }
+        edge += self.rate_malformed;
+        (roll < edge).then_some(Fault::Malformed)
+    }
+}
+
+/// Credentials the simulated Entra tenant accepts.
+#[derive(Debug, Clone)]
+pub struct SimCredentials {
+    pub tenant: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// The first refresh token; every grant rotates it.
+    pub refresh_token: String,
+}
+
+impl Default for SimCredentials {
+    fn default() -> Self {
+        SimCredentials {
+            tenant: "contoso.onmicrosoft.com".into(),
+            client_id: "00000000-0000-0000-0000-00000000c0de".into(),
+            client_secret: "sim-client-secret".into(),
+            refresh_token: "sim-refresh-token-0".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct TokenState {
+    pub refresh_tokens: HashSet<String>,
+    pub access_tokens: HashSet<String>,
+    /// Entra may keep an old refresh token valid for a while; the strict default revokes it at
+    /// once, so a client that fails to persist the rotated token fails loudly.
+    pub keep_rotated: bool,
+    pub access_token_lifetime_secs: u64,
+}
+
+/// A paging cursor: the ids that matched the first request, and how far the client is.
+#[derive(Debug)]
+pub(crate) struct Cursor {
+    pub ids: Vec<String>,
+    pub offset: usize,
+    pub top: usize,
+}
+
+/// Shared state of a running simulator.
+#[derive(Debug)]
+pub struct SimState {
+    pub credentials: SimCredentials,
+    pub(crate) referrals: Mutex<BTreeMap<String, Value>>,
+    pub(crate) cursors: Mutex<HashMap<String, Cursor>>,
+    pub(crate) tokens: Mutex<TokenState>,
+    faults: Mutex<Faults>,
+    counters: Mutex<BTreeMap<String, u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SimState {
+    fn new(credentials: SimCredentials) -> Self {
+        let mut tokens = TokenState {
+            access_token_lifetime_secs: 3599,
+            ..TokenState::default()
+        };
+        tokens
+            .refresh_tokens
+            .insert(credentials.refresh_token.clone());
+        SimState {
+            credentials,
+            referrals: Mutex::new(BTreeMap::new()),
+            cursors: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(tokens),
+            faults: Mutex::new(Faults::default()),
+            counters: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub(crate) fn count(&self, key: &str) {
+        *lock(&self.counters).entry(key.to_string()).or_default() += 1;
+    }
+
+    pub(crate) fn next_fault(&self) -> (Option<Fault>, Duration) {
+        let mut faults = lock(&self.faults);
+        (faults.next_fault(), faults.delay)
+    }
+}
+
+/// A running simulator; stops when dropped.
+pub struct Simulator {
+    pub addr: SocketAddr,
+    pub state: Arc<SimState>,
+    stop: CancellationToken,
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Simulator {
+    /// Starts on an ephemeral port of 127.0.0.1.
+    pub async fn start() -> std::io::Result<Simulator> {
+        Self::start_with(SimCredentials::default()).await
+    }
+
+    pub async fn start_with(credentials: SimCredentials) -> std::io::Result<Simulator> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(SimState::new(credentials));
+        let app = microsoft::router(state.clone());
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stopped.cancelled().await })
+                .await;
+        });
+        Ok(Simulator { addr, state, stop })
+    }
+
+    /// `http://127.0.0.1:PORT`: both the API base and the token authority.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Adds or replaces referrals (any JSON, so tests can plant malformed ones).
+    pub fn put_referrals(&self, referrals: impl IntoIterator<Item = Value>) {
+        let mut map = lock(&self.state.referrals);
+        for r in referrals {
+            let id = r
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("no-id-{}", uuid::Uuid::new_v4()));
+            map.insert(id, r);
+        }
+    }
+
+    pub fn referral(&self, id: &str) -> Option<Value> {
+        lock(&self.state.referrals).get(id).cloned()
+    }
+
+    pub fn referral_count(&self) -> usize {
+        lock(&self.state.referrals).len()
+    }
+
+    /// Changes a referral as a person in the portal would: new eTag and `updatedDateTime`.
+    pub fn edit_referral(&self, id: &str, edit: impl FnOnce(&mut Value)) -> bool {
+        let mut map = lock(&self.state.referrals);
+        let Some(r) = map.get_mut(id) else {
+            return false;
+        };
+        edit(r);
+        microsoft::touch(r);
+        true
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *lock(&self.state.faults) = faults;
+    }
+
+    /// Queues faults for the next API requests, in order.
+    pub fn script_faults(&self, script: impl IntoIterator<Item = Fault>) {
+        lock(&self.state.faults).script.extend(script);
+    }
+
+    /// Requests served, by kind (`token`, `list`, `get`, `patch`, `fault:429`, ...).
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        lock(&self.state.counters).clone()
+    }
+
+    pub fn counter(&self, key: &str) -> u64 {
+        lock(&self.state.counters).get(key).copied().unwrap_or(0)
+    }
+
+    /// Invalidates every access token (as if revoked), so the next call gets a 401.
+    pub fn revoke_access_tokens(&self) {
+        lock(&self.state.tokens).access_tokens.clear();
+    }
+
+    /// Invalidates every refresh token (the operator must re-authenticate).
+    pub fn revoke_refresh_tokens(&self) {
+        lock(&self.state.tokens).refresh_tokens.clear();
+    }
+
+    /// Lifetime of new access tokens, in seconds.
+    pub fn set_access_token_lifetime(&self, secs: u64) {
+        lock(&self.state.tokens).access_token_lifetime_secs = secs;
+    }
+}

@@ -1,0 +1,198 @@
+//! The state store: one SQLite file (WAL, `busy_timeout`), numbered migrations from
+//! `migrations/` applied at start-up, and a schema version the code checks (`user_version`).
+//!
+//! All database work runs on tokio's blocking pool through [`Store::call`], never on the async
+//! worker threads. The table families live in submodules as plain functions over a
+//! `rusqlite::Connection`, so they are testable without a runtime.
+
+pub mod referrals;
+pub mod runs;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+
+/// The migrations, in order. The file name's number is the schema version it brings.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "0001_init.sql",
+    include_str!("../../migrations/0001_init.sql"),
+)];
+
+/// The schema version this binary reads and writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: cannot create its directory: {source}")]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database {path} has schema version {found}, newer than this binary's {supported}; upgrade cosell-sync")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("database migration {name} failed: {source}")]
+    Migration {
+        name: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database worker stopped: {0}")]
+    Worker(String),
+}
+
+/// A handle on the database, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
+        // WAL lets `status` read while `run` writes; NORMAL sync is durable across process
+        // crashes (only an OS crash can lose the last commits, never corrupt the file).
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(open_err)?;
+        migrate(&mut conn, path)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+
+    /// Runs `f` with the connection on the current thread (for commands outside a runtime).
+    pub fn call_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+/// Applies every migration newer than the database's `user_version`, each in its own
+/// transaction together with the version bump, so a crash leaves a whole version or none.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: current,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for &(version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .and_then(|_| tx.execute_batch(&format!("PRAGMA user_version = {version}")))
+            .map_err(|source| StoreError::Migration { name, source })?;
+        tx.commit()?;
+        tracing::info!(version, name, "database migrated");
+    }
+    Ok(())
+}
+
+/// `PRAGMA integrity_check`; `ok` when the file is sound.
+pub fn integrity_check(conn: &Connection) -> Result<String, StoreError> {
+    Ok(conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_an_empty_database_and_reopens_an_existing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/state.db");
+        let store = Store::open(&path).unwrap();
+        store
+            .call_blocking(|c| {
+                let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+                assert_eq!(v, SCHEMA_VERSION);
+                c.execute(
+                    "INSERT INTO sync_watermarks (name, value, updated_at) VALUES ('w', 'x', 'y')",
+                    [],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        drop(store);
+        let again = Store::open(&path).unwrap();
+        let kept: String = again
+            .call_blocking(|c| {
+                Ok(c.query_row("SELECT value FROM sync_watermarks", [], |r| r.get(0))?)
+            })
+            .unwrap();
+        assert_eq!(kept, "x", "reopening must not re-run migrations");
+        let mode: String = again
+            .call_blocking(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn refuses_a_database_from_a_newer_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 999")
+            .unwrap();
+        let err = Store::open(&path).unwrap_err();
+        assert!(
+            matches!(err, StoreError::TooNew { found: 999, .. }),
+            "{err}"
+        );
+    }
+}

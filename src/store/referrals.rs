@@ -1,0 +1,354 @@
+//! Referrals, rejected records and sync watermarks: a page of referrals is committed in one
+//! transaction together with the watermark it justifies.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::Serialize;
+
+use super::StoreError;
+use crate::microsoft::model::{db_timestamp, parse_timestamp};
+use crate::microsoft::{ParsedReferral, RejectedRecord};
+
+/// What one committed page did to the table.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct UpsertCounts {
+    pub new: u64,
+    pub changed: u64,
+    pub unchanged: u64,
+    pub rejected: u64,
+}
+
+impl UpsertCounts {
+    pub fn add(&mut self, other: UpsertCounts) {
+        self.new += other.new;
+        self.changed += other.changed;
+        self.unchanged += other.unchanged;
+        self.rejected += other.rejected;
+    }
+}
+
+/// Stores a page: upserts its referrals, keeps its rejected records, and (when given) moves
+/// the named watermark forward — all or nothing.
+pub fn commit_page(
+    conn: &mut Connection,
+    referrals: &[ParsedReferral],
+    rejected: &[RejectedRecord],
+    watermark: Option<(&str, DateTime<Utc>)>,
+    now: DateTime<Utc>,
+) -> Result<UpsertCounts, StoreError> {
+    let tx = conn.transaction()?;
+    let mut counts = UpsertCounts::default();
+    for referral in referrals {
+        match upsert(&tx, referral, now)? {
+            Upserted::New => counts.new += 1,
+            Upserted::Changed => counts.changed += 1,
+            Upserted::Unchanged => counts.unchanged += 1,
+        }
+    }
+    for record in rejected {
+        keep_rejected(&tx, "microsoft.referral", record, now)?;
+        counts.rejected += 1;
+    }
+    if let Some((name, value)) = watermark {
+        advance_watermark(&tx, name, value, now)?;
+    }
+    tx.commit()?;
+    Ok(counts)
+}
+
+enum Upserted {
+    New,
+    Changed,
+    Unchanged,
+}
+
+fn upsert(
+    tx: &Transaction,
+    parsed: &ParsedReferral,
+    now: DateTime<Utc>,
+) -> Result<Upserted, StoreError> {
+    let r = &parsed.referral;
+    let updated_at = db_timestamp(r.updated_at());
+    let existing: Option<(String, String)> = tx
+        .prepare_cached("SELECT raw_json, updated_at FROM referrals WHERE id = ?1")?
+        .query_row([&r.id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let outcome = match &existing {
+        None => Upserted::New,
+        Some((raw, _)) if *raw == parsed.raw => return Ok(Upserted::Unchanged),
+        // An older snapshot (a slow page racing a newer one) never overwrites a newer one.
+        Some((_, stored_updated)) if *stored_updated > updated_at => {
+            return Ok(Upserted::Unchanged)
+        }
+        Some(_) => Upserted::Changed,
+    };
+    let details = r.details.as_ref();
+    let now_text = db_timestamp(now);
+    tx.prepare_cached(
+        "INSERT INTO referrals (id, engagement_id, name, customer_name, customer_country, status,
+            substatus, direction, qualification, referral_type, deal_value, currency, closing_at,
+            external_reference_id, etag, created_at, updated_at, expires_at, raw_json,
+            first_seen_at, last_changed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+            ?19, ?20, ?20)
+         ON CONFLICT (id) DO UPDATE SET engagement_id = excluded.engagement_id,
+            name = excluded.name, customer_name = excluded.customer_name,
+            customer_country = excluded.customer_country, status = excluded.status,
+            substatus = excluded.substatus, direction = excluded.direction,
+            qualification = excluded.qualification, referral_type = excluded.referral_type,
+            deal_value = excluded.deal_value, currency = excluded.currency,
+            closing_at = excluded.closing_at,
+            external_reference_id = excluded.external_reference_id, etag = excluded.etag,
+            created_at = excluded.created_at, updated_at = excluded.updated_at,
+            expires_at = excluded.expires_at, raw_json = excluded.raw_json,
+            last_changed_at = excluded.last_changed_at",
+    )?
+    .execute(params![
+        r.id,
+        r.engagement_id,
+        r.name,
+        r.customer_name(),
+        r.customer_country(),
+        r.status.as_ref().map(|s| s.as_str()),
+        r.substatus.as_ref().map(|s| s.as_str()),
+        r.direction.as_ref().map(|s| s.as_str()),
+        r.qualification,
+        r.referral_type,
+        details.and_then(|d| d.deal_value),
+        details.and_then(|d| d.currency.clone()),
+        details.and_then(|d| d.closing_date_time).map(db_timestamp),
+        r.external_reference_id,
+        r.e_tag,
+        db_timestamp(r.created_date_time),
+        updated_at,
+        r.expiration_date_time.map(db_timestamp),
+        parsed.raw,
+        now_text,
+    ])?;
+    Ok(outcome)
+}
+
+fn keep_rejected(
+    tx: &Transaction,
+    source: &str,
+    record: &RejectedRecord,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let now = db_timestamp(now);
+    tx.prepare_cached(
+        "INSERT INTO rejected_records (source, record_id, error, raw_json, first_seen_at, last_seen_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+         ON CONFLICT (source, raw_json) DO UPDATE SET last_seen_at = excluded.last_seen_at,
+            error = excluded.error",
+    )?
+    .execute(params![source, record.id, record.error, record.raw, now])?;
+    Ok(())
+}
+
+/// Moves a watermark forward only (a smaller value never moves it back).
+fn advance_watermark(
+    tx: &Transaction,
+    name: &str,
+    value: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO sync_watermarks (name, value, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+         WHERE excluded.value > sync_watermarks.value",
+    )?
+    .execute(params![name, db_timestamp(value), db_timestamp(now)])?;
+    Ok(())
+}
+
+pub fn watermark(conn: &Connection, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT value FROM sync_watermarks WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(text.as_deref().and_then(parse_timestamp))
+}
+
+/// A referral as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReferralSummary {
+    pub id: String,
+    pub name: Option<String>,
+    pub customer: Option<String>,
+    pub status: Option<String>,
+    pub substatus: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub deal_value: Option<f64>,
+    pub currency: Option<String>,
+}
+
+/// Incoming referrals in status New (Pending or Received): their response clock is running.
+pub fn awaiting_response(conn: &Connection) -> Result<Vec<ReferralSummary>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id, name, customer_name, status, substatus, created_at, expires_at, deal_value, currency
+         FROM referrals
+         WHERE status = 'New' AND substatus IN ('Pending', 'Received')
+           AND (direction = 'Incoming' OR direction IS NULL)",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        let created: String = row.get(5)?;
+        let expires: Option<String> = row.get(6)?;
+        Ok(ReferralSummary {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            customer: row.get(2)?,
+            status: row.get(3)?,
+            substatus: row.get(4)?,
+            created_at: parse_timestamp(&created).unwrap_or_default(),
+            expires_at: expires.as_deref().and_then(parse_timestamp),
+            deal_value: row.get(7)?,
+            currency: row.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Referral counts by (status, substatus).
+pub fn counts_by_state(conn: &Connection) -> Result<Vec<(String, String, u64)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT COALESCE(status, '?'), COALESCE(substatus, '?'), COUNT(*) FROM referrals
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn count_rejected(conn: &Connection) -> Result<u64, StoreError> {
+    Ok(
+        conn.query_row("SELECT COUNT(*) FROM rejected_records", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use serde_json::json;
+
+    fn referral(id: &str, updated: &str, value: f64) -> ParsedReferral {
+        ParsedReferral::from_value(json!({
+            "id": id, "createdDateTime": "2026-11-01T00:00:00Z", "updatedDateTime": updated,
+            "status": "New", "substatus": "Pending", "direction": "Incoming",
+            "details": {"dealValue": value}
+        }))
+        .unwrap()
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        parse_timestamp(s).unwrap()
+    }
+
+    #[test]
+    fn upsert_counts_new_changed_unchanged_and_ignores_older_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let now = t("2026-11-22T00:00:00Z");
+        store
+            .call_blocking(|c| {
+                let a = referral("a", "2026-11-02T00:00:00Z", 1.0);
+                let counts = commit_page(c, std::slice::from_ref(&a), &[], None, now)?;
+                assert_eq!(counts.new, 1);
+                let counts = commit_page(c, &[a], &[], None, now)?;
+                assert_eq!(counts.unchanged, 1);
+                let newer = referral("a", "2026-11-03T00:00:00Z", 2.0);
+                assert_eq!(commit_page(c, &[newer], &[], None, now)?.changed, 1);
+                let older = referral("a", "2026-11-02T12:00:00Z", 3.0);
+                assert_eq!(commit_page(c, &[older], &[], None, now)?.unchanged, 1);
+                let value: f64 =
+                    c.query_row("SELECT deal_value FROM referrals", [], |r| r.get(0))?;
+                assert_eq!(value, 2.0);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn watermark_moves_forward_only_and_with_its_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let now = t("2026-11-22T00:00:00Z");
+        store
+            .call_blocking(|c| {
+                let a = referral("a", "2026-11-02T00:00:00Z", 1.0);
+                commit_page(c, &[a], &[], Some(("w", t("2026-11-02T00:00:00Z"))), now)?;
+                let b = referral("b", "2026-11-01T00:00:00Z", 1.0);
+                commit_page(c, &[b], &[], Some(("w", t("2026-11-01T00:00:00Z"))), now)?;
+                assert_eq!(watermark(c, "w")?, Some(t("2026-11-02T00:00:00Z")));
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// A crash between fetching a page and committing it: the transaction never commits,
+    /// so neither the referrals nor the watermark move, and the retry imports each once.
+    #[test]
+    fn a_page_that_fails_mid_commit_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let now = t("2026-11-22T00:00:00Z");
+        let page = vec![
+            referral("a", "2026-11-02T00:00:00Z", 1.0),
+            referral("b", "2026-11-03T00:00:00Z", 1.0),
+        ];
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            drop(Store::open(&path).unwrap());
+            let tx = conn.transaction().unwrap();
+            upsert(&tx, &page[0], now).unwrap();
+            advance_watermark(&tx, "w", t("2026-11-03T00:00:00Z"), now).unwrap();
+            // The process dies here: the transaction is dropped without commit.
+            drop(tx);
+        }
+        let store = Store::open(&path).unwrap();
+        store
+            .call_blocking(|c| {
+                let n: i64 = c.query_row("SELECT COUNT(*) FROM referrals", [], |r| r.get(0))?;
+                assert_eq!(n, 0);
+                assert_eq!(watermark(c, "w")?, None);
+                let counts =
+                    commit_page(c, &page, &[], Some(("w", t("2026-11-03T00:00:00Z"))), now)?;
+                assert_eq!(counts.new, 2);
+                let again =
+                    commit_page(c, &page, &[], Some(("w", t("2026-11-03T00:00:00Z"))), now)?;
+                assert_eq!(again.unchanged, 2);
+                let n: i64 = c.query_row("SELECT COUNT(*) FROM referrals", [], |r| r.get(0))?;
+                assert_eq!(n, 2);
+                assert_eq!(super::super::integrity_check(c)?, "ok");
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn rejected_records_are_kept_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let bad = RejectedRecord {
+            id: Some("x".into()),
+            error: "bad".into(),
+            raw: "{\"id\":\"x\"}".into(),
+        };
+        let now = t("2026-11-22T00:00:00Z");
+        store
+            .call_blocking(|c| {
+                commit_page(c, &[], std::slice::from_ref(&bad), None, now)?;
+                commit_page(c, &[], std::slice::from_ref(&bad), None, now)?;
+                assert_eq!(count_rejected(c)?, 1);
+                Ok(())
+            })
+            .unwrap();
+    }
+}

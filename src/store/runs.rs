@@ -1,0 +1,99 @@
+//! Cycle bookkeeping: one `cycle_runs` row per cycle, from `running` to `ok`/`failed`; rows a
+//! killed process left `running` are marked `interrupted` at the next start.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection};
+use serde::Serialize;
+
+use super::referrals::UpsertCounts;
+use super::StoreError;
+use crate::microsoft::model::{db_timestamp, parse_timestamp};
+
+pub fn start_cycle(
+    conn: &Connection,
+    cycle_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO cycle_runs (cycle_id, started_at, outcome) VALUES (?1, ?2, 'running')",
+        params![cycle_id, db_timestamp(now)],
+    )?;
+    Ok(())
+}
+
+pub fn finish_cycle(
+    conn: &Connection,
+    cycle_id: &str,
+    now: DateTime<Utc>,
+    pages: u64,
+    counts: UpsertCounts,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE cycle_runs SET finished_at = ?2, outcome = ?3, pages = ?4,
+            referrals_seen = ?5, referrals_new = ?6, referrals_changed = ?7,
+            records_rejected = ?8, error = ?9
+         WHERE cycle_id = ?1",
+        params![
+            cycle_id,
+            db_timestamp(now),
+            if error.is_some() { "failed" } else { "ok" },
+            pages as i64,
+            (counts.new + counts.changed + counts.unchanged) as i64,
+            counts.new as i64,
+            counts.changed as i64,
+            counts.rejected as i64,
+            error,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Marks cycles a dead process left `running`. Returns how many.
+pub fn mark_interrupted(conn: &Connection, now: DateTime<Utc>) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "UPDATE cycle_runs SET outcome = 'interrupted', finished_at = ?1,
+            error = 'the process stopped before the cycle finished'
+         WHERE outcome = 'running'",
+        [db_timestamp(now)],
+    )?)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CycleRun {
+    pub cycle_id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: String,
+    pub pages: u64,
+    pub referrals_seen: u64,
+    pub referrals_new: u64,
+    pub referrals_changed: u64,
+    pub records_rejected: u64,
+    pub error: Option<String>,
+}
+
+pub fn recent_cycles(conn: &Connection, limit: usize) -> Result<Vec<CycleRun>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT cycle_id, started_at, finished_at, outcome, pages, referrals_seen, referrals_new,
+                referrals_changed, records_rejected, error
+         FROM cycle_runs ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        let started: String = r.get(1)?;
+        let finished: Option<String> = r.get(2)?;
+        Ok(CycleRun {
+            cycle_id: r.get(0)?,
+            started_at: parse_timestamp(&started).unwrap_or_default(),
+            finished_at: finished.as_deref().and_then(parse_timestamp),
+            outcome: r.get(3)?,
+            pages: r.get::<_, i64>(4)? as u64,
+            referrals_seen: r.get::<_, i64>(5)? as u64,
+            referrals_new: r.get::<_, i64>(6)? as u64,
+            referrals_changed: r.get::<_, i64>(7)? as u64,
+            records_rejected: r.get::<_, i64>(8)? as u64,
+            error: r.get(9)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
