@@ -1,0 +1,170 @@
+//! Configuration loading, in its own binary because it changes the process environment
+//! (figment's `Jail` serialises those tests and restores everything afterwards).
+
+use cosell_sync::config::{Config, ConfigErrors};
+use figment::Jail;
+use secrecy::ExposeSecret;
+
+const GOOD: &str = r#"
+[state]
+path = "state/state.db"
+
+[microsoft]
+tenant = "contoso.onmicrosoft.com"
+client_id = "app-id"
+client_secret = "s3cret-inline"
+refresh_token = "first-refresh-token"
+"#;
+
+fn load(jail: &Jail) -> Result<Config, ConfigErrors> {
+    Config::load(&jail.directory().join("config.toml")).map(|l| l.config)
+}
+
+fn messages(errors: ConfigErrors) -> Vec<String> {
+    errors.0.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn a_complete_file_loads_with_defaults_filled_in() {
+    Jail::expect_with(|jail| {
+        jail.create_file("config.toml", GOOD)?;
+        let config = load(jail).unwrap();
+        assert_eq!(config.schedule.sync, "0 */5 * * * *");
+        assert_eq!(config.microsoft.api_base, "https://api.partner.microsoft.com");
+        assert_eq!(config.alerts.response_window.0.as_secs(), 14 * 86_400);
+        assert_eq!(config.microsoft.client_secret.unwrap().expose_secret(), "s3cret-inline");
+        Ok(())
+    });
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    Jail::expect_with(|jail| {
+        let example = include_str!("../config.example.toml");
+        // The example points secrets at files; give it those files.
+        jail.create_file("config.toml", example)?;
+        let dir = jail.directory().to_path_buf();
+        jail.set_env("CREDENTIALS_DIRECTORY", dir.display());
+        jail.create_file("microsoft-client-secret", "from-file\n")?;
+        jail.create_file("microsoft-refresh-token", "rt-from-file\n")?;
+        jail.set_env("COSELL_STATE__PATH", dir.join("state.db").display());
+        let config = load(jail).unwrap_or_else(|e| panic!("config.example.toml: {e}"));
+        assert_eq!(config.microsoft.client_secret.unwrap().expose_secret(), "from-file");
+        Ok(())
+    });
+}
+
+#[test]
+fn each_validation_error_names_its_key() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "config.toml",
+            r#"
+[schedule]
+sync = "*/5 * * * *"
+[microsoft]
+client_id = "x"
+page_size = 500
+requests_per_second = 0
+api_base = "ftp://example"
+"#,
+        )?;
+        let errors = messages(load(jail).unwrap_err());
+        let expect = [
+            "schedule.sync: invalid cron expression",
+            "microsoft.tenant is missing",
+            "microsoft.refresh_token is missing",
+            "microsoft.page_size: must be between 1 and 100",
+            "microsoft.requests_per_second: must be a positive number",
+            "microsoft.api_base: \"ftp://example\" must be an http(s) URL",
+        ];
+        for e in expect {
+            assert!(errors.iter().any(|m| m.starts_with(e)), "no {e:?} in {errors:#?}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_keys_and_bad_durations_name_the_key() {
+    Jail::expect_with(|jail| {
+        jail.create_file("config.toml", &format!("{GOOD}\n[alerts]\nresponse_window = \"two weeks\"\n"))?;
+        let errors = messages(load(jail).unwrap_err());
+        assert!(errors[0].starts_with("alerts.response_window:"), "{errors:?}");
+
+        jail.create_file("config.toml", &format!("{GOOD}\n[alerts]\nthresold = [\"4h\"]\n"))?;
+        let errors = messages(load(jail).unwrap_err());
+        assert!(errors[0].contains("thresold"), "{errors:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn env_overrides_the_file() {
+    Jail::expect_with(|jail| {
+        jail.create_file("config.toml", GOOD)?;
+        jail.set_env("COSELL_MICROSOFT__TENANT", "fabrikam.onmicrosoft.com");
+        jail.set_env("COSELL_SCHEDULE__SYNC", "0 0 * * * *");
+        jail.set_env("COSELL_ALERTS__THRESHOLDS", "[\"48h\", \"2h\"]");
+        // COSELL_CONFIG names the file; it is not a config key.
+        jail.set_env("COSELL_CONFIG", "ignored-here.toml");
+        let config = load(jail).unwrap();
+        assert_eq!(config.microsoft.tenant.as_deref(), Some("fabrikam.onmicrosoft.com"));
+        assert_eq!(config.schedule.sync, "0 0 * * * *");
+        assert_eq!(config.alerts.thresholds.len(), 2);
+        assert_eq!(config.alerts.thresholds[0].0.as_secs(), 48 * 3600);
+        Ok(())
+    });
+}
+
+#[test]
+fn secret_files_are_read_and_relative_ones_come_from_credentials_directory() {
+    Jail::expect_with(|jail| {
+        let creds = jail.directory().join("creds");
+        std::fs::create_dir_all(&creds).unwrap();
+        std::fs::write(creds.join("ms-secret"), "secret-from-credential\n").unwrap();
+        jail.create_file("beside-config", "secret-beside-config\n")?;
+        let base = GOOD.replace("client_secret = \"s3cret-inline\"", "client_secret_file = \"ms-secret\"");
+        jail.create_file("config.toml", &base)?;
+        jail.set_env("CREDENTIALS_DIRECTORY", creds.display());
+        let config = load(jail).unwrap();
+        assert_eq!(config.microsoft.client_secret.unwrap().expose_secret(), "secret-from-credential");
+
+        // Without CREDENTIALS_DIRECTORY a relative path is taken beside the config file.
+        jail.set_env("CREDENTIALS_DIRECTORY", "");
+        jail.create_file("config.toml", &base.replace("ms-secret", "beside-config"))?;
+        let config = load(jail).unwrap();
+        assert_eq!(config.microsoft.client_secret.unwrap().expose_secret(), "secret-beside-config");
+
+        // Both forms at once is a mistake, named.
+        jail.create_file(
+            "config.toml",
+            &format!("{GOOD}").replace(
+                "client_id = \"app-id\"",
+                "client_id = \"app-id\"\nclient_secret_file = \"beside-config\"",
+            ),
+        )?;
+        let errors = messages(load(jail).unwrap_err());
+        assert!(errors[0].starts_with("microsoft.client_secret: both"), "{errors:?}");
+
+        // A missing file is named with its key.
+        jail.create_file("config.toml", &base.replace("ms-secret", "nope"))?;
+        let errors = messages(load(jail).unwrap_err());
+        assert!(errors[0].starts_with("microsoft.client_secret_file: cannot read"), "{errors:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn redacted_output_never_shows_secrets() {
+    Jail::expect_with(|jail| {
+        jail.create_file("config.toml", GOOD)?;
+        let config = load(jail).unwrap();
+        let text = config.redacted_toml();
+        assert!(!text.contains("s3cret-inline"), "{text}");
+        assert!(!text.contains("first-refresh-token"), "{text}");
+        assert!(text.contains("[redacted]"));
+        assert!(!format!("{config:?}").contains("s3cret-inline"), "Debug must not leak either");
+        Ok(())
+    });
+}

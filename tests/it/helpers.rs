@@ -1,0 +1,124 @@
+//! Shared test helpers: a simulator with a config file pointing at it, and the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::Arc;
+
+use cosell_sync::http::RateLimiter;
+use cosell_sync::microsoft::{MicrosoftClient, TokenSource};
+use cosell_sync::sim::Simulator;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cosell-sync");
+
+/// A simulator, a temporary state directory and a config file for the binary.
+pub struct TestEnv {
+    pub sim: Simulator,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl TestEnv {
+    pub async fn new() -> TestEnv {
+        Self::with_extra("").await
+    }
+
+    /// `extra` is appended to the generated config (more keys or tables).
+    pub async fn with_extra(extra: &str) -> TestEnv {
+        let sim = Simulator::start().await.expect("simulator starts");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        let env = TestEnv { sim, dir, config };
+        env.write_config(extra);
+        env
+    }
+
+    pub fn write_config(&self, extra: &str) {
+        let c = &self.sim.state.credentials;
+        let text = format!(
+            r#"
+[state]
+path = "{state}"
+
+[log]
+level = "info"
+
+[microsoft]
+api_base = "{base}"
+authority = "{base}"
+tenant = "{tenant}"
+client_id = "{client_id}"
+client_secret = "{secret}"
+refresh_token = "{refresh}"
+requests_per_second = 200
+
+[microsoft.retry]
+min_delay = "50ms"
+max_delay = "500ms"
+{extra}
+"#,
+            state = self.state_db().display(),
+            base = self.sim.base_url(),
+            tenant = c.tenant,
+            client_id = c.client_id,
+            secret = c.client_secret,
+            refresh = c.refresh_token,
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn state_db(&self) -> PathBuf {
+        self.dir.path().join("state.db")
+    }
+
+    /// Runs the binary with this config and waits for it.
+    pub async fn cli(&self, args: &[&str]) -> Output {
+        tokio::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("COSELL_CONFIG")
+            .output()
+            .await
+            .expect("binary runs")
+    }
+
+    /// A client against the simulator, as the daemon builds it.
+    pub fn client(&self, token_file: &Path) -> MicrosoftClient {
+        let c = &self.sim.state.credentials;
+        let http = MicrosoftClient::build_http(
+            std::time::Duration::from_secs(10),
+            std::time::Duration::from_secs(5),
+        );
+        let tokens = TokenSource::new(
+            http.clone(),
+            &self.sim.base_url(),
+            &c.tenant,
+            c.client_id.clone(),
+            Some(c.client_secret.clone().into()),
+            Some(c.refresh_token.clone().into()),
+            token_file.to_path_buf(),
+        )
+        .unwrap();
+        MicrosoftClient::new(
+            http,
+            &self.sim.base_url(),
+            Arc::new(tokens),
+            Arc::new(RateLimiter::new(1000.0)),
+        )
+        .unwrap()
+    }
+
+    pub fn query<T>(&self, sql: &str, f: impl FnOnce(&rusqlite::Row) -> rusqlite::Result<T>) -> T {
+        let conn = rusqlite::Connection::open(self.state_db()).unwrap();
+        conn.query_row(sql, [], f).unwrap()
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

@@ -1,0 +1,6 @@
+//! One integration test binary (one link step): the Microsoft client against wiremock and the
+//! simulator, and the binary end to end against the simulator.
+
+mod client;
+mod e2e;
+mod helpers;
