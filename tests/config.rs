@@ -1,4 +1,7 @@
 //! Configuration loading, in its own binary because it changes the process environment
+
+// figment::Jail closures return figment::Error, which is large; that is the library's shape.
+#![allow(clippy::result_large_err)]
 //! (figment's `Jail` serialises those tests and restores everything afterwards).
 
 use cosell_sync::config::{Config, ConfigErrors};
@@ -30,9 +33,15 @@ fn a_complete_file_loads_with_defaults_filled_in() {
         jail.create_file("config.toml", GOOD)?;
         let config = load(jail).unwrap();
         assert_eq!(config.schedule.sync, "0 */5 * * * *");
-        assert_eq!(config.microsoft.api_base, "https://api.partner.microsoft.com");
+        assert_eq!(
+            config.microsoft.api_base,
+            "https://api.partner.microsoft.com"
+        );
         assert_eq!(config.alerts.response_window.0.as_secs(), 14 * 86_400);
-        assert_eq!(config.microsoft.client_secret.unwrap().expose_secret(), "s3cret-inline");
+        assert_eq!(
+            config.microsoft.client_secret.unwrap().expose_secret(),
+            "s3cret-inline"
+        );
         Ok(())
     });
 }
@@ -49,7 +58,10 @@ fn the_example_config_is_valid() {
         jail.create_file("microsoft-refresh-token", "rt-from-file\n")?;
         jail.set_env("COSELL_STATE__PATH", dir.join("state.db").display());
         let config = load(jail).unwrap_or_else(|e| panic!("config.example.toml: {e}"));
-        assert_eq!(config.microsoft.client_secret.unwrap().expose_secret(), "from-file");
+        assert_eq!(
+            config.microsoft.client_secret.unwrap().expose_secret(),
+            "from-file"
+        );
         Ok(())
     });
 }
@@ -79,7 +91,10 @@ api_base = "ftp://example"
             "microsoft.api_base: \"ftp://example\" must be an http(s) URL",
         ];
         for e in expect {
-            assert!(errors.iter().any(|m| m.starts_with(e)), "no {e:?} in {errors:#?}");
+            assert!(
+                errors.iter().any(|m| m.starts_with(e)),
+                "no {e:?} in {errors:#?}"
+            );
         }
         Ok(())
     });
@@ -88,11 +103,20 @@ api_base = "ftp://example"
 #[test]
 fn unknown_keys_and_bad_durations_name_the_key() {
     Jail::expect_with(|jail| {
-        jail.create_file("config.toml", &format!("{GOOD}\n[alerts]\nresponse_window = \"two weeks\"\n"))?;
+        jail.create_file(
+            "config.toml",
+            &format!("{GOOD}\n[alerts]\nresponse_window = \"two weeks\"\n"),
+        )?;
         let errors = messages(load(jail).unwrap_err());
-        assert!(errors[0].starts_with("alerts.response_window:"), "{errors:?}");
+        assert!(
+            errors[0].starts_with("alerts.response_window:"),
+            "{errors:?}"
+        );
 
-        jail.create_file("config.toml", &format!("{GOOD}\n[alerts]\nthresold = [\"4h\"]\n"))?;
+        jail.create_file(
+            "config.toml",
+            &format!("{GOOD}\n[alerts]\nthresold = [\"4h\"]\n"),
+        )?;
         let errors = messages(load(jail).unwrap_err());
         assert!(errors[0].contains("thresold"), "{errors:?}");
         Ok(())
@@ -109,7 +133,10 @@ fn env_overrides_the_file() {
         // COSELL_CONFIG names the file; it is not a config key.
         jail.set_env("COSELL_CONFIG", "ignored-here.toml");
         let config = load(jail).unwrap();
-        assert_eq!(config.microsoft.tenant.as_deref(), Some("fabrikam.onmicrosoft.com"));
+        assert_eq!(
+            config.microsoft.tenant.as_deref(),
+            Some("fabrikam.onmicrosoft.com")
+        );
         assert_eq!(config.schedule.sync, "0 0 * * * *");
         assert_eq!(config.alerts.thresholds.len(), 2);
         assert_eq!(config.alerts.thresholds[0].0.as_secs(), 48 * 3600);
@@ -124,17 +151,26 @@ fn secret_files_are_read_and_relative_ones_come_from_credentials_directory() {
         std::fs::create_dir_all(&creds).unwrap();
         std::fs::write(creds.join("ms-secret"), "secret-from-credential\n").unwrap();
         jail.create_file("beside-config", "secret-beside-config\n")?;
-        let base = GOOD.replace("client_secret = \"s3cret-inline\"", "client_secret_file = \"ms-secret\"");
+        let base = GOOD.replace(
+            "client_secret = \"s3cret-inline\"",
+            "client_secret_file = \"ms-secret\"",
+        );
         jail.create_file("config.toml", &base)?;
         jail.set_env("CREDENTIALS_DIRECTORY", creds.display());
         let config = load(jail).unwrap();
-        assert_eq!(config.microsoft.client_secret.unwrap().expose_secret(), "secret-from-credential");
+        assert_eq!(
+            config.microsoft.client_secret.unwrap().expose_secret(),
+            "secret-from-credential"
+        );
 
         // Without CREDENTIALS_DIRECTORY a relative path is taken beside the config file.
         jail.set_env("CREDENTIALS_DIRECTORY", "");
         jail.create_file("config.toml", &base.replace("ms-secret", "beside-config"))?;
         let config = load(jail).unwrap();
-        assert_eq!(config.microsoft.client_secret.unwrap().expose_secret(), "secret-beside-config");
+        assert_eq!(
+            config.microsoft.client_secret.unwrap().expose_secret(),
+            "secret-beside-config"
+        );
 
         // Both forms at once is a mistake, named.
         jail.create_file(
@@ -145,12 +181,18 @@ fn secret_files_are_read_and_relative_ones_come_from_credentials_directory() {
             ),
         )?;
         let errors = messages(load(jail).unwrap_err());
-        assert!(errors[0].starts_with("microsoft.client_secret: both"), "{errors:?}");
+        assert!(
+            errors[0].starts_with("microsoft.client_secret: both"),
+            "{errors:?}"
+        );
 
         // A missing file is named with its key.
         jail.create_file("config.toml", &base.replace("ms-secret", "nope"))?;
         let errors = messages(load(jail).unwrap_err());
-        assert!(errors[0].starts_with("microsoft.client_secret_file: cannot read"), "{errors:?}");
+        assert!(
+            errors[0].starts_with("microsoft.client_secret_file: cannot read"),
+            "{errors:?}"
+        );
         Ok(())
     });
 }
@@ -164,7 +206,10 @@ fn redacted_output_never_shows_secrets() {
         assert!(!text.contains("s3cret-inline"), "{text}");
         assert!(!text.contains("first-refresh-token"), "{text}");
         assert!(text.contains("[redacted]"));
-        assert!(!format!("{config:?}").contains("s3cret-inline"), "Debug must not leak either");
+        assert!(
+            !format!("{config:?}").contains("s3cret-inline"),
+            "Debug must not leak either"
+        );
         Ok(())
     });
 }

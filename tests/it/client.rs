@@ -44,8 +44,13 @@ async fn wiremock_client(server: &MockServer, dir: &std::path::Path) -> Microsof
         dir.join("token"),
     )
     .unwrap();
-    MicrosoftClient::new(http, &server.uri(), Arc::new(tokens), Arc::new(RateLimiter::new(1000.0)))
-        .unwrap()
+    MicrosoftClient::new(
+        http,
+        &server.uri(),
+        Arc::new(tokens),
+        Arc::new(RateLimiter::new(1000.0)),
+    )
+    .unwrap()
 }
 
 fn inbox() -> PageRequest {
@@ -77,7 +82,10 @@ async fn sends_odata_query_headers_and_bearer_token() {
     let client = wiremock_client(&server, dir.path()).await;
     Mock::given(method("GET"))
         .and(path("/v1.0/engagements/referrals"))
-        .and(query_param("$filter", "direction eq 'Incoming' and substatus eq 'Pending'"))
+        .and(query_param(
+            "$filter",
+            "direction eq 'Incoming' and substatus eq 'Pending'",
+        ))
         .and(query_param("$orderby", "createdDateTime desc"))
         .and(query_param("$top", "100"))
         .and(header("authorization", "Bearer at-1"))
@@ -96,7 +104,12 @@ async fn sends_odata_query_headers_and_bearer_token() {
     assert_eq!(page.request_id.as_deref(), Some("rid-1"));
     assert!(page.next_link.is_none());
     // The grant's rotated refresh token was persisted, private.
-    assert_eq!(std::fs::read_to_string(dir.path().join("token")).unwrap().trim(), "rt-2");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("token"))
+            .unwrap()
+            .trim(),
+        "rt-2"
+    );
 }
 
 #[tokio::test]
@@ -121,7 +134,9 @@ async fn honours_retry_after_on_429_then_succeeds() {
         .await;
     let started = Instant::now();
     let request = inbox();
-    let page = with_retry(&fast_policy(), "list", || client.list_page(&request)).await.unwrap();
+    let page = with_retry(&fast_policy(), "list", || client.list_page(&request))
+        .await
+        .unwrap();
     assert_eq!(page.referrals.len(), 1);
     assert!(
         started.elapsed() >= Duration::from_secs(1),
@@ -137,7 +152,11 @@ async fn retries_5xx_then_succeeds_and_never_retries_400() {
     let client = wiremock_client(&server, dir.path()).await;
     Mock::given(method("GET"))
         .and(path("/v1.0/engagements/referrals/r-503"))
-        .respond_with(ResponseTemplate::new(503).set_body_json(json!({"error": {"code": "serviceNotAvailable", "message": "busy"}})))
+        .respond_with(
+            ResponseTemplate::new(503).set_body_json(
+                json!({"error": {"code": "serviceNotAvailable", "message": "busy"}}),
+            ),
+        )
         .up_to_n_times(2)
         .mount(&server)
         .await;
@@ -148,16 +167,23 @@ async fn retries_5xx_then_succeeds_and_never_retries_400() {
         .respond_with(ResponseTemplate::new(200).set_body_json(good))
         .mount(&server)
         .await;
-    let got = with_retry(&fast_policy(), "get", || client.get_referral("r-503")).await.unwrap();
+    let got = with_retry(&fast_policy(), "get", || client.get_referral("r-503"))
+        .await
+        .unwrap();
     assert_eq!(got.referral.id, "r-503");
 
     Mock::given(method("GET"))
         .and(path("/v1.0/engagements/referrals/r-400"))
-        .respond_with(ResponseTemplate::new(400).set_body_json(json!({"error": {"code": "invalidRequest", "message": "nope"}})))
+        .respond_with(
+            ResponseTemplate::new(400)
+                .set_body_json(json!({"error": {"code": "invalidRequest", "message": "nope"}})),
+        )
         .expect(1)
         .mount(&server)
         .await;
-    let err = with_retry(&fast_policy(), "get", || client.get_referral("r-400")).await.unwrap_err();
+    let err = with_retry(&fast_policy(), "get", || client.get_referral("r-400"))
+        .await
+        .unwrap_err();
     assert_eq!(err.status(), Some(400));
     assert!(!err.is_transient());
     assert!(err.to_string().contains("invalidRequest"), "{err}");
@@ -199,7 +225,10 @@ async fn patch_sends_json_patch_with_the_etag_verbatim() {
     let outcome = client
         .patch_referral(
             "r1",
-            &[PatchOp::replace("/externalReferenceId", "partners/1/leads/2")],
+            &[PatchOp::replace(
+                "/externalReferenceId",
+                "partners/1/leads/2",
+            )],
             Some(etag),
         )
         .await
@@ -210,7 +239,8 @@ async fn patch_sends_json_patch_with_the_etag_verbatim() {
 #[tokio::test]
 async fn pages_through_the_simulator_following_next_links() {
     let env = TestEnv::new().await;
-    env.sim.put_referrals(sample::pending_inbox(250, chrono::Utc::now()));
+    env.sim
+        .put_referrals(sample::pending_inbox(250, chrono::Utc::now()));
     let client = env.client(&env.dir.path().join("token"));
     let mut request = inbox();
     let mut seen = std::collections::HashSet::new();
@@ -219,11 +249,18 @@ async fn pages_through_the_simulator_following_next_links() {
         let page = client.list_page(&request).await.unwrap();
         pages += 1;
         for r in &page.referrals {
-            assert!(seen.insert(r.referral.id.clone()), "duplicate {}", r.referral.id);
+            assert!(
+                seen.insert(r.referral.id.clone()),
+                "duplicate {}",
+                r.referral.id
+            );
         }
         match page.next_link {
             Some(link) => {
-                assert!(link.contains("/v1.0/referrals?$skiptoken="), "documented shape: {link}");
+                assert!(
+                    link.contains("/v1.0/referrals?$skiptoken="),
+                    "documented shape: {link}"
+                );
                 request = PageRequest::Next(link);
             }
             None => break,
@@ -237,7 +274,8 @@ async fn pages_through_the_simulator_following_next_links() {
 async fn filter_literals_are_escaped() {
     let env = TestEnv::new().await;
     // Sample 9 is "O'Brien & Daughters".
-    env.sim.put_referrals(sample::pending_inbox(20, chrono::Utc::now()));
+    env.sim
+        .put_referrals(sample::pending_inbox(20, chrono::Utc::now()));
     let client = env.client(&env.dir.path().join("token"));
     let page = client
         .list_page(&PageRequest::Query {
@@ -257,14 +295,19 @@ async fn filter_literals_are_escaped() {
 #[tokio::test]
 async fn a_401_refreshes_the_token_once_and_retries() {
     let env = TestEnv::new().await;
-    env.sim.put_referrals(sample::pending_inbox(3, chrono::Utc::now()));
+    env.sim
+        .put_referrals(sample::pending_inbox(3, chrono::Utc::now()));
     let client = env.client(&env.dir.path().join("token"));
     client.list_page(&inbox()).await.unwrap();
     assert_eq!(env.sim.counter("token"), 1);
     env.sim.revoke_access_tokens();
     let page = client.list_page(&inbox()).await.unwrap();
     assert_eq!(page.referrals.len(), 3);
-    assert_eq!(env.sim.counter("token"), 2, "exactly one refresh after the 401");
+    assert_eq!(
+        env.sim.counter("token"),
+        2,
+        "exactly one refresh after the 401"
+    );
 }
 
 #[tokio::test]
@@ -275,7 +318,10 @@ async fn a_revoked_refresh_token_is_a_permanent_auth_error() {
     let err = client.list_page(&inbox()).await.unwrap_err();
     assert!(err.is_auth() && !err.is_transient(), "{err:?}");
     assert!(err.to_string().contains("invalid_grant"), "{err}");
-    assert!(err.to_string().contains("cosell-sync auth microsoft"), "{err}");
+    assert!(
+        err.to_string().contains("cosell-sync auth microsoft"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -288,19 +334,27 @@ async fn one_bad_referral_does_not_fail_its_page() {
     let page = client.list_page(&inbox()).await.unwrap();
     assert_eq!(page.referrals.len(), 4);
     assert_eq!(page.rejected.len(), 1);
-    assert_eq!(page.rejected[0].id.as_deref(), Some(sample::referral_id(2).as_str()));
+    assert_eq!(
+        page.rejected[0].id.as_deref(),
+        Some(sample::referral_id(2).as_str())
+    );
 }
 
 #[tokio::test]
 async fn simulator_patch_enforces_etags_and_closed_is_terminal() {
     let env = TestEnv::new().await;
-    env.sim.put_referrals(sample::pending_inbox(1, chrono::Utc::now()));
+    env.sim
+        .put_referrals(sample::pending_inbox(1, chrono::Utc::now()));
     let id = sample::referral_id(0);
     let client = env.client(&env.dir.path().join("token"));
     let current = client.get_referral(&id).await.unwrap();
     let stale = err_status(
         client
-            .patch_referral(&id, &[PatchOp::replace("/externalReferenceId", "x")], Some("\"old\""))
+            .patch_referral(
+                &id,
+                &[PatchOp::replace("/externalReferenceId", "x")],
+                Some("\"old\""),
+            )
             .await,
     );
     assert_eq!(stale, 412);
@@ -320,10 +374,15 @@ async fn simulator_patch_enforces_etags_and_closed_is_terminal() {
     );
     assert_eq!(again, 400, "Closed is terminal");
     let bad_pair = {
-        env.sim.put_referrals(sample::pending_inbox(2, chrono::Utc::now()));
+        env.sim
+            .put_referrals(sample::pending_inbox(2, chrono::Utc::now()));
         err_status(
             client
-                .patch_referral(&sample::referral_id(1), &[PatchOp::replace("/substatus", "Won")], None)
+                .patch_referral(
+                    &sample::referral_id(1),
+                    &[PatchOp::replace("/substatus", "Won")],
+                    None,
+                )
                 .await,
         )
     };
@@ -333,12 +392,22 @@ async fn simulator_patch_enforces_etags_and_closed_is_terminal() {
 #[tokio::test]
 async fn dropped_connections_are_transient_transport_errors() {
     let env = TestEnv::new().await;
-    env.sim.put_referrals(sample::pending_inbox(2, chrono::Utc::now()));
+    env.sim
+        .put_referrals(sample::pending_inbox(2, chrono::Utc::now()));
     let client = env.client(&env.dir.path().join("token"));
     client.list_page(&inbox()).await.unwrap();
     env.sim.script_faults([Fault::Drop]);
     let err = client.list_page(&inbox()).await.unwrap_err();
-    assert!(matches!(err, ApiError::Transport { maybe_sent: true, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ApiError::Transport {
+                maybe_sent: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.is_transient());
 }
 

@@ -20,7 +20,8 @@ fn referral_fingerprint(env: &TestEnv) -> (i64, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_imports_a_250_referral_inbox_in_one_cycle_and_a_second_sync_changes_nothing() {
     let env = TestEnv::new().await;
-    env.sim.put_referrals(sample::pending_inbox(250, chrono::Utc::now()));
+    env.sim
+        .put_referrals(sample::pending_inbox(250, chrono::Utc::now()));
 
     let out = env.cli(&["sync"]).await;
     assert!(out.status.success(), "stderr: {}", stderr(&out));
@@ -30,18 +31,26 @@ async fn sync_imports_a_250_referral_inbox_in_one_cycle_and_a_second_sync_change
 
     let again = env.cli(&["sync"]).await;
     assert!(again.status.success(), "stderr: {}", stderr(&again));
-    assert!(stdout(&again).contains("0 new, 0 changed"), "{}", stdout(&again));
+    assert!(
+        stdout(&again).contains("0 new, 0 changed"),
+        "{}",
+        stdout(&again)
+    );
     let (_, after) = referral_fingerprint(&env);
     assert_eq!(before, after, "a second sync must not touch any row");
 
-    let outcomes: i64 = env.query("SELECT COUNT(*) FROM cycle_runs WHERE outcome = 'ok'", |r| r.get(0));
+    let outcomes: i64 = env.query(
+        "SELECT COUNT(*) FROM cycle_runs WHERE outcome = 'ok'",
+        |r| r.get(0),
+    );
     assert_eq!(outcomes, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_lists_referrals_nearest_expiry_first() {
     let env = TestEnv::new().await;
-    env.sim.put_referrals(sample::demo_set(30, chrono::Utc::now()));
+    env.sim
+        .put_referrals(sample::demo_set(30, chrono::Utc::now()));
     assert!(env.cli(&["sync"]).await.status.success());
 
     let out = env.cli(&["status", "--json"]).await;
@@ -50,18 +59,28 @@ async fn status_lists_referrals_nearest_expiry_first() {
     let awaiting = report["awaiting_response"].as_array().unwrap();
     // 30 Pending (one past its deadline) and one Received.
     assert_eq!(awaiting.len(), 31);
-    let deadlines: Vec<&str> = awaiting.iter().map(|e| e["deadline"].as_str().unwrap()).collect();
+    let deadlines: Vec<&str> = awaiting
+        .iter()
+        .map(|e| e["deadline"].as_str().unwrap())
+        .collect();
     let mut sorted = deadlines.clone();
     sorted.sort();
     assert_eq!(deadlines, sorted, "nearest deadline first");
-    assert_eq!(awaiting[0]["id"], sample::referral_id(3), "the expired one leads");
+    assert_eq!(
+        awaiting[0]["id"],
+        sample::referral_id(3),
+        "the expired one leads"
+    );
     assert_eq!(awaiting[1]["id"], sample::referral_id(2));
     assert_eq!(awaiting[1]["threshold"], "4h");
     assert_eq!(awaiting[2]["threshold"], "24h");
 
     let text = env.cli(&["status"]).await;
     let text = stdout(&text);
-    let first_line = text.lines().find(|l| l.contains("EXPIRED")).expect("an expired row");
+    let first_line = text
+        .lines()
+        .find(|l| l.contains("EXPIRED"))
+        .expect("an expired row");
     assert!(first_line.contains(&sample::referral_id(3)), "{text}");
     assert!(text.contains("Last cycles:"), "{text}");
 }
@@ -69,12 +88,16 @@ async fn status_lists_referrals_nearest_expiry_first() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_rotated_refresh_token_carries_over_to_the_next_process() {
     let env = TestEnv::new().await;
-    env.sim.put_referrals(sample::pending_inbox(3, chrono::Utc::now()));
+    env.sim
+        .put_referrals(sample::pending_inbox(3, chrono::Utc::now()));
     assert!(env.cli(&["sync"]).await.status.success());
     let token_file = env.dir.path().join("microsoft-refresh-token");
     let stored = std::fs::read_to_string(&token_file).unwrap();
     assert_ne!(stored.trim(), env.sim.state.credentials.refresh_token);
-    assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     // The simulator revoked the configured token at the first grant: a second process only
     // works if it uses the rotated one from the file.
     let second = env.cli(&["sync"]).await;
@@ -93,15 +116,22 @@ async fn a_revoked_token_fails_the_cycle_with_a_clear_message() {
     let out = env.cli(&["sync"]).await;
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("invalid_grant") && err.contains("auth microsoft"), "{err}");
-    let failed: i64 = env.query("SELECT COUNT(*) FROM cycle_runs WHERE outcome = 'failed'", |r| r.get(0));
+    assert!(
+        err.contains("invalid_grant") && err.contains("auth microsoft"),
+        "{err}"
+    );
+    let failed: i64 = env.query(
+        "SELECT COUNT(*) FROM cycle_runs WHERE outcome = 'failed'",
+        |r| r.get(0),
+    );
     assert_eq!(failed, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn transient_faults_are_ridden_out() {
     let env = TestEnv::new().await;
-    env.sim.put_referrals(sample::pending_inbox(250, chrono::Utc::now()));
+    env.sim
+        .put_referrals(sample::pending_inbox(250, chrono::Utc::now()));
     env.sim.set_faults(Faults {
         rate_429: 0.15,
         rate_5xx: 0.15,
@@ -121,7 +151,11 @@ async fn a_bad_config_exits_78_naming_the_key() {
     let env = TestEnv::with_extra("[schedule]\nsync = \"every five minutes\"\n").await;
     let out = env.cli(&["sync"]).await;
     assert_eq!(out.status.code(), Some(78));
-    assert!(stderr(&out).contains("schedule.sync: invalid cron expression"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("schedule.sync: invalid cron expression"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = tokio::process::Command::new(BIN)
         .args(["--config", "/nonexistent/cosell.toml", "check-config"])
@@ -129,7 +163,11 @@ async fn a_bad_config_exits_78_naming_the_key() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
-    let out = tokio::process::Command::new(BIN).arg("no-such-command").output().await.unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .arg("no-such-command")
+        .output()
+        .await
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -149,7 +187,8 @@ async fn check_config_redacts_secrets() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_during_run_exits_0_with_the_database_intact() {
     let env = TestEnv::with_extra("[daemon]\nshutdown_grace = \"20s\"\n").await;
-    env.sim.put_referrals(sample::pending_inbox(250, chrono::Utc::now()));
+    env.sim
+        .put_referrals(sample::pending_inbox(250, chrono::Utc::now()));
     // Slow answers, so the signal lands in the middle of the first cycle.
     env.sim.set_faults(Faults {
         delay: Duration::from_millis(150),
@@ -166,11 +205,17 @@ async fn sigterm_during_run_exits_0_with_the_database_intact() {
     // Wait until the first cycle is under way.
     let started = std::time::Instant::now();
     while env.sim.counter("list") < 2 {
-        assert!(started.elapsed() < Duration::from_secs(20), "the daemon never started a cycle");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the daemon never started a cycle"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let pid = child.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let status = tokio::time::timeout(Duration::from_secs(25), child.wait())
         .await
@@ -178,7 +223,9 @@ async fn sigterm_during_run_exits_0_with_the_database_intact() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
     let conn = rusqlite::Connection::open(env.state_db()).unwrap();
-    let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(check, "ok");
     // The cycle in flight was allowed to finish: everything is in, recorded as ok.
     let (n, outcome): (i64, String) = conn
@@ -199,7 +246,10 @@ async fn a_malformed_referral_is_kept_aside_and_the_rest_imported() {
     env.sim.put_referrals(referrals);
     let out = env.cli(&["sync"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&sample::referral_id(50)), "the log names the bad referral");
+    assert!(
+        stderr(&out).contains(&sample::referral_id(50)),
+        "the log names the bad referral"
+    );
     let (count, _) = referral_fingerprint(&env);
     assert_eq!(count, 119);
     let kept: i64 = env.query("SELECT COUNT(*) FROM rejected_records", |r| r.get(0));
