@@ -1,8 +1,8 @@
 //! Configuration loading, in its own binary because it changes the process environment
+//! (figment's `Jail` serialises those tests and restores everything afterwards).
 
 // figment::Jail closures return figment::Error, which is large; that is the library's shape.
 #![allow(clippy::result_large_err)]
-//! (figment's `Jail` serialises those tests and restores everything afterwards).
 
 use cosell_sync::config::{Config, ConfigErrors};
 use figment::Jail;
@@ -175,7 +175,7 @@ fn secret_files_are_read_and_relative_ones_come_from_credentials_directory() {
         // Both forms at once is a mistake, named.
         jail.create_file(
             "config.toml",
-            &format!("{GOOD}").replace(
+            &GOOD.replace(
                 "client_id = \"app-id\"",
                 "client_id = \"app-id\"\nclient_secret_file = \"beside-config\"",
             ),
