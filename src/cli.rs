@@ -36,10 +36,41 @@ pub enum Command {
     },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
+    /// Track an existing Google lead or opportunity for a referral (checked with a `get` first).
+    Link {
+        /// The Microsoft referral id.
+        referral_id: String,
+        /// partners/P/leads/L or partners/P/opportunities/O
+        google_resource_name: String,
+    },
+    /// The outbox of remote writes: list them, retry a dead or quarantined one, or drop one.
+    Outbox {
+        #[command(subcommand)]
+        action: Option<OutboxCommand>,
+    },
     /// Run against the built-in simulator with sample data; needs no config and no network.
     Demo {
         /// How many sample referrals the simulated inbox holds.
         #[arg(long, default_value_t = 240)]
         referrals: usize,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// List actions (newest first).
+    List {
+        /// Only these states (pending, in_flight, done, dead, quarantined, dropped, superseded).
+        #[arg(long = "state")]
+        states: Vec<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a dead or quarantined action again (for a quarantined lead create: only once you
+    /// know the lead does not exist in Google; otherwise `link` it).
+    Retry { id: i64 },
+    /// Never send this action.
+    Drop { id: i64 },
 }

@@ -192,6 +192,8 @@ pub struct Config {
     pub log: LogConfig,
     pub microsoft: MicrosoftConfig,
     pub google: GoogleConfig,
+    pub sync: SyncConfig,
+    pub forward: ForwardConfig,
     pub alerts: AlertsConfig,
 }
 
@@ -377,10 +379,129 @@ impl Default for GoogleConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Values for the lead fields a referral cannot supply (every field the API marks Required
+/// must be sent; enum values must be real ones, never `*_UNSPECIFIED`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GoogleLeadConfig {
     pub submitter_email: Option<String>,
+    pub engagement_model: String,
+    pub deal_transaction_type: String,
+    pub support_level: String,
+    /// Deal term (a string in the API, e.g. months).
+    pub deal_term: String,
+    pub delivery_model: String,
+    pub contract_vehicle: String,
+    pub isv_solution_connect_deal: bool,
+    pub is_confidential: Option<bool>,
+    /// The Google `ProductFamily` when no entry of `product_families` matches the referral.
+    pub product_family: Option<String>,
+    /// Microsoft product or solution id (`details.requirements.products[].id`,
+    /// `solutions[].id`) → Google `ProductFamily`. The first match wins.
+    pub product_families: std::collections::BTreeMap<String, String>,
+    /// Used when the referral has no currency.
+    pub default_currency: Option<String>,
+    /// Used when the referral has no deal value.
+    pub default_deal_value: Option<f64>,
+    /// When the referral has no closing date: today plus this.
+    pub default_close_in: Option<HumanDuration>,
+    /// The field of the Google `Customer` object that carries the customer's name. The
+    /// Customer schema is not in the published pages ([?] in the API reference), so it is a
+    /// setting rather than a guess baked into the code.
+    pub customer_name_field: String,
+}
+
+impl Default for GoogleLeadConfig {
+    fn default() -> Self {
+        GoogleLeadConfig {
+            submitter_email: None,
+            engagement_model: "ENGAGEMENT_MODEL_SERVICE".into(),
+            deal_transaction_type: "DEAL_TRANSACTION_TYPE_DEAL_SUBMISSION".into(),
+            support_level: "SUPPORT_LEVEL_TECHNICAL_SUPPORT".into(),
+            deal_term: "12".into(),
+            delivery_model: "DELIVERY_MODEL_OTHER".into(),
+            contract_vehicle: "CONTRACT_VEHICLE_NOT_KNOWN_AT_THIS_TIME".into(),
+            isv_solution_connect_deal: false,
+            is_confidential: None,
+            product_family: None,
+            product_families: Default::default(),
+            default_currency: None,
+            default_deal_value: None,
+            default_close_in: None,
+            customer_name_field: "organizationName".into(),
+        }
+    }
+}
+
+/// Who wins when both sides changed a field to different values since the last sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictPolicy {
+    Microsoft,
+    Google,
+    /// Write nothing; record the conflict and alert.
+    Manual,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    pub conflict: ConflictPolicy,
+    /// Google opportunity stages that close the referral as Closed/Lost.
+    pub lost_stages: Vec<String>,
+    /// Google opportunity stages that close the referral as Closed/Won (none by default: the
+    /// published SalesStage values have no won stage).
+    pub won_stages: Vec<String>,
+    /// Move a linked open opportunity to SALES_STAGE_CLOSED_LOST when Microsoft closes the
+    /// referral as Declined, Lost or Expired.
+    pub close_google_on_microsoft_close: bool,
+    /// Remote writes and Google reads in flight at once.
+    pub concurrency: usize,
+    /// Attempts before a failing write is dead-lettered.
+    pub max_attempts: u32,
+    /// The outbox's retry schedule: exponential from `retry_min` to `retry_max`, jittered.
+    pub retry_min: HumanDuration,
+    pub retry_max: HumanDuration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            conflict: ConflictPolicy::Manual,
+            lost_stages: vec!["SALES_STAGE_CLOSED_LOST".into()],
+            won_stages: Vec::new(),
+            close_google_on_microsoft_close: true,
+            concurrency: 4,
+            max_attempts: 8,
+            retry_min: HumanDuration::secs(30),
+            retry_max: HumanDuration::secs(3600),
+        }
+    }
+}
+
+/// Which incoming referrals become Google leads (default: every incoming Pending one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    pub enabled: bool,
+    pub substatuses: Vec<String>,
+    /// Empty = any qualification.
+    pub qualifications: Vec<String>,
+    /// ISO country codes of the customer; empty = any.
+    pub countries: Vec<String>,
+    pub min_deal_value: f64,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            enabled: true,
+            substatuses: vec!["Pending".into()],
+            qualifications: Vec::new(),
+            countries: Vec::new(),
+            min_deal_value: 0.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -548,6 +669,45 @@ impl Config {
                 "must be more than 0s",
             ));
         }
+        let lead = &self.google.lead;
+        for (key, value) in [
+            ("google.lead.engagement_model", &lead.engagement_model),
+            (
+                "google.lead.deal_transaction_type",
+                &lead.deal_transaction_type,
+            ),
+            ("google.lead.support_level", &lead.support_level),
+            ("google.lead.delivery_model", &lead.delivery_model),
+            ("google.lead.contract_vehicle", &lead.contract_vehicle),
+        ] {
+            if value.trim().is_empty() || value.ends_with("_UNSPECIFIED") {
+                errors.push(ConfigError::new(
+                    key,
+                    format!("{value:?} is not a value the API accepts on create"),
+                ));
+            }
+        }
+        if self.google_enabled() {
+            if self.google.credentials_file.is_none() {
+                errors.push(ConfigError::missing("google.credentials_file"));
+            }
+            if lead
+                .submitter_email
+                .as_deref()
+                .is_none_or(|e| !e.contains('@'))
+            {
+                errors.push(ConfigError::new(
+                    "google.lead.submitter_email",
+                    "is missing (every lead create must carry the submitting partner user's email)",
+                ));
+            }
+        }
+        if self.sync.concurrency == 0 {
+            errors.push(ConfigError::new("sync.concurrency", "must be at least 1"));
+        }
+        if self.sync.max_attempts == 0 {
+            errors.push(ConfigError::new("sync.max_attempts", "must be at least 1"));
+        }
         if self.alerts.response_window.0.is_zero() {
             errors.push(ConfigError::new(
                 "alerts.response_window",
@@ -565,6 +725,14 @@ impl Config {
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+
+    /// The Google side runs when a partner id is configured.
+    pub fn google_enabled(&self) -> bool {
+        self.google
+            .partner_id
+            .as_deref()
+            .is_some_and(|p| !p.trim().is_empty())
     }
 
     /// The rotated Microsoft refresh token's file, beside the database.

@@ -1,6 +1,7 @@
-//! `cosell-sync demo`: starts the simulator with sample referrals on 127.0.0.1, runs real
-//! cycles of the daemon against it on a throw-away state directory, and prints what happened.
-//! No configuration and no network beyond the loopback.
+//! `cosell-sync demo`: starts the simulator of both clouds on 127.0.0.1 with sample referrals,
+//! runs real cycles of the daemon against it on a throw-away state directory, and prints the
+//! whole loop: referrals in, leads out, write-back, a linked opportunity patched, a Google
+//! stage change flowing back. No configuration and no network beyond the loopback.
 
 use chrono::Utc;
 use figment::providers::Serialized;
@@ -8,7 +9,8 @@ use figment::Figment;
 
 use crate::app::{self, App};
 use crate::config::Config;
-use crate::sim::{sample, Fault, Simulator};
+use crate::sim::{google::PARTNER_ID, sample, Fault, Simulator};
+use crate::sync::CycleReport;
 
 pub async fn run(referrals: usize) -> anyhow::Result<()> {
     let sim = Simulator::start().await?;
@@ -23,7 +25,7 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
     let config = demo_config(&sim, dir.path())?;
     println!("cosell-sync demo");
     println!(
-        "  simulator of Partner Center and Entra ID on {}",
+        "  simulator of Partner Center, Entra ID and Google Cloud CRM Partners on {}",
         sim.base_url()
     );
     println!(
@@ -33,62 +35,111 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
     println!("  state in {}", config.state.path.display());
     println!();
 
-    let app = App::build(config.clone())?;
+    let mut app = App::build(config.clone())?;
+    app.become_worker()?;
+    let mut cycles = Vec::new();
 
-    println!("1. First cycle: the inbox (pages of 100) and the incremental query.");
+    println!("1. First cycle: pull the inbox, create one Google lead per Pending referral, write");
+    println!("   each lead's name back into the referral's externalReferenceId.");
     sim.script_faults([Fault::TooManyRequests {
         retry_after_secs: 1,
     }]);
-    let first = app.sync_once().await;
-    print_cycle(&first);
-    println!("   (the simulator answered the first request with 429 Retry-After: 1; the client waited and went on)");
+    cycles.push(step(&app).await);
+    println!("   (the first request got 429 Retry-After: 1; the client waited and went on)");
+    let sample_id = sample::referral_id(10);
+    let lead_name = sim
+        .referral(&sample_id)
+        .and_then(|r| r["externalReferenceId"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    println!("   referral {sample_id} → lead {lead_name}");
 
-    println!("2. Second cycle, nothing changed on Microsoft's side:");
-    let second = app.sync_once().await;
-    print_cycle(&second);
+    println!("2. Second cycle, nothing changed anywhere:");
+    let writes_before = writes(&sim);
+    cycles.push(step(&app).await);
+    println!(
+        "   remote writes this cycle: {}",
+        writes(&sim) - writes_before
+    );
+
+    println!("3. Google turns that lead into an opportunity; the operator links it:");
+    let opp = sim.convert_lead(&lead_name, 42).unwrap_or_default();
+    println!("   $ cosell-sync link {sample_id} {opp}");
+    println!("   {}", app.link(&sample_id, &opp).await?);
+    cycles.push(step(&app).await);
+
+    println!("4. The deal value changes in Partner Center; the next cycle patches Google with");
+    println!("   updateMask=dealSize only:");
+    sim.edit_referral(&sample_id, |r| r["details"]["dealValue"] = 250_000.0.into());
+    cycles.push(step(&app).await);
+    let size = sim
+        .opportunity(&opp)
+        .map(|o| o["dealSize"].clone())
+        .unwrap_or_default();
+    println!("   Google opportunity {opp} dealSize is now {size}");
 
     println!(
-        "3. Someone accepts a referral and edits a deal value in Partner Center, then a cycle:"
+        "5. The Google seller marks the opportunity lost; the referral closes in Partner Center:"
     );
-    let accepted = sample::referral_id(10);
-    sim.edit_referral(&accepted, |r| {
-        r["status"] = "Active".into();
-        r["substatus"] = "Accepted".into();
-    });
-    sim.edit_referral(&sample::referral_id(11), |r| {
-        r["details"]["dealValue"] = 250_000.0.into();
-    });
-    let third = app.sync_once().await;
-    print_cycle(&third);
+    sim.edit_opportunity(&opp, |o| o["salesStage"] = "SALES_STAGE_CLOSED_LOST".into());
+    cycles.push(step(&app).await);
+    if let Some(r) = sim.referral(&sample_id) {
+        println!(
+            "   referral {sample_id} is now {}/{}: {}",
+            r["status"].as_str().unwrap_or("?"),
+            r["substatus"].as_str().unwrap_or("?"),
+            r["statusReason"].as_str().unwrap_or("")
+        );
+    }
     println!();
 
     let report = app::status(&app.store, &config, Utc::now())?;
     print!("{}", app::render_status(&report, 8));
     println!();
     println!("HTTP requests the simulator served: {:?}", sim.counters());
-    if [first, second, third].iter().any(|c| !c.ok()) {
+    let duplicates = sim
+        .leads_per_external_id()
+        .values()
+        .filter(|n| **n > 1)
+        .count();
+    println!(
+        "Leads in Google: {} (referrals with more than one lead: {duplicates})",
+        sim.google_leads().len()
+    );
+    if cycles.iter().any(|c| !c.ok()) {
         anyhow::bail!("a demo cycle failed");
     }
     Ok(())
 }
 
-fn print_cycle(c: &crate::sync::CycleReport) {
+fn writes(sim: &Simulator) -> u64 {
+    sim.counter("patch")
+        + sim.counter("google.create_lead")
+        + sim.counter("google.patch_opportunity")
+}
+
+async fn step(app: &App) -> CycleReport {
+    let c = app.sync_once().await;
     match &c.error {
         None => println!(
-            "   ok in {:.2}s: {} pages, {} new, {} changed, {} unchanged",
+            "   ok in {:.2}s: {} pages ({} new, {} changed); Google: {} read, {} written, {} to retry",
             c.elapsed.as_secs_f64(),
             c.pages,
             c.counts.new,
             c.counts.changed,
-            c.counts.unchanged
+            c.google.fetched,
+            c.pushed.done,
+            c.pushed.retried
         ),
         Some(e) => println!("   FAILED: {e}"),
     }
+    c
 }
 
-/// A configuration pointing every endpoint at the simulator.
+/// A configuration pointing every endpoint at the simulator (Google key file in `state_dir`).
 pub fn demo_config(sim: &Simulator, state_dir: &std::path::Path) -> anyhow::Result<Config> {
     let creds = &sim.state.credentials;
+    let key_file = state_dir.join("google-key.json");
+    std::fs::write(&key_file, sim.google_key_json())?;
     let figment = Figment::from(Serialized::defaults(serde_json::json!({
         "state": {"path": state_dir.join("state.db")},
         "microsoft": {
@@ -98,9 +149,21 @@ pub fn demo_config(sim: &Simulator, state_dir: &std::path::Path) -> anyhow::Resu
             "client_id": creds.client_id,
             "client_secret": creds.client_secret,
             "refresh_token": creds.refresh_token,
-            "requests_per_second": 50.0,
+            "requests_per_second": 200.0,
             "retry": {"min_delay": "100ms", "max_delay": "2s"}
-        }
+        },
+        "google": {
+            "api_base": sim.base_url(),
+            "partner_id": PARTNER_ID,
+            "credentials_file": key_file,
+            "requests_per_second": 200.0,
+            "lead": {
+                "submitter_email": "cosell@partner.example",
+                "product_family": "GOOGLE_CLOUD_PLATFORM",
+                "product_families": {"Microsoft365": "GOOGLE_WORKSPACE"}
+            }
+        },
+        "sync": {"conflict": "microsoft", "retry_min": "1s", "retry_max": "5s"}
     })));
     let loaded = Config::from_figment(figment, &state_dir.join("demo.toml"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;

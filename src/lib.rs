@@ -12,8 +12,9 @@
 //! - [`scheduler`]: the cron job, the no-overlap guard, shutdown with a grace period.
 //! - [`http`]: what every client shares: error taxonomy, Retry-After, backoff, rate limit.
 //! - [`microsoft`]: Entra refresh-token grant with a rotating token file, and the Referrals client.
+//! - [`google`]: service-account tokens and the Cloud CRM Partners client (four methods).
 //! - [`store`]: SQLite (WAL, migrations, schema version) behind a blocking-thread boundary.
-//! - [`sync`]: the pull job (inbox + incremental, watermarks) and cycle bookkeeping.
+//! - [`sync`]: one cycle: pull both sides, plan with the pure `reconcile`, push the outbox.
 //! - [`deadline`]: the 14-day response window arithmetic, pure.
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
 //! - [`demo`]: `cosell-sync demo`.
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod deadline;
 pub mod demo;
+pub mod google;
 pub mod http;
 pub mod microsoft;
 pub mod scheduler;

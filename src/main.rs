@@ -1,7 +1,7 @@
 //! The `cosell-sync` binary: parses the command line and calls into the library.
 
 use clap::Parser;
-use cosell_sync::cli::{Cli, Command};
+use cosell_sync::cli::{Cli, Command, OutboxCommand};
 use cosell_sync::config::{config_path, Config, ConfigErrors, LogFormat};
 use cosell_sync::{app, demo, exit, scheduler, telemetry};
 
@@ -67,21 +67,60 @@ async fn dispatch(cli: Cli) -> i32 {
                 Err(e) => fail(&e.to_string()),
             }
         }
-        Command::Sync => {
+        Command::Link {
+            referral_id,
+            google_resource_name,
+        } => {
             let app = match app::App::build(config) {
                 Ok(a) => a,
                 Err(e) => return fail_app(&e),
             };
+            match app.link(&referral_id, &google_resource_name).await {
+                Ok(message) => {
+                    println!("{message}");
+                    exit::OK
+                }
+                Err(e) => fail_app(&e),
+            }
+        }
+        Command::Outbox { action } => {
+            let store = match cosell_sync::store::Store::open(&config.state.path) {
+                Ok(s) => s,
+                Err(e) => return fail(&e.to_string()),
+            };
+            outbox_command(
+                &store,
+                action.unwrap_or(OutboxCommand::List {
+                    states: vec![],
+                    limit: 50,
+                    json: false,
+                }),
+            )
+        }
+        Command::Sync => {
+            let mut app = match app::App::build(config) {
+                Ok(a) => a,
+                Err(e) => return fail_app(&e),
+            };
+            if let Err(e) = app.become_worker() {
+                return fail_app(&e);
+            }
             let report = app.sync_once().await;
             match &report.error {
                 None => {
                     println!(
-                        "cycle ok: {} pages, {} new, {} changed, {} unchanged, {} unreadable",
+                        "cycle ok: {} pages, {} new, {} changed, {} unchanged, {} unreadable; google: {} read, {} queued, {} written, {} to retry, {} dead, {} quarantined",
                         report.pages,
                         report.counts.new,
                         report.counts.changed,
                         report.counts.unchanged,
-                        report.counts.rejected
+                        report.counts.rejected,
+                        report.google.fetched,
+                        report.planned.queued,
+                        report.pushed.done,
+                        report.pushed.retried,
+                        report.pushed.dead,
+                        report.pushed.quarantined
                     );
                     exit::OK
                 }
@@ -89,10 +128,13 @@ async fn dispatch(cli: Cli) -> i32 {
             }
         }
         Command::Run => {
-            let app = match app::App::build(config) {
+            let mut app = match app::App::build(config) {
                 Ok(a) => a,
                 Err(e) => return fail_app(&e),
             };
+            if let Err(e) = app.become_worker() {
+                return fail_app(&e);
+            }
             let shutdown = tokio_util::sync::CancellationToken::new();
             if let Err(e) = scheduler::cancel_on_signals(shutdown.clone()) {
                 return fail(&format!("cannot install signal handlers: {e}"));
@@ -103,6 +145,58 @@ async fn dispatch(cli: Cli) -> i32 {
             }
         }
         Command::Demo { .. } => unreachable!("handled above"),
+    }
+}
+
+fn outbox_command(store: &cosell_sync::store::Store, command: OutboxCommand) -> i32 {
+    use cosell_sync::store::outbox;
+    let now = chrono::Utc::now();
+    let result = store.call_blocking(|c| {
+        Ok(match command {
+            OutboxCommand::List {
+                states,
+                limit,
+                json,
+            } => {
+                let states: Vec<&str> = states.iter().map(String::as_str).collect();
+                let rows = outbox::list(c, &states, limit)?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&rows).expect("rows serialize")
+                    );
+                } else if rows.is_empty() {
+                    println!("no actions");
+                } else {
+                    println!(
+                        "{:<7} {:<12} {:<18} {:<38} {:>3}  LAST ERROR / RESULT",
+                        "ID", "STATE", "KIND", "REFERRAL", "TRY"
+                    );
+                    for r in rows {
+                        println!(
+                            "{:<7} {:<12} {:<18} {:<38} {:>3}  {}",
+                            r.id,
+                            r.state,
+                            r.kind,
+                            r.referral_id,
+                            r.attempts,
+                            r.last_error.or(r.result).unwrap_or_default()
+                        );
+                    }
+                }
+                Ok(())
+            }
+            OutboxCommand::Retry { id } => outbox::retry(c, id, now)?
+                .map(|()| println!("action {id} will be sent at the next cycle")),
+            OutboxCommand::Drop { id } => {
+                outbox::drop_action(c, id, now)?.map(|()| println!("action {id} dropped"))
+            }
+        })
+    });
+    match result {
+        Ok(Ok(())) => exit::OK,
+        Ok(Err(refused)) => fail(&refused),
+        Err(e) => fail(&e.to_string()),
     }
 }
 

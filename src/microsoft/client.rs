@@ -281,8 +281,11 @@ impl MicrosoftClient {
                 .headers(headers)
                 .bearer_auth(token.expose_secret());
             if let Some(body) = &body {
+                // Ask for the updated referral back, so the store has the new eTag at once
+                // (the API answers 204 without this preference).
                 request = request
                     .header(CONTENT_TYPE, "application/json")
+                    .header("Prefer", "return=representation")
                     .body(body.to_string());
             }
             let started = Instant::now();

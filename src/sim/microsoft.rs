@@ -13,12 +13,12 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 
 use super::odata;
-use super::{lock, Fault, SimState};
+use super::{before, dropped, lock, ErrorShape, SimState};
 use crate::microsoft::model::{db_timestamp, parse_timestamp};
 
 type Shared = Arc<SimState>;
 
-pub fn router(state: Shared) -> Router {
+pub fn router() -> Router<Shared> {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/v1.0/engagements/referrals", get(list))
@@ -28,7 +28,6 @@ pub fn router(state: Shared) -> Router {
             "/v1.0/engagements/referrals/{id}",
             get(get_one).patch(patch_one),
         )
-        .with_state(state)
 }
 
 /// Marks a referral as changed: fresh eTag (quoted, Cosmos style) and `updatedDateTime`.
@@ -37,7 +36,7 @@ pub fn touch(referral: &mut Value) {
     referral["updatedDateTime"] = json!(db_timestamp(chrono::Utc::now()));
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     let mut response = (
         status,
         Json(json!({"error": {"code": code, "message": message}})),
@@ -59,71 +58,6 @@ fn ok_json(status: StatusCode, body: Value) -> Response {
     let mut response = (status, Json(body)).into_response();
     add_request_id(&mut response);
     response
-}
-
-/// A response whose body fails mid-stream: the client sees the connection cut.
-fn dropped() -> Response {
-    let stream = futures_util::stream::once(async {
-        Err::<Bytes, std::io::Error>(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "simulated connection drop",
-        ))
-    });
-    Response::new(Body::from_stream(stream))
-}
-
-/// Applies the fault switches before a request is processed. A `Drop` is returned to the
-/// handler, which cuts the connection after processing (outcome unknown to the client).
-async fn before(state: &SimState, kind: &str) -> Result<bool, Response> {
-    state.count(kind);
-    let (fault, delay) = state.next_fault();
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    match fault {
-        None => Ok(false),
-        Some(Fault::Drop) => {
-            state.count("fault:drop");
-            Ok(true)
-        }
-        Some(Fault::TooManyRequests { retry_after_secs }) => {
-            state.count("fault:429");
-            let mut response = (
-                StatusCode::TOO_MANY_REQUESTS,
-                Json(json!({"statusCode": 429, "message": format!("Rate limit is exceeded. Try again in {retry_after_secs} seconds.")})),
-            )
-                .into_response();
-            response.headers_mut().insert(
-                "Retry-After",
-                HeaderValue::from_str(&retry_after_secs.to_string()).expect("digits"),
-            );
-            Err(response)
-        }
-        Some(Fault::Unavailable) => {
-            state.count("fault:5xx");
-            Err(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "serviceNotAvailable",
-                "The service is temporarily unavailable.",
-            ))
-        }
-        Some(Fault::Internal) => {
-            state.count("fault:5xx");
-            Err(error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "generalException",
-                "An internal error occurred.",
-            ))
-        }
-        Some(Fault::Malformed) => {
-            state.count("fault:malformed");
-            let mut response = Response::new(Body::from("{\"value\": [{\"id\": \"trunc"));
-            response
-                .headers_mut()
-                .insert("content-type", HeaderValue::from_static("application/json"));
-            Err(response)
-        }
-    }
 }
 
 fn authorized(state: &SimState, headers: &HeaderMap) -> Result<(), Response> {
@@ -227,7 +161,7 @@ async fn list(
     if let Err(r) = authorized(&state, &headers) {
         return r;
     }
-    let drop_after = match before(&state, "list").await {
+    let drop_after = match before(&state, "list", ErrorShape::Microsoft).await {
         Ok(d) => d,
         Err(r) => return r,
     };
@@ -355,7 +289,7 @@ async fn get_one(
     if let Err(r) = authorized(&state, &headers) {
         return r;
     }
-    let drop_after = match before(&state, "get").await {
+    let drop_after = match before(&state, "get", ErrorShape::Microsoft).await {
         Ok(d) => d,
         Err(r) => return r,
     };
@@ -386,7 +320,7 @@ async fn patch_one(
     if let Err(r) = authorized(&state, &headers) {
         return r;
     }
-    let drop_after = match before(&state, "patch").await {
+    let drop_after = match before(&state, "patch", ErrorShape::Microsoft).await {
         Ok(d) => d,
         Err(r) => return r,
     };

@@ -3,6 +3,7 @@
 //! (OData subset, nextLink paging on the documented `/v1.0/referrals?$skiptoken=` shape, PATCH
 //! with eTags and 412, status rules), with switchable faults. It listens on 127.0.0.1 only.
 
+pub mod google;
 pub mod microsoft;
 pub mod odata;
 pub mod sample;
@@ -12,7 +13,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde_json::Value;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 /// A fault the simulator can inject into an API answer.
@@ -120,6 +125,9 @@ pub struct SimState {
     pub(crate) tokens: Mutex<TokenState>,
     faults: Mutex<Faults>,
     counters: Mutex<BTreeMap<String, u64>>,
+    pub(crate) google: Mutex<google::GoogleState>,
+    /// `http://127.0.0.1:PORT`, known once the listener is bound.
+    pub(crate) base_url: Mutex<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -142,6 +150,8 @@ impl SimState {
             tokens: Mutex::new(tokens),
             faults: Mutex::new(Faults::default()),
             counters: Mutex::new(BTreeMap::new()),
+            google: Mutex::new(google::GoogleState::default()),
+            base_url: Mutex::new(String::new()),
         }
     }
 
@@ -178,7 +188,10 @@ impl Simulator {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(SimState::new(credentials));
-        let app = microsoft::router(state.clone());
+        *lock(&state.base_url) = format!("http://{addr}");
+        let app = microsoft::router()
+            .merge(google::router())
+            .with_state(state.clone());
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         tokio::spawn(async move {
@@ -257,5 +270,102 @@ impl Simulator {
     /// Lifetime of new access tokens, in seconds.
     pub fn set_access_token_lifetime(&self, secs: u64) {
         lock(&self.state.tokens).access_token_lifetime_secs = secs;
+    }
+}
+
+/// Which API's error body a fault answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorShape {
+    Microsoft,
+    Google,
+}
+
+fn fault_error(
+    shape: ErrorShape,
+    status: StatusCode,
+    ms_code: &str,
+    google_status: &str,
+    message: &str,
+) -> Response {
+    match shape {
+        ErrorShape::Microsoft => microsoft::error(status, ms_code, message),
+        ErrorShape::Google => google::error(status, google_status, message),
+    }
+}
+
+/// A response whose body fails mid-stream: the client sees the connection cut.
+pub(crate) fn dropped() -> Response {
+    let stream = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "simulated connection drop",
+        ))
+    });
+    Response::new(Body::from_stream(stream))
+}
+
+/// Applies the fault switches before a request is processed. `Ok(true)` asks the handler to
+/// process the request and then cut the connection (the outcome is unknown to the client).
+pub(crate) async fn before(
+    state: &SimState,
+    kind: &str,
+    shape: ErrorShape,
+) -> Result<bool, Response> {
+    state.count(kind);
+    let (fault, delay) = state.next_fault();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    match fault {
+        None => Ok(false),
+        Some(Fault::Drop) => {
+            state.count("fault:drop");
+            Ok(true)
+        }
+        Some(Fault::TooManyRequests { retry_after_secs }) => {
+            state.count("fault:429");
+            let mut response = match shape {
+                // Partner Center's 429 body has its own shape.
+                ErrorShape::Microsoft => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    Json(json!({"statusCode": 429, "message": format!("Rate limit is exceeded. Try again in {retry_after_secs} seconds.")})),
+                )
+                    .into_response(),
+                ErrorShape::Google => google::error(StatusCode::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", "Quota exceeded."),
+            };
+            response.headers_mut().insert(
+                "Retry-After",
+                HeaderValue::from_str(&retry_after_secs.to_string()).expect("digits"),
+            );
+            Err(response)
+        }
+        Some(Fault::Unavailable) => {
+            state.count("fault:5xx");
+            Err(fault_error(
+                shape,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "serviceNotAvailable",
+                "UNAVAILABLE",
+                "The service is currently unavailable.",
+            ))
+        }
+        Some(Fault::Internal) => {
+            state.count("fault:5xx");
+            Err(fault_error(
+                shape,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "generalException",
+                "INTERNAL",
+                "Internal error encountered.",
+            ))
+        }
+        Some(Fault::Malformed) => {
+            state.count("fault:malformed");
+            let mut response = Response::new(Body::from("{\"value\": [{\"id\": \"trunc"));
+            response
+                .headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            Err(response)
+        }
     }
 }

@@ -5,6 +5,8 @@
 //! worker threads. The table families live in submodules as plain functions over a
 //! `rusqlite::Connection`, so they are testable without a runtime.
 
+pub mod google;
+pub mod outbox;
 pub mod referrals;
 pub mod runs;
 
@@ -14,11 +16,18 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 /// The migrations, in order. The file name's number is the schema version it brings.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "0001_init.sql",
-    include_str!("../../migrations/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "0001_init.sql",
+        include_str!("../../migrations/0001_init.sql"),
+    ),
+    (
+        2,
+        "0002_google_outbox.sql",
+        include_str!("../../migrations/0002_google_outbox.sql"),
+    ),
+];
 
 /// The schema version this binary reads and writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;

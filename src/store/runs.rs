@@ -27,12 +27,13 @@ pub fn finish_cycle(
     now: DateTime<Utc>,
     pages: u64,
     counts: UpsertCounts,
+    actions: (u64, u64),
     error: Option<&str>,
 ) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE cycle_runs SET finished_at = ?2, outcome = ?3, pages = ?4,
             referrals_seen = ?5, referrals_new = ?6, referrals_changed = ?7,
-            records_rejected = ?8, error = ?9
+            records_rejected = ?8, error = ?9, actions_done = ?10, actions_failed = ?11
          WHERE cycle_id = ?1",
         params![
             cycle_id,
@@ -44,6 +45,8 @@ pub fn finish_cycle(
             counts.changed as i64,
             counts.rejected as i64,
             error,
+            actions.0 as i64,
+            actions.1 as i64,
         ],
     )?;
     Ok(())
@@ -70,13 +73,15 @@ pub struct CycleRun {
     pub referrals_new: u64,
     pub referrals_changed: u64,
     pub records_rejected: u64,
+    pub actions_done: u64,
+    pub actions_failed: u64,
     pub error: Option<String>,
 }
 
 pub fn recent_cycles(conn: &Connection, limit: usize) -> Result<Vec<CycleRun>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT cycle_id, started_at, finished_at, outcome, pages, referrals_seen, referrals_new,
-                referrals_changed, records_rejected, error
+                referrals_changed, records_rejected, error, actions_done, actions_failed
          FROM cycle_runs ORDER BY id DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit as i64], |r| {
@@ -93,6 +98,8 @@ pub fn recent_cycles(conn: &Connection, limit: usize) -> Result<Vec<CycleRun>, S
             referrals_changed: r.get::<_, i64>(7)? as u64,
             records_rejected: r.get::<_, i64>(8)? as u64,
             error: r.get(9)?,
+            actions_done: r.get::<_, i64>(10)? as u64,
+            actions_failed: r.get::<_, i64>(11)? as u64,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

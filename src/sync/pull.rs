@@ -145,3 +145,86 @@ async fn pull_query(
     );
     Ok(())
 }
+
+/// What the Google pull did.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct GooglePullStats {
+    pub fetched: u64,
+    pub failed: u64,
+}
+
+/// The Google pull (spec §2): `get` every tracked lead and every opportunity not in a final
+/// stage, with bounded concurrency, in batches so memory stays flat. A record that cannot be
+/// read is logged and skipped; an authentication failure fails the cycle.
+pub async fn pull_google(
+    store: &Store,
+    google: &crate::sync::push::GoogleSide,
+) -> Result<GooglePullStats, CycleError> {
+    use futures_util::StreamExt;
+    let mut stats = GooglePullStats::default();
+    let finals = google.policy.final_stages();
+    let mut after = String::new();
+    loop {
+        let (cursor, finals_batch) = (after.clone(), finals.clone());
+        let batch = store
+            .call(move |c| crate::store::google::tracked_batch(c, &cursor, 200, &finals_batch))
+            .await?;
+        let Some(last) = batch.last().map(|(name, _)| name.clone()) else {
+            return Ok(stats);
+        };
+        let results: Vec<Result<(), CycleError>> = futures_util::stream::iter(batch)
+            .map(|(name, referral_id)| async move {
+                let now = Utc::now();
+                match crate::google::model::resource_kind(&name) {
+                    Some(crate::google::model::ResourceKind::Lead) => {
+                        let lead =
+                            with_retry(&google.retry, "get lead", || google.client.get_lead(&name))
+                                .await?;
+                        store
+                            .call(move |c| {
+                                crate::store::google::save_lead(
+                                    c,
+                                    &lead.value,
+                                    Some(&referral_id),
+                                    now,
+                                )
+                            })
+                            .await?;
+                        Ok(())
+                    }
+                    _ => {
+                        let opp = with_retry(&google.retry, "get opportunity", || {
+                            google.client.get_opportunity(&name)
+                        })
+                        .await?;
+                        store
+                            .call(move |c| {
+                                crate::store::google::save_opportunity(
+                                    c,
+                                    &opp.value,
+                                    Some(&referral_id),
+                                    now,
+                                )
+                            })
+                            .await?;
+                        Ok(())
+                    }
+                }
+            })
+            .buffer_unordered(google.concurrency)
+            .collect()
+            .await;
+        for result in results {
+            match result {
+                Ok(()) => stats.fetched += 1,
+                Err(e @ CycleError::Store(_)) => return Err(e),
+                Err(e) if e.is_auth() => return Err(e),
+                Err(e) => {
+                    stats.failed += 1;
+                    tracing::warn!(error = %e, "cannot read a tracked Google record; keeping the last copy");
+                }
+            }
+        }
+        after = last;
+    }
+}

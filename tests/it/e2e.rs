@@ -129,7 +129,8 @@ async fn a_revoked_token_fails_the_cycle_with_a_clear_message() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn transient_faults_are_ridden_out() {
-    let env = TestEnv::new().await;
+    // 40% of answers fail; 12 retries make a spent budget (0.4^13) practically impossible.
+    let env = TestEnv::with_extra("max_retries = 12\nmax_total = \"60s\"\n").await;
     env.sim
         .put_referrals(sample::pending_inbox(250, chrono::Utc::now()));
     env.sim.set_faults(Faults {

@@ -1,0 +1,209 @@
+//! The Cloud CRM Partners client: `leads.create`, `leads.get`, `opportunities.get` and
+//! `opportunities.patch` with an explicit `updateMask`. Google error bodies
+//! (`{"error":{"code","message","status","details"}}`) become typed [`ApiError`]s whose `code`
+//! is the canonical status (`INVALID_ARGUMENT`, `RESOURCE_EXHAUSTED`, ...). No hidden retries:
+//! a lead create in particular must never be repeated blindly (there is no request id).
+
+use std::sync::Arc;
+
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::{Method, Url};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::model::{Lead, Opportunity};
+use super::GoogleAuth;
+use crate::http::{new_request_id, parse_retry_after, ApiError, RateLimiter};
+
+const API: &str = "google";
+
+/// A successful call's parsed body and the id to quote in the audit table.
+#[derive(Debug)]
+pub struct Answer<T> {
+    pub value: T,
+    pub request_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct GoogleClient {
+    http: reqwest::Client,
+    api_base: Url,
+    auth: Arc<GoogleAuth>,
+    limiter: Arc<RateLimiter>,
+}
+
+impl GoogleClient {
+    pub fn new(
+        http: reqwest::Client,
+        api_base: &str,
+        auth: Arc<GoogleAuth>,
+        limiter: Arc<RateLimiter>,
+    ) -> Result<Self, String> {
+        let api_base = Url::parse(api_base.trim_end_matches('/'))
+            .map_err(|e| format!("bad google.api_base {api_base:?}: {e}"))?;
+        Ok(GoogleClient {
+            http,
+            api_base,
+            auth,
+            limiter,
+        })
+    }
+
+    fn url(&self, resource: &str) -> Url {
+        let mut url = self.api_base.clone();
+        let path = format!("{}/v1/{resource}", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+        url
+    }
+
+    /// `POST /v1/{parent}/leads`. The caller must treat a transport error with `maybe_sent`
+    /// (or an unreadable 2xx body) as an unknown outcome, not as a failure to retry.
+    pub async fn create_lead(&self, parent: &str, lead: &Value) -> Result<Answer<Lead>, ApiError> {
+        let url = self.url(&format!("{parent}/leads"));
+        let (body, request_id) = self.send(Method::POST, url, Some(lead)).await?;
+        let lead =
+            Lead::from_value(&body).map_err(|e| self.malformed("POST", parent, e, &request_id))?;
+        Ok(Answer {
+            value: lead,
+            request_id,
+        })
+    }
+
+    pub async fn get_lead(&self, name: &str) -> Result<Answer<Lead>, ApiError> {
+        let (body, request_id) = self.send(Method::GET, self.url(name), None).await?;
+        let lead =
+            Lead::from_value(&body).map_err(|e| self.malformed("GET", name, e, &request_id))?;
+        Ok(Answer {
+            value: lead,
+            request_id,
+        })
+    }
+
+    pub async fn get_opportunity(&self, name: &str) -> Result<Answer<Opportunity>, ApiError> {
+        let (body, request_id) = self.send(Method::GET, self.url(name), None).await?;
+        let opp = Opportunity::from_value(&body)
+            .map_err(|e| self.malformed("GET", name, e, &request_id))?;
+        Ok(Answer {
+            value: opp,
+            request_id,
+        })
+    }
+
+    /// `PATCH /v1/{name}?updateMask=a,b`: only the masked fields of `body` are written.
+    pub async fn patch_opportunity(
+        &self,
+        name: &str,
+        body: &Value,
+        update_mask: &[String],
+    ) -> Result<Answer<Opportunity>, ApiError> {
+        let mut url = self.url(name);
+        url.query_pairs_mut()
+            .append_pair("updateMask", &update_mask.join(","));
+        let (body, request_id) = self.send(Method::PATCH, url, Some(body)).await?;
+        let opp = Opportunity::from_value(&body)
+            .map_err(|e| self.malformed("PATCH", name, e, &request_id))?;
+        Ok(Answer {
+            value: opp,
+            request_id,
+        })
+    }
+
+    fn malformed(&self, method: &str, path: &str, message: String, request_id: &str) -> ApiError {
+        ApiError::Malformed {
+            api: API,
+            method: method.into(),
+            path: path.into(),
+            message,
+            request_id: Some(request_id.to_string()),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<(Value, String), ApiError> {
+        let token = self.auth.token().await?;
+        self.limiter.acquire().await;
+        // Google does not echo a request id; ours goes in `x-request-id` and in the audit row.
+        let request_id = new_request_id();
+        let path = url.path().to_string();
+        let mut request = self
+            .http
+            .request(method.clone(), url)
+            .header(ACCEPT, "application/json")
+            .header("x-request-id", &request_id)
+            .bearer_auth(token.expose_secret());
+        if let Some(body) = body {
+            request = request
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
+        let started = Instant::now();
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ApiError::transport(API, method.as_str(), &path, &e))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = response
+            .text()
+            .await
+            .map_err(|e| ApiError::transport(API, method.as_str(), &path, &e))?;
+        tracing::debug!(
+            api = API,
+            %method,
+            path,
+            status = status.as_u16(),
+            request_id,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "google answered"
+        );
+        if status.is_success() {
+            let value = serde_json::from_str(&text).map_err(|e| ApiError::Malformed {
+                api: API,
+                method: method.to_string(),
+                path: path.clone(),
+                message: e.to_string(),
+                request_id: Some(request_id.clone()),
+            })?;
+            return Ok((value, request_id));
+        }
+        let error: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let error = &error["error"];
+        let mut message = error["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| text.chars().take(200).collect());
+        // BadRequest details name the offending fields; keep them in the message.
+        for violation in error["details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["fieldViolations"].as_array())
+            .flatten()
+        {
+            message.push_str(&format!(
+                "; {}: {}",
+                violation["field"].as_str().unwrap_or("?"),
+                violation["description"].as_str().unwrap_or("")
+            ));
+        }
+        Err(ApiError::Status {
+            api: API,
+            method: method.to_string(),
+            path,
+            status: status.as_u16(),
+            code: error["status"].as_str().map(str::to_string),
+            message,
+            retry_after: parse_retry_after(retry_after.as_deref(), ""),
+            request_id: Some(request_id),
+        })
+    }
+}

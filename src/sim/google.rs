@@ -1,0 +1,621 @@
+//! The simulated Google side: a service-account token endpoint that verifies the RS256 JWT
+//! grant against the key it issued, and the four Cloud CRM Partners methods with the field
+//! rules of the reference: required lead fields (enum values from the published lists, never
+//! `*_UNSPECIFIED`), no list endpoint, `updateMask` required on patch and refused for
+//! output-only fields.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::signature::{KeyPair, UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use base64::Engine;
+use serde_json::{json, Value};
+
+use super::{before, dropped, lock, ErrorShape, SimState};
+
+type Shared = Arc<SimState>;
+
+/// The simulated Google records.
+#[derive(Debug, Default)]
+pub struct GoogleState {
+    pub(crate) leads: BTreeMap<String, Value>,
+    pub(crate) opportunities: BTreeMap<String, Value>,
+    pub(crate) access_tokens: HashSet<String>,
+    next_id: u64,
+}
+
+/// The partner id the simulated Google side serves.
+pub const PARTNER_ID: &str = "1234567";
+const CLIENT_EMAIL: &str = "cosell-sync@sim-project.iam.gserviceaccount.com";
+
+struct SimKey {
+    pkcs8_pem: String,
+    public_der: Vec<u8>,
+}
+
+/// One RSA key per process: generating one costs a moment, and every simulator may share it.
+fn key() -> &'static SimKey {
+    static KEY: OnceLock<SimKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .expect("RSA key generation");
+        let der = pair.as_der().expect("PKCS#8 encoding");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let body: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).expect("base64 is ascii"))
+            .collect();
+        SimKey {
+            pkcs8_pem: format!(
+                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+                body.join("\n")
+            ),
+            public_der: pair.public_key().as_ref().to_vec(),
+        }
+    })
+}
+
+/// A service-account key file for the simulator, its `token_uri` pointing at it.
+pub fn key_json(base_url: &str) -> String {
+    json!({
+        "type": "service_account",
+        "project_id": "sim-project",
+        "private_key_id": "sim-key-1",
+        "private_key": key().pkcs8_pem,
+        "client_email": CLIENT_EMAIL,
+        "client_id": "100000000000000000001",
+        "token_uri": format!("{base_url}/google/token"),
+    })
+    .to_string()
+}
+
+pub fn router() -> Router<Shared> {
+    Router::new()
+        .route("/google/token", post(token))
+        .route("/v1/partners/{partner}/leads", post(create_lead))
+        .route("/v1/partners/{partner}/leads/{lead}", get(get_lead))
+        .route(
+            "/v1/partners/{partner}/opportunities/{opportunity}",
+            get(get_opportunity).patch(patch_opportunity),
+        )
+}
+
+/// Google's error shape.
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": status.as_u16(), "message": message, "status": code}})),
+    )
+        .into_response()
+}
+
+fn invalid(field: &str, description: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": {
+            "code": 400, "message": "Request contains an invalid argument.", "status": "INVALID_ARGUMENT",
+            "details": [{"@type": "type.googleapis.com/google.rpc.BadRequest",
+                         "fieldViolations": [{"field": field, "description": description}]}]
+        }})),
+    )
+        .into_response()
+}
+
+async fn token(State(state): State<Shared>, Form(form): Form<HashMap<String, String>>) -> Response {
+    state.count("google.token");
+    let oauth_error = |description: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_grant", "error_description": description})),
+        )
+            .into_response()
+    };
+    if form.get("grant_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    {
+        return oauth_error("Invalid grant_type.");
+    }
+    let Some(assertion) = form.get("assertion") else {
+        return oauth_error("Missing assertion.");
+    };
+    if let Err(e) = verify_jwt(assertion) {
+        return oauth_error(&format!("Invalid JWT: {e}"));
+    }
+    let access = format!("ya29.sim-{}", uuid::Uuid::new_v4().simple());
+    lock(&state.google).access_tokens.insert(access.clone());
+    Json(json!({"access_token": access, "expires_in": 3599, "token_type": "Bearer"}))
+        .into_response()
+}
+
+/// Checks the JWT bearer grant: RS256 signed by the issued key, issued by its service
+/// account, for the cloudcrmpartners scope, addressed to this token endpoint, not expired.
+fn verify_jwt(jwt: &str) -> Result<(), String> {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [header, claims, signature] = parts.as_slice() else {
+        return Err("not three parts".into());
+    };
+    let decode = |p: &str| -> Result<Value, String> {
+        let bytes = b64
+            .decode(p.trim_end_matches('='))
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    };
+    let header = decode(header)?;
+    if header["alg"] != "RS256" {
+        return Err(format!("alg {} is not RS256", header["alg"]));
+    }
+    // Base64url with or without padding: both are seen in the wild.
+    let signature = b64
+        .decode(signature.trim_end_matches('='))
+        .map_err(|e| e.to_string())?;
+    let signed = &jwt[..jwt.rfind('.').expect("three parts")];
+    UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &key().public_der)
+        .verify(signed.as_bytes(), &signature)
+        .map_err(|_| "bad signature".to_string())?;
+    let claims = decode(claims)?;
+    if claims["iss"] != CLIENT_EMAIL {
+        return Err(format!("unknown issuer {}", claims["iss"]));
+    }
+    if !claims["scope"]
+        .as_str()
+        .unwrap_or("")
+        .contains(crate::google::SCOPE)
+    {
+        return Err("scope cloudcrmpartners not requested".into());
+    }
+    if !claims["aud"]
+        .as_str()
+        .unwrap_or("")
+        .ends_with("/google/token")
+    {
+        return Err(format!(
+            "audience {} is not this token endpoint",
+            claims["aud"]
+        ));
+    }
+    let now = chrono::Utc::now().timestamp();
+    if claims["exp"].as_i64().unwrap_or(0) < now {
+        return Err("expired".into());
+    }
+    Ok(())
+}
+
+fn authorized(state: &SimState, headers: &HeaderMap) -> Result<(), Response> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token {
+        Some(t) if lock(&state.google).access_tokens.contains(t) => Ok(()),
+        _ => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "Request had invalid authentication credentials.",
+        )),
+    }
+}
+
+fn check_partner(partner: &str) -> Result<(), Response> {
+    if partner == PARTNER_ID {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            "The caller does not have permission for this partner.",
+        ))
+    }
+}
+
+const ENUMS: &[(&str, &str, &[&str])] = &[
+    (
+        "engagementModel",
+        "lead.engagement_model",
+        &["ENGAGEMENT_MODEL_BUILD", "ENGAGEMENT_MODEL_SERVICE"],
+    ),
+    (
+        "dealTransactionType",
+        "lead.deal_transaction_type",
+        &["DEAL_TRANSACTION_TYPE_DEAL_SUBMISSION"],
+    ),
+    (
+        "supportLevel",
+        "lead.support_level",
+        &[
+            "SUPPORT_LEVEL_TECHNICAL_SUPPORT",
+            "SUPPORT_LEVEL_UP_SELLING_OR_CROSS_SELLING",
+            "SUPPORT_LEVEL_ALIGN_SALES_OR_ACCOUNT_STRATEGY",
+            "SUPPORT_LEVEL_ALREADY_IN_TOUCH_WITH_CLOUD_SALES",
+            "SUPPORT_LEVEL_OTHER",
+        ],
+    ),
+    (
+        "deliveryModel",
+        "lead.delivery_model",
+        &[
+            "DELIVERY_MODEL_VM_ON_CUSTOMER_TENANCY",
+            "DELIVERY_MODEL_SAAS_ON_GCP",
+            "DELIVERY_MODEL_OTHER",
+        ],
+    ),
+    (
+        "contractVehicle",
+        "lead.contract_vehicle",
+        &[
+            "CONTRACT_VEHICLE_MARKETPLACE",
+            "CONTRACT_VEHICLE_NOT_KNOWN_AT_THIS_TIME",
+            "CONTRACT_VEHICLE_PARTNER_CONTRACT",
+        ],
+    ),
+];
+
+const SALES_STAGES: &[&str] = &[
+    "SALES_STAGE_QUALIFY",
+    "SALES_STAGE_REFINE",
+    "SALES_STAGE_TECH_EVAL_SOLUTION_DEV",
+    "SALES_STAGE_PROPOSAL_NEGOTIATION",
+    "SALES_STAGE_MIGRATION_IMPLEMENTATION",
+    "SALES_STAGE_CLOSED_LOST",
+    "SALES_STAGE_CLOSED_ADMIN",
+];
+
+fn valid_date(v: &Value) -> bool {
+    crate::google::GoogleDate::parse(v).is_some()
+}
+
+/// The create rules: every Required field present and well typed.
+fn validate_lead(lead: &Value) -> Result<(), Response> {
+    let string = |key: &str| lead[key].as_str().is_some_and(|s| !s.trim().is_empty());
+    for (key, field) in [
+        ("leadCurrencyCode", "lead.lead_currency_code"),
+        ("dealTerm", "lead.deal_term"),
+        ("opportunitySummary", "lead.opportunity_summary"),
+        ("submitterEmail", "lead.submitter_email"),
+        ("externalSystemId", "lead.external_system_id"),
+        ("description", "lead.description"),
+    ] {
+        if !string(key) {
+            return Err(invalid(field, "Required field is missing."));
+        }
+    }
+    if !lead["partnerAnnualContractValue"].is_number() {
+        return Err(invalid(
+            "lead.partner_annual_contract_value",
+            "Required field is missing.",
+        ));
+    }
+    if lead["customer"].as_object().is_none_or(|c| c.is_empty()) {
+        return Err(invalid("lead.customer", "Required field is missing."));
+    }
+    if !valid_date(&lead["estimatedCloseDate"]) {
+        return Err(invalid(
+            "lead.estimated_close_date",
+            "Required field is missing.",
+        ));
+    }
+    for (key, field) in [
+        (
+            "customerContactRequested",
+            "lead.customer_contact_requested",
+        ),
+        ("isvSolutionConnectDeal", "lead.isv_solution_connect_deal"),
+    ] {
+        if !lead[key].is_boolean() {
+            return Err(invalid(field, "Required field is missing."));
+        }
+    }
+    for (key, field, allowed) in ENUMS {
+        match lead[*key].as_str() {
+            None => return Err(invalid(field, "Required field is missing.")),
+            Some(v) if !allowed.contains(&v) => {
+                return Err(invalid(field, &format!("Invalid value {v:?}.")))
+            }
+            Some(_) => {}
+        }
+    }
+    // ProductFamily values are not published: any real-looking value, exactly one.
+    match lead["productInterests"].as_array() {
+        Some(list) if list.len() == 1 => {
+            let v = list[0].as_str().unwrap_or("");
+            if v.is_empty()
+                || v.ends_with("_UNSPECIFIED")
+                || !v
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
+            {
+                return Err(invalid(
+                    "lead.product_interests",
+                    &format!("Invalid value {v:?}."),
+                ));
+            }
+        }
+        Some(_) => {
+            return Err(invalid(
+                "lead.product_interests",
+                "Only a single value is supported.",
+            ))
+        }
+        None => {
+            return Err(invalid(
+                "lead.product_interests",
+                "Required field is missing.",
+            ))
+        }
+    }
+    Ok(())
+}
+
+async fn create_lead(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(partner): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorized(&state, &headers).and_then(|_| check_partner(&partner)) {
+        return r;
+    }
+    let drop_after = match before(&state, "google.create_lead", ErrorShape::Google).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let Ok(mut lead) = serde_json::from_slice::<Value>(&body) else {
+        return invalid("lead", "Invalid JSON payload.");
+    };
+    if let Err(r) = validate_lead(&lead) {
+        return r;
+    }
+    let created = {
+        let mut g = lock(&state.google);
+        g.next_id += 1;
+        let name = format!("partners/{partner}/leads/{}", 8000 + g.next_id);
+        let today = chrono::Utc::now().date_naive();
+        lead["name"] = json!(name);
+        lead["leadStatus"] = json!("STATE_SUBMITTED");
+        lead["leadApprovalStatus"] = json!("APPROVAL_STATE_IN_PROCESS");
+        lead["submittedTime"] = json!(crate::microsoft::model::db_timestamp(chrono::Utc::now()));
+        lead["createDate"] = crate::google::GoogleDate::json(today);
+        lead["title"] = lead["customer"]
+            .as_object()
+            .and_then(|c| c.values().find_map(Value::as_str))
+            .map(|s| json!(s))
+            .unwrap_or(Value::Null);
+        g.leads.insert(name, lead.clone());
+        lead
+    };
+    if drop_after {
+        // The lead exists, but the client never hears of it.
+        return dropped();
+    }
+    (StatusCode::OK, Json(created)).into_response()
+}
+
+async fn get_lead(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((partner, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = authorized(&state, &headers).and_then(|_| check_partner(&partner)) {
+        return r;
+    }
+    let drop_after = match before(&state, "google.get_lead", ErrorShape::Google).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let name = format!("partners/{partner}/leads/{id}");
+    let found = lock(&state.google).leads.get(&name).cloned();
+    match found {
+        _ if drop_after => dropped(),
+        Some(lead) => Json(lead).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            &format!("Lead {name} not found."),
+        ),
+    }
+}
+
+async fn get_opportunity(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((partner, id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = authorized(&state, &headers).and_then(|_| check_partner(&partner)) {
+        return r;
+    }
+    let drop_after = match before(&state, "google.get_opportunity", ErrorShape::Google).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let name = format!("partners/{partner}/opportunities/{id}");
+    let found = lock(&state.google).opportunities.get(&name).cloned();
+    match found {
+        _ if drop_after => dropped(),
+        Some(o) => Json(o).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            &format!("Opportunity {name} not found."),
+        ),
+    }
+}
+
+const WRITABLE: &[&str] = &[
+    "notes",
+    "nextSteps",
+    "dealSize",
+    "closeDate",
+    "salesStage",
+    "termMonths",
+    "qualificationState",
+    "externalSystemId",
+    "isConfidential",
+    "decisionPhase",
+];
+const OUTPUT_ONLY: &[&str] = &[
+    "name",
+    "lead",
+    "owner",
+    "dealCurrencyCode",
+    "sourceSystem",
+    "winProbability",
+    "productFamily",
+    "customer",
+    "createDate",
+    "submitDate",
+];
+
+async fn patch_opportunity(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path((partner, id)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorized(&state, &headers).and_then(|_| check_partner(&partner)) {
+        return r;
+    }
+    let drop_after = match before(&state, "google.patch_opportunity", ErrorShape::Google).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let Some(mask) = query.get("updateMask").filter(|m| !m.is_empty()) else {
+        return invalid("update_mask", "An explicit update mask is required.");
+    };
+    let Ok(Value::Object(patch)) = serde_json::from_slice::<Value>(&body) else {
+        return invalid("opportunity", "Invalid JSON payload.");
+    };
+    let name = format!("partners/{partner}/opportunities/{id}");
+    let mut g = lock(&state.google);
+    let Some(current) = g.opportunities.get(&name).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            &format!("Opportunity {name} not found."),
+        );
+    };
+    let mut updated = current;
+    for path in mask.split(',').map(str::trim) {
+        if OUTPUT_ONLY.contains(&path) {
+            return invalid(
+                &format!("update_mask.{path}"),
+                "The field is output only and cannot be updated.",
+            );
+        }
+        if !WRITABLE.contains(&path) {
+            return invalid(
+                &format!("update_mask.{path}"),
+                "Unknown field in update mask.",
+            );
+        }
+        let value = patch.get(path).cloned().unwrap_or(Value::Null);
+        let ok = match path {
+            "salesStage" => value.as_str().is_some_and(|s| SALES_STAGES.contains(&s)),
+            "closeDate" => value.is_null() || valid_date(&value),
+            "dealSize" => value.is_null() || value.is_number(),
+            "termMonths" => value.is_null() || crate::google::model::int64(&value).is_some(),
+            _ => true,
+        };
+        if !ok {
+            return invalid(
+                &format!("opportunity.{path}"),
+                &format!("Invalid value {value}."),
+            );
+        }
+        updated[path] = value;
+    }
+    g.opportunities.insert(name, updated.clone());
+    drop(g);
+    if drop_after {
+        return dropped();
+    }
+    Json(updated).into_response()
+}
+
+impl super::Simulator {
+    /// A service-account key file (JSON) for this simulator's Google token endpoint.
+    pub fn google_key_json(&self) -> String {
+        key_json(&self.base_url())
+    }
+
+    /// Every lead created so far.
+    pub fn google_leads(&self) -> Vec<Value> {
+        lock(&self.state.google).leads.values().cloned().collect()
+    }
+
+    pub fn google_lead(&self, name: &str) -> Option<Value> {
+        lock(&self.state.google).leads.get(name).cloned()
+    }
+
+    /// How many leads carry each `externalSystemId` (a duplicate shows as a count above 1).
+    pub fn leads_per_external_id(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for lead in lock(&self.state.google).leads.values() {
+            let id = lead["externalSystemId"].as_str().unwrap_or("").to_string();
+            *counts.entry(id).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Google converts a lead into an opportunity (as its review would); returns its name.
+    pub fn convert_lead(&self, lead_name: &str, opportunity_id: u64) -> Option<String> {
+        let mut g = lock(&self.state.google);
+        let lead = g.leads.get_mut(lead_name)?;
+        lead["leadStatus"] = json!("STATE_CONVERTED");
+        let lead = lead.clone();
+        let partner = lead_name.split('/').nth(1).unwrap_or(PARTNER_ID);
+        let name = format!("partners/{partner}/opportunities/{opportunity_id}");
+        let opp = json!({
+            "name": name,
+            "lead": lead_name,
+            "owner": {"givenName": "Alex", "familyName": "Kim", "email": "alex.kim@google.example", "phone": ""},
+            "notes": "",
+            "nextSteps": "",
+            "dealSize": lead["partnerAnnualContractValue"],
+            "dealCurrencyCode": lead["leadCurrencyCode"],
+            "closeDate": lead["estimatedCloseDate"],
+            "sourceSystem": "SOURCE_SYSTEM_PARTNER",
+            "salesStage": "SALES_STAGE_QUALIFY",
+            "winProbability": "20",
+            "termMonths": "12",
+            "qualificationState": "QUALIFICATION_STATE_APPROVED",
+            "externalSystemId": lead["externalSystemId"],
+            "createDate": lead["createDate"],
+            "submitDate": lead["createDate"],
+            "isConfidential": false,
+        });
+        g.opportunities.insert(name.clone(), opp);
+        Some(name)
+    }
+
+    pub fn put_opportunity(&self, opportunity: Value) {
+        let name = opportunity["name"].as_str().unwrap_or_default().to_string();
+        lock(&self.state.google)
+            .opportunities
+            .insert(name, opportunity);
+    }
+
+    pub fn opportunity(&self, name: &str) -> Option<Value> {
+        lock(&self.state.google).opportunities.get(name).cloned()
+    }
+
+    /// Changes an opportunity as a Google seller would.
+    pub fn edit_opportunity(&self, name: &str, edit: impl FnOnce(&mut Value)) -> bool {
+        let mut g = lock(&self.state.google);
+        match g.opportunities.get_mut(name) {
+            Some(o) => {
+                edit(o);
+                true
+            }
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! Links between referrals and Google records, the last copy of each tracked Google record,
+//! the merge base, conflicts and forward blocks — and the batched snapshot the planner reads.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::Serialize;
+
+use super::StoreError;
+use crate::google::{Lead, Opportunity};
+use crate::microsoft::model::db_timestamp;
+use crate::microsoft::ParsedReferral;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Link {
+    pub referral_id: String,
+    pub lead_name: Option<String>,
+    pub opportunity_name: Option<String>,
+}
+
+/// Values both sides agreed on at the last successful sync.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Base {
+    pub deal_value: Option<f64>,
+    pub close_date: Option<NaiveDate>,
+}
+
+/// A change to the base: `Some(v)` sets the field to `v`, `None` leaves it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct BaseUpdate {
+    pub deal_value: Option<Option<f64>>,
+    pub close_date: Option<Option<NaiveDate>>,
+}
+
+impl BaseUpdate {
+    pub fn is_empty(&self) -> bool {
+        self.deal_value.is_none() && self.close_date.is_none()
+    }
+}
+
+pub fn link(conn: &Connection, referral_id: &str) -> Result<Option<Link>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT referral_id, lead_name, opportunity_name FROM links WHERE referral_id = ?1",
+            [referral_id],
+            |r| {
+                Ok(Link {
+                    referral_id: r.get(0)?,
+                    lead_name: r.get(1)?,
+                    opportunity_name: r.get(2)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// Which referral a Google resource is linked to, if any.
+pub fn linked_referral(conn: &Connection, resource: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT referral_id FROM links WHERE lead_name = ?1 OR opportunity_name = ?1",
+            [resource],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Records that `resource` (a lead or an opportunity) belongs to `referral_id`.
+pub fn set_link(
+    tx: &Transaction,
+    referral_id: &str,
+    lead: Option<&str>,
+    opportunity: Option<&str>,
+    source: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let now = db_timestamp(now);
+    tx.prepare_cached(
+        "INSERT INTO links (referral_id, lead_name, opportunity_name, source, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+         ON CONFLICT (referral_id) DO UPDATE SET
+            lead_name = COALESCE(excluded.lead_name, links.lead_name),
+            opportunity_name = COALESCE(excluded.opportunity_name, links.opportunity_name),
+            updated_at = excluded.updated_at",
+    )?
+    .execute(params![referral_id, lead, opportunity, source, now])?;
+    Ok(())
+}
+
+pub fn save_lead(
+    tx: &Connection,
+    lead: &Lead,
+    referral_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO google_leads (name, referral_id, external_system_id, lead_status, approval_status, raw_json, fetched_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (name) DO UPDATE SET referral_id = COALESCE(excluded.referral_id, google_leads.referral_id),
+            external_system_id = excluded.external_system_id, lead_status = excluded.lead_status,
+            approval_status = excluded.approval_status, raw_json = excluded.raw_json,
+            fetched_at = excluded.fetched_at",
+    )?
+    .execute(params![
+        lead.name,
+        referral_id,
+        lead.external_system_id,
+        lead.lead_status,
+        lead.approval_status,
+        lead.raw,
+        db_timestamp(now)
+    ])?;
+    Ok(())
+}
+
+pub fn save_opportunity(
+    tx: &Connection,
+    opp: &Opportunity,
+    referral_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO google_opportunities (name, referral_id, external_system_id, sales_stage, deal_size, close_date, raw_json, fetched_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (name) DO UPDATE SET referral_id = COALESCE(excluded.referral_id, google_opportunities.referral_id),
+            external_system_id = excluded.external_system_id, sales_stage = excluded.sales_stage,
+            deal_size = excluded.deal_size, close_date = excluded.close_date,
+            raw_json = excluded.raw_json, fetched_at = excluded.fetched_at",
+    )?
+    .execute(params![
+        opp.name,
+        referral_id,
+        opp.external_system_id,
+        opp.sales_stage,
+        opp.deal_size,
+        opp.close_date.map(|d| d.to_string()),
+        opp.raw,
+        db_timestamp(now)
+    ])?;
+    Ok(())
+}
+
+pub fn update_base(
+    conn: &Connection,
+    referral_id: &str,
+    update: &BaseUpdate,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if update.is_empty() {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "INSERT INTO field_base (referral_id, deal_value, close_date, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (referral_id) DO UPDATE SET
+            deal_value = CASE WHEN ?5 THEN excluded.deal_value ELSE field_base.deal_value END,
+            close_date = CASE WHEN ?6 THEN excluded.close_date ELSE field_base.close_date END,
+            updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        referral_id,
+        update.deal_value.flatten(),
+        update.close_date.flatten().map(|d| d.to_string()),
+        db_timestamp(now),
+        update.deal_value.is_some(),
+        update.close_date.is_some(),
+    ])?;
+    Ok(())
+}
+
+pub fn record_conflict(
+    conn: &Connection,
+    referral_id: &str,
+    field: &str,
+    microsoft: &str,
+    google: &str,
+    base: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let inserted = conn.prepare_cached(
+        "INSERT INTO conflicts (referral_id, field, microsoft_value, google_value, base_value, detected_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (referral_id, field) DO UPDATE SET microsoft_value = excluded.microsoft_value,
+            google_value = excluded.google_value, base_value = excluded.base_value
+         WHERE conflicts.microsoft_value IS NOT excluded.microsoft_value
+            OR conflicts.google_value IS NOT excluded.google_value",
+    )?
+    .execute(params![referral_id, field, microsoft, google, base, db_timestamp(now)])?;
+    Ok(inserted > 0)
+}
+
+/// Clears the conflicts of a referral except those still present.
+pub fn clear_conflicts(
+    conn: &Connection,
+    referral_id: &str,
+    keep: &[&str],
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT field FROM conflicts WHERE referral_id = ?1")?;
+    let fields: Vec<String> = stmt
+        .query_map([referral_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for field in fields.iter().filter(|f| !keep.contains(&f.as_str())) {
+        conn.execute(
+            "DELETE FROM conflicts WHERE referral_id = ?1 AND field = ?2",
+            params![referral_id, field],
+        )?;
+    }
+    Ok(())
+}
+
+pub fn set_forward_blocked(
+    conn: &Connection,
+    referral_id: &str,
+    reason: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    match reason {
+        Some(reason) => conn
+            .prepare_cached(
+                "INSERT INTO forward_blocked (referral_id, reason, detected_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (referral_id) DO UPDATE SET reason = excluded.reason
+                 WHERE forward_blocked.reason <> excluded.reason",
+            )?
+            .execute(params![referral_id, reason, db_timestamp(now)])?,
+        None => conn
+            .prepare_cached("DELETE FROM forward_blocked WHERE referral_id = ?1")?
+            .execute([referral_id])?,
+    };
+    Ok(())
+}
+
+/// Everything the planner needs about one referral.
+#[derive(Debug, Clone)]
+pub struct SnapshotRow {
+    pub referral: ParsedReferral,
+    pub link: Option<Link>,
+    pub opportunity: Option<Opportunity>,
+    pub base: Option<Base>,
+    /// A lead create exists that was not dropped (open, done, dead or quarantined).
+    pub create_exists: bool,
+    /// Kinds of writes already pending, in flight, dead or quarantined for this referral.
+    pub blocked_kinds: Vec<String>,
+}
+
+/// A batch of referrals that may need work, in id order after `after`: incoming referrals
+/// still New (forward candidates) and every linked referral. Batches keep memory flat.
+pub fn snapshot_batch(
+    conn: &Connection,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<SnapshotRow>, StoreError> {
+    snapshots(
+        conn,
+        "r.id > ?1 AND (l.referral_id IS NOT NULL OR (r.status = 'New' AND r.direction = 'Incoming'))
+         ORDER BY r.id LIMIT ?2",
+        params![after, limit as i64],
+    )
+}
+
+/// One referral's snapshot, whatever its state.
+pub fn snapshot_one(conn: &Connection, id: &str) -> Result<Option<SnapshotRow>, StoreError> {
+    Ok(snapshots(conn, "r.id = ?1", params![id])?.pop())
+}
+
+fn snapshots(
+    conn: &Connection,
+    condition: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<SnapshotRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT r.id, r.raw_json, l.lead_name, l.opportunity_name, o.raw_json,
+                b.referral_id IS NOT NULL, b.deal_value, b.close_date,
+                EXISTS (SELECT 1 FROM outbox c WHERE c.referral_id = r.id AND c.kind = 'create_lead'
+                        AND c.state <> 'dropped'),
+                (SELECT group_concat(kind) FROM outbox k WHERE k.referral_id = r.id
+                        AND k.state IN ('pending', 'in_flight', 'dead', 'quarantined'))
+         FROM referrals r
+         LEFT JOIN links l ON l.referral_id = r.id
+         LEFT JOIN google_opportunities o ON o.name = l.opportunity_name
+         LEFT JOIN field_base b ON b.referral_id = r.id
+         WHERE {condition}"
+    ))?;
+    let rows = stmt.query_map(args, |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, bool>(5)?,
+            r.get::<_, Option<f64>>(6)?,
+            r.get::<_, Option<String>>(7)?,
+            r.get::<_, bool>(8)?,
+            r.get::<_, Option<String>>(9)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, raw, lead, opp_name, opp_raw, has_base, deal, close, create_exists, kinds) = row?;
+        let value: serde_json::Value = match serde_json::from_str(&raw) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        let Ok(referral) = ParsedReferral::from_value(value) else {
+            continue;
+        };
+        let link = (lead.is_some() || opp_name.is_some()).then(|| Link {
+            referral_id: id.clone(),
+            lead_name: lead,
+            opportunity_name: opp_name,
+        });
+        let opportunity = opp_raw
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .and_then(|v: serde_json::Value| Opportunity::from_value(&v).ok());
+        out.push(SnapshotRow {
+            referral,
+            link,
+            opportunity,
+            base: has_base.then(|| Base {
+                deal_value: deal,
+                close_date: close.and_then(|c| c.parse().ok()),
+            }),
+            create_exists,
+            blocked_kinds: kinds
+                .map(|k| k.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+/// A batch of tracked Google resources to `get` this cycle, in name order after `after`:
+/// leads not yet final, opportunities not in a final stage.
+pub fn tracked_batch(
+    conn: &Connection,
+    after: &str,
+    limit: usize,
+    final_stages: &[String],
+) -> Result<Vec<(String, String)>, StoreError> {
+    let finals = serde_json::to_string(final_stages).expect("strings serialize");
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, referral_id FROM (
+            SELECT l.lead_name AS name, l.referral_id FROM links l
+              LEFT JOIN google_leads g ON g.name = l.lead_name
+             WHERE l.lead_name IS NOT NULL
+               AND COALESCE(g.lead_status, '') <> 'STATE_CONVERTED'
+               AND COALESCE(g.approval_status, '') <> 'APPROVAL_STATE_NOT_APPROVED'
+            UNION ALL
+            SELECT l.opportunity_name, l.referral_id FROM links l
+              LEFT JOIN google_opportunities o ON o.name = l.opportunity_name
+             WHERE l.opportunity_name IS NOT NULL
+               AND COALESCE(o.sales_stage, '') NOT IN (SELECT value FROM json_each(?3)))
+         WHERE name > ?1 ORDER BY name LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after, limit as i64, finals], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConflictRow {
+    pub referral_id: String,
+    pub field: String,
+    pub microsoft_value: Option<String>,
+    pub google_value: Option<String>,
+    pub base_value: Option<String>,
+    pub detected_at: String,
+}
+
+pub fn conflicts(conn: &Connection) -> Result<Vec<ConflictRow>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT referral_id, field, microsoft_value, google_value, base_value, detected_at
+         FROM conflicts ORDER BY detected_at, referral_id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(ConflictRow {
+            referral_id: r.get(0)?,
+            field: r.get(1)?,
+            microsoft_value: r.get(2)?,
+            google_value: r.get(3)?,
+            base_value: r.get(4)?,
+            detected_at: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn forward_blocked(conn: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT referral_id, reason FROM forward_blocked ORDER BY referral_id")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

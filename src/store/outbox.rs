@@ -1,0 +1,390 @@
+//! The durable outbox of remote writes and the audit log. Actions are inserted in the same
+//! transaction as the state that produced them; the unique indexes of migration 0002 make
+//! "at most one lead create per referral" a database rule, not just a code path.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::StoreError;
+use crate::microsoft::model::{db_timestamp, parse_timestamp};
+
+pub const CREATE_LEAD: &str = "create_lead";
+pub const PATCH_REFERRAL: &str = "patch_referral";
+pub const PATCH_OPPORTUNITY: &str = "patch_opportunity";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub referral_id: String,
+    pub kind: String,
+    pub target: Option<String>,
+    pub payload: Value,
+    pub state: String,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub request_id: Option<String>,
+    pub result: Option<String>,
+    pub updated_at: String,
+}
+
+const COLUMNS: &str = "id, referral_id, kind, target, payload, state, attempts, next_attempt_at,
+    last_error, request_id, result, updated_at";
+
+fn row(r: &rusqlite::Row) -> rusqlite::Result<OutboxRow> {
+    let payload: String = r.get(4)?;
+    let next: String = r.get(7)?;
+    Ok(OutboxRow {
+        id: r.get(0)?,
+        referral_id: r.get(1)?,
+        kind: r.get(2)?,
+        target: r.get(3)?,
+        payload: serde_json::from_str(&payload).unwrap_or(Value::Null),
+        state: r.get(5)?,
+        attempts: r.get::<_, i64>(6)? as u32,
+        next_attempt_at: parse_timestamp(&next).unwrap_or_default(),
+        last_error: r.get(8)?,
+        request_id: r.get(9)?,
+        result: r.get(10)?,
+        updated_at: r.get(11)?,
+    })
+}
+
+/// Adds an action unless an equivalent one is open (or, for creates, exists at all).
+/// Returns whether it was added.
+pub fn enqueue(
+    conn: &Connection,
+    referral_id: &str,
+    kind: &str,
+    target: Option<&str>,
+    payload: &Value,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let now = db_timestamp(now);
+    let n = conn
+        .prepare_cached(
+            "INSERT INTO outbox (referral_id, kind, target, payload, state, next_attempt_at, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?5)
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![referral_id, kind, target, payload.to_string(), now])?;
+    Ok(n > 0)
+}
+
+/// Claims up to `limit` due actions: they move to `in_flight` (attempts + 1) atomically, so a
+/// second worker or process never claims the same row.
+pub fn claim_due(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    limit: usize,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    let now = db_timestamp(now);
+    let mut stmt = conn.prepare_cached(&format!(
+        "UPDATE outbox SET state = 'in_flight', attempts = attempts + 1, updated_at = ?1
+         WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?1
+                      ORDER BY id LIMIT ?2)
+         RETURNING {COLUMNS}"
+    ))?;
+    let rows = stmt.query_map(params![now, limit as i64], row)?;
+    let mut out: Vec<OutboxRow> = rows.collect::<Result<_, _>>()?;
+    out.sort_by_key(|r| r.id);
+    Ok(out)
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Done {
+        result: Option<String>,
+    },
+    Retry {
+        at: DateTime<Utc>,
+        error: String,
+    },
+    Dead {
+        error: String,
+    },
+    Quarantined {
+        error: String,
+    },
+    /// Closed without a write: re-planned after a 412, or nothing left to write.
+    Superseded {
+        reason: String,
+    },
+}
+
+impl Outcome {
+    fn state(&self) -> &'static str {
+        match self {
+            Outcome::Done { .. } => "done",
+            Outcome::Retry { .. } => "pending",
+            Outcome::Dead { .. } => "dead",
+            Outcome::Quarantined { .. } => "quarantined",
+            Outcome::Superseded { .. } => "superseded",
+        }
+    }
+}
+
+pub fn finish(
+    conn: &Connection,
+    id: i64,
+    outcome: &Outcome,
+    request_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let (next, error, result) = match outcome {
+        Outcome::Done { result } => (None, None, result.clone()),
+        Outcome::Retry { at, error } => (Some(db_timestamp(*at)), Some(error.clone()), None),
+        Outcome::Dead { error } | Outcome::Quarantined { error } => {
+            (None, Some(error.clone()), None)
+        }
+        Outcome::Superseded { reason } => (None, Some(reason.clone()), None),
+    };
+    conn.prepare_cached(
+        "UPDATE outbox SET state = ?2, next_attempt_at = COALESCE(?3, next_attempt_at),
+            last_error = COALESCE(?4, last_error), result = COALESCE(?5, result),
+            request_id = COALESCE(?6, request_id), updated_at = ?7
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        outcome.state(),
+        next,
+        error,
+        result,
+        request_id,
+        db_timestamp(now)
+    ])?;
+    Ok(())
+}
+
+/// At start-up: actions a stopped process left in flight. A lead create may have reached
+/// Google, so it is quarantined for a person; every other write is safe to repeat.
+pub fn recover_in_flight(
+    conn: &Connection,
+    now: DateTime<Utc>,
+) -> Result<(usize, usize), StoreError> {
+    let now = db_timestamp(now);
+    let quarantined = conn.execute(
+        "UPDATE outbox SET state = 'quarantined', updated_at = ?1,
+            last_error = 'the process stopped while creating this lead; it may exist in Google: link it (cosell-sync link) or retry (cosell-sync outbox retry)'
+         WHERE state = 'in_flight' AND kind = 'create_lead'",
+        [&now],
+    )?;
+    let requeued = conn.execute(
+        "UPDATE outbox SET state = 'pending', next_attempt_at = ?1, updated_at = ?1
+         WHERE state = 'in_flight'",
+        [&now],
+    )?;
+    Ok((quarantined, requeued))
+}
+
+pub fn get(conn: &Connection, id: i64) -> Result<Option<OutboxRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM outbox WHERE id = ?1"),
+            [id],
+            row,
+        )
+        .optional()?)
+}
+
+/// Actions in the given states (all when empty), newest first.
+pub fn list(
+    conn: &Connection,
+    states: &[&str],
+    limit: usize,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    let states = serde_json::to_string(states).expect("strings serialize");
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM outbox
+         WHERE json_array_length(?1) = 0 OR state IN (SELECT value FROM json_each(?1))
+         ORDER BY id DESC LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![states, limit as i64], row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn counts_by_state(conn: &Connection) -> Result<Vec<(String, String, u64)>, StoreError> {
+    let mut stmt =
+        conn.prepare("SELECT kind, state, COUNT(*) FROM outbox GROUP BY 1, 2 ORDER BY 1, 2")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// `outbox retry ID`: a dead or quarantined action goes back to pending, due now.
+pub fn retry(
+    conn: &Connection,
+    id: i64,
+    now: DateTime<Utc>,
+) -> Result<Result<(), String>, StoreError> {
+    let Some(current) = get(conn, id)? else {
+        return Ok(Err(format!("no outbox action {id}")));
+    };
+    if !matches!(current.state.as_str(), "dead" | "quarantined") {
+        return Ok(Err(format!(
+            "action {id} is {}; only dead or quarantined actions can be retried",
+            current.state
+        )));
+    }
+    let now = db_timestamp(now);
+    let changed = conn.execute(
+        "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?2, updated_at = ?2
+         WHERE id = ?1",
+        params![id, now],
+    );
+    match changed {
+        Ok(_) => Ok(Ok(())),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Ok(Err(format!(
+                "another {} for referral {} is already open",
+                current.kind, current.referral_id
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `outbox drop ID`: the action will not be sent. A dropped create lets the planner create
+/// a lead again, so only drop a quarantined create once you know no lead exists (or after
+/// `link`ing the one that does).
+pub fn drop_action(
+    conn: &Connection,
+    id: i64,
+    now: DateTime<Utc>,
+) -> Result<Result<(), String>, StoreError> {
+    let Some(current) = get(conn, id)? else {
+        return Ok(Err(format!("no outbox action {id}")));
+    };
+    if matches!(
+        current.state.as_str(),
+        "done" | "dropped" | "superseded" | "in_flight"
+    ) {
+        return Ok(Err(format!(
+            "action {id} is {}; it cannot be dropped",
+            current.state
+        )));
+    }
+    conn.execute(
+        "UPDATE outbox SET state = 'dropped', updated_at = ?2 WHERE id = ?1",
+        params![id, db_timestamp(now)],
+    )?;
+    Ok(Ok(()))
+}
+
+/// Closes a quarantined create once the operator linked the lead that exists.
+pub fn resolve_quarantined_create(
+    conn: &Connection,
+    referral_id: &str,
+    lead: &str,
+    now: DateTime<Utc>,
+) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "UPDATE outbox SET state = 'done', result = ?2, updated_at = ?3,
+            last_error = 'resolved by link'
+         WHERE referral_id = ?1 AND kind = 'create_lead' AND state IN ('quarantined', 'dead', 'pending')",
+        params![referral_id, lead, db_timestamp(now)],
+    )?)
+}
+
+/// One row of the audit log.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub api: &'static str,
+    pub method: &'static str,
+    pub resource: String,
+    pub fields: Option<String>,
+    pub outcome: &'static str,
+    pub status_code: Option<u16>,
+    pub request_id: Option<String>,
+    pub detail: Option<String>,
+}
+
+pub fn audit(
+    conn: &Connection,
+    entry: &AuditEntry,
+    cycle_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO audit_log (at, cycle_id, api, method, resource, fields, outcome, status_code, request_id, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        db_timestamp(now),
+        cycle_id,
+        entry.api,
+        entry.method,
+        entry.resource,
+        entry.fields,
+        entry.outcome,
+        entry.status_code,
+        entry.request_id,
+        entry.detail
+    ])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use serde_json::json;
+
+    #[test]
+    fn a_referral_never_gets_two_creates_and_one_open_write_per_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let now = Utc::now();
+        store
+            .call_blocking(|c| {
+                assert!(enqueue(c, "r1", CREATE_LEAD, None, &json!({}), now)?);
+                assert!(!enqueue(c, "r1", CREATE_LEAD, None, &json!({}), now)?);
+                let claimed = claim_due(c, now, 10)?;
+                assert_eq!(claimed.len(), 1);
+                finish(
+                    c,
+                    claimed[0].id,
+                    &Outcome::Done {
+                        result: Some("partners/1/leads/1".into()),
+                    },
+                    None,
+                    now,
+                )?;
+                // Even a finished create blocks another one.
+                assert!(!enqueue(c, "r1", CREATE_LEAD, None, &json!({}), now)?);
+                assert!(enqueue(c, "r1", PATCH_REFERRAL, None, &json!({}), now)?);
+                assert!(!enqueue(c, "r1", PATCH_REFERRAL, None, &json!({}), now)?);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn in_flight_creates_are_quarantined_at_restart_and_patches_requeued() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let now = Utc::now();
+        store
+            .call_blocking(|c| {
+                enqueue(c, "r1", CREATE_LEAD, None, &json!({}), now)?;
+                enqueue(c, "r2", PATCH_REFERRAL, None, &json!({}), now)?;
+                assert_eq!(claim_due(c, now, 10)?.len(), 2);
+                assert_eq!(recover_in_flight(c, now)?, (1, 1));
+                let quarantined = list(c, &["quarantined"], 10)?;
+                assert_eq!(quarantined[0].referral_id, "r1");
+                assert!(retry(c, quarantined[0].id, now)?.is_ok());
+                assert!(drop_action(c, quarantined[0].id, now)?.is_ok());
+                // Dropped: the planner may create again.
+                assert!(enqueue(c, "r1", CREATE_LEAD, None, &json!({}), now)?);
+                Ok(())
+            })
+            .unwrap();
+    }
+}

@@ -1,0 +1,754 @@
+//! Reconcile (pure, spec §2): from one referral's snapshot — the referral, its link, the
+//! linked opportunity, the base values of the last sync, the writes already queued — plus the
+//! policy and `now`, the writes to make. No I/O; every branch is table-tested below.
+//!
+//! Rules: never a write to a Closed referral; never a write whose value is already there;
+//! patches carry only the changed fields; at most one lead create per referral, ever.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::{json, Map, Value};
+
+use crate::config::{ConflictPolicy, ForwardConfig, GoogleLeadConfig};
+use crate::microsoft::{PatchOp, ReferralStatus, ReferralSubstatus};
+use crate::store::google::{BaseUpdate, SnapshotRow};
+use crate::store::outbox::{CREATE_LEAD, PATCH_OPPORTUNITY, PATCH_REFERRAL};
+
+/// The policy half of reconcile's input.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub partner_id: String,
+    pub conflict: ConflictPolicy,
+    pub lost_stages: Vec<String>,
+    pub won_stages: Vec<String>,
+    pub close_google_on_microsoft_close: bool,
+    pub forward: ForwardConfig,
+    pub lead: GoogleLeadConfig,
+}
+
+/// Stages after which an opportunity is not written to or polled any more.
+pub const CLOSED_ADMIN: &str = "SALES_STAGE_CLOSED_ADMIN";
+pub const CLOSED_LOST: &str = "SALES_STAGE_CLOSED_LOST";
+
+impl Policy {
+    pub fn final_stages(&self) -> Vec<String> {
+        let mut stages = self.lost_stages.clone();
+        stages.extend(self.won_stages.iter().cloned());
+        stages.push(CLOSED_ADMIN.into());
+        stages.push(CLOSED_LOST.into());
+        stages
+    }
+}
+
+/// A remote write to queue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    CreateLead {
+        lead: Value,
+    },
+    PatchReferral {
+        ops: Vec<PatchOp>,
+        base_after: BaseUpdate,
+    },
+    PatchOpportunity {
+        name: String,
+        body: Value,
+        mask: Vec<String>,
+        base_after: BaseUpdate,
+    },
+}
+
+impl Action {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::CreateLead { .. } => CREATE_LEAD,
+            Action::PatchReferral { .. } => PATCH_REFERRAL,
+            Action::PatchOpportunity { .. } => PATCH_OPPORTUNITY,
+        }
+    }
+}
+
+/// Both sides changed a field differently and the policy is `manual`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    pub field: &'static str,
+    pub microsoft: String,
+    pub google: String,
+    pub base: String,
+}
+
+/// What reconcile decided for one referral.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub conflicts: Vec<Conflict>,
+    /// The forward rules chose the referral but it cannot make a valid lead (why).
+    pub forward_blocked: Option<String>,
+    /// Fields both sides already agree on whose base differs: record without writing.
+    pub agreed: BaseUpdate,
+}
+
+pub fn reconcile(snapshot: &SnapshotRow, policy: &Policy, now: DateTime<Utc>) -> Plan {
+    let mut plan = Plan::default();
+    let r = &snapshot.referral.referral;
+    let closed = r.status == Some(ReferralStatus::Closed);
+    let blocked = |kind: &str| snapshot.blocked_kinds.iter().any(|k| k == kind);
+
+    // Forward: a new incoming referral with no Google record and no create ever queued.
+    if snapshot.link.is_none()
+        && !snapshot.create_exists
+        && forward_chosen(snapshot, &policy.forward)
+    {
+        let raw: Value = serde_json::from_str(&snapshot.referral.raw).unwrap_or(Value::Null);
+        match super::mapping::lead_for(r, &raw, &policy.lead, now) {
+            Ok(lead) => plan.actions.push(Action::CreateLead { lead }),
+            Err(reason) => plan.forward_blocked = Some(reason),
+        }
+    }
+    let Some(link) = &snapshot.link else {
+        return plan;
+    };
+
+    let mut ms_ops: Vec<PatchOp> = Vec::new();
+    let mut ms_base = BaseUpdate::default();
+    let mut g_body = Map::new();
+    let mut g_mask: Vec<String> = Vec::new();
+    let mut g_base = BaseUpdate::default();
+
+    // Write-back: the referral names its Google record in externalReferenceId.
+    let google_ref = link.lead_name.as_ref().or(link.opportunity_name.as_ref());
+    if let Some(name) = google_ref {
+        if !closed && r.external_reference_id.as_ref() != Some(name) {
+            ms_ops.push(PatchOp::replace("/externalReferenceId", name.as_str()));
+        }
+    }
+
+    if let Some(opp) = &snapshot.opportunity {
+        let stage = opp.sales_stage.as_deref().unwrap_or("");
+        let opp_final = policy.final_stages().iter().any(|s| s == stage);
+        let lost = policy.lost_stages.iter().any(|s| s == stage);
+        let won = policy.won_stages.iter().any(|s| s == stage);
+
+        if !closed && (lost || won) {
+            // Google closed the deal: close the referral, and sync no fields into it.
+            let (substatus, verb) = if won {
+                ("Won", "Won")
+            } else {
+                ("Lost", "Closed lost")
+            };
+            ms_ops.push(PatchOp::replace("/status", "Closed"));
+            ms_ops.push(PatchOp::replace("/substatus", substatus));
+            ms_ops.push(PatchOp::replace(
+                "/statusReason",
+                format!("{verb} in Google Cloud opportunity {}", opp.name),
+            ));
+        } else if closed {
+            let ms_lost = matches!(
+                r.substatus,
+                Some(
+                    ReferralSubstatus::Declined
+                        | ReferralSubstatus::Lost
+                        | ReferralSubstatus::Expired
+                )
+            );
+            if ms_lost && !opp_final && policy.close_google_on_microsoft_close {
+                g_body.insert("salesStage".into(), json!(CLOSED_LOST));
+                g_mask.push("salesStage".into());
+            }
+        } else if !opp_final {
+            if opp.external_system_id.as_deref() != Some(r.id.as_str()) {
+                g_body.insert("externalSystemId".into(), json!(r.id));
+                g_mask.push("externalSystemId".into());
+            }
+            let details = r.details.clone().unwrap_or_default();
+            let base = snapshot.base.unwrap_or_default();
+            // dealValue ↔ dealSize
+            match merge(
+                details.deal_value,
+                opp.deal_size,
+                base.deal_value,
+                money_eq,
+                policy.conflict,
+            ) {
+                Merge::Agreed(v) => {
+                    if snapshot.base.is_none() || !opt_eq(base.deal_value, v, money_eq) {
+                        plan.agreed.deal_value = Some(v);
+                    }
+                }
+                Merge::WriteGoogle(v) => {
+                    g_body.insert("dealSize".into(), json!(v));
+                    g_mask.push("dealSize".into());
+                    g_base.deal_value = Some(Some(v));
+                }
+                Merge::WriteMicrosoft(v) => {
+                    ms_ops.push(PatchOp::replace("/details/dealValue", v));
+                    ms_base.deal_value = Some(Some(v));
+                }
+                Merge::Conflict => plan.conflicts.push(Conflict {
+                    field: "dealValue",
+                    microsoft: show(details.deal_value),
+                    google: show(opp.deal_size),
+                    base: show(snapshot.base.and_then(|b| b.deal_value)),
+                }),
+                Merge::Nothing => {}
+            }
+            // closingDateTime (date) ↔ closeDate
+            let ms_close = details.closing_date_time.map(|t| t.date_naive());
+            match merge(
+                ms_close,
+                opp.close_date,
+                base.close_date,
+                |a: &NaiveDate, b| a == b,
+                policy.conflict,
+            ) {
+                Merge::Agreed(v) => {
+                    if snapshot.base.is_none() || base.close_date != v {
+                        plan.agreed.close_date = Some(v);
+                    }
+                }
+                Merge::WriteGoogle(d) => {
+                    g_body.insert("closeDate".into(), crate::google::GoogleDate::json(d));
+                    g_mask.push("closeDate".into());
+                    g_base.close_date = Some(Some(d));
+                }
+                Merge::WriteMicrosoft(d) => {
+                    ms_ops.push(PatchOp::replace(
+                        "/details/closingDateTime",
+                        format!("{d}T00:00:00Z"),
+                    ));
+                    ms_base.close_date = Some(Some(d));
+                }
+                Merge::Conflict => plan.conflicts.push(Conflict {
+                    field: "closingDateTime",
+                    microsoft: show(ms_close),
+                    google: show(opp.close_date),
+                    base: show(snapshot.base.and_then(|b| b.close_date)),
+                }),
+                Merge::Nothing => {}
+            }
+        }
+
+        if !g_mask.is_empty() && !blocked(PATCH_OPPORTUNITY) {
+            plan.actions.push(Action::PatchOpportunity {
+                name: opp.name.clone(),
+                body: Value::Object(g_body),
+                mask: g_mask,
+                base_after: g_base,
+            });
+        }
+    }
+
+    if !ms_ops.is_empty() && !closed && !blocked(PATCH_REFERRAL) {
+        plan.actions.push(Action::PatchReferral {
+            ops: ms_ops,
+            base_after: ms_base,
+        });
+    }
+    plan
+}
+
+fn forward_chosen(snapshot: &SnapshotRow, rules: &ForwardConfig) -> bool {
+    let r = &snapshot.referral.referral;
+    if !rules.enabled || r.status != Some(ReferralStatus::New) {
+        return false;
+    }
+    if r.direction.as_ref().map(|d| d.as_str()) != Some("Incoming") {
+        return false;
+    }
+    let substatus = r.substatus.as_ref().map(|s| s.as_str()).unwrap_or("");
+    if !rules.substatuses.iter().any(|s| s == substatus) {
+        return false;
+    }
+    if !rules.qualifications.is_empty()
+        && !rules
+            .qualifications
+            .iter()
+            .any(|q| Some(q.as_str()) == r.qualification.as_deref())
+    {
+        return false;
+    }
+    if !rules.countries.is_empty()
+        && !rules.countries.iter().any(|c| {
+            r.customer_country()
+                .is_some_and(|rc| rc.eq_ignore_ascii_case(c))
+        })
+    {
+        return false;
+    }
+    let value = r.details.as_ref().and_then(|d| d.deal_value).unwrap_or(0.0);
+    value >= rules.min_deal_value
+}
+
+#[derive(Debug, PartialEq)]
+enum Merge<T> {
+    /// Both sides hold this value.
+    Agreed(Option<T>),
+    WriteGoogle(T),
+    WriteMicrosoft(T),
+    Conflict,
+    /// The winning side has no value: nothing is cleared on the other side.
+    Nothing,
+}
+
+/// Three-way merge of one field: a side that changed since the base wins; both changed to
+/// different values is a conflict, settled by the policy (manual = no write).
+fn merge<T: Copy>(
+    microsoft: Option<T>,
+    google: Option<T>,
+    base: Option<T>,
+    eq: impl Fn(&T, &T) -> bool,
+    policy: ConflictPolicy,
+) -> Merge<T> {
+    if opt_eq(microsoft, google, &eq) {
+        return Merge::Agreed(microsoft);
+    }
+    let ms_changed = !opt_eq(microsoft, base, &eq);
+    let g_changed = !opt_eq(google, base, &eq);
+    let microsoft_wins = match (ms_changed, g_changed) {
+        (true, false) => true,
+        (false, true) => false,
+        _ => match policy {
+            ConflictPolicy::Microsoft => true,
+            ConflictPolicy::Google => false,
+            ConflictPolicy::Manual => return Merge::Conflict,
+        },
+    };
+    match (microsoft_wins, microsoft, google) {
+        (true, Some(v), _) => Merge::WriteGoogle(v),
+        (false, _, Some(v)) => Merge::WriteMicrosoft(v),
+        _ => Merge::Nothing,
+    }
+}
+
+fn opt_eq<T>(a: Option<T>, b: Option<T>, eq: impl Fn(&T, &T) -> bool) -> bool {
+    match (a, b) {
+        (Some(x), Some(y)) => eq(&x, &y),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// Money compares to the cent, so float noise never causes a write.
+fn money_eq(a: &f64, b: &f64) -> bool {
+    (a * 100.0).round() == (b * 100.0).round()
+}
+
+fn show<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "(none)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::google::Opportunity;
+    use crate::microsoft::ParsedReferral;
+    use crate::store::google::{Base, Link};
+
+    const LEAD: &str = "partners/1/leads/7";
+    const OPP: &str = "partners/1/opportunities/42";
+
+    fn policy(conflict: ConflictPolicy) -> Policy {
+        Policy {
+            partner_id: "1".into(),
+            conflict,
+            lost_stages: vec![CLOSED_LOST.into()],
+            won_stages: vec!["SALES_STAGE_MIGRATION_IMPLEMENTATION".into()],
+            close_google_on_microsoft_close: true,
+            forward: ForwardConfig::default(),
+            lead: GoogleLeadConfig {
+                submitter_email: Some("s@p.example".into()),
+                product_family: Some("GOOGLE_CLOUD_PLATFORM".into()),
+                ..GoogleLeadConfig::default()
+            },
+        }
+    }
+
+    fn referral(
+        status: &str,
+        substatus: &str,
+        ext: Option<&str>,
+        value: f64,
+        close: &str,
+    ) -> ParsedReferral {
+        ParsedReferral::from_value(json!({
+            "id": "r1", "createdDateTime": "2026-11-10T00:00:00Z", "status": status,
+            "substatus": substatus, "direction": "Incoming", "qualification": "SalesQualified",
+            "externalReferenceId": ext, "name": "Deal",
+            "customerProfile": {"name": "Fabrikam", "address": {"country": "US"}},
+            "details": {"dealValue": value, "currency": "USD", "closingDateTime": close}
+        }))
+        .unwrap()
+    }
+
+    fn opp(stage: &str, size: f64, close: (i32, u32, u32), ext: &str) -> Opportunity {
+        Opportunity::from_value(&json!({
+            "name": OPP, "salesStage": stage, "dealSize": size, "externalSystemId": ext,
+            "closeDate": {"year": close.0, "month": close.1, "day": close.2}
+        }))
+        .unwrap()
+    }
+
+    fn base(value: f64, close: (i32, u32, u32)) -> Option<Base> {
+        Some(Base {
+            deal_value: Some(value),
+            close_date: NaiveDate::from_ymd_opt(close.0, close.1, close.2),
+        })
+    }
+
+    fn linked(r: ParsedReferral, o: Option<Opportunity>, b: Option<Base>) -> SnapshotRow {
+        SnapshotRow {
+            referral: r,
+            link: Some(Link {
+                referral_id: "r1".into(),
+                lead_name: Some(LEAD.into()),
+                opportunity_name: o.as_ref().map(|o| o.name.clone()),
+            }),
+            opportunity: o,
+            base: b,
+            create_exists: true,
+            blocked_kinds: vec![],
+        }
+    }
+
+    fn unlinked(r: ParsedReferral) -> SnapshotRow {
+        SnapshotRow {
+            referral: r,
+            link: None,
+            opportunity: None,
+            base: None,
+            create_exists: false,
+            blocked_kinds: vec![],
+        }
+    }
+
+    const CLOSE: &str = "2027-02-28T00:00:00Z";
+    const D: (i32, u32, u32) = (2027, 2, 28);
+
+    fn plan(s: &SnapshotRow, c: ConflictPolicy) -> Plan {
+        reconcile(s, &policy(c), Utc::now())
+    }
+
+    #[test]
+    fn forward_creates_one_lead_for_a_new_pending_referral() {
+        let p = plan(
+            &unlinked(referral("New", "Pending", None, 100.0, CLOSE)),
+            ConflictPolicy::Manual,
+        );
+        assert_eq!(p.actions.len(), 1);
+        let Action::CreateLead { lead } = &p.actions[0] else {
+            panic!("{p:?}")
+        };
+        assert_eq!(lead["externalSystemId"], "r1");
+    }
+
+    #[test]
+    fn forward_skips_what_the_rules_or_history_exclude() {
+        let cases = [
+            (
+                "Received is not forwarded by default",
+                referral("New", "Received", None, 100.0, CLOSE),
+                false,
+            ),
+            (
+                "Active is not New",
+                referral("Active", "Accepted", None, 100.0, CLOSE),
+                false,
+            ),
+            (
+                "Closed is never forwarded",
+                referral("Closed", "Declined", None, 100.0, CLOSE),
+                false,
+            ),
+        ];
+        for (why, r, create_exists) in cases {
+            let mut s = unlinked(r);
+            s.create_exists = create_exists;
+            assert!(plan(&s, ConflictPolicy::Manual).actions.is_empty(), "{why}");
+        }
+        let mut s = unlinked(referral("New", "Pending", None, 100.0, CLOSE));
+        s.create_exists = true;
+        assert!(
+            plan(&s, ConflictPolicy::Manual).actions.is_empty(),
+            "a create already exists"
+        );
+
+        let mut pol = policy(ConflictPolicy::Manual);
+        pol.forward.min_deal_value = 1000.0;
+        let s = unlinked(referral("New", "Pending", None, 100.0, CLOSE));
+        assert!(
+            reconcile(&s, &pol, Utc::now()).actions.is_empty(),
+            "below the minimum value"
+        );
+        let mut pol = policy(ConflictPolicy::Manual);
+        pol.forward.countries = vec!["FR".into()];
+        assert!(
+            reconcile(&s, &pol, Utc::now()).actions.is_empty(),
+            "other country"
+        );
+        pol.forward.countries = vec!["us".into()];
+        assert_eq!(
+            reconcile(&s, &pol, Utc::now()).actions.len(),
+            1,
+            "country match ignores case"
+        );
+        let mut pol = policy(ConflictPolicy::Manual);
+        pol.forward.qualifications = vec!["Direct".into()];
+        assert!(
+            reconcile(&s, &pol, Utc::now()).actions.is_empty(),
+            "other qualification"
+        );
+    }
+
+    #[test]
+    fn forward_reports_a_referral_that_cannot_make_a_lead() {
+        let mut pol = policy(ConflictPolicy::Manual);
+        pol.lead.product_family = None;
+        let p = reconcile(
+            &unlinked(referral("New", "Pending", None, 1.0, CLOSE)),
+            &pol,
+            Utc::now(),
+        );
+        assert!(p.actions.is_empty());
+        assert!(p.forward_blocked.unwrap().contains("product family"));
+    }
+
+    #[test]
+    fn write_back_sets_the_lead_name_once() {
+        let s = linked(referral("New", "Pending", None, 100.0, CLOSE), None, None);
+        let p = plan(&s, ConflictPolicy::Manual);
+        assert_eq!(
+            p.actions,
+            vec![Action::PatchReferral {
+                ops: vec![PatchOp::replace("/externalReferenceId", LEAD)],
+                base_after: BaseUpdate::default()
+            }]
+        );
+        let done = linked(
+            referral("New", "Pending", Some(LEAD), 100.0, CLOSE),
+            None,
+            None,
+        );
+        assert_eq!(
+            plan(&done, ConflictPolicy::Manual),
+            Plan::default(),
+            "value already there"
+        );
+        let mut queued = s.clone();
+        queued.blocked_kinds = vec![PATCH_REFERRAL.into()];
+        assert!(
+            plan(&queued, ConflictPolicy::Manual).actions.is_empty(),
+            "already queued"
+        );
+    }
+
+    #[test]
+    fn nothing_changed_means_no_write() {
+        let s = linked(
+            referral("Active", "Accepted", Some(LEAD), 100.0, CLOSE),
+            Some(opp("SALES_STAGE_QUALIFY", 100.0, D, "r1")),
+            base(100.0, D),
+        );
+        assert_eq!(plan(&s, ConflictPolicy::Manual), Plan::default());
+    }
+
+    #[test]
+    fn first_sync_after_linking_agrees_or_copies_the_side_that_has_a_value() {
+        // Same values, no base: record the base, write nothing.
+        let s = linked(
+            referral("Active", "Accepted", Some(LEAD), 100.0, CLOSE),
+            Some(opp("SALES_STAGE_QUALIFY", 100.0, D, "r1")),
+            None,
+        );
+        let p = plan(&s, ConflictPolicy::Manual);
+        assert!(p.actions.is_empty());
+        assert_eq!(p.agreed.deal_value, Some(Some(100.0)));
+        // Different values, no base: both "changed" — a conflict under manual, the policy
+        // side under the others.
+        let s = linked(
+            referral("Active", "Accepted", Some(LEAD), 100.0, CLOSE),
+            Some(opp("SALES_STAGE_QUALIFY", 250.0, D, "r1")),
+            None,
+        );
+        assert_eq!(
+            plan(&s, ConflictPolicy::Manual).conflicts[0].field,
+            "dealValue"
+        );
+        assert!(plan(&s, ConflictPolicy::Manual).actions.is_empty());
+        let ms = plan(&s, ConflictPolicy::Microsoft);
+        assert!(
+            matches!(&ms.actions[0], Action::PatchOpportunity { mask, body, .. }
+            if mask == &vec!["dealSize".to_string()] && body["dealSize"] == json!(100.0))
+        );
+        let g = plan(&s, ConflictPolicy::Google);
+        assert!(matches!(&g.actions[0], Action::PatchReferral { ops, .. }
+            if ops == &vec![PatchOp::replace("/details/dealValue", 250.0)]));
+    }
+
+    #[test]
+    fn the_side_that_changed_wins() {
+        // Microsoft changed the deal value: Google gets dealSize only.
+        let s = linked(
+            referral("Active", "Accepted", Some(LEAD), 150.0, CLOSE),
+            Some(opp("SALES_STAGE_QUALIFY", 100.0, D, "r1")),
+            base(100.0, D),
+        );
+        let p = plan(&s, ConflictPolicy::Manual);
+        assert_eq!(
+            p.actions,
+            vec![Action::PatchOpportunity {
+                name: OPP.into(),
+                body: json!({"dealSize": 150.0}),
+                mask: vec!["dealSize".into()],
+                base_after: BaseUpdate {
+                    deal_value: Some(Some(150.0)),
+                    close_date: None
+                },
+            }]
+        );
+        // Google moved the close date: Microsoft gets closingDateTime only.
+        let s = linked(
+            referral("Active", "Accepted", Some(LEAD), 100.0, CLOSE),
+            Some(opp("SALES_STAGE_QUALIFY", 100.0, (2027, 3, 31), "r1")),
+            base(100.0, D),
+        );
+        let p = plan(&s, ConflictPolicy::Manual);
+        assert_eq!(
+            p.actions,
+            vec![Action::PatchReferral {
+                ops: vec![PatchOp::replace(
+                    "/details/closingDateTime",
+                    "2027-03-31T00:00:00Z"
+                )],
+                base_after: BaseUpdate {
+                    deal_value: None,
+                    close_date: Some(NaiveDate::from_ymd_opt(2027, 3, 31))
+                },
+            }]
+        );
+    }
+
+    #[test]
+    fn both_changed_is_a_conflict_settled_by_policy() {
+        let s = linked(
+            referral("Active", "Accepted", Some(LEAD), 150.0, CLOSE),
+            Some(opp("SALES_STAGE_QUALIFY", 175.0, D, "r1")),
+            base(100.0, D),
+        );
+        let manual = plan(&s, ConflictPolicy::Manual);
+        assert!(manual.actions.is_empty(), "manual writes nothing");
+        assert_eq!(
+            manual.conflicts,
+            vec![Conflict {
+                field: "dealValue",
+                microsoft: "150".into(),
+                google: "175".into(),
+                base: "100".into()
+            }]
+        );
+        assert!(matches!(
+            &plan(&s, ConflictPolicy::Microsoft).actions[0],
+            Action::PatchOpportunity { .. }
+        ));
+        assert!(matches!(
+            &plan(&s, ConflictPolicy::Google).actions[0],
+            Action::PatchReferral { .. }
+        ));
+    }
+
+    #[test]
+    fn the_opportunity_external_id_is_kept_equal_to_the_referral_id() {
+        let s = linked(
+            referral("Active", "Accepted", Some(LEAD), 100.0, CLOSE),
+            Some(opp("SALES_STAGE_QUALIFY", 100.0, D, "")),
+            base(100.0, D),
+        );
+        let p = plan(&s, ConflictPolicy::Manual);
+        assert!(
+            matches!(&p.actions[0], Action::PatchOpportunity { mask, body, .. }
+            if mask == &vec!["externalSystemId".to_string()] && body["externalSystemId"] == "r1")
+        );
+    }
+
+    #[test]
+    fn a_google_lost_or_won_stage_closes_the_referral() {
+        let s = linked(
+            referral("Active", "Accepted", Some(LEAD), 100.0, CLOSE),
+            Some(opp(CLOSED_LOST, 999.0, D, "r1")),
+            base(100.0, D),
+        );
+        let p = plan(&s, ConflictPolicy::Manual);
+        let Action::PatchReferral { ops, .. } = &p.actions[0] else {
+            panic!("{p:?}")
+        };
+        assert_eq!(ops[0], PatchOp::replace("/status", "Closed"));
+        assert_eq!(ops[1], PatchOp::replace("/substatus", "Lost"));
+        assert!(ops[2].value.as_str().unwrap().contains(OPP));
+        assert_eq!(
+            p.actions.len(),
+            1,
+            "no field sync into a referral being closed"
+        );
+        let s = linked(
+            referral("Active", "Accepted", Some(LEAD), 100.0, CLOSE),
+            Some(opp("SALES_STAGE_MIGRATION_IMPLEMENTATION", 100.0, D, "r1")),
+            base(100.0, D),
+        );
+        let Action::PatchReferral { ops, .. } = &plan(&s, ConflictPolicy::Manual).actions[0] else {
+            panic!()
+        };
+        assert_eq!(ops[1], PatchOp::replace("/substatus", "Won"));
+    }
+
+    #[test]
+    fn a_closed_referral_is_never_written_and_closes_the_open_opportunity() {
+        for substatus in ["Declined", "Lost", "Expired"] {
+            let s = linked(
+                referral("Closed", substatus, None, 150.0, CLOSE),
+                Some(opp("SALES_STAGE_QUALIFY", 100.0, D, "r1")),
+                base(100.0, D),
+            );
+            let p = plan(&s, ConflictPolicy::Microsoft);
+            assert_eq!(
+                p.actions,
+                vec![Action::PatchOpportunity {
+                    name: OPP.into(),
+                    body: json!({"salesStage": CLOSED_LOST}),
+                    mask: vec!["salesStage".into()],
+                    base_after: BaseUpdate::default(),
+                }],
+                "{substatus}: no write-back, no field sync, just close Google"
+            );
+        }
+        let won = linked(
+            referral("Closed", "Won", None, 150.0, CLOSE),
+            Some(opp("SALES_STAGE_QUALIFY", 100.0, D, "r1")),
+            base(100.0, D),
+        );
+        assert!(plan(&won, ConflictPolicy::Manual).actions.is_empty());
+        let mut off = policy(ConflictPolicy::Manual);
+        off.close_google_on_microsoft_close = false;
+        let s = linked(
+            referral("Closed", "Declined", None, 150.0, CLOSE),
+            Some(opp("SALES_STAGE_QUALIFY", 100.0, D, "r1")),
+            None,
+        );
+        assert!(reconcile(&s, &off, Utc::now()).actions.is_empty());
+        let already = linked(
+            referral("Closed", "Lost", None, 150.0, CLOSE),
+            Some(opp(CLOSED_LOST, 100.0, D, "r1")),
+            None,
+        );
+        assert!(plan(&already, ConflictPolicy::Manual).actions.is_empty());
+    }
+
+    #[test]
+    fn money_is_compared_to_the_cent() {
+        assert!(money_eq(&100.0, &100.004));
+        assert!(!money_eq(&100.0, &100.01));
+        let s = linked(
+            referral("Active", "Accepted", Some(LEAD), 100.001, CLOSE),
+            Some(opp("SALES_STAGE_QUALIFY", 100.0, D, "r1")),
+            base(100.0, D),
+        );
+        assert_eq!(plan(&s, ConflictPolicy::Manual), Plan::default());
+    }
+}
