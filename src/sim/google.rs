@@ -28,6 +28,8 @@ pub struct GoogleState {
     pub(crate) leads: BTreeMap<String, Value>,
     pub(crate) opportunities: BTreeMap<String, Value>,
     pub(crate) access_tokens: HashSet<String>,
+    /// The `updateMask` of every opportunity patch received, in order.
+    pub(crate) patch_masks: Vec<String>,
     next_id: u64,
 }
 
@@ -490,6 +492,7 @@ async fn patch_opportunity(
     let Some(mask) = query.get("updateMask").filter(|m| !m.is_empty()) else {
         return invalid("update_mask", "An explicit update mask is required.");
     };
+    lock(&state.google).patch_masks.push(mask.clone());
     let Ok(Value::Object(patch)) = serde_json::from_slice::<Value>(&body) else {
         return invalid("opportunity", "Invalid JSON payload.");
     };
@@ -594,6 +597,11 @@ impl super::Simulator {
         });
         g.opportunities.insert(name.clone(), opp);
         Some(name)
+    }
+
+    /// The `updateMask` of every opportunity patch received, in order.
+    pub fn patch_masks(&self) -> Vec<String> {
+        lock(&self.state.google).patch_masks.clone()
     }
 
     pub fn put_opportunity(&self, opportunity: Value) {

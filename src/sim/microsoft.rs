@@ -242,7 +242,7 @@ fn first_page(state: &SimState, query: &HashMap<String, String>) -> Result<Page,
     Ok(serve_from_cursor(
         state,
         super::Cursor {
-            ids,
+            ids: Arc::new(ids),
             offset: 0,
             top,
         },
@@ -251,7 +251,7 @@ fn first_page(state: &SimState, query: &HashMap<String, String>) -> Result<Page,
 }
 
 fn next_page(state: &SimState, token: &str) -> Result<Page, Response> {
-    let cursor = lock(&state.cursors).remove(token).ok_or_else(|| {
+    let cursor = lock(&state.cursors).get(token).cloned().ok_or_else(|| {
         error(
             StatusCode::BAD_REQUEST,
             "invalidRequest",
@@ -275,7 +275,12 @@ fn serve_from_cursor(state: &SimState, mut cursor: super::Cursor, total: usize) 
     cursor.offset = end;
     let next = (end < cursor.ids.len()).then(|| {
         let token = uuid::Uuid::new_v4().simple().to_string();
-        lock(&state.cursors).insert(token.clone(), cursor);
+        let mut cursors = lock(&state.cursors);
+        // Tokens expire eventually, as a real service's do; keep memory bounded.
+        if cursors.len() > 50_000 {
+            cursors.clear();
+        }
+        cursors.insert(token.clone(), cursor);
         token
     });
     (items, next, total)

@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 /// A fault the simulator can inject into an API answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
+    /// No fault: lets a script skip requests (`[Pass, Pass, Drop]` hits the third).
+    Pass,
     /// 429 with `Retry-After` (and Partner Center's odd 429 body).
     TooManyRequests { retry_after_secs: u64 },
     /// 503 with the standard error body.
@@ -109,9 +111,10 @@ pub(crate) struct TokenState {
 }
 
 /// A paging cursor: the ids that matched the first request, and how far the client is.
-#[derive(Debug)]
+/// A skiptoken stays valid after use (a retried page must work), like a stateless token.
+#[derive(Debug, Clone)]
 pub(crate) struct Cursor {
-    pub ids: Vec<String>,
+    pub ids: Arc<Vec<String>>,
     pub offset: usize,
     pub top: usize,
 }
@@ -317,7 +320,7 @@ pub(crate) async fn before(
         tokio::time::sleep(delay).await;
     }
     match fault {
-        None => Ok(false),
+        None | Some(Fault::Pass) => Ok(false),
         Some(Fault::Drop) => {
             state.count("fault:drop");
             Ok(true)

@@ -32,6 +32,35 @@ impl TestEnv {
         env
     }
 
+    /// A config with the Google side too (its key file beside the config).
+    pub async fn with_google(extra: &str) -> TestEnv {
+        let env = Self::with_extra("").await;
+        let key = env.dir.path().join("google-key.json");
+        std::fs::write(&key, env.sim.google_key_json()).unwrap();
+        env.write_config(&format!(
+            r#"
+[google]
+api_base = "{base}"
+partner_id = "{partner}"
+credentials_file = "{key}"
+requests_per_second = 500
+
+[google.lead]
+submitter_email = "cosell@partner.example"
+product_family = "GOOGLE_CLOUD_PLATFORM"
+
+[sync]
+retry_min = "10ms"
+retry_max = "50ms"
+{extra}
+"#,
+            base = env.sim.base_url(),
+            partner = cosell_sync::sim::google::PARTNER_ID,
+            key = key.display(),
+        ));
+        env
+    }
+
     pub fn write_config(&self, extra: &str) {
         let c = &self.sim.state.credentials;
         let text = format!(
@@ -64,6 +93,12 @@ max_delay = "500ms"
             refresh = c.refresh_token,
         );
         std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Rewrites the config file's text.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, edit(text)).unwrap();
     }
 
     pub fn state_db(&self) -> PathBuf {

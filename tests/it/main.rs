@@ -3,4 +3,5 @@
 
 mod client;
 mod e2e;
+mod google;
 mod helpers;
