@@ -68,6 +68,7 @@ CREATE UNIQUE INDEX outbox_one_create ON outbox (referral_id)
 CREATE UNIQUE INDEX outbox_one_open ON outbox (referral_id, kind)
     WHERE state IN ('pending', 'in_flight');
 CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
+CREATE INDEX outbox_by_referral ON outbox (referral_id, kind, state);
 
 -- Conflicts the `manual` policy left for a person: both sides changed a field differently.
 CREATE TABLE conflicts (

@@ -328,33 +328,49 @@ fn snapshots(
     Ok(out)
 }
 
-/// A batch of tracked Google resources to `get` this cycle, in name order after `after`:
-/// leads not yet final, opportunities not in a final stage.
+/// The tracked Google resources of a batch of linked referrals (in referral order after
+/// `after`) to `get` this cycle: leads not yet final, opportunities not in a final stage.
+/// Returns the resources and the last referral id of the batch (the next cursor).
 pub fn tracked_batch(
     conn: &Connection,
     after: &str,
     limit: usize,
     final_stages: &[String],
-) -> Result<Vec<(String, String)>, StoreError> {
-    let finals = serde_json::to_string(final_stages).expect("strings serialize");
+) -> Result<(Vec<(String, String)>, Option<String>), StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT name, referral_id FROM (
-            SELECT l.lead_name AS name, l.referral_id FROM links l
-              LEFT JOIN google_leads g ON g.name = l.lead_name
-             WHERE l.lead_name IS NOT NULL
-               AND COALESCE(g.lead_status, '') <> 'STATE_CONVERTED'
-               AND COALESCE(g.approval_status, '') <> 'APPROVAL_STATE_NOT_APPROVED'
-            UNION ALL
-            SELECT l.opportunity_name, l.referral_id FROM links l
-              LEFT JOIN google_opportunities o ON o.name = l.opportunity_name
-             WHERE l.opportunity_name IS NOT NULL
-               AND COALESCE(o.sales_stage, '') NOT IN (SELECT value FROM json_each(?3)))
-         WHERE name > ?1 ORDER BY name LIMIT ?2",
+        "SELECT l.referral_id, l.lead_name, g.lead_status, g.approval_status,
+                l.opportunity_name, o.sales_stage
+         FROM links l
+         LEFT JOIN google_leads g ON g.name = l.lead_name
+         LEFT JOIN google_opportunities o ON o.name = l.opportunity_name
+         WHERE l.referral_id > ?1 ORDER BY l.referral_id LIMIT ?2",
     )?;
-    let rows = stmt.query_map(params![after, limit as i64, finals], |r| {
-        Ok((r.get(0)?, r.get(1)?))
+    let rows = stmt.query_map(params![after, limit as i64], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Option<String>>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, Option<String>>(5)?,
+        ))
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut out = Vec::new();
+    let mut last = None;
+    for row in rows {
+        let (referral_id, lead, lead_status, approval, opp, stage) = row?;
+        let lead_final = lead_status.as_deref() == Some("STATE_CONVERTED")
+            || approval.as_deref() == Some("APPROVAL_STATE_NOT_APPROVED");
+        if let Some(lead) = lead.filter(|_| !lead_final) {
+            out.push((lead, referral_id.clone()));
+        }
+        let opp_final = stage.as_ref().is_some_and(|s| final_stages.contains(s));
+        if let Some(opp) = opp.filter(|_| !opp_final) {
+            out.push((opp, referral_id.clone()));
+        }
+        last = Some(referral_id);
+    }
+    Ok((out, last))
 }
 
 #[derive(Debug, Clone, Serialize)]

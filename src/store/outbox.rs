@@ -84,7 +84,7 @@ pub fn claim_due(
     let mut stmt = conn.prepare_cached(&format!(
         "UPDATE outbox SET state = 'in_flight', attempts = attempts + 1, updated_at = ?1
          WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?1
-                      ORDER BY id LIMIT ?2)
+                      ORDER BY next_attempt_at, id LIMIT ?2)
          RETURNING {COLUMNS}"
     ))?;
     let rows = stmt.query_map(params![now, limit as i64], row)?;

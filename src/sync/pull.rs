@@ -60,9 +60,11 @@ pub async fn pull_microsoft(
         Some(w) => w - chrono::Duration::from_std(settings.overlap).unwrap_or_default(),
         None => now - chrono::Duration::from_std(settings.initial_lookback).unwrap_or_default(),
     };
+    // Pending referrals come in full with the inbox query every cycle, so the incremental
+    // query leaves them out: each referral is read once per cycle, not twice.
     let incremental = PageRequest::Query {
         filter: format!(
-            "direction eq 'Incoming' and updatedDateTime gt {}",
+            "direction eq 'Incoming' and substatus ne 'Pending' and updatedDateTime gt {}",
             odata::datetime_literal(since)
         ),
         orderby: "updatedDateTime asc".into(),
@@ -79,6 +81,12 @@ pub async fn pull_microsoft(
     )
     .await
     .map_err(|e| (stats, e))?;
+    // The whole query was read: nothing older than its start is missing, so the watermark
+    // may move up to it even when no referral changed (the overlap covers clock skew).
+    store
+        .call(move |c| referrals::commit_page(c, &[], &[], Some((INCREMENTAL_WATERMARK, now)), Utc::now()))
+        .await
+        .map_err(|e| (stats, e.into()))?;
     Ok(stats)
 }
 
@@ -166,10 +174,10 @@ pub async fn pull_google(
     let mut after = String::new();
     loop {
         let (cursor, finals_batch) = (after.clone(), finals.clone());
-        let batch = store
+        let (batch, last) = store
             .call(move |c| crate::store::google::tracked_batch(c, &cursor, 200, &finals_batch))
             .await?;
-        let Some(last) = batch.last().map(|(name, _)| name.clone()) else {
+        let Some(last) = last else {
             return Ok(stats);
         };
         let results: Vec<Result<(), CycleError>> = futures_util::stream::iter(batch)
