@@ -28,15 +28,48 @@ struct Run {
 
 fn run_daemon(config: &std::path::Path) -> Run {
     let started = Instant::now();
-    let child = std::process::Command::new(BIN)
+    // BENCH_WRAP="valgrind --tool=massif" runs the daemon under a profiler.
+    let wrap: Vec<String> = std::env::var("BENCH_WRAP")
+        .map(|w| w.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    let mut command = match wrap.split_first() {
+        Some((program, args)) => {
+            let mut c = std::process::Command::new(program);
+            c.args(args).arg(BIN);
+            c
+        }
+        None => std::process::Command::new(BIN),
+    };
+    let child = command
         .arg("--config")
         .arg(config)
         .arg("sync")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("daemon starts");
+    // Peak RSS comes from the daemon's own VmHWM: wait4's ru_maxrss would include the
+    // hiwater mark of this (simulator-holding) process, inherited across fork and exec.
+    let pid = child.id();
+    let hwm = std::thread::spawn(move || {
+        let mut peak_kib = 0i64;
+        while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(kib) = status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<i64>().ok())
+            {
+                peak_kib = peak_kib.max(kib);
+            }
+            if status.contains("State:\tZ") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peak_kib
+    });
     let mut status = 0;
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: wait4 on our own child with valid out-pointers.
@@ -46,7 +79,7 @@ fn run_daemon(config: &std::path::Path) -> Run {
     Run {
         wall: started.elapsed(),
         cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
-        max_rss_kib: usage.ru_maxrss,
+        max_rss_kib: hwm.join().unwrap_or(0),
         requests: BTreeMap::new(),
         ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
     }

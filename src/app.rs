@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::alerts::deliver::{AlertSettings, AlertStats};
 use crate::config::Config;
 use crate::deadline;
 use crate::google::{GoogleAuth, GoogleClient};
@@ -51,6 +52,7 @@ pub struct App {
     pub config: Arc<Config>,
     pub store: Store,
     pub cycle: CycleContext,
+    pub alerts: AlertSettings,
     /// Held by the process that runs cycles (`run`, `sync`); see [`App::become_worker`].
     worker_lock: Option<Arc<std::fs::File>>,
 }
@@ -91,6 +93,7 @@ impl App {
             None
         };
         Ok(App {
+            alerts: AlertSettings::from_config(&config.alerts),
             cycle: CycleContext {
                 store: store.clone(),
                 microsoft,
@@ -148,13 +151,12 @@ impl App {
         Ok(())
     }
 
-    /// One full cycle.
-    pub async fn sync_once(&self) -> CycleReport {
-        debug_assert!(
-            self.worker_lock.is_some(),
-            "cycles run only in the worker process"
-        );
-        sync::run_cycle(&self.cycle).await
+    /// One full cycle, then its alerts (raised and delivered; never failing the cycle).
+    pub async fn sync_once(&self) -> Cycle {
+        debug_assert!(self.worker_lock.is_some(), "cycles run only in the worker process");
+        let report = sync::run_cycle(&self.cycle).await;
+        let alerts = crate::alerts::deliver::after_cycle(&self.store, &self.alerts, &report, chrono::Utc::now()).await;
+        Cycle { report, alerts }
     }
 
     /// `link REFERRAL_ID RESOURCE`: tracks an existing lead or opportunity for a referral,
@@ -300,6 +302,13 @@ fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
         concurrency: sync.concurrency,
         retry: config.microsoft.retry.policy(),
     })
+}
+
+/// A cycle's report and what its alert phase did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cycle {
+    pub report: CycleReport,
+    pub alerts: AlertStats,
 }
 
 /// A referral still waiting for an answer, with its deadline.

@@ -509,8 +509,16 @@ impl Default for ForwardConfig {
 pub struct AlertsConfig {
     /// How long Microsoft waits for an answer when a referral has no `expirationDateTime`.
     pub response_window: HumanDuration,
-    /// Warn when this little time is left before the deadline.
+    /// Warn when this little time is left before the deadline (one alert per threshold).
     pub thresholds: Vec<HumanDuration>,
+    /// Cycles failing in a row before `sync_unhealthy` (an authentication failure is at once).
+    pub failed_cycles: u32,
+    /// Link to a referral in Partner Center; `{id}` is replaced by the referral id.
+    pub referral_url: String,
+    /// Delivery tries per sink and alert within one cycle; what is left is retried next cycle.
+    pub delivery_attempts: usize,
+    pub webhook: Vec<WebhookConfig>,
+    pub command: Vec<CommandConfig>,
 }
 
 impl Default for AlertsConfig {
@@ -522,8 +530,64 @@ impl Default for AlertsConfig {
                 HumanDuration::secs(24 * 3600),
                 HumanDuration::secs(4 * 3600),
             ],
+            failed_cycles: 3,
+            referral_url: "https://partner.microsoft.com/dashboard/referrals/v2/leads/{id}/details".into(),
+            delivery_attempts: 3,
+            webhook: Vec::new(),
+            command: Vec::new(),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertFormat {
+    Json,
+    Slack,
+    Teams,
+}
+
+/// Header values carry credentials (`Authorization = "Bearer ..."`): always redacted.
+fn redact_headers<S: Serializer>(
+    headers: &std::collections::BTreeMap<String, SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(Some(headers.len()))?;
+    for key in headers.keys() {
+        map.serialize_entry(key, "[redacted]")?;
+    }
+    map.end()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    #[serde(default = "default_format")]
+    pub format: AlertFormat,
+    /// Extra request headers, e.g. for authentication.
+    #[serde(default, serialize_with = "redact_headers")]
+    pub headers: std::collections::BTreeMap<String, SecretString>,
+    #[serde(default = "default_sink_timeout")]
+    pub timeout: HumanDuration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandConfig {
+    /// The program and its arguments; the JSON alert arrives on stdin.
+    pub argv: Vec<String>,
+    #[serde(default = "default_sink_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_format() -> AlertFormat {
+    AlertFormat::Json
+}
+
+fn default_sink_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
 }
 
 /// Where the configuration came from, for messages and `check-config`.
@@ -713,6 +777,19 @@ impl Config {
                 "alerts.response_window",
                 "must be more than 0s",
             ));
+        }
+        for (i, hook) in self.alerts.webhook.iter().enumerate() {
+            if let Err(e) = check_base_url(&hook.url) {
+                errors.push(ConfigError::new(format!("alerts.webhook[{i}].url"), e));
+            }
+        }
+        for (i, command) in self.alerts.command.iter().enumerate() {
+            if command.argv.is_empty() || command.argv[0].trim().is_empty() {
+                errors.push(ConfigError::new(format!("alerts.command[{i}].argv"), "must name a program"));
+            }
+        }
+        if self.alerts.failed_cycles == 0 {
+            errors.push(ConfigError::new("alerts.failed_cycles", "must be at least 1"));
         }
         if self.alerts.thresholds.iter().any(|t| t.0.is_zero()) {
             errors.push(ConfigError::new(

@@ -118,7 +118,8 @@ fn writes(sim: &Simulator) -> u64 {
 }
 
 async fn step(app: &App) -> CycleReport {
-    let c = app.sync_once().await;
+    let cycle = app.sync_once().await;
+    let c = cycle.report;
     match &c.error {
         None => println!(
             "   ok in {:.2}s: {} pages ({} new, {} changed); Google: {} read, {} written, {} to retry",

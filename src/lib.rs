@@ -16,6 +16,7 @@
 //! - [`store`]: SQLite (WAL, migrations, schema version) behind a blocking-thread boundary.
 //! - [`sync`]: one cycle: pull both sides, plan with the pure `reconcile`, push the outbox.
 //! - [`deadline`]: the 14-day response window arithmetic, pure.
+//! - [`alerts`]: expiry and health alerts (pure planner), formats, durable delivery to sinks.
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
 //! - [`demo`]: `cosell-sync demo`.
 //! - [`telemetry`]: tracing subscriber set-up.
@@ -24,6 +25,7 @@
 // bytes moved per error is nothing next to that, and boxing would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod alerts;
 pub mod app;
 pub mod cli;
 pub mod config;

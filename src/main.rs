@@ -105,11 +105,12 @@ async fn dispatch(cli: Cli) -> i32 {
             if let Err(e) = app.become_worker() {
                 return fail_app(&e);
             }
-            let report = app.sync_once().await;
+            let cycle = app.sync_once().await;
+            let report = &cycle.report;
             match &report.error {
                 None => {
                     println!(
-                        "cycle ok: {} pages, {} new, {} changed, {} unchanged, {} unreadable; google: {} read, {} queued, {} written, {} to retry, {} dead, {} quarantined",
+                        "cycle ok: {} pages, {} new, {} changed, {} unchanged, {} unreadable; google: {} read, {} queued, {} written, {} to retry, {} dead, {} quarantined; alerts: {} raised, {} delivered, {} undelivered",
                         report.pages,
                         report.counts.new,
                         report.counts.changed,
@@ -120,7 +121,10 @@ async fn dispatch(cli: Cli) -> i32 {
                         report.pushed.done,
                         report.pushed.retried,
                         report.pushed.dead,
-                        report.pushed.quarantined
+                        report.pushed.quarantined,
+                        cycle.alerts.raised,
+                        cycle.alerts.delivered,
+                        cycle.alerts.undelivered
                     );
                     exit::OK
                 }

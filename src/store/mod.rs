@@ -5,6 +5,7 @@
 //! worker threads. The table families live in submodules as plain functions over a
 //! `rusqlite::Connection`, so they are testable without a runtime.
 
+pub mod alerts;
 pub mod google;
 pub mod outbox;
 pub mod referrals;
@@ -27,6 +28,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0002_google_outbox.sql",
         include_str!("../../migrations/0002_google_outbox.sql"),
     ),
+    (3, "0003_alerts.sql", include_str!("../../migrations/0003_alerts.sql")),
 ];
 
 /// The schema version this binary reads and writes.

@@ -188,16 +188,30 @@ pub struct ReferralSummary {
 
 /// Incoming referrals in status New (Pending or Received): their response clock is running.
 pub fn awaiting_response(conn: &Connection) -> Result<Vec<ReferralSummary>, StoreError> {
-    let mut stmt = conn.prepare(
+    let mut out = Vec::new();
+    each_awaiting_response(conn, |r| {
+        out.push(r);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// The same, one at a time, so a large inbox is never held in memory.
+pub fn each_awaiting_response(
+    conn: &Connection,
+    mut f: impl FnMut(ReferralSummary) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
         "SELECT id, name, customer_name, status, substatus, created_at, expires_at, deal_value, currency
          FROM referrals
          WHERE status = 'New' AND substatus IN ('Pending', 'Received')
            AND (direction = 'Incoming' OR direction IS NULL)",
     )?;
-    let rows = stmt.query_map([], |row| {
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
         let created: String = row.get(5)?;
         let expires: Option<String> = row.get(6)?;
-        Ok(ReferralSummary {
+        f(ReferralSummary {
             id: row.get(0)?,
             name: row.get(1)?,
             customer: row.get(2)?,
@@ -207,9 +221,9 @@ pub fn awaiting_response(conn: &Connection) -> Result<Vec<ReferralSummary>, Stor
             expires_at: expires.as_deref().and_then(parse_timestamp),
             deal_value: row.get(7)?,
             currency: row.get(8)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        })?;
+    }
+    Ok(())
 }
 
 /// Referral counts by (status, substatus).

@@ -236,19 +236,23 @@ async fn execute(
     cycle_id: &str,
     row: OutboxRow,
 ) -> Result<Outcome, StoreError> {
+    use tracing::Instrument;
     let span = tracing::info_span!("action", id = row.id, kind = %row.kind, referral_id = %row.referral_id);
-    let _guard = span.enter();
-    match row.kind.as_str() {
-        CREATE_LEAD => create_lead(store, google, cycle_id, row).await,
-        PATCH_REFERRAL => patch_referral(store, microsoft, google, cycle_id, row).await,
-        PATCH_OPPORTUNITY => patch_opportunity(store, google, cycle_id, row).await,
-        other => {
-            let outcome = Outcome::Dead {
-                error: format!("unknown action kind {other:?}"),
-            };
-            finish(store, row.id, outcome, None, None).await
+    async move {
+        match row.kind.as_str() {
+            CREATE_LEAD => create_lead(store, google, cycle_id, row).await,
+            PATCH_REFERRAL => patch_referral(store, microsoft, google, cycle_id, row).await,
+            PATCH_OPPORTUNITY => patch_opportunity(store, google, cycle_id, row).await,
+            other => {
+                let outcome = Outcome::Dead {
+                    error: format!("unknown action kind {other:?}"),
+                };
+                finish(store, row.id, outcome, None, None).await
+            }
         }
     }
+    .instrument(span)
+    .await
 }
 
 /// Records the outcome (and an optional extra write in the same transaction).

@@ -1,0 +1,320 @@
+//! Raising and delivering alerts after each cycle. Alerts are recorded (with one pending
+//! delivery per sink) before anything is sent; each delivery is retried with backoff within
+//! the cycle, and what is still undelivered is retried next cycle — also after a restart.
+//! Delivered is recorded per sink, so nothing delivered is ever sent again. A sink that keeps
+//! failing is skipped for the rest of the cycle and noted once in the log; it never blocks or
+//! fails the sync. The log is always a sink.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use tokio::io::AsyncWriteExt;
+
+use super::due::{expiry_alert, health_alert, Health};
+use super::{format, Alert};
+use crate::config::{AlertFormat, AlertsConfig, CommandConfig, WebhookConfig};
+use crate::store::{alerts as astore, google as gstore, outbox, referrals, Store, StoreError};
+use crate::sync::CycleReport;
+
+/// A place alerts go besides the log.
+#[derive(Debug, Clone)]
+pub enum Sink {
+    Webhook(WebhookConfig),
+    Command(CommandConfig),
+}
+
+impl Sink {
+    /// The name deliveries are recorded under.
+    pub fn key(&self) -> String {
+        match self {
+            Sink::Webhook(w) => format!("webhook:{}", w.url),
+            Sink::Command(c) => format!("command:{}", c.argv.join(" ")),
+        }
+    }
+
+    async fn send(&self, http: &reqwest::Client, alert: &Alert) -> Result<(), String> {
+        match self {
+            Sink::Webhook(w) => {
+                let mut request = http
+                    .post(&w.url)
+                    .timeout(w.timeout.0)
+                    .json(&format::render(w.format, alert));
+                for (name, value) in &w.headers {
+                    request = request.header(name, value.expose_secret());
+                }
+                let response = request
+                    .send()
+                    .await
+                    .map_err(|e| crate::http::error_chain(&e))?;
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP {}", response.status().as_u16()))
+                }
+            }
+            Sink::Command(c) => run_command(c, alert).await,
+        }
+    }
+}
+
+async fn run_command(c: &CommandConfig, alert: &Alert) -> Result<(), String> {
+    let body = serde_json::to_vec(&format::render(AlertFormat::Json, alert)).expect("alerts serialize");
+    let mut child = tokio::process::Command::new(&c.argv[0])
+        .args(&c.argv[1..])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", c.argv[0]))?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let run = async {
+        stdin.write_all(&body).await.map_err(|e| format!("stdin: {e}"))?;
+        drop(stdin);
+        child.wait_with_output().await.map_err(|e| e.to_string())
+    };
+    let output = tokio::time::timeout(c.timeout.0, run)
+        .await
+        .map_err(|_| format!("timed out after {}", c.timeout))??;
+    if output.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        Err(format!("{} ({})", output.status, stderr.lines().next().unwrap_or("")))
+    }
+}
+
+/// What alerting needs, built once from `[alerts]`.
+#[derive(Debug, Clone)]
+pub struct AlertSettings {
+    pub window: chrono::Duration,
+    pub thresholds: Vec<chrono::Duration>,
+    pub failed_cycles: u32,
+    pub referral_url: String,
+    pub attempts: usize,
+    pub sinks: Vec<Sink>,
+    pub http: reqwest::Client,
+}
+
+impl AlertSettings {
+    pub fn from_config(config: &AlertsConfig) -> Self {
+        let mut sinks: Vec<Sink> = config.webhook.iter().cloned().map(Sink::Webhook).collect();
+        sinks.extend(config.command.iter().cloned().map(Sink::Command));
+        AlertSettings {
+            window: config.response_window.as_chrono(),
+            thresholds: config.thresholds.iter().map(|t| t.as_chrono()).collect(),
+            failed_cycles: config.failed_cycles,
+            referral_url: config.referral_url.clone(),
+            attempts: config.delivery_attempts.max(1),
+            sinks,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .user_agent(concat!("cosell-sync/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .expect("reqwest client builds"),
+        }
+    }
+}
+
+/// What the alert phase did.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct AlertStats {
+    pub raised: u64,
+    pub delivered: u64,
+    pub undelivered: u64,
+}
+
+/// Raises the alerts a cycle calls for and delivers everything pending. Errors are logged;
+/// this never fails the cycle.
+pub async fn after_cycle(store: &Store, settings: &AlertSettings, report: &CycleReport, now: DateTime<Utc>) -> AlertStats {
+    let mut stats = AlertStats::default();
+    match raise_due(store, settings, report, now).await {
+        Ok(raised) => stats.raised = raised,
+        Err(e) => tracing::error!(error = %e, "cannot record alerts"),
+    }
+    match deliver_pending(store, settings).await {
+        Ok((delivered, undelivered)) => {
+            stats.delivered = delivered;
+            stats.undelivered = undelivered;
+        }
+        Err(e) => tracing::error!(error = %e, "cannot deliver alerts"),
+    }
+    stats
+}
+
+async fn raise_due(store: &Store, settings: &AlertSettings, report: &CycleReport, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    let settings = settings.clone();
+    let (error, auth_failed) = (report.error.clone(), report.auth_failed);
+    store
+        .call(move |c| {
+            let sinks: Vec<String> = settings.sinks.iter().map(Sink::key).collect();
+            let tx = c.transaction()?;
+            let mut count = 0;
+            // Records each alert as it is found (never a list of them: a large inbox can
+            // cross thresholds by the thousand) and logs the new ones: the log is a sink.
+            let mut raise = |tx: &rusqlite::Connection, alert: Alert| -> Result<(), StoreError> {
+                if astore::raise(tx, &alert, &sinks, now)? {
+                    count += 1;
+                    let referral = alert.referral_id.as_deref().unwrap_or("-");
+                    match alert.severity.as_str() {
+                        "critical" => tracing::error!(alert_id = %alert.id, kind = %alert.kind, referral_id = referral, "ALERT: {}", alert.message),
+                        "warning" => tracing::warn!(alert_id = %alert.id, kind = %alert.kind, referral_id = referral, "ALERT: {}", alert.message),
+                        _ => tracing::info!(alert_id = %alert.id, kind = %alert.kind, "ALERT: {}", alert.message),
+                    }
+                }
+                Ok(())
+            };
+            // Health.
+            let mut health: Health = astore::get_health(&tx, "sync")?
+                .and_then(|v| serde_json::from_str(&v).ok())
+                .unwrap_or_default();
+            if let Some(alert) = health_alert(&mut health, error.as_deref(), auth_failed, settings.failed_cycles, now) {
+                raise(&tx, alert)?;
+            }
+            astore::set_health(&tx, "sync", &serde_json::to_string(&health).expect("health serializes"), now)?;
+            // Expiry, for every incoming referral still New.
+            referrals::each_awaiting_response(&tx, |r| {
+                match expiry_alert(&r, settings.window, &settings.thresholds, &settings.referral_url, now) {
+                    Some(alert) => raise(&tx, alert),
+                    None => Ok(()),
+                }
+            })?;
+            // Writes that need a person.
+            for row in outbox::list(&tx, &["dead", "quarantined"], 1000)? {
+                let mut alert = Alert::general(
+                    format!("action_failed:{}:{}", row.id, row.state),
+                    "action_failed",
+                    "critical",
+                    format!(
+                        "{} for referral {} is {}: {}",
+                        row.kind,
+                        row.referral_id,
+                        row.state,
+                        row.last_error.as_deref().unwrap_or("no error recorded")
+                    ),
+                    now,
+                );
+                alert.referral_id = Some(row.referral_id.clone());
+                alert.link = Some(settings.referral_url.replace("{id}", &row.referral_id));
+                raise(&tx, alert)?;
+            }
+            for conflict in gstore::conflicts(&tx)? {
+                let mut alert = Alert::general(
+                    format!("conflict:{}:{}:{}", conflict.referral_id, conflict.field, conflict.detected_at),
+                    "conflict",
+                    "warning",
+                    format!(
+                        "{} of referral {} changed on both sides: Microsoft {}, Google {} (last agreed {}). Nothing was written; change one side to settle it.",
+                        conflict.field,
+                        conflict.referral_id,
+                        conflict.microsoft_value.as_deref().unwrap_or("-"),
+                        conflict.google_value.as_deref().unwrap_or("-"),
+                        conflict.base_value.as_deref().unwrap_or("-")
+                    ),
+                    now,
+                );
+                alert.referral_id = Some(conflict.referral_id.clone());
+                alert.link = Some(settings.referral_url.replace("{id}", &conflict.referral_id));
+                raise(&tx, alert)?;
+            }
+            tx.commit()?;
+            Ok(count)
+        })
+        .await
+}
+
+/// Delivers every pending (alert, sink) pair whose sink is still configured.
+pub async fn deliver_pending(store: &Store, settings: &AlertSettings) -> Result<(u64, u64), StoreError> {
+    let sinks: HashMap<String, &Sink> = settings.sinks.iter().map(|s| (s.key(), s)).collect();
+    let mut broken: HashSet<String> = HashSet::new();
+    let (mut delivered, mut undelivered) = (0, 0);
+    let pending = store.call(|c| astore::pending(c, 10_000)).await?;
+    for (alert, sink_key, attempts_before) in pending {
+        let Some(sink) = sinks.get(&sink_key) else {
+            continue; // A sink removed from the config: its old deliveries wait, unsent.
+        };
+        if broken.contains(&sink_key) {
+            undelivered += 1;
+            continue;
+        }
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(settings.attempts.saturating_sub(1))
+            .with_jitter();
+        let result = (|| sink.send(&settings.http, &alert)).retry(backoff).await;
+        let (id, key) = (alert.id.clone(), sink_key.clone());
+        match result {
+            Ok(()) => {
+                delivered += 1;
+                store.call(move |c| astore::delivered(c, &id, &key, Utc::now())).await?;
+            }
+            Err(error) => {
+                undelivered += 1;
+                broken.insert(sink_key.clone());
+                if attempts_before == 0 {
+                    tracing::warn!(sink = %sink_key, alert_id = %alert.id, %error, "alert not delivered; it is kept and retried next cycle");
+                }
+                let logged = error.clone();
+                store.call(move |c| astore::failed(c, &id, &key, &logged)).await?;
+                note_failing_sink(store, &sink_key, &error).await?;
+            }
+        }
+    }
+    // A sink that works again closes its failing episode.
+    for key in sinks.keys().filter(|k| !broken.contains(*k)) {
+        let key = key.clone();
+        let was_failing = store
+            .call({
+                let key = key.clone();
+                move |c| astore::get_health(c, &format!("sink:{key}"))
+            })
+            .await?;
+        if was_failing.is_some_and(|v| v == "failing") {
+            tracing::info!(sink = %key, "alert sink works again");
+            store
+                .call(move |c| astore::set_health(c, &format!("sink:{key}"), "ok", Utc::now()))
+                .await?;
+        }
+    }
+    Ok((delivered, undelivered))
+}
+
+/// One notice in the log per episode of a failing sink.
+async fn note_failing_sink(store: &Store, key: &str, error: &str) -> Result<(), StoreError> {
+    let health_key = format!("sink:{key}");
+    let state = store
+        .call({
+            let k = health_key.clone();
+            move |c| astore::get_health(c, &k)
+        })
+        .await?;
+    if state.as_deref() != Some("failing") {
+        tracing::error!(sink = %key, %error, "sync_unhealthy: alert sink is failing; alerts are kept and retried every cycle (the sync goes on)");
+        store
+            .call(move |c| astore::set_health(c, &health_key, "failing", Utc::now()))
+            .await?;
+    }
+    Ok(())
+}
+
+/// `alerts test`: one test alert to every sink, each result reported; nothing recorded.
+pub async fn send_test(settings: &AlertSettings) -> Vec<(String, Result<(), String>)> {
+    let now = Utc::now();
+    let mut alert = Alert::general(
+        format!("test:{}", now.timestamp()),
+        "test",
+        "info",
+        "This is a test alert from cosell-sync: this sink works.".into(),
+        now,
+    );
+    alert.customer = Some("Test Customer".into());
+    let mut results = Vec::new();
+    for sink in &settings.sinks {
+        results.push((sink.key(), sink.send(&settings.http, &alert).await));
+    }
+    results
+}

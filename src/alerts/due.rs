@@ -1,0 +1,225 @@
+//! Which alerts are due (pure; `now` is an argument). Expiry: for an incoming referral still
+//! New, the tightest threshold crossed before its deadline (one alert per referral and
+//! threshold, ever, because the id names both), or `referral_expired` once the deadline passed.
+//! Health: `sync_unhealthy` once per episode of failing cycles, and a recovery notice.
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+
+use super::Alert;
+use crate::config::HumanDuration;
+use crate::deadline;
+use crate::store::referrals::ReferralSummary;
+
+/// The expiry alert a referral should have by now, if any.
+pub fn expiry_alert(
+    referral: &ReferralSummary,
+    window: Duration,
+    thresholds: &[Duration],
+    referral_url: &str,
+    now: DateTime<Utc>,
+) -> Option<Alert> {
+    let due = deadline::deadline(referral.created_at, referral.expires_at, window);
+    let remaining = due - now;
+    let customer = referral.customer.clone().unwrap_or_else(|| "unknown customer".into());
+    let hours = (remaining.num_minutes() as f64 / 60.0 * 10.0).round() / 10.0;
+    let (id, kind, severity, threshold, message) = if remaining <= Duration::zero() {
+        (
+            format!("referral_expired:{}", referral.id),
+            "referral_expired",
+            "critical",
+            None,
+            format!(
+                "Referral for {customer} passed its response deadline ({}) unanswered; Microsoft archives it as Expired.",
+                due.format("%Y-%m-%d %H:%M UTC")
+            ),
+        )
+    } else {
+        let crossed = deadline::tightest_crossed(remaining, thresholds)?;
+        let label = HumanDuration(crossed.to_std().ok()?).to_string();
+        (
+            format!("referral_expiring:{}:{label}", referral.id),
+            "referral_expiring",
+            if crossed <= Duration::hours(24) { "critical" } else { "warning" },
+            Some(label),
+            format!(
+                "Referral for {customer} expires in {} unless accepted or declined (deadline {}).",
+                human_left(remaining),
+                due.format("%Y-%m-%d %H:%M UTC")
+            ),
+        )
+    };
+    Some(Alert {
+        id,
+        kind: kind.into(),
+        severity: severity.into(),
+        referral_id: Some(referral.id.clone()),
+        customer: Some(customer),
+        deadline: Some(due.to_rfc3339_opts(SecondsFormat::Secs, true)),
+        threshold,
+        remaining_hours: Some(hours),
+        message,
+        link: Some(referral_url.replace("{id}", &referral.id)),
+        created_at: now.to_rfc3339_opts(SecondsFormat::Secs, true),
+    })
+}
+
+fn human_left(remaining: Duration) -> String {
+    let minutes = remaining.num_minutes();
+    if minutes >= 48 * 60 {
+        format!("{:.1} days", minutes as f64 / 1440.0)
+    } else if minutes >= 60 {
+        format!("{:.1} hours", minutes as f64 / 60.0)
+    } else {
+        format!("{minutes} minutes")
+    }
+}
+
+/// The health state kept between cycles.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Health {
+    pub failing_in_a_row: u32,
+    /// When the open unhealthy episode began (None = healthy).
+    pub episode_since: Option<String>,
+}
+
+/// Updates the health after a cycle and returns the alert it calls for, if any.
+pub fn health_alert(
+    health: &mut Health,
+    cycle_error: Option<&str>,
+    auth_failed: bool,
+    failed_cycles: u32,
+    now: DateTime<Utc>,
+) -> Option<Alert> {
+    match cycle_error {
+        Some(error) => {
+            health.failing_in_a_row += 1;
+            let unhealthy = auth_failed || health.failing_in_a_row >= failed_cycles;
+            if unhealthy && health.episode_since.is_none() {
+                let since = now.to_rfc3339_opts(SecondsFormat::Secs, true);
+                health.episode_since = Some(since.clone());
+                let what = if auth_failed {
+                    "authentication is failing".to_string()
+                } else {
+                    format!("{} cycles in a row failed", health.failing_in_a_row)
+                };
+                let hint = if auth_failed {
+                    " Run `cosell-sync auth microsoft` (or check the Google key) and restart."
+                } else {
+                    ""
+                };
+                return Some(Alert::general(
+                    format!("sync_unhealthy:{since}"),
+                    "sync_unhealthy",
+                    "critical",
+                    format!("cosell-sync is not syncing: {what}. Last error: {error}.{hint}"),
+                    now,
+                ));
+            }
+            None
+        }
+        None => {
+            health.failing_in_a_row = 0;
+            let since = health.episode_since.take()?;
+            Some(Alert::general(
+                format!("sync_unhealthy:{since}:recovered"),
+                "sync_unhealthy",
+                "info",
+                format!("cosell-sync recovered: cycles succeed again (unhealthy since {since})."),
+                now,
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn referral(created: &str, expires: Option<&str>, substatus: &str) -> ReferralSummary {
+        ReferralSummary {
+            id: "r1".into(),
+            name: Some("Deal".into()),
+            customer: Some("Fabrikam".into()),
+            status: Some("New".into()),
+            substatus: Some(substatus.into()),
+            created_at: at(created),
+            expires_at: expires.map(at),
+            deal_value: None,
+            currency: None,
+        }
+    }
+
+    const URL: &str = "https://pc.example/{id}";
+
+    fn thresholds() -> Vec<Duration> {
+        vec![Duration::hours(72), Duration::hours(24), Duration::hours(4)]
+    }
+
+    fn due(r: &ReferralSummary, now: &str) -> Option<Alert> {
+        expiry_alert(r, Duration::days(14), &thresholds(), URL, at(now))
+    }
+
+    #[test]
+    fn each_threshold_is_crossed_in_turn() {
+        // Created Nov 1 → deadline Nov 15 00:00.
+        let r = referral("2026-11-01T00:00:00Z", None, "Pending");
+        assert_eq!(due(&r, "2026-11-11T23:59:00Z"), None, "more than 72h left");
+        let a = due(&r, "2026-11-12T00:00:00Z").unwrap();
+        assert_eq!((a.id.as_str(), a.threshold.as_deref()), ("referral_expiring:r1:72h", Some("72h")));
+        assert_eq!(a.deadline.as_deref(), Some("2026-11-15T00:00:00Z"));
+        assert_eq!(a.remaining_hours, Some(72.0));
+        assert_eq!(a.link.as_deref(), Some("https://pc.example/r1"));
+        assert_eq!(due(&r, "2026-11-13T12:00:00Z").unwrap().id, "referral_expiring:r1:72h", "same id: deduped");
+        assert_eq!(due(&r, "2026-11-14T00:00:00Z").unwrap().id, "referral_expiring:r1:24h");
+        assert_eq!(due(&r, "2026-11-14T21:00:00Z").unwrap().id, "referral_expiring:r1:4h");
+        let expired = due(&r, "2026-11-15T00:00:01Z").unwrap();
+        assert_eq!((expired.id.as_str(), expired.kind.as_str()), ("referral_expired:r1", "referral_expired"));
+        assert_eq!(expired.severity, "critical");
+    }
+
+    #[test]
+    fn several_thresholds_at_once_send_the_tightest() {
+        let r = referral("2026-11-01T00:00:00Z", None, "Received");
+        let a = due(&r, "2026-11-14T22:00:00Z").unwrap();
+        assert_eq!(a.threshold.as_deref(), Some("4h"));
+        assert_eq!(a.id, "referral_expiring:r1:4h");
+    }
+
+    #[test]
+    fn expiration_date_time_wins_over_the_window() {
+        let r = referral("2026-11-01T00:00:00Z", Some("2026-11-05T00:00:00Z"), "Pending");
+        let a = due(&r, "2026-11-04T01:00:00Z").unwrap();
+        assert_eq!(a.threshold.as_deref(), Some("24h"));
+        assert_eq!(a.deadline.as_deref(), Some("2026-11-05T00:00:00Z"));
+        assert_eq!(due(&r, "2026-11-01T12:00:00Z"), None);
+    }
+
+    #[test]
+    fn a_custom_window_moves_the_deadline() {
+        let r = referral("2026-11-01T00:00:00Z", None, "Pending");
+        let a = expiry_alert(&r, Duration::days(7), &thresholds(), URL, at("2026-11-07T12:00:00Z")).unwrap();
+        assert_eq!(a.threshold.as_deref(), Some("24h"));
+    }
+
+    #[test]
+    fn health_raises_once_per_episode_and_recovers() {
+        let mut h = Health::default();
+        let now = at("2026-11-22T10:00:00Z");
+        assert_eq!(health_alert(&mut h, Some("boom"), false, 3, now), None);
+        assert_eq!(health_alert(&mut h, Some("boom"), false, 3, now), None);
+        let a = health_alert(&mut h, Some("boom"), false, 3, now).unwrap();
+        assert_eq!((a.kind.as_str(), a.severity.as_str()), ("sync_unhealthy", "critical"));
+        assert!(a.message.contains("3 cycles in a row"));
+        assert_eq!(health_alert(&mut h, Some("boom"), false, 3, now), None, "once per episode");
+        let r = health_alert(&mut h, None, false, 3, now).unwrap();
+        assert_eq!(r.severity, "info");
+        assert!(r.id.ends_with(":recovered"));
+        assert_eq!(health_alert(&mut h, None, false, 3, now), None);
+        let auth = health_alert(&mut h, Some("invalid_grant"), true, 3, now).unwrap();
+        assert!(auth.message.contains("authentication"), "auth failures alert at once");
+    }
+}

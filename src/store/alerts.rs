@@ -1,0 +1,140 @@
+//! Alerts, their delivery per sink, and the small health facts that outlive a process.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::StoreError;
+use crate::alerts::Alert;
+use crate::microsoft::model::db_timestamp;
+
+/// Records an alert and a pending delivery for each sink — unless an alert with this id
+/// exists already (then nothing happens: an alert is raised once, ever). Returns whether it
+/// was new.
+pub fn raise(conn: &Connection, alert: &Alert, sinks: &[String], now: DateTime<Utc>) -> Result<bool, StoreError> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO alerts (id, kind, severity, referral_id, payload, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
+        )?
+        .execute(params![
+            alert.id,
+            alert.kind,
+            alert.severity,
+            alert.referral_id,
+            serde_json::to_string(alert).expect("alerts serialize"),
+            db_timestamp(now)
+        ])?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    for sink in sinks {
+        conn.prepare_cached(
+            "INSERT INTO alert_deliveries (alert_id, sink, state) VALUES (?1, ?2, 'pending')
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![alert.id, sink])?;
+    }
+    Ok(true)
+}
+
+pub fn exists(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM alerts WHERE id = ?1")?
+        .query_row([id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Deliveries still to make, oldest first, for the given sinks.
+pub fn pending(conn: &Connection, limit: usize) -> Result<Vec<(Alert, String, u32)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.payload, d.sink, d.attempts FROM alert_deliveries d JOIN alerts a ON a.id = d.alert_id
+         WHERE d.state = 'pending' ORDER BY a.created_at, a.id LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)? as u32))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (payload, sink, attempts) = row?;
+        if let Ok(alert) = serde_json::from_str(&payload) {
+            out.push((alert, sink, attempts));
+        }
+    }
+    Ok(out)
+}
+
+pub fn delivered(conn: &Connection, alert_id: &str, sink: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE alert_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_at = ?3
+         WHERE alert_id = ?1 AND sink = ?2",
+    )?
+    .execute(params![alert_id, sink, db_timestamp(now)])?;
+    Ok(())
+}
+
+pub fn failed(conn: &Connection, alert_id: &str, sink: &str, error: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE alert_deliveries SET attempts = attempts + 1, last_error = ?3
+         WHERE alert_id = ?1 AND sink = ?2",
+    )?
+    .execute(params![alert_id, sink, error])?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertRow {
+    #[serde(flatten)]
+    pub alert: Alert,
+    /// Per sink: `delivered`, or `pending (N attempts: last error)`.
+    pub deliveries: Vec<(String, String)>,
+}
+
+/// Alerts, newest first; only those with an undelivered sink when `pending_only`.
+pub fn list(conn: &Connection, pending_only: bool, limit: usize) -> Result<Vec<AlertRow>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT payload, id FROM alerts a
+         WHERE ?1 = 0 OR EXISTS (SELECT 1 FROM alert_deliveries d WHERE d.alert_id = a.id AND d.state = 'pending')
+         ORDER BY created_at DESC, id LIMIT ?2",
+    )?;
+    let rows: Vec<(String, String)> = stmt
+        .query_map(params![pending_only as i64, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::new();
+    let mut deliveries = conn.prepare(
+        "SELECT sink, state, attempts, last_error FROM alert_deliveries WHERE alert_id = ?1 ORDER BY sink",
+    )?;
+    for (payload, id) in rows {
+        let Ok(alert) = serde_json::from_str::<Alert>(&payload) else { continue };
+        let d = deliveries
+            .query_map([&id], |r| {
+                let (sink, state, attempts, error): (String, String, i64, Option<String>) =
+                    (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+                let text = if state == "delivered" {
+                    "delivered".to_string()
+                } else {
+                    format!("pending ({attempts} attempts{})", error.map(|e| format!(": {e}")).unwrap_or_default())
+                };
+                Ok((sink, text))
+            })?
+            .collect::<Result<_, _>>()?;
+        out.push(AlertRow { alert, deliveries: d });
+    }
+    Ok(out)
+}
+
+pub fn get_health(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row("SELECT value FROM health WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn set_health(conn: &Connection, key: &str, value: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO health (key, value, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        params![key, value, db_timestamp(now)],
+    )?;
+    Ok(())
+}
