@@ -40,6 +40,8 @@ fn run_daemon(config: &std::path::Path) -> Run {
         }
         None => std::process::Command::new(BIN),
     };
+    // Reaped with wait4 below (std's wait would not give the child's rusage).
+    #[allow(clippy::zombie_processes)]
     let child = command
         .arg("--config")
         .arg(config)
@@ -75,7 +77,9 @@ fn run_daemon(config: &std::path::Path) -> Run {
     // SAFETY: wait4 on our own child with valid out-pointers.
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     assert!(pid > 0, "wait4 failed");
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
     Run {
         wall: started.elapsed(),
         cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
@@ -98,16 +102,26 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let sizes = if sizes.is_empty() { vec![1_000, 10_000] } else { sizes };
+    let sizes = if sizes.is_empty() {
+        vec![1_000, 10_000]
+    } else {
+        sizes
+    };
     let latency = Duration::from_millis(
-        std::env::var("BENCH_LATENCY_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+        std::env::var("BENCH_LATENCY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    println!("cosell-sync benchmark: simulated latency {} ms per API request", latency.as_millis());
+    println!(
+        "cosell-sync benchmark: simulated latency {} ms per API request",
+        latency.as_millis()
+    );
     println!(
         "{:>7} {:<8} {:>8} {:>10} {:>9} {:>9} {:>7}  requests by kind",
         "N", "run", "wall s", "cpu us/ref", "peak MiB", "req/ref", "writes"
@@ -115,7 +129,10 @@ fn main() {
     for n in sizes {
         let sim = runtime.block_on(Simulator::start()).unwrap();
         sim.put_referrals(sample::pending_inbox(n, chrono::Utc::now()));
-        sim.set_faults(Faults { delay: latency, ..Faults::default() });
+        sim.set_faults(Faults {
+            delay: latency,
+            ..Faults::default()
+        });
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("google-key.json");
         std::fs::write(&key, sim.google_key_json()).unwrap();
@@ -162,10 +179,17 @@ concurrency = 8
             let before = sim.counters();
             let mut run = runtime.block_on(async {
                 let config = config.clone();
-                tokio::task::spawn_blocking(move || run_daemon(&config)).await.unwrap()
+                tokio::task::spawn_blocking(move || run_daemon(&config))
+                    .await
+                    .unwrap()
             });
             run.requests = diff(&sim.counters(), &before);
-            let total: u64 = run.requests.iter().filter(|(k, _)| !k.contains("token")).map(|(_, v)| v).sum();
+            let total: u64 = run
+                .requests
+                .iter()
+                .filter(|(k, _)| !k.contains("token"))
+                .map(|(_, v)| v)
+                .sum();
             let writes = ["patch", "google.create_lead", "google.patch_opportunity"]
                 .iter()
                 .map(|k| run.requests.get(*k).copied().unwrap_or(0))
@@ -183,7 +207,15 @@ concurrency = 8
                 if run.ok { "" } else { "  (the sync FAILED)" }
             );
         }
-        let duplicates = sim.leads_per_external_id().values().filter(|v| **v > 1).count();
-        println!("{:>7} leads in Google: {}, referrals with more than one lead: {duplicates}", n, sim.google_leads().len());
+        let duplicates = sim
+            .leads_per_external_id()
+            .values()
+            .filter(|v| **v > 1)
+            .count();
+        println!(
+            "{:>7} leads in Google: {}, referrals with more than one lead: {duplicates}",
+            n,
+            sim.google_leads().len()
+        );
     }
 }

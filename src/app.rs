@@ -153,9 +153,18 @@ impl App {
 
     /// One full cycle, then its alerts (raised and delivered; never failing the cycle).
     pub async fn sync_once(&self) -> Cycle {
-        debug_assert!(self.worker_lock.is_some(), "cycles run only in the worker process");
+        debug_assert!(
+            self.worker_lock.is_some(),
+            "cycles run only in the worker process"
+        );
         let report = sync::run_cycle(&self.cycle).await;
-        let alerts = crate::alerts::deliver::after_cycle(&self.store, &self.alerts, &report, chrono::Utc::now()).await;
+        let alerts = crate::alerts::deliver::after_cycle(
+            &self.store,
+            &self.alerts,
+            &report,
+            chrono::Utc::now(),
+        )
+        .await;
         Cycle { report, alerts }
     }
 

@@ -43,6 +43,11 @@ pub enum Command {
         /// partners/P/leads/L or partners/P/opportunities/O
         google_resource_name: String,
     },
+    /// Alerts raised and their delivery, or a test alert to every sink.
+    Alerts {
+        #[command(subcommand)]
+        action: AlertsCommand,
+    },
     /// The outbox of remote writes: list them, retry a dead or quarantined one, or drop one.
     Outbox {
         #[command(subcommand)]
@@ -73,4 +78,20 @@ pub enum OutboxCommand {
     Retry { id: i64 },
     /// Never send this action.
     Drop { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertsCommand {
+    /// Alerts raised, newest first, with each sink's delivery.
+    List {
+        /// Only alerts not yet delivered to every sink.
+        #[arg(long)]
+        pending: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a test alert to every configured sink and report each result.
+    Test,
 }

@@ -531,7 +531,8 @@ impl Default for AlertsConfig {
                 HumanDuration::secs(4 * 3600),
             ],
             failed_cycles: 3,
-            referral_url: "https://partner.microsoft.com/dashboard/referrals/v2/leads/{id}/details".into(),
+            referral_url: "https://partner.microsoft.com/dashboard/referrals/v2/leads/{id}/details"
+                .into(),
             delivery_attempts: 3,
             webhook: Vec::new(),
             command: Vec::new(),
@@ -785,11 +786,17 @@ impl Config {
         }
         for (i, command) in self.alerts.command.iter().enumerate() {
             if command.argv.is_empty() || command.argv[0].trim().is_empty() {
-                errors.push(ConfigError::new(format!("alerts.command[{i}].argv"), "must name a program"));
+                errors.push(ConfigError::new(
+                    format!("alerts.command[{i}].argv"),
+                    "must name a program",
+                ));
             }
         }
         if self.alerts.failed_cycles == 0 {
-            errors.push(ConfigError::new("alerts.failed_cycles", "must be at least 1"));
+            errors.push(ConfigError::new(
+                "alerts.failed_cycles",
+                "must be at least 1",
+            ));
         }
         if self.alerts.thresholds.iter().any(|t| t.0.is_zero()) {
             errors.push(ConfigError::new(

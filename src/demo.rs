@@ -92,6 +92,19 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
     }
     println!();
 
+    let alerts = app
+        .store
+        .call(|c| crate::store::alerts::list(c, false, 20))
+        .await?;
+    println!("Alerts raised (to the log; add [[alerts.webhook]] or [[alerts.command]] sinks for people):");
+    for row in alerts
+        .iter()
+        .filter(|a| a.alert.kind.starts_with("referral_"))
+    {
+        println!("  {:<9} {}", row.alert.severity, row.alert.message);
+    }
+    println!();
+
     let report = app::status(&app.store, &config, Utc::now())?;
     print!("{}", app::render_status(&report, 8));
     println!();

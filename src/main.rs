@@ -1,7 +1,7 @@
 //! The `cosell-sync` binary: parses the command line and calls into the library.
 
 use clap::Parser;
-use cosell_sync::cli::{Cli, Command, OutboxCommand};
+use cosell_sync::cli::{AlertsCommand, Cli, Command, OutboxCommand};
 use cosell_sync::config::{config_path, Config, ConfigErrors, LogFormat};
 use cosell_sync::{app, demo, exit, scheduler, telemetry};
 
@@ -81,6 +81,69 @@ async fn dispatch(cli: Cli) -> i32 {
                     exit::OK
                 }
                 Err(e) => fail_app(&e),
+            }
+        }
+        Command::Alerts {
+            action: AlertsCommand::Test,
+        } => {
+            let settings = cosell_sync::alerts::AlertSettings::from_config(&config.alerts);
+            if settings.sinks.is_empty() {
+                println!("no alert sinks configured ([[alerts.webhook]] or [[alerts.command]]); alerts go to the log only");
+                return exit::OK;
+            }
+            let mut failed = 0;
+            for (sink, result) in cosell_sync::alerts::deliver::send_test(&settings).await {
+                match result {
+                    Ok(()) => println!("ok      {sink}"),
+                    Err(e) => {
+                        failed += 1;
+                        println!("FAILED  {sink}: {e}");
+                    }
+                }
+            }
+            if failed == 0 {
+                exit::OK
+            } else {
+                exit::CYCLE_FAILED
+            }
+        }
+        Command::Alerts {
+            action:
+                AlertsCommand::List {
+                    pending,
+                    limit,
+                    json,
+                },
+        } => {
+            let store = match cosell_sync::store::Store::open(&config.state.path) {
+                Ok(s) => s,
+                Err(e) => return fail(&e.to_string()),
+            };
+            match store.call_blocking(|c| cosell_sync::store::alerts::list(c, pending, limit)) {
+                Ok(rows) if json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&rows).expect("alerts serialize")
+                    );
+                    exit::OK
+                }
+                Ok(rows) => {
+                    if rows.is_empty() {
+                        println!("no alerts");
+                    }
+                    for row in rows {
+                        let a = &row.alert;
+                        println!(
+                            "{}  {:<9} {:<18} {}",
+                            a.created_at, a.severity, a.kind, a.message
+                        );
+                        for (sink, state) in &row.deliveries {
+                            println!("      {sink}: {state}");
+                        }
+                    }
+                    exit::OK
+                }
+                Err(e) => fail(&e.to_string()),
             }
         }
         Command::Outbox { action } => {

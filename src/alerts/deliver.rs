@@ -61,7 +61,8 @@ impl Sink {
 }
 
 async fn run_command(c: &CommandConfig, alert: &Alert) -> Result<(), String> {
-    let body = serde_json::to_vec(&format::render(AlertFormat::Json, alert)).expect("alerts serialize");
+    let body =
+        serde_json::to_vec(&format::render(AlertFormat::Json, alert)).expect("alerts serialize");
     let mut child = tokio::process::Command::new(&c.argv[0])
         .args(&c.argv[1..])
         .stdin(std::process::Stdio::piped())
@@ -72,7 +73,10 @@ async fn run_command(c: &CommandConfig, alert: &Alert) -> Result<(), String> {
         .map_err(|e| format!("cannot start {}: {e}", c.argv[0]))?;
     let mut stdin = child.stdin.take().expect("piped stdin");
     let run = async {
-        stdin.write_all(&body).await.map_err(|e| format!("stdin: {e}"))?;
+        stdin
+            .write_all(&body)
+            .await
+            .map_err(|e| format!("stdin: {e}"))?;
         drop(stdin);
         child.wait_with_output().await.map_err(|e| e.to_string())
     };
@@ -83,7 +87,11 @@ async fn run_command(c: &CommandConfig, alert: &Alert) -> Result<(), String> {
         Ok(())
     } else {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        Err(format!("{} ({})", output.status, stderr.lines().next().unwrap_or("")))
+        Err(format!(
+            "{} ({})",
+            output.status,
+            stderr.lines().next().unwrap_or("")
+        ))
     }
 }
 
@@ -129,7 +137,12 @@ pub struct AlertStats {
 
 /// Raises the alerts a cycle calls for and delivers everything pending. Errors are logged;
 /// this never fails the cycle.
-pub async fn after_cycle(store: &Store, settings: &AlertSettings, report: &CycleReport, now: DateTime<Utc>) -> AlertStats {
+pub async fn after_cycle(
+    store: &Store,
+    settings: &AlertSettings,
+    report: &CycleReport,
+    now: DateTime<Utc>,
+) -> AlertStats {
     let mut stats = AlertStats::default();
     match raise_due(store, settings, report, now).await {
         Ok(raised) => stats.raised = raised,
@@ -145,7 +158,12 @@ pub async fn after_cycle(store: &Store, settings: &AlertSettings, report: &Cycle
     stats
 }
 
-async fn raise_due(store: &Store, settings: &AlertSettings, report: &CycleReport, now: DateTime<Utc>) -> Result<u64, StoreError> {
+async fn raise_due(
+    store: &Store,
+    settings: &AlertSettings,
+    report: &CycleReport,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
     let settings = settings.clone();
     let (error, auth_failed) = (report.error.clone(), report.auth_failed);
     store
@@ -227,7 +245,10 @@ async fn raise_due(store: &Store, settings: &AlertSettings, report: &CycleReport
 }
 
 /// Delivers every pending (alert, sink) pair whose sink is still configured.
-pub async fn deliver_pending(store: &Store, settings: &AlertSettings) -> Result<(u64, u64), StoreError> {
+pub async fn deliver_pending(
+    store: &Store,
+    settings: &AlertSettings,
+) -> Result<(u64, u64), StoreError> {
     let sinks: HashMap<String, &Sink> = settings.sinks.iter().map(|s| (s.key(), s)).collect();
     let mut broken: HashSet<String> = HashSet::new();
     let (mut delivered, mut undelivered) = (0, 0);
@@ -250,7 +271,9 @@ pub async fn deliver_pending(store: &Store, settings: &AlertSettings) -> Result<
         match result {
             Ok(()) => {
                 delivered += 1;
-                store.call(move |c| astore::delivered(c, &id, &key, Utc::now())).await?;
+                store
+                    .call(move |c| astore::delivered(c, &id, &key, Utc::now()))
+                    .await?;
             }
             Err(error) => {
                 undelivered += 1;
@@ -259,7 +282,9 @@ pub async fn deliver_pending(store: &Store, settings: &AlertSettings) -> Result<
                     tracing::warn!(sink = %sink_key, alert_id = %alert.id, %error, "alert not delivered; it is kept and retried next cycle");
                 }
                 let logged = error.clone();
-                store.call(move |c| astore::failed(c, &id, &key, &logged)).await?;
+                store
+                    .call(move |c| astore::failed(c, &id, &key, &logged))
+                    .await?;
                 note_failing_sink(store, &sink_key, &error).await?;
             }
         }

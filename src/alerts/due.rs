@@ -20,7 +20,10 @@ pub fn expiry_alert(
 ) -> Option<Alert> {
     let due = deadline::deadline(referral.created_at, referral.expires_at, window);
     let remaining = due - now;
-    let customer = referral.customer.clone().unwrap_or_else(|| "unknown customer".into());
+    let customer = referral
+        .customer
+        .clone()
+        .unwrap_or_else(|| "unknown customer".into());
     let hours = (remaining.num_minutes() as f64 / 60.0 * 10.0).round() / 10.0;
     let (id, kind, severity, threshold, message) = if remaining <= Duration::zero() {
         (
@@ -39,7 +42,11 @@ pub fn expiry_alert(
         (
             format!("referral_expiring:{}:{label}", referral.id),
             "referral_expiring",
-            if crossed <= Duration::hours(24) { "critical" } else { "warning" },
+            if crossed <= Duration::hours(24) {
+                "critical"
+            } else {
+                "warning"
+            },
             Some(label),
             format!(
                 "Referral for {customer} expires in {} unless accepted or declined (deadline {}).",
@@ -169,15 +176,31 @@ mod tests {
         let r = referral("2026-11-01T00:00:00Z", None, "Pending");
         assert_eq!(due(&r, "2026-11-11T23:59:00Z"), None, "more than 72h left");
         let a = due(&r, "2026-11-12T00:00:00Z").unwrap();
-        assert_eq!((a.id.as_str(), a.threshold.as_deref()), ("referral_expiring:r1:72h", Some("72h")));
+        assert_eq!(
+            (a.id.as_str(), a.threshold.as_deref()),
+            ("referral_expiring:r1:72h", Some("72h"))
+        );
         assert_eq!(a.deadline.as_deref(), Some("2026-11-15T00:00:00Z"));
         assert_eq!(a.remaining_hours, Some(72.0));
         assert_eq!(a.link.as_deref(), Some("https://pc.example/r1"));
-        assert_eq!(due(&r, "2026-11-13T12:00:00Z").unwrap().id, "referral_expiring:r1:72h", "same id: deduped");
-        assert_eq!(due(&r, "2026-11-14T00:00:00Z").unwrap().id, "referral_expiring:r1:24h");
-        assert_eq!(due(&r, "2026-11-14T21:00:00Z").unwrap().id, "referral_expiring:r1:4h");
+        assert_eq!(
+            due(&r, "2026-11-13T12:00:00Z").unwrap().id,
+            "referral_expiring:r1:72h",
+            "same id: deduped"
+        );
+        assert_eq!(
+            due(&r, "2026-11-14T00:00:00Z").unwrap().id,
+            "referral_expiring:r1:24h"
+        );
+        assert_eq!(
+            due(&r, "2026-11-14T21:00:00Z").unwrap().id,
+            "referral_expiring:r1:4h"
+        );
         let expired = due(&r, "2026-11-15T00:00:01Z").unwrap();
-        assert_eq!((expired.id.as_str(), expired.kind.as_str()), ("referral_expired:r1", "referral_expired"));
+        assert_eq!(
+            (expired.id.as_str(), expired.kind.as_str()),
+            ("referral_expired:r1", "referral_expired")
+        );
         assert_eq!(expired.severity, "critical");
     }
 
@@ -191,7 +214,11 @@ mod tests {
 
     #[test]
     fn expiration_date_time_wins_over_the_window() {
-        let r = referral("2026-11-01T00:00:00Z", Some("2026-11-05T00:00:00Z"), "Pending");
+        let r = referral(
+            "2026-11-01T00:00:00Z",
+            Some("2026-11-05T00:00:00Z"),
+            "Pending",
+        );
         let a = due(&r, "2026-11-04T01:00:00Z").unwrap();
         assert_eq!(a.threshold.as_deref(), Some("24h"));
         assert_eq!(a.deadline.as_deref(), Some("2026-11-05T00:00:00Z"));
@@ -201,7 +228,14 @@ mod tests {
     #[test]
     fn a_custom_window_moves_the_deadline() {
         let r = referral("2026-11-01T00:00:00Z", None, "Pending");
-        let a = expiry_alert(&r, Duration::days(7), &thresholds(), URL, at("2026-11-07T12:00:00Z")).unwrap();
+        let a = expiry_alert(
+            &r,
+            Duration::days(7),
+            &thresholds(),
+            URL,
+            at("2026-11-07T12:00:00Z"),
+        )
+        .unwrap();
         assert_eq!(a.threshold.as_deref(), Some("24h"));
     }
 
@@ -212,14 +246,24 @@ mod tests {
         assert_eq!(health_alert(&mut h, Some("boom"), false, 3, now), None);
         assert_eq!(health_alert(&mut h, Some("boom"), false, 3, now), None);
         let a = health_alert(&mut h, Some("boom"), false, 3, now).unwrap();
-        assert_eq!((a.kind.as_str(), a.severity.as_str()), ("sync_unhealthy", "critical"));
+        assert_eq!(
+            (a.kind.as_str(), a.severity.as_str()),
+            ("sync_unhealthy", "critical")
+        );
         assert!(a.message.contains("3 cycles in a row"));
-        assert_eq!(health_alert(&mut h, Some("boom"), false, 3, now), None, "once per episode");
+        assert_eq!(
+            health_alert(&mut h, Some("boom"), false, 3, now),
+            None,
+            "once per episode"
+        );
         let r = health_alert(&mut h, None, false, 3, now).unwrap();
         assert_eq!(r.severity, "info");
         assert!(r.id.ends_with(":recovered"));
         assert_eq!(health_alert(&mut h, None, false, 3, now), None);
         let auth = health_alert(&mut h, Some("invalid_grant"), true, 3, now).unwrap();
-        assert!(auth.message.contains("authentication"), "auth failures alert at once");
+        assert!(
+            auth.message.contains("authentication"),
+            "auth failures alert at once"
+        );
     }
 }

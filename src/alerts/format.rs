@@ -41,7 +41,11 @@ fn facts(alert: &Alert) -> Vec<(&'static str, String)> {
         facts.push(("Customer", c.clone()));
     }
     if let Some(h) = alert.remaining_hours {
-        let left = if h <= 0.0 { "expired".to_string() } else { format!("{h:.1} hours") };
+        let left = if h <= 0.0 {
+            "expired".to_string()
+        } else {
+            format!("{h:.1} hours")
+        };
         facts.push(("Time left", left));
     }
     if let Some(d) = &alert.deadline {
@@ -86,7 +90,8 @@ fn teams(alert: &Alert) -> Value {
         "body": body,
     });
     if let Some(link) = &alert.link {
-        card["actions"] = json!([{"type": "Action.OpenUrl", "title": "Open in Partner Center", "url": link}]);
+        card["actions"] =
+            json!([{"type": "Action.OpenUrl", "title": "Open in Partner Center", "url": link}]);
     }
     json!({
         "type": "message",

@@ -35,7 +35,13 @@ pub struct Alert {
 
 impl Alert {
     /// An alert about no referral in particular.
-    pub fn general(id: String, kind: &str, severity: &str, message: String, now: chrono::DateTime<chrono::Utc>) -> Alert {
+    pub fn general(
+        id: String,
+        kind: &str,
+        severity: &str,
+        message: String,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Alert {
         Alert {
             id,
             kind: kind.into(),

@@ -270,6 +270,13 @@ impl Simulator {
         lock(&self.state.tokens).refresh_tokens.clear();
     }
 
+    /// Accepts `token` as a valid refresh token (an operator re-authenticated).
+    pub fn allow_refresh_token(&self, token: &str) {
+        lock(&self.state.tokens)
+            .refresh_tokens
+            .insert(token.to_string());
+    }
+
     /// Lifetime of new access tokens, in seconds.
     pub fn set_access_token_lifetime(&self, secs: u64) {
         lock(&self.state.tokens).access_token_lifetime_secs = secs;

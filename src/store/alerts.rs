@@ -11,7 +11,12 @@ use crate::microsoft::model::db_timestamp;
 /// Records an alert and a pending delivery for each sink — unless an alert with this id
 /// exists already (then nothing happens: an alert is raised once, ever). Returns whether it
 /// was new.
-pub fn raise(conn: &Connection, alert: &Alert, sinks: &[String], now: DateTime<Utc>) -> Result<bool, StoreError> {
+pub fn raise(
+    conn: &Connection,
+    alert: &Alert,
+    sinks: &[String],
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
     let inserted = conn
         .prepare_cached(
             "INSERT INTO alerts (id, kind, severity, referral_id, payload, created_at)
@@ -53,7 +58,11 @@ pub fn pending(conn: &Connection, limit: usize) -> Result<Vec<(Alert, String, u3
          WHERE d.state = 'pending' ORDER BY a.created_at, a.id LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit as i64], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)? as u32))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)? as u32,
+        ))
     })?;
     let mut out = Vec::new();
     for row in rows {
@@ -65,7 +74,12 @@ pub fn pending(conn: &Connection, limit: usize) -> Result<Vec<(Alert, String, u3
     Ok(out)
 }
 
-pub fn delivered(conn: &Connection, alert_id: &str, sink: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub fn delivered(
+    conn: &Connection,
+    alert_id: &str,
+    sink: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "UPDATE alert_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_at = ?3
          WHERE alert_id = ?1 AND sink = ?2",
@@ -74,7 +88,12 @@ pub fn delivered(conn: &Connection, alert_id: &str, sink: &str, now: DateTime<Ut
     Ok(())
 }
 
-pub fn failed(conn: &Connection, alert_id: &str, sink: &str, error: &str) -> Result<(), StoreError> {
+pub fn failed(
+    conn: &Connection,
+    alert_id: &str,
+    sink: &str,
+    error: &str,
+) -> Result<(), StoreError> {
     conn.prepare_cached(
         "UPDATE alert_deliveries SET attempts = attempts + 1, last_error = ?3
          WHERE alert_id = ?1 AND sink = ?2",
@@ -92,21 +111,29 @@ pub struct AlertRow {
 }
 
 /// Alerts, newest first; only those with an undelivered sink when `pending_only`.
-pub fn list(conn: &Connection, pending_only: bool, limit: usize) -> Result<Vec<AlertRow>, StoreError> {
+pub fn list(
+    conn: &Connection,
+    pending_only: bool,
+    limit: usize,
+) -> Result<Vec<AlertRow>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT payload, id FROM alerts a
          WHERE ?1 = 0 OR EXISTS (SELECT 1 FROM alert_deliveries d WHERE d.alert_id = a.id AND d.state = 'pending')
          ORDER BY created_at DESC, id LIMIT ?2",
     )?;
     let rows: Vec<(String, String)> = stmt
-        .query_map(params![pending_only as i64, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map(params![pending_only as i64, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
         .collect::<Result<_, _>>()?;
     let mut out = Vec::new();
     let mut deliveries = conn.prepare(
         "SELECT sink, state, attempts, last_error FROM alert_deliveries WHERE alert_id = ?1 ORDER BY sink",
     )?;
     for (payload, id) in rows {
-        let Ok(alert) = serde_json::from_str::<Alert>(&payload) else { continue };
+        let Ok(alert) = serde_json::from_str::<Alert>(&payload) else {
+            continue;
+        };
         let d = deliveries
             .query_map([&id], |r| {
                 let (sink, state, attempts, error): (String, String, i64, Option<String>) =
@@ -114,23 +141,36 @@ pub fn list(conn: &Connection, pending_only: bool, limit: usize) -> Result<Vec<A
                 let text = if state == "delivered" {
                     "delivered".to_string()
                 } else {
-                    format!("pending ({attempts} attempts{})", error.map(|e| format!(": {e}")).unwrap_or_default())
+                    format!(
+                        "pending ({attempts} attempts{})",
+                        error.map(|e| format!(": {e}")).unwrap_or_default()
+                    )
                 };
                 Ok((sink, text))
             })?
             .collect::<Result<_, _>>()?;
-        out.push(AlertRow { alert, deliveries: d });
+        out.push(AlertRow {
+            alert,
+            deliveries: d,
+        });
     }
     Ok(out)
 }
 
 pub fn get_health(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
-        .query_row("SELECT value FROM health WHERE key = ?1", [key], |r| r.get(0))
+        .query_row("SELECT value FROM health WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
         .optional()?)
 }
 
-pub fn set_health(conn: &Connection, key: &str, value: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub fn set_health(
+    conn: &Connection,
+    key: &str,
+    value: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO health (key, value, updated_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",

@@ -328,6 +328,9 @@ fn snapshots(
     Ok(out)
 }
 
+/// A batch of `(resource name, referral id)` to read, and the cursor for the next batch.
+pub type TrackedBatch = (Vec<(String, String)>, Option<String>);
+
 /// The tracked Google resources of a batch of linked referrals (in referral order after
 /// `after`) to `get` this cycle: leads not yet final, opportunities not in a final stage.
 /// Returns the resources and the last referral id of the batch (the next cursor).
@@ -336,7 +339,7 @@ pub fn tracked_batch(
     after: &str,
     limit: usize,
     final_stages: &[String],
-) -> Result<(Vec<(String, String)>, Option<String>), StoreError> {
+) -> Result<TrackedBatch, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT l.referral_id, l.lead_name, g.lead_status, g.approval_status,
                 l.opportunity_name, o.sales_stage

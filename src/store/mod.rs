@@ -28,7 +28,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0002_google_outbox.sql",
         include_str!("../../migrations/0002_google_outbox.sql"),
     ),
-    (3, "0003_alerts.sql", include_str!("../../migrations/0003_alerts.sql")),
+    (
+        3,
+        "0003_alerts.sql",
+        include_str!("../../migrations/0003_alerts.sql"),
+    ),
 ];
 
 /// The schema version this binary reads and writes.

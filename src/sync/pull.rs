@@ -84,7 +84,9 @@ pub async fn pull_microsoft(
     // The whole query was read: nothing older than its start is missing, so the watermark
     // may move up to it even when no referral changed (the overlap covers clock skew).
     store
-        .call(move |c| referrals::commit_page(c, &[], &[], Some((INCREMENTAL_WATERMARK, now)), Utc::now()))
+        .call(move |c| {
+            referrals::commit_page(c, &[], &[], Some((INCREMENTAL_WATERMARK, now)), Utc::now())
+        })
         .await
         .map_err(|e| (stats, e.into()))?;
     Ok(stats)

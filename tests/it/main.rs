@@ -1,6 +1,7 @@
 //! One integration test binary (one link step): the Microsoft client against wiremock and the
 //! simulator, and the binary end to end against the simulator.
 
+mod alerts;
 mod client;
 mod e2e;
 mod google;
