@@ -55,12 +55,20 @@ pub struct App {
     pub alerts: AlertSettings,
     /// Held by the process that runs cycles (`run`, `sync`); see [`App::become_worker`].
     worker_lock: Option<Arc<std::fs::File>>,
+    /// Dry run: the directory of the throw-away database copy (removed on drop).
+    dry_run_dir: Option<Arc<tempfile::TempDir>>,
 }
 
 impl App {
     /// Builds the store and the clients. No cycle may run until [`App::become_worker`].
     pub fn build(config: Config) -> Result<App, AppError> {
-        let store = Store::open(&config.state.path)?;
+        let (store, dry_run_dir) = if config.daemon.dry_run {
+            let (store, dir) = dry_run_copy(&config.state.path)?;
+            tracing::warn!(copy = %store.path().display(), "DRY RUN: no remote write is sent; state changes go to a throw-away copy of the database");
+            (store, Some(Arc::new(dir)))
+        } else {
+            (Store::open(&config.state.path)?, None)
+        };
         let ms = &config.microsoft;
         let http = MicrosoftClient::build_http(ms.timeout.0, ms.connect_timeout.0);
         let tokens = TokenSource::new(
@@ -103,6 +111,7 @@ impl App {
             config: Arc::new(config),
             store,
             worker_lock: None,
+            dry_run_dir,
         })
     }
 
@@ -110,7 +119,7 @@ impl App {
     /// recovers what a stopped process left: cycles marked interrupted, in-flight lead
     /// creates quarantined (they may have reached Google), other in-flight writes re-queued.
     pub fn become_worker(&mut self) -> Result<(), AppError> {
-        let lock_path = self.config.state.path.with_extension("lock");
+        let lock_path = self.store.path().with_extension("lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -163,6 +172,7 @@ impl App {
             &self.alerts,
             &report,
             chrono::Utc::now(),
+            self.dry_run_dir.is_some(),
         )
         .await;
         Cycle { report, alerts }
@@ -271,6 +281,28 @@ fn external_id_note(found: Option<&str>, referral_id: &str) -> String {
     }
 }
 
+/// A copy of the database (or a new one) in a temporary directory, for a dry run.
+fn dry_run_copy(real: &std::path::Path) -> Result<(Store, tempfile::TempDir), AppError> {
+    let dir = tempfile::tempdir().map_err(|e| {
+        AppError::Refused(format!("dry run: cannot make a temporary directory: {e}"))
+    })?;
+    let copy = dir.path().join("dry-run.db");
+    if real.exists() {
+        let conn =
+            rusqlite::Connection::open_with_flags(real, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(|source| StoreError::Open {
+                    path: real.to_path_buf(),
+                    source,
+                })?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(StoreError::from)?;
+        // A consistent snapshot, even while a daemon writes.
+        conn.execute("VACUUM INTO ?1", [copy.display().to_string()])
+            .map_err(StoreError::from)?;
+    }
+    Ok((Store::open(&copy)?, dir))
+}
+
 /// The Google client and the sync policy, from configuration.
 fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
     let g = &config.google;
@@ -310,6 +342,7 @@ fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
         },
         concurrency: sync.concurrency,
         retry: config.microsoft.retry.policy(),
+        dry_run: config.daemon.dry_run,
     })
 }
 

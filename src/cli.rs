@@ -15,6 +15,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "COSELL_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Plan and log every remote write without sending it; the database is left as it was.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -235,6 +235,9 @@ pub struct DaemonConfig {
     pub shutdown_grace: HumanDuration,
     /// Run a cycle as soon as `run` starts instead of waiting for the first cron tick.
     pub sync_on_start: bool,
+    /// Plan and log every remote write without sending it, on a throw-away copy of the
+    /// database, so the next real run finds everything as it was (`--dry-run` sets it too).
+    pub dry_run: bool,
 }
 
 impl Default for DaemonConfig {
@@ -242,6 +245,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             shutdown_grace: HumanDuration::secs(30),
             sync_on_start: true,
+            dry_run: false,
         }
     }
 }

@@ -39,7 +39,8 @@ async fn dispatch(cli: Cli) -> i32 {
         Ok(l) => l,
         Err(errors) => return config_failure(&file, &errors),
     };
-    let config = loaded.config;
+    let mut config = loaded.config;
+    config.daemon.dry_run |= cli.dry_run;
     telemetry::init(config.log.format, &config.log.level);
     match cli.command {
         Command::CheckConfig => {

@@ -142,11 +142,21 @@ pub async fn after_cycle(
     settings: &AlertSettings,
     report: &CycleReport,
     now: DateTime<Utc>,
+    dry_run: bool,
 ) -> AlertStats {
     let mut stats = AlertStats::default();
     match raise_due(store, settings, report, now).await {
         Ok(raised) => stats.raised = raised,
         Err(e) => tracing::error!(error = %e, "cannot record alerts"),
+    }
+    if dry_run {
+        if !settings.sinks.is_empty() && stats.raised > 0 {
+            tracing::warn!(
+                raised = stats.raised,
+                "DRY RUN: alerts not delivered to the sinks"
+            );
+        }
+        return stats;
     }
     match deliver_pending(store, settings).await {
         Ok((delivered, undelivered)) => {

@@ -52,6 +52,8 @@ pub struct GoogleSide {
     pub concurrency: usize,
     /// In-attempt retries of idempotent calls (gets, patches); never used for creates.
     pub retry: RetryPolicy,
+    /// Log each write instead of sending it.
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -239,6 +241,9 @@ async fn execute(
     use tracing::Instrument;
     let span = tracing::info_span!("action", id = row.id, kind = %row.kind, referral_id = %row.referral_id);
     async move {
+        if google.dry_run {
+            return dry_run(store, row).await;
+        }
         match row.kind.as_str() {
             CREATE_LEAD => create_lead(store, google, cycle_id, row).await,
             PATCH_REFERRAL => patch_referral(store, microsoft, google, cycle_id, row).await,
@@ -252,6 +257,57 @@ async fn execute(
         }
     }
     .instrument(span)
+    .await
+}
+
+/// Dry run: logs the write (method, path, body summary) and closes it in the throw-away copy.
+async fn dry_run(store: &Store, row: OutboxRow) -> Result<Outcome, StoreError> {
+    let (method, path, summary) = match row.kind.as_str() {
+        CREATE_LEAD => (
+            "POST",
+            "/v1/partners/{partner}/leads".to_string(),
+            format!(
+                "externalSystemId={} customer={} value={} {}",
+                row.referral_id,
+                row.payload["lead"]["customer"],
+                row.payload["lead"]["partnerAnnualContractValue"],
+                row.payload["lead"]["leadCurrencyCode"]
+                    .as_str()
+                    .unwrap_or("")
+            ),
+        ),
+        PATCH_REFERRAL => (
+            "PATCH",
+            format!("{}/{}", crate::microsoft::REFERRALS_PATH, row.referral_id),
+            row.payload["ops"].to_string(),
+        ),
+        _ => (
+            "PATCH",
+            format!(
+                "/v1/{}?updateMask={}",
+                row.target.as_deref().unwrap_or("?"),
+                row.payload["mask"]
+                    .as_array()
+                    .map(|m| m
+                        .iter()
+                        .filter_map(|v| v.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","))
+                    .unwrap_or_default()
+            ),
+            row.payload["body"].to_string(),
+        ),
+    };
+    tracing::warn!(referral_id = %row.referral_id, method, path = %path, body = %summary, "DRY RUN: would send");
+    finish(
+        store,
+        row.id,
+        Outcome::Superseded {
+            reason: "dry run: not sent".into(),
+        },
+        None,
+        None,
+    )
     .await
 }
 

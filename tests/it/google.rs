@@ -455,3 +455,47 @@ async fn outbox_commands_list_retry_and_drop() {
         stderr(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_sends_nothing_changes_nothing_and_the_next_real_run_does_everything() {
+    let env = TestEnv::with_google("").await;
+    env.sim
+        .put_referrals(sample::pending_inbox(3, chrono::Utc::now()));
+    sync_ok(&env).await;
+    let fingerprint = |env: &TestEnv| -> (i64, i64, String) {
+        env.query(
+            "SELECT (SELECT COUNT(*) FROM outbox), (SELECT COUNT(*) FROM referrals),
+                    (SELECT value FROM sync_watermarks)",
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+    };
+    let before = fingerprint(&env);
+    // Two new referrals and a deal-value change.
+    let mut more = sample::pending_inbox(5, chrono::Utc::now());
+    more.drain(..3);
+    env.sim.put_referrals(more);
+    let writes_before = writes(&env);
+
+    let out = env.cli(&["--dry-run", "sync"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert_eq!(log.matches("DRY RUN: would send").count(), 2, "{log}");
+    assert!(
+        log.contains("POST") && log.contains(&sample::referral_id(3)),
+        "{log}"
+    );
+    assert_eq!(writes(&env), writes_before, "nothing reached either API");
+    assert_eq!(
+        fingerprint(&env),
+        before,
+        "outbox, referrals and watermark untouched"
+    );
+
+    sync_ok(&env).await;
+    assert_eq!(
+        env.sim.google_leads().len(),
+        5,
+        "the real run creates what the dry run showed"
+    );
+    assert_eq!(env.sim.counter("google.create_lead"), 5);
+}
