@@ -47,6 +47,19 @@ pub enum Command {
         /// partners/P/leads/L or partners/P/opportunities/O
         google_resource_name: String,
     },
+    /// Every remote write: when, which API and record, fields changed, outcome, request id.
+    Audit {
+        /// Only writes about this referral (or its linked Google records).
+        #[arg(long)]
+        referral: Option<String>,
+        /// Only writes at or after this time (RFC 3339 or YYYY-MM-DD, UTC).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 200)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Alerts raised and their delivery, or a test alert to every sink.
     Alerts {
         #[command(subcommand)]

@@ -147,6 +147,62 @@ async fn dispatch(cli: Cli) -> i32 {
                 Err(e) => fail(&e.to_string()),
             }
         }
+        Command::Audit {
+            referral,
+            since,
+            limit,
+            json,
+        } => {
+            let since = match since
+                .as_deref()
+                .map(cosell_sync::microsoft::model::parse_timestamp)
+            {
+                Some(None) => {
+                    eprintln!("cosell-sync: --since: use RFC 3339 (2026-11-22T10:00:00Z) or a date (2026-11-22)");
+                    return exit::USAGE;
+                }
+                Some(Some(t)) => Some(t),
+                None => None,
+            };
+            let store = match cosell_sync::store::Store::open(&config.state.path) {
+                Ok(s) => s,
+                Err(e) => return fail(&e.to_string()),
+            };
+            match store.call_blocking(|c| {
+                cosell_sync::store::outbox::audit_rows(c, referral.as_deref(), since, limit)
+            }) {
+                Ok(rows) if json => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&rows).expect("rows serialize")
+                    );
+                    exit::OK
+                }
+                Ok(rows) => {
+                    if rows.is_empty() {
+                        println!("no remote writes recorded");
+                    }
+                    for r in rows {
+                        println!(
+                            "{}  {:<9} {:<19} {:<7} {:>3}  {}  fields: {}  request-id: {}{}",
+                            r.at,
+                            r.api,
+                            r.method,
+                            r.outcome,
+                            r.status_code
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            r.resource,
+                            r.fields.as_deref().unwrap_or("-"),
+                            r.request_id.as_deref().unwrap_or("-"),
+                            r.detail.map(|d| format!("  ({d})")).unwrap_or_default()
+                        );
+                    }
+                    exit::OK
+                }
+                Err(e) => fail(&e.to_string()),
+            }
+        }
         Command::Outbox { action } => {
             let store = match cosell_sync::store::Store::open(&config.state.path) {
                 Ok(s) => s,

@@ -388,3 +388,56 @@ mod tests {
             .unwrap();
     }
 }
+
+/// One audit row as `audit` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRow {
+    pub at: String,
+    pub cycle_id: Option<String>,
+    pub api: String,
+    pub method: String,
+    pub resource: String,
+    pub fields: Option<String>,
+    pub outcome: String,
+    pub status_code: Option<i64>,
+    pub request_id: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// Audit rows, oldest first; `referral` matches the referral id or a linked Google resource.
+pub fn audit_rows(
+    conn: &Connection,
+    referral: Option<&str>,
+    since: Option<DateTime<Utc>>,
+    limit: usize,
+) -> Result<Vec<AuditRow>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT at, cycle_id, api, method, resource, fields, outcome, status_code, request_id, detail
+         FROM audit_log a
+         WHERE (?1 IS NULL OR a.resource = ?1 OR a.fields LIKE '%' || ?1 || '%'
+                OR a.resource IN (SELECT lead_name FROM links WHERE referral_id = ?1
+                                  UNION SELECT opportunity_name FROM links WHERE referral_id = ?1))
+           AND (?2 IS NULL OR a.at >= ?2)
+         ORDER BY a.id DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(
+        params![referral, since.map(db_timestamp), limit as i64],
+        |r| {
+            Ok(AuditRow {
+                at: r.get(0)?,
+                cycle_id: r.get(1)?,
+                api: r.get(2)?,
+                method: r.get(3)?,
+                resource: r.get(4)?,
+                fields: r.get(5)?,
+                outcome: r.get(6)?,
+                status_code: r.get(7)?,
+                request_id: r.get(8)?,
+                detail: r.get(9)?,
+            })
+        },
+    )?;
+    let mut out: Vec<AuditRow> = rows.collect::<Result<_, _>>()?;
+    out.reverse();
+    Ok(out)
+}

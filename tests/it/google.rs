@@ -499,3 +499,97 @@ async fn dry_run_sends_nothing_changes_nothing_and_the_next_real_run_does_everyt
     );
     assert_eq!(env.sim.counter("google.create_lead"), 5);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_lists_each_remote_write_of_a_referral() {
+    let env = TestEnv::with_google("").await;
+    env.sim
+        .put_referrals(sample::pending_inbox(2, chrono::Utc::now()));
+    sync_ok(&env).await;
+    let id = sample::referral_id(1);
+    let out = env.cli(&["audit", "--referral", &id, "--json"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: Vec<Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    let methods: Vec<&str> = rows.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, vec!["leads.create", "PATCH"]);
+    assert!(rows
+        .iter()
+        .all(|r| r["outcome"] == "ok" && r["request_id"].is_string()));
+    assert_eq!(rows[1]["fields"], "/externalReferenceId");
+    let text = stdout(&env.cli(&["audit", "--since", "2000-01-01"]).await);
+    assert_eq!(text.lines().count(), 4, "{text}");
+    let future = stdout(&env.cli(&["audit", "--since", "2999-01-01"]).await);
+    assert!(future.contains("no remote writes"), "{future}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_reaches_logs_database_status_config_or_alerts() {
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(wiremock::ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let env = TestEnv::with_google(&format!(
+        "\n[[alerts.webhook]]\nurl = \"{}\"\nheaders = {{ Authorization = \"Bearer hook-secret-42\" }}\n",
+        server.uri()
+    ))
+    .await;
+    env.sim
+        .put_referrals(sample::demo_set(8, chrono::Utc::now()));
+    let run = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("sync")
+        .env("RUST_LOG", "trace")
+        .output()
+        .await
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    let rotated = std::fs::read_to_string(env.dir.path().join("microsoft-refresh-token")).unwrap();
+    let key_json: Value = serde_json::from_str(&env.sim.google_key_json()).unwrap();
+    let private_key = key_json["private_key"].as_str().unwrap();
+    let key_fragment = &private_key.lines().nth(5).unwrap()[..40];
+    let creds = &env.sim.state.credentials;
+    let secrets = [
+        creds.client_secret.as_str(),
+        creds.refresh_token.as_str(),
+        rotated.trim(),
+        "sim-access-",
+        "ya29.sim-",
+        "BEGIN PRIVATE KEY",
+        key_fragment,
+        "hook-secret-42",
+    ];
+    let alert_bodies: String = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert!(!alert_bodies.is_empty());
+    let places = [
+        (
+            "sync output (RUST_LOG=trace)",
+            format!("{}{}", stdout(&run), stderr(&run)),
+        ),
+        ("database", {
+            let mut bytes = std::fs::read(env.state_db()).unwrap();
+            bytes
+                .extend(std::fs::read(env.state_db().with_extension("db-wal")).unwrap_or_default());
+            String::from_utf8_lossy(&bytes).into_owned()
+        }),
+        ("status", stdout(&env.cli(&["status", "--json"]).await)),
+        ("check-config", stdout(&env.cli(&["check-config"]).await)),
+        ("alert payloads", alert_bodies),
+    ];
+    assert!(
+        places[0].1.contains("TRACE") || places[0].1.contains("DEBUG"),
+        "trace logging was on"
+    );
+    for (place, text) in &places {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{secret:?} leaked into {place}");
+        }
+    }
+}
