@@ -160,6 +160,12 @@ impl App {
         Ok(())
     }
 
+    /// A reloaded app keeps the worker lock of the one it replaces (and skips recovery:
+    /// the old app's writes may still be in flight).
+    pub fn inherit_worker(&mut self, from: &App) {
+        self.worker_lock = from.worker_lock.clone();
+    }
+
     /// One full cycle, then its alerts (raised and delivered; never failing the cycle).
     pub async fn sync_once(&self) -> Cycle {
         debug_assert!(

@@ -195,6 +195,15 @@ pub struct Config {
     pub sync: SyncConfig,
     pub forward: ForwardConfig,
     pub alerts: AlertsConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics and `/healthz` over HTTP, for `run` only.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port` to serve `/metrics` and `/healthz` on, e.g. "127.0.0.1:9464"; off when unset.
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -238,6 +247,9 @@ pub struct DaemonConfig {
     /// Plan and log every remote write without sending it, on a throw-away copy of the
     /// database, so the next real run finds everything as it was (`--dry-run` sets it too).
     pub dry_run: bool,
+    /// A cycle running longer than this counts as stuck: the systemd watchdog is no longer
+    /// fed (systemd restarts the daemon) and `/healthz` answers 503.
+    pub stuck_after: HumanDuration,
 }
 
 impl Default for DaemonConfig {
@@ -246,6 +258,7 @@ impl Default for DaemonConfig {
             shutdown_grace: HumanDuration::secs(30),
             sync_on_start: true,
             dry_run: false,
+            stuck_after: HumanDuration::secs(3600),
         }
     }
 }
@@ -793,6 +806,14 @@ impl Config {
                 errors.push(ConfigError::new(
                     format!("alerts.command[{i}].argv"),
                     "must name a program",
+                ));
+            }
+        }
+        if let Some(listen) = &self.metrics.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                errors.push(ConfigError::new(
+                    "metrics.listen",
+                    format!("{listen:?} is not host:port (e.g. \"127.0.0.1:9464\")"),
                 ));
             }
         }

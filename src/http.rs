@@ -191,6 +191,7 @@ where
         })
         .adjust(|e: &ApiError, planned| planned.map(|d| e.retry_after().unwrap_or(d)))
         .notify(|e: &ApiError, wait| {
+            crate::health::metrics().retry(what);
             tracing::warn!(what, error = %e, wait_ms = wait.as_millis() as u64, "transient error, retrying");
         })
         .await

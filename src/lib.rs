@@ -9,7 +9,9 @@
 //! - [`cli`]: the command line (fixed names, spec §4); each command calls one function of [`app`].
 //! - [`config`]: figment layers (defaults → file → env), secrets, validation naming keys, redaction.
 //! - [`app`]: wiring: builds the clients and the store; `sync_once`, `run`, `status`.
-//! - [`scheduler`]: the cron job, the no-overlap guard, shutdown with a grace period.
+//! - [`scheduler`]: the cron job, the no-overlap guard, SIGHUP reload, shutdown with a grace period.
+//! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG, STOPPING) without libsystemd.
+//! - [`health`]: liveness, counters, and the `/metrics` + `/healthz` endpoint.
 //! - [`http`]: what every client shares: error taxonomy, Retry-After, backoff, rate limit.
 //! - [`microsoft`]: Entra refresh-token grant with a rotating token file, and the Referrals client.
 //! - [`google`]: service-account tokens and the Cloud CRM Partners client (four methods).
@@ -32,12 +34,14 @@ pub mod config;
 pub mod deadline;
 pub mod demo;
 pub mod google;
+pub mod health;
 pub mod http;
 pub mod microsoft;
 pub mod scheduler;
 pub mod sim;
 pub mod store;
 pub mod sync;
+pub mod systemd;
 pub mod telemetry;
 
 /// Process exit codes (spec §4 and the foundation issue).

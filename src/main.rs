@@ -263,7 +263,25 @@ async fn dispatch(cli: Cli) -> i32 {
             if let Err(e) = scheduler::cancel_on_signals(shutdown.clone()) {
                 return fail(&format!("cannot install signal handlers: {e}"));
             }
-            match scheduler::run(app, shutdown).await {
+            let health = std::sync::Arc::new(cosell_sync::health::Health::default());
+            if let Some(listen) = app.config.metrics.listen.clone() {
+                if let Err(e) = cosell_sync::health::serve(
+                    &listen,
+                    health.clone(),
+                    app.store.clone(),
+                    &app.config,
+                    shutdown.clone(),
+                )
+                .await
+                {
+                    return fail(&format!("metrics.listen {listen}: {e}"));
+                }
+            }
+            let reload = scheduler::Reload {
+                config_file: file.clone(),
+                force_dry_run: cli.dry_run,
+            };
+            match scheduler::run(app, shutdown, reload, health).await {
                 Ok(()) => exit::OK,
                 Err(e) => fail(&format!("daemon stopped: {e:#}")),
             }

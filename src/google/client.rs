@@ -142,11 +142,12 @@ impl GoogleClient {
                 .body(body.to_string());
         }
         let started = Instant::now();
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ApiError::transport(API, method.as_str(), &path, &e))?;
+        let response = request.send().await.map_err(|e| {
+            crate::health::metrics().api_request(API, method.as_str(), None);
+            ApiError::transport(API, method.as_str(), &path, &e)
+        })?;
         let status = response.status();
+        crate::health::metrics().api_request(API, method.as_str(), Some(status.as_u16()));
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)

@@ -168,6 +168,11 @@ impl MicrosoftClient {
         }
     }
 
+    /// Gets a token now (start-up check: READY waits for it, `auth check` reports it).
+    pub async fn check_auth(&self) -> Result<(), ApiError> {
+        self.tokens.access_token().await.map(|_| ())
+    }
+
     /// Fetches one page. Records that cannot be read are returned in `rejected`, not as errors.
     pub async fn list_page(&self, request: &PageRequest) -> Result<ReferralPage, ApiError> {
         let url = self.page_url(request)?;
@@ -290,11 +295,12 @@ impl MicrosoftClient {
             }
             let started = Instant::now();
             let path = url.path().to_string();
-            let response = request
-                .send()
-                .await
-                .map_err(|e| ApiError::transport(API, method.as_str(), &path, &e))?;
+            let response = request.send().await.map_err(|e| {
+                crate::health::metrics().api_request(API, method.as_str(), None);
+                ApiError::transport(API, method.as_str(), &path, &e)
+            })?;
             let status = response.status();
+            crate::health::metrics().api_request(API, method.as_str(), Some(status.as_u16()));
             let request_id = response
                 .headers()
                 .get("request-id")

@@ -1,0 +1,236 @@
+//! `run` as systemd sees it: sd_notify messages in order, the watchdog, SIGHUP reloads,
+//! metrics and `/healthz`, SIGTERM.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use cosell_sync::sim::{sample, Faults};
+
+use crate::helpers::{TestEnv, BIN};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Collects notify datagrams until `until` matches one (or the time is up).
+fn collect(socket: &UnixDatagram, seen: &mut Vec<String>, until: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let hit = msg.starts_with(until);
+            seen.push(msg);
+            if hit {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+async fn http_get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+fn spawn_run(
+    env: &TestEnv,
+    notify: &std::path::Path,
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", notify)
+        .env("WATCHDOG_USEC", "300000")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn kill(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notify_watchdog_metrics_reload_and_stop_in_order() {
+    let port = free_port();
+    let env = TestEnv::with_google(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).await;
+    env.sim
+        .put_referrals(sample::demo_set(12, chrono::Utc::now()));
+    let notify_path = env.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&notify_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let log = env.dir.path().join("daemon.log");
+    let mut child = spawn_run(&env, &notify_path, &log);
+
+    let mut seen = Vec::new();
+    assert!(
+        collect(&socket, &mut seen, "READY=1", Duration::from_secs(20)),
+        "no READY: {seen:?}"
+    );
+    assert!(
+        collect(
+            &socket,
+            &mut seen,
+            "STATUS=last cycle ok",
+            Duration::from_secs(20)
+        ),
+        "no cycle status: {seen:?}"
+    );
+    assert!(
+        collect(&socket, &mut seen, "WATCHDOG=1", Duration::from_secs(5)),
+        "no watchdog: {seen:?}"
+    );
+
+    let (code, body) = http_get(&format!("http://127.0.0.1:{port}/healthz")).await;
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (_, metrics) = http_get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    for family in [
+        "cosell_cycles_total{outcome=\"ok\"}",
+        "cosell_cycle_duration_seconds_sum",
+        "cosell_api_requests_total{api=\"microsoft\",method=\"GET\",status=\"200\"}",
+        "cosell_api_requests_total{api=\"google\",method=\"POST\",status=\"200\"}",
+        "cosell_outbox_actions{kind=\"create_lead\",state=\"done\"}",
+        "cosell_referrals_awaiting_response{time_left=\"lt_4h\"}",
+        "cosell_alerts{kind=\"referral_expiring\"",
+        "cosell_healthy 1",
+    ] {
+        assert!(
+            metrics.contains(family),
+            "{family} missing from:\n{metrics}"
+        );
+    }
+
+    // SIGHUP with a broken config: refused, the daemon goes on.
+    let good = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{good}\n[schedule]\nsync = \"not cron\"\n"),
+    )
+    .unwrap();
+    kill(&child, "-HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        http_get(&format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .0,
+        200
+    );
+    // SIGHUP with a good one (a new schedule): taken.
+    std::fs::write(
+        &env.config,
+        format!("{good}\n[schedule]\nsync = \"*/2 * * * * *\"\n"),
+    )
+    .unwrap();
+    kill(&child, "-HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("configuration reload refused") && text.contains("schedule.sync"),
+        "{text}"
+    );
+    assert!(text.contains("configuration reloaded"), "{text}");
+
+    kill(&child, "-TERM");
+    assert!(
+        collect(&socket, &mut seen, "STOPPING=1", Duration::from_secs(20)),
+        "no STOPPING: {seen:?}"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let order: Vec<&str> = seen
+        .iter()
+        .map(|m| m.split('=').next().unwrap())
+        .filter(|m| *m != "WATCHDOG" && *m != "STATUS")
+        .collect();
+    assert_eq!(order, vec!["READY", "STOPPING"]);
+    let ready_at = seen.iter().position(|m| m == "READY=1").unwrap();
+    assert!(
+        seen[..ready_at]
+            .iter()
+            .all(|m| !m.starts_with("STATUS=last cycle")),
+        "READY first: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_answers_503_after_failing_cycles() {
+    let port = free_port();
+    let env = TestEnv::with_extra(&format!(
+        "max_retries = 0\n\n[schedule]\nsync = \"* * * * * *\"\n\n[alerts]\nfailed_cycles = 2\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    ))
+    .await;
+    env.sim.set_faults(Faults {
+        rate_5xx: 1.0,
+        ..Faults::default()
+    });
+    let notify_path = env.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&notify_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let log = env.dir.path().join("daemon.log");
+    let mut child = spawn_run(&env, &notify_path, &log);
+    let mut seen = Vec::new();
+    assert!(
+        collect(&socket, &mut seen, "READY=1", Duration::from_secs(20)),
+        "{seen:?}"
+    );
+    assert!(
+        collect(
+            &socket,
+            &mut seen,
+            "STATUS=last cycle FAILED",
+            Duration::from_secs(20)
+        ),
+        "{seen:?}"
+    );
+    let started = Instant::now();
+    loop {
+        let (code, body) = http_get(&format!("http://127.0.0.1:{port}/healthz")).await;
+        if code == 503 {
+            assert!(body.contains("cycles failed"), "{body}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "healthz never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Recovery: the API works again, /healthz follows.
+    env.sim.set_faults(Faults::default());
+    let started = Instant::now();
+    while http_get(&format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .0
+        != 200
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "healthz never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    kill(&child, "-TERM");
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+}
