@@ -47,6 +47,11 @@ pub enum Command {
         /// partners/P/leads/L or partners/P/opportunities/O
         google_resource_name: String,
     },
+    /// First-run sign-in to Microsoft (device code), or a check of both clouds' credentials.
+    Auth {
+        #[command(subcommand)]
+        action: AuthCommand,
+    },
     /// Every remote write: when, which API and record, fields changed, outcome, request id.
     Audit {
         /// Only writes about this referral (or its linked Google records).
@@ -111,4 +116,13 @@ pub enum AlertsCommand {
     },
     /// Send a test alert to every configured sink and report each result.
     Test,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Sign in with the OAuth device-code flow and store the refresh token in the token file
+    /// beside the database (mode 0600).
+    Microsoft,
+    /// Get a token from each cloud and say what is wrong, if anything.
+    Check,
 }

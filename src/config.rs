@@ -629,6 +629,16 @@ pub fn config_path(cli: Option<&Path>) -> PathBuf {
 impl Config {
     /// Layers defaults, the file and the environment, loads secret files, and validates.
     pub fn load(file: &Path) -> Result<Loaded, ConfigErrors> {
+        Self::load_checked(file, true)
+    }
+
+    /// For `auth microsoft`, which is how the first refresh token is obtained: the same as
+    /// [`Config::load`] without requiring one.
+    pub fn load_for_auth(file: &Path) -> Result<Loaded, ConfigErrors> {
+        Self::load_checked(file, false)
+    }
+
+    fn load_checked(file: &Path, require_refresh_token: bool) -> Result<Loaded, ConfigErrors> {
         if !file.is_file() {
             return Err(ConfigError::new(
                 "config",
@@ -642,15 +652,23 @@ impl Config {
         let figment = Figment::new()
             .merge(Toml::file_exact(file))
             .merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__"));
-        Self::from_figment(figment, file)
+        Self::from_figment_checked(figment, file, require_refresh_token)
     }
 
     /// The part of [`Config::load`] after the file check; tests feed it a figment directly.
     pub fn from_figment(figment: Figment, file: &Path) -> Result<Loaded, ConfigErrors> {
+        Self::from_figment_checked(figment, file, true)
+    }
+
+    fn from_figment_checked(
+        figment: Figment,
+        file: &Path,
+        require_refresh_token: bool,
+    ) -> Result<Loaded, ConfigErrors> {
         let mut config: Config = figment.extract().map_err(figment_errors)?;
         let base_dir = file.parent().unwrap_or(Path::new("."));
         config.resolve_secrets(base_dir)?;
-        config.validate()?;
+        config.validate_checked(require_refresh_token)?;
         Ok(Loaded {
             config,
             file: file.to_path_buf(),
@@ -688,6 +706,10 @@ impl Config {
 
     /// Checks every key and reports all problems together, each naming its key.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
+        self.validate_checked(true)
+    }
+
+    fn validate_checked(&self, require_refresh_token: bool) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
         if self.state.path.as_os_str().is_empty() {
             errors.push(ConfigError::missing("state.path"));
@@ -713,11 +735,11 @@ impl Config {
                 errors.push(ConfigError::missing(key));
             }
         }
-        if ms.refresh_token.is_none() && !self.token_file().exists() {
+        if require_refresh_token && ms.refresh_token.is_none() && !self.token_file().exists() {
             errors.push(ConfigError::new(
                 "microsoft.refresh_token",
                 format!(
-                    "is missing and there is no stored token at {} (set microsoft.refresh_token or microsoft.refresh_token_file)",
+                    "is missing and there is no stored token at {} (run `cosell-sync auth microsoft`, or set microsoft.refresh_token or microsoft.refresh_token_file)",
                     self.token_file().display()
                 ),
             ));

@@ -1,7 +1,7 @@
 //! The `cosell-sync` binary: parses the command line and calls into the library.
 
 use clap::Parser;
-use cosell_sync::cli::{AlertsCommand, Cli, Command, OutboxCommand};
+use cosell_sync::cli::{AlertsCommand, AuthCommand, Cli, Command, OutboxCommand};
 use cosell_sync::config::{config_path, Config, ConfigErrors, LogFormat};
 use cosell_sync::{app, demo, exit, scheduler, telemetry};
 
@@ -35,6 +35,12 @@ async fn dispatch(cli: Cli) -> i32 {
         };
     }
     let file = config_path(cli.config.as_deref());
+    if let Command::Auth {
+        action: AuthCommand::Microsoft,
+    } = cli.command
+    {
+        return auth_microsoft(&file).await;
+    }
     let loaded = match Config::load(&file) {
         Ok(l) => l,
         Err(errors) => return config_failure(&file, &errors),
@@ -145,6 +151,42 @@ async fn dispatch(cli: Cli) -> i32 {
                     exit::OK
                 }
                 Err(e) => fail(&e.to_string()),
+            }
+        }
+        Command::Auth {
+            action: AuthCommand::Microsoft,
+        } => unreachable!("handled above"),
+        Command::Auth {
+            action: AuthCommand::Check,
+        } => {
+            let app = match app::App::build(config) {
+                Ok(a) => a,
+                Err(e) => return fail_app(&e),
+            };
+            let mut failed = false;
+            match app.cycle.microsoft.check_auth().await {
+                Ok(()) => println!("ok      microsoft: a token for the Referrals API was granted"),
+                Err(e) => {
+                    failed = true;
+                    println!("FAILED  microsoft: {e}");
+                }
+            }
+            match &app.cycle.google {
+                None => println!("skip    google: [google] partner_id is not set"),
+                Some(g) => match g.client.check_auth().await {
+                    Ok(()) => println!(
+                        "ok      google: a service-account token for cloudcrmpartners was granted"
+                    ),
+                    Err(e) => {
+                        failed = true;
+                        println!("FAILED  google: {e}");
+                    }
+                },
+            }
+            if failed {
+                exit::CYCLE_FAILED
+            } else {
+                exit::OK
             }
         }
         Command::Audit {
@@ -287,6 +329,35 @@ async fn dispatch(cli: Cli) -> i32 {
             }
         }
         Command::Demo { .. } => unreachable!("handled above"),
+    }
+}
+
+async fn auth_microsoft(file: &std::path::Path) -> i32 {
+    let config = match Config::load_for_auth(file) {
+        Ok(l) => l.config,
+        Err(errors) => return config_failure(file, &errors),
+    };
+    telemetry::init(config.log.format, &config.log.level);
+    let ms = &config.microsoft;
+    let http =
+        cosell_sync::microsoft::MicrosoftClient::build_http(ms.timeout.0, ms.connect_timeout.0);
+    let token_file = config.token_file();
+    let result = cosell_sync::microsoft::auth::device_code_flow(
+        &http,
+        &ms.authority,
+        ms.tenant.as_deref().unwrap_or_default(),
+        ms.client_id.as_deref().unwrap_or_default(),
+        ms.client_secret.as_ref(),
+        &token_file,
+        |message| println!("{message}"),
+    )
+    .await;
+    match result {
+        Ok(()) => {
+            println!("Signed in. The refresh token is stored in {} (mode 0600); the daemon rotates it from now on.", token_file.display());
+            exit::OK
+        }
+        Err(e) => fail(&format!("auth microsoft: {e}")),
     }
 }
 

@@ -57,6 +57,11 @@ impl GoogleClient {
         url
     }
 
+    /// Gets a service-account token now (`auth check`).
+    pub async fn check_auth(&self) -> Result<(), ApiError> {
+        self.auth.token().await.map(|_| ())
+    }
+
     /// `POST /v1/{parent}/leads`. The caller must treat a transport error with `maybe_sent`
     /// (or an unreadable 2xx body) as an unknown outcome, not as a failure to retry.
     pub async fn create_lead(&self, parent: &str, lead: &Value) -> Result<Answer<Lead>, ApiError> {

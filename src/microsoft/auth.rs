@@ -307,3 +307,112 @@ mod tests {
         );
     }
 }
+
+/// What `/devicecode` answers.
+#[derive(Debug, Deserialize)]
+struct DeviceCode {
+    device_code: String,
+    user_code: String,
+    verification_uri: String,
+    #[serde(default, deserialize_with = "number_or_string")]
+    expires_in: Option<u64>,
+    #[serde(default, deserialize_with = "number_or_string")]
+    interval: Option<u64>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// First-run authentication (OAuth device-code flow, RFC 8628, on
+/// `{authority}/{tenant}/oauth2/v2.0/devicecode`): shows the user a code to enter, polls the
+/// token endpoint as told (`authorization_pending` waits, `slow_down` adds 5 s to the
+/// interval, `expired_token` and refusals end it), and stores the refresh token in the token
+/// file. `show` receives the instructions for the person.
+#[allow(clippy::too_many_arguments)]
+pub async fn device_code_flow(
+    http: &reqwest::Client,
+    authority: &str,
+    tenant: &str,
+    client_id: &str,
+    client_secret: Option<&SecretString>,
+    token_file: &Path,
+    show: impl Fn(&str),
+) -> Result<(), String> {
+    let device_url = token_endpoint(authority, tenant, "devicecode")?;
+    let token_url = token_endpoint(authority, tenant, "token")?;
+    let answer = http
+        .post(device_url.clone())
+        .form(&[("client_id", client_id), ("scope", super::SCOPE)])
+        .send()
+        .await
+        .map_err(|e| format!("{device_url}: {}", error_chain(&e)))?;
+    let status = answer.status();
+    let body = answer.text().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        let err: OAuthError = serde_json::from_str(&body).unwrap_or_default();
+        return Err(format!(
+            "device code refused (HTTP {}): {} {}",
+            status.as_u16(),
+            err.error,
+            err.error_description
+        ));
+    }
+    let code: DeviceCode =
+        serde_json::from_str(&body).map_err(|e| format!("unreadable device code answer: {e}"))?;
+    show(&code.message.clone().unwrap_or_else(|| {
+        format!(
+            "To sign in, open {} and enter the code {}",
+            code.verification_uri, code.user_code
+        )
+    }));
+    let mut interval = Duration::from_secs(code.interval.unwrap_or(5).max(1));
+    let deadline = Instant::now() + Duration::from_secs(code.expires_in.unwrap_or(900));
+    loop {
+        if Instant::now() >= deadline {
+            return Err("the code expired before sign-in finished; run the command again".into());
+        }
+        tokio::time::sleep(interval).await;
+        let mut form = vec![
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("client_id", client_id),
+            ("device_code", code.device_code.as_str()),
+        ];
+        if let Some(secret) = client_secret {
+            form.push(("client_secret", secret.expose_secret()));
+        }
+        let answer = http
+            .post(token_url.clone())
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| format!("{token_url}: {}", error_chain(&e)))?;
+        let status = answer.status();
+        let body = answer.text().await.map_err(|e| e.to_string())?;
+        if status.is_success() {
+            let token: TokenResponse =
+                serde_json::from_str(&body).map_err(|e| format!("unreadable token answer: {e}"))?;
+            let refresh = token
+                .refresh_token
+                .filter(|t| !t.is_empty())
+                .ok_or("the token answer has no refresh_token (is offline_access granted?)")?;
+            write_secret_file(token_file, &refresh)
+                .map_err(|e| format!("cannot write {}: {e}", token_file.display()))?;
+            return Ok(());
+        }
+        let err: OAuthError = serde_json::from_str(&body).unwrap_or_default();
+        match err.error.as_str() {
+            "authorization_pending" => {}
+            "slow_down" => interval += Duration::from_secs(5),
+            "expired_token" => {
+                return Err(
+                    "the code expired before sign-in finished; run the command again".into(),
+                )
+            }
+            other => {
+                return Err(format!(
+                    "sign-in refused: {other} {}",
+                    err.error_description.lines().next().unwrap_or("")
+                ))
+            }
+        }
+    }
+}

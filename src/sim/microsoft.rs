@@ -21,6 +21,7 @@ type Shared = Arc<SimState>;
 pub fn router() -> Router<Shared> {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/{tenant}/oauth2/v2.0/devicecode", post(device_code))
         .route("/v1.0/engagements/referrals", get(list))
         // The documented nextLink points here (`http://.../v1.0/referrals?$skiptoken=...`).
         .route("/v1.0/referrals", get(list))
@@ -103,6 +104,38 @@ async fn token(
             "AADSTS700016: Application not found in the directory.",
         );
     }
+    let grant = form.get("grant_type").map(String::as_str).unwrap_or("");
+    if grant == "urn:ietf:params:oauth:grant-type:device_code" {
+        // A public client may omit the secret; a wrong one is refused.
+        if form
+            .get("client_secret")
+            .is_some_and(|s| s != &creds.client_secret)
+        {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "AADSTS7000215: Invalid client secret provided.",
+            );
+        }
+        let mut tokens = lock(&state.tokens);
+        let code = form.get("device_code").cloned().unwrap_or_default();
+        if !tokens.device_codes.contains(&code) {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "AADSTS70000: Unknown device code.",
+            );
+        }
+        if let Some(answer) = tokens.device_script.pop_front() {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                &answer,
+                "AADSTS70016: OAuth 2.0 device flow error.",
+            );
+        }
+        tokens.device_codes.remove(&code);
+        return issue_tokens(&mut tokens);
+    }
     if form.get("client_secret") != Some(&creds.client_secret) {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
@@ -110,7 +143,7 @@ async fn token(
             "AADSTS7000215: Invalid client secret provided.",
         );
     }
-    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
+    if grant != "refresh_token" {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -137,6 +170,10 @@ async fn token(
     if !tokens.keep_rotated {
         tokens.refresh_tokens.remove(&presented);
     }
+    issue_tokens(&mut tokens)
+}
+
+fn issue_tokens(tokens: &mut super::TokenState) -> Response {
     let access = format!("sim-access-{}", uuid::Uuid::new_v4());
     let refresh = format!("sim-refresh-{}", uuid::Uuid::new_v4());
     tokens.access_tokens.insert(access.clone());
@@ -149,6 +186,30 @@ async fn token(
         "ext_expires_in": lifetime,
         "access_token": access,
         "refresh_token": refresh,
+    }))
+    .into_response()
+}
+
+async fn device_code(
+    State(state): State<Shared>,
+    Path(tenant): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    state.count("devicecode");
+    if tenant != state.credentials.tenant
+        || form.get("client_id") != Some(&state.credentials.client_id)
+    {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_request", "error_description": "AADSTS700016: Application not found."}))).into_response();
+    }
+    let code = format!("sim-device-{}", uuid::Uuid::new_v4().simple());
+    lock(&state.tokens).device_codes.insert(code.clone());
+    Json(json!({
+        "device_code": code,
+        "user_code": "SIMCODE42",
+        "verification_uri": "https://microsoft.com/devicelogin",
+        "expires_in": 900,
+        "interval": 1,
+        "message": "To sign in, use a web browser to open the page https://microsoft.com/devicelogin and enter the code SIMCODE42 to authenticate."
     }))
     .into_response()
 }

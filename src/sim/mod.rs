@@ -108,6 +108,10 @@ pub(crate) struct TokenState {
     /// once, so a client that fails to persist the rotated token fails loudly.
     pub keep_rotated: bool,
     pub access_token_lifetime_secs: u64,
+    /// Device codes handed out, and what the next polls answer (`authorization_pending`,
+    /// `slow_down`, `expired_token`; empty = signed in).
+    pub device_codes: HashSet<String>,
+    pub device_script: VecDeque<String>,
 }
 
 /// A paging cursor: the ids that matched the first request, and how far the client is.
@@ -275,6 +279,11 @@ impl Simulator {
         lock(&self.state.tokens)
             .refresh_tokens
             .insert(token.to_string());
+    }
+
+    /// What the next device-code polls answer, in order; then the user has signed in.
+    pub fn script_device_flow(&self, answers: &[&str]) {
+        lock(&self.state.tokens).device_script = answers.iter().map(|a| a.to_string()).collect();
     }
 
     /// Lifetime of new access tokens, in seconds.

@@ -256,3 +256,63 @@ async fn a_malformed_referral_is_kept_aside_and_the_rest_imported() {
     let kept: i64 = env.query("SELECT COUNT(*) FROM rejected_records", |r| r.get(0));
     assert_eq!(kept, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_microsoft_runs_the_device_code_flow_and_sync_uses_its_token() {
+    let env = TestEnv::new().await;
+    env.edit_config(|c| {
+        c.lines()
+            .filter(|l| !l.starts_with("refresh_token"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let out = env.cli(&["sync"]).await;
+    assert_eq!(out.status.code(), Some(78), "no token yet: a config error");
+    assert!(stderr(&out).contains("auth microsoft"), "{}", stderr(&out));
+
+    env.sim
+        .script_device_flow(&["authorization_pending", "slow_down"]);
+    let started = std::time::Instant::now();
+    let out = env.cli(&["auth", "microsoft"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("SIMCODE42"), "{}", stdout(&out));
+    // 1 s, 1 s, then slow_down makes it 6 s between polls.
+    assert!(
+        started.elapsed() >= Duration::from_secs(7),
+        "slow_down honoured: {:?}",
+        started.elapsed()
+    );
+    let token_file = env.dir.path().join("microsoft-refresh-token");
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    env.sim
+        .put_referrals(sample::pending_inbox(2, chrono::Utc::now()));
+    let out = env.cli(&["sync"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.cli(&["auth", "check"]).await;
+    assert!(
+        stdout(&out).contains("ok      microsoft"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_microsoft_reports_an_expired_code() {
+    let env = TestEnv::new().await;
+    env.sim.script_device_flow(&["expired_token"]);
+    let out = env.cli(&["auth", "microsoft"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+    env.sim.revoke_refresh_tokens();
+    let out = env.cli(&["auth", "check"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("FAILED  microsoft") && stdout(&out).contains("invalid_grant"),
+        "{}",
+        stdout(&out)
+    );
+}
