@@ -268,6 +268,8 @@ impl Default for DaemonConfig {
 pub enum LogFormat {
     Text,
     Json,
+    /// For systemd's journal: `<N>` priority prefixes, no timestamps or colours.
+    Journald,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

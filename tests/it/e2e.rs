@@ -316,3 +316,32 @@ async fn auth_microsoft_reports_an_expired_code() {
         stdout(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn log_formats_json_and_journald() {
+    let env = TestEnv::new().await;
+    env.sim
+        .put_referrals(sample::pending_inbox(3, chrono::Utc::now()));
+    env.edit_config(|c| {
+        c.replace(
+            "level = \"info\"",
+            "level = \"info\"\nformat = \"journald\"",
+        )
+    });
+    let out = env.cli(&["sync"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(log.lines().all(|l| l.starts_with('<')), "{log}");
+    assert!(log.contains("<6>cycle{cycle_id="), "{log}");
+    assert!(!log.contains('\u{1b}'), "no colour codes for the journal");
+
+    env.edit_config(|c| c.replace("format = \"journald\"", "format = \"json\""));
+    let out = env.cli(&["sync"]).await;
+    let log = stderr(&out);
+    let finished = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("every line is JSON"))
+        .find(|v| v["message"] == "cycle finished")
+        .expect("a cycle line");
+    assert!(finished["span"]["cycle_id"].is_string(), "{finished}");
+}
