@@ -405,24 +405,7 @@ async fn get_lead(
     headers: HeaderMap,
     Path((partner, id)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = authorized(&state, &headers).and_then(|_| check_partner(&partner)) {
-        return r;
-    }
-    let drop_after = match before(&state, "google.get_lead", ErrorShape::Google).await {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    let name = format!("partners/{partner}/leads/{id}");
-    let found = lock(&state.google).leads.get(&name).cloned();
-    match found {
-        _ if drop_after => dropped(),
-        Some(lead) => Json(lead).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            &format!("Lead {name} not found."),
-        ),
-    }
+    get_record(&state, &headers, &partner, "leads", &id).await
 }
 
 async fn get_opportunity(
@@ -430,22 +413,46 @@ async fn get_opportunity(
     headers: HeaderMap,
     Path((partner, id)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = authorized(&state, &headers).and_then(|_| check_partner(&partner)) {
+    get_record(&state, &headers, &partner, "opportunities", &id).await
+}
+
+/// `GET /v1/partners/{p}/{collection}/{id}` for both record kinds.
+async fn get_record(
+    state: &SimState,
+    headers: &HeaderMap,
+    partner: &str,
+    collection: &str,
+    id: &str,
+) -> Response {
+    if let Err(r) = authorized(state, headers).and_then(|_| check_partner(partner)) {
         return r;
     }
-    let drop_after = match before(&state, "google.get_opportunity", ErrorShape::Google).await {
+    let kind = if collection == "leads" {
+        "google.get_lead"
+    } else {
+        "google.get_opportunity"
+    };
+    let drop_after = match before(state, kind, ErrorShape::Google).await {
         Ok(d) => d,
         Err(r) => return r,
     };
-    let name = format!("partners/{partner}/opportunities/{id}");
-    let found = lock(&state.google).opportunities.get(&name).cloned();
+    let name = format!("partners/{partner}/{collection}/{id}");
+    let found = {
+        let g = lock(&state.google);
+        let records = if collection == "leads" {
+            &g.leads
+        } else {
+            &g.opportunities
+        };
+        records.get(&name).cloned()
+    };
     match found {
         _ if drop_after => dropped(),
-        Some(o) => Json(o).into_response(),
+        Some(record) => Json(record).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
-            &format!("Opportunity {name} not found."),
+            &format!("{name} not found."),
         ),
     }
 }
