@@ -34,9 +34,26 @@ impl Notifier {
     }
 
     fn send(&self, message: &str) {
-        if let Some((socket, addr)) = &self.socket {
-            if let Err(e) = socket.send_to_addr(message.as_bytes(), addr) {
-                tracing::debug!(error = %e, message, "sd_notify failed");
+        let Some((socket, addr)) = &self.socket else {
+            return;
+        };
+        // A full queue drops a watchdog ping (the next one follows soon), but READY, STATUS
+        // and STOPPING get a few short retries: systemd acts on each of them.
+        let tries = if message.starts_with("WATCHDOG") {
+            1
+        } else {
+            25
+        };
+        for attempt in 1..=tries {
+            match socket.send_to_addr(message.as_bytes(), addr) {
+                Ok(_) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && attempt < tries => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, message, "sd_notify failed");
+                    return;
+                }
             }
         }
     }

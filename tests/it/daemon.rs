@@ -48,7 +48,7 @@ fn spawn_run(
         .arg(&env.config)
         .arg("run")
         .env("NOTIFY_SOCKET", notify)
-        .env("WATCHDOG_USEC", "300000")
+        .env("WATCHDOG_USEC", "600000")
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
