@@ -346,6 +346,24 @@ async fn finish(
     Ok(outcome)
 }
 
+/// Records a failed attempt with its audit row, in one transaction.
+async fn finish_failed(
+    store: &Store,
+    id: i64,
+    outcome: Outcome,
+    entry: AuditEntry,
+    cycle_id: &str,
+) -> Result<Outcome, StoreError> {
+    finish(
+        store,
+        id,
+        outcome,
+        None,
+        Some((entry, Some(cycle_id.to_string()))),
+    )
+    .await
+}
+
 /// The failure outcome for a call that can be repeated safely.
 fn failure(row: &OutboxRow, e: &ApiError, schedule: &Schedule) -> Outcome {
     let error = e.to_string();
@@ -471,14 +489,7 @@ async fn create_lead(
                 Some(format!("externalSystemId={}", row.referral_id)),
                 &e,
             );
-            finish(
-                store,
-                row.id,
-                outcome,
-                None,
-                Some((entry, Some(cycle_id.to_string()))),
-            )
-            .await
+            finish_failed(store, row.id, outcome, entry, cycle_id).await
         }
     }
 }
@@ -606,14 +617,7 @@ async fn patch_referral(
             let outcome = Outcome::Superseded {
                 reason: format!("re-planned after 412: {e}"),
             };
-            let done = finish(
-                store,
-                row.id,
-                outcome,
-                None,
-                Some((entry, Some(cycle_id.to_string()))),
-            )
-            .await?;
+            let done = finish_failed(store, row.id, outcome, entry, cycle_id).await?;
             match with_retry(&google.retry, "get referral", || {
                 microsoft.get_referral(&row.referral_id)
             })
@@ -640,14 +644,7 @@ async fn patch_referral(
                 &e,
             );
             let outcome = failure(&row, &e, &google.schedule);
-            finish(
-                store,
-                row.id,
-                outcome,
-                None,
-                Some((entry, Some(cycle_id.to_string()))),
-            )
-            .await
+            finish_failed(store, row.id, outcome, entry, cycle_id).await
         }
     }
 }
@@ -714,14 +711,7 @@ async fn patch_opportunity(
                 &e,
             );
             let outcome = failure(&row, &e, &google.schedule);
-            finish(
-                store,
-                row.id,
-                outcome,
-                None,
-                Some((entry, Some(cycle_id.to_string()))),
-            )
-            .await
+            finish_failed(store, row.id, outcome, entry, cycle_id).await
         }
     }
 }
