@@ -241,6 +241,54 @@ impl RateLimiter {
     }
 }
 
+/// An HTTP answer read in full, before the API-specific client interprets it.
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl RawAnswer {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    /// `Retry-After`, or the "Try again in N seconds" of the body.
+    pub fn retry_after(&self) -> Option<Duration> {
+        parse_retry_after(self.header("retry-after").as_deref(), &self.text)
+    }
+}
+
+/// Sends a request and reads its whole answer, counting it in the metrics. A failure to
+/// send or to read becomes a transport error (with whether the request may have been sent).
+pub async fn send_and_read(
+    api: &'static str,
+    method: &str,
+    path: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<RawAnswer, ApiError> {
+    let response = request.send().await.map_err(|e| {
+        crate::health::metrics().api_request(api, method, None);
+        ApiError::transport(api, method, path, &e)
+    })?;
+    let status = response.status();
+    crate::health::metrics().api_request(api, method, Some(status.as_u16()));
+    let headers = response.headers().clone();
+    let text = response
+        .text()
+        .await
+        .map_err(|e| ApiError::transport(api, method, path, &e))?;
+    Ok(RawAnswer {
+        status,
+        headers,
+        text,
+    })
+}
+
 /// A fresh correlation id for one request (`client-request-id`).
 pub fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()

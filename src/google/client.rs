@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::model::{Lead, Opportunity};
 use super::GoogleAuth;
-use crate::http::{new_request_id, parse_retry_after, ApiError, RateLimiter};
+use crate::http::{new_request_id, send_and_read, ApiError, RateLimiter};
 
 const API: &str = "google";
 
@@ -147,21 +147,8 @@ impl GoogleClient {
                 .body(body.to_string());
         }
         let started = Instant::now();
-        let response = request.send().await.map_err(|e| {
-            crate::health::metrics().api_request(API, method.as_str(), None);
-            ApiError::transport(API, method.as_str(), &path, &e)
-        })?;
-        let status = response.status();
-        crate::health::metrics().api_request(API, method.as_str(), Some(status.as_u16()));
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let text = response
-            .text()
-            .await
-            .map_err(|e| ApiError::transport(API, method.as_str(), &path, &e))?;
+        let answer = send_and_read(API, method.as_str(), &path, request).await?;
+        let status = answer.status;
         tracing::debug!(
             api = API,
             %method,
@@ -172,7 +159,7 @@ impl GoogleClient {
             "google answered"
         );
         if status.is_success() {
-            let value = serde_json::from_str(&text).map_err(|e| ApiError::Malformed {
+            let value = serde_json::from_str(&answer.text).map_err(|e| ApiError::Malformed {
                 api: API,
                 method: method.to_string(),
                 path: path.clone(),
@@ -181,12 +168,12 @@ impl GoogleClient {
             })?;
             return Ok((value, request_id));
         }
-        let error: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let error: Value = serde_json::from_str(&answer.text).unwrap_or(Value::Null);
         let error = &error["error"];
         let mut message = error["message"]
             .as_str()
             .map(str::to_string)
-            .unwrap_or_else(|| text.chars().take(200).collect());
+            .unwrap_or_else(|| answer.text.chars().take(200).collect());
         // BadRequest details name the offending fields; keep them in the message.
         for violation in error["details"]
             .as_array()
@@ -208,7 +195,7 @@ impl GoogleClient {
             status: status.as_u16(),
             code: error["status"].as_str().map(str::to_string),
             message,
-            retry_after: parse_retry_after(retry_after.as_deref(), ""),
+            retry_after: answer.retry_after(),
             request_id: Some(request_id),
         })
     }

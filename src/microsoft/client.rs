@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::model::{ParsedReferral, RejectedRecord};
 use super::odata::encode_query_value;
 use super::TokenSource;
-use crate::http::{new_request_id, parse_retry_after, ApiError, RateLimiter};
+use crate::http::{new_request_id, send_and_read, ApiError, RateLimiter};
 
 const API: &str = "microsoft";
 
@@ -295,26 +295,9 @@ impl MicrosoftClient {
             }
             let started = Instant::now();
             let path = url.path().to_string();
-            let response = request.send().await.map_err(|e| {
-                crate::health::metrics().api_request(API, method.as_str(), None);
-                ApiError::transport(API, method.as_str(), &path, &e)
-            })?;
-            let status = response.status();
-            crate::health::metrics().api_request(API, method.as_str(), Some(status.as_u16()));
-            let request_id = response
-                .headers()
-                .get("request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let retry_after_header = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let text = response
-                .text()
-                .await
-                .map_err(|e| ApiError::transport(API, method.as_str(), &path, &e))?;
+            let answer = send_and_read(API, method.as_str(), &path, request).await?;
+            let status = answer.status;
+            let request_id = answer.header("request-id");
             tracing::debug!(
                 api = API,
                 %method,
@@ -327,7 +310,7 @@ impl MicrosoftClient {
             );
             if status.is_success() {
                 return Ok(Answer {
-                    body: text,
+                    body: answer.text,
                     request_id,
                 });
             }
@@ -341,7 +324,7 @@ impl MicrosoftClient {
                 );
                 continue;
             }
-            let (code, message) = error_code_and_message(&text);
+            let (code, message) = error_code_and_message(&answer.text);
             return Err(ApiError::Status {
                 api: API,
                 method: method.to_string(),
@@ -349,7 +332,7 @@ impl MicrosoftClient {
                 status: status.as_u16(),
                 code,
                 message,
-                retry_after: parse_retry_after(retry_after_header.as_deref(), &text),
+                retry_after: answer.retry_after(),
                 request_id,
             });
         }
