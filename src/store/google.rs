@@ -24,11 +24,31 @@ pub struct Base {
     pub close_date: Option<NaiveDate>,
 }
 
-/// A change to the base: `Some(v)` sets the field to `v`, `None` leaves it.
+/// A change to the base: `Some(v)` sets the field to `v`, `None` leaves it. Stored, an absent
+/// key leaves the field and `null` empties it (plain serde would read both as "leave").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct BaseUpdate {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub deal_value: Option<Option<f64>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub close_date: Option<Option<NaiveDate>>,
+}
+
+/// A key that is present (even as `null`) is a change.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 impl BaseUpdate {

@@ -593,3 +593,42 @@ async fn no_secret_reaches_logs_database_status_config_or_alerts() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outbox_row_that_cannot_be_read_is_dead_and_alerted_never_silently_closed() {
+    let env = TestEnv::with_google("").await;
+    env.sim
+        .put_referrals(sample::pending_inbox(1, chrono::Utc::now()));
+    sync_ok(&env).await;
+    let conn = rusqlite::Connection::open(env.state_db()).unwrap();
+    conn.execute(
+        "INSERT INTO outbox (referral_id, kind, target, payload, state, next_attempt_at, created_at, updated_at)
+         VALUES (?1, 'patch_opportunity', 'partners/1234567/opportunities/9',
+                 '{\"v\": 1, \"action\": \"patch_opportunity\", \"body\": {}}', 'pending',
+                 '2000-01-01T00:00:00Z', '2000-01-01T00:00:00Z', '2000-01-01T00:00:00Z')",
+        [sample::referral_id(0)],
+    )
+    .unwrap();
+    drop(conn);
+    let patches_before = env.sim.counter("google.patch_opportunity");
+    sync_ok(&env).await;
+    let (state, error): (String, String) = env.query(
+        "SELECT state, last_error FROM outbox WHERE target = 'partners/1234567/opportunities/9'",
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    );
+    assert_eq!(state, "dead");
+    assert!(
+        error.contains("cannot be read") && error.contains("missing field"),
+        "{error}"
+    );
+    assert_eq!(
+        env.sim.counter("google.patch_opportunity"),
+        patches_before,
+        "nothing sent"
+    );
+    let alerted: i64 = env.query(
+        "SELECT COUNT(*) FROM alerts WHERE kind = 'action_failed'",
+        |r| r.get(0),
+    );
+    assert_eq!(alerted, 1);
+}
