@@ -64,7 +64,7 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
     println!("3. Google turns that lead into an opportunity; the operator links it:");
     let opp = sim.convert_lead(&lead_name, 42).unwrap_or_default();
     println!("   $ cosell-sync link {sample_id} {opp}");
-    println!("   {}", app.link(&sample_id, &opp).await?);
+    println!("   {}", app::link::link(&app, &sample_id, &opp).await?);
     cycles.push(step(&app).await);
 
     println!("4. The deal value changes in Partner Center; the next cycle patches Google with");
@@ -106,7 +106,7 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
     println!();
 
     let report = app::status(&app.store, &config, Utc::now())?;
-    print!("{}", app::render_status(&report, 8));
+    print!("{}", crate::render::status(&report, 8));
     println!();
     println!("HTTP requests the simulator served: {:?}", sim.counters());
     let duplicates = sim

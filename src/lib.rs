@@ -37,12 +37,14 @@ pub mod google;
 pub mod health;
 pub mod http;
 pub mod microsoft;
+pub mod render;
 pub mod scheduler;
 pub mod sim;
 pub mod store;
 pub mod sync;
 pub mod systemd;
 pub mod telemetry;
+pub mod timefmt;
 
 /// Process exit codes (spec §4 and the foundation issue).
 pub mod exit {

@@ -10,6 +10,7 @@ pub mod google;
 pub mod outbox;
 pub mod referrals;
 pub mod runs;
+pub mod views;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
