@@ -252,3 +252,20 @@ async fn failing_authentication_raises_sync_unhealthy_once_then_recovery() {
     let ids = ids_received(&server).await;
     assert!(ids.keys().any(|k| k.ends_with(":recovered")), "{ids:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sinks_error_body_is_kept_with_the_failed_delivery() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("invalid_blocks"))
+        .mount(&server)
+        .await;
+    let env = TestEnv::with_extra(&webhook(&server.uri(), "slack")).await;
+    env.sim
+        .put_referrals(sample::demo_set(6, chrono::Utc::now()));
+    assert!(env.run(&["sync"]).await.status.success());
+    let pending = stdout(&env.run(&["alerts", "list", "--pending"]).await);
+    assert!(pending.contains("HTTP 400: invalid_blocks"), "{pending}");
+    let test = stdout(&env.run(&["alerts", "test"]).await);
+    assert!(test.contains("FAILED") && test.contains("invalid_blocks"), "{test}");
+}

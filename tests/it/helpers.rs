@@ -213,11 +213,12 @@ async fn in_process(cli: Cli, file: &Path) -> cmd::Outcome {
             action: AlertsCommand::Test,
         } => cmd::alerts_test(&config).await,
         Command::Alerts {
-            action: AlertsCommand::List {
-                pending,
-                limit,
-                json,
-            },
+            action:
+                AlertsCommand::List {
+                    pending,
+                    limit,
+                    json,
+                },
         } => cmd::alerts_list(&config, pending, limit, json),
         other => panic!("{other:?} needs the binary: use TestEnv::cli"),
     }

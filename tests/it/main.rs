@@ -3,6 +3,7 @@
 
 mod alerts;
 mod client;
+mod commands;
 mod daemon;
 mod e2e;
 mod google;
