@@ -22,6 +22,10 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
         .count();
     sim.put_referrals(samples);
     let dir = tempfile::tempdir()?;
+    // Outside the state directory, which is removed when the demo ends: the log outlives it.
+    let log = log_to_file(
+        &std::env::temp_dir().join(format!("cosell-sync-demo-{}.log", std::process::id())),
+    );
     let config = demo_config(&sim, dir.path())?;
     println!("cosell-sync demo");
     println!(
@@ -33,6 +37,10 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
         sim.referral_count()
     );
     println!("  state in {}", config.state.path.display());
+    match log {
+        Ok(path) => println!("  log in {}", path.display()),
+        Err(e) => println!("  no log file ({e}); the log is off"),
+    }
     println!();
 
     let mut app = App::build(config.clone())?;
@@ -92,17 +100,7 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
     }
     println!();
 
-    let alerts = app
-        .store
-        .call(|c| crate::store::alerts::list(c, false, 20))
-        .await?;
-    println!("Alerts raised (to the log; add [[alerts.webhook]] or [[alerts.command]] sinks for people):");
-    for row in alerts
-        .iter()
-        .filter(|a| a.alert.kind.starts_with("referral_"))
-    {
-        println!("  {:<9} {}", row.alert.severity, row.alert.message);
-    }
+    print_alerts(&app, 20).await?;
     println!();
 
     let report = app::status(&app.store, &config, Utc::now())?;
@@ -120,6 +118,54 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
     );
     if cycles.iter().any(|c| !c.ok()) {
         anyhow::bail!("a demo cycle failed");
+    }
+    Ok(())
+}
+
+/// The demo's log goes to a file, so the story on stdout is not interleaved with log lines.
+/// Installs the process's subscriber (the binary installs none for `demo`).
+fn log_to_file(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    let file = std::fs::File::create(path)?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+    Ok(path.to_path_buf())
+}
+
+/// The referral alerts, most severe first, then nearest deadline; says when it cuts the list.
+async fn print_alerts(app: &App, show: usize) -> anyhow::Result<()> {
+    let mut alerts: Vec<_> = app
+        .store
+        .call(|c| crate::store::alerts::list(c, false, 100_000))
+        .await?
+        .into_iter()
+        .map(|row| row.alert)
+        .filter(|a| a.kind.starts_with("referral_"))
+        .collect();
+    let rank = |severity: &str| match severity {
+        "critical" => 0,
+        "warning" => 1,
+        _ => 2,
+    };
+    alerts.sort_by(|a, b| {
+        rank(&a.severity)
+            .cmp(&rank(&b.severity))
+            .then_with(|| a.deadline.cmp(&b.deadline))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let shown = show.min(alerts.len());
+    println!(
+        "Alerts raised ({shown} of {} alerts, most severe then nearest deadline first; to the log — add [[alerts.webhook]] or [[alerts.command]] sinks for people):",
+        alerts.len()
+    );
+    for alert in alerts.iter().take(show) {
+        println!("  {:<9} {}", alert.severity, alert.message);
+    }
+    if alerts.len() > show {
+        println!("  … {} more: cosell-sync alerts list", alerts.len() - show);
     }
     Ok(())
 }

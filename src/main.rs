@@ -3,7 +3,7 @@
 
 use cosell_sync::app::commands::{self as cmd, Outcome};
 use cosell_sync::cli::{AlertsCommand, AuthCommand, Cli, Command};
-use cosell_sync::config::{config_path, LogFormat};
+use cosell_sync::config::config_path;
 use cosell_sync::{exit, telemetry};
 
 fn main() {
@@ -37,7 +37,7 @@ async fn dispatch(cli: Cli) -> Outcome {
     let file = config_path(cli.config.as_deref());
     let dry_run = cli.is_dry_run();
     if let Command::Demo { referrals } = cli.command {
-        telemetry::init(LogFormat::Text, "warn");
+        // The demo installs its own subscriber, logging to a file beside its state.
         return cmd::demo(referrals).await;
     }
     let config = match &cli.command {

@@ -158,14 +158,14 @@ fn awaiting(out: &mut String, report: &StatusReport, limit: usize) {
     }
     let _ = writeln!(
         out,
-        "  {:<10} {:<9} {:<28} {:<20} {:<9} REFERRAL",
+        "  {:<11} {:<9} {:<28} {:<20} {:<9} REFERRAL",
         "LEFT", "ALERT", "CUSTOMER", "DEADLINE", "SUBSTATUS"
     );
     for e in report.awaiting_response.iter().take(limit) {
         let left = time_left(e.deadline - report.generated_at);
         let _ = writeln!(
             out,
-            "  {:<10} {:<9} {:<28} {:<20} {:<9} {}",
+            "  {:<11} {:<9} {:<28} {:<20} {:<9} {}",
             if left == "expired" {
                 "EXPIRED".into()
             } else {

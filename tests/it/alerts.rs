@@ -267,5 +267,8 @@ async fn a_sinks_error_body_is_kept_with_the_failed_delivery() {
     let pending = stdout(&env.run(&["alerts", "list", "--pending"]).await);
     assert!(pending.contains("HTTP 400: invalid_blocks"), "{pending}");
     let test = stdout(&env.run(&["alerts", "test"]).await);
-    assert!(test.contains("FAILED") && test.contains("invalid_blocks"), "{test}");
+    assert!(
+        test.contains("FAILED") && test.contains("invalid_blocks"),
+        "{test}"
+    );
 }
