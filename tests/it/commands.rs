@@ -191,3 +191,86 @@ fn regex_like_time(text: &str) -> bool {
         }
     })
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_referral_shows_one_referrals_timeline_lead_and_alerts() {
+    let env = TestEnv::with_google("").await;
+    env.sim
+        .put_referrals(sample::demo_set(12, chrono::Utc::now()));
+    assert!(env.run(&["sync"]).await.status.success());
+    // Referral 2 is 3 hours from its deadline: it has a lead and a 4h alert.
+    let id = sample::referral_id(2);
+    let out = env.run(&["status", "--referral", &id]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lead = env.sim.referral(&id).unwrap()["externalReferenceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.contains(&format!("Referral {id}")), "{text}");
+    assert!(text.contains(&lead), "the lead: {text}");
+    assert!(
+        text.contains("leads.create"),
+        "the create in the timeline: {text}"
+    );
+    assert!(text.contains("referral_expiring"), "its alert: {text}");
+    assert!(text.contains("deadline:"), "{text}");
+
+    let json: serde_json::Value = serde_json::from_str(&stdout(
+        &env.run(&["status", "--referral", &id, "--json"]).await,
+    ))
+    .unwrap();
+    assert_eq!(json["referral"]["id"], id.as_str());
+    assert_eq!(json["link"]["lead_name"], lead.as_str());
+    assert!(json["timeline"].as_array().unwrap().len() >= 2, "{json}");
+    assert!(json["alerts"][0]["command"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("status --referral {id}")));
+
+    let out = env.run(&["status", "--referral", "no-such-referral"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not in the database"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_tells_its_story_without_log_lines_and_says_when_it_cuts() {
+    let out = tokio::process::Command::new(crate::helpers::BIN)
+        .args(["demo", "--referrals", "60"])
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        !text.contains(" WARN ") && !text.contains(" INFO "),
+        "{text}"
+    );
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Alerts raised ("))
+        .expect("an alerts line");
+    let (shown, total) = line["Alerts raised (".len()..]
+        .split_once(" of ")
+        .map(|(a, b)| (a.to_string(), b.split(' ').next().unwrap().to_string()))
+        .unwrap();
+    let (shown, total): (usize, usize) = (shown.parse().unwrap(), total.parse().unwrap());
+    assert!(shown <= 20 && shown <= total, "{line}");
+    // Most severe first.
+    let severities: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Alerts raised"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  critical") || l.starts_with("  warning"))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    let mut sorted = severities.clone();
+    sorted.sort_by_key(|s| *s != "critical");
+    assert_eq!(severities, sorted, "{text}");
+}
