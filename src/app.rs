@@ -1,18 +1,18 @@
 //! Wiring: builds the store and the clients from a validated [`Config`], and the commands on
 //! top of them: one function per command in [`commands`] (`main` only parses and calls it),
-//! what `status` knows in [`status`], one cycle (`sync`), the daemon (`run`, via
+//! `link` in [`link`], one cycle (`sync`), the daemon (`run`, via
 //! [`crate::scheduler`]).
 
 pub mod commands;
+pub mod demo;
 pub mod link;
-pub mod status;
 
 use std::sync::Arc;
 
 use chrono::Utc;
 use serde::Serialize;
 
-pub use status::{status, StatusReport};
+pub use crate::status::{status, StatusReport};
 
 use crate::alerts::deliver::{AlertSettings, AlertStats};
 use crate::config::{Config, ConfigErrors};

@@ -5,10 +5,12 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::app::status::{ReferralView, StatusReport};
-use crate::app::Cycle;
+use crate::alerts::deliver::AlertStats;
+use crate::alerts::format::deal;
+use crate::status::{ReferralView, StatusReport};
 use crate::store::alerts::AlertRow;
 use crate::store::outbox::{AuditRow, OutboxRow};
+use crate::sync::CycleReport;
 use crate::timefmt::{human, human_text, time_left};
 
 /// Pretty JSON with a final newline.
@@ -21,8 +23,7 @@ pub fn json<T: Serialize>(value: &T) -> String {
 }
 
 /// `sync`'s one-line summary of a cycle that ran.
-pub fn cycle(cycle: &Cycle) -> String {
-    let report = &cycle.report;
+pub fn cycle(report: &CycleReport, alerts: &AlertStats) -> String {
     format!(
         "cycle ok: {} pages, {} new, {} changed, {} unchanged, {} unreadable; google: {} read, {} queued, {} written, {} to retry, {} dead, {} quarantined; alerts: {} raised, {} delivered, {} undelivered\n",
         report.pages,
@@ -36,9 +37,9 @@ pub fn cycle(cycle: &Cycle) -> String {
         report.pushed.retried,
         report.pushed.dead,
         report.pushed.quarantined,
-        cycle.alerts.raised,
-        cycle.alerts.delivered,
-        cycle.alerts.undelivered
+        alerts.raised,
+        alerts.delivered,
+        alerts.undelivered
     )
 }
 
@@ -373,15 +374,6 @@ pub fn referral(view: &ReferralView) -> String {
         let _ = writeln!(out, "  {line}");
     }
     out
-}
-
-/// A deal value with its currency (`250000.00 USD`), or `-`.
-pub fn deal(value: Option<f64>, currency: Option<&str>) -> String {
-    match (value, currency) {
-        (Some(v), Some(c)) => format!("{v:.2} {c}"),
-        (Some(v), None) => format!("{v:.2}"),
-        (None, _) => "-".into(),
-    }
 }
 
 pub fn truncate(text: &str, width: usize) -> String {

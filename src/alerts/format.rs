@@ -57,7 +57,7 @@ fn facts(alert: &Alert) -> Vec<(&'static str, Fact)> {
     if let Some(v) = alert.deal_value {
         facts.push((
             "Deal value",
-            Fact::Text(crate::render::deal(Some(v), alert.currency.as_deref())),
+            Fact::Text(deal(Some(v), alert.currency.as_deref())),
         ));
     }
     let deadline = alert
@@ -95,6 +95,15 @@ pub fn slack_escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// A deal value with its currency (`250000.00 USD`), or `-`.
+pub fn deal(value: Option<f64>, currency: Option<&str>) -> String {
+    match (value, currency) {
+        (Some(v), Some(c)) => format!("{v:.2} {c}"),
+        (Some(v), None) => format!("{v:.2}"),
+        (None, _) => "-".into(),
+    }
 }
 
 fn slack(alert: &Alert) -> Value {

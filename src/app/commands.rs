@@ -90,7 +90,7 @@ pub fn status(config: &Config, json: bool, limit: usize, referral: Option<&str>)
     let store = open_for_reading(config)?;
     let now = Utc::now();
     if let Some(id) = referral {
-        let view = super::status::referral_view(&store, config, id, now)?.ok_or_else(|| {
+        let view = crate::status::referral_view(&store, config, id, now)?.ok_or_else(|| {
             AppError::Refused(format!(
                 "referral {id} is not in the database {}; run `cosell-sync sync` first, or check the id",
                 store.path().display()
@@ -319,7 +319,7 @@ pub async fn sync(config: Config) -> Outcome {
     app.become_worker()?;
     let cycle = app.sync_once().await;
     match &cycle.report.error {
-        None => Ok(Printed::ok(render::cycle(&cycle))),
+        None => Ok(Printed::ok(render::cycle(&cycle.report, &cycle.alerts))),
         Some(e) => Err(AppError::Refused(format!("cycle failed: {e}"))),
     }
 }
@@ -355,7 +355,7 @@ pub async fn run(config: Config, file: &Path, force_dry_run: bool) -> Outcome {
 
 /// `demo`: the simulator story (printed as it goes).
 pub async fn demo(referrals: usize) -> Outcome {
-    crate::demo::run(referrals)
+    super::demo::run(referrals)
         .await
         .map_err(|e| AppError::Refused(format!("demo failed: {e:#}")))?;
     Ok(Printed::ok(""))

@@ -285,11 +285,6 @@ impl Simulator {
     pub fn script_device_flow(&self, answers: &[&str]) {
         lock(&self.state.tokens).device_script = answers.iter().map(|a| a.to_string()).collect();
     }
-
-    /// Lifetime of new access tokens, in seconds.
-    pub fn set_access_token_lifetime(&self, secs: u64) {
-        lock(&self.state.tokens).access_token_lifetime_secs = secs;
-    }
 }
 
 /// Which API's error body a fault answers with.

@@ -1,4 +1,5 @@
-//! What the daemon knows, as `status` shows it: referrals nearest expiry, counts, outbox,
+//! What the daemon knows, as `status` shows it (read from the store, rendered by
+//! [`crate::render`]): referrals nearest expiry, counts, outbox,
 //! conflicts, last cycles; and one referral's view (`status --referral ID`).
 
 use chrono::{DateTime, Utc};
