@@ -265,15 +265,7 @@ fn conflicts(out: &mut String, report: &StatusReport, limit: usize) {
             "Conflicts ([sync] conflict = \"manual\"; fix one side, the next cycle follows):"
         );
         for c in &report.conflicts {
-            let _ = writeln!(
-                out,
-                "  {} {}: Microsoft {} / Google {} (last agreed {})",
-                c.referral_id,
-                c.field,
-                c.microsoft_value.as_deref().unwrap_or("-"),
-                c.google_value.as_deref().unwrap_or("-"),
-                c.base_value.as_deref().unwrap_or("-")
-            );
+            let _ = writeln!(out, "  {} {}: {}", c.referral_id, c.field, c.values());
         }
     }
     if !report.cannot_forward.is_empty() {

@@ -253,12 +253,10 @@ async fn raise_due(
                     "conflict",
                     "warning",
                     format!(
-                        "{} of referral {} changed on both sides: Microsoft {}, Google {} (last agreed {}). Nothing was written; change one side to settle it.",
+                        "{} of referral {} changed on both sides: {}. Nothing was written; change one side to settle it.",
                         conflict.field,
                         conflict.referral_id,
-                        conflict.microsoft_value.as_deref().unwrap_or("-"),
-                        conflict.google_value.as_deref().unwrap_or("-"),
-                        conflict.base_value.as_deref().unwrap_or("-")
+                        conflict.values()
                     ),
                     now,
                 );

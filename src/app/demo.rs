@@ -45,59 +45,7 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
 
     let mut app = App::build(config.clone())?;
     app.become_worker()?;
-    let mut cycles = Vec::new();
-
-    println!("1. First cycle: pull the inbox, create one Google lead per Pending referral, write");
-    println!("   each lead's name back into the referral's externalReferenceId.");
-    sim.script_faults([Fault::TooManyRequests {
-        retry_after_secs: 1,
-    }]);
-    cycles.push(step(&app).await);
-    println!("   (the first request got 429 Retry-After: 1; the client waited and went on)");
-    let sample_id = sample::referral_id(10);
-    let lead_name = sim
-        .referral(&sample_id)
-        .and_then(|r| r["externalReferenceId"].as_str().map(str::to_string))
-        .unwrap_or_default();
-    println!("   referral {sample_id} → lead {lead_name}");
-
-    println!("2. Second cycle, nothing changed anywhere:");
-    let writes_before = writes(&sim);
-    cycles.push(step(&app).await);
-    println!(
-        "   remote writes this cycle: {}",
-        writes(&sim) - writes_before
-    );
-
-    println!("3. Google turns that lead into an opportunity; the operator links it:");
-    let opp = sim.convert_lead(&lead_name, 42).unwrap_or_default();
-    println!("   $ cosell-sync link {sample_id} {opp}");
-    println!("   {}", app::link::link(&app, &sample_id, &opp).await?);
-    cycles.push(step(&app).await);
-
-    println!("4. The deal value changes in Partner Center; the next cycle patches Google with");
-    println!("   updateMask=dealSize only:");
-    sim.edit_referral(&sample_id, |r| r["details"]["dealValue"] = 250_000.0.into());
-    cycles.push(step(&app).await);
-    let size = sim
-        .opportunity(&opp)
-        .map(|o| o["dealSize"].clone())
-        .unwrap_or_default();
-    println!("   Google opportunity {opp} dealSize is now {size}");
-
-    println!(
-        "5. The Google seller marks the opportunity lost; the referral closes in Partner Center:"
-    );
-    sim.edit_opportunity(&opp, |o| o["salesStage"] = "SALES_STAGE_CLOSED_LOST".into());
-    cycles.push(step(&app).await);
-    if let Some(r) = sim.referral(&sample_id) {
-        println!(
-            "   referral {sample_id} is now {}/{}: {}",
-            r["status"].as_str().unwrap_or("?"),
-            r["substatus"].as_str().unwrap_or("?"),
-            r["statusReason"].as_str().unwrap_or("")
-        );
-    }
+    let cycles = story(&sim, &app).await?;
     println!();
 
     print_alerts(&app, 20).await?;
@@ -120,6 +68,64 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
         anyhow::bail!("a demo cycle failed");
     }
     Ok(())
+}
+
+/// The five steps of the story, each a real cycle against the simulator.
+async fn story(sim: &Simulator, app: &App) -> anyhow::Result<Vec<CycleReport>> {
+    let mut cycles = Vec::new();
+
+    println!("1. First cycle: pull the inbox, create one Google lead per Pending referral, write");
+    println!("   each lead's name back into the referral's externalReferenceId.");
+    sim.script_faults([Fault::TooManyRequests {
+        retry_after_secs: 1,
+    }]);
+    cycles.push(step(app).await);
+    println!("   (the first request got 429 Retry-After: 1; the client waited and went on)");
+    let sample_id = sample::referral_id(10);
+    let lead_name = sim
+        .referral(&sample_id)
+        .and_then(|r| r["externalReferenceId"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    println!("   referral {sample_id} → lead {lead_name}");
+
+    println!("2. Second cycle, nothing changed anywhere:");
+    let writes_before = writes(sim);
+    cycles.push(step(app).await);
+    println!(
+        "   remote writes this cycle: {}",
+        writes(sim) - writes_before
+    );
+
+    println!("3. Google turns that lead into an opportunity; the operator links it:");
+    let opp = sim.convert_lead(&lead_name, 42).unwrap_or_default();
+    println!("   $ cosell-sync link {sample_id} {opp}");
+    println!("   {}", app::link::link(app, &sample_id, &opp).await?);
+    cycles.push(step(app).await);
+
+    println!("4. The deal value changes in Partner Center; the next cycle patches Google with");
+    println!("   updateMask=dealSize only:");
+    sim.edit_referral(&sample_id, |r| r["details"]["dealValue"] = 250_000.0.into());
+    cycles.push(step(app).await);
+    let size = sim
+        .opportunity(&opp)
+        .map(|o| o["dealSize"].clone())
+        .unwrap_or_default();
+    println!("   Google opportunity {opp} dealSize is now {size}");
+
+    println!(
+        "5. The Google seller marks the opportunity lost; the referral closes in Partner Center:"
+    );
+    sim.edit_opportunity(&opp, |o| o["salesStage"] = "SALES_STAGE_CLOSED_LOST".into());
+    cycles.push(step(app).await);
+    if let Some(r) = sim.referral(&sample_id) {
+        println!(
+            "   referral {sample_id} is now {}/{}: {}",
+            r["status"].as_str().unwrap_or("?"),
+            r["substatus"].as_str().unwrap_or("?"),
+            r["statusReason"].as_str().unwrap_or("")
+        );
+    }
+    Ok(cycles)
 }
 
 /// The demo's log goes to a file, so the story on stdout is not interleaved with log lines.

@@ -20,36 +20,7 @@ pub async fn link(app: &App, referral_id: &str, resource: &str) -> Result<String
                 "{resource:?} is not a Google resource name (partners/P/leads/L or partners/P/opportunities/O)"
             ))
         })?;
-    let (id, res) = (referral_id.to_string(), resource.to_string());
-    let (known, owner, existing) = app
-        .store
-        .call(move |c| {
-            Ok((
-                views::referral_exists(c, &id)?,
-                gstore::linked_referral(c, &res)?,
-                gstore::link(c, &id)?,
-            ))
-        })
-        .await?;
-    if !known {
-        return Err(AppError::Refused(format!(
-            "referral {referral_id} is not in the database yet; run `cosell-sync sync` first"
-        )));
-    }
-    if let Some(other) = owner.filter(|o| o != referral_id) {
-        return Err(AppError::Refused(format!(
-            "{resource} is already linked to referral {other}"
-        )));
-    }
-    let current = existing.as_ref().and_then(|l| match kind {
-        ResourceKind::Lead => l.lead_name.clone(),
-        ResourceKind::Opportunity => l.opportunity_name.clone(),
-    });
-    if let Some(current) = current.filter(|c| c != resource) {
-        return Err(AppError::Refused(format!(
-            "referral {referral_id} is already linked to {current}"
-        )));
-    }
+    check_free(app, referral_id, resource, kind).await?;
     let retry = google.retry;
     let now = Utc::now();
     let (id, res) = (referral_id.to_string(), resource.to_string());
@@ -94,6 +65,46 @@ pub async fn link(app: &App, referral_id: &str, resource: &str) -> Result<String
         }
     };
     Ok(message)
+}
+
+/// Refuses a link to an unknown referral, or one that would move a link already made.
+async fn check_free(
+    app: &App,
+    referral_id: &str,
+    resource: &str,
+    kind: ResourceKind,
+) -> Result<(), AppError> {
+    let (id, res) = (referral_id.to_string(), resource.to_string());
+    let (known, owner, existing) = app
+        .store
+        .call(move |c| {
+            Ok((
+                views::referral_exists(c, &id)?,
+                gstore::linked_referral(c, &res)?,
+                gstore::link(c, &id)?,
+            ))
+        })
+        .await?;
+    if !known {
+        return Err(AppError::Refused(format!(
+            "referral {referral_id} is not in the database yet; run `cosell-sync sync` first"
+        )));
+    }
+    if let Some(other) = owner.filter(|o| o != referral_id) {
+        return Err(AppError::Refused(format!(
+            "{resource} is already linked to referral {other}"
+        )));
+    }
+    let current = existing.as_ref().and_then(|l| match kind {
+        ResourceKind::Lead => l.lead_name.clone(),
+        ResourceKind::Opportunity => l.opportunity_name.clone(),
+    });
+    if let Some(current) = current.filter(|c| c != resource) {
+        return Err(AppError::Refused(format!(
+            "referral {referral_id} is already linked to {current}"
+        )));
+    }
+    Ok(())
 }
 
 fn external_id_note(found: Option<&str>, referral_id: &str) -> String {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::StoreError;
 use crate::microsoft::model::parse_timestamp;
-use crate::store::referrals::ReferralSummary;
+use crate::store::referrals::{summary_row, ReferralSummary, SUMMARY_COLUMNS};
 
 /// How many leads and opportunities are linked to referrals.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -41,24 +41,9 @@ pub fn referral_exists(conn: &Connection, id: &str) -> Result<bool, StoreError> 
 pub fn referral(conn: &Connection, id: &str) -> Result<Option<ReferralSummary>, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT id, name, customer_name, status, substatus, created_at, expires_at, deal_value, currency
-             FROM referrals WHERE id = ?1",
+            &format!("SELECT {SUMMARY_COLUMNS} FROM referrals WHERE id = ?1"),
             [id],
-            |row| {
-                let created: String = row.get(5)?;
-                let expires: Option<String> = row.get(6)?;
-                Ok(ReferralSummary {
-                    id: row.get(0)?,
-                    name: row.get(1)?,
-                    customer: row.get(2)?,
-                    status: row.get(3)?,
-                    substatus: row.get(4)?,
-                    created_at: parse_timestamp(&created).unwrap_or_default(),
-                    expires_at: expires.as_deref().and_then(parse_timestamp),
-                    deal_value: row.get(7)?,
-                    currency: row.get(8)?,
-                })
-            },
+            summary_row,
         )
         .optional()?)
 }
