@@ -14,7 +14,7 @@ use crate::sync::CycleReport;
 use crate::timefmt::{human, human_text, time_left};
 
 /// Pretty JSON with a final newline.
-pub fn json<T: Serialize>(value: &T) -> String {
+pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
     match serde_json::to_string_pretty(value) {
         Ok(text) => text + "\n",
         // Our report types always serialize; say so rather than print nothing.

@@ -66,6 +66,19 @@ fn open_for_writing(config: &Config) -> Result<Store, AppError> {
     Ok(Store::open(&config.state.path)?)
 }
 
+/// A listing as JSON (`--json`) or as its table: the one place a command chooses.
+fn show<T: serde::Serialize + ?Sized>(
+    json: bool,
+    value: &T,
+    table: impl Fn(&T) -> String,
+) -> Outcome {
+    Ok(Printed::ok(if json {
+        render::json(value)
+    } else {
+        table(value)
+    }))
+}
+
 /// `check-config`: validates, then checks what `sync` would refuse at start (the Google key
 /// file), and prints the effective configuration with secrets redacted.
 pub fn check_config(config: &Config, file: &Path) -> Outcome {
@@ -96,29 +109,17 @@ pub fn status(config: &Config, json: bool, limit: usize, referral: Option<&str>)
                 store.path().display()
             ))
         })?;
-        return Ok(Printed::ok(if json {
-            render::json(&view)
-        } else {
-            render::referral(&view)
-        }));
+        return show(json, &view, render::referral);
     }
     let report = super::status(&store, config, now)?;
-    Ok(Printed::ok(if json {
-        render::json(&report)
-    } else {
-        render::status(&report, limit)
-    }))
+    show(json, &report, |r| render::status(r, limit))
 }
 
 /// `alerts list [--pending] [--limit N] [--json]`.
 pub fn alerts_list(config: &Config, pending: bool, limit: usize, json: bool) -> Outcome {
     let store = open_for_reading(config)?;
     let rows = store.call_blocking(|c| crate::store::alerts::list(c, pending, limit))?;
-    Ok(Printed::ok(if json {
-        render::json(&rows)
-    } else {
-        render::alerts(&rows)
-    }))
+    show(json, rows.as_slice(), render::alerts)
 }
 
 /// `alerts test`: one test alert to every sink, each result reported; 1 when one failed.
@@ -154,11 +155,7 @@ pub fn audit(
 ) -> Outcome {
     let store = open_for_reading(config)?;
     let rows = store.call_blocking(|c| outbox::audit_rows(c, referral, since, limit))?;
-    Ok(Printed::ok(if json {
-        render::json(&rows)
-    } else {
-        render::audit(&rows)
-    }))
+    show(json, rows.as_slice(), render::audit)
 }
 
 /// `outbox [list|retry|drop]`.
@@ -177,11 +174,7 @@ pub fn outbox(config: &Config, command: Option<OutboxCommand>) -> Outcome {
             let store = open_for_reading(config)?;
             let states: Vec<&str> = states.iter().map(|s| OutboxState::as_str(*s)).collect();
             let rows = store.call_blocking(|c| outbox::list(c, &states, limit))?;
-            Ok(Printed::ok(if json {
-                render::json(&rows)
-            } else {
-                render::outbox(&rows)
-            }))
+            show(json, rows.as_slice(), render::outbox)
         }
         OutboxCommand::Retry { id, force } => {
             let store = open_for_writing(config)?;
