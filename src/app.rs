@@ -10,20 +10,20 @@ pub mod link;
 use std::sync::Arc;
 
 use chrono::Utc;
-use serde::Serialize;
 
 pub use crate::status::{status, StatusReport};
 
-use crate::alerts::deliver::{AlertSettings, AlertStats};
+use crate::alerts::deliver::AlertSettings;
 use crate::config::{Config, ConfigErrors};
 use crate::google::{GoogleAuth, GoogleClient};
 use crate::http::RateLimiter;
+pub use crate::lanes::Cycle;
+use crate::lanes::{self, TickOptions};
 use crate::microsoft::{MicrosoftClient, TokenSource};
 use crate::store::outbox;
 use crate::store::runs;
 use crate::store::{Store, StoreError};
-use crate::sync::reconcile::Policy;
-use crate::sync::{self, CycleContext, CycleReport, GoogleSide, PullSettings};
+use crate::sync::{self, CycleContext, GoogleSide, Policy, PullSettings, RefreshSettings};
 
 /// Why a command could not run, mapped to an exit code by `main`.
 #[derive(Debug, thiserror::Error)]
@@ -181,22 +181,30 @@ impl App {
         self.worker_lock = from.worker_lock.clone();
     }
 
-    /// One full cycle, then its alerts (raised and delivered; never failing the cycle).
+    /// One full cycle (`sync`): a full pull, the Google records due now, a full plan, the
+    /// push and the alerts (raised and delivered; never failing the cycle).
     pub async fn sync_once(&self) -> Cycle {
+        self.cycle_with(TickOptions::one_shot()).await
+    }
+
+    /// One tick of the daemon's deadline lane: never a Google re-read.
+    pub async fn deadline_tick(&self, full_inbox: bool, full_plan: bool) -> Cycle {
+        self.cycle_with(TickOptions::deadline(full_inbox, full_plan))
+            .await
+    }
+
+    async fn cycle_with(&self, options: TickOptions) -> Cycle {
         debug_assert!(
             self.worker_lock.is_some(),
             "cycles run only in the worker process"
         );
-        let report = sync::run_cycle(&self.cycle).await;
-        let alerts = crate::alerts::deliver::after_cycle(
-            &self.store,
+        lanes::run_cycle(
+            &self.cycle,
             &self.alerts,
-            &report,
-            chrono::Utc::now(),
+            options,
             self.dry_run_dir.is_some(),
         )
-        .await;
-        Cycle { report, alerts }
+        .await
     }
 }
 
@@ -231,10 +239,8 @@ fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
         .ok_or_else(|| AppError::Config("google.credentials_file is missing".into()))?;
     let auth = GoogleAuth::from_key_file(key)
         .map_err(|e| AppError::Config(format!("google.credentials_file: {e}")))?;
-    let http = MicrosoftClient::build_http(
-        config.microsoft.timeout.0,
-        config.microsoft.connect_timeout.0,
-    );
+    // Google's own timeouts: its calls are small and its quota is not Microsoft's.
+    let http = MicrosoftClient::build_http(g.timeout.0, g.connect_timeout.0);
     let client = GoogleClient::new(
         http,
         &g.api_base,
@@ -254,20 +260,28 @@ fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
             forward: config.forward.clone(),
             lead: g.lead.clone(),
         },
-        schedule: sync::push::Schedule {
+        schedule: sync::Schedule {
             max_attempts: sync.max_attempts,
             min: sync.retry_min.0,
             max: sync.retry_max.0,
         },
         concurrency: sync.concurrency,
-        retry: config.microsoft.retry.policy(),
+        retry: g.retry.policy(),
+        refresh: refresh_settings(config),
         dry_run: config.daemon.dry_run,
     })
 }
 
-/// A cycle's report and what its alert phase did.
-#[derive(Debug, Clone, Serialize)]
-pub struct Cycle {
-    pub report: CycleReport,
-    pub alerts: AlertStats,
+fn refresh_settings(config: &Config) -> RefreshSettings {
+    let r = &config.refresh;
+    RefreshSettings {
+        reads_per_hour: r.reads_per_hour,
+        min_interval: r.min_interval.0,
+        hot_max_interval: r.hot_max_interval.0,
+        max_interval: r.max_interval.0,
+        near_deadline: r.near_deadline.as_chrono(),
+        response_window: config.alerts.response_window.as_chrono(),
+        concurrency: r.concurrency,
+        batch: 50,
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::alerts::deliver::AlertStats;
@@ -10,6 +11,7 @@ use crate::alerts::format::deal;
 use crate::status::{ReferralView, StatusReport};
 use crate::store::alerts::AlertRow;
 use crate::store::outbox::{AuditRow, OutboxRow};
+use crate::store::schedule::RefreshBacklog;
 use crate::sync::CycleReport;
 use crate::timefmt::{human, human_text, time_left};
 
@@ -212,6 +214,7 @@ fn google_and_outbox(out: &mut String, report: &StatusReport, limit: usize) {
         "Google: {} leads and {} opportunities tracked",
         report.links.leads, report.links.opportunities
     );
+    let _ = writeln!(out, "{}", refresh(&report.refresh, report.generated_at));
     if !report.outbox.is_empty() {
         let summary: Vec<String> = report
             .outbox
@@ -255,6 +258,36 @@ fn google_and_outbox(out: &mut String, report: &StatusReport, limit: usize) {
                     .unwrap_or_default()
             );
         }
+    }
+}
+
+/// The refresh lane's line of `status`.
+fn refresh(r: &RefreshBacklog, now: DateTime<Utc>) -> String {
+    let oldest = match &r.oldest_unchecked {
+        None => String::new(),
+        Some(o) => match o.last_checked_at {
+            Some(at) => format!(
+                "; oldest check {} ago ({})",
+                rough_age((now - at).num_seconds()),
+                o.name
+            ),
+            None => format!("; never read yet: {}", o.name),
+        },
+    };
+    format!(
+        "Refresh lane: {} Google records tracked, {} due now, {} reads in the last hour, {} referrals waiting to be planned{}",
+        r.tracked, r.due, r.reads_last_hour, r.plan_queue, oldest
+    )
+}
+
+/// "45s", "12m", "3h 5m", "2d 4h".
+fn rough_age(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
     }
 }
 

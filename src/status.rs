@@ -12,6 +12,7 @@ use crate::store::google::{self as gstore, ConflictRow, Link};
 use crate::store::outbox::{self, AuditRow, OutboxRow};
 use crate::store::referrals::{self, ReferralSummary};
 use crate::store::runs::{self, CycleRun};
+use crate::store::schedule::{self, RefreshBacklog};
 use crate::store::views::{self, GoogleRecord, LinkCounts};
 use crate::store::{Store, StoreError};
 
@@ -52,6 +53,8 @@ pub struct StatusReport {
     /// Referrals the forward rules chose that cannot make a valid lead.
     pub cannot_forward: Vec<Blocked>,
     pub links: LinkCounts,
+    /// The refresh lane: records tracked and due, the oldest unchecked, the budget used.
+    pub refresh: RefreshBacklog,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +115,7 @@ pub fn status(
                     reason,
                 })
                 .collect(),
+            refresh: schedule::backlog(c, now)?,
             links: views::link_counts(c)?,
         })
     })
