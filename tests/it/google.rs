@@ -230,8 +230,10 @@ async fn link_checks_the_resource_first() {
 
 /// Runs `sync` until the outbox has nothing open (each run retries what is due).
 async fn sync_until_settled(env: &TestEnv, max_runs: usize) {
+    let mut last = String::new();
     for _ in 0..max_runs {
-        let _ = env.run(&["sync"]).await;
+        let out = env.run(&["sync"]).await;
+        last = format!("{}{}", stdout(&out), stderr(&out));
         let open: i64 = env.query(
             "SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'in_flight')",
             |r| r.get(0),
@@ -241,7 +243,17 @@ async fn sync_until_settled(env: &TestEnv, max_runs: usize) {
         }
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
-    panic!("the outbox did not settle in {max_runs} runs");
+    let open: Vec<(i64, String, String, String)> = {
+        let conn = rusqlite::Connection::open(env.state_db()).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT id, kind, state, next_attempt_at FROM outbox WHERE state IN ('pending', 'in_flight')")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    panic!("the outbox did not settle in {max_runs} runs: open {open:?}; last sync: {last}");
 }
 
 /// Every pending referral has exactly one lead, or its absence is explained by an outbox

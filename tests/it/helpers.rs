@@ -131,7 +131,18 @@ max_delay = "500ms"
     /// Runs a command in this process, as `main` would: parsed by the same `Cli`, executed by
     /// the same `app::commands` function, its error shown as `main` shows it. Logs are not
     /// captured (no subscriber is installed): tests of log lines use [`TestEnv::cli`].
+    ///
+    /// With `IT_VIA_BINARY=1` every such call goes through the binary instead: the
+    /// same suite then checks that both drivers agree, and times the difference.
     pub async fn run(&self, args: &[&str]) -> Ran {
+        if std::env::var_os("IT_VIA_BINARY").is_some() {
+            let out = self.cli(args).await;
+            return Ran {
+                status: Exit(out.status.code().unwrap_or(-1)),
+                stdout: out.out(),
+                stderr: out.err(),
+            };
+        }
         let config = self.config.display().to_string();
         let argv = ["cosell-sync", "--config", &config]
             .into_iter()
