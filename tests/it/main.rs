@@ -10,3 +10,4 @@ mod daemon;
 mod e2e;
 mod google;
 mod helpers;
+mod lanes;
