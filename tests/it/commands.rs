@@ -122,8 +122,8 @@ async fn retrying_a_quarantined_create_needs_force() {
     let env = TestEnv::with_google("").await;
     env.sim
         .put_referrals(sample::pending_inbox(1, chrono::Utc::now()));
-    env.sim
-        .script_faults([Fault::Pass, Fault::Pass, Fault::Drop]);
+    // As in google.rs: the inbox page, then the create — cut after Google made it.
+    env.sim.script_faults([Fault::Pass, Fault::Drop]);
     assert!(env.run(&["sync"]).await.status.success());
     let id: i64 = env.query(
         "SELECT id FROM outbox WHERE state = 'quarantined' AND kind = 'create_lead'",

@@ -289,9 +289,23 @@ fn assert_no_duplicates_and_everything_explained(
             None => unexplained.push(id.to_string()),
         }
     }
+    let rows_of = |id: &str| -> Vec<(String, String)> {
+        let mut stmt = conn
+            .prepare("SELECT kind, state FROM outbox WHERE referral_id = ?1")
+            .unwrap();
+        stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
     assert!(
         unexplained.is_empty(),
-        "referrals without a lead and without a reason: {unexplained:?}"
+        "referrals without a lead and without a reason: {:?}",
+        unexplained
+            .iter()
+            .take(3)
+            .map(|id| (id, rows_of(id)))
+            .collect::<Vec<_>>()
     );
     let check: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
