@@ -238,7 +238,9 @@ async fn sync_until_settled(env: &TestEnv, max_runs: usize) {
             "SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'in_flight')",
             |r| r.get(0),
         );
-        if open == 0 {
+        // Settled means a sync ran to the end and left nothing open (a failed sync that
+        // planned nothing leaves nothing open too).
+        if out.status.success() && open == 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(60)).await;
