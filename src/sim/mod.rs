@@ -287,6 +287,12 @@ impl Simulator {
         lock(&self.state.tokens).refresh_tokens.clear();
     }
 
+    /// Keeps a redeemed refresh token valid after rotation, as Entra may for a while (the
+    /// default revokes it at once).
+    pub fn keep_rotated_refresh_tokens(&self) {
+        lock(&self.state.tokens).keep_rotated = true;
+    }
+
     /// Accepts `token` as a valid refresh token (an operator re-authenticated).
     pub fn allow_refresh_token(&self, token: &str) {
         lock(&self.state.tokens)
