@@ -439,6 +439,19 @@ pub struct ConflictRow {
     pub detected_at: String,
 }
 
+impl ConflictRow {
+    /// `Microsoft 111, Google 222 (last agreed 100)`: the one wording `status` and the
+    /// conflict alert share.
+    pub fn values(&self) -> String {
+        format!(
+            "Microsoft {}, Google {} (last agreed {})",
+            self.microsoft_value.as_deref().unwrap_or("-"),
+            self.google_value.as_deref().unwrap_or("-"),
+            self.base_value.as_deref().unwrap_or("-")
+        )
+    }
+}
+
 pub fn conflicts(conn: &Connection) -> Result<Vec<ConflictRow>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT referral_id, field, microsoft_value, google_value, base_value, detected_at

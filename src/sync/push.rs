@@ -377,9 +377,11 @@ pub fn decode(row: &OutboxRow) -> Result<Action, String> {
     };
     match object.remove("v") {
         Some(v) if v == ACTION_FORMAT => {}
-        Some(v) => return Err(format!(
+        Some(v) => {
+            return Err(format!(
             "action format {v} is newer than this cosell-sync reads ({ACTION_FORMAT}); upgrade it"
-        )),
+        ))
+        }
         None => {
             // Format 0: the kind lived in its own column, the opportunity name in `target`,
             // and a `null` base value meant "leave it" (as that version read it).
