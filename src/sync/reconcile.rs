@@ -208,6 +208,23 @@ fn sync_opportunity(
     }
 }
 
+/// One synced field pair: its values on both sides and in the base, and how each side
+/// writes it.
+struct FieldPair<T> {
+    /// The name conflicts and alerts use (Microsoft's).
+    name: &'static str,
+    microsoft: Option<T>,
+    google: Option<T>,
+    base: Option<T>,
+    eq: fn(&T, &T) -> bool,
+    google_field: &'static str,
+    google_value: fn(T) -> Value,
+    microsoft_path: &'static str,
+    microsoft_value: fn(T) -> Value,
+    /// Where the field lives in the base.
+    base_slot: fn(&mut BaseUpdate) -> &mut Option<Option<T>>,
+}
+
 /// Microsoft `details.dealValue` ↔ Google `dealSize`, three-way against the base.
 fn sync_deal_value(
     snapshot: &SnapshotRow,
@@ -222,37 +239,19 @@ fn sync_deal_value(
         .details
         .clone()
         .unwrap_or_default();
-    let base = snapshot.base.unwrap_or_default();
-    match merge(
-        details.deal_value,
-        opp.deal_size,
-        base.deal_value,
-        money_eq,
-        policy.conflict,
-    ) {
-        Merge::Agreed(v) => {
-            if snapshot.base.is_none() || !opt_eq(base.deal_value, v, money_eq) {
-                plan.agreed.deal_value = Some(v);
-            }
-        }
-        Merge::WriteGoogle(v) => {
-            writes.google("dealSize", json!(v));
-            writes.g_base.deal_value = Some(Some(v));
-        }
-        Merge::WriteMicrosoft(v) => {
-            writes
-                .ms_ops
-                .push(PatchOp::replace("/details/dealValue", v));
-            writes.ms_base.deal_value = Some(Some(v));
-        }
-        Merge::Conflict => plan.conflicts.push(Conflict {
-            field: "dealValue",
-            microsoft: show(details.deal_value),
-            google: show(opp.deal_size),
-            base: show(snapshot.base.and_then(|b| b.deal_value)),
-        }),
-        Merge::Nothing => {}
-    }
+    let pair = FieldPair {
+        name: "dealValue",
+        microsoft: details.deal_value,
+        google: opp.deal_size,
+        base: snapshot.base.and_then(|b| b.deal_value),
+        eq: money_eq,
+        google_field: "dealSize",
+        google_value: |v| json!(v),
+        microsoft_path: "/details/dealValue",
+        microsoft_value: |v| json!(v),
+        base_slot: |b| &mut b.deal_value,
+    };
+    sync_field(pair, snapshot.base.is_some(), policy, writes, plan);
 }
 
 /// Microsoft `details.closingDateTime` (its date) ↔ Google `closeDate`.
@@ -269,36 +268,57 @@ fn sync_close_date(
         .details
         .clone()
         .unwrap_or_default();
-    let base = snapshot.base.unwrap_or_default();
-    let ms_close = details.closing_date_time.map(|t| t.date_naive());
+    let pair = FieldPair {
+        name: "closingDateTime",
+        microsoft: details.closing_date_time.map(|t| t.date_naive()),
+        google: opp.close_date,
+        base: snapshot.base.and_then(|b| b.close_date),
+        eq: |a: &NaiveDate, b: &NaiveDate| a == b,
+        google_field: "closeDate",
+        google_value: crate::google::GoogleDate::json,
+        microsoft_path: "/details/closingDateTime",
+        microsoft_value: |d| json!(format!("{d}T00:00:00Z")),
+        base_slot: |b| &mut b.close_date,
+    };
+    sync_field(pair, snapshot.base.is_some(), policy, writes, plan);
+}
+
+/// The three-way merge of one field pair, into writes, a conflict or an agreed base.
+fn sync_field<T: Copy + std::fmt::Display>(
+    pair: FieldPair<T>,
+    has_base: bool,
+    policy: &Policy,
+    writes: &mut Writes,
+    plan: &mut Plan,
+) {
     match merge(
-        ms_close,
-        opp.close_date,
-        base.close_date,
-        |a: &NaiveDate, b| a == b,
+        pair.microsoft,
+        pair.google,
+        pair.base,
+        pair.eq,
         policy.conflict,
     ) {
         Merge::Agreed(v) => {
-            if snapshot.base.is_none() || base.close_date != v {
-                plan.agreed.close_date = Some(v);
+            if !has_base || !opt_eq(pair.base, v, pair.eq) {
+                *(pair.base_slot)(&mut plan.agreed) = Some(v);
             }
         }
-        Merge::WriteGoogle(d) => {
-            writes.google("closeDate", crate::google::GoogleDate::json(d));
-            writes.g_base.close_date = Some(Some(d));
+        Merge::WriteGoogle(v) => {
+            writes.google(pair.google_field, (pair.google_value)(v));
+            *(pair.base_slot)(&mut writes.g_base) = Some(Some(v));
         }
-        Merge::WriteMicrosoft(d) => {
+        Merge::WriteMicrosoft(v) => {
             writes.ms_ops.push(PatchOp::replace(
-                "/details/closingDateTime",
-                format!("{d}T00:00:00Z"),
+                pair.microsoft_path,
+                (pair.microsoft_value)(v),
             ));
-            writes.ms_base.close_date = Some(Some(d));
+            *(pair.base_slot)(&mut writes.ms_base) = Some(Some(v));
         }
         Merge::Conflict => plan.conflicts.push(Conflict {
-            field: "closingDateTime",
-            microsoft: show(ms_close),
-            google: show(opp.close_date),
-            base: show(snapshot.base.and_then(|b| b.close_date)),
+            field: pair.name,
+            microsoft: show(pair.microsoft),
+            google: show(pair.google),
+            base: show(pair.base),
         }),
         Merge::Nothing => {}
     }
