@@ -107,6 +107,7 @@ impl App {
                 microsoft,
                 pull,
                 google,
+                stop: tokio_util::sync::CancellationToken::new(),
             },
             config: Arc::new(config),
             store,
@@ -164,6 +165,7 @@ impl App {
     /// the old app's writes may still be in flight).
     pub fn inherit_worker(&mut self, from: &App) {
         self.worker_lock = from.worker_lock.clone();
+        self.cycle.stop = from.cycle.stop.clone();
     }
 
     /// One full cycle, then its alerts (raised and delivered; never failing the cycle).

@@ -30,6 +30,11 @@ pub struct GoogleState {
     pub(crate) access_tokens: HashSet<String>,
     /// The `updateMask` of every opportunity patch received, in order.
     pub(crate) patch_masks: Vec<String>,
+    /// The `externalSystemId` of every lead create that reached the handler, in order (the
+    /// server's own count: a create the client only feared sending is not here).
+    pub(crate) create_requests: Vec<String>,
+    /// How long a lead create takes to answer (after it is recorded above).
+    pub(crate) create_latency: std::time::Duration,
     next_id: u64,
 }
 
@@ -365,6 +370,18 @@ async fn create_lead(
     if let Err(r) = authorized(&state, &headers).and_then(|_| check_partner(&partner)) {
         return r;
     }
+    let external_id = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["externalSystemId"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let latency = {
+        let mut g = lock(&state.google);
+        g.create_requests.push(external_id);
+        g.create_latency
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let drop_after = match before(&state, "google.create_lead", ErrorShape::Google).await {
         Ok(d) => d,
         Err(r) => return r,
@@ -563,6 +580,16 @@ impl super::Simulator {
 
     pub fn google_lead(&self, name: &str) -> Option<Value> {
         lock(&self.state.google).leads.get(name).cloned()
+    }
+
+    /// Every lead create from now on takes `latency` to answer (it is received at once).
+    pub fn set_create_latency(&self, latency: std::time::Duration) {
+        lock(&self.state.google).create_latency = latency;
+    }
+
+    /// The `externalSystemId` of every lead create received, in order.
+    pub fn create_requests(&self) -> Vec<String> {
+        lock(&self.state.google).create_requests.clone()
     }
 
     /// How many leads carry each `externalSystemId` (a duplicate shows as a count above 1).

@@ -44,6 +44,8 @@ pub struct CycleContext {
     pub pull: PullSettings,
     /// `None` when `[google]` is not configured: the daemon then only pulls Microsoft.
     pub google: Option<GoogleSide>,
+    /// Cancelled on SIGTERM: no new remote write starts after it.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// What a cycle did, for the log, `status` and the exit code.
@@ -151,6 +153,13 @@ async fn phases(
     };
     report.google = pull::pull_google(&ctx.store, google).await?;
     report.planned = push::plan_all(&ctx.store, &google.policy, Utc::now()).await?;
-    report.pushed = push::push_due(&ctx.store, &ctx.microsoft, google, &report.cycle_id).await?;
+    report.pushed = push::push_due(
+        &ctx.store,
+        &ctx.microsoft,
+        google,
+        &report.cycle_id,
+        &ctx.stop,
+    )
+    .await?;
     Ok(())
 }

@@ -5,12 +5,14 @@
 //! quarantined, never repeated. A 412 on a referral patch re-reads the referral and re-plans.
 //! Every remote write lands in the audit log with its request id.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use super::reconcile::{reconcile, Action, Plan, Policy};
 use crate::google::GoogleClient;
@@ -201,34 +203,97 @@ fn apply_plan(
     Ok(())
 }
 
-/// Executes due actions until none is due.
+/// What one `push_due` shares between its workers.
+#[derive(Debug, Default)]
+struct PushRun {
+    /// Referrals whose patch met a 412 and was re-planned in this push: a second 412 waits
+    /// for the next cycle instead of re-planning again (an always-412 server ends the cycle).
+    replanned: std::sync::Mutex<HashSet<String>>,
+}
+
+impl PushRun {
+    /// Whether this referral may still be re-planned after a 412 in this push (at most once).
+    fn may_replan(&self, referral_id: &str) -> bool {
+        self.replanned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(referral_id.to_string())
+    }
+}
+
+/// Executes due actions until none is due, or until `stop` (SIGTERM): then no new action
+/// starts and the running ones finish. A row is taken only when a worker slot is free to run
+/// it, and marked `in_flight` only immediately before its request is sent, so a crash or a
+/// stop leaves at most `concurrency` writes in doubt.
 pub async fn push_due(
     store: &Store,
     microsoft: &MicrosoftClient,
     google: &GoogleSide,
     cycle_id: &str,
+    stop: &CancellationToken,
 ) -> Result<PushStats, StoreError> {
     let mut stats = PushStats::default();
+    let run = PushRun::default();
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    let mut taken: Vec<i64> = Vec::new();
     loop {
-        let batch = store.call(|c| outbox::claim_due(c, Utc::now(), 64)).await?;
-        if batch.is_empty() {
-            return Ok(stats);
+        while running.len() < google.concurrency.max(1) && !stop.is_cancelled() {
+            let exclude = taken.clone();
+            let Some(row) = store
+                .call(move |c| outbox::take_due(c, Utc::now(), &exclude))
+                .await?
+            else {
+                break;
+            };
+            taken.push(row.id);
+            let id = row.id;
+            let run = &run;
+            running.push(async move {
+                (
+                    id,
+                    execute(store, microsoft, google, cycle_id, row, run, stop).await,
+                )
+            });
         }
-        let results: Vec<Result<Outcome, StoreError>> = futures_util::stream::iter(batch)
-            .map(|row| execute(store, microsoft, google, cycle_id, row))
-            .buffer_unordered(google.concurrency)
-            .collect()
-            .await;
-        for result in results {
-            match result? {
-                Outcome::Done { .. } => stats.done += 1,
-                Outcome::Retry { .. } => stats.retried += 1,
-                Outcome::Dead { .. } => stats.dead += 1,
-                Outcome::Quarantined { .. } => stats.quarantined += 1,
-                Outcome::Superseded { .. } => stats.superseded += 1,
-            }
+        let Some((id, result)) = running.next().await else {
+            return Ok(stats);
+        };
+        taken.retain(|t| *t != id);
+        match result? {
+            Outcome::Done { .. } => stats.done += 1,
+            Outcome::Retry { .. } => stats.retried += 1,
+            Outcome::Dead { .. } => stats.dead += 1,
+            Outcome::Quarantined { .. } => stats.quarantined += 1,
+            Outcome::Superseded { .. } => stats.superseded += 1,
         }
     }
+}
+
+/// Marks a taken row `in_flight` right before its send. `Some(outcome)`: do not send
+/// (shutdown began, or the operator dropped the row); the outcome is already recorded.
+async fn mark_sending(
+    store: &Store,
+    row: &OutboxRow,
+    stop: &CancellationToken,
+) -> Result<Option<Outcome>, StoreError> {
+    let id = row.id;
+    if stop.is_cancelled() {
+        // Not started: due again at once for the next process, the attempt not counted.
+        let outcome = Outcome::Retry {
+            at: Utc::now(),
+            error: "shutdown began before this write was sent".into(),
+        };
+        store
+            .call(move |c| outbox::release(c, id, Utc::now()))
+            .await?;
+        return Ok(Some(outcome));
+    }
+    let marked = store
+        .call(move |c| outbox::mark_sending(c, id, Utc::now()))
+        .await?;
+    Ok((!marked).then(|| Outcome::Superseded {
+        reason: "no longer pending (dropped by the operator); not sent".into(),
+    }))
 }
 
 async fn execute(
@@ -237,6 +302,8 @@ async fn execute(
     google: &GoogleSide,
     cycle_id: &str,
     row: OutboxRow,
+    run: &PushRun,
+    stop: &CancellationToken,
 ) -> Result<Outcome, StoreError> {
     use tracing::Instrument;
     let span = tracing::info_span!("action", id = row.id, kind = %row.kind, referral_id = %row.referral_id);
@@ -245,9 +312,11 @@ async fn execute(
             return dry_run(store, row).await;
         }
         match row.kind.as_str() {
-            CREATE_LEAD => create_lead(store, google, cycle_id, row).await,
-            PATCH_REFERRAL => patch_referral(store, microsoft, google, cycle_id, row).await,
-            PATCH_OPPORTUNITY => patch_opportunity(store, google, cycle_id, row).await,
+            CREATE_LEAD => create_lead(store, google, cycle_id, row, stop).await,
+            PATCH_REFERRAL => {
+                patch_referral(store, microsoft, google, cycle_id, row, run, stop).await
+            }
+            PATCH_OPPORTUNITY => patch_opportunity(store, google, cycle_id, row, stop).await,
             other => {
                 let outcome = Outcome::Dead {
                     error: format!("unknown action kind {other:?}"),
@@ -413,12 +482,22 @@ async fn create_lead(
     google: &GoogleSide,
     cycle_id: &str,
     row: OutboxRow,
+    stop: &CancellationToken,
 ) -> Result<Outcome, StoreError> {
     let parent = format!("partners/{}", google.policy.partner_id);
     let lead = row.payload["lead"].clone();
     // One attempt, never wrapped in a retry: a create has no request id, and Google has no
-    // lookup by externalSystemId, so a repeated create could be a duplicate lead.
-    let result = google.client.create_lead(&parent, &lead).await;
+    // lookup by externalSystemId, so a repeated create could be a duplicate lead. Token and
+    // rate limiter first; only then is the row marked as possibly on the wire, and sent.
+    let result = match google.client.prepare_create_lead(&parent, &lead).await {
+        Ok(ready) => {
+            if let Some(outcome) = mark_sending(store, &row, stop).await? {
+                return Ok(outcome);
+            }
+            google.client.send_create_lead(ready).await
+        }
+        Err(e) => Err(e),
+    };
     match result {
         Ok(answer) => {
             let created = answer.value;
@@ -500,6 +579,8 @@ async fn patch_referral(
     google: &GoogleSide,
     cycle_id: &str,
     row: OutboxRow,
+    run: &PushRun,
+    stop: &CancellationToken,
 ) -> Result<Outcome, StoreError> {
     let id = row.referral_id.clone();
     let current = {
@@ -558,6 +639,9 @@ async fn patch_referral(
         .map(|o| o.path.as_str())
         .collect::<Vec<_>>()
         .join(",");
+    if let Some(outcome) = mark_sending(store, &row, stop).await? {
+        return Ok(outcome);
+    }
     let result = with_retry(&google.retry, "patch referral", || {
         microsoft.patch_referral(&id, &ops, etag.as_deref())
     })
@@ -603,6 +687,21 @@ async fn patch_referral(
                 })
                 .await?;
             Ok(Outcome::Done { result: None })
+        }
+        Err(e) if e.status() == Some(412) && !run.may_replan(&row.referral_id) => {
+            // A second 412 in one push: the next cycle re-reads and re-plans.
+            tracing::warn!(referral_id = %row.referral_id, "412 again after re-planning; waiting for the next cycle");
+            let entry = failed_audit(
+                "microsoft",
+                "PATCH",
+                row.referral_id.clone(),
+                Some(fields),
+                &e,
+            );
+            let outcome = Outcome::Superseded {
+                reason: format!("412 again after re-planning; the next cycle re-plans: {e}"),
+            };
+            finish_failed(store, row.id, outcome, entry, cycle_id).await
         }
         Err(e) if e.status() == Some(412) => {
             // Someone changed the referral since we read it: read it again and re-plan.
@@ -654,10 +753,14 @@ async fn patch_opportunity(
     google: &GoogleSide,
     cycle_id: &str,
     row: OutboxRow,
+    stop: &CancellationToken,
 ) -> Result<Outcome, StoreError> {
     let name = row.target.clone().unwrap_or_default();
     let body = row.payload["body"].clone();
     let mask: Vec<String> = serde_json::from_value(row.payload["mask"].clone()).unwrap_or_default();
+    if let Some(outcome) = mark_sending(store, &row, stop).await? {
+        return Ok(outcome);
+    }
     let result = with_retry(&google.retry, "patch opportunity", || {
         google.client.patch_opportunity(&name, &body, &mask)
     })
