@@ -567,6 +567,45 @@ pub enum AlertFormat {
     Teams,
 }
 
+/// A webhook URL as it may be shown: scheme, host and port; the path and query (the secret
+/// of a Slack or Teams webhook) become `[redacted]`.
+pub fn redacted_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.path() == "/" && u.query().is_none() && u.password().is_none() => {
+            u.origin().ascii_serialization()
+        }
+        Ok(u) => format!("{}/[redacted]", u.origin().ascii_serialization()),
+        Err(_) => "[redacted]".into(),
+    }
+}
+
+fn redact_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redacted_url(url))
+}
+
+impl WebhookConfig {
+    /// The key deliveries are stored and shown under: `webhook:NAME`, or the redacted URL
+    /// with a stable hash of the whole URL (two webhooks on one host stay apart).
+    pub fn sink_key(&self) -> String {
+        match &self.name {
+            Some(name) => format!("webhook:{name}"),
+            None => format!(
+                "webhook:{} #{:016x}",
+                redacted_url(&self.url),
+                fnv1a(self.url.as_bytes())
+            ),
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: stable across Rust versions and platforms (std's hasher is not), which
+/// a key stored in the database needs.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// Header values carry credentials (`Authorization = "Bearer ..."`): always redacted.
 fn redact_headers<S: Serializer>(
     headers: &std::collections::BTreeMap<String, SecretString>,
@@ -583,7 +622,13 @@ fn redact_headers<S: Serializer>(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
+    /// The path of a Slack or Teams webhook URL is its key: printed only as
+    /// [`redacted_url`], never stored (deliveries are keyed by [`WebhookConfig::sink_key`]).
+    #[serde(serialize_with = "redact_url")]
     pub url: String,
+    /// What deliveries are recorded and shown under; default: the host and a hash of the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default = "default_format")]
     pub format: AlertFormat,
     /// Extra request headers, e.g. for authentication.

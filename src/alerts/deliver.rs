@@ -30,7 +30,7 @@ impl Sink {
     /// The name deliveries are recorded under.
     pub fn key(&self) -> String {
         match self {
-            Sink::Webhook(w) => format!("webhook:{}", w.url),
+            Sink::Webhook(w) => w.sink_key(),
             Sink::Command(c) => format!("command:{}", c.argv.join(" ")),
         }
     }
@@ -45,10 +45,11 @@ impl Sink {
                 for (name, value) in &w.headers {
                     request = request.header(name, value.expose_secret());
                 }
+                // reqwest names the URL in its errors: the URL is a secret.
                 let response = request
                     .send()
                     .await
-                    .map_err(|e| crate::http::error_chain(&e))?;
+                    .map_err(|e| crate::http::error_chain(&e.without_url()))?;
                 if response.status().is_success() {
                     Ok(())
                 } else {
@@ -120,6 +121,8 @@ impl AlertSettings {
             sinks,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
+                // A redirect to another host would re-POST the alert with its secret headers.
+                .redirect(crate::http::same_origin_redirects())
                 .user_agent(concat!("cosell-sync/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .expect("reqwest client builds"),
@@ -260,6 +263,18 @@ pub async fn deliver_pending(
     settings: &AlertSettings,
 ) -> Result<(u64, u64), StoreError> {
     let sinks: HashMap<String, &Sink> = settings.sinks.iter().map(|s| (s.key(), s)).collect();
+    // Databases of earlier versions keyed webhook deliveries by the URL itself (a secret).
+    let renames: Vec<(String, String)> = settings
+        .sinks
+        .iter()
+        .filter_map(|s| match s {
+            Sink::Webhook(w) => Some((format!("webhook:{}", w.url), s.key())),
+            Sink::Command(_) => None,
+        })
+        .collect();
+    store
+        .call(move |c| astore::rename_sinks(c, &renames))
+        .await?;
     let mut broken: HashSet<String> = HashSet::new();
     let (mut delivered, mut undelivered) = (0, 0);
     let pending = store.call(|c| astore::pending(c, 10_000)).await?;

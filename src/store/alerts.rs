@@ -51,6 +51,19 @@ pub fn exists(conn: &Connection, id: &str) -> Result<bool, StoreError> {
         .is_some())
 }
 
+/// Re-keys deliveries recorded under an old sink key (`(old, new)` pairs), so no webhook URL
+/// stays in the database; a delivery already under the new key wins.
+pub fn rename_sinks(conn: &Connection, renames: &[(String, String)]) -> Result<(), StoreError> {
+    for (old, new) in renames {
+        conn.execute(
+            "UPDATE OR IGNORE alert_deliveries SET sink = ?2 WHERE sink = ?1",
+            params![old, new],
+        )?;
+        conn.execute("DELETE FROM alert_deliveries WHERE sink = ?1", params![old])?;
+    }
+    Ok(())
+}
+
 /// Deliveries still to make, oldest first, for the given sinks.
 pub fn pending(conn: &Connection, limit: usize) -> Result<Vec<(Alert, String, u32)>, StoreError> {
     let mut stmt = conn.prepare_cached(

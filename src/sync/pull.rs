@@ -106,6 +106,7 @@ async fn pull_query(
     let mut pages = 0u64;
     let mut seen = 0u64;
     let mut last_progress = Instant::now();
+    let mut paging = crate::microsoft::Paging::new(crate::microsoft::MAX_PAGES);
     loop {
         let page = with_retry(&settings.retry, "list referrals", || {
             client.list_page(&request)
@@ -142,7 +143,7 @@ async fn pull_query(
             last_progress = Instant::now();
         }
         match next {
-            Some(link) => request = PageRequest::Next(link),
+            Some(link) => request = paging.next(link)?,
             None => break,
         }
     }
