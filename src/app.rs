@@ -120,11 +120,13 @@ impl App {
     /// recovers what a stopped process left: cycles marked interrupted, in-flight lead
     /// creates quarantined (they may have reached Google), other in-flight writes re-queued.
     pub fn become_worker(&mut self) -> Result<(), AppError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let lock_path = self.store.path().with_extension("lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .map_err(|e| {
                 AppError::Busy(format!(

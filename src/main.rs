@@ -55,7 +55,7 @@ async fn dispatch(cli: Cli) -> i32 {
             exit::OK
         }
         Command::Status { json, limit } => {
-            let store = match cosell_sync::store::Store::open(&config.state.path) {
+            let store = match cosell_sync::store::Store::open_read_only(&config.state.path) {
                 Ok(s) => s,
                 Err(e) => return fail(&e.to_string()),
             };
@@ -122,7 +122,7 @@ async fn dispatch(cli: Cli) -> i32 {
                     json,
                 },
         } => {
-            let store = match cosell_sync::store::Store::open(&config.state.path) {
+            let store = match cosell_sync::store::Store::open_read_only(&config.state.path) {
                 Ok(s) => s,
                 Err(e) => return fail(&e.to_string()),
             };
@@ -206,7 +206,7 @@ async fn dispatch(cli: Cli) -> i32 {
                 Some(Some(t)) => Some(t),
                 None => None,
             };
-            let store = match cosell_sync::store::Store::open(&config.state.path) {
+            let store = match cosell_sync::store::Store::open_read_only(&config.state.path) {
                 Ok(s) => s,
                 Err(e) => return fail(&e.to_string()),
             };
@@ -246,7 +246,8 @@ async fn dispatch(cli: Cli) -> i32 {
             }
         }
         Command::Outbox { action } => {
-            let store = match cosell_sync::store::Store::open(&config.state.path) {
+            let read_only = matches!(action, None | Some(OutboxCommand::List { .. }));
+            let store = match cosell_sync::store::Store::open_for(&config.state.path, read_only) {
                 Ok(s) => s,
                 Err(e) => return fail(&e.to_string()),
             };

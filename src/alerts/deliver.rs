@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use tokio::io::AsyncWriteExt;
 
-use super::due::{expiry_alert, health_alert, Health};
+use super::due::{expiry_alert, forward_blocked_alert, health_alert, Health};
 use super::{format, Alert};
 use crate::config::{AlertFormat, AlertsConfig, CommandConfig, WebhookConfig};
 use crate::store::{alerts as astore, google as gstore, outbox, referrals, Store, StoreError};
@@ -231,6 +231,10 @@ async fn raise_due(
                 alert.referral_id = Some(row.referral_id.clone());
                 alert.link = Some(settings.referral_url.replace("{id}", &row.referral_id));
                 raise(&tx, alert)?;
+            }
+            // Referrals that can never be forwarded as they are.
+            for (referral_id, reason) in gstore::forward_blocked(&tx)? {
+                raise(&tx, forward_blocked_alert(&referral_id, &reason, &settings.referral_url, now))?;
             }
             for conflict in gstore::conflicts(&tx)? {
                 let mut alert = Alert::general(

@@ -70,6 +70,35 @@ pub fn expiry_alert(
     })
 }
 
+/// `forward_blocked`: a referral that cannot become a Google lead (a missing field, an unusable
+/// amount, an unmapped product) will expire unless a person fixes something. Once per referral
+/// and reason: the id carries a stable hash of the reason.
+pub fn forward_blocked_alert(
+    referral_id: &str,
+    reason: &str,
+    referral_url: &str,
+    now: DateTime<Utc>,
+) -> Alert {
+    Alert {
+        id: format!(
+            "forward_blocked:{referral_id}:{:016x}",
+            crate::config::fnv1a(reason.as_bytes())
+        ),
+        kind: "forward_blocked".into(),
+        severity: "warning".into(),
+        referral_id: Some(referral_id.to_string()),
+        customer: None,
+        deadline: None,
+        threshold: None,
+        remaining_hours: None,
+        message: format!(
+            "Referral {referral_id} cannot become a Google lead: {reason}. Fix the referral or [google.lead], or it expires unanswered."
+        ),
+        link: Some(referral_url.replace("{id}", referral_id)),
+        created_at: now.to_rfc3339_opts(SecondsFormat::Secs, true),
+    }
+}
+
 fn human_left(remaining: Duration) -> String {
     let minutes = remaining.num_minutes();
     if minutes >= 48 * 60 {

@@ -15,8 +15,8 @@ pub use deliver::{AlertSettings, Sink};
 pub struct Alert {
     /// Stable dedupe key: the same across retries and restarts.
     pub id: String,
-    /// `referral_expiring`, `referral_expired`, `sync_unhealthy`, `action_failed`, `conflict`
-    /// (or `test` from `alerts test`).
+    /// `referral_expiring`, `referral_expired`, `sync_unhealthy`, `action_failed`, `conflict`,
+    /// `forward_blocked` (or `test` from `alerts test`).
     pub kind: String,
     /// `info`, `warning` or `critical`.
     pub severity: String,

@@ -210,7 +210,7 @@ impl TokenSource {
                 transient: false,
             })?;
         }
-        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(3600));
+        let lifetime = token_lifetime(parsed.expires_in);
         // Renew a little early: 5 minutes, or a tenth of a short lifetime.
         let margin = (lifetime / 10).min(Duration::from_secs(300));
         tracing::debug!(
@@ -220,9 +220,18 @@ impl TokenSource {
         );
         Ok(CachedToken {
             access_token: SecretString::from(parsed.access_token),
-            refresh_at: started + lifetime - margin,
+            refresh_at: started + (lifetime - margin),
         })
     }
+}
+
+/// The longest access-token lifetime believed (Entra's are 60–90 minutes): an absurd
+/// `expires_in` can neither overflow the clock nor keep a revoked token cached for years.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// `expires_in` as a lifetime: one hour when absent, clamped to [`MAX_TOKEN_LIFETIME`].
+pub fn token_lifetime(expires_in: Option<u64>) -> Duration {
+    Duration::from_secs(expires_in.unwrap_or(3600)).min(MAX_TOKEN_LIFETIME)
 }
 
 /// `{authority}/{tenant}/oauth2/v2.0/{endpoint}`.
@@ -364,8 +373,9 @@ pub async fn device_code_flow(
             code.verification_uri, code.user_code
         )
     }));
-    let mut interval = Duration::from_secs(code.interval.unwrap_or(5).max(1));
-    let deadline = Instant::now() + Duration::from_secs(code.expires_in.unwrap_or(900));
+    let mut interval = Duration::from_secs(code.interval.unwrap_or(5).clamp(1, 60));
+    let deadline = Instant::now()
+        + Duration::from_secs(code.expires_in.unwrap_or(900)).min(Duration::from_secs(3600));
     loop {
         if Instant::now() >= deadline {
             return Err("the code expired before sign-in finished; run the command again".into());

@@ -40,7 +40,10 @@ impl Schedule {
             .min
             .saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
         let capped = exp.min(self.max);
-        let jittered = capped.mul_f64(0.5 + fastrand::f64() * 0.5);
+        // `try_`: a factor just under 1 times `Duration::MAX` may round above it.
+        let jittered =
+            Duration::try_from_secs_f64(capped.as_secs_f64() * (0.5 + fastrand::f64() * 0.5))
+                .unwrap_or(capped);
         retry_after.map_or(jittered, |ra| ra.max(jittered))
     }
 }
@@ -433,14 +436,20 @@ async fn finish_failed(
     .await
 }
 
+/// `now + delay` that cannot overflow, whatever number a server or the config supplied.
+fn retry_at(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(delay)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// The failure outcome for a call that can be repeated safely.
 fn failure(row: &OutboxRow, e: &ApiError, schedule: &Schedule) -> Outcome {
     let error = e.to_string();
     if (e.is_transient() || e.is_auth()) && row.attempts < schedule.max_attempts {
         Outcome::Retry {
-            at: Utc::now()
-                + chrono::Duration::from_std(schedule.delay(row.attempts, e.retry_after()))
-                    .unwrap_or_default(),
+            at: retry_at(Utc::now(), schedule.delay(row.attempts, e.retry_after())),
             error,
         }
     } else if e.is_transient() || e.is_auth() {
@@ -871,5 +880,23 @@ mod tests {
             assert!(d >= step / 2 && d <= step, "attempt {attempt}: {d:?}");
         }
         assert!(s.delay(1, Some(Duration::from_secs(120))) >= Duration::from_secs(120));
+    }
+
+    #[test]
+    fn absurd_delays_never_overflow_the_clock() {
+        let s = Schedule {
+            max_attempts: u32::MAX,
+            min: Duration::MAX,
+            max: Duration::MAX,
+        };
+        let now = Utc::now();
+        for attempts in [0, 1, 31, 32, 64, u32::MAX] {
+            let d = s.delay(attempts, Some(Duration::MAX));
+            assert!(retry_at(now, d) >= now);
+        }
+        assert_eq!(
+            retry_at(now, Duration::from_secs(10)),
+            now + chrono::Duration::seconds(10)
+        );
     }
 }
