@@ -241,7 +241,26 @@ async fn sync_until_settled(env: &TestEnv, max_runs: usize) {
         }
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
-    panic!("the outbox did not settle in {max_runs} runs");
+    let conn = rusqlite::Connection::open(env.state_db()).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT id, kind, state, attempts, next_attempt_at, last_error FROM outbox WHERE state IN ('pending', 'in_flight')")
+        .unwrap();
+    let open: Vec<String> = stmt
+        .query_map([], |r| {
+            Ok(format!(
+                "{} {} {} {} {} {:?}",
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<String>>(5)?
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    panic!("the outbox did not settle in {max_runs} runs: {open:#?}");
 }
 
 /// Every pending referral has exactly one lead, or its absence is explained by an outbox

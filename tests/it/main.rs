@@ -7,4 +7,5 @@ mod daemon;
 mod e2e;
 mod google;
 mod helpers;
+mod hostile;
 mod kill;
