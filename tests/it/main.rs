@@ -9,3 +9,4 @@ mod google;
 mod helpers;
 mod hostile;
 mod kill;
+mod limits;
