@@ -16,7 +16,9 @@
 //! - [`microsoft`]: Entra refresh-token grant with a rotating token file, and the Referrals client.
 //! - [`google`]: service-account tokens and the Cloud CRM Partners client (four methods).
 //! - [`store`]: SQLite (WAL, migrations, schema version) behind a blocking-thread boundary.
-//! - [`sync`]: one cycle: pull both sides, plan with the pure `reconcile`, push the outbox.
+//! - [`lanes`]: the deadline lane (pull → expiry alerts → plan → push → alerts) and the
+//!   refresh lane (Google re-reads on a per-record schedule), joining `sync` and `alerts`.
+//! - [`sync`]: the primitives: Microsoft pull, Google refresh, the pure `reconcile`, the outbox.
 //! - [`deadline`]: the 14-day response window arithmetic, pure.
 //! - [`alerts`]: expiry and health alerts (pure planner), formats, durable delivery to sinks.
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
@@ -36,6 +38,7 @@ pub mod demo;
 pub mod google;
 pub mod health;
 pub mod http;
+pub mod lanes;
 pub mod microsoft;
 pub mod scheduler;
 pub mod sim;

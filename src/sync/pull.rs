@@ -3,6 +3,12 @@
 //! catch changes to referrals already tracked. Pages are streamed: each is committed in its own
 //! transaction (with the watermark it justifies) before the next is fetched, so memory stays
 //! flat and a crash loses at most the page in flight, which the next cycle reads again.
+//!
+//! A *full* pull reads the whole inbox, and the incremental query leaves Pending referrals
+//! out (the inbox brought them all). A *quick* pull — most deadline-lane ticks — reads the
+//! inbox newest first only until a page holds a referral already known (everything older is
+//! known too), and the incremental query then includes Pending referrals, so a change to a
+//! known Pending referral still arrives. A tick thus costs what is new, not the inbox size.
 
 use std::time::Duration;
 
@@ -40,6 +46,7 @@ pub async fn pull_microsoft(
     store: &Store,
     client: &MicrosoftClient,
     settings: &PullSettings,
+    full: bool,
     now: DateTime<Utc>,
 ) -> Result<PullStats, (PullStats, CycleError)> {
     let mut stats = PullStats::default();
@@ -48,9 +55,16 @@ pub async fn pull_microsoft(
         orderby: "createdDateTime desc".into(),
         top: settings.page_size,
     };
-    pull_query(store, client, settings, "inbox", inbox, None, &mut stats)
-        .await
-        .map_err(|e| (stats, e))?;
+    let stop = if full {
+        StopAt::End
+    } else {
+        StopAt::KnownReferral
+    };
+    pull_query(
+        store, client, settings, "inbox", inbox, None, stop, &mut stats,
+    )
+    .await
+    .map_err(|e| (stats, e))?;
 
     let watermark = store
         .call(|c| referrals::watermark(c, INCREMENTAL_WATERMARK))
@@ -60,11 +74,16 @@ pub async fn pull_microsoft(
         Some(w) => w - chrono::Duration::from_std(settings.overlap).unwrap_or_default(),
         None => now - chrono::Duration::from_std(settings.initial_lookback).unwrap_or_default(),
     };
-    // Pending referrals come in full with the inbox query every cycle, so the incremental
-    // query leaves them out: each referral is read once per cycle, not twice.
+    // After a full inbox read every Pending referral is in, so the incremental query leaves
+    // them out (each referral read once per cycle, not twice); after a quick one it must not.
+    let pending = if full {
+        " and substatus ne 'Pending'"
+    } else {
+        ""
+    };
     let incremental = PageRequest::Query {
         filter: format!(
-            "direction eq 'Incoming' and substatus ne 'Pending' and updatedDateTime gt {}",
+            "direction eq 'Incoming'{pending} and updatedDateTime gt {}",
             odata::datetime_literal(since)
         ),
         orderby: "updatedDateTime asc".into(),
@@ -77,6 +96,7 @@ pub async fn pull_microsoft(
         "incremental",
         incremental,
         Some(INCREMENTAL_WATERMARK),
+        StopAt::End,
         &mut stats,
     )
     .await
@@ -92,6 +112,16 @@ pub async fn pull_microsoft(
     Ok(stats)
 }
 
+/// Where a query's paging ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum StopAt {
+    /// At the last page.
+    End,
+    /// After the first page holding a referral already in the store (newest-first order).
+    KnownReferral,
+}
+
+#[allow(clippy::too_many_arguments)] // one call site per query; a struct would only rename them
 async fn pull_query(
     store: &Store,
     client: &MicrosoftClient,
@@ -99,6 +129,7 @@ async fn pull_query(
     query: &'static str,
     first: PageRequest,
     watermark: Option<&'static str>,
+    stop: StopAt,
     stats: &mut PullStats,
 ) -> Result<(), CycleError> {
     let started = Instant::now();
@@ -125,6 +156,7 @@ async fn pull_query(
         let mark = watermark.zip(high_water);
         let next = page.next_link.clone();
         let (referrals, rejected) = (page.referrals, page.rejected);
+        let on_page = referrals.len() as u64;
         seen += (referrals.len() + rejected.len()) as u64;
         let counts = store
             .call(move |c| referrals::commit_page(c, &referrals, &rejected, mark, Utc::now()))
@@ -142,9 +174,10 @@ async fn pull_query(
             );
             last_progress = Instant::now();
         }
+        let reached_known = stop == StopAt::KnownReferral && counts.new < on_page;
         match next {
-            Some(link) => request = paging.next(link)?,
-            None => break,
+            Some(link) if !reached_known => request = paging.next(link)?,
+            _ => break,
         }
     }
     tracing::debug!(
@@ -155,87 +188,4 @@ async fn pull_query(
         "query done"
     );
     Ok(())
-}
-
-/// What the Google pull did.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct GooglePullStats {
-    pub fetched: u64,
-    pub failed: u64,
-}
-
-/// The Google pull (spec §2): `get` every tracked lead and every opportunity not in a final
-/// stage, with bounded concurrency, in batches so memory stays flat. A record that cannot be
-/// read is logged and skipped; an authentication failure fails the cycle.
-pub async fn pull_google(
-    store: &Store,
-    google: &crate::sync::push::GoogleSide,
-) -> Result<GooglePullStats, CycleError> {
-    use futures_util::StreamExt;
-    let mut stats = GooglePullStats::default();
-    let finals = google.policy.final_stages();
-    let mut after = String::new();
-    loop {
-        let (cursor, finals_batch) = (after.clone(), finals.clone());
-        let (batch, last) = store
-            .call(move |c| crate::store::google::tracked_batch(c, &cursor, 200, &finals_batch))
-            .await?;
-        let Some(last) = last else {
-            return Ok(stats);
-        };
-        let results: Vec<Result<(), CycleError>> = futures_util::stream::iter(batch)
-            .map(|(name, referral_id)| async move {
-                let now = Utc::now();
-                match crate::google::model::resource_kind(&name) {
-                    Some(crate::google::model::ResourceKind::Lead) => {
-                        let lead =
-                            with_retry(&google.retry, "get lead", || google.client.get_lead(&name))
-                                .await?;
-                        store
-                            .call(move |c| {
-                                crate::store::google::save_lead(
-                                    c,
-                                    &lead.value,
-                                    Some(&referral_id),
-                                    now,
-                                )
-                            })
-                            .await?;
-                        Ok(())
-                    }
-                    _ => {
-                        let opp = with_retry(&google.retry, "get opportunity", || {
-                            google.client.get_opportunity(&name)
-                        })
-                        .await?;
-                        store
-                            .call(move |c| {
-                                crate::store::google::save_opportunity(
-                                    c,
-                                    &opp.value,
-                                    Some(&referral_id),
-                                    now,
-                                )
-                            })
-                            .await?;
-                        Ok(())
-                    }
-                }
-            })
-            .buffer_unordered(google.concurrency)
-            .collect()
-            .await;
-        for result in results {
-            match result {
-                Ok(()) => stats.fetched += 1,
-                Err(e @ CycleError::Store(_)) => return Err(e),
-                Err(e) if e.is_auth() => return Err(e),
-                Err(e) => {
-                    stats.failed += 1;
-                    tracing::warn!(error = %e, "cannot read a tracked Google record; keeping the last copy");
-                }
-            }
-        }
-        after = last;
-    }
 }

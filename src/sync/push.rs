@@ -15,14 +15,14 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::reconcile::{reconcile, Action, Plan, Policy};
-use crate::google::GoogleClient;
+use super::GoogleSide;
 use crate::http::{with_retry, ApiError, RetryPolicy};
 use crate::microsoft::{MicrosoftClient, PatchOp, ReferralStatus};
 use crate::store::google::{self as gstore, BaseUpdate};
 use crate::store::outbox::{
     self, AuditEntry, OutboxRow, Outcome, CREATE_LEAD, PATCH_OPPORTUNITY, PATCH_REFERRAL,
 };
-use crate::store::referrals;
+use crate::store::{referrals, schedule};
 use crate::store::{Store, StoreError};
 
 /// The outbox's retry schedule across attempts (and cycles).
@@ -48,25 +48,21 @@ impl Schedule {
     }
 }
 
-/// Everything the Google half of a cycle needs.
-#[derive(Debug, Clone)]
-pub struct GoogleSide {
-    pub client: GoogleClient,
-    pub policy: Policy,
-    pub schedule: Schedule,
-    pub concurrency: usize,
-    /// In-attempt retries of idempotent calls (gets, patches); never used for creates.
-    pub retry: RetryPolicy,
-    /// Log each write instead of sending it.
-    pub dry_run: bool,
-}
-
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PlanStats {
     pub referrals: u64,
     pub queued: u64,
     pub conflicts: u64,
     pub blocked: u64,
+}
+
+impl PlanStats {
+    pub fn add(&mut self, other: PlanStats) {
+        self.referrals += other.referrals;
+        self.queued += other.queued;
+        self.conflicts += other.conflicts;
+        self.blocked += other.blocked;
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -104,16 +100,55 @@ pub async fn plan_all(
                 Ok((s, last))
             })
             .await?;
-        stats.referrals += batch_stats.referrals;
-        stats.queued += batch_stats.queued;
-        stats.conflicts += batch_stats.conflicts;
-        stats.blocked += batch_stats.blocked;
+        stats.add(batch_stats);
         match last {
             Some(id) => after = id,
             None => break,
         }
     }
+    // Everything queued before this plan began has been planned with newer data.
+    store
+        .call(move |c| schedule::planned_before(c, now))
+        .await?;
     Ok(stats)
+}
+
+/// Plans the referrals queued since their last plan (new or changed referrals, changed Google
+/// records, new links), in batches, taking each off the queue in the transaction that planned
+/// it. This is what the deadline lane runs every tick: its cost follows what changed, not how
+/// many referrals are tracked.
+pub async fn plan_queued(
+    store: &Store,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Result<PlanStats, StoreError> {
+    let mut stats = PlanStats::default();
+    let mut after = String::new();
+    loop {
+        let (policy, cursor) = (policy.clone(), after.clone());
+        let (batch_stats, last) = store
+            .call(move |c| {
+                let ids = schedule::queued_for_plan(c, &cursor, 500)?;
+                let tx = c.transaction()?;
+                let mut s = PlanStats::default();
+                for id in &ids {
+                    if let Some(row) = gstore::snapshot_one(&tx, id)? {
+                        let plan = reconcile(&row, &policy, now);
+                        apply_plan(&tx, id, &plan, now, &mut s)?;
+                        s.referrals += 1;
+                    }
+                    schedule::planned(&tx, id)?;
+                }
+                tx.commit()?;
+                Ok((s, ids.last().cloned()))
+            })
+            .await?;
+        stats.add(batch_stats);
+        match last {
+            Some(id) => after = id,
+            None => return Ok(stats),
+        }
+    }
 }
 
 /// Re-plans one referral (after a 412 re-read).
@@ -207,8 +242,10 @@ fn apply_plan(
 }
 
 /// What one `push_due` shares between its workers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PushRun {
+    /// SIGTERM: no new write starts (see [`mark_sending`]).
+    stop: CancellationToken,
     /// Referrals whose patch met a 412 and was re-planned in this push: a second 412 waits
     /// for the next cycle instead of re-planning again (an always-412 server ends the cycle).
     replanned: std::sync::Mutex<HashSet<String>>,
@@ -231,12 +268,16 @@ impl PushRun {
 pub async fn push_due(
     store: &Store,
     microsoft: &MicrosoftClient,
+    microsoft_retry: &RetryPolicy,
     google: &GoogleSide,
     cycle_id: &str,
     stop: &CancellationToken,
 ) -> Result<PushStats, StoreError> {
     let mut stats = PushStats::default();
-    let run = PushRun::default();
+    let run = PushRun {
+        stop: stop.clone(),
+        replanned: Default::default(),
+    };
     let mut running = futures_util::stream::FuturesUnordered::new();
     let mut taken: Vec<i64> = Vec::new();
     loop {
@@ -254,7 +295,16 @@ pub async fn push_due(
             running.push(async move {
                 (
                     id,
-                    execute(store, microsoft, google, cycle_id, row, run, stop).await,
+                    execute(
+                        store,
+                        microsoft,
+                        microsoft_retry,
+                        google,
+                        cycle_id,
+                        row,
+                        run,
+                    )
+                    .await,
                 )
             });
         }
@@ -302,12 +352,13 @@ async fn mark_sending(
 async fn execute(
     store: &Store,
     microsoft: &MicrosoftClient,
+    microsoft_retry: &RetryPolicy,
     google: &GoogleSide,
     cycle_id: &str,
     row: OutboxRow,
     run: &PushRun,
-    stop: &CancellationToken,
 ) -> Result<Outcome, StoreError> {
+    let stop = &run.stop;
     use tracing::Instrument;
     let span = tracing::info_span!("action", id = row.id, kind = %row.kind, referral_id = %row.referral_id);
     async move {
@@ -317,7 +368,16 @@ async fn execute(
         match row.kind.as_str() {
             CREATE_LEAD => create_lead(store, google, cycle_id, row, stop).await,
             PATCH_REFERRAL => {
-                patch_referral(store, microsoft, google, cycle_id, row, run, stop).await
+                patch_referral(
+                    store,
+                    microsoft,
+                    microsoft_retry,
+                    google,
+                    cycle_id,
+                    row,
+                    run,
+                )
+                .await
             }
             PATCH_OPPORTUNITY => patch_opportunity(store, google, cycle_id, row, stop).await,
             other => {
@@ -513,12 +573,15 @@ async fn create_lead(
             let request_id = answer.request_id;
             let (referral_id, id, cycle) = (row.referral_id.clone(), row.id, cycle_id.to_string());
             let name = created.name.clone();
+            let first_check = google.refresh.min_interval;
             store
                 .call(move |c| {
                     let tx = c.transaction()?;
                     let now = Utc::now();
                     gstore::set_link(&tx, &referral_id, Some(&created.name), None, "created", now)?;
                     gstore::save_lead(&tx, &created, Some(&referral_id), now)?;
+                    // The answer is the lead's current copy: no read is due before the minimum.
+                    schedule::checked_fresh(&tx, &created.name, &referral_id, first_check, now)?;
                     outbox::finish(&tx, id, &Outcome::Done { result: Some(created.name.clone()) }, Some(&request_id), now)?;
                     // The write-back follows from the new link: queued in the same transaction.
                     outbox::enqueue(
@@ -585,12 +648,13 @@ async fn create_lead(
 async fn patch_referral(
     store: &Store,
     microsoft: &MicrosoftClient,
+    microsoft_retry: &RetryPolicy,
     google: &GoogleSide,
     cycle_id: &str,
     row: OutboxRow,
     run: &PushRun,
-    stop: &CancellationToken,
 ) -> Result<Outcome, StoreError> {
+    let stop = &run.stop;
     let id = row.referral_id.clone();
     let current = {
         let id = id.clone();
@@ -651,7 +715,7 @@ async fn patch_referral(
     if let Some(outcome) = mark_sending(store, &row, stop).await? {
         return Ok(outcome);
     }
-    let result = with_retry(&google.retry, "patch referral", || {
+    let result = with_retry(microsoft_retry, "patch referral", || {
         microsoft.patch_referral(&id, &ops, etag.as_deref())
     })
     .await;
@@ -726,7 +790,7 @@ async fn patch_referral(
                 reason: format!("re-planned after 412: {e}"),
             };
             let done = finish_failed(store, row.id, outcome, entry, cycle_id).await?;
-            match with_retry(&google.retry, "get referral", || {
+            match with_retry(microsoft_retry, "get referral", || {
                 microsoft.get_referral(&row.referral_id)
             })
             .await
