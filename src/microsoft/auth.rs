@@ -157,12 +157,14 @@ impl TokenSource {
                 transient: true,
             })?;
         let status = response.status();
-        let body = response.text().await.map_err(|e| ApiError::Auth {
-            api: API,
-            message: format!("token answer cut short: {}", error_chain(&e)),
-            code: None,
-            transient: true,
-        })?;
+        let body = crate::http::read_capped(API, "POST", "token", response)
+            .await
+            .map_err(|e| ApiError::Auth {
+                api: API,
+                message: format!("token answer cut short or too large: {e}"),
+                code: None,
+                transient: true,
+            })?;
         if !status.is_success() {
             let err: OAuthError = serde_json::from_str(&body).unwrap_or_default();
             let permanent = status.is_client_error() && status.as_u16() != 429;
@@ -355,7 +357,9 @@ pub async fn device_code_flow(
         .await
         .map_err(|e| format!("{device_url}: {}", error_chain(&e)))?;
     let status = answer.status();
-    let body = answer.text().await.map_err(|e| e.to_string())?;
+    let body = crate::http::read_capped(API, "POST", "devicecode", answer)
+        .await
+        .map_err(|e| e.to_string())?;
     if !status.is_success() {
         let err: OAuthError = serde_json::from_str(&body).unwrap_or_default();
         return Err(format!(
@@ -396,7 +400,9 @@ pub async fn device_code_flow(
             .await
             .map_err(|e| format!("{token_url}: {}", error_chain(&e)))?;
         let status = answer.status();
-        let body = answer.text().await.map_err(|e| e.to_string())?;
+        let body = crate::http::read_capped(API, "POST", "token", answer)
+            .await
+            .map_err(|e| e.to_string())?;
         if status.is_success() {
             let token: TokenResponse =
                 serde_json::from_str(&body).map_err(|e| format!("unreadable token answer: {e}"))?;

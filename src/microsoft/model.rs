@@ -422,6 +422,26 @@ mod tests {
     }
 
     #[test]
+    fn long_notes_are_truncated_and_unusable_amounts_named() {
+        let parsed = ParsedReferral::from_value(json!({
+            "id": "r3", "createdDateTime": "2026-11-10T08:14:05Z",
+            "details": {"notes": "é".repeat(MAX_TEXT_CHARS + 5), "dealValue": "NaN"}
+        }))
+        .unwrap();
+        let details = parsed.referral.details.unwrap();
+        assert_eq!(details.notes.unwrap().chars().count(), MAX_TEXT_CHARS);
+        assert_eq!(details.deal_value, None);
+        assert!(details
+            .deal_value_error
+            .unwrap()
+            .starts_with("details.dealValue is NaN"));
+        assert!(
+            parsed.raw.len() > MAX_TEXT_CHARS * 2,
+            "the raw JSON keeps it all"
+        );
+    }
+
+    #[test]
     fn a_broken_record_is_rejected_with_its_id() {
         let err = ParsedReferral::from_value(json!({"id": "r2", "createdDateTime": "yesterday"}))
             .unwrap_err();

@@ -123,6 +123,28 @@ async fn unreadable_items_are_rejected_and_the_rest_forwarded() {
     assert!(status.contains("3 records could not be read"), "{status}");
 }
 
+/// Finding 7: an answer body beyond the cap is refused, not read into memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_answer_is_not_read() {
+    let env = TestEnv::with_google("").await;
+    let server = hostile_microsoft(&env).await;
+    let note = "x".repeat(cosell_sync::http::MAX_BODY_BYTES + 1024);
+    let mut big = good(1);
+    big["details"]["notes"] = json!(note);
+    serve_list(&server, json!({ "value": [big] }).to_string()).await;
+    let out = env.cli(&["sync"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            "larger than {} bytes",
+            cosell_sync::http::MAX_BODY_BYTES
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert!(env.sim.google_leads().is_empty());
+}
+
 /// Finding 4: a nextLink that repeats forever fails the query with a clear error, at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_repeating_next_link_fails_the_query() {
