@@ -12,7 +12,8 @@ use crate::helpers::{stderr, TestEnv, BIN};
 
 const CONCURRENCY: usize = 4;
 
-fn spawn_run(env: &TestEnv) -> tokio::process::Child {
+/// `run` with this config, its output discarded.
+pub(crate) fn spawn_run(env: &TestEnv) -> tokio::process::Child {
     tokio::process::Command::new(BIN)
         .arg("--config")
         .arg(&env.config)
@@ -45,13 +46,26 @@ async fn kill_rounds(rounds: usize) -> (usize, usize) {
         "concurrency = {CONCURRENCY}\n\n[daemon]\nshutdown_grace = \"50ms\"\nsync_on_start = true\n"
     ))
     .await;
-    let referrals = sample::pending_inbox(12 * rounds + 40, chrono::Utc::now());
+    let referrals = sample::pending_inbox(16 * rounds + 40, chrono::Utc::now());
     env.sim.put_referrals(referrals.clone());
     env.sim.set_create_latency(Duration::from_millis(300));
     let mut expected_quarantine: BTreeSet<String> = BTreeSet::new();
     for round in 0..rounds {
+        let before = env.sim.create_requests().len();
         let mut child = spawn_run(&env);
-        tokio::time::sleep(Duration::from_millis(400 + fastrand::u64(0..1200))).await;
+        // Kill while creates are under way: wait for this process's first create, then a
+        // random part of a few create latencies.
+        let started = std::time::Instant::now();
+        while env.sim.create_requests().len() == before
+            && started.elapsed() < Duration::from_secs(30)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            env.sim.create_requests().len() > before,
+            "round {round}: no create started within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..1000))).await;
         let pid = child.id().unwrap().to_string();
         let signal = if round % 2 == 0 { "-KILL" } else { "-TERM" };
         std::process::Command::new("kill")
@@ -68,7 +82,16 @@ async fn kill_rounds(rounds: usize) -> (usize, usize) {
             "round {round} ({signal}): {} creates left in doubt, more than concurrency {CONCURRENCY}: {doubtful:?}",
             doubtful.len()
         );
-        let received: BTreeSet<String> = env.sim.create_requests().into_iter().collect();
+        // A request the dead process sent may still be on its way through the server's
+        // accept and read: give it a moment to arrive.
+        let mut received: BTreeSet<String> = BTreeSet::new();
+        for _ in 0..100 {
+            received = env.sim.create_requests().into_iter().collect();
+            if doubtful.iter().all(|id| received.contains(id)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         for id in &doubtful {
             assert!(
                 received.contains(id),
@@ -102,6 +125,11 @@ async fn kill_rounds(rounds: usize) -> (usize, usize) {
     let received = env.sim.create_requests();
     let unique: BTreeSet<&String> = received.iter().collect();
     assert_eq!(unique.len(), received.len(), "a create was sent twice");
+    assert!(
+        quarantined.len() >= rounds / 4,
+        "the kills should land mid-create: only {} quarantined in {rounds} kills",
+        quarantined.len()
+    );
     (rounds, quarantined.len())
 }
 

@@ -9,7 +9,7 @@ use cosell_sync::sim::sample;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{stderr, stdout, TestEnv, BIN};
+use crate::helpers::{stderr, stdout, TestEnv};
 
 /// Finding 9: `[google] partner_id` without any product family can never forward.
 #[tokio::test(flavor = "multi_thread")]
@@ -148,15 +148,7 @@ async fn a_reload_during_start_up_does_not_kill_the_daemon() {
             &format!("authority = \"{dead_url}\""),
         )
     });
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&env.config)
-        .arg("run")
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = crate::kill::spawn_run(&env);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let pid = child.id().unwrap().to_string();
     let signal = |name: &str| {
