@@ -179,9 +179,9 @@ impl App {
     }
 
     /// One tick of the daemon's deadline lane: never a Google re-read.
-    pub async fn deadline_tick(&self, full_inbox: bool, full_plan: bool) -> Cycle {
-        self.cycle_with(TickOptions::deadline(full_inbox, full_plan))
-            .await
+    /// `full_plan` plans every candidate referral, not only those whose inputs changed.
+    pub async fn deadline_tick(&self, full_plan: bool) -> Cycle {
+        self.cycle_with(TickOptions::deadline(full_plan)).await
     }
 
     async fn cycle_with(&self, options: TickOptions) -> Cycle {

@@ -243,10 +243,6 @@ pub struct ScheduleConfig {
     /// 6-field cron, seconds first, UTC: when the deadline lane ticks (Microsoft pull →
     /// expiry alerts → plan → lead creates and write-backs → alert delivery).
     pub sync: String,
-    /// Between full reads of the Partner Center inbox. Other ticks read the inbox newest
-    /// first only until they reach referrals already known (changes to known ones come with
-    /// the incremental query), so a tick costs what is new, not the size of the inbox.
-    pub inbox_full_scan: HumanDuration,
     /// Between full plans of every candidate referral, a safety net beside the plan queue
     /// (the deadline lane plans only referrals whose inputs changed). Runs in the refresh lane.
     pub full_plan_every: HumanDuration,
@@ -256,7 +252,6 @@ impl Default for ScheduleConfig {
     fn default() -> Self {
         ScheduleConfig {
             sync: "0 */5 * * * *".into(),
-            inbox_full_scan: HumanDuration::secs(15 * 60),
             full_plan_every: HumanDuration::secs(3600),
         }
     }

@@ -23,9 +23,8 @@ use tracing::Instrument;
 
 use crate::alerts::deliver::{self, AlertSettings, AlertStats, Raise};
 use crate::store::runs;
-use crate::sync::{
-    pull_microsoft, push, refresh, CycleContext, CycleError, CycleReport, RefreshStats,
-};
+use crate::sync::pull::MicrosoftPull;
+use crate::sync::{push, refresh, CycleContext, CycleError, CycleReport, PullStats, RefreshStats};
 
 /// A cycle's report and what its alert phases did.
 #[derive(Debug, Clone, Serialize)]
@@ -37,8 +36,6 @@ pub struct Cycle {
 /// What one cycle does besides the deadline path itself.
 #[derive(Debug, Clone, Copy)]
 pub struct TickOptions {
-    /// Read the whole inbox (otherwise stop at the first known referral).
-    pub full_inbox: bool,
     /// Plan every candidate referral (otherwise only the plan queue).
     pub full_plan: bool,
     /// Read the Google records due now before planning (one-shot `sync` only: the daemon's
@@ -48,9 +45,8 @@ pub struct TickOptions {
 
 impl TickOptions {
     /// A deadline-lane tick of the daemon.
-    pub fn deadline(full_inbox: bool, full_plan: bool) -> TickOptions {
+    pub fn deadline(full_plan: bool) -> TickOptions {
         TickOptions {
-            full_inbox,
             full_plan,
             read_google: false,
         }
@@ -59,7 +55,6 @@ impl TickOptions {
     /// `sync`: everything, once.
     pub fn one_shot() -> TickOptions {
         TickOptions {
-            full_inbox: true,
             full_plan: true,
             read_google: true,
         }
@@ -83,12 +78,14 @@ pub async fn run_cycle(
         if let Err(e) = ctx.store.call(move |c| runs::start_cycle(c, &id, at)).await {
             report.fail(&e.into());
         }
-        let pulled = pull_microsoft(
-            &ctx.store,
-            &ctx.microsoft,
-            &ctx.pull,
-            options.full_inbox,
-            report.started_at,
+        let mut broken_sinks = HashSet::new();
+        let pulled = pull_acting_on_new(
+            ctx,
+            alerts,
+            &mut report,
+            dry_run,
+            &mut broken_sinks,
+            &mut stats,
         )
         .await;
         let pulled_stats = match &pulled {
@@ -101,7 +98,6 @@ pub async fn run_cycle(
         }
         // Expiry alerts go out while the Google work runs: neither waits for the other
         // (a slow or dead alert sink never delays a lead create).
-        let mut broken_sinks = HashSet::new();
         let expiry = deliver::raise_and_deliver(
             &ctx.store,
             alerts,
@@ -148,6 +144,65 @@ pub async fn run_cycle(
     }
 }
 
+/// The Microsoft pull, page by page. A page that brought new referrals is acted on before
+/// the next page is read: its expiry alerts are raised and delivered, and (Google side on)
+/// its referrals are planned and their leads created — so a referral's latency is the pages
+/// before it, not the whole inbox.
+async fn pull_acting_on_new(
+    ctx: &CycleContext,
+    alerts: &AlertSettings,
+    report: &mut CycleReport,
+    dry_run: bool,
+    broken_sinks: &mut HashSet<String>,
+    alert_stats: &mut AlertStats,
+) -> Result<PullStats, (PullStats, CycleError)> {
+    let mut pull = MicrosoftPull::new(&ctx.store, &ctx.microsoft, &ctx.pull, report.started_at);
+    loop {
+        let page = match pull.next_page().await {
+            Ok(Some(page)) => page,
+            Ok(None) => return Ok(pull.stats()),
+            Err(e) => return Err((pull.stats(), e)),
+        };
+        if page.counts.new == 0 {
+            continue;
+        }
+        let expiry = deliver::raise_and_deliver(
+            &ctx.store,
+            alerts,
+            Raise::Expiry,
+            Utc::now(),
+            dry_run,
+            broken_sinks,
+        );
+        let forward = forward_queued(ctx, report);
+        let (expiry, forwarded) = tokio::join!(expiry, forward);
+        alert_stats.add(expiry);
+        if let Err(e) = forwarded {
+            return Err((pull.stats(), e));
+        }
+    }
+}
+
+/// Plans the queued referrals and pushes what is due (the forward path of new referrals).
+async fn forward_queued(ctx: &CycleContext, report: &mut CycleReport) -> Result<(), CycleError> {
+    let Some(google) = &ctx.google else {
+        return Ok(());
+    };
+    let planned = push::plan_queued(&ctx.store, &google.policy, Utc::now()).await?;
+    report.planned.add(planned);
+    let pushed = push::push_due(
+        &ctx.store,
+        &ctx.microsoft,
+        &ctx.pull.retry,
+        google,
+        &report.cycle_id,
+        &ctx.stop,
+    )
+    .await?;
+    report.pushed.add(pushed);
+    Ok(())
+}
+
 /// Plan and push (and, for a one-shot cycle, the Google reads due first).
 async fn google_phases(
     ctx: &CycleContext,
@@ -163,21 +218,11 @@ async fn google_phases(
         report.google.failed = read.failed;
     }
     let now = Utc::now();
-    report.planned = if options.full_plan {
-        push::plan_all(&ctx.store, &google.policy, now).await?
-    } else {
-        push::plan_queued(&ctx.store, &google.policy, now).await?
-    };
-    report.pushed = push::push_due(
-        &ctx.store,
-        &ctx.microsoft,
-        &ctx.pull.retry,
-        google,
-        &report.cycle_id,
-        &ctx.stop,
-    )
-    .await?;
-    Ok(())
+    if options.full_plan {
+        let planned = push::plan_all(&ctx.store, &google.policy, now).await?;
+        report.planned.add(planned);
+    }
+    forward_queued(ctx, report).await
 }
 
 /// Reads every Google record due now, as far as the budget allows.

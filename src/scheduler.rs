@@ -202,7 +202,6 @@ async fn wait_for_first_token(app: &App, shutdown: &CancellationToken) -> anyhow
 
 /// The deadline lane: one tick per wake-up, never two at once, until shutdown.
 async fn deadline_lane(daemon: Arc<Daemon>) {
-    let mut last_full_inbox: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = daemon.wake.notified() => {}
@@ -213,18 +212,12 @@ async fn deadline_lane(daemon: Arc<Daemon>) {
         }
         let _guard = daemon.running.lock().await;
         let app = daemon.app();
-        let full_inbox =
-            last_full_inbox.is_none_or(|at| at.elapsed() >= app.config.schedule.inbox_full_scan.0);
         let full_plan = daemon.full_plan_due.swap(false, Ordering::SeqCst);
         daemon.health.cycle_started();
-        let cycle = app.deadline_tick(full_inbox, full_plan).await;
+        let cycle = app.deadline_tick(full_plan).await;
         daemon.health.cycle_finished(&cycle);
         daemon.notifier.status(&status_line(&cycle));
-        if cycle.report.ok() {
-            if full_inbox {
-                last_full_inbox = Some(Instant::now());
-            }
-        } else if full_plan {
+        if !cycle.report.ok() && full_plan {
             // Not planned after all: the next tick tries again.
             daemon.full_plan_due.store(true, Ordering::SeqCst);
         }

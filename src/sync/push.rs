@@ -74,6 +74,16 @@ pub struct PushStats {
     pub superseded: u64,
 }
 
+impl PushStats {
+    pub fn add(&mut self, o: PushStats) {
+        self.done += o.done;
+        self.retried += o.retried;
+        self.dead += o.dead;
+        self.quarantined += o.quarantined;
+        self.superseded += o.superseded;
+    }
+}
+
 /// Reconciles every candidate referral in batches, storing each batch's decisions in one
 /// transaction.
 pub async fn plan_all(

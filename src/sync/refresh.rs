@@ -98,7 +98,8 @@ impl RefreshStats {
     }
 }
 
-/// One pass: reads the records due now that the budget allows. An authentication failure
+/// One pass: reads the records due at `now` that the budget allows (`now` is the clock of
+/// the schedule and the budget, so tests can step it). An authentication failure
 /// ends the pass with the error (after recording what was read); other failures are
 /// scheduled again with back-off.
 pub async fn refresh_pass(
@@ -154,7 +155,7 @@ pub async fn refresh_pass(
         .await?;
 
     let results: Vec<Result<CheckResult, CycleError>> = futures_util::stream::iter(to_read)
-        .map(|record| check_one(store, google, settings, &finals, record))
+        .map(|record| check_one(store, google, settings, &finals, record, now))
         .buffer_unordered(settings.concurrency.max(1))
         .collect()
         .await;
@@ -190,6 +191,7 @@ async fn check_one(
     settings: &RefreshSettings,
     finals: &[String],
     record: DueRecord,
+    now: DateTime<Utc>,
 ) -> Result<CheckResult, CycleError> {
     let client = google.client.background();
     let fetched = match resource_kind(&record.name) {
@@ -210,14 +212,13 @@ async fn check_one(
         Ok((value, is_final)) => {
             let hot = match &value {
                 Fetched::Opportunity(_) => true, // not final = in play
-                Fetched::Lead(_) => near_deadline(&record, settings, Utc::now()),
+                Fetched::Lead(_) => near_deadline(&record, settings, now),
             };
             let settings = settings.clone();
             let previous = record.interval;
             let result = store
                 .call(move |c| {
                     let tx = c.transaction()?;
-                    let now = Utc::now();
                     let changed = match &value {
                         Fetched::Lead(l) => gstore::save_lead(&tx, l, Some(&referral_id), now)?,
                         Fetched::Opportunity(o) => {
@@ -247,7 +248,7 @@ async fn check_one(
                 retry_in: retry_after_failure(record.failures, settings),
             };
             store
-                .call(move |c| schedule::record_check(c, &name, result, Utc::now()))
+                .call(move |c| schedule::record_check(c, &name, result, now))
                 .await?;
             if e.is_auth() {
                 return Err(e.into());

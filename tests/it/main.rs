@@ -9,4 +9,5 @@ mod google;
 mod helpers;
 mod hostile;
 mod kill;
+mod lanes;
 mod limits;
