@@ -35,6 +35,8 @@ pub struct GoogleState {
     pub(crate) create_requests: Vec<String>,
     /// How long a lead create takes to answer (after it is recorded above).
     pub(crate) create_latency: std::time::Duration,
+    /// `Retry-After` seconds of a 429 the next lead create answers (once).
+    pub(crate) create_429: Option<u64>,
     /// Added before every `get` answer (a slow Google read path).
     pub(crate) read_delay: std::time::Duration,
     next_id: u64,
@@ -376,11 +378,22 @@ async fn create_lead(
         .ok()
         .and_then(|v| v["externalSystemId"].as_str().map(str::to_string))
         .unwrap_or_default();
-    let latency = {
+    let (latency, too_many) = {
         let mut g = lock(&state.google);
         g.create_requests.push(external_id);
-        g.create_latency
+        (g.create_latency, g.create_429.take())
     };
+    if let Some(secs) = too_many {
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RESOURCE_EXHAUSTED",
+            "Quota exceeded.",
+        );
+        if let Ok(value) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert("Retry-After", value);
+        }
+        return response;
+    }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
@@ -591,6 +604,11 @@ impl super::Simulator {
     /// Every lead create from now on takes `latency` to answer (it is received at once).
     pub fn set_create_latency(&self, latency: std::time::Duration) {
         lock(&self.state.google).create_latency = latency;
+    }
+
+    /// The next lead create answers 429 with this `Retry-After` (any number, to test clamping).
+    pub fn answer_next_create_429(&self, retry_after_secs: u64) {
+        lock(&self.state.google).create_429 = Some(retry_after_secs);
     }
 
     /// The `externalSystemId` of every lead create received, in order.

@@ -107,6 +107,21 @@ pub fn mark_sending(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<bo
     Ok(n == 1)
 }
 
+/// How many Partner Center PATCHes of this referral met a 412 in this cycle (from the audit
+/// log): the first re-plans, a second waits for the next cycle.
+pub fn count_412_in_cycle(
+    conn: &Connection,
+    cycle_id: &str,
+    referral_id: &str,
+) -> Result<u64, StoreError> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM audit_log WHERE cycle_id = ?1 AND resource = ?2
+           AND api = 'microsoft' AND method = 'PATCH' AND status_code = 412",
+        params![cycle_id, referral_id],
+        |r| r.get::<_, i64>(0),
+    )? as u64)
+}
+
 /// Gives back a taken action that was never sent (shutdown began first): due again at once,
 /// the attempt not counted.
 pub fn release(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {

@@ -5,7 +5,6 @@
 //! quarantined, never repeated. A 412 on a referral patch re-reads the referral and re-plans.
 //! Every remote write lands in the audit log with its request id.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -256,19 +255,6 @@ fn apply_plan(
 struct PushRun {
     /// SIGTERM: no new write starts (see [`mark_sending`]).
     stop: CancellationToken,
-    /// Referrals whose patch met a 412 and was re-planned in this push: a second 412 waits
-    /// for the next cycle instead of re-planning again (an always-412 server ends the cycle).
-    replanned: std::sync::Mutex<HashSet<String>>,
-}
-
-impl PushRun {
-    /// Whether this referral may still be re-planned after a 412 in this push (at most once).
-    fn may_replan(&self, referral_id: &str) -> bool {
-        self.replanned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(referral_id.to_string())
-    }
 }
 
 /// Executes due actions until none is due, or until `stop` (SIGTERM): then no new action
@@ -284,10 +270,7 @@ pub async fn push_due(
     stop: &CancellationToken,
 ) -> Result<PushStats, StoreError> {
     let mut stats = PushStats::default();
-    let run = PushRun {
-        stop: stop.clone(),
-        replanned: Default::default(),
-    };
+    let run = PushRun { stop: stop.clone() };
     let mut running = futures_util::stream::FuturesUnordered::new();
     let mut taken: Vec<i64> = Vec::new();
     loop {
@@ -330,6 +313,13 @@ pub async fn push_due(
             Outcome::Superseded { .. } => stats.superseded += 1,
         }
     }
+}
+
+async fn count_412(store: &Store, cycle_id: &str, referral_id: &str) -> Result<u64, StoreError> {
+    let (cycle, referral) = (cycle_id.to_string(), referral_id.to_string());
+    store
+        .call(move |c| outbox::count_412_in_cycle(c, &cycle, &referral))
+        .await
 }
 
 /// Marks a taken row `in_flight` right before its send. `Some(outcome)`: do not send
@@ -722,6 +712,14 @@ async fn patch_referral(
         .map(|o| o.path.as_str())
         .collect::<Vec<_>>()
         .join(",");
+    if count_412(store, cycle_id, &row.referral_id).await? >= 2 {
+        // Two 412s in this cycle already (a write and its re-plan): no third try until the
+        // next cycle re-reads and re-plans.
+        let outcome = Outcome::Superseded {
+            reason: "412 twice in this cycle; the next cycle re-plans".into(),
+        };
+        return finish(store, row.id, outcome, None, None).await;
+    }
     if let Some(outcome) = mark_sending(store, &row, stop).await? {
         return Ok(outcome);
     }
@@ -729,6 +727,13 @@ async fn patch_referral(
         microsoft.patch_referral(&id, &ops, etag.as_deref())
     })
     .await;
+    // A 412 re-plans at most once per referral and cycle (the audit log knows the earlier one).
+    let replan_spent = match &result {
+        Err(e) if e.status() == Some(412) => {
+            count_412(store, cycle_id, &row.referral_id).await? > 0
+        }
+        _ => false,
+    };
     match result {
         Ok(outcome) => {
             let base: BaseUpdate =
@@ -771,8 +776,9 @@ async fn patch_referral(
                 .await?;
             Ok(Outcome::Done { result: None })
         }
-        Err(e) if e.status() == Some(412) && !run.may_replan(&row.referral_id) => {
-            // A second 412 in one push: the next cycle re-reads and re-plans.
+        Err(e) if e.status() == Some(412) && replan_spent => {
+            // A second 412 in one cycle: the next cycle re-reads and re-plans (an always-412
+            // server cannot keep the cycle going).
             tracing::warn!(referral_id = %row.referral_id, "412 again after re-planning; waiting for the next cycle");
             let entry = failed_audit(
                 "microsoft",

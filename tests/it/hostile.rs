@@ -8,7 +8,7 @@ use std::time::Duration;
 use cosell_sync::http::{parse_retry_after, MAX_RETRY_AFTER};
 use cosell_sync::microsoft::auth::{token_lifetime, MAX_TOKEN_LIFETIME};
 use cosell_sync::microsoft::model::parse_page;
-use cosell_sync::sim::{sample, Fault};
+use cosell_sync::sim::sample;
 use cosell_sync::sync::push::Schedule;
 use serde_json::{json, Value};
 use wiremock::matchers::{method, path, path_regex};
@@ -263,14 +263,7 @@ async fn webhook_redirects_to_another_origin_are_not_followed() {
 async fn an_absurd_retry_after_on_a_create_is_clamped() {
     let env = TestEnv::with_google("").await;
     env.sim.put_referrals(vec![good(3)]);
-    // Inbox page, incremental page, then the create.
-    env.sim.script_faults([
-        Fault::Pass,
-        Fault::Pass,
-        Fault::TooManyRequests {
-            retry_after_secs: 10_000_000_000_000,
-        },
-    ]);
+    env.sim.answer_next_create_429(10_000_000_000_000);
     let out = env.cli(&["sync"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let (state, next): (String, String) = env.query(
