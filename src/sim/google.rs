@@ -597,10 +597,6 @@ impl super::Simulator {
         lock(&self.state.google).leads.values().cloned().collect()
     }
 
-    pub fn google_lead(&self, name: &str) -> Option<Value> {
-        lock(&self.state.google).leads.get(name).cloned()
-    }
-
     /// Every lead create from now on takes `latency` to answer (it is received at once).
     pub fn set_create_latency(&self, latency: std::time::Duration) {
         lock(&self.state.google).create_latency = latency;
@@ -665,13 +661,6 @@ impl super::Simulator {
     /// The `updateMask` of every opportunity patch received, in order.
     pub fn patch_masks(&self) -> Vec<String> {
         lock(&self.state.google).patch_masks.clone()
-    }
-
-    pub fn put_opportunity(&self, opportunity: Value) {
-        let name = opportunity["name"].as_str().unwrap_or_default().to_string();
-        lock(&self.state.google)
-            .opportunities
-            .insert(name, opportunity);
     }
 
     pub fn opportunity(&self, name: &str) -> Option<Value> {

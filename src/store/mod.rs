@@ -11,6 +11,7 @@ pub mod outbox;
 pub mod referrals;
 pub mod runs;
 pub mod schedule;
+pub mod views;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -166,15 +167,6 @@ impl Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
         })
-    }
-
-    /// [`Store::open_read_only`] when `read_only`, else [`Store::open`].
-    pub fn open_for(path: &Path, read_only: bool) -> Result<Store, StoreError> {
-        if read_only {
-            Self::open_read_only(path)
-        } else {
-            Self::open(path)
-        }
     }
 
     pub fn path(&self) -> &Path {
