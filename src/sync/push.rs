@@ -17,7 +17,7 @@ use super::reconcile::{reconcile, Action, Plan, Policy};
 use super::GoogleSide;
 use crate::http::{with_retry, ApiError, RetryPolicy};
 use crate::microsoft::{MicrosoftClient, PatchOp, ReferralStatus};
-use crate::store::google::{self as gstore, BaseUpdate};
+use crate::store::google::{self as gstore, BaseUpdate, SnapshotRow};
 use crate::store::outbox::{
     self, AuditEntry, OutboxRow, Outcome, PATCH_OPPORTUNITY, PATCH_REFERRAL,
 };
@@ -83,6 +83,15 @@ impl PushStats {
     }
 }
 
+/// Which referrals a plan covers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PlanScope {
+    /// Every candidate: incoming referrals still New and every linked referral.
+    All,
+    /// The plan queue: referrals whose inputs changed since they were last planned.
+    Queued,
+}
+
 /// Reconciles every candidate referral in batches, storing each batch's decisions in one
 /// transaction.
 pub async fn plan_all(
@@ -90,31 +99,7 @@ pub async fn plan_all(
     policy: &Policy,
     now: DateTime<Utc>,
 ) -> Result<PlanStats, StoreError> {
-    let mut stats = PlanStats::default();
-    let mut after = String::new();
-    loop {
-        let (policy, cursor) = (policy.clone(), after.clone());
-        let (batch_stats, last) = store
-            .call(move |c| {
-                let rows = gstore::snapshot_batch(c, &cursor, 500)?;
-                let last = rows.last().map(|r| r.referral.referral.id.clone());
-                let tx = c.transaction()?;
-                let mut s = PlanStats::default();
-                for row in &rows {
-                    let plan = reconcile(row, &policy, now);
-                    apply_plan(&tx, &row.referral.referral.id, &plan, now, &mut s)?;
-                }
-                tx.commit()?;
-                s.referrals = rows.len() as u64;
-                Ok((s, last))
-            })
-            .await?;
-        stats.add(batch_stats);
-        match last {
-            Some(id) => after = id,
-            None => break,
-        }
-    }
+    let stats = plan_batches(store, policy, now, PlanScope::All).await?;
     // Everything queued before this plan began has been planned with newer data.
     store
         .call(move |c| schedule::planned_before(c, now))
@@ -131,25 +116,57 @@ pub async fn plan_queued(
     policy: &Policy,
     now: DateTime<Utc>,
 ) -> Result<PlanStats, StoreError> {
+    plan_batches(store, policy, now, PlanScope::Queued).await
+}
+
+/// Plans `scope` in keyset-paginated batches of 500 (memory stays flat), each batch's
+/// decisions stored in one transaction.
+async fn plan_batches(
+    store: &Store,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    scope: PlanScope,
+) -> Result<PlanStats, StoreError> {
     let mut stats = PlanStats::default();
     let mut after = String::new();
     loop {
         let (policy, cursor) = (policy.clone(), after.clone());
         let (batch_stats, last) = store
             .call(move |c| {
-                let ids = schedule::queued_for_plan(c, &cursor, 500)?;
+                let (rows, last) = match scope {
+                    PlanScope::All => {
+                        let rows = gstore::snapshot_batch(c, &cursor, 500)?;
+                        let last = rows.last().map(|r| r.referral.referral.id.clone());
+                        (
+                            rows.into_iter()
+                                .map(|r| (r.referral.referral.id.clone(), Some(r)))
+                                .collect(),
+                            last,
+                        )
+                    }
+                    PlanScope::Queued => {
+                        let ids = schedule::queued_for_plan(c, &cursor, 500)?;
+                        let mut rows: Vec<(String, Option<SnapshotRow>)> = Vec::new();
+                        for id in &ids {
+                            rows.push((id.clone(), gstore::snapshot_one(c, id)?));
+                        }
+                        (rows, ids.last().cloned())
+                    }
+                };
                 let tx = c.transaction()?;
                 let mut s = PlanStats::default();
-                for id in &ids {
-                    if let Some(row) = gstore::snapshot_one(&tx, id)? {
-                        let plan = reconcile(&row, &policy, now);
+                for (id, row) in &rows {
+                    if let Some(row) = row {
+                        let plan = reconcile(row, &policy, now);
                         apply_plan(&tx, id, &plan, now, &mut s)?;
                         s.referrals += 1;
                     }
-                    schedule::planned(&tx, id)?;
+                    if scope == PlanScope::Queued {
+                        schedule::planned(&tx, id)?;
+                    }
                 }
                 tx.commit()?;
-                Ok((s, ids.last().cloned()))
+                Ok((s, last))
             })
             .await?;
         stats.add(batch_stats);
