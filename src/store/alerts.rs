@@ -14,7 +14,7 @@ pub struct Alert {
     /// Stable dedupe key: the same across retries and restarts.
     pub id: String,
     /// `referral_expiring`, `referral_expired`, `sync_unhealthy`, `sync_recovered`,
-    /// `action_failed`, `conflict` (or `test` from `alerts test`).
+    /// `action_failed`, `conflict`, `forward_blocked` (or `test` from `alerts test`).
     pub kind: String,
     /// `info`, `warning` or `critical`.
     pub severity: String,
@@ -112,6 +112,19 @@ pub fn exists(conn: &Connection, id: &str) -> Result<bool, StoreError> {
         .query_row([id], |_| Ok(()))
         .optional()?
         .is_some())
+}
+
+/// Re-keys deliveries recorded under an old sink key (`(old, new)` pairs), so no webhook URL
+/// stays in the database; a delivery already under the new key wins.
+pub fn rename_sinks(conn: &Connection, renames: &[(String, String)]) -> Result<(), StoreError> {
+    for (old, new) in renames {
+        conn.execute(
+            "UPDATE OR IGNORE alert_deliveries SET sink = ?2 WHERE sink = ?1",
+            params![old, new],
+        )?;
+        conn.execute("DELETE FROM alert_deliveries WHERE sink = ?1", params![old])?;
+    }
+    Ok(())
 }
 
 /// Deliveries still to make, oldest first, for the given sinks.

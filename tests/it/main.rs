@@ -10,4 +10,7 @@ mod daemon;
 mod e2e;
 mod google;
 mod helpers;
+mod hostile;
+mod kill;
 mod lanes;
+mod limits;
