@@ -425,11 +425,11 @@ fn config_failure(file: &std::path::Path, errors: &ConfigErrors) -> i32 {
 }
 
 fn fail_app(e: &app::AppError) -> i32 {
-    eprintln!("cosell-sync: {e}");
+    telemetry::print_error(&e.to_string());
     e.exit_code()
 }
 
 fn fail(message: &str) -> i32 {
-    eprintln!("cosell-sync: {message}");
+    telemetry::print_error(message);
     exit::CYCLE_FAILED
 }

@@ -146,6 +146,11 @@ async fn notify_watchdog_metrics_reload_and_stop_in_order() {
         "{text}"
     );
     assert!(text.contains("configuration reloaded"), "{text}");
+    // The cron library's INFO chatter stays out of the operator's log.
+    assert!(
+        !text.contains("Job creator") && !text.contains("Uninited"),
+        "{text}"
+    );
 
     kill(&child, "-TERM");
     assert!(

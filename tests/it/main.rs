@@ -8,3 +8,4 @@ mod e2e;
 mod google;
 mod helpers;
 mod install;
+mod logs;
