@@ -60,8 +60,10 @@ pub enum Command {
         /// Only writes at or after this time (RFC 3339 or YYYY-MM-DD, UTC).
         #[arg(long)]
         since: Option<String>,
+        /// At most this many writes, newest first.
         #[arg(long, default_value_t = 200)]
         limit: usize,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
@@ -74,6 +76,13 @@ pub enum Command {
     Outbox {
         #[command(subcommand)]
         action: Option<OutboxCommand>,
+    },
+    /// Print the man page, cosell-sync(1), in roff (`cosell-sync man | man -l -`).
+    Man,
+    /// Print a shell completion script (`cosell-sync completions bash > /etc/bash_completion.d/cosell-sync`).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
     },
     /// Run against the built-in simulator with sample data; needs no config and no network.
     Demo {
@@ -90,16 +99,24 @@ pub enum OutboxCommand {
         /// Only these states (pending, in_flight, done, dead, quarantined, dropped, superseded).
         #[arg(long = "state")]
         states: Vec<String>,
+        /// At most this many actions.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
     /// Send a dead or quarantined action again (for a quarantined lead create: only once you
     /// know the lead does not exist in Google; otherwise `link` it).
-    Retry { id: i64 },
+    Retry {
+        /// The action's id (`outbox list`).
+        id: i64,
+    },
     /// Never send this action.
-    Drop { id: i64 },
+    Drop {
+        /// The action's id (`outbox list`).
+        id: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,8 +126,10 @@ pub enum AlertsCommand {
         /// Only alerts not yet delivered to every sink.
         #[arg(long)]
         pending: bool,
+        /// At most this many alerts.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },

@@ -204,6 +204,9 @@ pub struct Config {
 pub struct MetricsConfig {
     /// `host:port` to serve `/metrics` and `/healthz` on, e.g. "127.0.0.1:9464"; off when unset.
     pub listen: Option<String>,
+    /// A non-loopback `listen` is warned about at start unless this says it is on purpose
+    /// (a firewall or network policy guards the port).
+    pub allow_remote: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -191,7 +191,7 @@ where
         })
         .adjust(|e: &ApiError, planned| planned.map(|d| e.retry_after().unwrap_or(d)))
         .notify(|e: &ApiError, wait| {
-            crate::health::metrics().retry(what);
+            crate::metrics::global().retry(what);
             tracing::warn!(what, error = %e, wait_ms = wait.as_millis() as u64, "transient error, retrying");
         })
         .await
@@ -271,17 +271,18 @@ pub async fn send_and_read(
     path: &str,
     request: reqwest::RequestBuilder,
 ) -> Result<RawAnswer, ApiError> {
+    let started = std::time::Instant::now();
+    let metrics = crate::metrics::global();
     let response = request.send().await.map_err(|e| {
-        crate::health::metrics().api_request(api, method, None);
+        metrics.api_request(api, method, None, started.elapsed());
         ApiError::transport(api, method, path, &e)
     })?;
     let status = response.status();
-    crate::health::metrics().api_request(api, method, Some(status.as_u16()));
     let headers = response.headers().clone();
-    let text = response
-        .text()
-        .await
-        .map_err(|e| ApiError::transport(api, method, path, &e))?;
+    let text = response.text().await;
+    // Counted once the whole body is read, so the duration is the request's full time.
+    metrics.api_request(api, method, Some(status.as_u16()), started.elapsed());
+    let text = text.map_err(|e| ApiError::transport(api, method, path, &e))?;
     Ok(RawAnswer {
         status,
         headers,

@@ -34,6 +34,9 @@ async fn dispatch(cli: Cli) -> i32 {
             }
         };
     }
+    if let Some(code) = cosell_sync::generate::run(&cli.command) {
+        return code;
+    }
     let file = config_path(cli.config.as_deref());
     if let Command::Auth {
         action: AuthCommand::Microsoft,
@@ -328,7 +331,9 @@ async fn dispatch(cli: Cli) -> i32 {
                 Err(e) => fail(&format!("daemon stopped: {e:#}")),
             }
         }
-        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::Man | Command::Completions { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 

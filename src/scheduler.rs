@@ -176,7 +176,7 @@ async fn guarded_cycle(daemon: &Daemon, trigger: &str) {
     let app = daemon.app();
     daemon.health.cycle_started();
     let cycle = app.sync_once().await;
-    daemon.health.cycle_finished(&cycle);
+    daemon.health.cycle_finished(&cycle.outcome());
     daemon.notifier.status(&status_line(&cycle));
 }
 

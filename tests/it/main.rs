@@ -9,3 +9,4 @@ mod google;
 mod helpers;
 mod install;
 mod logs;
+mod metrics;
