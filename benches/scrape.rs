@@ -111,12 +111,15 @@ listen = "127.0.0.1:{port}"
         .arg("run")
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
         .spawn()
         .expect("daemon starts");
     let started = Instant::now();
     while get(port, "/healthz").is_none() {
-        assert!(started.elapsed() < Duration::from_secs(30), "no /healthz");
+        if started.elapsed() > Duration::from_secs(30) {
+            let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+            panic!("no /healthz; the daemon's log:\n{log}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -139,10 +142,11 @@ listen = "127.0.0.1:{port}"
         if sample_value(&metrics, "cosell_cycle_duration_seconds_count").unwrap_or(0.0) >= 1.0 {
             break sample_value(&metrics, "cosell_cycle_duration_seconds_sum").unwrap();
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "no cycle ended"
-        );
+        if started.elapsed() > Duration::from_secs(600) || child.try_wait().ok().flatten().is_some()
+        {
+            let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+            panic!("no cycle ended; the daemon's log:\n{log}");
+        }
     };
     stop.store(true, Ordering::Relaxed);
     for t in threads {

@@ -53,10 +53,79 @@ pub fn man_page(out: &mut dyn Write) -> std::io::Result<()> {
     man.render_synopsis_section(out)?;
     man.render_description_section(out)?;
     man.render_options_section(out)?;
-    man.render_subcommands_section(out)?;
+    out.write_all(b".SH COMMANDS\n")?;
+    for sub in Cli::command().get_subcommands() {
+        render_command(sub, "cosell-sync", out)?;
+    }
     out.write_all(EXTRA.as_bytes())?;
     man.render_version_section(out)?;
     Ok(())
+}
+
+/// One command (and its subcommands) as a `.SS` block: usage, about, each argument.
+fn render_command(cmd: &clap::Command, parent: &str, out: &mut dyn Write) -> std::io::Result<()> {
+    let path = format!("{parent} {}", cmd.get_name());
+    if cmd.has_subcommands() {
+        for sub in cmd.get_subcommands() {
+            render_command(sub, &path, out)?;
+        }
+        return Ok(());
+    }
+    let mut usage = path.clone();
+    for arg in cmd.get_arguments().filter(|a| a.get_id() != "help") {
+        let name = arg
+            .get_value_names()
+            .and_then(|v| v.first())
+            .map_or_else(|| arg.get_id().as_str().to_uppercase(), |v| v.to_string());
+        let word = match arg.get_long() {
+            Some(long) if arg.get_action().takes_values() => {
+                format!("[--{long} {name}]")
+            }
+            Some(long) => format!("[--{long}]"),
+            None => name,
+        };
+        usage.push(' ');
+        usage.push_str(&word);
+    }
+    writeln!(out, ".SS \"{}\"", roff(&usage))?;
+    if let Some(about) = cmd.get_long_about().or(cmd.get_about()) {
+        writeln!(out, "{}", roff(&about.to_string()))?;
+    }
+    for arg in cmd.get_arguments().filter(|a| a.get_id() != "help") {
+        let label = match arg.get_long() {
+            Some(long) => format!("\\fB\\-\\-{}\\fR", roff(long)),
+            None => format!("\\fI{}\\fR", roff(&arg.get_id().as_str().to_uppercase())),
+        };
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        let default: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        let default = if default.is_empty() {
+            String::new()
+        } else {
+            format!(" [default: {}]", default.join(", "))
+        };
+        writeln!(out, ".TP\n{label}\n{}{}", roff(&help), roff(&default))?;
+    }
+    Ok(())
+}
+
+/// Text made safe for roff: backslashes escaped, hyphens literal, no line starting a request.
+fn roff(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    escaped
+        .lines()
+        .map(|l| {
+            if l.starts_with('.') || l.starts_with('\'') {
+                format!("\\&{l}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Sections clap does not know about, in roff.
@@ -146,9 +215,17 @@ mod tests {
             "{roff}"
         );
         for sub in Cli::command().get_subcommands() {
-            let name = sub.get_name().replace('-', "\\-");
+            let name = format!(".SS \"cosell\\-sync {}", sub.get_name().replace('-', "\\-"));
             assert!(roff.contains(&name), "{name} missing from the man page");
         }
+        assert!(
+            roff.contains("cosell\\-sync outbox retry"),
+            "nested commands"
+        );
+        assert!(
+            !roff.contains("cosell\\-sync\\-run(1)"),
+            "no pages that do not exist"
+        );
         assert!(roff.contains(".SH EXIT STATUS") && roff.contains("\\fB78\\fR"));
     }
 

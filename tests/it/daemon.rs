@@ -57,6 +57,8 @@ pub(crate) fn spawn_run(
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
+        // A failing assertion must not leave a daemon running.
+        .kill_on_drop(true)
         .spawn()
         .unwrap()
 }
