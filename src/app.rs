@@ -6,19 +6,21 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::alerts::deliver::{AlertSettings, AlertStats};
+use crate::alerts::deliver::AlertSettings;
 use crate::config::Config;
 use crate::deadline;
 use crate::google::{GoogleAuth, GoogleClient};
 use crate::http::RateLimiter;
+pub use crate::lanes::Cycle;
+use crate::lanes::{self, TickOptions};
 use crate::microsoft::{MicrosoftClient, TokenSource};
 use crate::store::google::{self as gstore, ConflictRow};
 use crate::store::outbox::{self, OutboxRow};
 use crate::store::referrals::{self, ReferralSummary};
 use crate::store::runs::{self, CycleRun};
+use crate::store::schedule::{self, RefreshBacklog};
 use crate::store::{Store, StoreError};
-use crate::sync::reconcile::Policy;
-use crate::sync::{self, CycleContext, CycleReport, GoogleSide, PullSettings};
+use crate::sync::{self, CycleContext, GoogleSide, Policy, PullSettings, RefreshSettings};
 
 /// Why a command could not run, mapped to an exit code by `main`.
 #[derive(Debug, thiserror::Error)]
@@ -166,22 +168,30 @@ impl App {
         self.worker_lock = from.worker_lock.clone();
     }
 
-    /// One full cycle, then its alerts (raised and delivered; never failing the cycle).
+    /// One full cycle (`sync`): a full pull, the Google records due now, a full plan, the
+    /// push and the alerts (raised and delivered; never failing the cycle).
     pub async fn sync_once(&self) -> Cycle {
+        self.cycle_with(TickOptions::one_shot()).await
+    }
+
+    /// One tick of the daemon's deadline lane: never a Google re-read.
+    /// `full_plan` plans every candidate referral, not only those whose inputs changed.
+    pub async fn deadline_tick(&self, full_plan: bool) -> Cycle {
+        self.cycle_with(TickOptions::deadline(full_plan)).await
+    }
+
+    async fn cycle_with(&self, options: TickOptions) -> Cycle {
         debug_assert!(
             self.worker_lock.is_some(),
             "cycles run only in the worker process"
         );
-        let report = sync::run_cycle(&self.cycle).await;
-        let alerts = crate::alerts::deliver::after_cycle(
-            &self.store,
+        lanes::run_cycle(
+            &self.cycle,
             &self.alerts,
-            &report,
-            chrono::Utc::now(),
+            options,
             self.dry_run_dir.is_some(),
         )
-        .await;
-        Cycle { report, alerts }
+        .await
     }
 
     /// `link REFERRAL_ID RESOURCE`: tracks an existing lead or opportunity for a referral,
@@ -318,10 +328,8 @@ fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
         .ok_or_else(|| AppError::Config("google.credentials_file is missing".into()))?;
     let auth = GoogleAuth::from_key_file(key)
         .map_err(|e| AppError::Config(format!("google.credentials_file: {e}")))?;
-    let http = MicrosoftClient::build_http(
-        config.microsoft.timeout.0,
-        config.microsoft.connect_timeout.0,
-    );
+    // Google's own timeouts: its calls are small and its quota is not Microsoft's.
+    let http = MicrosoftClient::build_http(g.timeout.0, g.connect_timeout.0);
     let client = GoogleClient::new(
         http,
         &g.api_base,
@@ -341,41 +349,29 @@ fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
             forward: config.forward.clone(),
             lead: g.lead.clone(),
         },
-        schedule: sync::push::Schedule {
+        schedule: sync::Schedule {
             max_attempts: sync.max_attempts,
             min: sync.retry_min.0,
             max: sync.retry_max.0,
         },
         concurrency: sync.concurrency,
-        retry: config.microsoft.retry.policy(),
+        retry: g.retry.policy(),
+        refresh: refresh_settings(config),
         dry_run: config.daemon.dry_run,
     })
 }
 
-/// A cycle's report and what its alert phase did.
-#[derive(Debug, Clone, Serialize)]
-pub struct Cycle {
-    pub report: CycleReport,
-    pub alerts: AlertStats,
-}
-
-impl Cycle {
-    /// What [`crate::health::Health::cycle_finished`] needs, as plain data.
-    pub fn outcome(&self) -> crate::health::CycleOutcome {
-        let r = &self.report;
-        crate::health::CycleOutcome {
-            started_at: r.started_at.into(),
-            elapsed: r.elapsed,
-            ok: r.ok(),
-            writes: crate::health::WriteCounts {
-                done: r.pushed.done,
-                retried: r.pushed.retried,
-                dead: r.pushed.dead,
-                quarantined: r.pushed.quarantined,
-            },
-            alerts_delivered: self.alerts.delivered,
-            alerts_undelivered: self.alerts.undelivered,
-        }
+fn refresh_settings(config: &Config) -> RefreshSettings {
+    let r = &config.refresh;
+    RefreshSettings {
+        reads_per_hour: r.reads_per_hour,
+        min_interval: r.min_interval.0,
+        hot_max_interval: r.hot_max_interval.0,
+        max_interval: r.max_interval.0,
+        near_deadline: r.near_deadline.as_chrono(),
+        response_window: config.alerts.response_window.as_chrono(),
+        concurrency: r.concurrency,
+        batch: 50,
     }
 }
 
@@ -416,6 +412,8 @@ pub struct StatusReport {
     /// Referrals the forward rules chose that cannot make a valid lead.
     pub cannot_forward: Vec<Blocked>,
     pub links: LinkCounts,
+    /// The refresh lane: records tracked and due, the oldest unchecked, the budget used.
+    pub refresh: RefreshBacklog,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -499,6 +497,7 @@ pub fn status(
                     reason,
                 })
                 .collect(),
+            refresh: schedule::backlog(c, now)?,
             links: c.query_row(
                 "SELECT COUNT(lead_name), COUNT(opportunity_name) FROM links",
                 [],
@@ -579,6 +578,11 @@ pub fn render_status(report: &StatusReport, limit: usize) -> String {
         out,
         "Google: {} leads and {} opportunities tracked",
         report.links.leads, report.links.opportunities
+    );
+    let _ = writeln!(
+        out,
+        "{}",
+        render_refresh(&report.refresh, report.generated_at)
     );
     if !report.outbox.is_empty() {
         let summary: Vec<String> = report
@@ -670,6 +674,36 @@ pub fn render_status(report: &StatusReport, limit: usize) -> String {
         );
     }
     out
+}
+
+/// The refresh lane's line of `status`.
+fn render_refresh(r: &RefreshBacklog, now: DateTime<Utc>) -> String {
+    let oldest = match &r.oldest_unchecked {
+        None => String::new(),
+        Some(o) => match o.last_checked_at {
+            Some(at) => format!(
+                "; oldest check {} ago ({})",
+                rough_age((now - at).num_seconds()),
+                o.name
+            ),
+            None => format!("; never read yet: {}", o.name),
+        },
+    };
+    format!(
+        "Refresh lane: {} Google records tracked, {} due now, {} reads in the last hour, {} referrals waiting to be planned{}",
+        r.tracked, r.due, r.reads_last_hour, r.plan_queue, oldest
+    )
+}
+
+/// "45s", "12m", "3h 5m", "2d 4h".
+fn rough_age(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
 }
 
 fn truncate(text: &str, width: usize) -> String {

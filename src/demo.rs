@@ -177,7 +177,9 @@ pub fn demo_config(sim: &Simulator, state_dir: &std::path::Path) -> anyhow::Resu
                 "product_families": {"Microsoft365": "GOOGLE_WORKSPACE"}
             }
         },
-        "sync": {"conflict": "microsoft", "retry_min": "1s", "retry_max": "5s"}
+        "sync": {"conflict": "microsoft", "retry_min": "1s", "retry_max": "5s"},
+        // The demo compresses days into seconds: every tracked record is due at each cycle.
+        "refresh": {"min_interval": "0s"}
     })));
     let loaded = Config::from_figment(figment, &state_dir.join("demo.toml"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;

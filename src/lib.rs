@@ -18,7 +18,9 @@
 //! - [`microsoft`]: Entra refresh-token grant with a rotating token file, and the Referrals client.
 //! - [`google`]: service-account tokens and the Cloud CRM Partners client (four methods).
 //! - [`store`]: SQLite (WAL, migrations, schema version) behind a blocking-thread boundary.
-//! - [`sync`]: one cycle: pull both sides, plan with the pure `reconcile`, push the outbox.
+//! - [`lanes`]: the deadline lane (pull → expiry alerts → plan → push → alerts) and the
+//!   refresh lane (Google re-reads on a per-record schedule), joining `sync` and `alerts`.
+//! - [`sync`]: the primitives: Microsoft pull, Google refresh, the pure `reconcile`, the outbox.
 //! - [`deadline`]: the 14-day response window arithmetic, pure.
 //! - [`alerts`]: expiry and health alerts (pure planner), formats, durable delivery to sinks.
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
@@ -40,6 +42,7 @@ pub mod generate;
 pub mod google;
 pub mod health;
 pub mod http;
+pub mod lanes;
 pub mod metrics;
 pub mod microsoft;
 pub mod scheduler;

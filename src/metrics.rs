@@ -64,6 +64,9 @@ pub struct StateSnapshot {
     pub awaiting: Vec<(&'static str, bool, u64)>,
     /// (kind, delivery state, count) of alerts.
     pub alerts: Vec<(String, String, u64)>,
+    /// Google records due for a refresh read, and how long the longest-unchecked one has
+    /// gone unread (`None` without a refresh schedule).
+    pub refresh_backlog: Option<(u64, Option<Duration>)>,
 }
 
 /// Every metric family of the process.
@@ -383,6 +386,9 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(count(of(Some(false))));
         }
+        if let Some((due, oldest)) = state.refresh_backlog {
+            self.refresh_backlog(due, oldest);
+        }
         self.alerts.clear();
         for (kind, delivery, n) in &state.alerts {
             self.alerts
@@ -524,6 +530,7 @@ mod tests {
             outbox: vec![("create_lead".into(), "pending".into(), 3)],
             awaiting: vec![("lt_4h", false, 2), ("lt_4h", true, 5)],
             alerts: vec![],
+            refresh_backlog: Some((7, Some(Duration::from_secs(90)))),
         });
         m.set_state(&StateSnapshot {
             outbox: vec![("create_lead".into(), "done".into(), 3)],
@@ -533,5 +540,10 @@ mod tests {
         assert!(text.contains("cosell_outbox_actions{kind=\"create_lead\",state=\"done\"} 3"));
         assert!(!text.contains("state=\"pending\""), "{text}");
         assert!(text.contains("cosell_referrals_awaiting_response{time_left=\"lt_4h\"} 0"));
+        assert!(text.contains("cosell_refresh_backlog_records 7"), "{text}");
+        assert!(
+            text.contains("cosell_refresh_oldest_unchecked_age_seconds 90"),
+            "{text}"
+        );
     }
 }

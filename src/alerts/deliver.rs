@@ -17,7 +17,6 @@ use super::due::{expiry_alert, health_alert, Health};
 use super::{format, Alert};
 use crate::config::{AlertFormat, AlertsConfig, CommandConfig, WebhookConfig};
 use crate::store::{alerts as astore, google as gstore, outbox, referrals, Store, StoreError};
-use crate::sync::CycleReport;
 
 /// A place alerts go besides the log.
 #[derive(Debug, Clone)]
@@ -135,17 +134,42 @@ pub struct AlertStats {
     pub undelivered: u64,
 }
 
-/// Raises the alerts a cycle calls for and delivers everything pending. Errors are logged;
-/// this never fails the cycle.
-pub async fn after_cycle(
+impl AlertStats {
+    pub fn add(&mut self, o: AlertStats) {
+        self.raised += o.raised;
+        self.delivered += o.delivered;
+        self.undelivered = o.undelivered;
+    }
+}
+
+/// Which alerts to raise now.
+#[derive(Debug, Clone)]
+pub enum Raise {
+    /// Expiry alerts only: they need nothing but Microsoft data, so they go out right after
+    /// the pull, before any Google work.
+    Expiry,
+    /// Everything, with how the cycle ended (for `sync_unhealthy` and its recovery).
+    All {
+        error: Option<String>,
+        auth_failed: bool,
+    },
+}
+
+/// Raises the alerts asked for and delivers everything pending. Errors are logged; this
+/// never fails the cycle.
+///
+/// `broken` holds the sinks that failed earlier in this cycle: they are not tried again until
+/// the next cycle (their deliveries wait, recorded).
+pub async fn raise_and_deliver(
     store: &Store,
     settings: &AlertSettings,
-    report: &CycleReport,
+    raise: Raise,
     now: DateTime<Utc>,
     dry_run: bool,
+    broken: &mut HashSet<String>,
 ) -> AlertStats {
     let mut stats = AlertStats::default();
-    match raise_due(store, settings, report, now).await {
+    match raise_due(store, settings, raise, now).await {
         Ok(raised) => stats.raised = raised,
         Err(e) => tracing::error!(error = %e, "cannot record alerts"),
     }
@@ -158,7 +182,7 @@ pub async fn after_cycle(
         }
         return stats;
     }
-    match deliver_pending(store, settings).await {
+    match deliver_pending(store, settings, broken).await {
         Ok((delivered, undelivered)) => {
             stats.delivered = delivered;
             stats.undelivered = undelivered;
@@ -171,11 +195,10 @@ pub async fn after_cycle(
 async fn raise_due(
     store: &Store,
     settings: &AlertSettings,
-    report: &CycleReport,
+    which: Raise,
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
     let settings = settings.clone();
-    let (error, auth_failed) = (report.error.clone(), report.auth_failed);
     store
         .call(move |c| {
             let sinks: Vec<String> = settings.sinks.iter().map(Sink::key).collect();
@@ -195,6 +218,17 @@ async fn raise_due(
                 }
                 Ok(())
             };
+            // Expiry, for every incoming referral still New.
+            referrals::each_awaiting_response(&tx, |r| {
+                match expiry_alert(&r, settings.window, &settings.thresholds, &settings.referral_url, now) {
+                    Some(alert) => raise(&tx, alert),
+                    None => Ok(()),
+                }
+            })?;
+            let Raise::All { error, auth_failed } = which else {
+                tx.commit()?;
+                return Ok(count);
+            };
             // Health.
             let mut health: Health = astore::get_health(&tx, "sync")?
                 .and_then(|v| serde_json::from_str(&v).ok())
@@ -203,13 +237,6 @@ async fn raise_due(
                 raise(&tx, alert)?;
             }
             astore::set_health(&tx, "sync", &serde_json::to_string(&health).expect("health serializes"), now)?;
-            // Expiry, for every incoming referral still New.
-            referrals::each_awaiting_response(&tx, |r| {
-                match expiry_alert(&r, settings.window, &settings.thresholds, &settings.referral_url, now) {
-                    Some(alert) => raise(&tx, alert),
-                    None => Ok(()),
-                }
-            })?;
             // Writes that need a person.
             for row in outbox::list(&tx, &["dead", "quarantined"], 1000)? {
                 let mut alert = Alert::general(
@@ -258,9 +285,9 @@ async fn raise_due(
 pub async fn deliver_pending(
     store: &Store,
     settings: &AlertSettings,
+    broken: &mut HashSet<String>,
 ) -> Result<(u64, u64), StoreError> {
     let sinks: HashMap<String, &Sink> = settings.sinks.iter().map(|s| (s.key(), s)).collect();
-    let mut broken: HashSet<String> = HashSet::new();
     let (mut delivered, mut undelivered) = (0, 0);
     let pending = store.call(|c| astore::pending(c, 10_000)).await?;
     for (alert, sink_key, attempts_before) in pending {

@@ -30,6 +30,8 @@ pub struct GoogleState {
     pub(crate) access_tokens: HashSet<String>,
     /// The `updateMask` of every opportunity patch received, in order.
     pub(crate) patch_masks: Vec<String>,
+    /// Added before every `get` answer (a slow Google read path).
+    pub(crate) read_delay: std::time::Duration,
     next_id: u64,
 }
 
@@ -436,6 +438,10 @@ async fn get_record(
         Ok(d) => d,
         Err(r) => return r,
     };
+    let read_delay = lock(&state.google).read_delay;
+    if !read_delay.is_zero() {
+        tokio::time::sleep(read_delay).await;
+    }
     let name = format!("partners/{partner}/{collection}/{id}");
     let found = {
         let g = lock(&state.google);
@@ -604,6 +610,11 @@ impl super::Simulator {
         });
         g.opportunities.insert(name.clone(), opp);
         Some(name)
+    }
+
+    /// Makes every Google `get` answer `delay` late (writes are not slowed).
+    pub fn set_google_read_delay(&self, delay: std::time::Duration) {
+        lock(&self.state.google).read_delay = delay;
     }
 
     /// The `updateMask` of every opportunity patch received, in order.

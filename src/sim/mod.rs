@@ -132,6 +132,8 @@ pub struct SimState {
     pub(crate) tokens: Mutex<TokenState>,
     faults: Mutex<Faults>,
     counters: Mutex<BTreeMap<String, u64>>,
+    /// The kinds of the last requests, oldest first (bounded), for tests of request order.
+    request_log: Mutex<VecDeque<String>>,
     pub(crate) google: Mutex<google::GoogleState>,
     /// `http://127.0.0.1:PORT`, known once the listener is bound.
     pub(crate) base_url: Mutex<String>,
@@ -157,6 +159,7 @@ impl SimState {
             tokens: Mutex::new(tokens),
             faults: Mutex::new(Faults::default()),
             counters: Mutex::new(BTreeMap::new()),
+            request_log: Mutex::new(VecDeque::new()),
             google: Mutex::new(google::GoogleState::default()),
             base_url: Mutex::new(String::new()),
         }
@@ -164,6 +167,11 @@ impl SimState {
 
     pub(crate) fn count(&self, key: &str) {
         *lock(&self.counters).entry(key.to_string()).or_default() += 1;
+        let mut log = lock(&self.request_log);
+        if log.len() >= 10_000 {
+            log.pop_front();
+        }
+        log.push_back(key.to_string());
     }
 
     pub(crate) fn next_fault(&self) -> (Option<Fault>, Duration) {
@@ -258,6 +266,11 @@ impl Simulator {
     /// Requests served, by kind (`token`, `list`, `get`, `patch`, `fault:429`, ...).
     pub fn counters(&self) -> BTreeMap<String, u64> {
         lock(&self.state.counters).clone()
+    }
+
+    /// The kinds of the last (up to 10,000) counted requests, oldest first.
+    pub fn request_log(&self) -> Vec<String> {
+        lock(&self.state.request_log).iter().cloned().collect()
     }
 
     pub fn counter(&self, key: &str) -> u64 {

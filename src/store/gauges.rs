@@ -1,5 +1,6 @@
 //! The state `/metrics` shows (outbox by state, referrals awaiting a response by time left
-//! and whether a Google record is linked, alerts by kind and delivery), read on a connection
+//! and whether a Google record is linked, alerts by kind and delivery, the refresh lane's
+//! backlog), read on a connection
 //! of its own opened read-only: in WAL mode a reader never waits for the daemon's writer nor
 //! holds it up, so scrapes do not slow cycles (issue 9, finding 10).
 
@@ -38,11 +39,18 @@ pub fn read(
     let outbox = super::outbox::counts_by_state(&tx)?;
     let awaiting = awaiting_by_time_left(&tx, now, window)?;
     let alerts = alerts_by_delivery(&tx)?;
+    let backlog = super::schedule::backlog(&tx, now)?;
     tx.finish()?;
+    // Never read since tracked: unchecked since it fell due.
+    let oldest_age = backlog.oldest_unchecked.and_then(|o| {
+        let since = o.last_checked_at.or(o.next_check_at)?;
+        (now - since).to_std().ok()
+    });
     Ok(StateSnapshot {
         outbox,
         awaiting,
         alerts,
+        refresh_backlog: Some((backlog.due, oldest_age)),
     })
 }
 

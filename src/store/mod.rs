@@ -11,6 +11,7 @@ pub mod google;
 pub mod outbox;
 pub mod referrals;
 pub mod runs;
+pub mod schedule;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "0003_alerts.sql",
         include_str!("../../migrations/0003_alerts.sql"),
+    ),
+    (
+        4,
+        "0004_two_lanes.sql",
+        include_str!("../../migrations/0004_two_lanes.sql"),
     ),
 ];
 

@@ -275,6 +275,8 @@ pub fn drop_action(
         "UPDATE outbox SET state = 'dropped', updated_at = ?2 WHERE id = ?1",
         params![id, db_timestamp(now)],
     )?;
+    // What the dropped action blocked (a create, a kind of patch) may be planned again.
+    super::schedule::mark_for_plan(conn, &current.referral_id, now)?;
     Ok(Ok(()))
 }
 

@@ -42,8 +42,13 @@ pub fn commit_page(
         match upsert(&tx, referral, now)? {
             Upserted::New => counts.new += 1,
             Upserted::Changed => counts.changed += 1,
-            Upserted::Unchanged => counts.unchanged += 1,
+            Upserted::Unchanged => {
+                counts.unchanged += 1;
+                continue;
+            }
         }
+        // A new or changed referral is planned by the next deadline tick.
+        super::schedule::mark_for_plan(&tx, &referral.referral.id, now)?;
     }
     for record in rejected {
         keep_rejected(&tx, "microsoft.referral", record, now)?;

@@ -13,14 +13,14 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::reconcile::{reconcile, Action, Plan, Policy};
-use crate::google::GoogleClient;
+use super::GoogleSide;
 use crate::http::{with_retry, ApiError, RetryPolicy};
 use crate::microsoft::{MicrosoftClient, PatchOp, ReferralStatus};
 use crate::store::google::{self as gstore, BaseUpdate};
 use crate::store::outbox::{
     self, AuditEntry, OutboxRow, Outcome, CREATE_LEAD, PATCH_OPPORTUNITY, PATCH_REFERRAL,
 };
-use crate::store::referrals;
+use crate::store::{referrals, schedule};
 use crate::store::{Store, StoreError};
 
 /// The outbox's retry schedule across attempts (and cycles).
@@ -43,25 +43,21 @@ impl Schedule {
     }
 }
 
-/// Everything the Google half of a cycle needs.
-#[derive(Debug, Clone)]
-pub struct GoogleSide {
-    pub client: GoogleClient,
-    pub policy: Policy,
-    pub schedule: Schedule,
-    pub concurrency: usize,
-    /// In-attempt retries of idempotent calls (gets, patches); never used for creates.
-    pub retry: RetryPolicy,
-    /// Log each write instead of sending it.
-    pub dry_run: bool,
-}
-
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PlanStats {
     pub referrals: u64,
     pub queued: u64,
     pub conflicts: u64,
     pub blocked: u64,
+}
+
+impl PlanStats {
+    pub fn add(&mut self, other: PlanStats) {
+        self.referrals += other.referrals;
+        self.queued += other.queued;
+        self.conflicts += other.conflicts;
+        self.blocked += other.blocked;
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -71,6 +67,16 @@ pub struct PushStats {
     pub dead: u64,
     pub quarantined: u64,
     pub superseded: u64,
+}
+
+impl PushStats {
+    pub fn add(&mut self, o: PushStats) {
+        self.done += o.done;
+        self.retried += o.retried;
+        self.dead += o.dead;
+        self.quarantined += o.quarantined;
+        self.superseded += o.superseded;
+    }
 }
 
 /// Reconciles every candidate referral in batches, storing each batch's decisions in one
@@ -99,16 +105,55 @@ pub async fn plan_all(
                 Ok((s, last))
             })
             .await?;
-        stats.referrals += batch_stats.referrals;
-        stats.queued += batch_stats.queued;
-        stats.conflicts += batch_stats.conflicts;
-        stats.blocked += batch_stats.blocked;
+        stats.add(batch_stats);
         match last {
             Some(id) => after = id,
             None => break,
         }
     }
+    // Everything queued before this plan began has been planned with newer data.
+    store
+        .call(move |c| schedule::planned_before(c, now))
+        .await?;
     Ok(stats)
+}
+
+/// Plans the referrals queued since their last plan (new or changed referrals, changed Google
+/// records, new links), in batches, taking each off the queue in the transaction that planned
+/// it. This is what the deadline lane runs every tick: its cost follows what changed, not how
+/// many referrals are tracked.
+pub async fn plan_queued(
+    store: &Store,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Result<PlanStats, StoreError> {
+    let mut stats = PlanStats::default();
+    let mut after = String::new();
+    loop {
+        let (policy, cursor) = (policy.clone(), after.clone());
+        let (batch_stats, last) = store
+            .call(move |c| {
+                let ids = schedule::queued_for_plan(c, &cursor, 500)?;
+                let tx = c.transaction()?;
+                let mut s = PlanStats::default();
+                for id in &ids {
+                    if let Some(row) = gstore::snapshot_one(&tx, id)? {
+                        let plan = reconcile(&row, &policy, now);
+                        apply_plan(&tx, id, &plan, now, &mut s)?;
+                        s.referrals += 1;
+                    }
+                    schedule::planned(&tx, id)?;
+                }
+                tx.commit()?;
+                Ok((s, ids.last().cloned()))
+            })
+            .await?;
+        stats.add(batch_stats);
+        match last {
+            Some(id) => after = id,
+            None => return Ok(stats),
+        }
+    }
 }
 
 /// Re-plans one referral (after a 412 re-read).
@@ -205,6 +250,7 @@ fn apply_plan(
 pub async fn push_due(
     store: &Store,
     microsoft: &MicrosoftClient,
+    microsoft_retry: &RetryPolicy,
     google: &GoogleSide,
     cycle_id: &str,
 ) -> Result<PushStats, StoreError> {
@@ -215,7 +261,7 @@ pub async fn push_due(
             return Ok(stats);
         }
         let results: Vec<Result<Outcome, StoreError>> = futures_util::stream::iter(batch)
-            .map(|row| execute(store, microsoft, google, cycle_id, row))
+            .map(|row| execute(store, microsoft, microsoft_retry, google, cycle_id, row))
             .buffer_unordered(google.concurrency)
             .collect()
             .await;
@@ -234,6 +280,7 @@ pub async fn push_due(
 async fn execute(
     store: &Store,
     microsoft: &MicrosoftClient,
+    microsoft_retry: &RetryPolicy,
     google: &GoogleSide,
     cycle_id: &str,
     row: OutboxRow,
@@ -246,7 +293,9 @@ async fn execute(
         }
         match row.kind.as_str() {
             CREATE_LEAD => create_lead(store, google, cycle_id, row).await,
-            PATCH_REFERRAL => patch_referral(store, microsoft, google, cycle_id, row).await,
+            PATCH_REFERRAL => {
+                patch_referral(store, microsoft, microsoft_retry, google, cycle_id, row).await
+            }
             PATCH_OPPORTUNITY => patch_opportunity(store, google, cycle_id, row).await,
             other => {
                 let outcome = Outcome::Dead {
@@ -425,12 +474,15 @@ async fn create_lead(
             let request_id = answer.request_id;
             let (referral_id, id, cycle) = (row.referral_id.clone(), row.id, cycle_id.to_string());
             let name = created.name.clone();
+            let first_check = google.refresh.min_interval;
             store
                 .call(move |c| {
                     let tx = c.transaction()?;
                     let now = Utc::now();
                     gstore::set_link(&tx, &referral_id, Some(&created.name), None, "created", now)?;
                     gstore::save_lead(&tx, &created, Some(&referral_id), now)?;
+                    // The answer is the lead's current copy: no read is due before the minimum.
+                    schedule::checked_fresh(&tx, &created.name, &referral_id, first_check, now)?;
                     outbox::finish(&tx, id, &Outcome::Done { result: Some(created.name.clone()) }, Some(&request_id), now)?;
                     // The write-back follows from the new link: queued in the same transaction.
                     outbox::enqueue(
@@ -497,6 +549,7 @@ async fn create_lead(
 async fn patch_referral(
     store: &Store,
     microsoft: &MicrosoftClient,
+    microsoft_retry: &RetryPolicy,
     google: &GoogleSide,
     cycle_id: &str,
     row: OutboxRow,
@@ -558,7 +611,7 @@ async fn patch_referral(
         .map(|o| o.path.as_str())
         .collect::<Vec<_>>()
         .join(",");
-    let result = with_retry(&google.retry, "patch referral", || {
+    let result = with_retry(microsoft_retry, "patch referral", || {
         microsoft.patch_referral(&id, &ops, etag.as_deref())
     })
     .await;
@@ -618,7 +671,7 @@ async fn patch_referral(
                 reason: format!("re-planned after 412: {e}"),
             };
             let done = finish_failed(store, row.id, outcome, entry, cycle_id).await?;
-            match with_retry(&google.retry, "get referral", || {
+            match with_retry(microsoft_retry, "get referral", || {
                 microsoft.get_referral(&row.referral_id)
             })
             .await

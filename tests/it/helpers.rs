@@ -49,6 +49,11 @@ requests_per_second = 500
 submitter_email = "cosell@partner.example"
 product_family = "GOOGLE_CLOUD_PLATFORM"
 
+# Tests of the sync rules read every tracked Google record at each `sync`; the refresh
+# schedule itself is tested with its own settings.
+[refresh]
+min_interval = "0s"
+
 [sync]
 retry_min = "10ms"
 retry_max = "50ms"

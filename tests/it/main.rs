@@ -8,5 +8,6 @@ mod e2e;
 mod google;
 mod helpers;
 mod install;
+mod lanes;
 mod logs;
 mod metrics;
