@@ -6,6 +6,7 @@
 //!     cargo bench --bench scrape                  # 10,000 referrals, 32 scrapers
 //!     cargo bench --bench scrape -- 20000 64
 //!     BENCH_BIN=/path/to/old/cosell-sync cargo bench --bench scrape   # another build
+//!     BENCH_SCRAPE_PAUSE_MS=100 cargo bench --bench scrape   # each scraper pauses between scrapes
 //!
 //! Target (issue 9, finding 10): the cycle with 32 scrapers within 1.2x of the cycle without.
 
@@ -48,6 +49,16 @@ fn sample_value(metrics: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
+}
+
+/// `BENCH_SCRAPE_PAUSE_MS`: each scraper's pause between scrapes (default 0: back to back).
+fn scrape_pause() -> Duration {
+    Duration::from_millis(
+        std::env::var("BENCH_SCRAPE_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    )
 }
 
 struct Outcome {
@@ -117,6 +128,7 @@ listen = "127.0.0.1:{port}"
     let started = Instant::now();
     while get(port, "/healthz").is_none() {
         if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
             let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
             panic!("no /healthz; the daemon's log:\n{log}");
         }
@@ -124,6 +136,7 @@ listen = "127.0.0.1:{port}"
     }
     let stop = Arc::new(AtomicBool::new(false));
     let scrapes = Arc::new(AtomicU64::new(0));
+    let pause = scrape_pause();
     let threads: Vec<_> = (0..scrapers)
         .map(|_| {
             let (stop, scrapes) = (stop.clone(), scrapes.clone());
@@ -132,6 +145,7 @@ listen = "127.0.0.1:{port}"
                     if get(port, "/metrics").is_some() {
                         scrapes.fetch_add(1, Ordering::Relaxed);
                     }
+                    std::thread::sleep(pause);
                 }
             })
         })
@@ -144,6 +158,7 @@ listen = "127.0.0.1:{port}"
         }
         if started.elapsed() > Duration::from_secs(600) || child.try_wait().ok().flatten().is_some()
         {
+            let _ = child.kill();
             let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
             panic!("no cycle ended; the daemon's log:\n{log}");
         }

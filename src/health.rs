@@ -4,7 +4,8 @@
 //! last `[alerts] failed_cycles` deadline runs failed, or the deadline lane has not finished
 //! a run within `[daemon] stuck_after`. `/metrics` renders [`crate::metrics`]; the state
 //! gauges are read on the endpoint's own read-only connection, at most once per
-//! [`STATE_MAX_AGE`] however many scrapers ask, so scraping never slows a cycle.
+//! [`STATE_MAX_AGE`] however many scrapers ask, and the text is rendered at most once per
+//! [`RENDER_MAX_AGE`], so scraping does not slow a cycle.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -23,6 +24,10 @@ use crate::store::{gauges, Store};
 
 /// State gauges older than this are read again at the next scrape.
 pub const STATE_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// Scrapes within this long of the last rendering get the same text (a scraper hammering
+/// `/metrics` costs the daemon a copy, not an encoding and four `/proc` reads).
+pub const RENDER_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// How one cycle (the deadline lane's run today) ended, as plain data.
 #[derive(Debug, Clone)]
@@ -162,10 +167,15 @@ struct StateCache {
     snapshot: StateSnapshot,
 }
 
+/// When the exposition was rendered, and its text.
+type Rendered = (Instant, Arc<str>);
+
 #[derive(Clone)]
 struct Endpoint {
     health: Arc<Health>,
     cache: Arc<tokio::sync::Mutex<StateCache>>,
+    /// The last rendered exposition: scrapers within [`RENDER_MAX_AGE`] of it get it as is.
+    rendered: Arc<tokio::sync::Mutex<Option<Rendered>>>,
     failed_cycles: u32,
     stuck_after: Duration,
     window: chrono::Duration,
@@ -201,6 +211,7 @@ pub async fn serve(
             read_at: None,
             snapshot: StateSnapshot::default(),
         })),
+        rendered: Arc::new(tokio::sync::Mutex::new(None)),
         failed_cycles: config.alerts.failed_cycles,
         stuck_after: config.daemon.stuck_after.0,
         window: config.alerts.response_window.as_chrono(),
@@ -260,11 +271,22 @@ async fn refresh_state(e: &Endpoint) {
 }
 
 async fn render_metrics(State(e): State<Endpoint>) -> impl IntoResponse {
-    refresh_state(&e).await;
-    let healthy = e.health.check(e.failed_cycles, e.stuck_after).is_ok();
-    let m = registry::global();
-    m.set_healthy(healthy);
-    ([("content-type", registry::CONTENT_TYPE)], m.render())
+    let body = {
+        let mut last = e.rendered.lock().await;
+        match &*last {
+            Some((at, body)) if at.elapsed() < RENDER_MAX_AGE => body.clone(),
+            _ => {
+                refresh_state(&e).await;
+                let healthy = e.health.check(e.failed_cycles, e.stuck_after).is_ok();
+                let m = registry::global();
+                m.set_healthy(healthy);
+                let body: Arc<str> = m.render().into();
+                *last = Some((Instant::now(), body.clone()));
+                body
+            }
+        }
+    };
+    ([("content-type", registry::CONTENT_TYPE)], body.to_string())
 }
 
 #[cfg(test)]

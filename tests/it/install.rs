@@ -163,3 +163,31 @@ fn an_unreadable_config_is_reported_as_a_permission_error() {
         );
     }
 }
+
+#[test]
+fn the_units_documentation_is_installed_by_the_readme() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let unit = std::fs::read_to_string(format!("{root}/systemd/cosell-sync.service")).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let docs: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("Documentation="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(!docs.is_empty(), "the unit has no Documentation=");
+    for doc in docs {
+        let installed = if let Some(page) = doc.strip_prefix("man:") {
+            let (name, section) = page.trim_end_matches(')').split_once('(').unwrap();
+            readme.contains(&format!(
+                "cosell-sync man > /usr/local/share/man/man{section}/{name}.{section}"
+            ))
+        } else if let Some(path) = doc.strip_prefix("file://") {
+            readme.contains(path)
+        } else {
+            false
+        };
+        assert!(installed, "{doc}: the README's install does not create it");
+    }
+    // The unit does not override the config's state.path behind the operator's back.
+    assert!(!unit.contains("COSELL_STATE__PATH"), "{unit}");
+}
