@@ -83,6 +83,7 @@ fn sync_once(config: &std::path::Path) {
         .arg("sync")
         .env("RUST_LOG", "error")
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(status.success(), "seeding sync failed");

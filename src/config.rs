@@ -587,6 +587,9 @@ pub struct AlertsConfig {
     pub referral_url: String,
     /// Delivery tries per sink and alert within one cycle; what is left is retried next cycle.
     pub delivery_attempts: usize,
+    /// The deadline in alert texts (the log and command sinks): `UTC` or an offset `+01:00`.
+    /// Slack and Teams show each reader's own local time whatever this says.
+    pub timezone: String,
     pub webhook: Vec<WebhookConfig>,
     pub command: Vec<CommandConfig>,
 }
@@ -604,6 +607,7 @@ impl Default for AlertsConfig {
             referral_url: "https://partner.microsoft.com/dashboard/referrals/v2/leads/{id}/details"
                 .into(),
             delivery_attempts: 3,
+            timezone: "UTC".into(),
             webhook: Vec::new(),
             command: Vec::new(),
         }
@@ -748,13 +752,22 @@ impl Config {
         }
     }
 
-    /// Checks every key and reports all problems together, each naming its key.
-    pub fn validate(&self) -> Result<(), ConfigErrors> {
-        self.validate_checked(true)
-    }
-
+    /// Checks every key and reports all problems together, each naming its key, one helper
+    /// per section (in this order, so the messages come in the order of the file).
     fn validate_checked(&self, require_refresh_token: bool) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
+        self.check_state_and_urls(&mut errors);
+        self.check_microsoft(&mut errors, require_refresh_token);
+        self.check_google(&mut errors);
+        self.check_sync_alerts_metrics(&mut errors);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    fn check_state_and_urls(&self, errors: &mut Vec<ConfigError>) {
         if self.state.path.as_os_str().is_empty() {
             errors.push(ConfigError::missing("state.path"));
         }
@@ -771,6 +784,10 @@ impl Config {
                 errors.push(ConfigError::new(key, e));
             }
         }
+    }
+
+    fn check_microsoft(&self, errors: &mut Vec<ConfigError>, require_refresh_token: bool) {
+        let ms = &self.microsoft;
         for (key, value) in [
             ("microsoft.tenant", &ms.tenant),
             ("microsoft.client_id", &ms.client_id),
@@ -817,6 +834,9 @@ impl Config {
                 "must be more than 0s",
             ));
         }
+    }
+
+    fn check_google(&self, errors: &mut Vec<ConfigError>) {
         let lead = &self.google.lead;
         for (key, value) in [
             ("google.lead.engagement_model", &lead.engagement_model),
@@ -850,6 +870,9 @@ impl Config {
                 ));
             }
         }
+    }
+
+    fn check_sync_alerts_metrics(&self, errors: &mut Vec<ConfigError>) {
         if self.sync.concurrency == 0 {
             errors.push(ConfigError::new("sync.concurrency", "must be at least 1"));
         }
@@ -910,10 +933,14 @@ impl Config {
                 "a threshold must be more than 0s",
             ));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(errors))
+        if crate::timefmt::parse_offset(&self.alerts.timezone).is_none() {
+            errors.push(ConfigError::new(
+                "alerts.timezone",
+                format!(
+                    "{:?} is not UTC or an offset like \"+01:00\" (zone names are not supported)",
+                    self.alerts.timezone
+                ),
+            ));
         }
     }
 

@@ -6,9 +6,14 @@
 //! Nothing flows backwards: clients never touch the store, the store never calls a client.
 //!
 //! Module map, one owner per concern:
-//! - [`cli`]: the command line (fixed names, spec §4); each command calls one function of [`app`].
+//! - [`cli`]: the command line (fixed names, spec §4); `main` calls one [`app::commands`]
+//!   function per command.
 //! - [`config`]: figment layers (defaults → file → env), secrets, validation naming keys, redaction.
-//! - [`app`]: wiring: builds the clients and the store; `sync_once`, `run`, `status`.
+//! - [`app`]: wiring: builds the clients and the store; `sync_once`; the commands
+//!   ([`app::commands`]), `link` and the demo.
+//! - [`status`]: what `status` knows (and `status --referral`), read from the store.
+//! - [`render`]: every command's tables and JSON, in one place.
+//! - [`timefmt`]: one time format for people (`2026-12-01 14:05 UTC`, `2 d 12 h`), pure.
 //! - [`scheduler`]: the cron job, the no-overlap guard, SIGHUP reload, shutdown with a grace period.
 //! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG, STOPPING) without libsystemd.
 //! - [`health`]: liveness per lane (plain data in, no import of `app`), the `/metrics` +
@@ -24,7 +29,6 @@
 //! - [`deadline`]: the 14-day response window arithmetic, pure.
 //! - [`alerts`]: expiry and health alerts (pure planner), formats, durable delivery to sinks.
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
-//! - [`demo`]: `cosell-sync demo`.
 //! - [`telemetry`]: tracing subscriber set-up (text, json, journald).
 //! - [`generate`]: the man page and shell completions from the clap definitions.
 
@@ -37,7 +41,6 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod deadline;
-pub mod demo;
 pub mod generate;
 pub mod google;
 pub mod health;
@@ -45,12 +48,15 @@ pub mod http;
 pub mod lanes;
 pub mod metrics;
 pub mod microsoft;
+pub mod render;
 pub mod scheduler;
 pub mod sim;
+pub mod status;
 pub mod store;
 pub mod sync;
 pub mod systemd;
 pub mod telemetry;
+pub mod timefmt;
 
 /// Process exit codes (spec §4 and the foundation issue).
 pub mod exit {

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use tokio::io::AsyncWriteExt;
 
-use super::due::{expiry_alert, health_alert, Health};
+use super::due::{expiry_alert, health_alert, HealthEpisode};
 use super::{format, Alert};
 use crate::config::{AlertFormat, AlertsConfig, CommandConfig, WebhookConfig};
 use crate::store::{alerts as astore, google as gstore, outbox, referrals, Store, StoreError};
@@ -48,15 +48,29 @@ impl Sink {
                     .send()
                     .await
                     .map_err(|e| crate::http::error_chain(&e))?;
-                if response.status().is_success() {
+                let status = response.status();
+                if status.is_success() {
                     Ok(())
                 } else {
-                    Err(format!("HTTP {}", response.status().as_u16()))
+                    // The receiver's reason (Slack's `invalid_blocks`, say) goes in the log.
+                    let body = response.text().await.unwrap_or_default();
+                    Err(sink_error(status.as_u16(), &body))
                 }
             }
             Sink::Command(c) => run_command(c, alert).await,
         }
     }
+}
+
+/// `HTTP 400: invalid_blocks`: the status and the start of the body, on one line.
+fn sink_error(status: u16, body: &str) -> String {
+    let body: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    if body.is_empty() {
+        return format!("HTTP {status}");
+    }
+    let cut: String = body.chars().take(300).collect();
+    let more = if cut.len() < body.len() { "…" } else { "" };
+    format!("HTTP {status}: {cut}{more}")
 }
 
 async fn run_command(c: &CommandConfig, alert: &Alert) -> Result<(), String> {
@@ -101,6 +115,8 @@ pub struct AlertSettings {
     pub thresholds: Vec<chrono::Duration>,
     pub failed_cycles: u32,
     pub referral_url: String,
+    /// For the deadline in alert texts (log and command sinks; chat sinks show local time).
+    pub timezone: chrono::FixedOffset,
     pub attempts: usize,
     pub sinks: Vec<Sink>,
     pub http: reqwest::Client,
@@ -115,6 +131,8 @@ impl AlertSettings {
             thresholds: config.thresholds.iter().map(|t| t.as_chrono()).collect(),
             failed_cycles: config.failed_cycles,
             referral_url: config.referral_url.clone(),
+            timezone: crate::timefmt::parse_offset(&config.timezone)
+                .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("UTC is an offset")),
             attempts: config.delivery_attempts.max(1),
             sinks,
             http: reqwest::Client::builder()
@@ -220,7 +238,7 @@ async fn raise_due(
             };
             // Expiry, for every incoming referral still New.
             referrals::each_awaiting_response(&tx, |r| {
-                match expiry_alert(&r, settings.window, &settings.thresholds, &settings.referral_url, now) {
+                match expiry_alert(&r, settings.window, &settings.thresholds, &settings.referral_url, settings.timezone, now) {
                     Some(alert) => raise(&tx, alert),
                     None => Ok(()),
                 }
@@ -230,7 +248,7 @@ async fn raise_due(
                 return Ok(count);
             };
             // Health.
-            let mut health: Health = astore::get_health(&tx, "sync")?
+            let mut health: HealthEpisode = astore::get_health(&tx, "sync")?
                 .and_then(|v| serde_json::from_str(&v).ok())
                 .unwrap_or_default();
             if let Some(alert) = health_alert(&mut health, error.as_deref(), auth_failed, settings.failed_cycles, now) {
@@ -262,12 +280,10 @@ async fn raise_due(
                     "conflict",
                     "warning",
                     format!(
-                        "{} of referral {} changed on both sides: Microsoft {}, Google {} (last agreed {}). Nothing was written; change one side to settle it.",
+                        "{} of referral {} changed on both sides: {}. Nothing was written; change one side to settle it.",
                         conflict.field,
                         conflict.referral_id,
-                        conflict.microsoft_value.as_deref().unwrap_or("-"),
-                        conflict.google_value.as_deref().unwrap_or("-"),
-                        conflict.base_value.as_deref().unwrap_or("-")
+                        conflict.values()
                     ),
                     now,
                 );

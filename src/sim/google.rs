@@ -567,10 +567,6 @@ impl super::Simulator {
         lock(&self.state.google).leads.values().cloned().collect()
     }
 
-    pub fn google_lead(&self, name: &str) -> Option<Value> {
-        lock(&self.state.google).leads.get(name).cloned()
-    }
-
     /// How many leads carry each `externalSystemId` (a duplicate shows as a count above 1).
     pub fn leads_per_external_id(&self) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
@@ -620,13 +616,6 @@ impl super::Simulator {
     /// The `updateMask` of every opportunity patch received, in order.
     pub fn patch_masks(&self) -> Vec<String> {
         lock(&self.state.google).patch_masks.clone()
-    }
-
-    pub fn put_opportunity(&self, opportunity: Value) {
-        let name = opportunity["name"].as_str().unwrap_or_default().to_string();
-        lock(&self.state.google)
-            .opportunities
-            .insert(name, opportunity);
     }
 
     pub fn opportunity(&self, name: &str) -> Option<Value> {

@@ -287,6 +287,12 @@ impl Simulator {
         lock(&self.state.tokens).refresh_tokens.clear();
     }
 
+    /// Keeps a redeemed refresh token valid after rotation, as Entra may for a while (the
+    /// default revokes it at once).
+    pub fn keep_rotated_refresh_tokens(&self) {
+        lock(&self.state.tokens).keep_rotated = true;
+    }
+
     /// Accepts `token` as a valid refresh token (an operator re-authenticated).
     pub fn allow_refresh_token(&self, token: &str) {
         lock(&self.state.tokens)
@@ -297,11 +303,6 @@ impl Simulator {
     /// What the next device-code polls answer, in order; then the user has signed in.
     pub fn script_device_flow(&self, answers: &[&str]) {
         lock(&self.state.tokens).device_script = answers.iter().map(|a| a.to_string()).collect();
-    }
-
-    /// Lifetime of new access tokens, in seconds.
-    pub fn set_access_token_lifetime(&self, secs: u64) {
-        lock(&self.state.tokens).access_token_lifetime_secs = secs;
     }
 }
 

@@ -24,11 +24,31 @@ pub struct Base {
     pub close_date: Option<NaiveDate>,
 }
 
-/// A change to the base: `Some(v)` sets the field to `v`, `None` leaves it.
+/// A change to the base: `Some(v)` sets the field to `v`, `None` leaves it. Stored, an absent
+/// key leaves the field and `null` empties it (plain serde would read both as "leave").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct BaseUpdate {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub deal_value: Option<Option<f64>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub close_date: Option<Option<NaiveDate>>,
+}
+
+/// A key that is present (even as `null`) is a change.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 impl BaseUpdate {
@@ -417,6 +437,19 @@ pub struct ConflictRow {
     pub google_value: Option<String>,
     pub base_value: Option<String>,
     pub detected_at: String,
+}
+
+impl ConflictRow {
+    /// `Microsoft 111, Google 222 (last agreed 100)`: the one wording `status` and the
+    /// conflict alert share.
+    pub fn values(&self) -> String {
+        format!(
+            "Microsoft {}, Google {} (last agreed {})",
+            self.microsoft_value.as_deref().unwrap_or("-"),
+            self.google_value.as_deref().unwrap_or("-"),
+            self.base_value.as_deref().unwrap_or("-")
+        )
+    }
 }
 
 pub fn conflicts(conn: &Connection) -> Result<Vec<ConflictRow>, StoreError> {

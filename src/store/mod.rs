@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod referrals;
 pub mod runs;
 pub mod schedule;
+pub mod views;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -206,29 +206,36 @@ pub fn each_awaiting_response(
     conn: &Connection,
     mut f: impl FnMut(ReferralSummary) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, name, customer_name, status, substatus, created_at, expires_at, deal_value, currency
-         FROM referrals
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM referrals
          WHERE status = 'New' AND substatus IN ('Pending', 'Received')
-           AND (direction = 'Incoming' OR direction IS NULL)",
-    )?;
+           AND (direction = 'Incoming' OR direction IS NULL)"
+    ))?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
-        let created: String = row.get(5)?;
-        let expires: Option<String> = row.get(6)?;
-        f(ReferralSummary {
-            id: row.get(0)?,
-            name: row.get(1)?,
-            customer: row.get(2)?,
-            status: row.get(3)?,
-            substatus: row.get(4)?,
-            created_at: parse_timestamp(&created).unwrap_or_default(),
-            expires_at: expires.as_deref().and_then(parse_timestamp),
-            deal_value: row.get(7)?,
-            currency: row.get(8)?,
-        })?;
+        f(summary_row(row)?)?;
     }
     Ok(())
+}
+
+/// The columns [`summary_row`] reads, in its order.
+pub const SUMMARY_COLUMNS: &str =
+    "id, name, customer_name, status, substatus, created_at, expires_at, deal_value, currency";
+
+pub fn summary_row(row: &rusqlite::Row) -> rusqlite::Result<ReferralSummary> {
+    let created: String = row.get(5)?;
+    let expires: Option<String> = row.get(6)?;
+    Ok(ReferralSummary {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        customer: row.get(2)?,
+        status: row.get(3)?,
+        substatus: row.get(4)?,
+        created_at: parse_timestamp(&created).unwrap_or_default(),
+        expires_at: expires.as_deref().and_then(parse_timestamp),
+        deal_value: row.get(7)?,
+        currency: row.get(8)?,
+    })
 }
 
 /// Referral counts by (status, substatus).
