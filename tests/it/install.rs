@@ -78,8 +78,12 @@ fn documented_layout(dir_mode: u32, file_mode: u32) -> Layout {
     let credentials = root.join("credentials");
     std::fs::create_dir(&credentials).unwrap();
     for (name, text) in [
-        ("microsoft-client-secret", "s3cret\n"),
-        ("google-key.json", "{\"type\": \"service_account\"}\n"),
+        ("microsoft-client-secret", "s3cret\n".to_string()),
+        // A well-formed service-account key (check-config parses it); nothing is contacted.
+        (
+            "google-key.json",
+            cosell_sync::sim::google::key_json("http://127.0.0.1:9"),
+        ),
     ] {
         let f = credentials.join(name);
         std::fs::write(&f, text).unwrap();
