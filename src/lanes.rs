@@ -206,6 +206,7 @@ async fn forward_queued(ctx: &CycleContext, report: &mut CycleReport) -> Result<
         &ctx.pull.retry,
         google,
         &report.cycle_id,
+        &ctx.stop,
     )
     .await?;
     report.pushed.add(pushed);
