@@ -91,6 +91,13 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<OutboxCommand>,
     },
+    /// Print the man page, cosell-sync(1), in roff (`cosell-sync man | man -l -`).
+    Man,
+    /// Print a shell completion script (`cosell-sync completions bash > /etc/bash_completion.d/cosell-sync`).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
     /// Run against the built-in simulator with sample data; needs no config and no network.
     Demo {
         /// How many sample referrals the simulated inbox holds.

@@ -220,6 +220,9 @@ pub struct Config {
 pub struct MetricsConfig {
     /// `host:port` to serve `/metrics` and `/healthz` on, e.g. "127.0.0.1:9464"; off when unset.
     pub listen: Option<String>,
+    /// A non-loopback `listen` is warned about at start unless this says it is on purpose
+    /// (a firewall or network policy guards the port).
+    pub allow_remote: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -758,16 +761,7 @@ impl Config {
     }
 
     fn load_checked(file: &Path, require_refresh_token: bool) -> Result<Loaded, ConfigErrors> {
-        if !file.is_file() {
-            return Err(ConfigError::new(
-                "config",
-                format!(
-                    "configuration file {} does not exist (set --config or COSELL_CONFIG)",
-                    file.display()
-                ),
-            )
-            .into());
-        }
+        check_readable(file)?;
         let figment = Figment::new()
             .merge(Toml::file_exact(file))
             .merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__"));
@@ -1174,6 +1168,37 @@ fn figment_errors(err: figment::Error) -> ConfigErrors {
             })
             .collect(),
     )
+}
+
+/// The configuration file exists, is a file and this process may read it; each failure says
+/// which (a permission problem is not "does not exist": under systemd's `DynamicUser=` the
+/// service cannot read a root-only `/etc/cosell-sync`).
+fn check_readable(file: &Path) -> Result<(), ConfigErrors> {
+    let error = |why: String| -> ConfigErrors {
+        ConfigError::new(
+            "config",
+            format!("configuration file {} {why}", file.display()),
+        )
+        .into()
+    };
+    let permission = |e: std::io::Error| {
+        error(format!(
+            "cannot be read: permission denied ({e}): the file must be readable, and every directory above it searchable, by the user the daemon runs as (under systemd's DynamicUser= that is not root); it holds no secrets, so 0644 in a 0755 directory is fine"
+        ))
+    };
+    match std::fs::metadata(file) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(error(
+            "does not exist (set --config or COSELL_CONFIG)".into(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(permission(e)),
+        Err(e) => Err(error(format!("cannot be read: {e}"))),
+        Ok(m) if !m.is_file() => Err(error("is not a regular file".into())),
+        Ok(_) => match std::fs::File::open(file) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(permission(e)),
+            Err(e) => Err(error(format!("cannot be read: {e}"))),
+        },
+    }
 }
 
 /// A relative secret path is looked up in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential`)

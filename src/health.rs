@@ -1,14 +1,16 @@
-//! Observability: the daemon's liveness (is a cycle running, for how long, how many failed in
-//! a row), process-wide counters (API requests, retries, cycles, deliveries), and the HTTP
-//! endpoint serving them as Prometheus text on `/metrics` plus `/healthz` (503 when the last
-//! cycles failed or a cycle is stuck). Gauges about state (outbox depth, referrals by time
-//! left, alerts) are read from the database at scrape time, so they are never stale.
+//! Liveness and the `/metrics` + `/healthz` endpoint. [`Health`] knows, per lane, whether a
+//! run is going on and when one last finished, and how many deadline runs failed in a row;
+//! callers hand it plain data (no import of `app` or `sync`). `/healthz` answers 503 when the
+//! last `[alerts] failed_cycles` deadline runs failed, or the deadline lane has not finished
+//! a run within `[daemon] stuck_after`. `/metrics` renders [`crate::metrics`]; the state
+//! gauges are read on the endpoint's own read-only connection, at most once per
+//! [`STATE_MAX_AGE`] however many scrapers ask, and the text is rendered at most once per
+//! [`RENDER_MAX_AGE`], so scraping does not slow a cycle.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,141 +18,113 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::app::Cycle;
-use crate::store::{outbox, referrals, Store};
+use crate::metrics::{self as registry, StateSnapshot};
+pub use crate::metrics::{Lane, WriteCounts};
+use crate::store::{gauges, Store};
 
-type Labels = Vec<(&'static str, String)>;
+/// State gauges older than this are read again at the next scrape.
+pub const STATE_MAX_AGE: Duration = Duration::from_secs(5);
 
-/// Counters that only grow, keyed by metric name and labels.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    counters: Mutex<BTreeMap<(&'static str, Labels), f64>>,
+/// Scrapes within this long of the last rendering get the same text (a scraper hammering
+/// `/metrics` costs the daemon a copy, not an encoding and four `/proc` reads).
+pub const RENDER_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// How one cycle (the deadline lane's run today) ended, as plain data.
+#[derive(Debug, Clone)]
+pub struct CycleOutcome {
+    pub started_at: SystemTime,
+    pub elapsed: Duration,
+    pub ok: bool,
+    pub writes: WriteCounts,
+    pub alerts_delivered: u64,
+    pub alerts_undelivered: u64,
 }
 
-/// The process-wide metrics.
-pub fn metrics() -> &'static Metrics {
-    static METRICS: OnceLock<Metrics> = OnceLock::new();
-    METRICS.get_or_init(Metrics::default)
-}
-
-impl Metrics {
-    pub fn add(&self, name: &'static str, labels: Labels, value: f64) {
-        *self
-            .counters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry((name, labels))
-            .or_default() += value;
-    }
-
-    /// One answered (or failed) API request.
-    pub fn api_request(&self, api: &'static str, method: &str, status: Option<u16>) {
-        let status = status
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "error".into());
-        self.add(
-            "cosell_api_requests_total",
-            vec![
-                ("api", api.into()),
-                ("method", method.into()),
-                ("status", status),
-            ],
-            1.0,
-        );
-    }
-
-    pub fn retry(&self, what: &str) {
-        self.add("cosell_retries_total", vec![("what", what.into())], 1.0);
-    }
-
-    fn render(&self, out: &mut String) {
-        let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        let mut last = "";
-        for ((name, labels), value) in counters.iter() {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE {name} counter");
-                last = name;
-            }
-            let _ = writeln!(out, "{name}{} {value}", render_labels(labels));
-        }
-    }
-}
-
-fn render_labels(labels: &[(&'static str, String)]) -> String {
-    if labels.is_empty() {
-        return String::new();
-    }
-    let inner: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect();
-    format!("{{{}}}", inner.join(","))
+#[derive(Debug, Default, Clone, Copy)]
+struct LaneState {
+    /// When the lane was first started (the stuck rule counts from here before a finish).
+    first_started: Option<Instant>,
+    running_since: Option<Instant>,
+    last_finished: Option<Instant>,
 }
 
 /// The daemon's liveness, shared by the scheduler, the watchdog and `/healthz`.
 #[derive(Debug, Default)]
 pub struct Health {
-    running_since: Mutex<Option<Instant>>,
+    lanes: Mutex<[LaneState; 2]>,
+    /// Deadline runs (cycles) failed in a row.
     failing_in_a_row: AtomicU32,
-    last_cycle: Mutex<Option<(chrono::DateTime<chrono::Utc>, bool, f64)>>,
+}
+
+fn index(lane: Lane) -> usize {
+    match lane {
+        Lane::Deadline => 0,
+        Lane::Refresh => 1,
+    }
 }
 
 impl Health {
+    fn with_lane<T>(&self, lane: Lane, f: impl FnOnce(&mut LaneState) -> T) -> T {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut lanes[index(lane)])
+    }
+
+    /// A lane begins a run.
+    pub fn lane_started(&self, lane: Lane) {
+        let now = Instant::now();
+        self.with_lane(lane, |s| {
+            s.first_started.get_or_insert(now);
+            s.running_since = Some(now);
+        });
+    }
+
+    /// A lane ended a run; a failed deadline run counts towards `failed_cycles`.
+    pub fn lane_finished(&self, lane: Lane, ok: bool, elapsed: Duration) {
+        self.with_lane(lane, |s| {
+            s.running_since = None;
+            s.last_finished = Some(Instant::now());
+        });
+        if lane == Lane::Deadline {
+            if ok {
+                self.failing_in_a_row.store(0, Ordering::Relaxed);
+            } else {
+                self.failing_in_a_row.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        registry::global().lane(lane, ok, elapsed, SystemTime::now());
+    }
+
+    /// The refresh lane's backlog: records due for a read, and how long the oldest of them
+    /// has waited past its due time.
+    pub fn set_refresh_backlog(&self, due: u64, oldest_unchecked_age: Option<Duration>) {
+        registry::global().refresh_backlog(due, oldest_unchecked_age);
+    }
+
+    /// A cycle begins: the deadline lane's run.
     pub fn cycle_started(&self) {
-        *self.running_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.lane_started(Lane::Deadline);
     }
 
-    pub fn cycle_finished(&self, cycle: &Cycle) {
-        *self.running_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        let r = &cycle.report;
-        let ok = r.ok();
-        if ok {
-            self.failing_in_a_row.store(0, Ordering::Relaxed);
-        } else {
-            self.failing_in_a_row.fetch_add(1, Ordering::Relaxed);
-        }
-        let seconds = r.elapsed.as_secs_f64();
-        *self.last_cycle.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((r.started_at, ok, seconds));
-        let m = metrics();
-        let outcome = if ok { "ok" } else { "failed" };
-        m.add(
-            "cosell_cycles_total",
-            vec![("outcome", outcome.into())],
-            1.0,
+    /// A cycle ended: its metrics, and the deadline lane's run.
+    pub fn cycle_finished(&self, outcome: &CycleOutcome) {
+        registry::global().cycle(
+            outcome.started_at,
+            outcome.ok,
+            outcome.elapsed,
+            outcome.writes,
+            outcome.alerts_delivered,
+            outcome.alerts_undelivered,
         );
-        m.add("cosell_cycle_duration_seconds_sum", vec![], seconds);
-        m.add("cosell_cycle_duration_seconds_count", vec![], 1.0);
-        m.add(
-            "cosell_alerts_delivered_total",
-            vec![("result", "delivered".into())],
-            cycle.alerts.delivered as f64,
-        );
-        m.add(
-            "cosell_alerts_delivered_total",
-            vec![("result", "undelivered".into())],
-            cycle.alerts.undelivered as f64,
-        );
-        for (state, n) in [
-            ("done", r.pushed.done),
-            ("retried", r.pushed.retried),
-            ("dead", r.pushed.dead),
-            ("quarantined", r.pushed.quarantined),
-        ] {
-            m.add(
-                "cosell_writes_total",
-                vec![("result", state.into())],
-                n as f64,
-            );
-        }
+        self.lane_finished(Lane::Deadline, outcome.ok, outcome.elapsed);
     }
 
-    /// How long the current cycle has been running, if one is.
+    /// How long the deadline lane's current run (the cycle) has been going, if one is.
     pub fn running_for(&self) -> Option<Duration> {
-        self.running_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed())
+        self.lane_running_for(Lane::Deadline)
+    }
+
+    pub fn lane_running_for(&self, lane: Lane) -> Option<Duration> {
+        self.with_lane(lane, |s| s.running_since.map(|t| t.elapsed()))
     }
 
     /// `Ok` when healthy, else why not.
@@ -159,38 +133,85 @@ impl Health {
         if failing >= failed_cycles {
             return Err(format!("the last {failing} cycles failed"));
         }
-        if let Some(running) = self.running_for().filter(|r| *r > stuck_after) {
+        let deadline = self.with_lane(Lane::Deadline, |s| *s);
+        if let Some(running) = deadline
+            .running_since
+            .map(|t| t.elapsed())
+            .filter(|r| *r > stuck_after)
+        {
             return Err(format!(
                 "a cycle has been running for {}s",
                 running.as_secs()
             ));
         }
+        // Before its first start the lane is not judged (the daemon may be waiting for its
+        // first tick); after it, a finish must come within stuck_after.
+        if let Some(since) = deadline.last_finished.or(deadline.first_started) {
+            let quiet = since.elapsed();
+            if quiet > stuck_after && deadline.running_since.is_none() {
+                return Err(format!(
+                    "the deadline lane has not finished a run for {}s",
+                    quiet.as_secs()
+                ));
+            }
+        }
         Ok(())
     }
 }
 
+/// The cached state gauges and the read-only connection they come from.
+struct StateCache {
+    path: PathBuf,
+    conn: Option<rusqlite::Connection>,
+    read_at: Option<Instant>,
+    snapshot: StateSnapshot,
+}
+
+/// When the exposition was rendered, and its text.
+type Rendered = (Instant, Arc<str>);
+
 #[derive(Clone)]
 struct Endpoint {
-    health: std::sync::Arc<Health>,
-    store: Store,
+    health: Arc<Health>,
+    cache: Arc<tokio::sync::Mutex<StateCache>>,
+    /// The last rendered exposition: scrapers within [`RENDER_MAX_AGE`] of it get it as is.
+    rendered: Arc<tokio::sync::Mutex<Option<Rendered>>>,
     failed_cycles: u32,
     stuck_after: Duration,
     window: chrono::Duration,
 }
 
+/// Whether `[metrics] listen` should be warned about: not loopback and no `allow_remote`.
+pub fn remote_listen_unexplained(addr: &std::net::SocketAddr, allow_remote: bool) -> bool {
+    !addr.ip().is_loopback() && !allow_remote
+}
+
 /// Serves `/metrics` and `/healthz` on `listen` until `shutdown`.
 pub async fn serve(
     listen: &str,
-    health: std::sync::Arc<Health>,
+    health: Arc<Health>,
     store: Store,
     config: &crate::config::Config,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<std::net::SocketAddr> {
+    registry::global();
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    if remote_listen_unexplained(&addr, config.metrics.allow_remote) {
+        tracing::warn!(
+            %addr,
+            "metrics.listen is not a loopback address: /metrics and /healthz are open to the network (they show referral counts and error rates); bind 127.0.0.1, or set metrics.allow_remote = true once a firewall or network policy guards it"
+        );
+    }
     let state = Endpoint {
         health,
-        store,
+        cache: Arc::new(tokio::sync::Mutex::new(StateCache {
+            path: store.path().to_path_buf(),
+            conn: None,
+            read_at: None,
+            snapshot: StateSnapshot::default(),
+        })),
+        rendered: Arc::new(tokio::sync::Mutex::new(None)),
         failed_cycles: config.alerts.failed_cycles,
         stuck_after: config.daemon.stuck_after.0,
         window: config.alerts.response_window.as_chrono(),
@@ -218,97 +239,101 @@ async fn healthz(State(e): State<Endpoint>) -> impl IntoResponse {
     }
 }
 
-async fn render_metrics(State(e): State<Endpoint>) -> impl IntoResponse {
-    let mut out = String::new();
-    metrics().render(&mut out);
-    if let Some((at, ok, seconds)) = *e
-        .health
-        .last_cycle
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-    {
-        let _ = writeln!(
-            out,
-            "# TYPE cosell_last_cycle_success gauge\ncosell_last_cycle_success {}",
-            ok as u8
-        );
-        let _ = writeln!(out, "# TYPE cosell_last_cycle_timestamp_seconds gauge\ncosell_last_cycle_timestamp_seconds {}", at.timestamp());
-        let _ = writeln!(out, "# TYPE cosell_last_cycle_duration_seconds gauge\ncosell_last_cycle_duration_seconds {seconds}");
+/// Refreshes the state gauges when they are older than [`STATE_MAX_AGE`]. Concurrent
+/// scrapers queue on the cache lock and then find it fresh: one database read per period.
+async fn refresh_state(e: &Endpoint) {
+    let mut cache = e.cache.lock().await;
+    if cache.read_at.is_some_and(|t| t.elapsed() < STATE_MAX_AGE) {
+        return;
     }
-    let healthy = e.health.check(e.failed_cycles, e.stuck_after).is_ok();
-    let _ = writeln!(
-        out,
-        "# TYPE cosell_healthy gauge\ncosell_healthy {}",
-        healthy as u8
-    );
+    let path = cache.path.clone();
+    let conn = cache.conn.take();
     let window = e.window;
-    let state = e
-        .store
-        .call(move |c| {
-            let mut s = String::new();
-            let _ = writeln!(s, "# TYPE cosell_outbox_actions gauge");
-            for (kind, state, n) in outbox::counts_by_state(c)? {
-                let _ = writeln!(
-                    s,
-                    "cosell_outbox_actions{{kind=\"{kind}\",state=\"{state}\"}} {n}"
-                );
-            }
-            let now = chrono::Utc::now();
-            let mut buckets: BTreeMap<&str, u64> =
-                ["expired", "lt_4h", "lt_24h", "lt_72h", "gte_72h"]
-                    .into_iter()
-                    .map(|b| (b, 0))
-                    .collect();
-            referrals::each_awaiting_response(c, |r| {
-                let left = crate::deadline::deadline(r.created_at, r.expires_at, window) - now;
-                let bucket = if left <= chrono::Duration::zero() {
-                    "expired"
-                } else if left < chrono::Duration::hours(4) {
-                    "lt_4h"
-                } else if left < chrono::Duration::hours(24) {
-                    "lt_24h"
-                } else if left < chrono::Duration::hours(72) {
-                    "lt_72h"
-                } else {
-                    "gte_72h"
-                };
-                *buckets.entry(bucket).or_default() += 1;
-                Ok(())
-            })?;
-            let _ = writeln!(s, "# TYPE cosell_referrals_awaiting_response gauge");
-            for (bucket, n) in buckets {
-                let _ = writeln!(
-                    s,
-                    "cosell_referrals_awaiting_response{{time_left=\"{bucket}\"}} {n}"
-                );
-            }
-            let _ = writeln!(s, "# TYPE cosell_alerts gauge");
-            let mut stmt = c.prepare(
-                "SELECT a.kind, COALESCE(d.state, 'log_only'), COUNT(*) FROM alerts a
-                 LEFT JOIN alert_deliveries d ON d.alert_id = a.id GROUP BY 1, 2 ORDER BY 1, 2",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (kind, state, n) = row?;
-                let _ = writeln!(
-                    s,
-                    "cosell_alerts{{kind=\"{kind}\",delivery=\"{state}\"}} {n}"
-                );
-            }
-            Ok(s)
-        })
-        .await;
-    match state {
-        Ok(s) => out.push_str(&s),
-        Err(err) => {
-            let _ = writeln!(out, "# database unavailable: {err}");
+    let read = tokio::task::spawn_blocking(move || {
+        let mut conn = match conn {
+            Some(c) => c,
+            None => gauges::open_reader(&path)?,
+        };
+        let snapshot = gauges::read(&mut conn, chrono::Utc::now(), window);
+        snapshot.map(|s| (conn, s))
+    })
+    .await;
+    match read {
+        Ok(Ok((conn, snapshot))) => {
+            cache.conn = Some(conn);
+            cache.snapshot = snapshot;
+            cache.read_at = Some(Instant::now());
+            registry::global().set_state(&cache.snapshot);
         }
+        Ok(Err(err)) => tracing::warn!(error = %err, "metrics: cannot read the state gauges"),
+        Err(err) => tracing::warn!(error = %err, "metrics: the state reader stopped"),
     }
-    ([("content-type", "text/plain; version=0.0.4")], out)
+}
+
+async fn render_metrics(State(e): State<Endpoint>) -> impl IntoResponse {
+    let body = {
+        let mut last = e.rendered.lock().await;
+        match &*last {
+            Some((at, body)) if at.elapsed() < RENDER_MAX_AGE => body.clone(),
+            _ => {
+                refresh_state(&e).await;
+                let healthy = e.health.check(e.failed_cycles, e.stuck_after).is_ok();
+                let m = registry::global();
+                m.set_healthy(healthy);
+                let body: Arc<str> = m.render().into();
+                *last = Some((Instant::now(), body.clone()));
+                body
+            }
+        }
+    };
+    ([("content-type", registry::CONTENT_TYPE)], body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failing_deadline_runs_make_it_unhealthy_and_a_success_heals() {
+        let h = Health::default();
+        let stuck = Duration::from_secs(3600);
+        assert!(h.check(2, stuck).is_ok());
+        for _ in 0..2 {
+            h.lane_started(Lane::Deadline);
+            h.lane_finished(Lane::Deadline, false, Duration::from_millis(5));
+        }
+        assert!(h.check(2, stuck).unwrap_err().contains("2 cycles failed"));
+        // Refresh-lane failures do not count towards failed_cycles.
+        h.lane_started(Lane::Deadline);
+        h.lane_finished(Lane::Deadline, true, Duration::from_millis(5));
+        h.lane_started(Lane::Refresh);
+        h.lane_finished(Lane::Refresh, false, Duration::from_millis(5));
+        h.lane_finished(Lane::Refresh, false, Duration::from_millis(5));
+        assert!(h.check(2, stuck).is_ok());
+    }
+
+    #[test]
+    fn a_deadline_lane_that_stops_finishing_is_unhealthy() {
+        let h = Health::default();
+        let stuck = Duration::from_millis(30);
+        h.lane_started(Lane::Deadline);
+        h.lane_finished(Lane::Deadline, true, Duration::from_millis(1));
+        assert!(h.check(3, stuck).is_ok());
+        std::thread::sleep(Duration::from_millis(60));
+        let why = h.check(3, stuck).unwrap_err();
+        assert!(why.contains("deadline lane has not finished"), "{why}");
+        // A run that starts and hangs is stuck too.
+        h.lane_started(Lane::Deadline);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(h.check(3, stuck).unwrap_err().contains("running for"));
+    }
+
+    #[test]
+    fn only_a_loopback_listen_goes_unwarned() {
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert!(!remote_listen_unexplained(&addr("127.0.0.1:9464"), false));
+        assert!(!remote_listen_unexplained(&addr("[::1]:9464"), false));
+        assert!(remote_listen_unexplained(&addr("0.0.0.0:9464"), false));
+        assert!(!remote_listen_unexplained(&addr("0.0.0.0:9464"), true));
+    }
 }

@@ -236,7 +236,7 @@ where
         })
         .adjust(|e: &ApiError, planned| planned.map(|d| e.retry_after().unwrap_or(d)))
         .notify(|e: &ApiError, wait| {
-            crate::health::metrics().retry(what);
+            crate::metrics::global().retry(what);
             tracing::warn!(what, error = %e, wait_ms = wait.as_millis() as u64, "transient error, retrying");
         })
         .await
@@ -338,14 +338,18 @@ pub async fn send_and_read(
     path: &str,
     request: reqwest::RequestBuilder,
 ) -> Result<RawAnswer, ApiError> {
+    let started = std::time::Instant::now();
+    let metrics = crate::metrics::global();
     let response = request.send().await.map_err(|e| {
-        crate::health::metrics().api_request(api, method, None);
+        metrics.api_request(api, method, None, started.elapsed());
         ApiError::transport(api, method, path, &e)
     })?;
     let status = response.status();
-    crate::health::metrics().api_request(api, method, Some(status.as_u16()));
     let headers = response.headers().clone();
-    let text = read_capped(api, method, path, response).await?;
+    let text = read_capped(api, method, path, response).await;
+    // Counted once the whole body is read, so the duration is the request's full time.
+    metrics.api_request(api, method, Some(status.as_u16()), started.elapsed());
+    let text = text?;
     Ok(RawAnswer {
         status,
         headers,

@@ -33,6 +33,26 @@ pub struct Cycle {
     pub alerts: AlertStats,
 }
 
+impl Cycle {
+    /// What [`crate::health::Health::cycle_finished`] needs, as plain data.
+    pub fn outcome(&self) -> crate::health::CycleOutcome {
+        let r = &self.report;
+        crate::health::CycleOutcome {
+            started_at: r.started_at.into(),
+            elapsed: r.elapsed,
+            ok: r.ok(),
+            writes: crate::health::WriteCounts {
+                done: r.pushed.done,
+                retried: r.pushed.retried,
+                dead: r.pushed.dead,
+                quarantined: r.pushed.quarantined,
+            },
+            alerts_delivered: self.alerts.delivered,
+            alerts_undelivered: self.alerts.undelivered,
+        }
+    }
+}
+
 /// What one cycle does besides the deadline path itself.
 #[derive(Debug, Clone, Copy)]
 pub struct TickOptions {

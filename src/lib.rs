@@ -16,7 +16,9 @@
 //! - [`timefmt`]: one time format for people (`2026-12-01 14:05 UTC`, `2 d 12 h`), pure.
 //! - [`scheduler`]: the cron job, the no-overlap guard, SIGHUP reload, shutdown with a grace period.
 //! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG, STOPPING) without libsystemd.
-//! - [`health`]: liveness, counters, and the `/metrics` + `/healthz` endpoint.
+//! - [`health`]: liveness per lane (plain data in, no import of `app`), the `/metrics` +
+//!   `/healthz` endpoint.
+//! - [`metrics`]: the Prometheus registry, a leaf every module may record into.
 //! - [`http`]: what every client shares: error taxonomy, Retry-After, backoff, rate limit.
 //! - [`microsoft`]: Entra refresh-token grant with a rotating token file, and the Referrals client.
 //! - [`google`]: service-account tokens and the Cloud CRM Partners client (four methods).
@@ -27,7 +29,8 @@
 //! - [`deadline`]: the 14-day response window arithmetic, pure.
 //! - [`alerts`]: expiry and health alerts (pure planner), formats, durable delivery to sinks.
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
-//! - [`telemetry`]: tracing subscriber set-up.
+//! - [`telemetry`]: tracing subscriber set-up (text, json, journald).
+//! - [`generate`]: the man page and shell completions from the clap definitions.
 
 // Errors here travel the slow path (after a network round trip or an HTTP answer); a few hundred
 // bytes moved per error is nothing next to that, and boxing would only add noise.
@@ -38,10 +41,12 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod deadline;
+pub mod generate;
 pub mod google;
 pub mod health;
 pub mod http;
 pub mod lanes;
+pub mod metrics;
 pub mod microsoft;
 pub mod render;
 pub mod scheduler;

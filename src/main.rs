@@ -8,6 +8,9 @@ use cosell_sync::{exit, telemetry};
 
 fn main() {
     let cli = Cli::parse_checked();
+    if let Some(code) = cosell_sync::generate::run(&cli.command) {
+        std::process::exit(code);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -24,7 +27,8 @@ fn main() {
             printed.code
         }
         Err(e) => {
-            eprintln!("cosell-sync: {e}");
+            // In the log's format, so a json log stays all JSON (plain before the config loads).
+            telemetry::print_error(&e.to_string());
             e.exit_code()
         }
     };
@@ -80,5 +84,6 @@ async fn dispatch(cli: Cli) -> Outcome {
         Command::Sync { .. } => cmd::sync(config).await,
         Command::Run { .. } => cmd::run(config, &file, dry_run).await,
         Command::Demo { referrals } => cmd::demo(referrals).await,
+        Command::Man | Command::Completions { .. } => unreachable!("handled in main"),
     }
 }

@@ -215,7 +215,7 @@ async fn deadline_lane(daemon: Arc<Daemon>) {
         let full_plan = daemon.full_plan_due.swap(false, Ordering::SeqCst);
         daemon.health.cycle_started();
         let cycle = app.deadline_tick(full_plan).await;
-        daemon.health.cycle_finished(&cycle);
+        daemon.health.cycle_finished(&cycle.outcome());
         daemon.notifier.status(&status_line(&cycle));
         if !cycle.report.ok() && full_plan {
             // Not planned after all: the next tick tries again.
@@ -253,7 +253,14 @@ async fn refresh_lane(daemon: Arc<Daemon>) {
                 _ = daemon.shutdown.cancelled() => return,
             }
         }
+        let started = Instant::now();
+        daemon.health.lane_started(crate::health::Lane::Refresh);
         let pass = crate::lanes::refresh_once(&app.cycle).await;
+        daemon.health.lane_finished(
+            crate::health::Lane::Refresh,
+            pass.is_ok(),
+            started.elapsed(),
+        );
         match &pass {
             Ok(stats) if stats.changed > 0 => {
                 tracing::info!(

@@ -6,6 +6,7 @@
 //! `rusqlite::Connection`, so they are testable without a runtime.
 
 pub mod alerts;
+pub mod gauges;
 pub mod google;
 pub mod outbox;
 pub mod referrals;

@@ -8,7 +8,7 @@ use cosell_sync::sim::{sample, Faults};
 
 use crate::helpers::{TestEnv, BIN};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -17,7 +17,12 @@ fn free_port() -> u16 {
 }
 
 /// Collects notify datagrams until `until` matches one (or the time is up).
-fn collect(socket: &UnixDatagram, seen: &mut Vec<String>, until: &str, within: Duration) -> bool {
+pub(crate) fn collect(
+    socket: &UnixDatagram,
+    seen: &mut Vec<String>,
+    until: &str,
+    within: Duration,
+) -> bool {
     let deadline = Instant::now() + within;
     let mut buf = [0u8; 4096];
     while Instant::now() < deadline {
@@ -33,12 +38,12 @@ fn collect(socket: &UnixDatagram, seen: &mut Vec<String>, until: &str, within: D
     false
 }
 
-async fn http_get(url: &str) -> (u16, String) {
+pub(crate) async fn http_get(url: &str) -> (u16, String) {
     let response = reqwest::get(url).await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-fn spawn_run(
+pub(crate) fn spawn_run(
     env: &TestEnv,
     notify: &std::path::Path,
     log: &std::path::Path,
@@ -52,11 +57,13 @@ fn spawn_run(
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
+        // A failing assertion must not leave a daemon running.
+        .kill_on_drop(true)
         .spawn()
         .unwrap()
 }
 
-fn kill(child: &tokio::process::Child, signal: &str) {
+pub(crate) fn kill(child: &tokio::process::Child, signal: &str) {
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill")
         .args([signal, &pid])
@@ -146,6 +153,11 @@ async fn notify_watchdog_metrics_reload_and_stop_in_order() {
         "{text}"
     );
     assert!(text.contains("configuration reloaded"), "{text}");
+    // The cron library's INFO chatter stays out of the operator's log.
+    assert!(
+        !text.contains("Job creator") && !text.contains("Uninited"),
+        "{text}"
+    );
 
     kill(&child, "-TERM");
     assert!(

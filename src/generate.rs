@@ -1,0 +1,244 @@
+//! The man page and shell completions, generated from the clap definitions in [`crate::cli`]
+//! so they never disagree with `--help` (`cosell-sync man`, `cosell-sync completions bash`).
+
+use std::io::Write;
+
+use clap::CommandFactory;
+
+use crate::cli::{Cli, Command};
+
+/// Shells `cosell-sync completions` writes a script for.
+pub use clap_complete::Shell;
+
+/// `man` and `completions` print to stdout and need no configuration: `Some(exit code)` for
+/// them, `None` for every other command.
+pub fn run(command: &Command) -> Option<i32> {
+    let mut stdout = std::io::stdout().lock();
+    match command {
+        Command::Man => Some(match man_page(&mut stdout) {
+            Ok(()) => crate::exit::OK,
+            Err(e) => {
+                eprintln!("cosell-sync: man: {e}");
+                crate::exit::CYCLE_FAILED
+            }
+        }),
+        Command::Completions { shell } => {
+            completions(*shell, &mut stdout);
+            Some(crate::exit::OK)
+        }
+        _ => None,
+    }
+}
+
+/// Writes the completion script for `shell` to `out`.
+pub fn completions(shell: Shell, out: &mut dyn Write) {
+    let mut command = Cli::command();
+    clap_complete::generate(shell, &mut command, "cosell-sync", out);
+}
+
+/// Writes the man page, cosell-sync(1), in roff to `out`: the clap text of every command,
+/// then the sections an administrator looks for (files, environment, exit status).
+pub fn man_page(out: &mut dyn Write) -> std::io::Result<()> {
+    let command = Cli::command()
+        .long_about(
+            "Keeps Microsoft Partner Center co-sell referrals and Google Cloud CRM Partners leads \
+             and opportunities in step, and warns before a referral's 14-day response window \
+             closes. Run as a systemd service (`run`); the other commands inspect and repair \
+             its state.",
+        )
+        .flatten_help(true);
+    let man = clap_mangen::Man::new(command).date(env!("CARGO_PKG_VERSION"));
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    out.write_all(b".SH COMMANDS\n")?;
+    for sub in Cli::command().get_subcommands() {
+        render_command(sub, "cosell-sync", out)?;
+    }
+    out.write_all(EXTRA.as_bytes())?;
+    man.render_version_section(out)?;
+    Ok(())
+}
+
+/// One command (and its subcommands) as a `.SS` block: usage, about, each argument.
+fn render_command(cmd: &clap::Command, parent: &str, out: &mut dyn Write) -> std::io::Result<()> {
+    let path = format!("{parent} {}", cmd.get_name());
+    if cmd.has_subcommands() {
+        for sub in cmd.get_subcommands() {
+            render_command(sub, &path, out)?;
+        }
+        return Ok(());
+    }
+    let mut usage = path.clone();
+    for arg in cmd.get_arguments().filter(|a| a.get_id() != "help") {
+        let name = arg
+            .get_value_names()
+            .and_then(|v| v.first())
+            .map_or_else(|| arg.get_id().as_str().to_uppercase(), |v| v.to_string());
+        let word = match arg.get_long() {
+            Some(long) if arg.get_action().takes_values() => {
+                format!("[--{long} {name}]")
+            }
+            Some(long) => format!("[--{long}]"),
+            None => name,
+        };
+        usage.push(' ');
+        usage.push_str(&word);
+    }
+    writeln!(out, ".SS \"{}\"", roff(&usage))?;
+    if let Some(about) = cmd.get_long_about().or(cmd.get_about()) {
+        writeln!(out, "{}", roff(&about.to_string()))?;
+    }
+    for arg in cmd.get_arguments().filter(|a| a.get_id() != "help") {
+        let label = match arg.get_long() {
+            Some(long) => format!("\\fB\\-\\-{}\\fR", roff(long)),
+            None => format!("\\fI{}\\fR", roff(&arg.get_id().as_str().to_uppercase())),
+        };
+        let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+        let default: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        let default = if default.is_empty() {
+            String::new()
+        } else {
+            format!(" [default: {}]", default.join(", "))
+        };
+        writeln!(out, ".TP\n{label}\n{}{}", roff(&help), roff(&default))?;
+    }
+    Ok(())
+}
+
+/// Text made safe for roff: backslashes escaped, hyphens literal, no line starting a request.
+fn roff(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    escaped
+        .lines()
+        .map(|l| {
+            if l.starts_with('.') || l.starts_with('\'') {
+                format!("\\&{l}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Sections clap does not know about, in roff.
+const EXTRA: &str = r#".SH FILES
+.TP
+\fI/etc/cosell\-sync/config.toml\fR
+The configuration (\fB\-\-config\fR, \fBCOSELL_CONFIG\fR). It holds no secrets and must be
+readable by the service's DynamicUser (0644 in a 0755 directory); every key is listed with
+its default in \fI/usr/share/doc/cosell\-sync/config.example.toml\fR.
+.TP
+\fI/etc/cosell\-sync/credentials/\fR
+Secrets (root only, 0600), handed to the service by systemd's LoadCredential= and found
+through \fB$CREDENTIALS_DIRECTORY\fR by the config's relative \fI*_file\fR paths.
+.TP
+\fI/var/lib/cosell\-sync/state.db\fR
+The SQLite database ([state] path); \fImicrosoft\-refresh\-token\fR beside it holds the
+rotated Microsoft refresh token (0600).
+.SH ENVIRONMENT
+.TP
+\fBCOSELL_CONFIG\fR
+The configuration file when \fB\-\-config\fR is not given.
+.TP
+\fBCOSELL_\fISECTION\fB__\fIKEY\fR
+Overrides a configuration key, e.g. \fBCOSELL_MICROSOFT__TENANT\fR.
+.TP
+\fBCREDENTIALS_DIRECTORY\fR
+Where relative secret file paths are looked up (set by systemd).
+.TP
+\fBRUST_LOG\fR
+A log filter that wins over [log] level.
+.TP
+\fBNO_COLOR\fR
+Turns off colour in text logs (colour is only ever used on a terminal).
+.SH EXIT STATUS
+.TP
+\fB0\fR
+The command did what it was asked.
+.TP
+\fB1\fR
+The cycle or command failed (remote API, authentication refused, database unusable).
+.TP
+\fB2\fR
+Command-line usage error.
+.TP
+\fB78\fR
+Configuration error (EX_CONFIG); the unit's RestartPreventExitStatus=78 stops restarts.
+.SH SEE ALSO
+\fBsystemctl\fR(1), \fBjournalctl\fR(1), \fBsystemd.exec\fR(5);
+\fI/usr/share/doc/cosell\-sync/operations.md\fR
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_argument_of_every_command_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (the command itself)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "cosell-sync", &mut missing);
+        assert!(missing.is_empty(), "no --help text: {missing:#?}");
+    }
+
+    #[test]
+    fn the_man_page_documents_every_subcommand_and_the_exit_codes() {
+        let mut out = Vec::new();
+        man_page(&mut out).unwrap();
+        let roff = String::from_utf8(out).unwrap();
+        assert!(
+            roff.starts_with(".ie") || roff.contains(".TH cosell-sync 1"),
+            "{roff}"
+        );
+        for sub in Cli::command().get_subcommands() {
+            let name = format!(".SS \"cosell\\-sync {}", sub.get_name().replace('-', "\\-"));
+            assert!(roff.contains(&name), "{name} missing from the man page");
+        }
+        assert!(
+            roff.contains("cosell\\-sync outbox retry"),
+            "nested commands"
+        );
+        assert!(
+            !roff.contains("cosell\\-sync\\-run(1)"),
+            "no pages that do not exist"
+        );
+        assert!(roff.contains(".SH EXIT STATUS") && roff.contains("\\fB78\\fR"));
+    }
+
+    #[test]
+    fn completions_name_the_subcommands() {
+        let mut out = Vec::new();
+        completions(Shell::Bash, &mut out);
+        let script = String::from_utf8(out).unwrap();
+        for word in ["check-config", "outbox", "--config", "--dry-run"] {
+            assert!(
+                script.contains(word),
+                "{word} missing from the bash completion"
+            );
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The README's systemd install, as the service's unprivileged user sees it: the directory
+//! and file modes are read from the README itself, the layout is built in a temporary
+//! directory (root-owned, as `install` run by root leaves it), and `check-config` runs as
+//! `nobody` with `$CREDENTIALS_DIRECTORY` standing in for `LoadCredential=`.
+
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use crate::helpers::BIN;
+
+const NOBODY: u32 = 65534;
+
+/// The mode the README's systemd block gives `target` (`install [-d] -m MODE ... target`).
+fn readme_mode(target: &str) -> u32 {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .filter(|l| l.trim_start().starts_with("install "))
+        .find(|l| l.split_whitespace().any(|w| w == target))
+        .unwrap_or_else(|| panic!("the README installs no {target}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| *w == "-m")
+        .expect("install -m MODE");
+    u32::from_str_radix(words[at + 1], 8).expect("an octal mode")
+}
+
+/// Whether this process may run children as another uid (root, with CAP_SETUID).
+fn can_switch_user() -> bool {
+    if unsafe { libc::geteuid() } != 0 {
+        return false;
+    }
+    std::process::Command::new("true")
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The documented layout under `root`: `etc/` (config dir and file as the README installs
+/// them, owned by root), `credentials/` (what systemd hands the service: owned by it, 0400)
+/// and `state/` (the `StateDirectory=`, owned by the service, with a stored refresh token).
+struct Layout {
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+    credentials: PathBuf,
+    state: PathBuf,
+}
+
+fn documented_layout(dir_mode: u32, file_mode: u32) -> Layout {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    set_mode(root, 0o755);
+    let etc = root.join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let config = etc.join("config.toml");
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"))
+            .unwrap();
+    let state = root.join("state");
+    // The example's state.path is the systemd StateDirectory; here it is the temporary one.
+    let example = example.replace(
+        "path = \"/var/lib/cosell-sync/state.db\"",
+        &format!("path = \"{}\"", state.join("state.db").display()),
+    );
+    assert!(
+        example.contains(&*state.to_string_lossy()),
+        "state.path replaced"
+    );
+    std::fs::write(&config, example).unwrap();
+    set_mode(&config, file_mode);
+    set_mode(&etc, dir_mode);
+
+    let credentials = root.join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    for (name, text) in [
+        ("microsoft-client-secret", "s3cret\n".to_string()),
+        // A well-formed service-account key (check-config parses it); nothing is contacted.
+        (
+            "google-key.json",
+            cosell_sync::sim::google::key_json("http://127.0.0.1:9"),
+        ),
+    ] {
+        let f = credentials.join(name);
+        std::fs::write(&f, text).unwrap();
+        set_mode(&f, 0o400);
+        chown(&f, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    set_mode(&credentials, 0o500);
+    chown(&credentials, Some(NOBODY), Some(NOBODY)).unwrap();
+
+    std::fs::create_dir(&state).unwrap();
+    let token = state.join("microsoft-refresh-token");
+    std::fs::write(&token, "stored-refresh-token").unwrap();
+    set_mode(&token, 0o600);
+    chown(&token, Some(NOBODY), Some(NOBODY)).unwrap();
+    set_mode(&state, 0o700);
+    chown(&state, Some(NOBODY), Some(NOBODY)).unwrap();
+    Layout {
+        _dir: dir,
+        config,
+        credentials,
+        state,
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn check_config_as_nobody(layout: &Layout) -> Output {
+    std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&layout.config)
+        .arg("check-config")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("CREDENTIALS_DIRECTORY", &layout.credentials)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_config_works_as_the_service_user_with_the_readme_layout() {
+    if !can_switch_user() {
+        eprintln!("SKIPPED: needs root (CAP_SETUID) to run check-config as nobody");
+        return;
+    }
+    let layout = documented_layout(
+        readme_mode("/etc/cosell-sync"),
+        readme_mode("/etc/cosell-sync/config.toml"),
+    );
+    let out = check_config_as_nobody(&layout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("[redacted]"), "{stdout}");
+    assert!(!stdout.contains("s3cret"), "{stdout}");
+    assert!(layout.state.exists());
+}
+
+#[test]
+fn an_unreadable_config_is_reported_as_a_permission_error() {
+    if !can_switch_user() {
+        eprintln!("SKIPPED: needs root (CAP_SETUID) to run check-config as nobody");
+        return;
+    }
+    // The old README's modes: a 0750 directory, then a 0640 file in a 0755 one.
+    for (dir_mode, file_mode) in [(0o750, 0o640), (0o755, 0o640)] {
+        let layout = documented_layout(dir_mode, file_mode);
+        let out = check_config_as_nobody(&layout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{stderr}");
+        assert!(
+            stderr.contains("permission denied") && !stderr.contains("does not exist"),
+            "{dir_mode:o}/{file_mode:o}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&*layout.config.to_string_lossy()),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_units_documentation_is_installed_by_the_readme() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let unit = std::fs::read_to_string(format!("{root}/systemd/cosell-sync.service")).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let docs: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("Documentation="))
+        .flat_map(str::split_whitespace)
+        .collect();
+    assert!(!docs.is_empty(), "the unit has no Documentation=");
+    for doc in docs {
+        let installed = if let Some(page) = doc.strip_prefix("man:") {
+            let (name, section) = page.trim_end_matches(')').split_once('(').unwrap();
+            readme.contains(&format!(
+                "cosell-sync man > /usr/local/share/man/man{section}/{name}.{section}"
+            ))
+        } else if let Some(path) = doc.strip_prefix("file://") {
+            readme.contains(path)
+        } else {
+            false
+        };
+        assert!(installed, "{doc}: the README's install does not create it");
+    }
+    // The unit does not override the config's state.path behind the operator's back.
+    assert!(!unit.contains("COSELL_STATE__PATH"), "{unit}");
+}

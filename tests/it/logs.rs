@@ -1,0 +1,87 @@
+//! Logs as journald, Loki and `jq` read them: a failing `sync` in each `[log] format`, its
+//! stderr piped (not a terminal), checked line by line.
+
+use cosell_sync::sim::Faults;
+
+use crate::helpers::{TestEnv, BIN};
+
+/// A `sync` whose cycle fails (every API answer a 5xx, no retries), logging in `format`.
+async fn failing_sync(format: &str, extra_env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let env = TestEnv::with_extra("max_retries = 0\n").await;
+    env.sim.set_faults(Faults {
+        rate_5xx: 1.0,
+        ..Faults::default()
+    });
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .arg("--config")
+        .arg(&env.config)
+        .arg("sync")
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .env_remove("JOURNAL_STREAM")
+        .env("COSELL_LOG__FORMAT", format);
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    let out = command.output().await.unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn json_logs_of_a_failing_cycle_are_json_on_every_line() {
+    let (code, stderr) = failing_sync("json", &[]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect();
+    assert!(lines.len() >= 2, "{stderr}");
+    for line in &lines {
+        assert!(line["level"].is_string(), "{line}");
+        assert!(line["timestamp"].is_string(), "{line}");
+    }
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert!(
+        last["message"].as_str().unwrap().contains("cycle failed"),
+        "{last}"
+    );
+}
+
+#[tokio::test]
+async fn text_logs_to_a_pipe_carry_no_colour_codes() {
+    let (code, stderr) = failing_sync("text", &[]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cycle failed"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "ANSI escapes in a pipe: {stderr:?}"
+    );
+}
+
+#[tokio::test]
+async fn journald_format_without_the_journal_prefixes_every_line() {
+    let (code, stderr) = failing_sync("journald", &[]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(!stderr.is_empty());
+    for line in stderr.lines() {
+        let priority = line
+            .strip_prefix('<')
+            .and_then(|l| l.split_once('>'))
+            .map(|(p, _)| p);
+        assert!(
+            matches!(priority, Some("3" | "4" | "6" | "7")),
+            "no priority: {line:?}"
+        );
+    }
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("<3>") && last.contains("cycle failed"),
+        "{last}"
+    );
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+}
