@@ -276,6 +276,15 @@ pub async fn changes_once(ctx: &CycleContext) -> Result<PullStats, CycleError> {
     Ok(pull.stats())
 }
 
+/// The refresh lane's backlog (records due, the one checked longest ago), for the metrics.
+pub async fn refresh_backlog(
+    ctx: &CycleContext,
+) -> Result<crate::store::schedule::RefreshBacklog, crate::store::StoreError> {
+    ctx.store
+        .call(|c| crate::store::schedule::backlog(c, Utc::now()))
+        .await
+}
+
 /// One pass of the refresh lane (nothing when the Google side is off).
 pub async fn refresh_once(ctx: &CycleContext) -> Result<RefreshStats, CycleError> {
     match &ctx.google {

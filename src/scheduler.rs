@@ -228,6 +228,7 @@ async fn deadline_lane(daemon: Arc<Daemon>) {
 async fn refresh_lane(daemon: Arc<Daemon>) {
     let mut last_full_plan = Instant::now();
     let mut last_changes: Option<Instant> = None;
+    let mut last_backlog: Option<Instant> = None;
     loop {
         let app = daemon.app();
         if last_changes.is_none_or(|at| at.elapsed() >= app.config.schedule.changes_every.0) {
@@ -251,6 +252,20 @@ async fn refresh_lane(daemon: Arc<Daemon>) {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
                 _ = daemon.shutdown.cancelled() => return,
+            }
+        }
+        if last_backlog.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            last_backlog = Some(Instant::now());
+            match crate::lanes::refresh_backlog(&app.cycle).await {
+                Ok(b) => {
+                    let age = b
+                        .oldest_unchecked
+                        .as_ref()
+                        .and_then(|o| o.last_checked_at)
+                        .and_then(|at| (chrono::Utc::now() - at).to_std().ok());
+                    daemon.health.set_refresh_backlog(b.due, age);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the refresh backlog"),
             }
         }
         let started = Instant::now();

@@ -295,8 +295,9 @@ async fn the_daemon_alerts_an_urgent_referral_before_a_throttled_refresh_finishe
         .respond_with(ResponseTemplate::new(200))
         .mount(&server)
         .await;
+    let port = crate::daemon::free_port();
     let env = TestEnv::with_google(&format!(
-        "\n[[alerts.webhook]]\nurl = \"{}/hook\"\nformat = \"json\"\n",
+        "\n[[alerts.webhook]]\nurl = \"{}/hook\"\nformat = \"json\"\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
         server.uri()
     ))
     .await;
@@ -340,6 +341,13 @@ async fn the_daemon_alerts_an_urgent_referral_before_a_throttled_refresh_finishe
     }
     let reads_when_alerted = gets(&env) - reads_before;
     let has_lead = env.sim.leads_per_external_id().get("urgent-2") == Some(&1);
+    // The metrics show each lane and the refresh backlog.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     // `status` shows the refresh lane's backlog while it works.
     let status = crate::helpers::stdout(&env.cli(&["status"]).await);
     // SIGTERM stops both lanes, the slow refresh included, well within shutdown_grace (30 s).
@@ -362,6 +370,13 @@ async fn the_daemon_alerts_an_urgent_referral_before_a_throttled_refresh_finishe
         status.contains("Refresh lane: 21 Google records tracked"),
         "{status}"
     );
+    let backlog = metrics
+        .lines()
+        .find(|l| l.starts_with("cosell_refresh_backlog_records "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(backlog.is_some_and(|b| b >= 1.0), "{metrics}");
+    assert!(metrics.contains("lane=\"deadline\""), "{metrics}");
     let exited = exited.expect("stopped within the grace period").unwrap();
     assert!(exited.success(), "{exited:?}");
 }
