@@ -22,6 +22,7 @@
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
 //! - [`demo`]: `cosell-sync demo`.
 //! - [`telemetry`]: tracing subscriber set-up.
+//! - [`webhook`]: Partner Center referral events (optional): receiver, verification, hand-off, registration.
 
 // Errors here travel the slow path (after a network round trip or an HTTP answer); a few hundred
 // bytes moved per error is nothing next to that, and boxing would only add noise.
@@ -43,6 +44,7 @@ pub mod store;
 pub mod sync;
 pub mod systemd;
 pub mod telemetry;
+pub mod webhook;
 
 /// Process exit codes (spec §4 and the foundation issue).
 pub mod exit {

@@ -10,6 +10,7 @@ pub mod google;
 pub mod outbox;
 pub mod referrals;
 pub mod runs;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "0003_alerts.sql",
         include_str!("../../migrations/0003_alerts.sql"),
+    ),
+    (
+        6,
+        "0006_webhook_events.sql",
+        include_str!("../../migrations/0006_webhook_events.sql"),
     ),
 ];
 

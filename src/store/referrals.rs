@@ -209,21 +209,41 @@ pub fn each_awaiting_response(
     )?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
-        let created: String = row.get(5)?;
-        let expires: Option<String> = row.get(6)?;
-        f(ReferralSummary {
-            id: row.get(0)?,
-            name: row.get(1)?,
-            customer: row.get(2)?,
-            status: row.get(3)?,
-            substatus: row.get(4)?,
-            created_at: parse_timestamp(&created).unwrap_or_default(),
-            expires_at: expires.as_deref().and_then(parse_timestamp),
-            deal_value: row.get(7)?,
-            currency: row.get(8)?,
-        })?;
+        f(summary(row)?)?;
     }
     Ok(())
+}
+
+/// One referral, when it is an incoming one still New (its response clock is running).
+pub fn awaiting_response_one(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<ReferralSummary>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, name, customer_name, status, substatus, created_at, expires_at, deal_value, currency
+             FROM referrals
+             WHERE id = ?1 AND status = 'New' AND substatus IN ('Pending', 'Received')
+               AND (direction = 'Incoming' OR direction IS NULL)",
+        )?
+        .query_row([id], summary)
+        .optional()?)
+}
+
+fn summary(row: &rusqlite::Row) -> rusqlite::Result<ReferralSummary> {
+    let created: String = row.get(5)?;
+    let expires: Option<String> = row.get(6)?;
+    Ok(ReferralSummary {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        customer: row.get(2)?,
+        status: row.get(3)?,
+        substatus: row.get(4)?,
+        created_at: parse_timestamp(&created).unwrap_or_default(),
+        expires_at: expires.as_deref().and_then(parse_timestamp),
+        deal_value: row.get(7)?,
+        currency: row.get(8)?,
+    })
 }
 
 /// Referral counts by (status, substatus).

@@ -111,8 +111,8 @@ pub async fn plan_all(
     Ok(stats)
 }
 
-/// Re-plans one referral (after a 412 re-read).
-async fn plan_one(
+/// Re-plans one referral (after a 412 re-read, or a webhook event).
+pub async fn plan_one(
     store: &Store,
     policy: &Policy,
     referral_id: &str,
