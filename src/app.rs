@@ -396,6 +396,9 @@ pub struct StatusReport {
     /// Referrals the forward rules chose that cannot make a valid lead.
     pub cannot_forward: Vec<Blocked>,
     pub links: LinkCounts,
+    /// Partner Center events (present when `[webhook]` is set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<crate::store::webhook::WebhookStats>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -472,6 +475,10 @@ pub fn status(
             actions_needing_attention: outbox::list(c, &["dead", "quarantined"], 50)?,
             open_actions: outbox::list(c, &["pending", "in_flight"], 50)?,
             conflicts: gstore::conflicts(c)?,
+            webhooks: match config.webhook {
+                Some(_) => Some(crate::store::webhook::stats(c)?),
+                None => None,
+            },
             cannot_forward: gstore::forward_blocked(c)?
                 .into_iter()
                 .map(|(referral_id, reason)| Blocked {
@@ -625,6 +632,9 @@ pub fn render_status(report: &StatusReport, limit: usize) -> String {
         for b in report.cannot_forward.iter().take(limit) {
             let _ = writeln!(out, "  {}: {}", b.referral_id, b.reason);
         }
+    }
+    if let Some(w) = &report.webhooks {
+        let _ = writeln!(out, "{}", crate::webhook::status_line(w));
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "Last cycles:");

@@ -75,6 +75,11 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<OutboxCommand>,
     },
+    /// Partner Center webhooks ([webhook]): manage the registration, or test the receiver.
+    Webhook {
+        #[command(subcommand)]
+        action: WebhookCommand,
+    },
     /// Run against the built-in simulator with sample data; needs no config and no network.
     Demo {
         /// How many sample referrals the simulated inbox holds.
@@ -125,4 +130,21 @@ pub enum AuthCommand {
     Microsoft,
     /// Get a token from each cloud and say what is wrong, if anything.
     Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Register [webhook] public_url for [webhook] events (replaces an existing registration).
+    Register,
+    /// Show the registration Partner Center has.
+    Show,
+    /// Ask Partner Center for a test-created event and report whether it arrived and verified
+    /// (serves a temporary receiver on [webhook] listen when the daemon is not running).
+    Test {
+        /// How long to wait for the event, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Remove the registration (events stop; polling goes on).
+    Unregister,
 }

@@ -328,6 +328,9 @@ async fn dispatch(cli: Cli) -> i32 {
                 Err(e) => fail(&format!("daemon stopped: {e:#}")),
             }
         }
+        Command::Webhook { action } => {
+            cosell_sync::webhook::registration::command(&config, action).await
+        }
         Command::Demo { .. } => unreachable!("handled above"),
     }
 }

@@ -432,3 +432,14 @@ impl super::Simulator {
         notify(&self.state, referral_id, created);
     }
 }
+
+/// The CA (PEM) and the leaf (DER) the simulator signs with, for unit tests of the verifier.
+#[cfg(test)]
+pub(crate) fn material() -> (String, Vec<u8>, Vec<u8>) {
+    let s = signer();
+    (
+        s.ca_pem.clone(),
+        s.leaf_der.clone(),
+        s.untrusted_der.clone(),
+    )
+}

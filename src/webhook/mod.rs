@@ -38,6 +38,25 @@ pub async fn start(
 /// The event name `webhook test` asks for.
 pub const TEST_EVENT: &str = "test-created";
 
+/// `status`'s line about events, e.g. `Webhook events: 12 received, 11 verified, 1 rejected,
+/// 3 duplicate, 0 waiting; event → lead p50 0.3s, p95 0.9s; last 2026-01-01T…`.
+pub fn status_line(w: &crate::store::webhook::WebhookStats) -> String {
+    let secs =
+        |ms: Option<i64>| ms.map_or("-".to_string(), |v| format!("{:.1}s", v as f64 / 1000.0));
+    format!(
+        "Webhook events: {} received, {} verified, {} rejected, {} duplicate, {} waiting, {} failed; event → lead p50 {}, p95 {}; last {}",
+        w.received,
+        w.verified,
+        w.rejected,
+        w.duplicate,
+        w.open,
+        w.failed,
+        secs(w.lead_ms_p50),
+        secs(w.lead_ms_p95),
+        w.last_event_at.as_deref().unwrap_or("never")
+    )
+}
+
 /// A Partner Center event: thin, it names the resource; the referral itself is fetched.
 /// Field names as documented (PascalCase); camelCase is accepted too.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

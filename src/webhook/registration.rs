@@ -224,7 +224,7 @@ pub async fn test(
         Err(e) if e.contains("in use") => false, // The daemon's receiver is listening.
         Err(e) => return Err(e),
     };
-    let since = Utc::now() - chrono::Duration::seconds(1);
+    let since = Utc::now();
     let rejected_before = store
         .call(|c| wstore::stats(c))
         .await
@@ -257,5 +257,80 @@ pub async fn test(
             return Ok(TestOutcome::Missing);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `cosell-sync webhook …`: runs one subcommand, prints what happened, returns the exit code.
+pub async fn command(config: &Config, action: crate::cli::WebhookCommand) -> i32 {
+    use crate::cli::WebhookCommand;
+    let Some(webhook) = config.webhook.as_ref() else {
+        eprintln!("webhook: the [webhook] section is missing (listen, public_url); see config.example.toml");
+        return crate::exit::CONFIG;
+    };
+    let client = match RegistrationClient::from_config(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return crate::exit::CONFIG;
+        }
+    };
+    let failed = |e: &dyn std::fmt::Display| {
+        eprintln!("{e}");
+        crate::exit::CYCLE_FAILED
+    };
+    match action {
+        WebhookCommand::Register => match client.register(webhook).await {
+            Ok(r) => {
+                println!(
+                    "registered {} for {} (subscriber {})",
+                    r.webhook_url.as_deref().unwrap_or(&webhook.public_url),
+                    r.webhook_events.join(", "),
+                    r.subscriber_id.as_deref().unwrap_or("?")
+                );
+                crate::exit::OK
+            }
+            Err(e) => failed(&e),
+        },
+        WebhookCommand::Show => match client.show().await {
+            Ok(Some(r)) => {
+                println!(
+                    "registered: {}\nevents: {}\nsubscriber: {}",
+                    r.webhook_url.as_deref().unwrap_or("?"),
+                    r.webhook_events.join(", "),
+                    r.subscriber_id.as_deref().unwrap_or("?")
+                );
+                if r.webhook_url.as_deref() != Some(webhook.public_url.as_str()) {
+                    println!(
+                        "note: webhook.public_url is {}; run `cosell-sync webhook register`",
+                        webhook.public_url
+                    );
+                }
+                crate::exit::OK
+            }
+            Ok(None) => {
+                println!("no registration; run `cosell-sync webhook register`");
+                crate::exit::OK
+            }
+            Err(e) => failed(&e),
+        },
+        WebhookCommand::Unregister => match client.unregister().await {
+            Ok(()) => {
+                println!("registration removed; referrals still arrive by polling");
+                crate::exit::OK
+            }
+            Err(e) => failed(&e),
+        },
+        WebhookCommand::Test { wait } => {
+            match test(config, &client, Duration::from_secs(wait)).await {
+                Ok(TestOutcome::Verified { via_temporary_receiver }) => {
+                    let by = if via_temporary_receiver { "a temporary receiver (the daemon is not running)" } else { "the running daemon's receiver" };
+                    println!("test-created event arrived and verified, received by {by}");
+                    crate::exit::OK
+                }
+                Ok(TestOutcome::Rejected) => failed(&"an event arrived but failed verification (see the log: certificate_url_prefixes, ca_file, certificate_subject)"),
+                Ok(TestOutcome::Missing) => failed(&format!("no event arrived within {wait}s: check the registration (webhook show), the reverse proxy and the firewall for {}", webhook.public_url)),
+                Err(e) => failed(&e),
+            }
+        }
     }
 }

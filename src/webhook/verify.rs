@@ -475,6 +475,33 @@ mod tests {
         assert!(check_headers(&h, &prefixes()).is_ok());
     }
 
+    fn verifier(subject: &str) -> (tempfile::TempDir, Verifier) {
+        let (ca, _, _) = crate::sim::webhook::material();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, ca).unwrap();
+        let v = Verifier::new(prefixes(), subject.into(), Some(&path)).unwrap();
+        (dir, v)
+    }
+
+    #[test]
+    fn the_simulators_certificate_chains_to_its_ca_and_names_its_subject() {
+        let (_, leaf, untrusted) = crate::sim::webhook::material();
+        let leaf = vec![CertificateDer::from(leaf)];
+        let (_d, v) = verifier(crate::sim::webhook::SUBJECT);
+        assert!(v.check_certificate(&leaf).is_ok());
+        let (_d, other) = verifier("someone-else.example");
+        assert!(matches!(
+            other.check_certificate(&leaf),
+            Err(Rejection::WrongSubject(_))
+        ));
+        let untrusted = vec![CertificateDer::from(untrusted)];
+        assert!(matches!(
+            v.check_certificate(&untrusted),
+            Err(Rejection::UntrustedCertificate(_))
+        ));
+    }
+
     #[test]
     fn common_names_are_read_from_a_der_name_and_junk_yields_none() {
         // SEQUENCE { SET { SEQUENCE { OID 2.5.4.3, UTF8String "a.example" } } }

@@ -7,3 +7,4 @@ mod daemon;
 mod e2e;
 mod google;
 mod helpers;
+mod webhook;
