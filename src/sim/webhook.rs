@@ -427,6 +427,12 @@ impl super::Simulator {
         ));
     }
 
+    /// The headers Partner Center would send with `body` (signed with the genuine key), for
+    /// tests that tamper with them.
+    pub fn sign_event(&self, body: &str) -> Vec<(&'static str, String)> {
+        signed_request(&self.base_url(), body, None).headers
+    }
+
     /// Sends an event about a referral now, as Partner Center would after a change.
     pub fn send_referral_event(&self, referral_id: &str, created: bool) {
         notify(&self.state, referral_id, created);

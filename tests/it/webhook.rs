@@ -435,3 +435,143 @@ async fn a_bad_webhook_key_exits_78_naming_it_and_no_section_means_off() {
     assert_eq!(out.status.code(), Some(78));
     assert!(stderr(&out).contains("[webhook]"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn an_urgent_referral_arriving_by_webhook_alerts_the_sink_without_a_cycle() {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let sink = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&sink)
+        .await;
+    let h = hooked("").await;
+    h.env.edit_config(|t| {
+        format!(
+            "{t}\n[[alerts.webhook]]\nurl = \"{}/hook\"\nformat = \"json\"\n",
+            sink.uri()
+        )
+    });
+    let (_app, _stop) = start_in_process(&h).await;
+    // 14 days minus 3 hours old: inside the 4h threshold.
+    let age = chrono::Duration::days(14) - chrono::Duration::hours(3);
+    h.env
+        .sim
+        .put_referrals([sample::referral(40, Utc::now(), age, "New", "Pending")]);
+    let expected = format!("referral_expiring:{}:4h", sample::referral_id(40));
+    let mut got = Vec::new();
+    for _ in 0..500 {
+        got = sink.received_requests().await.unwrap_or_default();
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body: serde_json::Value =
+        serde_json::from_slice(&got.first().expect("alert delivered").body).unwrap();
+    assert_eq!(body["id"], expected.as_str());
+    let cycles: i64 = h.env.query("SELECT COUNT(*) FROM cycle_runs", |r| r.get(0));
+    assert_eq!(cycles, 0);
+}
+
+/// Genuine signed requests, each changed in one generated way (a body byte, a signature byte,
+/// a header dropped or altered, a certificate URL elsewhere): every one is refused with 401,
+/// nothing is stored, and Partner Center is never called.
+#[tokio::test]
+async fn generated_tamperings_of_a_signed_event_are_all_refused() {
+    let h = hooked("").await;
+    let (_app, _stop) = start_in_process(&h).await;
+    let mut rng = fastrand::Rng::with_seed(12);
+    let client = reqwest::Client::new();
+    let body = format!(
+        r#"{{"EventName":"referral-created","ResourceUri":"https://api.partnercenter.microsoft.com/engagements/v1/referrals/{}","ResourceName":"referral","AuditUri":null,"ResourceChangeUtcDate":"2026-01-01T00:00:00Z"}}"#,
+        sample::referral_id(50)
+    );
+    let genuine = h.env.sim.sign_event(&body);
+    let prefix = h.env.sim.webhook_certificate_prefix();
+    for case in 0..120 {
+        let mut body = body.clone().into_bytes();
+        let mut headers = genuine.clone();
+        match case % 6 {
+            0 => {
+                let i = rng.usize(..body.len());
+                body[i] ^= 1 << rng.u8(..8);
+            }
+            1 => {
+                let (_, auth) = headers
+                    .iter_mut()
+                    .find(|(k, _)| *k == "authorization")
+                    .unwrap();
+                let mut sig: Vec<char> = auth["Signature ".len()..].chars().collect();
+                let i = rng.usize(..sig.len().saturating_sub(2));
+                sig[i] = if sig[i] == 'A' { 'B' } else { 'A' };
+                *auth = format!("Signature {}", sig.into_iter().collect::<String>());
+            }
+            2 => {
+                let gone = [
+                    "authorization",
+                    "x-ms-certificate-url",
+                    "x-ms-signature-algorithm",
+                ][rng.usize(..3)];
+                headers.retain(|(k, _)| *k != gone);
+            }
+            3 => {
+                let (_, alg) = headers
+                    .iter_mut()
+                    .find(|(k, _)| *k == "x-ms-signature-algorithm")
+                    .unwrap();
+                *alg = ["rsa-sha1", "hmac-sha256", "", "none", "rsa-sha512"][rng.usize(..5)].into();
+            }
+            4 => {
+                let (_, url) = headers
+                    .iter_mut()
+                    .find(|(k, _)| *k == "x-ms-certificate-url")
+                    .unwrap();
+                let port = prefix
+                    .trim_start_matches("http://127.0.0.1:")
+                    .trim_end_matches("/cert/");
+                *url = [
+                    format!("http://localhost:{port}/cert/pcnotifications-dispatch.microsoft.com.cer"),
+                    format!("http://127.0.0.1:{port}/certs/pcnotifications-dispatch.microsoft.com.cer"),
+                    format!("http://127.0.0.1:{port}/cert/../cert2/x.cer"),
+                    format!("http://user@127.0.0.1:{port}/cert/pcnotifications-dispatch.microsoft.com.cer"),
+                    format!("{prefix}untrusted.cer"),
+                    format!("{prefix}missing.cer"),
+                ][rng.usize(..6)]
+                    .clone();
+            }
+            _ => {
+                let (_, auth) = headers
+                    .iter_mut()
+                    .find(|(k, _)| *k == "authorization")
+                    .unwrap();
+                *auth = [
+                    "Signature",
+                    "Signature ",
+                    "Bearer x",
+                    "Signature ====",
+                    "signature AAAA",
+                ][rng.usize(..5)]
+                .into();
+            }
+        }
+        let mut request = client.post(&h.public_url).body(body);
+        for (k, v) in &headers {
+            request = request.header(*k, v);
+        }
+        let status = request.send().await.unwrap().status().as_u16();
+        assert_eq!(status, 401, "case {case}: {headers:?}");
+    }
+    assert_eq!(h.env.sim.counter("get"), 0);
+    assert_eq!(counter(&h, "rejected"), 120);
+    let stored: i64 = h
+        .env
+        .query("SELECT COUNT(*) FROM webhook_events", |r| r.get(0));
+    assert_eq!(stored, 0);
+    // The untampered request is accepted: the generator changed something every time.
+    let mut request = client.post(&h.public_url).body(body);
+    for (k, v) in &genuine {
+        request = request.header(*k, v);
+    }
+    assert_eq!(request.send().await.unwrap().status().as_u16(), 200);
+}
