@@ -76,6 +76,21 @@ fn default_attempts() -> u32 {
     5
 }
 
+/// A section with every default and the given `public_url` (listening on 127.0.0.1:8787).
+pub fn example(public_url: &str) -> PartnerWebhookConfig {
+    PartnerWebhookConfig {
+        listen: "127.0.0.1:8787".into(),
+        public_url: public_url.into(),
+        certificate_url_prefixes: default_prefixes(),
+        ca_file: None,
+        certificate_subject: default_subject(),
+        events: default_events(),
+        api_base: default_api_base(),
+        sweep_interval: default_sweep(),
+        max_attempts: default_attempts(),
+    }
+}
+
 impl PartnerWebhookConfig {
     /// The receiver's path: `public_url`'s path.
     pub fn path(&self) -> String {
@@ -219,6 +234,30 @@ public_url = "https://sync.example.com/partner-center/events"
         assert!(keys(&c).is_empty());
         assert_eq!(c.path(), "/partner-center/events");
         assert_eq!(c.events.len(), 5);
+    }
+
+    /// The commented `[webhook]` section of config.example.toml, uncommented, is valid and
+    /// names every key of the struct (so the example documents them all).
+    #[test]
+    fn the_example_section_is_valid_and_complete() {
+        let file = include_str!("../../config.example.toml");
+        let section: String = file
+            .lines()
+            .skip_while(|l| *l != "# [webhook]")
+            .skip(1)
+            .filter(|l| l.starts_with("# ") && !l.starts_with("# #"))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let table: toml::Table = toml::from_str(&section).unwrap();
+        let c: PartnerWebhookConfig = toml::Value::Table(table.clone()).try_into().unwrap();
+        assert!(keys(&c).is_empty(), "{:?}", keys(&c));
+        let all = toml::Value::try_from(example("https://x.example/e")).unwrap();
+        for key in all.as_table().unwrap().keys().filter(|k| *k != "ca_file") {
+            assert!(
+                table.contains_key(key),
+                "config.example.toml lacks webhook.{key}"
+            );
+        }
     }
 
     #[test]
