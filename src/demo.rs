@@ -214,10 +214,23 @@ async fn webhook_step(sim: &Simulator, app: &App, dir: &std::path::Path) -> anyh
     while !sim.leads_per_external_id().contains_key(&id) && started.elapsed().as_secs() < 10 {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    let took = started.elapsed();
+    // Let the forward finish (the write-back) before `status` below.
+    for _ in 0..500 {
+        let open = app
+            .store
+            .call(|c| crate::store::webhook::stats(c))
+            .await?
+            .open;
+        if open == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     match sim.leads_per_external_id().get(&id) {
         Some(_) => println!(
             "   referral {id} (3h left) → Google lead in {} ms after the event; its 4h alert was raised on the way",
-            started.elapsed().as_millis()
+            took.as_millis()
         ),
         None => anyhow::bail!("the webhook event for {id} did not become a lead"),
     }
