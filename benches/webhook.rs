@@ -166,6 +166,7 @@ ca_file = "{ca}"
         .arg(&config)
         .arg("run")
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -83,6 +83,9 @@ pub async fn serve(
             tracing::error!(error = %e, "webhook receiver stopped");
         }
     });
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "webhook.listen is not a loopback address: the receiver speaks plain HTTP; put it behind a TLS reverse proxy on 127.0.0.1");
+    }
     tracing::info!(%addr, path = %config.path(), "webhook receiver listening");
     Ok(addr)
 }
