@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use chrono::{DateTime, Utc};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -15,8 +16,9 @@ pub struct Cli {
     #[arg(long, global = true, env = "COSELL_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Plan and log every remote write without sending it; the database is left as it was.
-    #[arg(long, global = true)]
+    /// Only with `run` and `sync`: plan and log every remote write without sending it; the
+    /// database is left as it was.
+    #[arg(long)]
     pub dry_run: bool,
 
     #[command(subcommand)]
@@ -26,9 +28,17 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: a cycle on every tick of [schedule] sync, until SIGTERM.
-    Run,
+    Run {
+        /// Plan and log every remote write without sending it; the database is left as it was.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Run one full cycle, then exit (0 when it ran, 1 when it failed, 78 on a config error).
-    Sync,
+    Sync {
+        /// Plan and log every remote write without sending it; the database is left as it was.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show what the daemon knows: referrals nearest expiry, counts by state, last cycles.
     Status {
         /// Machine-readable output.
@@ -37,6 +47,9 @@ pub enum Command {
         /// How many referrals awaiting response to list.
         #[arg(long, default_value_t = 25)]
         limit: usize,
+        /// One referral instead: its timeline from the audit log, lead, opportunity, alerts.
+        #[arg(long, value_name = "ID")]
+        referral: Option<String>,
     },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
@@ -45,6 +58,7 @@ pub enum Command {
         /// The Microsoft referral id.
         referral_id: String,
         /// partners/P/leads/L or partners/P/opportunities/O
+        #[arg(value_parser = parse_resource_name)]
         google_resource_name: String,
     },
     /// First-run sign-in to Microsoft (device code), or a check of both clouds' credentials.
@@ -58,10 +72,12 @@ pub enum Command {
         #[arg(long)]
         referral: Option<String>,
         /// Only writes at or after this time (RFC 3339 or YYYY-MM-DD, UTC).
-        #[arg(long)]
-        since: Option<String>,
+        #[arg(long, value_parser = parse_since)]
+        since: Option<DateTime<Utc>>,
+        /// How many writes to list (the newest).
         #[arg(long, default_value_t = 200)]
         limit: usize,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
@@ -92,19 +108,59 @@ pub enum Command {
 pub enum OutboxCommand {
     /// List actions (newest first).
     List {
-        /// Only these states (pending, in_flight, done, dead, quarantined, dropped, superseded).
-        #[arg(long = "state")]
-        states: Vec<String>,
+        /// Only actions in this state (repeatable).
+        #[arg(long = "state", value_enum)]
+        states: Vec<OutboxState>,
+        /// How many actions to list (the newest).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
     /// Send a dead or quarantined action again (for a quarantined lead create: only once you
     /// know the lead does not exist in Google; otherwise `link` it).
-    Retry { id: i64 },
+    Retry {
+        /// The action's id (`outbox list`).
+        id: i64,
+        /// Needed to retry a quarantined lead create: it may have reached Google already, and
+        /// sending it again may make a second lead.
+        #[arg(long)]
+        force: bool,
+    },
     /// Never send this action.
-    Drop { id: i64 },
+    Drop {
+        /// The action's id (`outbox list`).
+        id: i64,
+    },
+}
+
+/// The states of an outbox action, as `outbox list --state` takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum OutboxState {
+    Pending,
+    InFlight,
+    Done,
+    Dead,
+    Quarantined,
+    Dropped,
+    Superseded,
+}
+
+impl OutboxState {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxState::Pending => "pending",
+            OutboxState::InFlight => "in_flight",
+            OutboxState::Done => "done",
+            OutboxState::Dead => "dead",
+            OutboxState::Quarantined => "quarantined",
+            OutboxState::Dropped => "dropped",
+            OutboxState::Superseded => "superseded",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,8 +170,10 @@ pub enum AlertsCommand {
         /// Only alerts not yet delivered to every sink.
         #[arg(long)]
         pending: bool,
+        /// How many alerts to list (the newest).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
@@ -130,6 +188,67 @@ pub enum AuthCommand {
     Microsoft,
     /// Get a token from each cloud and say what is wrong, if anything.
     Check,
+}
+
+impl Cli {
+    /// Parses the command line; usage errors (including `--dry-run` before a command it means
+    /// nothing to) exit 2 with clap's message.
+    pub fn parse_checked() -> Cli {
+        Self::check(Cli::parse())
+    }
+
+    /// As [`Cli::parse_checked`], from given arguments (the first is the program name).
+    pub fn try_parse_checked<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args)?;
+        cli.dry_run_applies()?;
+        Ok(cli)
+    }
+
+    fn check(cli: Cli) -> Cli {
+        if let Err(e) = cli.dry_run_applies() {
+            e.exit()
+        }
+        cli
+    }
+
+    /// `--dry-run` means something only to the commands that run cycles: elsewhere (say
+    /// `--dry-run outbox drop 43`) it would promise a safety the command does not give.
+    fn dry_run_applies(&self) -> Result<(), clap::Error> {
+        if self.dry_run && !matches!(self.command, Command::Run { .. } | Command::Sync { .. }) {
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--dry-run applies only to `run` and `sync`; other commands would ignore it",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this invocation is a dry run (`--dry-run` before or after `run`/`sync`).
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
+            || matches!(
+                self.command,
+                Command::Run { dry_run: true } | Command::Sync { dry_run: true }
+            )
+    }
+}
+
+fn parse_resource_name(text: &str) -> Result<String, String> {
+    crate::google::model::resource_kind(text)
+        .map(|_| text.to_string())
+        .ok_or_else(|| {
+            "not a Google resource name: use partners/P/leads/L or partners/P/opportunities/O"
+                .into()
+        })
+}
+
+fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
+    crate::microsoft::model::parse_timestamp(text)
+        .ok_or_else(|| "use RFC 3339 (2026-11-22T10:00:00Z) or a date (2026-11-22)".into())
 }
 
 #[derive(Debug, Subcommand)]

@@ -193,6 +193,7 @@ pub struct Config {
     pub microsoft: MicrosoftConfig,
     pub google: GoogleConfig,
     pub sync: SyncConfig,
+    pub refresh: RefreshConfig,
     pub forward: ForwardConfig,
     pub alerts: AlertsConfig,
     pub metrics: MetricsConfig,
@@ -227,14 +228,19 @@ impl Default for StateConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScheduleConfig {
-    /// 6-field cron, seconds first, UTC.
+    /// 6-field cron, seconds first, UTC: when the deadline lane ticks (Microsoft pull →
+    /// expiry alerts → plan → lead creates and write-backs → alert delivery).
     pub sync: String,
+    /// Between full plans of every candidate referral, a safety net beside the plan queue
+    /// (the deadline lane plans only referrals whose inputs changed). Runs in the refresh lane.
+    pub full_plan_every: HumanDuration,
 }
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
         ScheduleConfig {
             sync: "0 */5 * * * *".into(),
+            full_plan_every: HumanDuration::secs(3600),
         }
     }
 }
@@ -378,7 +384,7 @@ impl Default for MicrosoftConfig {
     }
 }
 
-/// The Google side. Accepted and validated now; the Google client uses it once it lands.
+/// The Google side (Cloud CRM Partners), with its own timeouts and retry settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GoogleConfig {
@@ -386,6 +392,11 @@ pub struct GoogleConfig {
     pub partner_id: Option<String>,
     pub credentials_file: Option<PathBuf>,
     pub requests_per_second: f64,
+    /// Whole-request timeout of one Google call.
+    pub timeout: HumanDuration,
+    pub connect_timeout: HumanDuration,
+    /// In-call retries of idempotent Google calls (gets, opportunity patches); never creates.
+    pub retry: RetryConfig,
     pub lead: GoogleLeadConfig,
 }
 
@@ -396,7 +407,44 @@ impl Default for GoogleConfig {
             partner_id: None,
             credentials_file: None,
             requests_per_second: 5.0,
+            timeout: HumanDuration::secs(30),
+            connect_timeout: HumanDuration::secs(10),
+            retry: RetryConfig::default(),
             lead: GoogleLeadConfig::default(),
+        }
+    }
+}
+
+/// The refresh lane: when tracked Google records are read again (see `sync::refresh`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RefreshConfig {
+    /// Google reads the refresh lane may make in any hour (at most a twelfth of it in any
+    /// five minutes). The default, 3600, is one read a second on average: a fifth of the
+    /// default 5 requests/s quota, the rest left to lead creates and patches.
+    pub reads_per_hour: u64,
+    /// A record that changed (or was just tracked) is read again this soon.
+    pub min_interval: HumanDuration,
+    /// The longest wait between reads of a record that matters now: an opportunity in play
+    /// (not in a final stage), a lead whose referral is near its deadline.
+    pub hot_max_interval: HumanDuration,
+    /// The longest wait between reads of any other tracked record.
+    pub max_interval: HumanDuration,
+    /// A referral still New this close to its deadline makes its lead "hot".
+    pub near_deadline: HumanDuration,
+    /// Reads in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        RefreshConfig {
+            reads_per_hour: 3600,
+            min_interval: HumanDuration::secs(300),
+            hot_max_interval: HumanDuration::secs(1800),
+            max_interval: HumanDuration::secs(6 * 3600),
+            near_deadline: HumanDuration::secs(72 * 3600),
+            concurrency: 2,
         }
     }
 }
@@ -539,6 +587,9 @@ pub struct AlertsConfig {
     pub referral_url: String,
     /// Delivery tries per sink and alert within one cycle; what is left is retried next cycle.
     pub delivery_attempts: usize,
+    /// The deadline in alert texts (the log and command sinks): `UTC` or an offset `+01:00`.
+    /// Slack and Teams show each reader's own local time whatever this says.
+    pub timezone: String,
     pub webhook: Vec<WebhookConfig>,
     pub command: Vec<CommandConfig>,
 }
@@ -556,6 +607,7 @@ impl Default for AlertsConfig {
             referral_url: "https://partner.microsoft.com/dashboard/referrals/v2/leads/{id}/details"
                 .into(),
             delivery_attempts: 3,
+            timezone: "UTC".into(),
             webhook: Vec::new(),
             command: Vec::new(),
         }
@@ -709,13 +761,22 @@ impl Config {
         }
     }
 
-    /// Checks every key and reports all problems together, each naming its key.
-    pub fn validate(&self) -> Result<(), ConfigErrors> {
-        self.validate_checked(true)
-    }
-
+    /// Checks every key and reports all problems together, each naming its key, one helper
+    /// per section (in this order, so the messages come in the order of the file).
     fn validate_checked(&self, require_refresh_token: bool) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
+        self.check_state_and_urls(&mut errors);
+        self.check_microsoft(&mut errors, require_refresh_token);
+        self.check_google(&mut errors);
+        self.check_sync_alerts_metrics(&mut errors);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    fn check_state_and_urls(&self, errors: &mut Vec<ConfigError>) {
         if self.state.path.as_os_str().is_empty() {
             errors.push(ConfigError::missing("state.path"));
         }
@@ -732,6 +793,10 @@ impl Config {
                 errors.push(ConfigError::new(key, e));
             }
         }
+    }
+
+    fn check_microsoft(&self, errors: &mut Vec<ConfigError>, require_refresh_token: bool) {
+        let ms = &self.microsoft;
         for (key, value) in [
             ("microsoft.tenant", &ms.tenant),
             ("microsoft.client_id", &ms.client_id),
@@ -778,6 +843,9 @@ impl Config {
                 "must be more than 0s",
             ));
         }
+    }
+
+    fn check_google(&self, errors: &mut Vec<ConfigError>) {
         let lead = &self.google.lead;
         for (key, value) in [
             ("google.lead.engagement_model", &lead.engagement_model),
@@ -811,8 +879,26 @@ impl Config {
                 ));
             }
         }
+    }
+
+    fn check_sync_alerts_metrics(&self, errors: &mut Vec<ConfigError>) {
         if self.sync.concurrency == 0 {
             errors.push(ConfigError::new("sync.concurrency", "must be at least 1"));
+        }
+        if self.refresh.concurrency == 0 {
+            errors.push(ConfigError::new(
+                "refresh.concurrency",
+                "must be at least 1",
+            ));
+        }
+        if self.refresh.max_interval.0 < self.refresh.min_interval.0 {
+            errors.push(ConfigError::new(
+                "refresh.max_interval",
+                "must not be shorter than refresh.min_interval",
+            ));
+        }
+        if self.google.timeout.0.is_zero() {
+            errors.push(ConfigError::new("google.timeout", "must be more than 0s"));
         }
         if self.sync.max_attempts == 0 {
             errors.push(ConfigError::new("sync.max_attempts", "must be at least 1"));
@@ -845,7 +931,7 @@ impl Config {
             }
         }
         if let Some(webhook) = &self.webhook {
-            webhook.validate(&mut errors);
+            webhook.validate(errors);
         }
         if self.alerts.failed_cycles == 0 {
             errors.push(ConfigError::new(
@@ -859,10 +945,14 @@ impl Config {
                 "a threshold must be more than 0s",
             ));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(errors))
+        if crate::timefmt::parse_offset(&self.alerts.timezone).is_none() {
+            errors.push(ConfigError::new(
+                "alerts.timezone",
+                format!(
+                    "{:?} is not UTC or an offset like \"+01:00\" (zone names are not supported)",
+                    self.alerts.timezone
+                ),
+            ));
         }
     }
 

@@ -239,6 +239,28 @@ impl RateLimiter {
         };
         tokio::time::sleep_until(wait_until).await;
     }
+
+    /// Waits for a slot that is free *now*, never reserving one ahead: a background request
+    /// (a refresh read) goes only when no foreground request holds the coming slots, and it
+    /// leaves half the burst to them. Foreground requests ([`acquire`](Self::acquire)) reserve
+    /// their slot at once, so they always go first.
+    pub async fn acquire_background(&self) {
+        let allowance = self.interval * (self.burst - 1);
+        let reserve = self.interval * (self.burst / 2);
+        loop {
+            let wait = {
+                let mut next = self.next_free.lock().await;
+                let now = Instant::now();
+                let tat = next.unwrap_or(now).max(now);
+                if tat + reserve <= now + allowance {
+                    *next = Some(tat + self.interval);
+                    return;
+                }
+                (tat + reserve - allowance - now).max(Duration::from_millis(1))
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
 }
 
 /// An HTTP answer read in full, before the API-specific client interprets it.
@@ -394,5 +416,58 @@ mod tests {
         }
         // Burst of 2, then one every 500 ms: the 6th goes at 2 s.
         assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn background_requests_wait_for_every_foreground_one() {
+        use std::sync::Arc;
+        let limiter = Arc::new(RateLimiter::new(10.0));
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        // A background read asks first, then 30 foreground requests arrive at once.
+        for (i, background) in std::iter::once(true)
+            .chain(std::iter::repeat_n(false, 30))
+            .enumerate()
+        {
+            let (limiter, order) = (limiter.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                if background {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    limiter.acquire_background().await;
+                } else {
+                    limiter.acquire().await;
+                }
+                order.lock().unwrap().push(i);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        assert_eq!(
+            order.last(),
+            Some(&0),
+            "the background request went last: {order:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn background_requests_alone_keep_the_rate() {
+        let limiter = RateLimiter::new(4.0);
+        let started = Instant::now();
+        for _ in 0..9 {
+            limiter.acquire_background().await;
+        }
+        // Never faster than the rate: 9 reads at 4/s (half the burst kept free) take ≥ 1.5 s.
+        assert!(
+            started.elapsed() >= Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            started.elapsed() <= Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -6,9 +6,14 @@
 //! Nothing flows backwards: clients never touch the store, the store never calls a client.
 //!
 //! Module map, one owner per concern:
-//! - [`cli`]: the command line (fixed names, spec §4); each command calls one function of [`app`].
+//! - [`cli`]: the command line (fixed names, spec §4); `main` calls one [`app::commands`]
+//!   function per command.
 //! - [`config`]: figment layers (defaults → file → env), secrets, validation naming keys, redaction.
-//! - [`app`]: wiring: builds the clients and the store; `sync_once`, `run`, `status`.
+//! - [`app`]: wiring: builds the clients and the store; `sync_once`; the commands
+//!   ([`app::commands`]), `link` and the demo.
+//! - [`status`]: what `status` knows (and `status --referral`), read from the store.
+//! - [`render`]: every command's tables and JSON, in one place.
+//! - [`timefmt`]: one time format for people (`2026-12-01 14:05 UTC`, `2 d 12 h`), pure.
 //! - [`scheduler`]: the cron job, the no-overlap guard, SIGHUP reload, shutdown with a grace period.
 //! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG, STOPPING) without libsystemd.
 //! - [`health`]: liveness, counters, and the `/metrics` + `/healthz` endpoint.
@@ -16,11 +21,12 @@
 //! - [`microsoft`]: Entra refresh-token grant with a rotating token file, and the Referrals client.
 //! - [`google`]: service-account tokens and the Cloud CRM Partners client (four methods).
 //! - [`store`]: SQLite (WAL, migrations, schema version) behind a blocking-thread boundary.
-//! - [`sync`]: one cycle: pull both sides, plan with the pure `reconcile`, push the outbox.
+//! - [`lanes`]: the deadline lane (pull → expiry alerts → plan → push → alerts) and the
+//!   refresh lane (Google re-reads on a per-record schedule), joining `sync` and `alerts`.
+//! - [`sync`]: the primitives: Microsoft pull, Google refresh, the pure `reconcile`, the outbox.
 //! - [`deadline`]: the 14-day response window arithmetic, pure.
 //! - [`alerts`]: expiry and health alerts (pure planner), formats, durable delivery to sinks.
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
-//! - [`demo`]: `cosell-sync demo`.
 //! - [`telemetry`]: tracing subscriber set-up.
 //! - [`webhook`]: Partner Center referral events (optional): receiver, verification, hand-off, registration.
 
@@ -33,17 +39,20 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod deadline;
-pub mod demo;
 pub mod google;
 pub mod health;
 pub mod http;
+pub mod lanes;
 pub mod microsoft;
+pub mod render;
 pub mod scheduler;
 pub mod sim;
+pub mod status;
 pub mod store;
 pub mod sync;
 pub mod systemd;
 pub mod telemetry;
+pub mod timefmt;
 pub mod webhook;
 
 /// Process exit codes (spec §4 and the foundation issue).

@@ -1,15 +1,24 @@
-//! The daemon loop: a tokio-cron-scheduler job on `[schedule] sync`, guarded so two cycles never
-//! overlap (a tick that finds a cycle running is skipped and logged); systemd notifications
-//! (READY once config, database and the first token are good; STATUS after each cycle;
-//! WATCHDOG while the scheduler lives and no cycle is stuck; STOPPING); SIGHUP reloads the
-//! configuration when it validates; SIGTERM/SIGINT stop new cycles and give the running one
+//! The daemon loop, two lanes (see [`crate::lanes`]):
+//! - the **deadline lane**: one task runs ticks one after another, never two at once. The
+//!   tokio-cron-scheduler job on `[schedule] sync` only *asks* for a tick (a stored
+//!   permit: a tick asked for while one runs starts right after it, and asks coalesce), and so
+//!   does the refresh lane when a Google record changed. The first tick runs at start-up.
+//! - the **refresh lane**: one task re-reads due Google records pass after pass, at
+//!   background priority, and runs the periodic full plan. It never holds the deadline lane.
+//!
+//! systemd notifications (READY once config, database and the first token are good; STATUS
+//! after each tick; WATCHDOG while no tick is stuck; STOPPING); SIGHUP reloads the
+//! configuration when it validates; SIGTERM/SIGINT stop both lanes: no new tick starts, the
+//! refresh lane stops at once (its reads are idempotent), and a running tick gets
 //! `[daemon] shutdown_grace` to finish, then `run` returns (exit 0).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
+use tokio::time::Instant;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -27,11 +36,15 @@ pub struct Reload {
     pub force_dry_run: bool,
 }
 
-/// Shared between the cron job, the watchdog, the reload handler and shutdown.
+/// Shared between the lanes, the cron job, the watchdog, the reload handler and shutdown.
 struct Daemon {
     app: RwLock<Arc<App>>,
-    /// Held while a cycle runs: the no-overlap guard, and what shutdown waits for.
+    /// Held while a deadline tick runs: what shutdown waits for.
     running: Arc<Mutex<()>>,
+    /// Asks the deadline lane for a tick (permits coalesce: never a queue of ticks).
+    wake: Notify,
+    /// The next tick plans every referral (start-up, a reloaded policy).
+    full_plan_due: AtomicBool,
     notifier: Notifier,
     health: Arc<Health>,
     shutdown: CancellationToken,
@@ -54,6 +67,8 @@ pub async fn run(
     let daemon = Arc::new(Daemon {
         app: RwLock::new(Arc::new(app)),
         running: Arc::new(Mutex::new(())),
+        wake: Notify::new(),
+        full_plan_due: AtomicBool::new(true),
         notifier: Notifier::from_env(),
         health,
         shutdown: shutdown.clone(),
@@ -80,9 +95,10 @@ pub async fn run(
         .notifier
         .status("started; waiting for the first cycle");
     if app.config.daemon.sync_on_start {
-        let d = daemon.clone();
-        tokio::spawn(async move { guarded_cycle(&d, "start").await });
+        daemon.wake.notify_one();
     }
+    let deadline = tokio::spawn(deadline_lane(daemon.clone()));
+    let refresh = tokio::spawn(refresh_lane(daemon.clone()));
     if let Some(interval) = watchdog_interval() {
         tokio::spawn(feed_watchdog(daemon.clone(), interval));
     }
@@ -110,15 +126,21 @@ pub async fn run(
 
     tracing::info!("shutdown requested; no new cycles will start");
     daemon.notifier.stopping();
-    if let Err(e) = scheduler.shutdown().await {
-        tracing::warn!(error = %e, "scheduler did not stop cleanly");
-    }
     let grace = daemon.app().config.daemon.shutdown_grace.0;
+    let stop_by = Instant::now() + grace;
+    // The refresh lane watches the token too; its reads are idempotent, so it stops at once.
+    refresh.abort();
+    if tokio::time::timeout_at(stop_by, scheduler.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the cron scheduler did not stop in time");
+    }
     if let Some(forwarder) = webhook {
         // The forwarder stops between events; a forward in flight gets the grace period.
-        let _ = tokio::time::timeout(grace, forwarder).await;
+        let _ = tokio::time::timeout_at(stop_by, forwarder).await;
     }
-    match tokio::time::timeout(grace, daemon.running.lock()).await {
+    match tokio::time::timeout_at(stop_by, deadline).await {
         Ok(_) => tracing::info!("stopped"),
         Err(_) => tracing::warn!(
             grace_s = grace.as_secs(),
@@ -133,7 +155,14 @@ async fn add_job(scheduler: &mut JobScheduler, daemon: &Arc<Daemon>) -> anyhow::
     let d = daemon.clone();
     let job = Job::new_async(schedule.as_str(), move |_, _| {
         let d = d.clone();
-        Box::pin(async move { guarded_cycle(&d, "cron").await })
+        Box::pin(async move {
+            if d.running.try_lock().is_err() {
+                tracing::debug!(
+                    "a deadline tick is still running; the next one starts when it ends"
+                );
+            }
+            d.wake.notify_one();
+        })
     })?;
     Ok(scheduler.add(job).await?)
 }
@@ -156,6 +185,9 @@ fn reload_app(daemon: &Daemon, reload: &Reload) -> Result<bool, String> {
     app.inherit_worker(&current);
     let changed = app.config.schedule.sync != current.config.schedule.sync;
     *daemon.app.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(app);
+    // The forward rules or the sync policy may have changed: plan everything once.
+    daemon.full_plan_due.store(true, Ordering::SeqCst);
+    daemon.wake.notify_one();
     Ok(changed)
 }
 
@@ -180,20 +212,76 @@ async fn wait_for_first_token(app: &App, shutdown: &CancellationToken) -> anyhow
     Ok(())
 }
 
-/// Runs one cycle unless one is already running or shutdown has begun.
-async fn guarded_cycle(daemon: &Daemon, trigger: &str) {
-    if daemon.shutdown.is_cancelled() {
-        return;
+/// The deadline lane: one tick per wake-up, never two at once, until shutdown.
+async fn deadline_lane(daemon: Arc<Daemon>) {
+    loop {
+        tokio::select! {
+            _ = daemon.wake.notified() => {}
+            _ = daemon.shutdown.cancelled() => return,
+        }
+        if daemon.shutdown.is_cancelled() {
+            return;
+        }
+        let _guard = daemon.running.lock().await;
+        let app = daemon.app();
+        let full_plan = daemon.full_plan_due.swap(false, Ordering::SeqCst);
+        daemon.health.cycle_started();
+        let cycle = app.deadline_tick(full_plan).await;
+        daemon.health.cycle_finished(&cycle);
+        daemon.notifier.status(&status_line(&cycle));
+        if !cycle.report.ok() && full_plan {
+            // Not planned after all: the next tick tries again.
+            daemon.full_plan_due.store(true, Ordering::SeqCst);
+        }
     }
-    let Ok(_guard) = daemon.running.clone().try_lock_owned() else {
-        tracing::warn!(trigger, "previous cycle still running; skipping this tick");
-        return;
-    };
-    let app = daemon.app();
-    daemon.health.cycle_started();
-    let cycle = app.sync_once().await;
-    daemon.health.cycle_finished(&cycle);
-    daemon.notifier.status(&status_line(&cycle));
+}
+
+/// The refresh lane: Google reads on their schedule, the periodic full plan, until shutdown.
+async fn refresh_lane(daemon: Arc<Daemon>) {
+    let mut last_full_plan = Instant::now();
+    loop {
+        let app = daemon.app();
+        if app.cycle.google.is_none() {
+            daemon.shutdown.cancelled().await;
+            return;
+        }
+        let pass = crate::lanes::refresh_once(&app.cycle).await;
+        match &pass {
+            Ok(stats) if stats.changed > 0 => {
+                tracing::info!(
+                    changed = stats.changed,
+                    read = stats.read,
+                    "Google records changed; asking the deadline lane to plan them"
+                );
+                daemon.wake.notify_one();
+            }
+            Ok(stats) if stats.read + stats.failed > 0 => {
+                tracing::debug!(read = stats.read, failed = stats.failed, "refresh pass")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "refresh pass failed; trying again shortly"),
+        }
+        if last_full_plan.elapsed() >= app.config.schedule.full_plan_every.0 {
+            match crate::lanes::full_plan(&app.cycle).await {
+                Ok(planned) => {
+                    tracing::debug!(
+                        referrals = planned.referrals,
+                        queued = planned.queued,
+                        "periodic full plan"
+                    );
+                    if planned.queued > 0 {
+                        daemon.wake.notify_one();
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "periodic full plan failed"),
+            }
+            last_full_plan = Instant::now();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(crate::lanes::refresh_pause(&pass)) => {}
+            _ = daemon.shutdown.cancelled() => return,
+        }
+    }
 }
 
 fn status_line(cycle: &Cycle) -> String {

@@ -13,11 +13,10 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use tokio::io::AsyncWriteExt;
 
-use super::due::{expiry_alert, health_alert, Health};
+use super::due::{expiry_alert, health_alert, HealthEpisode};
 use super::{format, Alert};
 use crate::config::{AlertFormat, AlertsConfig, CommandConfig, WebhookConfig};
 use crate::store::{alerts as astore, google as gstore, outbox, referrals, Store, StoreError};
-use crate::sync::CycleReport;
 
 /// A place alerts go besides the log.
 #[derive(Debug, Clone)]
@@ -49,15 +48,29 @@ impl Sink {
                     .send()
                     .await
                     .map_err(|e| crate::http::error_chain(&e))?;
-                if response.status().is_success() {
+                let status = response.status();
+                if status.is_success() {
                     Ok(())
                 } else {
-                    Err(format!("HTTP {}", response.status().as_u16()))
+                    // The receiver's reason (Slack's `invalid_blocks`, say) goes in the log.
+                    let body = response.text().await.unwrap_or_default();
+                    Err(sink_error(status.as_u16(), &body))
                 }
             }
             Sink::Command(c) => run_command(c, alert).await,
         }
     }
+}
+
+/// `HTTP 400: invalid_blocks`: the status and the start of the body, on one line.
+fn sink_error(status: u16, body: &str) -> String {
+    let body: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    if body.is_empty() {
+        return format!("HTTP {status}");
+    }
+    let cut: String = body.chars().take(300).collect();
+    let more = if cut.len() < body.len() { "…" } else { "" };
+    format!("HTTP {status}: {cut}{more}")
 }
 
 async fn run_command(c: &CommandConfig, alert: &Alert) -> Result<(), String> {
@@ -102,6 +115,8 @@ pub struct AlertSettings {
     pub thresholds: Vec<chrono::Duration>,
     pub failed_cycles: u32,
     pub referral_url: String,
+    /// For the deadline in alert texts (log and command sinks; chat sinks show local time).
+    pub timezone: chrono::FixedOffset,
     pub attempts: usize,
     pub sinks: Vec<Sink>,
     pub http: reqwest::Client,
@@ -116,6 +131,8 @@ impl AlertSettings {
             thresholds: config.thresholds.iter().map(|t| t.as_chrono()).collect(),
             failed_cycles: config.failed_cycles,
             referral_url: config.referral_url.clone(),
+            timezone: crate::timefmt::parse_offset(&config.timezone)
+                .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("UTC is an offset")),
             attempts: config.delivery_attempts.max(1),
             sinks,
             http: reqwest::Client::builder()
@@ -135,17 +152,42 @@ pub struct AlertStats {
     pub undelivered: u64,
 }
 
-/// Raises the alerts a cycle calls for and delivers everything pending. Errors are logged;
-/// this never fails the cycle.
-pub async fn after_cycle(
+impl AlertStats {
+    pub fn add(&mut self, o: AlertStats) {
+        self.raised += o.raised;
+        self.delivered += o.delivered;
+        self.undelivered = o.undelivered;
+    }
+}
+
+/// Which alerts to raise now.
+#[derive(Debug, Clone)]
+pub enum Raise {
+    /// Expiry alerts only: they need nothing but Microsoft data, so they go out right after
+    /// the pull, before any Google work.
+    Expiry,
+    /// Everything, with how the cycle ended (for `sync_unhealthy` and its recovery).
+    All {
+        error: Option<String>,
+        auth_failed: bool,
+    },
+}
+
+/// Raises the alerts asked for and delivers everything pending. Errors are logged; this
+/// never fails the cycle.
+///
+/// `broken` holds the sinks that failed earlier in this cycle: they are not tried again until
+/// the next cycle (their deliveries wait, recorded).
+pub async fn raise_and_deliver(
     store: &Store,
     settings: &AlertSettings,
-    report: &CycleReport,
+    raise: Raise,
     now: DateTime<Utc>,
     dry_run: bool,
+    broken: &mut HashSet<String>,
 ) -> AlertStats {
     let mut stats = AlertStats::default();
-    match raise_due(store, settings, report, now).await {
+    match raise_due(store, settings, raise, now).await {
         Ok(raised) => stats.raised = raised,
         Err(e) => tracing::error!(error = %e, "cannot record alerts"),
     }
@@ -158,7 +200,7 @@ pub async fn after_cycle(
         }
         return stats;
     }
-    match deliver_pending(store, settings).await {
+    match deliver_pending(store, settings, broken).await {
         Ok((delivered, undelivered)) => {
             stats.delivered = delivered;
             stats.undelivered = undelivered;
@@ -171,11 +213,10 @@ pub async fn after_cycle(
 async fn raise_due(
     store: &Store,
     settings: &AlertSettings,
-    report: &CycleReport,
+    which: Raise,
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
     let settings = settings.clone();
-    let (error, auth_failed) = (report.error.clone(), report.auth_failed);
     store
         .call(move |c| {
             let sinks: Vec<String> = settings.sinks.iter().map(Sink::key).collect();
@@ -195,21 +236,25 @@ async fn raise_due(
                 }
                 Ok(())
             };
+            // Expiry, for every incoming referral still New.
+            referrals::each_awaiting_response(&tx, |r| {
+                match expiry_alert(&r, settings.window, &settings.thresholds, &settings.referral_url, settings.timezone, now) {
+                    Some(alert) => raise(&tx, alert),
+                    None => Ok(()),
+                }
+            })?;
+            let Raise::All { error, auth_failed } = which else {
+                tx.commit()?;
+                return Ok(count);
+            };
             // Health.
-            let mut health: Health = astore::get_health(&tx, "sync")?
+            let mut health: HealthEpisode = astore::get_health(&tx, "sync")?
                 .and_then(|v| serde_json::from_str(&v).ok())
                 .unwrap_or_default();
             if let Some(alert) = health_alert(&mut health, error.as_deref(), auth_failed, settings.failed_cycles, now) {
                 raise(&tx, alert)?;
             }
             astore::set_health(&tx, "sync", &serde_json::to_string(&health).expect("health serializes"), now)?;
-            // Expiry, for every incoming referral still New.
-            referrals::each_awaiting_response(&tx, |r| {
-                match expiry_alert(&r, settings.window, &settings.thresholds, &settings.referral_url, now) {
-                    Some(alert) => raise(&tx, alert),
-                    None => Ok(()),
-                }
-            })?;
             // Writes that need a person.
             for row in outbox::list(&tx, &["dead", "quarantined"], 1000)? {
                 let mut alert = Alert::general(
@@ -235,12 +280,10 @@ async fn raise_due(
                     "conflict",
                     "warning",
                     format!(
-                        "{} of referral {} changed on both sides: Microsoft {}, Google {} (last agreed {}). Nothing was written; change one side to settle it.",
+                        "{} of referral {} changed on both sides: {}. Nothing was written; change one side to settle it.",
                         conflict.field,
                         conflict.referral_id,
-                        conflict.microsoft_value.as_deref().unwrap_or("-"),
-                        conflict.google_value.as_deref().unwrap_or("-"),
-                        conflict.base_value.as_deref().unwrap_or("-")
+                        conflict.values()
                     ),
                     now,
                 );
@@ -271,7 +314,8 @@ pub async fn for_referral(
             let Some(r) = referrals::awaiting_response_one(c, &id)? else {
                 return Ok(0);
             };
-            let Some(alert) = expiry_alert(&r, s.window, &s.thresholds, &s.referral_url, now)
+            let Some(alert) =
+                expiry_alert(&r, s.window, &s.thresholds, &s.referral_url, s.timezone, now)
             else {
                 return Ok(0);
             };
@@ -292,7 +336,7 @@ pub async fn for_referral(
     if dry_run || stats.raised == 0 {
         return stats;
     }
-    match deliver_pending(store, settings).await {
+    match deliver_pending(store, settings, &mut HashSet::new()).await {
         Ok((delivered, undelivered)) => {
             stats.delivered = delivered;
             stats.undelivered = undelivered;
@@ -306,9 +350,9 @@ pub async fn for_referral(
 pub async fn deliver_pending(
     store: &Store,
     settings: &AlertSettings,
+    broken: &mut HashSet<String>,
 ) -> Result<(u64, u64), StoreError> {
     let sinks: HashMap<String, &Sink> = settings.sinks.iter().map(|s| (s.key(), s)).collect();
-    let mut broken: HashSet<String> = HashSet::new();
     let (mut delivered, mut undelivered) = (0, 0);
     let pending = store.call(|c| astore::pending(c, 10_000)).await?;
     for (alert, sink_key, attempts_before) in pending {

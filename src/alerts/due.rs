@@ -3,19 +3,22 @@
 //! threshold, ever, because the id names both), or `referral_expired` once the deadline passed.
 //! Health: `sync_unhealthy` once per episode of failing cycles, and a recovery notice.
 
-use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, FixedOffset, SecondsFormat, Utc};
 
 use super::Alert;
 use crate::config::HumanDuration;
 use crate::deadline;
 use crate::store::referrals::ReferralSummary;
+use crate::timefmt::{human_in, time_left};
 
-/// The expiry alert a referral should have by now, if any.
+/// The expiry alert a referral should have by now, if any; its text shows the deadline in
+/// `zone` (`[alerts] timezone`, for the log and command sinks).
 pub fn expiry_alert(
     referral: &ReferralSummary,
     window: Duration,
     thresholds: &[Duration],
     referral_url: &str,
+    zone: FixedOffset,
     now: DateTime<Utc>,
 ) -> Option<Alert> {
     let due = deadline::deadline(referral.created_at, referral.expires_at, window);
@@ -25,6 +28,10 @@ pub fn expiry_alert(
         .clone()
         .unwrap_or_else(|| "unknown customer".into());
     let hours = (remaining.num_minutes() as f64 / 60.0 * 10.0).round() / 10.0;
+    let what = match referral.name.as_deref() {
+        Some(name) => format!("Referral \"{name}\" for {customer}"),
+        None => format!("Referral for {customer}"),
+    };
     let (id, kind, severity, threshold, message) = if remaining <= Duration::zero() {
         (
             format!("referral_expired:{}", referral.id),
@@ -32,8 +39,8 @@ pub fn expiry_alert(
             "critical",
             None,
             format!(
-                "Referral for {customer} passed its response deadline ({}) unanswered; Microsoft archives it as Expired.",
-                due.format("%Y-%m-%d %H:%M UTC")
+                "{what} passed its response deadline ({}) unanswered; Microsoft archives it as Expired.",
+                human_in(due, zone)
             ),
         )
     } else {
@@ -49,9 +56,9 @@ pub fn expiry_alert(
             },
             Some(label),
             format!(
-                "Referral for {customer} expires in {} unless accepted or declined (deadline {}).",
-                human_left(remaining),
-                due.format("%Y-%m-%d %H:%M UTC")
+                "{what} expires in {} unless accepted or declined (deadline {}).",
+                time_left(remaining),
+                human_in(due, zone)
             ),
         )
     };
@@ -60,30 +67,24 @@ pub fn expiry_alert(
         kind: kind.into(),
         severity: severity.into(),
         referral_id: Some(referral.id.clone()),
+        referral_name: referral.name.clone(),
         customer: Some(customer),
+        deal_value: referral.deal_value,
+        currency: referral.currency.clone(),
         deadline: Some(due.to_rfc3339_opts(SecondsFormat::Secs, true)),
         threshold,
         remaining_hours: Some(hours),
         message,
         link: Some(referral_url.replace("{id}", &referral.id)),
+        command: Some(super::status_command(&referral.id)),
         created_at: now.to_rfc3339_opts(SecondsFormat::Secs, true),
     })
 }
 
-fn human_left(remaining: Duration) -> String {
-    let minutes = remaining.num_minutes();
-    if minutes >= 48 * 60 {
-        format!("{:.1} days", minutes as f64 / 1440.0)
-    } else if minutes >= 60 {
-        format!("{:.1} hours", minutes as f64 / 60.0)
-    } else {
-        format!("{minutes} minutes")
-    }
-}
-
-/// The health state kept between cycles.
+/// The sync's health episode, kept between cycles (not the daemon's liveness, which is
+/// [`crate::health::Health`]).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Health {
+pub struct HealthEpisode {
     pub failing_in_a_row: u32,
     /// When the open unhealthy episode began (None = healthy).
     pub episode_since: Option<String>,
@@ -91,7 +92,7 @@ pub struct Health {
 
 /// Updates the health after a cycle and returns the alert it calls for, if any.
 pub fn health_alert(
-    health: &mut Health,
+    health: &mut HealthEpisode,
     cycle_error: Option<&str>,
     auth_failed: bool,
     failed_cycles: u32,
@@ -109,11 +110,7 @@ pub fn health_alert(
                 } else {
                     format!("{} cycles in a row failed", health.failing_in_a_row)
                 };
-                let hint = if auth_failed {
-                    " Run `cosell-sync auth microsoft` (or check the Google key) and restart."
-                } else {
-                    ""
-                };
+                let hint = if auth_failed { auth_hint(error) } else { "" };
                 return Some(Alert::general(
                     format!("sync_unhealthy:{since}"),
                     "sync_unhealthy",
@@ -129,12 +126,24 @@ pub fn health_alert(
             let since = health.episode_since.take()?;
             Some(Alert::general(
                 format!("sync_unhealthy:{since}:recovered"),
-                "sync_unhealthy",
+                "sync_recovered",
                 "info",
                 format!("cosell-sync recovered: cycles succeed again (unhealthy since {since})."),
                 now,
             ))
         }
+    }
+}
+
+/// What the operator should do about an authentication failure, from its error text: a
+/// wrong or expired client secret is not fixed by signing in again.
+fn auth_hint(error: &str) -> &'static str {
+    if error.contains("invalid_client") || error.contains("AADSTS7000215") {
+        " Check microsoft.client_secret (client secrets expire: make a new one in Entra ID) and restart."
+    } else if error.contains("google") || error.contains("service-account") {
+        " Check the Google service-account key ([google] credentials_file) and restart."
+    } else {
+        " Run `cosell-sync auth microsoft` (or check the Google key) and restart."
     }
 }
 
@@ -160,6 +169,10 @@ mod tests {
         }
     }
 
+    fn utc() -> FixedOffset {
+        FixedOffset::east_opt(0).unwrap()
+    }
+
     const URL: &str = "https://pc.example/{id}";
 
     fn thresholds() -> Vec<Duration> {
@@ -167,7 +180,7 @@ mod tests {
     }
 
     fn due(r: &ReferralSummary, now: &str) -> Option<Alert> {
-        expiry_alert(r, Duration::days(14), &thresholds(), URL, at(now))
+        expiry_alert(r, Duration::days(14), &thresholds(), URL, utc(), at(now))
     }
 
     #[test]
@@ -233,6 +246,7 @@ mod tests {
             Duration::days(7),
             &thresholds(),
             URL,
+            utc(),
             at("2026-11-07T12:00:00Z"),
         )
         .unwrap();
@@ -241,7 +255,7 @@ mod tests {
 
     #[test]
     fn health_raises_once_per_episode_and_recovers() {
-        let mut h = Health::default();
+        let mut h = HealthEpisode::default();
         let now = at("2026-11-22T10:00:00Z");
         assert_eq!(health_alert(&mut h, Some("boom"), false, 3, now), None);
         assert_eq!(health_alert(&mut h, Some("boom"), false, 3, now), None);
@@ -257,7 +271,11 @@ mod tests {
             "once per episode"
         );
         let r = health_alert(&mut h, None, false, 3, now).unwrap();
-        assert_eq!(r.severity, "info");
+        assert_eq!(
+            (r.kind.as_str(), r.severity.as_str()),
+            ("sync_recovered", "info"),
+            "recovery is its own kind"
+        );
         assert!(r.id.ends_with(":recovered"));
         assert_eq!(health_alert(&mut h, None, false, 3, now), None);
         let auth = health_alert(&mut h, Some("invalid_grant"), true, 3, now).unwrap();
@@ -265,5 +283,59 @@ mod tests {
             auth.message.contains("authentication"),
             "auth failures alert at once"
         );
+    }
+
+    #[test]
+    fn an_expiry_alert_carries_what_a_person_needs() {
+        let mut r = referral("2026-11-01T00:00:00Z", None, "Pending");
+        r.deal_value = Some(250_000.0);
+        r.currency = Some("EUR".into());
+        let plus_one = FixedOffset::east_opt(3600).unwrap();
+        let a = expiry_alert(
+            &r,
+            Duration::days(14),
+            &thresholds(),
+            URL,
+            plus_one,
+            at("2026-11-12T12:00:00Z"),
+        )
+        .unwrap();
+        assert_eq!(
+            a.message,
+            "Referral \"Deal\" for Fabrikam expires in 2 d 12 h unless accepted or declined (deadline 2026-11-15 01:00 +01:00)."
+        );
+        assert_eq!(
+            (a.referral_name.as_deref(), a.customer.as_deref()),
+            (Some("Deal"), Some("Fabrikam"))
+        );
+        assert_eq!(
+            (a.deal_value, a.currency.as_deref()),
+            (Some(250_000.0), Some("EUR"))
+        );
+        assert_eq!(
+            a.command.as_deref(),
+            Some("cosell-sync status --referral r1")
+        );
+        assert_eq!(
+            a.deadline.as_deref(),
+            Some("2026-11-15T00:00:00Z"),
+            "JSON stays UTC"
+        );
+    }
+
+    #[test]
+    fn a_wrong_client_secret_is_not_fixed_by_signing_in_again() {
+        let now = at("2026-11-22T10:00:00Z");
+        let secret = "token endpoint answered HTTP 401: invalid_client AADSTS7000215: Invalid client secret provided.";
+        let a = health_alert(&mut HealthEpisode::default(), Some(secret), true, 3, now).unwrap();
+        assert!(
+            a.message.contains("microsoft.client_secret"),
+            "{}",
+            a.message
+        );
+        assert!(!a.message.contains("auth microsoft"), "{}", a.message);
+        let grant = "token endpoint answered HTTP 400: invalid_grant AADSTS70000";
+        let a = health_alert(&mut HealthEpisode::default(), Some(grant), true, 3, now).unwrap();
+        assert!(a.message.contains("auth microsoft"), "{}", a.message);
     }
 }

@@ -15,13 +15,21 @@ pub use deliver::{AlertSettings, Sink};
 pub struct Alert {
     /// Stable dedupe key: the same across retries and restarts.
     pub id: String,
-    /// `referral_expiring`, `referral_expired`, `sync_unhealthy`, `action_failed`, `conflict`
-    /// (or `test` from `alerts test`).
+    /// `referral_expiring`, `referral_expired`, `sync_unhealthy`, `sync_recovered`,
+    /// `action_failed`, `conflict` (or `test` from `alerts test`).
     pub kind: String,
     /// `info`, `warning` or `critical`.
     pub severity: String,
     pub referral_id: Option<String>,
+    /// The referral's name in Partner Center. Fields added after the first release default,
+    /// so alerts stored by an older version still decode.
+    #[serde(default)]
+    pub referral_name: Option<String>,
     pub customer: Option<String>,
+    #[serde(default)]
+    pub deal_value: Option<f64>,
+    #[serde(default)]
+    pub currency: Option<String>,
     /// RFC 3339.
     pub deadline: Option<String>,
     /// The alert threshold crossed, as configured (`"24h"`).
@@ -30,7 +38,15 @@ pub struct Alert {
     pub message: String,
     /// The referral in Partner Center.
     pub link: Option<String>,
+    /// The command that shows everything about it (`cosell-sync status --referral ID`).
+    #[serde(default)]
+    pub command: Option<String>,
     pub created_at: String,
+}
+
+/// The command that shows a referral's timeline, lead, opportunity and alerts.
+pub fn status_command(referral_id: &str) -> String {
+    format!("cosell-sync status --referral {referral_id}")
 }
 
 impl Alert {
@@ -47,12 +63,16 @@ impl Alert {
             kind: kind.into(),
             severity: severity.into(),
             referral_id: None,
+            referral_name: None,
             customer: None,
+            deal_value: None,
+            currency: None,
             deadline: None,
             threshold: None,
             remaining_hours: None,
             message,
             link: None,
+            command: None,
             created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         }
     }

@@ -29,14 +29,6 @@ impl GoogleAuth {
         })
     }
 
-    pub fn from_key_json(json: &str) -> Result<GoogleAuth, String> {
-        let account = CustomServiceAccount::from_json(json)
-            .map_err(|e| format!("cannot use the service-account key: {e}"))?;
-        Ok(GoogleAuth {
-            provider: Arc::new(account),
-        })
-    }
-
     pub async fn token(&self) -> Result<SecretString, ApiError> {
         let token = self
             .provider

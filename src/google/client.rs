@@ -31,6 +31,9 @@ pub struct GoogleClient {
     api_base: Url,
     auth: Arc<GoogleAuth>,
     limiter: Arc<RateLimiter>,
+    /// Background reads (the refresh lane) take the rate limiter only when no write or
+    /// deadline-lane request is waiting for it.
+    background: bool,
 }
 
 impl GoogleClient {
@@ -47,7 +50,16 @@ impl GoogleClient {
             api_base,
             auth,
             limiter,
+            background: false,
         })
+    }
+
+    /// The same client at background priority, for the refresh lane's reads.
+    pub fn background(&self) -> GoogleClient {
+        GoogleClient {
+            background: true,
+            ..self.clone()
+        }
     }
 
     fn url(&self, resource: &str) -> Url {
@@ -131,7 +143,11 @@ impl GoogleClient {
         body: Option<&Value>,
     ) -> Result<(Value, String), ApiError> {
         let token = self.auth.token().await?;
-        self.limiter.acquire().await;
+        if self.background {
+            self.limiter.acquire_background().await;
+        } else {
+            self.limiter.acquire().await;
+        }
         // Google does not echo a request id; ours goes in `x-request-id` and in the audit row.
         let request_id = new_request_id();
         let path = url.path().to_string();

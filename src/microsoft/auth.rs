@@ -173,10 +173,15 @@ impl TokenSource {
         if !status.is_success() {
             let err: OAuthError = serde_json::from_str(&body).unwrap_or_default();
             let permanent = status.is_client_error() && status.as_u16() != 429;
-            let hint = if err.error == "invalid_grant" {
-                " — the refresh token is expired or revoked; run `cosell-sync auth microsoft`"
-            } else {
-                ""
+            let hint = match err.error.as_str() {
+                "invalid_grant" => {
+                    " — the refresh token is expired or revoked; run `cosell-sync auth microsoft`"
+                }
+                // A new sign-in would fail the same way: the app's own credential is wrong.
+                "invalid_client" => {
+                    " — check microsoft.client_secret (client secrets expire: make a new one for the app registration in Entra ID)"
+                }
+                _ => "",
             };
             // The description can quote the request but never the token, so it is safe to log.
             let description = err

@@ -60,6 +60,33 @@ impl PatchOp {
     }
 }
 
+/// Read back from the outbox: only the two operations Partner Center takes.
+impl<'de> serde::Deserialize<'de> for PatchOp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            op: String,
+            path: String,
+            value: Value,
+        }
+        let stored = Stored::deserialize(d)?;
+        let op = match stored.op.as_str() {
+            "replace" => "replace",
+            "add" => "add",
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "JSON Patch op {other:?} is not one Partner Center takes (replace, add)"
+                )))
+            }
+        };
+        Ok(PatchOp {
+            op,
+            path: stored.path,
+            value: stored.value,
+        })
+    }
+}
+
 /// The result of a remote write, for the audit table.
 #[derive(Debug)]
 pub struct WriteOutcome {

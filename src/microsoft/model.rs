@@ -151,15 +151,6 @@ impl Referral {
             .country
             .as_deref()
     }
-
-    /// Status New (Pending or Received): the 14-day response clock is running.
-    pub fn awaits_response(&self) -> bool {
-        self.status == Some(ReferralStatus::New)
-            && matches!(
-                self.substatus,
-                Some(ReferralSubstatus::Pending | ReferralSubstatus::Received)
-            )
-    }
 }
 
 /// A referral and the exact JSON it came from.

@@ -30,6 +30,8 @@ pub struct GoogleState {
     pub(crate) access_tokens: HashSet<String>,
     /// The `updateMask` of every opportunity patch received, in order.
     pub(crate) patch_masks: Vec<String>,
+    /// Added before every `get` answer (a slow Google read path).
+    pub(crate) read_delay: std::time::Duration,
     next_id: u64,
 }
 
@@ -436,6 +438,10 @@ async fn get_record(
         Ok(d) => d,
         Err(r) => return r,
     };
+    let read_delay = lock(&state.google).read_delay;
+    if !read_delay.is_zero() {
+        tokio::time::sleep(read_delay).await;
+    }
     let name = format!("partners/{partner}/{collection}/{id}");
     let found = {
         let g = lock(&state.google);
@@ -561,10 +567,6 @@ impl super::Simulator {
         lock(&self.state.google).leads.values().cloned().collect()
     }
 
-    pub fn google_lead(&self, name: &str) -> Option<Value> {
-        lock(&self.state.google).leads.get(name).cloned()
-    }
-
     /// How many leads carry each `externalSystemId` (a duplicate shows as a count above 1).
     pub fn leads_per_external_id(&self) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
@@ -606,16 +608,14 @@ impl super::Simulator {
         Some(name)
     }
 
+    /// Makes every Google `get` answer `delay` late (writes are not slowed).
+    pub fn set_google_read_delay(&self, delay: std::time::Duration) {
+        lock(&self.state.google).read_delay = delay;
+    }
+
     /// The `updateMask` of every opportunity patch received, in order.
     pub fn patch_masks(&self) -> Vec<String> {
         lock(&self.state.google).patch_masks.clone()
-    }
-
-    pub fn put_opportunity(&self, opportunity: Value) {
-        let name = opportunity["name"].as_str().unwrap_or_default().to_string();
-        lock(&self.state.google)
-            .opportunities
-            .insert(name, opportunity);
     }
 
     pub fn opportunity(&self, name: &str) -> Option<Value> {

@@ -133,6 +133,8 @@ pub struct SimState {
     pub(crate) tokens: Mutex<TokenState>,
     faults: Mutex<Faults>,
     counters: Mutex<BTreeMap<String, u64>>,
+    /// The kinds of the last requests, oldest first (bounded), for tests of request order.
+    request_log: Mutex<VecDeque<String>>,
     pub(crate) google: Mutex<google::GoogleState>,
     pub(crate) webhook: Mutex<webhook::WebhookState>,
     /// `http://127.0.0.1:PORT`, known once the listener is bound.
@@ -159,6 +161,7 @@ impl SimState {
             tokens: Mutex::new(tokens),
             faults: Mutex::new(Faults::default()),
             counters: Mutex::new(BTreeMap::new()),
+            request_log: Mutex::new(VecDeque::new()),
             google: Mutex::new(google::GoogleState::default()),
             webhook: Mutex::new(webhook::WebhookState::default()),
             base_url: Mutex::new(String::new()),
@@ -167,6 +170,11 @@ impl SimState {
 
     pub(crate) fn count(&self, key: &str) {
         *lock(&self.counters).entry(key.to_string()).or_default() += 1;
+        let mut log = lock(&self.request_log);
+        if log.len() >= 10_000 {
+            log.pop_front();
+        }
+        log.push_back(key.to_string());
     }
 
     pub(crate) fn next_fault(&self) -> (Option<Fault>, Duration) {
@@ -274,6 +282,11 @@ impl Simulator {
         lock(&self.state.counters).clone()
     }
 
+    /// The kinds of the last (up to 10,000) counted requests, oldest first.
+    pub fn request_log(&self) -> Vec<String> {
+        lock(&self.state.request_log).iter().cloned().collect()
+    }
+
     pub fn counter(&self, key: &str) -> u64 {
         lock(&self.state.counters).get(key).copied().unwrap_or(0)
     }
@@ -288,6 +301,12 @@ impl Simulator {
         lock(&self.state.tokens).refresh_tokens.clear();
     }
 
+    /// Keeps a redeemed refresh token valid after rotation, as Entra may for a while (the
+    /// default revokes it at once).
+    pub fn keep_rotated_refresh_tokens(&self) {
+        lock(&self.state.tokens).keep_rotated = true;
+    }
+
     /// Accepts `token` as a valid refresh token (an operator re-authenticated).
     pub fn allow_refresh_token(&self, token: &str) {
         lock(&self.state.tokens)
@@ -298,11 +317,6 @@ impl Simulator {
     /// What the next device-code polls answer, in order; then the user has signed in.
     pub fn script_device_flow(&self, answers: &[&str]) {
         lock(&self.state.tokens).device_script = answers.iter().map(|a| a.to_string()).collect();
-    }
-
-    /// Lifetime of new access tokens, in seconds.
-    pub fn set_access_token_lifetime(&self, secs: u64) {
-        lock(&self.state.tokens).access_token_lifetime_secs = secs;
     }
 }
 

@@ -116,15 +116,35 @@ pub fn list(
     pending_only: bool,
     limit: usize,
 ) -> Result<Vec<AlertRow>, StoreError> {
+    list_where(conn, pending_only, None, limit)
+}
+
+/// The alerts about one referral, newest first.
+pub fn for_referral(
+    conn: &Connection,
+    referral_id: &str,
+    limit: usize,
+) -> Result<Vec<AlertRow>, StoreError> {
+    list_where(conn, false, Some(referral_id), limit)
+}
+
+fn list_where(
+    conn: &Connection,
+    pending_only: bool,
+    referral_id: Option<&str>,
+    limit: usize,
+) -> Result<Vec<AlertRow>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT payload, id FROM alerts a
-         WHERE ?1 = 0 OR EXISTS (SELECT 1 FROM alert_deliveries d WHERE d.alert_id = a.id AND d.state = 'pending')
+         WHERE (?1 = 0 OR EXISTS (SELECT 1 FROM alert_deliveries d WHERE d.alert_id = a.id AND d.state = 'pending'))
+           AND (?3 IS NULL OR a.referral_id = ?3)
          ORDER BY created_at DESC, id LIMIT ?2",
     )?;
     let rows: Vec<(String, String)> = stmt
-        .query_map(params![pending_only as i64, limit as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?
+        .query_map(
+            params![pending_only as i64, limit as i64, referral_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
         .collect::<Result<_, _>>()?;
     let mut out = Vec::new();
     let mut deliveries = conn.prepare(

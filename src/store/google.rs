@@ -24,11 +24,31 @@ pub struct Base {
     pub close_date: Option<NaiveDate>,
 }
 
-/// A change to the base: `Some(v)` sets the field to `v`, `None` leaves it.
+/// A change to the base: `Some(v)` sets the field to `v`, `None` leaves it. Stored, an absent
+/// key leaves the field and `null` empties it (plain serde would read both as "leave").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct BaseUpdate {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub deal_value: Option<Option<f64>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub close_date: Option<Option<NaiveDate>>,
+}
+
+/// A key that is present (even as `null`) is a change.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 impl BaseUpdate {
@@ -83,15 +103,44 @@ pub fn set_link(
             updated_at = excluded.updated_at",
     )?
     .execute(params![referral_id, lead, opportunity, source, now])?;
+    tx.prepare_cached(
+        "INSERT INTO plan_queue (referral_id, queued_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+    )?
+    .execute(params![referral_id, now])?;
     Ok(())
 }
 
+/// Whether the stored copy of `name` in `table` differs from `raw` (true when there is none).
+fn copy_differs(conn: &Connection, table: &str, name: &str, raw: &str) -> Result<bool, StoreError> {
+    let stored: Option<String> = conn
+        .prepare_cached(&format!("SELECT raw_json FROM {table} WHERE name = ?1"))?
+        .query_row([name], |r| r.get(0))
+        .optional()?;
+    Ok(stored.as_deref() != Some(raw))
+}
+
+/// A changed Google record queues its referral for the next plan.
+fn queue_plan_if(
+    conn: &Connection,
+    changed: bool,
+    referral_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if let Some(id) = referral_id.filter(|_| changed) {
+        super::schedule::mark_for_plan(conn, id, now)?;
+    }
+    Ok(())
+}
+
+/// Stores the current copy of a lead; returns whether it differed from the last copy (a
+/// changed record queues its referral for planning).
 pub fn save_lead(
     tx: &Connection,
     lead: &Lead,
     referral_id: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
+    let changed = copy_differs(tx, "google_leads", &lead.name, &lead.raw)?;
     tx.prepare_cached(
         "INSERT INTO google_leads (name, referral_id, external_system_id, lead_status, approval_status, raw_json, fetched_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -109,15 +158,18 @@ pub fn save_lead(
         lead.raw,
         db_timestamp(now)
     ])?;
-    Ok(())
+    queue_plan_if(tx, changed, referral_id, now)?;
+    Ok(changed)
 }
 
+/// Stores the current copy of an opportunity; returns whether it differed from the last copy.
 pub fn save_opportunity(
     tx: &Connection,
     opp: &Opportunity,
     referral_id: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
+    let changed = copy_differs(tx, "google_opportunities", &opp.name, &opp.raw)?;
     tx.prepare_cached(
         "INSERT INTO google_opportunities (name, referral_id, external_system_id, sales_stage, deal_size, close_date, raw_json, fetched_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
@@ -136,7 +188,8 @@ pub fn save_opportunity(
         opp.raw,
         db_timestamp(now)
     ])?;
-    Ok(())
+    queue_plan_if(tx, changed, referral_id, now)?;
+    Ok(changed)
 }
 
 pub fn update_base(
@@ -384,6 +437,19 @@ pub struct ConflictRow {
     pub google_value: Option<String>,
     pub base_value: Option<String>,
     pub detected_at: String,
+}
+
+impl ConflictRow {
+    /// `Microsoft 111, Google 222 (last agreed 100)`: the one wording `status` and the
+    /// conflict alert share.
+    pub fn values(&self) -> String {
+        format!(
+            "Microsoft {}, Google {} (last agreed {})",
+            self.microsoft_value.as_deref().unwrap_or("-"),
+            self.google_value.as_deref().unwrap_or("-"),
+            self.base_value.as_deref().unwrap_or("-")
+        )
+    }
 }
 
 pub fn conflicts(conn: &Connection) -> Result<Vec<ConflictRow>, StoreError> {

@@ -10,6 +10,8 @@ pub mod google;
 pub mod outbox;
 pub mod referrals;
 pub mod runs;
+pub mod schedule;
+pub mod views;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "0003_alerts.sql",
         include_str!("../../migrations/0003_alerts.sql"),
+    ),
+    (
+        4,
+        "0004_two_lanes.sql",
+        include_str!("../../migrations/0004_two_lanes.sql"),
     ),
     (
         6,

@@ -207,6 +207,19 @@ pub fn list(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The actions about one referral, newest first.
+pub fn for_referral(
+    conn: &Connection,
+    referral_id: &str,
+    limit: usize,
+) -> Result<Vec<OutboxRow>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM outbox WHERE referral_id = ?1 ORDER BY id DESC LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![referral_id, limit as i64], row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 pub fn counts_by_state(conn: &Connection) -> Result<Vec<(String, String, u64)>, StoreError> {
     let mut stmt =
         conn.prepare("SELECT kind, state, COUNT(*) FROM outbox GROUP BY 1, 2 ORDER BY 1, 2")?;
@@ -275,6 +288,8 @@ pub fn drop_action(
         "UPDATE outbox SET state = 'dropped', updated_at = ?2 WHERE id = ?1",
         params![id, db_timestamp(now)],
     )?;
+    // What the dropped action blocked (a create, a kind of patch) may be planned again.
+    super::schedule::mark_for_plan(conn, &current.referral_id, now)?;
     Ok(Ok(()))
 }
 

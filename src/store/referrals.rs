@@ -42,8 +42,13 @@ pub fn commit_page(
         match upsert(&tx, referral, now)? {
             Upserted::New => counts.new += 1,
             Upserted::Changed => counts.changed += 1,
-            Upserted::Unchanged => counts.unchanged += 1,
+            Upserted::Unchanged => {
+                counts.unchanged += 1;
+                continue;
+            }
         }
+        // A new or changed referral is planned by the next deadline tick.
+        super::schedule::mark_for_plan(&tx, &referral.referral.id, now)?;
     }
     for record in rejected {
         keep_rejected(&tx, "microsoft.referral", record, now)?;
@@ -201,15 +206,14 @@ pub fn each_awaiting_response(
     conn: &Connection,
     mut f: impl FnMut(ReferralSummary) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, name, customer_name, status, substatus, created_at, expires_at, deal_value, currency
-         FROM referrals
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM referrals
          WHERE status = 'New' AND substatus IN ('Pending', 'Received')
-           AND (direction = 'Incoming' OR direction IS NULL)",
-    )?;
+           AND (direction = 'Incoming' OR direction IS NULL)"
+    ))?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
-        f(summary(row)?)?;
+        f(summary_row(row)?)?;
     }
     Ok(())
 }
@@ -220,17 +224,20 @@ pub fn awaiting_response_one(
     id: &str,
 ) -> Result<Option<ReferralSummary>, StoreError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT id, name, customer_name, status, substatus, created_at, expires_at, deal_value, currency
-             FROM referrals
+        .prepare_cached(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM referrals
              WHERE id = ?1 AND status = 'New' AND substatus IN ('Pending', 'Received')
-               AND (direction = 'Incoming' OR direction IS NULL)",
-        )?
-        .query_row([id], summary)
+               AND (direction = 'Incoming' OR direction IS NULL)"
+        ))?
+        .query_row([id], summary_row)
         .optional()?)
 }
 
-fn summary(row: &rusqlite::Row) -> rusqlite::Result<ReferralSummary> {
+/// The columns [`summary_row`] reads, in its order.
+pub const SUMMARY_COLUMNS: &str =
+    "id, name, customer_name, status, substatus, created_at, expires_at, deal_value, currency";
+
+pub fn summary_row(row: &rusqlite::Row) -> rusqlite::Result<ReferralSummary> {
     let created: String = row.get(5)?;
     let expires: Option<String> = row.get(6)?;
     Ok(ReferralSummary {

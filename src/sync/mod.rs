@@ -1,24 +1,28 @@
-//! One sync cycle: pull Microsoft ([`pull`]), pull the tracked Google records, plan with the
-//! pure [`reconcile`] (using [`mapping`] for new leads), and push the outbox ([`push`]).
+//! The sync primitives both lanes are made of: the Microsoft pull ([`pull`]), the Google
+//! refresh on a per-record schedule ([`refresh`]), the pure planner ([`reconcile`], with
+//! [`mapping`] for new leads) and the outbox ([`push`]). [`crate::lanes`] puts them in order.
 
 pub mod mapping;
 pub mod pull;
 pub mod push;
 pub mod reconcile;
+pub mod refresh;
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tracing::Instrument;
 
-use crate::http::ApiError;
+use crate::google::GoogleClient;
+use crate::http::{ApiError, RetryPolicy};
 use crate::microsoft::MicrosoftClient;
 use crate::store::referrals::UpsertCounts;
-use crate::store::{runs, Store, StoreError};
+use crate::store::{Store, StoreError};
 
-pub use pull::{pull_microsoft, GooglePullStats, PullSettings, PullStats};
-pub use push::{GoogleSide, PlanStats, PushStats};
+pub use pull::{pull_microsoft, PullSettings, PullStats};
+pub use push::{PlanStats, PushStats, Schedule};
+pub use reconcile::Policy;
+pub use refresh::{RefreshSettings, RefreshStats};
 
 /// Why a cycle failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,14 +40,37 @@ impl CycleError {
     }
 }
 
+/// Everything the Google half of the sync needs.
+#[derive(Debug, Clone)]
+pub struct GoogleSide {
+    pub client: GoogleClient,
+    pub policy: Policy,
+    pub schedule: Schedule,
+    pub concurrency: usize,
+    /// In-call retries of idempotent Google calls (gets, patches) — `[google.retry]`;
+    /// never used for creates.
+    pub retry: RetryPolicy,
+    pub refresh: RefreshSettings,
+    /// Log each write instead of sending it.
+    pub dry_run: bool,
+}
+
 /// What a cycle needs: the store and both clients.
 #[derive(Debug, Clone)]
 pub struct CycleContext {
     pub store: Store,
     pub microsoft: MicrosoftClient,
+    /// The Microsoft pull, and `[microsoft.retry]` for every Microsoft call.
     pub pull: PullSettings,
     /// `None` when `[google]` is not configured: the daemon then only pulls Microsoft.
     pub google: Option<GoogleSide>,
+}
+
+/// What the Google reads of a cycle did (a one-shot `sync` reads what is due).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct GooglePullStats {
+    pub fetched: u64,
+    pub failed: u64,
 }
 
 /// What a cycle did, for the log, `status` and the exit code.
@@ -63,94 +90,30 @@ pub struct CycleReport {
 }
 
 impl CycleReport {
+    pub fn new(started_at: DateTime<Utc>) -> CycleReport {
+        CycleReport {
+            cycle_id: uuid::Uuid::new_v4().to_string(),
+            started_at,
+            elapsed: Duration::ZERO,
+            pages: 0,
+            counts: UpsertCounts::default(),
+            google: GooglePullStats::default(),
+            planned: PlanStats::default(),
+            pushed: PushStats::default(),
+            error: None,
+            auth_failed: false,
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.error.is_none()
     }
-}
 
-/// Runs one cycle: records it as running, runs the phases, and records how it ended. A
-/// failure is in the report (and the `cycle_runs` row), never a panic.
-pub async fn run_cycle(ctx: &CycleContext) -> CycleReport {
-    let cycle_id = uuid::Uuid::new_v4().to_string();
-    let started_at = Utc::now();
-    let started = tokio::time::Instant::now();
-    let span = tracing::info_span!("cycle", cycle_id = %cycle_id);
-    let mut report = CycleReport {
-        cycle_id: cycle_id.clone(),
-        started_at,
-        elapsed: Duration::ZERO,
-        pages: 0,
-        counts: UpsertCounts::default(),
-        google: GooglePullStats::default(),
-        planned: PlanStats::default(),
-        pushed: PushStats::default(),
-        error: None,
-        auth_failed: false,
-    };
-    let result = phases(ctx, &mut report, started_at)
-        .instrument(span.clone())
-        .await;
-    if let Err(e) = result {
-        report.auth_failed = e.is_auth();
-        report.error = Some(e.to_string());
+    /// Records a failure (the first one wins).
+    pub fn fail(&mut self, e: &CycleError) {
+        if self.error.is_none() {
+            self.auth_failed = e.is_auth();
+            self.error = Some(e.to_string());
+        }
     }
-    report.elapsed = started.elapsed();
-    let (id, pages, counts, err) = (cycle_id, report.pages, report.counts, report.error.clone());
-    let actions = (
-        report.pushed.done,
-        report.pushed.dead + report.pushed.quarantined,
-    );
-    if let Err(e) = ctx
-        .store
-        .call(move |c| {
-            runs::finish_cycle(c, &id, Utc::now(), pages, counts, actions, err.as_deref())
-        })
-        .await
-    {
-        tracing::error!(parent: &span, error = %e, "cannot record the end of the cycle");
-    }
-    match &report.error {
-        None => tracing::info!(parent: &span,
-            pages = report.pages,
-            new = report.counts.new,
-            changed = report.counts.changed,
-            unchanged = report.counts.unchanged,
-            rejected = report.counts.rejected,
-            google_fetched = report.google.fetched,
-            queued = report.planned.queued,
-            written = report.pushed.done,
-            retried = report.pushed.retried,
-            dead = report.pushed.dead,
-            quarantined = report.pushed.quarantined,
-            elapsed_ms = report.elapsed.as_millis() as u64,
-            "cycle finished"
-        ),
-        Some(e) => tracing::error!(parent: &span, error = %e, pages = report.pages, "cycle failed"),
-    }
-    report
-}
-
-async fn phases(
-    ctx: &CycleContext,
-    report: &mut CycleReport,
-    now: DateTime<Utc>,
-) -> Result<(), CycleError> {
-    let id = report.cycle_id.clone();
-    ctx.store
-        .call(move |c| runs::start_cycle(c, &id, now))
-        .await?;
-    let pulled = pull_microsoft(&ctx.store, &ctx.microsoft, &ctx.pull, now).await;
-    let stats = match &pulled {
-        Ok(s) | Err((s, _)) => *s,
-    };
-    report.pages = stats.pages;
-    report.counts = stats.counts;
-    pulled.map_err(|(_, e)| e)?;
-    let Some(google) = &ctx.google else {
-        return Ok(());
-    };
-    report.google = pull::pull_google(&ctx.store, google).await?;
-    report.planned = push::plan_all(&ctx.store, &google.policy, Utc::now()).await?;
-    report.pushed = push::push_due(&ctx.store, &ctx.microsoft, google, &report.cycle_id).await?;
-    Ok(())
 }

@@ -1,8 +1,14 @@
-//! The Microsoft pull (spec §2): (a) the inbox query for incoming Pending referrals, newest
-//! first; (b) the incremental query `updatedDateTime gt <watermark - overlap>`, oldest first, to
-//! catch changes to referrals already tracked. Pages are streamed: each is committed in its own
-//! transaction (with the watermark it justifies) before the next is fetched, so memory stays
-//! flat and a crash loses at most the page in flight, which the next cycle reads again.
+//! The Microsoft pull (spec §2): (a) the inbox query for incoming Pending referrals; (b) the
+//! incremental query `updatedDateTime gt <watermark - overlap>`, oldest first, to catch changes
+//! to referrals already tracked. Pages are streamed ([`MicrosoftPull::next_page`]): each is
+//! committed in its own transaction (with the watermark it justifies) before the next is
+//! fetched, so memory stays flat and a crash loses at most the page in flight. The caller
+//! (the deadline lane) acts on a page's new referrals before it asks for the next page.
+//!
+//! The inbox is read **oldest first** (`createdDateTime asc`): the response deadline is the
+//! creation time plus the window, so the referrals closest to expiry come on the first pages
+//! of a large inbox, and a referral that arrives days after its creation is not behind
+//! thousands of fresher ones. (The spec's first draft read it newest first.)
 
 use std::time::Duration;
 
@@ -11,6 +17,7 @@ use tokio::time::Instant;
 
 use super::CycleError;
 use crate::http::{with_retry, RetryPolicy};
+use crate::microsoft::model::RejectedRecord;
 use crate::microsoft::{odata, MicrosoftClient, PageRequest};
 use crate::store::referrals::{self, UpsertCounts};
 use crate::store::Store;
@@ -34,7 +41,208 @@ pub struct PullStats {
     pub counts: UpsertCounts,
 }
 
-/// Runs both queries. On failure returns what was done so far with the error; every page
+/// The inbox query's order: nearest deadline first (see the module docs).
+pub const INBOX_ORDER: &str = "createdDateTime asc";
+
+/// One committed page of the pull.
+#[derive(Debug, Clone, Copy)]
+pub struct PageDone {
+    pub query: &'static str,
+    pub counts: UpsertCounts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stage {
+    Inbox,
+    Incremental,
+    Watermark,
+    Done,
+}
+
+/// The pull as a sequence of pages: the inbox query, then the incremental query, then the
+/// watermark moved to the start of the pull. On failure, every page committed stays committed.
+pub struct MicrosoftPull<'a> {
+    store: &'a Store,
+    client: &'a MicrosoftClient,
+    settings: &'a PullSettings,
+    now: DateTime<Utc>,
+    stage: Stage,
+    request: Option<PageRequest>,
+    stats: PullStats,
+    query_pages: u64,
+    query_seen: u64,
+    query_started: Instant,
+    last_progress: Instant,
+}
+
+impl<'a> MicrosoftPull<'a> {
+    pub fn new(
+        store: &'a Store,
+        client: &'a MicrosoftClient,
+        settings: &'a PullSettings,
+        now: DateTime<Utc>,
+    ) -> Self {
+        MicrosoftPull {
+            store,
+            client,
+            settings,
+            now,
+            stage: Stage::Inbox,
+            request: Some(PageRequest::Query {
+                filter: INBOX_FILTER.into(),
+                orderby: INBOX_ORDER.into(),
+                top: settings.page_size,
+            }),
+            stats: PullStats::default(),
+            query_pages: 0,
+            query_seen: 0,
+            query_started: Instant::now(),
+            last_progress: Instant::now(),
+        }
+    }
+
+    /// What was pulled so far.
+    pub fn stats(&self) -> PullStats {
+        self.stats
+    }
+
+    /// Reads and commits the next page; `None` once the pull is complete.
+    pub async fn next_page(&mut self) -> Result<Option<PageDone>, CycleError> {
+        loop {
+            match self.stage {
+                Stage::Done => return Ok(None),
+                Stage::Watermark => {
+                    // The whole query was read: nothing older than its start is missing, so
+                    // the watermark may move up to it even when nothing changed (the overlap
+                    // covers clock skew).
+                    let now = self.now;
+                    self.store
+                        .call(move |c| {
+                            referrals::commit_page(
+                                c,
+                                &[],
+                                &[],
+                                Some((INCREMENTAL_WATERMARK, now)),
+                                Utc::now(),
+                            )
+                        })
+                        .await?;
+                    self.stage = Stage::Done;
+                    return Ok(None);
+                }
+                Stage::Inbox | Stage::Incremental => match self.request.take() {
+                    Some(request) => return self.read(request).await.map(Some),
+                    None => self.next_query().await?,
+                },
+            }
+        }
+    }
+
+    /// Moves to the query after the one that just ended.
+    async fn next_query(&mut self) -> Result<(), CycleError> {
+        self.log_query_done();
+        if self.stage == Stage::Incremental {
+            self.stage = Stage::Watermark;
+            return Ok(());
+        }
+        let watermark = self
+            .store
+            .call(|c| referrals::watermark(c, INCREMENTAL_WATERMARK))
+            .await?;
+        let back = |by: Duration, from: DateTime<Utc>| {
+            chrono::Duration::from_std(by)
+                .ok()
+                .and_then(|d| from.checked_sub_signed(d))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        };
+        let since = match watermark {
+            Some(w) => back(self.settings.overlap, w),
+            None => back(self.settings.initial_lookback, self.now),
+        };
+        // Pending referrals come in full with the inbox query every cycle, so the incremental
+        // query leaves them out: each referral is read once per cycle, not twice.
+        self.request = Some(PageRequest::Query {
+            filter: format!(
+                "direction eq 'Incoming' and substatus ne 'Pending' and updatedDateTime gt {}",
+                odata::datetime_literal(since)
+            ),
+            orderby: "updatedDateTime asc".into(),
+            top: self.settings.page_size,
+        });
+        self.stage = Stage::Incremental;
+        self.query_pages = 0;
+        self.query_seen = 0;
+        self.query_started = Instant::now();
+        Ok(())
+    }
+
+    async fn read(&mut self, request: PageRequest) -> Result<PageDone, CycleError> {
+        let query = self.query_name();
+        let client = self.client;
+        let page = with_retry(&self.settings.retry, "list referrals", || {
+            client.list_page(&request)
+        })
+        .await?;
+        log_rejected(query, &page.rejected, page.request_id.as_deref());
+        let watermark = (self.stage == Stage::Incremental).then_some(INCREMENTAL_WATERMARK);
+        let high_water = page.referrals.iter().map(|r| r.referral.updated_at()).max();
+        let mark = watermark.zip(high_water);
+        self.request = page.next_link.clone().map(PageRequest::Next);
+        let (referrals, rejected) = (page.referrals, page.rejected);
+        self.query_seen += (referrals.len() + rejected.len()) as u64;
+        let counts = self
+            .store
+            .call(move |c| referrals::commit_page(c, &referrals, &rejected, mark, Utc::now()))
+            .await?;
+        self.query_pages += 1;
+        self.stats.pages += 1;
+        self.stats.counts.add(counts);
+        if self.last_progress.elapsed() >= Duration::from_secs(10)
+            || self.query_pages.is_multiple_of(20)
+        {
+            tracing::info!(
+                query,
+                pages = self.query_pages,
+                referrals = self.query_seen,
+                elapsed_s = self.query_started.elapsed().as_secs(),
+                "sync in progress"
+            );
+            self.last_progress = Instant::now();
+        }
+        Ok(PageDone { query, counts })
+    }
+
+    fn query_name(&self) -> &'static str {
+        match self.stage {
+            Stage::Inbox => "inbox",
+            _ => "incremental",
+        }
+    }
+
+    fn log_query_done(&self) {
+        tracing::debug!(
+            query = self.query_name(),
+            pages = self.query_pages,
+            referrals = self.query_seen,
+            elapsed_ms = self.query_started.elapsed().as_millis() as u64,
+            "query done"
+        );
+    }
+}
+
+fn log_rejected(query: &str, rejected: &[RejectedRecord], request_id: Option<&str>) {
+    for bad in rejected {
+        tracing::warn!(
+            query,
+            referral_id = bad.id.as_deref().unwrap_or("?"),
+            request_id = request_id.unwrap_or("-"),
+            error = %bad.error,
+            "skipping a referral that cannot be read (kept in rejected_records)"
+        );
+    }
+}
+
+/// Runs the whole pull. On failure returns what was done so far with the error; every page
 /// committed before the failure stays committed.
 pub async fn pull_microsoft(
     store: &Store,
@@ -42,199 +250,12 @@ pub async fn pull_microsoft(
     settings: &PullSettings,
     now: DateTime<Utc>,
 ) -> Result<PullStats, (PullStats, CycleError)> {
-    let mut stats = PullStats::default();
-    let inbox = PageRequest::Query {
-        filter: INBOX_FILTER.into(),
-        orderby: "createdDateTime desc".into(),
-        top: settings.page_size,
-    };
-    pull_query(store, client, settings, "inbox", inbox, None, &mut stats)
-        .await
-        .map_err(|e| (stats, e))?;
-
-    let watermark = store
-        .call(|c| referrals::watermark(c, INCREMENTAL_WATERMARK))
-        .await
-        .map_err(|e| (stats, e.into()))?;
-    let since = match watermark {
-        Some(w) => w - chrono::Duration::from_std(settings.overlap).unwrap_or_default(),
-        None => now - chrono::Duration::from_std(settings.initial_lookback).unwrap_or_default(),
-    };
-    // Pending referrals come in full with the inbox query every cycle, so the incremental
-    // query leaves them out: each referral is read once per cycle, not twice.
-    let incremental = PageRequest::Query {
-        filter: format!(
-            "direction eq 'Incoming' and substatus ne 'Pending' and updatedDateTime gt {}",
-            odata::datetime_literal(since)
-        ),
-        orderby: "updatedDateTime asc".into(),
-        top: settings.page_size,
-    };
-    pull_query(
-        store,
-        client,
-        settings,
-        "incremental",
-        incremental,
-        Some(INCREMENTAL_WATERMARK),
-        &mut stats,
-    )
-    .await
-    .map_err(|e| (stats, e))?;
-    // The whole query was read: nothing older than its start is missing, so the watermark
-    // may move up to it even when no referral changed (the overlap covers clock skew).
-    store
-        .call(move |c| {
-            referrals::commit_page(c, &[], &[], Some((INCREMENTAL_WATERMARK, now)), Utc::now())
-        })
-        .await
-        .map_err(|e| (stats, e.into()))?;
-    Ok(stats)
-}
-
-async fn pull_query(
-    store: &Store,
-    client: &MicrosoftClient,
-    settings: &PullSettings,
-    query: &'static str,
-    first: PageRequest,
-    watermark: Option<&'static str>,
-    stats: &mut PullStats,
-) -> Result<(), CycleError> {
-    let started = Instant::now();
-    let mut request = first;
-    let mut pages = 0u64;
-    let mut seen = 0u64;
-    let mut last_progress = Instant::now();
+    let mut pull = MicrosoftPull::new(store, client, settings, now);
     loop {
-        let page = with_retry(&settings.retry, "list referrals", || {
-            client.list_page(&request)
-        })
-        .await?;
-        for bad in &page.rejected {
-            tracing::warn!(
-                query,
-                referral_id = bad.id.as_deref().unwrap_or("?"),
-                request_id = page.request_id.as_deref().unwrap_or("-"),
-                error = %bad.error,
-                "skipping a referral that cannot be read (kept in rejected_records)"
-            );
+        match pull.next_page().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(pull.stats()),
+            Err(e) => return Err((pull.stats(), e)),
         }
-        let high_water = page.referrals.iter().map(|r| r.referral.updated_at()).max();
-        let mark = watermark.zip(high_water);
-        let next = page.next_link.clone();
-        let (referrals, rejected) = (page.referrals, page.rejected);
-        seen += (referrals.len() + rejected.len()) as u64;
-        let counts = store
-            .call(move |c| referrals::commit_page(c, &referrals, &rejected, mark, Utc::now()))
-            .await?;
-        pages += 1;
-        stats.pages += 1;
-        stats.counts.add(counts);
-        if last_progress.elapsed() >= Duration::from_secs(10) || pages.is_multiple_of(20) {
-            tracing::info!(
-                query,
-                pages,
-                referrals = seen,
-                elapsed_s = started.elapsed().as_secs(),
-                "sync in progress"
-            );
-            last_progress = Instant::now();
-        }
-        match next {
-            Some(link) => request = PageRequest::Next(link),
-            None => break,
-        }
-    }
-    tracing::debug!(
-        query,
-        pages,
-        referrals = seen,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "query done"
-    );
-    Ok(())
-}
-
-/// What the Google pull did.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct GooglePullStats {
-    pub fetched: u64,
-    pub failed: u64,
-}
-
-/// The Google pull (spec §2): `get` every tracked lead and every opportunity not in a final
-/// stage, with bounded concurrency, in batches so memory stays flat. A record that cannot be
-/// read is logged and skipped; an authentication failure fails the cycle.
-pub async fn pull_google(
-    store: &Store,
-    google: &crate::sync::push::GoogleSide,
-) -> Result<GooglePullStats, CycleError> {
-    use futures_util::StreamExt;
-    let mut stats = GooglePullStats::default();
-    let finals = google.policy.final_stages();
-    let mut after = String::new();
-    loop {
-        let (cursor, finals_batch) = (after.clone(), finals.clone());
-        let (batch, last) = store
-            .call(move |c| crate::store::google::tracked_batch(c, &cursor, 200, &finals_batch))
-            .await?;
-        let Some(last) = last else {
-            return Ok(stats);
-        };
-        let results: Vec<Result<(), CycleError>> = futures_util::stream::iter(batch)
-            .map(|(name, referral_id)| async move {
-                let now = Utc::now();
-                match crate::google::model::resource_kind(&name) {
-                    Some(crate::google::model::ResourceKind::Lead) => {
-                        let lead =
-                            with_retry(&google.retry, "get lead", || google.client.get_lead(&name))
-                                .await?;
-                        store
-                            .call(move |c| {
-                                crate::store::google::save_lead(
-                                    c,
-                                    &lead.value,
-                                    Some(&referral_id),
-                                    now,
-                                )
-                            })
-                            .await?;
-                        Ok(())
-                    }
-                    _ => {
-                        let opp = with_retry(&google.retry, "get opportunity", || {
-                            google.client.get_opportunity(&name)
-                        })
-                        .await?;
-                        store
-                            .call(move |c| {
-                                crate::store::google::save_opportunity(
-                                    c,
-                                    &opp.value,
-                                    Some(&referral_id),
-                                    now,
-                                )
-                            })
-                            .await?;
-                        Ok(())
-                    }
-                }
-            })
-            .buffer_unordered(google.concurrency)
-            .collect()
-            .await;
-        for result in results {
-            match result {
-                Ok(()) => stats.fetched += 1,
-                Err(e @ CycleError::Store(_)) => return Err(e),
-                Err(e) if e.is_auth() => return Err(e),
-                Err(e) => {
-                    stats.failed += 1;
-                    tracing::warn!(error = %e, "cannot read a tracked Google record; keeping the last copy");
-                }
-            }
-        }
-        after = last;
     }
 }

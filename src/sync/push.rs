@@ -10,17 +10,17 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::reconcile::{reconcile, Action, Plan, Policy};
-use crate::google::GoogleClient;
+use super::GoogleSide;
 use crate::http::{with_retry, ApiError, RetryPolicy};
 use crate::microsoft::{MicrosoftClient, PatchOp, ReferralStatus};
 use crate::store::google::{self as gstore, BaseUpdate};
 use crate::store::outbox::{
-    self, AuditEntry, OutboxRow, Outcome, CREATE_LEAD, PATCH_OPPORTUNITY, PATCH_REFERRAL,
+    self, AuditEntry, OutboxRow, Outcome, PATCH_OPPORTUNITY, PATCH_REFERRAL,
 };
-use crate::store::referrals;
+use crate::store::{referrals, schedule};
 use crate::store::{Store, StoreError};
 
 /// The outbox's retry schedule across attempts (and cycles).
@@ -43,25 +43,21 @@ impl Schedule {
     }
 }
 
-/// Everything the Google half of a cycle needs.
-#[derive(Debug, Clone)]
-pub struct GoogleSide {
-    pub client: GoogleClient,
-    pub policy: Policy,
-    pub schedule: Schedule,
-    pub concurrency: usize,
-    /// In-attempt retries of idempotent calls (gets, patches); never used for creates.
-    pub retry: RetryPolicy,
-    /// Log each write instead of sending it.
-    pub dry_run: bool,
-}
-
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PlanStats {
     pub referrals: u64,
     pub queued: u64,
     pub conflicts: u64,
     pub blocked: u64,
+}
+
+impl PlanStats {
+    pub fn add(&mut self, other: PlanStats) {
+        self.referrals += other.referrals;
+        self.queued += other.queued;
+        self.conflicts += other.conflicts;
+        self.blocked += other.blocked;
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -71,6 +67,16 @@ pub struct PushStats {
     pub dead: u64,
     pub quarantined: u64,
     pub superseded: u64,
+}
+
+impl PushStats {
+    pub fn add(&mut self, o: PushStats) {
+        self.done += o.done;
+        self.retried += o.retried;
+        self.dead += o.dead;
+        self.quarantined += o.quarantined;
+        self.superseded += o.superseded;
+    }
 }
 
 /// Reconciles every candidate referral in batches, storing each batch's decisions in one
@@ -99,16 +105,55 @@ pub async fn plan_all(
                 Ok((s, last))
             })
             .await?;
-        stats.referrals += batch_stats.referrals;
-        stats.queued += batch_stats.queued;
-        stats.conflicts += batch_stats.conflicts;
-        stats.blocked += batch_stats.blocked;
+        stats.add(batch_stats);
         match last {
             Some(id) => after = id,
             None => break,
         }
     }
+    // Everything queued before this plan began has been planned with newer data.
+    store
+        .call(move |c| schedule::planned_before(c, now))
+        .await?;
     Ok(stats)
+}
+
+/// Plans the referrals queued since their last plan (new or changed referrals, changed Google
+/// records, new links), in batches, taking each off the queue in the transaction that planned
+/// it. This is what the deadline lane runs every tick: its cost follows what changed, not how
+/// many referrals are tracked.
+pub async fn plan_queued(
+    store: &Store,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Result<PlanStats, StoreError> {
+    let mut stats = PlanStats::default();
+    let mut after = String::new();
+    loop {
+        let (policy, cursor) = (policy.clone(), after.clone());
+        let (batch_stats, last) = store
+            .call(move |c| {
+                let ids = schedule::queued_for_plan(c, &cursor, 500)?;
+                let tx = c.transaction()?;
+                let mut s = PlanStats::default();
+                for id in &ids {
+                    if let Some(row) = gstore::snapshot_one(&tx, id)? {
+                        let plan = reconcile(&row, &policy, now);
+                        apply_plan(&tx, id, &plan, now, &mut s)?;
+                        s.referrals += 1;
+                    }
+                    schedule::planned(&tx, id)?;
+                }
+                tx.commit()?;
+                Ok((s, ids.last().cloned()))
+            })
+            .await?;
+        stats.add(batch_stats);
+        match last {
+            Some(id) => after = id,
+            None => return Ok(stats),
+        }
+    }
 }
 
 /// Re-plans one referral (after a 412 re-read, or a webhook event).
@@ -141,28 +186,17 @@ fn apply_plan(
     stats: &mut PlanStats,
 ) -> Result<(), StoreError> {
     for action in &plan.actions {
-        let (target, payload) = match action {
-            Action::CreateLead { lead } => (None, json!({ "lead": lead })),
-            Action::PatchReferral { ops, base_after } => (
-                Some(referral_id.to_string()),
-                json!({ "ops": ops, "base_after": base_after }),
-            ),
-            Action::PatchOpportunity {
-                name,
-                body,
-                mask,
-                base_after,
-            } => (
-                Some(name.clone()),
-                json!({ "body": body, "mask": mask, "base_after": base_after }),
-            ),
+        let target = match action {
+            Action::CreateLead { .. } => None,
+            Action::PatchReferral { .. } => Some(referral_id.to_string()),
+            Action::PatchOpportunity { name, .. } => Some(name.clone()),
         };
         if outbox::enqueue(
             tx,
             referral_id,
             action.kind(),
             target.as_deref(),
-            &payload,
+            &encode(action),
             now,
         )? {
             stats.queued += 1;
@@ -205,6 +239,7 @@ fn apply_plan(
 pub async fn push_due(
     store: &Store,
     microsoft: &MicrosoftClient,
+    microsoft_retry: &RetryPolicy,
     google: &GoogleSide,
     cycle_id: &str,
 ) -> Result<PushStats, StoreError> {
@@ -215,7 +250,7 @@ pub async fn push_due(
             return Ok(stats);
         }
         let results: Vec<Result<Outcome, StoreError>> = futures_util::stream::iter(batch)
-            .map(|row| execute(store, microsoft, google, cycle_id, row))
+            .map(|row| execute(store, microsoft, microsoft_retry, google, cycle_id, row))
             .buffer_unordered(google.concurrency)
             .collect()
             .await;
@@ -234,6 +269,7 @@ pub async fn push_due(
 async fn execute(
     store: &Store,
     microsoft: &MicrosoftClient,
+    microsoft_retry: &RetryPolicy,
     google: &GoogleSide,
     cycle_id: &str,
     row: OutboxRow,
@@ -241,18 +277,38 @@ async fn execute(
     use tracing::Instrument;
     let span = tracing::info_span!("action", id = row.id, kind = %row.kind, referral_id = %row.referral_id);
     async move {
-        if google.dry_run {
-            return dry_run(store, row).await;
-        }
-        match row.kind.as_str() {
-            CREATE_LEAD => create_lead(store, google, cycle_id, row).await,
-            PATCH_REFERRAL => patch_referral(store, microsoft, google, cycle_id, row).await,
-            PATCH_OPPORTUNITY => patch_opportunity(store, google, cycle_id, row).await,
-            other => {
+        let action = match decode(&row) {
+            Ok(action) => action,
+            Err(error) => {
+                // Never guessed at, never silently closed: a person looks at it.
                 let outcome = Outcome::Dead {
-                    error: format!("unknown action kind {other:?}"),
+                    error: format!("the stored action cannot be read: {error}"),
                 };
-                finish(store, row.id, outcome, None, None).await
+                return finish(store, row.id, outcome, None, None).await;
+            }
+        };
+        if google.dry_run {
+            return dry_run(store, row, &action).await;
+        }
+        match action {
+            Action::CreateLead { lead } => create_lead(store, google, cycle_id, row, lead).await,
+            Action::PatchReferral { ops, base_after } => {
+                let referral = (microsoft, microsoft_retry);
+                patch_referral(store, referral, google, cycle_id, row, ops, base_after).await
+            }
+            Action::PatchOpportunity {
+                name,
+                body,
+                mask,
+                base_after,
+            } => {
+                let patch = OpportunityPatch {
+                    name,
+                    body,
+                    mask,
+                    base_after,
+                };
+                patch_opportunity(store, google, cycle_id, row, patch).await
             }
         }
     }
@@ -261,41 +317,30 @@ async fn execute(
 }
 
 /// Dry run: logs the write (method, path, body summary) and closes it in the throw-away copy.
-async fn dry_run(store: &Store, row: OutboxRow) -> Result<Outcome, StoreError> {
-    let (method, path, summary) = match row.kind.as_str() {
-        CREATE_LEAD => (
+async fn dry_run(store: &Store, row: OutboxRow, action: &Action) -> Result<Outcome, StoreError> {
+    let (method, path, summary) = match action {
+        Action::CreateLead { lead } => (
             "POST",
             "/v1/partners/{partner}/leads".to_string(),
             format!(
                 "externalSystemId={} customer={} value={} {}",
                 row.referral_id,
-                row.payload["lead"]["customer"],
-                row.payload["lead"]["partnerAnnualContractValue"],
-                row.payload["lead"]["leadCurrencyCode"]
-                    .as_str()
-                    .unwrap_or("")
+                lead["customer"],
+                lead["partnerAnnualContractValue"],
+                lead["leadCurrencyCode"].as_str().unwrap_or("")
             ),
         ),
-        PATCH_REFERRAL => (
+        Action::PatchReferral { ops, .. } => (
             "PATCH",
             format!("{}/{}", crate::microsoft::REFERRALS_PATH, row.referral_id),
-            row.payload["ops"].to_string(),
+            serde_json::to_string(ops).unwrap_or_default(),
         ),
-        _ => (
+        Action::PatchOpportunity {
+            name, body, mask, ..
+        } => (
             "PATCH",
-            format!(
-                "/v1/{}?updateMask={}",
-                row.target.as_deref().unwrap_or("?"),
-                row.payload["mask"]
-                    .as_array()
-                    .map(|m| m
-                        .iter()
-                        .filter_map(|v| v.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","))
-                    .unwrap_or_default()
-            ),
-            row.payload["body"].to_string(),
+            format!("/v1/{name}?updateMask={}", mask.join(",")),
+            body.to_string(),
         ),
     };
     tracing::warn!(referral_id = %row.referral_id, method, path = %path, body = %summary, "DRY RUN: would send");
@@ -309,6 +354,79 @@ async fn dry_run(store: &Store, row: OutboxRow) -> Result<Outcome, StoreError> {
         None,
     )
     .await
+}
+
+/// The version of the stored action format: `{"v": 1, "action": "create_lead", ...}`.
+const ACTION_FORMAT: u64 = 1;
+
+/// An action as the outbox stores it: the tagged action plus its format version.
+pub fn encode(action: &Action) -> Value {
+    let mut value = serde_json::to_value(action).expect("an action serializes");
+    if let Some(object) = value.as_object_mut() {
+        object.insert("v".into(), ACTION_FORMAT.into());
+    }
+    value
+}
+
+/// The action an outbox row holds. Rows of the first format (no `v`: the payload fields of
+/// its `kind` only) still decode; a row that cannot decode is an error that names why.
+pub fn decode(row: &OutboxRow) -> Result<Action, String> {
+    let mut payload = row.payload.clone();
+    let Some(object) = payload.as_object_mut() else {
+        return Err(format!("payload is not a JSON object: {}", row.payload));
+    };
+    match object.remove("v") {
+        Some(v) if v == ACTION_FORMAT => {}
+        Some(v) => {
+            return Err(format!(
+            "action format {v} is newer than this cosell-sync reads ({ACTION_FORMAT}); upgrade it"
+        ))
+        }
+        None => {
+            // Format 0: the kind lived in its own column, the opportunity name in `target`,
+            // and a `null` base value meant "leave it" (as that version read it).
+            object.insert("action".into(), row.kind.clone().into());
+            if let Some(base) = object.get_mut("base_after").and_then(Value::as_object_mut) {
+                base.retain(|_, v| !v.is_null());
+            }
+            if row.kind == PATCH_OPPORTUNITY {
+                let name = row.target.clone().unwrap_or_default();
+                object.entry("name").or_insert(name.into());
+            }
+        }
+    }
+    let action: Action = serde_json::from_value(payload)
+        .map_err(|e| format!("{} action {}: {e}", row.kind, row.id))?;
+    if action.kind() != row.kind {
+        return Err(format!(
+            "row {} is a {} but holds a {}",
+            row.id,
+            row.kind,
+            action.kind()
+        ));
+    }
+    Ok(action)
+}
+
+/// Closes an action as done with its audit row, inside the caller's transaction (which
+/// holds what else the success changes: a link, a saved copy, base values).
+fn record_done(
+    tx: &rusqlite::Transaction,
+    id: i64,
+    result: Option<String>,
+    audit: &AuditEntry,
+    cycle_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    outbox::finish(
+        tx,
+        id,
+        &Outcome::Done { result },
+        audit.request_id.as_deref(),
+        now,
+    )?;
+    outbox::audit(tx, audit, Some(cycle_id), now)?;
+    Ok(())
 }
 
 /// Records the outcome (and an optional extra write in the same transaction).
@@ -413,9 +531,9 @@ async fn create_lead(
     google: &GoogleSide,
     cycle_id: &str,
     row: OutboxRow,
+    lead: Value,
 ) -> Result<Outcome, StoreError> {
     let parent = format!("partners/{}", google.policy.partner_id);
-    let lead = row.payload["lead"].clone();
     // One attempt, never wrapped in a retry: a create has no request id, and Google has no
     // lookup by externalSystemId, so a repeated create could be a duplicate lead.
     let result = google.client.create_lead(&parent, &lead).await;
@@ -425,38 +543,42 @@ async fn create_lead(
             let request_id = answer.request_id;
             let (referral_id, id, cycle) = (row.referral_id.clone(), row.id, cycle_id.to_string());
             let name = created.name.clone();
+            let first_check = google.refresh.min_interval;
             store
                 .call(move |c| {
                     let tx = c.transaction()?;
                     let now = Utc::now();
                     gstore::set_link(&tx, &referral_id, Some(&created.name), None, "created", now)?;
                     gstore::save_lead(&tx, &created, Some(&referral_id), now)?;
-                    outbox::finish(&tx, id, &Outcome::Done { result: Some(created.name.clone()) }, Some(&request_id), now)?;
+                    // The answer is the lead's current copy: no read is due before the minimum.
+                    schedule::checked_fresh(&tx, &created.name, &referral_id, first_check, now)?;
                     // The write-back follows from the new link: queued in the same transaction.
+                    let write_back = Action::PatchReferral {
+                        ops: vec![PatchOp::replace(
+                            "/externalReferenceId",
+                            created.name.as_str(),
+                        )],
+                        base_after: BaseUpdate::default(),
+                    };
                     outbox::enqueue(
                         &tx,
                         &referral_id,
                         PATCH_REFERRAL,
                         Some(&referral_id),
-                        &json!({"ops": [PatchOp::replace("/externalReferenceId", created.name.as_str())],
-                                "base_after": BaseUpdate::default()}),
+                        &encode(&write_back),
                         now,
                     )?;
-                    outbox::audit(
-                        &tx,
-                        &AuditEntry {
-                            api: "google",
-                            method: "leads.create",
-                            resource: created.name.clone(),
-                            fields: Some(format!("externalSystemId={referral_id}")),
-                            outcome: "ok",
-                            status_code: Some(200),
-                            request_id: Some(request_id.clone()),
-                            detail: None,
-                        },
-                        Some(&cycle),
-                        now,
-                    )?;
+                    let audit = AuditEntry {
+                        api: "google",
+                        method: "leads.create",
+                        resource: created.name.clone(),
+                        fields: Some(format!("externalSystemId={referral_id}")),
+                        outcome: "ok",
+                        status_code: Some(200),
+                        request_id: Some(request_id),
+                        detail: None,
+                    };
+                    record_done(&tx, id, Some(created.name.clone()), &audit, &cycle, now)?;
                     tx.commit()?;
                     Ok(())
                 })
@@ -494,12 +616,22 @@ async fn create_lead(
     }
 }
 
+/// A superseded outcome: closed without a write, with why.
+async fn supersede(store: &Store, id: i64, reason: &str) -> Result<Outcome, StoreError> {
+    let outcome = Outcome::Superseded {
+        reason: reason.into(),
+    };
+    finish(store, id, outcome, None, None).await
+}
+
 async fn patch_referral(
     store: &Store,
-    microsoft: &MicrosoftClient,
+    (microsoft, microsoft_retry): (&MicrosoftClient, &RetryPolicy),
     google: &GoogleSide,
     cycle_id: &str,
     row: OutboxRow,
+    ops: Vec<PatchOp>,
+    base_after: BaseUpdate,
 ) -> Result<Outcome, StoreError> {
     let id = row.referral_id.clone();
     let current = {
@@ -507,94 +639,47 @@ async fn patch_referral(
         store.call(move |c| current_referral(c, &id)).await?
     };
     let Some(Current { status, etag, raw }) = current else {
-        return finish(
-            store,
-            row.id,
-            Outcome::Superseded {
-                reason: "referral unknown".into(),
-            },
-            None,
-            None,
-        )
-        .await;
+        return supersede(store, row.id, "referral unknown").await;
     };
     if status.as_deref() == Some(ReferralStatus::Closed.as_str()) {
-        return finish(
-            store,
-            row.id,
-            Outcome::Superseded {
-                reason: "referral is Closed; never written".into(),
-            },
-            None,
-            None,
-        )
-        .await;
+        return supersede(store, row.id, "referral is Closed; never written").await;
     }
-    let ops: Vec<PatchOp> = serde_json::from_value::<Vec<OpIn>>(row.payload["ops"].clone())
-        .unwrap_or_default()
+    // Never a write whose value is already there.
+    let ops: Vec<PatchOp> = ops
         .into_iter()
-        .map(|o| PatchOp {
-            op: "replace",
-            path: o.path,
-            value: o.value,
-        })
-        // Never a write whose value is already there.
         .filter(|o| pointer(&raw, &o.path) != Some(&o.value))
         .collect();
     if ops.is_empty() {
-        return finish(
-            store,
-            row.id,
-            Outcome::Superseded {
-                reason: "every value is already there".into(),
-            },
-            None,
-            None,
-        )
-        .await;
+        return supersede(store, row.id, "every value is already there").await;
     }
     let fields = ops
         .iter()
         .map(|o| o.path.as_str())
         .collect::<Vec<_>>()
         .join(",");
-    let result = with_retry(&google.retry, "patch referral", || {
+    let result = with_retry(microsoft_retry, "patch referral", || {
         microsoft.patch_referral(&id, &ops, etag.as_deref())
     })
     .await;
     match result {
         Ok(outcome) => {
-            let base: BaseUpdate =
-                serde_json::from_value(row.payload["base_after"].clone()).unwrap_or_default();
-            let (rid, cycle, action) = (outcome.request_id.clone(), cycle_id.to_string(), row.id);
-            let fresh = outcome.referral;
+            let audit = AuditEntry {
+                api: "microsoft",
+                method: "PATCH",
+                resource: id.clone(),
+                fields: Some(fields),
+                outcome: "ok",
+                status_code: Some(204),
+                request_id: outcome.request_id.clone(),
+                detail: None,
+            };
+            let (cycle, action, fresh) = (cycle_id.to_string(), row.id, outcome.referral);
             store
                 .call(move |c| {
                     let tx = c.transaction()?;
                     let now = Utc::now();
-                    gstore::update_base(&tx, &id, &base, now)?;
-                    outbox::finish(
-                        &tx,
-                        action,
-                        &Outcome::Done { result: None },
-                        rid.as_deref(),
-                        now,
-                    )?;
-                    outbox::audit(
-                        &tx,
-                        &AuditEntry {
-                            api: "microsoft",
-                            method: "PATCH",
-                            resource: id.clone(),
-                            fields: Some(fields),
-                            outcome: "ok",
-                            status_code: Some(204),
-                            request_id: rid.clone(),
-                            detail: None,
-                        },
-                        Some(&cycle),
-                        now,
-                    )?;
+                    gstore::update_base(&tx, &id, &base_after, now)?;
+                    record_done(&tx, action, None, &audit, &cycle, now)?;
                     tx.commit()?;
                     if let Some(fresh) = fresh {
                         referrals::commit_page(c, &[fresh], &[], None, now)?;
@@ -604,49 +689,56 @@ async fn patch_referral(
                 .await?;
             Ok(Outcome::Done { result: None })
         }
-        Err(e) if e.status() == Some(412) => {
-            // Someone changed the referral since we read it: read it again and re-plan.
-            tracing::info!(referral_id = %row.referral_id, "412 on patch; re-reading and re-planning");
-            let entry = failed_audit(
-                "microsoft",
-                "PATCH",
-                row.referral_id.clone(),
-                Some(fields),
-                &e,
-            );
-            let outcome = Outcome::Superseded {
-                reason: format!("re-planned after 412: {e}"),
-            };
-            let done = finish_failed(store, row.id, outcome, entry, cycle_id).await?;
-            match with_retry(&google.retry, "get referral", || {
-                microsoft.get_referral(&row.referral_id)
-            })
-            .await
-            {
-                Ok(fresh) => {
-                    store
-                        .call(move |c| referrals::commit_page(c, &[fresh], &[], None, Utc::now()))
-                        .await?;
-                    plan_one(store, &google.policy, &row.referral_id, Utc::now()).await?;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "re-read after 412 failed; the next cycle re-plans")
-                }
-            }
-            Ok(done)
-        }
         Err(e) => {
-            let entry = failed_audit(
-                "microsoft",
-                "PATCH",
-                row.referral_id.clone(),
-                Some(fields),
-                &e,
-            );
+            let entry = failed_audit("microsoft", "PATCH", id, Some(fields), &e);
+            if e.status() == Some(412) {
+                let outcome = Outcome::Superseded {
+                    reason: format!("re-planned after 412: {e}"),
+                };
+                let done = finish_failed(store, row.id, outcome, entry, cycle_id).await?;
+                replan_after_412(store, microsoft, microsoft_retry, google, &row.referral_id)
+                    .await?;
+                return Ok(done);
+            }
             let outcome = failure(&row, &e, &google.schedule);
             finish_failed(store, row.id, outcome, entry, cycle_id).await
         }
     }
+}
+
+/// Someone changed the referral since we read it: read it again and re-plan.
+async fn replan_after_412(
+    store: &Store,
+    microsoft: &MicrosoftClient,
+    microsoft_retry: &RetryPolicy,
+    google: &GoogleSide,
+    referral_id: &str,
+) -> Result<(), StoreError> {
+    tracing::info!(referral_id, "412 on patch; re-reading and re-planning");
+    match with_retry(microsoft_retry, "get referral", || {
+        microsoft.get_referral(referral_id)
+    })
+    .await
+    {
+        Ok(fresh) => {
+            store
+                .call(move |c| referrals::commit_page(c, &[fresh], &[], None, Utc::now()))
+                .await?;
+            plan_one(store, &google.policy, referral_id, Utc::now()).await?;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "re-read after 412 failed; the next cycle re-plans")
+        }
+    }
+    Ok(())
+}
+
+/// A patch of a linked opportunity, as planned.
+struct OpportunityPatch {
+    name: String,
+    body: Value,
+    mask: Vec<String>,
+    base_after: BaseUpdate,
 }
 
 async fn patch_opportunity(
@@ -654,48 +746,39 @@ async fn patch_opportunity(
     google: &GoogleSide,
     cycle_id: &str,
     row: OutboxRow,
+    patch: OpportunityPatch,
 ) -> Result<Outcome, StoreError> {
-    let name = row.target.clone().unwrap_or_default();
-    let body = row.payload["body"].clone();
-    let mask: Vec<String> = serde_json::from_value(row.payload["mask"].clone()).unwrap_or_default();
+    let OpportunityPatch {
+        name,
+        body,
+        mask,
+        base_after,
+    } = patch;
     let result = with_retry(&google.retry, "patch opportunity", || {
         google.client.patch_opportunity(&name, &body, &mask)
     })
     .await;
     match result {
         Ok(answer) => {
-            let base: BaseUpdate =
-                serde_json::from_value(row.payload["base_after"].clone()).unwrap_or_default();
             let (referral_id, id, cycle) = (row.referral_id.clone(), row.id, cycle_id.to_string());
-            let (opp, request_id) = (answer.value, answer.request_id);
+            let opp = answer.value;
+            let audit = AuditEntry {
+                api: "google",
+                method: "opportunities.patch",
+                resource: opp.name.clone(),
+                fields: Some(mask.join(",")),
+                outcome: "ok",
+                status_code: Some(200),
+                request_id: Some(answer.request_id),
+                detail: None,
+            };
             store
                 .call(move |c| {
                     let tx = c.transaction()?;
                     let now = Utc::now();
                     gstore::save_opportunity(&tx, &opp, Some(&referral_id), now)?;
-                    gstore::update_base(&tx, &referral_id, &base, now)?;
-                    outbox::finish(
-                        &tx,
-                        id,
-                        &Outcome::Done { result: None },
-                        Some(&request_id),
-                        now,
-                    )?;
-                    outbox::audit(
-                        &tx,
-                        &AuditEntry {
-                            api: "google",
-                            method: "opportunities.patch",
-                            resource: opp.name.clone(),
-                            fields: Some(mask.join(",")),
-                            outcome: "ok",
-                            status_code: Some(200),
-                            request_id: Some(request_id.clone()),
-                            detail: None,
-                        },
-                        Some(&cycle),
-                        now,
-                    )?;
+                    gstore::update_base(&tx, &referral_id, &base_after, now)?;
+                    record_done(&tx, id, None, &audit, &cycle, now)?;
                     tx.commit()?;
                     Ok(())
                 })
@@ -714,12 +797,6 @@ async fn patch_opportunity(
             finish_failed(store, row.id, outcome, entry, cycle_id).await
         }
     }
-}
-
-#[derive(serde::Deserialize)]
-struct OpIn {
-    path: String,
-    value: Value,
 }
 
 fn pointer<'a>(raw: &'a Value, path: &str) -> Option<&'a Value> {
@@ -752,6 +829,120 @@ fn current_referral(c: &mut rusqlite::Connection, id: &str) -> Result<Option<Cur
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn row(kind: &str, target: Option<&str>, payload: Value) -> OutboxRow {
+        OutboxRow {
+            id: 7,
+            referral_id: "r-1".into(),
+            kind: kind.into(),
+            target: target.map(str::to_string),
+            payload,
+            state: "pending".into(),
+            attempts: 0,
+            next_attempt_at: Utc::now(),
+            last_error: None,
+            request_id: None,
+            result: None,
+            updated_at: String::new(),
+        }
+    }
+
+    fn actions() -> Vec<Action> {
+        vec![
+            Action::CreateLead {
+                lead: json!({"externalSystemId": "r-1", "customer": {"organizationName": "AT&T"}}),
+            },
+            Action::PatchReferral {
+                ops: vec![PatchOp::replace(
+                    "/externalReferenceId",
+                    "partners/1/leads/2",
+                )],
+                base_after: BaseUpdate {
+                    deal_value: Some(Some(1250.5)),
+                    close_date: None,
+                },
+            },
+            Action::PatchOpportunity {
+                name: "partners/1/opportunities/3".into(),
+                body: json!({"dealSize": 1250.5}),
+                mask: vec!["dealSize".into()],
+                base_after: BaseUpdate {
+                    deal_value: Some(None),
+                    close_date: Some(chrono::NaiveDate::from_ymd_opt(2027, 1, 31)),
+                },
+            },
+        ]
+    }
+
+    #[test]
+    fn every_action_decodes_back_to_itself() {
+        for action in actions() {
+            let stored = row(action.kind(), None, encode(&action));
+            assert_eq!(decode(&stored).as_ref(), Ok(&action));
+        }
+    }
+
+    #[test]
+    fn rows_of_the_first_format_still_decode() {
+        let lead = row(
+            "create_lead",
+            None,
+            json!({"lead": {"externalSystemId": "r-1"}}),
+        );
+        assert_eq!(
+            decode(&lead),
+            Ok(Action::CreateLead {
+                lead: json!({"externalSystemId": "r-1"})
+            })
+        );
+        let patch = row(
+            "patch_referral",
+            Some("r-1"),
+            json!({"ops": [{"op": "replace", "path": "/externalReferenceId", "value": "x"}],
+                   "base_after": {"deal_value": null, "close_date": null}}),
+        );
+        assert!(
+            matches!(decode(&patch), Ok(Action::PatchReferral { ops, base_after }) if ops[0].value == "x" && base_after.is_empty()),
+            "a format-0 null base value leaves the base as it is"
+        );
+        let opp = row(
+            "patch_opportunity",
+            Some("partners/1/opportunities/3"),
+            json!({"body": {"dealSize": 5.0}, "mask": ["dealSize"], "base_after": {}}),
+        );
+        assert!(
+            matches!(decode(&opp), Ok(Action::PatchOpportunity { name, .. }) if name == "partners/1/opportunities/3")
+        );
+    }
+
+    #[test]
+    fn an_unreadable_row_is_an_error_never_an_empty_write() {
+        for (kind, payload) in [
+            (
+                "patch_referral",
+                json!({"ops": "not a list", "base_after": {}}),
+            ),
+            (
+                "patch_referral",
+                json!({"v": 1, "action": "patch_referral", "ops": [{"op": "remove", "path": "/x", "value": 1}], "base_after": {}}),
+            ),
+            ("patch_opportunity", json!({"body": {}, "base_after": {}})),
+            (
+                "create_lead",
+                json!({"v": 2, "action": "create_lead", "lead": {}}),
+            ),
+            ("create_lead", json!("a string")),
+            (
+                "create_lead",
+                json!({"v": 1, "action": "patch_opportunity", "name": "n", "body": {}, "mask": [], "base_after": {}}),
+            ),
+            ("teleport", json!({"anything": 1})),
+        ] {
+            let stored = row(kind, Some("t"), payload.clone());
+            assert!(decode(&stored).is_err(), "{kind} {payload} decoded");
+        }
+    }
 
     #[test]
     fn schedule_grows_is_capped_and_honours_retry_after() {

@@ -39,8 +39,10 @@ impl Policy {
     }
 }
 
-/// A remote write to queue.
-#[derive(Debug, Clone, PartialEq)]
+/// A remote write to queue. The outbox stores it as tagged JSON (see `push::encode`), so a
+/// row decodes back to exactly this, or is reported as undecodable — never guessed at.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
     CreateLead {
         lead: Value,

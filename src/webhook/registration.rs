@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::PartnerWebhookConfig;
+use crate::app::commands::{Outcome, Printed};
+use crate::app::AppError;
 use crate::config::Config;
 use crate::http::{new_request_id, send_and_read, ApiError};
 use crate::microsoft::{MicrosoftClient, TokenSource};
@@ -260,77 +262,66 @@ pub async fn test(
     }
 }
 
-/// `cosell-sync webhook …`: runs one subcommand, prints what happened, returns the exit code.
-pub async fn command(config: &Config, action: crate::cli::WebhookCommand) -> i32 {
+/// `cosell-sync webhook …`: runs one subcommand; what to print, or why it failed.
+pub async fn command(config: &Config, action: crate::cli::WebhookCommand) -> Outcome {
     use crate::cli::WebhookCommand;
-    let Some(webhook) = config.webhook.as_ref() else {
-        eprintln!("webhook: the [webhook] section is missing (listen, public_url); see config.example.toml");
-        return crate::exit::CONFIG;
-    };
-    let client = match RegistrationClient::from_config(config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return crate::exit::CONFIG;
+    let webhook = config.webhook.as_ref().ok_or_else(|| {
+        AppError::Config(
+            "webhook: the [webhook] section is missing (listen, public_url); see config.example.toml"
+                .into(),
+        )
+    })?;
+    let client = RegistrationClient::from_config(config).map_err(AppError::Config)?;
+    let refused = |e: &dyn std::fmt::Display| AppError::Refused(e.to_string());
+    let text = match action {
+        WebhookCommand::Register => {
+            let r = client.register(webhook).await.map_err(|e| refused(&e))?;
+            format!(
+                "registered {} for {} (subscriber {})\n",
+                r.webhook_url.as_deref().unwrap_or(&webhook.public_url),
+                r.webhook_events.join(", "),
+                r.subscriber_id.as_deref().unwrap_or("?")
+            )
         }
-    };
-    let failed = |e: &dyn std::fmt::Display| {
-        eprintln!("{e}");
-        crate::exit::CYCLE_FAILED
-    };
-    match action {
-        WebhookCommand::Register => match client.register(webhook).await {
-            Ok(r) => {
-                println!(
-                    "registered {} for {} (subscriber {})",
-                    r.webhook_url.as_deref().unwrap_or(&webhook.public_url),
-                    r.webhook_events.join(", "),
-                    r.subscriber_id.as_deref().unwrap_or("?")
-                );
-                crate::exit::OK
-            }
-            Err(e) => failed(&e),
-        },
-        WebhookCommand::Show => match client.show().await {
-            Ok(Some(r)) => {
-                println!(
-                    "registered: {}\nevents: {}\nsubscriber: {}",
+        WebhookCommand::Show => match client.show().await.map_err(|e| refused(&e))? {
+            Some(r) => {
+                let mut text = format!(
+                    "registered: {}\nevents: {}\nsubscriber: {}\n",
                     r.webhook_url.as_deref().unwrap_or("?"),
                     r.webhook_events.join(", "),
                     r.subscriber_id.as_deref().unwrap_or("?")
                 );
                 if r.webhook_url.as_deref() != Some(webhook.public_url.as_str()) {
-                    println!(
-                        "note: webhook.public_url is {}; run `cosell-sync webhook register`",
+                    text.push_str(&format!(
+                        "note: webhook.public_url is {}; run `cosell-sync webhook register`\n",
                         webhook.public_url
-                    );
+                    ));
                 }
-                crate::exit::OK
+                text
             }
-            Ok(None) => {
-                println!("no registration; run `cosell-sync webhook register`");
-                crate::exit::OK
-            }
-            Err(e) => failed(&e),
+            None => "no registration; run `cosell-sync webhook register`\n".into(),
         },
-        WebhookCommand::Unregister => match client.unregister().await {
-            Ok(()) => {
-                println!("registration removed; referrals still arrive by polling");
-                crate::exit::OK
-            }
-            Err(e) => failed(&e),
-        },
+        WebhookCommand::Unregister => {
+            client.unregister().await.map_err(|e| refused(&e))?;
+            "registration removed; referrals still arrive by polling\n".into()
+        }
         WebhookCommand::Test { wait } => {
-            match test(config, &client, Duration::from_secs(wait)).await {
-                Ok(TestOutcome::Verified { via_temporary_receiver }) => {
-                    let by = if via_temporary_receiver { "a temporary receiver (the daemon is not running)" } else { "the running daemon's receiver" };
-                    println!("test-created event arrived and verified, received by {by}");
-                    crate::exit::OK
+            match test(config, &client, Duration::from_secs(wait)).await.map_err(|e| refused(&e))? {
+                TestOutcome::Verified { via_temporary_receiver } => {
+                    let by = if via_temporary_receiver {
+                        "a temporary receiver (the daemon is not running)"
+                    } else {
+                        "the running daemon's receiver"
+                    };
+                    format!("test-created event arrived and verified, received by {by}\n")
                 }
-                Ok(TestOutcome::Rejected) => failed(&"an event arrived but failed verification (see the log: certificate_url_prefixes, ca_file, certificate_subject)"),
-                Ok(TestOutcome::Missing) => failed(&format!("no event arrived within {wait}s: check the registration (webhook show), the reverse proxy and the firewall for {}", webhook.public_url)),
-                Err(e) => failed(&e),
+                TestOutcome::Rejected => return Err(refused(&"an event arrived but failed verification (see the log: certificate_url_prefixes, ca_file, certificate_subject)")),
+                TestOutcome::Missing => return Err(refused(&format!(
+                    "no event arrived within {wait}s: check the registration (webhook show), the reverse proxy and the firewall for {}",
+                    webhook.public_url
+                ))),
             }
         }
-    }
+    };
+    Ok(Printed::ok(text))
 }

@@ -36,7 +36,7 @@ async fn each_alert_reaches_the_webhook_exactly_once_across_runs() {
     env.sim
         .put_referrals(sample::demo_set(10, chrono::Utc::now()));
 
-    let out = env.cli(&["sync"]).await;
+    let out = env.run(&["sync"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let raised: usize = text
@@ -47,7 +47,7 @@ async fn each_alert_reaches_the_webhook_exactly_once_across_runs() {
         .unwrap();
     assert!(text.contains(&format!("{raised} delivered")), "{text}");
     for _ in 0..3 {
-        assert!(env.cli(&["sync"]).await.status.success());
+        assert!(env.run(&["sync"]).await.status.success());
     }
     let ids = ids_received(&server).await;
     let expected: Vec<String> = vec![
@@ -86,12 +86,12 @@ async fn each_alert_reaches_the_webhook_exactly_once_across_runs() {
         assert!(body.get(field).is_some(), "field {field} in {body}");
     }
 
-    let list = stdout(&env.cli(&["alerts", "list"]).await);
+    let list = stdout(&env.run(&["alerts", "list"]).await);
     assert!(list.contains("delivered"), "{list}");
-    let pending = stdout(&env.cli(&["alerts", "list", "--pending"]).await);
+    let pending = stdout(&env.run(&["alerts", "list", "--pending"]).await);
     assert!(pending.contains("no alerts"), "{pending}");
     // The header secret is not in check-config's output.
-    let config = stdout(&env.cli(&["check-config"]).await);
+    let config = stdout(&env.run(&["check-config"]).await);
     assert!(!config.contains("hook-secret"), "{config}");
 }
 
@@ -112,7 +112,7 @@ async fn a_receiver_failing_twice_gets_the_alert_on_the_third_try() {
     referrals.truncate(3); // 72h, 24h and 4h left
     referrals.retain(|r| r["id"] == sample::referral_id(2));
     env.sim.put_referrals(referrals);
-    let out = env.cli(&["sync"]).await;
+    let out = env.run(&["sync"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let requests = server.received_requests().await.unwrap();
     assert_eq!(requests.len(), 3, "500, 500, then 200");
@@ -137,7 +137,7 @@ async fn a_dead_receiver_does_not_stop_the_sync_and_gets_its_alerts_when_back() 
         "{}",
         stderr(&out)
     );
-    let pending = stdout(&env.cli(&["alerts", "list", "--pending"]).await);
+    let pending = stdout(&env.run(&["alerts", "list", "--pending"]).await);
     assert!(pending.contains("pending (1 attempts"), "{pending}");
 
     // The receiver comes back on the same port.
@@ -149,8 +149,8 @@ async fn a_dead_receiver_does_not_stop_the_sync_and_gets_its_alerts_when_back() 
         .respond_with(ResponseTemplate::new(200))
         .mount(&server)
         .await;
-    assert!(env.cli(&["sync"]).await.status.success());
-    assert!(env.cli(&["sync"]).await.status.success());
+    assert!(env.run(&["sync"]).await.status.success());
+    assert!(env.run(&["sync"]).await.status.success());
     let requests = server.received_requests().await.unwrap();
     assert_eq!(requests.len(), 4, "each of the 4 alerts once");
     let body: Value = serde_json::from_slice(&requests[0].body).unwrap();
@@ -172,7 +172,7 @@ async fn the_command_sink_gets_the_json_on_stdin() {
     let mut referrals = sample::demo_set(5, chrono::Utc::now());
     referrals.retain(|r| r["id"] == sample::referral_id(1));
     env.sim.put_referrals(referrals);
-    assert!(env.cli(&["sync"]).await.status.success());
+    assert!(env.run(&["sync"]).await.status.success());
     let text = std::fs::read_to_string(&out_file).unwrap();
     let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(lines.len(), 1);
@@ -198,7 +198,7 @@ async fn alerts_test_reports_each_sink() {
         webhook(&format!("http://{dead_addr}/"), "json")
     ))
     .await;
-    let out = env.cli(&["alerts", "test"]).await;
+    let out = env.run(&["alerts", "test"]).await;
     assert_eq!(out.status.code(), Some(1), "one sink failed");
     let text = stdout(&out);
     assert!(
@@ -227,7 +227,7 @@ async fn failing_authentication_raises_sync_unhealthy_once_then_recovery() {
     let env = TestEnv::with_extra(&webhook(&server.uri(), "json")).await;
     env.sim.revoke_refresh_tokens();
     for _ in 0..3 {
-        let out = env.cli(&["sync"]).await;
+        let out = env.run(&["sync"]).await;
         assert_eq!(out.status.code(), Some(1));
     }
     let ids = ids_received(&server).await;
@@ -248,7 +248,27 @@ async fn failing_authentication_raises_sync_unhealthy_once_then_recovery() {
     std::fs::write(env.dir.path().join("microsoft-refresh-token"), "").unwrap();
     env.sim.revoke_refresh_tokens();
     env.sim.allow_refresh_token(&creds.refresh_token);
-    assert!(env.cli(&["sync"]).await.status.success());
+    assert!(env.run(&["sync"]).await.status.success());
     let ids = ids_received(&server).await;
     assert!(ids.keys().any(|k| k.ends_with(":recovered")), "{ids:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sinks_error_body_is_kept_with_the_failed_delivery() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_string("invalid_blocks"))
+        .mount(&server)
+        .await;
+    let env = TestEnv::with_extra(&webhook(&server.uri(), "slack")).await;
+    env.sim
+        .put_referrals(sample::demo_set(6, chrono::Utc::now()));
+    assert!(env.run(&["sync"]).await.status.success());
+    let pending = stdout(&env.run(&["alerts", "list", "--pending"]).await);
+    assert!(pending.contains("HTTP 400: invalid_blocks"), "{pending}");
+    let test = stdout(&env.run(&["alerts", "test"]).await);
+    assert!(
+        test.contains("FAILED") && test.contains("invalid_blocks"),
+        "{test}"
+    );
 }

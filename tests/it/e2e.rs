@@ -23,13 +23,13 @@ async fn sync_imports_a_250_referral_inbox_in_one_cycle_and_a_second_sync_change
     env.sim
         .put_referrals(sample::pending_inbox(250, chrono::Utc::now()));
 
-    let out = env.cli(&["sync"]).await;
+    let out = env.run(&["sync"]).await;
     assert!(out.status.success(), "stderr: {}", stderr(&out));
     assert!(stdout(&out).contains("250 new"), "{}", stdout(&out));
     let (count, before) = referral_fingerprint(&env);
     assert_eq!(count, 250);
 
-    let again = env.cli(&["sync"]).await;
+    let again = env.run(&["sync"]).await;
     assert!(again.status.success(), "stderr: {}", stderr(&again));
     assert!(
         stdout(&again).contains("0 new, 0 changed"),
@@ -51,9 +51,9 @@ async fn status_lists_referrals_nearest_expiry_first() {
     let env = TestEnv::new().await;
     env.sim
         .put_referrals(sample::demo_set(30, chrono::Utc::now()));
-    assert!(env.cli(&["sync"]).await.status.success());
+    assert!(env.run(&["sync"]).await.status.success());
 
-    let out = env.cli(&["status", "--json"]).await;
+    let out = env.run(&["status", "--json"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let report: Value = serde_json::from_str(&stdout(&out)).unwrap();
     let awaiting = report["awaiting_response"].as_array().unwrap();
@@ -75,7 +75,7 @@ async fn status_lists_referrals_nearest_expiry_first() {
     assert_eq!(awaiting[1]["threshold"], "4h");
     assert_eq!(awaiting[2]["threshold"], "24h");
 
-    let text = env.cli(&["status"]).await;
+    let text = env.run(&["status"]).await;
     let text = stdout(&text);
     let first_line = text
         .lines()
@@ -113,7 +113,7 @@ async fn the_rotated_refresh_token_carries_over_to_the_next_process() {
 async fn a_revoked_token_fails_the_cycle_with_a_clear_message() {
     let env = TestEnv::new().await;
     env.sim.revoke_refresh_tokens();
-    let out = env.cli(&["sync"]).await;
+    let out = env.run(&["sync"]).await;
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
@@ -141,7 +141,7 @@ async fn transient_faults_are_ridden_out() {
         retry_after_secs: 0,
         ..Faults::default()
     });
-    let out = env.cli(&["sync"]).await;
+    let out = env.run(&["sync"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let (count, _) = referral_fingerprint(&env);
     assert_eq!(count, 250);
@@ -175,7 +175,7 @@ async fn a_bad_config_exits_78_naming_the_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn check_config_redacts_secrets() {
     let env = TestEnv::new().await;
-    let out = env.cli(&["check-config"]).await;
+    let out = env.run(&["check-config"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let creds = &env.sim.state.credentials;

@@ -1,9 +1,14 @@
-//! Shared test helpers: a simulator with a config file pointing at it, and the binary.
+//! Shared test helpers: a simulator with a config file pointing at it, and two ways to run a
+//! command against it: [`TestEnv::run`] in this process (zero2prod's `spawn_app`: the same
+//! `app::commands` functions `main` calls, no process start) and [`TestEnv::cli`], the binary,
+//! for what needs a process (log output, signals, kills, the exit of `main` itself).
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
 
+use cosell_sync::app::commands as cmd;
+use cosell_sync::cli::{AlertsCommand, Cli, Command};
 use cosell_sync::http::RateLimiter;
 use cosell_sync::microsoft::{MicrosoftClient, TokenSource};
 use cosell_sync::sim::Simulator;
@@ -48,6 +53,11 @@ requests_per_second = 500
 [google.lead]
 submitter_email = "cosell@partner.example"
 product_family = "GOOGLE_CLOUD_PLATFORM"
+
+# Tests of the sync rules read every tracked Google record at each `sync`; the refresh
+# schedule itself is tested with its own settings.
+[refresh]
+min_interval = "0s"
 
 [sync]
 retry_min = "10ms"
@@ -118,6 +128,49 @@ max_delay = "500ms"
             .expect("binary runs")
     }
 
+    /// Runs a command in this process, as `main` would: parsed by the same `Cli`, executed by
+    /// the same `app::commands` function, its error shown as `main` shows it. Logs are not
+    /// captured (no subscriber is installed): tests of log lines use [`TestEnv::cli`].
+    ///
+    /// With `IT_VIA_BINARY=1` every such call goes through the binary instead: the
+    /// same suite then checks that both drivers agree, and times the difference.
+    pub async fn run(&self, args: &[&str]) -> Ran {
+        if std::env::var_os("IT_VIA_BINARY").is_some() {
+            let out = self.cli(args).await;
+            return Ran {
+                status: Exit(out.status.code().unwrap_or(-1)),
+                stdout: out.out(),
+                stderr: out.err(),
+            };
+        }
+        let config = self.config.display().to_string();
+        let argv = ["cosell-sync", "--config", &config]
+            .into_iter()
+            .chain(args.iter().copied());
+        let cli = match Cli::try_parse_checked(argv) {
+            Ok(cli) => cli,
+            Err(e) => {
+                return Ran {
+                    status: Exit(e.exit_code()),
+                    stdout: String::new(),
+                    stderr: e.to_string(),
+                }
+            }
+        };
+        match in_process(cli, &self.config).await {
+            Ok(printed) => Ran {
+                status: Exit(printed.code),
+                stdout: printed.stdout,
+                stderr: String::new(),
+            },
+            Err(e) => Ran {
+                status: Exit(e.exit_code()),
+                stdout: String::new(),
+                stderr: format!("cosell-sync: {e}"),
+            },
+        }
+    }
+
     /// A client against the simulator, as the daemon builds it.
     pub fn client(&self, token_file: &Path) -> MicrosoftClient {
         let c = &self.sim.state.credentials;
@@ -150,10 +203,93 @@ max_delay = "500ms"
     }
 }
 
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
+/// The commands a test runs in process; `run` and `auth microsoft` need the binary.
+async fn in_process(cli: Cli, file: &Path) -> cmd::Outcome {
+    let config = cmd::load_config(file, cli.is_dry_run())?;
+    match cli.command {
+        Command::Sync { .. } => cmd::sync(config).await,
+        Command::CheckConfig => cmd::check_config(&config, file),
+        Command::Status {
+            json,
+            limit,
+            referral,
+        } => cmd::status(&config, json, limit, referral.as_deref()),
+        Command::Link {
+            referral_id,
+            google_resource_name,
+        } => cmd::link(config, &referral_id, &google_resource_name).await,
+        Command::Audit {
+            referral,
+            since,
+            limit,
+            json,
+        } => cmd::audit(&config, referral.as_deref(), since, limit, json),
+        Command::Outbox { action } => cmd::outbox(&config, action),
+        Command::Alerts {
+            action: AlertsCommand::Test,
+        } => cmd::alerts_test(&config).await,
+        Command::Alerts {
+            action:
+                AlertsCommand::List {
+                    pending,
+                    limit,
+                    json,
+                },
+        } => cmd::alerts_list(&config, pending, limit, json),
+        other => panic!("{other:?} needs the binary: use TestEnv::cli"),
+    }
 }
 
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+/// What an in-process command printed and its exit code (shaped like `Output`, so a test
+/// reads the same with either driver).
+#[derive(Debug)]
+pub struct Ran {
+    pub status: Exit,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The exit code of an in-process command.
+#[derive(Debug, Clone, Copy)]
+pub struct Exit(i32);
+
+impl Exit {
+    pub fn success(&self) -> bool {
+        self.0 == 0
+    }
+    pub fn code(&self) -> Option<i32> {
+        Some(self.0)
+    }
+}
+
+/// The output of a command, in process or from the binary.
+pub trait Captured {
+    fn out(&self) -> String;
+    fn err(&self) -> String;
+}
+
+impl Captured for Output {
+    fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    fn err(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+impl Captured for Ran {
+    fn out(&self) -> String {
+        self.stdout.clone()
+    }
+    fn err(&self) -> String {
+        self.stderr.clone()
+    }
+}
+
+pub fn stdout(o: &impl Captured) -> String {
+    o.out()
+}
+
+pub fn stderr(o: &impl Captured) -> String {
+    o.err()
 }

@@ -1,10 +1,14 @@
 //! One integration test binary (one link step): the Microsoft client against wiremock and the
-//! simulator, and the binary end to end against the simulator.
+//! simulator, and the commands end to end against the simulator — in this process
+//! (`TestEnv::run`, the default) or through the binary (`TestEnv::cli`, for logs, signals,
+//! kills). `IT_VIA_BINARY=1 cargo test --test it` sends every `run` through the binary too.
 
 mod alerts;
 mod client;
+mod commands;
 mod daemon;
 mod e2e;
 mod google;
 mod helpers;
+mod lanes;
 mod webhook;

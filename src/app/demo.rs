@@ -22,6 +22,10 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
         .count();
     sim.put_referrals(samples);
     let dir = tempfile::tempdir()?;
+    // Outside the state directory, which is removed when the demo ends: the log outlives it.
+    let log = log_to_file(
+        &std::env::temp_dir().join(format!("cosell-sync-demo-{}.log", std::process::id())),
+    );
     let config = demo_config(&sim, dir.path())?;
     println!("cosell-sync demo");
     println!(
@@ -33,84 +37,26 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
         sim.referral_count()
     );
     println!("  state in {}", config.state.path.display());
+    match log {
+        Ok(path) => println!("  log in {}", path.display()),
+        Err(e) => println!("  no log file ({e}); the log is off"),
+    }
     println!();
 
     let mut app = App::build(config.clone())?;
     app.become_worker()?;
-    let mut cycles = Vec::new();
-
-    println!("1. First cycle: pull the inbox, create one Google lead per Pending referral, write");
-    println!("   each lead's name back into the referral's externalReferenceId.");
-    sim.script_faults([Fault::TooManyRequests {
-        retry_after_secs: 1,
-    }]);
-    cycles.push(step(&app).await);
-    println!("   (the first request got 429 Retry-After: 1; the client waited and went on)");
-    let sample_id = sample::referral_id(10);
-    let lead_name = sim
-        .referral(&sample_id)
-        .and_then(|r| r["externalReferenceId"].as_str().map(str::to_string))
-        .unwrap_or_default();
-    println!("   referral {sample_id} → lead {lead_name}");
-
-    println!("2. Second cycle, nothing changed anywhere:");
-    let writes_before = writes(&sim);
-    cycles.push(step(&app).await);
-    println!(
-        "   remote writes this cycle: {}",
-        writes(&sim) - writes_before
-    );
-
-    println!("3. Google turns that lead into an opportunity; the operator links it:");
-    let opp = sim.convert_lead(&lead_name, 42).unwrap_or_default();
-    println!("   $ cosell-sync link {sample_id} {opp}");
-    println!("   {}", app.link(&sample_id, &opp).await?);
-    cycles.push(step(&app).await);
-
-    println!("4. The deal value changes in Partner Center; the next cycle patches Google with");
-    println!("   updateMask=dealSize only:");
-    sim.edit_referral(&sample_id, |r| r["details"]["dealValue"] = 250_000.0.into());
-    cycles.push(step(&app).await);
-    let size = sim
-        .opportunity(&opp)
-        .map(|o| o["dealSize"].clone())
-        .unwrap_or_default();
-    println!("   Google opportunity {opp} dealSize is now {size}");
-
-    println!(
-        "5. The Google seller marks the opportunity lost; the referral closes in Partner Center:"
-    );
-    sim.edit_opportunity(&opp, |o| o["salesStage"] = "SALES_STAGE_CLOSED_LOST".into());
-    cycles.push(step(&app).await);
-    if let Some(r) = sim.referral(&sample_id) {
-        println!(
-            "   referral {sample_id} is now {}/{}: {}",
-            r["status"].as_str().unwrap_or("?"),
-            r["substatus"].as_str().unwrap_or("?"),
-            r["statusReason"].as_str().unwrap_or("")
-        );
-    }
+    let cycles = story(&sim, &app).await?;
 
     println!("6. Partner Center webhooks ([webhook]): a new referral arrives as a signed event;");
     println!("   the receiver verifies it, stores it, and forwards it at once, without a cycle:");
     webhook_step(&sim, &app, dir.path()).await?;
     println!();
 
-    let alerts = app
-        .store
-        .call(|c| crate::store::alerts::list(c, false, 20))
-        .await?;
-    println!("Alerts raised (to the log; add [[alerts.webhook]] or [[alerts.command]] sinks for people):");
-    for row in alerts
-        .iter()
-        .filter(|a| a.alert.kind.starts_with("referral_"))
-    {
-        println!("  {:<9} {}", row.alert.severity, row.alert.message);
-    }
+    print_alerts(&app, 20).await?;
     println!();
 
     let report = app::status(&app.store, &config, Utc::now())?;
-    print!("{}", app::render_status(&report, 8));
+    print!("{}", crate::render::status(&report, 8));
     println!();
     println!("HTTP requests the simulator served: {:?}", sim.counters());
     let duplicates = sim
@@ -124,6 +70,112 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
     );
     if cycles.iter().any(|c| !c.ok()) {
         anyhow::bail!("a demo cycle failed");
+    }
+    Ok(())
+}
+
+/// The five steps of the story, each a real cycle against the simulator.
+async fn story(sim: &Simulator, app: &App) -> anyhow::Result<Vec<CycleReport>> {
+    let mut cycles = Vec::new();
+
+    println!("1. First cycle: pull the inbox, create one Google lead per Pending referral, write");
+    println!("   each lead's name back into the referral's externalReferenceId.");
+    sim.script_faults([Fault::TooManyRequests {
+        retry_after_secs: 1,
+    }]);
+    cycles.push(step(app).await);
+    println!("   (the first request got 429 Retry-After: 1; the client waited and went on)");
+    let sample_id = sample::referral_id(10);
+    let lead_name = sim
+        .referral(&sample_id)
+        .and_then(|r| r["externalReferenceId"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    println!("   referral {sample_id} → lead {lead_name}");
+
+    println!("2. Second cycle, nothing changed anywhere:");
+    let writes_before = writes(sim);
+    cycles.push(step(app).await);
+    println!(
+        "   remote writes this cycle: {}",
+        writes(sim) - writes_before
+    );
+
+    println!("3. Google turns that lead into an opportunity; the operator links it:");
+    let opp = sim.convert_lead(&lead_name, 42).unwrap_or_default();
+    println!("   $ cosell-sync link {sample_id} {opp}");
+    println!("   {}", app::link::link(app, &sample_id, &opp).await?);
+    cycles.push(step(app).await);
+
+    println!("4. The deal value changes in Partner Center; the next cycle patches Google with");
+    println!("   updateMask=dealSize only:");
+    sim.edit_referral(&sample_id, |r| r["details"]["dealValue"] = 250_000.0.into());
+    cycles.push(step(app).await);
+    let size = sim
+        .opportunity(&opp)
+        .map(|o| o["dealSize"].clone())
+        .unwrap_or_default();
+    println!("   Google opportunity {opp} dealSize is now {size}");
+
+    println!(
+        "5. The Google seller marks the opportunity lost; the referral closes in Partner Center:"
+    );
+    sim.edit_opportunity(&opp, |o| o["salesStage"] = "SALES_STAGE_CLOSED_LOST".into());
+    cycles.push(step(app).await);
+    if let Some(r) = sim.referral(&sample_id) {
+        println!(
+            "   referral {sample_id} is now {}/{}: {}",
+            r["status"].as_str().unwrap_or("?"),
+            r["substatus"].as_str().unwrap_or("?"),
+            r["statusReason"].as_str().unwrap_or("")
+        );
+    }
+    Ok(cycles)
+}
+
+/// The demo's log goes to a file, so the story on stdout is not interleaved with log lines.
+/// Installs the process's subscriber (the binary installs none for `demo`).
+fn log_to_file(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    let file = std::fs::File::create(path)?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+    Ok(path.to_path_buf())
+}
+
+/// The referral alerts, most severe first, then nearest deadline; says when it cuts the list.
+async fn print_alerts(app: &App, show: usize) -> anyhow::Result<()> {
+    let mut alerts: Vec<_> = app
+        .store
+        .call(|c| crate::store::alerts::list(c, false, 100_000))
+        .await?
+        .into_iter()
+        .map(|row| row.alert)
+        .filter(|a| a.kind.starts_with("referral_"))
+        .collect();
+    let rank = |severity: &str| match severity {
+        "critical" => 0,
+        "warning" => 1,
+        _ => 2,
+    };
+    alerts.sort_by(|a, b| {
+        rank(&a.severity)
+            .cmp(&rank(&b.severity))
+            .then_with(|| a.deadline.cmp(&b.deadline))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let shown = show.min(alerts.len());
+    println!(
+        "Alerts raised ({shown} of {} alerts, most severe then nearest deadline first; to the log — add [[alerts.webhook]] or [[alerts.command]] sinks for people):",
+        alerts.len()
+    );
+    for alert in alerts.iter().take(show) {
+        println!("  {:<9} {}", alert.severity, alert.message);
+    }
+    if alerts.len() > show {
+        println!("  … {} more: cosell-sync alerts list", alerts.len() - show);
     }
     Ok(())
 }
@@ -181,7 +233,9 @@ pub fn demo_config(sim: &Simulator, state_dir: &std::path::Path) -> anyhow::Resu
                 "product_families": {"Microsoft365": "GOOGLE_WORKSPACE"}
             }
         },
-        "sync": {"conflict": "microsoft", "retry_min": "1s", "retry_max": "5s"}
+        "sync": {"conflict": "microsoft", "retry_min": "1s", "retry_max": "5s"},
+        // The demo compresses days into seconds: every tracked record is due at each cycle.
+        "refresh": {"min_interval": "0s"}
     })));
     let loaded = Config::from_figment(figment, &state_dir.join("demo.toml"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;

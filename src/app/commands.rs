@@ -1,0 +1,355 @@
+//! One function per command: `main` parses the command line and calls exactly one of these.
+//! Each returns what to print ([`Printed`]) or an [`AppError`] that names what went wrong and
+//! carries its exit code; rendering is [`crate::render`]'s.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::{App, AppError};
+use crate::cli::{OutboxCommand, OutboxState};
+use crate::config::Config;
+use crate::google::GoogleAuth;
+use crate::microsoft::{MicrosoftClient, TokenSource};
+use crate::store::{outbox, Store};
+use crate::{exit, render, scheduler};
+
+/// What a command prints on stdout and the exit code it ends with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Printed {
+    pub stdout: String,
+    pub code: i32,
+}
+
+impl Printed {
+    pub fn ok(stdout: impl Into<String>) -> Printed {
+        Printed {
+            stdout: stdout.into(),
+            code: exit::OK,
+        }
+    }
+}
+
+pub type Outcome = Result<Printed, AppError>;
+
+/// Loads and validates the configuration; `force_dry_run` is the command line's `--dry-run`.
+pub fn load_config(file: &Path, force_dry_run: bool) -> Result<Config, AppError> {
+    let mut config = Config::load(file)
+        .map_err(|errors| AppError::InvalidConfig {
+            file: file.to_path_buf(),
+            errors,
+        })?
+        .config;
+    config.daemon.dry_run |= force_dry_run;
+    Ok(config)
+}
+
+/// For `auth microsoft`, which runs before there is a refresh token.
+pub fn load_config_for_auth(file: &Path) -> Result<Config, AppError> {
+    Config::load_for_auth(file)
+        .map(|l| l.config)
+        .map_err(|errors| AppError::InvalidConfig {
+            file: file.to_path_buf(),
+            errors,
+        })
+}
+
+/// The one place the read-only commands (`status`, `audit`, `alerts list`, `outbox list`)
+/// open the database.
+pub fn open_for_reading(config: &Config) -> Result<Store, AppError> {
+    Ok(Store::open(&config.state.path)?)
+}
+
+/// The database for commands that change it on the operator's word (`outbox retry|drop`).
+fn open_for_writing(config: &Config) -> Result<Store, AppError> {
+    Ok(Store::open(&config.state.path)?)
+}
+
+/// A listing as JSON (`--json`) or as its table: the one place a command chooses.
+fn show<T: serde::Serialize + ?Sized>(
+    json: bool,
+    value: &T,
+    table: impl Fn(&T) -> String,
+) -> Outcome {
+    Ok(Printed::ok(if json {
+        render::json(value)
+    } else {
+        table(value)
+    }))
+}
+
+/// `check-config`: validates, then checks what `sync` would refuse at start (the Google key
+/// file), and prints the effective configuration with secrets redacted.
+pub fn check_config(config: &Config, file: &Path) -> Outcome {
+    if config.google_enabled() {
+        let key = config
+            .google
+            .credentials_file
+            .as_ref()
+            .ok_or_else(|| AppError::Config("google.credentials_file is missing".into()))?;
+        GoogleAuth::from_key_file(key)
+            .map_err(|e| AppError::Config(format!("google.credentials_file: {e}")))?;
+    }
+    Ok(Printed::ok(format!(
+        "# configuration from {} (secrets redacted)\n{}",
+        file.display(),
+        config.redacted_toml()
+    )))
+}
+
+/// `status [--json] [--limit N] [--referral ID]`.
+pub fn status(config: &Config, json: bool, limit: usize, referral: Option<&str>) -> Outcome {
+    let store = open_for_reading(config)?;
+    let now = Utc::now();
+    if let Some(id) = referral {
+        let view = crate::status::referral_view(&store, config, id, now)?.ok_or_else(|| {
+            AppError::Refused(format!(
+                "referral {id} is not in the database {}; run `cosell-sync sync` first, or check the id",
+                store.path().display()
+            ))
+        })?;
+        return show(json, &view, render::referral);
+    }
+    let report = super::status(&store, config, now)?;
+    show(json, &report, |r| render::status(r, limit))
+}
+
+/// `alerts list [--pending] [--limit N] [--json]`.
+pub fn alerts_list(config: &Config, pending: bool, limit: usize, json: bool) -> Outcome {
+    let store = open_for_reading(config)?;
+    let rows = store.call_blocking(|c| crate::store::alerts::list(c, pending, limit))?;
+    show(json, rows.as_slice(), render::alerts)
+}
+
+/// `alerts test`: one test alert to every sink, each result reported; 1 when one failed.
+pub async fn alerts_test(config: &Config) -> Outcome {
+    let settings = crate::alerts::AlertSettings::from_config(&config.alerts);
+    if settings.sinks.is_empty() {
+        return Ok(Printed::ok("no alert sinks configured ([[alerts.webhook]] or [[alerts.command]]); alerts go to the log only\n"));
+    }
+    let mut out = String::new();
+    let mut failed = false;
+    for (sink, result) in crate::alerts::deliver::send_test(&settings).await {
+        match result {
+            Ok(()) => out.push_str(&format!("ok      {sink}\n")),
+            Err(e) => {
+                failed = true;
+                out.push_str(&format!("FAILED  {sink}: {e}\n"));
+            }
+        }
+    }
+    Ok(Printed {
+        stdout: out,
+        code: if failed { exit::CYCLE_FAILED } else { exit::OK },
+    })
+}
+
+/// `audit [--referral ID] [--since T] [--limit N] [--json]`.
+pub fn audit(
+    config: &Config,
+    referral: Option<&str>,
+    since: Option<DateTime<Utc>>,
+    limit: usize,
+    json: bool,
+) -> Outcome {
+    let store = open_for_reading(config)?;
+    let rows = store.call_blocking(|c| outbox::audit_rows(c, referral, since, limit))?;
+    show(json, rows.as_slice(), render::audit)
+}
+
+/// `outbox [list|retry|drop]`.
+pub fn outbox(config: &Config, command: Option<OutboxCommand>) -> Outcome {
+    let now = Utc::now();
+    match command.unwrap_or(OutboxCommand::List {
+        states: vec![],
+        limit: 50,
+        json: false,
+    }) {
+        OutboxCommand::List {
+            states,
+            limit,
+            json,
+        } => {
+            let store = open_for_reading(config)?;
+            let states: Vec<&str> = states.iter().map(|s| OutboxState::as_str(*s)).collect();
+            let rows = store.call_blocking(|c| outbox::list(c, &states, limit))?;
+            show(json, rows.as_slice(), render::outbox)
+        }
+        OutboxCommand::Retry { id, force } => {
+            let store = open_for_writing(config)?;
+            store
+                .call_blocking(|c| {
+                    let current = outbox::get(c, id)?;
+                    if let Some(refused) = current.and_then(|a| needs_force(&a, force)) {
+                        return Ok(Err(refused));
+                    }
+                    outbox::retry(c, id, now)
+                })?
+                .map_err(AppError::Refused)?;
+            Ok(Printed::ok(format!(
+                "action {id} will be sent at the next cycle\n"
+            )))
+        }
+        OutboxCommand::Drop { id } => {
+            let store = open_for_writing(config)?;
+            store
+                .call_blocking(|c| outbox::drop_action(c, id, now))?
+                .map_err(AppError::Refused)?;
+            Ok(Printed::ok(format!("action {id} dropped\n")))
+        }
+    }
+}
+
+/// A quarantined lead create may already have made its lead: sending it again may make a
+/// second one, so it takes `--force` (after checking Google), or `link` for the lead found.
+fn needs_force(action: &outbox::OutboxRow, force: bool) -> Option<String> {
+    (action.state == "quarantined" && action.kind == outbox::CREATE_LEAD && !force).then(|| {
+        format!(
+            "action {} is a quarantined lead create: its first attempt may have reached Google, and sending it again may create a second lead for referral {}. Look for the lead in Google first: if it exists, `cosell-sync link {} partners/…/leads/…`; if it does not, `cosell-sync outbox retry {} --force`",
+            action.id, action.referral_id, action.referral_id, action.id
+        )
+    })
+}
+
+/// `link REFERRAL_ID RESOURCE`.
+pub async fn link(config: Config, referral_id: &str, resource: &str) -> Outcome {
+    let app = App::build(config)?;
+    let message = super::link::link(&app, referral_id, resource).await?;
+    Ok(Printed::ok(message + "\n"))
+}
+
+/// `auth check`: a token from each cloud, nothing else. The database is not opened. Entra
+/// answers every refresh-token grant with a new refresh token and may retire the one redeemed,
+/// so a check cannot avoid rotating it; dropping the new token could leave the daemon with a
+/// retired one. The new token is kept in the token file, as the daemon keeps it, and the
+/// output says so.
+pub async fn auth_check(config: &Config) -> Outcome {
+    let mut out = String::new();
+    let mut failed = false;
+    let ms = &config.microsoft;
+    let token_file = config.token_file();
+    let before = std::fs::read_to_string(&token_file).ok();
+    let tokens = TokenSource::new(
+        MicrosoftClient::build_http(ms.timeout.0, ms.connect_timeout.0),
+        &ms.authority,
+        ms.tenant.as_deref().unwrap_or_default(),
+        ms.client_id.clone().unwrap_or_default(),
+        ms.client_secret.clone(),
+        ms.refresh_token.clone(),
+        token_file.clone(),
+    )
+    .map_err(AppError::Config)?;
+    match tokens.access_token().await {
+        Ok(_) => {
+            out.push_str("ok      microsoft: a token for the Referrals API was granted\n");
+            if std::fs::read_to_string(&token_file).ok() != before {
+                out.push_str(&format!(
+                    "        Entra rotated the refresh token; the new one is stored in {} (the daemon uses it from now on)\n",
+                    token_file.display()
+                ));
+            }
+        }
+        Err(e) => {
+            failed = true;
+            out.push_str(&format!("FAILED  microsoft: {e}\n"));
+        }
+    }
+    match google_token(config).await {
+        None => out.push_str("skip    google: [google] partner_id is not set\n"),
+        Some(Ok(())) => out
+            .push_str("ok      google: a service-account token for cloudcrmpartners was granted\n"),
+        Some(Err(e)) => {
+            failed = true;
+            out.push_str(&format!("FAILED  google: {e}\n"));
+        }
+    }
+    Ok(Printed {
+        stdout: out,
+        code: if failed { exit::CYCLE_FAILED } else { exit::OK },
+    })
+}
+
+async fn google_token(config: &Config) -> Option<Result<(), String>> {
+    if !config.google_enabled() {
+        return None;
+    }
+    let Some(key) = config.google.credentials_file.as_ref() else {
+        return Some(Err("google.credentials_file is missing".into()));
+    };
+    let result = match GoogleAuth::from_key_file(key) {
+        Ok(auth) => auth.token().await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(format!("google.credentials_file: {e}")),
+    };
+    Some(result)
+}
+
+/// `auth microsoft`: the device-code sign-in; `show` prints the instructions as they come.
+pub async fn auth_microsoft(config: &Config, show: impl Fn(&str)) -> Outcome {
+    let ms = &config.microsoft;
+    let http = MicrosoftClient::build_http(ms.timeout.0, ms.connect_timeout.0);
+    let token_file = config.token_file();
+    crate::microsoft::auth::device_code_flow(
+        &http,
+        &ms.authority,
+        ms.tenant.as_deref().unwrap_or_default(),
+        ms.client_id.as_deref().unwrap_or_default(),
+        ms.client_secret.as_ref(),
+        &token_file,
+        show,
+    )
+    .await
+    .map_err(|e| AppError::Refused(format!("auth microsoft: {e}")))?;
+    Ok(Printed::ok(format!(
+        "Signed in. The refresh token is stored in {} (mode 0600); the daemon rotates it from now on.\n",
+        token_file.display()
+    )))
+}
+
+/// `sync [--dry-run]`: one full cycle with its alerts, then a one-line summary.
+pub async fn sync(config: Config) -> Outcome {
+    let mut app = App::build(config)?;
+    app.become_worker()?;
+    let cycle = app.sync_once().await;
+    match &cycle.report.error {
+        None => Ok(Printed::ok(render::cycle(&cycle.report, &cycle.alerts))),
+        Some(e) => Err(AppError::Refused(format!("cycle failed: {e}"))),
+    }
+}
+
+/// `run [--dry-run]`: the daemon, until SIGTERM or SIGINT.
+pub async fn run(config: Config, file: &Path, force_dry_run: bool) -> Outcome {
+    let mut app = App::build(config)?;
+    app.become_worker()?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    scheduler::cancel_on_signals(shutdown.clone())
+        .map_err(|e| AppError::Refused(format!("cannot install signal handlers: {e}")))?;
+    let health = Arc::new(crate::health::Health::default());
+    if let Some(listen) = app.config.metrics.listen.clone() {
+        crate::health::serve(
+            &listen,
+            health.clone(),
+            app.store.clone(),
+            &app.config,
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| AppError::Refused(format!("metrics.listen {listen}: {e}")))?;
+    }
+    let reload = scheduler::Reload {
+        config_file: file.to_path_buf(),
+        force_dry_run,
+    };
+    scheduler::run(app, shutdown, reload, health)
+        .await
+        .map_err(|e| AppError::Refused(format!("daemon stopped: {e:#}")))?;
+    Ok(Printed::ok(""))
+}
+
+/// `demo`: the simulator story (printed as it goes).
+pub async fn demo(referrals: usize) -> Outcome {
+    super::demo::run(referrals)
+        .await
+        .map_err(|e| AppError::Refused(format!("demo failed: {e:#}")))?;
+    Ok(Printed::ok(""))
+}

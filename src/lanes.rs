@@ -1,0 +1,308 @@
+//! The two lanes, in order (issue "deadline first"):
+//!
+//! - The **deadline lane** ([`run_cycle`] with [`TickOptions::deadline`]) runs every tick and
+//!   never waits on Google re-reads: Microsoft pull (inbox + incremental) → expiry alerts
+//!   (raised and delivered at once: they need only Microsoft data) → plan the referrals whose
+//!   inputs changed → lead creates and write-backs → every other alert and delivery.
+//! - The **refresh lane** ([`refresh_once`], looped by [`crate::scheduler`]) re-reads tracked
+//!   Google records on their own schedule under the hourly budget, at background priority on
+//!   the shared rate limiter; a changed record queues its referral for the deadline lane.
+//!
+//! `sync` (one shot) is both in one cycle ([`TickOptions::one_shot`]): a full pull, the
+//! Google records due now, a full plan, the push and the alerts.
+//!
+//! This module sits above [`crate::sync`] and [`crate::alerts`] and joins them, so neither
+//! imports the other.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::alerts::deliver::{self, AlertSettings, AlertStats, Raise};
+use crate::store::runs;
+use crate::sync::pull::MicrosoftPull;
+use crate::sync::{push, refresh, CycleContext, CycleError, CycleReport, PullStats, RefreshStats};
+
+/// A cycle's report and what its alert phases did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cycle {
+    pub report: CycleReport,
+    pub alerts: AlertStats,
+}
+
+/// What one cycle does besides the deadline path itself.
+#[derive(Debug, Clone, Copy)]
+pub struct TickOptions {
+    /// Plan every candidate referral (otherwise only the plan queue).
+    pub full_plan: bool,
+    /// Read the Google records due now before planning (one-shot `sync` only: the daemon's
+    /// refresh lane does this in the background).
+    pub read_google: bool,
+}
+
+impl TickOptions {
+    /// A deadline-lane tick of the daemon.
+    pub fn deadline(full_plan: bool) -> TickOptions {
+        TickOptions {
+            full_plan,
+            read_google: false,
+        }
+    }
+
+    /// `sync`: everything, once.
+    pub fn one_shot() -> TickOptions {
+        TickOptions {
+            full_plan: true,
+            read_google: true,
+        }
+    }
+}
+
+/// Runs one cycle: records it, runs the phases, records how it ended. A failure is in the
+/// report (and its `cycle_runs` row), never a panic; alerts are raised whatever happened.
+pub async fn run_cycle(
+    ctx: &CycleContext,
+    alerts: &AlertSettings,
+    options: TickOptions,
+    dry_run: bool,
+) -> Cycle {
+    let started = tokio::time::Instant::now();
+    let mut report = CycleReport::new(Utc::now());
+    let span = tracing::info_span!("cycle", cycle_id = %report.cycle_id);
+    let mut stats = AlertStats::default();
+    async {
+        let (id, at) = (report.cycle_id.clone(), report.started_at);
+        if let Err(e) = ctx.store.call(move |c| runs::start_cycle(c, &id, at)).await {
+            report.fail(&e.into());
+        }
+        let mut broken_sinks = HashSet::new();
+        let pulled = pull_acting_on_new(
+            ctx,
+            alerts,
+            &mut report,
+            dry_run,
+            &mut broken_sinks,
+            &mut stats,
+        )
+        .await;
+        let pulled_stats = match &pulled {
+            Ok(s) | Err((s, _)) => *s,
+        };
+        report.pages = pulled_stats.pages;
+        report.counts = pulled_stats.counts;
+        if let Err((_, e)) = &pulled {
+            report.fail(e);
+        }
+        // Expiry alerts go out while the Google work runs: neither waits for the other
+        // (a slow or dead alert sink never delays a lead create).
+        let expiry = deliver::raise_and_deliver(
+            &ctx.store,
+            alerts,
+            Raise::Expiry,
+            Utc::now(),
+            dry_run,
+            &mut broken_sinks,
+        );
+        let google = async {
+            if report.ok() {
+                google_phases(ctx, options, &mut report).await
+            } else {
+                Ok(())
+            }
+        };
+        let (expiry, google) = tokio::join!(expiry, google);
+        stats.add(expiry);
+        if let Err(e) = google {
+            report.fail(&e);
+        }
+        let health = Raise::All {
+            error: report.error.clone(),
+            auth_failed: report.auth_failed,
+        };
+        stats.add(
+            deliver::raise_and_deliver(
+                &ctx.store,
+                alerts,
+                health,
+                Utc::now(),
+                dry_run,
+                &mut broken_sinks,
+            )
+            .await,
+        );
+    }
+    .instrument(span.clone())
+    .await;
+    report.elapsed = started.elapsed();
+    record_end(ctx, &report, &span).await;
+    Cycle {
+        report,
+        alerts: stats,
+    }
+}
+
+/// The Microsoft pull, page by page. A page that brought new referrals is acted on before
+/// the next page is read: its expiry alerts are raised and delivered, and (Google side on)
+/// its referrals are planned and their leads created — so a referral's latency is the pages
+/// before it, not the whole inbox.
+async fn pull_acting_on_new(
+    ctx: &CycleContext,
+    alerts: &AlertSettings,
+    report: &mut CycleReport,
+    dry_run: bool,
+    broken_sinks: &mut HashSet<String>,
+    alert_stats: &mut AlertStats,
+) -> Result<PullStats, (PullStats, CycleError)> {
+    let mut pull = MicrosoftPull::new(&ctx.store, &ctx.microsoft, &ctx.pull, report.started_at);
+    loop {
+        let page = match pull.next_page().await {
+            Ok(Some(page)) => page,
+            Ok(None) => return Ok(pull.stats()),
+            Err(e) => return Err((pull.stats(), e)),
+        };
+        if page.counts.new == 0 {
+            continue;
+        }
+        let expiry = deliver::raise_and_deliver(
+            &ctx.store,
+            alerts,
+            Raise::Expiry,
+            Utc::now(),
+            dry_run,
+            broken_sinks,
+        );
+        let forward = forward_queued(ctx, report);
+        let (expiry, forwarded) = tokio::join!(expiry, forward);
+        alert_stats.add(expiry);
+        if let Err(e) = forwarded {
+            return Err((pull.stats(), e));
+        }
+    }
+}
+
+/// Plans the queued referrals and pushes what is due (the forward path of new referrals).
+async fn forward_queued(ctx: &CycleContext, report: &mut CycleReport) -> Result<(), CycleError> {
+    let Some(google) = &ctx.google else {
+        return Ok(());
+    };
+    let planned = push::plan_queued(&ctx.store, &google.policy, Utc::now()).await?;
+    report.planned.add(planned);
+    let pushed = push::push_due(
+        &ctx.store,
+        &ctx.microsoft,
+        &ctx.pull.retry,
+        google,
+        &report.cycle_id,
+    )
+    .await?;
+    report.pushed.add(pushed);
+    Ok(())
+}
+
+/// Plan and push (and, for a one-shot cycle, the Google reads due first).
+async fn google_phases(
+    ctx: &CycleContext,
+    options: TickOptions,
+    report: &mut CycleReport,
+) -> Result<(), CycleError> {
+    let Some(google) = &ctx.google else {
+        return Ok(());
+    };
+    if options.read_google {
+        let read = read_due(ctx).await?;
+        report.google.fetched = read.read;
+        report.google.failed = read.failed;
+    }
+    let now = Utc::now();
+    if options.full_plan {
+        let planned = push::plan_all(&ctx.store, &google.policy, now).await?;
+        report.planned.add(planned);
+    }
+    forward_queued(ctx, report).await
+}
+
+/// Reads every Google record due now, as far as the budget allows.
+async fn read_due(ctx: &CycleContext) -> Result<RefreshStats, CycleError> {
+    let mut total = RefreshStats::default();
+    loop {
+        let pass = refresh_once(ctx).await?;
+        total.add(pass);
+        if !pass.more_due || pass.budget_exhausted || pass.read + pass.failed + pass.finalized == 0
+        {
+            return Ok(total);
+        }
+    }
+}
+
+/// One pass of the refresh lane (nothing when the Google side is off).
+pub async fn refresh_once(ctx: &CycleContext) -> Result<RefreshStats, CycleError> {
+    match &ctx.google {
+        Some(google) => {
+            refresh::refresh_pass(&ctx.store, google, &google.refresh, Utc::now()).await
+        }
+        None => Ok(RefreshStats::default()),
+    }
+}
+
+/// A full plan of every candidate referral, off the deadline path (the refresh lane's
+/// periodic safety net beside the plan queue).
+pub async fn full_plan(ctx: &CycleContext) -> Result<crate::sync::PlanStats, CycleError> {
+    match &ctx.google {
+        Some(google) => Ok(push::plan_all(&ctx.store, &google.policy, Utc::now()).await?),
+        None => Ok(Default::default()),
+    }
+}
+
+async fn record_end(ctx: &CycleContext, report: &CycleReport, span: &tracing::Span) {
+    let (id, pages, counts, err) = (
+        report.cycle_id.clone(),
+        report.pages,
+        report.counts,
+        report.error.clone(),
+    );
+    let actions = (
+        report.pushed.done,
+        report.pushed.dead + report.pushed.quarantined,
+    );
+    if let Err(e) = ctx
+        .store
+        .call(move |c| {
+            runs::finish_cycle(c, &id, Utc::now(), pages, counts, actions, err.as_deref())
+        })
+        .await
+    {
+        tracing::error!(parent: span, error = %e, "cannot record the end of the cycle");
+    }
+    match &report.error {
+        None => tracing::info!(parent: span,
+            pages = report.pages,
+            new = report.counts.new,
+            changed = report.counts.changed,
+            unchanged = report.counts.unchanged,
+            rejected = report.counts.rejected,
+            google_fetched = report.google.fetched,
+            planned = report.planned.referrals,
+            queued = report.planned.queued,
+            written = report.pushed.done,
+            retried = report.pushed.retried,
+            dead = report.pushed.dead,
+            quarantined = report.pushed.quarantined,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "cycle finished"
+        ),
+        Some(e) => tracing::error!(parent: span, error = %e, pages = report.pages, "cycle failed"),
+    }
+}
+
+/// How long the refresh lane pauses after a pass, from what the pass found.
+pub fn refresh_pause(result: &Result<RefreshStats, CycleError>) -> Duration {
+    match result {
+        Ok(s) if s.more_due && !s.budget_exhausted => Duration::ZERO,
+        Ok(s) if s.budget_exhausted => Duration::from_secs(5),
+        Ok(_) => Duration::from_secs(2),
+        Err(_) => Duration::from_secs(30),
+    }
+}

@@ -1,0 +1,415 @@
+//! Every command's output for people (tables) and for programs (JSON), in one place: times for
+//! people in [`crate::timefmt`]'s one format, RFC 3339 in JSON.
+
+use std::fmt::Write;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::alerts::deliver::AlertStats;
+use crate::alerts::format::deal;
+use crate::status::{ReferralView, StatusReport};
+use crate::store::alerts::AlertRow;
+use crate::store::outbox::{AuditRow, OutboxRow};
+use crate::store::schedule::RefreshBacklog;
+use crate::sync::CycleReport;
+use crate::timefmt::{human, human_text, time_left};
+
+/// Pretty JSON with a final newline.
+pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => text + "\n",
+        // Our report types always serialize; say so rather than print nothing.
+        Err(e) => format!("{{\"error\": \"cannot serialize the report: {e}\"}}\n"),
+    }
+}
+
+/// `sync`'s one-line summary of a cycle that ran.
+pub fn cycle(report: &CycleReport, alerts: &AlertStats) -> String {
+    format!(
+        "cycle ok: {} pages, {} new, {} changed, {} unchanged, {} unreadable; google: {} read, {} queued, {} written, {} to retry, {} dead, {} quarantined; alerts: {} raised, {} delivered, {} undelivered\n",
+        report.pages,
+        report.counts.new,
+        report.counts.changed,
+        report.counts.unchanged,
+        report.counts.rejected,
+        report.google.fetched,
+        report.planned.queued,
+        report.pushed.done,
+        report.pushed.retried,
+        report.pushed.dead,
+        report.pushed.quarantined,
+        alerts.raised,
+        alerts.delivered,
+        alerts.undelivered
+    )
+}
+
+/// `alerts list`.
+pub fn alerts(rows: &[AlertRow]) -> String {
+    let mut out = String::new();
+    if rows.is_empty() {
+        out.push_str("no alerts\n");
+    }
+    for row in rows {
+        let a = &row.alert;
+        let _ = writeln!(
+            out,
+            "{}  {:<9} {:<18} {}",
+            human_text(&a.created_at),
+            a.severity,
+            a.kind,
+            a.message
+        );
+        for (sink, state) in &row.deliveries {
+            let _ = writeln!(out, "      {sink}: {state}");
+        }
+    }
+    out
+}
+
+/// `audit`, and the timeline of `status --referral`.
+pub fn audit(rows: &[AuditRow]) -> String {
+    let mut out = String::new();
+    if rows.is_empty() {
+        out.push_str("no remote writes recorded\n");
+    }
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{}  {:<9} {:<19} {:<7} {:>3}  {}  fields: {}  request-id: {}{}",
+            human_text(&r.at),
+            r.api,
+            r.method,
+            r.outcome,
+            r.status_code
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.resource,
+            r.fields.as_deref().unwrap_or("-"),
+            r.request_id.as_deref().unwrap_or("-"),
+            r.detail
+                .as_deref()
+                .map(|d| format!("  ({d})"))
+                .unwrap_or_default()
+        );
+    }
+    out
+}
+
+/// `outbox list`.
+pub fn outbox(rows: &[OutboxRow]) -> String {
+    let mut out = String::new();
+    if rows.is_empty() {
+        out.push_str("no actions\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<7} {:<12} {:<18} {:<38} {:>3}  {:<20}  LAST ERROR / RESULT",
+        "ID", "STATE", "KIND", "REFERRAL", "TRY", "NEXT ATTEMPT"
+    );
+    for r in rows {
+        let next = if matches!(r.state.as_str(), "pending" | "in_flight") {
+            human(r.next_attempt_at)
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(
+            out,
+            "{:<7} {:<12} {:<18} {:<38} {:>3}  {:<20}  {}",
+            r.id,
+            r.state,
+            r.kind,
+            r.referral_id,
+            r.attempts,
+            next,
+            r.last_error
+                .as_deref()
+                .or(r.result.as_deref())
+                .unwrap_or("")
+        );
+    }
+    out
+}
+
+/// `status` for a terminal: the referrals closest to expiry first.
+pub fn status(report: &StatusReport, limit: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "cosell-sync status — {}", report.database);
+    let _ = writeln!(out);
+    awaiting(&mut out, report, limit);
+    let _ = writeln!(out);
+    states(&mut out, report);
+    let _ = writeln!(out);
+    google_and_outbox(&mut out, report, limit);
+    conflicts(&mut out, report, limit);
+    let _ = writeln!(out);
+    last_cycles(&mut out, report);
+    out
+}
+
+fn awaiting(out: &mut String, report: &StatusReport, limit: usize) {
+    let _ = writeln!(
+        out,
+        "Awaiting response ({} incoming referrals still New), nearest deadline first:",
+        report.awaiting_response.len()
+    );
+    if report.awaiting_response.is_empty() {
+        let _ = writeln!(out, "  none");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "  {:<11} {:<9} {:<28} {:<20} {:<9} REFERRAL",
+        "LEFT", "ALERT", "CUSTOMER", "DEADLINE", "SUBSTATUS"
+    );
+    for e in report.awaiting_response.iter().take(limit) {
+        let left = time_left(e.deadline - report.generated_at);
+        let _ = writeln!(
+            out,
+            "  {:<11} {:<9} {:<28} {:<20} {:<9} {}",
+            if left == "expired" {
+                "EXPIRED".into()
+            } else {
+                left
+            },
+            e.threshold.as_deref().unwrap_or("-"),
+            truncate(e.referral.customer.as_deref().unwrap_or("?"), 28),
+            human(e.deadline),
+            e.referral.substatus.as_deref().unwrap_or("?"),
+            e.referral.id
+        );
+    }
+    if report.awaiting_response.len() > limit {
+        let _ = writeln!(
+            out,
+            "  … {} of {} shown (status --limit N, or status --json, lists more)",
+            limit,
+            report.awaiting_response.len()
+        );
+    }
+}
+
+fn states(out: &mut String, report: &StatusReport) {
+    let _ = writeln!(out, "Referrals by state:");
+    if report.referrals_by_state.is_empty() {
+        let _ = writeln!(out, "  none yet");
+    }
+    for s in &report.referrals_by_state {
+        let _ = writeln!(out, "  {:<8} {:<10} {:>6}", s.status, s.substatus, s.count);
+    }
+    if report.rejected_records > 0 {
+        let _ = writeln!(
+            out,
+            "  ({} records could not be read; see the rejected_records table)",
+            report.rejected_records
+        );
+    }
+}
+
+fn google_and_outbox(out: &mut String, report: &StatusReport, limit: usize) {
+    let _ = writeln!(
+        out,
+        "Google: {} leads and {} opportunities tracked",
+        report.links.leads, report.links.opportunities
+    );
+    let _ = writeln!(out, "{}", refresh(&report.refresh, report.generated_at));
+    if let Some(w) = &report.webhooks {
+        let _ = writeln!(out, "{}", crate::webhook::status_line(w));
+    }
+    if !report.outbox.is_empty() {
+        let summary: Vec<String> = report
+            .outbox
+            .iter()
+            .map(|o| format!("{} {} {}", o.count, o.kind, o.state))
+            .collect();
+        let _ = writeln!(out, "Outbox: {}", summary.join(", "));
+    }
+    if !report.actions_needing_attention.is_empty() {
+        let _ = writeln!(
+            out,
+            "Needs a person (dead or quarantined; cosell-sync outbox retry|drop ID):"
+        );
+        for a in report.actions_needing_attention.iter().take(limit) {
+            let _ = writeln!(
+                out,
+                "  #{:<6} {:<12} {:<18} {}  {}",
+                a.id,
+                a.state,
+                a.kind,
+                a.referral_id,
+                a.last_error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    if !report.open_actions.is_empty() {
+        let _ = writeln!(out, "Open writes: {}", report.open_actions.len());
+        for a in report.open_actions.iter().take(5) {
+            let _ = writeln!(
+                out,
+                "  #{:<6} {:<10} {:<18} {} attempts {}, next {}{}",
+                a.id,
+                a.state,
+                a.kind,
+                a.referral_id,
+                a.attempts,
+                human(a.next_attempt_at),
+                a.last_error
+                    .as_deref()
+                    .map(|e| format!("  last error: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// The refresh lane's line of `status`.
+fn refresh(r: &RefreshBacklog, now: DateTime<Utc>) -> String {
+    let oldest = match &r.oldest_unchecked {
+        None => String::new(),
+        Some(o) => match o.last_checked_at {
+            Some(at) => format!(
+                "; oldest check {} ago ({})",
+                rough_age((now - at).num_seconds()),
+                o.name
+            ),
+            None => format!("; never read yet: {}", o.name),
+        },
+    };
+    format!(
+        "Refresh lane: {} Google records tracked, {} due now, {} reads in the last hour, {} referrals waiting to be planned{}",
+        r.tracked, r.due, r.reads_last_hour, r.plan_queue, oldest
+    )
+}
+
+/// "45s", "12m", "3h 5m", "2d 4h".
+fn rough_age(seconds: i64) -> String {
+    let s = seconds.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn conflicts(out: &mut String, report: &StatusReport, limit: usize) {
+    if !report.conflicts.is_empty() {
+        let _ = writeln!(
+            out,
+            "Conflicts ([sync] conflict = \"manual\"; fix one side, the next cycle follows):"
+        );
+        for c in &report.conflicts {
+            let _ = writeln!(out, "  {} {}: {}", c.referral_id, c.field, c.values());
+        }
+    }
+    if !report.cannot_forward.is_empty() {
+        let _ = writeln!(out, "Cannot become a Google lead:");
+        for b in report.cannot_forward.iter().take(limit) {
+            let _ = writeln!(out, "  {}: {}", b.referral_id, b.reason);
+        }
+    }
+}
+
+fn last_cycles(out: &mut String, report: &StatusReport) {
+    let _ = writeln!(out, "Last cycles:");
+    if report.last_cycles.is_empty() {
+        let _ = writeln!(out, "  none yet");
+    }
+    for c in &report.last_cycles {
+        let _ = writeln!(
+            out,
+            "  {}  {:<11} pages {:>4}  new {:>5}  changed {:>5}  rejected {:>3}  written {:>5}  failed {:>3}{}",
+            human(c.started_at),
+            c.outcome,
+            c.pages,
+            c.referrals_new,
+            c.referrals_changed,
+            c.records_rejected,
+            c.actions_done,
+            c.actions_failed,
+            c.error
+                .as_deref()
+                .map(|e| format!("  error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// `status --referral ID`.
+pub fn referral(view: &ReferralView) -> String {
+    let mut out = String::new();
+    let r = &view.referral;
+    let _ = writeln!(
+        out,
+        "Referral {} — {}",
+        r.id,
+        r.name.as_deref().unwrap_or("(no name)")
+    );
+    let _ = writeln!(out, "  customer:  {}", r.customer.as_deref().unwrap_or("?"));
+    let _ = writeln!(
+        out,
+        "  state:     {}/{}",
+        r.status.as_deref().unwrap_or("?"),
+        r.substatus.as_deref().unwrap_or("?")
+    );
+    let _ = writeln!(
+        out,
+        "  deal:      {}",
+        deal(r.deal_value, r.currency.as_deref())
+    );
+    let _ = writeln!(out, "  created:   {}", human(r.created_at));
+    if let Some(e) = &view.awaiting {
+        let _ = writeln!(
+            out,
+            "  deadline:  {} ({} left{})",
+            human(e.deadline),
+            time_left(e.deadline - view.generated_at),
+            e.threshold
+                .as_deref()
+                .map(|t| format!(", inside the {t} alert threshold"))
+                .unwrap_or_default()
+        );
+    }
+    for (what, record) in [("lead", &view.lead), ("opportunity", &view.opportunity)] {
+        let line = match record {
+            Some(g) => format!(
+                "{} ({}, read {})",
+                g.name,
+                g.state.as_deref().unwrap_or("?"),
+                human(g.fetched_at)
+            ),
+            None => "none".into(),
+        };
+        let _ = writeln!(out, "  {what:<10} {line}");
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Timeline (remote writes, oldest first):");
+    for line in audit(&view.timeline).lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    if !view.actions.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "Outbox:");
+        for line in outbox(&view.actions).lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "Alerts:");
+    for line in alerts(&view.alerts).lines() {
+        let _ = writeln!(out, "  {line}");
+    }
+    out
+}
+
+pub fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_string()
+    } else {
+        let mut s: String = text.chars().take(width - 1).collect();
+        s.push('…');
+        s
+    }
+}

@@ -1,0 +1,214 @@
+//! What the daemon knows, as `status` shows it (read from the store, rendered by
+//! [`crate::render`]): referrals nearest expiry, counts, outbox,
+//! conflicts, last cycles; and one referral's view (`status --referral ID`).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::deadline;
+use crate::store::alerts::{self as astore, AlertRow};
+use crate::store::google::{self as gstore, ConflictRow, Link};
+use crate::store::outbox::{self, AuditRow, OutboxRow};
+use crate::store::referrals::{self, ReferralSummary};
+use crate::store::runs::{self, CycleRun};
+use crate::store::schedule::{self, RefreshBacklog};
+use crate::store::views::{self, GoogleRecord, LinkCounts};
+use crate::store::{Store, StoreError};
+
+/// A referral still waiting for an answer, with its deadline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Expiring {
+    #[serde(flatten)]
+    pub referral: ReferralSummary,
+    pub deadline: DateTime<Utc>,
+    pub remaining_hours: f64,
+    /// The tightest alert threshold already crossed, as configured (`"24h"`).
+    pub threshold: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StateCount {
+    pub status: String,
+    pub substatus: String,
+    pub count: u64,
+}
+
+/// What the daemon knows, as `status` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub generated_at: DateTime<Utc>,
+    pub database: String,
+    pub referrals_by_state: Vec<StateCount>,
+    /// Incoming referrals still New, nearest deadline first.
+    pub awaiting_response: Vec<Expiring>,
+    pub rejected_records: u64,
+    pub last_cycles: Vec<CycleRun>,
+    /// Outbox actions by kind and state.
+    pub outbox: Vec<OutboxCount>,
+    /// Actions that need a person (dead or quarantined) and open ones, newest first.
+    pub actions_needing_attention: Vec<OutboxRow>,
+    pub open_actions: Vec<OutboxRow>,
+    pub conflicts: Vec<ConflictRow>,
+    /// Referrals the forward rules chose that cannot make a valid lead.
+    pub cannot_forward: Vec<Blocked>,
+    pub links: LinkCounts,
+    /// The refresh lane: records tracked and due, the oldest unchecked, the budget used.
+    pub refresh: RefreshBacklog,
+    /// Partner Center events (present when `[webhook]` is set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<crate::store::webhook::WebhookStats>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxCount {
+    pub kind: String,
+    pub state: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Blocked {
+    pub referral_id: String,
+    pub reason: String,
+}
+
+pub fn status(
+    store: &Store,
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Result<StatusReport, StoreError> {
+    let window = config.alerts.response_window.as_chrono();
+    let thresholds = thresholds(config);
+    store.call_blocking(|c| {
+        let mut awaiting: Vec<Expiring> = referrals::awaiting_response(c)?
+            .into_iter()
+            .map(|r| expiring(r, window, &thresholds, now))
+            .collect();
+        awaiting.sort_by(|a, b| {
+            a.deadline
+                .cmp(&b.deadline)
+                .then(a.referral.id.cmp(&b.referral.id))
+        });
+        Ok(StatusReport {
+            generated_at: now,
+            database: store.path().display().to_string(),
+            referrals_by_state: referrals::counts_by_state(c)?
+                .into_iter()
+                .map(|(status, substatus, count)| StateCount {
+                    status,
+                    substatus,
+                    count,
+                })
+                .collect(),
+            awaiting_response: awaiting,
+            rejected_records: referrals::count_rejected(c)?,
+            last_cycles: runs::recent_cycles(c, 5)?,
+            outbox: outbox::counts_by_state(c)?
+                .into_iter()
+                .map(|(kind, state, count)| OutboxCount { kind, state, count })
+                .collect(),
+            actions_needing_attention: outbox::list(c, &["dead", "quarantined"], 50)?,
+            open_actions: outbox::list(c, &["pending", "in_flight"], 50)?,
+            conflicts: gstore::conflicts(c)?,
+            cannot_forward: gstore::forward_blocked(c)?
+                .into_iter()
+                .map(|(referral_id, reason)| Blocked {
+                    referral_id,
+                    reason,
+                })
+                .collect(),
+            refresh: schedule::backlog(c, now)?,
+            links: views::link_counts(c)?,
+            webhooks: match config.webhook {
+                Some(_) => Some(crate::store::webhook::stats(c)?),
+                None => None,
+            },
+        })
+    })
+}
+
+/// One referral with everything known about it (`status --referral ID`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReferralView {
+    pub generated_at: DateTime<Utc>,
+    pub referral: ReferralSummary,
+    /// Set while the referral still waits for an answer.
+    pub awaiting: Option<Expiring>,
+    pub link: Option<Link>,
+    pub lead: Option<GoogleRecord>,
+    pub opportunity: Option<GoogleRecord>,
+    /// Every remote write about it, oldest first.
+    pub timeline: Vec<AuditRow>,
+    /// Its outbox actions, newest first.
+    pub actions: Vec<OutboxRow>,
+    /// Alerts about it, newest first.
+    pub alerts: Vec<AlertRow>,
+}
+
+/// `status --referral ID`; `None` when the database does not know the referral.
+pub fn referral_view(
+    store: &Store,
+    config: &Config,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<ReferralView>, StoreError> {
+    let window = config.alerts.response_window.as_chrono();
+    let thresholds = thresholds(config);
+    store.call_blocking(|c| {
+        let Some(referral) = views::referral(c, id)? else {
+            return Ok(None);
+        };
+        let waiting = referral.status.as_deref() == Some("New")
+            && matches!(referral.substatus.as_deref(), Some("Pending" | "Received"));
+        let awaiting = waiting.then(|| expiring(referral.clone(), window, &thresholds, now));
+        let link = gstore::link(c, id)?;
+        let lead = match link.as_ref().and_then(|l| l.lead_name.as_deref()) {
+            Some(name) => views::lead(c, name)?,
+            None => None,
+        };
+        let opportunity = match link.as_ref().and_then(|l| l.opportunity_name.as_deref()) {
+            Some(name) => views::opportunity(c, name)?,
+            None => None,
+        };
+        Ok(Some(ReferralView {
+            generated_at: now,
+            awaiting,
+            link,
+            lead,
+            opportunity,
+            timeline: outbox::audit_rows(c, Some(id), None, 500)?,
+            actions: outbox::for_referral(c, id, 100)?,
+            alerts: astore::for_referral(c, id, 100)?,
+            referral,
+        }))
+    })
+}
+
+fn thresholds(config: &Config) -> Vec<chrono::Duration> {
+    config
+        .alerts
+        .thresholds
+        .iter()
+        .map(|t| t.as_chrono())
+        .collect()
+}
+
+fn expiring(
+    referral: ReferralSummary,
+    window: chrono::Duration,
+    thresholds: &[chrono::Duration],
+    now: DateTime<Utc>,
+) -> Expiring {
+    let due = deadline::deadline(referral.created_at, referral.expires_at, window);
+    let remaining = due - now;
+    let threshold = deadline::tightest_crossed(remaining, thresholds)
+        .and_then(|t| t.to_std().ok())
+        .map(|t| crate::config::HumanDuration(t).to_string());
+    Expiring {
+        referral,
+        deadline: due,
+        remaining_hours: (remaining.num_minutes() as f64 / 60.0 * 10.0).round() / 10.0,
+        threshold,
+    }
+}

@@ -1,0 +1,91 @@
+//! Read-only queries behind the operator commands (`status`, `status --referral`, `link`'s
+//! checks): what they show, kept here so no SQL lives outside `store/`.
+
+use chrono::Utc;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::StoreError;
+use crate::microsoft::model::parse_timestamp;
+use crate::store::referrals::{summary_row, ReferralSummary, SUMMARY_COLUMNS};
+
+/// How many leads and opportunities are linked to referrals.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct LinkCounts {
+    pub leads: u64,
+    pub opportunities: u64,
+}
+
+pub fn link_counts(conn: &Connection) -> Result<LinkCounts, StoreError> {
+    Ok(conn.query_row(
+        "SELECT COUNT(lead_name), COUNT(opportunity_name) FROM links",
+        [],
+        |r| {
+            Ok(LinkCounts {
+                leads: r.get::<_, i64>(0)? as u64,
+                opportunities: r.get::<_, i64>(1)? as u64,
+            })
+        },
+    )?)
+}
+
+pub fn referral_exists(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM referrals WHERE id = ?1)",
+        [id],
+        |r| r.get(0),
+    )?)
+}
+
+/// One referral as `status --referral` shows it.
+pub fn referral(conn: &Connection, id: &str) -> Result<Option<ReferralSummary>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {SUMMARY_COLUMNS} FROM referrals WHERE id = ?1"),
+            [id],
+            summary_row,
+        )
+        .optional()?)
+}
+
+/// The last copy of a tracked Google record, as the referral view shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct GoogleRecord {
+    pub name: String,
+    /// Lead status (and approval) or opportunity sales stage.
+    pub state: Option<String>,
+    pub deal_size: Option<f64>,
+    pub fetched_at: chrono::DateTime<Utc>,
+}
+
+pub fn lead(conn: &Connection, name: &str) -> Result<Option<GoogleRecord>, StoreError> {
+    record(
+        conn,
+        "SELECT name, TRIM(COALESCE(lead_status, '') || ' ' || COALESCE(approval_status, '')),
+                NULL, fetched_at FROM google_leads WHERE name = ?1",
+        name,
+    )
+}
+
+pub fn opportunity(conn: &Connection, name: &str) -> Result<Option<GoogleRecord>, StoreError> {
+    record(
+        conn,
+        "SELECT name, sales_stage, deal_size, fetched_at FROM google_opportunities WHERE name = ?1",
+        name,
+    )
+}
+
+fn record(conn: &Connection, sql: &str, name: &str) -> Result<Option<GoogleRecord>, StoreError> {
+    Ok(conn
+        .query_row(sql, params![name], |r| {
+            let state: Option<String> = r.get(1)?;
+            let fetched: String = r.get(3)?;
+            Ok(GoogleRecord {
+                name: r.get(0)?,
+                state: state.filter(|s| !s.is_empty()),
+                deal_size: r.get(2)?,
+                fetched_at: parse_timestamp(&fetched).unwrap_or_default(),
+            })
+        })
+        .optional()?)
+}

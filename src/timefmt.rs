@@ -1,0 +1,122 @@
+//! One way to show time to people (`2026-12-01 14:05 UTC`, time left as `2 d 12 h`), used by
+//! every command, the demo and the alert texts; JSON keeps RFC 3339 (pure, a leaf module).
+
+use chrono::{DateTime, Duration, FixedOffset, Utc};
+
+/// `2026-12-01 14:05 UTC`: minutes are the precision a person acts on.
+pub fn human(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// The same in a fixed offset (`[alerts] timezone`): `2026-12-01 15:05 +01:00`; UTC stays `UTC`.
+pub fn human_in(at: DateTime<Utc>, zone: FixedOffset) -> String {
+    if zone.local_minus_utc() == 0 {
+        return human(at);
+    }
+    at.with_timezone(&zone)
+        .format("%Y-%m-%d %H:%M %:z")
+        .to_string()
+}
+
+/// A stored timestamp (RFC 3339, any precision) for people; text that is not one is shown as is.
+pub fn human_text(stored: &str) -> String {
+    match DateTime::parse_from_rfc3339(stored) {
+        Ok(t) => human(t.with_timezone(&Utc)),
+        Err(_) => stored.to_string(),
+    }
+}
+
+/// Time left in one unit family: `2 d 12 h`, `5 h 30 min`, `45 min`; `expired` at or below zero.
+pub fn time_left(remaining: Duration) -> String {
+    let minutes = remaining.num_minutes();
+    if minutes <= 0 {
+        return "expired".into();
+    }
+    let (days, hours, mins) = (minutes / 1440, minutes / 60 % 24, minutes % 60);
+    match (days, hours) {
+        (0, 0) => format!("{mins} min"),
+        (0, h) if mins == 0 => format!("{h} h"),
+        (0, h) => format!("{h} h {mins} min"),
+        (d, 0) => format!("{d} d"),
+        (d, h) => format!("{d} d {h} h"),
+    }
+}
+
+/// Parses `[alerts] timezone`: `UTC`, `Z`, or an offset `+01:00` / `-05:30` / `+0100`.
+pub fn parse_offset(text: &str) -> Option<FixedOffset> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("utc") || text == "Z" {
+        return FixedOffset::east_opt(0);
+    }
+    let (sign, rest) = match text.as_bytes().first()? {
+        b'+' => (1, &text[1..]),
+        b'-' => (-1, &text[1..]),
+        _ => return None,
+    };
+    let digits: String = rest.chars().filter(|c| *c != ':').collect();
+    if digits.len() != 4 || !digits.chars().all(|c| c.is_ascii_digit()) || rest.len() > 5 {
+        return None;
+    }
+    let (h, m): (i32, i32) = (digits[..2].parse().ok()?, digits[2..].parse().ok()?);
+    if h > 14 || m > 59 {
+        return None;
+    }
+    FixedOffset::east_opt(sign * (h * 3600 + m * 60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn one_format_for_people() {
+        assert_eq!(human(at("2026-12-01T14:05:59Z")), "2026-12-01 14:05 UTC");
+        assert_eq!(
+            human_text("2026-12-01T14:05:07.123456789Z"),
+            "2026-12-01 14:05 UTC"
+        );
+        assert_eq!(human_text("not a time"), "not a time");
+        let plus_one = parse_offset("+01:00").unwrap();
+        assert_eq!(
+            human_in(at("2026-12-01T23:30:00Z"), plus_one),
+            "2026-12-02 00:30 +01:00"
+        );
+        assert_eq!(
+            human_in(at("2026-12-01T23:30:00Z"), parse_offset("UTC").unwrap()),
+            "2026-12-01 23:30 UTC"
+        );
+    }
+
+    #[test]
+    fn time_left_uses_one_unit_family() {
+        let left = |m: i64| time_left(Duration::minutes(m));
+        assert_eq!(left(60 * 60), "2 d 12 h");
+        assert_eq!(left(2 * 1440), "2 d");
+        assert_eq!(left(5 * 60 + 30), "5 h 30 min");
+        assert_eq!(left(4 * 60), "4 h");
+        assert_eq!(left(45), "45 min");
+        assert_eq!(left(0), "expired");
+        assert_eq!(left(-90), "expired");
+    }
+
+    #[test]
+    fn offsets_parse_strictly() {
+        assert_eq!(parse_offset("-05:30").unwrap().local_minus_utc(), -19800);
+        assert_eq!(parse_offset("+0100").unwrap().local_minus_utc(), 3600);
+        for bad in [
+            "",
+            "Europe/Berlin",
+            "+1",
+            "+25:00",
+            "+01:60",
+            "01:00",
+            "+01:00:00",
+        ] {
+            assert!(parse_offset(bad).is_none(), "{bad:?}");
+        }
+    }
+}

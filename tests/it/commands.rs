@@ -1,0 +1,276 @@
+//! Commands that promise safety keep it (issue 10.5) and show one time format (10.7):
+//! usage errors exit 2, `auth check` leaves the database alone, a risky retry needs `--force`.
+
+use cosell_sync::sim::{sample, Fault};
+
+use crate::helpers::{stderr, stdout, TestEnv};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_is_a_usage_error_where_it_would_mean_nothing() {
+    let env = TestEnv::with_google("").await;
+    env.sim
+        .put_referrals(sample::pending_inbox(1, chrono::Utc::now()));
+    assert!(env.run(&["sync"]).await.status.success());
+    let before: i64 = env.query("SELECT COUNT(*) FROM outbox WHERE state = 'done'", |r| {
+        r.get(0)
+    });
+    // The binary itself: clap's usage error, before any config or database is touched.
+    let out = env.cli(&["--dry-run", "outbox", "drop", "1"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--dry-run applies only to `run` and `sync`"));
+    for args in [
+        &["--dry-run", "status"][..],
+        &["--dry-run", "outbox", "retry", "1"],
+        &["outbox", "drop", "1", "--dry-run"],
+    ] {
+        assert_eq!(env.run(args).await.status.code(), Some(2), "{args:?}");
+    }
+    let after: i64 = env.query("SELECT COUNT(*) FROM outbox WHERE state = 'done'", |r| {
+        r.get(0)
+    });
+    assert_eq!(before, after, "nothing was dropped");
+    // Where it means something, both spellings work.
+    assert!(env.run(&["sync", "--dry-run"]).await.status.success());
+    assert!(env.run(&["--dry-run", "sync"]).await.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bogus_state_or_resource_name_is_a_usage_error() {
+    let env = TestEnv::with_google("").await;
+    let out = env.run(&["outbox", "list", "--state", "bogus"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("quarantined"),
+        "lists the valid states"
+    );
+    let out = env.run(&["outbox", "list", "--state", "in_flight"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    for bad in [
+        "opportunities/1",
+        "partners//leads/1",
+        "partners/1/leads/",
+        "x",
+    ] {
+        let out = env.run(&["link", &sample::referral_id(0), bad]).await;
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("not a Google resource name"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = env.run(&["audit", "--since", "yesterday-ish"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_check_creates_no_database_and_reports_the_rotated_token() {
+    let env = TestEnv::new().await;
+    let out = env.cli(&["auth", "check"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !env.state_db().exists(),
+        "auth check must not create or migrate the database"
+    );
+    let token_file = env.dir.path().join("microsoft-refresh-token");
+    let text = stdout(&out);
+    assert!(
+        text.contains("rotated the refresh token")
+            && text.contains(&token_file.display().to_string()),
+        "{text}"
+    );
+    // The kept token is the valid one: the configured one was retired by the grant.
+    let out = env.cli(&["sync"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_client_secret_points_at_the_secret_not_at_sign_in() {
+    let env = TestEnv::new().await;
+    env.edit_config(|c| c.replace("sim-client-secret", "wrong-secret"));
+    let out = env.run(&["sync"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("AADSTS7000215"), "{err}");
+    assert!(err.contains("microsoft.client_secret"), "{err}");
+    assert!(!err.contains("auth microsoft"), "{err}");
+    let alert: String = env.query(
+        "SELECT payload FROM alerts WHERE kind = 'sync_unhealthy'",
+        |r| r.get(0),
+    );
+    assert!(alert.contains("microsoft.client_secret"), "{alert}");
+    assert!(!alert.contains("auth microsoft"), "{alert}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_fails_78_when_the_google_key_file_is_missing() {
+    let env = TestEnv::with_google("").await;
+    assert!(env.run(&["check-config"]).await.status.success());
+    std::fs::remove_file(env.dir.path().join("google-key.json")).unwrap();
+    let out = env.run(&["check-config"]).await;
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("google.credentials_file"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.run(&["sync"]).await.status.code(), Some(78), "as sync");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retrying_a_quarantined_create_needs_force() {
+    let env = TestEnv::with_google("").await;
+    env.sim
+        .put_referrals(sample::pending_inbox(1, chrono::Utc::now()));
+    // As in google.rs: the inbox page, then the create — cut after Google made it.
+    env.sim.script_faults([Fault::Pass, Fault::Drop]);
+    assert!(env.run(&["sync"]).await.status.success());
+    let id: i64 = env.query(
+        "SELECT id FROM outbox WHERE state = 'quarantined' AND kind = 'create_lead'",
+        |r| r.get(0),
+    );
+    let out = env.run(&["outbox", "retry", &id.to_string()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("second lead") && err.contains("--force") && err.contains("link"),
+        "{err}"
+    );
+    let state: String = env.query(&format!("SELECT state FROM outbox WHERE id = {id}"), |r| {
+        r.get(0)
+    });
+    assert_eq!(state, "quarantined", "refused means unchanged");
+    let out = env
+        .run(&["outbox", "retry", &id.to_string(), "--force"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let state: String = env.query(&format!("SELECT state FROM outbox WHERE id = {id}"), |r| {
+        r.get(0)
+    });
+    assert_eq!(state, "pending");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listings_use_one_time_format_and_rfc3339_in_json() {
+    let env = TestEnv::with_google("").await;
+    env.sim
+        .put_referrals(sample::demo_set(12, chrono::Utc::now()));
+    assert!(env.run(&["sync"]).await.status.success());
+    let human = regex_like_time;
+    for args in [&["audit"][..], &["status"], &["alerts", "list"]] {
+        let text = stdout(&env.run(args).await);
+        assert!(human(&text), "{args:?}: {text}");
+        assert!(
+            !text.contains("T0") && !text.contains("T1") && !text.contains("T2"),
+            "{args:?}: no RFC 3339 for people: {text}"
+        );
+    }
+    let audit: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["audit", "--json"]).await)).unwrap();
+    let at = audit[0]["at"].as_str().unwrap();
+    assert!(chrono::DateTime::parse_from_rfc3339(at).is_ok(), "{at}");
+    let outbox = stdout(&env.run(&["outbox", "list"]).await);
+    assert!(outbox.contains("NEXT ATTEMPT"), "{outbox}");
+}
+
+/// Whether the text holds a time as people see it: `2026-12-01 14:05 UTC`.
+fn regex_like_time(text: &str) -> bool {
+    text.split(" UTC").any(|before| {
+        let b = before.as_bytes();
+        b.len() >= 16 && {
+            let t = &before[before.len() - 16..];
+            let c: Vec<char> = t.chars().collect();
+            c.len() == 16
+                && c[4] == '-'
+                && c[7] == '-'
+                && c[10] == ' '
+                && c[13] == ':'
+                && [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15]
+                    .iter()
+                    .all(|i| c[*i].is_ascii_digit())
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_referral_shows_one_referrals_timeline_lead_and_alerts() {
+    let env = TestEnv::with_google("").await;
+    env.sim
+        .put_referrals(sample::demo_set(12, chrono::Utc::now()));
+    assert!(env.run(&["sync"]).await.status.success());
+    // Referral 2 is 3 hours from its deadline: it has a lead and a 4h alert.
+    let id = sample::referral_id(2);
+    let out = env.run(&["status", "--referral", &id]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lead = env.sim.referral(&id).unwrap()["externalReferenceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.contains(&format!("Referral {id}")), "{text}");
+    assert!(text.contains(&lead), "the lead: {text}");
+    assert!(
+        text.contains("leads.create"),
+        "the create in the timeline: {text}"
+    );
+    assert!(text.contains("referral_expiring"), "its alert: {text}");
+    assert!(text.contains("deadline:"), "{text}");
+
+    let json: serde_json::Value = serde_json::from_str(&stdout(
+        &env.run(&["status", "--referral", &id, "--json"]).await,
+    ))
+    .unwrap();
+    assert_eq!(json["referral"]["id"], id.as_str());
+    assert_eq!(json["link"]["lead_name"], lead.as_str());
+    assert!(json["timeline"].as_array().unwrap().len() >= 2, "{json}");
+    assert!(json["alerts"][0]["command"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("status --referral {id}")));
+
+    let out = env.run(&["status", "--referral", "no-such-referral"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not in the database"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_tells_its_story_without_log_lines_and_says_when_it_cuts() {
+    let out = tokio::process::Command::new(crate::helpers::BIN)
+        .args(["demo", "--referrals", "60"])
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        !text.contains(" WARN ") && !text.contains(" INFO "),
+        "{text}"
+    );
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Alerts raised ("))
+        .expect("an alerts line");
+    let (shown, total) = line["Alerts raised (".len()..]
+        .split_once(" of ")
+        .map(|(a, b)| (a.to_string(), b.split(' ').next().unwrap().to_string()))
+        .unwrap();
+    let (shown, total): (usize, usize) = (shown.parse().unwrap(), total.parse().unwrap());
+    assert!(shown <= 20 && shown <= total, "{line}");
+    // Most severe first.
+    let severities: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Alerts raised"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  critical") || l.starts_with("  warning"))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    let mut sorted = severities.clone();
+    sorted.sort_by_key(|s| *s != "critical");
+    assert_eq!(severities, sorted, "{text}");
+}

@@ -1,0 +1,367 @@
+//! The two lanes (issue "deadline first"): the deadline lane never waits on Google re-reads;
+//! the refresh lane reads on a per-record schedule that backs off and resets, never reads
+//! final records, and stays inside its hourly budget. In-process where the clock is stepped;
+//! the binary where the daemon's own scheduling is what is tested.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cosell_sync::app::App;
+use cosell_sync::config::Config;
+use cosell_sync::lanes;
+use cosell_sync::sim::sample;
+use cosell_sync::sync::refresh::refresh_pass;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::{stderr, TestEnv, BIN};
+
+/// The app as `run` builds it, in this process.
+fn worker(env: &TestEnv) -> App {
+    let loaded = Config::load(&env.config).expect("config loads");
+    let mut app = App::build(loaded.config).expect("app builds");
+    app.become_worker().expect("worker lock");
+    app
+}
+
+/// Referrals tracked with a lead each: `n` Pending referrals synced once.
+async fn tracked(env: &TestEnv, n: usize) {
+    env.sim.put_referrals(sample::pending_inbox(n, Utc::now()));
+    let out = env.cli(&["sync"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.sim.google_leads().len(), n);
+}
+
+/// A new referral created now with `hours_left` before its deadline.
+fn urgent_referral(id: &str, hours_left: i64) -> serde_json::Value {
+    let now = Utc::now();
+    let mut r = sample::pending_inbox(1, now).remove(0);
+    r["id"] = id.into();
+    r["name"] = "Urgent Contoso deal".into();
+    r["createdDateTime"] = (now - chrono::Duration::days(14) + chrono::Duration::hours(hours_left))
+        .to_rfc3339()
+        .into();
+    r["updatedDateTime"] = now.to_rfc3339().into();
+    r
+}
+
+fn gets(env: &TestEnv) -> u64 {
+    env.sim.counter("google.get_lead") + env.sim.counter("google.get_opportunity")
+}
+
+fn interval_s(env: &TestEnv, name: &str) -> i64 {
+    env.query(
+        &format!("SELECT interval_s FROM refresh_schedule WHERE name = '{name}'"),
+        |r| r.get(0),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deadline_tick_makes_no_google_read_and_does_not_wait_for_a_slow_refresh() {
+    let env = TestEnv::with_google("").await;
+    tracked(&env, 12).await;
+    // Every Google read now takes 2 s: the refresh of 12 records, 2 at a time, takes ~12 s.
+    env.sim.set_google_read_delay(Duration::from_secs(2));
+    let app = std::sync::Arc::new(worker(&env));
+    let refresh = {
+        let app = app.clone();
+        tokio::spawn(async move { lanes::refresh_once(&app.cycle).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    env.sim.put_referrals([urgent_referral("urgent-1", 3)]);
+    let gets_before = gets(&env);
+    let cycle = app.deadline_tick(false).await;
+    assert!(cycle.report.ok(), "{:?}", cycle.report.error);
+    assert!(
+        !refresh.is_finished(),
+        "the deadline tick finished while the refresh lane was still reading"
+    );
+    assert_eq!(
+        env.sim.leads_per_external_id().get("urgent-1"),
+        Some(&1),
+        "the urgent referral has its lead"
+    );
+    let alerted: i64 = env.query(
+        "SELECT COUNT(*) FROM alerts WHERE kind = 'referral_expiring' AND referral_id = 'urgent-1'",
+        |r| r.get(0),
+    );
+    assert_eq!(alerted, 1, "the urgent referral is alerted");
+    // Only the refresh lane reads (at most its 2 reads in flight ended during the tick).
+    assert!(
+        gets(&env) - gets_before <= 2,
+        "the tick itself read nothing"
+    );
+    assert_eq!(cycle.report.google.fetched, 0);
+    let stats = refresh.await.unwrap().expect("refresh pass");
+    assert_eq!(stats.read, 12);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_deadline_tick_plans_nothing_and_writes_nothing() {
+    let env = TestEnv::with_google("").await;
+    tracked(&env, 30).await;
+    let app = worker(&env);
+    // The first tick re-plans what the sync's own writes changed (links, write-backs).
+    let settle = app.deadline_tick(false).await;
+    assert!(settle.report.ok(), "{:?}", settle.report.error);
+    assert_eq!(settle.report.planned.queued, 0, "nothing more to write");
+    let writes_before = env.sim.counter("google.create_lead") + env.sim.counter("patch");
+    let gets_before = gets(&env);
+    let cycle = app.deadline_tick(false).await;
+    assert!(cycle.report.ok(), "{:?}", cycle.report.error);
+    assert_eq!(
+        cycle.report.planned.referrals, 0,
+        "nothing changed, nothing planned"
+    );
+    assert_eq!(cycle.report.pushed.done, 0);
+    assert_eq!(
+        env.sim.counter("google.create_lead") + env.sim.counter("patch"),
+        writes_before
+    );
+    assert_eq!(gets(&env), gets_before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_urgent_referral_gets_its_lead_before_the_rest_of_a_large_inbox_is_read() {
+    let env = TestEnv::with_google("").await;
+    tracked(&env, 250).await; // three inbox pages of 100
+    let app = worker(&env);
+    // Created 13 days and 21 hours ago, seen only now: the oldest in the inbox.
+    env.sim.put_referrals([urgent_referral("late-1", 3)]);
+    let before = env.sim.request_log().len();
+    let cycle = app.deadline_tick(false).await;
+    assert!(cycle.report.ok(), "{:?}", cycle.report.error);
+    let log: Vec<String> = env.sim.request_log().split_off(before);
+    let create = log.iter().position(|k| k == "google.create_lead");
+    let lists: Vec<usize> = (0..log.len()).filter(|&i| log[i] == "list").collect();
+    assert_eq!(
+        lists.len(),
+        3 + 1,
+        "the whole inbox and the incremental query: {log:?}"
+    );
+    let create = create.expect("the late referral's lead was created");
+    assert!(
+        create < lists[1],
+        "the lead was created before the second inbox page was read: {log:?}"
+    );
+    assert_eq!(env.sim.leads_per_external_id().get("late-1"), Some(&1));
+    let alerted: i64 = env.query(
+        "SELECT COUNT(*) FROM alerts WHERE referral_id = 'late-1' AND kind = 'referral_expiring'",
+        |r| r.get(0),
+    );
+    assert_eq!(alerted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_refresh_schedule_backs_off_on_unchanged_records_and_resets_on_change() {
+    let env = TestEnv::with_google(
+        "", // helpers set min_interval = 0s; this test sets its own below
+    )
+    .await;
+    env.edit_config(|c| {
+        c.replace(
+            "[refresh]\nmin_interval = \"0s\"",
+            "[refresh]\nmin_interval = \"1m\"\nmax_interval = \"10m\"\nhot_max_interval = \"4m\"",
+        )
+    });
+    tracked(&env, 3).await;
+    let app = worker(&env);
+    let google = app.cycle.google.as_ref().unwrap();
+    let lead = env.sim.google_leads()[0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t0 = Utc::now();
+    let pass = |at: DateTime<Utc>| refresh_pass(&app.store, google, &google.refresh, at);
+
+    // Just created: the create's answer was the current copy, nothing is due yet.
+    let p = pass(t0).await.unwrap();
+    assert_eq!(p.read, 0, "{p:?}");
+    let mut at = t0 + chrono::Duration::seconds(61);
+    let mut expected = Vec::new();
+    let mut seen = Vec::new();
+    for step in [120, 240, 480, 600, 600] {
+        let p = pass(at).await.unwrap();
+        assert_eq!(p.read, 3, "all three due at {at}: {p:?}");
+        assert_eq!(p.changed, 0);
+        seen.push(interval_s(&env, &lead));
+        expected.push(step);
+        // Half-way to the next check nothing is read.
+        let half = at + chrono::Duration::seconds(step / 2);
+        assert_eq!(pass(half).await.unwrap().read, 0);
+        at += chrono::Duration::seconds(step + 1);
+    }
+    assert_eq!(seen, expected, "doubling from 1m, capped at 10m");
+
+    // Google converts the lead: the next read sees it, and a converted lead is final.
+    assert!(env.sim.convert_lead(&lead, 9000).is_some());
+    let p = pass(at).await.unwrap();
+    assert_eq!(p.read, 3);
+    assert_eq!(p.finalized, 1, "{p:?}");
+    // A converted lead is final: never read again.
+    let next: Option<String> = env.query(
+        &format!("SELECT next_check_at FROM refresh_schedule WHERE name = '{lead}'"),
+        |r| r.get(0),
+    );
+    assert_eq!(next, None, "a converted lead is not read again");
+    let reads_of_others = pass(at + chrono::Duration::hours(2)).await.unwrap();
+    assert_eq!(reads_of_others.read, 2, "only the two live leads are read");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_record_resets_its_interval() {
+    let env = TestEnv::with_google("").await;
+    env.edit_config(|c| {
+        c.replace(
+            "[refresh]\nmin_interval = \"0s\"",
+            "[refresh]\nmin_interval = \"1m\"\nmax_interval = \"1h\"",
+        )
+    });
+    tracked(&env, 1).await;
+    let lead = env.sim.google_leads()[0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let opp = env.sim.convert_lead(&lead, 77).unwrap();
+    // Track the opportunity (in play: its cap is hot_max_interval, 30m by default).
+    let out = env.cli(&["link", &sample::referral_id(0), &opp]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let app = worker(&env);
+    // The link is planned: both sides agree, so that is the base of the three-way merge.
+    assert!(app.deadline_tick(false).await.report.ok());
+    let google = app.cycle.google.as_ref().unwrap();
+    let pass = |at: DateTime<Utc>| refresh_pass(&app.store, google, &google.refresh, at);
+    let mut at = Utc::now() + chrono::Duration::seconds(61);
+    for _ in 0..5 {
+        pass(at).await.unwrap();
+        at += chrono::Duration::seconds(interval_s(&env, &opp) + 1);
+    }
+    assert_eq!(interval_s(&env, &opp), 16 * 60);
+    assert!(env
+        .sim
+        .edit_opportunity(&opp, |o| o["dealSize"] = 99999.0.into()));
+    let p = pass(at).await.unwrap();
+    assert_eq!(p.changed, 1, "{p:?}");
+    assert_eq!(interval_s(&env, &opp), 60, "a change resets the interval");
+    let queued: i64 = env.query("SELECT COUNT(*) FROM plan_queue", |r| r.get(0));
+    assert_eq!(
+        queued, 1,
+        "the changed record queues its referral for planning"
+    );
+    // The deadline lane plans and pushes it: the new deal value reaches Partner Center.
+    let cycle = app.deadline_tick(false).await;
+    assert!(cycle.report.ok(), "{:?}", cycle.report.error);
+    assert_eq!(
+        env.sim.referral(&sample::referral_id(0)).unwrap()["details"]["dealValue"],
+        99999.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_refresh_budget_caps_reads_per_hour_and_per_five_minutes() {
+    let env = TestEnv::with_google("").await;
+    env.edit_config(|c| {
+        c.replace(
+            "[refresh]\nmin_interval = \"0s\"",
+            "[refresh]\nmin_interval = \"0s\"\nreads_per_hour = 24",
+        )
+    });
+    tracked(&env, 10).await;
+    let app = worker(&env);
+    let google = app.cycle.google.as_ref().unwrap();
+    // Two hours on, so the sync's own reads are out of the window.
+    let t0 = Utc::now() + chrono::Duration::hours(2);
+    let mut reads = 0;
+    // Every 30 s for an hour, passes until the budget says no.
+    for step in 0..120 {
+        let at = t0 + chrono::Duration::seconds(30 * step);
+        loop {
+            let p = refresh_pass(&app.store, google, &google.refresh, at)
+                .await
+                .unwrap();
+            reads += p.read;
+            if p.budget_exhausted || p.read == 0 {
+                break;
+            }
+        }
+    }
+    assert_eq!(reads, 24, "exactly the hourly budget, spread over the hour");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_alerts_an_urgent_referral_before_a_throttled_refresh_finishes() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let env = TestEnv::with_google(&format!(
+        "\n[[alerts.webhook]]\nurl = \"{}/hook\"\nformat = \"json\"\n",
+        server.uri()
+    ))
+    .await;
+    env.edit_config(|c| {
+        c.replace(
+            "[refresh]\nmin_interval = \"0s\"",
+            "[refresh]\nmin_interval = \"0s\"\nconcurrency = 1",
+        )
+        .replace("[state]", "[schedule]\nsync = \"* * * * * *\"\n\n[state]")
+    });
+    tracked(&env, 20).await;
+    // Each Google read takes 3 s: re-reading the 20 tracked leads takes a minute.
+    env.sim.set_google_read_delay(Duration::from_secs(3));
+    let reads_before = gets(&env);
+    let log = env.dir.path().join("daemon.log");
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    env.sim.put_referrals([urgent_referral("urgent-2", 3)]);
+    let mut alerted = false;
+    for _ in 0..100 {
+        let bodies: Vec<serde_json::Value> = server
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|r| serde_json::from_slice(&r.body).ok())
+            .collect();
+        if bodies.iter().any(|b| b["referral_id"] == "urgent-2") {
+            alerted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reads_when_alerted = gets(&env) - reads_before;
+    let has_lead = env.sim.leads_per_external_id().get("urgent-2") == Some(&1);
+    // `status` shows the refresh lane's backlog while it works.
+    let status = crate::helpers::stdout(&env.cli(&["status"]).await);
+    // SIGTERM stops both lanes, the slow refresh included, well within shutdown_grace (30 s).
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let exited = tokio::time::timeout(Duration::from_secs(25), child.wait()).await;
+    if exited.is_err() {
+        let _ = child.start_kill();
+    }
+    assert!(alerted, "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(has_lead, "the lead exists by the time the alert arrived");
+    assert!(
+        reads_when_alerted < 20,
+        "alerted while the refresh lane had read {reads_when_alerted} of 20 records"
+    );
+    assert!(
+        status.contains("Refresh lane: 21 Google records tracked"),
+        "{status}"
+    );
+    let exited = exited.expect("stopped within the grace period").unwrap();
+    assert!(exited.success(), "{exited:?}");
+}
