@@ -575,3 +575,34 @@ async fn generated_tamperings_of_a_signed_event_are_all_refused() {
     }
     assert_eq!(request.send().await.unwrap().status().as_u16(), 200);
 }
+
+/// The forwarder and a cycle working on the same new referrals at the same time: the outbox's
+/// one-create-per-referral index and atomic claims leave exactly one lead each.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_racing_a_cycle_on_the_same_referrals_make_one_lead_each() {
+    let h = hooked("").await;
+    h.env.sim.set_webhook_delivery(Delivery {
+        repeat: 2,
+        ..Delivery::default()
+    });
+    let (app, _stop) = start_in_process(&h).await;
+    let ids: Vec<String> = (60..90).map(sample::referral_id).collect();
+    h.env
+        .sim
+        .put_referrals((60..90).map(|i| {
+            sample::referral(i, Utc::now(), chrono::Duration::hours(8), "New", "Pending")
+        }));
+    let (first, second) = tokio::join!(app.sync_once(), app.sync_once());
+    assert!(first.report.ok() || second.report.ok());
+    assert!(
+        wait_until(Duration::from_secs(30), || ids
+            .iter()
+            .all(|id| leads_for(&h, id) == 1))
+        .await,
+        "{:?}",
+        h.env.sim.leads_per_external_id()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(h.env.sim.leads_per_external_id().values().all(|n| *n == 1));
+    assert_eq!(h.env.sim.google_leads().len(), ids.len());
+}
