@@ -152,6 +152,7 @@ ca_file = "{ca}"
         .arg(&config)
         .arg("sync")
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(status.success(), "initial sync failed");
