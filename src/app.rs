@@ -122,6 +122,7 @@ impl App {
                 microsoft,
                 pull,
                 google,
+                stop: tokio_util::sync::CancellationToken::new(),
             },
             config: Arc::new(config),
             store,
@@ -134,11 +135,13 @@ impl App {
     /// recovers what a stopped process left: cycles marked interrupted, in-flight lead
     /// creates quarantined (they may have reached Google), other in-flight writes re-queued.
     pub fn become_worker(&mut self) -> Result<(), AppError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let lock_path = self.store.path().with_extension("lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .map_err(|e| {
                 AppError::Busy(format!(
@@ -179,6 +182,7 @@ impl App {
     /// the old app's writes may still be in flight).
     pub fn inherit_worker(&mut self, from: &App) {
         self.worker_lock = from.worker_lock.clone();
+        self.cycle.stop = from.cycle.stop.clone();
     }
 
     /// One full cycle (`sync`): a full pull, the Google records due now, a full plan, the

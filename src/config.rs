@@ -78,6 +78,11 @@ impl From<ConfigError> for ConfigErrors {
     }
 }
 
+/// No duration in the configuration may exceed this (ten years): beyond it a number is a
+/// typo, and time arithmetic with it could overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+const MAX_DURATION_TEXT: &str = "3650d";
+
 /// A duration written the way people write them: `"90m"`, `"72h"`, `"14d"`, `"1h30m"`, `"500ms"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HumanDuration(pub Duration);
@@ -127,7 +132,14 @@ impl FromStr for HumanDuration {
                     ))
                 }
             };
-            total += Duration::from_secs_f64(number as f64 * seconds_per_unit);
+            // Checked: a number no clock can hold is an error naming the key, not a panic.
+            total = Duration::try_from_secs_f64(number as f64 * seconds_per_unit)
+                .ok()
+                .and_then(|part| total.checked_add(part))
+                .filter(|t| *t <= MAX_DURATION)
+                .ok_or_else(|| {
+                    format!("invalid duration {s:?}: too large (at most {MAX_DURATION_TEXT})")
+                })?;
         }
         Ok(HumanDuration(total))
     }
@@ -164,7 +176,10 @@ impl<'de> Deserialize<'de> for HumanDuration {
         }
         match Raw::deserialize(d)? {
             Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
-            Raw::Seconds(n) => Ok(HumanDuration::secs(n)),
+            Raw::Seconds(n) if Duration::from_secs(n) <= MAX_DURATION => Ok(HumanDuration::secs(n)),
+            Raw::Seconds(n) => Err(serde::de::Error::custom(format!(
+                "{n} seconds is too large (at most {MAX_DURATION_TEXT})"
+            ))),
         }
     }
 }
@@ -622,6 +637,45 @@ pub enum AlertFormat {
     Teams,
 }
 
+/// A webhook URL as it may be shown: scheme, host and port; the path and query (the secret
+/// of a Slack or Teams webhook) become `[redacted]`.
+pub fn redacted_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.path() == "/" && u.query().is_none() && u.password().is_none() => {
+            u.origin().ascii_serialization()
+        }
+        Ok(u) => format!("{}/[redacted]", u.origin().ascii_serialization()),
+        Err(_) => "[redacted]".into(),
+    }
+}
+
+fn redact_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redacted_url(url))
+}
+
+impl WebhookConfig {
+    /// The key deliveries are stored and shown under: `webhook:NAME`, or the redacted URL
+    /// with a stable hash of the whole URL (two webhooks on one host stay apart).
+    pub fn sink_key(&self) -> String {
+        match &self.name {
+            Some(name) => format!("webhook:{name}"),
+            None => format!(
+                "webhook:{} #{:016x}",
+                redacted_url(&self.url),
+                fnv1a(self.url.as_bytes())
+            ),
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: stable across Rust versions and platforms (std's hasher is not), which
+/// a key stored in the database needs.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// Header values carry credentials (`Authorization = "Bearer ..."`): always redacted.
 fn redact_headers<S: Serializer>(
     headers: &std::collections::BTreeMap<String, SecretString>,
@@ -638,7 +692,13 @@ fn redact_headers<S: Serializer>(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
+    /// The path of a Slack or Teams webhook URL is its key: printed only as
+    /// [`redacted_url`], never stored (deliveries are keyed by [`WebhookConfig::sink_key`]).
+    #[serde(serialize_with = "redact_url")]
     pub url: String,
+    /// What deliveries are recorded and shown under; default: the host and a hash of the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default = "default_format")]
     pub format: AlertFormat,
     /// Extra request headers, e.g. for authentication.
@@ -761,6 +821,97 @@ impl Config {
         }
     }
 
+    /// Per key, the longest duration that makes sense; longer is a typo (a grace period of a
+    /// year, a timeout of a month) and is refused by key.
+    fn duration_ceilings(&self) -> Vec<(String, Duration, Duration)> {
+        const HOUR: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(86_400);
+        let ms = &self.microsoft;
+        let r = &ms.retry;
+        let mut out: Vec<(String, Duration, Duration)> = vec![
+            (
+                "daemon.shutdown_grace".into(),
+                self.daemon.shutdown_grace.0,
+                HOUR,
+            ),
+            (
+                "daemon.stuck_after".into(),
+                self.daemon.stuck_after.0,
+                7 * DAY,
+            ),
+            ("microsoft.timeout".into(), ms.timeout.0, HOUR),
+            (
+                "microsoft.connect_timeout".into(),
+                ms.connect_timeout.0,
+                HOUR,
+            ),
+            (
+                "microsoft.incremental_overlap".into(),
+                ms.incremental_overlap.0,
+                7 * DAY,
+            ),
+            (
+                "microsoft.initial_lookback".into(),
+                ms.initial_lookback.0,
+                3650 * DAY,
+            ),
+            ("microsoft.retry.min_delay".into(), r.min_delay.0, DAY),
+            ("microsoft.retry.max_delay".into(), r.max_delay.0, DAY),
+            ("microsoft.retry.max_total".into(), r.max_total.0, DAY),
+            (
+                "microsoft.retry.max_retry_after".into(),
+                r.max_retry_after.0,
+                DAY,
+            ),
+            ("google.timeout".into(), self.google.timeout.0, HOUR),
+            (
+                "google.connect_timeout".into(),
+                self.google.connect_timeout.0,
+                HOUR,
+            ),
+            (
+                "google.retry.min_delay".into(),
+                self.google.retry.min_delay.0,
+                DAY,
+            ),
+            (
+                "google.retry.max_delay".into(),
+                self.google.retry.max_delay.0,
+                DAY,
+            ),
+            (
+                "google.retry.max_total".into(),
+                self.google.retry.max_total.0,
+                DAY,
+            ),
+            (
+                "google.retry.max_retry_after".into(),
+                self.google.retry.max_retry_after.0,
+                DAY,
+            ),
+            ("sync.retry_min".into(), self.sync.retry_min.0, 7 * DAY),
+            ("sync.retry_max".into(), self.sync.retry_max.0, 30 * DAY),
+            (
+                "alerts.response_window".into(),
+                self.alerts.response_window.0,
+                365 * DAY,
+            ),
+        ];
+        if let Some(d) = self.google.lead.default_close_in {
+            out.push(("google.lead.default_close_in".into(), d.0, 3650 * DAY));
+        }
+        for (i, t) in self.alerts.thresholds.iter().enumerate() {
+            out.push((format!("alerts.thresholds[{i}]"), t.0, 365 * DAY));
+        }
+        for (i, w) in self.alerts.webhook.iter().enumerate() {
+            out.push((format!("alerts.webhook[{i}].timeout"), w.timeout.0, HOUR));
+        }
+        for (i, c) in self.alerts.command.iter().enumerate() {
+            out.push((format!("alerts.command[{i}].timeout"), c.timeout.0, HOUR));
+        }
+        out
+    }
+
     /// Checks every key and reports all problems together, each naming its key, one helper
     /// per section (in this order, so the messages come in the order of the file).
     fn validate_checked(&self, require_refresh_token: bool) -> Result<(), ConfigErrors> {
@@ -879,9 +1030,33 @@ impl Config {
                 ));
             }
         }
+        if self.google_enabled()
+            && lead
+                .product_family
+                .as_deref()
+                .is_none_or(|f| f.trim().is_empty())
+            && lead.product_families.is_empty()
+        {
+            errors.push(ConfigError::new(
+                "google.lead.product_family",
+                "is missing, and google.lead.product_families is empty: no referral could ever become a Google lead (set product_family, e.g. \"GOOGLE_CLOUD_PLATFORM\", or map Microsoft products in product_families)",
+            ));
+        }
     }
 
     fn check_sync_alerts_metrics(&self, errors: &mut Vec<ConfigError>) {
+        for (key, value, max) in self.duration_ceilings() {
+            if value > max {
+                errors.push(ConfigError::new(
+                    key,
+                    format!(
+                        "{} is too long (at most {})",
+                        HumanDuration(value),
+                        HumanDuration(max)
+                    ),
+                ));
+            }
+        }
         if self.sync.concurrency == 0 {
             errors.push(ConfigError::new("sync.concurrency", "must be at least 1"));
         }
@@ -910,8 +1085,12 @@ impl Config {
             ));
         }
         for (i, hook) in self.alerts.webhook.iter().enumerate() {
-            if let Err(e) = check_base_url(&hook.url) {
-                errors.push(ConfigError::new(format!("alerts.webhook[{i}].url"), e));
+            if check_base_url(&hook.url).is_err() {
+                // Not quoted: the URL is a secret.
+                errors.push(ConfigError::new(
+                    format!("alerts.webhook[{i}].url"),
+                    "must be an http(s) URL",
+                ));
             }
         }
         for (i, command) in self.alerts.command.iter().enumerate() {

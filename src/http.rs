@@ -49,6 +49,11 @@ pub enum ApiError {
         message: String,
         request_id: Option<String>,
     },
+    /// The client refused to do what the answer asked: follow a link to another origin (the
+    /// credential would go with it), follow a link it already followed, or read past a cap.
+    /// Never transient: asking again gets the same answer.
+    #[error("{api}: {message}")]
+    Refused { api: &'static str, message: String },
     /// Getting an access token failed.
     #[error("{api} authentication failed: {message}")]
     Auth {
@@ -67,6 +72,7 @@ impl ApiError {
         match self {
             ApiError::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
             ApiError::Transport { .. } | ApiError::Malformed { .. } => true,
+            ApiError::Refused { .. } => false,
             ApiError::Auth { transient, .. } => *transient,
         }
     }
@@ -128,22 +134,61 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// The longest pause any server may ask for. A longer `Retry-After` is clamped to it, so a
+/// hostile or broken number can neither overflow time arithmetic nor park a write for years.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// Parses `Retry-After` as delta-seconds or an HTTP date; falls back to the "Try again in N
 /// seconds" sentence of Partner Center's 429 body, whose shape differs from its other errors.
+/// The answer is clamped to [`MAX_RETRY_AFTER`].
 pub fn parse_retry_after(header: Option<&str>, body: &str) -> Option<Duration> {
+    parse_retry_after_unclamped(header, body).map(|d| d.min(MAX_RETRY_AFTER))
+}
+
+fn parse_retry_after_unclamped(header: Option<&str>, body: &str) -> Option<Duration> {
     if let Some(value) = header.map(str::trim) {
-        if let Ok(secs) = value.parse::<u64>() {
-            return Some(Duration::from_secs(secs));
+        if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+            // All digits but too large for u64: as long as it gets.
+            return Some(value.parse().map_or(Duration::MAX, Duration::from_secs));
         }
         if let Ok(when) = chrono::DateTime::parse_from_rfc2822(value) {
-            let delta = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
+            let delta = when
+                .with_timezone(&chrono::Utc)
+                .signed_duration_since(chrono::Utc::now());
             return Some(delta.to_std().unwrap_or(Duration::ZERO));
         }
     }
     let lower = body.to_ascii_lowercase();
     let rest = &lower[lower.find("try again in ")? + "try again in ".len()..];
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok().map(Duration::from_secs)
+    if digits.is_empty() {
+        return None;
+    }
+    Some(digits.parse().map_or(Duration::MAX, Duration::from_secs))
+}
+
+/// The largest answer body read from any API (a referral page of 100 is well under 1 MiB);
+/// a longer one is cut off and reported as malformed, so a hostile server cannot exhaust memory.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Whether two URLs share scheme, host and port: a credential goes only to its own origin.
+pub fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+/// The redirect policy of every client: follow a few redirects within one origin, never to
+/// another (reqwest would re-send custom headers such as a webhook's `X-Api-Key` there).
+pub fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let first = attempt.previous().first().cloned();
+        match first {
+            _ if attempt.previous().len() >= 5 => attempt.error("too many redirects"),
+            Some(first) if same_origin(&first, attempt.url()) => attempt.follow(),
+            _ => attempt.stop(),
+        }
+    })
 }
 
 /// Bounded exponential backoff with full jitter, for short blips inside one attempt.
@@ -300,15 +345,39 @@ pub async fn send_and_read(
     let status = response.status();
     crate::health::metrics().api_request(api, method, Some(status.as_u16()));
     let headers = response.headers().clone();
-    let text = response
-        .text()
-        .await
-        .map_err(|e| ApiError::transport(api, method, path, &e))?;
+    let text = read_capped(api, method, path, response).await?;
     Ok(RawAnswer {
         status,
         headers,
         text,
     })
+}
+
+/// Reads a body up to [`MAX_BODY_BYTES`]; a longer one is an error, not an allocation.
+pub async fn read_capped(
+    api: &'static str,
+    method: &str,
+    path: &str,
+    mut response: reqwest::Response,
+) -> Result<String, ApiError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| ApiError::transport(api, method, path, &e))?
+    {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(ApiError::Malformed {
+                api,
+                method: method.to_string(),
+                path: path.to_string(),
+                message: format!("answer larger than {MAX_BODY_BYTES} bytes; not read"),
+                request_id: None,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// A fresh correlation id for one request (`client-request-id`).

@@ -61,6 +61,31 @@ impl TickOptions {
     }
 }
 
+/// The alert phases of one cycle: what they raised and delivered, and the sinks that failed
+/// (not tried again until the next cycle).
+struct Alerting<'a> {
+    store: &'a crate::store::Store,
+    settings: &'a AlertSettings,
+    dry_run: bool,
+    broken_sinks: HashSet<String>,
+    stats: AlertStats,
+}
+
+impl Alerting<'_> {
+    async fn raise(&mut self, which: Raise) {
+        let stats = deliver::raise_and_deliver(
+            self.store,
+            self.settings,
+            which,
+            Utc::now(),
+            self.dry_run,
+            &mut self.broken_sinks,
+        )
+        .await;
+        self.stats.add(stats);
+    }
+}
+
 /// Runs one cycle: records it, runs the phases, records how it ended. A failure is in the
 /// report (and its `cycle_runs` row), never a panic; alerts are raised whatever happened.
 pub async fn run_cycle(
@@ -72,22 +97,19 @@ pub async fn run_cycle(
     let started = tokio::time::Instant::now();
     let mut report = CycleReport::new(Utc::now());
     let span = tracing::info_span!("cycle", cycle_id = %report.cycle_id);
-    let mut stats = AlertStats::default();
+    let mut alerting = Alerting {
+        store: &ctx.store,
+        settings: alerts,
+        dry_run,
+        broken_sinks: HashSet::new(),
+        stats: AlertStats::default(),
+    };
     async {
         let (id, at) = (report.cycle_id.clone(), report.started_at);
         if let Err(e) = ctx.store.call(move |c| runs::start_cycle(c, &id, at)).await {
             report.fail(&e.into());
         }
-        let mut broken_sinks = HashSet::new();
-        let pulled = pull_acting_on_new(
-            ctx,
-            alerts,
-            &mut report,
-            dry_run,
-            &mut broken_sinks,
-            &mut stats,
-        )
-        .await;
+        let pulled = pull_acting_on_new(ctx, &mut alerting, &mut report).await;
         let pulled_stats = match &pulled {
             Ok(s) | Err((s, _)) => *s,
         };
@@ -98,23 +120,13 @@ pub async fn run_cycle(
         }
         // Expiry alerts go out while the Google work runs: neither waits for the other
         // (a slow or dead alert sink never delays a lead create).
-        let expiry = deliver::raise_and_deliver(
-            &ctx.store,
-            alerts,
-            Raise::Expiry,
-            Utc::now(),
-            dry_run,
-            &mut broken_sinks,
-        );
         let google = async {
-            if report.ok() {
-                google_phases(ctx, options, &mut report).await
-            } else {
-                Ok(())
+            match report.ok() {
+                true => google_phases(ctx, options, &mut report).await,
+                false => Ok(()),
             }
         };
-        let (expiry, google) = tokio::join!(expiry, google);
-        stats.add(expiry);
+        let ((), google) = tokio::join!(alerting.raise(Raise::Expiry), google);
         if let Err(e) = google {
             report.fail(&e);
         }
@@ -122,17 +134,7 @@ pub async fn run_cycle(
             error: report.error.clone(),
             auth_failed: report.auth_failed,
         };
-        stats.add(
-            deliver::raise_and_deliver(
-                &ctx.store,
-                alerts,
-                health,
-                Utc::now(),
-                dry_run,
-                &mut broken_sinks,
-            )
-            .await,
-        );
+        alerting.raise(health).await;
     }
     .instrument(span.clone())
     .await;
@@ -140,7 +142,7 @@ pub async fn run_cycle(
     record_end(ctx, &report, &span).await;
     Cycle {
         report,
-        alerts: stats,
+        alerts: alerting.stats,
     }
 }
 
@@ -150,11 +152,8 @@ pub async fn run_cycle(
 /// before it, not the whole inbox.
 async fn pull_acting_on_new(
     ctx: &CycleContext,
-    alerts: &AlertSettings,
+    alerting: &mut Alerting<'_>,
     report: &mut CycleReport,
-    dry_run: bool,
-    broken_sinks: &mut HashSet<String>,
-    alert_stats: &mut AlertStats,
 ) -> Result<PullStats, (PullStats, CycleError)> {
     let mut pull = MicrosoftPull::new(&ctx.store, &ctx.microsoft, &ctx.pull, report.started_at);
     loop {
@@ -166,17 +165,8 @@ async fn pull_acting_on_new(
         if page.counts.new == 0 {
             continue;
         }
-        let expiry = deliver::raise_and_deliver(
-            &ctx.store,
-            alerts,
-            Raise::Expiry,
-            Utc::now(),
-            dry_run,
-            broken_sinks,
-        );
-        let forward = forward_queued(ctx, report);
-        let (expiry, forwarded) = tokio::join!(expiry, forward);
-        alert_stats.add(expiry);
+        let ((), forwarded) =
+            tokio::join!(alerting.raise(Raise::Expiry), forward_queued(ctx, report));
         if let Err(e) = forwarded {
             return Err((pull.stats(), e));
         }
@@ -196,6 +186,7 @@ async fn forward_queued(ctx: &CycleContext, report: &mut CycleReport) -> Result<
         &ctx.pull.retry,
         google,
         &report.cycle_id,
+        &ctx.stop,
     )
     .await?;
     report.pushed.add(pushed);

@@ -63,6 +63,11 @@ pub async fn run(
     reload: Reload,
     health: Arc<Health>,
 ) -> anyhow::Result<()> {
+    // A reload during start-up (before the first token) is taken after it, never fatal.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut app = app;
+    // SIGTERM stops new remote writes inside a running cycle too, not only new cycles.
+    app.cycle.stop = shutdown.clone();
     wait_for_first_token(&app, &shutdown).await?;
     let daemon = Arc::new(Daemon {
         app: RwLock::new(Arc::new(app)),
@@ -103,7 +108,6 @@ pub async fn run(
         tokio::spawn(feed_watchdog(daemon.clone(), interval));
     }
 
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -318,11 +322,15 @@ async fn feed_watchdog(daemon: Arc<Daemon>, interval: Duration) {
     }
 }
 
-/// Cancels `token` on SIGTERM or SIGINT.
+/// Cancels `token` on SIGTERM or SIGINT. SIGHUP's handler is installed here too, with
+/// SIGTERM's, so a reload sent while the daemon starts never kills it (its default action);
+/// [`run`] takes the reload once it is up.
 pub fn cancel_on_signals(token: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // Installing the handler is what matters; tokio keeps it for the life of the process.
+    drop(signal(SignalKind::hangup())?);
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM received"),

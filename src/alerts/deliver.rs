@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use tokio::io::AsyncWriteExt;
 
-use super::due::{expiry_alert, health_alert, HealthEpisode};
+use super::due::{expiry_alert, forward_blocked_alert, health_alert, HealthEpisode};
 use super::{format, Alert};
 use crate::config::{AlertFormat, AlertsConfig, CommandConfig, WebhookConfig};
 use crate::store::{alerts as astore, google as gstore, outbox, referrals, Store, StoreError};
@@ -29,7 +29,7 @@ impl Sink {
     /// The name deliveries are recorded under.
     pub fn key(&self) -> String {
         match self {
-            Sink::Webhook(w) => format!("webhook:{}", w.url),
+            Sink::Webhook(w) => w.sink_key(),
             Sink::Command(c) => format!("command:{}", c.argv.join(" ")),
         }
     }
@@ -44,10 +44,11 @@ impl Sink {
                 for (name, value) in &w.headers {
                     request = request.header(name, value.expose_secret());
                 }
+                // reqwest names the URL in its errors: the URL is a secret.
                 let response = request
                     .send()
                     .await
-                    .map_err(|e| crate::http::error_chain(&e))?;
+                    .map_err(|e| crate::http::error_chain(&e.without_url()))?;
                 let status = response.status();
                 if status.is_success() {
                     Ok(())
@@ -137,6 +138,8 @@ impl AlertSettings {
             sinks,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
+                // A redirect to another host would re-POST the alert with its secret headers.
+                .redirect(crate::http::same_origin_redirects())
                 .user_agent(concat!("cosell-sync/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .expect("reqwest client builds"),
@@ -274,6 +277,10 @@ async fn raise_due(
                 alert.link = Some(settings.referral_url.replace("{id}", &row.referral_id));
                 raise(&tx, alert)?;
             }
+            // Referrals that can never be forwarded as they are.
+            for (referral_id, reason) in gstore::forward_blocked(&tx)? {
+                raise(&tx, forward_blocked_alert(&referral_id, &reason, &settings.referral_url, now))?;
+            }
             for conflict in gstore::conflicts(&tx)? {
                 let mut alert = Alert::general(
                     format!("conflict:{}:{}:{}", conflict.referral_id, conflict.field, conflict.detected_at),
@@ -353,6 +360,18 @@ pub async fn deliver_pending(
     broken: &mut HashSet<String>,
 ) -> Result<(u64, u64), StoreError> {
     let sinks: HashMap<String, &Sink> = settings.sinks.iter().map(|s| (s.key(), s)).collect();
+    // Databases of earlier versions keyed webhook deliveries by the URL itself (a secret).
+    let renames: Vec<(String, String)> = settings
+        .sinks
+        .iter()
+        .filter_map(|s| match s {
+            Sink::Webhook(w) => Some((format!("webhook:{}", w.url), s.key())),
+            Sink::Command(_) => None,
+        })
+        .collect();
+    store
+        .call(move |c| astore::rename_sinks(c, &renames))
+        .await?;
     let (mut delivered, mut undelivered) = (0, 0);
     let pending = store.call(|c| astore::pending(c, 10_000)).await?;
     for (alert, sink_key, attempts_before) in pending {

@@ -81,6 +81,33 @@ pub fn expiry_alert(
     })
 }
 
+/// `forward_blocked`: a referral that cannot become a Google lead (a missing field, an unusable
+/// amount, an unmapped product) will expire unless a person fixes something. Once per referral
+/// and reason: the id carries a stable hash of the reason.
+pub fn forward_blocked_alert(
+    referral_id: &str,
+    reason: &str,
+    referral_url: &str,
+    now: DateTime<Utc>,
+) -> Alert {
+    let mut alert = Alert::general(
+        format!(
+            "forward_blocked:{referral_id}:{:016x}",
+            crate::config::fnv1a(reason.as_bytes())
+        ),
+        "forward_blocked",
+        "warning",
+        format!(
+            "Referral {referral_id} cannot become a Google lead: {reason}. Fix the referral or [google.lead], or it expires unanswered."
+        ),
+        now,
+    );
+    alert.referral_id = Some(referral_id.to_string());
+    alert.link = Some(referral_url.replace("{id}", referral_id));
+    alert.command = Some(super::status_command(referral_id));
+    alert
+}
+
 /// The sync's health episode, kept between cycles (not the daemon's liveness, which is
 /// [`crate::health::Health`]).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -57,8 +57,9 @@ pub fn load_config_for_auth(file: &Path) -> Result<Config, AppError> {
 
 /// The one place the read-only commands (`status`, `audit`, `alerts list`, `outbox list`)
 /// open the database.
+/// Read-only: never creates, migrates or writes ("no database at PATH" when it is missing).
 pub fn open_for_reading(config: &Config) -> Result<Store, AppError> {
-    Ok(Store::open(&config.state.path)?)
+    Ok(Store::open_read_only(&config.state.path)?)
 }
 
 /// The database for commands that change it on the operator's word (`outbox retry|drop`).

@@ -18,6 +18,17 @@ use crate::http::{new_request_id, send_and_read, ApiError, RateLimiter};
 
 const API: &str = "google";
 
+/// A request that holds its token and its rate-limit slot and has not been sent.
+#[derive(Debug)]
+pub struct Prepared {
+    method: Method,
+    url: Url,
+    body: Option<String>,
+    token: secrecy::SecretString,
+    /// What error messages name (the parent of a create).
+    label: String,
+}
+
 /// A successful call's parsed body and the id to quote in the audit table.
 #[derive(Debug)]
 pub struct Answer<T> {
@@ -77,10 +88,31 @@ impl GoogleClient {
     /// `POST /v1/{parent}/leads`. The caller must treat a transport error with `maybe_sent`
     /// (or an unreadable 2xx body) as an unknown outcome, not as a failure to retry.
     pub async fn create_lead(&self, parent: &str, lead: &Value) -> Result<Answer<Lead>, ApiError> {
+        let ready = self.prepare_create_lead(parent, lead).await?;
+        self.send_create_lead(ready).await
+    }
+
+    /// The first half of a create: gets the token and waits for the rate limiter, sending
+    /// nothing. The caller records "may be on the wire" between this and
+    /// [`GoogleClient::send_create_lead`], so a crash never leaves a create in doubt that was
+    /// only waiting for its turn.
+    pub async fn prepare_create_lead(
+        &self,
+        parent: &str,
+        lead: &Value,
+    ) -> Result<Prepared, ApiError> {
         let url = self.url(&format!("{parent}/leads"));
-        let (body, request_id) = self.send(Method::POST, url, Some(lead)).await?;
+        let mut ready = self.prepare(Method::POST, url, Some(lead)).await?;
+        ready.label = parent.to_string();
+        Ok(ready)
+    }
+
+    /// Sends a create prepared by [`GoogleClient::prepare_create_lead`], at once.
+    pub async fn send_create_lead(&self, ready: Prepared) -> Result<Answer<Lead>, ApiError> {
+        let parent = ready.label.clone();
+        let (body, request_id) = self.dispatch(ready).await?;
         let lead =
-            Lead::from_value(&body).map_err(|e| self.malformed("POST", parent, e, &request_id))?;
+            Lead::from_value(&body).map_err(|e| self.malformed("POST", &parent, e, &request_id))?;
         Ok(Answer {
             value: lead,
             request_id,
@@ -142,12 +174,40 @@ impl GoogleClient {
         url: Url,
         body: Option<&Value>,
     ) -> Result<(Value, String), ApiError> {
+        let ready = self.prepare(method, url, body).await?;
+        self.dispatch(ready).await
+    }
+
+    /// Token first, then the rate limiter: what is left is only the send.
+    async fn prepare(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<Prepared, ApiError> {
         let token = self.auth.token().await?;
         if self.background {
             self.limiter.acquire_background().await;
         } else {
             self.limiter.acquire().await;
         }
+        Ok(Prepared {
+            method,
+            url,
+            body: body.map(Value::to_string),
+            token,
+            label: String::new(),
+        })
+    }
+
+    async fn dispatch(&self, ready: Prepared) -> Result<(Value, String), ApiError> {
+        let Prepared {
+            method,
+            url,
+            body,
+            token,
+            ..
+        } = ready;
         // Google does not echo a request id; ours goes in `x-request-id` and in the audit row.
         let request_id = new_request_id();
         let path = url.path().to_string();
@@ -158,9 +218,7 @@ impl GoogleClient {
             .header("x-request-id", &request_id)
             .bearer_auth(token.expose_secret());
         if let Some(body) = body {
-            request = request
-                .header(CONTENT_TYPE, "application/json")
-                .body(body.to_string());
+            request = request.header(CONTENT_TYPE, "application/json").body(body);
         }
         let started = Instant::now();
         let answer = send_and_read(API, method.as_str(), &path, request).await?;

@@ -164,12 +164,14 @@ impl TokenSource {
                 transient: true,
             })?;
         let status = response.status();
-        let body = response.text().await.map_err(|e| ApiError::Auth {
-            api: API,
-            message: format!("token answer cut short: {}", error_chain(&e)),
-            code: None,
-            transient: true,
-        })?;
+        let body = crate::http::read_capped(API, "POST", "token", response)
+            .await
+            .map_err(|e| ApiError::Auth {
+                api: API,
+                message: format!("token answer cut short or too large: {e}"),
+                code: None,
+                transient: true,
+            })?;
         if !status.is_success() {
             let err: OAuthError = serde_json::from_str(&body).unwrap_or_default();
             let permanent = status.is_client_error() && status.as_u16() != 429;
@@ -222,7 +224,7 @@ impl TokenSource {
                 transient: false,
             })?;
         }
-        let lifetime = Duration::from_secs(parsed.expires_in.unwrap_or(3600));
+        let lifetime = token_lifetime(parsed.expires_in);
         // Renew a little early: 5 minutes, or a tenth of a short lifetime.
         let margin = (lifetime / 10).min(Duration::from_secs(300));
         tracing::debug!(
@@ -232,9 +234,18 @@ impl TokenSource {
         );
         Ok(CachedToken {
             access_token: SecretString::from(parsed.access_token),
-            refresh_at: started + lifetime - margin,
+            refresh_at: started + (lifetime - margin),
         })
     }
+}
+
+/// The longest access-token lifetime believed (Entra's are 60–90 minutes): an absurd
+/// `expires_in` can neither overflow the clock nor keep a revoked token cached for years.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// `expires_in` as a lifetime: one hour when absent, clamped to [`MAX_TOKEN_LIFETIME`].
+pub fn token_lifetime(expires_in: Option<u64>) -> Duration {
+    Duration::from_secs(expires_in.unwrap_or(3600)).min(MAX_TOKEN_LIFETIME)
 }
 
 /// `{authority}/{tenant}/oauth2/v2.0/{endpoint}`.
@@ -358,7 +369,9 @@ pub async fn device_code_flow(
         .await
         .map_err(|e| format!("{device_url}: {}", error_chain(&e)))?;
     let status = answer.status();
-    let body = answer.text().await.map_err(|e| e.to_string())?;
+    let body = crate::http::read_capped(API, "POST", "devicecode", answer)
+        .await
+        .map_err(|e| e.to_string())?;
     if !status.is_success() {
         let err: OAuthError = serde_json::from_str(&body).unwrap_or_default();
         return Err(format!(
@@ -376,8 +389,9 @@ pub async fn device_code_flow(
             code.verification_uri, code.user_code
         )
     }));
-    let mut interval = Duration::from_secs(code.interval.unwrap_or(5).max(1));
-    let deadline = Instant::now() + Duration::from_secs(code.expires_in.unwrap_or(900));
+    let mut interval = Duration::from_secs(code.interval.unwrap_or(5).clamp(1, 60));
+    let deadline = Instant::now()
+        + Duration::from_secs(code.expires_in.unwrap_or(900)).min(Duration::from_secs(3600));
     loop {
         if Instant::now() >= deadline {
             return Err("the code expired before sign-in finished; run the command again".into());
@@ -398,7 +412,9 @@ pub async fn device_code_flow(
             .await
             .map_err(|e| format!("{token_url}: {}", error_chain(&e)))?;
         let status = answer.status();
-        let body = answer.text().await.map_err(|e| e.to_string())?;
+        let body = crate::http::read_capped(API, "POST", "token", answer)
+            .await
+            .map_err(|e| e.to_string())?;
         if status.is_success() {
             let token: TokenResponse =
                 serde_json::from_str(&body).map_err(|e| format!("unreadable token answer: {e}"))?;

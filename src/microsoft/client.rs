@@ -18,7 +18,9 @@ use tokio::time::Instant;
 use super::model::{ParsedReferral, RejectedRecord};
 use super::odata::encode_query_value;
 use super::TokenSource;
-use crate::http::{new_request_id, send_and_read, ApiError, RateLimiter};
+use crate::http::{
+    new_request_id, same_origin, same_origin_redirects, send_and_read, ApiError, RateLimiter,
+};
 
 const API: &str = "microsoft";
 
@@ -31,6 +33,53 @@ pub enum PageRequest {
         top: u32,
     },
     Next(String),
+}
+
+/// The most pages one query follows: 100,000 referrals at the largest `$top`, far beyond any
+/// real inbox; a server that pages forever ends the query with an error instead of the cycle
+/// never ending.
+pub const MAX_PAGES: u64 = 1000;
+
+/// Follows one query's `@odata.nextLink`s, refusing a link already followed (a loop) and a
+/// page past [`MAX_PAGES`].
+#[derive(Debug)]
+pub struct Paging {
+    seen: std::collections::HashSet<String>,
+    pages: u64,
+    max_pages: u64,
+}
+
+impl Paging {
+    pub fn new(max_pages: u64) -> Self {
+        Paging {
+            seen: Default::default(),
+            pages: 1,
+            max_pages,
+        }
+    }
+
+    /// The request for the page after the one just read, which named `link`.
+    pub fn next(&mut self, link: String) -> Result<PageRequest, ApiError> {
+        self.pages += 1;
+        if self.pages > self.max_pages {
+            return Err(ApiError::Refused {
+                api: API,
+                message: format!(
+                    "the referral list did not end after {} pages; stopping the query",
+                    self.max_pages
+                ),
+            });
+        }
+        if !self.seen.insert(link.clone()) {
+            return Err(ApiError::Refused {
+                api: API,
+                message: format!(
+                    "@odata.nextLink {link:?} repeats a page already read; stopping the query"
+                ),
+            });
+        }
+        Ok(PageRequest::Next(link))
+    }
 }
 
 /// One page of referrals: the good ones, the ones that could not be read, and the next link.
@@ -130,6 +179,7 @@ impl MicrosoftClient {
         reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(connect_timeout)
+            .redirect(same_origin_redirects())
             .user_agent(concat!("cosell-sync/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("reqwest client with rustls builds")
@@ -190,6 +240,17 @@ impl MicrosoftClient {
                         let _ = url.set_port(None);
                     }
                 }
+                // The bearer token goes with the request: only ever to the configured origin.
+                if !same_origin(&url, &self.api_base) {
+                    return Err(ApiError::Refused {
+                        api: API,
+                        message: format!(
+                            "@odata.nextLink points at another origin ({}), not microsoft.api_base ({}); refusing to send the token there",
+                            url.origin().ascii_serialization(),
+                            self.api_base.origin().ascii_serialization()
+                        ),
+                    });
+                }
                 Ok(url)
             }
         }
@@ -212,23 +273,12 @@ impl MicrosoftClient {
             message,
             request_id: answer.request_id.clone(),
         };
-        let mut page: Value =
-            serde_json::from_str(&answer.body).map_err(|e| malformed(e.to_string()))?;
-        let Some(items) = page.get_mut("value").map(Value::take) else {
-            return Err(malformed("no \"value\" array".into()));
-        };
-        let Value::Array(items) = items else {
-            return Err(malformed("\"value\" is not an array".into()));
-        };
-        let next_link = page
-            .get("@odata.nextLink")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string);
-        let mut referrals = Vec::with_capacity(items.len());
+        let page = super::model::parse_page(&answer.body).map_err(malformed)?;
+        let next_link = page.next_link;
+        let mut referrals = Vec::with_capacity(page.items.len());
         let mut rejected = Vec::new();
-        for item in items {
-            match ParsedReferral::from_value(item) {
+        for item in page.items {
+            match item {
                 Ok(r) => referrals.push(r),
                 Err(bad) => rejected.push(bad),
             }

@@ -8,7 +8,9 @@ pub mod model;
 pub mod odata;
 
 pub use auth::TokenSource;
-pub use client::{MicrosoftClient, PageRequest, PatchOp, ReferralPage, WriteOutcome};
+pub use client::{
+    MicrosoftClient, PageRequest, Paging, PatchOp, ReferralPage, WriteOutcome, MAX_PAGES,
+};
 pub use model::{
     Direction, ParsedReferral, Referral, ReferralStatus, ReferralSubstatus, RejectedRecord,
 };

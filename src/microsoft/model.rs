@@ -89,8 +89,12 @@ pub struct CustomerProfile {
 pub struct ReferralDetails {
     #[serde(default)]
     pub notes: Option<String>,
+    /// A finite, non-negative amount; anything else is `None` with the reason in
+    /// [`ReferralDetails::deal_value_error`], so it is reported by field and never sent.
     #[serde(default, deserialize_with = "lenient_number")]
     pub deal_value: Option<f64>,
+    #[serde(skip)]
+    pub deal_value_error: Option<String>,
     #[serde(default)]
     pub currency: Option<String>,
     #[serde(default, deserialize_with = "lenient_opt_datetime")]
@@ -168,6 +172,11 @@ pub struct RejectedRecord {
     pub raw: String,
 }
 
+/// The longest free text kept in the typed view (the notes that become the Google lead's
+/// summary). Google does not publish its limit [?]; this is far below any plausible one and far
+/// above any real note. The raw JSON keeps the full text.
+pub const MAX_TEXT_CHARS: usize = 10_000;
+
 impl ParsedReferral {
     /// Reads one element of a page's `value` array; a bad one never fails its page.
     pub fn from_value(value: Value) -> Result<ParsedReferral, RejectedRecord> {
@@ -179,7 +188,10 @@ impl ParsedReferral {
                 error: "empty id".into(),
                 raw,
             }),
-            Ok(referral) => Ok(ParsedReferral { referral, raw }),
+            Ok(mut referral) => {
+                sanitize(&mut referral);
+                Ok(ParsedReferral { referral, raw })
+            }
             Err(e) => Err(RejectedRecord {
                 id,
                 error: e.to_string(),
@@ -187,6 +199,91 @@ impl ParsedReferral {
             }),
         }
     }
+
+    /// Reads one item from its own JSON text. JSON that `serde_json` cannot hold as a value
+    /// (a number beyond f64 such as `1e400`, nesting deeper than 128, a lone surrogate) is
+    /// rejected here, with the id when one can still be read, instead of failing the page.
+    pub fn from_raw(raw: &str) -> Result<ParsedReferral, RejectedRecord> {
+        match serde_json::from_str::<Value>(raw) {
+            Ok(value) => Self::from_value(value),
+            Err(e) => Err(RejectedRecord {
+                id: id_of(raw),
+                error: format!("unreadable JSON: {e}"),
+                raw: raw.chars().take(MAX_TEXT_CHARS).collect(),
+            }),
+        }
+    }
+}
+
+/// The top-level `id` of an item whose other fields are unreadable (unknown fields are
+/// skipped without being decoded, so `1e400` or deep nesting elsewhere do not matter).
+fn id_of(raw: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<String>,
+    }
+    serde_json::from_str::<IdOnly>(raw).ok()?.id
+}
+
+/// Values the API may send but no one may act on: an amount that is not a finite,
+/// non-negative number (`"NaN"`, `"inf"`, `"1e309"`, `-5`), and free text longer than
+/// [`MAX_TEXT_CHARS`] (truncated, and said so in the log).
+fn sanitize(referral: &mut Referral) {
+    let id = referral.id.clone();
+    let Some(details) = referral.details.as_mut() else {
+        return;
+    };
+    if let Some(v) = details.deal_value.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+        details.deal_value = None;
+        details.deal_value_error = Some(format!(
+            "details.dealValue is {v}, not a finite, non-negative amount"
+        ));
+    }
+    if let Some(notes) = details.notes.as_mut() {
+        if let Some((cut, _)) = notes.char_indices().nth(MAX_TEXT_CHARS) {
+            tracing::warn!(
+                referral_id = %id,
+                field = "details.notes",
+                chars_kept = MAX_TEXT_CHARS,
+                "text field too long; truncated (the raw JSON keeps all of it)"
+            );
+            notes.truncate(cut);
+        }
+    }
+}
+
+/// One page of the list answer: the envelope read first, each item then on its own.
+#[derive(Debug)]
+pub struct RawPage {
+    pub items: Vec<Result<ParsedReferral, RejectedRecord>>,
+    pub next_link: Option<String>,
+}
+
+/// Parses a list answer. Only an unreadable envelope (not JSON, no `value` array) fails the
+/// page; a bad item becomes a [`RejectedRecord`] and the rest proceed.
+pub fn parse_page(body: &str) -> Result<RawPage, String> {
+    #[derive(Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        value: Option<Vec<&'a serde_json::value::RawValue>>,
+        #[serde(rename = "@odata.nextLink", default)]
+        next_link: Option<Value>,
+    }
+    let envelope: Envelope = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    let items = envelope.value.ok_or("no \"value\" array")?;
+    let next_link = match envelope.next_link {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => return Err(format!("@odata.nextLink is not a string: {other}")),
+    };
+    Ok(RawPage {
+        items: items
+            .into_iter()
+            .map(|item| ParsedReferral::from_raw(item.get()))
+            .collect(),
+        next_link,
+    })
 }
 
 /// A canonical, sortable text form for timestamps in the database (always 9 fraction digits).
@@ -313,6 +410,26 @@ mod tests {
         );
         assert_eq!(parsed.referral.details.unwrap().deal_value, Some(1500.5));
         assert!(parsed.raw.contains("brandNewField"));
+    }
+
+    #[test]
+    fn long_notes_are_truncated_and_unusable_amounts_named() {
+        let parsed = ParsedReferral::from_value(json!({
+            "id": "r3", "createdDateTime": "2026-11-10T08:14:05Z",
+            "details": {"notes": "é".repeat(MAX_TEXT_CHARS + 5), "dealValue": "NaN"}
+        }))
+        .unwrap();
+        let details = parsed.referral.details.unwrap();
+        assert_eq!(details.notes.unwrap().chars().count(), MAX_TEXT_CHARS);
+        assert_eq!(details.deal_value, None);
+        assert!(details
+            .deal_value_error
+            .unwrap()
+            .starts_with("details.dealValue is NaN"));
+        assert!(
+            parsed.raw.len() > MAX_TEXT_CHARS * 2,
+            "the raw JSON keeps it all"
+        );
     }
 
     #[test]

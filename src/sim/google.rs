@@ -30,6 +30,13 @@ pub struct GoogleState {
     pub(crate) access_tokens: HashSet<String>,
     /// The `updateMask` of every opportunity patch received, in order.
     pub(crate) patch_masks: Vec<String>,
+    /// The `externalSystemId` of every lead create that reached the handler, in order (the
+    /// server's own count: a create the client only feared sending is not here).
+    pub(crate) create_requests: Vec<String>,
+    /// How long a lead create takes to answer (after it is recorded above).
+    pub(crate) create_latency: std::time::Duration,
+    /// `Retry-After` seconds of a 429 the next lead create answers (once).
+    pub(crate) create_429: Option<u64>,
     /// Added before every `get` answer (a slow Google read path).
     pub(crate) read_delay: std::time::Duration,
     next_id: u64,
@@ -367,6 +374,29 @@ async fn create_lead(
     if let Err(r) = authorized(&state, &headers).and_then(|_| check_partner(&partner)) {
         return r;
     }
+    let external_id = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["externalSystemId"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let (latency, too_many) = {
+        let mut g = lock(&state.google);
+        g.create_requests.push(external_id);
+        (g.create_latency, g.create_429.take())
+    };
+    if let Some(secs) = too_many {
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RESOURCE_EXHAUSTED",
+            "Quota exceeded.",
+        );
+        if let Ok(value) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert("Retry-After", value);
+        }
+        return response;
+    }
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let drop_after = match before(&state, "google.create_lead", ErrorShape::Google).await {
         Ok(d) => d,
         Err(r) => return r,
@@ -565,6 +595,21 @@ impl super::Simulator {
     /// Every lead created so far.
     pub fn google_leads(&self) -> Vec<Value> {
         lock(&self.state.google).leads.values().cloned().collect()
+    }
+
+    /// Every lead create from now on takes `latency` to answer (it is received at once).
+    pub fn set_create_latency(&self, latency: std::time::Duration) {
+        lock(&self.state.google).create_latency = latency;
+    }
+
+    /// The next lead create answers 429 with this `Retry-After` (any number, to test clamping).
+    pub fn answer_next_create_429(&self, retry_after_secs: u64) {
+        lock(&self.state.google).create_429 = Some(retry_after_secs);
+    }
+
+    /// The `externalSystemId` of every lead create received, in order.
+    pub fn create_requests(&self) -> Vec<String> {
+        lock(&self.state.google).create_requests.clone()
     }
 
     /// How many leads carry each `externalSystemId` (a duplicate shows as a count above 1).

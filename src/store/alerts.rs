@@ -2,11 +2,74 @@
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use crate::alerts::Alert;
 use crate::microsoft::model::db_timestamp;
+
+/// One alert, exactly as the JSON sinks receive it (and as it is stored: the store owns the
+/// record, so it imports nothing from `alerts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Stable dedupe key: the same across retries and restarts.
+    pub id: String,
+    /// `referral_expiring`, `referral_expired`, `sync_unhealthy`, `sync_recovered`,
+    /// `action_failed`, `conflict`, `forward_blocked` (or `test` from `alerts test`).
+    pub kind: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    pub referral_id: Option<String>,
+    /// The referral's name in Partner Center. Fields added after the first release default,
+    /// so alerts stored by an older version still decode.
+    #[serde(default)]
+    pub referral_name: Option<String>,
+    pub customer: Option<String>,
+    #[serde(default)]
+    pub deal_value: Option<f64>,
+    #[serde(default)]
+    pub currency: Option<String>,
+    /// RFC 3339.
+    pub deadline: Option<String>,
+    /// The alert threshold crossed, as configured (`"24h"`).
+    pub threshold: Option<String>,
+    pub remaining_hours: Option<f64>,
+    pub message: String,
+    /// The referral in Partner Center.
+    pub link: Option<String>,
+    /// The command that shows everything about it (`cosell-sync status --referral ID`).
+    #[serde(default)]
+    pub command: Option<String>,
+    pub created_at: String,
+}
+
+impl Alert {
+    /// An alert about no referral in particular.
+    pub fn general(
+        id: String,
+        kind: &str,
+        severity: &str,
+        message: String,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Alert {
+        Alert {
+            id,
+            kind: kind.into(),
+            severity: severity.into(),
+            referral_id: None,
+            referral_name: None,
+            customer: None,
+            deal_value: None,
+            currency: None,
+            deadline: None,
+            threshold: None,
+            remaining_hours: None,
+            message,
+            link: None,
+            command: None,
+            created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }
+    }
+}
 
 /// Records an alert and a pending delivery for each sink — unless an alert with this id
 /// exists already (then nothing happens: an alert is raised once, ever). Returns whether it
@@ -49,6 +112,19 @@ pub fn exists(conn: &Connection, id: &str) -> Result<bool, StoreError> {
         .query_row([id], |_| Ok(()))
         .optional()?
         .is_some())
+}
+
+/// Re-keys deliveries recorded under an old sink key (`(old, new)` pairs), so no webhook URL
+/// stays in the database; a delivery already under the new key wins.
+pub fn rename_sinks(conn: &Connection, renames: &[(String, String)]) -> Result<(), StoreError> {
+    for (old, new) in renames {
+        conn.execute(
+            "UPDATE OR IGNORE alert_deliveries SET sink = ?2 WHERE sink = ?1",
+            params![old, new],
+        )?;
+        conn.execute("DELETE FROM alert_deliveries WHERE sink = ?1", params![old])?;
+    }
+    Ok(())
 }
 
 /// Deliveries still to make, oldest first, for the given sinks.

@@ -77,6 +77,17 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// A read-only command found no database: it never creates one.
+    #[error(
+        "no database at {path} (check state.path; `cosell-sync sync` or the daemon creates it)"
+    )]
+    Missing { path: PathBuf },
+    #[error("database {path} has schema version {found}, older than this binary's {supported}; run `cosell-sync sync` (or start the daemon) once to migrate it")]
+    TooOld {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("database worker stopped: {0}")]
@@ -103,6 +114,10 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
+        create_private(path).map_err(|source| StoreError::Directory {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_err)?;
@@ -113,6 +128,47 @@ impl Store {
         )
         .map_err(open_err)?;
         migrate(&mut conn, path)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing database for reading only (`status`, `outbox list`, `alerts list`,
+    /// `audit`): never creates a file or directory, never migrates, and works on a database
+    /// the user may only read.
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        use rusqlite::OpenFlags;
+        if !path.is_file() {
+            return Err(StoreError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_err)?;
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            return Err(StoreError::TooOld {
+                path: path.to_path_buf(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
@@ -145,6 +201,22 @@ impl Store {
     ) -> Result<T, StoreError> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut guard)
+    }
+}
+
+/// Creates `path` with mode 0600 unless it exists: the database holds customer data, and
+/// SQLite gives its `-wal` and `-shm` files the database file's mode.
+pub fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -207,6 +279,27 @@ mod tests {
             .call_blocking(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_new_database_is_private_and_read_only_opening_never_creates_or_writes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("typo/state.db");
+        let err = Store::open_read_only(&missing).unwrap_err();
+        assert!(err.to_string().contains("no database at"), "{err}");
+        assert!(!dir.path().join("typo").exists(), "no directory is created");
+
+        let path = dir.path().join("state.db");
+        drop(Store::open(&path).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let ro = Store::open_read_only(&path).unwrap();
+        let n: i64 = ro
+            .call_blocking(|c| Ok(c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(n, 0);
     }
 
     #[test]

@@ -73,24 +73,65 @@ pub fn enqueue(
     Ok(n > 0)
 }
 
-/// Claims up to `limit` due actions: they move to `in_flight` (attempts + 1) atomically, so a
-/// second worker or process never claims the same row.
-pub fn claim_due(
+/// Takes the next due action for a free worker slot, skipping `exclude` (the ones this
+/// process is running now), and counts the attempt. The row stays `pending`: a process that
+/// stops before sending leaves it due, never in doubt. Only [`mark_sending`], right before the
+/// request goes on the wire, moves it to `in_flight`. (One process runs cycles on a database
+/// at a time: the worker lock.)
+pub fn take_due(
     conn: &Connection,
     now: DateTime<Utc>,
-    limit: usize,
-) -> Result<Vec<OutboxRow>, StoreError> {
+    exclude: &[i64],
+) -> Result<Option<OutboxRow>, StoreError> {
     let now = db_timestamp(now);
+    let exclude = serde_json::to_string(exclude).unwrap_or_else(|_| "[]".into());
     let mut stmt = conn.prepare_cached(&format!(
-        "UPDATE outbox SET state = 'in_flight', attempts = attempts + 1, updated_at = ?1
-         WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?1
-                      ORDER BY next_attempt_at, id LIMIT ?2)
+        "UPDATE outbox SET attempts = attempts + 1, updated_at = ?1
+         WHERE id = (SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?1
+                       AND id NOT IN (SELECT value FROM json_each(?2))
+                     ORDER BY next_attempt_at, id LIMIT 1)
          RETURNING {COLUMNS}"
     ))?;
-    let rows = stmt.query_map(params![now, limit as i64], row)?;
-    let mut out: Vec<OutboxRow> = rows.collect::<Result<_, _>>()?;
-    out.sort_by_key(|r| r.id);
-    Ok(out)
+    Ok(stmt.query_row(params![now, exclude], row).optional()?)
+}
+
+/// Moves a taken action to `in_flight` immediately before its request is sent (after the
+/// rate limiter). Returns false when the row is no longer pending (an operator dropped it
+/// meanwhile): then nothing may be sent.
+pub fn mark_sending(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE outbox SET state = 'in_flight', updated_at = ?2 WHERE id = ?1 AND state = 'pending'",
+        )?
+        .execute(params![id, db_timestamp(now)])?;
+    Ok(n == 1)
+}
+
+/// How many Partner Center PATCHes of this referral met a 412 in this cycle (from the audit
+/// log): the first re-plans, a second waits for the next cycle.
+pub fn count_412_in_cycle(
+    conn: &Connection,
+    cycle_id: &str,
+    referral_id: &str,
+) -> Result<u64, StoreError> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM audit_log WHERE cycle_id = ?1 AND resource = ?2
+           AND api = 'microsoft' AND method = 'PATCH' AND status_code = 412",
+        params![cycle_id, referral_id],
+        |r| r.get::<_, i64>(0),
+    )? as u64)
+}
+
+/// Gives back a taken action that was never sent (shutdown began first): due again at once,
+/// the attempt not counted.
+pub fn release(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE outbox SET attempts = MAX(attempts - 1, 0), next_attempt_at = ?2, updated_at = ?2,
+            last_error = 'shutdown began before this write was sent'
+         WHERE id = ?1 AND state = 'pending'",
+    )?
+    .execute(params![id, db_timestamp(now)])?;
+    Ok(())
 }
 
 /// How an attempt ended.
@@ -160,7 +201,8 @@ pub fn finish(
     Ok(())
 }
 
-/// At start-up: actions a stopped process left in flight. A lead create may have reached
+/// At start-up: actions a stopped process left in flight. Only a request that may have been
+/// on the wire is `in_flight` (see [`mark_sending`]): such a lead create may have reached
 /// Google, so it is quarantined for a person; every other write is safe to repeat.
 pub fn recover_in_flight(
     conn: &Connection,
@@ -361,11 +403,11 @@ mod tests {
             .call_blocking(|c| {
                 assert!(enqueue(c, "r1", CREATE_LEAD, None, &json!({}), now)?);
                 assert!(!enqueue(c, "r1", CREATE_LEAD, None, &json!({}), now)?);
-                let claimed = claim_due(c, now, 10)?;
-                assert_eq!(claimed.len(), 1);
+                let claimed = take_due(c, now, &[])?.expect("one due");
+                assert!(take_due(c, now, &[claimed.id])?.is_none());
                 finish(
                     c,
-                    claimed[0].id,
+                    claimed.id,
                     &Outcome::Done {
                         result: Some("partners/1/leads/1".into()),
                     },
@@ -390,7 +432,10 @@ mod tests {
             .call_blocking(|c| {
                 enqueue(c, "r1", CREATE_LEAD, None, &json!({}), now)?;
                 enqueue(c, "r2", PATCH_REFERRAL, None, &json!({}), now)?;
-                assert_eq!(claim_due(c, now, 10)?.len(), 2);
+                let first = take_due(c, now, &[])?.expect("due");
+                let second = take_due(c, now, &[first.id])?.expect("due");
+                assert!(mark_sending(c, first.id, now)?);
+                assert!(mark_sending(c, second.id, now)?);
                 assert_eq!(recover_in_flight(c, now)?, (1, 1));
                 let quarantined = list(c, &["quarantined"], 10)?;
                 assert_eq!(quarantined[0].referral_id, "r1");
@@ -398,6 +443,35 @@ mod tests {
                 assert!(drop_action(c, quarantined[0].id, now)?.is_ok());
                 // Dropped: the planner may create again.
                 assert!(enqueue(c, "r1", CREATE_LEAD, None, &json!({}), now)?);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn taken_but_unsent_creates_go_back_to_pending_and_are_never_quarantined() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let now = Utc::now();
+        store
+            .call_blocking(|c| {
+                for i in 0..10 {
+                    enqueue(c, &format!("r{i}"), CREATE_LEAD, None, &json!({}), now)?;
+                }
+                // Four workers take a row each; one of them sends.
+                let mut taken = Vec::new();
+                for _ in 0..4 {
+                    taken.push(take_due(c, now, &taken)?.expect("due").id);
+                }
+                assert!(mark_sending(c, taken[0], now)?);
+                // The process dies here; the next one recovers.
+                assert_eq!(recover_in_flight(c, now)?, (1, 0));
+                assert_eq!(list(c, &["quarantined"], 20)?.len(), 1);
+                assert_eq!(list(c, &["pending"], 20)?.len(), 9);
+                // A dropped row is never sent.
+                let next = take_due(c, now, &[])?.expect("due");
+                drop_action(c, next.id, now)?.unwrap();
+                assert!(!mark_sending(c, next.id, now)?);
                 Ok(())
             })
             .unwrap();

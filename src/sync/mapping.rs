@@ -21,6 +21,10 @@ pub fn lead_for(
         .customer_name()
         .filter(|n| !n.trim().is_empty())
         .ok_or("customerProfile.name is missing")?;
+    if let Some(unusable) = &details.deal_value_error {
+        // Never replaced by a default nor sent as null: a person must correct it.
+        return Err(unusable.clone());
+    }
     let value = details
         .deal_value
         .or(defaults.default_deal_value)

@@ -64,6 +64,8 @@ pub struct CycleContext {
     pub pull: PullSettings,
     /// `None` when `[google]` is not configured: the daemon then only pulls Microsoft.
     pub google: Option<GoogleSide>,
+    /// Cancelled on SIGTERM: no new remote write starts after it.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// What the Google reads of a cycle did (a one-shot `sync` reads what is due).

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::CycleError;
 use crate::http::{with_retry, RetryPolicy};
 use crate::microsoft::model::RejectedRecord;
-use crate::microsoft::{odata, MicrosoftClient, PageRequest};
+use crate::microsoft::{odata, MicrosoftClient, PageRequest, Paging, MAX_PAGES};
 use crate::store::referrals::{self, UpsertCounts};
 use crate::store::Store;
 
@@ -71,6 +71,8 @@ pub struct MicrosoftPull<'a> {
     stats: PullStats,
     query_pages: u64,
     query_seen: u64,
+    /// The current query's nextLinks: a repeated one or too many pages end it with an error.
+    paging: Paging,
     query_started: Instant,
     last_progress: Instant,
 }
@@ -96,6 +98,7 @@ impl<'a> MicrosoftPull<'a> {
             stats: PullStats::default(),
             query_pages: 0,
             query_seen: 0,
+            paging: Paging::new(MAX_PAGES),
             query_started: Instant::now(),
             last_progress: Instant::now(),
         }
@@ -172,6 +175,7 @@ impl<'a> MicrosoftPull<'a> {
         self.stage = Stage::Incremental;
         self.query_pages = 0;
         self.query_seen = 0;
+        self.paging = Paging::new(MAX_PAGES);
         self.query_started = Instant::now();
         Ok(())
     }
@@ -187,7 +191,7 @@ impl<'a> MicrosoftPull<'a> {
         let watermark = (self.stage == Stage::Incremental).then_some(INCREMENTAL_WATERMARK);
         let high_water = page.referrals.iter().map(|r| r.referral.updated_at()).max();
         let mark = watermark.zip(high_water);
-        self.request = page.next_link.clone().map(PageRequest::Next);
+        let next = page.next_link.clone();
         let (referrals, rejected) = (page.referrals, page.rejected);
         self.query_seen += (referrals.len() + rejected.len()) as u64;
         let counts = self
@@ -197,6 +201,8 @@ impl<'a> MicrosoftPull<'a> {
         self.query_pages += 1;
         self.stats.pages += 1;
         self.stats.counts.add(counts);
+        // After the commit: a page is kept even when the link it names is refused.
+        self.request = next.map(|link| self.paging.next(link)).transpose()?;
         if self.last_progress.elapsed() >= Duration::from_secs(10)
             || self.query_pages.is_multiple_of(20)
         {

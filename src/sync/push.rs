@@ -11,12 +11,13 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use super::reconcile::{reconcile, Action, Plan, Policy};
 use super::GoogleSide;
 use crate::http::{with_retry, ApiError, RetryPolicy};
 use crate::microsoft::{MicrosoftClient, PatchOp, ReferralStatus};
-use crate::store::google::{self as gstore, BaseUpdate};
+use crate::store::google::{self as gstore, BaseUpdate, SnapshotRow};
 use crate::store::outbox::{
     self, AuditEntry, OutboxRow, Outcome, PATCH_OPPORTUNITY, PATCH_REFERRAL,
 };
@@ -38,7 +39,10 @@ impl Schedule {
             .min
             .saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
         let capped = exp.min(self.max);
-        let jittered = capped.mul_f64(0.5 + fastrand::f64() * 0.5);
+        // `try_`: a factor just under 1 times `Duration::MAX` may round above it.
+        let jittered =
+            Duration::try_from_secs_f64(capped.as_secs_f64() * (0.5 + fastrand::f64() * 0.5))
+                .unwrap_or(capped);
         retry_after.map_or(jittered, |ra| ra.max(jittered))
     }
 }
@@ -79,6 +83,15 @@ impl PushStats {
     }
 }
 
+/// Which referrals a plan covers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PlanScope {
+    /// Every candidate: incoming referrals still New and every linked referral.
+    All,
+    /// The plan queue: referrals whose inputs changed since they were last planned.
+    Queued,
+}
+
 /// Reconciles every candidate referral in batches, storing each batch's decisions in one
 /// transaction.
 pub async fn plan_all(
@@ -86,31 +99,7 @@ pub async fn plan_all(
     policy: &Policy,
     now: DateTime<Utc>,
 ) -> Result<PlanStats, StoreError> {
-    let mut stats = PlanStats::default();
-    let mut after = String::new();
-    loop {
-        let (policy, cursor) = (policy.clone(), after.clone());
-        let (batch_stats, last) = store
-            .call(move |c| {
-                let rows = gstore::snapshot_batch(c, &cursor, 500)?;
-                let last = rows.last().map(|r| r.referral.referral.id.clone());
-                let tx = c.transaction()?;
-                let mut s = PlanStats::default();
-                for row in &rows {
-                    let plan = reconcile(row, &policy, now);
-                    apply_plan(&tx, &row.referral.referral.id, &plan, now, &mut s)?;
-                }
-                tx.commit()?;
-                s.referrals = rows.len() as u64;
-                Ok((s, last))
-            })
-            .await?;
-        stats.add(batch_stats);
-        match last {
-            Some(id) => after = id,
-            None => break,
-        }
-    }
+    let stats = plan_batches(store, policy, now, PlanScope::All).await?;
     // Everything queued before this plan began has been planned with newer data.
     store
         .call(move |c| schedule::planned_before(c, now))
@@ -127,25 +116,57 @@ pub async fn plan_queued(
     policy: &Policy,
     now: DateTime<Utc>,
 ) -> Result<PlanStats, StoreError> {
+    plan_batches(store, policy, now, PlanScope::Queued).await
+}
+
+/// Plans `scope` in keyset-paginated batches of 500 (memory stays flat), each batch's
+/// decisions stored in one transaction.
+async fn plan_batches(
+    store: &Store,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    scope: PlanScope,
+) -> Result<PlanStats, StoreError> {
     let mut stats = PlanStats::default();
     let mut after = String::new();
     loop {
         let (policy, cursor) = (policy.clone(), after.clone());
         let (batch_stats, last) = store
             .call(move |c| {
-                let ids = schedule::queued_for_plan(c, &cursor, 500)?;
+                let (rows, last) = match scope {
+                    PlanScope::All => {
+                        let rows = gstore::snapshot_batch(c, &cursor, 500)?;
+                        let last = rows.last().map(|r| r.referral.referral.id.clone());
+                        (
+                            rows.into_iter()
+                                .map(|r| (r.referral.referral.id.clone(), Some(r)))
+                                .collect(),
+                            last,
+                        )
+                    }
+                    PlanScope::Queued => {
+                        let ids = schedule::queued_for_plan(c, &cursor, 500)?;
+                        let mut rows: Vec<(String, Option<SnapshotRow>)> = Vec::new();
+                        for id in &ids {
+                            rows.push((id.clone(), gstore::snapshot_one(c, id)?));
+                        }
+                        (rows, ids.last().cloned())
+                    }
+                };
                 let tx = c.transaction()?;
                 let mut s = PlanStats::default();
-                for id in &ids {
-                    if let Some(row) = gstore::snapshot_one(&tx, id)? {
-                        let plan = reconcile(&row, &policy, now);
+                for (id, row) in &rows {
+                    if let Some(row) = row {
+                        let plan = reconcile(row, &policy, now);
                         apply_plan(&tx, id, &plan, now, &mut s)?;
                         s.referrals += 1;
                     }
-                    schedule::planned(&tx, id)?;
+                    if scope == PlanScope::Queued {
+                        schedule::planned(&tx, id)?;
+                    }
                 }
                 tx.commit()?;
-                Ok((s, ids.last().cloned()))
+                Ok((s, last))
             })
             .await?;
         stats.add(batch_stats);
@@ -235,35 +256,103 @@ fn apply_plan(
     Ok(())
 }
 
-/// Executes due actions until none is due.
+/// What one `push_due` shares between its workers.
+#[derive(Debug)]
+struct PushRun {
+    /// SIGTERM: no new write starts (see [`mark_sending`]).
+    stop: CancellationToken,
+}
+
+/// Executes due actions until none is due, or until `stop` (SIGTERM): then no new action
+/// starts and the running ones finish. A row is taken only when a worker slot is free to run
+/// it, and marked `in_flight` only immediately before its request is sent, so a crash or a
+/// stop leaves at most `concurrency` writes in doubt.
 pub async fn push_due(
     store: &Store,
     microsoft: &MicrosoftClient,
     microsoft_retry: &RetryPolicy,
     google: &GoogleSide,
     cycle_id: &str,
+    stop: &CancellationToken,
 ) -> Result<PushStats, StoreError> {
     let mut stats = PushStats::default();
+    let run = PushRun { stop: stop.clone() };
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    let mut taken: Vec<i64> = Vec::new();
     loop {
-        let batch = store.call(|c| outbox::claim_due(c, Utc::now(), 64)).await?;
-        if batch.is_empty() {
-            return Ok(stats);
+        while running.len() < google.concurrency.max(1) && !stop.is_cancelled() {
+            let exclude = taken.clone();
+            let Some(row) = store
+                .call(move |c| outbox::take_due(c, Utc::now(), &exclude))
+                .await?
+            else {
+                break;
+            };
+            taken.push(row.id);
+            let id = row.id;
+            let run = &run;
+            running.push(async move {
+                (
+                    id,
+                    execute(
+                        store,
+                        microsoft,
+                        microsoft_retry,
+                        google,
+                        cycle_id,
+                        row,
+                        run,
+                    )
+                    .await,
+                )
+            });
         }
-        let results: Vec<Result<Outcome, StoreError>> = futures_util::stream::iter(batch)
-            .map(|row| execute(store, microsoft, microsoft_retry, google, cycle_id, row))
-            .buffer_unordered(google.concurrency)
-            .collect()
-            .await;
-        for result in results {
-            match result? {
-                Outcome::Done { .. } => stats.done += 1,
-                Outcome::Retry { .. } => stats.retried += 1,
-                Outcome::Dead { .. } => stats.dead += 1,
-                Outcome::Quarantined { .. } => stats.quarantined += 1,
-                Outcome::Superseded { .. } => stats.superseded += 1,
-            }
+        let Some((id, result)) = running.next().await else {
+            return Ok(stats);
+        };
+        taken.retain(|t| *t != id);
+        match result? {
+            Outcome::Done { .. } => stats.done += 1,
+            Outcome::Retry { .. } => stats.retried += 1,
+            Outcome::Dead { .. } => stats.dead += 1,
+            Outcome::Quarantined { .. } => stats.quarantined += 1,
+            Outcome::Superseded { .. } => stats.superseded += 1,
         }
     }
+}
+
+async fn count_412(store: &Store, cycle_id: &str, referral_id: &str) -> Result<u64, StoreError> {
+    let (cycle, referral) = (cycle_id.to_string(), referral_id.to_string());
+    store
+        .call(move |c| outbox::count_412_in_cycle(c, &cycle, &referral))
+        .await
+}
+
+/// Marks a taken row `in_flight` right before its send. `Some(outcome)`: do not send
+/// (shutdown began, or the operator dropped the row); the outcome is already recorded.
+async fn mark_sending(
+    store: &Store,
+    row: &OutboxRow,
+    stop: &CancellationToken,
+) -> Result<Option<Outcome>, StoreError> {
+    let id = row.id;
+    if stop.is_cancelled() {
+        // Not started: due again at once for the next process, the attempt not counted.
+        let outcome = Outcome::Retry {
+            at: Utc::now(),
+            error: "shutdown began before this write was sent".into(),
+        };
+        store
+            .call(move |c| outbox::release(c, id, Utc::now()))
+            .await?;
+        return Ok(Some(outcome));
+    }
+    let marked = store
+        .call(move |c| outbox::mark_sending(c, id, Utc::now()))
+        .await?;
+    Ok((!marked).then(|| Outcome::Superseded {
+        reason: "no longer pending (dropped by the operator); not sent".into(),
+    }))
 }
 
 async fn execute(
@@ -273,6 +362,7 @@ async fn execute(
     google: &GoogleSide,
     cycle_id: &str,
     row: OutboxRow,
+    run: &PushRun,
 ) -> Result<Outcome, StoreError> {
     use tracing::Instrument;
     let span = tracing::info_span!("action", id = row.id, kind = %row.kind, referral_id = %row.referral_id);
@@ -291,9 +381,11 @@ async fn execute(
             return dry_run(store, row, &action).await;
         }
         match action {
-            Action::CreateLead { lead } => create_lead(store, google, cycle_id, row, lead).await,
+            Action::CreateLead { lead } => {
+                create_lead(store, google, cycle_id, row, &run.stop, lead).await
+            }
             Action::PatchReferral { ops, base_after } => {
-                let referral = (microsoft, microsoft_retry);
+                let referral = (microsoft, microsoft_retry, run);
                 patch_referral(store, referral, google, cycle_id, row, ops, base_after).await
             }
             Action::PatchOpportunity {
@@ -308,7 +400,7 @@ async fn execute(
                     mask,
                     base_after,
                 };
-                patch_opportunity(store, google, cycle_id, row, patch).await
+                patch_opportunity(store, google, cycle_id, row, patch, &run.stop).await
             }
         }
     }
@@ -482,14 +574,20 @@ async fn finish_failed(
     .await
 }
 
+/// `now + delay` that cannot overflow, whatever number a server or the config supplied.
+fn retry_at(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(delay)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// The failure outcome for a call that can be repeated safely.
 fn failure(row: &OutboxRow, e: &ApiError, schedule: &Schedule) -> Outcome {
     let error = e.to_string();
     if (e.is_transient() || e.is_auth()) && row.attempts < schedule.max_attempts {
         Outcome::Retry {
-            at: Utc::now()
-                + chrono::Duration::from_std(schedule.delay(row.attempts, e.retry_after()))
-                    .unwrap_or_default(),
+            at: retry_at(Utc::now(), schedule.delay(row.attempts, e.retry_after())),
             error,
         }
     } else if e.is_transient() || e.is_auth() {
@@ -531,12 +629,22 @@ async fn create_lead(
     google: &GoogleSide,
     cycle_id: &str,
     row: OutboxRow,
+    stop: &CancellationToken,
     lead: Value,
 ) -> Result<Outcome, StoreError> {
     let parent = format!("partners/{}", google.policy.partner_id);
     // One attempt, never wrapped in a retry: a create has no request id, and Google has no
-    // lookup by externalSystemId, so a repeated create could be a duplicate lead.
-    let result = google.client.create_lead(&parent, &lead).await;
+    // lookup by externalSystemId, so a repeated create could be a duplicate lead. Token and
+    // rate limiter first; only then is the row marked as possibly on the wire, and sent.
+    let result = match google.client.prepare_create_lead(&parent, &lead).await {
+        Ok(ready) => {
+            if let Some(outcome) = mark_sending(store, &row, stop).await? {
+                return Ok(outcome);
+            }
+            google.client.send_create_lead(ready).await
+        }
+        Err(e) => Err(e),
+    };
     match result {
         Ok(answer) => {
             let created = answer.value;
@@ -626,13 +734,14 @@ async fn supersede(store: &Store, id: i64, reason: &str) -> Result<Outcome, Stor
 
 async fn patch_referral(
     store: &Store,
-    (microsoft, microsoft_retry): (&MicrosoftClient, &RetryPolicy),
+    (microsoft, microsoft_retry, run): (&MicrosoftClient, &RetryPolicy, &PushRun),
     google: &GoogleSide,
     cycle_id: &str,
     row: OutboxRow,
     ops: Vec<PatchOp>,
     base_after: BaseUpdate,
 ) -> Result<Outcome, StoreError> {
+    let stop = &run.stop;
     let id = row.referral_id.clone();
     let current = {
         let id = id.clone();
@@ -657,10 +766,28 @@ async fn patch_referral(
         .map(|o| o.path.as_str())
         .collect::<Vec<_>>()
         .join(",");
+    if count_412(store, cycle_id, &row.referral_id).await? >= 2 {
+        // Two 412s in this cycle already (a write and its re-plan): no third try until the
+        // next cycle re-reads and re-plans.
+        let outcome = Outcome::Superseded {
+            reason: "412 twice in this cycle; the next cycle re-plans".into(),
+        };
+        return finish(store, row.id, outcome, None, None).await;
+    }
+    if let Some(outcome) = mark_sending(store, &row, stop).await? {
+        return Ok(outcome);
+    }
     let result = with_retry(microsoft_retry, "patch referral", || {
         microsoft.patch_referral(&id, &ops, etag.as_deref())
     })
     .await;
+    // A 412 re-plans at most once per referral and cycle (the audit log knows the earlier one).
+    let replan_spent = match &result {
+        Err(e) if e.status() == Some(412) => {
+            count_412(store, cycle_id, &row.referral_id).await? > 0
+        }
+        _ => false,
+    };
     match result {
         Ok(outcome) => {
             let audit = AuditEntry {
@@ -688,6 +815,22 @@ async fn patch_referral(
                 })
                 .await?;
             Ok(Outcome::Done { result: None })
+        }
+        Err(e) if e.status() == Some(412) && replan_spent => {
+            // A second 412 in one cycle: the next cycle re-reads and re-plans (an always-412
+            // server cannot keep the cycle going).
+            tracing::warn!(referral_id = %row.referral_id, "412 again after re-planning; waiting for the next cycle");
+            let entry = failed_audit(
+                "microsoft",
+                "PATCH",
+                row.referral_id.clone(),
+                Some(fields),
+                &e,
+            );
+            let outcome = Outcome::Superseded {
+                reason: format!("412 again after re-planning; the next cycle re-plans: {e}"),
+            };
+            finish_failed(store, row.id, outcome, entry, cycle_id).await
         }
         Err(e) => {
             let entry = failed_audit("microsoft", "PATCH", id, Some(fields), &e);
@@ -747,6 +890,7 @@ async fn patch_opportunity(
     cycle_id: &str,
     row: OutboxRow,
     patch: OpportunityPatch,
+    stop: &CancellationToken,
 ) -> Result<Outcome, StoreError> {
     let OpportunityPatch {
         name,
@@ -754,6 +898,9 @@ async fn patch_opportunity(
         mask,
         base_after,
     } = patch;
+    if let Some(outcome) = mark_sending(store, &row, stop).await? {
+        return Ok(outcome);
+    }
     let result = with_retry(&google.retry, "patch opportunity", || {
         google.client.patch_opportunity(&name, &body, &mask)
     })
@@ -959,5 +1106,23 @@ mod tests {
             assert!(d >= step / 2 && d <= step, "attempt {attempt}: {d:?}");
         }
         assert!(s.delay(1, Some(Duration::from_secs(120))) >= Duration::from_secs(120));
+    }
+
+    #[test]
+    fn absurd_delays_never_overflow_the_clock() {
+        let s = Schedule {
+            max_attempts: u32::MAX,
+            min: Duration::MAX,
+            max: Duration::MAX,
+        };
+        let now = Utc::now();
+        for attempts in [0, 1, 31, 32, 64, u32::MAX] {
+            let d = s.delay(attempts, Some(Duration::MAX));
+            assert!(retry_at(now, d) >= now);
+        }
+        assert_eq!(
+            retry_at(now, Duration::from_secs(10)),
+            now + chrono::Duration::seconds(10)
+        );
     }
 }

@@ -109,143 +109,219 @@ pub fn reconcile(snapshot: &SnapshotRow, policy: &Policy, now: DateTime<Utc>) ->
     let Some(link) = &snapshot.link else {
         return plan;
     };
-
-    let mut ms_ops: Vec<PatchOp> = Vec::new();
-    let mut ms_base = BaseUpdate::default();
-    let mut g_body = Map::new();
-    let mut g_mask: Vec<String> = Vec::new();
-    let mut g_base = BaseUpdate::default();
+    let mut writes = Writes::default();
 
     // Write-back: the referral names its Google record in externalReferenceId.
     let google_ref = link.lead_name.as_ref().or(link.opportunity_name.as_ref());
     if let Some(name) = google_ref {
         if !closed && r.external_reference_id.as_ref() != Some(name) {
-            ms_ops.push(PatchOp::replace("/externalReferenceId", name.as_str()));
+            writes
+                .ms_ops
+                .push(PatchOp::replace("/externalReferenceId", name.as_str()));
         }
     }
 
     if let Some(opp) = &snapshot.opportunity {
-        let stage = opp.sales_stage.as_deref().unwrap_or("");
-        let opp_final = policy.final_stages().iter().any(|s| s == stage);
-        let lost = policy.lost_stages.iter().any(|s| s == stage);
-        let won = policy.won_stages.iter().any(|s| s == stage);
-
-        if !closed && (lost || won) {
-            // Google closed the deal: close the referral, and sync no fields into it.
-            let (substatus, verb) = if won {
-                ("Won", "Won")
-            } else {
-                ("Lost", "Closed lost")
-            };
-            ms_ops.push(PatchOp::replace("/status", "Closed"));
-            ms_ops.push(PatchOp::replace("/substatus", substatus));
-            ms_ops.push(PatchOp::replace(
-                "/statusReason",
-                format!("{verb} in Google Cloud opportunity {}", opp.name),
-            ));
-        } else if closed {
-            let ms_lost = matches!(
-                r.substatus,
-                Some(
-                    ReferralSubstatus::Declined
-                        | ReferralSubstatus::Lost
-                        | ReferralSubstatus::Expired
-                )
-            );
-            if ms_lost && !opp_final && policy.close_google_on_microsoft_close {
-                g_body.insert("salesStage".into(), json!(CLOSED_LOST));
-                g_mask.push("salesStage".into());
-            }
-        } else if !opp_final {
-            if opp.external_system_id.as_deref() != Some(r.id.as_str()) {
-                g_body.insert("externalSystemId".into(), json!(r.id));
-                g_mask.push("externalSystemId".into());
-            }
-            let details = r.details.clone().unwrap_or_default();
-            let base = snapshot.base.unwrap_or_default();
-            // dealValue ↔ dealSize
-            match merge(
-                details.deal_value,
-                opp.deal_size,
-                base.deal_value,
-                money_eq,
-                policy.conflict,
-            ) {
-                Merge::Agreed(v) => {
-                    if snapshot.base.is_none() || !opt_eq(base.deal_value, v, money_eq) {
-                        plan.agreed.deal_value = Some(v);
-                    }
-                }
-                Merge::WriteGoogle(v) => {
-                    g_body.insert("dealSize".into(), json!(v));
-                    g_mask.push("dealSize".into());
-                    g_base.deal_value = Some(Some(v));
-                }
-                Merge::WriteMicrosoft(v) => {
-                    ms_ops.push(PatchOp::replace("/details/dealValue", v));
-                    ms_base.deal_value = Some(Some(v));
-                }
-                Merge::Conflict => plan.conflicts.push(Conflict {
-                    field: "dealValue",
-                    microsoft: show(details.deal_value),
-                    google: show(opp.deal_size),
-                    base: show(snapshot.base.and_then(|b| b.deal_value)),
-                }),
-                Merge::Nothing => {}
-            }
-            // closingDateTime (date) ↔ closeDate
-            let ms_close = details.closing_date_time.map(|t| t.date_naive());
-            match merge(
-                ms_close,
-                opp.close_date,
-                base.close_date,
-                |a: &NaiveDate, b| a == b,
-                policy.conflict,
-            ) {
-                Merge::Agreed(v) => {
-                    if snapshot.base.is_none() || base.close_date != v {
-                        plan.agreed.close_date = Some(v);
-                    }
-                }
-                Merge::WriteGoogle(d) => {
-                    g_body.insert("closeDate".into(), crate::google::GoogleDate::json(d));
-                    g_mask.push("closeDate".into());
-                    g_base.close_date = Some(Some(d));
-                }
-                Merge::WriteMicrosoft(d) => {
-                    ms_ops.push(PatchOp::replace(
-                        "/details/closingDateTime",
-                        format!("{d}T00:00:00Z"),
-                    ));
-                    ms_base.close_date = Some(Some(d));
-                }
-                Merge::Conflict => plan.conflicts.push(Conflict {
-                    field: "closingDateTime",
-                    microsoft: show(ms_close),
-                    google: show(opp.close_date),
-                    base: show(snapshot.base.and_then(|b| b.close_date)),
-                }),
-                Merge::Nothing => {}
-            }
-        }
-
-        if !g_mask.is_empty() && !blocked(PATCH_OPPORTUNITY) {
+        sync_opportunity(snapshot, opp, policy, &mut writes, &mut plan);
+        if !writes.g_mask.is_empty() && !blocked(PATCH_OPPORTUNITY) {
             plan.actions.push(Action::PatchOpportunity {
                 name: opp.name.clone(),
-                body: Value::Object(g_body),
-                mask: g_mask,
-                base_after: g_base,
+                body: Value::Object(std::mem::take(&mut writes.g_body)),
+                mask: std::mem::take(&mut writes.g_mask),
+                base_after: writes.g_base,
             });
         }
     }
 
-    if !ms_ops.is_empty() && !closed && !blocked(PATCH_REFERRAL) {
+    if !writes.ms_ops.is_empty() && !closed && !blocked(PATCH_REFERRAL) {
         plan.actions.push(Action::PatchReferral {
-            ops: ms_ops,
-            base_after: ms_base,
+            ops: writes.ms_ops,
+            base_after: writes.ms_base,
         });
     }
     plan
+}
+
+/// The writes one referral's plan collects before they become actions.
+#[derive(Default)]
+struct Writes {
+    ms_ops: Vec<PatchOp>,
+    ms_base: BaseUpdate,
+    g_body: Map<String, Value>,
+    g_mask: Vec<String>,
+    g_base: BaseUpdate,
+}
+
+impl Writes {
+    fn google(&mut self, field: &str, value: Value) {
+        self.g_body.insert(field.into(), value);
+        self.g_mask.push(field.into());
+    }
+}
+
+/// Status both ways, then (while the deal is open on both sides) the field sync.
+fn sync_opportunity(
+    snapshot: &SnapshotRow,
+    opp: &crate::google::Opportunity,
+    policy: &Policy,
+    writes: &mut Writes,
+    plan: &mut Plan,
+) {
+    let r = &snapshot.referral.referral;
+    let closed = r.status == Some(ReferralStatus::Closed);
+    let stage = opp.sales_stage.as_deref().unwrap_or("");
+    let opp_final = policy.final_stages().iter().any(|s| s == stage);
+    let lost = policy.lost_stages.iter().any(|s| s == stage);
+    let won = policy.won_stages.iter().any(|s| s == stage);
+
+    if !closed && (lost || won) {
+        // Google closed the deal: close the referral, and sync no fields into it.
+        let (substatus, verb) = if won {
+            ("Won", "Won")
+        } else {
+            ("Lost", "Closed lost")
+        };
+        writes.ms_ops.push(PatchOp::replace("/status", "Closed"));
+        writes
+            .ms_ops
+            .push(PatchOp::replace("/substatus", substatus));
+        writes.ms_ops.push(PatchOp::replace(
+            "/statusReason",
+            format!("{verb} in Google Cloud opportunity {}", opp.name),
+        ));
+    } else if closed {
+        let ms_lost = matches!(
+            r.substatus,
+            Some(
+                ReferralSubstatus::Declined | ReferralSubstatus::Lost | ReferralSubstatus::Expired
+            )
+        );
+        if ms_lost && !opp_final && policy.close_google_on_microsoft_close {
+            writes.google("salesStage", json!(CLOSED_LOST));
+        }
+    } else if !opp_final {
+        if opp.external_system_id.as_deref() != Some(r.id.as_str()) {
+            writes.google("externalSystemId", json!(r.id));
+        }
+        sync_deal_value(snapshot, opp, policy, writes, plan);
+        sync_close_date(snapshot, opp, policy, writes, plan);
+    }
+}
+
+/// One synced field pair: its values on both sides and in the base, and how each side
+/// writes it.
+struct FieldPair<T> {
+    /// The name conflicts and alerts use (Microsoft's).
+    name: &'static str,
+    microsoft: Option<T>,
+    google: Option<T>,
+    base: Option<T>,
+    eq: fn(&T, &T) -> bool,
+    google_field: &'static str,
+    google_value: fn(T) -> Value,
+    microsoft_path: &'static str,
+    microsoft_value: fn(T) -> Value,
+    /// Where the field lives in the base.
+    base_slot: fn(&mut BaseUpdate) -> &mut Option<Option<T>>,
+}
+
+/// Microsoft `details.dealValue` ↔ Google `dealSize`, three-way against the base.
+fn sync_deal_value(
+    snapshot: &SnapshotRow,
+    opp: &crate::google::Opportunity,
+    policy: &Policy,
+    writes: &mut Writes,
+    plan: &mut Plan,
+) {
+    let details = snapshot
+        .referral
+        .referral
+        .details
+        .clone()
+        .unwrap_or_default();
+    let pair = FieldPair {
+        name: "dealValue",
+        microsoft: details.deal_value,
+        google: opp.deal_size,
+        base: snapshot.base.and_then(|b| b.deal_value),
+        eq: money_eq,
+        google_field: "dealSize",
+        google_value: |v| json!(v),
+        microsoft_path: "/details/dealValue",
+        microsoft_value: |v| json!(v),
+        base_slot: |b| &mut b.deal_value,
+    };
+    sync_field(pair, snapshot.base.is_some(), policy, writes, plan);
+}
+
+/// Microsoft `details.closingDateTime` (its date) ↔ Google `closeDate`.
+fn sync_close_date(
+    snapshot: &SnapshotRow,
+    opp: &crate::google::Opportunity,
+    policy: &Policy,
+    writes: &mut Writes,
+    plan: &mut Plan,
+) {
+    let details = snapshot
+        .referral
+        .referral
+        .details
+        .clone()
+        .unwrap_or_default();
+    let pair = FieldPair {
+        name: "closingDateTime",
+        microsoft: details.closing_date_time.map(|t| t.date_naive()),
+        google: opp.close_date,
+        base: snapshot.base.and_then(|b| b.close_date),
+        eq: |a: &NaiveDate, b: &NaiveDate| a == b,
+        google_field: "closeDate",
+        google_value: crate::google::GoogleDate::json,
+        microsoft_path: "/details/closingDateTime",
+        microsoft_value: |d| json!(format!("{d}T00:00:00Z")),
+        base_slot: |b| &mut b.close_date,
+    };
+    sync_field(pair, snapshot.base.is_some(), policy, writes, plan);
+}
+
+/// The three-way merge of one field pair, into writes, a conflict or an agreed base.
+fn sync_field<T: Copy + std::fmt::Display>(
+    pair: FieldPair<T>,
+    has_base: bool,
+    policy: &Policy,
+    writes: &mut Writes,
+    plan: &mut Plan,
+) {
+    match merge(
+        pair.microsoft,
+        pair.google,
+        pair.base,
+        pair.eq,
+        policy.conflict,
+    ) {
+        Merge::Agreed(v) => {
+            if !has_base || !opt_eq(pair.base, v, pair.eq) {
+                *(pair.base_slot)(&mut plan.agreed) = Some(v);
+            }
+        }
+        Merge::WriteGoogle(v) => {
+            writes.google(pair.google_field, (pair.google_value)(v));
+            *(pair.base_slot)(&mut writes.g_base) = Some(Some(v));
+        }
+        Merge::WriteMicrosoft(v) => {
+            writes.ms_ops.push(PatchOp::replace(
+                pair.microsoft_path,
+                (pair.microsoft_value)(v),
+            ));
+            *(pair.base_slot)(&mut writes.ms_base) = Some(Some(v));
+        }
+        Merge::Conflict => plan.conflicts.push(Conflict {
+            field: pair.name,
+            microsoft: show(pair.microsoft),
+            google: show(pair.google),
+            base: show(pair.base),
+        }),
+        Merge::Nothing => {}
+    }
 }
 
 fn forward_chosen(snapshot: &SnapshotRow, rules: &ForwardConfig) -> bool {

@@ -109,42 +109,17 @@ pub async fn refresh_pass(
     now: DateTime<Utc>,
 ) -> Result<RefreshStats, CycleError> {
     let mut stats = RefreshStats::default();
-    let (budget, batch) = (settings.reads_per_hour, settings.batch.max(1));
-    let (due, allowed) = store
-        .call(move |c| {
-            schedule::adopt_linked(c, now)?;
-            let hour = schedule::reads_since(c, now - chrono::Duration::hours(1))?;
-            let five = schedule::reads_since(c, now - chrono::Duration::minutes(5))?;
-            let allowed = allowance(hour, five, budget);
-            let due = if allowed == 0 {
-                Vec::new()
-            } else {
-                // One more than a pass reads, to know whether more are due.
-                schedule::due_records(c, now, (allowed as usize).min(batch) + 1)?
-            };
-            Ok((due, allowed))
-        })
-        .await?;
-    if allowed == 0 {
+    let Some(due) = due_within_budget(store, settings, now).await? else {
         stats.budget_exhausted = true;
         return Ok(stats);
-    }
-    let limit = (allowed as usize).min(batch);
-    stats.more_due = due.len() > limit;
-    let finals = google.policy.final_stages();
-    let (closed, mut to_read): (Vec<DueRecord>, Vec<DueRecord>) = due
-        .into_iter()
-        .partition(|d| d.referral_status.as_deref() == Some("Closed"));
-    to_read.truncate(limit);
-    let (closed_names, reads) = (
-        closed.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
-        to_read.len() as u64,
-    );
-    stats.finalized += closed_names.len() as u64;
+    };
+    stats.more_due = due.more;
+    stats.finalized += due.closed.len() as u64;
+    let (closed, reads) = (due.closed, due.to_read.len() as u64);
     store
         .call(move |c| {
             let tx = c.transaction()?;
-            for name in &closed_names {
+            for name in &closed {
                 schedule::record_check(&tx, name, CheckResult::Final, now)?;
             }
             // Counted before they are sent: a read cut short still spent quota.
@@ -153,7 +128,8 @@ pub async fn refresh_pass(
             Ok(())
         })
         .await?;
-
+    let finals = google.policy.final_stages();
+    let to_read = due.to_read;
     let results: Vec<Result<CheckResult, CycleError>> = futures_util::stream::iter(to_read)
         .map(|record| check_one(store, google, settings, &finals, record, now))
         .buffer_unordered(settings.concurrency.max(1))
@@ -182,6 +158,52 @@ pub async fn refresh_pass(
         Some(e) => Err(e),
         None => Ok(stats),
     }
+}
+
+/// What a pass may do: the records to read (as many as the budget allows), those whose
+/// referral is Closed (final without a read), and whether more are due.
+struct Due {
+    to_read: Vec<DueRecord>,
+    closed: Vec<String>,
+    more: bool,
+}
+
+/// `None` when the budget allows no read now.
+async fn due_within_budget(
+    store: &Store,
+    settings: &RefreshSettings,
+    now: DateTime<Utc>,
+) -> Result<Option<Due>, CycleError> {
+    let (budget, batch) = (settings.reads_per_hour, settings.batch.max(1));
+    let (due, allowed) = store
+        .call(move |c| {
+            schedule::adopt_linked(c, now)?;
+            let hour = schedule::reads_since(c, now - chrono::Duration::hours(1))?;
+            let five = schedule::reads_since(c, now - chrono::Duration::minutes(5))?;
+            let allowed = allowance(hour, five, budget);
+            let due = if allowed == 0 {
+                Vec::new()
+            } else {
+                // One more than a pass reads, to know whether more are due.
+                schedule::due_records(c, now, (allowed as usize).min(batch) + 1)?
+            };
+            Ok((due, allowed))
+        })
+        .await?;
+    if allowed == 0 {
+        return Ok(None);
+    }
+    let limit = (allowed as usize).min(batch);
+    let more = due.len() > limit;
+    let (closed, mut to_read): (Vec<DueRecord>, Vec<DueRecord>) = due
+        .into_iter()
+        .partition(|d| d.referral_status.as_deref() == Some("Closed"));
+    to_read.truncate(limit);
+    Ok(Some(Due {
+        to_read,
+        closed: closed.into_iter().map(|d| d.name).collect(),
+        more,
+    }))
 }
 
 /// Reads one record, stores it and its next check in one transaction.

@@ -74,8 +74,15 @@ pub async fn forward_referral(app: &App, referral_id: &str) -> Result<Forwarded,
     if let Some(google) = &app.cycle.google {
         push::plan_one(&app.store, &google.policy, referral_id, Utc::now()).await?;
         let cycle = format!("webhook:{referral_id}");
-        pushed =
-            push::push_due(&app.store, microsoft, &app.cycle.pull.retry, google, &cycle).await?;
+        pushed = push::push_due(
+            &app.store,
+            microsoft,
+            &app.cycle.pull.retry,
+            google,
+            &cycle,
+            &app.cycle.stop,
+        )
+        .await?;
     }
     let id = referral_id.to_string();
     let lead = app

@@ -202,11 +202,11 @@ async fn alerts_test_reports_each_sink() {
     assert_eq!(out.status.code(), Some(1), "one sink failed");
     let text = stdout(&out);
     assert!(
-        text.contains(&format!("ok      webhook:{}", server.uri())),
+        text.contains(&format!("ok      webhook:{} #", server.uri())),
         "{text}"
     );
     assert!(
-        text.contains(&format!("FAILED  webhook:http://{dead_addr}/")),
+        text.contains(&format!("FAILED  webhook:http://{dead_addr} #")),
         "{text}"
     );
     let body: Value =

@@ -43,6 +43,8 @@ async fn a_bogus_state_or_resource_name_is_a_usage_error() {
         stderr(&out).contains("quarantined"),
         "lists the valid states"
     );
+    // A read-only command needs a database to exist (issue 9, finding 8).
+    assert!(env.run(&["sync"]).await.status.success());
     let out = env.run(&["outbox", "list", "--state", "in_flight"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     for bad in [

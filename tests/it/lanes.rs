@@ -365,3 +365,50 @@ async fn the_daemon_alerts_an_urgent_referral_before_a_throttled_refresh_finishe
     let exited = exited.expect("stopped within the grace period").unwrap();
     assert!(exited.success(), "{exited:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_stage_on_an_opportunity_in_play_reaches_partner_center_at_its_next_check() {
+    let env = TestEnv::with_google("").await;
+    env.edit_config(|c| {
+        c.replace(
+            "[refresh]\nmin_interval = \"0s\"",
+            "[refresh]\nmin_interval = \"1m\"\nhot_max_interval = \"4m\"\nmax_interval = \"6h\"",
+        )
+    });
+    tracked(&env, 1).await;
+    let referral = sample::referral_id(0);
+    let lead = env.sim.google_leads()[0]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let opp = env.sim.convert_lead(&lead, 41).unwrap();
+    let out = env.cli(&["link", &referral, &opp]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let app = worker(&env);
+    assert!(app.deadline_tick(false).await.report.ok());
+    let google = app.cycle.google.as_ref().unwrap();
+    let pass = |at: DateTime<Utc>| refresh_pass(&app.store, google, &google.refresh, at);
+    // Quiet for hours: an opportunity in play is still read at least every 4 minutes.
+    let mut at = Utc::now() + chrono::Duration::seconds(61);
+    for _ in 0..8 {
+        pass(at).await.unwrap();
+        assert!(interval_s(&env, &opp) <= 240, "hot cap");
+        at += chrono::Duration::seconds(interval_s(&env, &opp) + 1);
+    }
+    assert_eq!(interval_s(&env, &opp), 240);
+    assert!(env
+        .sim
+        .edit_opportunity(&opp, |o| o["salesStage"] = "SALES_STAGE_CLOSED_LOST".into()));
+    // Before its next check nothing is read; at it, the change is seen.
+    let early = pass(at - chrono::Duration::seconds(120)).await.unwrap();
+    assert_eq!(early.read, 0);
+    let due = pass(at).await.unwrap();
+    assert_eq!(due.read, 1, "{due:?}");
+    assert!(app.deadline_tick(false).await.report.ok());
+    let r = env.sim.referral(&referral).unwrap();
+    assert_eq!(r["status"], "Closed");
+    assert_eq!(r["substatus"], "Lost");
+    // A final-stage opportunity is never read again.
+    let later = pass(at + chrono::Duration::hours(12)).await.unwrap();
+    assert_eq!(later.read, 0, "{later:?}");
+}

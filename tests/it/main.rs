@@ -10,5 +10,8 @@ mod daemon;
 mod e2e;
 mod google;
 mod helpers;
+mod hostile;
+mod kill;
 mod lanes;
+mod limits;
 mod webhook;
