@@ -246,6 +246,10 @@ pub struct ScheduleConfig {
     /// 6-field cron, seconds first, UTC: when the deadline lane ticks (Microsoft pull →
     /// expiry alerts → plan → lead creates and write-backs → alert delivery).
     pub sync: String,
+    /// Between reads of the changes to referrals already known (the incremental query:
+    /// accepted or declined in the portal, values edited). `run` reads them in the background,
+    /// at low priority, so they never hold a new referral back; `sync` reads them every time.
+    pub changes_every: HumanDuration,
     /// Between full plans of every candidate referral, a safety net beside the plan queue
     /// (the deadline lane plans only referrals whose inputs changed). Runs in the refresh lane.
     pub full_plan_every: HumanDuration,
@@ -255,6 +259,7 @@ impl Default for ScheduleConfig {
     fn default() -> Self {
         ScheduleConfig {
             sync: "0 */5 * * * *".into(),
+            changes_every: HumanDuration::secs(60),
             full_plan_every: HumanDuration::secs(3600),
         }
     }

@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::alerts::deliver::{self, AlertSettings, AlertStats, Raise};
 use crate::store::runs;
-use crate::sync::pull::MicrosoftPull;
+use crate::sync::pull::{MicrosoftPull, Queries};
 use crate::sync::{push, refresh, CycleContext, CycleError, CycleReport, PullStats, RefreshStats};
 
 /// A cycle's report and what its alert phases did.
@@ -36,6 +36,9 @@ pub struct Cycle {
 /// What one cycle does besides the deadline path itself.
 #[derive(Debug, Clone, Copy)]
 pub struct TickOptions {
+    /// Read the changes to known referrals too (the incremental query); the daemon reads
+    /// them in the background instead ([`changes_once`]).
+    pub changes: bool,
     /// Plan every candidate referral (otherwise only the plan queue).
     pub full_plan: bool,
     /// Read the Google records due now before planning (one-shot `sync` only: the daemon's
@@ -47,6 +50,7 @@ impl TickOptions {
     /// A deadline-lane tick of the daemon.
     pub fn deadline(full_plan: bool) -> TickOptions {
         TickOptions {
+            changes: false,
             full_plan,
             read_google: false,
         }
@@ -55,6 +59,7 @@ impl TickOptions {
     /// `sync`: everything, once.
     pub fn one_shot() -> TickOptions {
         TickOptions {
+            changes: true,
             full_plan: true,
             read_google: true,
         }
@@ -109,7 +114,11 @@ pub async fn run_cycle(
         if let Err(e) = ctx.store.call(move |c| runs::start_cycle(c, &id, at)).await {
             report.fail(&e.into());
         }
-        let pulled = pull_acting_on_new(ctx, &mut alerting, &mut report).await;
+        let queries = match options.changes {
+            true => Queries::Both,
+            false => Queries::InboxOnly,
+        };
+        let pulled = pull_acting_on_new(ctx, queries, &mut alerting, &mut report).await;
         let pulled_stats = match &pulled {
             Ok(s) | Err((s, _)) => *s,
         };
@@ -152,10 +161,12 @@ pub async fn run_cycle(
 /// before it, not the whole inbox.
 async fn pull_acting_on_new(
     ctx: &CycleContext,
+    queries: Queries,
     alerting: &mut Alerting<'_>,
     report: &mut CycleReport,
 ) -> Result<PullStats, (PullStats, CycleError)> {
-    let mut pull = MicrosoftPull::new(&ctx.store, &ctx.microsoft, &ctx.pull, report.started_at);
+    let (store, client, now) = (&ctx.store, &ctx.microsoft, report.started_at);
+    let mut pull = MicrosoftPull::with(store, client, &ctx.pull, now, queries);
     loop {
         let page = match pull.next_page().await {
             Ok(Some(page)) => page,
@@ -226,6 +237,23 @@ async fn read_due(ctx: &CycleContext) -> Result<RefreshStats, CycleError> {
             return Ok(total);
         }
     }
+}
+
+/// The changes to referrals already known (the incremental query), at background priority
+/// on the Microsoft rate limiter: a large batch of changes (a bulk accept in the portal, the
+/// overlap re-read after it) never holds a new referral back. Changed referrals are queued
+/// for planning; the caller wakes the deadline lane when there are any.
+pub async fn changes_once(ctx: &CycleContext) -> Result<PullStats, CycleError> {
+    let client = ctx.microsoft.background();
+    let mut pull = MicrosoftPull::with(
+        &ctx.store,
+        &client,
+        &ctx.pull,
+        Utc::now(),
+        Queries::ChangesOnly,
+    );
+    while pull.next_page().await?.is_some() {}
+    Ok(pull.stats())
 }
 
 /// One pass of the refresh lane (nothing when the Google side is off).

@@ -243,11 +243,31 @@ async fn deadline_lane(daemon: Arc<Daemon>) {
 /// The refresh lane: Google reads on their schedule, the periodic full plan, until shutdown.
 async fn refresh_lane(daemon: Arc<Daemon>) {
     let mut last_full_plan = Instant::now();
+    let mut last_changes: Option<Instant> = None;
     loop {
         let app = daemon.app();
+        if last_changes.is_none_or(|at| at.elapsed() >= app.config.schedule.changes_every.0) {
+            last_changes = Some(Instant::now());
+            match crate::lanes::changes_once(&app.cycle).await {
+                Ok(pulled) if pulled.counts.new + pulled.counts.changed > 0 => {
+                    tracing::info!(
+                        changed = pulled.counts.changed,
+                        new = pulled.counts.new,
+                        "referrals changed in Partner Center; asking the deadline lane to plan them"
+                    );
+                    daemon.wake.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the changes to known referrals failed; trying again shortly")
+                }
+            }
+        }
         if app.cycle.google.is_none() {
-            daemon.shutdown.cancelled().await;
-            return;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                _ = daemon.shutdown.cancelled() => return,
+            }
         }
         let pass = crate::lanes::refresh_once(&app.cycle).await;
         match &pass {

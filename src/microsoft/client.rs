@@ -155,6 +155,9 @@ pub struct MicrosoftClient {
     api_base: Url,
     tokens: Arc<TokenSource>,
     limiter: Arc<RateLimiter>,
+    /// Background requests (the changes query) take the rate limiter only when no
+    /// deadline-lane request or write waits for it.
+    background: bool,
 }
 
 impl MicrosoftClient {
@@ -171,7 +174,16 @@ impl MicrosoftClient {
             api_base,
             tokens,
             limiter,
+            background: false,
         })
+    }
+
+    /// The same client at background priority.
+    pub fn background(&self) -> MicrosoftClient {
+        MicrosoftClient {
+            background: true,
+            ..self.clone()
+        }
     }
 
     /// The HTTP client both APIs use: rustls, bounded connect and total timeouts.
@@ -340,7 +352,11 @@ impl MicrosoftClient {
         let mut refreshed = false;
         loop {
             let token = self.tokens.access_token().await?;
-            self.limiter.acquire().await;
+            if self.background {
+                self.limiter.acquire_background().await;
+            } else {
+                self.limiter.acquire().await;
+            }
             let client_request_id = new_request_id();
             let mut headers = HeaderMap::new();
             headers.insert(ACCEPT, HeaderValue::from_static("application/json"));

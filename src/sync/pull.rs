@@ -41,6 +41,17 @@ pub struct PullStats {
     pub counts: UpsertCounts,
 }
 
+/// Which of the two queries a pull reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Queries {
+    Both,
+    /// The deadline lane's tick: new referrals.
+    InboxOnly,
+    /// The changes to referrals already known (the incremental query), read in the
+    /// background so a large batch of changes never holds a new referral back.
+    ChangesOnly,
+}
+
 /// The inbox query's order: nearest deadline first (see the module docs).
 pub const INBOX_ORDER: &str = "createdDateTime asc";
 
@@ -66,6 +77,7 @@ pub struct MicrosoftPull<'a> {
     client: &'a MicrosoftClient,
     settings: &'a PullSettings,
     now: DateTime<Utc>,
+    queries: Queries,
     stage: Stage,
     request: Option<PageRequest>,
     stats: PullStats,
@@ -78,23 +90,37 @@ pub struct MicrosoftPull<'a> {
 }
 
 impl<'a> MicrosoftPull<'a> {
+    /// Both queries: the inbox, then the changes.
     pub fn new(
         store: &'a Store,
         client: &'a MicrosoftClient,
         settings: &'a PullSettings,
         now: DateTime<Utc>,
     ) -> Self {
+        Self::with(store, client, settings, now, Queries::Both)
+    }
+
+    pub fn with(
+        store: &'a Store,
+        client: &'a MicrosoftClient,
+        settings: &'a PullSettings,
+        now: DateTime<Utc>,
+        queries: Queries,
+    ) -> Self {
+        let inbox = PageRequest::Query {
+            filter: INBOX_FILTER.into(),
+            orderby: INBOX_ORDER.into(),
+            top: settings.page_size,
+        };
         MicrosoftPull {
             store,
             client,
             settings,
             now,
+            queries,
             stage: Stage::Inbox,
-            request: Some(PageRequest::Query {
-                filter: INBOX_FILTER.into(),
-                orderby: INBOX_ORDER.into(),
-                top: settings.page_size,
-            }),
+            // Changes only: no inbox request, so the first page moves on to the changes.
+            request: (queries != Queries::ChangesOnly).then_some(inbox),
             stats: PullStats::default(),
             query_pages: 0,
             query_seen: 0,
@@ -146,6 +172,10 @@ impl<'a> MicrosoftPull<'a> {
         self.log_query_done();
         if self.stage == Stage::Incremental {
             self.stage = Stage::Watermark;
+            return Ok(());
+        }
+        if self.queries == Queries::InboxOnly {
+            self.stage = Stage::Done;
             return Ok(());
         }
         let watermark = self

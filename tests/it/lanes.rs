@@ -136,8 +136,8 @@ async fn a_late_urgent_referral_gets_its_lead_before_the_rest_of_a_large_inbox_i
     let lists: Vec<usize> = (0..log.len()).filter(|&i| log[i] == "list").collect();
     assert_eq!(
         lists.len(),
-        3 + 1,
-        "the whole inbox and the incremental query: {log:?}"
+        3,
+        "the whole inbox; changes are read in the background: {log:?}"
     );
     let create = create.expect("the late referral's lead was created");
     assert!(
@@ -411,4 +411,36 @@ async fn a_lost_stage_on_an_opportunity_in_play_reaches_partner_center_at_its_ne
     // A final-stage opportunity is never read again.
     let later = pass(at + chrono::Duration::hours(12)).await.unwrap();
     assert_eq!(later.read, 0, "{later:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_to_known_referrals_come_in_the_background_and_are_planned_by_the_next_tick() {
+    let env = TestEnv::with_google("").await;
+    tracked(&env, 5).await;
+    let app = worker(&env);
+    assert!(app.deadline_tick(false).await.report.ok());
+    let declined = sample::referral_id(3);
+    assert!(env.sim.edit_referral(&declined, |r| {
+        r["status"] = "Closed".into();
+        r["substatus"] = "Declined".into();
+        cosell_sync::sim::microsoft::touch(r);
+    }));
+    // A deadline tick reads only the inbox: the decline is not among its pages.
+    assert!(app.deadline_tick(false).await.report.ok());
+    let status = |env: &TestEnv| -> String {
+        env.query(
+            &format!("SELECT status FROM referrals WHERE id = '{declined}'"),
+            |r| r.get(0),
+        )
+    };
+    assert_eq!(status(&env), "New");
+    // The background read of changes brings it, and queues the referral for planning.
+    let pulled = lanes::changes_once(&app.cycle).await.expect("changes read");
+    assert_eq!(pulled.counts.changed, 1, "{pulled:?}");
+    assert_eq!(status(&env), "Closed");
+    let queued: i64 = env.query(
+        &format!("SELECT COUNT(*) FROM plan_queue WHERE referral_id = '{declined}'"),
+        |r| r.get(0),
+    );
+    assert_eq!(queued, 1);
 }
