@@ -98,6 +98,11 @@ pub enum Command {
         /// The shell to complete for.
         shell: clap_complete::Shell,
     },
+    /// Partner Center webhooks ([webhook]): manage the registration, or test the receiver.
+    Webhook {
+        #[command(subcommand)]
+        action: WebhookCommand,
+    },
     /// Run against the built-in simulator with sample data; needs no config and no network.
     Demo {
         /// How many sample referrals the simulated inbox holds.
@@ -251,4 +256,21 @@ fn parse_resource_name(text: &str) -> Result<String, String> {
 fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
     crate::microsoft::model::parse_timestamp(text)
         .ok_or_else(|| "use RFC 3339 (2026-11-22T10:00:00Z) or a date (2026-11-22)".into())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Register [webhook] public_url for [webhook] events (replaces an existing registration).
+    Register,
+    /// Show the registration Partner Center has.
+    Show,
+    /// Ask Partner Center for a test-created event and report whether it arrived and verified
+    /// (serves a temporary receiver on [webhook] listen when the daemon is not running).
+    Test {
+        /// How long to wait for the event, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Remove the registration (events stop; polling goes on).
+    Unregister,
 }

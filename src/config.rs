@@ -212,6 +212,9 @@ pub struct Config {
     pub forward: ForwardConfig,
     pub alerts: AlertsConfig,
     pub metrics: MetricsConfig,
+    /// Partner Center webhooks; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<crate::webhook::PartnerWebhookConfig>,
 }
 
 /// Prometheus metrics and `/healthz` over HTTP, for `run` only.
@@ -1104,6 +1107,9 @@ impl Config {
                     format!("{listen:?} is not host:port (e.g. \"127.0.0.1:9464\")"),
                 ));
             }
+        }
+        if let Some(webhook) = &self.webhook {
+            webhook.validate(errors);
         }
         if self.alerts.failed_cycles == 0 {
             errors.push(ConfigError::new(

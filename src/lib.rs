@@ -31,6 +31,7 @@
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
 //! - [`telemetry`]: tracing subscriber set-up (text, json, journald).
 //! - [`generate`]: the man page and shell completions from the clap definitions.
+//! - [`webhook`]: Partner Center referral events (optional): receiver, verification, hand-off, registration.
 
 // Errors here travel the slow path (after a network round trip or an HTTP answer); a few hundred
 // bytes moved per error is nothing next to that, and boxing would only add noise.
@@ -57,6 +58,7 @@ pub mod sync;
 pub mod systemd;
 pub mod telemetry;
 pub mod timefmt;
+pub mod webhook;
 
 /// Process exit codes (spec §4 and the foundation issue).
 pub mod exit {

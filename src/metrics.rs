@@ -94,6 +94,9 @@ pub struct Metrics {
     awaiting: Family<Labels, Gauge>,
     awaiting_without_lead: Family<Labels, Gauge>,
     alerts: Family<Labels, Gauge>,
+    webhook_events: Family<Labels, Counter>,
+    webhook_rejected: Family<Labels, Counter>,
+    webhook_event_to_lead: Histogram,
 }
 
 /// The process-wide metrics.
@@ -125,6 +128,9 @@ impl Metrics {
             api_requests: Family::default(),
             api_request_duration: Family::new_with_constructor(request_buckets),
             retries: Family::default(),
+            webhook_events: Family::default(),
+            webhook_rejected: Family::default(),
+            webhook_event_to_lead: request_buckets(),
             cycles: Family::default(),
             cycle_duration: cycle_buckets(),
             last_cycle_success: Gauge::default(),
@@ -164,6 +170,21 @@ impl Metrics {
             "cosell_retries",
             "Retries of transient API failures.",
             m.retries.clone(),
+        );
+        r.register(
+            "cosell_webhook_events",
+            "Partner Center events received, by outcome (verified, rejected, duplicate).",
+            m.webhook_events.clone(),
+        );
+        r.register(
+            "cosell_webhook_rejected",
+            "Partner Center events refused (401), by reason.",
+            m.webhook_rejected.clone(),
+        );
+        r.register(
+            "cosell_webhook_event_to_lead_seconds",
+            "Time from a Partner Center event to the Google lead of its referral.",
+            m.webhook_event_to_lead.clone(),
         );
         r.register(
             "cosell_cycles",
@@ -278,6 +299,23 @@ impl Metrics {
         self.api_request_duration
             .get_or_create(&vec![("api", api.into()), ("method", method.into())])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A Partner Center event received: `verified`, `rejected`, `duplicate`, ...
+    pub fn webhook_event(&self, outcome: &'static str) {
+        self.webhook_events
+            .get_or_create(&vec![("outcome", outcome.into())])
+            .inc();
+    }
+
+    pub fn webhook_rejected(&self, reason: &str) {
+        self.webhook_rejected
+            .get_or_create(&vec![("reason", reason.into())])
+            .inc();
+    }
+
+    pub fn webhook_event_to_lead(&self, elapsed: Duration) {
+        self.webhook_event_to_lead.observe(elapsed.as_secs_f64());
     }
 
     pub fn retry(&self, what: &str) {

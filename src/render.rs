@@ -215,6 +215,9 @@ fn google_and_outbox(out: &mut String, report: &StatusReport, limit: usize) {
         report.links.leads, report.links.opportunities
     );
     let _ = writeln!(out, "{}", refresh(&report.refresh, report.generated_at));
+    if let Some(w) = &report.webhooks {
+        let _ = writeln!(out, "{}", crate::webhook::status_line(w));
+    }
     if !report.outbox.is_empty() {
         let summary: Vec<String> = report
             .outbox

@@ -82,6 +82,18 @@ pub async fn run(
     let mut job_id = add_job(&mut scheduler, &daemon).await?;
     scheduler.start().await?;
     let app = daemon.app();
+    // Partner Center events (off without [webhook]): a receiver and the forwarder beside the
+    // scheduled cycles.
+    let webhook = match app.config.webhook.clone() {
+        Some(w) => {
+            let d = daemon.clone();
+            let (_, forwarder) = crate::webhook::start(&w, move || d.app(), shutdown.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            Some(forwarder)
+        }
+        None => None,
+    };
     tracing::info!(schedule = %app.config.schedule.sync, dry_run = app.config.daemon.dry_run, "daemon started");
     daemon.notifier.ready();
     daemon
@@ -127,6 +139,10 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("the cron scheduler did not stop in time");
+    }
+    if let Some(forwarder) = webhook {
+        // The forwarder stops between events; a forward in flight gets the grace period.
+        let _ = tokio::time::timeout_at(stop_by, forwarder).await;
     }
     match tokio::time::timeout_at(stop_by, deadline).await {
         Ok(_) => tracing::info!("stopped"),

@@ -55,6 +55,9 @@ pub struct StatusReport {
     pub links: LinkCounts,
     /// The refresh lane: records tracked and due, the oldest unchecked, the budget used.
     pub refresh: RefreshBacklog,
+    /// Partner Center events (present when `[webhook]` is set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<crate::store::webhook::WebhookStats>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,6 +120,10 @@ pub fn status(
                 .collect(),
             refresh: schedule::backlog(c, now)?,
             links: views::link_counts(c)?,
+            webhooks: match config.webhook {
+                Some(_) => Some(crate::store::webhook::stats(c)?),
+                None => None,
+            },
         })
     })
 }

@@ -304,6 +304,55 @@ async fn raise_due(
         .await
 }
 
+/// The alert phase for one referral that just arrived (a webhook event): its expiry alert, if
+/// a threshold is crossed, then delivery of everything pending. Health alerts stay with the
+/// cycle. Errors are logged; this never fails the caller.
+pub async fn for_referral(
+    store: &Store,
+    settings: &AlertSettings,
+    referral_id: &str,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> AlertStats {
+    let mut stats = AlertStats::default();
+    let (s, id) = (settings.clone(), referral_id.to_string());
+    let raised = store
+        .call(move |c| {
+            let Some(r) = referrals::awaiting_response_one(c, &id)? else {
+                return Ok(0);
+            };
+            let Some(alert) =
+                expiry_alert(&r, s.window, &s.thresholds, &s.referral_url, s.timezone, now)
+            else {
+                return Ok(0);
+            };
+            let sinks: Vec<String> = s.sinks.iter().map(Sink::key).collect();
+            let tx = c.transaction()?;
+            let new = astore::raise(&tx, &alert, &sinks, now)?;
+            tx.commit()?;
+            if new {
+                tracing::warn!(alert_id = %alert.id, kind = %alert.kind, referral_id = %id, "ALERT: {}", alert.message);
+            }
+            Ok(u64::from(new))
+        })
+        .await;
+    match raised {
+        Ok(n) => stats.raised = n,
+        Err(e) => tracing::error!(error = %e, "cannot record alerts"),
+    }
+    if dry_run || stats.raised == 0 {
+        return stats;
+    }
+    match deliver_pending(store, settings, &mut HashSet::new()).await {
+        Ok((delivered, undelivered)) => {
+            stats.delivered = delivered;
+            stats.undelivered = undelivered;
+        }
+        Err(e) => tracing::error!(error = %e, "cannot deliver alerts"),
+    }
+    stats
+}
+
 /// Delivers every pending (alert, sink) pair whose sink is still configured.
 pub async fn deliver_pending(
     store: &Store,

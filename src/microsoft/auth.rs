@@ -84,6 +84,13 @@ impl TokenSource {
         })
     }
 
+    /// The same grant for another resource (the same refresh token serves several Partner
+    /// Center resources, e.g. the classic API that hosts webhook registrations).
+    pub fn with_scope(mut self, scope: &str) -> Self {
+        self.scope = scope.to_string();
+        self
+    }
+
     /// A valid access token, from cache or from a fresh grant.
     pub async fn access_token(&self) -> Result<SecretString, ApiError> {
         let mut cached = self.cached.lock().await;

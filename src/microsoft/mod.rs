@@ -18,5 +18,8 @@ pub use model::{
 /// The scope of the Referrals API on the Entra v2 endpoint; `offline_access` keeps the
 /// refresh token coming.
 pub const SCOPE: &str = "https://api.partner.microsoft.com/.default offline_access";
+/// The scope of the classic Partner Center API (webhook registrations live there, not on the
+/// Referrals API host; partner-apis.md A.5).
+pub const CLASSIC_SCOPE: &str = "https://api.partnercenter.microsoft.com/.default offline_access";
 /// Path of the referrals collection under `api_base`.
 pub const REFERRALS_PATH: &str = "/v1.0/engagements/referrals";

@@ -61,7 +61,7 @@ fn ok_json(status: StatusCode, body: Value) -> Response {
     response
 }
 
-fn authorized(state: &SimState, headers: &HeaderMap) -> Result<(), Response> {
+pub(crate) fn authorized(state: &SimState, headers: &HeaderMap) -> Result<(), Response> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -151,7 +151,9 @@ async fn token(
         );
     }
     let scope = form.get("scope").map(String::as_str).unwrap_or("");
-    if !scope.contains("https://api.partner.microsoft.com/.default") {
+    if !scope.contains("https://api.partner.microsoft.com/.default")
+        && !scope.contains("https://api.partnercenter.microsoft.com/.default")
+    {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_scope",
@@ -474,6 +476,8 @@ fn apply_patch(state: &SimState, headers: &HeaderMap, id: &str, body: &[u8]) -> 
     }
     touch(&mut updated);
     referrals.insert(id.to_string(), updated.clone());
+    drop(referrals);
+    super::webhook::notify(state, id, false);
     let wants_body = headers
         .get("prefer")
         .and_then(|v| v.to_str().ok())

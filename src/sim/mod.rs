@@ -7,6 +7,7 @@ pub mod google;
 pub mod microsoft;
 pub mod odata;
 pub mod sample;
+pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -135,6 +136,7 @@ pub struct SimState {
     /// The kinds of the last requests, oldest first (bounded), for tests of request order.
     request_log: Mutex<VecDeque<String>>,
     pub(crate) google: Mutex<google::GoogleState>,
+    pub(crate) webhook: Mutex<webhook::WebhookState>,
     /// `http://127.0.0.1:PORT`, known once the listener is bound.
     pub(crate) base_url: Mutex<String>,
 }
@@ -161,6 +163,7 @@ impl SimState {
             counters: Mutex::new(BTreeMap::new()),
             request_log: Mutex::new(VecDeque::new()),
             google: Mutex::new(google::GoogleState::default()),
+            webhook: Mutex::new(webhook::WebhookState::default()),
             base_url: Mutex::new(String::new()),
         }
     }
@@ -206,6 +209,7 @@ impl Simulator {
         *lock(&state.base_url) = format!("http://{addr}");
         let app = microsoft::router()
             .merge(google::router())
+            .merge(webhook::router())
             .with_state(state.clone());
         let stop = CancellationToken::new();
         let stopped = stop.clone();
@@ -224,14 +228,22 @@ impl Simulator {
 
     /// Adds or replaces referrals (any JSON, so tests can plant malformed ones).
     pub fn put_referrals(&self, referrals: impl IntoIterator<Item = Value>) {
-        let mut map = lock(&self.state.referrals);
-        for r in referrals {
-            let id = r
-                .get("id")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("no-id-{}", uuid::Uuid::new_v4()));
-            map.insert(id, r);
+        let mut changed = Vec::new();
+        {
+            let mut map = lock(&self.state.referrals);
+            for r in referrals {
+                let id = r
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("no-id-{}", uuid::Uuid::new_v4()));
+                let created = map.insert(id.clone(), r).is_none();
+                changed.push((id, created));
+            }
+        }
+        // Partner Center's events, to the registered webhook (if any).
+        for (id, created) in changed {
+            webhook::notify(&self.state, &id, created);
         }
     }
 
@@ -251,6 +263,8 @@ impl Simulator {
         };
         edit(r);
         microsoft::touch(r);
+        drop(map);
+        webhook::notify(&self.state, id, false);
         true
     }
 

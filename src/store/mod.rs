@@ -13,6 +13,7 @@ pub mod referrals;
 pub mod runs;
 pub mod schedule;
 pub mod views;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "0004_two_lanes.sql",
         include_str!("../../migrations/0004_two_lanes.sql"),
+    ),
+    (
+        6,
+        "0006_webhook_events.sql",
+        include_str!("../../migrations/0006_webhook_events.sql"),
     ),
 ];
 

@@ -218,6 +218,21 @@ pub fn each_awaiting_response(
     Ok(())
 }
 
+/// One referral, when it is an incoming one still New (its response clock is running).
+pub fn awaiting_response_one(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<ReferralSummary>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {SUMMARY_COLUMNS} FROM referrals
+             WHERE id = ?1 AND status = 'New' AND substatus IN ('Pending', 'Received')
+               AND (direction = 'Incoming' OR direction IS NULL)"
+        ))?
+        .query_row([id], summary_row)
+        .optional()?)
+}
+
 /// The columns [`summary_row`] reads, in its order.
 pub const SUMMARY_COLUMNS: &str =
     "id, name, customer_name, status, substatus, created_at, expires_at, deal_value, currency";

@@ -177,8 +177,8 @@ async fn plan_batches(
     }
 }
 
-/// Re-plans one referral (after a 412 re-read).
-async fn plan_one(
+/// Re-plans one referral (after a 412 re-read, or a webhook event).
+pub async fn plan_one(
     store: &Store,
     policy: &Policy,
     referral_id: &str,

@@ -17,3 +17,4 @@ mod lanes;
 mod limits;
 mod logs;
 mod metrics;
+mod webhook;

@@ -1,0 +1,160 @@
+//! The HTTP receiver: plain HTTP on `webhook.listen` (TLS ends at the reverse proxy), POST on
+//! `public_url`'s path. An event is verified first (a refused one gets 401, is counted, and
+//! causes no Partner Center request), then stored — de-duplicated on event name + resource +
+//! change time — and only then answered 200; the stored event is handed to the forwarder at
+//! once over a channel. A full channel loses nothing: the forwarder's sweep finds the row.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::verify::Verifier;
+use super::{Event, PartnerWebhookConfig};
+use crate::store::webhook::{self as wstore, NewEvent};
+use crate::store::Store;
+
+/// An event body larger than this is not a Partner Center event.
+const MAX_BODY: usize = 64 * 1024;
+
+/// A stored event, for the forwarder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub event_id: i64,
+    pub event_name: String,
+    pub referral_id: Option<String>,
+}
+
+struct Shared {
+    verifier: Verifier,
+    store: Store,
+    events: mpsc::Sender<Accepted>,
+}
+
+/// The router alone (tests and `webhook test` serve it themselves).
+pub fn router(
+    config: &PartnerWebhookConfig,
+    store: Store,
+    events: mpsc::Sender<Accepted>,
+) -> Result<Router, String> {
+    let verifier = Verifier::new(
+        config.certificate_url_prefixes.clone(),
+        config.certificate_subject.clone(),
+        config.ca_file.as_deref(),
+    )
+    .map_err(|e| format!("webhook.ca_file: {e}"))?;
+    let shared = Arc::new(Shared {
+        verifier,
+        store,
+        events,
+    });
+    Ok(Router::new()
+        .route(&config.path(), post(receive))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(shared))
+}
+
+/// Binds `webhook.listen` and serves until `shutdown`. Returns the bound address.
+pub async fn serve(
+    config: &PartnerWebhookConfig,
+    store: Store,
+    events: mpsc::Sender<Accepted>,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, String> {
+    let app = router(config, store, events)?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| format!("webhook.listen {}: {e}", config.listen))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("webhook.listen {}: {e}", config.listen))?;
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "webhook receiver stopped");
+        }
+    });
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "webhook.listen is not a loopback address: the receiver speaks plain HTTP; put it behind a TLS reverse proxy on 127.0.0.1");
+    }
+    tracing::info!(%addr, path = %config.path(), "webhook receiver listening");
+    Ok(addr)
+}
+
+fn count(outcome: &'static str) {
+    crate::metrics::global().webhook_event(outcome);
+}
+
+async fn receive(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
+    if let Err(rejection) = shared.verifier.verify(&headers, &body).await {
+        tracing::warn!(reason = rejection.reason(), error = %rejection, "webhook event rejected");
+        crate::metrics::global().webhook_rejected(rejection.reason());
+        count("rejected");
+        if let Err(e) = shared.store.call(wstore::reject).await {
+            tracing::error!(error = %e, "cannot count a rejected webhook event");
+        }
+        return (StatusCode::UNAUTHORIZED, "signature not verified\n");
+    }
+    let event = match Event::parse(&body) {
+        Ok(e) => e,
+        Err(e) => {
+            // Signed by Microsoft but not an event we can read: retrying will not help.
+            tracing::warn!(error = %e, "webhook event signed but unreadable; ignored");
+            count("unreadable");
+            return (StatusCode::BAD_REQUEST, "unreadable event\n");
+        }
+    };
+    let referral_id = event.referral_id();
+    let stored = NewEvent {
+        event_name: event.event_name.clone(),
+        resource_uri: event.resource_uri.clone(),
+        referral_id: referral_id.clone(),
+        changed_at: event.change_utc.clone().unwrap_or_default(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    let now = Utc::now();
+    let id = match shared
+        .store
+        .call(move |c| wstore::accept(c, &stored, now))
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => {
+            // Not stored: a 5xx makes Partner Center deliver it again.
+            tracing::error!(error = %e, "cannot store a webhook event; asking for a redelivery");
+            return (StatusCode::SERVICE_UNAVAILABLE, "try again\n");
+        }
+    };
+    let Some(event_id) = id else {
+        count("duplicate");
+        tracing::debug!(event = %event.event_name, referral_id = ?referral_id, "duplicate webhook event");
+        return (StatusCode::OK, "duplicate\n");
+    };
+    count("verified");
+    tracing::info!(event_id, event = %event.event_name, referral_id = ?referral_id, "webhook event accepted");
+    let accepted = Accepted {
+        event_id,
+        event_name: event.event_name,
+        referral_id,
+    };
+    if shared.events.try_send(accepted).is_err() {
+        tracing::warn!(
+            event_id,
+            "forwarder busy; the stored event is picked up by its next sweep"
+        );
+    }
+    (StatusCode::OK, "ok\n")
+}

@@ -1,0 +1,327 @@
+//! `cosell-sync webhook register | show | test | unregister`: the registration on the classic
+//! Partner Center API (`{webhook.api_base}/webhooks/v1/registration`, partner-apis.md A.5),
+//! with the same Entra credentials as the Referrals API (a token for that API's resource).
+//!
+//! `test` asks for a `test-created` event (`POST …/registration/validationEvents`, at most 2 a
+//! minute) and waits for it in the events table. When `webhook.listen` is free (no daemon
+//! running), it serves a temporary receiver itself for the wait; otherwise the running
+//! daemon's receiver stores the event. Either way the answer says whether an event arrived and
+//! verified, or arrived and was refused (the rejected counter moved), or never came.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use reqwest::{Method, Url};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::PartnerWebhookConfig;
+use crate::app::commands::{Outcome, Printed};
+use crate::app::AppError;
+use crate::config::Config;
+use crate::http::{new_request_id, send_and_read, ApiError};
+use crate::microsoft::{MicrosoftClient, TokenSource};
+use crate::store::webhook as wstore;
+use crate::store::Store;
+
+const API: &str = "partner-center-webhooks";
+const PATH: &str = "/webhooks/v1/registration";
+
+/// The registration as Partner Center returns it (PascalCase documented; camelCase accepted).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Registration {
+    #[serde(rename = "SubscriberId", alias = "subscriberId", default)]
+    pub subscriber_id: Option<String>,
+    #[serde(rename = "WebhookUrl", alias = "webhookUrl", default)]
+    pub webhook_url: Option<String>,
+    #[serde(rename = "WebhookEvents", alias = "webhookEvents", default)]
+    pub webhook_events: Vec<String>,
+}
+
+/// The registration client.
+#[derive(Debug, Clone)]
+pub struct RegistrationClient {
+    http: reqwest::Client,
+    base: Url,
+    tokens: Arc<TokenSource>,
+}
+
+impl RegistrationClient {
+    /// From the configuration: `[microsoft]` credentials, `webhook.api_base`.
+    pub fn from_config(config: &Config) -> Result<Self, String> {
+        let webhook = config
+            .webhook
+            .as_ref()
+            .ok_or("webhook: the [webhook] section is missing")?;
+        let ms = &config.microsoft;
+        let http = MicrosoftClient::build_http(ms.timeout.0, ms.connect_timeout.0);
+        let tokens = TokenSource::new(
+            http.clone(),
+            &ms.authority,
+            ms.tenant.as_deref().unwrap_or_default(),
+            ms.client_id.clone().unwrap_or_default(),
+            ms.client_secret.clone(),
+            ms.refresh_token.clone(),
+            config.token_file(),
+        )?
+        .with_scope(crate::microsoft::CLASSIC_SCOPE);
+        let base = Url::parse(webhook.api_base.trim_end_matches('/'))
+            .map_err(|e| format!("webhook.api_base: {e}"))?;
+        Ok(RegistrationClient {
+            http,
+            base,
+            tokens: Arc::new(tokens),
+        })
+    }
+
+    fn url(&self, suffix: &str) -> Url {
+        let mut url = self.base.clone();
+        let path = format!("{}{PATH}{suffix}", url.path().trim_end_matches('/'));
+        url.set_path(&path);
+        url
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        suffix: &str,
+        body: Option<Value>,
+    ) -> Result<Option<Value>, ApiError> {
+        let url = self.url(suffix);
+        let path = url.path().to_string();
+        let token = self.tokens.access_token().await?;
+        let rid = new_request_id();
+        let mut request = self
+            .http
+            .request(method.clone(), url)
+            .bearer_auth(token.expose_secret())
+            .header("Accept", "application/json")
+            .header("MS-RequestId", &rid)
+            .header("MS-CorrelationId", &rid);
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/json")
+                .body(body.to_string());
+        }
+        let answer = send_and_read(API, method.as_str(), &path, request).await?;
+        if answer.status.as_u16() == 404 && method == Method::GET {
+            return Ok(None);
+        }
+        if !answer.status.is_success() {
+            return Err(ApiError::Status {
+                api: API,
+                method: method.to_string(),
+                path,
+                status: answer.status.as_u16(),
+                code: None,
+                message: answer.text.chars().take(300).collect(),
+                retry_after: answer.retry_after(),
+                request_id: answer.header("request-id"),
+            });
+        }
+        if answer.text.trim().is_empty() {
+            return Ok(Some(Value::Null));
+        }
+        serde_json::from_str(&answer.text)
+            .map(Some)
+            .map_err(|e| ApiError::Malformed {
+                api: API,
+                method: method.to_string(),
+                path,
+                message: e.to_string(),
+                request_id: answer.header("request-id"),
+            })
+    }
+
+    /// The current registration, `None` when there is none.
+    pub async fn show(&self) -> Result<Option<Registration>, ApiError> {
+        let Some(value) = self.call(Method::GET, "", None).await? else {
+            return Ok(None);
+        };
+        if value.is_null() {
+            return Ok(None);
+        }
+        serde_json::from_value(value)
+            .map(Some)
+            .map_err(|e| ApiError::Malformed {
+                api: API,
+                method: "GET".into(),
+                path: PATH.into(),
+                message: e.to_string(),
+                request_id: None,
+            })
+    }
+
+    /// Registers `webhook.public_url` for `webhook.events`: POST when there is no registration,
+    /// PUT (replace) when there is one.
+    pub async fn register(&self, webhook: &PartnerWebhookConfig) -> Result<Registration, ApiError> {
+        let body = json!({ "WebhookUrl": webhook.public_url, "WebhookEvents": webhook.events });
+        let method = if self.show().await?.is_some() {
+            Method::PUT
+        } else {
+            Method::POST
+        };
+        let answer = self
+            .call(method, "", Some(body))
+            .await?
+            .unwrap_or(Value::Null);
+        Ok(
+            serde_json::from_value(answer).unwrap_or_else(|_| Registration {
+                subscriber_id: None,
+                webhook_url: Some(webhook.public_url.clone()),
+                webhook_events: webhook.events.clone(),
+            }),
+        )
+    }
+
+    /// `DELETE …/registration`. [?] DELETE is not in the captured docs; the answer is reported.
+    pub async fn unregister(&self) -> Result<(), ApiError> {
+        self.call(Method::DELETE, "", None).await.map(|_| ())
+    }
+
+    /// Asks for a `test-created` event; returns its correlation id when the answer has one.
+    pub async fn request_test_event(&self) -> Result<Option<String>, ApiError> {
+        let answer = self
+            .call(Method::POST, "/validationEvents", None)
+            .await?
+            .unwrap_or(Value::Null);
+        Ok(["correlationId", "CorrelationId"]
+            .iter()
+            .find_map(|k| answer.get(*k).and_then(Value::as_str))
+            .map(str::to_string))
+    }
+}
+
+/// How `webhook test` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestOutcome {
+    /// A verified `test-created` event was stored.
+    Verified { via_temporary_receiver: bool },
+    /// Something arrived but failed verification.
+    Rejected,
+    /// Nothing arrived in time.
+    Missing,
+}
+
+/// `webhook test`: request the event and wait up to `wait` for it.
+pub async fn test(
+    config: &Config,
+    client: &RegistrationClient,
+    wait: Duration,
+) -> Result<TestOutcome, String> {
+    let webhook = config
+        .webhook
+        .as_ref()
+        .ok_or("webhook: the [webhook] section is missing")?;
+    let store = Store::open(&config.state.path).map_err(|e| e.to_string())?;
+    let stop = CancellationToken::new();
+    let _stop_guard = stop.clone().drop_guard();
+    // No forwarder here: the event is only stored; the daemon marks it processed later.
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let temporary = match super::receiver::serve(webhook, store.clone(), tx, stop.clone()).await {
+        Ok(_) => true,
+        Err(e) if e.contains("in use") => false, // The daemon's receiver is listening.
+        Err(e) => return Err(e),
+    };
+    let since = Utc::now();
+    let rejected_before = store
+        .call(|c| wstore::stats(c))
+        .await
+        .map_err(|e| e.to_string())?
+        .rejected;
+    client
+        .request_test_event()
+        .await
+        .map_err(|e| format!("cannot request a test event: {e}"))?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let (arrived, stats) = store
+            .call(move |c| {
+                Ok((
+                    wstore::arrived_since(c, super::TEST_EVENT, since)?,
+                    wstore::stats(c)?,
+                ))
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if arrived {
+            return Ok(TestOutcome::Verified {
+                via_temporary_receiver: temporary,
+            });
+        }
+        if stats.rejected > rejected_before {
+            return Ok(TestOutcome::Rejected);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(TestOutcome::Missing);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `cosell-sync webhook …`: runs one subcommand; what to print, or why it failed.
+pub async fn command(config: &Config, action: crate::cli::WebhookCommand) -> Outcome {
+    use crate::cli::WebhookCommand;
+    let webhook = config.webhook.as_ref().ok_or_else(|| {
+        AppError::Config(
+            "webhook: the [webhook] section is missing (listen, public_url); see config.example.toml"
+                .into(),
+        )
+    })?;
+    let client = RegistrationClient::from_config(config).map_err(AppError::Config)?;
+    let refused = |e: &dyn std::fmt::Display| AppError::Refused(e.to_string());
+    let text = match action {
+        WebhookCommand::Register => {
+            let r = client.register(webhook).await.map_err(|e| refused(&e))?;
+            format!(
+                "registered {} for {} (subscriber {})\n",
+                r.webhook_url.as_deref().unwrap_or(&webhook.public_url),
+                r.webhook_events.join(", "),
+                r.subscriber_id.as_deref().unwrap_or("?")
+            )
+        }
+        WebhookCommand::Show => match client.show().await.map_err(|e| refused(&e))? {
+            Some(r) => {
+                let mut text = format!(
+                    "registered: {}\nevents: {}\nsubscriber: {}\n",
+                    r.webhook_url.as_deref().unwrap_or("?"),
+                    r.webhook_events.join(", "),
+                    r.subscriber_id.as_deref().unwrap_or("?")
+                );
+                if r.webhook_url.as_deref() != Some(webhook.public_url.as_str()) {
+                    text.push_str(&format!(
+                        "note: webhook.public_url is {}; run `cosell-sync webhook register`\n",
+                        webhook.public_url
+                    ));
+                }
+                text
+            }
+            None => "no registration; run `cosell-sync webhook register`\n".into(),
+        },
+        WebhookCommand::Unregister => {
+            client.unregister().await.map_err(|e| refused(&e))?;
+            "registration removed; referrals still arrive by polling\n".into()
+        }
+        WebhookCommand::Test { wait } => {
+            match test(config, &client, Duration::from_secs(wait)).await.map_err(|e| refused(&e))? {
+                TestOutcome::Verified { via_temporary_receiver } => {
+                    let by = if via_temporary_receiver {
+                        "a temporary receiver (the daemon is not running)"
+                    } else {
+                        "the running daemon's receiver"
+                    };
+                    format!("test-created event arrived and verified, received by {by}\n")
+                }
+                TestOutcome::Rejected => return Err(refused(&"an event arrived but failed verification (see the log: certificate_url_prefixes, ca_file, certificate_subject)")),
+                TestOutcome::Missing => return Err(refused(&format!(
+                    "no event arrived within {wait}s: check the registration (webhook show), the reverse proxy and the firewall for {}",
+                    webhook.public_url
+                ))),
+            }
+        }
+    };
+    Ok(Printed::ok(text))
+}
