@@ -646,82 +646,103 @@ async fn create_lead(
         Err(e) => Err(e),
     };
     match result {
-        Ok(answer) => {
-            let created = answer.value;
-            let request_id = answer.request_id;
-            let (referral_id, id, cycle) = (row.referral_id.clone(), row.id, cycle_id.to_string());
-            let name = created.name.clone();
-            let first_check = google.refresh.min_interval;
-            store
-                .call(move |c| {
-                    let tx = c.transaction()?;
-                    let now = Utc::now();
-                    gstore::set_link(&tx, &referral_id, Some(&created.name), None, "created", now)?;
-                    gstore::save_lead(&tx, &created, Some(&referral_id), now)?;
-                    // The answer is the lead's current copy: no read is due before the minimum.
-                    schedule::checked_fresh(&tx, &created.name, &referral_id, first_check, now)?;
-                    // The write-back follows from the new link: queued in the same transaction.
-                    let write_back = Action::PatchReferral {
-                        ops: vec![PatchOp::replace(
-                            "/externalReferenceId",
-                            created.name.as_str(),
-                        )],
-                        base_after: BaseUpdate::default(),
-                    };
-                    outbox::enqueue(
-                        &tx,
-                        &referral_id,
-                        PATCH_REFERRAL,
-                        Some(&referral_id),
-                        &encode(&write_back),
-                        now,
-                    )?;
-                    let audit = AuditEntry {
-                        api: "google",
-                        method: "leads.create",
-                        resource: created.name.clone(),
-                        fields: Some(format!("externalSystemId={referral_id}")),
-                        outcome: "ok",
-                        status_code: Some(200),
-                        request_id: Some(request_id),
-                        detail: None,
-                    };
-                    record_done(&tx, id, Some(created.name.clone()), &audit, &cycle, now)?;
-                    tx.commit()?;
-                    Ok(())
-                })
-                .await?;
-            tracing::info!(lead = %name, "lead created");
-            Ok(Outcome::Done { result: Some(name) })
-        }
-        Err(e) => {
-            let unknown = matches!(
-                e,
-                ApiError::Transport {
-                    maybe_sent: true,
-                    ..
-                } | ApiError::Malformed { .. }
-            );
-            let outcome = if unknown {
-                Outcome::Quarantined {
-                    error: format!(
-                        "outcome unknown ({e}); the lead may exist in Google: link it (cosell-sync link {} partners/{}/leads/ID) or, if it does not exist, cosell-sync outbox retry {}",
-                        row.referral_id, google.policy.partner_id, row.id
-                    ),
-                }
-            } else {
-                failure(&row, &e, &google.schedule)
-            };
-            let entry = failed_audit(
-                "google",
-                "leads.create",
-                parent,
-                Some(format!("externalSystemId={}", row.referral_id)),
-                &e,
-            );
-            finish_failed(store, row.id, outcome, entry, cycle_id).await
-        }
+        Ok(answer) => lead_created(store, google, cycle_id, row, answer).await,
+        Err(e) => create_failed(store, google, cycle_id, row, &parent, e).await,
     }
+}
+
+/// The create answered: link, lead copy, its first refresh check, the write-back and the
+/// done row with its audit entry, all in one transaction.
+async fn lead_created(
+    store: &Store,
+    google: &GoogleSide,
+    cycle_id: &str,
+    row: OutboxRow,
+    answer: crate::google::client::Answer<crate::google::Lead>,
+) -> Result<Outcome, StoreError> {
+    let (created, request_id) = (answer.value, answer.request_id);
+    let (referral_id, id, cycle) = (row.referral_id.clone(), row.id, cycle_id.to_string());
+    let name = created.name.clone();
+    let first_check = google.refresh.min_interval;
+    store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let now = Utc::now();
+            gstore::set_link(&tx, &referral_id, Some(&created.name), None, "created", now)?;
+            gstore::save_lead(&tx, &created, Some(&referral_id), now)?;
+            // The answer is the lead's current copy: no read is due before the minimum.
+            schedule::checked_fresh(&tx, &created.name, &referral_id, first_check, now)?;
+            // The write-back follows from the new link: queued in the same transaction.
+            let write_back = Action::PatchReferral {
+                ops: vec![PatchOp::replace(
+                    "/externalReferenceId",
+                    created.name.as_str(),
+                )],
+                base_after: BaseUpdate::default(),
+            };
+            let payload = encode(&write_back);
+            outbox::enqueue(
+                &tx,
+                &referral_id,
+                PATCH_REFERRAL,
+                Some(&referral_id),
+                &payload,
+                now,
+            )?;
+            let audit = AuditEntry {
+                api: "google",
+                method: "leads.create",
+                resource: created.name.clone(),
+                fields: Some(format!("externalSystemId={referral_id}")),
+                outcome: "ok",
+                status_code: Some(200),
+                request_id: Some(request_id),
+                detail: None,
+            };
+            record_done(&tx, id, Some(created.name.clone()), &audit, &cycle, now)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+    tracing::info!(lead = %name, "lead created");
+    Ok(Outcome::Done { result: Some(name) })
+}
+
+/// A create that failed: quarantined when it may have reached Google (never repeated),
+/// otherwise retried or dead like any write.
+async fn create_failed(
+    store: &Store,
+    google: &GoogleSide,
+    cycle_id: &str,
+    row: OutboxRow,
+    parent: &str,
+    e: ApiError,
+) -> Result<Outcome, StoreError> {
+    let unknown = matches!(
+        e,
+        ApiError::Transport {
+            maybe_sent: true,
+            ..
+        } | ApiError::Malformed { .. }
+    );
+    let outcome = if unknown {
+        Outcome::Quarantined {
+            error: format!(
+                "outcome unknown ({e}); the lead may exist in Google: link it (cosell-sync link {} partners/{}/leads/ID) or, if it does not exist, cosell-sync outbox retry {}",
+                row.referral_id, google.policy.partner_id, row.id
+            ),
+        }
+    } else {
+        failure(&row, &e, &google.schedule)
+    };
+    let entry = failed_audit(
+        "google",
+        "leads.create",
+        parent.to_string(),
+        Some(format!("externalSystemId={}", row.referral_id)),
+        &e,
+    );
+    finish_failed(store, row.id, outcome, entry, cycle_id).await
 }
 
 /// A superseded outcome: closed without a write, with why.
@@ -789,34 +810,29 @@ async fn patch_referral(
         _ => false,
     };
     match result {
-        Ok(outcome) => {
-            let audit = AuditEntry {
-                api: "microsoft",
-                method: "PATCH",
-                resource: id.clone(),
-                fields: Some(fields),
-                outcome: "ok",
-                status_code: Some(204),
-                request_id: outcome.request_id.clone(),
-                detail: None,
-            };
-            let (cycle, action, fresh) = (cycle_id.to_string(), row.id, outcome.referral);
-            store
-                .call(move |c| {
-                    let tx = c.transaction()?;
-                    let now = Utc::now();
-                    gstore::update_base(&tx, &id, &base_after, now)?;
-                    record_done(&tx, action, None, &audit, &cycle, now)?;
-                    tx.commit()?;
-                    if let Some(fresh) = fresh {
-                        referrals::commit_page(c, &[fresh], &[], None, now)?;
-                    }
-                    Ok(())
-                })
-                .await?;
-            Ok(Outcome::Done { result: None })
+        Ok(outcome) => referral_patched(store, cycle_id, &row, fields, outcome, base_after).await,
+        Err(e) => {
+            let ms = (microsoft, microsoft_retry);
+            patch_failed(store, ms, google, cycle_id, row, fields, e, replan_spent).await
         }
-        Err(e) if e.status() == Some(412) && replan_spent => {
+    }
+}
+
+/// A failed patch: a first 412 re-reads and re-plans, a second one in the cycle waits for
+/// the next cycle; anything else is retried or dead like any write.
+#[allow(clippy::too_many_arguments)] // the one call site above; a struct would only rename them
+async fn patch_failed(
+    store: &Store,
+    (microsoft, microsoft_retry): (&MicrosoftClient, &RetryPolicy),
+    google: &GoogleSide,
+    cycle_id: &str,
+    row: OutboxRow,
+    fields: String,
+    e: ApiError,
+    replan_spent: bool,
+) -> Result<Outcome, StoreError> {
+    match e {
+        e if e.status() == Some(412) && replan_spent => {
             // A second 412 in one cycle: the next cycle re-reads and re-plans (an always-412
             // server cannot keep the cycle going).
             tracing::warn!(referral_id = %row.referral_id, "412 again after re-planning; waiting for the next cycle");
@@ -832,8 +848,14 @@ async fn patch_referral(
             };
             finish_failed(store, row.id, outcome, entry, cycle_id).await
         }
-        Err(e) => {
-            let entry = failed_audit("microsoft", "PATCH", id, Some(fields), &e);
+        e => {
+            let entry = failed_audit(
+                "microsoft",
+                "PATCH",
+                row.referral_id.clone(),
+                Some(fields),
+                &e,
+            );
             if e.status() == Some(412) {
                 let outcome = Outcome::Superseded {
                     reason: format!("re-planned after 412: {e}"),
@@ -847,6 +869,44 @@ async fn patch_referral(
             finish_failed(store, row.id, outcome, entry, cycle_id).await
         }
     }
+}
+
+/// The patch went through: the base it agreed on, the done row and its audit entry in one
+/// transaction, then the referral as Partner Center returned it.
+async fn referral_patched(
+    store: &Store,
+    cycle_id: &str,
+    row: &OutboxRow,
+    fields: String,
+    outcome: crate::microsoft::WriteOutcome,
+    base_after: BaseUpdate,
+) -> Result<Outcome, StoreError> {
+    let id = row.referral_id.clone();
+    let audit = AuditEntry {
+        api: "microsoft",
+        method: "PATCH",
+        resource: id.clone(),
+        fields: Some(fields),
+        outcome: "ok",
+        status_code: Some(204),
+        request_id: outcome.request_id.clone(),
+        detail: None,
+    };
+    let (cycle, action, fresh) = (cycle_id.to_string(), row.id, outcome.referral);
+    store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let now = Utc::now();
+            gstore::update_base(&tx, &id, &base_after, now)?;
+            record_done(&tx, action, None, &audit, &cycle, now)?;
+            tx.commit()?;
+            if let Some(fresh) = fresh {
+                referrals::commit_page(c, &[fresh], &[], None, now)?;
+            }
+            Ok(())
+        })
+        .await?;
+    Ok(Outcome::Done { result: None })
 }
 
 /// Someone changed the referral since we read it: read it again and re-plan.
