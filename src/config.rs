@@ -821,7 +821,7 @@ impl Config {
     }
 
     /// Per key, the longest duration that makes sense; longer is a typo (a grace period of a
-    /// year, a timeout of a month) and is refused by key.
+    /// year, a timeout of a month) and is refused by key. A table, one row a key.
     fn duration_ceilings(&self) -> Vec<(String, Duration, Duration)> {
         const HOUR: Duration = Duration::from_secs(3600);
         const DAY: Duration = Duration::from_secs(86_400);
@@ -1043,6 +1043,8 @@ impl Config {
         }
     }
 
+    /// `[sync]`, `[refresh]`, `[alerts]` and `[metrics]` checks: a flat list of independent
+    /// rules, each naming its key; long only because there are many keys.
     fn check_sync_alerts_metrics(&self, errors: &mut Vec<ConfigError>) {
         for (key, value, max) in self.duration_ceilings() {
             if value > max {

@@ -122,6 +122,8 @@ fn cycle_buckets() -> Histogram {
 }
 
 impl Metrics {
+    /// Every family, created and registered with its help text. Long by design: a flat list,
+    /// one registration a metric, read top to bottom like the `/metrics` page it makes.
     fn new() -> Metrics {
         let mut r = Registry::default();
         let m = Metrics {

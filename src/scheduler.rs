@@ -79,7 +79,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
     });
     let mut scheduler = JobScheduler::new().await?;
-    let mut job_id = add_job(&mut scheduler, &daemon).await?;
+    let job_id = add_job(&mut scheduler, &daemon).await?;
     scheduler.start().await?;
     let app = daemon.app();
     // Partner Center events (off without [webhook]): a receiver and the forwarder beside the
@@ -108,17 +108,37 @@ pub async fn run(
         tokio::spawn(feed_watchdog(daemon.clone(), interval));
     }
 
+    serve_reloads(&daemon, &mut scheduler, job_id, &mut hangup, &reload).await?;
+    tracing::info!("shutdown requested; no new cycles will start");
+    daemon.notifier.stopping();
+    let lanes = Lanes {
+        deadline,
+        refresh,
+        webhook,
+    };
+    stop(&daemon, &mut scheduler, lanes).await;
+    Ok(())
+}
+
+/// SIGHUP reloads until shutdown.
+async fn serve_reloads(
+    daemon: &Arc<Daemon>,
+    scheduler: &mut JobScheduler,
+    mut job_id: Uuid,
+    hangup: &mut tokio::signal::unix::Signal,
+    reload: &Reload,
+) -> anyhow::Result<()> {
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = daemon.shutdown.cancelled() => return Ok(()),
             _ = hangup.recv() => {
-                match reload_app(&daemon, &reload) {
+                match reload_app(daemon, reload) {
                     Ok(schedule_changed) => {
                         if schedule_changed {
                             if let Err(e) = scheduler.remove(&job_id).await {
                                 tracing::warn!(error = %e, "cannot remove the old schedule");
                             }
-                            job_id = add_job(&mut scheduler, &daemon).await?;
+                            job_id = add_job(scheduler, daemon).await?;
                         }
                         tracing::info!(schedule = %daemon.app().config.schedule.sync, "configuration reloaded");
                     }
@@ -127,31 +147,38 @@ pub async fn run(
             }
         }
     }
+}
 
-    tracing::info!("shutdown requested; no new cycles will start");
-    daemon.notifier.stopping();
+/// The running tasks shutdown waits for.
+struct Lanes {
+    deadline: tokio::task::JoinHandle<()>,
+    refresh: tokio::task::JoinHandle<()>,
+    webhook: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Stops everything within `[daemon] shutdown_grace`: the refresh lane at once (its reads
+/// are idempotent), then the cron job, the webhook forwarder and the running deadline tick.
+async fn stop(daemon: &Daemon, scheduler: &mut JobScheduler, lanes: Lanes) {
     let grace = daemon.app().config.daemon.shutdown_grace.0;
     let stop_by = Instant::now() + grace;
-    // The refresh lane watches the token too; its reads are idempotent, so it stops at once.
-    refresh.abort();
+    lanes.refresh.abort();
     if tokio::time::timeout_at(stop_by, scheduler.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("the cron scheduler did not stop in time");
     }
-    if let Some(forwarder) = webhook {
+    if let Some(forwarder) = lanes.webhook {
         // The forwarder stops between events; a forward in flight gets the grace period.
         let _ = tokio::time::timeout_at(stop_by, forwarder).await;
     }
-    match tokio::time::timeout_at(stop_by, deadline).await {
+    match tokio::time::timeout_at(stop_by, lanes.deadline).await {
         Ok(_) => tracing::info!("stopped"),
         Err(_) => tracing::warn!(
             grace_s = grace.as_secs(),
             "a cycle was still running after the grace period; exiting (every committed step is kept, the rest is done next time)"
         ),
     }
-    Ok(())
 }
 
 async fn add_job(scheduler: &mut JobScheduler, daemon: &Arc<Daemon>) -> anyhow::Result<Uuid> {
@@ -249,20 +276,7 @@ async fn refresh_lane(daemon: Arc<Daemon>) {
         let app = daemon.app();
         if last_changes.is_none_or(|at| at.elapsed() >= app.config.schedule.changes_every.0) {
             last_changes = Some(Instant::now());
-            match crate::lanes::changes_once(&app.cycle).await {
-                Ok(pulled) if pulled.counts.new + pulled.counts.changed > 0 => {
-                    tracing::info!(
-                        changed = pulled.counts.changed,
-                        new = pulled.counts.new,
-                        "referrals changed in Partner Center; asking the deadline lane to plan them"
-                    );
-                    daemon.wake.notify_one();
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the changes to known referrals failed; trying again shortly")
-                }
-            }
+            read_changes(&daemon, &app).await;
         }
         if app.cycle.google.is_none() {
             tokio::select! {
@@ -272,53 +286,13 @@ async fn refresh_lane(daemon: Arc<Daemon>) {
         }
         if last_backlog.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
             last_backlog = Some(Instant::now());
-            match crate::lanes::refresh_backlog(&app.cycle).await {
-                Ok(b) => {
-                    let age = b
-                        .oldest_unchecked
-                        .as_ref()
-                        .and_then(|o| o.last_checked_at)
-                        .and_then(|at| (chrono::Utc::now() - at).to_std().ok());
-                    daemon.health.set_refresh_backlog(b.due, age);
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot read the refresh backlog"),
-            }
+            report_backlog(&daemon, &app).await;
         }
-        let started = Instant::now();
-        daemon.health.lane_started(crate::health::Lane::Refresh);
-        let pass = crate::lanes::refresh_once(&app.cycle).await;
-        daemon.health.lane_finished(
-            crate::health::Lane::Refresh,
-            pass.is_ok(),
-            started.elapsed(),
-        );
-        match &pass {
-            Ok(stats) if stats.changed > 0 => {
-                tracing::info!(
-                    changed = stats.changed,
-                    read = stats.read,
-                    "Google records changed; asking the deadline lane to plan them"
-                );
-                daemon.wake.notify_one();
-            }
-            Ok(stats) if stats.read + stats.failed > 0 => {
-                tracing::debug!(read = stats.read, failed = stats.failed, "refresh pass")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "refresh pass failed; trying again shortly"),
-        }
+        let pass = refresh_pass(&daemon, &app).await;
         if last_full_plan.elapsed() >= app.config.schedule.full_plan_every.0 {
             match crate::lanes::full_plan(&app.cycle).await {
-                Ok(planned) => {
-                    tracing::debug!(
-                        referrals = planned.referrals,
-                        queued = planned.queued,
-                        "periodic full plan"
-                    );
-                    if planned.queued > 0 {
-                        daemon.wake.notify_one();
-                    }
-                }
+                Ok(planned) if planned.queued > 0 => daemon.wake.notify_one(),
+                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "periodic full plan failed"),
             }
             last_full_plan = Instant::now();
@@ -328,6 +302,71 @@ async fn refresh_lane(daemon: Arc<Daemon>) {
             _ = daemon.shutdown.cancelled() => return,
         }
     }
+}
+
+/// The changes to known referrals; any change wakes the deadline lane to plan it.
+async fn read_changes(daemon: &Daemon, app: &App) {
+    match crate::lanes::changes_once(&app.cycle).await {
+        Ok(pulled) if pulled.counts.new + pulled.counts.changed > 0 => {
+            tracing::info!(
+                changed = pulled.counts.changed,
+                new = pulled.counts.new,
+                "referrals changed in Partner Center; asking the deadline lane to plan them"
+            );
+            daemon.wake.notify_one();
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the changes to known referrals failed; trying again shortly")
+        }
+    }
+}
+
+/// The refresh backlog for the metrics.
+async fn report_backlog(daemon: &Daemon, app: &App) {
+    match crate::lanes::refresh_backlog(&app.cycle).await {
+        Ok(b) => {
+            let age = b
+                .oldest_unchecked
+                .as_ref()
+                .and_then(|o| o.last_checked_at)
+                .and_then(|at| (chrono::Utc::now() - at).to_std().ok());
+            daemon.health.set_refresh_backlog(b.due, age);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the refresh backlog"),
+    }
+}
+
+/// One refresh pass, measured as the refresh lane's run; a changed record wakes the
+/// deadline lane.
+async fn refresh_pass(
+    daemon: &Daemon,
+    app: &App,
+) -> Result<crate::sync::RefreshStats, crate::sync::CycleError> {
+    let started = Instant::now();
+    daemon.health.lane_started(crate::health::Lane::Refresh);
+    let pass = crate::lanes::refresh_once(&app.cycle).await;
+    daemon.health.lane_finished(
+        crate::health::Lane::Refresh,
+        pass.is_ok(),
+        started.elapsed(),
+    );
+    match &pass {
+        Ok(stats) if stats.changed > 0 => {
+            tracing::info!(
+                changed = stats.changed,
+                read = stats.read,
+                "Google records changed; asking the deadline lane to plan them"
+            );
+            daemon.wake.notify_one();
+        }
+        Ok(stats) if stats.read + stats.failed > 0 => {
+            tracing::debug!(read = stats.read, failed = stats.failed, "refresh pass")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "refresh pass failed; trying again shortly"),
+    }
+    pass
 }
 
 fn status_line(cycle: &Cycle) -> String {

@@ -258,50 +258,70 @@ async fn raise_due(
                 raise(&tx, alert)?;
             }
             astore::set_health(&tx, "sync", &serde_json::to_string(&health).expect("health serializes"), now)?;
-            // Writes that need a person.
-            for row in outbox::list(&tx, &["dead", "quarantined"], 1000)? {
-                let mut alert = Alert::general(
-                    format!("action_failed:{}:{}", row.id, row.state),
-                    "action_failed",
-                    "critical",
-                    format!(
-                        "{} for referral {} is {}: {}",
-                        row.kind,
-                        row.referral_id,
-                        row.state,
-                        row.last_error.as_deref().unwrap_or("no error recorded")
-                    ),
-                    now,
-                );
-                alert.referral_id = Some(row.referral_id.clone());
-                alert.link = Some(settings.referral_url.replace("{id}", &row.referral_id));
-                raise(&tx, alert)?;
-            }
-            // Referrals that can never be forwarded as they are.
-            for (referral_id, reason) in gstore::forward_blocked(&tx)? {
-                raise(&tx, forward_blocked_alert(&referral_id, &reason, &settings.referral_url, now))?;
-            }
-            for conflict in gstore::conflicts(&tx)? {
-                let mut alert = Alert::general(
-                    format!("conflict:{}:{}:{}", conflict.referral_id, conflict.field, conflict.detected_at),
-                    "conflict",
-                    "warning",
-                    format!(
-                        "{} of referral {} changed on both sides: {}. Nothing was written; change one side to settle it.",
-                        conflict.field,
-                        conflict.referral_id,
-                        conflict.values()
-                    ),
-                    now,
-                );
-                alert.referral_id = Some(conflict.referral_id.clone());
-                alert.link = Some(settings.referral_url.replace("{id}", &conflict.referral_id));
+            // Writes that need a person, referrals that can never be forwarded as they are,
+            // conflicts the manual policy left.
+            for alert in attention_alerts(&tx, &settings.referral_url, now)? {
                 raise(&tx, alert)?;
             }
             tx.commit()?;
             Ok(count)
         })
         .await
+}
+
+/// The alerts for what needs a person: dead or quarantined writes, referrals that cannot be
+/// forwarded, manual-policy conflicts (each raised once: their ids are stable).
+fn attention_alerts(
+    tx: &rusqlite::Connection,
+    referral_url: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Alert>, StoreError> {
+    let about = |mut alert: Alert, referral_id: &str| {
+        alert.referral_id = Some(referral_id.to_string());
+        alert.link = Some(referral_url.replace("{id}", referral_id));
+        alert
+    };
+    let mut alerts = Vec::new();
+    for row in outbox::list(tx, &["dead", "quarantined"], 1000)? {
+        let alert = Alert::general(
+            format!("action_failed:{}:{}", row.id, row.state),
+            "action_failed",
+            "critical",
+            format!(
+                "{} for referral {} is {}: {}",
+                row.kind,
+                row.referral_id,
+                row.state,
+                row.last_error.as_deref().unwrap_or("no error recorded")
+            ),
+            now,
+        );
+        alerts.push(about(alert, &row.referral_id));
+    }
+    for (referral_id, reason) in gstore::forward_blocked(tx)? {
+        alerts.push(forward_blocked_alert(
+            &referral_id,
+            &reason,
+            referral_url,
+            now,
+        ));
+    }
+    for conflict in gstore::conflicts(tx)? {
+        let alert = Alert::general(
+            format!("conflict:{}:{}:{}", conflict.referral_id, conflict.field, conflict.detected_at),
+            "conflict",
+            "warning",
+            format!(
+                "{} of referral {} changed on both sides: {}. Nothing was written; change one side to settle it.",
+                conflict.field,
+                conflict.referral_id,
+                conflict.values()
+            ),
+            now,
+        );
+        alerts.push(about(alert, &conflict.referral_id));
+    }
+    Ok(alerts)
 }
 
 /// The alert phase for one referral that just arrived (a webhook event): its expiry alert, if

@@ -138,6 +138,9 @@ impl TokenSource {
         })
     }
 
+    /// The refresh-token grant: send, read Entra's answer (or its error shape), persist the
+    /// rotated token before using the access token. Kept in one piece on purpose: the order of
+    /// "answer read → token file written → token used" is the crash-safety argument.
     async fn redeem_refresh_token(&self) -> Result<CachedToken, ApiError> {
         let refresh_token = self.current_refresh_token()?;
         let mut form = vec![

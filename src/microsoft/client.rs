@@ -342,6 +342,9 @@ impl MicrosoftClient {
         })
     }
 
+    /// One request with its token, rate limit, request ids and the single 401 → refresh →
+    /// retry; the origin check comes first. One piece so the credential rule ("only to the
+    /// configured origin") is read in one place.
     async fn send(
         &self,
         method: Method,

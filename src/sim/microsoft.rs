@@ -76,6 +76,9 @@ pub(crate) fn authorized(state: &SimState, headers: &HeaderMap) -> Result<(), Re
     }
 }
 
+/// The simulated Entra token endpoint: every grant type the daemon uses (refresh token with
+/// rotation, device code, client credentials for the classic scope), each with its error
+/// answers. One handler, as Entra has one endpoint; each arm is short.
 async fn token(
     State(state): State<Shared>,
     Path(tenant): Path<String>,
@@ -399,6 +402,8 @@ async fn patch_one(
     response
 }
 
+/// Partner Center's PATCH rules in one place (eTag, JSON Patch ops, status transitions,
+/// Closed is terminal), checked in the order the service documents them.
 fn apply_patch(state: &SimState, headers: &HeaderMap, id: &str, body: &[u8]) -> Response {
     let bad = |code: &str, m: &str| error(StatusCode::BAD_REQUEST, code, m);
     let Ok(Value::Array(ops)) = serde_json::from_slice::<Value>(body) else {
