@@ -90,10 +90,15 @@ fn leads_for(h: &Hooked, id: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// A webhook counter; 0 while the database (or its table) does not exist yet, since a
+/// test may poll before the daemon it started has migrated the database.
 fn counter(h: &Hooked, name: &str) -> i64 {
     let sql =
         format!("SELECT COALESCE((SELECT value FROM webhook_counters WHERE name = '{name}'), 0)");
-    h.env.query(&sql, |r| r.get(0))
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    rusqlite::Connection::open_with_flags(h.env.state_db(), flags)
+        .and_then(|c| c.query_row(&sql, [], |r| r.get(0)))
+        .unwrap_or(0)
 }
 
 #[tokio::test]
