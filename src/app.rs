@@ -219,17 +219,7 @@ fn dry_run_copy(real: &std::path::Path) -> Result<(Store, tempfile::TempDir), Ap
     })?;
     let copy = dir.path().join("dry-run.db");
     if real.exists() {
-        let conn =
-            rusqlite::Connection::open_with_flags(real, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .map_err(|source| StoreError::Open {
-                    path: real.to_path_buf(),
-                    source,
-                })?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(StoreError::from)?;
-        // A consistent snapshot, even while a daemon writes.
-        conn.execute("VACUUM INTO ?1", [copy.display().to_string()])
-            .map_err(StoreError::from)?;
+        crate::store::snapshot_copy(real, &copy)?;
     }
     Ok((Store::open(&copy)?, dir))
 }

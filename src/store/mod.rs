@@ -95,6 +95,19 @@ pub enum StoreError {
     Worker(String),
 }
 
+/// Copies the database at `real` to `copy` as one consistent snapshot, even while a daemon
+/// writes (`VACUUM INTO`), opening `real` read-only. For `--dry-run`'s throw-away copy.
+pub fn snapshot_copy(real: &Path, copy: &Path) -> Result<(), StoreError> {
+    let conn = Connection::open_with_flags(real, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|source| StoreError::Open {
+            path: real.to_path_buf(),
+            source,
+        })?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute("VACUUM INTO ?1", [copy.display().to_string()])?;
+    Ok(())
+}
+
 /// A handle on the database, cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {

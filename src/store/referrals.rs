@@ -273,6 +273,29 @@ pub fn count_rejected(conn: &Connection) -> Result<u64, StoreError> {
     )
 }
 
+/// The stored referral as a patch needs it: its status, its eTag (sent as `If-Match`) and
+/// its raw JSON (a value already there is never written).
+pub struct ForPatch {
+    pub status: Option<String>,
+    pub etag: Option<String>,
+    pub raw: serde_json::Value,
+}
+
+pub fn for_patch(conn: &Connection, id: &str) -> Result<Option<ForPatch>, StoreError> {
+    let row: Option<(Option<String>, Option<String>, String)> = conn
+        .query_row(
+            "SELECT status, etag, raw_json FROM referrals WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    Ok(row.map(|(status, etag, raw)| ForPatch {
+        status,
+        etag,
+        raw: serde_json::from_str(&raw).unwrap_or(serde_json::Value::Null),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

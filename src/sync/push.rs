@@ -766,9 +766,9 @@ async fn patch_referral(
     let id = row.referral_id.clone();
     let current = {
         let id = id.clone();
-        store.call(move |c| current_referral(c, &id)).await?
+        store.call(move |c| referrals::for_patch(c, &id)).await?
     };
-    let Some(Current { status, etag, raw }) = current else {
+    let Some(referrals::ForPatch { status, etag, raw }) = current else {
         return supersede(store, row.id, "referral unknown").await;
     };
     if status.as_deref() == Some(ReferralStatus::Closed.as_str()) {
@@ -1008,29 +1008,6 @@ async fn patch_opportunity(
 
 fn pointer<'a>(raw: &'a Value, path: &str) -> Option<&'a Value> {
     raw.pointer(path).filter(|v| !v.is_null())
-}
-
-/// The stored referral as a patch needs it.
-struct Current {
-    status: Option<String>,
-    etag: Option<String>,
-    raw: Value,
-}
-
-fn current_referral(c: &mut rusqlite::Connection, id: &str) -> Result<Option<Current>, StoreError> {
-    use rusqlite::OptionalExtension;
-    let row: Option<(Option<String>, Option<String>, String)> = c
-        .query_row(
-            "SELECT status, etag, raw_json FROM referrals WHERE id = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
-    Ok(row.map(|(status, etag, raw)| Current {
-        status,
-        etag,
-        raw: serde_json::from_str(&raw).unwrap_or(Value::Null),
-    }))
 }
 
 #[cfg(test)]
