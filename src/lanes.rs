@@ -196,8 +196,10 @@ async fn pull_acting_on_new(
         if page.counts.new == 0 {
             continue;
         }
-        let ((), forwarded) =
-            tokio::join!(alerting.raise(Raise::Expiry), forward_queued(ctx, report));
+        let ((), forwarded) = tokio::join!(
+            alerting.raise(Raise::ExpiryOf(page.ids)),
+            forward_queued(ctx, report)
+        );
         if let Err(e) = forwarded {
             return Err((pull.stats(), e));
         }

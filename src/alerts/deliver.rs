@@ -169,6 +169,9 @@ pub enum Raise {
     /// Expiry alerts only: they need nothing but Microsoft data, so they go out right after
     /// the pull, before any Google work.
     Expiry,
+    /// Expiry alerts of these referrals only (a page that just arrived): the cost follows
+    /// the page, not the inbox.
+    ExpiryOf(Vec<String>),
     /// Everything, with how the cycle ended (for `sync_unhealthy` and its recovery).
     All {
         error: Option<String>,
@@ -239,13 +242,22 @@ async fn raise_due(
                 }
                 Ok(())
             };
-            // Expiry, for every incoming referral still New.
-            referrals::each_awaiting_response(&tx, |r| {
-                match expiry_alert(&r, settings.window, &settings.thresholds, &settings.referral_url, settings.timezone, now) {
+            // Expiry, for every incoming referral still New (or those of one page).
+            let expiry = |r: referrals::ReferralSummary| {
+                expiry_alert(&r, settings.window, &settings.thresholds, &settings.referral_url, settings.timezone, now)
+            };
+            if let Raise::ExpiryOf(ids) = &which {
+                for id in ids {
+                    if let Some(alert) = referrals::awaiting_response_one(&tx, id)?.and_then(expiry) {
+                        raise(&tx, alert)?;
+                    }
+                }
+            } else {
+                referrals::each_awaiting_response(&tx, |r| match expiry(r) {
                     Some(alert) => raise(&tx, alert),
                     None => Ok(()),
-                }
-            })?;
+                })?;
+            }
             let Raise::All { error, auth_failed } = which else {
                 tx.commit()?;
                 return Ok(count);

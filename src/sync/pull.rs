@@ -56,10 +56,12 @@ pub enum Queries {
 pub const INBOX_ORDER: &str = "createdDateTime asc";
 
 /// One committed page of the pull.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PageDone {
     pub query: &'static str,
     pub counts: UpsertCounts,
+    /// The ids of the page's readable referrals.
+    pub ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -223,6 +225,7 @@ impl<'a> MicrosoftPull<'a> {
         let mark = watermark.zip(high_water);
         let next = page.next_link.clone();
         let (referrals, rejected) = (page.referrals, page.rejected);
+        let ids: Vec<String> = referrals.iter().map(|r| r.referral.id.clone()).collect();
         self.query_seen += (referrals.len() + rejected.len()) as u64;
         let counts = self
             .store
@@ -245,7 +248,7 @@ impl<'a> MicrosoftPull<'a> {
             );
             self.last_progress = Instant::now();
         }
-        Ok(PageDone { query, counts })
+        Ok(PageDone { query, counts, ids })
     }
 
     fn query_name(&self) -> &'static str {
