@@ -249,10 +249,15 @@ async fn google_phases(
 }
 
 /// Reads every Google record due now, as far as the budget allows.
+/// Every pass runs at the clock of the start, so each record due then is read once.
 async fn read_due(ctx: &CycleContext) -> Result<RefreshStats, CycleError> {
     let mut total = RefreshStats::default();
+    let Some(google) = &ctx.google else {
+        return Ok(total);
+    };
+    let start = Utc::now();
     loop {
-        let pass = refresh_once(ctx).await?;
+        let pass = refresh::refresh_pass(&ctx.store, google, &google.refresh, start).await?;
         total.add(pass);
         if !pass.more_due || pass.budget_exhausted || pass.read + pass.failed + pass.finalized == 0
         {

@@ -234,8 +234,9 @@ pub fn demo_config(sim: &Simulator, state_dir: &std::path::Path) -> anyhow::Resu
             }
         },
         "sync": {"conflict": "microsoft", "retry_min": "1s", "retry_max": "5s"},
-        // The demo compresses days into seconds: every tracked record is due at each cycle.
-        "refresh": {"min_interval": "0s"}
+        // The demo compresses days into seconds: every tracked record is due at each cycle,
+        // and the hourly read budget is scaled up with it.
+        "refresh": {"min_interval": "0s", "reads_per_hour": 10_000_000}
     })));
     let loaded = Config::from_figment(figment, &state_dir.join("demo.toml"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -255,7 +255,7 @@ async fn check_one(
                             interval: next_interval(previous, changed, hot, &settings),
                         }
                     };
-                    schedule::record_check(&tx, &name, result, now)?;
+                    schedule::record_check(&tx, &name, result, checked_at(now))?;
                     tx.commit()?;
                     Ok(result)
                 })
@@ -270,7 +270,7 @@ async fn check_one(
                 retry_in: retry_after_failure(record.failures, settings),
             };
             store
-                .call(move |c| schedule::record_check(c, &name, result, now))
+                .call(move |c| schedule::record_check(c, &name, result, checked_at(now)))
                 .await?;
             if e.is_auth() {
                 return Err(e.into());
@@ -279,6 +279,13 @@ async fn check_one(
             Ok(result)
         }
     }
+}
+
+/// When a read counts as done: the pass's clock, or the wall clock if that is later (a read
+/// takes time), so a record read in a pass is never due again within the same pass — also
+/// with `min_interval = "0s"`.
+fn checked_at(pass_now: DateTime<Utc>) -> DateTime<Utc> {
+    pass_now.max(Utc::now())
 }
 
 enum Fetched {

@@ -459,3 +459,25 @@ async fn changes_to_known_referrals_come_in_the_background_and_are_planned_by_th
     );
     assert_eq!(queued, 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_shot_sync_reads_each_due_record_once_even_with_no_minimum_interval() {
+    let env = TestEnv::with_google("").await;
+    env.edit_config(|c| {
+        c.replace(
+            "[refresh]\nmin_interval = \"0s\"",
+            "[refresh]\nmin_interval = \"0s\"\nreads_per_hour = 10000000",
+        )
+    });
+    // More than one pass's batch (50), so the passes must not re-read what they just read.
+    tracked(&env, 120).await;
+    let app = worker(&env);
+    let cycle = tokio::time::timeout(Duration::from_secs(60), app.sync_once())
+        .await
+        .expect("the one-shot sync ends");
+    assert!(cycle.report.ok(), "{:?}", cycle.report.error);
+    assert_eq!(
+        cycle.report.google.fetched, 120,
+        "each tracked lead read once"
+    );
+}
