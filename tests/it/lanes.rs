@@ -45,6 +45,16 @@ fn urgent_referral(id: &str, hours_left: i64) -> serde_json::Value {
     r
 }
 
+/// Replaces the helpers' `[refresh]` settings (min_interval 0s) with `settings`.
+fn set_refresh(env: &TestEnv, settings: &str) {
+    env.edit_config(|c| {
+        c.replace(
+            "[refresh]\nmin_interval = \"0s\"",
+            &format!("[refresh]\n{settings}"),
+        )
+    });
+}
+
 fn gets(env: &TestEnv) -> u64 {
     env.sim.counter("google.get_lead") + env.sim.counter("google.get_opportunity")
 }
@@ -158,12 +168,10 @@ async fn the_refresh_schedule_backs_off_on_unchanged_records_and_resets_on_chang
         "", // helpers set min_interval = 0s; this test sets its own below
     )
     .await;
-    env.edit_config(|c| {
-        c.replace(
-            "[refresh]\nmin_interval = \"0s\"",
-            "[refresh]\nmin_interval = \"1m\"\nmax_interval = \"10m\"\nhot_max_interval = \"4m\"",
-        )
-    });
+    set_refresh(
+        &env,
+        "min_interval = \"1m\"\nmax_interval = \"10m\"\nhot_max_interval = \"4m\"",
+    );
     tracked(&env, 3).await;
     let app = worker(&env);
     let google = app.cycle.google.as_ref().unwrap();
@@ -211,12 +219,7 @@ async fn the_refresh_schedule_backs_off_on_unchanged_records_and_resets_on_chang
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_record_resets_its_interval() {
     let env = TestEnv::with_google("").await;
-    env.edit_config(|c| {
-        c.replace(
-            "[refresh]\nmin_interval = \"0s\"",
-            "[refresh]\nmin_interval = \"1m\"\nmax_interval = \"1h\"",
-        )
-    });
+    set_refresh(&env, "min_interval = \"1m\"\nmax_interval = \"1h\"");
     tracked(&env, 1).await;
     let lead = env.sim.google_leads()[0]["name"]
         .as_str()
@@ -260,12 +263,7 @@ async fn a_changed_record_resets_its_interval() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_refresh_budget_caps_reads_per_hour_and_per_five_minutes() {
     let env = TestEnv::with_google("").await;
-    env.edit_config(|c| {
-        c.replace(
-            "[refresh]\nmin_interval = \"0s\"",
-            "[refresh]\nmin_interval = \"0s\"\nreads_per_hour = 24",
-        )
-    });
+    set_refresh(&env, "min_interval = \"0s\"\nreads_per_hour = 24");
     tracked(&env, 10).await;
     let app = worker(&env);
     let google = app.cycle.google.as_ref().unwrap();
@@ -384,12 +382,10 @@ async fn the_daemon_alerts_an_urgent_referral_before_a_throttled_refresh_finishe
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_stage_on_an_opportunity_in_play_reaches_partner_center_at_its_next_check() {
     let env = TestEnv::with_google("").await;
-    env.edit_config(|c| {
-        c.replace(
-            "[refresh]\nmin_interval = \"0s\"",
-            "[refresh]\nmin_interval = \"1m\"\nhot_max_interval = \"4m\"\nmax_interval = \"6h\"",
-        )
-    });
+    set_refresh(
+        &env,
+        "min_interval = \"1m\"\nhot_max_interval = \"4m\"\nmax_interval = \"6h\"",
+    );
     tracked(&env, 1).await;
     let referral = sample::referral_id(0);
     let lead = env.sim.google_leads()[0]["name"]
@@ -463,12 +459,7 @@ async fn changes_to_known_referrals_come_in_the_background_and_are_planned_by_th
 #[tokio::test(flavor = "multi_thread")]
 async fn a_one_shot_sync_reads_each_due_record_once_even_with_no_minimum_interval() {
     let env = TestEnv::with_google("").await;
-    env.edit_config(|c| {
-        c.replace(
-            "[refresh]\nmin_interval = \"0s\"",
-            "[refresh]\nmin_interval = \"0s\"\nreads_per_hour = 10000000",
-        )
-    });
+    set_refresh(&env, "min_interval = \"0s\"\nreads_per_hour = 10000000");
     // More than one pass's batch (50), so the passes must not re-read what they just read.
     tracked(&env, 120).await;
     let app = worker(&env);
