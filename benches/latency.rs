@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use axum::{Json, Router};
-use cosell_sync::sim::{google::PARTNER_ID, sample, Simulator};
+#[path = "common/mod.rs"]
+mod common;
+
+use cosell_sync::sim::{sample, Simulator};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cosell-sync");
@@ -32,47 +35,24 @@ fn env_num(name: &str, default: u64) -> u64 {
 }
 
 fn config(dir: &std::path::Path, sim: &Simulator, rps: u32, hook: &str, extra: &str) -> String {
-    let c = &sim.state.credentials;
-    let key = dir.join("google-key.json");
-    std::fs::write(&key, sim.google_key_json()).unwrap();
-    format!(
+    let tables = format!(
         r#"
-[state]
-path = "{state}"
 [schedule]
 sync = "*/5 * * * * *"
-[log]
-level = "warn"
-[microsoft]
-api_base = "{base}"
-authority = "{base}"
-tenant = "{tenant}"
-client_id = "{client}"
-client_secret = "{secret}"
-refresh_token = "{refresh}"
-requests_per_second = {rps}
-[google]
-api_base = "{base}"
-partner_id = "{PARTNER_ID}"
-credentials_file = "{key}"
-requests_per_second = {rps}
-[google.lead]
-submitter_email = "bench@partner.example"
-product_family = "GOOGLE_CLOUD_PLATFORM"
 [sync]
 concurrency = 8
 [[alerts.webhook]]
 url = "{hook}"
 format = "json"
 {extra}
-"#,
-        state = dir.join("state.db").display(),
-        base = sim.base_url(),
-        tenant = c.tenant,
-        client = c.client_id,
-        secret = c.client_secret,
-        refresh = c.refresh_token,
-        key = key.display(),
+"#
+    );
+    common::daemon_config(
+        sim,
+        &dir.join("state.db"),
+        &dir.join("google-key.json"),
+        rps,
+        &tables,
     )
 }
 

@@ -10,13 +10,16 @@
 //!
 //! Target (issue 9, finding 10): the cycle with 32 scrapers within 1.2x of the cycle without.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cosell_sync::sim::{google::PARTNER_ID, sample, Simulator};
+use cosell_sync::sim::{sample, Simulator};
 
 fn bin() -> String {
     std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cosell-sync").to_string())
@@ -71,48 +74,25 @@ fn run(runtime: &tokio::runtime::Runtime, n: usize, scrapers: usize) -> Outcome 
     sim.put_referrals(sample::pending_inbox(n, chrono::Utc::now()));
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("google-key.json");
-    std::fs::write(&key, sim.google_key_json()).unwrap();
-    let c = &sim.state.credentials;
     let port = free_port();
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"
-[state]
-path = "{state}"
+        common::daemon_config(
+            &sim,
+            &dir.path().join("state.db"),
+            &key,
+            100000,
+            &format!(
+                r#"
 [schedule]
 sync = "0 0 0 1 1 *"
-[log]
-level = "warn"
-[microsoft]
-api_base = "{base}"
-authority = "{base}"
-tenant = "{tenant}"
-client_id = "{client}"
-client_secret = "{secret}"
-refresh_token = "{refresh}"
-requests_per_second = 100000
-[google]
-api_base = "{base}"
-partner_id = "{PARTNER_ID}"
-credentials_file = "{key}"
-requests_per_second = 100000
-[google.lead]
-submitter_email = "bench@partner.example"
-product_family = "GOOGLE_CLOUD_PLATFORM"
 [sync]
 concurrency = 8
 [metrics]
 listen = "127.0.0.1:{port}"
-"#,
-            state = dir.path().join("state.db").display(),
-            base = sim.base_url(),
-            tenant = c.tenant,
-            client = c.client_id,
-            secret = c.client_secret,
-            refresh = c.refresh_token,
-            key = key.display(),
+"#
+            ),
         ),
     )
     .unwrap();

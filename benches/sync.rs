@@ -11,10 +11,13 @@
 //! page), one create and one write-back per new referral, zero writes on the re-sync, peak
 //! RSS at 100k ≤ 1.5× at 10k, CPU per referral flat.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use cosell_sync::sim::{google::PARTNER_ID, sample, Faults, Simulator};
+use cosell_sync::sim::{sample, Faults, Simulator};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cosell-sync");
 
@@ -135,43 +138,18 @@ fn main() {
         });
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("google-key.json");
-        std::fs::write(&key, sim.google_key_json()).unwrap();
-        let c = &sim.state.credentials;
         let config = dir.path().join("config.toml");
         std::fs::write(
             &config,
-            format!(
+            common::daemon_config(
+                &sim,
+                &dir.path().join("state.db"),
+                &key,
+                100000,
                 r#"
-[state]
-path = "{state}"
-[log]
-level = "warn"
-[microsoft]
-api_base = "{base}"
-authority = "{base}"
-tenant = "{tenant}"
-client_id = "{client}"
-client_secret = "{secret}"
-refresh_token = "{refresh}"
-requests_per_second = 100000
-[google]
-api_base = "{base}"
-partner_id = "{PARTNER_ID}"
-credentials_file = "{key}"
-requests_per_second = 100000
-[google.lead]
-submitter_email = "bench@partner.example"
-product_family = "GOOGLE_CLOUD_PLATFORM"
 [sync]
 concurrency = 8
 "#,
-                state = dir.path().join("state.db").display(),
-                base = sim.base_url(),
-                tenant = c.tenant,
-                client = c.client_id,
-                secret = c.client_secret,
-                refresh = c.refresh_token,
-                key = key.display(),
             ),
         )
         .unwrap();

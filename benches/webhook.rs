@@ -10,6 +10,9 @@
 //! Targets: lead p95 ≤ 2 s, alert ≤ 1 s. The schedule never fires during the run, so no
 //! cycle helps: only the events do.
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::routing::post;
 use axum::Json;
-use cosell_sync::sim::{google::PARTNER_ID, sample, Simulator};
+use cosell_sync::sim::{sample, Simulator};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cosell-sync");
@@ -81,7 +84,6 @@ fn main() {
     });
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("google-key.json");
-    std::fs::write(&key, sim.google_key_json()).unwrap();
     let ca = dir.path().join("sim-ca.pem");
     std::fs::write(&ca, sim.webhook_ca_pem()).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -90,36 +92,20 @@ fn main() {
         .unwrap()
         .port();
     let public_url = format!("http://127.0.0.1:{port}/partner-center/events");
-    let c = &sim.state.credentials;
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"
-[state]
-path = "{state}"
+        common::daemon_config(
+            &sim,
+            &dir.path().join("state.db"),
+            &key,
+            100000,
+            &format!(
+                r#"
 [schedule]
 sync = "0 0 0 1 1 *"
 [daemon]
 sync_on_start = false
-[log]
-level = "warn"
-[microsoft]
-api_base = "{base}"
-authority = "{base}"
-tenant = "{tenant}"
-client_id = "{client}"
-client_secret = "{secret}"
-refresh_token = "{refresh}"
-requests_per_second = 100000
-[google]
-api_base = "{base}"
-partner_id = "{PARTNER_ID}"
-credentials_file = "{key}"
-requests_per_second = 100000
-[google.lead]
-submitter_email = "bench@partner.example"
-product_family = "GOOGLE_CLOUD_PLATFORM"
 [sync]
 concurrency = 8
 [[alerts.webhook]]
@@ -131,15 +117,9 @@ public_url = "{public_url}"
 certificate_url_prefixes = ["{prefix}"]
 ca_file = "{ca}"
 "#,
-            state = dir.path().join("state.db").display(),
-            base = sim.base_url(),
-            tenant = c.tenant,
-            client = c.client_id,
-            secret = c.client_secret,
-            refresh = c.refresh_token,
-            key = key.display(),
-            prefix = sim.webhook_certificate_prefix(),
-            ca = ca.display(),
+                prefix = sim.webhook_certificate_prefix(),
+                ca = ca.display(),
+            ),
         ),
     )
     .unwrap();
