@@ -15,6 +15,8 @@
 //! - [`render`]: every command's tables and JSON, in one place.
 //! - [`timefmt`]: one time format for people (`2026-12-01 14:05 UTC`, `2 d 12 h`), pure.
 //! - [`scheduler`]: the cron job, the no-overlap guard, SIGHUP reload, shutdown with a grace period.
+//! - [`serve`]: the one HTTP server layer of every listener: header, body and idle timeouts,
+//!   a connection cap below the fd limit, refusals counted and logged in aggregate.
 //! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG, STOPPING) without libsystemd.
 //! - [`health`]: liveness per lane (plain data in, no import of `app`), the `/metrics` +
 //!   `/healthz` endpoint.
@@ -51,6 +53,7 @@ pub mod metrics;
 pub mod microsoft;
 pub mod render;
 pub mod scheduler;
+pub mod serve;
 pub mod sim;
 pub mod status;
 pub mod store;

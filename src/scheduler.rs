@@ -62,6 +62,7 @@ pub async fn run(
     shutdown: CancellationToken,
     reload: Reload,
     health: Arc<Health>,
+    webhook_events: Option<crate::webhook::Events>,
 ) -> anyhow::Result<()> {
     // A reload during start-up (before the first token) is taken after it, never fatal.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -82,18 +83,12 @@ pub async fn run(
     let job_id = add_job(&mut scheduler, &daemon).await?;
     scheduler.start().await?;
     let app = daemon.app();
-    // Partner Center events (off without [webhook]): a receiver and the forwarder beside the
-    // scheduled cycles.
-    let webhook = match app.config.webhook.clone() {
-        Some(w) => {
-            let d = daemon.clone();
-            let (_, forwarder) = crate::webhook::start(&w, move || d.app(), shutdown.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?;
-            Some(forwarder)
-        }
-        None => None,
-    };
+    // Partner Center events (off without [webhook]): the receiver was bound and serves since
+    // start-up; the forwarder runs beside the scheduled cycles.
+    let webhook = webhook_events.map(|events| {
+        let d = daemon.clone();
+        crate::webhook::start_forwarder(move || d.app(), events, shutdown.clone())
+    });
     tracing::info!(schedule = %app.config.schedule.sync, dry_run = app.config.daemon.dry_run, "daemon started");
     daemon.notifier.ready();
     daemon
