@@ -88,33 +88,6 @@ pub fn fd_limit() -> u64 {
     limit.rlim_cur
 }
 
-/// Raises the soft fd limit to the hard one (at most 65,536), as Go and systemd's own
-/// services do: the soft 1,024 is a relic of select(2), which nothing here uses. Returns the
-/// soft limit in force afterwards.
-pub fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct they are given and nothing else.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        let wanted = limit.rlim_max.min(65_536);
-        if wanted > limit.rlim_cur {
-            let raised = libc::rlimit {
-                rlim_cur: wanted,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return wanted;
-            }
-        }
-    }
-    limit.rlim_cur
-}
-
 /// A listen address that could not be bound; `run` exits 78 with it.
 #[derive(Debug, thiserror::Error)]
 #[error("{key} {listen}: {message}")]

@@ -346,10 +346,10 @@ async fn listen(
     health: &Arc<crate::health::Health>,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<Option<crate::webhook::Events>, AppError> {
-    let nofile = crate::serve::raise_fd_limit();
+    // The fd limit is the unit's LimitNOFILE (setrlimit is outside its system-call filter).
     let limits = crate::serve::Limits::daemon();
     tracing::debug!(
-        nofile,
+        nofile = crate::serve::fd_limit(),
         max_connections = limits.max_connections,
         "HTTP connection cap"
     );

@@ -612,3 +612,47 @@ async fn events_racing_a_cycle_on_the_same_referrals_make_one_lead_each() {
     assert!(h.env.sim.leads_per_external_id().values().all(|n| *n == 1));
     assert_eq!(h.env.sim.google_leads().len(), ids.len());
 }
+
+/// `[webhook] listen` equal to `[metrics] listen` (or overlapping it through 0.0.0.0) is a
+/// configuration error naming both keys, caught by `check-config`, not a crash of `run`.
+#[tokio::test]
+async fn a_webhook_and_metrics_listen_clash_is_a_config_error() {
+    let h = hooked("").await;
+    let listen = h
+        .public_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let port = listen.rsplit(':').next().unwrap().to_string();
+    let original = std::fs::read_to_string(&h.env.config).unwrap();
+    for metrics in [listen.clone(), format!("0.0.0.0:{port}")] {
+        h.env
+            .edit_config(|_| format!("{original}\n[metrics]\nlisten = \"{metrics}\"\n"));
+        let out = h.env.cli(&["check-config"]).await;
+        assert_eq!(out.status.code(), Some(78), "{metrics}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("metrics.listen") && err.contains("webhook.listen"), "{err}");
+    }
+}
+
+/// An address already in use is a configuration error (78) found before the first token is
+/// asked for: under `Restart=on-failure` a restart loop would redeem the refresh token each
+/// time.
+#[tokio::test]
+async fn run_with_its_webhook_address_taken_exits_78_before_any_token_grant() {
+    let h = hooked("").await;
+    let listen = h
+        .public_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let _taken = std::net::TcpListener::bind(&listen).unwrap();
+    let out = h.env.cli(&["run"]).await;
+    assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
+    assert!(stderr(&out).contains("webhook.listen"), "{}", stderr(&out));
+    assert_eq!(h.env.sim.counter("token"), 0);
+}
