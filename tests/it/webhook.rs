@@ -285,6 +285,8 @@ fn spawn_daemon(env: &TestEnv, log: &std::path::Path) -> tokio::process::Child {
         .env_remove("NOTIFY_SOCKET")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
+        // A failing assertion must not leave a daemon running.
+        .kill_on_drop(true)
         .spawn()
         .unwrap()
 }
@@ -655,4 +657,90 @@ async fn run_with_its_webhook_address_taken_exits_78_before_any_token_grant() {
     assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
     assert!(stderr(&out).contains("webhook.listen"), "{}", stderr(&out));
     assert_eq!(h.env.sim.counter("token"), 0);
+}
+
+/// Forged events (each naming its own missing certificate) from 16 clients at once.
+async fn flood_of_forgeries(public_url: &str, prefix: &str, round: usize, n: usize) {
+    let client = reqwest::Client::new();
+    let body = r#"{"EventName":"referral-created","ResourceUri":"https://x/engagements/v1/referrals/forged"}"#;
+    let signature = cosell_sync::sim::webhook::sign(body.as_bytes());
+    let mut sent = Vec::new();
+    for worker in 0..16 {
+        let (client, url, prefix, sig) = (
+            client.clone(),
+            public_url.to_string(),
+            prefix.to_string(),
+            signature.clone(),
+        );
+        sent.push(tokio::spawn(async move {
+            for i in (worker..n).step_by(16) {
+                let status = client
+                    .post(&url)
+                    .header("authorization", format!("Signature {sig}"))
+                    .header("x-ms-signature-algorithm", "rsa-sha256")
+                    .header("x-ms-certificate-url", format!("{prefix}missing-{round}-{i}.cer"))
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert_eq!(status, 401);
+            }
+        }));
+    }
+    for s in sent {
+        s.await.unwrap();
+    }
+}
+
+/// The daemon (a tick every second writing alongside the receiver) takes floods of forgeries
+/// and genuine events before and after ten SIGHUP reloads: no write fails with "database is
+/// locked", every genuine event makes its lead, every forgery is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_before_and_after_ten_reloads_never_hit_database_is_locked() {
+    let h = hooked("").await;
+    h.env.edit_config(|t| format!("{t}\n[schedule]\nsync = \"*/1 * * * * *\"\n"));
+    let log = h.env.dir.path().join("daemon.log");
+    h.env.sim.register_webhook(&h.public_url);
+    let daemon = spawn_daemon(&h.env, &log);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(20), || read_log().contains("daemon started")).await,
+        "{}",
+        read_log()
+    );
+    let prefix = h.env.sim.webhook_certificate_prefix();
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        let new: Vec<usize> = (300 + round * 4..304 + round * 4).collect();
+        ids.extend(new.iter().map(|i| sample::referral_id(*i)));
+        h.env.sim.put_referrals(new.iter().map(|i| {
+            sample::referral(*i, Utc::now(), chrono::Duration::hours(10), "New", "Pending")
+        }));
+        flood_of_forgeries(&h.public_url, &prefix, round, 300).await;
+        if round < 2 {
+            for reload in 1..=5 {
+                let before = read_log().matches("configuration reloaded").count();
+                crate::daemon::kill(&daemon, "-HUP");
+                assert!(
+                    wait_until(Duration::from_secs(10), || {
+                        read_log().matches("configuration reloaded").count() > before
+                    })
+                    .await,
+                    "reload {reload} of round {round}: {}",
+                    read_log()
+                );
+            }
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || ids.iter().all(|id| leads_for(&h, id) == 1)).await,
+        "{:?}",
+        h.env.sim.leads_per_external_id()
+    );
+    assert!(wait_until(Duration::from_secs(10), || counter(&h, "rejected") == 900).await);
+    crate::daemon::kill(&daemon, "-TERM");
+    let log = read_log();
+    assert_eq!(log.matches("configuration reloaded").count(), 10);
+    assert!(!log.contains("database is locked"), "{log}");
 }
