@@ -744,3 +744,45 @@ async fn floods_before_and_after_ten_reloads_never_hit_database_is_locked() {
     assert_eq!(log.matches("configuration reloaded").count(), 10);
     assert!(!log.contains("database is locked"), "{log}");
 }
+
+/// A body past 64 KiB is refused with 413 without being read whole (here 8 MiB, streamed),
+/// and the refusal is counted by the server layer the receiver runs on.
+#[tokio::test]
+async fn an_oversized_event_body_gets_413_and_is_counted_by_the_server_layer() {
+    let h = hooked("").await;
+    let (_app, _stop) = start_in_process(&h).await;
+    let before = too_large_count();
+    // Chunked, no length: the limit must stop the read itself.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, path) = h
+        .public_url
+        .trim_start_matches("http://")
+        .split_once('/')
+        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("POST /{path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("10000\r\n{}\r\n", "{".repeat(0x10000));
+    for _ in 0..128 {
+        // The daemon may answer 413 and close before everything is sent.
+        if s.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let mut answer = vec![0u8; 64];
+    let n = s.read(&mut answer).await.unwrap_or(0);
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(wait_until(Duration::from_secs(5), || too_large_count() > before).await);
+}
+
+fn too_large_count() -> u64 {
+    let text = cosell_sync::metrics::global().render();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "cosell_http_rejected_total{listener=\"webhook\",reason=\"body_too_large\"} ",
+            )
+        })
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
