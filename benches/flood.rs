@@ -132,7 +132,13 @@ async fn forged_flood(t: &Target, seconds: u64, clients: usize) {
             latencies.lock().unwrap().extend(mine);
         }));
     }
-    let ids = genuine_events(&t.sim, 2_000_000, 12, Duration::from_millis(seconds * 1000 / 14)).await;
+    let ids = genuine_events(
+        &t.sim,
+        2_000_000,
+        12,
+        Duration::from_millis(seconds * 1000 / 14),
+    )
+    .await;
     for w in workers {
         w.await.unwrap();
     }
@@ -140,7 +146,9 @@ async fn forged_flood(t: &Target, seconds: u64, clients: usize) {
     let mut l = std::mem::take(&mut *latencies.lock().unwrap());
     l.sort();
     let fetches = t.sim.counter("webhook:certificate") - fetches_before;
-    println!("forged flood: {seconds} s, {clients} clients, each request naming its own certificate URL");
+    println!(
+        "forged flood: {seconds} s, {clients} clients, each request naming its own certificate URL"
+    );
     println!(
         "  {} refused (401), {:.0}/s, p50 {:.1} ms, p99 {:.1} ms",
         l.len(),
@@ -152,8 +160,14 @@ async fn forged_flood(t: &Target, seconds: u64, clients: usize) {
         "  certificate fetches: {fetches} for {} distinct URLs (at most 8 in flight; the rest refused unfetched)",
         sent.load(Ordering::Relaxed)
     );
-    println!("  genuine events forwarded to a lead: {made} of {}", ids.len());
-    println!("  daemon peak RSS so far: {:.1} MiB", proc_mib(t.pid, "VmHWM:"));
+    println!(
+        "  genuine events forwarded to a lead: {made} of {}",
+        ids.len()
+    );
+    println!(
+        "  daemon peak RSS so far: {:.1} MiB",
+        proc_mib(t.pid, "VmHWM:")
+    );
 }
 
 /// One slow connection: a head at one byte per second until the daemon closes it. Returns
@@ -214,7 +228,12 @@ async fn slow_connections(t: &Target, slow: usize) {
             while sampling.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 asked += 1;
-                match client.get(&url).timeout(Duration::from_secs(5)).send().await {
+                match client
+                    .get(&url)
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status().is_success() => worst = worst.max(started.elapsed()),
                     _ => failed += 1,
                 }
@@ -253,8 +272,15 @@ async fn slow_connections(t: &Target, slow: usize) {
         percentile(&open_for, 0.5).as_secs_f64(),
         open_for.last().copied().unwrap_or_default().as_secs_f64()
     );
-    println!("  genuine events forwarded to a lead meanwhile: {made} of {}", ids.len());
-    println!("  /healthz: {} of {asked} answered, worst {:.1} ms", asked - failed, ms(worst));
+    println!(
+        "  genuine events forwarded to a lead meanwhile: {made} of {}",
+        ids.len()
+    );
+    println!(
+        "  /healthz: {} of {asked} answered, worst {:.1} ms",
+        asked - failed,
+        ms(worst)
+    );
     println!("  daemon RSS during the phase: at most {most_rss:.1} MiB");
 }
 
@@ -318,7 +344,10 @@ ca_file = "{ca}"
         healthz: format!("http://127.0.0.1:{metrics}/healthz"),
         pid: daemon.id(),
     };
-    println!("daemon RSS at start: {:.1} MiB", proc_mib(target.pid, "VmRSS:"));
+    println!(
+        "daemon RSS at start: {:.1} MiB",
+        proc_mib(target.pid, "VmRSS:")
+    );
     runtime.block_on(forged_flood(&target, seconds, clients));
     runtime.block_on(slow_connections(&target, slow));
     let _ = daemon.kill();

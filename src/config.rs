@@ -1302,7 +1302,6 @@ fn check_base_url(value: &str) -> Result<(), String> {
     }
 }
 
-
 /// Whether two `host:port` listen addresses would fight over one socket: the same port, and
 /// the same IP or either one a wildcard (0.0.0.0 or ::). Unparsable ones never overlap (they
 /// have their own errors).

@@ -357,11 +357,10 @@ async fn handle(
         })
     });
     let mut router = router;
-    let response =
-        match tower_service::Service::call(&mut router, request).await {
-            Ok(r) => r,
-            Err(never) => match never {},
-        };
+    let response = match tower_service::Service::call(&mut router, request).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
     if expired.load(Ordering::Relaxed) {
         record_rejection(&label, "body_timeout", None);
         let mut r = Response::new(Body::from("request body too slow\n"));
@@ -495,10 +494,7 @@ impl AsyncWrite for Tracked {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -758,7 +758,12 @@ mod tests {
     ) -> axum::response::Response {
         use axum::response::IntoResponse;
         use std::sync::atomic::Ordering::SeqCst;
-        *host.fetches.lock().unwrap().entry(name.clone()).or_default() += 1;
+        *host
+            .fetches
+            .lock()
+            .unwrap()
+            .entry(name.clone())
+            .or_default() += 1;
         let now = host.in_flight.fetch_add(1, SeqCst) + 1;
         host.most_in_flight.fetch_max(now, SeqCst);
         let answer = if name.starts_with("good") {
@@ -855,27 +860,35 @@ mod tests {
         for r in requests {
             assert!(r.await.unwrap().is_err());
         }
-        let most = host.most_in_flight.load(std::sync::atomic::Ordering::SeqCst);
+        let most = host
+            .most_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst);
         assert!(most <= MAX_FETCHES_IN_FLIGHT, "{most} in flight");
         assert!(host.total() <= 40);
         // A URL refused for want of a slot was not fetched, so it is not remembered as failed:
         // the genuine certificate, asked for after the flood, is fetched and verifies.
         let genuine = format!("{prefix}good.cer");
-        v.verify(&event_headers(&genuine, true), BODY).await.unwrap();
+        v.verify(&event_headers(&genuine, true), BODY)
+            .await
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flood_of_other_good_urls_cannot_push_the_genuine_certificate_out() {
         let (_d, v, host, prefix) = with_host().await;
         let genuine = format!("{prefix}good.cer");
-        v.verify(&event_headers(&genuine, true), BODY).await.unwrap();
+        v.verify(&event_headers(&genuine, true), BODY)
+            .await
+            .unwrap();
         // Other URLs under the prefix that serve a valid certificate, with forged signatures.
         for n in 0..(3 * CACHE_MAX) {
             let url = format!("{prefix}good{n}.cer");
             let refused = v.verify(&event_headers(&url, false), BODY).await;
             assert_eq!(refused.unwrap_err().reason(), "bad_signature");
         }
-        v.verify(&event_headers(&genuine, true), BODY).await.unwrap();
+        v.verify(&event_headers(&genuine, true), BODY)
+            .await
+            .unwrap();
         assert_eq!(host.fetches("good.cer"), 1);
         assert!(lock(&v.certificates).good.len() <= CACHE_MAX);
     }

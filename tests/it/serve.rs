@@ -38,7 +38,8 @@ fn app() -> Router {
 /// `cosell_http_rejected_total{listener,reason}` from the process's metrics.
 fn rejected(listener: &str, reason: &str) -> u64 {
     let text = cosell_sync::metrics::global().render();
-    let wanted = format!("cosell_http_rejected_total{{listener=\"{listener}\",reason=\"{reason}\"}} ");
+    let wanted =
+        format!("cosell_http_rejected_total{{listener=\"{listener}\",reason=\"{reason}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&wanted))
         .map_or(0, |n| n.trim().parse().unwrap())
@@ -211,6 +212,9 @@ async fn two_routers_share_one_address_and_a_taken_address_is_a_bind_error_namin
         .await
         .unwrap_err();
     let text = err.to_string();
-    assert!(text.starts_with(&format!("metrics.listen {listen}: cannot listen")), "{text}");
+    assert!(
+        text.starts_with(&format!("metrics.listen {listen}: cannot listen")),
+        "{text}"
+    );
     assert!(text.contains("another process"), "{text}");
 }

@@ -635,7 +635,10 @@ async fn a_webhook_and_metrics_listen_clash_is_a_config_error() {
         let out = h.env.cli(&["check-config"]).await;
         assert_eq!(out.status.code(), Some(78), "{metrics}: {}", stderr(&out));
         let err = stderr(&out);
-        assert!(err.contains("metrics.listen") && err.contains("webhook.listen"), "{err}");
+        assert!(
+            err.contains("metrics.listen") && err.contains("webhook.listen"),
+            "{err}"
+        );
     }
 }
 
@@ -678,7 +681,10 @@ async fn flood_of_forgeries(public_url: &str, prefix: &str, round: usize, n: usi
                     .post(&url)
                     .header("authorization", format!("Signature {sig}"))
                     .header("x-ms-signature-algorithm", "rsa-sha256")
-                    .header("x-ms-certificate-url", format!("{prefix}missing-{round}-{i}.cer"))
+                    .header(
+                        "x-ms-certificate-url",
+                        format!("{prefix}missing-{round}-{i}.cer"),
+                    )
                     .body(body)
                     .send()
                     .await
@@ -699,13 +705,16 @@ async fn flood_of_forgeries(public_url: &str, prefix: &str, round: usize, n: usi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_before_and_after_ten_reloads_never_hit_database_is_locked() {
     let h = hooked("").await;
-    h.env.edit_config(|t| format!("{t}\n[schedule]\nsync = \"*/1 * * * * *\"\n"));
+    h.env
+        .edit_config(|t| format!("{t}\n[schedule]\nsync = \"*/1 * * * * *\"\n"));
     let log = h.env.dir.path().join("daemon.log");
     h.env.sim.register_webhook(&h.public_url);
     let daemon = spawn_daemon(&h.env, &log);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
-        wait_until(Duration::from_secs(20), || read_log().contains("daemon started")).await,
+        wait_until(Duration::from_secs(20), || read_log()
+            .contains("daemon started"))
+        .await,
         "{}",
         read_log()
     );
@@ -715,7 +724,13 @@ async fn floods_before_and_after_ten_reloads_never_hit_database_is_locked() {
         let new: Vec<usize> = (300 + round * 4..304 + round * 4).collect();
         ids.extend(new.iter().map(|i| sample::referral_id(*i)));
         h.env.sim.put_referrals(new.iter().map(|i| {
-            sample::referral(*i, Utc::now(), chrono::Duration::hours(10), "New", "Pending")
+            sample::referral(
+                *i,
+                Utc::now(),
+                chrono::Duration::hours(10),
+                "New",
+                "Pending",
+            )
         }));
         flood_of_forgeries(&h.public_url, &prefix, round, 300).await;
         if round < 2 {
@@ -734,7 +749,10 @@ async fn floods_before_and_after_ten_reloads_never_hit_database_is_locked() {
         }
     }
     assert!(
-        wait_until(Duration::from_secs(30), || ids.iter().all(|id| leads_for(&h, id) == 1)).await,
+        wait_until(Duration::from_secs(30), || ids
+            .iter()
+            .all(|id| leads_for(&h, id) == 1))
+        .await,
         "{:?}",
         h.env.sim.leads_per_external_id()
     );
