@@ -1,11 +1,12 @@
 //! Wiring: builds the store and the clients from a validated [`Config`], and the commands on
 //! top of them: one function per command in [`commands`] (`main` only parses and calls it),
 //! `link` in [`link`], one cycle (`sync`), the daemon (`run`, via
-//! [`crate::scheduler`]).
+//! [`scheduler`]).
 
 pub mod commands;
 pub mod demo;
 pub mod link;
+pub mod scheduler;
 
 use std::sync::Arc;
 
@@ -183,6 +184,17 @@ impl App {
     pub fn inherit_worker(&mut self, from: &App) {
         self.worker_lock = from.worker_lock.clone();
         self.cycle.stop = from.cycle.stop.clone();
+    }
+
+    /// What the webhook's hand-off uses (the store, the clients, the alert settings), never
+    /// the whole app.
+    pub fn webhook_handoff(&self) -> crate::webhook::forward::Handoff {
+        crate::webhook::forward::Handoff {
+            cycle: self.cycle.clone(),
+            alerts: self.alerts.clone(),
+            dry_run: self.config.daemon.dry_run,
+            max_attempts: self.config.webhook.as_ref().map_or(5, |w| w.max_attempts),
+        }
     }
 
     /// One full cycle (`sync`): a full pull, the Google records due now, a full plan, the

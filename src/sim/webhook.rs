@@ -419,7 +419,7 @@ impl super::Simulator {
     pub fn register_webhook(&self, url: &str) {
         lock(&self.state.webhook).registration = Some((
             url.to_string(),
-            crate::webhook::config::DEFAULT_EVENTS
+            crate::config::webhook::DEFAULT_EVENTS
                 .iter()
                 .map(|e| e.to_string())
                 .collect(),
