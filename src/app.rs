@@ -86,17 +86,8 @@ impl App {
             (Store::open(&config.state.path)?, None)
         };
         let ms = &config.microsoft;
-        let http = MicrosoftClient::build_http(ms.timeout.0, ms.connect_timeout.0);
-        let tokens = TokenSource::new(
-            http.clone(),
-            &ms.authority,
-            ms.tenant.as_deref().unwrap_or_default(),
-            ms.client_id.clone().unwrap_or_default(),
-            ms.client_secret.clone(),
-            ms.refresh_token.clone(),
-            config.token_file(),
-        )
-        .map_err(AppError::Config)?;
+        let http = crate::http::client(ms.timeout.0, ms.connect_timeout.0);
+        let tokens = TokenSource::from_config(http.clone(), &config).map_err(AppError::Config)?;
         let microsoft = MicrosoftClient::new(
             http,
             &ms.api_base,
@@ -246,7 +237,7 @@ fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
     let auth = GoogleAuth::from_key_file(key)
         .map_err(|e| AppError::Config(format!("google.credentials_file: {e}")))?;
     // Google's own timeouts: its calls are small and its quota is not Microsoft's.
-    let http = MicrosoftClient::build_http(g.timeout.0, g.connect_timeout.0);
+    let http = crate::http::client(g.timeout.0, g.connect_timeout.0);
     let client = GoogleClient::new(
         http,
         &g.api_base,

@@ -383,6 +383,18 @@ pub fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// The HTTP client every API client uses (Microsoft, Google, the webhook registration): rustls,
+/// bounded connect and total timeouts, same-origin redirects only. The one place it is built.
+pub fn client(timeout: Duration, connect_timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(connect_timeout)
+        .redirect(same_origin_redirects())
+        .user_agent(concat!("cosell-sync/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("reqwest client with rustls builds")
+}
+
 /// `[microsoft.retry]` and `[google.retry]` as the policy [`with_retry`] follows (kept here so
 /// the configuration imports nothing from the clients).
 impl crate::config::RetryConfig {

@@ -11,7 +11,7 @@ use super::{scheduler, App, AppError};
 use crate::cli::{OutboxCommand, OutboxState};
 use crate::config::Config;
 use crate::google::GoogleAuth;
-use crate::microsoft::{MicrosoftClient, TokenSource};
+use crate::microsoft::TokenSource;
 use crate::store::{outbox, Store};
 use crate::{exit, render};
 
@@ -231,16 +231,8 @@ pub async fn auth_check(config: &Config) -> Outcome {
     let ms = &config.microsoft;
     let token_file = config.token_file();
     let before = std::fs::read_to_string(&token_file).ok();
-    let tokens = TokenSource::new(
-        MicrosoftClient::build_http(ms.timeout.0, ms.connect_timeout.0),
-        &ms.authority,
-        ms.tenant.as_deref().unwrap_or_default(),
-        ms.client_id.clone().unwrap_or_default(),
-        ms.client_secret.clone(),
-        ms.refresh_token.clone(),
-        token_file.clone(),
-    )
-    .map_err(AppError::Config)?;
+    let http = crate::http::client(ms.timeout.0, ms.connect_timeout.0);
+    let tokens = TokenSource::from_config(http, config).map_err(AppError::Config)?;
     match tokens.access_token().await {
         Ok(_) => {
             out.push_str("ok      microsoft: a token for the Referrals API was granted\n");
@@ -288,7 +280,7 @@ async fn google_token(config: &Config) -> Option<Result<(), String>> {
 /// `auth microsoft`: the device-code sign-in; `show` prints the instructions as they come.
 pub async fn auth_microsoft(config: &Config, show: impl Fn(&str)) -> Outcome {
     let ms = &config.microsoft;
-    let http = MicrosoftClient::build_http(ms.timeout.0, ms.connect_timeout.0);
+    let http = crate::http::client(ms.timeout.0, ms.connect_timeout.0);
     let token_file = config.token_file();
     crate::microsoft::auth::device_code_flow(
         &http,

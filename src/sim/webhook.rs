@@ -21,7 +21,7 @@ use rcgen::{
 use serde_json::{json, Value};
 
 use super::{lock, SimState};
-use crate::microsoft::model::db_timestamp;
+use crate::timefmt::db_timestamp;
 
 type Shared = Arc<SimState>;
 

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::PartnerWebhookConfig;
 use crate::config::Config;
 use crate::http::{new_request_id, send_and_read, ApiError};
-use crate::microsoft::{MicrosoftClient, TokenSource};
+use crate::microsoft::TokenSource;
 use crate::store::webhook as wstore;
 use crate::store::Store;
 
@@ -55,17 +55,9 @@ impl RegistrationClient {
             .as_ref()
             .ok_or("webhook: the [webhook] section is missing")?;
         let ms = &config.microsoft;
-        let http = MicrosoftClient::build_http(ms.timeout.0, ms.connect_timeout.0);
-        let tokens = TokenSource::new(
-            http.clone(),
-            &ms.authority,
-            ms.tenant.as_deref().unwrap_or_default(),
-            ms.client_id.clone().unwrap_or_default(),
-            ms.client_secret.clone(),
-            ms.refresh_token.clone(),
-            config.token_file(),
-        )?
-        .with_scope(crate::microsoft::CLASSIC_SCOPE);
+        let http = crate::http::client(ms.timeout.0, ms.connect_timeout.0);
+        let tokens = TokenSource::from_config(http.clone(), config)?
+            .with_scope(crate::microsoft::CLASSIC_SCOPE);
         let base = Url::parse(webhook.api_base.trim_end_matches('/'))
             .map_err(|e| format!("webhook.api_base: {e}"))?;
         Ok(RegistrationClient {
