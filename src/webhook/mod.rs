@@ -1,39 +1,39 @@
-//! Partner Center referral webhooks (issue 12), off unless `[webhook]` is set: the [`config`],
+//! Partner Center referral webhooks (issue 12), off unless `[webhook]` is set: its section is
+//! [`crate::config::webhook`],
 //! signature checks ([`verify`]), the HTTP [`receiver`] that stores a verified event before it
 //! answers 200, the hand-off of the referral to the deadline path ([`forward`]), and the
 //! registration commands ([`registration`]). Polling stays the safety net: events can be late,
 //! repeated or lost, and nothing here is needed for a referral to be synced eventually.
 
-pub mod config;
 pub mod forward;
 pub mod receiver;
 pub mod registration;
 pub mod verify;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-pub use config::PartnerWebhookConfig;
+pub use crate::config::PartnerWebhookConfig;
 
-use crate::app::App;
+use forward::Handoff;
 
 /// Starts the receiver on `webhook.listen` and the forwarder (which first replays what an
-/// earlier process accepted but did not forward). `app` gives the current app (it changes on
-/// SIGHUP). Returns the bound address and the forwarder's task, for shutdown to wait on.
-/// (`run` instead mounts [`receiver_router`] with its other listeners, bound before the first
-/// token, and starts the forwarder with [`start_forwarder`] once the app is ready.)
+/// earlier process accepted but did not forward). `handoff` gives what the forwarder uses,
+/// from the current app (it changes on SIGHUP). Returns the bound address and the
+/// forwarder's task, for shutdown to wait on. (`run` instead mounts [`receiver_router`] with
+/// its other listeners, bound before the first token, and starts the forwarder with
+/// [`start_forwarder`] once the app is ready.)
 pub async fn start(
     config: &PartnerWebhookConfig,
-    app: impl Fn() -> Arc<App> + Send + 'static,
+    handoff: impl Fn() -> Handoff + Send + 'static,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), String> {
     let (tx, rx) = events_channel();
-    let store = app().store.clone();
+    let store = handoff().cycle.store.clone();
     let addr = receiver::serve(config, store, tx, shutdown.clone()).await?;
-    let forwarder = start_forwarder(app, rx, shutdown);
+    let forwarder = start_forwarder(config, handoff, rx, shutdown);
     Ok((addr, forwarder))
 }
 
@@ -55,11 +55,13 @@ pub fn receiver_router(
 
 /// The forwarder: replays what was accepted but not forwarded, then forwards `events`.
 pub fn start_forwarder(
-    app: impl Fn() -> Arc<App> + Send + 'static,
+    config: &PartnerWebhookConfig,
+    handoff: impl Fn() -> Handoff + Send + 'static,
     events: Events,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(forward::run(app, events, shutdown))
+    let every = config.sweep_interval.0;
+    tokio::spawn(forward::run(handoff, every, events, shutdown))
 }
 
 /// The event name `webhook test` asks for.

@@ -23,7 +23,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::app::{App, Cycle};
+use super::{App, Cycle};
 use crate::config::Config;
 use crate::health::Health;
 use crate::systemd::{watchdog_interval, Notifier};
@@ -85,10 +85,19 @@ pub async fn run(
     let app = daemon.app();
     // Partner Center events (off without [webhook]): the receiver was bound and serves since
     // start-up; the forwarder runs beside the scheduled cycles.
-    let webhook = webhook_events.map(|events| {
-        let d = daemon.clone();
-        crate::webhook::start_forwarder(move || d.app(), events, shutdown.clone())
-    });
+    let webhook = match (app.config.webhook.as_ref(), webhook_events) {
+        (Some(w), Some(events)) => {
+            let d = daemon.clone();
+            let handoff = move || d.app().webhook_handoff();
+            Some(crate::webhook::start_forwarder(
+                w,
+                handoff,
+                events,
+                shutdown.clone(),
+            ))
+        }
+        _ => None,
+    };
     tracing::info!(schedule = %app.config.schedule.sync, dry_run = app.config.daemon.dry_run, "daemon started");
     daemon.notifier.ready();
     daemon
