@@ -2,9 +2,9 @@
 //! `cosell-sync run` with `[webhook]` and `[metrics]` against the simulator (which also hosts
 //! the trusted certificate prefix).
 //!
-//! 1. Forged flood: `clients` connections send forged events for `seconds`, each naming its own
-//!    missing certificate under the trusted prefix (so each passes the cheap checks); meanwhile
-//!    12 genuine referral events arrive. Reported: forged requests/s, p50/p99 answer time,
+//! 1. Forged floods: `clients` connections send forged events for `seconds`, first all naming
+//!    one missing certificate under the trusted prefix, then each naming its own (so each passes
+//!    the cheap checks and asks for a fetch); meanwhile 12 genuine referral events arrive. Reported: forged requests/s, p50/p99 answer time,
 //!    certificate fetches vs distinct URLs, genuine events turned into leads, peak RSS.
 //! 2. Slow connections: `slow` connections send a request head at one byte per second; while
 //!    they are open, 6 genuine events arrive and `/healthz` is asked every 250 ms. Reported:
@@ -95,7 +95,9 @@ async fn leads_made(sim: &Simulator, ids: &[String], within: Duration) -> usize 
     }
 }
 
-async fn forged_flood(t: &Target, seconds: u64, clients: usize) {
+/// Forged events for `seconds`; each names its own certificate URL when `distinct`, else all
+/// name one missing certificate (fetched once, then refused from the negative cache).
+async fn forged_flood(t: &Target, seconds: u64, clients: usize, distinct: bool) {
     let prefix = t.sim.webhook_certificate_prefix();
     let body = r#"{"EventName":"referral-created","ResourceUri":"https://x/engagements/v1/referrals/forged"}"#;
     let signature = cosell_sync::sim::webhook::sign(body.as_bytes());
@@ -121,7 +123,14 @@ async fn forged_flood(t: &Target, seconds: u64, clients: usize) {
                     .post(&url)
                     .header("authorization", format!("Signature {sig}"))
                     .header("x-ms-signature-algorithm", "rsa-sha256")
-                    .header("x-ms-certificate-url", format!("{prefix}forged-{n}.cer"))
+                    .header(
+                        "x-ms-certificate-url",
+                        if distinct {
+                            format!("{prefix}forged-{n}.cer")
+                        } else {
+                            format!("{prefix}forged.cer")
+                        },
+                    )
                     .body(body)
                     .send()
                     .await;
@@ -132,9 +141,10 @@ async fn forged_flood(t: &Target, seconds: u64, clients: usize) {
             latencies.lock().unwrap().extend(mine);
         }));
     }
+    let first = if distinct { 2_000_000 } else { 2_500_000 };
     let ids = genuine_events(
         &t.sim,
-        2_000_000,
+        first,
         12,
         Duration::from_millis(seconds * 1000 / 14),
     )
@@ -146,9 +156,12 @@ async fn forged_flood(t: &Target, seconds: u64, clients: usize) {
     let mut l = std::mem::take(&mut *latencies.lock().unwrap());
     l.sort();
     let fetches = t.sim.counter("webhook:certificate") - fetches_before;
-    println!(
-        "forged flood: {seconds} s, {clients} clients, each request naming its own certificate URL"
-    );
+    let urls = if distinct {
+        "each request naming its own certificate URL"
+    } else {
+        "all naming one missing certificate URL"
+    };
+    println!("forged flood: {seconds} s, {clients} clients, {urls}");
     println!(
         "  {} refused (401), {:.0}/s, p50 {:.1} ms, p99 {:.1} ms",
         l.len(),
@@ -158,7 +171,7 @@ async fn forged_flood(t: &Target, seconds: u64, clients: usize) {
     );
     println!(
         "  certificate fetches: {fetches} for {} distinct URLs (at most 8 in flight; the rest refused unfetched)",
-        sent.load(Ordering::Relaxed)
+        if distinct { sent.load(Ordering::Relaxed) } else { 1 }
     );
     println!(
         "  genuine events forwarded to a lead: {made} of {}",
@@ -348,7 +361,8 @@ ca_file = "{ca}"
         "daemon RSS at start: {:.1} MiB",
         proc_mib(target.pid, "VmRSS:")
     );
-    runtime.block_on(forged_flood(&target, seconds, clients));
+    runtime.block_on(forged_flood(&target, seconds, clients, false));
+    runtime.block_on(forged_flood(&target, seconds, clients, true));
     runtime.block_on(slow_connections(&target, slow));
     let _ = daemon.kill();
     let _ = daemon.wait();
