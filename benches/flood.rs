@@ -11,6 +11,8 @@
 //!    when the slow connections were dropped (max ≤ the 10 s header timeout), genuine events
 //!    turned into leads, `/healthz` worst answer, the daemon's largest RSS during the phase.
 //!
+//! Run:
+//!
 //!     cargo bench --bench flood                  # 10 s, 64 clients, 1,000 slow connections
 //!     cargo bench --bench flood -- 20 64 1000    # seconds, clients, slow connections
 //!
