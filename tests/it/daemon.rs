@@ -146,7 +146,15 @@ async fn notify_watchdog_metrics_reload_and_stop_in_order() {
     )
     .unwrap();
     kill(&child, "-HUP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Waits on the log line, not a fixed time (a loaded machine takes longer than 500 ms).
+    let reloaded = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < reloaded
+        && !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("configuration reloaded")
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("configuration reload refused") && text.contains("schedule.sync"),
