@@ -14,14 +14,13 @@
 //! This module sits above [`crate::sync`] and [`crate::alerts`] and joins them, so neither
 //! imports the other.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::Utc;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::alerts::deliver::{self, AlertSettings, AlertStats, Raise};
+use crate::alerts::deliver::{self, AlertSettings, AlertStats, CycleDelivery, Raise};
 use crate::store::runs;
 use crate::sync::pull::{MicrosoftPull, Queries};
 use crate::sync::{push, refresh, CycleContext, CycleError, CycleReport, PullStats, RefreshStats};
@@ -86,13 +85,13 @@ impl TickOptions {
     }
 }
 
-/// The alert phases of one cycle: what they raised and delivered, and the sinks that failed
-/// (not tried again until the next cycle).
+/// The alert phases of one cycle: what they raised and delivered, and what they share (sinks
+/// that failed, chat messages sent).
 struct Alerting<'a> {
     store: &'a crate::store::Store,
     settings: &'a AlertSettings,
     dry_run: bool,
-    broken_sinks: HashSet<String>,
+    delivery: CycleDelivery,
     stats: AlertStats,
 }
 
@@ -104,7 +103,7 @@ impl Alerting<'_> {
             which,
             Utc::now(),
             self.dry_run,
-            &mut self.broken_sinks,
+            &mut self.delivery,
         )
         .await;
         self.stats.add(stats);
@@ -126,7 +125,7 @@ pub async fn run_cycle(
         store: &ctx.store,
         settings: alerts,
         dry_run,
-        broken_sinks: HashSet::new(),
+        delivery: CycleDelivery::default(),
         stats: AlertStats::default(),
     };
     async {

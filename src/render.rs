@@ -68,6 +68,15 @@ pub fn alerts(rows: &[AlertRow]) -> String {
     out
 }
 
+/// One sink's lines of `alerts test`: the result, then what the sink gets.
+pub fn sink_test(test: &crate::alerts::deliver::SinkTest) -> String {
+    let head = match &test.result {
+        Ok(()) => format!("ok      {}", test.key),
+        Err(e) => format!("FAILED  {}: {e}", test.key),
+    };
+    format!("{head}\n        gets: {}\n", test.gets)
+}
+
 /// `audit`, and the timeline of `status --referral`.
 pub fn audit(rows: &[AuditRow]) -> String {
     let mut out = String::new();
