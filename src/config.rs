@@ -790,10 +790,18 @@ impl AlertsConfig {
     /// Each sink's routing keys: `(key prefix, kinds, thresholds)`.
     fn sink_routes(&self) -> Vec<(String, &[String], &[HumanDuration])> {
         let hooks = self.webhook.iter().enumerate().map(|(i, w)| {
-            (format!("alerts.webhook[{i}]"), &w.kinds[..], &w.thresholds[..])
+            (
+                format!("alerts.webhook[{i}]"),
+                &w.kinds[..],
+                &w.thresholds[..],
+            )
         });
         let commands = self.command.iter().enumerate().map(|(i, c)| {
-            (format!("alerts.command[{i}]"), &c.kinds[..], &c.thresholds[..])
+            (
+                format!("alerts.command[{i}]"),
+                &c.kinds[..],
+                &c.thresholds[..],
+            )
         });
         hooks.chain(commands).collect()
     }
@@ -806,7 +814,10 @@ impl AlertsConfig {
             for kind in kinds.iter().filter(|k| !ALERT_KINDS.contains(&k.as_str())) {
                 errors.push(ConfigError::new(
                     format!("{prefix}.kinds"),
-                    format!("{kind:?} is not an alert kind (one of: {})", ALERT_KINDS.join(", ")),
+                    format!(
+                        "{kind:?} is not an alert kind (one of: {})",
+                        ALERT_KINDS.join(", ")
+                    ),
                 ));
             }
             for t in thresholds.iter().filter(|t| !self.thresholds.contains(t)) {

@@ -239,8 +239,14 @@ impl CycleDelivery {
         if total <= CHAT_MESSAGES_PER_CYCLE as u64 {
             return;
         }
-        let parts: Vec<String> = self.raised.iter().map(|(k, n)| format!("{n} {k}")).collect();
-        let awaiting = awaiting.map(|n| format!("; {n} incoming referrals await an answer")).unwrap_or_default();
+        let parts: Vec<String> = self
+            .raised
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        let awaiting = awaiting
+            .map(|n| format!("; {n} incoming referrals await an answer"))
+            .unwrap_or_default();
         tracing::warn!(
             raised = total,
             "ALERT SUMMARY: {total} alerts raised in this cycle ({}){awaiting}; chat sinks got a digest; `{}` lists them",
@@ -273,7 +279,10 @@ pub async fn raise_and_deliver(
         Err(e) => tracing::error!(error = %e, "cannot record alerts"),
     }
     if last && cycle.raised.values().sum::<u64>() > CHAT_MESSAGES_PER_CYCLE as u64 {
-        let awaiting = store.call(|c| crate::store::responses::count_awaiting(c)).await.ok();
+        let awaiting = store
+            .call(|c| crate::store::responses::count_awaiting(c))
+            .await
+            .ok();
         cycle.log_summary(awaiting);
     }
     if dry_run {
@@ -658,7 +667,12 @@ async fn close_recovered_episodes(
     settings: &AlertSettings,
     broken: &HashSet<String>,
 ) -> Result<(), StoreError> {
-    for key in settings.sinks.iter().map(Sink::key).filter(|k| !broken.contains(k)) {
+    for key in settings
+        .sinks
+        .iter()
+        .map(Sink::key)
+        .filter(|k| !broken.contains(k))
+    {
         let was_failing = store
             .call({
                 let key = key.clone();

@@ -122,7 +122,9 @@ impl Digest {
             json!({"type": "FactSet", "facts": counts}),
         ];
         for n in &self.nearest {
-            let at = n.deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let at = n
+                .deadline
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             let what = match &n.link {
                 Some(link) => format!("[{}]({link})", n.what),
                 None => n.what.clone(),
@@ -133,7 +135,9 @@ impl Digest {
                 "text": format!("{what}: {{{{DATE({at}, SHORT)}}}} {{{{TIME({at})}}}} ({} left)", time_left(n.deadline - now)),
             }));
         }
-        body.push(json!({"type": "TextBlock", "wrap": true, "text": format!("The rest: {LIST_COMMAND}")}));
+        body.push(
+            json!({"type": "TextBlock", "wrap": true, "text": format!("The rest: {LIST_COMMAND}")}),
+        );
         let card = json!({
             "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
             "type": "AdaptiveCard",

@@ -175,8 +175,15 @@ mod tests {
     #[test]
     fn describe_names_kinds_and_thresholds() {
         let all = vec!["72h".to_string(), "24h".into(), "4h".into()];
-        let r = route(&["referral_expiring", "referral_expired"], Severity::Info, &["4h"]);
-        assert_eq!(r.describe(&all), "referral_expiring at 4h; referral_expired");
+        let r = route(
+            &["referral_expiring", "referral_expired"],
+            Severity::Info,
+            &["4h"],
+        );
+        assert_eq!(
+            r.describe(&all),
+            "referral_expiring at 4h; referral_expired"
+        );
         let ops = route(&[], Severity::Critical, &[]);
         assert_eq!(
             ops.describe(&all),

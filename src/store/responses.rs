@@ -90,7 +90,11 @@ struct OpenRow {
 
 impl OpenRow {
     /// How the wait ended and when, or `None` while it goes on.
-    fn outcome(&self, window: Duration, now: DateTime<Utc>) -> Option<(&'static str, DateTime<Utc>)> {
+    fn outcome(
+        &self,
+        window: Duration,
+        now: DateTime<Utc>,
+    ) -> Option<(&'static str, DateTime<Utc>)> {
         let created = parse_timestamp(&self.created_at)?;
         let expires = self.expires_at.as_deref().and_then(parse_timestamp);
         let deadline = crate::deadline::deadline(created, expires, window);
@@ -100,9 +104,7 @@ impl OpenRow {
             .unwrap_or(now)
             .clamp(created, now.max(created));
         match (self.status.as_deref(), self.substatus.as_deref()) {
-            (Some("New"), _) => {
-                (deadline <= now).then_some(("expired", deadline))
-            }
+            (Some("New"), _) => (deadline <= now).then_some(("expired", deadline)),
             (Some("Active"), _) => Some(("accepted", answered)),
             (Some("Closed"), Some("Declined")) => Some(("declined", answered)),
             (Some("Closed"), Some("Expired")) => Some(("expired", deadline.min(answered))),
@@ -124,7 +126,11 @@ pub struct ResponseWindow {
 }
 
 /// What was settled since `now - days`.
-pub fn window(conn: &Connection, days: i64, now: DateTime<Utc>) -> Result<ResponseWindow, StoreError> {
+pub fn window(
+    conn: &Connection,
+    days: i64,
+    now: DateTime<Utc>,
+) -> Result<ResponseWindow, StoreError> {
     let since = db_timestamp(now - Duration::days(days));
     let mut out = ResponseWindow {
         days,
@@ -134,7 +140,9 @@ pub fn window(conn: &Connection, days: i64, now: DateTime<Utc>) -> Result<Respon
         "SELECT outcome, seconds FROM referral_responses
          WHERE outcome IS NOT NULL AND settled_at >= ?1 ORDER BY seconds",
     )?;
-    let rows = stmt.query_map([since], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let rows = stmt.query_map([since], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
     for row in rows {
         let (outcome, seconds) = row?;
         match outcome.as_str() {

@@ -74,7 +74,8 @@ async fn three_thousand_pending_referrals_send_at_most_ten_messages_to_each_chat
         sink(&json.uri(), "siem", "json", "")
     );
     let env = TestEnv::with_extra(&extra).await;
-    env.sim.put_referrals(sample::pending_inbox(3000, Utc::now()));
+    env.sim
+        .put_referrals(sample::pending_inbox(3000, Utc::now()));
 
     for _ in 0..2 {
         let out = env.run(&["sync"]).await;
@@ -113,7 +114,10 @@ async fn three_thousand_pending_referrals_send_at_most_ten_messages_to_each_chat
         .collect();
     assert_eq!(referrals.len(), 3000, "every referral in alerts list");
     let pending = stdout(&env.run(&["alerts", "list", "--pending"]).await);
-    assert!(pending.contains("no alerts"), "a digest delivers: {pending}");
+    assert!(
+        pending.contains("no alerts"),
+        "a digest delivers: {pending}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -170,17 +174,13 @@ async fn a_sink_with_thresholds_4h_gets_the_4h_alerts_and_nothing_else_of_that_k
     assert!(pending.contains("no alerts"), "{pending}");
 
     // Time passes (the 20 h referral now has 3 h left), over a restart of the binary.
-    env.sim.put_referrals(
-        referrals_left(&[70, 3])
-            .into_iter()
-            .skip(1)
-            .map(|mut v| {
-                v["id"] = Value::from(r(1));
-                // A newer snapshot than the stored one.
-                v["updatedDateTime"] = Value::from(Utc::now().to_rfc3339());
-                v
-            }),
-    );
+    env.sim
+        .put_referrals(referrals_left(&[70, 3]).into_iter().skip(1).map(|mut v| {
+            v["id"] = Value::from(r(1));
+            // A newer snapshot than the stored one.
+            v["updatedDateTime"] = Value::from(Utc::now().to_rfc3339());
+            v
+        }));
     let out = env.cli(&["sync"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(env.cli(&["sync"]).await.status.success());
@@ -189,10 +189,15 @@ async fn a_sink_with_thresholds_4h_gets_the_4h_alerts_and_nothing_else_of_that_k
     assert_eq!(got.get(&format!("referral_expiring:{}:4h", r(1))), Some(&1));
     assert!(got.values().all(|n| *n == 1), "exactly once: {got:?}");
     assert!(
-        !got.keys().any(|k| k.ends_with(":24h") || k.ends_with(":72h")),
+        !got.keys()
+            .any(|k| k.ends_with(":24h") || k.ends_with(":72h")),
         "{got:?}"
     );
-    assert_eq!(ids_received(&channel).await.len(), 2, "nothing new for the channel");
+    assert_eq!(
+        ids_received(&channel).await.len(),
+        2,
+        "nothing new for the channel"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -205,7 +210,11 @@ async fn a_sink_narrowed_while_it_was_down_gets_only_what_it_takes_now() {
     env.sim.put_referrals(referrals_left(&[70, 20, 3]));
     assert!(env.run(&["sync"]).await.status.success());
     let pending = stdout(&env.run(&["alerts", "list", "--pending"]).await);
-    assert_eq!(pending.matches("webhook:oncall: pending").count(), 3, "{pending}");
+    assert_eq!(
+        pending.matches("webhook:oncall: pending").count(),
+        3,
+        "{pending}"
+    );
 
     // The operator narrows the sink to 4 h; the receiver comes back.
     env.write_config(&sink(&url, "oncall", "json", "thresholds = [\"4h\"]"));
@@ -231,8 +240,16 @@ async fn a_sink_narrowed_while_it_was_down_gets_only_what_it_takes_now() {
 async fn check_config_rejects_an_unknown_kind_or_threshold_naming_the_key() {
     let env = TestEnv::new().await;
     for (routing, key, word) in [
-        ("kinds = [\"referral_expird\"]", "alerts.webhook[0].kinds", "referral_expird"),
-        ("thresholds = [\"12h\"]", "alerts.webhook[0].thresholds", "12h"),
+        (
+            "kinds = [\"referral_expird\"]",
+            "alerts.webhook[0].kinds",
+            "referral_expird",
+        ),
+        (
+            "thresholds = [\"12h\"]",
+            "alerts.webhook[0].thresholds",
+            "12h",
+        ),
     ] {
         env.write_config(&sink("https://hooks.example/x", "x", "json", routing));
         let out = env.run(&["check-config"]).await;
@@ -243,7 +260,11 @@ async fn check_config_rejects_an_unknown_kind_or_threshold_naming_the_key() {
     env.write_config("\n[[alerts.command]]\nargv = [\"true\"]\nthresholds = [\"1h\"]\n");
     let out = env.run(&["check-config"]).await;
     assert_eq!(out.status.code(), Some(78));
-    assert!(stderr(&out).contains("alerts.command[0].thresholds"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("alerts.command[0].thresholds"),
+        "{}",
+        stderr(&out)
+    );
     // A threshold written another way is the same threshold.
     env.write_config(&sink(
         "https://hooks.example/x",
@@ -253,7 +274,11 @@ async fn check_config_rejects_an_unknown_kind_or_threshold_naming_the_key() {
     ));
     let out = env.run(&["check-config"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("min_severity = \"critical\""), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("min_severity = \"critical\""),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -262,7 +287,12 @@ async fn alerts_test_shows_what_each_sink_gets() {
     let extra = format!(
         "{}{}{}",
         sink(&server.uri(), "channel", "slack", "thresholds = [\"72h\"]"),
-        sink(&server.uri(), "oncall", "json", "kinds = [\"referral_expiring\"]\nthresholds = [\"4h\"]"),
+        sink(
+            &server.uri(),
+            "oncall",
+            "json",
+            "kinds = [\"referral_expiring\"]\nthresholds = [\"4h\"]"
+        ),
         sink(
             &server.uri(),
             "operations",

@@ -49,7 +49,10 @@ async fn status_shows_answers_time_to_answer_and_expiries_of_the_last_30_days() 
     assert_eq!(block["expired"], 1, "counted once: {block}");
     let median = block["median_hours_to_answer"].as_f64().unwrap();
     let p90 = block["p90_hours_to_answer"].as_f64().unwrap();
-    assert!((9.9..=11.0).contains(&median), "answered ~10 h after creation: {block}");
+    assert!(
+        (9.9..=11.0).contains(&median),
+        "answered ~10 h after creation: {block}"
+    );
     assert!((29.9..=31.0).contains(&p90), "{block}");
     assert_eq!(
         block["nearest_deadlines"][0]["referral_id"],
@@ -64,6 +67,9 @@ async fn status_shows_answers_time_to_answer_and_expiries_of_the_last_30_days() 
 
     let text = stdout(&env.run(&["status"]).await);
     assert!(text.contains("Last 30 days:"), "{text}");
-    assert!(text.contains("answered 2 (1 accepted, 1 declined)"), "{text}");
+    assert!(
+        text.contains("answered 2 (1 accepted, 1 declined)"),
+        "{text}"
+    );
     assert!(text.contains("expired unanswered: 1"), "{text}");
 }
