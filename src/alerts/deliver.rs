@@ -280,7 +280,7 @@ pub async fn raise_and_deliver(
     }
     if last && cycle.raised.values().sum::<u64>() > CHAT_MESSAGES_PER_CYCLE as u64 {
         let awaiting = store
-            .call(|c| crate::store::responses::count_awaiting(c))
+            .call(crate::store::responses::count_awaiting)
             .await
             .ok();
         cycle.log_summary(awaiting);
