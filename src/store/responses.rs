@@ -8,7 +8,7 @@ use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use super::StoreError;
-use crate::microsoft::model::{db_timestamp, parse_timestamp};
+use crate::timefmt::{db_timestamp, parse_timestamp};
 
 /// The condition `referrals::each_awaiting_response` uses: incoming, New, clock running.
 const AWAITING: &str = "status = 'New' AND substatus IN ('Pending', 'Received')
