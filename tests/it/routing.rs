@@ -318,3 +318,27 @@ async fn alerts_test_shows_what_each_sink_gets() {
     );
     assert_eq!(bodies(&server).await.len(), 3, "a test alert to each sink");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_keeps_one_line_per_alert_and_sums_up_a_flood_in_one_line() {
+    let env = TestEnv::with_extra("\n[alerts]\nresponse_window = \"2d\"\n").await;
+    env.sim.put_referrals(sample::pending_inbox(40, Utc::now()));
+    let out = env.cli(&["sync"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert_eq!(log.matches("ALERT: ").count(), 40, "{log}");
+    let summaries: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ALERT SUMMARY"))
+        .collect();
+    assert_eq!(summaries.len(), 1, "{log}");
+    assert!(
+        summaries[0].contains("40 alerts raised in this cycle")
+            && summaries[0].contains("40 incoming referrals await an answer"),
+        "{}",
+        summaries[0]
+    );
+    // A quiet cycle says nothing more.
+    let again = stderr(&env.cli(&["sync"]).await);
+    assert!(!again.contains("ALERT SUMMARY"), "{again}");
+}
