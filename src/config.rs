@@ -215,6 +215,9 @@ pub struct Config {
     /// Partner Center webhooks; off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<crate::webhook::PartnerWebhookConfig>,
+    /// Links in expiry alerts to a page that answers the referral; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actions: Option<crate::actions::ActionsConfig>,
 }
 
 /// Prometheus metrics and `/healthz` over HTTP, for `run` only.
@@ -752,6 +755,31 @@ pub fn config_path(cli: Option<&Path>) -> PathBuf {
 }
 
 impl Config {
+    /// `[actions] listen` may share `[webhook] listen` (one server, both routes) but not
+    /// its path, and never the metrics port.
+    fn validate_actions_listen(
+        &self,
+        actions: &crate::actions::ActionsConfig,
+        errors: &mut Vec<ConfigError>,
+    ) {
+        if self.metrics.listen.as_deref() == Some(actions.listen.as_str()) {
+            errors.push(ConfigError::new(
+                "actions.listen",
+                "must differ from metrics.listen (the metrics server serves only /metrics and /healthz)",
+            ));
+        }
+        if let Some(w) = self.webhook.as_ref().filter(|w| w.listen == actions.listen) {
+            let page = actions.path();
+            let hook = w.path();
+            if hook.trim_end_matches('/') == page || hook.starts_with(&format!("{page}/")) {
+                errors.push(ConfigError::new(
+                    "actions.public_url",
+                    format!("its path {page:?} overlaps webhook.public_url's {hook:?} on the shared listener"),
+                ));
+            }
+        }
+    }
+
     /// Layers defaults, the file and the environment, loads secret files, and validates.
     pub fn load(file: &Path) -> Result<Loaded, ConfigErrors> {
         Self::load_checked(file, true)
@@ -1113,6 +1141,10 @@ impl Config {
         if let Some(webhook) = &self.webhook {
             webhook.validate(errors);
         }
+        if let Some(actions) = &self.actions {
+            actions.validate(errors);
+            self.validate_actions_listen(actions, errors);
+        }
         if self.alerts.failed_cycles == 0 {
             errors.push(ConfigError::new(
                 "alerts.failed_cycles",
@@ -1147,6 +1179,14 @@ impl Config {
     /// The rotated Microsoft refresh token's file, beside the database.
     pub fn token_file(&self) -> PathBuf {
         self.state.path.with_file_name(TOKEN_FILE_NAME)
+    }
+
+    /// The directory of the database (the token file and the action links' key live there).
+    pub fn state_dir(&self) -> PathBuf {
+        match self.state.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
     }
 
     /// The effective configuration as TOML, secrets shown as `[redacted]`.

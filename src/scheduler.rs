@@ -5,10 +5,12 @@
 //!   does the refresh lane when a Google record changed. The first tick runs at start-up.
 //! - the **refresh lane**: one task re-reads due Google records pass after pass, at
 //!   background priority, and runs the periodic full plan. It never holds the deadline lane.
+//! - the **answer lane**: sends queued accepts and declines at once (woken by the action page,
+//!   or seen within a quarter second when the command line queued them).
 //!
 //! systemd notifications (READY once config, database and the first token are good; STATUS
 //! after each tick; WATCHDOG while no tick is stuck; STOPPING); SIGHUP reloads the
-//! configuration when it validates; SIGTERM/SIGINT stop both lanes: no new tick starts, the
+//! configuration when it validates; SIGTERM/SIGINT stop the lanes: no new tick starts, the
 //! refresh lane stops at once (its reads are idempotent), and a running tick gets
 //! `[daemon] shutdown_grace` to finish, then `run` returns (exit 0).
 
@@ -43,6 +45,8 @@ struct Daemon {
     running: Arc<Mutex<()>>,
     /// Asks the deadline lane for a tick (permits coalesce: never a queue of ticks).
     wake: Notify,
+    /// Wakes the answer lane: an accept or decline was queued by the action page.
+    answers: Arc<Notify>,
     /// The next tick plans every referral (start-up, a reloaded policy).
     full_plan_due: AtomicBool,
     notifier: Notifier,
@@ -73,6 +77,7 @@ pub async fn run(
         app: RwLock::new(Arc::new(app)),
         running: Arc::new(Mutex::new(())),
         wake: Notify::new(),
+        answers: Arc::new(Notify::new()),
         full_plan_due: AtomicBool::new(true),
         notifier: Notifier::from_env(),
         health,
@@ -84,16 +89,32 @@ pub async fn run(
     let app = daemon.app();
     // Partner Center events (off without [webhook]): a receiver and the forwarder beside the
     // scheduled cycles.
+    // The action page (off without [actions]): on its own listener, or on the receiver's
+    // when both name the same address.
+    let mut page = crate::actions::page::settings_of(&app).map(|settings| {
+        let listen = settings.config.listen.clone();
+        let router =
+            crate::actions::page::router(settings, app.store.clone(), daemon.answers.clone());
+        (listen, router)
+    });
     let webhook = match app.config.webhook.clone() {
         Some(w) => {
             let d = daemon.clone();
-            let (_, forwarder) = crate::webhook::start(&w, move || d.app(), shutdown.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?;
+            let shared = page.take_if(|(listen, _)| *listen == w.listen);
+            let extra = shared.map(|(_, router)| router);
+            let (_, forwarder) =
+                crate::webhook::start_with(&w, move || d.app(), shutdown.clone(), extra)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
             Some(forwarder)
         }
         None => None,
     };
+    if let Some((listen, router)) = page {
+        crate::actions::page::serve(&listen, router, shutdown.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+    }
     tracing::info!(schedule = %app.config.schedule.sync, dry_run = app.config.daemon.dry_run, "daemon started");
     daemon.notifier.ready();
     daemon
@@ -104,6 +125,7 @@ pub async fn run(
     }
     let deadline = tokio::spawn(deadline_lane(daemon.clone()));
     let refresh = tokio::spawn(refresh_lane(daemon.clone()));
+    let answers = tokio::spawn(answer_lane(daemon.clone()));
     if let Some(interval) = watchdog_interval() {
         tokio::spawn(feed_watchdog(daemon.clone(), interval));
     }
@@ -114,6 +136,7 @@ pub async fn run(
     let lanes = Lanes {
         deadline,
         refresh,
+        answers,
         webhook,
     };
     stop(&daemon, &mut scheduler, lanes).await;
@@ -153,6 +176,7 @@ async fn serve_reloads(
 struct Lanes {
     deadline: tokio::task::JoinHandle<()>,
     refresh: tokio::task::JoinHandle<()>,
+    answers: tokio::task::JoinHandle<()>,
     webhook: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -172,6 +196,8 @@ async fn stop(daemon: &Daemon, scheduler: &mut JobScheduler, lanes: Lanes) {
         // The forwarder stops between events; a forward in flight gets the grace period.
         let _ = tokio::time::timeout_at(stop_by, forwarder).await;
     }
+    // An answer being sent finishes (its PATCH is one request); no new one starts.
+    let _ = tokio::time::timeout_at(stop_by, lanes.answers).await;
     match tokio::time::timeout_at(stop_by, lanes.deadline).await {
         Ok(_) => tracing::info!("stopped"),
         Err(_) => tracing::warn!(
@@ -263,6 +289,39 @@ async fn deadline_lane(daemon: Arc<Daemon>) {
         if !cycle.report.ok() && full_plan {
             // Not planned after all: the next tick tries again.
             daemon.full_plan_due.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// How often the answer lane looks for answers queued by another process (the command line
+/// cannot wake it); the action page wakes it at once.
+const ANSWER_POLL: Duration = Duration::from_millis(250);
+
+/// The answer lane: accepts and declines go out as soon as they are queued, never behind a
+/// deadline tick (its own executor: answers are not taken by the write executor).
+async fn answer_lane(daemon: Arc<Daemon>) {
+    loop {
+        let app = daemon.app();
+        if let Err(e) = crate::sync::answer_push::send_due(&app.answer_context()).await {
+            tracing::error!(error = %e, "answer lane: the database failed; trying again");
+        }
+        tokio::select! {
+            _ = daemon.answers.notified() => {}
+            _ = until_answer_due(&app) => {}
+            _ = daemon.shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn until_answer_due(app: &App) {
+    loop {
+        tokio::time::sleep(ANSWER_POLL).await;
+        let due = app
+            .store
+            .call(|c| crate::store::answers::any_due(c, chrono::Utc::now()))
+            .await;
+        if due.unwrap_or(false) {
+            return;
         }
     }
 }

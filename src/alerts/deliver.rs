@@ -121,6 +121,8 @@ pub struct AlertSettings {
     pub attempts: usize,
     pub sinks: Vec<Sink>,
     pub http: reqwest::Client,
+    /// `[actions]`: signs the `action_url` of `referral_expiring` alerts.
+    pub links: Option<std::sync::Arc<crate::actions::LinkSigner>>,
 }
 
 impl AlertSettings {
@@ -143,6 +145,7 @@ impl AlertSettings {
                 .user_agent(concat!("cosell-sync/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .expect("reqwest client builds"),
+            links: None,
         }
     }
 }
@@ -406,7 +409,8 @@ pub async fn deliver_pending(
         .await?;
     let (mut delivered, mut undelivered) = (0, 0);
     let pending = store.call(|c| astore::pending(c, 10_000)).await?;
-    for (alert, sink_key, attempts_before) in pending {
+    for (mut alert, sink_key, attempts_before) in pending {
+        alert.action_url = action_url(settings, &alert);
         let Some(sink) = sinks.get(&sink_key) else {
             continue; // A sink removed from the config: its old deliveries wait, unsent.
         };
@@ -459,6 +463,16 @@ pub async fn deliver_pending(
         }
     }
     Ok((delivered, undelivered))
+}
+
+/// The signed link of a `referral_expiring` alert, valid until the referral's deadline.
+pub fn action_url(settings: &AlertSettings, alert: &Alert) -> Option<String> {
+    let signer = settings.links.as_ref()?;
+    if alert.kind != "referral_expiring" {
+        return None;
+    }
+    let deadline = DateTime::parse_from_rfc3339(alert.deadline.as_deref()?).ok()?;
+    Some(signer.url(alert.referral_id.as_deref()?, deadline.with_timezone(&Utc)))
 }
 
 /// One notice in the log per episode of a failing sink.

@@ -347,6 +347,25 @@ pub async fn run(config: Config, file: &Path, force_dry_run: bool) -> Outcome {
     Ok(Printed::ok(""))
 }
 
+/// `accept REFERRAL_ID [--note] [--dry-run]`: status Active / Accepted in Partner Center.
+pub async fn accept(config: Config, referral_id: &str, note: Option<String>, dry_run: bool) -> Outcome {
+    let decision = crate::sync::answer::Decision::Accept;
+    super::answer::run(config, referral_id, decision, note, dry_run).await
+}
+
+/// `decline REFERRAL_ID --reason TEXT [--note] [--dry-run]`: Closed / Declined, the reason
+/// as `statusReason`.
+pub async fn decline(
+    config: Config,
+    referral_id: &str,
+    reason: String,
+    note: Option<String>,
+    dry_run: bool,
+) -> Outcome {
+    let decision = crate::sync::answer::Decision::Decline { reason };
+    super::answer::run(config, referral_id, decision, note, dry_run).await
+}
+
 /// `demo`: the simulator story (printed as it goes).
 pub async fn demo(referrals: usize) -> Outcome {
     super::demo::run(referrals)

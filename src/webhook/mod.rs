@@ -28,9 +28,19 @@ pub async fn start(
     app: impl Fn() -> Arc<App> + Send + 'static,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), String> {
+    start_with(config, app, shutdown, None).await
+}
+
+/// As [`start`], with `extra` routes served on the receiver's listener (the action page).
+pub async fn start_with(
+    config: &PartnerWebhookConfig,
+    app: impl Fn() -> Arc<App> + Send + 'static,
+    shutdown: CancellationToken,
+    extra: Option<axum::Router>,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), String> {
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     let store = app().store.clone();
-    let addr = receiver::serve(config, store, tx, shutdown.clone()).await?;
+    let addr = receiver::serve_with(config, store, tx, shutdown.clone(), extra).await?;
     let forwarder = tokio::spawn(forward::run(app, rx, shutdown));
     Ok((addr, forwarder))
 }

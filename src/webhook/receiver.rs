@@ -68,7 +68,22 @@ pub async fn serve(
     events: mpsc::Sender<Accepted>,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, String> {
-    let app = router(config, store, events)?;
+    serve_with(config, store, events, shutdown, None).await
+}
+
+/// As [`serve`], with `extra` routes on the same listener (the action page when
+/// `[actions] listen` equals `[webhook] listen`).
+pub async fn serve_with(
+    config: &PartnerWebhookConfig,
+    store: Store,
+    events: mpsc::Sender<Accepted>,
+    shutdown: CancellationToken,
+    extra: Option<Router>,
+) -> Result<SocketAddr, String> {
+    let mut app = router(config, store, events)?;
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| format!("webhook.listen {}: {e}", config.listen))?;

@@ -1,0 +1,189 @@
+//! The `[actions]` section (spec §4): where the action page listens, the public URL its links
+//! start with, the SSO header that names the person, the decline reasons offered, and the
+//! HMAC key of the links. Absent = no links and no page.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionsConfig {
+    /// Plain HTTP, behind the TLS reverse proxy; may equal `[webhook] listen` (one server).
+    pub listen: String,
+    /// Links are `public_url/TOKEN`; the page answers on this URL's path (the proxy forwards
+    /// it unchanged). `http://` only for a loopback set-up.
+    pub public_url: String,
+    /// E.g. `X-Forwarded-Email` behind an SSO proxy: then required on every request (403
+    /// without) and recorded as the actor. Empty = none (the actor is `link`).
+    #[serde(default)]
+    pub actor_header: String,
+    /// The reasons the page offers for a decline (each becomes `statusReason`).
+    #[serde(default = "default_reasons")]
+    pub decline_reasons: Vec<String>,
+    /// The links' HMAC key (at least 32 bytes). Empty = `actions.key` generated in the
+    /// state directory (mode 0600).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Reasons a partner declines a co-sell referral. [?] Partner Center's own list is not
+/// published (`partner-apis.md`: statusReason is a free string).
+pub fn default_reasons() -> Vec<String> {
+    [
+        "Not a fit for our solution area",
+        "No capacity to take this on now",
+        "Customer is outside our region",
+        "Deal size too small",
+        "Duplicate of an existing opportunity",
+        "Customer already working with another partner",
+    ]
+    .iter()
+    .map(|r| r.to_string())
+    .collect()
+}
+
+/// A reason is at most this long (Partner Center's limit is unpublished; the page shows it).
+pub const MAX_REASON_CHARS: usize = 200;
+
+impl ActionsConfig {
+    /// The page's path: `public_url`'s, without a trailing `/` (empty for the root).
+    pub fn path(&self) -> String {
+        reqwest::Url::parse(&self.public_url)
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default()
+    }
+
+    /// The key file, when one is named.
+    pub fn key_file(&self) -> Option<&std::path::Path> {
+        self.key_file
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+
+    /// The actor header, when one is set.
+    pub fn actor_header(&self) -> Option<&str> {
+        Some(self.actor_header.trim()).filter(|h| !h.is_empty())
+    }
+
+    /// Every problem, each naming its `actions.*` key.
+    pub fn validate(&self, errors: &mut Vec<ConfigError>) {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            errors.push(ConfigError::new(
+                "actions.listen",
+                format!("{:?} is not host:port (e.g. \"127.0.0.1:8788\")", self.listen),
+            ));
+        }
+        match reqwest::Url::parse(&self.public_url) {
+            Ok(u) if matches!(u.scheme(), "https" | "http") && u.host_str().is_some() => {
+                if u.scheme() == "http" && !crate::webhook::config::is_loopback(&u) {
+                    errors.push(ConfigError::new(
+                        "actions.public_url",
+                        "must be https (people open it from chat; TLS is the reverse proxy's job); http only for a loopback address",
+                    ));
+                }
+                if u.query().is_some() || u.fragment().is_some() {
+                    errors.push(ConfigError::new(
+                        "actions.public_url",
+                        "must not carry a query or a fragment (links add a path segment)",
+                    ));
+                }
+            }
+            _ => errors.push(ConfigError::new(
+                "actions.public_url",
+                format!("{:?} is not an absolute https URL", self.public_url),
+            )),
+        }
+        if let Some(h) = self.actor_header() {
+            if axum::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                errors.push(ConfigError::new(
+                    "actions.actor_header",
+                    format!("{h:?} is not an HTTP header name"),
+                ));
+            }
+        }
+        self.validate_reasons(errors);
+        if let Some(path) = self.key_file() {
+            if let Err(e) = super::link::read_key_file(path) {
+                errors.push(ConfigError::new("actions.key_file", e));
+            }
+        }
+    }
+
+    fn validate_reasons(&self, errors: &mut Vec<ConfigError>) {
+        if self.decline_reasons.is_empty() {
+            errors.push(ConfigError::new(
+                "actions.decline_reasons",
+                "must list at least one reason (or be left out for the default list)",
+            ));
+        }
+        for (i, r) in self.decline_reasons.iter().enumerate() {
+            let bad = if r.trim().is_empty() {
+                Some("must not be empty".to_string())
+            } else if r.chars().count() > MAX_REASON_CHARS {
+                Some(format!("is longer than {MAX_REASON_CHARS} characters"))
+            } else if r.chars().any(char::is_control) {
+                Some("must not contain control characters".into())
+            } else if self.decline_reasons[..i].contains(r) {
+                Some("is listed twice".into())
+            } else {
+                None
+            };
+            if let Some(message) = bad {
+                errors.push(ConfigError::new(
+                    format!("actions.decline_reasons[{i}]"),
+                    message,
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ActionsConfig {
+        ActionsConfig {
+            listen: "127.0.0.1:8788".into(),
+            public_url: "https://sync.example.com/act".into(),
+            actor_header: String::new(),
+            decline_reasons: default_reasons(),
+            key_file: None,
+        }
+    }
+
+    fn keys(c: &ActionsConfig) -> Vec<String> {
+        let mut errors = Vec::new();
+        c.validate(&mut errors);
+        errors.into_iter().map(|e| e.key).collect()
+    }
+
+    #[test]
+    fn the_example_is_valid_and_each_mistake_names_its_key() {
+        assert!(keys(&config()).is_empty());
+        assert_eq!(config().path(), "/act");
+        let cases: Vec<(fn(&mut ActionsConfig), &str)> = vec![
+            (|c| c.listen = "8788".into(), "actions.listen"),
+            (|c| c.public_url = "http://sync.example.com/act".into(), "actions.public_url"),
+            (|c| c.public_url = "/act".into(), "actions.public_url"),
+            (|c| c.public_url = "https://x.example/act?a=1".into(), "actions.public_url"),
+            (|c| c.actor_header = "X Bad".into(), "actions.actor_header"),
+            (|c| c.decline_reasons = vec![], "actions.decline_reasons"),
+            (|c| c.decline_reasons = vec!["a".into(), "a".into()], "actions.decline_reasons[1]"),
+            (|c| c.decline_reasons = vec![" ".into()], "actions.decline_reasons[0]"),
+            (|c| c.key_file = Some("/nonexistent/key".into()), "actions.key_file"),
+        ];
+        for (edit, key) in cases {
+            let mut c = config();
+            edit(&mut c);
+            assert_eq!(keys(&c), vec![key.to_string()]);
+        }
+        let mut loopback = config();
+        loopback.public_url = "http://127.0.0.1:8788/".into();
+        assert!(keys(&loopback).is_empty());
+        assert_eq!(loopback.path(), "");
+    }
+}
