@@ -210,6 +210,8 @@ async fn answered(
     ops: &[PatchOp],
     w: crate::microsoft::WriteOutcome,
 ) -> Result<(), StoreError> {
+    // 200 with the representation (asked for), 204 without.
+    let code = if w.referral.is_some() { 200 } else { 204 };
     let fresh = match w.referral {
         Some(r) => Some(r),
         None => with_retry(&ctx.retry, "get referral", || {
@@ -223,7 +225,7 @@ async fn answered(
         row.referral_id,
         answer.decision.past()
     ));
-    let entry = audit_entry(row, answer, ops, "ok", Some(204), w.request_id.clone(), None);
+    let entry = audit_entry(row, answer, ops, "ok", Some(code), w.request_id.clone(), None);
     let (id, actor) = (row.id, answer.actor.clone());
     let request_id = w.request_id;
     ctx.store
