@@ -280,7 +280,10 @@ impl Cli {
 
     /// Whether this invocation is a dry run (`--dry-run` before or after `run`/`sync`).
     pub fn is_dry_run(&self) -> bool {
-        if matches!(self.command, Command::Accept { .. } | Command::Decline { .. }) {
+        if matches!(
+            self.command,
+            Command::Accept { .. } | Command::Decline { .. }
+        ) {
             // Answers handle their own dry run (a preview); see `is_answer_dry_run`.
             return false;
         }

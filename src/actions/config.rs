@@ -73,7 +73,10 @@ impl ActionsConfig {
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             errors.push(ConfigError::new(
                 "actions.listen",
-                format!("{:?} is not host:port (e.g. \"127.0.0.1:8788\")", self.listen),
+                format!(
+                    "{:?} is not host:port (e.g. \"127.0.0.1:8788\")",
+                    self.listen
+                ),
             ));
         }
         match reqwest::Url::parse(&self.public_url) {
@@ -167,14 +170,29 @@ mod tests {
         assert_eq!(config().path(), "/act");
         let cases: Vec<(fn(&mut ActionsConfig), &str)> = vec![
             (|c| c.listen = "8788".into(), "actions.listen"),
-            (|c| c.public_url = "http://sync.example.com/act".into(), "actions.public_url"),
+            (
+                |c| c.public_url = "http://sync.example.com/act".into(),
+                "actions.public_url",
+            ),
             (|c| c.public_url = "/act".into(), "actions.public_url"),
-            (|c| c.public_url = "https://x.example/act?a=1".into(), "actions.public_url"),
+            (
+                |c| c.public_url = "https://x.example/act?a=1".into(),
+                "actions.public_url",
+            ),
             (|c| c.actor_header = "X Bad".into(), "actions.actor_header"),
             (|c| c.decline_reasons = vec![], "actions.decline_reasons"),
-            (|c| c.decline_reasons = vec!["a".into(), "a".into()], "actions.decline_reasons[1]"),
-            (|c| c.decline_reasons = vec![" ".into()], "actions.decline_reasons[0]"),
-            (|c| c.key_file = Some("/nonexistent/key".into()), "actions.key_file"),
+            (
+                |c| c.decline_reasons = vec!["a".into(), "a".into()],
+                "actions.decline_reasons[1]",
+            ),
+            (
+                |c| c.decline_reasons = vec![" ".into()],
+                "actions.decline_reasons[0]",
+            ),
+            (
+                |c| c.key_file = Some("/nonexistent/key".into()),
+                "actions.key_file",
+            ),
         ];
         for (edit, key) in cases {
             let mut c = config();

@@ -154,7 +154,9 @@ mod tests {
             "<option value=\"Too &lt;small&gt; &amp; &quot;odd&quot;\">Too &lt;small&gt; &amp; &quot;odd&quot;</option>"
         ));
         assert!(html.contains("AT&amp;T &lt;Retail&gt; &quot;x&quot;"));
-        assert!(html.contains("href=\"https://p.example/a?b=1&amp;c=&quot;2&quot;\" rel=\"noreferrer noopener\""));
+        assert!(html.contains(
+            "href=\"https://p.example/a?b=1&amp;c=&quot;2&quot;\" rel=\"noreferrer noopener\""
+        ));
         assert!(!html.contains("<script"));
         assert!(html.contains("name=\"viewport\""));
     }

@@ -63,10 +63,7 @@ impl LinkSigner {
     }
 
     /// The signer of `[actions]`: its key file, or the state directory's generated key.
-    pub fn load(
-        config: &super::ActionsConfig,
-        state_dir: &Path,
-    ) -> Result<LinkSigner, String> {
+    pub fn load(config: &super::ActionsConfig, state_dir: &Path) -> Result<LinkSigner, String> {
         let key = match config.key_file() {
             Some(path) => read_key_file(path)?,
             None => generated_key(&state_dir.join("actions.key"))?,
@@ -75,7 +72,10 @@ impl LinkSigner {
     }
 
     fn mac(&self, referral_id: &str, expires: i64) -> hmac::Tag {
-        hmac::sign(&self.key, format!("{DOMAIN}\n{referral_id}\n{expires}").as_bytes())
+        hmac::sign(
+            &self.key,
+            format!("{DOMAIN}\n{referral_id}\n{expires}").as_bytes(),
+        )
     }
 
     pub fn token(&self, referral_id: &str, expires: DateTime<Utc>) -> String {
@@ -115,7 +115,9 @@ impl LinkSigner {
             .ok()
             .filter(|n: &i64| n.to_string() == exp)
             .ok_or(LinkError::Malformed)?;
-        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| LinkError::Malformed)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| LinkError::Malformed)?;
         hmac::verify(
             &self.key,
             format!("{DOMAIN}\n{id}\n{exp_num}").as_bytes(),
@@ -217,10 +219,15 @@ mod tests {
     #[test]
     fn no_altered_or_forged_token_verifies() {
         let s = signer();
-        let good = s.token("5e5b2a8e-0d7e-4b1f-9a38-1c2d3e4f5a6b", now() + chrono::Duration::days(3));
+        let good = s.token(
+            "5e5b2a8e-0d7e-4b1f-9a38-1c2d3e4f5a6b",
+            now() + chrono::Duration::days(3),
+        );
         let mut rng = fastrand::Rng::with_seed(18);
         let alphabet: Vec<char> =
-            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ %".chars().collect();
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ %"
+                .chars()
+                .collect();
         let chars: Vec<char> = good.chars().collect();
         for i in 0..chars.len() {
             for _ in 0..6 {
@@ -257,7 +264,9 @@ mod tests {
         }
         for _ in 0..2000 {
             let len = rng.usize(0..120);
-            let junk: String = (0..len).map(|_| alphabet[rng.usize(..alphabet.len())]).collect();
+            let junk: String = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
             assert!(s.verify(&junk, now()).is_err(), "{junk}");
         }
     }

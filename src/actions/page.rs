@@ -156,7 +156,10 @@ async fn show(
     let now = Utc::now();
     let view = View::of(&s.settings, &facts, now);
     if let Some(outcome) = answered_outcome(&s, &facts).await {
-        return page(StatusCode::OK, message_page(&outcome.0, &outcome.1, &view.facts(), true));
+        return page(
+            StatusCode::OK,
+            message_page(&outcome.0, &outcome.1, &view.facts(), true),
+        );
     }
     if now >= view.deadline {
         return forbidden("The referral's deadline has passed: it can no longer be answered.");
@@ -230,7 +233,11 @@ async fn answer(
         Err(r) => return r,
     };
     let Ok(Form(form)) = Form::<HashMap<String, String>>::from_request(request, &()).await else {
-        return refused(StatusCode::BAD_REQUEST, "Not understood", "The form could not be read.");
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "Not understood",
+            "The form could not be read.",
+        );
     };
     // The hidden inputs must repeat this very link: a form replayed onto another link fails.
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
@@ -251,8 +258,8 @@ async fn answer(
     if answered_outcome(&s, &facts).await.is_none() && Utc::now() >= view.deadline {
         return forbidden("The referral's deadline has passed: it can no longer be answered.");
     }
-    let note = Some(field("note").trim().chars().take(1000).collect::<String>())
-        .filter(|n| !n.is_empty());
+    let note =
+        Some(field("note").trim().chars().take(1000).collect::<String>()).filter(|n| !n.is_empty());
     let queued = Answer {
         decision,
         note,
@@ -269,11 +276,9 @@ async fn answer(
 fn parse_decision(config: &ActionsConfig, action: &str, reason: &str) -> Result<Decision, String> {
     match action {
         "accept" => Ok(Decision::Accept),
-        "decline" if config.decline_reasons.iter().any(|r| r == reason) => {
-            Ok(Decision::Decline {
-                reason: reason.to_string(),
-            })
-        }
+        "decline" if config.decline_reasons.iter().any(|r| r == reason) => Ok(Decision::Decline {
+            reason: reason.to_string(),
+        }),
         "decline" => Err("Choose one of the listed reasons to decline.".into()),
         _ => Err("Choose Accept or Decline.".into()),
     }
@@ -306,10 +311,20 @@ fn outcome_page(asked: &Answer, outcome: Option<AnswerResult>, facts: &[(&str, F
     };
     let same = r.decision.is_empty() || r.decision == asked.decision.verb();
     match r.outcome.as_str() {
-        "queued" => page(StatusCode::ACCEPTED, message_page("Queued", &r.message, facts, true)),
+        "queued" => page(
+            StatusCode::ACCEPTED,
+            message_page("Queued", &r.message, facts, true),
+        ),
         "sent" | "already" if same => {
-            let title = if asked.decision == Decision::Accept { "Accepted" } else { "Declined" };
-            page(StatusCode::OK, message_page(title, &format!("{}.", r.message), facts, true))
+            let title = if asked.decision == Decision::Accept {
+                "Accepted"
+            } else {
+                "Declined"
+            };
+            page(
+                StatusCode::OK,
+                message_page(title, &format!("{}.", r.message), facts, true),
+            )
         }
         "sent" => page(
             StatusCode::CONFLICT,
@@ -320,7 +335,10 @@ fn outcome_page(asked: &Answer, outcome: Option<AnswerResult>, facts: &[(&str, F
                 false,
             ),
         ),
-        _ => page(StatusCode::CONFLICT, message_page("Not answered", &r.message, facts, false)),
+        _ => page(
+            StatusCode::CONFLICT,
+            message_page("Not answered", &r.message, facts, false),
+        ),
     }
 }
 
@@ -338,10 +356,20 @@ impl View {
         let mut rows = Vec::new();
         let customer = text(&raw["customerProfile"]["name"]).unwrap_or_else(|| "-".into());
         rows.push(("Customer", Fact::Text(customer)));
-        rows.push(("Deal", Fact::Text(text(&raw["name"]).unwrap_or_else(|| "-".into()))));
+        rows.push((
+            "Deal",
+            Fact::Text(text(&raw["name"]).unwrap_or_else(|| "-".into())),
+        ));
         let value = raw["details"]["dealValue"].as_f64();
-        rows.push(("Value", Fact::Text(deal(value, raw["details"]["currency"].as_str()))));
-        let left = if now < deadline { time_left(deadline - now) } else { "none (past the deadline)".into() };
+        rows.push((
+            "Value",
+            Fact::Text(deal(value, raw["details"]["currency"].as_str())),
+        ));
+        let left = if now < deadline {
+            time_left(deadline - now)
+        } else {
+            "none (past the deadline)".into()
+        };
         rows.push(("Time left", Fact::Text(left)));
         rows.push(("Deadline", Fact::Text(human(deadline))));
         rows.push((
@@ -351,10 +379,17 @@ impl View {
                 href: settings.referral_url.replace("{id}", &f.id),
             },
         ));
-        rows.push(("Google lead", Fact::Text(f.lead.clone().unwrap_or_else(|| "none yet".into()))));
+        rows.push((
+            "Google lead",
+            Fact::Text(f.lead.clone().unwrap_or_else(|| "none yet".into())),
+        ));
         rows.push((
             "Google opportunity",
-            Fact::Text(f.opportunity.clone().unwrap_or_else(|| "none linked".into())),
+            Fact::Text(
+                f.opportunity
+                    .clone()
+                    .unwrap_or_else(|| "none linked".into()),
+            ),
         ));
         rows.push(("Referral id", Fact::Text(f.id.clone())));
         View { deadline, rows }

@@ -178,7 +178,9 @@ fn teams(alert: &Alert) -> Value {
         actions.push(json!({"type": "Action.OpenUrl", "title": "Decline…", "url": url}));
     }
     if let Some(link) = &alert.link {
-        actions.push(json!({"type": "Action.OpenUrl", "title": "Open in Partner Center", "url": link}));
+        actions.push(
+            json!({"type": "Action.OpenUrl", "title": "Open in Partner Center", "url": link}),
+        );
     }
     if !actions.is_empty() {
         card["actions"] = json!(actions);
@@ -291,7 +293,9 @@ mod tests {
         assert_eq!(actions[0]["url"], "https://sync.example.com/act/T0K3N");
         assert_eq!(actions[1]["title"], "Decline…");
         assert_eq!(actions[2]["title"], "Open in Partner Center");
-        assert!(render(AlertFormat::Json, &alert()).get("action_url").is_none());
+        assert!(render(AlertFormat::Json, &alert())
+            .get("action_url")
+            .is_none());
     }
 
     #[test]

@@ -54,7 +54,10 @@ pub async fn run(
             wait_for_outcome(&app.store, row, Duration::from_secs(1)).await
         }
         Err(AppError::Busy(_)) => {
-            tracing::info!(action = row, "a daemon runs on this database; waiting for it to send the answer");
+            tracing::info!(
+                action = row,
+                "a daemon runs on this database; waiting for it to send the answer"
+            );
             wait_for_outcome(&app.store, row, WAIT_FOR_DAEMON).await
         }
         Err(e) => return Err(e),

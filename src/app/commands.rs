@@ -348,7 +348,12 @@ pub async fn run(config: Config, file: &Path, force_dry_run: bool) -> Outcome {
 }
 
 /// `accept REFERRAL_ID [--note] [--dry-run]`: status Active / Accepted in Partner Center.
-pub async fn accept(config: Config, referral_id: &str, note: Option<String>, dry_run: bool) -> Outcome {
+pub async fn accept(
+    config: Config,
+    referral_id: &str,
+    note: Option<String>,
+    dry_run: bool,
+) -> Outcome {
     let decision = crate::sync::answer::Decision::Accept;
     super::answer::run(config, referral_id, decision, note, dry_run).await
 }

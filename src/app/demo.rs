@@ -302,7 +302,9 @@ async fn webhook_step(sim: &Simulator, app: &App, dir: &std::path::Path) -> anyh
 /// `decline` command (which queues the answer and waits for the running "daemon" to send it).
 async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Result<()> {
     use crate::actions::page;
-    let listener_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let listener_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let actions = crate::actions::ActionsConfig {
         listen: format!("127.0.0.1:{listener_port}"),
         public_url: format!("http://127.0.0.1:{listener_port}/act"),
@@ -310,7 +312,10 @@ async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Res
         decline_reasons: crate::actions::config::default_reasons(),
         key_file: None,
     };
-    let signer = std::sync::Arc::new(crate::actions::LinkSigner::load(&actions, &config.state_dir()).map_err(anyhow::Error::msg)?);
+    let signer = std::sync::Arc::new(
+        crate::actions::LinkSigner::load(&actions, &config.state_dir())
+            .map_err(anyhow::Error::msg)?,
+    );
     let settings = page::PageSettings {
         signer: signer.clone(),
         config: actions.clone(),
@@ -321,7 +326,9 @@ async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Res
     let _stop = stop.clone().drop_guard();
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let router = page::router(settings, app.store.clone(), wake.clone());
-    page::serve(&actions.listen, router, stop.clone()).await.map_err(anyhow::Error::msg)?;
+    page::serve(&actions.listen, router, stop.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
     let lane = app.answer_context();
     let lane_stop = stop.clone();
     tokio::spawn(async move {
@@ -352,22 +359,38 @@ async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Res
     let token = url.rsplit('/').next().unwrap_or_default().to_string();
     let http = reqwest::Client::new();
     let page_html = http.get(&url).send().await?.text().await?;
-    println!("   alert for {} → action_url {}/…", first.id, actions.public_url);
-    println!("   GET: the page shows the facts and the form ({} bytes, no script)", page_html.len());
+    println!(
+        "   alert for {} → action_url {}/…",
+        first.id, actions.public_url
+    );
+    println!(
+        "   GET: the page shows the facts and the form ({} bytes, no script)",
+        page_html.len()
+    );
     let started = std::time::Instant::now();
     let response = http
         .post(&url)
-        .form(&[("token", token.as_str()), ("referral", first.id.as_str()), ("action", "accept"), ("reason", "")])
+        .form(&[
+            ("token", token.as_str()),
+            ("referral", first.id.as_str()),
+            ("action", "accept"),
+            ("reason", ""),
+        ])
         .send()
         .await?;
     println!(
         "   POST Accept → HTTP {} in {} ms; Partner Center now has it {}",
         response.status().as_u16(),
         started.elapsed().as_millis(),
-        sim.referral(&first.id).map(|r| format!("{}/{}", r["status"], r["substatus"])).unwrap_or_default()
+        sim.referral(&first.id)
+            .map(|r| format!("{}/{}", r["status"], r["substatus"]))
+            .unwrap_or_default()
     );
     let reason = "Customer is outside our region".to_string();
-    println!("   $ cosell-sync decline {} --reason \"{reason}\"", second.id);
+    println!(
+        "   $ cosell-sync decline {} --reason \"{reason}\"",
+        second.id
+    );
     match crate::app::commands::decline(config.clone(), &second.id, reason, None, false).await {
         Ok(printed) => print!("   {}", printed.stdout),
         Err(e) => println!("   exit {}: {e}", e.exit_code()),

@@ -18,7 +18,14 @@ pub fn enqueue(
     payload: &serde_json::Value,
     now: DateTime<Utc>,
 ) -> Result<(i64, bool), StoreError> {
-    if outbox::enqueue(conn, referral_id, ANSWER_REFERRAL, Some(referral_id), payload, now)? {
+    if outbox::enqueue(
+        conn,
+        referral_id,
+        ANSWER_REFERRAL,
+        Some(referral_id),
+        payload,
+        now,
+    )? {
         return Ok((conn.last_insert_rowid(), true));
     }
     let open: i64 = conn.query_row(
@@ -155,7 +162,13 @@ pub struct PageFacts {
 }
 
 pub fn page_facts(conn: &Connection, referral_id: &str) -> Result<Option<PageFacts>, StoreError> {
-    let row: Option<(String, String, Option<String>, Option<String>, Option<String>)> = conn
+    let row: Option<(
+        String,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    )> = conn
         .query_row(
             "SELECT r.raw_json, r.created_at, r.expires_at, l.lead_name, l.opportunity_name
              FROM referrals r LEFT JOIN links l ON l.referral_id = r.id WHERE r.id = ?1",
@@ -191,7 +204,11 @@ mod tests {
                 let (first, added) = enqueue(c, "r1", &json!({"a": 1}), now)?;
                 assert!(added);
                 let (again, added) = enqueue(c, "r1", &json!({"a": 2}), now)?;
-                assert_eq!((again, added), (first, false), "a double click joins the open one");
+                assert_eq!(
+                    (again, added),
+                    (first, false),
+                    "a double click joins the open one"
+                );
                 assert!(
                     outbox::take_due(c, now, &[])?.is_none(),
                     "the write executor never takes an answer"
@@ -216,7 +233,10 @@ mod tests {
                 assert!(!any_due(c, now)?);
                 assert_eq!(latest_finished(c, "r1")?.map(|r| r.id), Some(first));
                 let (next, added) = enqueue(c, "r1", &json!({}), now)?;
-                assert!(added && next != first, "a finished answer does not block a new one");
+                assert!(
+                    added && next != first,
+                    "a finished answer does not block a new one"
+                );
                 Ok(())
             })
             .unwrap();

@@ -145,7 +145,10 @@ pub fn decide(
     }
     let when = answered_at(referral, raw);
     let status = referral.status.clone().unwrap_or(ReferralStatus::None);
-    let substatus = referral.substatus.clone().unwrap_or(ReferralSubstatus::None);
+    let substatus = referral
+        .substatus
+        .clone()
+        .unwrap_or(ReferralSubstatus::None);
     match (&status, &substatus, decision) {
         (ReferralStatus::New, ReferralSubstatus::Pending | ReferralSubstatus::Received, _) => {
             let deadline = deadline_of(referral, window);
@@ -160,7 +163,10 @@ pub fn decide(
             }
         }
         (ReferralStatus::Active, ReferralSubstatus::Accepted, Decision::Accept) => {
-            Verdict::Already(format!("referral {} was already accepted{when}", referral.id))
+            Verdict::Already(format!(
+                "referral {} was already accepted{when}",
+                referral.id
+            ))
         }
         (ReferralStatus::Closed, ReferralSubstatus::Declined, Decision::Decline { .. }) => {
             Verdict::Already(format!(
@@ -262,15 +268,69 @@ mod tests {
             (|_| {}, Decision::Accept, "send"),
             (|r| r["substatus"] = json!("Received"), decline(), "send"),
             (|r| r["direction"] = json!(null), Decision::Accept, "send"),
-            (|r| r["direction"] = json!("Outgoing"), Decision::Accept, "refuse"),
-            (|r| r["createdDateTime"] = json!("2026-11-01T00:00:00Z"), Decision::Accept, "refuse"),
-            (|r| r["expirationDateTime"] = json!("2026-11-24T00:00:00Z"), decline(), "refuse"),
-            (|r| { r["status"] = json!("Active"); r["substatus"] = json!("Accepted") }, Decision::Accept, "already"),
-            (|r| { r["status"] = json!("Active"); r["substatus"] = json!("Accepted") }, decline(), "refuse"),
-            (|r| { r["status"] = json!("Closed"); r["substatus"] = json!("Declined") }, decline(), "already"),
-            (|r| { r["status"] = json!("Closed"); r["substatus"] = json!("Declined") }, Decision::Accept, "refuse"),
-            (|r| { r["status"] = json!("Closed"); r["substatus"] = json!("Expired") }, Decision::Accept, "refuse"),
-            (|r| { r["status"] = json!("Closed"); r["substatus"] = json!("Won") }, decline(), "refuse"),
+            (
+                |r| r["direction"] = json!("Outgoing"),
+                Decision::Accept,
+                "refuse",
+            ),
+            (
+                |r| r["createdDateTime"] = json!("2026-11-01T00:00:00Z"),
+                Decision::Accept,
+                "refuse",
+            ),
+            (
+                |r| r["expirationDateTime"] = json!("2026-11-24T00:00:00Z"),
+                decline(),
+                "refuse",
+            ),
+            (
+                |r| {
+                    r["status"] = json!("Active");
+                    r["substatus"] = json!("Accepted")
+                },
+                Decision::Accept,
+                "already",
+            ),
+            (
+                |r| {
+                    r["status"] = json!("Active");
+                    r["substatus"] = json!("Accepted")
+                },
+                decline(),
+                "refuse",
+            ),
+            (
+                |r| {
+                    r["status"] = json!("Closed");
+                    r["substatus"] = json!("Declined")
+                },
+                decline(),
+                "already",
+            ),
+            (
+                |r| {
+                    r["status"] = json!("Closed");
+                    r["substatus"] = json!("Declined")
+                },
+                Decision::Accept,
+                "refuse",
+            ),
+            (
+                |r| {
+                    r["status"] = json!("Closed");
+                    r["substatus"] = json!("Expired")
+                },
+                Decision::Accept,
+                "refuse",
+            ),
+            (
+                |r| {
+                    r["status"] = json!("Closed");
+                    r["substatus"] = json!("Won")
+                },
+                decline(),
+                "refuse",
+            ),
             (|r| r["status"] = json!("Weird"), Decision::Accept, "refuse"),
         ];
         for (i, (edit, decision, want)) in table.into_iter().enumerate() {

@@ -134,7 +134,9 @@ async fn send_one(ctx: &AnswerContext, row: OutboxRow) -> Result<(), StoreError>
             Ok(w) => return answered(ctx, &row, &answer, &ops, w).await,
             Err(e) if e.status() == Some(412) => {
                 audit_failure(ctx, &row, &answer, &ops, &e).await?;
-                tracing::info!("412: the referral changed since it was read; re-reading and deciding again");
+                tracing::info!(
+                    "412: the referral changed since it was read; re-reading and deciding again"
+                );
                 match read_fresh(ctx, &row, &answer).await? {
                     Some(fresh) => current = fresh,
                     None => return Ok(()),
@@ -157,7 +159,10 @@ async fn stored_or_fresh(
     answer: &Answer,
 ) -> Result<Option<ParsedReferral>, StoreError> {
     let id = row.referral_id.clone();
-    let stored = ctx.store.call(move |c| referrals::for_patch(c, &id)).await?;
+    let stored = ctx
+        .store
+        .call(move |c| referrals::for_patch(c, &id))
+        .await?;
     let parsed = stored
         .filter(|s| s.etag.is_some())
         .and_then(|s| ParsedReferral::from_value(s.raw).ok());
@@ -220,12 +225,24 @@ async fn answered(
         .await
         .ok(),
     };
-    let result = result_of(answer, "sent", &format!(
-        "referral {} {} in Partner Center",
-        row.referral_id,
-        answer.decision.past()
-    ));
-    let entry = audit_entry(row, answer, ops, "ok", Some(code), w.request_id.clone(), None);
+    let result = result_of(
+        answer,
+        "sent",
+        &format!(
+            "referral {} {} in Partner Center",
+            row.referral_id,
+            answer.decision.past()
+        ),
+    );
+    let entry = audit_entry(
+        row,
+        answer,
+        ops,
+        "ok",
+        Some(code),
+        w.request_id.clone(),
+        None,
+    );
     let (id, actor) = (row.id, answer.actor.clone());
     let request_id = w.request_id;
     ctx.store
@@ -260,7 +277,9 @@ async fn failed(
     e: &ApiError,
 ) -> Result<(), StoreError> {
     if (e.is_transient() || e.is_auth()) && row.attempts < ctx.schedule.max_attempts {
-        let m = format!("Partner Center did not answer ({e}); the answer stays queued and is sent again");
+        let m = format!(
+            "Partner Center did not answer ({e}); the answer stays queued and is sent again"
+        );
         return retry_later(ctx, row, answer, m, e.retry_after()).await;
     }
     let m = format!("Partner Center refused the answer: {e}");
@@ -277,7 +296,16 @@ async fn retry_later(
     let delay = ctx.schedule.delay(row.attempts, retry_after);
     let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1));
     tracing::warn!(error = %message, retry_at = %at, "answer not sent yet");
-    close(ctx, row, Some(answer), "pending", "queued", &message, Some(at)).await
+    close(
+        ctx,
+        row,
+        Some(answer),
+        "pending",
+        "queued",
+        &message,
+        Some(at),
+    )
+    .await
 }
 
 /// Records where the row ends (or waits) with its outcome.
@@ -331,7 +359,15 @@ async fn audit_failure(
         }
         _ => None,
     };
-    let entry = audit_entry(row, answer, ops, "failed", e.status(), request_id, Some(e.to_string()));
+    let entry = audit_entry(
+        row,
+        answer,
+        ops,
+        "failed",
+        e.status(),
+        request_id,
+        Some(e.to_string()),
+    );
     let actor = answer.actor.clone();
     ctx.store
         .call(move |c| answers::audit(c, &entry, &actor, Utc::now()))
@@ -349,7 +385,13 @@ fn audit_entry(
 ) -> AuditEntry {
     let fields = ops
         .iter()
-        .map(|o| format!("{}={}", o.path.trim_start_matches('/'), o.value.as_str().unwrap_or("")))
+        .map(|o| {
+            format!(
+                "{}={}",
+                o.path.trim_start_matches('/'),
+                o.value.as_str().unwrap_or("")
+            )
+        })
         .collect::<Vec<_>>()
         .join(",");
     let note = answer.note.as_deref().map(|n| format!("note: {n}"));
@@ -373,7 +415,11 @@ fn audit_entry(
 pub async fn wait_for_outcome(store: &Store, id: i64, limit: Duration) -> Option<AnswerResult> {
     let until = tokio::time::Instant::now() + limit;
     loop {
-        let row = store.call(move |c| outbox::get(c, id)).await.ok().flatten()?;
+        let row = store
+            .call(move |c| outbox::get(c, id))
+            .await
+            .ok()
+            .flatten()?;
         let settled = !matches!(row.state.as_str(), "pending" | "in_flight");
         let result = row
             .result
@@ -383,7 +429,9 @@ pub async fn wait_for_outcome(store: &Store, id: i64, limit: Duration) -> Option
             return result.or_else(|| {
                 Some(AnswerResult {
                     outcome: "refused".into(),
-                    message: row.last_error.unwrap_or_else(|| format!("the answer was {}", row.state)),
+                    message: row
+                        .last_error
+                        .unwrap_or_else(|| format!("the answer was {}", row.state)),
                     decision: String::new(),
                     actor: String::new(),
                     at: Utc::now(),
@@ -396,4 +444,3 @@ pub async fn wait_for_outcome(store: &Store, id: i64, limit: Duration) -> Option
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
-

@@ -30,7 +30,9 @@ pub(crate) struct Page {
 impl Drop for Page {
     fn drop(&mut self) {
         if let Some(pid) = self.daemon.id() {
-            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
         }
     }
 }
@@ -38,7 +40,11 @@ impl Drop for Page {
 /// Referrals `ids` with 3 h left (each crosses the 4 h threshold at once) and one past its
 /// deadline ([`expired_id`]), the daemon with `[actions]` and a JSON alert sink.
 pub(crate) async fn start(ids: std::ops::Range<usize>, extra: &str) -> Page {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200))
@@ -66,7 +72,13 @@ format = "json"
     env.edit_config(|t| format!("{t}{section}"));
     let now = Utc::now();
     let age = chrono::Duration::days(14) - chrono::Duration::hours(3);
-    let expired = sample::referral(ids.start + 5000, now, chrono::Duration::days(15), "New", "Pending");
+    let expired = sample::referral(
+        ids.start + 5000,
+        now,
+        chrono::Duration::days(15),
+        "New",
+        "Pending",
+    );
     env.sim.put_referrals(
         ids.map(|i| sample::referral(i, now, age, "New", "Pending"))
             .chain([expired]),
@@ -90,8 +102,13 @@ pub(crate) async fn action_urls(page: &Page, n: usize) -> BTreeMap<String, Strin
         for request in page.server.received_requests().await.unwrap_or_default() {
             let alert: Value = serde_json::from_slice(&request.body).unwrap_or_default();
             if alert["kind"] == "referral_expiring" {
-                let url = alert["action_url"].as_str().expect("an expiry alert has action_url");
-                urls.insert(alert["referral_id"].as_str().unwrap().to_string(), url.to_string());
+                let url = alert["action_url"]
+                    .as_str()
+                    .expect("an expiry alert has action_url");
+                urls.insert(
+                    alert["referral_id"].as_str().unwrap().to_string(),
+                    url.to_string(),
+                );
             }
         }
         if urls.len() >= n {
@@ -165,14 +182,20 @@ async fn the_alert_links_to_a_page_that_declines_once() {
     assert!(html.contains("Declined"), "{html}");
     let patches = page.env.sim.applied_patches(id);
     assert_eq!(patches.len(), 1);
-    assert_eq!(patches[0].body[2], json!({"op":"replace","path":"/statusReason","value":REASON}));
+    assert_eq!(
+        patches[0].body[2],
+        json!({"op":"replace","path":"/statusReason","value":REASON})
+    );
     let audit = stdout(&page.env.run(&["audit", "--referral", id]).await);
     assert!(audit.contains("by: link"), "{audit}");
 
     // Answered: the page shows the outcome, a POST changes nothing.
     let (status, html) = get(url, &[]).await;
     assert_eq!(status, 200);
-    assert!(html.contains("Declined") && !html.contains("<form"), "{html}");
+    assert!(
+        html.contains("Declined") && !html.contains("<form"),
+        "{html}"
+    );
     let (status, _) = answer(url, id, "decline", REASON).await;
     assert_eq!(status, 200);
     let (status, _) = answer(url, id, "accept", "").await;
@@ -183,7 +206,11 @@ async fn the_alert_links_to_a_page_that_declines_once() {
     let token = token_of(url);
     let log = std::fs::read_to_string(&page.log).unwrap();
     assert!(!log.contains(token), "token in the log");
-    for args in [vec!["status"], vec!["status", "--json"], vec!["alerts", "list", "--json"]] {
+    for args in [
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["alerts", "list", "--json"],
+    ] {
         let out = stdout(&page.env.run(&args).await);
         assert!(!out.contains(token), "token in {args:?}");
     }
@@ -203,7 +230,10 @@ async fn forged_altered_expired_and_replayed_links_get_403_and_no_request() {
     let mut forged: Vec<(String, String)> = vec![
         // Another key; an expired link (the right key); a link for an id never sent.
         (stranger.url(a, deadline_a), a.clone()),
-        (signer.url(a, Utc::now() - chrono::Duration::seconds(1)), a.clone()),
+        (
+            signer.url(a, Utc::now() - chrono::Duration::seconds(1)),
+            a.clone(),
+        ),
         (format!("{base}/"), a.clone()),
         (format!("{base}/not-a-token"), a.clone()),
     ];
@@ -212,18 +242,28 @@ async fn forged_altered_expired_and_replayed_links_get_403_and_no_request() {
     for i in (0..token.len()).step_by(3) {
         let mut chars: Vec<char> = token.chars().collect();
         chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
-        forged.push((format!("{base}/{}", chars.into_iter().collect::<String>()), a.clone()));
+        forged.push((
+            format!("{base}/{}", chars.into_iter().collect::<String>()),
+            a.clone(),
+        ));
     }
     for (url, id) in &forged {
         let (status, _) = get(url, &[]).await;
         assert!(status == 403 || status == 404, "GET {url}: {status}");
         let (status, _) = answer(url, id, "accept", "").await;
-        assert!(status == 403 || status == 404 || status == 405, "POST {url}: {status}");
+        assert!(
+            status == 403 || status == 404 || status == 405,
+            "POST {url}: {status}"
+        );
     }
     // Replayed: B's link with A's form, A's link with B's hidden token.
     let (status, _) = answer(url_b, a, "accept", "").await;
     assert_eq!(status, 403);
-    let replay = [("token", token_of(url_b)), ("referral", a.as_str()), ("action", "accept")];
+    let replay = [
+        ("token", token_of(url_b)),
+        ("referral", a.as_str()),
+        ("action", "accept"),
+    ];
     assert_eq!(post(url_a, &replay, &[]).await.0, 403);
     // A reason not on the list, or no action: refused, nothing sent.
     assert_eq!(answer(url_a, a, "decline", "Because").await.0, 400);
@@ -242,8 +282,8 @@ async fn forged_altered_expired_and_replayed_links_get_403_and_no_request() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn double_clicks_two_people_and_the_portal_first_make_at_most_one_patch() {
-    let page = start(200..212, "").await;
-    let urls = action_urls(&page, 12).await;
+    let page = start(200..233, "").await;
+    let urls = action_urls(&page, 33).await;
     let ids: Vec<&String> = urls.keys().collect();
 
     // A double click: both see Accepted, one PATCH.
@@ -286,7 +326,13 @@ async fn double_clicks_two_people_and_the_portal_first_make_at_most_one_patch() 
     }
     took.sort();
     let p95 = took[(took.len() * 95).div_ceil(100) - 1];
-    println!("action page POST → PATCH answered: p50 {:?}, p95 {:?}", took[took.len() / 2], p95);
+    println!(
+        "action page POST → PATCH answered ({} answers): p50 {:?}, p95 {:?}, max {:?}",
+        took.len(),
+        took[took.len() / 2],
+        p95,
+        took[took.len() - 1]
+    );
     assert!(p95 <= Duration::from_secs(1), "p95 {p95:?}");
 }
 
@@ -297,7 +343,11 @@ async fn the_sso_header_is_required_and_recorded_as_the_actor() {
     let (id, url) = urls.iter().next().unwrap();
     assert_eq!(get(url, &[]).await.0, 403);
     assert_eq!(get(url, &[("X-Forwarded-Email", "  ")]).await.0, 403);
-    let form = [("token", token_of(url)), ("referral", id.as_str()), ("action", "accept")];
+    let form = [
+        ("token", token_of(url)),
+        ("referral", id.as_str()),
+        ("action", "accept"),
+    ];
     assert_eq!(post(url, &form, &[]).await.0, 403);
     assert!(page.env.sim.patches().is_empty());
     let who = [("X-Forwarded-Email", "ana@partner.example")];

@@ -32,7 +32,11 @@ async fn accept_sends_one_patch_with_if_match_and_audits_who_asked() {
     let etag = env.sim.referral(&id).unwrap()["eTag"].clone();
     let out = env.run(&["accept", &id, "--note", "Ana takes it"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("accepted in Partner Center"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("accepted in Partner Center"),
+        "{}",
+        stdout(&out)
+    );
     let patches = env.sim.applied_patches(&id);
     assert_eq!(patches.len(), 1);
     assert_eq!(patches[0].if_match.as_deref(), etag.as_str());
@@ -41,7 +45,10 @@ async fn accept_sends_one_patch_with_if_match_and_audits_who_asked() {
         json!([{"op":"replace","path":"/status","value":"Active"},{"op":"replace","path":"/substatus","value":"Accepted"}])
     );
     let now = env.sim.referral(&id).unwrap();
-    assert_eq!((now["status"].as_str(), now["substatus"].as_str()), (Some("Active"), Some("Accepted")));
+    assert_eq!(
+        (now["status"].as_str(), now["substatus"].as_str()),
+        (Some("Active"), Some("Accepted"))
+    );
     let audit = stdout(&env.run(&["audit", "--referral", &id]).await);
     assert!(audit.contains("by: cli"), "{audit}");
     assert!(audit.contains("note: Ana takes it"), "{audit}");
@@ -49,8 +56,16 @@ async fn accept_sends_one_patch_with_if_match_and_audits_who_asked() {
     // Again: already so, exit 0, no second PATCH.
     let again = env.run(&["accept", &id]).await;
     assert!(again.status.success(), "{}", stderr(&again));
-    assert!(stdout(&again).contains("already accepted"), "{}", stdout(&again));
-    assert_eq!(env.sim.patches().len(), 1, "no request at all for an answer already there");
+    assert!(
+        stdout(&again).contains("already accepted"),
+        "{}",
+        stdout(&again)
+    );
+    assert_eq!(
+        env.sim.patches().len(),
+        1,
+        "no request at all for an answer already there"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -75,12 +90,24 @@ async fn decline_needs_a_reason_and_sends_it_as_status_reason() {
     assert_eq!(r["statusReason"], "No capacity this quarter");
     let again = env.run(&["decline", &id, "--reason", "Other"]).await;
     assert!(again.status.success());
-    assert!(stdout(&again).contains("already declined"), "{}", stdout(&again));
+    assert!(
+        stdout(&again).contains("already declined"),
+        "{}",
+        stdout(&again)
+    );
     // Answered the other way: exit 1, says how and when.
     let accept = env.run(&["accept", &id]).await;
     assert_eq!(accept.status.code(), Some(1));
-    assert!(stderr(&accept).contains("answered the other way: declined on"), "{}", stderr(&accept));
-    assert!(stderr(&accept).contains("No capacity this quarter"), "{}", stderr(&accept));
+    assert!(
+        stderr(&accept).contains("answered the other way: declined on"),
+        "{}",
+        stderr(&accept)
+    );
+    assert!(
+        stderr(&accept).contains("No capacity this quarter"),
+        "{}",
+        stderr(&accept)
+    );
     assert_eq!(env.sim.applied_patches(&id).len(), 1);
 }
 
@@ -102,7 +129,10 @@ async fn every_refusal_exits_1_and_writes_nothing() {
         ("no-such-referral".to_string(), "unknown to Partner Center"),
     ];
     for (id, why) in &cases {
-        for args in [vec!["accept", id.as_str()], vec!["decline", id.as_str(), "--reason", "x"]] {
+        for args in [
+            vec!["accept", id.as_str()],
+            vec!["decline", id.as_str(), "--reason", "x"],
+        ] {
             let out = env.run(&args).await;
             assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stdout(&out));
             assert!(stderr(&out).contains(why), "{args:?}: {}", stderr(&out));
@@ -119,7 +149,9 @@ async fn every_refusal_exits_1_and_writes_nothing() {
 async fn a_stale_etag_re_reads_and_decides_again() {
     // Edited in the portal since the last sync: 412, re-read, sent with the new eTag.
     let (env, id) = synced(20).await;
-    env.sim.edit_referral(&id, |r| r["details"]["notes"] = json!("edited in the portal"));
+    env.sim.edit_referral(&id, |r| {
+        r["details"]["notes"] = json!("edited in the portal")
+    });
     let out = env.run(&["accept", &id]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let statuses: Vec<u16> = env.sim.patches().iter().map(|p| p.status).collect();
@@ -133,11 +165,19 @@ async fn a_stale_etag_re_reads_and_decides_again() {
     });
     let out = env.run(&["accept", &id]).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("already accepted"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("already accepted"),
+        "{}",
+        stdout(&out)
+    );
     let declined = env.run(&["decline", &id, "--reason", "x"]).await;
     assert_eq!(declined.status.code(), Some(1));
     let statuses: Vec<u16> = env.sim.patches().iter().map(|p| p.status).collect();
-    assert_eq!(statuses, vec![412], "exactly one (refused) PATCH, never a blind retry");
+    assert_eq!(
+        statuses,
+        vec![412],
+        "exactly one (refused) PATCH, never a blind retry"
+    );
     assert_eq!(env.sim.referral(&id).unwrap()["substatus"], "Accepted");
 }
 
@@ -150,7 +190,10 @@ async fn dry_run_prints_the_patch_and_changes_nothing() {
         .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains(&format!("PATCH /v1.0/engagements/referrals/{id}")), "{text}");
+    assert!(
+        text.contains(&format!("PATCH /v1.0/engagements/referrals/{id}")),
+        "{text}"
+    );
     assert!(text.contains("If-Match: \""), "{text}");
     assert!(text.contains("\"value\": \"Too small\""), "{text}");
     assert!(env.sim.patches().is_empty());
@@ -159,7 +202,11 @@ async fn dry_run_prints_the_patch_and_changes_nothing() {
         |r| r.get(0),
     );
     assert_eq!(answers, 0);
-    assert_eq!(std::fs::read(env.state_db()).unwrap(), before, "database untouched");
+    assert_eq!(
+        std::fs::read(env.state_db()).unwrap(),
+        before,
+        "database untouched"
+    );
     // The global form works too.
     let out = env.run(&["--dry-run", "accept", &id]).await;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -169,7 +216,8 @@ async fn dry_run_prints_the_patch_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transient_failure_leaves_the_answer_queued_and_says_so() {
     let (env, id) = synced(40).await;
-    env.sim.script_faults(std::iter::repeat_n(Fault::Unavailable, 40));
+    env.sim
+        .script_faults(std::iter::repeat_n(Fault::Unavailable, 40));
     let out = env.run(&["accept", &id]).await;
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(stderr(&out).contains("not sent yet"), "{}", stderr(&out));
@@ -177,7 +225,10 @@ async fn a_transient_failure_leaves_the_answer_queued_and_says_so() {
         "SELECT state, kind FROM outbox WHERE referral_id = (SELECT id FROM referrals LIMIT 1) AND kind = 'answer_referral'",
         |r| Ok((r.get(0)?, r.get(1)?)),
     );
-    assert_eq!((state.as_str(), kind.as_str()), ("pending", "answer_referral"));
+    assert_eq!(
+        (state.as_str(), kind.as_str()),
+        ("pending", "answer_referral")
+    );
     assert_eq!(env.sim.referral(&id).unwrap()["status"], "New");
 }
 
@@ -189,13 +240,25 @@ async fn with_a_daemon_running_the_daemon_sends_it_and_the_command_reports_it() 
     let mut daemon = crate::daemon::spawn_run(&env, &dir.join("notify.sock"), &log);
     // The daemon holds the worker lock once it has started its first tick.
     let started = tokio::time::Instant::now();
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("daemon started") {
-        assert!(started.elapsed() < Duration::from_secs(30), "daemon did not start");
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("daemon started")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "daemon did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let out = env.cli(&["decline", &id, "--reason", "Outside our region"]).await;
+    let out = env
+        .cli(&["decline", &id, "--reason", "Outside our region"])
+        .await;
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("declined in Partner Center"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("declined in Partner Center"),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(env.sim.applied_patches(&id).len(), 1);
     crate::daemon::kill(&daemon, "-TERM");
     let _ = daemon.wait().await;
