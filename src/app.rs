@@ -213,7 +213,7 @@ impl App {
         sync::answer_push::AnswerContext {
             store: self.store.clone(),
             microsoft: self.cycle.microsoft.clone(),
-            retry: self.cycle.pull.retry.clone(),
+            retry: self.cycle.pull.retry,
             window: self.config.alerts.response_window.as_chrono(),
             schedule: sync::Schedule {
                 max_attempts: sync.max_attempts,

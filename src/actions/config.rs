@@ -168,7 +168,8 @@ mod tests {
     fn the_example_is_valid_and_each_mistake_names_its_key() {
         assert!(keys(&config()).is_empty());
         assert_eq!(config().path(), "/act");
-        let cases: Vec<(fn(&mut ActionsConfig), &str)> = vec![
+        type Edit = fn(&mut ActionsConfig);
+        let cases: Vec<(Edit, &str)> = vec![
             (|c| c.listen = "8788".into(), "actions.listen"),
             (
                 |c| c.public_url = "http://sync.example.com/act".into(),

@@ -162,30 +162,26 @@ pub struct PageFacts {
 }
 
 pub fn page_facts(conn: &Connection, referral_id: &str) -> Result<Option<PageFacts>, StoreError> {
-    let row: Option<(
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    )> = conn
+    Ok(conn
         .query_row(
             "SELECT r.raw_json, r.created_at, r.expires_at, l.lead_name, l.opportunity_name
              FROM referrals r LEFT JOIN links l ON l.referral_id = r.id WHERE r.id = ?1",
             [referral_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            |r| {
+                let raw: String = r.get(0)?;
+                let created: String = r.get(1)?;
+                let expires: Option<String> = r.get(2)?;
+                Ok(PageFacts {
+                    id: referral_id.to_string(),
+                    raw: serde_json::from_str(&raw).unwrap_or(serde_json::Value::Null),
+                    created_at: parse_timestamp(&created).unwrap_or_default(),
+                    expires_at: expires.as_deref().and_then(parse_timestamp),
+                    lead: r.get(3)?,
+                    opportunity: r.get(4)?,
+                })
+            },
         )
-        .optional()?;
-    Ok(
-        row.map(|(raw, created, expires, lead, opportunity)| PageFacts {
-            id: referral_id.to_string(),
-            raw: serde_json::from_str(&raw).unwrap_or(serde_json::Value::Null),
-            created_at: parse_timestamp(&created).unwrap_or_default(),
-            expires_at: expires.as_deref().and_then(parse_timestamp),
-            lead,
-            opportunity,
-        }),
-    )
+        .optional()?)
 }
 
 #[cfg(test)]

@@ -264,7 +264,8 @@ mod tests {
     #[test]
     fn only_an_incoming_new_referral_before_its_deadline_is_written() {
         let window = Duration::days(14);
-        let table: Vec<(fn(&mut Value), Decision, &str)> = vec![
+        type Edit = fn(&mut Value);
+        let table: Vec<(Edit, Decision, &str)> = vec![
             (|_| {}, Decision::Accept, "send"),
             (|r| r["substatus"] = json!("Received"), decline(), "send"),
             (|r| r["direction"] = json!(null), Decision::Accept, "send"),
