@@ -349,13 +349,27 @@ async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Res
         .await?
         .into_iter()
         .filter(|r| crate::deadline::deadline(r.created_at, r.expires_at, window) > now)
-        .take(2)
         .collect();
-    let [first, second] = open.as_slice() else {
+    // Nearest deadline first: those have expiry alerts.
+    let mut open = open;
+    open.sort_by_key(|r| crate::deadline::deadline(r.created_at, r.expires_at, window));
+    let [first, second, ..] = open.as_slice() else {
         anyhow::bail!("the demo needs two open referrals");
     };
-    let deadline = crate::deadline::deadline(first.created_at, first.expires_at, window);
-    let url = signer.url(&first.id, deadline);
+    // The link exactly as the alert sinks get it: from the first referral's expiry alert.
+    let id = first.id.clone();
+    let alert = app
+        .store
+        .call(move |c| crate::store::alerts::for_referral(c, &id, 10))
+        .await?
+        .into_iter()
+        .map(|row| row.alert)
+        .find(|a| a.kind == "referral_expiring")
+        .ok_or_else(|| anyhow::anyhow!("no expiry alert for {}", first.id))?;
+    let mut alerting = app.alerts.clone();
+    alerting.links = Some(signer.clone());
+    let url = crate::alerts::deliver::action_url(&alerting, &alert)
+        .ok_or_else(|| anyhow::anyhow!("the alert has no action_url"))?;
     let token = url.rsplit('/').next().unwrap_or_default().to_string();
     let http = reqwest::Client::new();
     let page_html = http.get(&url).send().await?.text().await?;
@@ -395,9 +409,16 @@ async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Res
         Ok(printed) => print!("   {}", printed.stdout),
         Err(e) => println!("   exit {}: {e}", e.exit_code()),
     }
+    let answers = sim
+        .patches()
+        .into_iter()
+        .filter(|p| p.referral_id == first.id || p.referral_id == second.id)
+        .filter(|p| p.body[0]["path"] == "/status")
+        .collect::<Vec<_>>();
     println!(
-        "   PATCHes Partner Center received for these answers: {} (each with If-Match)",
-        sim.applied_patches(&first.id).len() + sim.applied_patches(&second.id).len()
+        "   PATCHes Partner Center received for these two answers: {} (each with If-Match: {})",
+        answers.len(),
+        answers.iter().all(|p| p.if_match.is_some())
     );
     Ok(())
 }
