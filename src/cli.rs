@@ -313,17 +313,17 @@ fn parse_reason(text: &str) -> Result<String, String> {
     if reason.chars().any(char::is_control) {
         return Err("the reason must be one line of text".into());
     }
-    if reason.chars().count() > crate::actions::config::MAX_REASON_CHARS {
+    if reason.chars().count() > crate::config::actions::MAX_REASON_CHARS {
         return Err(format!(
             "the reason is longer than {} characters",
-            crate::actions::config::MAX_REASON_CHARS
+            crate::config::actions::MAX_REASON_CHARS
         ));
     }
     Ok(reason.to_string())
 }
 
 fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
-    crate::microsoft::model::parse_timestamp(text)
+    crate::timefmt::parse_timestamp(text)
         .ok_or_else(|| "use RFC 3339 (2026-11-22T10:00:00Z) or a date (2026-11-22)".into())
 }
 

@@ -11,8 +11,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 
-/// A key shorter than this is refused (HMAC-SHA256 keys should be at least the hash size).
-const MIN_KEY_BYTES: usize = 32;
+pub use crate::config::actions::read_key_file;
+
 /// A token longer than this is not one of ours (read nothing more of it).
 const MAX_TOKEN_CHARS: usize = 600;
 /// Referral ids are GUID-like; anything longer is not one.
@@ -133,20 +133,6 @@ impl LinkSigner {
             expires,
         })
     }
-}
-
-/// An operator's key file: its bytes (trailing whitespace trimmed), at least 32.
-pub fn read_key_file(path: &Path) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let trimmed = bytes.trim_ascii_end().to_vec();
-    if trimmed.len() < MIN_KEY_BYTES {
-        return Err(format!(
-            "{} holds {} bytes; an HMAC key needs at least {MIN_KEY_BYTES} (e.g. `head -c 32 /dev/urandom | base64 > FILE`)",
-            path.display(),
-            trimmed.len()
-        ));
-    }
-    Ok(trimmed)
 }
 
 /// The state directory's key: read it, or make it once (32 random bytes, hex, mode 0600).

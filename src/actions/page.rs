@@ -26,7 +26,7 @@ use crate::alerts::format::deal;
 use crate::store::answers::{self, PageFacts};
 use crate::store::{Store, StoreError};
 use crate::sync::answer::{encode, Answer, Decision};
-use crate::sync::answer_push::{wait_for_outcome, AnswerResult};
+use crate::sync::push::answer_referral::{wait_for_outcome, AnswerResult};
 use crate::timefmt::{human, time_left};
 
 /// A form is a few hundred bytes; anything near this is not our form.

@@ -14,7 +14,7 @@ use super::{App, AppError};
 use crate::config::Config;
 use crate::store::{answers, referrals};
 use crate::sync::answer::{decide, encode, patch_body, Answer, Decision, Verdict};
-use crate::sync::answer_push::{send_due, wait_for_outcome, AnswerResult};
+use crate::sync::push::answer_referral::{send_due, wait_for_outcome, AnswerResult};
 
 /// How long the command waits for a running daemon to send the answer.
 const WAIT_FOR_DAEMON: Duration = Duration::from_secs(60);

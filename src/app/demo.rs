@@ -257,12 +257,12 @@ async fn webhook_step(sim: &Simulator, app: &App, dir: &std::path::Path) -> anyh
         listen: "127.0.0.1:0".into(),
         ca_file: Some(ca),
         certificate_url_prefixes: vec![sim.webhook_certificate_prefix()],
-        ..crate::webhook::config::example("http://127.0.0.1/partner-center/events")
+        ..crate::config::webhook::example("http://127.0.0.1/partner-center/events")
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let _stop = stop.clone().drop_guard();
-    let shared = std::sync::Arc::new(app.clone());
-    let (addr, _) = crate::webhook::start(&webhook, move || shared.clone(), stop)
+    let handoff = app.webhook_handoff();
+    let (addr, _) = crate::webhook::start(&webhook, move || handoff.clone(), stop)
         .await
         .map_err(anyhow::Error::msg)?;
     sim.register_webhook(&format!("http://{addr}/partner-center/events"));
@@ -309,7 +309,7 @@ async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Res
         listen: format!("127.0.0.1:{listener_port}"),
         public_url: format!("http://127.0.0.1:{listener_port}/act"),
         actor_header: String::new(),
-        decline_reasons: crate::actions::config::default_reasons(),
+        decline_reasons: crate::config::actions::default_reasons(),
         key_file: None,
     };
     let signer = std::sync::Arc::new(
@@ -333,7 +333,7 @@ async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Res
     let lane_stop = stop.clone();
     tokio::spawn(async move {
         while !lane_stop.is_cancelled() {
-            let _ = crate::sync::answer_push::send_due(&lane).await;
+            let _ = crate::sync::push::answer_referral::send_due(&lane).await;
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}

@@ -1,5 +1,5 @@
 //! Answers to referrals (accept / decline) in the outbox: queued by the command line or the
-//! action page, taken only by the answer executor ([`crate::sync::answer_push`]), finished with
+//! action page, taken only by the answer executor ([`crate::sync::push::answer_referral`]), finished with
 //! their outcome as JSON in `result`, audited with the person who asked.
 
 use chrono::{DateTime, Utc};
@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::outbox::{self, AuditEntry, OutboxRow, ANSWER_REFERRAL};
 use super::StoreError;
-use crate::microsoft::model::{db_timestamp, parse_timestamp};
+use crate::timefmt::{db_timestamp, parse_timestamp};
 
 /// Queues an answer, or finds the one already open for this referral (a double click, two
 /// people at once: one row, one PATCH). Returns the row id and whether this call added it.

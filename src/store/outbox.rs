@@ -8,12 +8,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::StoreError;
-use crate::microsoft::model::{db_timestamp, parse_timestamp};
+use crate::timefmt::{db_timestamp, parse_timestamp};
 
 pub const CREATE_LEAD: &str = "create_lead";
 pub const PATCH_REFERRAL: &str = "patch_referral";
 pub const PATCH_OPPORTUNITY: &str = "patch_opportunity";
-/// Accept or decline a referral: its own executor ([`crate::sync::answer_push`]), never
+/// Accept or decline a referral: its own executor ([`crate::sync::push::answer_referral`]), never
 /// taken by [`take_due`].
 pub const ANSWER_REFERRAL: &str = "answer_referral";
 

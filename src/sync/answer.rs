@@ -1,6 +1,6 @@
 //! Accepting or declining a referral, the pure part: the answer as the outbox stores it
 //! (typed, versioned JSON), the Partner Center PATCH bodies, and the decision taken on a
-//! fresh copy of the referral. The executor is [`super::answer_push`].
+//! fresh copy of the referral. The executor is [`super::push::answer_referral`].
 //!
 //! The bodies are tagged [I] in `partner-apis.md` ("Accept / decline": built from the
 //! documented status table, not seen on a real tenant): [`patch_body`] is the one place to
@@ -205,7 +205,7 @@ pub fn decide(
 fn answered_at(referral: &Referral, raw: &Value) -> String {
     let closed = raw["closedDateTime"]
         .as_str()
-        .and_then(crate::microsoft::model::parse_timestamp);
+        .and_then(crate::timefmt::parse_timestamp);
     closed
         .or(referral.updated_date_time)
         .map(|at| format!(" on {} in Partner Center", human(at)))

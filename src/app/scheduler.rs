@@ -25,7 +25,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::app::{App, Cycle};
+use super::{App, Cycle};
 use crate::config::Config;
 use crate::health::Health;
 use crate::systemd::{watchdog_interval, Notifier};
@@ -102,10 +102,10 @@ pub async fn run(
             let d = daemon.clone();
             let shared = page.take_if(|(listen, _)| *listen == w.listen);
             let extra = shared.map(|(_, router)| router);
-            let (_, forwarder) =
-                crate::webhook::start_with(&w, move || d.app(), shutdown.clone(), extra)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e))?;
+            let handoff = move || d.app().webhook_handoff();
+            let (_, forwarder) = crate::webhook::start_with(&w, handoff, shutdown.clone(), extra)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
             Some(forwarder)
         }
         None => None,
@@ -302,7 +302,7 @@ const ANSWER_POLL: Duration = Duration::from_millis(250);
 async fn answer_lane(daemon: Arc<Daemon>) {
     loop {
         let app = daemon.app();
-        if let Err(e) = crate::sync::answer_push::send_due(&app.answer_context()).await {
+        if let Err(e) = crate::sync::push::answer_referral::send_due(&app.answer_context()).await {
             tracing::error!(error = %e, "answer lane: the database failed; trying again");
         }
         tokio::select! {

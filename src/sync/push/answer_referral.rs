@@ -11,14 +11,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::answer::{decide, decode, Answer, Verdict};
-use super::Schedule;
 use crate::http::{with_retry, ApiError, RetryPolicy};
 use crate::microsoft::model::ParsedReferral;
 use crate::microsoft::{MicrosoftClient, PatchOp};
 use crate::store::answers::{self, Finish};
 use crate::store::outbox::{self, AuditEntry, OutboxRow};
 use crate::store::{referrals, Store, StoreError};
+use crate::sync::answer::{decide, decode, Answer, Verdict};
+use crate::sync::Schedule;
 
 /// What the executor needs: taken by reference from the app (never the app itself).
 #[derive(Debug, Clone)]

@@ -1,12 +1,13 @@
 //! The `[actions]` section (spec §4): where the action page listens, the public URL its links
 //! start with, the SSO header that names the person, the decline reasons offered, and the
-//! HMAC key of the links. Absent = no links and no page.
+//! HMAC key of the links. Absent = no links and no page. The links and the page themselves
+//! are [`crate::actions`]'s.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use super::ConfigError;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,7 +82,7 @@ impl ActionsConfig {
         }
         match reqwest::Url::parse(&self.public_url) {
             Ok(u) if matches!(u.scheme(), "https" | "http") && u.host_str().is_some() => {
-                if u.scheme() == "http" && !crate::webhook::config::is_loopback(&u) {
+                if u.scheme() == "http" && !super::webhook::is_loopback(&u) {
                     errors.push(ConfigError::new(
                         "actions.public_url",
                         "must be https (people open it from chat; TLS is the reverse proxy's job); http only for a loopback address",
@@ -100,7 +101,7 @@ impl ActionsConfig {
             )),
         }
         if let Some(h) = self.actor_header() {
-            if axum::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
                 errors.push(ConfigError::new(
                     "actions.actor_header",
                     format!("{h:?} is not an HTTP header name"),
@@ -109,8 +110,34 @@ impl ActionsConfig {
         }
         self.validate_reasons(errors);
         if let Some(path) = self.key_file() {
-            if let Err(e) = super::link::read_key_file(path) {
+            if let Err(e) = read_key_file(path) {
                 errors.push(ConfigError::new("actions.key_file", e));
+            }
+        }
+    }
+
+    /// `[actions] listen` may share `[webhook] listen` (one server, both routes) but not
+    /// its path, and never the metrics port.
+    pub fn validate_listen(
+        &self,
+        webhook: Option<&super::PartnerWebhookConfig>,
+        metrics_listen: Option<&str>,
+        errors: &mut Vec<ConfigError>,
+    ) {
+        if metrics_listen == Some(self.listen.as_str()) {
+            errors.push(ConfigError::new(
+                "actions.listen",
+                "must differ from metrics.listen (the metrics server serves only /metrics and /healthz)",
+            ));
+        }
+        if let Some(w) = webhook.filter(|w| w.listen == self.listen) {
+            let page = self.path();
+            let hook = w.path();
+            if hook.trim_end_matches('/') == page || hook.starts_with(&format!("{page}/")) {
+                errors.push(ConfigError::new(
+                    "actions.public_url",
+                    format!("its path {page:?} overlaps webhook.public_url's {hook:?} on the shared listener"),
+                ));
             }
         }
     }
@@ -142,6 +169,23 @@ impl ActionsConfig {
             }
         }
     }
+}
+
+/// A key shorter than this is refused (HMAC-SHA256 keys should be at least the hash size).
+pub const MIN_KEY_BYTES: usize = 32;
+
+/// An operator's key file: its bytes (trailing whitespace trimmed), at least 32.
+pub fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let trimmed = bytes.trim_ascii_end().to_vec();
+    if trimmed.len() < MIN_KEY_BYTES {
+        return Err(format!(
+            "{} holds {} bytes; an HMAC key needs at least {MIN_KEY_BYTES} (e.g. `head -c 32 /dev/urandom | base64 > FILE`)",
+            path.display(),
+            trimmed.len()
+        ));
+    }
+    Ok(trimmed)
 }
 
 #[cfg(test)]
