@@ -208,6 +208,31 @@ mod tests {
         errors.into_iter().map(|e| e.key).collect()
     }
 
+    /// The commented `[actions]` section of config.example.toml, uncommented, is valid and
+    /// names every key.
+    #[test]
+    fn the_example_section_is_valid_and_complete() {
+        let file = include_str!("../../config.example.toml");
+        let section: String = file
+            .lines()
+            .skip_while(|l| *l != "# [actions]")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .filter(|l| l.starts_with("# ") && !l.starts_with("# #"))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let table: toml::Table = toml::from_str(&section).unwrap();
+        let c: ActionsConfig = toml::Value::Table(table.clone()).try_into().unwrap();
+        assert!(keys(&c).is_empty(), "{:?}", keys(&c));
+        for key in ["listen", "public_url", "actor_header", "key_file"] {
+            assert!(
+                table.contains_key(key),
+                "config.example.toml lacks actions.{key}"
+            );
+        }
+        assert!(file.contains("# # decline_reasons = ["));
+    }
+
     #[test]
     fn the_example_is_valid_and_each_mistake_names_its_key() {
         assert!(keys(&config()).is_empty());
@@ -244,6 +269,23 @@ mod tests {
             edit(&mut c);
             assert_eq!(keys(&c), vec![key.to_string()]);
         }
+        // One listener for both: fine on different paths; never the metrics port.
+        let hook = super::super::webhook::example("https://sync.example.com/partner-center/events");
+        let shared = ActionsConfig {
+            listen: hook.listen.clone(),
+            ..config()
+        };
+        let mut errors = Vec::new();
+        shared.validate_listen(Some(&hook), None, &mut errors);
+        assert!(errors.is_empty());
+        let clash = ActionsConfig {
+            public_url: "https://sync.example.com/partner-center".into(),
+            ..shared.clone()
+        };
+        clash.validate_listen(Some(&hook), Some("127.0.0.1:1"), &mut errors);
+        assert_eq!(errors.len(), 1);
+        shared.validate_listen(None, Some(shared.listen.as_str()), &mut errors);
+        assert_eq!(errors[1].key, "actions.listen");
         let mut loopback = config();
         loopback.public_url = "http://127.0.0.1:8788/".into();
         assert!(keys(&loopback).is_empty());

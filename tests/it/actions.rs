@@ -357,3 +357,79 @@ async fn the_sso_header_is_required_and_recorded_as_the_actor() {
     let audit = stdout(&page.env.run(&["audit", "--referral", id]).await);
     assert!(audit.contains("by: ana@partner.example"), "{audit}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_can_share_the_webhook_receivers_listener() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env = TestEnv::new().await;
+    let key = env.dir.path().join("links.key");
+    std::fs::write(&key, KEY).unwrap();
+    let public_url = format!("http://127.0.0.1:{port}/act");
+    env.edit_config(|t| {
+        format!(
+            r#"{t}
+[webhook]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}/partner-center/events"
+certificate_url_prefixes = ["http://127.0.0.1:9/cert/"]
+
+[actions]
+listen = "127.0.0.1:{port}"
+public_url = "{public_url}"
+key_file = "{key}"
+"#,
+            key = key.display()
+        )
+    });
+    let now = Utc::now();
+    env.sim.put_referrals([sample::referral(
+        500,
+        now,
+        chrono::Duration::days(2),
+        "New",
+        "Pending",
+    )]);
+    let id = sample::referral_id(500);
+    let log = env.dir.path().join("daemon.log");
+    let mut daemon = crate::daemon::spawn_run(&env, &env.dir.path().join("notify.sock"), &log);
+    let url =
+        LinkSigner::new(KEY.as_bytes(), &public_url).url(&id, now + chrono::Duration::days(1));
+    let until = Instant::now() + Duration::from_secs(30);
+    // Served once the first tick stored the referral.
+    loop {
+        if let Ok(r) = reqwest::get(&url).await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "the page never answered: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The receiver answers on the same port: an unsigned event is refused.
+    let event = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/partner-center/events"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(event.status().as_u16(), 401);
+    assert_eq!(answer(&url, &id, "accept", "").await.0, 200);
+    assert_eq!(page_status(&env, &id), "Active");
+    crate::daemon::kill(&daemon, "-TERM");
+    let _ = daemon.wait().await;
+}
+
+fn page_status(env: &TestEnv, id: &str) -> String {
+    env.sim.referral(id).unwrap()["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
