@@ -263,7 +263,7 @@ impl Cli {
         if self.dry_run && !applies {
             return Err(Cli::command().error(
                 clap::error::ErrorKind::ArgumentConflict,
-                "--dry-run applies only to `run`, `sync`, `accept` and `decline`; other commands would ignore it",
+                "--dry-run applies only to `run` and `sync` (and `accept`, `decline`); other commands would ignore it",
             ));
         }
         Ok(())
