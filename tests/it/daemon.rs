@@ -146,7 +146,16 @@ async fn notify_watchdog_metrics_reload_and_stop_in_order() {
     )
     .unwrap();
     kill(&child, "-HUP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait on the log line, not a fixed time: a reload builds new clients (system trust
+    // roots included), which takes longer than 500 ms on a loaded machine.
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("configuration reloaded")
+        && std::time::Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("configuration reload refused") && text.contains("schedule.sync"),
