@@ -11,6 +11,7 @@ pub mod gauges;
 pub mod google;
 pub mod outbox;
 pub mod referrals;
+pub mod responses;
 pub mod runs;
 pub mod schedule;
 pub mod views;
@@ -50,8 +51,13 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         7,
-        "0007_answers.sql",
-        include_str!("../../migrations/0007_answers.sql"),
+        "0007_responses.sql",
+        include_str!("../../migrations/0007_responses.sql"),
+    ),
+    (
+        8,
+        "0008_answers.sql",
+        include_str!("../../migrations/0008_answers.sql"),
     ),
 ];
 

@@ -1,4 +1,4 @@
--- cosell-sync schema, version 7: answering referrals (accept / decline) through the outbox.
+-- cosell-sync schema, version 8: answering referrals (accept / decline) through the outbox.
 
 -- A new action kind, `answer_referral`. SQLite cannot change a CHECK constraint in place, so
 -- the outbox is rebuilt with the same columns, rows, ids and indexes.
