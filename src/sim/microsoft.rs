@@ -419,31 +419,6 @@ fn record_patch(state: &SimState, headers: &HeaderMap, id: &str, body: &[u8], st
     });
 }
 
-/// The 14-day window: a referral still New past its deadline is archived as Closed/Expired,
-/// as Partner Center does (here lazily, when it is next written).
-fn expire_if_due(referral: &mut Value) -> bool {
-    if referral["status"] != "New" {
-        return false;
-    }
-    let deadline = referral["expirationDateTime"]
-        .as_str()
-        .and_then(parse_timestamp)
-        .or_else(|| {
-            referral["createdDateTime"]
-                .as_str()
-                .and_then(parse_timestamp)
-                .map(|c| c + chrono::Duration::days(14))
-        });
-    if deadline.is_none_or(|d| d > chrono::Utc::now()) {
-        return false;
-    }
-    referral["status"] = json!("Closed");
-    referral["substatus"] = json!("Expired");
-    referral["closedDateTime"] = json!(db_timestamp(chrono::Utc::now()));
-    touch(referral);
-    true
-}
-
 /// Partner Center's PATCH rules in one place (eTag, JSON Patch ops, status transitions,
 /// Closed is terminal), checked in the order the service documents them.
 fn apply_patch(state: &SimState, headers: &HeaderMap, id: &str, body: &[u8]) -> Response {
@@ -452,14 +427,9 @@ fn apply_patch(state: &SimState, headers: &HeaderMap, id: &str, body: &[u8]) -> 
         return bad("invalidRequest", "The body must be a JSON Patch array.");
     };
     let mut referrals = lock(&state.referrals);
-    let Some(current) = referrals.get_mut(id) else {
+    let Some(current) = referrals.get(id) else {
         return error(StatusCode::NOT_FOUND, "itemNotFound", "Referral not found.");
     };
-    if expire_if_due(current) {
-        // Archived before this request: its eTag changed too, so a conditional write fails.
-        super::webhook::notify(state, id, false);
-    }
-    let current = &*current;
     if let Some(tag) = headers.get("if-match").and_then(|v| v.to_str().ok()) {
         if Some(tag) != current["eTag"].as_str() {
             let mut r = error(
