@@ -3,6 +3,7 @@
 //! `link` in [`link`], one cycle (`sync`), the daemon (`run`, via
 //! [`scheduler`]).
 
+pub mod answer;
 pub mod commands;
 pub mod demo;
 pub mod link;
@@ -107,8 +108,17 @@ impl App {
             tracing::info!("[google] partner_id is not set: only the Microsoft side runs");
             None
         };
+        let links = match &config.actions {
+            Some(actions) => Some(Arc::new(
+                crate::actions::LinkSigner::load(actions, &config.state_dir())
+                    .map_err(|e| AppError::Config(format!("actions.key_file: {e}")))?,
+            )),
+            None => None,
+        };
+        let mut alerts = AlertSettings::from_config(&config.alerts);
+        alerts.links = links;
         Ok(App {
-            alerts: AlertSettings::from_config(&config.alerts),
+            alerts,
             cycle: CycleContext {
                 store: store.clone(),
                 microsoft,
@@ -198,6 +208,29 @@ impl App {
     /// `full_plan` plans every candidate referral, not only those whose inputs changed.
     pub async fn deadline_tick(&self, full_plan: bool) -> Cycle {
         self.cycle_with(TickOptions::deadline(full_plan)).await
+    }
+
+    /// What the answer executor needs (accept / decline), from this app's clients.
+    pub fn answer_context(&self) -> sync::push::answer_referral::AnswerContext {
+        let sync = &self.config.sync;
+        sync::push::answer_referral::AnswerContext {
+            store: self.store.clone(),
+            microsoft: self.cycle.microsoft.clone(),
+            retry: self.cycle.pull.retry,
+            window: self.config.alerts.response_window.as_chrono(),
+            schedule: sync::Schedule {
+                max_attempts: sync.max_attempts,
+                min: sync.retry_min.0,
+                max: sync.retry_max.0,
+            },
+            stop: self.cycle.stop.clone(),
+            dry_run: self.config.daemon.dry_run,
+        }
+    }
+
+    /// Whether this process holds the worker lock (it may send writes).
+    pub fn is_worker(&self) -> bool {
+        self.worker_lock.is_some()
     }
 
     async fn cycle_with(&self, options: TickOptions) -> Cycle {

@@ -39,6 +39,34 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Accept an incoming New referral in Partner Center (status Active, substatus Accepted).
+    /// Exit 0 when it is accepted (also when it already was), 1 when it cannot be.
+    Accept {
+        /// The Microsoft referral id.
+        referral_id: String,
+        /// A note kept with the answer in the audit log.
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+        /// Print the PATCH it would send; send nothing and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Decline an incoming New referral in Partner Center (Closed / Declined, the reason as
+    /// statusReason). Exit 0 when it is declined (also when it already was), 1 when it
+    /// cannot be.
+    Decline {
+        /// The Microsoft referral id.
+        referral_id: String,
+        /// Why (becomes the referral's statusReason).
+        #[arg(long, value_name = "TEXT", value_parser = parse_reason)]
+        reason: String,
+        /// A note kept with the answer in the audit log.
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+        /// Print the PATCH it would send; send nothing and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show what the daemon knows: referrals nearest expiry, counts by state, last cycles.
     Status {
         /// Machine-readable output.
@@ -225,17 +253,40 @@ impl Cli {
     /// `--dry-run` means something only to the commands that run cycles: elsewhere (say
     /// `--dry-run outbox drop 43`) it would promise a safety the command does not give.
     fn dry_run_applies(&self) -> Result<(), clap::Error> {
-        if self.dry_run && !matches!(self.command, Command::Run { .. } | Command::Sync { .. }) {
+        let applies = matches!(
+            self.command,
+            Command::Run { .. }
+                | Command::Sync { .. }
+                | Command::Accept { .. }
+                | Command::Decline { .. }
+        );
+        if self.dry_run && !applies {
             return Err(Cli::command().error(
                 clap::error::ErrorKind::ArgumentConflict,
-                "--dry-run applies only to `run` and `sync`; other commands would ignore it",
+                "--dry-run applies only to `run` and `sync` (and `accept`, `decline`); other commands would ignore it",
             ));
         }
         Ok(())
     }
 
+    /// Whether an `accept` or `decline` is a dry run (`--dry-run` before or after it).
+    pub fn is_answer_dry_run(&self) -> bool {
+        self.dry_run
+            || matches!(
+                self.command,
+                Command::Accept { dry_run: true, .. } | Command::Decline { dry_run: true, .. }
+            )
+    }
+
     /// Whether this invocation is a dry run (`--dry-run` before or after `run`/`sync`).
     pub fn is_dry_run(&self) -> bool {
+        if matches!(
+            self.command,
+            Command::Accept { .. } | Command::Decline { .. }
+        ) {
+            // Answers handle their own dry run (a preview); see `is_answer_dry_run`.
+            return false;
+        }
         self.dry_run
             || matches!(
                 self.command,
@@ -251,6 +302,24 @@ fn parse_resource_name(text: &str) -> Result<String, String> {
             "not a Google resource name: use partners/P/leads/L or partners/P/opportunities/O"
                 .into()
         })
+}
+
+/// A decline reason becomes `statusReason`: never empty, one line, of sane length.
+fn parse_reason(text: &str) -> Result<String, String> {
+    let reason = text.trim();
+    if reason.is_empty() {
+        return Err("a decline needs a reason (it becomes the referral's statusReason)".into());
+    }
+    if reason.chars().any(char::is_control) {
+        return Err("the reason must be one line of text".into());
+    }
+    if reason.chars().count() > crate::config::actions::MAX_REASON_CHARS {
+        return Err(format!(
+            "the reason is longer than {} characters",
+            crate::config::actions::MAX_REASON_CHARS
+        ));
+    }
+    Ok(reason.to_string())
 }
 
 fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {

@@ -38,12 +38,14 @@
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
 //! - [`telemetry`]: tracing subscriber set-up (text, json, journald).
 //! - [`generate`]: the man page and shell completions from the clap definitions.
+//! - [`actions`]: accept / decline from the alert: `[actions]`, signed links, the page.
 //! - [`webhook`]: Partner Center referral events (optional): receiver, verification, hand-off, registration.
 
 // Errors here travel the slow path (after a network round trip or an HTTP answer); a few hundred
 // bytes moved per error is nothing next to that, and boxing would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod actions;
 pub mod alerts;
 pub mod app;
 pub mod cli;

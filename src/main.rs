@@ -40,6 +40,7 @@ fn main() {
 async fn dispatch(cli: Cli) -> Outcome {
     let file = config_path(cli.config.as_deref());
     let dry_run = cli.is_dry_run();
+    let answer_dry_run = cli.is_answer_dry_run();
     if let Command::Demo { referrals } = cli.command {
         // The demo installs its own subscriber, logging to a file beside its state.
         return cmd::demo(referrals).await;
@@ -82,6 +83,15 @@ async fn dispatch(cli: Cli) -> Outcome {
         } => cmd::audit(&config, referral.as_deref(), since, limit, json),
         Command::Outbox { action } => cmd::outbox(&config, action),
         Command::Sync { .. } => cmd::sync(config).await,
+        Command::Accept {
+            referral_id, note, ..
+        } => cmd::accept(config, &referral_id, note, answer_dry_run).await,
+        Command::Decline {
+            referral_id,
+            reason,
+            note,
+            ..
+        } => cmd::decline(config, &referral_id, reason, note, answer_dry_run).await,
         Command::Run { .. } => cmd::run(config, &file, dry_run).await,
         Command::Demo { referrals } => cmd::demo(referrals).await,
         Command::Man | Command::Completions { .. } => unreachable!("handled in main"),

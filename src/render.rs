@@ -87,7 +87,7 @@ pub fn audit(rows: &[AuditRow]) -> String {
     for r in rows {
         let _ = writeln!(
             out,
-            "{}  {:<9} {:<19} {:<7} {:>3}  {}  fields: {}  request-id: {}{}",
+            "{}  {:<9} {:<19} {:<7} {:>3}  {}  fields: {}  request-id: {}{}{}",
             human_text(&r.at),
             r.api,
             r.method,
@@ -98,6 +98,10 @@ pub fn audit(rows: &[AuditRow]) -> String {
             r.resource,
             r.fields.as_deref().unwrap_or("-"),
             r.request_id.as_deref().unwrap_or("-"),
+            r.actor
+                .as_deref()
+                .map(|a| format!("  by: {a}"))
+                .unwrap_or_default(),
             r.detail
                 .as_deref()
                 .map(|d| format!("  ({d})"))

@@ -153,6 +153,8 @@ pub struct AlertSettings {
     pub attempts: usize,
     pub sinks: Vec<Sink>,
     pub http: reqwest::Client,
+    /// `[actions]`: signs the `action_url` of `referral_expiring` alerts.
+    pub links: Option<std::sync::Arc<crate::actions::LinkSigner>>,
 }
 
 impl AlertSettings {
@@ -185,6 +187,7 @@ impl AlertSettings {
                 .user_agent(concat!("cosell-sync/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .expect("reqwest client builds"),
+            links: None,
         }
     }
 }
@@ -510,7 +513,9 @@ pub async fn deliver_pending(
         .call(move |c| astore::rename_sinks(c, &renames))
         .await?;
     let mut by_sink: HashMap<String, Vec<(Alert, u32)>> = HashMap::new();
-    for (alert, sink_key, attempts) in store.call(|c| astore::pending(c, 10_000)).await? {
+    for (mut alert, sink_key, attempts) in store.call(|c| astore::pending(c, 10_000)).await? {
+        // Signed at delivery, never stored: the link is a capability.
+        alert.action_url = action_url(settings, &alert);
         // A sink removed from the config: its old deliveries wait, unsent.
         by_sink.entry(sink_key).or_default().push((alert, attempts));
     }
@@ -694,6 +699,16 @@ async fn close_recovered_episodes(
         }
     }
     Ok(())
+}
+
+/// The signed link of a `referral_expiring` alert, valid until the referral's deadline.
+pub fn action_url(settings: &AlertSettings, alert: &Alert) -> Option<String> {
+    let signer = settings.links.as_ref()?;
+    if alert.kind != "referral_expiring" {
+        return None;
+    }
+    let deadline = DateTime::parse_from_rfc3339(alert.deadline.as_deref()?).ok()?;
+    Some(signer.url(alert.referral_id.as_deref()?, deadline.with_timezone(&Utc)))
 }
 
 /// One notice in the log per episode of a failing sink.

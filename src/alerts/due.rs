@@ -78,6 +78,7 @@ pub fn expiry_alert(
         link: Some(referral_url.replace("{id}", &referral.id)),
         command: Some(super::status_command(&referral.id)),
         created_at: now.to_rfc3339_opts(SecondsFormat::Secs, true),
+        action_url: None,
     })
 }
 

@@ -124,9 +124,22 @@ fn slack(alert: &Alert) -> Value {
     if let Some(link) = &alert.link {
         lines.push(format!("<{}|Open in Partner Center>", slack_escape(link)));
     }
+    let mut blocks =
+        vec![json!({"type": "section", "text": {"type": "mrkdwn", "text": lines.join("\n")}})];
+    if let Some(url) = &alert.action_url {
+        // Plain URL buttons: they open the action page; no Slack app to install.
+        let button = |text: &str, id: &str, style: &str| {
+            json!({"type": "button", "text": {"type": "plain_text", "text": text},
+                   "url": url, "action_id": id, "style": style})
+        };
+        blocks.push(json!({"type": "actions", "elements": [
+            button("Accept…", "cosell_accept", "primary"),
+            button("Decline…", "cosell_decline", "danger"),
+        ]}));
+    }
     json!({
         "text": slack_escape(&format!("{}: {}", title(alert), alert.message)),
-        "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": lines.join("\n")}}]
+        "blocks": blocks
     })
 }
 
@@ -159,9 +172,18 @@ fn teams(alert: &Alert) -> Value {
         "version": "1.4",
         "body": body,
     });
+    let mut actions = Vec::new();
+    if let Some(url) = &alert.action_url {
+        actions.push(json!({"type": "Action.OpenUrl", "title": "Accept…", "url": url}));
+        actions.push(json!({"type": "Action.OpenUrl", "title": "Decline…", "url": url}));
+    }
     if let Some(link) = &alert.link {
-        card["actions"] =
-            json!([{"type": "Action.OpenUrl", "title": "Open in Partner Center", "url": link}]);
+        actions.push(
+            json!({"type": "Action.OpenUrl", "title": "Open in Partner Center", "url": link}),
+        );
+    }
+    if !actions.is_empty() {
+        card["actions"] = json!(actions);
     }
     json!({
         "type": "message",
@@ -190,6 +212,7 @@ mod tests {
             link: Some("https://partner.microsoft.com/dashboard/referrals/v2/leads/r1/details".into()),
             command: Some("cosell-sync status --referral r1".into()),
             created_at: "2026-11-14T03:30:00Z".into(),
+            action_url: None,
         }
     }
 
@@ -250,6 +273,29 @@ mod tests {
                 }}]
             })
         );
+    }
+
+    #[test]
+    fn an_action_url_becomes_buttons_and_a_json_field() {
+        let mut a = alert();
+        a.action_url = Some("https://sync.example.com/act/T0K3N".into());
+        assert_eq!(
+            render(AlertFormat::Json, &a)["action_url"],
+            "https://sync.example.com/act/T0K3N"
+        );
+        let slack = render(AlertFormat::Slack, &a);
+        let buttons = &slack["blocks"][1]["elements"];
+        assert_eq!(buttons[0]["text"]["text"], "Accept…");
+        assert_eq!(buttons[1]["text"]["text"], "Decline…");
+        assert_eq!(buttons[1]["url"], "https://sync.example.com/act/T0K3N");
+        let teams = render(AlertFormat::Teams, &a);
+        let actions = &teams["attachments"][0]["content"]["actions"];
+        assert_eq!(actions[0]["url"], "https://sync.example.com/act/T0K3N");
+        assert_eq!(actions[1]["title"], "Decline…");
+        assert_eq!(actions[2]["title"], "Open in Partner Center");
+        assert!(render(AlertFormat::Json, &alert())
+            .get("action_url")
+            .is_none());
     }
 
     #[test]

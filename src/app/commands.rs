@@ -313,24 +313,28 @@ pub async fn run(config: Config, file: &Path, force_dry_run: bool) -> Outcome {
     scheduler::cancel_on_signals(shutdown.clone())
         .map_err(|e| AppError::Refused(format!("cannot install signal handlers: {e}")))?;
     let health = Arc::new(crate::health::Health::default());
-    let webhook_events = listen(&app, &health, &shutdown).await?;
+    // Answers queued by the action page wake the answer lane at once.
+    let answers = Arc::new(tokio::sync::Notify::new());
+    let webhook_events = listen(&app, &health, &answers, &shutdown).await?;
     let reload = scheduler::Reload {
         config_file: file.to_path_buf(),
         force_dry_run,
     };
-    scheduler::run(app, shutdown, reload, health, webhook_events)
+    scheduler::run(app, shutdown, reload, health, webhook_events, answers)
         .await
         .map_err(|e| AppError::Refused(format!("daemon stopped: {e:#}")))?;
     Ok(Printed::ok(""))
 }
 
-/// Binds every listener of `run` (metrics, webhook) on the one server layer and starts
-/// serving, before any token is asked for: an address in use or a privileged port is a
-/// configuration error (exit 78), not a crash after a refresh-token grant. Returns the
+/// Binds every listener of `run` (metrics, webhook, action page) on the one server layer and
+/// starts serving, before any token is asked for: an address in use or a privileged port is a
+/// configuration error (exit 78), not a crash after a refresh-token grant. The action page
+/// shares the receiver's socket when `[actions] listen` equals `[webhook] listen`. Returns the
 /// webhook's accepted events, for the forwarder the scheduler starts.
 async fn listen(
     app: &App,
     health: &Arc<crate::health::Health>,
+    answers: &Arc<tokio::sync::Notify>,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<Option<crate::webhook::Events>, AppError> {
     // The fd limit is the unit's LimitNOFILE (setrlimit is outside its system-call filter).
@@ -353,6 +357,11 @@ async fn listen(
         listeners.mount("webhook.listen", &webhook.listen, router);
         events = Some(rx);
     }
+    if let Some(settings) = crate::actions::page::settings_of(app) {
+        let listen = settings.config.listen.clone();
+        let router = crate::actions::page::router(settings, app.store.clone(), answers.clone());
+        listeners.mount("actions.listen", &listen, router);
+    }
     let bound = listeners
         .bind()
         .await
@@ -363,8 +372,35 @@ async fn listen(
     if let (Some(addr), Some(webhook)) = (bound.addr("webhook.listen"), &config.webhook) {
         crate::webhook::receiver::listening(webhook, addr);
     }
+    if let Some(addr) = bound.addr("actions.listen") {
+        tracing::info!(%addr, "action page listening");
+    }
     bound.serve(shutdown.clone());
     Ok(events)
+}
+
+/// `accept REFERRAL_ID [--note] [--dry-run]`: status Active / Accepted in Partner Center.
+pub async fn accept(
+    config: Config,
+    referral_id: &str,
+    note: Option<String>,
+    dry_run: bool,
+) -> Outcome {
+    let decision = crate::sync::answer::Decision::Accept;
+    super::answer::run(config, referral_id, decision, note, dry_run).await
+}
+
+/// `decline REFERRAL_ID --reason TEXT [--note] [--dry-run]`: Closed / Declined, the reason
+/// as `statusReason`.
+pub async fn decline(
+    config: Config,
+    referral_id: &str,
+    reason: String,
+    note: Option<String>,
+    dry_run: bool,
+) -> Outcome {
+    let decision = crate::sync::answer::Decision::Decline { reason };
+    super::answer::run(config, referral_id, decision, note, dry_run).await
 }
 
 /// `demo`: the simulator story (printed as it goes).

@@ -52,6 +52,11 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
     webhook_step(&sim, &app, dir.path()).await?;
     println!();
 
+    println!("7. Answering before the deadline ([actions]): every expiry alert carries a signed");
+    println!("   link to a small page; one referral is accepted there, one declined from the command line:");
+    answer_step(&sim, &app, &config).await?;
+    println!();
+
     print_alerts(&app, 20).await?;
     println!();
 
@@ -289,5 +294,131 @@ async fn webhook_step(sim: &Simulator, app: &App, dir: &std::path::Path) -> anyh
         ),
         None => anyhow::bail!("the webhook event for {id} did not become a lead"),
     }
+    Ok(())
+}
+
+/// Demo step 7: the action page on an ephemeral port with the answer lane beside it; one
+/// referral accepted with the page's form (as a browser posts it), one declined with the
+/// `decline` command (which queues the answer and waits for the running "daemon" to send it).
+async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Result<()> {
+    use crate::actions::page;
+    let listener_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let actions = crate::actions::ActionsConfig {
+        listen: format!("127.0.0.1:{listener_port}"),
+        public_url: format!("http://127.0.0.1:{listener_port}/act"),
+        actor_header: String::new(),
+        decline_reasons: crate::config::actions::default_reasons(),
+        key_file: None,
+    };
+    let signer = std::sync::Arc::new(
+        crate::actions::LinkSigner::load(&actions, &config.state_dir())
+            .map_err(anyhow::Error::msg)?,
+    );
+    let settings = page::PageSettings {
+        signer: signer.clone(),
+        config: actions.clone(),
+        window: config.alerts.response_window.as_chrono(),
+        referral_url: config.alerts.referral_url.clone(),
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let router = page::router(settings, app.store.clone(), wake.clone());
+    page::serve(&actions.listen, router, stop.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let lane = app.answer_context();
+    let lane_stop = stop.clone();
+    tokio::spawn(async move {
+        while !lane_stop.is_cancelled() {
+            let _ = crate::sync::push::answer_referral::send_due(&lane).await;
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                _ = lane_stop.cancelled() => {}
+            }
+        }
+    });
+    let now = Utc::now();
+    let window = config.alerts.response_window.as_chrono();
+    let open: Vec<_> = app
+        .store
+        .call(|c| crate::store::referrals::awaiting_response(c))
+        .await?
+        .into_iter()
+        .filter(|r| crate::deadline::deadline(r.created_at, r.expires_at, window) > now)
+        .collect();
+    // Nearest deadline first: those have expiry alerts.
+    let mut open = open;
+    open.sort_by_key(|r| crate::deadline::deadline(r.created_at, r.expires_at, window));
+    let [first, second, ..] = open.as_slice() else {
+        anyhow::bail!("the demo needs two open referrals");
+    };
+    // The link exactly as the alert sinks get it: from the first referral's expiry alert.
+    let id = first.id.clone();
+    let alert = app
+        .store
+        .call(move |c| crate::store::alerts::for_referral(c, &id, 10))
+        .await?
+        .into_iter()
+        .map(|row| row.alert)
+        .find(|a| a.kind == "referral_expiring")
+        .ok_or_else(|| anyhow::anyhow!("no expiry alert for {}", first.id))?;
+    let mut alerting = app.alerts.clone();
+    alerting.links = Some(signer.clone());
+    let url = crate::alerts::deliver::action_url(&alerting, &alert)
+        .ok_or_else(|| anyhow::anyhow!("the alert has no action_url"))?;
+    let token = url.rsplit('/').next().unwrap_or_default().to_string();
+    let http = reqwest::Client::new();
+    let page_html = http.get(&url).send().await?.text().await?;
+    println!(
+        "   alert for {} → action_url {}/…",
+        first.id, actions.public_url
+    );
+    println!(
+        "   GET: the page shows the facts and the form ({} bytes, no script)",
+        page_html.len()
+    );
+    let started = std::time::Instant::now();
+    let response = http
+        .post(&url)
+        .form(&[
+            ("token", token.as_str()),
+            ("referral", first.id.as_str()),
+            ("action", "accept"),
+            ("reason", ""),
+        ])
+        .send()
+        .await?;
+    println!(
+        "   POST Accept → HTTP {} in {} ms; Partner Center now has it {}",
+        response.status().as_u16(),
+        started.elapsed().as_millis(),
+        sim.referral(&first.id)
+            .map(|r| format!("{}/{}", r["status"], r["substatus"]))
+            .unwrap_or_default()
+    );
+    let reason = "Customer is outside our region".to_string();
+    println!(
+        "   $ cosell-sync decline {} --reason \"{reason}\"",
+        second.id
+    );
+    match crate::app::commands::decline(config.clone(), &second.id, reason, None, false).await {
+        Ok(printed) => print!("   {}", printed.stdout),
+        Err(e) => println!("   exit {}: {e}", e.exit_code()),
+    }
+    let answers = sim
+        .patches()
+        .into_iter()
+        .filter(|p| p.referral_id == first.id || p.referral_id == second.id)
+        .filter(|p| p.body[0]["path"] == "/status")
+        .collect::<Vec<_>>();
+    println!(
+        "   PATCHes Partner Center received for these two answers: {} (each with If-Match: {})",
+        answers.len(),
+        answers.iter().all(|p| p.if_match.is_some())
+    );
     Ok(())
 }

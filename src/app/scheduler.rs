@@ -5,10 +5,12 @@
 //!   does the refresh lane when a Google record changed. The first tick runs at start-up.
 //! - the **refresh lane**: one task re-reads due Google records pass after pass, at
 //!   background priority, and runs the periodic full plan. It never holds the deadline lane.
+//! - the **answer lane**: sends queued accepts and declines at once (woken by the action page,
+//!   or seen within a quarter second when the command line queued them).
 //!
 //! systemd notifications (READY once config, database and the first token are good; STATUS
 //! after each tick; WATCHDOG while no tick is stuck; STOPPING); SIGHUP reloads the
-//! configuration when it validates; SIGTERM/SIGINT stop both lanes: no new tick starts, the
+//! configuration when it validates; SIGTERM/SIGINT stop the lanes: no new tick starts, the
 //! refresh lane stops at once (its reads are idempotent), and a running tick gets
 //! `[daemon] shutdown_grace` to finish, then `run` returns (exit 0).
 
@@ -43,6 +45,8 @@ struct Daemon {
     running: Arc<Mutex<()>>,
     /// Asks the deadline lane for a tick (permits coalesce: never a queue of ticks).
     wake: Notify,
+    /// Wakes the answer lane: an accept or decline was queued by the action page.
+    answers: Arc<Notify>,
     /// The next tick plans every referral (start-up, a reloaded policy).
     full_plan_due: AtomicBool,
     notifier: Notifier,
@@ -63,6 +67,7 @@ pub async fn run(
     reload: Reload,
     health: Arc<Health>,
     webhook_events: Option<crate::webhook::Events>,
+    answers: Arc<Notify>,
 ) -> anyhow::Result<()> {
     // A reload during start-up (before the first token) is taken after it, never fatal.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -74,6 +79,7 @@ pub async fn run(
         app: RwLock::new(Arc::new(app)),
         running: Arc::new(Mutex::new(())),
         wake: Notify::new(),
+        answers,
         full_plan_due: AtomicBool::new(true),
         notifier: Notifier::from_env(),
         health,
@@ -108,6 +114,7 @@ pub async fn run(
     }
     let deadline = tokio::spawn(deadline_lane(daemon.clone()));
     let refresh = tokio::spawn(refresh_lane(daemon.clone()));
+    let answers = tokio::spawn(answer_lane(daemon.clone()));
     if let Some(interval) = watchdog_interval() {
         tokio::spawn(feed_watchdog(daemon.clone(), interval));
     }
@@ -118,6 +125,7 @@ pub async fn run(
     let lanes = Lanes {
         deadline,
         refresh,
+        answers,
         webhook,
     };
     stop(&daemon, &mut scheduler, lanes).await;
@@ -157,6 +165,7 @@ async fn serve_reloads(
 struct Lanes {
     deadline: tokio::task::JoinHandle<()>,
     refresh: tokio::task::JoinHandle<()>,
+    answers: tokio::task::JoinHandle<()>,
     webhook: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -176,6 +185,8 @@ async fn stop(daemon: &Daemon, scheduler: &mut JobScheduler, lanes: Lanes) {
         // The forwarder stops between events; a forward in flight gets the grace period.
         let _ = tokio::time::timeout_at(stop_by, forwarder).await;
     }
+    // An answer being sent finishes (its PATCH is one request); no new one starts.
+    let _ = tokio::time::timeout_at(stop_by, lanes.answers).await;
     match tokio::time::timeout_at(stop_by, lanes.deadline).await {
         Ok(_) => tracing::info!("stopped"),
         Err(_) => tracing::warn!(
@@ -267,6 +278,39 @@ async fn deadline_lane(daemon: Arc<Daemon>) {
         if !cycle.report.ok() && full_plan {
             // Not planned after all: the next tick tries again.
             daemon.full_plan_due.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// How often the answer lane looks for answers queued by another process (the command line
+/// cannot wake it); the action page wakes it at once.
+const ANSWER_POLL: Duration = Duration::from_millis(250);
+
+/// The answer lane: accepts and declines go out as soon as they are queued, never behind a
+/// deadline tick (its own executor: answers are not taken by the write executor).
+async fn answer_lane(daemon: Arc<Daemon>) {
+    loop {
+        let app = daemon.app();
+        if let Err(e) = crate::sync::push::answer_referral::send_due(&app.answer_context()).await {
+            tracing::error!(error = %e, "answer lane: the database failed; trying again");
+        }
+        tokio::select! {
+            _ = daemon.answers.notified() => {}
+            _ = until_answer_due(&app) => {}
+            _ = daemon.shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn until_answer_due(app: &App) {
+    loop {
+        tokio::time::sleep(ANSWER_POLL).await;
+        let due = app
+            .store
+            .call(|c| crate::store::answers::any_due(c, chrono::Utc::now()))
+            .await;
+        if due.unwrap_or(false) {
+            return;
         }
     }
 }

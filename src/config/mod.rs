@@ -2,9 +2,10 @@
 //! [`load`]ing (compiled-in defaults, then the TOML file, then `COSELL_SECTION__KEY` env
 //! variables, figment), [`secrets`] inline or from `_file` paths (relative ones in systemd's
 //! `$CREDENTIALS_DIRECTORY`), [`validate`] whose every message names the offending key, the
-//! [`webhook`] section, alert sinks' [`routes`] (their keys checked), and the redacted view
-//! `check-config` prints.
+//! [`webhook`] and [`actions`] sections, alert sinks' [`routes`] (their keys checked), and the
+//! redacted view `check-config` prints.
 
+pub mod actions;
 mod duration;
 mod errors;
 mod load;
@@ -16,6 +17,7 @@ pub mod webhook;
 
 use std::path::PathBuf;
 
+pub use actions::ActionsConfig;
 pub use duration::{HumanDuration, MAX_DURATION};
 pub use errors::{ConfigError, ConfigErrors};
 pub use load::{config_path, Loaded};
@@ -45,6 +47,14 @@ impl Config {
     /// The rotated Microsoft refresh token's file, beside the database.
     pub fn token_file(&self) -> PathBuf {
         self.state.path.with_file_name(TOKEN_FILE_NAME)
+    }
+
+    /// The directory of the database (the token file and the action links' key live there).
+    pub fn state_dir(&self) -> PathBuf {
+        match self.state.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
     }
 
     /// The effective configuration as TOML, secrets shown as `[redacted]`.

@@ -26,6 +26,9 @@ pub struct Config {
     /// Partner Center webhooks; off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<PartnerWebhookConfig>,
+    /// Links in expiry alerts to a page that answers the referral; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actions: Option<super::ActionsConfig>,
 }
 
 /// Prometheus metrics and `/healthz` over HTTP, for `run` only.

@@ -299,6 +299,11 @@ impl Config {
             webhook.validate(errors);
         }
         self.validate_listen_clashes(errors);
+        if let Some(actions) = &self.actions {
+            actions.validate(errors);
+            let metrics = self.metrics.listen.as_deref();
+            actions.validate_listen(self.webhook.as_ref(), metrics, errors);
+        }
         if self.alerts.failed_cycles == 0 {
             errors.push(ConfigError::new(
                 "alerts.failed_cycles",

@@ -176,7 +176,7 @@ impl PartnerWebhookConfig {
     }
 }
 
-fn is_loopback(url: &reqwest::Url) -> bool {
+pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
     let host = url.host_str().unwrap_or_default();
     host == "localhost"
         || host

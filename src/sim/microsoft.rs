@@ -396,10 +396,27 @@ async fn patch_one(
         Err(r) => return r,
     };
     let response = apply_patch(&state, &headers, &id, &body);
+    record_patch(&state, &headers, &id, &body, response.status().as_u16());
     if drop_after {
         return dropped();
     }
     response
+}
+
+fn record_patch(state: &SimState, headers: &HeaderMap, id: &str, body: &[u8], status: u16) {
+    let mut patches = lock(&state.patches);
+    if patches.len() >= 10_000 {
+        patches.pop_front();
+    }
+    patches.push_back(super::SimPatch {
+        referral_id: id.to_string(),
+        body: serde_json::from_slice(body).unwrap_or(Value::Null),
+        if_match: headers
+            .get("if-match")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        status,
+    });
 }
 
 /// Partner Center's PATCH rules in one place (eTag, JSON Patch ops, status transitions,

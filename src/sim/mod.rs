@@ -124,6 +124,18 @@ pub(crate) struct Cursor {
     pub top: usize,
 }
 
+/// A referral PATCH as the simulator saw it: what a test checks ("exactly one PATCH").
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimPatch {
+    pub referral_id: String,
+    /// The JSON Patch array as sent.
+    pub body: Value,
+    /// The `If-Match` header, if any.
+    pub if_match: Option<String>,
+    /// The status the simulator answered.
+    pub status: u16,
+}
+
 /// Shared state of a running simulator.
 #[derive(Debug)]
 pub struct SimState {
@@ -137,6 +149,8 @@ pub struct SimState {
     request_log: Mutex<VecDeque<String>>,
     pub(crate) google: Mutex<google::GoogleState>,
     pub(crate) webhook: Mutex<webhook::WebhookState>,
+    /// Every referral PATCH that reached the rules (after faults), oldest first (bounded).
+    pub(crate) patches: Mutex<VecDeque<SimPatch>>,
     /// `http://127.0.0.1:PORT`, known once the listener is bound.
     pub(crate) base_url: Mutex<String>,
 }
@@ -164,6 +178,7 @@ impl SimState {
             request_log: Mutex::new(VecDeque::new()),
             google: Mutex::new(google::GoogleState::default()),
             webhook: Mutex::new(webhook::WebhookState::default()),
+            patches: Mutex::new(VecDeque::new()),
             base_url: Mutex::new(String::new()),
         }
     }
@@ -249,6 +264,19 @@ impl Simulator {
 
     pub fn referral(&self, id: &str) -> Option<Value> {
         lock(&self.state.referrals).get(id).cloned()
+    }
+
+    /// The referral PATCHes the simulator answered, oldest first.
+    pub fn patches(&self) -> Vec<SimPatch> {
+        lock(&self.state.patches).iter().cloned().collect()
+    }
+
+    /// The PATCHes of one referral that changed it (2xx).
+    pub fn applied_patches(&self, referral_id: &str) -> Vec<SimPatch> {
+        self.patches()
+            .into_iter()
+            .filter(|p| p.referral_id == referral_id && p.status < 300)
+            .collect()
     }
 
     pub fn referral_count(&self) -> usize {

@@ -40,6 +40,10 @@ pub struct Alert {
     #[serde(default)]
     pub command: Option<String>,
     pub created_at: String,
+    /// `referral_expiring` with `[actions]`: the signed link to the page that accepts or
+    /// declines the referral. Added at delivery, never stored (it is a capability).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_url: Option<String>,
 }
 
 impl Alert {
@@ -67,6 +71,7 @@ impl Alert {
             link: None,
             command: None,
             created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            action_url: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! `rusqlite::Connection`, so they are testable without a runtime.
 
 pub mod alerts;
+pub mod answers;
 pub mod gauges;
 pub mod google;
 pub mod outbox;
@@ -52,6 +53,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "0007_responses.sql",
         include_str!("../../migrations/0007_responses.sql"),
+    ),
+    (
+        8,
+        "0008_answers.sql",
+        include_str!("../../migrations/0008_answers.sql"),
     ),
 ];
 

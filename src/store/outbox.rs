@@ -13,6 +13,9 @@ use crate::timefmt::{db_timestamp, parse_timestamp};
 pub const CREATE_LEAD: &str = "create_lead";
 pub const PATCH_REFERRAL: &str = "patch_referral";
 pub const PATCH_OPPORTUNITY: &str = "patch_opportunity";
+/// Accept or decline a referral: its own executor ([`crate::sync::push::answer_referral`]), never
+/// taken by [`take_due`].
+pub const ANSWER_REFERRAL: &str = "answer_referral";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OutboxRow {
@@ -88,6 +91,7 @@ pub fn take_due(
     let mut stmt = conn.prepare_cached(&format!(
         "UPDATE outbox SET attempts = attempts + 1, updated_at = ?1
          WHERE id = (SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?1
+                       AND kind <> 'answer_referral'
                        AND id NOT IN (SELECT value FROM json_each(?2))
                      ORDER BY next_attempt_at, id LIMIT 1)
          RETURNING {COLUMNS}"
@@ -491,6 +495,8 @@ pub struct AuditRow {
     pub status_code: Option<i64>,
     pub request_id: Option<String>,
     pub detail: Option<String>,
+    /// Who asked (an accept or decline); `None` for the daemon's own writes.
+    pub actor: Option<String>,
 }
 
 /// Audit rows, oldest first; `referral` matches the referral id or a linked Google resource.
@@ -501,7 +507,8 @@ pub fn audit_rows(
     limit: usize,
 ) -> Result<Vec<AuditRow>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT at, cycle_id, api, method, resource, fields, outcome, status_code, request_id, detail
+        "SELECT at, cycle_id, api, method, resource, fields, outcome, status_code, request_id, detail,
+                actor
          FROM audit_log a
          WHERE (?1 IS NULL OR a.resource = ?1 OR a.fields LIKE '%' || ?1 || '%'
                 OR a.resource IN (SELECT lead_name FROM links WHERE referral_id = ?1
@@ -523,6 +530,7 @@ pub fn audit_rows(
                 status_code: r.get(7)?,
                 request_id: r.get(8)?,
                 detail: r.get(9)?,
+                actor: r.get(10)?,
             })
         },
     )?;

@@ -1,7 +1,10 @@
 //! The sync primitives both lanes are made of: the Microsoft pull ([`pull`]), the Google
 //! refresh on a per-record schedule ([`refresh`]), the pure planner ([`reconcile`], with
 //! [`mapping`] for new leads) and the outbox ([`push`]). [`crate::lanes`] puts them in order.
+//! Accept / decline: the pure decision ([`answer`]) and its executor
+//! ([`push::answer_referral`]).
 
+pub mod answer;
 pub mod mapping;
 pub mod pull;
 pub mod push;

@@ -206,7 +206,17 @@ max_delay = "500ms"
 /// The commands a test runs in process; `run` and `auth microsoft` need the binary.
 async fn in_process(cli: Cli, file: &Path) -> cmd::Outcome {
     let config = cmd::load_config(file, cli.is_dry_run())?;
+    let answer_dry_run = cli.is_answer_dry_run();
     match cli.command {
+        Command::Accept {
+            referral_id, note, ..
+        } => cmd::accept(config, &referral_id, note, answer_dry_run).await,
+        Command::Decline {
+            referral_id,
+            reason,
+            note,
+            ..
+        } => cmd::decline(config, &referral_id, reason, note, answer_dry_run).await,
         Command::Sync { .. } => cmd::sync(config).await,
         Command::CheckConfig => cmd::check_config(&config, file),
         Command::Status {

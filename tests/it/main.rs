@@ -3,7 +3,10 @@
 //! (`TestEnv::run`, the default) or through the binary (`TestEnv::cli`, for logs, signals,
 //! kills). `IT_VIA_BINARY=1 cargo test --test it` sends every `run` through the binary too.
 
+mod actions;
 mod alerts;
+mod answer;
+mod browser;
 mod client;
 mod commands;
 mod daemon;

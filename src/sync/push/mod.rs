@@ -7,8 +7,10 @@
 //!
 //! [`plan`] decides what becomes an outbox row (and the stored action format); [`execute`]
 //! takes due rows with bounded concurrency and records outcomes; one file per action kind:
-//! [`create_lead`], [`patch_referral`], [`patch_opportunity`].
+//! [`create_lead`], [`patch_referral`], [`patch_opportunity`]. Accepts and declines have an
+//! executor of their own, [`answer_referral`] (the answer lane; never taken by [`push_due`]).
 
+pub mod answer_referral;
 mod create_lead;
 mod execute;
 mod patch_opportunity;

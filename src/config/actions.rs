@@ -1,0 +1,308 @@
+//! The `[actions]` section (spec §4): where the action page listens, the public URL its links
+//! start with, the SSO header that names the person, the decline reasons offered, and the
+//! HMAC key of the links. Absent = no links and no page. The links and the page themselves
+//! are [`crate::actions`]'s.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::ConfigError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionsConfig {
+    /// Plain HTTP, behind the TLS reverse proxy; may equal `[webhook] listen` (one server).
+    pub listen: String,
+    /// Links are `public_url/TOKEN`; the page answers on this URL's path (the proxy forwards
+    /// it unchanged). `http://` only for a loopback set-up.
+    pub public_url: String,
+    /// E.g. `X-Forwarded-Email` behind an SSO proxy: then required on every request (403
+    /// without) and recorded as the actor. Empty = none (the actor is `link`).
+    #[serde(default)]
+    pub actor_header: String,
+    /// The reasons the page offers for a decline (each becomes `statusReason`).
+    #[serde(default = "default_reasons")]
+    pub decline_reasons: Vec<String>,
+    /// The links' HMAC key (at least 32 bytes). Empty = `actions.key` generated in the
+    /// state directory (mode 0600).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Reasons a partner declines a co-sell referral. [?] Partner Center's own list is not
+/// published (`partner-apis.md`: statusReason is a free string).
+pub fn default_reasons() -> Vec<String> {
+    [
+        "Not a fit for our solution area",
+        "No capacity to take this on now",
+        "Customer is outside our region",
+        "Deal size too small",
+        "Duplicate of an existing opportunity",
+        "Customer already working with another partner",
+    ]
+    .iter()
+    .map(|r| r.to_string())
+    .collect()
+}
+
+/// A reason is at most this long (Partner Center's limit is unpublished; the page shows it).
+pub const MAX_REASON_CHARS: usize = 200;
+
+impl ActionsConfig {
+    /// The page's path: `public_url`'s, without a trailing `/` (empty for the root).
+    pub fn path(&self) -> String {
+        reqwest::Url::parse(&self.public_url)
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default()
+    }
+
+    /// The key file, when one is named.
+    pub fn key_file(&self) -> Option<&std::path::Path> {
+        self.key_file
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+
+    /// The actor header, when one is set.
+    pub fn actor_header(&self) -> Option<&str> {
+        Some(self.actor_header.trim()).filter(|h| !h.is_empty())
+    }
+
+    /// Every problem, each naming its `actions.*` key.
+    pub fn validate(&self, errors: &mut Vec<ConfigError>) {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            errors.push(ConfigError::new(
+                "actions.listen",
+                format!(
+                    "{:?} is not host:port (e.g. \"127.0.0.1:8788\")",
+                    self.listen
+                ),
+            ));
+        }
+        match reqwest::Url::parse(&self.public_url) {
+            Ok(u) if matches!(u.scheme(), "https" | "http") && u.host_str().is_some() => {
+                if u.scheme() == "http" && !super::webhook::is_loopback(&u) {
+                    errors.push(ConfigError::new(
+                        "actions.public_url",
+                        "must be https (people open it from chat; TLS is the reverse proxy's job); http only for a loopback address",
+                    ));
+                }
+                if u.query().is_some() || u.fragment().is_some() {
+                    errors.push(ConfigError::new(
+                        "actions.public_url",
+                        "must not carry a query or a fragment (links add a path segment)",
+                    ));
+                }
+            }
+            _ => errors.push(ConfigError::new(
+                "actions.public_url",
+                format!("{:?} is not an absolute https URL", self.public_url),
+            )),
+        }
+        if let Some(h) = self.actor_header() {
+            if reqwest::header::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                errors.push(ConfigError::new(
+                    "actions.actor_header",
+                    format!("{h:?} is not an HTTP header name"),
+                ));
+            }
+        }
+        self.validate_reasons(errors);
+        if let Some(path) = self.key_file() {
+            if let Err(e) = read_key_file(path) {
+                errors.push(ConfigError::new("actions.key_file", e));
+            }
+        }
+    }
+
+    /// `[actions] listen` may share `[webhook] listen` (one server, both routes) but not
+    /// its path, and never the metrics port.
+    pub fn validate_listen(
+        &self,
+        webhook: Option<&super::PartnerWebhookConfig>,
+        metrics_listen: Option<&str>,
+        errors: &mut Vec<ConfigError>,
+    ) {
+        if metrics_listen
+            .is_some_and(|m| super::validate::listen_addresses_overlap(m, &self.listen))
+        {
+            errors.push(ConfigError::new(
+                "actions.listen",
+                "must differ from metrics.listen (the metrics server serves only /metrics and /healthz)",
+            ));
+        }
+        if let Some(w) = webhook.filter(|w| {
+            w.listen != self.listen
+                && super::validate::listen_addresses_overlap(&w.listen, &self.listen)
+        }) {
+            errors.push(ConfigError::new(
+                "actions.listen",
+                format!(
+                    "{:?} overlaps webhook.listen {:?}: to share the receiver's server, write the same address; otherwise use another port",
+                    self.listen, w.listen
+                ),
+            ));
+        }
+        if let Some(w) = webhook.filter(|w| w.listen == self.listen) {
+            let page = self.path();
+            let hook = w.path();
+            if hook.trim_end_matches('/') == page || hook.starts_with(&format!("{page}/")) {
+                errors.push(ConfigError::new(
+                    "actions.public_url",
+                    format!("its path {page:?} overlaps webhook.public_url's {hook:?} on the shared listener"),
+                ));
+            }
+        }
+    }
+
+    fn validate_reasons(&self, errors: &mut Vec<ConfigError>) {
+        if self.decline_reasons.is_empty() {
+            errors.push(ConfigError::new(
+                "actions.decline_reasons",
+                "must list at least one reason (or be left out for the default list)",
+            ));
+        }
+        for (i, r) in self.decline_reasons.iter().enumerate() {
+            let bad = if r.trim().is_empty() {
+                Some("must not be empty".to_string())
+            } else if r.chars().count() > MAX_REASON_CHARS {
+                Some(format!("is longer than {MAX_REASON_CHARS} characters"))
+            } else if r.chars().any(char::is_control) {
+                Some("must not contain control characters".into())
+            } else if self.decline_reasons[..i].contains(r) {
+                Some("is listed twice".into())
+            } else {
+                None
+            };
+            if let Some(message) = bad {
+                errors.push(ConfigError::new(
+                    format!("actions.decline_reasons[{i}]"),
+                    message,
+                ));
+            }
+        }
+    }
+}
+
+/// A key shorter than this is refused (HMAC-SHA256 keys should be at least the hash size).
+pub const MIN_KEY_BYTES: usize = 32;
+
+/// An operator's key file: its bytes (trailing whitespace trimmed), at least 32.
+pub fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let trimmed = bytes.trim_ascii_end().to_vec();
+    if trimmed.len() < MIN_KEY_BYTES {
+        return Err(format!(
+            "{} holds {} bytes; an HMAC key needs at least {MIN_KEY_BYTES} (e.g. `head -c 32 /dev/urandom | base64 > FILE`)",
+            path.display(),
+            trimmed.len()
+        ));
+    }
+    Ok(trimmed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ActionsConfig {
+        ActionsConfig {
+            listen: "127.0.0.1:8788".into(),
+            public_url: "https://sync.example.com/act".into(),
+            actor_header: String::new(),
+            decline_reasons: default_reasons(),
+            key_file: None,
+        }
+    }
+
+    fn keys(c: &ActionsConfig) -> Vec<String> {
+        let mut errors = Vec::new();
+        c.validate(&mut errors);
+        errors.into_iter().map(|e| e.key).collect()
+    }
+
+    /// The commented `[actions]` section of config.example.toml, uncommented, is valid and
+    /// names every key.
+    #[test]
+    fn the_example_section_is_valid_and_complete() {
+        let file = include_str!("../../config.example.toml");
+        let section: String = file
+            .lines()
+            .skip_while(|l| *l != "# [actions]")
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .filter(|l| l.starts_with("# ") && !l.starts_with("# #"))
+            .map(|l| format!("{}\n", &l[2..]))
+            .collect();
+        let table: toml::Table = toml::from_str(&section).unwrap();
+        let c: ActionsConfig = toml::Value::Table(table.clone()).try_into().unwrap();
+        assert!(keys(&c).is_empty(), "{:?}", keys(&c));
+        for key in ["listen", "public_url", "actor_header", "key_file"] {
+            assert!(
+                table.contains_key(key),
+                "config.example.toml lacks actions.{key}"
+            );
+        }
+        assert!(file.contains("# # decline_reasons = ["));
+    }
+
+    #[test]
+    fn the_example_is_valid_and_each_mistake_names_its_key() {
+        assert!(keys(&config()).is_empty());
+        assert_eq!(config().path(), "/act");
+        type Edit = fn(&mut ActionsConfig);
+        let cases: Vec<(Edit, &str)> = vec![
+            (|c| c.listen = "8788".into(), "actions.listen"),
+            (
+                |c| c.public_url = "http://sync.example.com/act".into(),
+                "actions.public_url",
+            ),
+            (|c| c.public_url = "/act".into(), "actions.public_url"),
+            (
+                |c| c.public_url = "https://x.example/act?a=1".into(),
+                "actions.public_url",
+            ),
+            (|c| c.actor_header = "X Bad".into(), "actions.actor_header"),
+            (|c| c.decline_reasons = vec![], "actions.decline_reasons"),
+            (
+                |c| c.decline_reasons = vec!["a".into(), "a".into()],
+                "actions.decline_reasons[1]",
+            ),
+            (
+                |c| c.decline_reasons = vec![" ".into()],
+                "actions.decline_reasons[0]",
+            ),
+            (
+                |c| c.key_file = Some("/nonexistent/key".into()),
+                "actions.key_file",
+            ),
+        ];
+        for (edit, key) in cases {
+            let mut c = config();
+            edit(&mut c);
+            assert_eq!(keys(&c), vec![key.to_string()]);
+        }
+        // One listener for both: fine on different paths; never the metrics port.
+        let hook = super::super::webhook::example("https://sync.example.com/partner-center/events");
+        let shared = ActionsConfig {
+            listen: hook.listen.clone(),
+            ..config()
+        };
+        let mut errors = Vec::new();
+        shared.validate_listen(Some(&hook), None, &mut errors);
+        assert!(errors.is_empty());
+        let clash = ActionsConfig {
+            public_url: "https://sync.example.com/partner-center".into(),
+            ..shared.clone()
+        };
+        clash.validate_listen(Some(&hook), Some("127.0.0.1:1"), &mut errors);
+        assert_eq!(errors.len(), 1);
+        shared.validate_listen(None, Some(shared.listen.as_str()), &mut errors);
+        assert_eq!(errors[1].key, "actions.listen");
+        let mut loopback = config();
+        loopback.public_url = "http://127.0.0.1:8788/".into();
+        assert!(keys(&loopback).is_empty());
+        assert_eq!(loopback.path(), "");
+    }
+}

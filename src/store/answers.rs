@@ -1,0 +1,240 @@
+//! Answers to referrals (accept / decline) in the outbox: queued by the command line or the
+//! action page, taken only by the answer executor ([`crate::sync::push::answer_referral`]), finished with
+//! their outcome as JSON in `result`, audited with the person who asked.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::outbox::{self, AuditEntry, OutboxRow, ANSWER_REFERRAL};
+use super::StoreError;
+use crate::timefmt::{db_timestamp, parse_timestamp};
+
+/// Queues an answer, or finds the one already open for this referral (a double click, two
+/// people at once: one row, one PATCH). Returns the row id and whether this call added it.
+pub fn enqueue(
+    conn: &Connection,
+    referral_id: &str,
+    payload: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<(i64, bool), StoreError> {
+    if outbox::enqueue(
+        conn,
+        referral_id,
+        ANSWER_REFERRAL,
+        Some(referral_id),
+        payload,
+        now,
+    )? {
+        return Ok((conn.last_insert_rowid(), true));
+    }
+    let open: i64 = conn.query_row(
+        "SELECT id FROM outbox WHERE referral_id = ?1 AND kind = 'answer_referral'
+           AND state IN ('pending', 'in_flight') ORDER BY id DESC LIMIT 1",
+        [referral_id],
+        |r| r.get(0),
+    )?;
+    Ok((open, false))
+}
+
+/// Takes the next due answer and counts the attempt (the row stays `pending` until
+/// [`mark_sending`]).
+pub fn take_due(conn: &Connection, now: DateTime<Utc>) -> Result<Option<OutboxRow>, StoreError> {
+    let now = db_timestamp(now);
+    let id: Option<i64> = conn
+        .query_row(
+            "UPDATE outbox SET attempts = attempts + 1, updated_at = ?1
+             WHERE id = (SELECT id FROM outbox WHERE state = 'pending' AND kind = 'answer_referral'
+                           AND next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT 1)
+             RETURNING id",
+            [&now],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match id {
+        Some(id) => outbox::get(conn, id),
+        None => Ok(None),
+    }
+}
+
+/// Whether an answer is due now (the daemon's answer lane polls this: the command line, in
+/// another process, cannot wake it otherwise).
+pub fn any_due(conn: &Connection, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM outbox WHERE state = 'pending' AND kind = 'answer_referral'
+               AND next_attempt_at <= ?1 LIMIT 1",
+        )?
+        .query_row([db_timestamp(now)], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// In flight right before a PATCH (also again after a 412 re-read). False when the operator
+/// dropped the row meanwhile: then nothing may be sent.
+pub fn mark_sending(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "UPDATE outbox SET state = 'in_flight', updated_at = ?2
+         WHERE id = ?1 AND state IN ('pending', 'in_flight')",
+        params![id, db_timestamp(now)],
+    )?;
+    Ok(n == 1)
+}
+
+/// How an answer row ends (or waits): its state, its outcome JSON, the error, when to retry.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub state: &'static str,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub request_id: Option<String>,
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+pub fn finish(
+    conn: &Connection,
+    id: i64,
+    f: &Finish,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE outbox SET state = ?2, result = COALESCE(?3, result), last_error = ?4,
+            request_id = COALESCE(?5, request_id),
+            next_attempt_at = COALESCE(?6, next_attempt_at), updated_at = ?7
+         WHERE id = ?1",
+        params![
+            id,
+            f.state,
+            f.result,
+            f.error,
+            f.request_id,
+            f.retry_at.map(db_timestamp),
+            db_timestamp(now)
+        ],
+    )?;
+    Ok(())
+}
+
+/// An audit row with the person who asked for the write.
+pub fn audit(
+    conn: &Connection,
+    entry: &AuditEntry,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    outbox::audit(conn, entry, None, now)?;
+    conn.execute(
+        "UPDATE audit_log SET actor = ?2 WHERE id = ?1",
+        params![conn.last_insert_rowid(), actor],
+    )?;
+    Ok(())
+}
+
+/// The latest finished answer of a referral (who answered it here, and how), for the page.
+pub fn latest_finished(
+    conn: &Connection,
+    referral_id: &str,
+) -> Result<Option<OutboxRow>, StoreError> {
+    let id: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM outbox WHERE referral_id = ?1 AND kind = 'answer_referral'
+               AND state IN ('done', 'superseded', 'dead') AND result IS NOT NULL
+             ORDER BY (state = 'done') DESC, id DESC LIMIT 1",
+            [referral_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match id {
+        Some(id) => outbox::get(conn, id),
+        None => Ok(None),
+    }
+}
+
+/// What the action page shows about a referral: the stored copy and its Google records.
+#[derive(Debug, Clone, Serialize)]
+pub struct PageFacts {
+    pub id: String,
+    pub raw: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub lead: Option<String>,
+    pub opportunity: Option<String>,
+}
+
+pub fn page_facts(conn: &Connection, referral_id: &str) -> Result<Option<PageFacts>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT r.raw_json, r.created_at, r.expires_at, l.lead_name, l.opportunity_name
+             FROM referrals r LEFT JOIN links l ON l.referral_id = r.id WHERE r.id = ?1",
+            [referral_id],
+            |r| {
+                let raw: String = r.get(0)?;
+                let created: String = r.get(1)?;
+                let expires: Option<String> = r.get(2)?;
+                Ok(PageFacts {
+                    id: referral_id.to_string(),
+                    raw: serde_json::from_str(&raw).unwrap_or(serde_json::Value::Null),
+                    created_at: parse_timestamp(&created).unwrap_or_default(),
+                    expires_at: expires.as_deref().and_then(parse_timestamp),
+                    lead: r.get(3)?,
+                    opportunity: r.get(4)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+    use serde_json::json;
+
+    #[test]
+    fn one_open_answer_per_referral_and_only_the_answer_executor_takes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let now = Utc::now();
+        store
+            .call_blocking(|c| {
+                let (first, added) = enqueue(c, "r1", &json!({"a": 1}), now)?;
+                assert!(added);
+                let (again, added) = enqueue(c, "r1", &json!({"a": 2}), now)?;
+                assert_eq!(
+                    (again, added),
+                    (first, false),
+                    "a double click joins the open one"
+                );
+                assert!(
+                    outbox::take_due(c, now, &[])?.is_none(),
+                    "the write executor never takes an answer"
+                );
+                assert!(any_due(c, now)?);
+                let row = take_due(c, now)?.expect("due");
+                assert_eq!((row.id, row.attempts), (first, 1));
+                assert!(mark_sending(c, row.id, now)?);
+                assert!(mark_sending(c, row.id, now)?, "again after a 412 re-read");
+                finish(
+                    c,
+                    row.id,
+                    &Finish {
+                        state: "done",
+                        result: Some("{}".into()),
+                        error: None,
+                        request_id: None,
+                        retry_at: None,
+                    },
+                    now,
+                )?;
+                assert!(!any_due(c, now)?);
+                assert_eq!(latest_finished(c, "r1")?.map(|r| r.id), Some(first));
+                let (next, added) = enqueue(c, "r1", &json!({}), now)?;
+                assert!(
+                    added && next != first,
+                    "a finished answer does not block a new one"
+                );
+                Ok(())
+            })
+            .unwrap();
+    }
+}

@@ -1,0 +1,446 @@
+//! The answer executor: sends queued accepts and declines to Partner Center, one at a time,
+//! in the worker process only (the daemon's answer lane, or the command when no daemon runs).
+//! Each PATCH carries `If-Match` with the eTag of the copy it was decided on; a 412 re-reads
+//! the referral and decides again ([`super::answer::decide`]), never a blind retry. Every
+//! PATCH is audited with the person who asked. The outcome lands in the row's `result` as an
+//! [`AnswerResult`], which the command and the page read back.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{with_retry, ApiError, RetryPolicy};
+use crate::microsoft::model::ParsedReferral;
+use crate::microsoft::{MicrosoftClient, PatchOp};
+use crate::store::answers::{self, Finish};
+use crate::store::outbox::{self, AuditEntry, OutboxRow};
+use crate::store::{referrals, Store, StoreError};
+use crate::sync::answer::{decide, decode, Answer, Verdict};
+use crate::sync::Schedule;
+
+/// What the executor needs: taken by reference from the app (never the app itself).
+#[derive(Debug, Clone)]
+pub struct AnswerContext {
+    pub store: Store,
+    pub microsoft: MicrosoftClient,
+    pub retry: RetryPolicy,
+    /// `[alerts] response_window`: the deadline when Microsoft gives none.
+    pub window: chrono::Duration,
+    pub schedule: Schedule,
+    pub stop: CancellationToken,
+    /// `[daemon] dry_run`: decide and log, never send.
+    pub dry_run: bool,
+}
+
+/// How an answer ended, as the command and the page show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnswerResult {
+    /// `sent` (this answer changed Partner Center), `already` (it was already so),
+    /// `refused` (it cannot be: why is in `message`), `queued` (Partner Center did not
+    /// answer; retried later).
+    pub outcome: String,
+    pub message: String,
+    /// `accept` or `decline`.
+    pub decision: String,
+    pub actor: String,
+    pub at: DateTime<Utc>,
+}
+
+impl AnswerResult {
+    /// The referral is now as asked.
+    pub fn succeeded(&self) -> bool {
+        matches!(self.outcome.as_str(), "sent" | "already")
+    }
+
+    /// `accepted` or `declined`.
+    pub fn decision_past(&self) -> &'static str {
+        match self.decision.as_str() {
+            "accept" => "accepted",
+            _ => "declined",
+        }
+    }
+}
+
+/// Sends every due answer; returns how many were handled.
+pub async fn send_due(ctx: &AnswerContext) -> Result<u64, StoreError> {
+    let mut handled = 0;
+    while !ctx.stop.is_cancelled() {
+        let Some(row) = ctx.store.call(|c| answers::take_due(c, Utc::now())).await? else {
+            break;
+        };
+        let span = tracing::info_span!("answer", id = row.id, referral_id = %row.referral_id);
+        tracing::Instrument::instrument(send_one(ctx, row), span).await?;
+        handled += 1;
+    }
+    Ok(handled)
+}
+
+/// At most this many decisions per answer in one go: each after a 412 re-read.
+const MAX_ROUNDS: u32 = 3;
+
+async fn send_one(ctx: &AnswerContext, row: OutboxRow) -> Result<(), StoreError> {
+    let answer = match decode(&row.payload) {
+        Ok(a) => a,
+        Err(e) => {
+            let error = format!("the stored answer cannot be read: {e}");
+            return close(ctx, &row, None, "dead", "refused", &error, None).await;
+        }
+    };
+    let Some(mut current) = stored_or_fresh(ctx, &row, &answer).await? else {
+        return Ok(());
+    };
+    for _ in 0..MAX_ROUNDS {
+        let verdict = decide(
+            &current.referral,
+            &serde_json::from_str(&current.raw).unwrap_or_default(),
+            &answer.decision,
+            ctx.window,
+            Utc::now(),
+        );
+        let ops = match verdict {
+            Verdict::Already(m) => {
+                return close(ctx, &row, Some(&answer), "superseded", "already", &m, None).await
+            }
+            Verdict::Refuse(m) => {
+                return close(ctx, &row, Some(&answer), "superseded", "refused", &m, None).await
+            }
+            Verdict::Send(ops) if ctx.dry_run => {
+                let body = serde_json::to_string(&ops).unwrap_or_default();
+                tracing::warn!(referral_id = %row.referral_id, body, "DRY RUN: would send PATCH");
+                let m = format!("dry run: would send PATCH {body}; not sent");
+                return close(ctx, &row, Some(&answer), "superseded", "refused", &m, None).await;
+            }
+            Verdict::Send(ops) => ops,
+        };
+        let id = row.id;
+        if !ctx
+            .store
+            .call(move |c| answers::mark_sending(c, id, Utc::now()))
+            .await?
+        {
+            return Ok(()); // dropped by the operator meanwhile: nothing is sent
+        }
+        let etag = current.referral.e_tag.clone();
+        // Transient failures are retried here: If-Match makes a repeat safe (a PATCH that went
+        // through makes the next one a 412, which re-reads and finds it answered).
+        let sent = with_retry(&ctx.retry, "answer referral", || {
+            ctx.microsoft
+                .patch_referral(&row.referral_id, &ops, etag.as_deref())
+        })
+        .await;
+        match sent {
+            Ok(w) => return answered(ctx, &row, &answer, &ops, w).await,
+            Err(e) if e.status() == Some(412) => {
+                audit_failure(ctx, &row, &answer, &ops, &e).await?;
+                tracing::info!(
+                    "412: the referral changed since it was read; re-reading and deciding again"
+                );
+                match read_fresh(ctx, &row, &answer).await? {
+                    Some(fresh) => current = fresh,
+                    None => return Ok(()),
+                }
+            }
+            Err(e) => {
+                audit_failure(ctx, &row, &answer, &ops, &e).await?;
+                return failed(ctx, &row, &answer, &e).await;
+            }
+        }
+    }
+    let m = "the referral kept changing while it was answered (412 each time); trying again";
+    retry_later(ctx, &row, &answer, m.into(), None).await
+}
+
+/// The stored copy when it has an eTag (a stale one costs a 412 and a re-read), else a GET.
+async fn stored_or_fresh(
+    ctx: &AnswerContext,
+    row: &OutboxRow,
+    answer: &Answer,
+) -> Result<Option<ParsedReferral>, StoreError> {
+    let id = row.referral_id.clone();
+    let stored = ctx
+        .store
+        .call(move |c| referrals::for_patch(c, &id))
+        .await?;
+    let parsed = stored
+        .filter(|s| s.etag.is_some())
+        .and_then(|s| ParsedReferral::from_value(s.raw).ok());
+    match parsed {
+        Some(p) => Ok(Some(p)),
+        None => read_fresh(ctx, row, answer).await,
+    }
+}
+
+/// GETs the referral and stores it. `None` when the row was closed instead (unknown
+/// referral, Partner Center unreachable: retried later).
+async fn read_fresh(
+    ctx: &AnswerContext,
+    row: &OutboxRow,
+    answer: &Answer,
+) -> Result<Option<ParsedReferral>, StoreError> {
+    let read = with_retry(&ctx.retry, "get referral", || {
+        ctx.microsoft.get_referral(&row.referral_id)
+    })
+    .await;
+    match read {
+        Ok(fresh) => {
+            let copy = fresh.clone();
+            ctx.store
+                .call(move |c| referrals::commit_page(c, &[copy], &[], None, Utc::now()))
+                .await?;
+            Ok(Some(fresh))
+        }
+        Err(e) if e.status() == Some(404) => {
+            let m = format!(
+                "referral {} is unknown to Partner Center (404)",
+                row.referral_id
+            );
+            close(ctx, row, Some(answer), "superseded", "refused", &m, None).await?;
+            Ok(None)
+        }
+        Err(e) => {
+            failed(ctx, row, answer, &e).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// The PATCH went through: its audit row (with the actor), the referral as it is now, and
+/// the done row, in one transaction.
+async fn answered(
+    ctx: &AnswerContext,
+    row: &OutboxRow,
+    answer: &Answer,
+    ops: &[PatchOp],
+    w: crate::microsoft::WriteOutcome,
+) -> Result<(), StoreError> {
+    // 200 with the representation (asked for), 204 without.
+    let code = if w.referral.is_some() { 200 } else { 204 };
+    let fresh = match w.referral {
+        Some(r) => Some(r),
+        None => with_retry(&ctx.retry, "get referral", || {
+            ctx.microsoft.get_referral(&row.referral_id)
+        })
+        .await
+        .ok(),
+    };
+    let result = result_of(
+        answer,
+        "sent",
+        &format!(
+            "referral {} {} in Partner Center",
+            row.referral_id,
+            answer.decision.past()
+        ),
+    );
+    let entry = audit_entry(
+        row,
+        answer,
+        ops,
+        "ok",
+        Some(code),
+        w.request_id.clone(),
+        None,
+    );
+    let (id, actor) = (row.id, answer.actor.clone());
+    let request_id = w.request_id;
+    ctx.store
+        .call(move |c| {
+            let now = Utc::now();
+            if let Some(fresh) = fresh {
+                referrals::commit_page(c, &[fresh], &[], None, now)?;
+            }
+            let tx = c.transaction()?;
+            answers::audit(&tx, &entry, &actor, now)?;
+            let finish = Finish {
+                state: "done",
+                result: Some(result),
+                error: None,
+                request_id,
+                retry_at: None,
+            };
+            answers::finish(&tx, id, &finish, now)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+    tracing::info!(decision = answer.decision.verb(), actor = %answer.actor, "referral answered in Partner Center");
+    Ok(())
+}
+
+/// A failed PATCH or read: transient ones wait for the next try, others are refused.
+async fn failed(
+    ctx: &AnswerContext,
+    row: &OutboxRow,
+    answer: &Answer,
+    e: &ApiError,
+) -> Result<(), StoreError> {
+    if (e.is_transient() || e.is_auth()) && row.attempts < ctx.schedule.max_attempts {
+        let m = format!(
+            "Partner Center did not answer ({e}); the answer stays queued and is sent again"
+        );
+        return retry_later(ctx, row, answer, m, e.retry_after()).await;
+    }
+    let m = format!("Partner Center refused the answer: {e}");
+    close(ctx, row, Some(answer), "dead", "refused", &m, None).await
+}
+
+async fn retry_later(
+    ctx: &AnswerContext,
+    row: &OutboxRow,
+    answer: &Answer,
+    message: String,
+    retry_after: Option<std::time::Duration>,
+) -> Result<(), StoreError> {
+    let delay = ctx.schedule.delay(row.attempts, retry_after);
+    let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1));
+    tracing::warn!(error = %message, retry_at = %at, "answer not sent yet");
+    close(
+        ctx,
+        row,
+        Some(answer),
+        "pending",
+        "queued",
+        &message,
+        Some(at),
+    )
+    .await
+}
+
+/// Records where the row ends (or waits) with its outcome.
+async fn close(
+    ctx: &AnswerContext,
+    row: &OutboxRow,
+    answer: Option<&Answer>,
+    state: &'static str,
+    outcome: &str,
+    message: &str,
+    retry_at: Option<DateTime<Utc>>,
+) -> Result<(), StoreError> {
+    let result = answer.map(|a| result_of(a, outcome, message));
+    if state != "pending" {
+        tracing::info!(outcome, message, "answer closed without a write");
+    }
+    let finish = Finish {
+        state,
+        result,
+        error: (outcome != "already").then(|| message.to_string()),
+        request_id: None,
+        retry_at,
+    };
+    let id = row.id;
+    ctx.store
+        .call(move |c| answers::finish(c, id, &finish, Utc::now()))
+        .await
+}
+
+fn result_of(answer: &Answer, outcome: &str, message: &str) -> String {
+    serde_json::to_string(&AnswerResult {
+        outcome: outcome.into(),
+        message: message.into(),
+        decision: answer.decision.verb().into(),
+        actor: answer.actor.clone(),
+        at: Utc::now(),
+    })
+    .expect("a result serializes")
+}
+
+async fn audit_failure(
+    ctx: &AnswerContext,
+    row: &OutboxRow,
+    answer: &Answer,
+    ops: &[PatchOp],
+    e: &ApiError,
+) -> Result<(), StoreError> {
+    let request_id = match e {
+        ApiError::Status { request_id, .. } | ApiError::Malformed { request_id, .. } => {
+            request_id.clone()
+        }
+        _ => None,
+    };
+    let entry = audit_entry(
+        row,
+        answer,
+        ops,
+        "failed",
+        e.status(),
+        request_id,
+        Some(e.to_string()),
+    );
+    let actor = answer.actor.clone();
+    ctx.store
+        .call(move |c| answers::audit(c, &entry, &actor, Utc::now()))
+        .await
+}
+
+fn audit_entry(
+    row: &OutboxRow,
+    answer: &Answer,
+    ops: &[PatchOp],
+    outcome: &'static str,
+    status_code: Option<u16>,
+    request_id: Option<String>,
+    error: Option<String>,
+) -> AuditEntry {
+    let fields = ops
+        .iter()
+        .map(|o| {
+            format!(
+                "{}={}",
+                o.path.trim_start_matches('/'),
+                o.value.as_str().unwrap_or("")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let note = answer.note.as_deref().map(|n| format!("note: {n}"));
+    let detail = match (error, note) {
+        (Some(e), Some(n)) => Some(format!("{e}; {n}")),
+        (e, n) => e.or(n),
+    };
+    AuditEntry {
+        api: "microsoft",
+        method: "PATCH",
+        resource: row.referral_id.clone(),
+        fields: Some(format!("{} ({fields})", answer.decision.verb())),
+        outcome,
+        status_code,
+        request_id,
+        detail,
+    }
+}
+
+/// Waits until the answer row settles: closed, or waiting for a retry with its reason.
+pub async fn wait_for_outcome(store: &Store, id: i64, limit: Duration) -> Option<AnswerResult> {
+    let until = tokio::time::Instant::now() + limit;
+    loop {
+        let row = store
+            .call(move |c| outbox::get(c, id))
+            .await
+            .ok()
+            .flatten()?;
+        let settled = !matches!(row.state.as_str(), "pending" | "in_flight");
+        let result = row
+            .result
+            .as_deref()
+            .and_then(|r| serde_json::from_str::<AnswerResult>(r).ok());
+        if settled || result.is_some() {
+            return result.or_else(|| {
+                Some(AnswerResult {
+                    outcome: "refused".into(),
+                    message: row
+                        .last_error
+                        .unwrap_or_else(|| format!("the answer was {}", row.state)),
+                    decision: String::new(),
+                    actor: String::new(),
+                    at: Utc::now(),
+                })
+            });
+        }
+        if tokio::time::Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
