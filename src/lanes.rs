@@ -56,6 +56,9 @@ impl Cycle {
 /// What one cycle does besides the deadline path itself.
 #[derive(Debug, Clone, Copy)]
 pub struct TickOptions {
+    /// Pull the Microsoft inbox first. False for a tick a producer asked for over work it
+    /// already stored (a webhook event's referral): plan, push and alert only.
+    pub pull: bool,
     /// Read the changes to known referrals too (the incremental query); the daemon reads
     /// them in the background instead ([`changes_once`]).
     pub changes: bool,
@@ -70,15 +73,25 @@ impl TickOptions {
     /// A deadline-lane tick of the daemon.
     pub fn deadline(full_plan: bool) -> TickOptions {
         TickOptions {
+            pull: true,
             changes: false,
             full_plan,
             read_google: false,
         }
     }
 
+    /// The same tick without the Microsoft pull ("no pull needed").
+    pub fn without_pull(self) -> TickOptions {
+        TickOptions {
+            pull: false,
+            ..self
+        }
+    }
+
     /// `sync`: everything, once.
     pub fn one_shot() -> TickOptions {
         TickOptions {
+            pull: true,
             changes: true,
             full_plan: true,
             read_google: true,
@@ -138,7 +151,10 @@ pub async fn run_cycle(
             true => Queries::Both,
             false => Queries::InboxOnly,
         };
-        let pulled = pull_acting_on_new(ctx, queries, &mut alerting, &mut report).await;
+        let pulled = match options.pull {
+            true => pull_acting_on_new(ctx, queries, &mut alerting, &mut report).await,
+            false => Ok(PullStats::default()),
+        };
         let pulled_stats = match &pulled {
             Ok(s) | Err((s, _)) => *s,
         };

@@ -54,7 +54,8 @@ sweep_interval = "1s"
     Hooked { env, public_url }
 }
 
-/// The daemon's parts in this process: the app (worker) and the receiver + forwarder.
+/// The daemon's parts in this process: the app (worker), a bare deadline lane (the one
+/// executor) and the receiver + forwarder that wakes it.
 async fn start_in_process(h: &Hooked) -> (Arc<App>, CancellationToken) {
     let config = Config::load(&h.env.config).unwrap().config;
     let webhook = config.webhook.clone().unwrap();
@@ -62,8 +63,10 @@ async fn start_in_process(h: &Hooked) -> (Arc<App>, CancellationToken) {
     app.become_worker().unwrap();
     let app = Arc::new(app);
     let stop = CancellationToken::new();
+    let wake = cosell_sync::wake::DeadlineWake::new();
+    tokio::spawn(app.clone().serve_wakes(wake.clone(), stop.clone()));
     let a = app.clone();
-    cosell_sync::webhook::start(&webhook, move || a.webhook_handoff(), stop.clone())
+    cosell_sync::webhook::start(&webhook, move || a.webhook_handoff(&wake), stop.clone())
         .await
         .unwrap();
     h.env.sim.register_webhook(&h.public_url);
@@ -102,7 +105,7 @@ fn counter(h: &Hooked, name: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn a_new_referral_arrives_by_webhook_and_becomes_one_lead_without_a_cycle() {
+async fn a_new_referral_arrives_by_webhook_and_becomes_one_lead_without_a_pull() {
     let h = hooked("").await;
     let (_app, _stop) = start_in_process(&h).await;
     let id = sample::referral_id(1);
@@ -117,9 +120,7 @@ async fn a_new_referral_arrives_by_webhook_and_becomes_one_lead_without_a_cycle(
         wait_until(Duration::from_secs(20), || leads_for(&h, &id) == 1).await,
         "no lead from the webhook event"
     );
-    // No cycle ran, nothing was listed, and no Google record was read: the event alone did it.
-    let cycles: i64 = h.env.query("SELECT COUNT(*) FROM cycle_runs", |r| r.get(0));
-    assert_eq!(cycles, 0);
+    // Only a tick without a pull ran: nothing was listed, and no Google record was read.
     assert_eq!(h.env.sim.counter("list"), 0);
     assert_eq!(h.env.sim.counter("google.get_lead"), 0);
     assert!(h.env.sim.counter("get") >= 1);
@@ -442,7 +443,7 @@ async fn a_bad_webhook_key_exits_78_naming_it_and_no_section_means_off() {
 }
 
 #[tokio::test]
-async fn an_urgent_referral_arriving_by_webhook_alerts_the_sink_without_a_cycle() {
+async fn an_urgent_referral_arriving_by_webhook_alerts_the_sink_without_a_pull() {
     use wiremock::matchers::method;
     use wiremock::{Mock, MockServer, ResponseTemplate};
     let sink = MockServer::start().await;
@@ -475,8 +476,8 @@ async fn an_urgent_referral_arriving_by_webhook_alerts_the_sink_without_a_cycle(
     let body: serde_json::Value =
         serde_json::from_slice(&got.first().expect("alert delivered").body).unwrap();
     assert_eq!(body["id"], expected.as_str());
-    let cycles: i64 = h.env.query("SELECT COUNT(*) FROM cycle_runs", |r| r.get(0));
-    assert_eq!(cycles, 0);
+    // Raised by the deadline lane's one alert path, after a tick that listed nothing.
+    assert_eq!(h.env.sim.counter("list"), 0);
 }
 
 /// Genuine signed requests, each changed in one generated way (a body byte, a signature byte,
@@ -610,4 +611,50 @@ async fn events_racing_a_cycle_on_the_same_referrals_make_one_lead_each() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(h.env.sim.leads_per_external_id().values().all(|n| *n == 1));
     assert_eq!(h.env.sim.google_leads().len(), ids.len());
+}
+
+/// One executor: webhook events and the daemon's cycles (every second) racing on the same new
+/// referrals never have more than `[sync] concurrency` lead creates on the wire at once (the
+/// creates in doubt after a crash), and no action records a reason that did not happen.
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_events_and_cycles_share_one_executor_and_one_concurrency() {
+    let h = hooked("").await;
+    h.env.edit_config(|t| {
+        let t = t.replacen("[sync]\n", "[sync]\nconcurrency = 1\n", 1);
+        format!("{t}\n[schedule]\nsync = \"*/1 * * * * *\"\n")
+    });
+    h.env.sim.set_create_latency(Duration::from_millis(150));
+    h.env.sim.register_webhook(&h.public_url);
+    let log = h.env.dir.path().join("daemon.log");
+    let mut daemon = spawn_daemon(&h.env, &log);
+    let ids: Vec<String> = (40..52).map(sample::referral_id).collect();
+    h.env
+        .sim
+        .put_referrals((40..52).map(|i| {
+            sample::referral(i, Utc::now(), chrono::Duration::hours(6), "New", "Pending")
+        }));
+    let all_one = wait_until(Duration::from_secs(40), || {
+        ids.iter().all(|id| leads_for(&h, id) == 1)
+    })
+    .await;
+    let open_events = "SELECT COUNT(*) FROM webhook_events WHERE state = 'accepted'";
+    let settled = wait_until(Duration::from_secs(20), || {
+        h.env.query(open_events, |r| r.get::<_, i64>(0)) == 0
+    })
+    .await;
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
+    let daemon_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(all_one && settled, "{daemon_log}");
+    assert_eq!(
+        h.env.sim.max_creates_in_flight(),
+        1,
+        "two executors: more creates in doubt than [sync] concurrency"
+    );
+    let wrong: i64 = h.env.query(
+        "SELECT (SELECT COUNT(*) FROM outbox WHERE COALESCE(result, '') || COALESCE(last_error, '') LIKE '%operator%')
+              + (SELECT COUNT(*) FROM audit_log WHERE COALESCE(detail, '') LIKE '%operator%')",
+        |r| r.get(0),
+    );
+    assert_eq!(wrong, 0, "a reason recorded that did not happen");
 }
