@@ -218,6 +218,12 @@ impl App {
         self.cycle_with(TickOptions::one_shot()).await
     }
 
+    /// `sync --all`: [`App::sync_once`] re-reading every tracked Google record that is not
+    /// final, whatever its schedule.
+    pub async fn sync_all(&self) -> Cycle {
+        self.cycle_with(TickOptions::one_shot_all()).await
+    }
+
     /// One tick of the daemon's deadline lane: never a Google re-read.
     /// `full_plan` plans every candidate referral, not only those whose inputs changed.
     pub async fn deadline_tick(&self, full_plan: bool) -> Cycle {

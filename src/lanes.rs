@@ -22,9 +22,11 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::alerts::deliver::{self, AlertSettings, AlertStats, Raise};
-use crate::store::runs;
+use crate::store::{runs, schedule};
 use crate::sync::pull::{MicrosoftPull, Queries};
-use crate::sync::{push, refresh, CycleContext, CycleError, CycleReport, PullStats, RefreshStats};
+use crate::sync::{
+    push, refresh, CycleContext, CycleError, CycleReport, GooglePullStats, PullStats, RefreshStats,
+};
 
 /// A cycle's report and what its alert phases did.
 #[derive(Debug, Clone, Serialize)]
@@ -67,6 +69,9 @@ pub struct TickOptions {
     /// Read the Google records due now before planning (one-shot `sync` only: the daemon's
     /// refresh lane does this in the background).
     pub read_google: bool,
+    /// `sync --all`: read every tracked record that is not final, whatever its schedule and
+    /// the hourly budget (the client's rate limiter and `[refresh]` concurrency still hold).
+    pub read_all: bool,
 }
 
 impl TickOptions {
@@ -77,6 +82,7 @@ impl TickOptions {
             changes: false,
             full_plan,
             read_google: false,
+            read_all: false,
         }
     }
 
@@ -95,6 +101,15 @@ impl TickOptions {
             changes: true,
             full_plan: true,
             read_google: true,
+            read_all: false,
+        }
+    }
+
+    /// `sync --all`: everything, once, and every tracked Google record re-read.
+    pub fn one_shot_all() -> TickOptions {
+        TickOptions {
+            read_all: true,
+            ..TickOptions::one_shot()
         }
     }
 }
@@ -252,9 +267,7 @@ async fn google_phases(
         return Ok(());
     };
     if options.read_google {
-        let read = read_due(ctx).await?;
-        report.google.fetched = read.read;
-        report.google.failed = read.failed;
+        report.google = read_google(ctx, options.read_all).await?;
     }
     let now = Utc::now();
     if options.full_plan {
@@ -264,17 +277,56 @@ async fn google_phases(
     forward_queued(ctx, report).await
 }
 
-/// Reads every Google record due now, as far as the budget allows.
+/// The one-shot reads: every record due now (`all`: every tracked record that is not
+/// final), and what was not read and when the next falls due, for the final line.
+async fn read_google(ctx: &CycleContext, all: bool) -> Result<GooglePullStats, CycleError> {
+    let start = Utc::now();
+    let (tracked, due) = ctx
+        .store
+        .call(move |c| {
+            if all {
+                let n = schedule::make_all_due(c, start)?;
+                return Ok((n, n));
+            }
+            schedule::adopt_linked(c, start)?;
+            let backlog = schedule::backlog(c, start)?;
+            Ok((backlog.tracked, backlog.due))
+        })
+        .await?;
+    let read = read_due(ctx, start, all.then_some(due)).await?;
+    let next_due_at = ctx.store.call(|c| schedule::next_due_at(c)).await?;
+    Ok(GooglePullStats {
+        fetched: read.read,
+        failed: read.failed,
+        not_due: tracked.saturating_sub(due),
+        left_due: due.saturating_sub(read.read + read.failed + read.finalized),
+        next_due_at,
+    })
+}
+
+/// Reads every Google record due at `start`, as far as the budget allows (`all`: the
+/// number made due by `sync --all`, read whatever the budget, with progress lines).
 /// Every pass runs at the clock of the start, so each record due then is read once.
-async fn read_due(ctx: &CycleContext) -> Result<RefreshStats, CycleError> {
+async fn read_due(
+    ctx: &CycleContext,
+    start: chrono::DateTime<Utc>,
+    all: Option<u64>,
+) -> Result<RefreshStats, CycleError> {
     let mut total = RefreshStats::default();
     let Some(google) = &ctx.google else {
         return Ok(total);
     };
-    let start = Utc::now();
+    let mut settings = google.refresh.clone();
+    if all.is_some() {
+        settings.reads_per_hour = u64::MAX;
+    }
     loop {
-        let pass = refresh::refresh_pass(&ctx.store, google, &google.refresh, start).await?;
+        let pass = refresh::refresh_pass(&ctx.store, google, &settings, start).await?;
         total.add(pass);
+        if let Some(of) = all {
+            let done = total.read + total.failed + total.finalized;
+            tracing::info!(done, of, "sync --all: Google records re-read");
+        }
         if !pass.more_due || pass.budget_exhausted || pass.read + pass.failed + pass.finalized == 0
         {
             return Ok(total);

@@ -81,7 +81,7 @@ async fn dispatch(cli: Cli) -> Outcome {
             json,
         } => cmd::audit(&config, referral.as_deref(), since, limit, json),
         Command::Outbox { action } => cmd::outbox(&config, action),
-        Command::Sync { .. } => cmd::sync(config).await,
+        Command::Sync { all, .. } => cmd::sync(config, all).await,
         Command::Run { .. } => cmd::run(config, &file, dry_run).await,
         Command::Demo { referrals } => cmd::demo(referrals).await,
         Command::Man | Command::Completions { .. } => unreachable!("handled in main"),

@@ -207,7 +207,7 @@ max_delay = "500ms"
 async fn in_process(cli: Cli, file: &Path) -> cmd::Outcome {
     let config = cmd::load_config(file, cli.is_dry_run())?;
     match cli.command {
-        Command::Sync { .. } => cmd::sync(config).await,
+        Command::Sync { all, .. } => cmd::sync(config, all).await,
         Command::CheckConfig => cmd::check_config(&config, file),
         Command::Status {
             json,
