@@ -4,7 +4,7 @@
 //! `webhook register|show|test|unregister`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use cosell_sync::app::App;
@@ -13,7 +13,7 @@ use cosell_sync::sim::sample;
 use cosell_sync::sim::webhook::{Delivery, Forgery};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{stderr, stdout, TestEnv, BIN};
+use crate::helpers::{stderr, stdout, wait_until, TestEnv, BIN};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -73,17 +73,6 @@ async fn start_in_process(h: &Hooked) -> (Arc<App>, CancellationToken) {
     (app, stop)
 }
 
-async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    done()
-}
-
 fn leads_for(h: &Hooked, id: &str) -> usize {
     h.env
         .sim
@@ -102,6 +91,15 @@ fn counter(h: &Hooked, name: &str) -> i64 {
     rusqlite::Connection::open_with_flags(h.env.state_db(), flags)
         .and_then(|c| c.query_row(&sql, [], |r| r.get(0)))
         .unwrap_or(0)
+}
+
+/// Every stored event is processed or given up on (none waits for a forward).
+fn all_settled(h: &Hooked) -> bool {
+    let open = "SELECT COUNT(*) FROM webhook_events WHERE state = 'accepted'";
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    rusqlite::Connection::open_with_flags(h.env.state_db(), flags)
+        .and_then(|c| c.query_row(open, [], |r| r.get::<_, i64>(0)))
+        .is_ok_and(|n| n == 0)
 }
 
 #[tokio::test]
@@ -172,9 +170,10 @@ async fn every_event_delivered_four_times_makes_exactly_one_lead() {
         "{:?}",
         h.env.sim.leads_per_external_id()
     );
-    // The copies are recognised as duplicates; a little later nothing more has been created.
+    // The copies are recognised as duplicates; once every stored event is settled, nothing
+    // more has been created.
     assert!(wait_until(Duration::from_secs(10), || counter(&h, "duplicate") >= 15).await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(wait_until(Duration::from_secs(10), || all_settled(&h)).await);
     for id in &ids {
         assert_eq!(leads_for(&h, id), 1, "{id}");
     }
@@ -262,13 +261,35 @@ async fn an_event_accepted_before_a_crash_is_forwarded_at_start_up_exactly_once(
         |r| r.get(0),
     );
     assert_eq!(open, 1);
-    // The next process replays it at start-up; then the sim repeats everything once more.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The next process replays it at start-up (once the old receiver let go of its port);
+    // then the sim repeats everything once more.
+    let addr = h
+        .public_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        wait_until(Duration::from_secs(10), || std::net::TcpListener::bind(
+            &addr
+        )
+        .is_ok())
+        .await
+    );
     let (_app, _stop) = start_in_process(&h).await;
     assert!(wait_until(Duration::from_secs(20), || leads_for(&h, &id) == 1).await);
+    let received = counter(&h, "received");
     h.env.sim.send_referral_event(&id, true);
     h.env.sim.send_referral_event(&id, false);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Two events, each delivered three times (repeat: 2), all stored and settled.
+    let open = "SELECT COUNT(*) FROM webhook_events WHERE state = 'accepted'";
+    assert!(
+        wait_until(Duration::from_secs(20), || counter(&h, "received")
+            >= received + 6
+            && h.env.query(open, |r| r.get::<_, i64>(0)) == 0)
+        .await
+    );
     assert_eq!(leads_for(&h, &id), 1);
     let open: i64 = h.env.query(
         "SELECT COUNT(*) FROM webhook_events WHERE state = 'accepted'",
@@ -340,7 +361,7 @@ async fn events_repeated_across_a_kill_of_the_daemon_make_exactly_one_lead_each(
         ids.iter().all(|id| leads_for(&h, id) == 1)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until(Duration::from_secs(10), || all_settled(&h)).await;
     daemon.start_kill().unwrap();
     daemon.wait().await.unwrap();
     // A lead create cut by the kill is quarantined for a person, never repeated: at most one
@@ -374,9 +395,15 @@ async fn with_every_event_dropped_polling_still_forwards_everything() {
     h.env
         .sim
         .put_referrals(sample::pending_inbox(30, Utc::now()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || h
+            .env
+            .sim
+            .counter("webhook:dropped")
+            == 30)
+        .await
+    );
     assert!(h.env.sim.google_leads().is_empty());
-    assert_eq!(h.env.sim.counter("webhook:dropped"), 30);
     let cycle = app.sync_once().await;
     assert!(cycle.report.ok(), "{:?}", cycle.report.error);
     let leads = h.env.sim.leads_per_external_id();
@@ -608,7 +635,7 @@ async fn events_racing_a_cycle_on_the_same_referrals_make_one_lead_each() {
         "{:?}",
         h.env.sim.leads_per_external_id()
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(wait_until(Duration::from_secs(20), || all_settled(&h)).await);
     assert!(h.env.sim.leads_per_external_id().values().all(|n| *n == 1));
     assert_eq!(h.env.sim.google_leads().len(), ids.len());
 }
@@ -637,11 +664,7 @@ async fn webhook_events_and_cycles_share_one_executor_and_one_concurrency() {
         ids.iter().all(|id| leads_for(&h, id) == 1)
     })
     .await;
-    let open_events = "SELECT COUNT(*) FROM webhook_events WHERE state = 'accepted'";
-    let settled = wait_until(Duration::from_secs(20), || {
-        h.env.query(open_events, |r| r.get::<_, i64>(0)) == 0
-    })
-    .await;
+    let settled = wait_until(Duration::from_secs(20), || all_settled(&h)).await;
     daemon.start_kill().unwrap();
     daemon.wait().await.unwrap();
     let daemon_log = std::fs::read_to_string(&log).unwrap_or_default();
