@@ -351,18 +351,23 @@ async fn read_due(
         return Ok(total);
     };
     let mut settings = google.refresh.clone();
+    // `--all`: a bar on a terminal, else a log line now and then, with the total.
+    let mut progress =
+        all.map(|of| crate::progress::Progress::new("Google records re-read", Some(of)));
     if all.is_some() {
         settings.reads_per_hour = u64::MAX;
     }
     loop {
         let pass = refresh::refresh_pass(&ctx.store, google, &settings, start).await?;
         total.add(pass);
-        if let Some(of) = all {
-            let done = total.read + total.failed + total.finalized;
-            tracing::info!(done, of, "sync --all: Google records re-read");
+        if let Some(p) = progress.as_mut() {
+            p.inc(pass.read + pass.failed + pass.finalized);
         }
         if !pass.more_due || pass.budget_exhausted || pass.read + pass.failed + pass.finalized == 0
         {
+            if let Some(p) = progress {
+                p.finish();
+            }
             return Ok(total);
         }
     }
