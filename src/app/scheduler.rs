@@ -296,9 +296,7 @@ async fn refresh_lane(daemon: Arc<Daemon>) {
         let pass = refresh_pass(&daemon, &app).await;
         if last_full_plan.elapsed() >= app.config.schedule.full_plan_every.0 {
             match crate::lanes::full_plan(&app.cycle).await {
-                Ok(planned) if planned.queued > 0 => {
-                    daemon.wake.ask_without_pull();
-                }
+                Ok(planned) if planned.queued > 0 => daemon.wake.ask_with_pull(),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "periodic full plan failed"),
             }
@@ -320,7 +318,7 @@ async fn read_changes(daemon: &Daemon, app: &App) {
                 new = pulled.counts.new,
                 "referrals changed in Partner Center; asking the deadline lane to plan them"
             );
-            daemon.wake.ask_without_pull();
+            daemon.wake.ask_with_pull();
         }
         Ok(_) => {}
         Err(e) => {
@@ -365,7 +363,7 @@ async fn refresh_pass(
                 read = stats.read,
                 "Google records changed; asking the deadline lane to plan them"
             );
-            daemon.wake.ask_without_pull();
+            daemon.wake.ask_with_pull();
         }
         Ok(stats) if stats.read + stats.failed > 0 => {
             tracing::debug!(read = stats.read, failed = stats.failed, "refresh pass")
