@@ -186,23 +186,42 @@ pub fn remote_listen_unexplained(addr: &std::net::SocketAddr, allow_remote: bool
     !addr.ip().is_loopback() && !allow_remote
 }
 
-/// Serves `/metrics` and `/healthz` on `listen` until `shutdown`.
+/// Serves `/metrics` and `/healthz` on `listen` until `shutdown`, on the daemon's server
+/// layer (`run` instead mounts [`router`] with its other listeners).
 pub async fn serve(
     listen: &str,
     health: Arc<Health>,
     store: Store,
     config: &crate::config::Config,
     shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<std::net::SocketAddr> {
-    registry::global();
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
+) -> Result<std::net::SocketAddr, crate::serve::BindError> {
+    let app = router(health, store, config);
+    let addr = crate::serve::serve(
+        "metrics.listen",
+        listen,
+        app,
+        crate::serve::Limits::daemon(),
+        shutdown,
+    )
+    .await?;
+    listening(addr, config);
+    Ok(addr)
+}
+
+/// The start-up lines about a bound endpoint.
+pub fn listening(addr: std::net::SocketAddr, config: &crate::config::Config) {
     if remote_listen_unexplained(&addr, config.metrics.allow_remote) {
         tracing::warn!(
             %addr,
             "metrics.listen is not a loopback address: /metrics and /healthz are open to the network (they show referral counts and error rates); bind 127.0.0.1, or set metrics.allow_remote = true once a firewall or network policy guards it"
         );
     }
+    tracing::info!(%addr, "metrics and /healthz listening");
+}
+
+/// `/metrics` and `/healthz`, to mount on the server layer.
+pub fn router(health: Arc<Health>, store: Store, config: &crate::config::Config) -> Router {
+    registry::global();
     let state = Endpoint {
         health,
         cache: Arc::new(tokio::sync::Mutex::new(StateCache {
@@ -216,17 +235,10 @@ pub async fn serve(
         stuck_after: config.daemon.stuck_after.0,
         window: config.alerts.response_window.as_chrono(),
     };
-    let app = Router::new()
+    Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
-        .with_state(state);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-    });
-    tracing::info!(%addr, "metrics and /healthz listening");
-    Ok(addr)
+        .with_state(state)
 }
 
 async fn healthz(State(e): State<Endpoint>) -> impl IntoResponse {

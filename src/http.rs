@@ -356,26 +356,48 @@ pub async fn read_capped(
     api: &'static str,
     method: &str,
     path: &str,
-    mut response: reqwest::Response,
+    response: reqwest::Response,
 ) -> Result<String, ApiError> {
+    match read_at_most(response, MAX_BODY_BYTES).await {
+        Ok(body) => Ok(String::from_utf8_lossy(&body).into_owned()),
+        Err(CappedReadError::Transport(e)) => Err(ApiError::transport(api, method, path, &e)),
+        Err(e @ CappedReadError::TooLarge(_)) => Err(ApiError::Malformed {
+            api,
+            method: method.to_string(),
+            path: path.to_string(),
+            message: format!("{e}; not read"),
+            request_id: None,
+        }),
+    }
+}
+
+/// Why [`read_at_most`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CappedReadError {
+    #[error("answer larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{}", error_chain(.0))]
+    Transport(reqwest::Error),
+}
+
+/// Reads a body chunk by chunk as it streams, and stops (dropping the connection) as soon as
+/// it would pass `cap` bytes: a declared Content-Length over the cap is refused unread, and a
+/// chunked answer with no length is never buffered past the cap.
+pub async fn read_at_most(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<Vec<u8>, CappedReadError> {
+    if response.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(CappedReadError::TooLarge(cap));
+    }
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| ApiError::transport(api, method, path, &e))?
-    {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(ApiError::Malformed {
-                api,
-                method: method.to_string(),
-                path: path.to_string(),
-                message: format!("answer larger than {MAX_BODY_BYTES} bytes; not read"),
-                request_id: None,
-            });
+    while let Some(chunk) = response.chunk().await.map_err(CappedReadError::Transport)? {
+        if body.len() + chunk.len() > cap {
+            return Err(CappedReadError::TooLarge(cap));
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    Ok(body)
 }
 
 /// A fresh correlation id for one request (`client-request-id`).

@@ -26,6 +26,8 @@
 //! - [`timefmt`]: one time format for people (`2026-12-01 14:05 UTC`, `2 d 12 h`), pure.
 //! - [`app::scheduler`]: the daemon (`run`): the cron job, the no-overlap guard, SIGHUP reload,
 //!   shutdown with a grace period; part of the wiring, since a reload rebuilds the app.
+//! - [`serve`]: the one HTTP server layer of every listener: header, body and idle timeouts,
+//!   a connection cap below the fd limit, refusals counted and logged in aggregate.
 //! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG, STOPPING) without libsystemd.
 //! - [`health`]: liveness per lane (plain data in, no import of `app`), the `/metrics` +
 //!   `/healthz` endpoint.
@@ -66,6 +68,7 @@ pub mod microsoft;
 pub mod pem;
 pub mod progress;
 pub mod render;
+pub mod serve;
 pub mod service_level;
 pub mod sim;
 pub mod status;

@@ -97,6 +97,9 @@ pub struct Metrics {
     webhook_events: Family<Labels, Counter>,
     webhook_rejected: Family<Labels, Counter>,
     webhook_event_to_lead: Histogram,
+    webhook_certificate_fetches: Family<Labels, Counter>,
+    http_rejected: Family<Labels, Counter>,
+    http_connections: Family<Labels, Gauge>,
     referral_response: HistogramFamily,
     referrals_expired_unanswered: Counter,
 }
@@ -145,6 +148,9 @@ impl Metrics {
             webhook_events: Family::default(),
             webhook_rejected: Family::default(),
             webhook_event_to_lead: request_buckets(),
+            webhook_certificate_fetches: Family::default(),
+            http_rejected: Family::default(),
+            http_connections: Family::default(),
             cycles: Family::default(),
             cycle_duration: cycle_buckets(),
             last_cycle_success: Gauge::default(),
@@ -201,6 +207,21 @@ impl Metrics {
             "cosell_webhook_event_to_lead_seconds",
             "Time from a Partner Center event to the Google lead of its referral.",
             m.webhook_event_to_lead.clone(),
+        );
+        r.register(
+            "cosell_webhook_certificate_fetches",
+            "Signing-certificate fetches made by the webhook receiver, by outcome (ok, failed).",
+            m.webhook_certificate_fetches.clone(),
+        );
+        r.register(
+            "cosell_http_rejected",
+            "Connections and requests the daemon's HTTP servers cut off or refused, by listener and reason (connection_cap, header_timeout, body_timeout, idle_timeout, body_too_large, signature).",
+            m.http_rejected.clone(),
+        );
+        r.register(
+            "cosell_http_connections",
+            "Open connections per listener of the daemon's HTTP servers.",
+            m.http_connections.clone(),
         );
         r.register(
             "cosell_cycles",
@@ -345,6 +366,30 @@ impl Metrics {
         self.webhook_rejected
             .get_or_create(&vec![("reason", reason.into())])
             .inc();
+    }
+
+    /// A signing-certificate fetch ended: `ok` or `failed`.
+    pub fn webhook_certificate_fetch(&self, outcome: &'static str) {
+        self.webhook_certificate_fetches
+            .get_or_create(&vec![("outcome", outcome.into())])
+            .inc();
+    }
+
+    /// The HTTP server layer refused or cut off a connection or request.
+    pub fn http_rejected(&self, listener: &str, reason: &'static str) {
+        self.http_rejected
+            .get_or_create(&vec![
+                ("listener", listener.to_string()),
+                ("reason", reason.into()),
+            ])
+            .inc();
+    }
+
+    /// Open connections of one listener, up (`+1`) or down (`-1`).
+    pub fn http_connections(&self, listener: &str, delta: i64) {
+        self.http_connections
+            .get_or_create(&vec![("listener", listener.to_string())])
+            .inc_by(delta);
     }
 
     pub fn webhook_event_to_lead(&self, elapsed: Duration) {

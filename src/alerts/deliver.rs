@@ -72,8 +72,12 @@ impl Sink {
         if status.is_success() {
             Ok(())
         } else {
-            // The receiver's reason (Slack's `invalid_blocks`, say) goes in the log.
-            let body = response.text().await.unwrap_or_default();
+            // The receiver's reason (Slack's `invalid_blocks`, say) goes in the log; only its
+            // start is read (streamed, never the whole of a huge answer).
+            let body = crate::http::read_at_most(response, SINK_ERROR_BYTES)
+                .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
             Err(sink_error(status.as_u16(), &body))
         }
     }
@@ -85,6 +89,9 @@ impl Sink {
         }
     }
 }
+
+/// A sink's error answer longer than this is not read (its reason is in the first lines).
+const SINK_ERROR_BYTES: usize = 16 * 1024;
 
 /// `HTTP 400: invalid_blocks`: the status and the start of the body, on one line.
 fn sink_error(status: u16, body: &str) -> String {

@@ -316,25 +316,58 @@ pub async fn run(config: Config, file: &Path, force_dry_run: bool) -> Outcome {
     scheduler::cancel_on_signals(shutdown.clone())
         .map_err(|e| AppError::Refused(format!("cannot install signal handlers: {e}")))?;
     let health = Arc::new(crate::health::Health::default());
-    if let Some(listen) = app.config.metrics.listen.clone() {
-        crate::health::serve(
-            &listen,
-            health.clone(),
-            app.store.clone(),
-            &app.config,
-            shutdown.clone(),
-        )
-        .await
-        .map_err(|e| AppError::Refused(format!("metrics.listen {listen}: {e}")))?;
-    }
+    let webhook_events = listen(&app, &health, &shutdown).await?;
     let reload = scheduler::Reload {
         config_file: file.to_path_buf(),
         force_dry_run,
     };
-    scheduler::run(app, shutdown, reload, health)
+    scheduler::run(app, shutdown, reload, health, webhook_events)
         .await
         .map_err(|e| AppError::Refused(format!("daemon stopped: {e:#}")))?;
     Ok(Printed::ok(""))
+}
+
+/// Binds every listener of `run` (metrics, webhook) on the one server layer and starts
+/// serving, before any token is asked for: an address in use or a privileged port is a
+/// configuration error (exit 78), not a crash after a refresh-token grant. Returns the
+/// webhook's accepted events, for the forwarder the scheduler starts.
+async fn listen(
+    app: &App,
+    health: &Arc<crate::health::Health>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<Option<crate::webhook::Events>, AppError> {
+    // The fd limit is the unit's LimitNOFILE (setrlimit is outside its system-call filter).
+    let limits = crate::serve::Limits::daemon();
+    tracing::debug!(
+        nofile = crate::serve::fd_limit(),
+        max_connections = limits.max_connections,
+        "HTTP connection cap"
+    );
+    let mut listeners = crate::serve::Listeners::new(limits);
+    let config = &app.config;
+    if let Some(listen) = &config.metrics.listen {
+        let router = crate::health::router(health.clone(), app.store.clone(), config);
+        listeners.mount("metrics.listen", listen, router);
+    }
+    let mut events = None;
+    if let Some(webhook) = &config.webhook {
+        let (router, rx) = crate::webhook::receiver_router(webhook, app.store.clone())
+            .map_err(AppError::Config)?;
+        listeners.mount("webhook.listen", &webhook.listen, router);
+        events = Some(rx);
+    }
+    let bound = listeners
+        .bind()
+        .await
+        .map_err(|e| AppError::Config(e.to_string()))?;
+    if let Some(addr) = bound.addr("metrics.listen") {
+        crate::health::listening(addr, config);
+    }
+    if let (Some(addr), Some(webhook)) = (bound.addr("webhook.listen"), &config.webhook) {
+        crate::webhook::receiver::listening(webhook, addr);
+    }
+    bound.serve(shutdown.clone());
+    Ok(events)
 }
 
 /// `demo`: the simulator story (printed as it goes).

@@ -64,6 +64,7 @@ pub async fn run(
     shutdown: CancellationToken,
     reload: Reload,
     health: Arc<Health>,
+    webhook_events: Option<crate::webhook::Events>,
 ) -> anyhow::Result<()> {
     // A reload during start-up (before the first token) is taken after it, never fatal.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -84,18 +85,20 @@ pub async fn run(
     let job_id = add_job(&mut scheduler, &daemon).await?;
     scheduler.start().await?;
     let app = daemon.app();
-    // Partner Center events (off without [webhook]): a receiver and the forwarder beside the
-    // scheduled cycles.
-    let webhook = match app.config.webhook.clone() {
-        Some(w) => {
+    // Partner Center events (off without [webhook]): the receiver was bound and serves since
+    // start-up; the forwarder runs beside the scheduled cycles.
+    let webhook = match (app.config.webhook.as_ref(), webhook_events) {
+        (Some(w), Some(events)) => {
             let d = daemon.clone();
             let handoff = move || d.app().webhook_handoff(&d.wake);
-            let (_, forwarder) = crate::webhook::start(&w, handoff, shutdown.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?;
-            Some(forwarder)
+            Some(crate::webhook::start_forwarder(
+                w,
+                handoff,
+                events,
+                shutdown.clone(),
+            ))
         }
-        None => None,
+        _ => None,
     };
     tracing::info!(schedule = %app.config.schedule.sync, dry_run = app.config.daemon.dry_run, "daemon started");
     daemon.notifier.ready();

@@ -23,7 +23,7 @@ pub use routes::{Severity, ALERT_KINDS};
 pub(crate) use secrets::fnv1a;
 pub use secrets::{redacted_url, resolve_secret_path};
 pub use types::*;
-pub use validate::parse_cron;
+pub use validate::{listen_addresses_overlap, parse_cron};
 pub use webhook::PartnerWebhookConfig;
 
 /// Where the configuration file is looked for when neither `--config` nor `COSELL_CONFIG` say.

@@ -298,6 +298,7 @@ impl Config {
         if let Some(webhook) = &self.webhook {
             webhook.validate(errors);
         }
+        self.validate_listen_clashes(errors);
         if self.alerts.failed_cycles == 0 {
             errors.push(ConfigError::new(
                 "alerts.failed_cycles",
@@ -323,6 +324,41 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Two listeners of `run` on one address (or overlapping through 0.0.0.0 / ::): the second
+    /// bind would fail at start. (`[actions]` may share `[webhook]`'s exact address by
+    /// design: the server layer serves both routers on one socket.)
+    fn validate_listen_clashes(&self, errors: &mut Vec<ConfigError>) {
+        let (Some(metrics), Some(webhook)) = (&self.metrics.listen, &self.webhook) else {
+            return;
+        };
+        if listen_addresses_overlap(metrics, &webhook.listen) {
+            errors.push(ConfigError::new(
+                "metrics.listen",
+                format!(
+                    "{metrics:?} overlaps webhook.listen {:?}: two listeners cannot bind one port; give /metrics its own (e.g. \"127.0.0.1:9464\")",
+                    webhook.listen
+                ),
+            ));
+        }
+    }
+}
+
+/// Whether two `host:port` listen addresses would fight over one socket: the same port, and
+/// the same IP or either one a wildcard (0.0.0.0 or ::). Unparsable ones never overlap (they
+/// have their own errors).
+pub fn listen_addresses_overlap(a: &str, b: &str) -> bool {
+    let (Ok(a), Ok(b)) = (
+        a.parse::<std::net::SocketAddr>(),
+        b.parse::<std::net::SocketAddr>(),
+    ) else {
+        return false;
+    };
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// Parses a 6-field cron (seconds first) exactly as the scheduler will.
 pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
     croner::parser::CronParser::builder()
@@ -343,5 +379,21 @@ fn check_base_url(value: &str) -> Result<(), String> {
             url.scheme()
         )),
         Err(e) => Err(format!("{value:?} is not a URL: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listen_addresses_overlap as overlap;
+
+    #[test]
+    fn listen_addresses_overlap_on_one_port_through_the_same_ip_or_a_wildcard() {
+        assert!(overlap("127.0.0.1:8787", "127.0.0.1:8787"));
+        assert!(overlap("0.0.0.0:8787", "127.0.0.1:8787"));
+        assert!(overlap("127.0.0.1:8787", "[::]:8787"));
+        assert!(!overlap("127.0.0.1:8787", "127.0.0.1:9464"));
+        assert!(!overlap("127.0.0.1:8787", "127.0.0.2:8787"));
+        assert!(!overlap("127.0.0.1:0", "127.0.0.1:0"));
+        assert!(!overlap("nowhere:8787", "nowhere:8787"));
     }
 }

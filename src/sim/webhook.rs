@@ -439,6 +439,13 @@ impl super::Simulator {
     }
 }
 
+/// The genuine signing key's signature of `body`, base64: forged-URL floods in the tests and
+/// the flood bench pair it with certificate URLs of their own.
+pub fn sign(body: &[u8]) -> String {
+    let signature = signer().leaf_key.sign(body).expect("RSA signs");
+    base64::engine::general_purpose::STANDARD.encode(signature)
+}
+
 /// The CA (PEM) and the leaf (DER) the simulator signs with, for unit tests of the verifier.
 #[cfg(test)]
 pub(crate) fn material() -> (String, Vec<u8>, Vec<u8>) {

@@ -122,8 +122,27 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) and migrates the database.
+    /// Opens (creating if needed) and migrates the database. A path already open in this
+    /// process gets the same connection back: one writer connection per database per process,
+    /// so a reload (which builds a new app) can never race the receiver's start-up handle for
+    /// the write lock.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let mut writers = writers().lock().unwrap_or_else(|p| p.into_inner());
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if let Some(conn) = writers.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(Store {
+                conn,
+                path: path.to_path_buf(),
+            });
+        }
+        let store = Store::open_writer(path)?;
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        writers.retain(|_, w| w.strong_count() > 0);
+        writers.insert(key, Arc::downgrade(&store.conn));
+        Ok(store)
+    }
+
+    fn open_writer(path: &Path) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
                 path: path.to_path_buf(),
@@ -141,6 +160,11 @@ impl Store {
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(open_err)?;
+        // Every write transaction takes the write lock when it begins, waiting up to the busy
+        // timeout for it: a deferred one that read first and then wants to write while another
+        // connection (another process: `outbox retry`, `link`) committed fails at once with
+        // "database is locked", whatever the timeout.
+        conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         // WAL lets `status` read while `run` writes; NORMAL sync is durable across process
         // crashes (only an OS crash can lose the last commits, never corrupt the file).
         conn.execute_batch(
@@ -224,6 +248,14 @@ impl Store {
     }
 }
 
+/// The writer connection of each database open in this process, by canonical path.
+type Writers = std::collections::HashMap<PathBuf, std::sync::Weak<Mutex<Connection>>>;
+
+fn writers() -> &'static Mutex<Writers> {
+    static WRITERS: std::sync::OnceLock<Mutex<Writers>> = std::sync::OnceLock::new();
+    WRITERS.get_or_init(Mutex::default)
+}
+
 /// Creates `path` with mode 0600 unless it exists: the database holds customer data, and
 /// SQLite gives its `-wal` and `-shm` files the database file's mode.
 pub fn create_private(path: &Path) -> std::io::Result<()> {
@@ -270,6 +302,70 @@ pub fn integrity_check(conn: &Connection) -> Result<String, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Read-then-write transactions from the daemon's start-up handle, the handle a reload
+    /// opened, and another process's connection, all at once: none fails with "database is
+    /// locked" (a deferred transaction did, at once, whatever the busy timeout).
+    #[test]
+    fn writers_racing_after_a_reload_never_see_database_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let start_up = Store::open(&path).unwrap();
+        let reloaded = Store::open(&path).unwrap();
+        let other_process = Store::open_writer(&path).unwrap();
+        start_up
+            .call_blocking(|c| {
+                c.execute(
+                    "INSERT INTO sync_watermarks (name, value, updated_at) VALUES ('n', '0', '')",
+                    [],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        let writers: Vec<_> = [start_up, reloaded, other_process]
+            .into_iter()
+            .map(|store| {
+                std::thread::spawn(move || {
+                    let mut locked = 0;
+                    for _ in 0..200 {
+                        let step = store.call_blocking(|c| {
+                            let tx = c.transaction()?;
+                            let n: String = tx.query_row(
+                                "SELECT value FROM sync_watermarks WHERE name = 'n'",
+                                [],
+                                |r| r.get(0),
+                            )?;
+                            let next = n.parse::<i64>().unwrap() + 1;
+                            tx.execute(
+                                "UPDATE sync_watermarks SET value = ?1 WHERE name = 'n'",
+                                [next.to_string()],
+                            )?;
+                            tx.commit()?;
+                            Ok(())
+                        });
+                        if let Err(e) = step {
+                            assert!(e.to_string().contains("locked"), "{e}");
+                            locked += 1;
+                        }
+                    }
+                    locked
+                })
+            })
+            .collect();
+        let locked: i32 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+        assert_eq!(locked, 0, "\"database is locked\" {locked} times");
+        let total: String = Store::open(&path)
+            .unwrap()
+            .call_blocking(|c| {
+                Ok(c.query_row(
+                    "SELECT value FROM sync_watermarks WHERE name = 'n'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap();
+        assert_eq!(total, "600", "no increment lost");
+    }
 
     #[test]
     fn migrates_an_empty_database_and_reopens_an_existing_one() {

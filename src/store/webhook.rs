@@ -75,22 +75,26 @@ pub fn accept(
     Ok(id)
 }
 
-/// Counts an event refused by the receiver (it is not stored: forgeries are not kept).
-pub fn reject(conn: &mut Connection) -> Result<(), StoreError> {
+/// Counts `n` events refused by the receiver (they are not stored: forgeries are not kept).
+pub fn reject(conn: &mut Connection, n: u64) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
-    bump(&tx, "received")?;
-    bump(&tx, "rejected")?;
+    add(&tx, "received", n)?;
+    add(&tx, "rejected", n)?;
     tx.commit()?;
     Ok(())
 }
 
 /// Adds one to a counter (`received`, `verified`, `rejected`, `duplicate`).
 pub fn bump(conn: &Connection, name: &str) -> Result<(), StoreError> {
+    add(conn, name, 1)
+}
+
+fn add(conn: &Connection, name: &str, n: u64) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO webhook_counters (name, value) VALUES (?1, 1)
-         ON CONFLICT (name) DO UPDATE SET value = value + 1",
+        "INSERT INTO webhook_counters (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = value + ?2",
     )?
-    .execute([name])?;
+    .execute(params![name, n as i64])?;
     Ok(())
 }
 

@@ -22,18 +22,46 @@ use forward::Handoff;
 /// Starts the receiver on `webhook.listen` and the forwarder (which first replays what an
 /// earlier process accepted but did not forward). `handoff` gives what the forwarder uses,
 /// from the current app (it changes on SIGHUP). Returns the bound address and the
-/// forwarder's task, for shutdown to wait on.
+/// forwarder's task, for shutdown to wait on. (`run` instead mounts [`receiver_router`] with
+/// its other listeners, bound before the first token, and starts the forwarder with
+/// [`start_forwarder`] once the app is ready.)
 pub async fn start(
     config: &PartnerWebhookConfig,
     handoff: impl Fn() -> Handoff + Send + 'static,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), String> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let (tx, rx) = events_channel();
     let store = handoff().cycle.store.clone();
     let addr = receiver::serve(config, store, tx, shutdown.clone()).await?;
-    let every = config.sweep_interval.0;
-    let forwarder = tokio::spawn(forward::run(handoff, every, rx, shutdown));
+    let forwarder = start_forwarder(config, handoff, rx, shutdown);
     Ok((addr, forwarder))
+}
+
+/// Accepted events, from the receiver to the forwarder.
+pub type Events = tokio::sync::mpsc::Receiver<receiver::Accepted>;
+
+fn events_channel() -> (tokio::sync::mpsc::Sender<receiver::Accepted>, Events) {
+    tokio::sync::mpsc::channel(1024)
+}
+
+/// The receiver's router (to mount on the server layer) and the events it will accept.
+pub fn receiver_router(
+    config: &PartnerWebhookConfig,
+    store: crate::store::Store,
+) -> Result<(axum::Router, Events), String> {
+    let (tx, rx) = events_channel();
+    Ok((receiver::router(config, store, tx)?, rx))
+}
+
+/// The forwarder: replays what was accepted but not forwarded, then forwards `events`.
+pub fn start_forwarder(
+    config: &PartnerWebhookConfig,
+    handoff: impl Fn() -> Handoff + Send + 'static,
+    events: Events,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let every = config.sweep_interval.0;
+    tokio::spawn(forward::run(handoff, every, events, shutdown))
 }
 
 /// The event name `webhook test` asks for.

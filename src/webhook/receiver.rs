@@ -5,6 +5,7 @@
 //! once over a channel. A full channel loses nothing: the forwarder's sweep finds the row.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -36,6 +37,45 @@ struct Shared {
     verifier: Verifier,
     store: Store,
     events: mpsc::Sender<Accepted>,
+    rejected: Arc<RejectedTally>,
+}
+
+/// Refused events waiting to be added to the database's counter: a flood of forgeries makes
+/// one small write at a time, each adding all the refusals since the last, so the one writer
+/// connection stays free for genuine events.
+#[derive(Default)]
+struct RejectedTally {
+    pending: AtomicU64,
+    writing: AtomicBool,
+}
+
+impl RejectedTally {
+    fn add(self: &Arc<Self>, store: &Store) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        if self.writing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (tally, store) = (self.clone(), store.clone());
+        tokio::spawn(async move {
+            loop {
+                let n = tally.pending.swap(0, Ordering::SeqCst);
+                if n > 0 {
+                    if let Err(e) = store.call(move |c| wstore::reject(c, n)).await {
+                        tracing::error!(error = %e, "cannot count rejected webhook events");
+                    }
+                    continue;
+                }
+                tally.writing.store(false, Ordering::SeqCst);
+                // A refusal counted between the swap and the store above starts no writer of
+                // its own: take it over.
+                if tally.pending.load(Ordering::SeqCst) == 0
+                    || tally.writing.swap(true, Ordering::SeqCst)
+                {
+                    return;
+                }
+            }
+        });
+    }
 }
 
 /// The router alone (tests and `webhook test` serve it themselves).
@@ -54,6 +94,7 @@ pub fn router(
         verifier,
         store,
         events,
+        rejected: Arc::default(),
     });
     Ok(Router::new()
         .route(&config.path(), post(receive))
@@ -61,7 +102,9 @@ pub fn router(
         .with_state(shared))
 }
 
-/// Binds `webhook.listen` and serves until `shutdown`. Returns the bound address.
+/// Binds `webhook.listen` and serves until `shutdown` on the daemon's server layer (tests and
+/// `webhook::start`; `run` mounts [`router`] with its other listeners). Returns the bound
+/// address.
 pub async fn serve(
     config: &PartnerWebhookConfig,
     store: Store,
@@ -69,25 +112,25 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, String> {
     let app = router(config, store, events)?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .map_err(|e| format!("webhook.listen {}: {e}", config.listen))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("webhook.listen {}: {e}", config.listen))?;
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "webhook receiver stopped");
-        }
-    });
+    let addr = crate::serve::serve(
+        "webhook.listen",
+        &config.listen,
+        app,
+        crate::serve::Limits::daemon(),
+        shutdown,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    listening(config, addr);
+    Ok(addr)
+}
+
+/// The start-up lines about a bound receiver.
+pub fn listening(config: &PartnerWebhookConfig, addr: SocketAddr) {
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "webhook.listen is not a loopback address: the receiver speaks plain HTTP; put it behind a TLS reverse proxy on 127.0.0.1");
     }
     tracing::info!(%addr, path = %config.path(), "webhook receiver listening");
-    Ok(addr)
 }
 
 fn count(outcome: &'static str) {
@@ -100,12 +143,16 @@ async fn receive(
     body: Bytes,
 ) -> (StatusCode, &'static str) {
     if let Err(rejection) = shared.verifier.verify(&headers, &body).await {
-        tracing::warn!(reason = rejection.reason(), error = %rejection, "webhook event rejected");
+        // One aggregated line per period, not one per forgery (a flood must not bury the
+        // daemon's own lines under journald's rate limit).
+        crate::serve::log_rejection(
+            "webhook events",
+            rejection.reason(),
+            Some(&rejection.to_string()),
+        );
         crate::metrics::global().webhook_rejected(rejection.reason());
         count("rejected");
-        if let Err(e) = shared.store.call(wstore::reject).await {
-            tracing::error!(error = %e, "cannot count a rejected webhook event");
-        }
+        shared.rejected.add(&shared.store);
         return (StatusCode::UNAUTHORIZED, "signature not verified\n");
     }
     let event = match Event::parse(&body) {

@@ -18,5 +18,6 @@ mod limits;
 mod logs;
 mod metrics;
 mod routing;
+mod serve;
 mod service_level;
 mod webhook;
