@@ -26,6 +26,8 @@ use crate::store::outbox;
 use crate::store::runs;
 use crate::store::{Store, StoreError};
 use crate::sync::{self, CycleContext, GoogleSide, Policy, PullSettings, RefreshSettings};
+use crate::wake::{DeadlineWake, TickAsk};
+use tokio_util::sync::CancellationToken;
 
 /// Why a command could not run, mapped to an exit code by `main`.
 #[derive(Debug, thiserror::Error)]
@@ -187,14 +189,36 @@ impl App {
         self.cycle.stop = from.cycle.stop.clone();
     }
 
-    /// What the webhook's hand-off uses (the store, the clients, the alert settings), never
-    /// the whole app.
-    pub fn webhook_handoff(&self) -> crate::webhook::forward::Handoff {
+    /// What the webhook's hand-off uses (the store, the Microsoft client, the deadline
+    /// lane's `wake`), never the whole app.
+    pub fn webhook_handoff(&self, wake: &DeadlineWake) -> crate::webhook::forward::Handoff {
         crate::webhook::forward::Handoff {
             cycle: self.cycle.clone(),
-            alerts: self.alerts.clone(),
-            dry_run: self.config.daemon.dry_run,
+            wake: wake.clone(),
             max_attempts: self.config.webhook.as_ref().map_or(5, |w| w.max_attempts),
+        }
+    }
+
+    /// One deadline tick as `ask` wants it (the daemon's lane and [`App::serve_wakes`]).
+    pub async fn asked_tick(&self, full_plan: bool, ask: TickAsk) -> Cycle {
+        let options = TickOptions::deadline(full_plan);
+        match ask.pull {
+            true => self.cycle_with(options).await,
+            false => self.cycle_with(options.without_pull()).await,
+        }
+    }
+
+    /// A bare deadline lane over `wake` until `stop`, for a process without the daemon's
+    /// scheduler (the demo, tests): one tick per ask, never two at once.
+    pub async fn serve_wakes(self: Arc<App>, wake: DeadlineWake, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = wake.asked() => {}
+                _ = stop.cancelled() => return,
+            }
+            let ask = wake.begin();
+            self.asked_tick(false, ask).await;
+            wake.finish();
         }
     }
 
@@ -202,6 +226,12 @@ impl App {
     /// push and the alerts (raised and delivered; never failing the cycle).
     pub async fn sync_once(&self) -> Cycle {
         self.cycle_with(TickOptions::one_shot()).await
+    }
+
+    /// `sync --all`: [`App::sync_once`] re-reading every tracked Google record that is not
+    /// final, whatever its schedule.
+    pub async fn sync_all(&self) -> Cycle {
+        self.cycle_with(TickOptions::one_shot_all()).await
     }
 
     /// One tick of the daemon's deadline lane: never a Google re-read.

@@ -33,11 +33,19 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Run one full cycle, then exit (0 when it ran, 1 when it failed, 78 on a config error).
+    /// Run one tick of `run`, then exit (0 when it ran, 1 when it failed, 78 on a config error).
+    ///
+    /// Like a tick of `run`: the Partner Center pull, the tracked Google records that are
+    /// due under [refresh] (not all of them), planning, pushing and alerts. The last line
+    /// says how many Google records were re-read, how many were not (not due) and when the
+    /// next falls due. `--all` re-reads every tracked record that is not final, now.
     Sync {
         /// Plan and log every remote write without sending it; the database is left as it was.
         #[arg(long)]
         dry_run: bool,
+        /// Re-read every tracked Google record that is not final, whatever its schedule.
+        #[arg(long)]
+        all: bool,
     },
     /// Accept an incoming New referral in Partner Center (status Active, substatus Accepted).
     /// Exit 0 when it is accepted (also when it already was), 1 when it cannot be.
@@ -290,7 +298,7 @@ impl Cli {
         self.dry_run
             || matches!(
                 self.command,
-                Command::Run { dry_run: true } | Command::Sync { dry_run: true }
+                Command::Run { dry_run: true } | Command::Sync { dry_run: true, .. }
             )
     }
 }

@@ -21,9 +21,11 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::alerts::deliver::{self, AlertSettings, AlertStats, CycleDelivery, Raise};
-use crate::store::runs;
+use crate::store::{runs, schedule};
 use crate::sync::pull::{MicrosoftPull, Queries};
-use crate::sync::{push, refresh, CycleContext, CycleError, CycleReport, PullStats, RefreshStats};
+use crate::sync::{
+    push, refresh, CycleContext, CycleError, CycleReport, GooglePullStats, PullStats, RefreshStats,
+};
 
 /// A cycle's report and what its alert phases did.
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +57,9 @@ impl Cycle {
 /// What one cycle does besides the deadline path itself.
 #[derive(Debug, Clone, Copy)]
 pub struct TickOptions {
+    /// Pull the Microsoft inbox first. False for a tick a producer asked for over work it
+    /// already stored (a webhook event's referral): plan, push and alert only.
+    pub pull: bool,
     /// Read the changes to known referrals too (the incremental query); the daemon reads
     /// them in the background instead ([`changes_once`]).
     pub changes: bool,
@@ -63,24 +68,47 @@ pub struct TickOptions {
     /// Read the Google records due now before planning (one-shot `sync` only: the daemon's
     /// refresh lane does this in the background).
     pub read_google: bool,
+    /// `sync --all`: read every tracked record that is not final, whatever its schedule and
+    /// the hourly budget (the client's rate limiter and `[refresh]` concurrency still hold).
+    pub read_all: bool,
 }
 
 impl TickOptions {
     /// A deadline-lane tick of the daemon.
     pub fn deadline(full_plan: bool) -> TickOptions {
         TickOptions {
+            pull: true,
             changes: false,
             full_plan,
             read_google: false,
+            read_all: false,
+        }
+    }
+
+    /// The same tick without the Microsoft pull ("no pull needed").
+    pub fn without_pull(self) -> TickOptions {
+        TickOptions {
+            pull: false,
+            ..self
         }
     }
 
     /// `sync`: everything, once.
     pub fn one_shot() -> TickOptions {
         TickOptions {
+            pull: true,
             changes: true,
             full_plan: true,
             read_google: true,
+            read_all: false,
+        }
+    }
+
+    /// `sync --all`: everything, once, and every tracked Google record re-read.
+    pub fn one_shot_all() -> TickOptions {
+        TickOptions {
+            read_all: true,
+            ..TickOptions::one_shot()
         }
     }
 }
@@ -137,7 +165,10 @@ pub async fn run_cycle(
             true => Queries::Both,
             false => Queries::InboxOnly,
         };
-        let pulled = pull_acting_on_new(ctx, queries, &mut alerting, &mut report).await;
+        let pulled = match options.pull {
+            true => pull_acting_on_new(ctx, queries, &mut alerting, &mut report).await,
+            false => Ok(PullStats::default()),
+        };
         let pulled_stats = match &pulled {
             Ok(s) | Err((s, _)) => *s,
         };
@@ -270,9 +301,7 @@ async fn google_phases(
         return Ok(());
     };
     if options.read_google {
-        let read = read_due(ctx).await?;
-        report.google.fetched = read.read;
-        report.google.failed = read.failed;
+        report.google = read_google(ctx, options.read_all).await?;
     }
     let now = Utc::now();
     if options.full_plan {
@@ -282,19 +311,63 @@ async fn google_phases(
     forward_queued(ctx, report).await
 }
 
-/// Reads every Google record due now, as far as the budget allows.
+/// The one-shot reads: every record due now (`all`: every tracked record that is not
+/// final), and what was not read and when the next falls due, for the final line.
+async fn read_google(ctx: &CycleContext, all: bool) -> Result<GooglePullStats, CycleError> {
+    let start = Utc::now();
+    let (tracked, due) = ctx
+        .store
+        .call(move |c| {
+            if all {
+                let n = schedule::make_all_due(c, start)?;
+                return Ok((n, n));
+            }
+            schedule::adopt_linked(c, start)?;
+            let backlog = schedule::backlog(c, start)?;
+            Ok((backlog.tracked, backlog.due))
+        })
+        .await?;
+    let read = read_due(ctx, start, all.then_some(due)).await?;
+    let next_due_at = ctx.store.call(|c| schedule::next_due_at(c)).await?;
+    Ok(GooglePullStats {
+        fetched: read.read,
+        failed: read.failed,
+        not_due: tracked.saturating_sub(due),
+        left_due: due.saturating_sub(read.read + read.failed + read.finalized),
+        next_due_at,
+    })
+}
+
+/// Reads every Google record due at `start`, as far as the budget allows (`all`: the
+/// number made due by `sync --all`, read whatever the budget, with progress lines).
 /// Every pass runs at the clock of the start, so each record due then is read once.
-async fn read_due(ctx: &CycleContext) -> Result<RefreshStats, CycleError> {
+async fn read_due(
+    ctx: &CycleContext,
+    start: chrono::DateTime<Utc>,
+    all: Option<u64>,
+) -> Result<RefreshStats, CycleError> {
     let mut total = RefreshStats::default();
     let Some(google) = &ctx.google else {
         return Ok(total);
     };
-    let start = Utc::now();
+    let mut settings = google.refresh.clone();
+    // `--all`: a bar on a terminal, else a log line now and then, with the total.
+    let mut progress =
+        all.map(|of| crate::progress::Progress::new("Google records re-read", Some(of)));
+    if all.is_some() {
+        settings.reads_per_hour = u64::MAX;
+    }
     loop {
-        let pass = refresh::refresh_pass(&ctx.store, google, &google.refresh, start).await?;
+        let pass = refresh::refresh_pass(&ctx.store, google, &settings, start).await?;
         total.add(pass);
+        if let Some(p) = progress.as_mut() {
+            p.inc(pass.read + pass.failed + pass.finalized);
+        }
         if !pass.more_due || pass.budget_exhausted || pass.read + pass.failed + pass.finalized == 0
         {
+            if let Some(p) = progress {
+                p.finish();
+            }
             return Ok(total);
         }
     }

@@ -5,6 +5,13 @@
 //! (raw JSON included, so no field is ever lost), and the pure planners decide what to do next.
 //! Nothing flows backwards: clients never touch the store, the store never calls a client.
 //!
+//! Work reaches Partner Center and Google through one executor. Producers store what they
+//! learned and ring the deadline lane's doorbell ([`wake`]): the cron job (pull the inbox),
+//! the refresh lane and the background change reader (a record changed: plan it), and the
+//! webhook forwarder (the event's referral is fetched and committed: "no pull needed"). The
+//! deadline lane alone plans, pushes the outbox under one `[sync] concurrency` and raises and
+//! delivers alerts; an outbox row is sent only by the taker that claimed it last.
+//!
 //! Module map, one owner per concern:
 //! - [`cli`]: the command line (fixed names, spec §4); `main` calls one [`app::commands`]
 //!   function per command.
@@ -39,7 +46,9 @@
 //! - [`telemetry`]: tracing subscriber set-up (text, json, journald).
 //! - [`generate`]: the man page and shell completions from the clap definitions.
 //! - [`actions`]: accept / decline from the alert: `[actions]`, signed links, the page.
-//! - [`webhook`]: Partner Center referral events (optional): receiver, verification, hand-off, registration.
+//! - [`webhook`]: Partner Center referral events (optional): receiver, verification, the
+//!   producer hand-off (GET + commit + wake), registration.
+//! - [`wake`]: the deadline lane's doorbell (asks coalesce; "pull" or "no pull needed"), a leaf.
 
 // Errors here travel the slow path (after a network round trip or an HTTP answer); a few hundred
 // bytes moved per error is nothing next to that, and boxing would only add noise.
@@ -70,6 +79,7 @@ pub mod sync;
 pub mod systemd;
 pub mod telemetry;
 pub mod timefmt;
+pub mod wake;
 pub mod webhook;
 
 /// Process exit codes (spec §4 and the foundation issue).

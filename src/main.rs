@@ -82,7 +82,6 @@ async fn dispatch(cli: Cli) -> Outcome {
             json,
         } => cmd::audit(&config, referral.as_deref(), since, limit, json),
         Command::Outbox { action } => cmd::outbox(&config, action),
-        Command::Sync { .. } => cmd::sync(config).await,
         Command::Accept {
             referral_id, note, ..
         } => cmd::accept(config, &referral_id, note, answer_dry_run).await,
@@ -92,6 +91,7 @@ async fn dispatch(cli: Cli) -> Outcome {
             note,
             ..
         } => cmd::decline(config, &referral_id, reason, note, answer_dry_run).await,
+        Command::Sync { all, .. } => cmd::sync(config, all).await,
         Command::Run { .. } => cmd::run(config, &file, dry_run).await,
         Command::Demo { referrals } => cmd::demo(referrals).await,
         Command::Man | Command::Completions { .. } => unreachable!("handled in main"),

@@ -43,6 +43,26 @@ pub fn cycle(report: &CycleReport, alerts: &AlertStats) -> String {
         alerts.raised,
         alerts.delivered,
         alerts.undelivered
+    ) + &google_reads(&report.google)
+}
+
+/// `sync`'s last line: what it re-read of the tracked Google records, what not, and why.
+fn google_reads(g: &crate::sync::GooglePullStats) -> String {
+    let next = match g.next_due_at {
+        Some(at) if at <= chrono::Utc::now() => "now".to_string(),
+        Some(at) => crate::timefmt::human(at),
+        None => "never (none tracked)".to_string(),
+    };
+    let mut left = String::new();
+    if g.failed > 0 {
+        left += &format!(", {} failed (tried again later)", g.failed);
+    }
+    if g.left_due > 0 {
+        left += &format!(", {} due but left to the hourly read budget", g.left_due);
+    }
+    format!(
+        "google records: {} re-read, {} not re-read (not due){left}; next due {next} (`sync --all` re-reads every one now)\n",
+        g.fetched, g.not_due,
     )
 }
 

@@ -295,10 +295,13 @@ pub async fn auth_microsoft(config: &Config, show: impl Fn(&str)) -> Outcome {
 }
 
 /// `sync [--dry-run]`: one full cycle with its alerts, then a one-line summary.
-pub async fn sync(config: Config) -> Outcome {
+pub async fn sync(config: Config, all: bool) -> Outcome {
     let mut app = App::build(config)?;
     app.become_worker()?;
-    let cycle = app.sync_once().await;
+    let cycle = match all {
+        true => app.sync_all().await,
+        false => app.sync_once().await,
+    };
     match &cycle.report.error {
         None => Ok(Printed::ok(render::cycle(&cycle.report, &cycle.alerts))),
         Some(e) => Err(AppError::Refused(format!("cycle failed: {e}"))),

@@ -261,7 +261,11 @@ async fn webhook_step(sim: &Simulator, app: &App, dir: &std::path::Path) -> anyh
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let _stop = stop.clone().drop_guard();
-    let handoff = app.webhook_handoff();
+    // The demo has no daemon scheduler: a bare deadline lane executes what the events store.
+    let wake = crate::wake::DeadlineWake::new();
+    let lane_app = std::sync::Arc::new(app.clone());
+    tokio::spawn(lane_app.serve_wakes(wake.clone(), stop.clone()));
+    let handoff = app.webhook_handoff(&wake);
     let (addr, _) = crate::webhook::start(&webhook, move || handoff.clone(), stop)
         .await
         .map_err(anyhow::Error::msg)?;

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,7 @@ use super::{App, Cycle};
 use crate::config::Config;
 use crate::health::Health;
 use crate::systemd::{watchdog_interval, Notifier};
+use crate::wake::DeadlineWake;
 
 /// What a reload needs to rebuild the app the way `main` built it.
 #[derive(Debug, Clone)]
@@ -43,10 +44,11 @@ struct Daemon {
     app: RwLock<Arc<App>>,
     /// Held while a deadline tick runs: what shutdown waits for.
     running: Arc<Mutex<()>>,
-    /// Asks the deadline lane for a tick (permits coalesce: never a queue of ticks).
-    wake: Notify,
+    /// Asks the deadline lane for a tick (permits coalesce: never a queue of ticks); the
+    /// webhook forwarder asks through it too, "no pull needed".
+    wake: DeadlineWake,
     /// Wakes the answer lane: an accept or decline was queued by the action page.
-    answers: Arc<Notify>,
+    answers: Arc<tokio::sync::Notify>,
     /// The next tick plans every referral (start-up, a reloaded policy).
     full_plan_due: AtomicBool,
     notifier: Notifier,
@@ -67,7 +69,7 @@ pub async fn run(
     reload: Reload,
     health: Arc<Health>,
     webhook_events: Option<crate::webhook::Events>,
-    answers: Arc<Notify>,
+    answers: Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<()> {
     // A reload during start-up (before the first token) is taken after it, never fatal.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -78,7 +80,7 @@ pub async fn run(
     let daemon = Arc::new(Daemon {
         app: RwLock::new(Arc::new(app)),
         running: Arc::new(Mutex::new(())),
-        wake: Notify::new(),
+        wake: DeadlineWake::new(),
         answers,
         full_plan_due: AtomicBool::new(true),
         notifier: Notifier::from_env(),
@@ -94,7 +96,7 @@ pub async fn run(
     let webhook = match (app.config.webhook.as_ref(), webhook_events) {
         (Some(w), Some(events)) => {
             let d = daemon.clone();
-            let handoff = move || d.app().webhook_handoff();
+            let handoff = move || d.app().webhook_handoff(&d.wake);
             Some(crate::webhook::start_forwarder(
                 w,
                 handoff,
@@ -110,7 +112,7 @@ pub async fn run(
         .notifier
         .status("started; waiting for the first cycle");
     if app.config.daemon.sync_on_start {
-        daemon.wake.notify_one();
+        daemon.wake.ask_with_pull();
     }
     let deadline = tokio::spawn(deadline_lane(daemon.clone()));
     let refresh = tokio::spawn(refresh_lane(daemon.clone()));
@@ -207,7 +209,7 @@ async fn add_job(scheduler: &mut JobScheduler, daemon: &Arc<Daemon>) -> anyhow::
                     "a deadline tick is still running; the next one starts when it ends"
                 );
             }
-            d.wake.notify_one();
+            d.wake.ask_with_pull();
         })
     })?;
     Ok(scheduler.add(job).await?)
@@ -233,7 +235,7 @@ fn reload_app(daemon: &Daemon, reload: &Reload) -> Result<bool, String> {
     *daemon.app.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(app);
     // The forward rules or the sync policy may have changed: plan everything once.
     daemon.full_plan_due.store(true, Ordering::SeqCst);
-    daemon.wake.notify_one();
+    daemon.wake.ask_with_pull();
     Ok(changed)
 }
 
@@ -262,7 +264,7 @@ async fn wait_for_first_token(app: &App, shutdown: &CancellationToken) -> anyhow
 async fn deadline_lane(daemon: Arc<Daemon>) {
     loop {
         tokio::select! {
-            _ = daemon.wake.notified() => {}
+            _ = daemon.wake.asked() => {}
             _ = daemon.shutdown.cancelled() => return,
         }
         if daemon.shutdown.is_cancelled() {
@@ -270,9 +272,11 @@ async fn deadline_lane(daemon: Arc<Daemon>) {
         }
         let _guard = daemon.running.lock().await;
         let app = daemon.app();
+        let ask = daemon.wake.begin();
         let full_plan = daemon.full_plan_due.swap(false, Ordering::SeqCst);
         daemon.health.cycle_started();
-        let cycle = app.deadline_tick(full_plan).await;
+        let cycle = app.asked_tick(full_plan, ask).await;
+        daemon.wake.finish();
         daemon.health.cycle_finished(&cycle.outcome());
         daemon.notifier.status(&status_line(&cycle));
         if !cycle.report.ok() && full_plan {
@@ -339,7 +343,7 @@ async fn refresh_lane(daemon: Arc<Daemon>) {
         let pass = refresh_pass(&daemon, &app).await;
         if last_full_plan.elapsed() >= app.config.schedule.full_plan_every.0 {
             match crate::lanes::full_plan(&app.cycle).await {
-                Ok(planned) if planned.queued > 0 => daemon.wake.notify_one(),
+                Ok(planned) if planned.queued > 0 => daemon.wake.ask_with_pull(),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "periodic full plan failed"),
             }
@@ -361,7 +365,7 @@ async fn read_changes(daemon: &Daemon, app: &App) {
                 new = pulled.counts.new,
                 "referrals changed in Partner Center; asking the deadline lane to plan them"
             );
-            daemon.wake.notify_one();
+            daemon.wake.ask_with_pull();
         }
         Ok(_) => {}
         Err(e) => {
@@ -406,7 +410,7 @@ async fn refresh_pass(
                 read = stats.read,
                 "Google records changed; asking the deadline lane to plan them"
             );
-            daemon.wake.notify_one();
+            daemon.wake.ask_with_pull();
         }
         Ok(stats) if stats.read + stats.failed > 0 => {
             tracing::debug!(read = stats.read, failed = stats.failed, "refresh pass")

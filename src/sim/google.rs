@@ -37,6 +37,9 @@ pub struct GoogleState {
     pub(crate) create_latency: std::time::Duration,
     /// `Retry-After` seconds of a 429 the next lead create answers (once).
     pub(crate) create_429: Option<u64>,
+    /// Lead creates being answered now, and the most ever at once (the creates in doubt).
+    pub(crate) creates_in_flight: usize,
+    pub(crate) max_creates_in_flight: usize,
     /// Added before every `get` answer (a slow Google read path).
     pub(crate) read_delay: std::time::Duration,
     next_id: u64,
@@ -365,6 +368,15 @@ fn validate_lead(lead: &Value) -> Result<(), Response> {
     Ok(())
 }
 
+/// Counts a lead create out of `creates_in_flight` when its answer is made (or it is dropped).
+struct InFlight(Shared);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.0.google).creates_in_flight -= 1;
+    }
+}
+
 async fn create_lead(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -381,8 +393,11 @@ async fn create_lead(
     let (latency, too_many) = {
         let mut g = lock(&state.google);
         g.create_requests.push(external_id);
+        g.creates_in_flight += 1;
+        g.max_creates_in_flight = g.max_creates_in_flight.max(g.creates_in_flight);
         (g.create_latency, g.create_429.take())
     };
+    let _answered = InFlight(state.clone());
     if let Some(secs) = too_many {
         let mut response = error(
             StatusCode::TOO_MANY_REQUESTS,
@@ -600,6 +615,11 @@ impl super::Simulator {
     /// Every lead create from now on takes `latency` to answer (it is received at once).
     pub fn set_create_latency(&self, latency: std::time::Duration) {
         lock(&self.state.google).create_latency = latency;
+    }
+
+    /// The most lead creates that were ever being answered at once.
+    pub fn max_creates_in_flight(&self) -> usize {
+        lock(&self.state.google).max_creates_in_flight
     }
 
     /// The next lead create answers 429 with this `Retry-After` (any number, to test clamping).

@@ -79,8 +79,8 @@ pub fn enqueue(
 /// Takes the next due action for a free worker slot, skipping `exclude` (the ones this
 /// process is running now), and counts the attempt. The row stays `pending`: a process that
 /// stops before sending leaves it due, never in doubt. Only [`mark_sending`], right before the
-/// request goes on the wire, moves it to `in_flight`. (One process runs cycles on a database
-/// at a time: the worker lock.)
+/// request goes on the wire, moves it to `in_flight`, and only for the latest taker (the
+/// claim is a compare-and-swap on `attempts`): a second taker can never also send it.
 pub fn take_due(
     conn: &Connection,
     now: DateTime<Utc>,
@@ -99,16 +99,47 @@ pub fn take_due(
     Ok(stmt.query_row(params![now, exclude], row).optional()?)
 }
 
+/// Whether a taker may send the action it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendClaim {
+    /// Moved to `in_flight` by this taker: send it.
+    Won,
+    /// An operator dropped it meanwhile: nothing may be sent.
+    Dropped,
+    /// Another taker took it after this one (its attempt is newer): that one sends.
+    TakenByAnother,
+    /// It reached another state meanwhile (done, dead, quarantined, superseded).
+    Closed,
+}
+
 /// Moves a taken action to `in_flight` immediately before its request is sent (after the
-/// rate limiter). Returns false when the row is no longer pending (an operator dropped it
-/// meanwhile): then nothing may be sent.
-pub fn mark_sending(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+/// rate limiter). The claim is a compare-and-swap on the attempt this taker counted in
+/// [`take_due`]: of two takers of one row only the latest can win, so a write is sent at most
+/// once whoever took it, and the loser learns why.
+pub fn mark_sending(
+    conn: &Connection,
+    row: &OutboxRow,
+    now: DateTime<Utc>,
+) -> Result<SendClaim, StoreError> {
     let n = conn
         .prepare_cached(
-            "UPDATE outbox SET state = 'in_flight', updated_at = ?2 WHERE id = ?1 AND state = 'pending'",
+            "UPDATE outbox SET state = 'in_flight', updated_at = ?3
+             WHERE id = ?1 AND state = 'pending' AND attempts = ?2",
         )?
-        .execute(params![id, db_timestamp(now)])?;
-    Ok(n == 1)
+        .execute(params![row.id, row.attempts, db_timestamp(now)])?;
+    if n == 1 {
+        return Ok(SendClaim::Won);
+    }
+    let state: Option<String> = conn
+        .query_row("SELECT state FROM outbox WHERE id = ?1", [row.id], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(match state.as_deref() {
+        Some("dropped") | None => SendClaim::Dropped,
+        Some("pending") | Some("in_flight") => SendClaim::TakenByAnother,
+        Some(_) => SendClaim::Closed,
+    })
 }
 
 /// How many Partner Center PATCHes of this referral met a 412 in this cycle (from the audit
@@ -438,8 +469,8 @@ mod tests {
                 enqueue(c, "r2", PATCH_REFERRAL, None, &json!({}), now)?;
                 let first = take_due(c, now, &[])?.expect("due");
                 let second = take_due(c, now, &[first.id])?.expect("due");
-                assert!(mark_sending(c, first.id, now)?);
-                assert!(mark_sending(c, second.id, now)?);
+                assert_eq!(mark_sending(c, &first, now)?, SendClaim::Won);
+                assert_eq!(mark_sending(c, &second, now)?, SendClaim::Won);
                 assert_eq!(recover_in_flight(c, now)?, (1, 1));
                 let quarantined = list(c, &["quarantined"], 10)?;
                 assert_eq!(quarantined[0].referral_id, "r1");
@@ -464,10 +495,13 @@ mod tests {
                 }
                 // Four workers take a row each; one of them sends.
                 let mut taken = Vec::new();
+                let mut rows = Vec::new();
                 for _ in 0..4 {
-                    taken.push(take_due(c, now, &taken)?.expect("due").id);
+                    let row = take_due(c, now, &taken)?.expect("due");
+                    taken.push(row.id);
+                    rows.push(row);
                 }
-                assert!(mark_sending(c, taken[0], now)?);
+                assert_eq!(mark_sending(c, &rows[0], now)?, SendClaim::Won);
                 // The process dies here; the next one recovers.
                 assert_eq!(recover_in_flight(c, now)?, (1, 0));
                 assert_eq!(list(c, &["quarantined"], 20)?.len(), 1);
@@ -475,7 +509,32 @@ mod tests {
                 // A dropped row is never sent.
                 let next = take_due(c, now, &[])?.expect("due");
                 drop_action(c, next.id, now)?.unwrap();
-                assert!(!mark_sending(c, next.id, now)?);
+                assert_eq!(mark_sending(c, &next, now)?, SendClaim::Dropped);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn of_two_takers_of_one_row_exactly_one_may_send_and_the_other_learns_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let now = Utc::now();
+        store
+            .call_blocking(|c| {
+                enqueue(c, "r1", CREATE_LEAD, None, &json!({}), now)?;
+                // Two executors that do not know of each other (separate exclude lists).
+                let first = take_due(c, now, &[])?.expect("due");
+                let second = take_due(c, now, &[])?.expect("still pending, so taken again");
+                assert_eq!(first.id, second.id);
+                assert_eq!(mark_sending(c, &second, now)?, SendClaim::Won);
+                assert_eq!(mark_sending(c, &first, now)?, SendClaim::TakenByAnother);
+                // Taken in the other order, the stale taker still cannot win.
+                enqueue(c, "r2", CREATE_LEAD, None, &json!({}), now)?;
+                let a = take_due(c, now, &[first.id])?.expect("due");
+                let b = take_due(c, now, &[first.id])?.expect("due");
+                assert_eq!(mark_sending(c, &a, now)?, SendClaim::TakenByAnother);
+                assert_eq!(mark_sending(c, &b, now)?, SendClaim::Won);
                 Ok(())
             })
             .unwrap();

@@ -119,6 +119,32 @@ pub struct DueRecord {
     pub referral_expires_at: Option<DateTime<Utc>>,
 }
 
+/// Makes every tracked record that is not final due at `now`, whatever its schedule
+/// (`sync --all`). Returns how many there are.
+pub fn make_all_due(conn: &Connection, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    adopt_linked(conn, now)?;
+    conn.prepare_cached(
+        "UPDATE refresh_schedule SET next_check_at = ?1
+         WHERE next_check_at IS NOT NULL AND next_check_at > ?1",
+    )?
+    .execute([db_timestamp(now)])?;
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM refresh_schedule WHERE next_check_at IS NOT NULL",
+        [],
+        |r| r.get::<_, i64>(0),
+    )? as u64)
+}
+
+/// When the next tracked record falls due (`None`: none is tracked, or all are final).
+pub fn next_due_at(conn: &Connection) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let at: Option<String> = conn.query_row(
+        "SELECT MIN(next_check_at) FROM refresh_schedule WHERE next_check_at IS NOT NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(at.as_deref().and_then(parse_timestamp))
+}
+
 /// Up to `limit` records due at `now`, the longest overdue first.
 pub fn due_records(
     conn: &Connection,

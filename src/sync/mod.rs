@@ -76,6 +76,12 @@ pub struct CycleContext {
 pub struct GooglePullStats {
     pub fetched: u64,
     pub failed: u64,
+    /// Tracked records not re-read because they were not due (`sync` without `--all`).
+    pub not_due: u64,
+    /// Due, but left for later by the hourly read budget.
+    pub left_due: u64,
+    /// When the next tracked record falls due after this cycle.
+    pub next_due_at: Option<DateTime<Utc>>,
 }
 
 /// What a cycle did, for the log, `status` and the exit code.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use cosell_sync::sim::{sample, Faults};
 
-use crate::helpers::{TestEnv, BIN};
+use crate::helpers::{wait_until, TestEnv, BIN};
 
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -132,7 +132,13 @@ async fn notify_watchdog_metrics_reload_and_stop_in_order() {
     )
     .unwrap();
     kill(&child, "-HUP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let logged = |line: &str| std::fs::read_to_string(&log).is_ok_and(|t| t.contains(line));
+    assert!(
+        wait_until(Duration::from_secs(20), || logged(
+            "configuration reload refused"
+        ))
+        .await
+    );
     assert_eq!(
         http_get(&format!("http://127.0.0.1:{port}/healthz"))
             .await
@@ -146,15 +152,7 @@ async fn notify_watchdog_metrics_reload_and_stop_in_order() {
     )
     .unwrap();
     kill(&child, "-HUP");
-    // Wait on the log line, not a fixed time (a loaded machine reloads slowly).
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&log)
-        .unwrap()
-        .contains("configuration reloaded")
-        && std::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(wait_until(Duration::from_secs(20), || logged("configuration reloaded")).await);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("configuration reload refused") && text.contains("schedule.sync"),

@@ -670,3 +670,47 @@ async fn an_outbox_row_that_cannot_be_read_is_dead_and_alerted_never_silently_cl
     );
     assert_eq!(alerted, 1);
 }
+
+/// `sync` is one tick of `run`: a Google record read moments ago is not due, so a change made
+/// a second later is not seen, and the last line says so (how many not re-read, when the
+/// next is due). `sync --all` re-reads every tracked record that is not final, and sees it.
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_all_sees_a_google_change_made_a_second_earlier_and_sync_says_what_it_skipped() {
+    let env = TestEnv::with_google("").await;
+    // The real schedule: a record read is not due again for a while.
+    env.edit_config(|t| t.replace("min_interval = \"0s\"", "min_interval = \"10m\""));
+    env.sim
+        .put_referrals(sample::pending_inbox(2, chrono::Utc::now()));
+    sync_ok(&env).await;
+    let id = sample::referral_id(0);
+    let opp = convert_and_link(&env, &id, 6).await;
+    // This sync reads the just-linked opportunity (due at once) and schedules its next read.
+    let first = sync_ok(&env).await;
+    assert!(first.contains("google records: "), "{first}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.sim
+        .edit_opportunity(&opp, |o| o["salesStage"] = "SALES_STAGE_CLOSED_LOST".into());
+    let skipped = sync_ok(&env).await;
+    let last = skipped.lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.starts_with("google records: 0 re-read, 3 not re-read (not due); next due 20"),
+        "{skipped}"
+    );
+    assert!(last.contains("sync --all"), "{last}");
+    let pending = env.sim.referral(&id).unwrap();
+    assert_eq!(pending["status"].as_str(), Some("New"), "not re-read yet");
+
+    let all = env.run(&["sync", "--all"]).await;
+    assert!(all.status.success(), "sync --all: {}", stderr(&all));
+    let out = stdout(&all);
+    assert!(
+        out.contains("google records: 3 re-read, 0 not re-read"),
+        "{out}"
+    );
+    let r = env.sim.referral(&id).unwrap();
+    assert_eq!(
+        (r["status"].as_str(), r["substatus"].as_str()),
+        (Some("Closed"), Some("Lost")),
+        "{out}"
+    );
+}

@@ -217,7 +217,7 @@ async fn in_process(cli: Cli, file: &Path) -> cmd::Outcome {
             note,
             ..
         } => cmd::decline(config, &referral_id, reason, note, answer_dry_run).await,
-        Command::Sync { .. } => cmd::sync(config).await,
+        Command::Sync { all, .. } => cmd::sync(config, all).await,
         Command::CheckConfig => cmd::check_config(&config, file),
         Command::Status {
             json,
@@ -302,4 +302,17 @@ pub fn stdout(o: &impl Captured) -> String {
 
 pub fn stderr(o: &impl Captured) -> String {
     o.err()
+}
+
+/// Waits until `done` holds (checked every 20 ms), at most `within`; whether it held.
+/// Tests wait on a log line, a metric or a database row with this, never a fixed sleep.
+pub async fn wait_until(within: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    done()
 }

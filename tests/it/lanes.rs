@@ -70,14 +70,19 @@ fn interval_s(env: &TestEnv, name: &str) -> i64 {
 async fn a_deadline_tick_makes_no_google_read_and_does_not_wait_for_a_slow_refresh() {
     let env = TestEnv::with_google("").await;
     tracked(&env, 12).await;
-    // Every Google read now takes 2 s: the refresh of 12 records, 2 at a time, takes ~12 s.
-    env.sim.set_google_read_delay(Duration::from_secs(2));
+    // Every Google read now takes 1 s: the refresh of 12 records, 2 at a time, takes ~6 s,
+    // far longer than a deadline tick.
+    env.sim.set_google_read_delay(Duration::from_secs(1));
     let app = std::sync::Arc::new(worker(&env));
+    let reads_before = gets(&env);
     let refresh = {
         let app = app.clone();
         tokio::spawn(async move { lanes::refresh_once(&app.cycle).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The refresh lane is reading.
+    assert!(
+        crate::helpers::wait_until(Duration::from_secs(10), || gets(&env) > reads_before).await
+    );
     env.sim.put_referrals([urgent_referral("urgent-1", 3)]);
     let gets_before = gets(&env);
     let cycle = app.deadline_tick(false).await;

@@ -4,7 +4,7 @@
 //! `webhook register|show|test|unregister`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use cosell_sync::app::App;
@@ -13,7 +13,7 @@ use cosell_sync::sim::sample;
 use cosell_sync::sim::webhook::{Delivery, Forgery};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{stderr, stdout, TestEnv, BIN};
+use crate::helpers::{stderr, stdout, wait_until, TestEnv, BIN};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -54,7 +54,8 @@ sweep_interval = "1s"
     Hooked { env, public_url }
 }
 
-/// The daemon's parts in this process: the app (worker) and the receiver + forwarder.
+/// The daemon's parts in this process: the app (worker), a bare deadline lane (the one
+/// executor) and the receiver + forwarder that wakes it.
 async fn start_in_process(h: &Hooked) -> (Arc<App>, CancellationToken) {
     let config = Config::load(&h.env.config).unwrap().config;
     let webhook = config.webhook.clone().unwrap();
@@ -62,23 +63,14 @@ async fn start_in_process(h: &Hooked) -> (Arc<App>, CancellationToken) {
     app.become_worker().unwrap();
     let app = Arc::new(app);
     let stop = CancellationToken::new();
+    let wake = cosell_sync::wake::DeadlineWake::new();
+    tokio::spawn(app.clone().serve_wakes(wake.clone(), stop.clone()));
     let a = app.clone();
-    cosell_sync::webhook::start(&webhook, move || a.webhook_handoff(), stop.clone())
+    cosell_sync::webhook::start(&webhook, move || a.webhook_handoff(&wake), stop.clone())
         .await
         .unwrap();
     h.env.sim.register_webhook(&h.public_url);
     (app, stop)
-}
-
-async fn wait_until(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    done()
 }
 
 fn leads_for(h: &Hooked, id: &str) -> usize {
@@ -101,8 +93,17 @@ fn counter(h: &Hooked, name: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// Every stored event is processed or given up on (none waits for a forward).
+fn all_settled(h: &Hooked) -> bool {
+    let open = "SELECT COUNT(*) FROM webhook_events WHERE state = 'accepted'";
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    rusqlite::Connection::open_with_flags(h.env.state_db(), flags)
+        .and_then(|c| c.query_row(open, [], |r| r.get::<_, i64>(0)))
+        .is_ok_and(|n| n == 0)
+}
+
 #[tokio::test]
-async fn a_new_referral_arrives_by_webhook_and_becomes_one_lead_without_a_cycle() {
+async fn a_new_referral_arrives_by_webhook_and_becomes_one_lead_without_a_pull() {
     let h = hooked("").await;
     let (_app, _stop) = start_in_process(&h).await;
     let id = sample::referral_id(1);
@@ -117,9 +118,7 @@ async fn a_new_referral_arrives_by_webhook_and_becomes_one_lead_without_a_cycle(
         wait_until(Duration::from_secs(20), || leads_for(&h, &id) == 1).await,
         "no lead from the webhook event"
     );
-    // No cycle ran, nothing was listed, and no Google record was read: the event alone did it.
-    let cycles: i64 = h.env.query("SELECT COUNT(*) FROM cycle_runs", |r| r.get(0));
-    assert_eq!(cycles, 0);
+    // Only a tick without a pull ran: nothing was listed, and no Google record was read.
     assert_eq!(h.env.sim.counter("list"), 0);
     assert_eq!(h.env.sim.counter("google.get_lead"), 0);
     assert!(h.env.sim.counter("get") >= 1);
@@ -171,9 +170,10 @@ async fn every_event_delivered_four_times_makes_exactly_one_lead() {
         "{:?}",
         h.env.sim.leads_per_external_id()
     );
-    // The copies are recognised as duplicates; a little later nothing more has been created.
+    // The copies are recognised as duplicates; once every stored event is settled, nothing
+    // more has been created.
     assert!(wait_until(Duration::from_secs(10), || counter(&h, "duplicate") >= 15).await);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(wait_until(Duration::from_secs(10), || all_settled(&h)).await);
     for id in &ids {
         assert_eq!(leads_for(&h, id), 1, "{id}");
     }
@@ -261,13 +261,35 @@ async fn an_event_accepted_before_a_crash_is_forwarded_at_start_up_exactly_once(
         |r| r.get(0),
     );
     assert_eq!(open, 1);
-    // The next process replays it at start-up; then the sim repeats everything once more.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The next process replays it at start-up (once the old receiver let go of its port);
+    // then the sim repeats everything once more.
+    let addr = h
+        .public_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        wait_until(Duration::from_secs(10), || std::net::TcpListener::bind(
+            &addr
+        )
+        .is_ok())
+        .await
+    );
     let (_app, _stop) = start_in_process(&h).await;
     assert!(wait_until(Duration::from_secs(20), || leads_for(&h, &id) == 1).await);
+    let received = counter(&h, "received");
     h.env.sim.send_referral_event(&id, true);
     h.env.sim.send_referral_event(&id, false);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Two events, each delivered three times (repeat: 2), all stored and settled.
+    let open = "SELECT COUNT(*) FROM webhook_events WHERE state = 'accepted'";
+    assert!(
+        wait_until(Duration::from_secs(20), || counter(&h, "received")
+            >= received + 6
+            && h.env.query(open, |r| r.get::<_, i64>(0)) == 0)
+        .await
+    );
     assert_eq!(leads_for(&h, &id), 1);
     let open: i64 = h.env.query(
         "SELECT COUNT(*) FROM webhook_events WHERE state = 'accepted'",
@@ -341,7 +363,7 @@ async fn events_repeated_across_a_kill_of_the_daemon_make_exactly_one_lead_each(
         ids.iter().all(|id| leads_for(&h, id) == 1)
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until(Duration::from_secs(10), || all_settled(&h)).await;
     daemon.start_kill().unwrap();
     daemon.wait().await.unwrap();
     // A lead create cut by the kill is quarantined for a person, never repeated: at most one
@@ -375,9 +397,15 @@ async fn with_every_event_dropped_polling_still_forwards_everything() {
     h.env
         .sim
         .put_referrals(sample::pending_inbox(30, Utc::now()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || h
+            .env
+            .sim
+            .counter("webhook:dropped")
+            == 30)
+        .await
+    );
     assert!(h.env.sim.google_leads().is_empty());
-    assert_eq!(h.env.sim.counter("webhook:dropped"), 30);
     let cycle = app.sync_once().await;
     assert!(cycle.report.ok(), "{:?}", cycle.report.error);
     let leads = h.env.sim.leads_per_external_id();
@@ -444,7 +472,7 @@ async fn a_bad_webhook_key_exits_78_naming_it_and_no_section_means_off() {
 }
 
 #[tokio::test]
-async fn an_urgent_referral_arriving_by_webhook_alerts_the_sink_without_a_cycle() {
+async fn an_urgent_referral_arriving_by_webhook_alerts_the_sink_without_a_pull() {
     use wiremock::matchers::method;
     use wiremock::{Mock, MockServer, ResponseTemplate};
     let sink = MockServer::start().await;
@@ -477,8 +505,8 @@ async fn an_urgent_referral_arriving_by_webhook_alerts_the_sink_without_a_cycle(
     let body: serde_json::Value =
         serde_json::from_slice(&got.first().expect("alert delivered").body).unwrap();
     assert_eq!(body["id"], expected.as_str());
-    let cycles: i64 = h.env.query("SELECT COUNT(*) FROM cycle_runs", |r| r.get(0));
-    assert_eq!(cycles, 0);
+    // Raised by the deadline lane's one alert path, after a tick that listed nothing.
+    assert_eq!(h.env.sim.counter("list"), 0);
 }
 
 /// Genuine signed requests, each changed in one generated way (a body byte, a signature byte,
@@ -610,9 +638,51 @@ async fn events_racing_a_cycle_on_the_same_referrals_make_one_lead_each() {
         "{:?}",
         h.env.sim.leads_per_external_id()
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(wait_until(Duration::from_secs(20), || all_settled(&h)).await);
     assert!(h.env.sim.leads_per_external_id().values().all(|n| *n == 1));
     assert_eq!(h.env.sim.google_leads().len(), ids.len());
+}
+
+/// One executor: webhook events and the daemon's cycles (every second) racing on the same new
+/// referrals never have more than `[sync] concurrency` lead creates on the wire at once (the
+/// creates in doubt after a crash), and no action records a reason that did not happen.
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_events_and_cycles_share_one_executor_and_one_concurrency() {
+    let h = hooked("").await;
+    h.env.edit_config(|t| {
+        let t = t.replacen("[sync]\n", "[sync]\nconcurrency = 1\n", 1);
+        format!("{t}\n[schedule]\nsync = \"*/1 * * * * *\"\n")
+    });
+    h.env.sim.set_create_latency(Duration::from_millis(150));
+    h.env.sim.register_webhook(&h.public_url);
+    let log = h.env.dir.path().join("daemon.log");
+    let mut daemon = spawn_daemon(&h.env, &log);
+    let ids: Vec<String> = (40..52).map(sample::referral_id).collect();
+    h.env
+        .sim
+        .put_referrals((40..52).map(|i| {
+            sample::referral(i, Utc::now(), chrono::Duration::hours(6), "New", "Pending")
+        }));
+    let all_one = wait_until(Duration::from_secs(40), || {
+        ids.iter().all(|id| leads_for(&h, id) == 1)
+    })
+    .await;
+    let settled = wait_until(Duration::from_secs(20), || all_settled(&h)).await;
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
+    let daemon_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(all_one && settled, "{daemon_log}");
+    assert_eq!(
+        h.env.sim.max_creates_in_flight(),
+        1,
+        "two executors: more creates in doubt than [sync] concurrency"
+    );
+    let wrong: i64 = h.env.query(
+        "SELECT (SELECT COUNT(*) FROM outbox WHERE COALESCE(result, '') || COALESCE(last_error, '') LIKE '%operator%')
+              + (SELECT COUNT(*) FROM audit_log WHERE COALESCE(detail, '') LIKE '%operator%')",
+        |r| r.get(0),
+    );
+    assert_eq!(wrong, 0, "a reason recorded that did not happen");
 }
 
 /// `[webhook] listen` equal to `[metrics] listen` (or overlapping it through 0.0.0.0) is a

@@ -98,11 +98,20 @@ pub(super) async fn mark_sending(
             .await?;
         return Ok(Some(outcome));
     }
-    let marked = store
-        .call(move |c| outbox::mark_sending(c, id, Utc::now()))
+    let claimed = row.clone();
+    let claim = store
+        .call(move |c| outbox::mark_sending(c, &claimed, Utc::now()))
         .await?;
-    Ok((!marked).then(|| Outcome::Superseded {
-        reason: "no longer pending (dropped by the operator); not sent".into(),
+    let reason = match claim {
+        outbox::SendClaim::Won => return Ok(None),
+        outbox::SendClaim::Dropped => "no longer pending (dropped by the operator); not sent",
+        outbox::SendClaim::TakenByAnother => {
+            "taken again by a newer attempt, which sends it; not sent"
+        }
+        outbox::SendClaim::Closed => "closed meanwhile; not sent",
+    };
+    Ok(Some(Outcome::Superseded {
+        reason: reason.into(),
     }))
 }
 

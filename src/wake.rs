@@ -1,0 +1,120 @@
+//! The deadline lane's doorbell: producers (the cron job, the refresh lane, the webhook
+//! forwarder) ask for a tick, saying whether it must pull the Microsoft inbox; the one lane
+//! that executes (plans, pushes, raises alerts) takes the asks, coalesced, and tells waiters
+//! when a tick that began after their ask has finished. A leaf: it knows no feature module.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{watch, Notify};
+
+/// A cloneable handle on one deadline lane's wake-ups.
+#[derive(Debug, Clone)]
+pub struct DeadlineWake {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// A stored permit: asks made while a tick runs start one more tick after it.
+    notify: Notify,
+    /// Some ask since the last tick began wanted the Microsoft inbox pulled.
+    pull: AtomicBool,
+    /// Ticks begun so far.
+    begun: AtomicU64,
+    /// Ticks finished so far.
+    finished: watch::Sender<u64>,
+}
+
+impl Default for DeadlineWake {
+    fn default() -> Self {
+        DeadlineWake {
+            inner: Arc::new(Inner {
+                notify: Notify::new(),
+                pull: AtomicBool::new(false),
+                begun: AtomicU64::new(0),
+                finished: watch::channel(0).0,
+            }),
+        }
+    }
+}
+
+/// What a tick asked of the lane should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TickAsk {
+    /// Pull the Microsoft inbox first (false: the work is already stored, e.g. a webhook
+    /// event's referral: plan, push and alert only).
+    pub pull: bool,
+}
+
+impl DeadlineWake {
+    pub fn new() -> DeadlineWake {
+        DeadlineWake::default()
+    }
+
+    /// Asks for a tick that pulls the inbox (the schedule, a changed record, start-up).
+    pub fn ask_with_pull(&self) {
+        self.inner.pull.store(true, Ordering::SeqCst);
+        self.inner.notify.notify_one();
+    }
+
+    /// Asks for a tick over what is already stored ("no pull needed"); returns the tick to
+    /// wait for with [`DeadlineWake::finished_after`].
+    pub fn ask_without_pull(&self) -> u64 {
+        // Read before notifying: the tick that serves this ask begins after this number.
+        let begun = self.inner.begun.load(Ordering::SeqCst);
+        self.inner.notify.notify_one();
+        begun + 1
+    }
+
+    /// Waits for the next ask (the lane's side).
+    pub async fn asked(&self) {
+        self.inner.notify.notified().await;
+    }
+
+    /// The lane begins a tick: what the asks since the last one want.
+    pub fn begin(&self) -> TickAsk {
+        self.inner.begun.fetch_add(1, Ordering::SeqCst);
+        TickAsk {
+            pull: self.inner.pull.swap(false, Ordering::SeqCst),
+        }
+    }
+
+    /// The lane finished the tick it began last.
+    pub fn finish(&self) {
+        self.inner.finished.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until tick number `tick` (from [`DeadlineWake::ask_without_pull`]) has finished.
+    pub async fn finished_after(&self, tick: u64) {
+        let mut finished = self.inner.finished.subscribe();
+        // The sender lives in `self`: this never errs while we hold it.
+        let _ = finished.wait_for(|n| *n >= tick).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_ask_made_while_a_tick_runs_is_served_by_the_next_tick() {
+        let wake = DeadlineWake::new();
+        wake.ask_with_pull();
+        wake.asked().await;
+        assert_eq!(wake.begin(), TickAsk { pull: true });
+        // Asked while tick 1 runs: tick 1 may have read before it, so tick 2 serves it.
+        let tick = wake.ask_without_pull();
+        assert_eq!(tick, 2);
+        wake.finish();
+        let waiter = tokio::spawn({
+            let wake = wake.clone();
+            async move { wake.finished_after(tick).await }
+        });
+        wake.asked().await;
+        assert_eq!(wake.begin(), TickAsk { pull: false });
+        assert!(!waiter.is_finished());
+        wake.finish();
+        waiter.await.unwrap();
+    }
+}
