@@ -183,6 +183,9 @@ impl App {
     pub fn inherit_worker(&mut self, from: &App) {
         self.worker_lock = from.worker_lock.clone();
         self.cycle.stop = from.cycle.stop.clone();
+        if let (Some(new), Some(old)) = (&mut self.cycle.google, &from.cycle.google) {
+            new.fresh_since = old.fresh_since;
+        }
     }
 
     /// One full cycle (`sync`): a full pull, the Google records due now, a full plan, the
@@ -263,6 +266,7 @@ fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
         retry: g.retry.policy(),
         refresh: refresh_settings(config),
         dry_run: config.daemon.dry_run,
+        fresh_since: Utc::now(),
     })
 }
 

@@ -81,6 +81,7 @@ async fn dispatch(cli: Cli) -> Outcome {
             json,
         } => cmd::audit(&config, referral.as_deref(), since, limit, json),
         Command::Outbox { action } => cmd::outbox(&config, action),
+        Command::Backup { path } => cmd::backup(&config, &path),
         Command::Sync { .. } => cmd::sync(config).await,
         Command::Run { .. } => cmd::run(config, &file, dry_run).await,
         Command::Demo { referrals } => cmd::demo(referrals).await,

@@ -307,6 +307,13 @@ pub async fn auth_microsoft(config: &Config, show: impl Fn(&str)) -> Outcome {
     )))
 }
 
+/// `backup PATH`: a consistent copy of the database (SQLite's online backup), safe while the
+/// daemon runs.
+pub fn backup(config: &Config, path: &Path) -> Outcome {
+    let report = crate::store::backup::backup(&config.state.path, path)?;
+    Ok(Printed::ok(render::backup(path, &report)))
+}
+
 /// `sync [--dry-run]`: one full cycle with its alerts, then a one-line summary.
 pub async fn sync(config: Config) -> Outcome {
     let mut app = App::build(config)?;

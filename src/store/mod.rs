@@ -6,6 +6,7 @@
 //! `rusqlite::Connection`, so they are testable without a runtime.
 
 pub mod alerts;
+pub mod backup;
 pub mod gauges;
 pub mod google;
 pub mod outbox;
@@ -46,6 +47,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "0006_webhook_events.sql",
         include_str!("../../migrations/0006_webhook_events.sql"),
+    ),
+    (
+        7,
+        "0007_recovery.sql",
+        include_str!("../../migrations/0007_recovery.sql"),
     ),
 ];
 

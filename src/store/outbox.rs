@@ -13,6 +13,8 @@ use crate::microsoft::model::{db_timestamp, parse_timestamp};
 pub const CREATE_LEAD: &str = "create_lead";
 pub const PATCH_REFERRAL: &str = "patch_referral";
 pub const PATCH_OPPORTUNITY: &str = "patch_opportunity";
+/// Link a Google record a referral's externalReferenceId names (recovery, migration 0007).
+pub const ADOPT_LINK: &str = "adopt_link";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OutboxRow {

@@ -2,6 +2,7 @@
 //! refresh on a per-record schedule ([`refresh`]), the pure planner ([`reconcile`], with
 //! [`mapping`] for new leads) and the outbox ([`push`]). [`crate::lanes`] puts them in order.
 
+pub mod adopt;
 pub mod mapping;
 pub mod pull;
 pub mod push;
@@ -53,6 +54,9 @@ pub struct GoogleSide {
     pub refresh: RefreshSettings,
     /// Log each write instead of sending it.
     pub dry_run: bool,
+    /// When this worker began: a referral copy older than this may predate a restore, so a
+    /// lead create reads the referral again first (see [`adopt::guard_create`]).
+    pub fresh_since: DateTime<Utc>,
 }
 
 /// What a cycle needs: the store and both clients.

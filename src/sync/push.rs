@@ -209,6 +209,7 @@ fn apply_plan(
     for action in &plan.actions {
         let target = match action {
             Action::CreateLead { .. } => None,
+            Action::AdoptLink { name } => Some(name.clone()),
             Action::PatchReferral { .. } => Some(referral_id.to_string()),
             Action::PatchOpportunity { name, .. } => Some(name.clone()),
         };
@@ -377,13 +378,19 @@ async fn execute(
                 return finish(store, row.id, outcome, None, None).await;
             }
         };
-        if google.dry_run {
+        // An adoption only reads Google: a dry run does it too (into the throw-away copy).
+        if google.dry_run && !matches!(action, Action::AdoptLink { .. }) {
             return dry_run(store, row, &action).await;
         }
         match action {
             Action::CreateLead { lead } => {
+                let ms = (microsoft, microsoft_retry);
+                if let Some(outcome) = super::adopt::guard_create(store, ms, google, &row).await? {
+                    return Ok(outcome);
+                }
                 create_lead(store, google, cycle_id, row, &run.stop, lead).await
             }
+            Action::AdoptLink { name } => super::adopt::adopt_link(store, google, row, name).await,
             Action::PatchReferral { ops, base_after } => {
                 let referral = (microsoft, microsoft_retry, run);
                 patch_referral(store, referral, google, cycle_id, row, ops, base_after).await
@@ -411,6 +418,7 @@ async fn execute(
 /// Dry run: logs the write (method, path, body summary) and closes it in the throw-away copy.
 async fn dry_run(store: &Store, row: OutboxRow, action: &Action) -> Result<Outcome, StoreError> {
     let (method, path, summary) = match action {
+        Action::AdoptLink { name } => ("GET", format!("/v1/{name}"), String::new()),
         Action::CreateLead { lead } => (
             "POST",
             "/v1/partners/{partner}/leads".to_string(),
@@ -522,7 +530,7 @@ fn record_done(
 }
 
 /// Records the outcome (and an optional extra write in the same transaction).
-async fn finish(
+pub(super) async fn finish(
     store: &Store,
     id: i64,
     outcome: Outcome,
@@ -583,7 +591,7 @@ fn retry_at(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
 }
 
 /// The failure outcome for a call that can be repeated safely.
-fn failure(row: &OutboxRow, e: &ApiError, schedule: &Schedule) -> Outcome {
+pub(super) fn failure(row: &OutboxRow, e: &ApiError, schedule: &Schedule) -> Outcome {
     let error = e.to_string();
     if (e.is_transient() || e.is_auth()) && row.attempts < schedule.max_attempts {
         Outcome::Retry {
@@ -773,6 +781,10 @@ async fn patch_referral(
     };
     if status.as_deref() == Some(ReferralStatus::Closed.as_str()) {
         return supersede(store, row.id, "referral is Closed; never written").await;
+    }
+    // Never a name of another Google record overwritten (recovery, issue 15).
+    if let Some(reason) = super::adopt::reference_kept(&raw, &ops) {
+        return supersede(store, row.id, &reason).await;
     }
     // Never a write whose value is already there.
     let ops: Vec<PatchOp> = ops
@@ -1034,6 +1046,9 @@ mod tests {
 
     fn actions() -> Vec<Action> {
         vec![
+            Action::AdoptLink {
+                name: "partners/1/leads/2".into(),
+            },
             Action::CreateLead {
                 lead: json!({"externalSystemId": "r-1", "customer": {"organizationName": "AT&T"}}),
             },

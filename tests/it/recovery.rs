@@ -1,0 +1,165 @@
+//! Lose the database, keep the leads (issue 15): a lost, restored or deleted database re-links
+//! every referral from Partner Center's externalReferenceId and never makes a second lead;
+//! the store notices its file is gone; a backup is consistent while `run` writes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use cosell_sync::sim::sample;
+use serde_json::Value;
+
+use crate::helpers::{stderr, TestEnv};
+
+async fn sync_ok(env: &TestEnv) {
+    let out = env.run(&["sync"]).await;
+    assert!(out.status.success(), "sync failed: {}", stderr(&out));
+}
+
+/// Every referral the simulator holds has exactly one lead, and Partner Center names it.
+fn one_lead_each(env: &TestEnv, ids: &[String]) {
+    let per_id = env.sim.leads_per_external_id();
+    let dupes: BTreeMap<_, _> = per_id.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dupes.is_empty(), "duplicate leads: {dupes:?}");
+    for id in ids {
+        assert_eq!(per_id.get(id), Some(&1), "no lead for {id}");
+    }
+    let leads = env.sim.google_leads();
+    for id in ids {
+        let lead = leads.iter().find(|l| l["externalSystemId"] == *id).unwrap();
+        assert_eq!(
+            env.sim.referral(id).unwrap()["externalReferenceId"],
+            lead["name"],
+            "Partner Center still names the first lead of {id}"
+        );
+    }
+}
+
+/// Every referral is linked in the database to the lead Partner Center names.
+fn every_link_recovered(env: &TestEnv, ids: &[String]) {
+    let conn = rusqlite::Connection::open(env.state_db()).unwrap();
+    for id in ids {
+        let linked: Option<String> = conn
+            .query_row(
+                "SELECT lead_name FROM links WHERE referral_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap_or(None);
+        let named = env.sim.referral(id).unwrap()["externalReferenceId"].clone();
+        assert_eq!(linked.map(Value::from), Some(named), "link of {id}");
+    }
+}
+
+/// Replaces the database with `copy` (and no WAL: a restore is the file alone).
+pub(crate) fn restore(db: &Path, copy: &Path) {
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::copy(copy, db).unwrap();
+}
+
+fn ids(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(sample::referral_id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_database_relinks_every_lead_and_creates_none() {
+    let env = TestEnv::with_google("").await;
+    let now = chrono::Utc::now();
+    env.sim.put_referrals(sample::pending_inbox(12, now));
+    sync_ok(&env).await;
+    let creates = env.sim.counter("google.create_lead");
+    assert_eq!(creates, 12);
+
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", env.state_db().display()));
+    }
+    sync_ok(&env).await;
+    sync_ok(&env).await;
+    assert_eq!(
+        env.sim.counter("google.create_lead"),
+        creates,
+        "no create after the loss"
+    );
+    assert_eq!(env.sim.counter("patch"), 12, "no write-back overwritten");
+    one_lead_each(&env, &ids(0..12));
+    every_link_recovered(&env, &ids(0..12));
+    let adopted: i64 = env.query(
+        "SELECT COUNT(*) FROM outbox WHERE kind = 'adopt_link' AND state = 'done'",
+        |r| r.get(0),
+    );
+    assert_eq!(adopted, 12);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_week_old_copy_restored_relinks_and_a_stale_create_is_never_sent() {
+    // Small pages: the referral whose create the old copy still holds comes late in the pull,
+    // after the first page's new referrals have already triggered a push.
+    let env = TestEnv::with_google("").await;
+    env.edit_config(|t| {
+        t.replace(
+            "requests_per_second = 200",
+            "requests_per_second = 200\npage_size = 3",
+        )
+    });
+    let now = chrono::Utc::now();
+    let week = chrono::Duration::days(7);
+    // Batch one, and referral 99 still Received (not forwarded yet) when the copy is taken.
+    let mut first = sample::pending_inbox(6, now);
+    first.push(sample::referral(
+        99,
+        now,
+        chrono::Duration::days(12),
+        "New",
+        "Received",
+    ));
+    env.sim.put_referrals(first);
+    sync_ok(&env).await;
+    let copy = env.dir.path().join("week-old.db");
+    let out = env.run(&["backup", copy.to_str().unwrap()]).await;
+    assert!(out.status.success(), "backup: {}", stderr(&out));
+
+    // The week after the copy: 99 becomes Pending and gets its lead; six more arrive.
+    let late = sample::referral_id(99);
+    env.sim
+        .edit_referral(&late, |r| r["substatus"] = "Pending".into());
+    env.sim
+        .put_referrals((6..12).map(|i| {
+            sample::referral(i, now, chrono::Duration::hours(i as i64), "New", "Pending")
+        }));
+    sync_ok(&env).await;
+    let all: Vec<String> = ids(0..12).into_iter().chain([late.clone()]).collect();
+    one_lead_each(&env, &all);
+    let creates = env.sim.counter("google.create_lead");
+    assert_eq!(creates, 13);
+
+    // Restore the copy, as if it held a create for 99 that was still waiting for a retry.
+    restore(&env.state_db(), &copy);
+    let lead =
+        serde_json::json!({"v": 1, "action": "create_lead", "lead": {"externalSystemId": late}});
+    let conn = rusqlite::Connection::open(env.state_db()).unwrap();
+    let past = cosell_sync::microsoft::model::db_timestamp(now - week);
+    conn.execute(
+        "INSERT INTO outbox (referral_id, kind, payload, state, next_attempt_at, created_at, updated_at)
+         VALUES (?1, 'create_lead', ?2, 'pending', ?3, ?3, ?3)",
+        rusqlite::params![late, lead.to_string(), past],
+    )
+    .unwrap();
+    drop(conn);
+    sync_ok(&env).await;
+    sync_ok(&env).await;
+
+    assert_eq!(
+        env.sim.counter("google.create_lead"),
+        creates,
+        "not one create after the restore"
+    );
+    assert_eq!(env.sim.counter("patch"), 13, "no write-back overwritten");
+    one_lead_each(&env, &all);
+    every_link_recovered(&env, &all);
+    let stale: String = env.query(
+        &format!("SELECT state FROM outbox WHERE referral_id = '{late}' AND kind = 'create_lead'"),
+        |r| r.get(0),
+    );
+    assert_eq!(stale, "superseded", "the stale create was stopped");
+}
