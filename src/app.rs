@@ -50,6 +50,7 @@ impl AppError {
     pub fn exit_code(&self) -> i32 {
         match self {
             AppError::Config(_) | AppError::InvalidConfig { .. } => crate::exit::CONFIG,
+            AppError::Store(StoreError::Replaced { .. }) => crate::exit::STORE_REPLACED,
             AppError::Store(_) | AppError::Busy(_) | AppError::Refused(_) => {
                 crate::exit::CYCLE_FAILED
             }
@@ -136,7 +137,11 @@ impl App {
     /// creates quarantined (they may have reached Google), other in-flight writes re-queued.
     pub fn become_worker(&mut self) -> Result<(), AppError> {
         use std::os::unix::fs::OpenOptionsExt;
-        let lock_path = self.store.path().with_extension("lock");
+        // Keyed on the file, not on how the config names it: a symlink, `..` or an env
+        // override naming the same database finds the same lock.
+        let canonical = std::fs::canonicalize(self.store.path())
+            .unwrap_or_else(|_| self.store.path().to_path_buf());
+        let lock_path = canonical.with_extension("lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -350,7 +350,10 @@ pub async fn run(config: Config, file: &Path, force_dry_run: bool) -> Outcome {
     };
     scheduler::run(app, shutdown, reload, health)
         .await
-        .map_err(|e| AppError::Refused(format!("daemon stopped: {e:#}")))?;
+        .map_err(|e| match e.downcast::<crate::store::StoreError>() {
+            Ok(store) => AppError::Store(store),
+            Err(e) => AppError::Refused(format!("daemon stopped: {e:#}")),
+        })?;
     Ok(Printed::ok(""))
 }
 

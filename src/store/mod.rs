@@ -95,6 +95,10 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
+    /// The file at the configured path is no longer the one this process opened (deleted,
+    /// or replaced by a restore): writing on would go to an unlinked file and be lost.
+    #[error("database {path} {what} while this process had it open; stopping so nothing is written into a file that is gone (start again: the daemon opens the file now at that path and re-links every lead from Partner Center)")]
+    Replaced { path: PathBuf, what: &'static str },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("database worker stopped: {0}")]
@@ -119,6 +123,26 @@ pub fn snapshot_copy(real: &Path, copy: &Path) -> Result<(), StoreError> {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// Device and inode of the file opened (see [`Store::check_identity`]).
+    identity: Option<FileIdentity>,
+}
+
+/// Which file a path named when it was opened: device and inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileIdentity {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileIdentity {
+    pub fn of(path: &Path) -> std::io::Result<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok(FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
 }
 
 impl Store {
@@ -151,6 +175,7 @@ impl Store {
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
+            identity: FileIdentity::of(path).ok(),
         })
     }
 
@@ -192,11 +217,32 @@ impl Store {
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
+            identity: FileIdentity::of(path).ok(),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Checks that the configured path still names the file this store opened (same device
+    /// and inode): a deleted database, or one replaced under a running daemon, is an error
+    /// (the daemon stops) instead of writes into an unlinked file that vanish at exit.
+    pub fn check_identity(&self) -> Result<(), StoreError> {
+        let Some(opened) = self.identity else {
+            return Ok(());
+        };
+        let what = match FileIdentity::of(&self.path) {
+            Ok(now) if now == opened => return Ok(()),
+            Ok(_) => "was replaced by another file",
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "was deleted",
+            // Unreadable metadata (a permission change) is not proof of a new file.
+            Err(_) => return Ok(()),
+        };
+        Err(StoreError::Replaced {
+            path: self.path.clone(),
+            what,
+        })
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -320,6 +366,60 @@ mod tests {
             .call_blocking(|c| Ok(c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?))
             .unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn a_deleted_or_replaced_file_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path).unwrap();
+        store.check_identity().unwrap();
+        let copy = dir.path().join("copy.db");
+        std::fs::copy(&path, &copy).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let err = store.check_identity().unwrap_err();
+        assert!(err.to_string().contains("was deleted"), "{err}");
+        std::fs::rename(&copy, &path).unwrap();
+        let err = store.check_identity().unwrap_err();
+        assert!(err.to_string().contains("was replaced"), "{err}");
+        assert!(Store::open(&path).unwrap().check_identity().is_ok());
+    }
+
+    #[test]
+    fn outbox_ids_are_never_reused_across_the_v7_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            for &(version, _, sql) in MIGRATIONS.iter().filter(|m| m.0 < 7) {
+                conn.execute_batch(sql).unwrap();
+                conn.execute_batch(&format!("PRAGMA user_version = {version}"))
+                    .unwrap();
+            }
+            let tx = conn.transaction().unwrap();
+            for _ in 0..3 {
+                tx.execute(
+                    "INSERT INTO outbox (referral_id, kind, payload, state, next_attempt_at, created_at, updated_at)
+                     VALUES ('r', 'patch_referral', '{}', 'done', 'x', 'x', 'x')",
+                    [],
+                )
+                .unwrap();
+            }
+            tx.execute("DELETE FROM outbox WHERE id = 3", []).unwrap();
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let id: i64 = store
+            .call_blocking(|c| {
+                c.execute(
+                    "INSERT INTO outbox (referral_id, kind, target, payload, state, next_attempt_at, created_at, updated_at)
+                     VALUES ('r', 'adopt_link', 'partners/1/leads/2', '{}', 'pending', 'x', 'x', 'x')",
+                    [],
+                )?;
+                Ok(c.last_insert_rowid())
+            })
+            .unwrap();
+        assert_eq!(id, 4, "id 3 was used once and is never handed out again");
     }
 
     #[test]

@@ -163,3 +163,124 @@ async fn a_week_old_copy_restored_relinks_and_a_stale_create_is_never_sent() {
     );
     assert_eq!(stale, "superseded", "the stale create was stopped");
 }
+
+async fn wait_until(within: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    done()
+}
+
+/// How many links the database holds (0 while it is missing or locked).
+fn links(db: &Path) -> i64 {
+    if !db.exists() {
+        return 0;
+    }
+    rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| c.query_row("SELECT COUNT(*) FROM links", [], |r| r.get(0)))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_deleted_under_run_stops_it_and_the_restart_relinks_without_a_create() {
+    use crate::daemon::spawn_run;
+    let env = TestEnv::with_google("\n[schedule]\nsync = \"*/1 * * * * *\"\n").await;
+    let n = 15;
+    env.sim
+        .put_referrals(sample::pending_inbox(n, chrono::Utc::now()));
+    let notify = env.dir.path().join("no-notify.sock");
+    let log = env.dir.path().join("run1.log");
+    let mut child = spawn_run(&env, &notify, &log);
+    assert!(
+        wait_until(std::time::Duration::from_secs(30), || env
+            .sim
+            .counter("patch")
+            == n as u64)
+        .await,
+        "leads and write-backs: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let creates = env.sim.counter("google.create_lead");
+    assert_eq!(creates, n as u64);
+
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", env.state_db().display()));
+    }
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("the daemon stops when its database file is gone")
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(cosell_sync::exit::STORE_REPLACED),
+        "{text}"
+    );
+    assert!(
+        text.contains("was deleted while this process had it open"),
+        "{text}"
+    );
+
+    // systemd restarts it: a new database, every link recovered from Partner Center.
+    let log2 = env.dir.path().join("run2.log");
+    let _child = spawn_run(&env, &notify, &log2);
+    let db = env.state_db();
+    assert!(
+        wait_until(std::time::Duration::from_secs(30), || links(&db)
+            == n as i64)
+        .await,
+        "links recovered: {}",
+        std::fs::read_to_string(&log2).unwrap_or_default()
+    );
+    assert_eq!(env.sim.counter("google.create_lead"), creates, "no create");
+    assert_eq!(
+        env.sim.counter("patch"),
+        n as u64,
+        "no write-back overwritten"
+    );
+    let ids: Vec<String> = ids(0..n);
+    one_lead_each(&env, &ids);
+    every_link_recovered(&env, &ids);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_worker_through_a_symlink_is_refused() {
+    use crate::daemon::spawn_run;
+    let env = TestEnv::new().await;
+    env.sim
+        .put_referrals(sample::pending_inbox(2, chrono::Utc::now()));
+    let notify = env.dir.path().join("no-notify.sock");
+    let log = env.dir.path().join("run.log");
+    let _child = spawn_run(&env, &notify, &log);
+    let db = env.state_db();
+    assert!(
+        wait_until(std::time::Duration::from_secs(20), || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("cycle finished")
+        })
+        .await,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let other = env.dir.path().join("elsewhere");
+    std::fs::create_dir(&other).unwrap();
+    let link = other.join("state.db");
+    std::os::unix::fs::symlink(&db, &link).unwrap();
+    let out = tokio::process::Command::new(crate::helpers::BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("sync")
+        .env("COSELL_STATE__PATH", &link)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("another cosell-sync process"), "{err}");
+}
