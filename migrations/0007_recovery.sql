@@ -5,7 +5,7 @@
 -- externalSystemId, link) instead of getting a create. SQLite cannot alter a CHECK, so the
 -- table is rebuilt; the kind is no longer checked here (the code decodes every row and reports
 -- one it cannot read), so a later kind needs no rebuild. Ids keep counting from where they
--- were (AUTOINCREMENT's sequence follows the rename): an id is never reused, even after
+-- were (the sequence is carried over, and follows the rename): an id is never reused, even after
 -- retention deletes old rows, so an alert keyed on an action id can never collide.
 CREATE TABLE outbox_v7 (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -24,6 +24,8 @@ CREATE TABLE outbox_v7 (
     updated_at      TEXT NOT NULL
 );
 INSERT INTO outbox_v7 SELECT * FROM outbox;
+DELETE FROM sqlite_sequence WHERE name = 'outbox_v7';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_v7', seq FROM sqlite_sequence WHERE name = 'outbox';
 DROP TABLE outbox;
 ALTER TABLE outbox_v7 RENAME TO outbox;
 CREATE UNIQUE INDEX outbox_one_create ON outbox (referral_id)
