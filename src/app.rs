@@ -188,6 +188,7 @@ impl App {
     pub fn inherit_worker(&mut self, from: &App) {
         self.worker_lock = from.worker_lock.clone();
         self.cycle.stop = from.cycle.stop.clone();
+        self.alerts.unrecorded = from.alerts.unrecorded.clone();
         if let (Some(new), Some(old)) = (&mut self.cycle.google, &from.cycle.google) {
             new.fresh_since = old.fresh_since;
         }

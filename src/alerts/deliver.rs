@@ -34,7 +34,7 @@ impl Sink {
         }
     }
 
-    async fn send(&self, http: &reqwest::Client, alert: &Alert) -> Result<(), String> {
+    pub(super) async fn send(&self, http: &reqwest::Client, alert: &Alert) -> Result<(), String> {
         match self {
             Sink::Webhook(w) => {
                 let mut request = http
@@ -121,6 +121,8 @@ pub struct AlertSettings {
     pub attempts: usize,
     pub sinks: Vec<Sink>,
     pub http: reqwest::Client,
+    /// Health alerts the store could not record yet (see [`super::unrecorded`]).
+    pub unrecorded: super::unrecorded::Memory,
 }
 
 impl AlertSettings {
@@ -143,6 +145,7 @@ impl AlertSettings {
                 .user_agent(concat!("cosell-sync/", env!("CARGO_PKG_VERSION")))
                 .build()
                 .expect("reqwest client builds"),
+            unrecorded: Default::default(),
         }
     }
 }
@@ -193,9 +196,17 @@ pub async fn raise_and_deliver(
     broken: &mut HashSet<String>,
 ) -> AlertStats {
     let mut stats = AlertStats::default();
-    match raise_due(store, settings, raise, now).await {
+    match raise_due(store, settings, raise.clone(), now).await {
         Ok(raised) => stats.raised = raised,
-        Err(e) => tracing::error!(error = %e, "cannot record alerts"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record alerts");
+            // The health alert still goes out, from memory (a full disk must not silence it).
+            if let Raise::All { error, auth_failed } = &raise {
+                stats.raised =
+                    super::unrecorded::raise(store, settings, error.as_deref(), *auth_failed, now)
+                        .await;
+            }
+        }
     }
     if dry_run {
         if !settings.sinks.is_empty() && stats.raised > 0 {
@@ -206,10 +217,13 @@ pub async fn raise_and_deliver(
         }
         return stats;
     }
+    let (delivered, undelivered) = super::unrecorded::deliver(settings, broken).await;
+    stats.delivered = delivered;
+    stats.undelivered = undelivered;
     match deliver_pending(store, settings, broken).await {
         Ok((delivered, undelivered)) => {
-            stats.delivered = delivered;
-            stats.undelivered = undelivered;
+            stats.delivered += delivered;
+            stats.undelivered += undelivered;
         }
         Err(e) => tracing::error!(error = %e, "cannot deliver alerts"),
     }
@@ -262,10 +276,11 @@ async fn raise_due(
                 tx.commit()?;
                 return Ok(count);
             };
-            // Health.
-            let mut health: HealthEpisode = astore::get_health(&tx, "sync")?
-                .and_then(|v| serde_json::from_str(&v).ok())
-                .unwrap_or_default();
+            // Health: memory's episode when the store fell behind (see `unrecorded`).
+            let stored: Option<HealthEpisode> = astore::get_health(&tx, "sync")?
+                .and_then(|v| serde_json::from_str(&v).ok());
+            let mut health = super::unrecorded::episode(&settings.unrecorded, stored);
+            let held = super::unrecorded::record(&tx, &settings.unrecorded, &sinks, now)?;
             if let Some(alert) = health_alert(&mut health, error.as_deref(), auth_failed, settings.failed_cycles, now) {
                 raise(&tx, alert)?;
             }
@@ -276,6 +291,7 @@ async fn raise_due(
                 raise(&tx, alert)?;
             }
             tx.commit()?;
+            super::unrecorded::forget(&settings.unrecorded, &held);
             Ok(count)
         })
         .await

@@ -5,6 +5,7 @@
 pub mod deliver;
 pub mod due;
 pub mod format;
+pub mod unrecorded;
 
 pub use crate::store::alerts::Alert;
 pub use deliver::{AlertSettings, Sink};

@@ -99,10 +99,35 @@ pub enum StoreError {
     /// or replaced by a restore): writing on would go to an unlinked file and be lost.
     #[error("database {path} {what} while this process had it open; stopping so nothing is written into a file that is gone (start again: the daemon opens the file now at that path and re-links every lead from Partner Center)")]
     Replaced { path: PathBuf, what: &'static str },
-    #[error("database: {0}")]
+    #[error("database: {}", describe(.0))]
     Sql(#[from] rusqlite::Error),
     #[error("database worker stopped: {0}")]
     Worker(String),
+}
+
+/// An SQLite error as an operator needs it: a full disk is named as such, with what to do.
+fn describe(e: &rusqlite::Error) -> String {
+    if is_disk_full(e) {
+        format!("DISK FULL: {e} (SQLITE_FULL): the file system holding the database has no space left; free space there (docs/operations.md \"Disk full\") — nothing committed is lost, and the daemon carries on once writes succeed")
+    } else {
+        e.to_string()
+    }
+}
+
+/// SQLITE_FULL: no space on the device (or the database at its page limit).
+pub fn is_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
+}
+
+impl StoreError {
+    /// Whether this is a full disk (see [`is_disk_full`]).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sql(e) | StoreError::Open { source: e, .. } => is_disk_full(e),
+            StoreError::Migration { source, .. } => is_disk_full(source),
+            _ => false,
+        }
+    }
 }
 
 /// Copies the database at `real` to `copy` as one consistent snapshot, even while a daemon
