@@ -189,6 +189,10 @@ impl App {
         self.worker_lock = from.worker_lock.clone();
         self.cycle.stop = from.cycle.stop.clone();
         self.alerts.unrecorded = from.alerts.unrecorded.clone();
+        if same_credentials(&self.config.microsoft, &from.config.microsoft) {
+            let tokens = from.cycle.microsoft.tokens();
+            self.cycle.microsoft = self.cycle.microsoft.with_tokens(tokens);
+        }
         if let (Some(new), Some(old)) = (&mut self.cycle.google, &from.cycle.google) {
             new.fresh_since = old.fresh_since;
         }
@@ -219,6 +223,24 @@ impl App {
         )
         .await
     }
+}
+
+/// Whether a reload keeps the Microsoft token source: the same token endpoint, app and first
+/// token (a SIGHUP alone never costs a grant, and never loses a rotated token held in memory).
+fn same_credentials(
+    a: &crate::config::MicrosoftConfig,
+    b: &crate::config::MicrosoftConfig,
+) -> bool {
+    use secrecy::ExposeSecret;
+    let secret =
+        |s: &Option<secrecy::SecretString>| s.as_ref().map(|s| s.expose_secret().to_string());
+    a.authority == b.authority
+        && a.tenant == b.tenant
+        && a.client_id == b.client_id
+        && secret(&a.client_secret) == secret(&b.client_secret)
+        && secret(&a.refresh_token) == secret(&b.refresh_token)
+        && a.timeout.0 == b.timeout.0
+        && a.connect_timeout.0 == b.connect_timeout.0
 }
 
 /// A copy of the database (or a new one) in a temporary directory, for a dry run.

@@ -69,6 +69,58 @@ pub async fn raise(
     1
 }
 
+/// Raises one alert outside the planner (once: its id is its dedupe key): recorded with a
+/// pending delivery per sink, or held in memory when the store refuses the write.
+pub async fn raise_one(store: &Store, settings: &AlertSettings, alert: Alert) -> u64 {
+    let sinks: Vec<String> = settings.sinks.iter().map(Sink::key).collect();
+    let to_record = alert.clone();
+    let now = Utc::now();
+    let recorded = store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let new = astore::raise(&tx, &to_record, &sinks, now)?;
+            tx.commit()?;
+            Ok(new)
+        })
+        .await;
+    match recorded {
+        Ok(new) => {
+            if new {
+                tracing::error!(alert_id = %alert.id, kind = %alert.kind, "ALERT: {}", alert.message);
+            }
+            u64::from(new)
+        }
+        Err(e) => {
+            let mut held = lock(&settings.unrecorded);
+            if held.alerts.iter().any(|(a, _)| a.id == alert.id) {
+                return 0;
+            }
+            tracing::error!(error = %e, alert_id = %alert.id, "ALERT (not recorded; sent from memory): {}", alert.message);
+            held.alerts.push((alert, Vec::new()));
+            1
+        }
+    }
+}
+
+/// `token_unsaved`: the rotated Microsoft refresh token lives only in memory (once per
+/// episode: keyed on when the first write failed).
+pub fn token_unsaved_alert(unsaved: &crate::microsoft::auth::UnsavedToken) -> Alert {
+    let since = unsaved
+        .since
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Alert::general(
+        format!("token_unsaved:{since}"),
+        "token_unsaved",
+        "critical",
+        format!(
+            "The rotated Microsoft refresh token cannot be written to {} ({}). The daemon keeps it in memory, uses it and retries the write on every use; if it stops before a write succeeds, the sign-in is lost (run `cosell-sync auth microsoft`). Free space or fix the state directory.",
+            unsaved.token_file.display(),
+            unsaved.error
+        ),
+        Utc::now(),
+    )
+}
+
 /// Sends the alerts held in memory to each sink that does not have them yet.
 pub async fn deliver(settings: &AlertSettings, broken: &mut HashSet<String>) -> (u64, u64) {
     let held: Vec<(Alert, Vec<String>)> = lock(&settings.unrecorded).alerts.clone();

@@ -284,3 +284,107 @@ async fn a_second_worker_through_a_symlink_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("another cosell-sync process"), "{err}");
 }
+
+/// Makes every write of the token file fail, also as root (where modes do not stop a
+/// write): a directory sits where the atomic write puts its temporary file. Returns it.
+fn block_token_writes(token_file: &Path) -> std::path::PathBuf {
+    let name = token_file.file_name().unwrap().to_string_lossy();
+    let tmp = token_file.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::create_dir_all(tmp.join("in-the-way")).unwrap();
+    tmp
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_token_that_cannot_be_written_is_kept_used_and_written_later() {
+    let env = TestEnv::new().await;
+    let token_file = env.dir.path().join("microsoft-refresh-token");
+    let blocker = block_token_writes(&token_file);
+    let client = env.client(&token_file);
+    client
+        .check_auth()
+        .await
+        .expect("the grant itself succeeds");
+    let unsaved = client
+        .tokens()
+        .unsaved()
+        .expect("the rotated token is held");
+    assert!(unsaved.error.contains("cannot write"), "{unsaved:?}");
+    // The configured token was rotated away: only the one in memory still works.
+    client.tokens().invalidate().await;
+    client
+        .check_auth()
+        .await
+        .expect("the next grant uses the token held in memory");
+    assert_eq!(env.sim.counter("token"), 2);
+
+    // Space again: the next use writes it, and a new process signs in from the file.
+    std::fs::remove_dir_all(&blocker).unwrap();
+    client.check_auth().await.unwrap();
+    assert!(client.tokens().unsaved().is_none());
+    let restarted = env.client(&token_file);
+    restarted
+        .check_auth()
+        .await
+        .expect("the sign-in survived: the file holds the live token");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unwritable_token_file_raises_token_unsaved_and_the_sync_goes_on() {
+    let env = TestEnv::new().await;
+    env.sim
+        .put_referrals(sample::pending_inbox(2, chrono::Utc::now()));
+    block_token_writes(&env.dir.path().join("microsoft-refresh-token"));
+    sync_ok(&env).await;
+    let (kind, message): (String, String) = env.query(
+        "SELECT kind, payload FROM alerts WHERE kind = 'token_unsaved'",
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    );
+    assert_eq!(kind, "token_unsaved");
+    assert!(message.contains("auth microsoft"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_with_the_same_microsoft_settings_makes_no_grant() {
+    use crate::daemon::{kill, spawn_run};
+    let env = TestEnv::with_extra("\n[schedule]\nsync = \"*/1 * * * * *\"\n").await;
+    env.sim
+        .put_referrals(sample::pending_inbox(2, chrono::Utc::now()));
+    let notify = env.dir.path().join("no-notify.sock");
+    let log = env.dir.path().join("run.log");
+    let child = spawn_run(&env, &notify, &log);
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(std::time::Duration::from_secs(20), || text()
+            .contains("cycle finished"))
+        .await,
+        "{}",
+        text()
+    );
+    let grants = env.sim.counter("token");
+    for n in 1..=3 {
+        kill(&child, "-HUP");
+        assert!(
+            wait_until(std::time::Duration::from_secs(10), || {
+                text().matches("configuration reloaded").count() == n
+            })
+            .await,
+            "{}",
+            text()
+        );
+    }
+    // Each reload wakes a tick: the ticks after them still sign in with the kept source.
+    let cycles = text().matches("cycle finished").count();
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || {
+            text().matches("cycle finished").count() > cycles
+        })
+        .await,
+        "{}",
+        text()
+    );
+    assert_eq!(
+        env.sim.counter("token"),
+        grants,
+        "a SIGHUP alone costs no grant"
+    );
+}
