@@ -305,10 +305,15 @@ async fn refresh_lane(daemon: Arc<Daemon>) {
     let mut last_full_plan = Instant::now();
     let mut last_changes: Option<Instant> = None;
     let mut last_backlog: Option<Instant> = None;
+    let mut last_prune: Option<Instant> = None;
     loop {
         let app = daemon.app();
         if !daemon.store_still_there(&app) {
             return;
+        }
+        if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            last_prune = Some(Instant::now());
+            prune(&app).await;
         }
         if last_changes.is_none_or(|at| at.elapsed() >= app.config.schedule.changes_every.0) {
             last_changes = Some(Instant::now());
@@ -337,6 +342,26 @@ async fn refresh_lane(daemon: Arc<Daemon>) {
             _ = tokio::time::sleep(crate::lanes::refresh_pause(&pass)) => {}
             _ = daemon.shutdown.cancelled() => return,
         }
+    }
+}
+
+/// How often retention runs (in the background lane, in small batches).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Retention: what is old and finished leaves the database (`[state] retention`).
+async fn prune(app: &App) {
+    let state = &app.config.state;
+    let cutoffs = crate::store::retention::Cutoffs::from(
+        chrono::Utc::now(),
+        state.retention.0,
+        state.audit_retention.0,
+    );
+    match crate::store::retention::prune(&app.store, cutoffs).await {
+        Ok(pruned) if pruned.total() > 0 => {
+            tracing::info!(?pruned, "retention: old finished rows removed")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "retention failed; trying again in an hour"),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod gauges;
 pub mod google;
 pub mod outbox;
 pub mod referrals;
+pub mod retention;
 pub mod runs;
 pub mod schedule;
 pub mod views;
