@@ -388,3 +388,42 @@ async fn a_reload_with_the_same_microsoft_settings_makes_no_grant() {
         "a SIGHUP alone costs no grant"
     );
 }
+
+/// Database bytes per referral and per tick at steady state (docs/benchmarks.md):
+/// `cargo test --test it recovery::db_bytes -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, not a check"]
+async fn db_bytes_per_referral_and_per_tick() {
+    let env = TestEnv::with_google("").await;
+    let n = 500;
+    env.sim
+        .put_referrals(sample::pending_inbox(n, chrono::Utc::now()));
+    let size = |env: &TestEnv| {
+        let c = rusqlite::Connection::open(env.state_db()).unwrap();
+        c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)").unwrap();
+        let (pages, free, size): (i64, i64, i64) = c
+            .query_row(
+                "SELECT (SELECT page_count FROM pragma_page_count), (SELECT freelist_count FROM pragma_freelist_count), (SELECT page_size FROM pragma_page_size)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        (pages - free) * size
+    };
+    let empty = {
+        let out = env.run(&["sync"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        size(&env)
+    };
+    let ticks = 50;
+    for _ in 0..ticks {
+        sync_ok(&env).await;
+    }
+    let after = size(&env);
+    let per_tick = (after - empty) as f64 / ticks as f64;
+    println!(
+        "referrals={n} bytes_after_first_sync={empty} bytes_per_referral={:.0} bytes_per_idle_tick={per_tick:.0} bytes_per_day_at_5min_ticks={:.0}",
+        empty as f64 / n as f64,
+        per_tick * 288.0
+    );
+}
