@@ -72,7 +72,7 @@ pub async fn raise(
 /// Raises one alert outside the planner (once: its id is its dedupe key): recorded with a
 /// pending delivery per sink, or held in memory when the store refuses the write.
 pub async fn raise_one(store: &Store, settings: &AlertSettings, alert: Alert) -> u64 {
-    let sinks: Vec<String> = settings.sinks.iter().map(Sink::key).collect();
+    let sinks = settings.sinks_taking(&alert);
     let to_record = alert.clone();
     let now = Utc::now();
     let recorded = store
@@ -126,7 +126,7 @@ pub async fn deliver(settings: &AlertSettings, broken: &mut HashSet<String>) -> 
     let held: Vec<(Alert, Vec<String>)> = lock(&settings.unrecorded).alerts.clone();
     let (mut delivered, mut undelivered) = (0, 0);
     for (alert, done) in held {
-        for sink in &settings.sinks {
+        for sink in settings.sinks.iter().filter(|s| s.route().takes(&alert)) {
             let key = sink.key();
             if done.contains(&key) {
                 continue;
@@ -171,14 +171,13 @@ async fn send(settings: &AlertSettings, sink: &Sink, alert: &Alert) -> Result<()
 /// Returns what was recorded, to forget once the transaction commits.
 pub fn record(
     tx: &rusqlite::Connection,
-    memory: &Memory,
-    sinks: &[String],
+    settings: &AlertSettings,
     now: DateTime<Utc>,
 ) -> Result<Vec<String>, StoreError> {
-    let held: Vec<(Alert, Vec<String>)> = lock(memory).alerts.clone();
+    let held: Vec<(Alert, Vec<String>)> = lock(&settings.unrecorded).alerts.clone();
     let mut recorded = Vec::new();
     for (alert, delivered) in held {
-        astore::raise(tx, &alert, sinks, now)?;
+        astore::raise(tx, &alert, &settings.sinks_taking(&alert), now)?;
         for sink in &delivered {
             astore::delivered(tx, &alert.id, sink, now)?;
         }
@@ -197,7 +196,7 @@ pub fn forget(memory: &Memory, ids: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alerts::deliver::{raise_and_deliver, Raise};
+    use crate::alerts::deliver::{raise_and_deliver, CycleDelivery, Raise};
     use crate::config::{AlertsConfig, CommandConfig, HumanDuration};
 
     /// A full disk, simulated on the store's own connection: the alerts table's page is
@@ -252,6 +251,9 @@ mod tests {
                     format!("cat >> '{0}'; echo >> '{0}'", out.display()),
                 ],
                 timeout: HumanDuration::secs(10),
+                kinds: Vec::new(),
+                min_severity: Default::default(),
+                thresholds: Vec::new(),
             }],
             ..AlertsConfig::default()
         };
@@ -269,7 +271,7 @@ mod tests {
                 failing(),
                 Utc::now(),
                 false,
-                &mut HashSet::new(),
+                &mut CycleDelivery::default(),
             )
             .await;
             delivered += stats.delivered;
@@ -300,7 +302,7 @@ mod tests {
             failing(),
             Utc::now(),
             false,
-            &mut HashSet::new(),
+            &mut CycleDelivery::default(),
         )
         .await;
         assert_eq!(sent(&out).len(), 1, "the recorded alert is not sent again");
@@ -325,7 +327,7 @@ mod tests {
             },
             Utc::now(),
             false,
-            &mut HashSet::new(),
+            &mut CycleDelivery::default(),
         )
         .await;
         let got = sent(&out);

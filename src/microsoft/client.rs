@@ -6,7 +6,6 @@
 //! one token refresh and one more try; every other retry is the caller's ([`crate::http`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, StatusCode, Url};
@@ -18,9 +17,7 @@ use tokio::time::Instant;
 use super::model::{ParsedReferral, RejectedRecord};
 use super::odata::encode_query_value;
 use super::TokenSource;
-use crate::http::{
-    new_request_id, same_origin, same_origin_redirects, send_and_read, ApiError, RateLimiter,
-};
+use crate::http::{new_request_id, same_origin, send_and_read, ApiError, RateLimiter};
 
 const API: &str = "microsoft";
 
@@ -89,6 +86,8 @@ pub struct ReferralPage {
     pub rejected: Vec<RejectedRecord>,
     pub next_link: Option<String>,
     pub request_id: Option<String>,
+    /// `@odata.count`, when the answer has a usable one (a progress hint, never trusted).
+    pub count: Option<u64>,
 }
 
 /// One JSON Patch operation; Partner Center takes `replace` and `add` only.
@@ -200,17 +199,6 @@ impl MicrosoftClient {
         }
     }
 
-    /// The HTTP client both APIs use: rustls, bounded connect and total timeouts.
-    pub fn build_http(timeout: Duration, connect_timeout: Duration) -> reqwest::Client {
-        reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(connect_timeout)
-            .redirect(same_origin_redirects())
-            .user_agent(concat!("cosell-sync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("reqwest client with rustls builds")
-    }
-
     fn referrals_url(&self) -> Url {
         let mut url = self.api_base.clone();
         let path = format!(
@@ -300,7 +288,7 @@ impl MicrosoftClient {
             request_id: answer.request_id.clone(),
         };
         let page = super::model::parse_page(&answer.body).map_err(malformed)?;
-        let next_link = page.next_link;
+        let (next_link, count) = (page.next_link, page.count);
         let mut referrals = Vec::with_capacity(page.items.len());
         let mut rejected = Vec::new();
         for item in page.items {
@@ -314,6 +302,7 @@ impl MicrosoftClient {
             rejected,
             next_link,
             request_id: answer.request_id,
+            count,
         })
     }
 

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
@@ -257,6 +257,9 @@ fn sanitize(referral: &mut Referral) {
 pub struct RawPage {
     pub items: Vec<Result<ParsedReferral, RejectedRecord>>,
     pub next_link: Option<String>,
+    /// `@odata.count` when it is a whole number (only a hint for progress: [?] whether it
+    /// counts the query or the page).
+    pub count: Option<u64>,
 }
 
 /// Parses a list answer. Only an unreadable envelope (not JSON, no `value` array) fails the
@@ -268,6 +271,8 @@ pub fn parse_page(body: &str) -> Result<RawPage, String> {
         value: Option<Vec<&'a serde_json::value::RawValue>>,
         #[serde(rename = "@odata.nextLink", default)]
         next_link: Option<Value>,
+        #[serde(rename = "@odata.count", default)]
+        count: Option<Value>,
     }
     let envelope: Envelope = serde_json::from_str(body).map_err(|e| e.to_string())?;
     let items = envelope.value.ok_or("no \"value\" array")?;
@@ -283,29 +288,11 @@ pub fn parse_page(body: &str) -> Result<RawPage, String> {
             .map(|item| ParsedReferral::from_raw(item.get()))
             .collect(),
         next_link,
+        count: envelope.count.as_ref().and_then(Value::as_u64),
     })
 }
 
-/// A canonical, sortable text form for timestamps in the database (always 9 fraction digits).
-pub fn db_timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Nanos, true)
-}
-
-/// Parses the timestamp shapes seen from Partner Center: RFC 3339 with up to 9 fractional
-/// digits, or the same without a zone (taken as UTC), or a bare date.
-pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    let text = text.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Some(t.with_timezone(&Utc));
-    }
-    if let Ok(t) = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f") {
-        return Some(t.and_utc());
-    }
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc())
-}
+pub use crate::timefmt::{db_timestamp, parse_timestamp};
 
 fn lenient_datetime<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
     let text = String::deserialize(d)?;

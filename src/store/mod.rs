@@ -11,6 +11,7 @@ pub mod gauges;
 pub mod google;
 pub mod outbox;
 pub mod referrals;
+pub mod responses;
 pub mod retention;
 pub mod runs;
 pub mod schedule;
@@ -51,8 +52,13 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         7,
-        "0007_recovery.sql",
-        include_str!("../../migrations/0007_recovery.sql"),
+        "0007_responses.sql",
+        include_str!("../../migrations/0007_responses.sql"),
+    ),
+    (
+        8,
+        "0008_recovery.sql",
+        include_str!("../../migrations/0008_recovery.sql"),
     ),
 ];
 
@@ -412,12 +418,12 @@ mod tests {
     }
 
     #[test]
-    fn outbox_ids_are_never_reused_across_the_v7_rebuild() {
+    fn outbox_ids_are_never_reused_across_the_v8_rebuild() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         {
             let mut conn = Connection::open(&path).unwrap();
-            for &(version, _, sql) in MIGRATIONS.iter().filter(|m| m.0 < 7) {
+            for &(version, _, sql) in MIGRATIONS.iter().filter(|m| m.0 < 8) {
                 conn.execute_batch(sql).unwrap();
                 conn.execute_batch(&format!("PRAGMA user_version = {version}"))
                     .unwrap();

@@ -6,8 +6,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
 use super::StoreError;
-use crate::microsoft::model::{db_timestamp, parse_timestamp};
 use crate::microsoft::{ParsedReferral, RejectedRecord};
+use crate::timefmt::{db_timestamp, parse_timestamp};
 
 /// What one committed page did to the table.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -273,12 +273,15 @@ pub fn count_rejected(conn: &Connection) -> Result<u64, StoreError> {
     )
 }
 
-/// A referral's stored `externalReferenceId` and when this database last saw it change
-/// (the lead-create guard of recovery: an old copy is read again before a create).
+/// A referral's stored `externalReferenceId` and when this database last saw it change.
+pub type ReferenceAndChange = (Option<String>, DateTime<Utc>);
+
+/// [`ReferenceAndChange`] of one referral (the lead-create guard of recovery: an old copy is
+/// read again before a create).
 pub fn reference_and_change(
     conn: &Connection,
     id: &str,
-) -> Result<Option<(Option<String>, DateTime<Utc>)>, StoreError> {
+) -> Result<Option<ReferenceAndChange>, StoreError> {
     let row: Option<(Option<String>, String)> = conn
         .query_row(
             "SELECT external_reference_id, last_changed_at FROM referrals WHERE id = ?1",

@@ -121,7 +121,8 @@ fn alerts_batch(conn: &mut Connection, cutoff: DateTime<Utc>) -> Result<u64, Sto
 /// store (other work interleaves between them).
 pub async fn prune(store: &Store, cutoffs: Cutoffs) -> Result<Pruned, StoreError> {
     let mut pruned = Pruned::default();
-    let families: [(&'static str, DateTime<Utc>, fn(&mut Pruned) -> &mut u64); 5] = [
+    type Family = (&'static str, DateTime<Utc>, fn(&mut Pruned) -> &mut u64);
+    let families: [Family; 5] = [
         (CYCLE_RUNS, cutoffs.history, |p| &mut p.cycle_runs),
         (WEBHOOK_EVENTS, cutoffs.history, |p| &mut p.webhook_events),
         (OUTBOX, cutoffs.history, |p| &mut p.outbox),

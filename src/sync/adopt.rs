@@ -57,7 +57,7 @@ pub fn is_google_name(name: &str) -> bool {
 }
 
 /// Executes an adoption: the record is read and linked when it names this referral.
-pub(super) async fn adopt_link(
+pub(crate) async fn adopt_link(
     store: &Store,
     google: &GoogleSide,
     row: OutboxRow,
@@ -191,7 +191,7 @@ async fn link_adopted(
 /// Center first, since the lead may have been created and written back after that copy.
 /// `Some(outcome)`: do not create (the outcome is recorded; an adoption is queued instead
 /// when the name is this partner's).
-pub(super) async fn guard_create(
+pub(crate) async fn guard_create(
     store: &Store,
     (microsoft, microsoft_retry): (&MicrosoftClient, &RetryPolicy),
     google: &GoogleSide,
@@ -281,7 +281,7 @@ pub fn may_replace_reference(current: Option<&str>, new: &str) -> bool {
 
 /// The write-back guard on a referral patch: `Some(why)` when one of `ops` would replace
 /// the stored `externalReferenceId` that names another Google record.
-pub(super) fn reference_kept(
+pub(crate) fn reference_kept(
     stored: &serde_json::Value,
     ops: &[crate::microsoft::PatchOp],
 ) -> Option<String> {

@@ -18,4 +18,6 @@ mod limits;
 mod logs;
 mod metrics;
 mod recovery;
+mod routing;
+mod service_level;
 mod webhook;

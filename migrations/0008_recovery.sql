@@ -1,4 +1,4 @@
--- cosell-sync schema, version 7: recovery from Partner Center and retention (issue 15).
+-- cosell-sync schema, version 8: recovery from Partner Center and retention (issue 15).
 
 -- The outbox gains a kind, `adopt_link`: a referral whose externalReferenceId names a Google
 -- record of this partner that the database does not link is adopted (GET, check its
@@ -7,7 +7,7 @@
 -- one it cannot read), so a later kind needs no rebuild. Ids keep counting from where they
 -- were (the sequence is carried over, and follows the rename): an id is never reused, even after
 -- retention deletes old rows, so an alert keyed on an action id can never collide.
-CREATE TABLE outbox_v7 (
+CREATE TABLE outbox_v8 (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
     referral_id     TEXT NOT NULL,
     kind            TEXT NOT NULL,
@@ -23,11 +23,11 @@ CREATE TABLE outbox_v7 (
     created_at      TEXT NOT NULL,
     updated_at      TEXT NOT NULL
 );
-INSERT INTO outbox_v7 SELECT * FROM outbox;
-DELETE FROM sqlite_sequence WHERE name = 'outbox_v7';
-INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_v7', seq FROM sqlite_sequence WHERE name = 'outbox';
+INSERT INTO outbox_v8 SELECT * FROM outbox;
+DELETE FROM sqlite_sequence WHERE name = 'outbox_v8';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_v8', seq FROM sqlite_sequence WHERE name = 'outbox';
 DROP TABLE outbox;
-ALTER TABLE outbox_v7 RENAME TO outbox;
+ALTER TABLE outbox_v8 RENAME TO outbox;
 CREATE UNIQUE INDEX outbox_one_create ON outbox (referral_id)
     WHERE kind = 'create_lead' AND state <> 'dropped';
 CREATE UNIQUE INDEX outbox_one_open ON outbox (referral_id, kind)
