@@ -21,6 +21,9 @@ CREATE TABLE outbox_v7 (
 );
 INSERT INTO outbox_v7 SELECT id, referral_id, kind, target, payload, state, attempts,
     next_attempt_at, last_error, request_id, result, created_at, updated_at FROM outbox;
+-- Ids keep counting from where they were (an id is never reused, even one deleted before).
+DELETE FROM sqlite_sequence WHERE name = 'outbox_v7';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox_v7', seq FROM sqlite_sequence WHERE name = 'outbox';
 DROP TABLE outbox;
 ALTER TABLE outbox_v7 RENAME TO outbox;
 CREATE UNIQUE INDEX outbox_one_create ON outbox (referral_id)

@@ -54,6 +54,7 @@ impl AppError {
     pub fn exit_code(&self) -> i32 {
         match self {
             AppError::Config(_) | AppError::InvalidConfig { .. } => crate::exit::CONFIG,
+            AppError::Store(StoreError::Replaced { .. }) => crate::exit::STORE_REPLACED,
             AppError::Store(_) | AppError::Busy(_) | AppError::Refused(_) => {
                 crate::exit::CYCLE_FAILED
             }
@@ -140,7 +141,11 @@ impl App {
     /// creates quarantined (they may have reached Google), other in-flight writes re-queued.
     pub fn become_worker(&mut self) -> Result<(), AppError> {
         use std::os::unix::fs::OpenOptionsExt;
-        let lock_path = self.store.path().with_extension("lock");
+        // Keyed on the file, not on how the config names it: a symlink, `..` or an env
+        // override naming the same database finds the same lock.
+        let canonical = std::fs::canonicalize(self.store.path())
+            .unwrap_or_else(|_| self.store.path().to_path_buf());
+        let lock_path = canonical.with_extension("lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -187,6 +192,14 @@ impl App {
     pub fn inherit_worker(&mut self, from: &App) {
         self.worker_lock = from.worker_lock.clone();
         self.cycle.stop = from.cycle.stop.clone();
+        self.alerts.unrecorded = from.alerts.unrecorded.clone();
+        if same_credentials(&self.config.microsoft, &from.config.microsoft) {
+            let tokens = from.cycle.microsoft.tokens();
+            self.cycle.microsoft = self.cycle.microsoft.with_tokens(tokens);
+        }
+        if let (Some(new), Some(old)) = (&mut self.cycle.google, &from.cycle.google) {
+            new.fresh_since = old.fresh_since;
+        }
     }
 
     /// What the webhook's hand-off uses (the store, the Microsoft client, the deadline
@@ -278,6 +291,24 @@ impl App {
     }
 }
 
+/// Whether a reload keeps the Microsoft token source: the same token endpoint, app and first
+/// token (a SIGHUP alone never costs a grant, and never loses a rotated token held in memory).
+fn same_credentials(
+    a: &crate::config::MicrosoftConfig,
+    b: &crate::config::MicrosoftConfig,
+) -> bool {
+    use secrecy::ExposeSecret;
+    let secret =
+        |s: &Option<secrecy::SecretString>| s.as_ref().map(|s| s.expose_secret().to_string());
+    a.authority == b.authority
+        && a.tenant == b.tenant
+        && a.client_id == b.client_id
+        && secret(&a.client_secret) == secret(&b.client_secret)
+        && secret(&a.refresh_token) == secret(&b.refresh_token)
+        && a.timeout.0 == b.timeout.0
+        && a.connect_timeout.0 == b.connect_timeout.0
+}
+
 /// A copy of the database (or a new one) in a temporary directory, for a dry run.
 fn dry_run_copy(real: &std::path::Path) -> Result<(Store, tempfile::TempDir), AppError> {
     let dir = tempfile::tempdir().map_err(|e| {
@@ -329,6 +360,7 @@ fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
         retry: g.retry.policy(),
         refresh: refresh_settings(config),
         dry_run: config.daemon.dry_run,
+        fresh_since: Utc::now(),
     })
 }
 

@@ -127,6 +127,12 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<OutboxCommand>,
     },
+    /// Write a consistent copy of the database to PATH (safe while `run` is active; restore:
+    /// stop the daemon, put the copy at [state] path, start it).
+    Backup {
+        /// Where the copy goes (replaced whole when it exists).
+        path: PathBuf,
+    },
     /// Print the man page, cosell-sync(1), in roff (`cosell-sync man | man -l -`).
     Man,
     /// Print a shell completion script (`cosell-sync completions bash > /etc/bash_completion.d/cosell-sync`).

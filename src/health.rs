@@ -54,6 +54,8 @@ pub struct Health {
     lanes: Mutex<[LaneState; 2]>,
     /// Deadline runs (cycles) failed in a row.
     failing_in_a_row: AtomicU32,
+    /// Why the daemon is stopping for good (its database file is gone): unhealthy until exit.
+    fatal: Mutex<Option<String>>,
 }
 
 fn index(lane: Lane) -> usize {
@@ -127,8 +129,16 @@ impl Health {
         self.with_lane(lane, |s| s.running_since.map(|t| t.elapsed()))
     }
 
+    /// The daemon stops for good: `/healthz` says why until the process is gone.
+    pub fn set_fatal(&self, why: String) {
+        *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
     /// `Ok` when healthy, else why not.
     pub fn check(&self, failed_cycles: u32, stuck_after: Duration) -> Result<(), String> {
+        if let Some(why) = self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(why);
+        }
         let failing = self.failing_in_a_row.load(Ordering::Relaxed);
         if failing >= failed_cycles {
             return Err(format!("the last {failing} cycles failed"));
@@ -173,6 +183,8 @@ type Rendered = (Instant, Arc<str>);
 #[derive(Clone)]
 struct Endpoint {
     health: Arc<Health>,
+    /// The daemon's store: `/healthz` checks its file is still the one opened.
+    store: Store,
     cache: Arc<tokio::sync::Mutex<StateCache>>,
     /// The last rendered exposition: scrapers within [`RENDER_MAX_AGE`] of it get it as is.
     rendered: Arc<tokio::sync::Mutex<Option<Rendered>>>,
@@ -224,6 +236,7 @@ pub fn router(health: Arc<Health>, store: Store, config: &crate::config::Config)
     registry::global();
     let state = Endpoint {
         health,
+        store: store.clone(),
         cache: Arc::new(tokio::sync::Mutex::new(StateCache {
             path: store.path().to_path_buf(),
             conn: None,
@@ -242,7 +255,12 @@ pub fn router(health: Arc<Health>, store: Store, config: &crate::config::Config)
 }
 
 async fn healthz(State(e): State<Endpoint>) -> impl IntoResponse {
-    match e.health.check(e.failed_cycles, e.stuck_after) {
+    let checked = e
+        .store
+        .check_identity()
+        .map_err(|e| e.to_string())
+        .and_then(|()| e.health.check(e.failed_cycles, e.stuck_after));
+    match checked {
         Ok(()) => (StatusCode::OK, "ok\n".to_string()),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -322,6 +340,15 @@ mod tests {
         h.lane_finished(Lane::Refresh, false, Duration::from_millis(5));
         h.lane_finished(Lane::Refresh, false, Duration::from_millis(5));
         assert!(h.check(2, stuck).is_ok());
+    }
+
+    #[test]
+    fn a_fatal_condition_is_unhealthy_until_exit() {
+        let h = Health::default();
+        assert!(h.check(3, Duration::from_secs(60)).is_ok());
+        h.set_fatal("database state.db was deleted".into());
+        let why = h.check(3, Duration::from_secs(60)).unwrap_err();
+        assert!(why.contains("was deleted"), "{why}");
     }
 
     #[test]

@@ -189,6 +189,11 @@ pub async fn run_cycle(
         if let Err(e) = google {
             report.fail(&e);
         }
+        if let Some(unsaved) = ctx.microsoft.tokens().unsaved() {
+            let alert = crate::alerts::unrecorded::token_unsaved_alert(&unsaved);
+            alerting.stats.raised +=
+                crate::alerts::unrecorded::raise_one(&ctx.store, alerts, alert).await;
+        }
         let health = Raise::All {
             error: report.error.clone(),
             auth_failed: report.auth_failed,

@@ -92,4 +92,9 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// Configuration error (EX_CONFIG); systemd's `RestartPreventExitStatus=78` keys on it.
     pub const CONFIG: i32 = 78;
+    /// The database file was deleted or replaced while `run` had it open (EX_TEMPFAIL): the
+    /// daemon stopped instead of writing into a file that is gone. A restart opens the file
+    /// now at the path (a new one re-links every lead from Partner Center), so the unit
+    /// restarts on it: a restart cannot meet the same condition again.
+    pub const STORE_REPLACED: i32 = 75;
 }

@@ -92,6 +92,7 @@ async fn dispatch(cli: Cli) -> Outcome {
             ..
         } => cmd::decline(config, &referral_id, reason, note, answer_dry_run).await,
         Command::Sync { all, .. } => cmd::sync(config, all).await,
+        Command::Backup { path } => cmd::backup(&config, &path),
         Command::Run { .. } => cmd::run(config, &file, dry_run).await,
         Command::Demo { referrals } => cmd::demo(referrals).await,
         Command::Man | Command::Completions { .. } => unreachable!("handled in main"),

@@ -485,6 +485,17 @@ pub fn truncate(text: &str, width: usize) -> String {
         s
     }
 }
+
+/// `backup`: where the copy went and what it holds.
+pub fn backup(path: &std::path::Path, report: &crate::store::backup::BackupReport) -> String {
+    format!(
+        "backup written to {} ({} bytes, schema version {}, {} referrals)\nrestore: stop the daemon, copy it to [state] path (removing state.db-wal and state.db-shm), start the daemon; it re-links every lead from Partner Center\n",
+        path.display(),
+        report.bytes,
+        report.schema_version,
+        report.referrals
+    )
+}
 /// `webhook register`: what was registered.
 pub fn webhook_registered(r: &Registration, public_url: &str) -> String {
     format!(

@@ -82,7 +82,7 @@ impl Sink {
         }
     }
 
-    async fn send(&self, http: &reqwest::Client, alert: &Alert) -> Result<(), String> {
+    pub(super) async fn send(&self, http: &reqwest::Client, alert: &Alert) -> Result<(), String> {
         match self {
             Sink::Webhook(w) => self.post(http, format::render(w.format, alert)).await,
             Sink::Command(c) => run_command(c, alert).await,
@@ -155,6 +155,8 @@ pub struct AlertSettings {
     pub http: reqwest::Client,
     /// `[actions]`: signs the `action_url` of `referral_expiring` alerts.
     pub links: Option<std::sync::Arc<crate::actions::LinkSigner>>,
+    /// Health alerts the store could not record yet (see [`super::unrecorded`]).
+    pub unrecorded: super::unrecorded::Memory,
 }
 
 impl AlertSettings {
@@ -188,6 +190,7 @@ impl AlertSettings {
                 .build()
                 .expect("reqwest client builds"),
             links: None,
+            unrecorded: Default::default(),
         }
     }
 }
@@ -279,14 +282,22 @@ pub async fn raise_and_deliver(
 ) -> AlertStats {
     let mut stats = AlertStats::default();
     let last = matches!(raise, Raise::All { .. });
-    match raise_due(store, settings, raise, now).await {
+    match raise_due(store, settings, raise.clone(), now).await {
         Ok((raised, tally)) => {
             stats.raised = raised;
             for (k, n) in tally {
                 *cycle.raised.entry(k).or_default() += n;
             }
         }
-        Err(e) => tracing::error!(error = %e, "cannot record alerts"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record alerts");
+            // The health alert still goes out, from memory (a full disk must not silence it).
+            if let Raise::All { error, auth_failed } = &raise {
+                stats.raised =
+                    super::unrecorded::raise(store, settings, error.as_deref(), *auth_failed, now)
+                        .await;
+            }
+        }
     }
     if last && cycle.raised.values().sum::<u64>() > CHAT_MESSAGES_PER_CYCLE as u64 {
         let awaiting = store
@@ -304,10 +315,13 @@ pub async fn raise_and_deliver(
         }
         return stats;
     }
+    let (delivered, undelivered) = super::unrecorded::deliver(settings, &mut cycle.broken).await;
+    stats.delivered = delivered;
+    stats.undelivered = undelivered;
     match deliver_pending(store, settings, cycle, last).await {
         Ok((delivered, undelivered)) => {
-            stats.delivered = delivered;
-            stats.undelivered = undelivered;
+            stats.delivered += delivered;
+            stats.undelivered += undelivered;
         }
         Err(e) => tracing::error!(error = %e, "cannot deliver alerts"),
     }
@@ -369,10 +383,11 @@ async fn raise_due(
                 tx.commit()?;
                 return Ok((count, tally));
             };
-            // Health.
-            let mut health: HealthEpisode = astore::get_health(&tx, "sync")?
-                .and_then(|v| serde_json::from_str(&v).ok())
-                .unwrap_or_default();
+            // Health: memory's episode when the store fell behind (see `unrecorded`).
+            let stored: Option<HealthEpisode> = astore::get_health(&tx, "sync")?
+                .and_then(|v| serde_json::from_str(&v).ok());
+            let mut health = super::unrecorded::episode(&settings.unrecorded, stored);
+            let held = super::unrecorded::record(&tx, &settings, now)?;
             if let Some(alert) = health_alert(&mut health, error.as_deref(), auth_failed, settings.failed_cycles, now) {
                 raise(&tx, alert)?;
             }
@@ -383,6 +398,7 @@ async fn raise_due(
                 raise(&tx, alert)?;
             }
             tx.commit()?;
+            super::unrecorded::forget(&settings.unrecorded, &held);
             Ok((count, tally))
         })
         .await

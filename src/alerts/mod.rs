@@ -8,6 +8,7 @@ pub mod digest;
 pub mod due;
 pub mod format;
 pub mod route;
+pub mod unrecorded;
 
 pub use crate::store::alerts::Alert;
 pub use deliver::{AlertSettings, Sink};

@@ -294,6 +294,13 @@ pub async fn auth_microsoft(config: &Config, show: impl Fn(&str)) -> Outcome {
     )))
 }
 
+/// `backup PATH`: a consistent copy of the database (SQLite's online backup), safe while the
+/// daemon runs.
+pub fn backup(config: &Config, path: &Path) -> Outcome {
+    let report = crate::store::backup::backup(&config.state.path, path)?;
+    Ok(Printed::ok(render::backup(path, &report)))
+}
+
 /// `sync [--dry-run]`: one full cycle with its alerts, then a one-line summary.
 pub async fn sync(config: Config, all: bool) -> Outcome {
     let mut app = App::build(config)?;
@@ -325,7 +332,10 @@ pub async fn run(config: Config, file: &Path, force_dry_run: bool) -> Outcome {
     };
     scheduler::run(app, shutdown, reload, health, webhook_events, answers)
         .await
-        .map_err(|e| AppError::Refused(format!("daemon stopped: {e:#}")))?;
+        .map_err(|e| match e.downcast::<crate::store::StoreError>() {
+            Ok(store) => AppError::Store(store),
+            Err(e) => AppError::Refused(format!("daemon stopped: {e:#}")),
+        })?;
     Ok(Printed::ok(""))
 }
 

@@ -54,11 +54,30 @@ struct Daemon {
     notifier: Notifier,
     health: Arc<Health>,
     shutdown: CancellationToken,
+    /// Set when the database file is gone: `run` stops and returns it (its own exit code).
+    store_lost: std::sync::Mutex<Option<crate::store::StoreError>>,
 }
 
 impl Daemon {
     fn app(&self) -> Arc<App> {
         self.app.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Checks that the database file is still the one opened; if not, stops the daemon
+    /// (no more ticks, passes or writes) and returns false.
+    fn store_still_there(&self, app: &App) -> bool {
+        match app.store.check_identity() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "database file gone; stopping");
+                self.health.set_fatal(e.to_string());
+                self.notifier.status(&format!("stopping: {e}"));
+                let mut lost = self.store_lost.lock().unwrap_or_else(|p| p.into_inner());
+                lost.get_or_insert(e);
+                self.shutdown.cancel();
+                false
+            }
+        }
     }
 }
 
@@ -86,6 +105,7 @@ pub async fn run(
         notifier: Notifier::from_env(),
         health,
         shutdown: shutdown.clone(),
+        store_lost: std::sync::Mutex::new(None),
     });
     let mut scheduler = JobScheduler::new().await?;
     let job_id = add_job(&mut scheduler, &daemon).await?;
@@ -131,7 +151,15 @@ pub async fn run(
         webhook,
     };
     stop(&daemon, &mut scheduler, lanes).await;
-    Ok(())
+    let lost = daemon
+        .store_lost
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match lost {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// SIGHUP reloads until shutdown.
@@ -222,6 +250,8 @@ fn reload_app(daemon: &Daemon, reload: &Reload) -> Result<bool, String> {
     let mut config = loaded.config;
     config.daemon.dry_run |= reload.force_dry_run;
     let current = daemon.app();
+    // A reload never opens a new file where the database was: the next tick stops instead.
+    current.store.check_identity().map_err(|e| e.to_string())?;
     if config.state.path != current.config.state.path {
         return Err(format!(
             "state.path cannot change while running ({} → {}); restart instead",
@@ -272,6 +302,9 @@ async fn deadline_lane(daemon: Arc<Daemon>) {
         }
         let _guard = daemon.running.lock().await;
         let app = daemon.app();
+        if !daemon.store_still_there(&app) {
+            return;
+        }
         let ask = daemon.wake.begin();
         let full_plan = daemon.full_plan_due.swap(false, Ordering::SeqCst);
         daemon.health.cycle_started();
@@ -324,8 +357,16 @@ async fn refresh_lane(daemon: Arc<Daemon>) {
     let mut last_full_plan = Instant::now();
     let mut last_changes: Option<Instant> = None;
     let mut last_backlog: Option<Instant> = None;
+    let mut last_prune: Option<Instant> = None;
     loop {
         let app = daemon.app();
+        if !daemon.store_still_there(&app) {
+            return;
+        }
+        if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            last_prune = Some(Instant::now());
+            prune(&app).await;
+        }
         if last_changes.is_none_or(|at| at.elapsed() >= app.config.schedule.changes_every.0) {
             last_changes = Some(Instant::now());
             read_changes(&daemon, &app).await;
@@ -353,6 +394,26 @@ async fn refresh_lane(daemon: Arc<Daemon>) {
             _ = tokio::time::sleep(crate::lanes::refresh_pause(&pass)) => {}
             _ = daemon.shutdown.cancelled() => return,
         }
+    }
+}
+
+/// How often retention runs (in the background lane, in small batches).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Retention: what is old and finished leaves the database (`[state] retention`).
+async fn prune(app: &App) {
+    let state = &app.config.state;
+    let cutoffs = crate::store::retention::Cutoffs::from(
+        chrono::Utc::now(),
+        state.retention.0,
+        state.audit_retention.0,
+    );
+    match crate::store::retention::prune(&app.store, cutoffs).await {
+        Ok(pruned) if pruned.total() > 0 => {
+            tracing::info!(?pruned, "retention: old finished rows removed")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "retention failed; trying again in an hour"),
     }
 }
 

@@ -47,12 +47,20 @@ pub struct MetricsConfig {
 pub struct StateConfig {
     /// The SQLite database. The rotated Microsoft refresh token is kept beside it.
     pub path: PathBuf,
+    /// How long finished history is kept: cycle runs, processed webhook events, finished
+    /// outbox rows, delivered alerts, rejected records (never what a live referral needs).
+    pub retention: HumanDuration,
+    /// How long the audit log of remote writes is kept (longer: it answers "who changed
+    /// this, when" for a deal's whole life).
+    pub audit_retention: HumanDuration,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             path: PathBuf::from("/var/lib/cosell-sync/state.db"),
+            retention: HumanDuration::secs(90 * 86_400),
+            audit_retention: HumanDuration::secs(400 * 86_400),
         }
     }
 }

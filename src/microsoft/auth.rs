@@ -2,6 +2,11 @@
 //! `{authority}/{tenant}/oauth2/v2.0/token`. Every grant returns a new refresh token; it is
 //! written atomically (mode 0600) to its own file beside the database and used next time, so
 //! the configured token is only the first. Access tokens are cached until shortly before expiry.
+//!
+//! A rotated token that cannot be written (a full disk, a broken state directory) is not
+//! dropped: the old one may already be void, so the new one is kept in memory, used for the
+//! next grants, and written again on every use until the write succeeds
+//! ([`TokenSource::unsaved`] says so, for an alert).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,6 +39,23 @@ pub struct TokenSource {
     token_file: PathBuf,
     initial_refresh_token: Option<SecretString>,
     cached: Mutex<Option<CachedToken>>,
+    /// A rotated refresh token not yet in the token file, and the first failed write.
+    unsaved: std::sync::Mutex<Option<Unsaved>>,
+}
+
+#[derive(Debug, Clone)]
+struct Unsaved {
+    token: SecretString,
+    since: chrono::DateTime<chrono::Utc>,
+    error: String,
+}
+
+/// A rotated refresh token the token file does not hold yet (for an alert).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnsavedToken {
+    pub token_file: PathBuf,
+    pub since: chrono::DateTime<chrono::Utc>,
+    pub error: String,
 }
 
 #[derive(Deserialize)]
@@ -97,7 +119,46 @@ impl TokenSource {
             token_file,
             initial_refresh_token,
             cached: Mutex::new(None),
+            unsaved: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The rotated token this source holds only in memory, if any.
+    pub fn unsaved(&self) -> Option<UnsavedToken> {
+        self.unsaved_slot().as_ref().map(|u| UnsavedToken {
+            token_file: self.token_file.clone(),
+            since: u.since,
+            error: u.error.clone(),
+        })
+    }
+
+    fn unsaved_slot(&self) -> std::sync::MutexGuard<'_, Option<Unsaved>> {
+        self.unsaved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `token` to the token file; on failure keeps it in memory (the newest token is
+    /// never dropped), and clears that once a write succeeds.
+    fn persist(&self, token: SecretString) {
+        match write_secret_file(&self.token_file, token.expose_secret()) {
+            Ok(()) => {
+                if self.unsaved_slot().take().is_some() {
+                    tracing::info!(file = %self.token_file.display(), "rotated refresh token written to its file at last");
+                }
+            }
+            Err(e) => {
+                let error = format!("cannot write {}: {e}", self.token_file.display());
+                let mut slot = self.unsaved_slot();
+                if slot.is_none() {
+                    tracing::error!(%error, "the rotated Microsoft refresh token cannot be stored; it is kept in memory and written again on every use (a restart before that loses the sign-in)");
+                }
+                let since = slot.as_ref().map_or_else(chrono::Utc::now, |u| u.since);
+                *slot = Some(Unsaved {
+                    token,
+                    since,
+                    error,
+                });
+            }
+        }
     }
 
     /// The same grant for another resource (the same refresh token serves several Partner
@@ -109,6 +170,11 @@ impl TokenSource {
 
     /// A valid access token, from cache or from a fresh grant.
     pub async fn access_token(&self) -> Result<SecretString, ApiError> {
+        // A token only in memory is written again at every use until it is on disk.
+        let pending = self.unsaved_slot().as_ref().map(|u| u.token.clone());
+        if let Some(token) = pending {
+            self.persist(token);
+        }
         let mut cached = self.cached.lock().await;
         if let Some(token) = cached.as_ref() {
             if Instant::now() < token.refresh_at {
@@ -128,6 +194,10 @@ impl TokenSource {
 
     /// The refresh token to redeem: the rotated one on disk, else the configured first one.
     fn current_refresh_token(&self) -> Result<SecretString, ApiError> {
+        // Newer than the file, which could not take it.
+        if let Some(unsaved) = self.unsaved_slot().as_ref() {
+            return Ok(unsaved.token.clone());
+        }
         match std::fs::read_to_string(&self.token_file) {
             Ok(text) if !text.trim().is_empty() => {
                 return Ok(SecretString::from(text.trim().to_string()))
@@ -232,16 +302,8 @@ impl TokenSource {
             code: None,
             transient: true,
         })?;
-        if let Some(rotated) = parsed.refresh_token.as_deref().filter(|t| !t.is_empty()) {
-            write_secret_file(&self.token_file, rotated).map_err(|e| ApiError::Auth {
-                api: API,
-                message: format!(
-                    "cannot store the rotated refresh token in {}: {e}",
-                    self.token_file.display()
-                ),
-                code: None,
-                transient: false,
-            })?;
+        if let Some(rotated) = parsed.refresh_token.filter(|t| !t.is_empty()) {
+            self.persist(SecretString::from(rotated));
         }
         let lifetime = token_lifetime(parsed.expires_in);
         // Renew a little early: 5 minutes, or a tenth of a short lifetime.

@@ -177,6 +177,20 @@ impl MicrosoftClient {
         })
     }
 
+    /// The token source (a reload with the same credentials keeps it: no new grant, and a
+    /// rotated token held only in memory is not lost).
+    pub fn tokens(&self) -> Arc<TokenSource> {
+        self.tokens.clone()
+    }
+
+    /// This client with another token source.
+    pub fn with_tokens(&self, tokens: Arc<TokenSource>) -> MicrosoftClient {
+        MicrosoftClient {
+            tokens,
+            ..self.clone()
+        }
+    }
+
     /// The same client at background priority.
     pub fn background(&self) -> MicrosoftClient {
         MicrosoftClient {

@@ -294,7 +294,8 @@ pub struct SnapshotRow {
 }
 
 /// A batch of referrals that may need work, in id order after `after`: incoming referrals
-/// still New (forward candidates) and every linked referral. Batches keep memory flat.
+/// still New (forward candidates), every linked referral, and every unlinked one that names
+/// a Google record (recovery adopts it). Batches keep memory flat.
 pub fn snapshot_batch(
     conn: &Connection,
     after: &str,
@@ -302,7 +303,8 @@ pub fn snapshot_batch(
 ) -> Result<Vec<SnapshotRow>, StoreError> {
     snapshots(
         conn,
-        "r.id > ?1 AND (l.referral_id IS NOT NULL OR (r.status = 'New' AND r.direction = 'Incoming'))
+        "r.id > ?1 AND (l.referral_id IS NOT NULL OR (r.status = 'New' AND r.direction = 'Incoming')
+                         OR r.external_reference_id LIKE 'partners/%')
          ORDER BY r.id LIMIT ?2",
         params![after, limit as i64],
     )

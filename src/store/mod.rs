@@ -7,11 +7,13 @@
 
 pub mod alerts;
 pub mod answers;
+pub mod backup;
 pub mod gauges;
 pub mod google;
 pub mod outbox;
 pub mod referrals;
 pub mod responses;
+pub mod retention;
 pub mod runs;
 pub mod schedule;
 pub mod views;
@@ -59,6 +61,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0008_answers.sql",
         include_str!("../../migrations/0008_answers.sql"),
     ),
+    (
+        9,
+        "0009_recovery.sql",
+        include_str!("../../migrations/0009_recovery.sql"),
+    ),
 ];
 
 /// The schema version this binary reads and writes.
@@ -101,10 +108,39 @@ pub enum StoreError {
         found: i64,
         supported: i64,
     },
-    #[error("database: {0}")]
+    /// The file at the configured path is no longer the one this process opened (deleted,
+    /// or replaced by a restore): writing on would go to an unlinked file and be lost.
+    #[error("database {path} {what} while this process had it open; stopping so nothing is written into a file that is gone (start again: the daemon opens the file now at that path and re-links every lead from Partner Center)")]
+    Replaced { path: PathBuf, what: &'static str },
+    #[error("database: {}", describe(.0))]
     Sql(#[from] rusqlite::Error),
     #[error("database worker stopped: {0}")]
     Worker(String),
+}
+
+/// An SQLite error as an operator needs it: a full disk is named as such, with what to do.
+fn describe(e: &rusqlite::Error) -> String {
+    if is_disk_full(e) {
+        format!("DISK FULL: {e} (SQLITE_FULL): the file system holding the database has no space left; free space there (docs/operations.md \"Disk full\") — nothing committed is lost, and the daemon carries on once writes succeed")
+    } else {
+        e.to_string()
+    }
+}
+
+/// SQLITE_FULL: no space on the device (or the database at its page limit).
+pub fn is_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
+}
+
+impl StoreError {
+    /// Whether this is a full disk (see [`is_disk_full`]).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sql(e) | StoreError::Open { source: e, .. } => is_disk_full(e),
+            StoreError::Migration { source, .. } => is_disk_full(source),
+            _ => false,
+        }
+    }
 }
 
 /// Copies the database at `real` to `copy` as one consistent snapshot, even while a daemon
@@ -125,6 +161,26 @@ pub fn snapshot_copy(real: &Path, copy: &Path) -> Result<(), StoreError> {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// Device and inode of the file opened (see [`Store::check_identity`]).
+    identity: Option<FileIdentity>,
+}
+
+/// Which file a path named when it was opened: device and inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileIdentity {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileIdentity {
+    pub fn of(path: &Path) -> std::io::Result<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok(FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
 }
 
 impl Store {
@@ -135,16 +191,24 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let mut writers = writers().lock().unwrap_or_else(|p| p.into_inner());
         let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        if let Some(conn) = writers.get(&key).and_then(std::sync::Weak::upgrade) {
+        // Reused only while the path still names the file that connection opened: a database
+        // deleted or replaced under the daemon gets a new connection, never the stale one.
+        let now = FileIdentity::of(path).ok();
+        let cached = writers
+            .get(&key)
+            .filter(|(_, identity)| now.is_some() && *identity == now)
+            .and_then(|(conn, _)| conn.upgrade());
+        if let Some(conn) = cached {
             return Ok(Store {
                 conn,
                 path: path.to_path_buf(),
+                identity: now,
             });
         }
         let store = Store::open_writer(path)?;
         let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        writers.retain(|_, w| w.strong_count() > 0);
-        writers.insert(key, Arc::downgrade(&store.conn));
+        writers.retain(|_, (w, _)| w.strong_count() > 0);
+        writers.insert(key, (Arc::downgrade(&store.conn), store.identity));
         Ok(store)
     }
 
@@ -181,6 +245,7 @@ impl Store {
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
+            identity: FileIdentity::of(path).ok(),
         })
     }
 
@@ -222,11 +287,32 @@ impl Store {
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
+            identity: FileIdentity::of(path).ok(),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Checks that the configured path still names the file this store opened (same device
+    /// and inode): a deleted database, or one replaced under a running daemon, is an error
+    /// (the daemon stops) instead of writes into an unlinked file that vanish at exit.
+    pub fn check_identity(&self) -> Result<(), StoreError> {
+        let Some(opened) = self.identity else {
+            return Ok(());
+        };
+        let what = match FileIdentity::of(&self.path) {
+            Ok(now) if now == opened => return Ok(()),
+            Ok(_) => "was replaced by another file",
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "was deleted",
+            // Unreadable metadata (a permission change) is not proof of a new file.
+            Err(_) => return Ok(()),
+        };
+        Err(StoreError::Replaced {
+            path: self.path.clone(),
+            what,
+        })
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -254,8 +340,10 @@ impl Store {
     }
 }
 
-/// The writer connection of each database open in this process, by canonical path.
-type Writers = std::collections::HashMap<PathBuf, std::sync::Weak<Mutex<Connection>>>;
+/// The writer connection of each database open in this process, by canonical path, with the
+/// identity of the file it opened.
+type Writers =
+    std::collections::HashMap<PathBuf, (std::sync::Weak<Mutex<Connection>>, Option<FileIdentity>)>;
 
 fn writers() -> &'static Mutex<Writers> {
     static WRITERS: std::sync::OnceLock<Mutex<Writers>> = std::sync::OnceLock::new();
@@ -422,6 +510,63 @@ mod tests {
             .call_blocking(|c| Ok(c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?))
             .unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn a_deleted_or_replaced_file_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path).unwrap();
+        store.check_identity().unwrap();
+        let copy = dir.path().join("copy.db");
+        std::fs::copy(&path, &copy).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let err = store.check_identity().unwrap_err();
+        assert!(err.to_string().contains("was deleted"), "{err}");
+        std::fs::rename(&copy, &path).unwrap();
+        let err = store.check_identity().unwrap_err();
+        assert!(err.to_string().contains("was replaced"), "{err}");
+        let reopened = Store::open(&path).unwrap();
+        assert!(reopened.check_identity().is_ok());
+        // The process's shared writer is not handed back for a replaced file.
+        assert!(!Arc::ptr_eq(&reopened.conn, &store.conn));
+    }
+
+    #[test]
+    fn outbox_ids_are_never_reused_across_the_outbox_rebuilds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            for &(version, _, sql) in MIGRATIONS.iter().filter(|m| m.0 < 8) {
+                conn.execute_batch(sql).unwrap();
+                conn.execute_batch(&format!("PRAGMA user_version = {version}"))
+                    .unwrap();
+            }
+            let tx = conn.transaction().unwrap();
+            for _ in 0..3 {
+                tx.execute(
+                    "INSERT INTO outbox (referral_id, kind, payload, state, next_attempt_at, created_at, updated_at)
+                     VALUES ('r', 'patch_referral', '{}', 'done', 'x', 'x', 'x')",
+                    [],
+                )
+                .unwrap();
+            }
+            tx.execute("DELETE FROM outbox WHERE id = 3", []).unwrap();
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let id: i64 = store
+            .call_blocking(|c| {
+                c.execute(
+                    "INSERT INTO outbox (referral_id, kind, target, payload, state, next_attempt_at, created_at, updated_at)
+                     VALUES ('r', 'adopt_link', 'partners/1/leads/2', '{}', 'pending', 'x', 'x', 'x')",
+                    [],
+                )?;
+                Ok(c.last_insert_rowid())
+            })
+            .unwrap();
+        assert_eq!(id, 4, "id 3 was used once and is never handed out again");
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub const PATCH_OPPORTUNITY: &str = "patch_opportunity";
 /// Accept or decline a referral: its own executor ([`crate::sync::push::answer_referral`]), never
 /// taken by [`take_due`].
 pub const ANSWER_REFERRAL: &str = "answer_referral";
+/// Link a Google record a referral's externalReferenceId names (recovery, migration 0009).
+pub const ADOPT_LINK: &str = "adopt_link";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct OutboxRow {

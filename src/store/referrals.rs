@@ -273,6 +273,28 @@ pub fn count_rejected(conn: &Connection) -> Result<u64, StoreError> {
     )
 }
 
+/// A referral's stored `externalReferenceId` and when this database last saw it change.
+pub type ReferenceAndChange = (Option<String>, DateTime<Utc>);
+
+/// [`ReferenceAndChange`] of one referral (the lead-create guard of recovery: an old copy is
+/// read again before a create).
+pub fn reference_and_change(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<ReferenceAndChange>, StoreError> {
+    let row: Option<(Option<String>, String)> = conn
+        .query_row(
+            "SELECT external_reference_id, last_changed_at FROM referrals WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(row.map(|(reference, changed)| {
+        let changed = crate::microsoft::model::parse_timestamp(&changed).unwrap_or_default();
+        (reference, changed)
+    }))
+}
+
 /// The stored referral as a patch needs it: its status, its eTag (sent as `If-Match`) and
 /// its raw JSON (a value already there is never written).
 pub struct ForPatch {

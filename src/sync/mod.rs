@@ -4,6 +4,7 @@
 //! Accept / decline: the pure decision ([`answer`]) and its executor
 //! ([`push::answer_referral`]).
 
+pub mod adopt;
 pub mod answer;
 pub mod mapping;
 pub mod pull;
@@ -56,6 +57,9 @@ pub struct GoogleSide {
     pub refresh: RefreshSettings,
     /// Log each write instead of sending it.
     pub dry_run: bool,
+    /// When this worker began: a referral copy older than this may predate a restore, so a
+    /// lead create reads the referral again first (see [`adopt::guard_create`]).
+    pub fresh_since: DateTime<Utc>,
 }
 
 /// What a cycle needs: the store and both clients.

@@ -11,7 +11,9 @@ use serde_json::{json, Map, Value};
 use crate::config::{ConflictPolicy, ForwardConfig, GoogleLeadConfig};
 use crate::microsoft::{PatchOp, ReferralStatus, ReferralSubstatus};
 use crate::store::google::{BaseUpdate, SnapshotRow};
-use crate::store::outbox::{CREATE_LEAD, PATCH_OPPORTUNITY, PATCH_REFERRAL};
+use crate::store::outbox::{ADOPT_LINK, CREATE_LEAD, PATCH_OPPORTUNITY, PATCH_REFERRAL};
+
+use super::adopt::{is_google_name, named_record, Named};
 
 /// The policy half of reconcile's input.
 #[derive(Debug, Clone)]
@@ -57,6 +59,11 @@ pub enum Action {
         mask: Vec<String>,
         base_after: BaseUpdate,
     },
+    /// Read the Google record the referral's externalReferenceId names and link it if its
+    /// externalSystemId is this referral (recovery; executed by `adopt`).
+    AdoptLink {
+        name: String,
+    },
 }
 
 impl Action {
@@ -65,6 +72,7 @@ impl Action {
             Action::CreateLead { .. } => CREATE_LEAD,
             Action::PatchReferral { .. } => PATCH_REFERRAL,
             Action::PatchOpportunity { .. } => PATCH_OPPORTUNITY,
+            Action::AdoptLink { .. } => ADOPT_LINK,
         }
     }
 }
@@ -95,6 +103,26 @@ pub fn reconcile(snapshot: &SnapshotRow, policy: &Policy, now: DateTime<Utc>) ->
     let closed = r.status == Some(ReferralStatus::Closed);
     let blocked = |kind: &str| snapshot.blocked_kinds.iter().any(|k| k == kind);
 
+    // Recovery: an unlinked referral that names a Google record of this partner is adopted,
+    // never given a create (a lost or restored database re-links from Partner Center).
+    if snapshot.link.is_none() {
+        match named_record(r.external_reference_id.as_deref(), &policy.partner_id) {
+            Named::Ours(name) => {
+                plan.actions.push(Action::AdoptLink { name });
+                return plan;
+            }
+            Named::OtherPartner(name) => {
+                if forward_chosen(snapshot, &policy.forward) {
+                    plan.forward_blocked = Some(format!(
+                        "its externalReferenceId names {name}, a Google record of another partner than {}; no lead is created over it",
+                        policy.partner_id
+                    ));
+                }
+                return plan;
+            }
+            Named::Nothing => {}
+        }
+    }
     // Forward: a new incoming referral with no Google record and no create ever queued.
     if snapshot.link.is_none()
         && !snapshot.create_exists
@@ -111,13 +139,31 @@ pub fn reconcile(snapshot: &SnapshotRow, policy: &Policy, now: DateTime<Utc>) ->
     };
     let mut writes = Writes::default();
 
-    // Write-back: the referral names its Google record in externalReferenceId.
+    // Write-back: the referral names its Google record in externalReferenceId — unless it
+    // already names one of the linked records, or another Google record (never overwritten:
+    // a conflict for a person).
     let google_ref = link.lead_name.as_ref().or(link.opportunity_name.as_ref());
     if let Some(name) = google_ref {
-        if !closed && r.external_reference_id.as_ref() != Some(name) {
-            writes
+        let current = r
+            .external_reference_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty());
+        let linked = |c: &str| {
+            link.lead_name.as_deref() == Some(c) || link.opportunity_name.as_deref() == Some(c)
+        };
+        match current {
+            Some(c) if linked(c) => {}
+            Some(c) if is_google_name(c) => plan.conflicts.push(Conflict {
+                field: "externalReferenceId",
+                microsoft: c.to_string(),
+                google: name.clone(),
+                base: show::<String>(None),
+            }),
+            _ if !closed => writes
                 .ms_ops
-                .push(PatchOp::replace("/externalReferenceId", name.as_str()));
+                .push(PatchOp::replace("/externalReferenceId", name.as_str())),
+            _ => {}
         }
     }
 
@@ -587,6 +633,73 @@ mod tests {
         );
         assert!(p.actions.is_empty());
         assert!(p.forward_blocked.unwrap().contains("product family"));
+    }
+
+    #[test]
+    fn an_unlinked_referral_that_names_our_record_is_adopted_never_created() {
+        for (status, substatus, name) in [
+            ("New", "Pending", LEAD),
+            ("Active", "Accepted", OPP),
+            ("New", "Received", LEAD),
+        ] {
+            let mut s = unlinked(referral(status, substatus, Some(name), 100.0, CLOSE));
+            for create_exists in [false, true] {
+                s.create_exists = create_exists;
+                assert_eq!(
+                    plan(&s, ConflictPolicy::Manual).actions,
+                    vec![Action::AdoptLink { name: name.into() }],
+                    "{status}/{substatus} names {name} (create exists: {create_exists})"
+                );
+            }
+        }
+        // Another partner's record: no create over it, and a reason for a person.
+        let s = unlinked(referral(
+            "New",
+            "Pending",
+            Some("partners/999/leads/1"),
+            100.0,
+            CLOSE,
+        ));
+        let p = plan(&s, ConflictPolicy::Manual);
+        assert!(p.actions.is_empty(), "{p:?}");
+        assert!(p.forward_blocked.unwrap().contains("another partner"));
+        // Some other system's reference is not a Google name: the lead is created as before.
+        let s = unlinked(referral("New", "Pending", Some("CRM-77"), 100.0, CLOSE));
+        assert!(matches!(
+            plan(&s, ConflictPolicy::Manual).actions[..],
+            [Action::CreateLead { .. }]
+        ));
+    }
+
+    #[test]
+    fn write_back_never_overwrites_another_google_name() {
+        let other = "partners/1/leads/99";
+        let s = linked(
+            referral("New", "Pending", Some(other), 100.0, CLOSE),
+            None,
+            None,
+        );
+        let p = plan(&s, ConflictPolicy::Microsoft);
+        assert!(p.actions.is_empty(), "{p:?}");
+        assert_eq!(p.conflicts[0].field, "externalReferenceId");
+        assert_eq!(p.conflicts[0].microsoft, other);
+        // The linked opportunity's name is as good as the lead's.
+        let s = linked(
+            referral("Active", "Accepted", Some(OPP), 100.0, CLOSE),
+            Some(opp("SALES_STAGE_QUALIFY", 100.0, D, "r1")),
+            base(100.0, D),
+        );
+        assert_eq!(plan(&s, ConflictPolicy::Manual), Plan::default());
+        // A non-Google value is replaced as before.
+        let s = linked(
+            referral("New", "Pending", Some("CRM-77"), 100.0, CLOSE),
+            None,
+            None,
+        );
+        assert!(matches!(
+            &plan(&s, ConflictPolicy::Manual).actions[..],
+            [Action::PatchReferral { ops, .. }] if ops[0].value == LEAD
+        ));
     }
 
     #[test]

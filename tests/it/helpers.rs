@@ -235,6 +235,7 @@ async fn in_process(cli: Cli, file: &Path) -> cmd::Outcome {
             json,
         } => cmd::audit(&config, referral.as_deref(), since, limit, json),
         Command::Outbox { action } => cmd::outbox(&config, action),
+        Command::Backup { path } => cmd::backup(&config, &path),
         Command::Alerts {
             action: AlertsCommand::Test,
         } => cmd::alerts_test(&config).await,

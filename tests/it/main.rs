@@ -20,6 +20,7 @@ mod lanes;
 mod limits;
 mod logs;
 mod metrics;
+mod recovery;
 mod routing;
 mod serve;
 mod service_level;

@@ -137,12 +137,21 @@ pub(super) async fn execute(
                 return finish(store, row.id, outcome, None, None).await;
             }
         };
-        if google.dry_run {
+        // An adoption only reads Google: a dry run does it too (into the throw-away copy).
+        if google.dry_run && !matches!(action, Action::AdoptLink { .. }) {
             return dry_run(store, row, &action).await;
         }
         match action {
             Action::CreateLead { lead } => {
+                let ms = (microsoft, microsoft_retry);
+                let guard = crate::sync::adopt::guard_create(store, ms, google, &row).await?;
+                if let Some(outcome) = guard {
+                    return Ok(outcome);
+                }
                 create_lead(store, google, cycle_id, row, &run.stop, lead).await
+            }
+            Action::AdoptLink { name } => {
+                crate::sync::adopt::adopt_link(store, google, row, name).await
             }
             Action::PatchReferral { ops, base_after } => {
                 let referral = (microsoft, microsoft_retry, run);
@@ -175,6 +184,7 @@ pub(super) async fn dry_run(
     action: &Action,
 ) -> Result<Outcome, StoreError> {
     let (method, path, summary) = match action {
+        Action::AdoptLink { name } => ("GET", format!("/v1/{name}"), String::new()),
         Action::CreateLead { lead } => (
             "POST",
             "/v1/partners/{partner}/leads".to_string(),
@@ -234,7 +244,7 @@ pub(super) fn record_done(
 }
 
 /// Records the outcome (and an optional extra write in the same transaction).
-pub(super) async fn finish(
+pub(in crate::sync) async fn finish(
     store: &Store,
     id: i64,
     outcome: Outcome,
@@ -295,7 +305,7 @@ pub(super) fn retry_at(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
 }
 
 /// The failure outcome for a call that can be repeated safely.
-pub(super) fn failure(row: &OutboxRow, e: &ApiError, schedule: &Schedule) -> Outcome {
+pub(in crate::sync) fn failure(row: &OutboxRow, e: &ApiError, schedule: &Schedule) -> Outcome {
     let error = e.to_string();
     if (e.is_transient() || e.is_auth()) && row.attempts < schedule.max_attempts {
         Outcome::Retry {

@@ -42,6 +42,8 @@ use execute::*;
 use patch_opportunity::*;
 use patch_referral::*;
 pub use plan::{decode, encode, plan_all, plan_one, plan_queued};
+// Recovery (`sync::adopt`) records its outcomes the way every action does.
+pub(in crate::sync) use execute::{failure, finish};
 
 /// The outbox's retry schedule across attempts (and cycles).
 #[derive(Debug, Clone, Copy)]
@@ -126,6 +128,9 @@ mod tests {
 
     fn actions() -> Vec<Action> {
         vec![
+            Action::AdoptLink {
+                name: "partners/1/leads/2".into(),
+            },
             Action::CreateLead {
                 lead: json!({"externalSystemId": "r-1", "customer": {"organizationName": "AT&T"}}),
             },

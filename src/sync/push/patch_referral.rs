@@ -23,6 +23,10 @@ pub(super) async fn patch_referral(
     if status.as_deref() == Some(ReferralStatus::Closed.as_str()) {
         return supersede(store, row.id, "referral is Closed; never written").await;
     }
+    // Never a name of another Google record overwritten (recovery, issue 15).
+    if let Some(reason) = crate::sync::adopt::reference_kept(&raw, &ops) {
+        return supersede(store, row.id, &reason).await;
+    }
     // Never a write whose value is already there.
     let ops: Vec<PatchOp> = ops
         .into_iter()

@@ -129,6 +129,7 @@ pub(super) fn apply_plan(
     for action in &plan.actions {
         let target = match action {
             Action::CreateLead { .. } => None,
+            Action::AdoptLink { name } => Some(name.clone()),
             Action::PatchReferral { .. } => Some(referral_id.to_string()),
             Action::PatchOpportunity { name, .. } => Some(name.clone()),
         };
