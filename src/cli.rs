@@ -109,6 +109,20 @@ pub enum Command {
         #[arg(long, default_value_t = 240)]
         referrals: usize,
     },
+    /// Serve the simulator of both clouds with sample data until stopped, to rehearse an
+    /// install: it prints the config keys that point at it.
+    Sim {
+        /// The address to listen on (plain HTTP; keep it on a loopback).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8600")]
+        listen: std::net::SocketAddr,
+        /// How many sample referrals the simulated inbox holds.
+        #[arg(long, default_value_t = 240)]
+        referrals: usize,
+        /// Write the secret files the printed keys name (microsoft-client-secret,
+        /// google-key.json, mode 0600) into this directory.
+        #[arg(long, value_name = "DIR")]
+        credentials_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -44,6 +44,19 @@ async fn dispatch(cli: Cli) -> Outcome {
         // The demo installs its own subscriber, logging to a file beside its state.
         return cmd::demo(referrals).await;
     }
+    if let Command::Sim {
+        listen,
+        referrals,
+        credentials_dir,
+    } = cli.command
+    {
+        return cmd::sim(cosell_sync::sim::standalone::Options {
+            listen,
+            referrals,
+            credentials_dir,
+        })
+        .await;
+    }
     let config = match &cli.command {
         Command::Auth {
             action: AuthCommand::Microsoft,
@@ -83,7 +96,7 @@ async fn dispatch(cli: Cli) -> Outcome {
         Command::Outbox { action } => cmd::outbox(&config, action),
         Command::Sync { .. } => cmd::sync(config).await,
         Command::Run { .. } => cmd::run(config, &file, dry_run).await,
-        Command::Demo { referrals } => cmd::demo(referrals).await,
+        Command::Demo { .. } | Command::Sim { .. } => unreachable!("handled before the config"),
         Command::Man | Command::Completions { .. } => unreachable!("handled in main"),
         Command::Webhook { action } => {
             cosell_sync::webhook::registration::command(&config, action).await

@@ -150,7 +150,9 @@ fn secret_files_are_read_and_relative_ones_come_from_credentials_directory() {
         let creds = jail.directory().join("creds");
         std::fs::create_dir_all(&creds).unwrap();
         std::fs::write(creds.join("ms-secret"), "secret-from-credential\n").unwrap();
-        jail.create_file("beside-config", "secret-beside-config\n")?;
+        jail.create_file("beside-config", "not this one\n")?;
+        std::fs::create_dir_all(jail.directory().join("credentials")).unwrap();
+        jail.create_file("credentials/beside-config", "secret-beside-config\n")?;
         let base = GOOD.replace(
             "client_secret = \"s3cret-inline\"",
             "client_secret_file = \"ms-secret\"",
@@ -163,7 +165,8 @@ fn secret_files_are_read_and_relative_ones_come_from_credentials_directory() {
             "secret-from-credential"
         );
 
-        // Without CREDENTIALS_DIRECTORY a relative path is taken beside the config file.
+        // Without CREDENTIALS_DIRECTORY a relative path is taken in `credentials/` beside the
+        // config file: the directory the unit's LoadCredential= lines copy from.
         jail.set_env("CREDENTIALS_DIRECTORY", "");
         jail.create_file("config.toml", &base.replace("ms-secret", "beside-config"))?;
         let config = load(jail).unwrap();

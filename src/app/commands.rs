@@ -354,3 +354,14 @@ pub async fn demo(referrals: usize) -> Outcome {
         .map_err(|e| AppError::Refused(format!("demo failed: {e:#}")))?;
     Ok(Printed::ok(""))
 }
+
+/// `sim --listen ADDR`: the simulator as a process of its own, until SIGTERM or SIGINT.
+pub async fn sim(options: crate::sim::standalone::Options) -> Outcome {
+    let stop = tokio_util::sync::CancellationToken::new();
+    scheduler::cancel_on_signals(stop.clone())
+        .map_err(|e| AppError::Refused(format!("cannot install signal handlers: {e}")))?;
+    let bye = crate::sim::standalone::serve(&options, stop)
+        .await
+        .map_err(|e| AppError::Refused(format!("sim: {e:#}")))?;
+    Ok(Printed::ok(bye))
+}

@@ -45,7 +45,7 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
 
     let mut app = App::build(config.clone())?;
     app.become_worker()?;
-    let cycles = story(&sim, &app).await?;
+    let cycles = story(&sim, &app, story_referral(referrals)).await?;
 
     println!("6. Partner Center webhooks ([webhook]): a new referral arrives as a signed event;");
     println!("   the receiver verifies it, stores it, and forwards it at once, without a cycle:");
@@ -75,7 +75,17 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
 }
 
 /// The five steps of the story, each a real cycle against the simulator.
-async fn story(sim: &Simulator, app: &App) -> anyhow::Result<Vec<CycleReport>> {
+/// The referral the story follows: number 10, or the last plain Pending one of a small inbox
+/// (the first five are the threshold, expired and explicit-expiry cases).
+fn story_referral(referrals: usize) -> usize {
+    if referrals > 10 {
+        10
+    } else {
+        referrals.max(5) - 1
+    }
+}
+
+async fn story(sim: &Simulator, app: &App, sample: usize) -> anyhow::Result<Vec<CycleReport>> {
     let mut cycles = Vec::new();
 
     println!("1. First cycle: pull the inbox, create one Google lead per Pending referral, write");
@@ -85,7 +95,7 @@ async fn story(sim: &Simulator, app: &App) -> anyhow::Result<Vec<CycleReport>> {
     }]);
     cycles.push(step(app).await);
     println!("   (the first request got 429 Retry-After: 1; the client waited and went on)");
-    let sample_id = sample::referral_id(10);
+    let sample_id = sample::referral_id(sample);
     let lead_name = sim
         .referral(&sample_id)
         .and_then(|r| r["externalReferenceId"].as_str().map(str::to_string))

@@ -17,4 +17,5 @@ mod lanes;
 mod limits;
 mod logs;
 mod metrics;
+mod sim;
 mod webhook;
