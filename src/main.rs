@@ -57,12 +57,7 @@ async fn dispatch(cli: Cli) -> Outcome {
         })
         .await;
     }
-    let config = match &cli.command {
-        Command::Auth {
-            action: AuthCommand::Microsoft,
-        } => cmd::load_config_for_auth(&file)?,
-        _ => cmd::load_config(&file, dry_run)?,
-    };
+    let config = cmd::load_config_for(&cli.command, &file, dry_run)?;
     telemetry::init(config.log.format, &config.log.level);
     match cli.command {
         Command::CheckConfig => cmd::check_config(&config, &file),

@@ -45,6 +45,43 @@ pub fn load_config(file: &Path, force_dry_run: bool) -> Result<Config, AppError>
     Ok(config)
 }
 
+/// The configuration as `command` needs it: the commands that only read the database load
+/// no secret (they never use one), `check-config` and `auth microsoft` need no refresh token
+/// yet, every other command needs everything.
+pub fn load_config_for(
+    command: &crate::cli::Command,
+    file: &Path,
+    force_dry_run: bool,
+) -> Result<Config, AppError> {
+    use crate::cli::{AlertsCommand, AuthCommand, Command};
+    let read_only = matches!(
+        command,
+        Command::Status { .. }
+            | Command::Audit { .. }
+            | Command::Alerts {
+                action: AlertsCommand::List { .. }
+            }
+            | Command::Outbox {
+                action: None | Some(OutboxCommand::List { .. })
+            }
+    );
+    if read_only {
+        return Config::load_read_only(file)
+            .map(|l| l.config)
+            .map_err(|errors| AppError::InvalidConfig {
+                file: file.to_path_buf(),
+                errors,
+            });
+    }
+    match command {
+        Command::CheckConfig
+        | Command::Auth {
+            action: AuthCommand::Microsoft,
+        } => load_config_for_auth(file),
+        _ => load_config(file, force_dry_run),
+    }
+}
+
 /// For `auth microsoft`, which runs before there is a refresh token.
 pub fn load_config_for_auth(file: &Path) -> Result<Config, AppError> {
     Config::load_for_auth(file)

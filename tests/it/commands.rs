@@ -276,3 +276,36 @@ async fn the_demo_tells_its_story_without_log_lines_and_says_when_it_cuts() {
     sorted.sort_by_key(|s| *s != "critical");
     assert_eq!(severities, sorted, "{text}");
 }
+
+/// Root's shell on the documented layout: the read-only commands never read a secret they do
+/// not use, so a secret file they cannot see (handed to the service by `LoadCredential=`) is
+/// no reason to fail; the commands that talk to the clouds still need it.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_commands_work_without_the_secret_files() {
+    let env = TestEnv::new().await;
+    assert!(env.run(&["sync"]).await.status.success());
+    let secret = env.sim.state.credentials.client_secret.clone();
+    env.edit_config(|t| {
+        t.replace(
+            &format!("client_secret = \"{secret}\""),
+            "client_secret_file = \"not-here\"",
+        )
+    });
+    for args in [
+        &["status"][..],
+        &["alerts", "list"],
+        &["outbox", "list"],
+        &["outbox"],
+        &["audit"],
+    ] {
+        let out = env.run(args).await;
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let out = env.run(&["sync"]).await;
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out).contains("microsoft.client_secret_file: cannot read"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -195,3 +195,52 @@ fn the_units_documentation_is_installed_by_the_readme() {
     // The unit does not override the config's state.path behind the operator's back.
     assert!(!unit.contains("COSELL_STATE__PATH"), "{unit}");
 }
+
+/// `auth check` in a root shell rotates the refresh token into the service's state directory:
+/// the new file must stay the service's, or the next start fails "permission denied" for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_check_as_root_leaves_the_rotated_token_to_the_state_directorys_owner() {
+    if !can_switch_user() {
+        eprintln!("SKIPPED: needs root (CAP_SETUID) to own the state directory as nobody");
+        return;
+    }
+    let env = crate::helpers::TestEnv::new().await;
+    set_mode(env.dir.path(), 0o755);
+    let state = env.dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    set_mode(&state, 0o700);
+    chown(&state, Some(NOBODY), Some(NOBODY)).unwrap();
+    let db = env.state_db().display().to_string();
+    let moved = state.join("state.db").display().to_string();
+    env.edit_config(|text| text.replace(&db, &moved));
+    set_mode(&env.config, 0o644);
+
+    let out = env.cli(&["auth", "check"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let token = state.join("microsoft-refresh-token");
+    let meta = std::fs::metadata(&token).expect("the rotated token is stored");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (NOBODY, 0o600));
+
+    // The service (nobody) goes on with the token root's check left it.
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("sync")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir("/")
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
