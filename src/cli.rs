@@ -109,6 +109,16 @@ pub enum Command {
         #[arg(long, default_value_t = 240)]
         referrals: usize,
     },
+    /// Reload the running daemon's configuration (SIGHUP) and wait for its answer: exits 0
+    /// when it reloaded, 1 when it refused (the reason is printed) — the unit's ExecReload=.
+    Reload {
+        /// The daemon's process id (`$MAINPID` in the unit).
+        #[arg(long)]
+        pid: i32,
+        /// How long to wait for the answer, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
     /// Serve the simulator of both clouds with sample data until stopped, to rehearse an
     /// install: it prints the config keys that point at it.
     Sim {

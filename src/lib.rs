@@ -15,6 +15,7 @@
 //! - [`render`]: every command's tables and JSON, in one place.
 //! - [`timefmt`]: one time format for people (`2026-12-01 14:05 UTC`, `2 d 12 h`), pure.
 //! - [`scheduler`]: the cron job, the no-overlap guard, SIGHUP reload, shutdown with a grace period.
+//! - [`reload`]: `cosell-sync reload`: SIGHUP to the daemon and its answer (`ExecReload=`).
 //! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG, STOPPING) without libsystemd.
 //! - [`health`]: liveness per lane (plain data in, no import of `app`), the `/metrics` +
 //!   `/healthz` endpoint.
@@ -49,6 +50,7 @@ pub mod http;
 pub mod lanes;
 pub mod metrics;
 pub mod microsoft;
+pub mod reload;
 pub mod render;
 pub mod scheduler;
 pub mod sim;

@@ -89,6 +89,7 @@ async fn dispatch(cli: Cli) -> Outcome {
             json,
         } => cmd::audit(&config, referral.as_deref(), since, limit, json),
         Command::Outbox { action } => cmd::outbox(&config, action),
+        Command::Reload { pid, wait } => cmd::reload(&config, pid, wait),
         Command::Sync { .. } => cmd::sync(config).await,
         Command::Run { .. } => cmd::run(config, &file, dry_run).await,
         Command::Demo { .. } | Command::Sim { .. } => unreachable!("handled before the config"),

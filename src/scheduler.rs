@@ -132,7 +132,12 @@ async fn serve_reloads(
         tokio::select! {
             _ = daemon.shutdown.cancelled() => return Ok(()),
             _ = hangup.recv() => {
-                match reload_app(daemon, reload) {
+                let outcome = reload_app(daemon, reload);
+                crate::reload::record(
+                    &daemon.app().config.state.path,
+                    &outcome.as_ref().map(|_| ()).map_err(Clone::clone),
+                );
+                match outcome {
                     Ok(schedule_changed) => {
                         if schedule_changed {
                             if let Err(e) = scheduler.remove(&job_id).await {

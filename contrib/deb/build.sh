@@ -91,7 +91,7 @@ Version: $deb_version
 Architecture: $arch
 Maintainer: cosell-sync maintainers <cosell-sync@users.noreply.github.com>
 Installed-Size: $installed_size
-Depends: $depends, systemd (>= 239)
+Depends: $depends, systemd (>= 239), init-system-helpers (>= 1.52)
 Section: net
 Priority: optional
 Description: sync Microsoft co-sell referrals with Google Cloud partner leads
@@ -106,5 +106,5 @@ EOF
 chmod 0644 "$stage/DEBIAN/md5sums" "$stage/DEBIAN/control" "$stage/DEBIAN/conffiles"
 
 deb="$out/cosell-sync_${deb_version}_${arch}.deb"
-dpkg-deb --root-owner-group -Zxz --build "$stage" "$deb" >/dev/null
+dpkg-deb --root-owner-group -Zgzip --build "$stage" "$deb" >/dev/null
 echo "$deb"

@@ -57,6 +57,7 @@ pub fn load_config_for(
     let read_only = matches!(
         command,
         Command::Status { .. }
+            | Command::Reload { .. }
             | Command::Audit { .. }
             | Command::Alerts {
                 action: AlertsCommand::List { .. }
@@ -401,4 +402,20 @@ pub async fn sim(options: crate::sim::standalone::Options) -> Outcome {
         .await
         .map_err(|e| AppError::Refused(format!("sim: {e:#}")))?;
     Ok(Printed::ok(bye))
+}
+
+/// `reload --pid PID`: SIGHUP, then the daemon's answer; 1 when it refused the new config.
+pub fn reload(config: &Config, pid: i32, wait_secs: u64) -> Outcome {
+    let answer = crate::reload::request(
+        &config.state.path,
+        pid,
+        std::time::Duration::from_secs(wait_secs),
+    )
+    .map_err(AppError::Refused)?;
+    match answer {
+        crate::reload::Answer::Reloaded => Ok(Printed::ok("configuration reloaded\n")),
+        crate::reload::Answer::Refused(why) => Err(AppError::Refused(format!(
+            "reload refused; the daemon keeps its running configuration:\n{why}"
+        ))),
+    }
 }
