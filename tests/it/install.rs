@@ -244,3 +244,60 @@ async fn auth_check_as_root_leaves_the_rotated_token_to_the_state_directorys_own
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The unit as docs/operations.md promises it: a start that keeps failing can trip the start
+/// limit, the reload reports refusals, and no optional secret is a required credential.
+#[test]
+fn the_unit_stops_restart_loops_and_reports_refused_reloads() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let unit = std::fs::read_to_string(format!("{root}/systemd/cosell-sync.service")).unwrap();
+    let value = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::to_string)
+            .collect()
+    };
+    let secs = |text: &str| -> u64 {
+        let (n, unit) = text.split_at(
+            text.find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(text.len()),
+        );
+        n.parse::<u64>().unwrap()
+            * match unit {
+                "min" => 60,
+                "s" | "" => 1,
+                u => panic!("unit {u}"),
+            }
+    };
+    let burst: u64 = value("StartLimitBurst")[0].parse().unwrap();
+    let interval = secs(&value("StartLimitIntervalSec")[0]);
+    let restart = secs(&value("RestartSec")[0]);
+    // Each failed start takes up to ~90 s of first-token retries, then RestartSec.
+    assert!(
+        burst * (restart + 90) < interval,
+        "{burst} starts of up to {}s never fit in {interval}s: the limit never trips",
+        restart + 90
+    );
+    assert!(
+        value("ExecReload")[0].contains("reload --pid $MAINPID"),
+        "{unit}"
+    );
+    let credentials = value("LoadCredential");
+    assert_eq!(
+        credentials,
+        ["microsoft-client-secret:/etc/cosell-sync/credentials/microsoft-client-secret"],
+        "only the always-needed secret is a required credential"
+    );
+    // The docs give the optional lines and the package's path.
+    let ops = std::fs::read_to_string(format!("{root}/docs/operations.md")).unwrap();
+    for line in [
+        "LoadCredential=google-key.json:/etc/cosell-sync/credentials/google-key.json",
+        "LoadCredential=microsoft-refresh-token:/etc/cosell-sync/credentials/microsoft-refresh-token",
+        "/usr/bin/cosell-sync --config /etc/cosell-sync/config.toml auth microsoft",
+    ] {
+        assert!(ops.contains(line), "docs/operations.md lacks {line}");
+    }
+    // The real-systemd test runs the documented first sign-in.
+    let test = std::fs::read_to_string(format!("{root}/contrib/systemd-test/run.sh")).unwrap();
+    assert!(test.contains("--property=LoadCredential=microsoft-client-secret:/etc/cosell-sync/credentials/microsoft-client-secret"));
+}
