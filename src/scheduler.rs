@@ -298,7 +298,7 @@ async fn refresh_lane(daemon: Arc<Daemon>) {
             match crate::lanes::full_plan(&app.cycle).await {
                 Ok(planned) if planned.queued > 0 => daemon.wake.notify_one(),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "periodic full plan failed"),
+                Err(e) => tracing::warn!(error = %e, "periodic full plan failed: {e}"),
             }
             last_full_plan = Instant::now();
         }
