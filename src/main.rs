@@ -94,8 +94,6 @@ async fn dispatch(cli: Cli) -> Outcome {
         Command::Run { .. } => cmd::run(config, &file, dry_run).await,
         Command::Demo { .. } | Command::Sim { .. } => unreachable!("handled before the config"),
         Command::Man | Command::Completions { .. } => unreachable!("handled in main"),
-        Command::Webhook { action } => {
-            cosell_sync::webhook::registration::command(&config, action).await
-        }
+        Command::Webhook { action } => cmd::webhook(&config, action).await,
     }
 }
