@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 #[command(
     name = "cosell-sync",
     version,
+    max_term_width = 80,
     about = "Keeps Microsoft co-sell referrals and Google Cloud partner leads in step, and warns before referrals expire."
 )]
 pub struct Cli {

@@ -269,7 +269,8 @@ async fn the_demo_tells_its_story_without_log_lines_and_says_when_it_cuts() {
         .lines()
         .skip_while(|l| !l.starts_with("Alerts raised"))
         .skip(1)
-        .take_while(|l| l.starts_with("  critical") || l.starts_with("  warning"))
+        .take_while(|l| !l.is_empty())
+        .filter(|l| l.starts_with("  critical") || l.starts_with("  warning"))
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
     let mut sorted = severities.clone();
@@ -308,4 +309,58 @@ async fn read_only_commands_work_without_the_secret_files() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Every line a person reads in a terminal fits 80 columns: each command's `--help`, `status`,
+/// `alerts list` and the demo's story.
+#[tokio::test(flavor = "multi_thread")]
+async fn help_status_alerts_and_demo_fit_80_columns() {
+    fn too_wide(what: &str, text: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| l.chars().count() > 80)
+            .map(|l| format!("{what}: {} columns: {l}", l.chars().count()))
+            .collect()
+    }
+    fn paths(cmd: &clap::Command, prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(prefix.clone());
+        for sub in cmd.get_subcommands() {
+            let mut path = prefix.clone();
+            path.push(sub.get_name().to_string());
+            paths(sub, path, out);
+        }
+    }
+    let mut wide = Vec::new();
+    let mut all = Vec::new();
+    paths(
+        &<cosell_sync::cli::Cli as clap::CommandFactory>::command(),
+        vec![],
+        &mut all,
+    );
+    for path in all {
+        let mut args = path.clone();
+        args.push("--help".into());
+        let out = std::process::Command::new(crate::helpers::BIN)
+            .args(&args)
+            .output()
+            .unwrap();
+        wide.extend(too_wide(&args.join(" "), &stdout(&out)));
+    }
+
+    let env = TestEnv::with_google("").await;
+    env.sim
+        .put_referrals(sample::demo_set(30, chrono::Utc::now()));
+    assert!(env.run(&["sync"]).await.status.success());
+    for args in [&["status"][..], &["alerts", "list"]] {
+        let out = env.run(args).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        wide.extend(too_wide(&args.join(" "), &stdout(&out)));
+    }
+    let out = tokio::process::Command::new(crate::helpers::BIN)
+        .args(["demo", "--referrals", "30"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    wide.extend(too_wide("demo", &stdout(&out)));
+    assert!(wide.is_empty(), "{}", wide.join("\n"));
 }
