@@ -364,3 +364,18 @@ async fn help_status_alerts_and_demo_fit_80_columns() {
     wide.extend(too_wide("demo", &stdout(&out)));
     assert!(wide.is_empty(), "{}", wide.join("\n"));
 }
+
+/// `[refresh] reads_per_hour = 0` with Google on would never re-read an opportunity, so a
+/// won or lost stage would never reach Partner Center: refused, with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn zero_google_reads_per_hour_is_refused_with_the_reason() {
+    let env = TestEnv::with_google("").await;
+    env.edit_config(|t| t.replace("[refresh]\n", "[refresh]\nreads_per_hour = 0\n"));
+    let out = env.run(&["check-config"]).await;
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out).contains("refresh.reads_per_hour") && stderr(&out).contains("Partner Center"),
+        "{}",
+        stderr(&out)
+    );
+}
