@@ -216,3 +216,17 @@ fn redacted_output_never_shows_secrets() {
         Ok(())
     });
 }
+
+#[test]
+fn stray_cosell_variables_that_are_not_keys_leave_the_config_valid() {
+    Jail::expect_with(|jail| {
+        jail.create_file("config.toml", GOOD)?;
+        jail.set_env("COSELL_LOG", "debug");
+        jail.set_env("COSELL_CONFIG", "/somewhere/else.toml");
+        jail.set_env("COSELL_SOMETHING", "1");
+        jail.set_env("COSELL_LOG__LEVEL", "debug");
+        let config = load(jail).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.log.level, "debug", "a real key still applies");
+        Ok(())
+    });
+}

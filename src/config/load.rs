@@ -77,7 +77,7 @@ impl Config {
         check_readable(file)?;
         let figment = Figment::new()
             .merge(Toml::file_exact(file))
-            .merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__"));
+            .merge(config_env());
         Self::from_figment_checked(figment, file, needs)
     }
 
@@ -104,6 +104,15 @@ impl Config {
             file: file.to_path_buf(),
         })
     }
+}
+
+/// `COSELL_SECTION__KEY` variables. Only names with a `__` are config keys (every key is in a
+/// section): a stray `COSELL_LOG=debug` or `COSELL_CONFIG` is someone else's variable, not a
+/// broken `[log]` table, and must not make the configuration invalid.
+fn config_env() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .filter(|key| key.as_str().contains("__"))
+        .split("__")
 }
 
 /// Converts figment's error list into key-named errors.
