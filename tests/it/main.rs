@@ -17,5 +17,7 @@ mod lanes;
 mod limits;
 mod logs;
 mod metrics;
+mod routing;
+mod service_level;
 mod sim;
 mod webhook;
