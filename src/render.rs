@@ -184,14 +184,16 @@ fn service_level(
     let _ = writeln!(out, "  expired unanswered: {}", s.expired);
     if s.nearest_deadlines.is_empty() {
         let _ = writeln!(out, "  nearest deadlines: none waiting");
+    } else {
+        let _ = writeln!(out, "  nearest deadlines:");
     }
-    for (i, n) in s.nearest_deadlines.iter().enumerate() {
+    // 80 columns: the referral id stays whole (it is what `status --referral` takes).
+    for n in &s.nearest_deadlines {
         let _ = writeln!(
             out,
-            "  {:<19} {:<11} {:<28} {}",
-            if i == 0 { "nearest deadlines:" } else { "" },
+            "    {:<11} {:<26} {}",
             time_left(n.deadline - now),
-            truncate(n.customer.as_deref().unwrap_or("?"), 28),
+            truncate(n.customer.as_deref().unwrap_or("?"), 26),
             n.referral_id
         );
     }
@@ -374,14 +376,14 @@ fn last_cycles(out: &mut String, report: &StatusReport) {
     } else {
         let _ = writeln!(
             out,
-            "  UTC          OUTCOME PAGES   NEW CHANGED REJECTED WRITTEN FAILED"
+            "  STARTED               OUTCOME PAGES   NEW CHANGED REJECTED WRITTEN FAILED"
         );
     }
     for c in &report.last_cycles {
         let _ = writeln!(
             out,
             "  {}  {:<7} {:>5} {:>5} {:>7} {:>8} {:>7} {:>6}{}",
-            c.started_at.format("%m-%d %H:%M"),
+            human(c.started_at),
             c.outcome,
             c.pages,
             c.referrals_new,
