@@ -9,6 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 #[command(
     name = "cosell-sync",
     version,
+    max_term_width = 80,
     about = "Keeps Microsoft co-sell referrals and Google Cloud partner leads in step, and warns before referrals expire."
 )]
 pub struct Cli {
@@ -150,6 +151,30 @@ pub enum Command {
         /// How many sample referrals the simulated inbox holds.
         #[arg(long, default_value_t = 240)]
         referrals: usize,
+    },
+    /// Reload the running daemon's configuration (SIGHUP) and wait for its answer: exits 0
+    /// when it reloaded, 1 when it refused (the reason is printed) — the unit's ExecReload=.
+    Reload {
+        /// The daemon's process id (`$MAINPID` in the unit).
+        #[arg(long)]
+        pid: i32,
+        /// How long to wait for the answer, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Serve the simulator of both clouds with sample data until stopped, to rehearse an
+    /// install: it prints the config keys that point at it.
+    Sim {
+        /// The address to listen on (plain HTTP; keep it on a loopback).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8600")]
+        listen: std::net::SocketAddr,
+        /// How many sample referrals the simulated inbox holds.
+        #[arg(long, default_value_t = 240)]
+        referrals: usize,
+        /// Write the secret files the printed keys name (microsoft-client-secret,
+        /// google-key.json, mode 0600) into this directory.
+        #[arg(long, value_name = "DIR")]
+        credentials_dir: Option<PathBuf>,
     },
 }
 

@@ -30,10 +30,29 @@ pub fn run(command: &Command) -> Option<i32> {
     }
 }
 
+const BIN: &str = "cosell-sync";
+
 /// Writes the completion script for `shell` to `out`.
 pub fn completions(shell: Shell, out: &mut dyn Write) {
     let mut command = Cli::command();
-    clap_complete::generate(shell, &mut command, "cosell-sync", out);
+    if shell != Shell::Bash {
+        clap_complete::generate(shell, &mut command, BIN, out);
+        return;
+    }
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, BIN, &mut script);
+    let script = fix_bash_state_names(&String::from_utf8_lossy(&script));
+    let _ = out.write_all(script.as_bytes());
+}
+
+/// clap_complete's bash script (4.6, clap-rs/clap#6421, #6529; unfixed upstream) names its
+/// states two ways when the binary's name has a hyphen: the dispatch loop sets
+/// `cosell__sync__subcmd__outbox`, the case arms wait for `cosell__subcmd__sync__subcmd__outbox`,
+/// so nothing completes after the first word. The arms are renamed to the loop's spelling.
+fn fix_bash_state_names(script: &str) -> String {
+    let loop_name = BIN.replace('-', "__");
+    let arm_name = BIN.replace('-', "__subcmd__");
+    script.replace(&format!("{arm_name}__"), &format!("{loop_name}__"))
 }
 
 /// Writes the man page, cosell-sync(1), in roff to `out`: the clap text of every command,
@@ -227,6 +246,74 @@ mod tests {
             "no pages that do not exist"
         );
         assert!(roff.contains(".SH EXIT STATUS") && roff.contains("\\fB78\\fR"));
+    }
+
+    /// What bash offers for `words` (the last one is being completed), with the script sourced
+    /// exactly as bash-completion would.
+    fn bash_complete(script: &std::path::Path, words: &[&str]) -> Vec<String> {
+        let array: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let program = format!(
+            "source '{}'; f=$(complete -p cosell-sync | sed -n 's/.*-F \\([^ ]*\\).*/\\1/p'); \
+             COMP_WORDS=({}); COMP_CWORD={}; COMP_LINE='{}'; COMP_POINT=${{#COMP_LINE}}; \
+             \"$f\" cosell-sync '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display(),
+            array.join(" "),
+            words.len() - 1,
+            words.join(" "),
+            words[words.len() - 1],
+            words[words.len() - 2],
+        );
+        let out = std::process::Command::new("bash")
+            .args(["--norc", "-c", &program])
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn bash_completes_beyond_the_first_word() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cosell-sync.bash");
+        let mut out = Vec::new();
+        completions(Shell::Bash, &mut out);
+        std::fs::write(&path, out).unwrap();
+        for (words, expected) in [
+            (&["cosell-sync", "out"][..], &["outbox"][..]),
+            (&["cosell-sync", "outbox", ""], &["list", "retry", "drop"]),
+            (
+                &["cosell-sync", "outbox", "list", "--"],
+                &["--state", "--limit", "--json"],
+            ),
+            (
+                &["cosell-sync", "status", "--"],
+                &["--json", "--limit", "--referral"],
+            ),
+            (&["cosell-sync", "alerts", ""], &["list", "test"]),
+            (
+                &["cosell-sync", "sim", "--"],
+                &["--listen", "--credentials-dir"],
+            ),
+            (
+                &["cosell-sync", "completions", ""],
+                &["bash", "zsh", "fish"],
+            ),
+        ] {
+            let offered = bash_complete(&path, words);
+            for word in expected {
+                assert!(
+                    offered.iter().any(|o| o == word),
+                    "{words:?}: {word} not offered, got {offered:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -231,7 +231,7 @@ where
         .adjust(|e: &ApiError, planned| planned.map(|d| e.retry_after().unwrap_or(d)))
         .notify(|e: &ApiError, wait| {
             crate::metrics::global().retry(what);
-            tracing::warn!(what, error = %e, wait_ms = wait.as_millis() as u64, "transient error, retrying");
+            tracing::warn!(what, error = %e, wait_ms = wait.as_millis() as u64, "transient error, retrying: {e}");
         })
         .await
 }

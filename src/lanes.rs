@@ -460,7 +460,10 @@ async fn record_end(ctx: &CycleContext, report: &CycleReport, span: &tracing::Sp
             elapsed_ms = report.elapsed.as_millis() as u64,
             "cycle finished"
         ),
-        Some(e) => tracing::error!(parent: span, error = %e, pages = report.pages, "cycle failed"),
+        // The cause is in the message itself: `journalctl -p err` shows MESSAGE only.
+        Some(e) => {
+            tracing::error!(parent: span, error = %e, pages = report.pages, "cycle failed: {e}")
+        }
     }
 }
 

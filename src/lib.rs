@@ -28,6 +28,7 @@
 //!   shutdown with a grace period; part of the wiring, since a reload rebuilds the app.
 //! - [`serve`]: the one HTTP server layer of every listener: header, body and idle timeouts,
 //!   a connection cap below the fd limit, refusals counted and logged in aggregate.
+//! - [`reload`]: `cosell-sync reload`: SIGHUP to the daemon and its answer (`ExecReload=`).
 //! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG, STOPPING) without libsystemd.
 //! - [`health`]: liveness per lane (plain data in, no import of `app`), the `/metrics` +
 //!   `/healthz` endpoint.
@@ -69,6 +70,7 @@ pub mod metrics;
 pub mod microsoft;
 pub mod pem;
 pub mod progress;
+pub mod reload;
 pub mod render;
 pub mod serve;
 pub mod service_level;

@@ -45,12 +45,20 @@ async fn dispatch(cli: Cli) -> Outcome {
         // The demo installs its own subscriber, logging to a file beside its state.
         return cmd::demo(referrals).await;
     }
-    let config = match &cli.command {
-        Command::Auth {
-            action: AuthCommand::Microsoft,
-        } => cmd::load_config_for_auth(&file)?,
-        _ => cmd::load_config(&file, dry_run)?,
-    };
+    if let Command::Sim {
+        listen,
+        referrals,
+        credentials_dir,
+    } = cli.command
+    {
+        return cmd::sim(cosell_sync::sim::standalone::Options {
+            listen,
+            referrals,
+            credentials_dir,
+        })
+        .await;
+    }
+    let config = cmd::load_config_for(&cli.command, &file, dry_run)?;
     telemetry::init(config.log.format, &config.log.level);
     match cli.command {
         Command::CheckConfig => cmd::check_config(&config, &file),
@@ -93,8 +101,9 @@ async fn dispatch(cli: Cli) -> Outcome {
         } => cmd::decline(config, &referral_id, reason, note, answer_dry_run).await,
         Command::Sync { all, .. } => cmd::sync(config, all).await,
         Command::Backup { path } => cmd::backup(&config, &path),
+        Command::Reload { pid, wait } => cmd::reload(&config, pid, wait),
         Command::Run { .. } => cmd::run(config, &file, dry_run).await,
-        Command::Demo { referrals } => cmd::demo(referrals).await,
+        Command::Demo { .. } | Command::Sim { .. } => unreachable!("handled before the config"),
         Command::Man | Command::Completions { .. } => unreachable!("handled in main"),
         Command::Webhook { action } => cmd::webhook(&config, action).await,
     }

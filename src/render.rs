@@ -76,12 +76,12 @@ pub fn alerts(rows: &[AlertRow]) -> String {
         let a = &row.alert;
         let _ = writeln!(
             out,
-            "{}  {:<9} {:<18} {}",
+            "{}  {:<9} {}",
             human_text(&a.created_at),
             a.severity,
             a.kind,
-            a.message
         );
+        let _ = writeln!(out, "{}", wrap(&a.message, 4));
         for (sink, state) in &row.deliveries {
             let _ = writeln!(out, "      {sink}: {state}");
         }
@@ -208,14 +208,16 @@ fn service_level(
     let _ = writeln!(out, "  expired unanswered: {}", s.expired);
     if s.nearest_deadlines.is_empty() {
         let _ = writeln!(out, "  nearest deadlines: none waiting");
+    } else {
+        let _ = writeln!(out, "  nearest deadlines:");
     }
-    for (i, n) in s.nearest_deadlines.iter().enumerate() {
+    // 80 columns: the referral id stays whole (it is what `status --referral` takes).
+    for n in &s.nearest_deadlines {
         let _ = writeln!(
             out,
-            "  {:<19} {:<11} {:<28} {}",
-            if i == 0 { "nearest deadlines:" } else { "" },
+            "    {:<11} {:<26} {}",
             time_left(n.deadline - now),
-            truncate(n.customer.as_deref().unwrap_or("?"), 28),
+            truncate(n.customer.as_deref().unwrap_or("?"), 26),
             n.referral_id
         );
     }
@@ -231,25 +233,26 @@ fn awaiting(out: &mut String, report: &StatusReport, limit: usize) {
         let _ = writeln!(out, "  none");
         return;
     }
+    // 80 columns: the referral id (36) is what `status --referral` takes, so it stays whole;
+    // the deadline drops its year and zone (the header says UTC), the customer is cut. The
+    // alert threshold and substatus are in `status --json` and `status --referral`.
     let _ = writeln!(
         out,
-        "  {:<11} {:<9} {:<28} {:<20} {:<9} REFERRAL",
-        "LEFT", "ALERT", "CUSTOMER", "DEADLINE", "SUBSTATUS"
+        "  {:<11} {:<11} {:<17} REFERRAL",
+        "LEFT", "UTC", "CUSTOMER"
     );
     for e in report.awaiting_response.iter().take(limit) {
         let left = time_left(e.deadline - report.generated_at);
         let _ = writeln!(
             out,
-            "  {:<11} {:<9} {:<28} {:<20} {:<9} {}",
+            "  {:<11} {:<11} {:<17} {}",
             if left == "expired" {
                 "EXPIRED".into()
             } else {
                 left
             },
-            e.threshold.as_deref().unwrap_or("-"),
-            truncate(e.referral.customer.as_deref().unwrap_or("?"), 28),
-            human(e.deadline),
-            e.referral.substatus.as_deref().unwrap_or("?"),
+            e.deadline.format("%m-%d %H:%M"),
+            truncate(e.referral.customer.as_deref().unwrap_or("?"), 17),
             e.referral.id
         );
     }
@@ -286,7 +289,11 @@ fn google_and_outbox(out: &mut String, report: &StatusReport, limit: usize) {
         "Google: {} leads and {} opportunities tracked",
         report.links.leads, report.links.opportunities
     );
-    let _ = writeln!(out, "{}", refresh(&report.refresh, report.generated_at));
+    let _ = writeln!(
+        out,
+        "{}",
+        wrap(&refresh(&report.refresh, report.generated_at), 0)
+    );
     if let Some(w) = &report.webhooks {
         let _ = writeln!(out, "{}", crate::webhook::status_line(w));
     }
@@ -296,7 +303,11 @@ fn google_and_outbox(out: &mut String, report: &StatusReport, limit: usize) {
             .iter()
             .map(|o| format!("{} {} {}", o.count, o.kind, o.state))
             .collect();
-        let _ = writeln!(out, "Outbox: {}", summary.join(", "));
+        let _ = writeln!(
+            out,
+            "{}",
+            wrap(&format!("Outbox: {}", summary.join(", ")), 0)
+        );
     }
     if !report.actions_needing_attention.is_empty() {
         let _ = writeln!(
@@ -306,13 +317,12 @@ fn google_and_outbox(out: &mut String, report: &StatusReport, limit: usize) {
         for a in report.actions_needing_attention.iter().take(limit) {
             let _ = writeln!(
                 out,
-                "  #{:<6} {:<12} {:<18} {}  {}",
-                a.id,
-                a.state,
-                a.kind,
-                a.referral_id,
-                a.last_error.as_deref().unwrap_or("")
+                "  #{:<6} {:<11} {:<14} {}",
+                a.id, a.state, a.kind, a.referral_id,
             );
+            if let Some(e) = a.last_error.as_deref() {
+                let _ = writeln!(out, "{}", wrap(e, 10));
+            }
         }
     }
     if !report.open_actions.is_empty() {
@@ -320,18 +330,17 @@ fn google_and_outbox(out: &mut String, report: &StatusReport, limit: usize) {
         for a in report.open_actions.iter().take(5) {
             let _ = writeln!(
                 out,
-                "  #{:<6} {:<10} {:<18} {} attempts {}, next {}{}",
+                "  #{:<6} {:<10} {:<14} {}\n          attempts {}, next {}",
                 a.id,
                 a.state,
                 a.kind,
                 a.referral_id,
                 a.attempts,
                 human(a.next_attempt_at),
-                a.last_error
-                    .as_deref()
-                    .map(|e| format!("  last error: {e}"))
-                    .unwrap_or_default()
             );
+            if let Some(e) = a.last_error.as_deref() {
+                let _ = writeln!(out, "{}", wrap(&format!("last error: {e}"), 10));
+            }
         }
     }
 }
@@ -388,11 +397,16 @@ fn last_cycles(out: &mut String, report: &StatusReport) {
     let _ = writeln!(out, "Last cycles:");
     if report.last_cycles.is_empty() {
         let _ = writeln!(out, "  none yet");
+    } else {
+        let _ = writeln!(
+            out,
+            "  STARTED               OUTCOME PAGES   NEW CHANGED REJECTED WRITTEN FAILED"
+        );
     }
     for c in &report.last_cycles {
         let _ = writeln!(
             out,
-            "  {}  {:<11} pages {:>4}  new {:>5}  changed {:>5}  rejected {:>3}  written {:>5}  failed {:>3}{}",
+            "  {}  {:<7} {:>5} {:>5} {:>7} {:>8} {:>7} {:>6}{}",
             human(c.started_at),
             c.outcome,
             c.pages,
@@ -403,7 +417,7 @@ fn last_cycles(out: &mut String, report: &StatusReport) {
             c.actions_failed,
             c.error
                 .as_deref()
-                .map(|e| format!("  error: {e}"))
+                .map(|e| format!("\n{}", wrap(&format!("error: {e}"), 4)))
                 .unwrap_or_default()
         );
     }
@@ -474,6 +488,59 @@ pub fn referral(view: &ReferralView) -> String {
         let _ = writeln!(out, "  {line}");
     }
     out
+}
+
+/// The width every command's text fits in.
+pub const COLUMNS: usize = 80;
+
+/// `text` word-wrapped to [`COLUMNS`], every line indented by `indent` spaces (a word longer
+/// than the line, a URL say, gets a line of its own). No trailing newline.
+pub fn wrap(text: &str, indent: usize) -> String {
+    let width = COLUMNS.saturating_sub(indent).max(20);
+    let pad = " ".repeat(indent);
+    let mut lines: Vec<String> = Vec::new();
+    for paragraph in text.lines() {
+        let mut line = String::new();
+        for word in paragraph.split_whitespace() {
+            if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+                lines.push(std::mem::take(&mut line));
+            }
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+        lines.push(line);
+    }
+    lines
+        .iter()
+        .map(|l| format!("{pad}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Each line of `text` fitted to [`COLUMNS`]: a longer one is wrapped, its continuation
+/// indented under its first word (after the leading spaces and a "1. " or a severity).
+pub fn fit(text: &str) -> String {
+    text.lines()
+        .map(|line| {
+            if line.chars().count() <= COLUMNS {
+                return line.to_string();
+            }
+            let lead = line.len() - line.trim_start().len();
+            let rest = &line[lead..];
+            let marker = rest
+                .split_once(' ')
+                .filter(|(w, _)| {
+                    w.ends_with('.') && w[..w.len() - 1].chars().all(|c| c.is_ascii_digit())
+                        || matches!(*w, "critical" | "warning" | "info" | "ok" | "FAILED")
+                })
+                .map_or(0, |(w, _)| w.len() + 1);
+            let body = wrap(&rest[marker..], lead + marker);
+            format!("{}{}{}", &line[..lead], &rest[..marker], body.trim_start())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub fn truncate(text: &str, width: usize) -> String {

@@ -2,8 +2,9 @@
 //! formats: `text` for people (colour only when stderr is a terminal and `NO_COLOR` is unset),
 //! `json` (one JSON object per line, the command's final error line included), and
 //! `journald`: native journal entries (priority, and every field as a journal field, so
-//! `journalctl REFERRAL_ID=…` works) when stderr is the journal, else `<N>`-prefixed lines
-//! on stderr with the prefix on every line of a multi-line message. Logs go to stderr;
+//! `journalctl REFERRAL_ID=…` works) when stderr is the journal, plain text on a terminal,
+//! else (a pipe to a collector) `<N>`-prefixed lines on stderr with the prefix on every line
+//! of a multi-line message. Logs go to stderr;
 //! stdout stays for command output such as `status --json`.
 
 use std::fmt;
@@ -49,6 +50,11 @@ pub fn init(format: LogFormat, level: &str) {
             .try_init(),
         LogFormat::Journald => match native_journal() {
             Some(journal) => registry.with(journal).try_init(),
+            // A person at a terminal (`check-config`, `status` with the service's config)
+            // reads plain lines; `<N>` prefixes are for a log collector on a pipe.
+            None if std::io::stderr().is_terminal() => {
+                registry.with(fmt.with_ansi(colour)).try_init()
+            }
             None => registry
                 .with(fmt.with_ansi(false).event_format(PriorityPrefix))
                 .try_init(),
@@ -116,7 +122,7 @@ pub fn print_error(message: &str) {
             });
             eprintln!("{line}");
         }
-        Some(LogFormat::Journald) => {
+        Some(LogFormat::Journald) if !std::io::stderr().is_terminal() => {
             eprint!("{}", prefix_lines(3, &format!("cosell-sync: {message}")))
         }
         _ => eprintln!("cosell-sync: {message}"),

@@ -150,7 +150,9 @@ fn secret_files_are_read_and_relative_ones_come_from_credentials_directory() {
         let creds = jail.directory().join("creds");
         std::fs::create_dir_all(&creds).unwrap();
         std::fs::write(creds.join("ms-secret"), "secret-from-credential\n").unwrap();
-        jail.create_file("beside-config", "secret-beside-config\n")?;
+        jail.create_file("beside-config", "not this one\n")?;
+        std::fs::create_dir_all(jail.directory().join("credentials")).unwrap();
+        jail.create_file("credentials/beside-config", "secret-beside-config\n")?;
         let base = GOOD.replace(
             "client_secret = \"s3cret-inline\"",
             "client_secret_file = \"ms-secret\"",
@@ -163,7 +165,8 @@ fn secret_files_are_read_and_relative_ones_come_from_credentials_directory() {
             "secret-from-credential"
         );
 
-        // Without CREDENTIALS_DIRECTORY a relative path is taken beside the config file.
+        // Without CREDENTIALS_DIRECTORY a relative path is taken in `credentials/` beside the
+        // config file: the directory the unit's LoadCredential= lines copy from.
         jail.set_env("CREDENTIALS_DIRECTORY", "");
         jail.create_file("config.toml", &base.replace("ms-secret", "beside-config"))?;
         let config = load(jail).unwrap();
@@ -210,6 +213,20 @@ fn redacted_output_never_shows_secrets() {
             !format!("{config:?}").contains("s3cret-inline"),
             "Debug must not leak either"
         );
+        Ok(())
+    });
+}
+
+#[test]
+fn stray_cosell_variables_that_are_not_keys_leave_the_config_valid() {
+    Jail::expect_with(|jail| {
+        jail.create_file("config.toml", GOOD)?;
+        jail.set_env("COSELL_LOG", "debug");
+        jail.set_env("COSELL_CONFIG", "/somewhere/else.toml");
+        jail.set_env("COSELL_SOMETHING", "1");
+        jail.set_env("COSELL_LOG__LEVEL", "debug");
+        let config = load(jail).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.log.level, "debug", "a real key still applies");
         Ok(())
     });
 }

@@ -76,7 +76,7 @@ fn report(referral_id: &str, asked: &Answer, row: i64, outcome: Option<AnswerRes
     let same = r.decision == asked.decision.verb();
     match r.outcome.as_str() {
         "sent" if same => Ok(Printed::ok(format!(
-            "{} (action {row}, by {}).\n",
+            "{}\n(action {row}, by {}).\n",
             r.message, r.actor
         ))),
         "already" if same => Ok(Printed::ok(format!("{}; nothing was sent.\n", r.message))),

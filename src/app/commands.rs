@@ -45,6 +45,45 @@ pub fn load_config(file: &Path, force_dry_run: bool) -> Result<Config, AppError>
     Ok(config)
 }
 
+/// The configuration as `command` needs it: the commands that only read the database load
+/// no secret (they never use one), `check-config` and `auth microsoft` need no refresh token
+/// yet, every other command needs everything.
+pub fn load_config_for(
+    command: &crate::cli::Command,
+    file: &Path,
+    force_dry_run: bool,
+) -> Result<Config, AppError> {
+    use crate::cli::{AlertsCommand, AuthCommand, Command};
+    let read_only = matches!(
+        command,
+        Command::Status { .. }
+            | Command::Reload { .. }
+            | Command::Backup { .. }
+            | Command::Audit { .. }
+            | Command::Alerts {
+                action: AlertsCommand::List { .. }
+            }
+            | Command::Outbox {
+                action: None | Some(OutboxCommand::List { .. })
+            }
+    );
+    if read_only {
+        return Config::load_read_only(file)
+            .map(|l| l.config)
+            .map_err(|errors| AppError::InvalidConfig {
+                file: file.to_path_buf(),
+                errors,
+            });
+    }
+    match command {
+        Command::CheckConfig
+        | Command::Auth {
+            action: AuthCommand::Microsoft,
+        } => load_config_for_auth(file),
+        _ => load_config(file, force_dry_run),
+    }
+}
+
 /// For `auth microsoft`, which runs before there is a refresh token.
 pub fn load_config_for_auth(file: &Path) -> Result<Config, AppError> {
     Config::load_for_auth(file)
@@ -465,4 +504,31 @@ pub async fn webhook(config: &Config, action: crate::cli::WebhookCommand) -> Out
         }
     };
     Ok(Printed::ok(text))
+}
+
+/// `sim --listen ADDR`: the simulator as a process of its own, until SIGTERM or SIGINT.
+pub async fn sim(options: crate::sim::standalone::Options) -> Outcome {
+    let stop = tokio_util::sync::CancellationToken::new();
+    scheduler::cancel_on_signals(stop.clone())
+        .map_err(|e| AppError::Refused(format!("cannot install signal handlers: {e}")))?;
+    let bye = crate::sim::standalone::serve(&options, stop)
+        .await
+        .map_err(|e| AppError::Refused(format!("sim: {e:#}")))?;
+    Ok(Printed::ok(bye))
+}
+
+/// `reload --pid PID`: SIGHUP, then the daemon's answer; 1 when it refused the new config.
+pub fn reload(config: &Config, pid: i32, wait_secs: u64) -> Outcome {
+    let answer = crate::reload::request(
+        &config.state.path,
+        pid,
+        std::time::Duration::from_secs(wait_secs),
+    )
+    .map_err(AppError::Refused)?;
+    match answer {
+        crate::reload::Answer::Reloaded => Ok(Printed::ok("configuration reloaded\n")),
+        crate::reload::Answer::Refused(why) => Err(AppError::Refused(format!(
+            "reload refused; the daemon keeps its running configuration:\n{why}"
+        ))),
+    }
 }

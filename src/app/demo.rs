@@ -8,6 +8,13 @@ use figment::providers::Serialized;
 use figment::Figment;
 
 use crate::app::{self, App};
+
+/// `println!` fitted to 80 columns ([`crate::render::fit`]).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", crate::render::fit(&format!($($arg)*)))
+    };
+}
 use crate::config::Config;
 use crate::sim::{google::PARTNER_ID, sample, Fault, Simulator};
 use crate::sync::CycleReport;
@@ -27,33 +34,34 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
         &std::env::temp_dir().join(format!("cosell-sync-demo-{}.log", std::process::id())),
     );
     let config = demo_config(&sim, dir.path())?;
-    println!("cosell-sync demo");
-    println!(
+    say!("cosell-sync demo");
+    say!(
         "  simulator of Partner Center, Entra ID and Google Cloud CRM Partners on {}",
         sim.base_url()
     );
-    println!(
+    say!(
         "  {} sample referrals ({pending} incoming Pending)",
         sim.referral_count()
     );
-    println!("  state in {}", config.state.path.display());
+    say!("  state in {}", config.state.path.display());
     match log {
-        Ok(path) => println!("  log in {}", path.display()),
-        Err(e) => println!("  no log file ({e}); the log is off"),
+        Ok(path) => say!("  log in {}", path.display()),
+        Err(e) => say!("  no log file ({e}); the log is off"),
     }
     println!();
 
     let mut app = App::build(config.clone())?;
     app.become_worker()?;
-    let cycles = story(&sim, &app).await?;
+    let cycles = story(&sim, &app, story_referral(referrals)).await?;
 
-    println!("6. Partner Center webhooks ([webhook]): a new referral arrives as a signed event;");
-    println!("   the receiver verifies it, stores it, and forwards it at once, without a cycle:");
+    say!("6. Partner Center webhooks ([webhook]): a new referral arrives as a signed event;");
+    say!("   the receiver verifies it, stores it, and forwards it at once, without a cycle:");
     webhook_step(&sim, &app, dir.path()).await?;
     println!();
 
-    println!("7. Answering before the deadline ([actions]): every expiry alert carries a signed");
-    println!("   link to a small page; one referral is accepted there, one declined from the command line:");
+    println!("7. Answering before the deadline ([actions]): every expiry alert carries a");
+    println!("   signed link to a small page; one referral is accepted there, one declined");
+    println!("   from the command line:");
     answer_step(&sim, &app, &config).await?;
     println!();
 
@@ -63,13 +71,13 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
     let report = app::status(&app.store, &config, Utc::now())?;
     print!("{}", crate::render::status(&report, 8));
     println!();
-    println!("HTTP requests the simulator served: {:?}", sim.counters());
+    say!("HTTP requests the simulator served: {:?}", sim.counters());
     let duplicates = sim
         .leads_per_external_id()
         .values()
         .filter(|n| **n > 1)
         .count();
-    println!(
+    say!(
         "Leads in Google: {} (referrals with more than one lead: {duplicates})",
         sim.google_leads().len()
     );
@@ -80,54 +88,62 @@ pub async fn run(referrals: usize) -> anyhow::Result<()> {
 }
 
 /// The five steps of the story, each a real cycle against the simulator.
-async fn story(sim: &Simulator, app: &App) -> anyhow::Result<Vec<CycleReport>> {
+/// The referral the story follows: number 10, or the last plain Pending one of a small inbox
+/// (the first five are the threshold, expired and explicit-expiry cases).
+fn story_referral(referrals: usize) -> usize {
+    if referrals > 10 {
+        10
+    } else {
+        referrals.max(5) - 1
+    }
+}
+
+async fn story(sim: &Simulator, app: &App, sample: usize) -> anyhow::Result<Vec<CycleReport>> {
     let mut cycles = Vec::new();
 
-    println!("1. First cycle: pull the inbox, create one Google lead per Pending referral, write");
-    println!("   each lead's name back into the referral's externalReferenceId.");
+    say!("1. First cycle: pull the inbox, create one Google lead per Pending referral, write");
+    say!("   each lead's name back into the referral's externalReferenceId.");
     sim.script_faults([Fault::TooManyRequests {
         retry_after_secs: 1,
     }]);
     cycles.push(step(app).await);
-    println!("   (the first request got 429 Retry-After: 1; the client waited and went on)");
-    let sample_id = sample::referral_id(10);
+    say!("   (the first request got 429 Retry-After: 1; the client waited and went on)");
+    let sample_id = sample::referral_id(sample);
     let lead_name = sim
         .referral(&sample_id)
         .and_then(|r| r["externalReferenceId"].as_str().map(str::to_string))
         .unwrap_or_default();
-    println!("   referral {sample_id} → lead {lead_name}");
+    say!("   referral {sample_id} → lead {lead_name}");
 
-    println!("2. Second cycle, nothing changed anywhere:");
+    say!("2. Second cycle, nothing changed anywhere:");
     let writes_before = writes(sim);
     cycles.push(step(app).await);
-    println!(
+    say!(
         "   remote writes this cycle: {}",
         writes(sim) - writes_before
     );
 
-    println!("3. Google turns that lead into an opportunity; the operator links it:");
+    say!("3. Google turns that lead into an opportunity; the operator links it:");
     let opp = sim.convert_lead(&lead_name, 42).unwrap_or_default();
-    println!("   $ cosell-sync link {sample_id} {opp}");
-    println!("   {}", app::link::link(app, &sample_id, &opp).await?);
+    say!("   $ cosell-sync link {sample_id} {opp}");
+    say!("   {}", app::link::link(app, &sample_id, &opp).await?);
     cycles.push(step(app).await);
 
-    println!("4. The deal value changes in Partner Center; the next cycle patches Google with");
-    println!("   updateMask=dealSize only:");
+    say!("4. The deal value changes in Partner Center; the next cycle patches Google with");
+    say!("   updateMask=dealSize only:");
     sim.edit_referral(&sample_id, |r| r["details"]["dealValue"] = 250_000.0.into());
     cycles.push(step(app).await);
     let size = sim
         .opportunity(&opp)
         .map(|o| o["dealSize"].clone())
         .unwrap_or_default();
-    println!("   Google opportunity {opp} dealSize is now {size}");
+    say!("   Google opportunity {opp} dealSize is now {size}");
 
-    println!(
-        "5. The Google seller marks the opportunity lost; the referral closes in Partner Center:"
-    );
+    say!("5. The Google seller marks the opportunity lost; the referral closes in Partner Center:");
     sim.edit_opportunity(&opp, |o| o["salesStage"] = "SALES_STAGE_CLOSED_LOST".into());
     cycles.push(step(app).await);
     if let Some(r) = sim.referral(&sample_id) {
-        println!(
+        say!(
             "   referral {sample_id} is now {}/{}: {}",
             r["status"].as_str().unwrap_or("?"),
             r["substatus"].as_str().unwrap_or("?"),
@@ -172,15 +188,15 @@ async fn print_alerts(app: &App, show: usize) -> anyhow::Result<()> {
             .then_with(|| a.id.cmp(&b.id))
     });
     let shown = show.min(alerts.len());
-    println!(
+    say!(
         "Alerts raised ({shown} of {} alerts, most severe then nearest deadline first; to the log — add [[alerts.webhook]] or [[alerts.command]] sinks for people):",
         alerts.len()
     );
     for alert in alerts.iter().take(show) {
-        println!("  {:<9} {}", alert.severity, alert.message);
+        say!("  {:<9} {}", alert.severity, alert.message);
     }
     if alerts.len() > show {
-        println!("  … {} more: cosell-sync alerts list", alerts.len() - show);
+        say!("  … {} more: cosell-sync alerts list", alerts.len() - show);
     }
     Ok(())
 }
@@ -195,7 +211,7 @@ async fn step(app: &App) -> CycleReport {
     let cycle = app.sync_once().await;
     let c = cycle.report;
     match &c.error {
-        None => println!(
+        None => say!(
             "   ok in {:.2}s: {} pages ({} new, {} changed); Google: {} read, {} written, {} to retry",
             c.elapsed.as_secs_f64(),
             c.pages,
@@ -205,7 +221,7 @@ async fn step(app: &App) -> CycleReport {
             c.pushed.done,
             c.pushed.retried
         ),
-        Some(e) => println!("   FAILED: {e}"),
+        Some(e) => say!("   FAILED: {e}"),
     }
     c
 }
@@ -292,7 +308,7 @@ async fn webhook_step(sim: &Simulator, app: &App, dir: &std::path::Path) -> anyh
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     match sim.leads_per_external_id().get(&id) {
-        Some(_) => println!(
+        Some(_) => say!(
             "   referral {id} (3h left) → Google lead in {} ms after the event; its 4h alert was raised on the way",
             took.as_millis()
         ),
@@ -377,10 +393,8 @@ async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Res
     let token = url.rsplit('/').next().unwrap_or_default().to_string();
     let http = reqwest::Client::new();
     let page_html = http.get(&url).send().await?.text().await?;
-    println!(
-        "   alert for {} → action_url {}/…",
-        first.id, actions.public_url
-    );
+    println!("   alert for {}", first.id);
+    println!("     → action_url {}/…", actions.public_url);
     println!(
         "   GET: the page shows the facts and the form ({} bytes, no script)",
         page_html.len()
@@ -397,20 +411,24 @@ async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Res
         .send()
         .await?;
     println!(
-        "   POST Accept → HTTP {} in {} ms; Partner Center now has it {}",
+        "   POST Accept → HTTP {} in {} ms;",
         response.status().as_u16(),
         started.elapsed().as_millis(),
+    );
+    println!(
+        "   Partner Center now has it {}",
         sim.referral(&first.id)
             .map(|r| format!("{}/{}", r["status"], r["substatus"]))
             .unwrap_or_default()
     );
     let reason = "Customer is outside our region".to_string();
-    println!(
-        "   $ cosell-sync decline {} --reason \"{reason}\"",
-        second.id
-    );
+    println!("   $ cosell-sync decline {} \\", second.id);
+    println!("       --reason \"{reason}\"");
     match crate::app::commands::decline(config.clone(), &second.id, reason, None, false).await {
-        Ok(printed) => print!("   {}", printed.stdout),
+        Ok(printed) => printed
+            .stdout
+            .lines()
+            .for_each(|line| println!("   {line}")),
         Err(e) => println!("   exit {}: {e}", e.exit_code()),
     }
     let answers = sim
@@ -420,7 +438,7 @@ async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Res
         .filter(|p| p.body[0]["path"] == "/status")
         .collect::<Vec<_>>();
     println!(
-        "   PATCHes Partner Center received for these two answers: {} (each with If-Match: {})",
+        "   PATCHes Partner Center received for these two answers: {}\n   (each with If-Match: {})",
         answers.len(),
         answers.iter().all(|p| p.if_match.is_some())
     );

@@ -174,7 +174,12 @@ async fn serve_reloads(
         tokio::select! {
             _ = daemon.shutdown.cancelled() => return Ok(()),
             _ = hangup.recv() => {
-                match reload_app(daemon, reload) {
+                let outcome = reload_app(daemon, reload);
+                crate::reload::record(
+                    &daemon.app().config.state.path,
+                    &outcome.as_ref().map(|_| ()).map_err(Clone::clone),
+                );
+                match outcome {
                     Ok(schedule_changed) => {
                         if schedule_changed {
                             if let Err(e) = scheduler.remove(&job_id).await {
@@ -386,7 +391,7 @@ async fn refresh_lane(daemon: Arc<Daemon>) {
             match crate::lanes::full_plan(&app.cycle).await {
                 Ok(planned) if planned.queued > 0 => daemon.wake.ask_with_pull(),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "periodic full plan failed"),
+                Err(e) => tracing::warn!(error = %e, "periodic full plan failed: {e}"),
             }
             last_full_plan = Instant::now();
         }

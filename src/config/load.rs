@@ -15,6 +15,26 @@ pub struct Loaded {
     pub file: PathBuf,
 }
 
+/// What a command needs from the configuration beyond its keys.
+#[derive(Debug, Clone, Copy)]
+struct Needs {
+    /// Read the secret files (`*_file`) into the config.
+    secrets: bool,
+    /// A refresh token must be configured or stored.
+    refresh_token: bool,
+}
+
+impl Needs {
+    const ALL: Needs = Needs {
+        secrets: true,
+        refresh_token: true,
+    };
+    const READ_ONLY: Needs = Needs {
+        secrets: false,
+        refresh_token: false,
+    };
+}
+
 /// The path the command line, then `COSELL_CONFIG`, then the default name.
 pub fn config_path(cli: Option<&Path>) -> PathBuf {
     if let Some(p) = cli {
@@ -38,33 +58,61 @@ impl Config {
         Self::load_checked(file, false)
     }
 
+    /// For the commands that only read the database (`status`, `alerts list`, `outbox list`,
+    /// `audit`, `reload`): the same validation, but no secret is read and no refresh token is
+    /// needed, so they work from any shell that can read the config and the database.
+    pub fn load_read_only(file: &Path) -> Result<Loaded, ConfigErrors> {
+        Self::load_with(file, Needs::READ_ONLY)
+    }
+
     fn load_checked(file: &Path, require_refresh_token: bool) -> Result<Loaded, ConfigErrors> {
+        let needs = Needs {
+            secrets: true,
+            refresh_token: require_refresh_token,
+        };
+        Self::load_with(file, needs)
+    }
+
+    fn load_with(file: &Path, needs: Needs) -> Result<Loaded, ConfigErrors> {
         check_readable(file)?;
         let figment = Figment::new()
             .merge(Toml::file_exact(file))
-            .merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__"));
-        Self::from_figment_checked(figment, file, require_refresh_token)
+            .merge(config_env());
+        Self::from_figment_checked(figment, file, needs)
     }
 
     /// The part of [`Config::load`] after the file check; tests feed it a figment directly.
     pub fn from_figment(figment: Figment, file: &Path) -> Result<Loaded, ConfigErrors> {
-        Self::from_figment_checked(figment, file, true)
+        Self::from_figment_checked(figment, file, Needs::ALL)
     }
 
     fn from_figment_checked(
         figment: Figment,
         file: &Path,
-        require_refresh_token: bool,
+        needs: Needs,
     ) -> Result<Loaded, ConfigErrors> {
         let mut config: Config = figment.extract().map_err(figment_errors)?;
         let base_dir = file.parent().unwrap_or(Path::new("."));
-        config.resolve_secrets(base_dir)?;
-        config.validate_checked(require_refresh_token)?;
+        if needs.secrets {
+            config.resolve_secrets(base_dir)?;
+        } else if let Some(path) = &config.google.credentials_file {
+            config.google.credentials_file = Some(super::resolve_secret_path(path, base_dir));
+        }
+        config.validate_checked(needs.refresh_token)?;
         Ok(Loaded {
             config,
             file: file.to_path_buf(),
         })
     }
+}
+
+/// `COSELL_SECTION__KEY` variables. Only names with a `__` are config keys (every key is in a
+/// section): a stray `COSELL_LOG=debug` or `COSELL_CONFIG` is someone else's variable, not a
+/// broken `[log]` table, and must not make the configuration invalid.
+fn config_env() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .filter(|key| key.as_str().contains("__"))
+        .split("__")
 }
 
 /// Converts figment's error list into key-named errors.

@@ -102,15 +102,20 @@ impl Config {
     }
 }
 
+/// The directory beside the configuration file that holds the secrets: the unit's
+/// `LoadCredential=` lines copy from it, and a root shell reads from it directly.
+pub const CREDENTIALS_DIR_NAME: &str = "credentials";
+
 /// A relative secret path is looked up in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential`)
-/// when it is set, else beside the configuration file.
+/// when it is set, else in `credentials/` beside the configuration file: the same file either
+/// way, so the service and a root shell (`check-config`, `auth check`) read the same secret.
 pub fn resolve_secret_path(path: &Path, base_dir: &Path) -> PathBuf {
     if path.is_absolute() {
         return path.to_path_buf();
     }
     match std::env::var_os("CREDENTIALS_DIRECTORY") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir).join(path),
-        _ => base_dir.join(path),
+        _ => base_dir.join(CREDENTIALS_DIR_NAME).join(path),
     }
 }
 

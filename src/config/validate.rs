@@ -252,6 +252,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.refresh.reads_per_hour == 0 && self.google_enabled() {
+            errors.push(ConfigError::new(
+                "refresh.reads_per_hour",
+                "must be at least 1 with [google]: with 0 no Google record is ever re-read, so a won or lost opportunity never reaches Partner Center (the default is 3600)",
+            ));
+        }
         if self.refresh.max_interval.0 < self.refresh.min_interval.0 {
             errors.push(ConfigError::new(
                 "refresh.max_interval",

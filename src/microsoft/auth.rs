@@ -364,6 +364,7 @@ pub fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
+        give_to_directory_owner(&file, dir)?;
         file.write_all(contents.as_bytes())?;
         file.write_all(b"\n")?;
         file.sync_all()?;
@@ -374,6 +375,29 @@ pub fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// A secret written by root into a directory another user owns (the service's state
+/// directory, from `auth check` or `auth microsoft` in a root shell) is given to that owner:
+/// a root-owned 0600 file there would lock the service out of its own token. In a
+/// root-owned directory (a container, a root cron job) the file stays root's.
+fn give_to_directory_owner(file: &std::fs::File, dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(dir)?;
+    let mine = file.metadata()?;
+    if mine.uid() == owner.uid() {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(file, Some(owner.uid()), Some(owner.gid())).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot give the new file to the owner of {} (uid {}), who must be able to read it: {e}",
+                dir.display(),
+                owner.uid()
+            ),
+        )
+    })
 }
 
 #[cfg(test)]

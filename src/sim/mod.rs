@@ -7,6 +7,7 @@ pub mod google;
 pub mod microsoft;
 pub mod odata;
 pub mod sample;
+pub mod standalone;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -218,7 +219,15 @@ impl Simulator {
     }
 
     pub async fn start_with(credentials: SimCredentials) -> std::io::Result<Simulator> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), credentials).await
+    }
+
+    /// Starts on `addr` (`cosell-sync sim --listen`, to rehearse an install against it).
+    pub async fn start_on(
+        addr: SocketAddr,
+        credentials: SimCredentials,
+    ) -> std::io::Result<Simulator> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(SimState::new(credentials));
         *lock(&state.base_url) = format!("http://{addr}");

@@ -269,10 +269,113 @@ async fn the_demo_tells_its_story_without_log_lines_and_says_when_it_cuts() {
         .lines()
         .skip_while(|l| !l.starts_with("Alerts raised"))
         .skip(1)
-        .take_while(|l| l.starts_with("  critical") || l.starts_with("  warning"))
+        .take_while(|l| !l.is_empty())
+        .filter(|l| l.starts_with("  critical") || l.starts_with("  warning"))
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
     let mut sorted = severities.clone();
     sorted.sort_by_key(|s| *s != "critical");
     assert_eq!(severities, sorted, "{text}");
+}
+
+/// Root's shell on the documented layout: the read-only commands never read a secret they do
+/// not use, so a secret file they cannot see (handed to the service by `LoadCredential=`) is
+/// no reason to fail; the commands that talk to the clouds still need it.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_commands_work_without_the_secret_files() {
+    let env = TestEnv::new().await;
+    assert!(env.run(&["sync"]).await.status.success());
+    let secret = env.sim.state.credentials.client_secret.clone();
+    env.edit_config(|t| {
+        t.replace(
+            &format!("client_secret = \"{secret}\""),
+            "client_secret_file = \"not-here\"",
+        )
+    });
+    for args in [
+        &["status"][..],
+        &["alerts", "list"],
+        &["outbox", "list"],
+        &["outbox"],
+        &["audit"],
+    ] {
+        let out = env.run(args).await;
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let out = env.run(&["sync"]).await;
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out).contains("microsoft.client_secret_file: cannot read"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Every line a person reads in a terminal fits 80 columns: each command's `--help`, `status`,
+/// `alerts list` and the demo's story.
+#[tokio::test(flavor = "multi_thread")]
+async fn help_status_alerts_and_demo_fit_80_columns() {
+    fn too_wide(what: &str, text: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| l.chars().count() > 80)
+            .map(|l| format!("{what}: {} columns: {l}", l.chars().count()))
+            .collect()
+    }
+    fn paths(cmd: &clap::Command, prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(prefix.clone());
+        for sub in cmd.get_subcommands() {
+            let mut path = prefix.clone();
+            path.push(sub.get_name().to_string());
+            paths(sub, path, out);
+        }
+    }
+    let mut wide = Vec::new();
+    let mut all = Vec::new();
+    paths(
+        &<cosell_sync::cli::Cli as clap::CommandFactory>::command(),
+        vec![],
+        &mut all,
+    );
+    for path in all {
+        let mut args = path.clone();
+        args.push("--help".into());
+        let out = std::process::Command::new(crate::helpers::BIN)
+            .args(&args)
+            .output()
+            .unwrap();
+        wide.extend(too_wide(&args.join(" "), &stdout(&out)));
+    }
+
+    let env = TestEnv::with_google("").await;
+    env.sim
+        .put_referrals(sample::demo_set(30, chrono::Utc::now()));
+    assert!(env.run(&["sync"]).await.status.success());
+    for args in [&["status"][..], &["alerts", "list"]] {
+        let out = env.run(args).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+        wide.extend(too_wide(&args.join(" "), &stdout(&out)));
+    }
+    let out = tokio::process::Command::new(crate::helpers::BIN)
+        .args(["demo", "--referrals", "30"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    wide.extend(too_wide("demo", &stdout(&out)));
+    assert!(wide.is_empty(), "{}", wide.join("\n"));
+}
+
+/// `[refresh] reads_per_hour = 0` with Google on would never re-read an opportunity, so a
+/// won or lost stage would never reach Partner Center: refused, with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn zero_google_reads_per_hour_is_refused_with_the_reason() {
+    let env = TestEnv::with_google("").await;
+    env.edit_config(|t| t.replace("[refresh]\n", "[refresh]\nreads_per_hour = 0\n"));
+    let out = env.run(&["check-config"]).await;
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr(&out).contains("refresh.reads_per_hour") && stderr(&out).contains("Partner Center"),
+        "{}",
+        stderr(&out)
+    );
 }

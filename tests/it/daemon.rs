@@ -252,3 +252,70 @@ async fn healthz_answers_503_after_failing_cycles() {
     kill(&child, "-TERM");
     assert_eq!(child.wait().await.unwrap().code(), Some(0));
 }
+
+/// `systemctl reload` runs `cosell-sync reload --pid $MAINPID`: it must fail when the daemon
+/// refuses the new configuration (a `kill -HUP` returns 0 whatever happens next).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reload_command_exits_with_the_daemons_answer() {
+    let env = TestEnv::new().await;
+    let notify_path = env.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&notify_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let log = env.dir.path().join("daemon.log");
+    let child = spawn_run(&env, &notify_path, &log);
+    let mut seen = Vec::new();
+    assert!(
+        collect(&socket, &mut seen, "READY=1", Duration::from_secs(20)),
+        "no READY: {seen:?}"
+    );
+    let pid = child.id().unwrap().to_string();
+
+    let out = env.cli(&["reload", "--pid", &pid]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "configuration reloaded\n"
+    );
+
+    // Valid keys, but a secret the daemon cannot read: the daemon refuses, and so does reload.
+    let secret = env.sim.state.credentials.client_secret.clone();
+    let good = std::fs::read_to_string(&env.config).unwrap();
+    env.edit_config(|t| {
+        t.replace(
+            &format!("client_secret = \"{secret}\""),
+            "client_secret_file = \"/nonexistent/secret\"",
+        )
+    });
+    let out = env.cli(&["reload", "--pid", &pid]).await;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("reload refused") && err.contains("microsoft.client_secret_file"),
+        "{err}"
+    );
+
+    // A file that does not even parse: refused before any signal, as a config error.
+    std::fs::write(
+        &env.config,
+        format!("{good}\n[schedule]\nsync = \"not cron\"\n"),
+    )
+    .unwrap();
+    let out = env.cli(&["reload", "--pid", &pid]).await;
+    assert_eq!(out.status.code(), Some(78));
+
+    // The daemon kept running through both refusals.
+    std::fs::write(&env.config, &good).unwrap();
+    let out = env.cli(&["reload", "--pid", &pid]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kill(&child, "-TERM");
+}

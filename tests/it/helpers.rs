@@ -205,7 +205,7 @@ max_delay = "500ms"
 
 /// The commands a test runs in process; `run` and `auth microsoft` need the binary.
 async fn in_process(cli: Cli, file: &Path) -> cmd::Outcome {
-    let config = cmd::load_config(file, cli.is_dry_run())?;
+    let config = cmd::load_config_for(&cli.command, file, cli.is_dry_run())?;
     let answer_dry_run = cli.is_answer_dry_run();
     match cli.command {
         Command::Accept {

@@ -195,3 +195,109 @@ fn the_units_documentation_is_installed_by_the_readme() {
     // The unit does not override the config's state.path behind the operator's back.
     assert!(!unit.contains("COSELL_STATE__PATH"), "{unit}");
 }
+
+/// `auth check` in a root shell rotates the refresh token into the service's state directory:
+/// the new file must stay the service's, or the next start fails "permission denied" for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_check_as_root_leaves_the_rotated_token_to_the_state_directorys_owner() {
+    if !can_switch_user() {
+        eprintln!("SKIPPED: needs root (CAP_SETUID) to own the state directory as nobody");
+        return;
+    }
+    let env = crate::helpers::TestEnv::new().await;
+    set_mode(env.dir.path(), 0o755);
+    let state = env.dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    set_mode(&state, 0o700);
+    chown(&state, Some(NOBODY), Some(NOBODY)).unwrap();
+    let db = env.state_db().display().to_string();
+    let moved = state.join("state.db").display().to_string();
+    env.edit_config(|text| text.replace(&db, &moved));
+    set_mode(&env.config, 0o644);
+
+    let out = env.cli(&["auth", "check"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let token = state.join("microsoft-refresh-token");
+    let meta = std::fs::metadata(&token).expect("the rotated token is stored");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (NOBODY, 0o600));
+
+    // The service (nobody) goes on with the token root's check left it.
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("sync")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir("/")
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The unit as docs/operations.md promises it: a start that keeps failing can trip the start
+/// limit, the reload reports refusals, and no optional secret is a required credential.
+#[test]
+fn the_unit_stops_restart_loops_and_reports_refused_reloads() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let unit = std::fs::read_to_string(format!("{root}/systemd/cosell-sync.service")).unwrap();
+    let value = |key: &str| -> Vec<String> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::to_string)
+            .collect()
+    };
+    let secs = |text: &str| -> u64 {
+        let (n, unit) = text.split_at(
+            text.find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(text.len()),
+        );
+        n.parse::<u64>().unwrap()
+            * match unit {
+                "min" => 60,
+                "s" | "" => 1,
+                u => panic!("unit {u}"),
+            }
+    };
+    let burst: u64 = value("StartLimitBurst")[0].parse().unwrap();
+    let interval = secs(&value("StartLimitIntervalSec")[0]);
+    let restart = secs(&value("RestartSec")[0]);
+    // Each failed start takes up to ~90 s of first-token retries, then RestartSec.
+    assert!(
+        burst * (restart + 90) < interval,
+        "{burst} starts of up to {}s never fit in {interval}s: the limit never trips",
+        restart + 90
+    );
+    assert!(
+        value("ExecReload")[0].contains("reload --pid $MAINPID"),
+        "{unit}"
+    );
+    let credentials = value("LoadCredential");
+    assert_eq!(
+        credentials,
+        ["microsoft-client-secret:/etc/cosell-sync/credentials/microsoft-client-secret"],
+        "only the always-needed secret is a required credential"
+    );
+    // The docs give the optional lines and the package's path.
+    let ops = std::fs::read_to_string(format!("{root}/docs/operations.md")).unwrap();
+    for line in [
+        "LoadCredential=google-key.json:/etc/cosell-sync/credentials/google-key.json",
+        "LoadCredential=microsoft-refresh-token:/etc/cosell-sync/credentials/microsoft-refresh-token",
+        "/usr/bin/cosell-sync --config /etc/cosell-sync/config.toml auth microsoft",
+    ] {
+        assert!(ops.contains(line), "docs/operations.md lacks {line}");
+    }
+    // The real-systemd test runs the documented first sign-in.
+    let test = std::fs::read_to_string(format!("{root}/contrib/systemd-test/run.sh")).unwrap();
+    assert!(test.contains("--property=LoadCredential=microsoft-client-secret:/etc/cosell-sync/credentials/microsoft-client-secret"));
+}

@@ -85,3 +85,78 @@ async fn journald_format_without_the_journal_prefixes_every_line() {
     );
     assert!(!stderr.contains('\x1b'), "{stderr:?}");
 }
+
+/// `journalctl -u cosell-sync -p err` shows MESSAGE only: the cause must be in it, not only
+/// in the `ERROR=` field.
+#[tokio::test]
+async fn a_failed_cycles_message_carries_its_cause() {
+    let (_, stderr) = failing_sync("json", &[]).await;
+    let cycle = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| {
+            l["error"].is_string()
+                && l["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("cycle failed")
+        })
+        .unwrap_or_else(|| panic!("no cycle failed event: {stderr}"));
+    assert_eq!(
+        cycle["message"].as_str().unwrap(),
+        format!("cycle failed: {}", cycle["error"].as_str().unwrap()),
+        "{cycle}"
+    );
+    let retry = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("transient error")
+        });
+    if let Some(retry) = retry {
+        assert!(
+            retry["message"]
+                .as_str()
+                .unwrap()
+                .contains(retry["error"].as_str().unwrap()),
+            "{retry}"
+        );
+    }
+}
+
+/// `[log] format = "journald"` in the service's config, a command run by a person at a
+/// terminal: plain lines, no `<3>` prefixes.
+#[tokio::test]
+async fn journald_format_at_a_terminal_prints_no_priority_prefixes() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: no `script` to give the command a terminal");
+        return;
+    }
+    let env = TestEnv::new().await;
+    env.edit_config(|c| {
+        c.replace(
+            "level = \"info\"",
+            "level = \"info\"\nformat = \"journald\"",
+        )
+    });
+    let command = format!(
+        "{BIN} --config {} status --referral no-such-referral",
+        env.config.display()
+    );
+    let out = tokio::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("JOURNAL_STREAM")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("cosell-sync:"), "{text}");
+    assert!(!text.contains("<3>") && !text.contains("<6>"), "{text}");
+}

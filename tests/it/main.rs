@@ -24,4 +24,5 @@ mod recovery;
 mod routing;
 mod serve;
 mod service_level;
+mod sim;
 mod webhook;
