@@ -178,6 +178,15 @@ pub fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
+/// Every HTTP client starts here: rustls with ring, the one crypto provider in the tree
+/// (reqwest is built with `rustls-no-provider`, so the provider is installed before the first
+/// client; installing it again is a no-op).
+#[allow(clippy::disallowed_methods)] // the one place a client is begun
+pub fn client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// The redirect policy of every client: follow a few redirects within one origin, never to
 /// another (reqwest would re-send custom headers such as a webhook's `X-Api-Key` there).
 pub fn same_origin_redirects() -> reqwest::redirect::Policy {

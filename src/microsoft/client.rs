@@ -188,7 +188,7 @@ impl MicrosoftClient {
 
     /// The HTTP client both APIs use: rustls, bounded connect and total timeouts.
     pub fn build_http(timeout: Duration, connect_timeout: Duration) -> reqwest::Client {
-        reqwest::Client::builder()
+        crate::http::client_builder()
             .timeout(timeout)
             .connect_timeout(connect_timeout)
             .redirect(same_origin_redirects())

@@ -340,7 +340,11 @@ async fn the_daemon_alerts_an_urgent_referral_before_a_throttled_refresh_finishe
     let reads_when_alerted = gets(&env) - reads_before;
     let has_lead = env.sim.leads_per_external_id().get("urgent-2") == Some(&1);
     // The metrics show each lane and the refresh backlog.
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    let metrics = cosell_sync::http::client_builder()
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
         .await
         .unwrap()
         .text()

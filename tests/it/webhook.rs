@@ -487,7 +487,7 @@ async fn generated_tamperings_of_a_signed_event_are_all_refused() {
     let h = hooked("").await;
     let (_app, _stop) = start_in_process(&h).await;
     let mut rng = fastrand::Rng::with_seed(12);
-    let client = reqwest::Client::new();
+    let client = cosell_sync::http::client_builder().build().unwrap();
     let body = format!(
         r#"{{"EventName":"referral-created","ResourceUri":"https://api.partnercenter.microsoft.com/engagements/v1/referrals/{}","ResourceName":"referral","AuditUri":null,"ResourceChangeUtcDate":"2026-01-01T00:00:00Z"}}"#,
         sample::referral_id(50)
