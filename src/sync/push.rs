@@ -86,20 +86,23 @@ impl PushStats {
 /// Which referrals a plan covers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum PlanScope {
-    /// Every candidate: incoming referrals still New and every linked referral.
-    All,
+    /// Every candidate: incoming referrals still New and every linked referral — except,
+    /// with a time, those the plan queue planned after a change at or after it.
+    All(Option<DateTime<Utc>>),
     /// The plan queue: referrals whose inputs changed since they were last planned.
     Queued,
 }
 
 /// Reconciles every candidate referral in batches, storing each batch's decisions in one
-/// transaction.
+/// transaction. `planned_since` (a cycle's start) leaves out the referrals that cycle's plan
+/// queue already planned after their last change: each is planned once per change.
 pub async fn plan_all(
     store: &Store,
     policy: &Policy,
     now: DateTime<Utc>,
+    planned_since: Option<DateTime<Utc>>,
 ) -> Result<PlanStats, StoreError> {
-    let stats = plan_batches(store, policy, now, PlanScope::All).await?;
+    let stats = plan_batches(store, policy, now, PlanScope::All(planned_since)).await?;
     // Everything queued before this plan began has been planned with newer data.
     store
         .call(move |c| schedule::planned_before(c, now))
@@ -134,8 +137,8 @@ async fn plan_batches(
         let (batch_stats, last) = store
             .call(move |c| {
                 let (rows, last) = match scope {
-                    PlanScope::All => {
-                        let rows = gstore::snapshot_batch(c, &cursor, 500)?;
+                    PlanScope::All(since) => {
+                        let rows = gstore::snapshot_batch(c, &cursor, 500, since)?;
                         let last = rows.last().map(|r| r.referral.referral.id.clone());
                         (
                             rows.into_iter()
@@ -668,8 +671,14 @@ async fn lead_created(
         .call(move |c| {
             let tx = c.transaction()?;
             let now = Utc::now();
+            // The new link and lead copy would queue a plan; that plan would decide only the
+            // write-back queued below. Unless something else queued it, it stays unqueued.
+            let was_queued = schedule::is_queued(&tx, &referral_id)?;
             gstore::set_link(&tx, &referral_id, Some(&created.name), None, "created", now)?;
             gstore::save_lead(&tx, &created, Some(&referral_id), now)?;
+            if !was_queued {
+                schedule::planned(&tx, &referral_id)?;
+            }
             // The answer is the lead's current copy: no read is due before the minimum.
             schedule::checked_fresh(&tx, &created.name, &referral_id, first_check, now)?;
             // The write-back follows from the new link: queued in the same transaction.
@@ -810,7 +819,10 @@ async fn patch_referral(
         _ => false,
     };
     match result {
-        Ok(outcome) => referral_patched(store, cycle_id, &row, fields, outcome, base_after).await,
+        Ok(outcome) => {
+            let guarded = etag.is_some();
+            referral_patched(store, cycle_id, &row, fields, outcome, base_after, guarded).await
+        }
         Err(e) => {
             let ms = (microsoft, microsoft_retry);
             patch_failed(store, ms, google, cycle_id, row, fields, e, replan_spent).await
@@ -872,7 +884,9 @@ async fn patch_failed(
 }
 
 /// The patch went through: the base it agreed on, the done row and its audit entry in one
-/// transaction, then the referral as Partner Center returned it.
+/// transaction, then the referral as Partner Center returned it. Sent with `If-Match`
+/// (`guarded`), that copy is the one the plan saw plus this patch (any other change would
+/// have been a 412), so it is stored without queueing another plan of it.
 async fn referral_patched(
     store: &Store,
     cycle_id: &str,
@@ -880,6 +894,7 @@ async fn referral_patched(
     fields: String,
     outcome: crate::microsoft::WriteOutcome,
     base_after: BaseUpdate,
+    guarded: bool,
 ) -> Result<Outcome, StoreError> {
     let id = row.referral_id.clone();
     let audit = AuditEntry {
@@ -901,7 +916,11 @@ async fn referral_patched(
             record_done(&tx, action, None, &audit, &cycle, now)?;
             tx.commit()?;
             if let Some(fresh) = fresh {
+                let was_queued = schedule::is_queued(c, &id)?;
                 referrals::commit_page(c, &[fresh], &[], None, now)?;
+                if guarded && !was_queued {
+                    schedule::planned(c, &id)?;
+                }
             }
             Ok(())
         })
