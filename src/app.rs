@@ -1,11 +1,12 @@
 //! Wiring: builds the store and the clients from a validated [`Config`], and the commands on
 //! top of them: one function per command in [`commands`] (`main` only parses and calls it),
 //! `link` in [`link`], one cycle (`sync`), the daemon (`run`, via
-//! [`crate::scheduler`]).
+//! [`scheduler`]).
 
 pub mod commands;
 pub mod demo;
 pub mod link;
+pub mod scheduler;
 
 use std::sync::Arc;
 
@@ -85,17 +86,8 @@ impl App {
             (Store::open(&config.state.path)?, None)
         };
         let ms = &config.microsoft;
-        let http = MicrosoftClient::build_http(ms.timeout.0, ms.connect_timeout.0);
-        let tokens = TokenSource::new(
-            http.clone(),
-            &ms.authority,
-            ms.tenant.as_deref().unwrap_or_default(),
-            ms.client_id.clone().unwrap_or_default(),
-            ms.client_secret.clone(),
-            ms.refresh_token.clone(),
-            config.token_file(),
-        )
-        .map_err(AppError::Config)?;
+        let http = crate::http::client(ms.timeout.0, ms.connect_timeout.0);
+        let tokens = TokenSource::from_config(http.clone(), &config).map_err(AppError::Config)?;
         let microsoft = MicrosoftClient::new(
             http,
             &ms.api_base,
@@ -185,6 +177,17 @@ impl App {
         self.cycle.stop = from.cycle.stop.clone();
     }
 
+    /// What the webhook's hand-off uses (the store, the clients, the alert settings), never
+    /// the whole app.
+    pub fn webhook_handoff(&self) -> crate::webhook::forward::Handoff {
+        crate::webhook::forward::Handoff {
+            cycle: self.cycle.clone(),
+            alerts: self.alerts.clone(),
+            dry_run: self.config.daemon.dry_run,
+            max_attempts: self.config.webhook.as_ref().map_or(5, |w| w.max_attempts),
+        }
+    }
+
     /// One full cycle (`sync`): a full pull, the Google records due now, a full plan, the
     /// push and the alerts (raised and delivered; never failing the cycle).
     pub async fn sync_once(&self) -> Cycle {
@@ -234,7 +237,7 @@ fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
     let auth = GoogleAuth::from_key_file(key)
         .map_err(|e| AppError::Config(format!("google.credentials_file: {e}")))?;
     // Google's own timeouts: its calls are small and its quota is not Microsoft's.
-    let http = MicrosoftClient::build_http(g.timeout.0, g.connect_timeout.0);
+    let http = crate::http::client(g.timeout.0, g.connect_timeout.0);
     let client = GoogleClient::new(
         http,
         &g.api_base,

@@ -254,7 +254,7 @@ fn parse_resource_name(text: &str) -> Result<String, String> {
 }
 
 fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
-    crate::microsoft::model::parse_timestamp(text)
+    crate::timefmt::parse_timestamp(text)
         .ok_or_else(|| "use RFC 3339 (2026-11-22T10:00:00Z) or a date (2026-11-22)".into())
 }
 

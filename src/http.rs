@@ -215,13 +215,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            max_retries: 5,
-            min_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(30),
-            max_total: Duration::from_secs(120),
-            max_retry_after: Duration::from_secs(120),
-        }
+        crate::config::RetryConfig::default().policy()
     }
 }
 
@@ -396,6 +390,32 @@ pub async fn read_capped(
 /// A fresh correlation id for one request (`client-request-id`).
 pub fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+/// The HTTP client every API client uses (Microsoft, Google, the webhook registration): rustls,
+/// bounded connect and total timeouts, same-origin redirects only. The one place it is built.
+pub fn client(timeout: Duration, connect_timeout: Duration) -> reqwest::Client {
+    client_builder()
+        .timeout(timeout)
+        .connect_timeout(connect_timeout)
+        .redirect(same_origin_redirects())
+        .user_agent(concat!("cosell-sync/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("reqwest client with rustls builds")
+}
+
+/// `[microsoft.retry]` and `[google.retry]` as the policy [`with_retry`] follows (kept here so
+/// the configuration imports nothing from the clients).
+impl crate::config::RetryConfig {
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_retries: self.max_retries,
+            min_delay: self.min_delay.0,
+            max_delay: self.max_delay.0,
+            max_total: self.max_total.0,
+            max_retry_after: self.max_retry_after.0,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //!   never waits on Google re-reads: Microsoft pull (inbox + incremental) → expiry alerts
 //!   (raised and delivered at once: they need only Microsoft data) → plan the referrals whose
 //!   inputs changed → lead creates and write-backs → every other alert and delivery.
-//! - The **refresh lane** ([`refresh_once`], looped by [`crate::scheduler`]) re-reads tracked
+//! - The **refresh lane** ([`refresh_once`], looped by [`crate::app::scheduler`]) re-reads tracked
 //!   Google records on their own schedule under the hourly budget, at background priority on
 //!   the shared rate limiter; a changed record queues its referral for the deadline lane.
 //!

@@ -8,13 +8,15 @@
 //! Module map, one owner per concern:
 //! - [`cli`]: the command line (fixed names, spec §4); `main` calls one [`app::commands`]
 //!   function per command.
-//! - [`config`]: figment layers (defaults → file → env), secrets, validation naming keys, redaction.
+//! - [`config`]: a leaf (imports no feature module): figment layers (defaults → file → env),
+//!   secrets, validation naming keys, redaction, the `[webhook]` section.
 //! - [`app`]: wiring: builds the clients and the store; `sync_once`; the commands
 //!   ([`app::commands`]), `link` and the demo.
 //! - [`status`]: what `status` knows (and `status --referral`), read from the store.
 //! - [`render`]: every command's tables and JSON, in one place.
 //! - [`timefmt`]: one time format for people (`2026-12-01 14:05 UTC`, `2 d 12 h`), pure.
-//! - [`scheduler`]: the cron job, the no-overlap guard, SIGHUP reload, shutdown with a grace period.
+//! - [`app::scheduler`]: the daemon (`run`): the cron job, the no-overlap guard, SIGHUP reload,
+//!   shutdown with a grace period; part of the wiring, since a reload rebuilds the app.
 //! - [`systemd`]: sd_notify (READY, STATUS, WATCHDOG, STOPPING) without libsystemd.
 //! - [`health`]: liveness per lane (plain data in, no import of `app`), the `/metrics` +
 //!   `/healthz` endpoint.
@@ -28,6 +30,7 @@
 //! - [`sync`]: the primitives: Microsoft pull, Google refresh, the pure `reconcile`, the outbox.
 //! - [`deadline`]: the 14-day response window arithmetic, pure.
 //! - [`alerts`]: expiry and health alerts (pure planner), formats, durable delivery to sinks.
+//! - [`pem`]: certificate files (DER/PEM, trust roots), a leaf for config and the verifier.
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
 //! - [`telemetry`]: tracing subscriber set-up (text, json, journald).
 //! - [`generate`]: the man page and shell completions from the clap definitions.
@@ -49,8 +52,8 @@ pub mod http;
 pub mod lanes;
 pub mod metrics;
 pub mod microsoft;
+pub mod pem;
 pub mod render;
-pub mod scheduler;
 pub mod sim;
 pub mod status;
 pub mod store;

@@ -85,8 +85,6 @@ async fn dispatch(cli: Cli) -> Outcome {
         Command::Run { .. } => cmd::run(config, &file, dry_run).await,
         Command::Demo { referrals } => cmd::demo(referrals).await,
         Command::Man | Command::Completions { .. } => unreachable!("handled in main"),
-        Command::Webhook { action } => {
-            cosell_sync::webhook::registration::command(&config, action).await
-        }
+        Command::Webhook { action } => cmd::webhook(&config, action).await,
     }
 }

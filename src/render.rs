@@ -14,6 +14,7 @@ use crate::store::outbox::{AuditRow, OutboxRow};
 use crate::store::schedule::RefreshBacklog;
 use crate::sync::CycleReport;
 use crate::timefmt::{human, human_text, time_left};
+use crate::webhook::registration::Registration;
 
 /// Pretty JSON with a final newline.
 pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
@@ -412,4 +413,42 @@ pub fn truncate(text: &str, width: usize) -> String {
         s.push('…');
         s
     }
+}
+/// `webhook register`: what was registered.
+pub fn webhook_registered(r: &Registration, public_url: &str) -> String {
+    format!(
+        "registered {} for {} (subscriber {})\n",
+        r.webhook_url.as_deref().unwrap_or(public_url),
+        r.webhook_events.join(", "),
+        r.subscriber_id.as_deref().unwrap_or("?")
+    )
+}
+
+/// `webhook show`: the registration, and a note when it is not `webhook.public_url`.
+pub fn webhook_registration(r: Option<&Registration>, public_url: &str) -> String {
+    let Some(r) = r else {
+        return "no registration; run `cosell-sync webhook register`\n".into();
+    };
+    let mut text = format!(
+        "registered: {}\nevents: {}\nsubscriber: {}\n",
+        r.webhook_url.as_deref().unwrap_or("?"),
+        r.webhook_events.join(", "),
+        r.subscriber_id.as_deref().unwrap_or("?")
+    );
+    if r.webhook_url.as_deref() != Some(public_url) {
+        text.push_str(&format!(
+            "note: webhook.public_url is {public_url}; run `cosell-sync webhook register`\n"
+        ));
+    }
+    text
+}
+
+/// `webhook test` when a verified event arrived.
+pub fn webhook_test_verified(via_temporary_receiver: bool) -> String {
+    let by = if via_temporary_receiver {
+        "a temporary receiver (the daemon is not running)"
+    } else {
+        "the running daemon's receiver"
+    };
+    format!("test-created event arrived and verified, received by {by}\n")
 }

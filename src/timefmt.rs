@@ -1,7 +1,8 @@
 //! One way to show time to people (`2026-12-01 14:05 UTC`, time left as `2 d 12 h`), used by
-//! every command, the demo and the alert texts; JSON keeps RFC 3339 (pure, a leaf module).
+//! every command, the demo and the alert texts; JSON keeps RFC 3339; and the database's
+//! timestamp text ([`db_timestamp`], [`parse_timestamp`]) (pure, a leaf module).
 
-use chrono::{DateTime, Duration, FixedOffset, Utc};
+use chrono::{DateTime, Duration, FixedOffset, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 
 /// `2026-12-01 14:05 UTC`: minutes are the precision a person acts on.
 pub fn human(at: DateTime<Utc>) -> String {
@@ -62,6 +63,27 @@ pub fn parse_offset(text: &str) -> Option<FixedOffset> {
         return None;
     }
     FixedOffset::east_opt(sign * (h * 3600 + m * 60))
+}
+
+/// A canonical, sortable text form for timestamps in the database (always 9 fraction digits).
+pub fn db_timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+/// Parses the timestamp shapes seen from Partner Center: RFC 3339 with up to 9 fractional
+/// digits, or the same without a zone (taken as UTC), or a bare date.
+pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    if let Ok(t) = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f") {
+        return Some(t.and_utc());
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
 }
 
 #[cfg(test)]

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::{App, AppError};
+use super::{scheduler, App, AppError};
 use crate::cli::{OutboxCommand, OutboxState};
 use crate::config::Config;
 use crate::google::GoogleAuth;
-use crate::microsoft::{MicrosoftClient, TokenSource};
+use crate::microsoft::TokenSource;
 use crate::store::{outbox, Store};
-use crate::{exit, render, scheduler};
+use crate::{exit, render};
 
 /// What a command prints on stdout and the exit code it ends with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,16 +231,8 @@ pub async fn auth_check(config: &Config) -> Outcome {
     let ms = &config.microsoft;
     let token_file = config.token_file();
     let before = std::fs::read_to_string(&token_file).ok();
-    let tokens = TokenSource::new(
-        MicrosoftClient::build_http(ms.timeout.0, ms.connect_timeout.0),
-        &ms.authority,
-        ms.tenant.as_deref().unwrap_or_default(),
-        ms.client_id.clone().unwrap_or_default(),
-        ms.client_secret.clone(),
-        ms.refresh_token.clone(),
-        token_file.clone(),
-    )
-    .map_err(AppError::Config)?;
+    let http = crate::http::client(ms.timeout.0, ms.connect_timeout.0);
+    let tokens = TokenSource::from_config(http, config).map_err(AppError::Config)?;
     match tokens.access_token().await {
         Ok(_) => {
             out.push_str("ok      microsoft: a token for the Referrals API was granted\n");
@@ -288,7 +280,7 @@ async fn google_token(config: &Config) -> Option<Result<(), String>> {
 /// `auth microsoft`: the device-code sign-in; `show` prints the instructions as they come.
 pub async fn auth_microsoft(config: &Config, show: impl Fn(&str)) -> Outcome {
     let ms = &config.microsoft;
-    let http = MicrosoftClient::build_http(ms.timeout.0, ms.connect_timeout.0);
+    let http = crate::http::client(ms.timeout.0, ms.connect_timeout.0);
     let token_file = config.token_file();
     crate::microsoft::auth::device_code_flow(
         &http,
@@ -353,4 +345,47 @@ pub async fn demo(referrals: usize) -> Outcome {
         .await
         .map_err(|e| AppError::Refused(format!("demo failed: {e:#}")))?;
     Ok(Printed::ok(""))
+}
+
+/// `cosell-sync webhook register | show | test | unregister`: one subcommand on the
+/// registration client ([`crate::webhook::registration`]); the text is [`render`]'s.
+pub async fn webhook(config: &Config, action: crate::cli::WebhookCommand) -> Outcome {
+    use crate::cli::WebhookCommand;
+    use crate::webhook::registration::{self, RegistrationClient, TestOutcome};
+    let webhook = config.webhook.as_ref().ok_or_else(|| {
+        AppError::Config(
+            "webhook: the [webhook] section is missing (listen, public_url); see config.example.toml"
+                .into(),
+        )
+    })?;
+    let client = RegistrationClient::from_config(config).map_err(AppError::Config)?;
+    let refused = |e: &dyn std::fmt::Display| AppError::Refused(e.to_string());
+    let text = match action {
+        WebhookCommand::Register => {
+            let r = client.register(webhook).await.map_err(|e| refused(&e))?;
+            render::webhook_registered(&r, &webhook.public_url)
+        }
+        WebhookCommand::Show => {
+            let r = client.show().await.map_err(|e| refused(&e))?;
+            render::webhook_registration(r.as_ref(), &webhook.public_url)
+        }
+        WebhookCommand::Unregister => {
+            client.unregister().await.map_err(|e| refused(&e))?;
+            "registration removed; referrals still arrive by polling\n".into()
+        }
+        WebhookCommand::Test { wait } => {
+            let wait_for = std::time::Duration::from_secs(wait);
+            match registration::test(config, &client, wait_for).await.map_err(|e| refused(&e))? {
+                TestOutcome::Verified { via_temporary_receiver } => {
+                    render::webhook_test_verified(via_temporary_receiver)
+                }
+                TestOutcome::Rejected => return Err(refused(&"an event arrived but failed verification (see the log: certificate_url_prefixes, ca_file, certificate_subject)")),
+                TestOutcome::Missing => return Err(refused(&format!(
+                    "no event arrived within {wait}s: check the registration (webhook show), the reverse proxy and the firewall for {}",
+                    webhook.public_url
+                ))),
+            }
+        }
+    };
+    Ok(Printed::ok(text))
 }

@@ -252,12 +252,12 @@ async fn webhook_step(sim: &Simulator, app: &App, dir: &std::path::Path) -> anyh
         listen: "127.0.0.1:0".into(),
         ca_file: Some(ca),
         certificate_url_prefixes: vec![sim.webhook_certificate_prefix()],
-        ..crate::webhook::config::example("http://127.0.0.1/partner-center/events")
+        ..crate::config::webhook::example("http://127.0.0.1/partner-center/events")
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let _stop = stop.clone().drop_guard();
-    let shared = std::sync::Arc::new(app.clone());
-    let (addr, _) = crate::webhook::start(&webhook, move || shared.clone(), stop)
+    let handoff = app.webhook_handoff();
+    let (addr, _) = crate::webhook::start(&webhook, move || handoff.clone(), stop)
         .await
         .map_err(anyhow::Error::msg)?;
     sim.register_webhook(&format!("http://{addr}/partner-center/events"));

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::config::Config;
 use crate::http::{error_chain, ApiError};
 
 const API: &str = "microsoft-auth";
@@ -62,6 +63,21 @@ fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64
 }
 
 impl TokenSource {
+    /// From `[microsoft]` (authority, tenant, client id, secrets) and the token file beside the
+    /// database: the one place the Referrals API's tokens are set up from the settings.
+    pub fn from_config(http: reqwest::Client, config: &Config) -> Result<Self, String> {
+        let ms = &config.microsoft;
+        Self::new(
+            http,
+            &ms.authority,
+            ms.tenant.as_deref().unwrap_or_default(),
+            ms.client_id.clone().unwrap_or_default(),
+            ms.client_secret.clone(),
+            ms.refresh_token.clone(),
+            config.token_file(),
+        )
+    }
+
     pub fn new(
         http: reqwest::Client,
         authority: &str,

@@ -6,7 +6,6 @@
 //! one token refresh and one more try; every other retry is the caller's ([`crate::http`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, StatusCode, Url};
@@ -18,9 +17,7 @@ use tokio::time::Instant;
 use super::model::{ParsedReferral, RejectedRecord};
 use super::odata::encode_query_value;
 use super::TokenSource;
-use crate::http::{
-    new_request_id, same_origin, same_origin_redirects, send_and_read, ApiError, RateLimiter,
-};
+use crate::http::{new_request_id, same_origin, send_and_read, ApiError, RateLimiter};
 
 const API: &str = "microsoft";
 
@@ -184,17 +181,6 @@ impl MicrosoftClient {
             background: true,
             ..self.clone()
         }
-    }
-
-    /// The HTTP client both APIs use: rustls, bounded connect and total timeouts.
-    pub fn build_http(timeout: Duration, connect_timeout: Duration) -> reqwest::Client {
-        crate::http::client_builder()
-            .timeout(timeout)
-            .connect_timeout(connect_timeout)
-            .redirect(same_origin_redirects())
-            .user_agent(concat!("cosell-sync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("reqwest client with rustls builds")
     }
 
     fn referrals_url(&self) -> Url {

@@ -412,7 +412,7 @@ async fn create_lead(
         lead["name"] = json!(name);
         lead["leadStatus"] = json!("STATE_SUBMITTED");
         lead["leadApprovalStatus"] = json!("APPROVAL_STATE_IN_PROCESS");
-        lead["submittedTime"] = json!(crate::microsoft::model::db_timestamp(chrono::Utc::now()));
+        lead["submittedTime"] = json!(crate::timefmt::db_timestamp(chrono::Utc::now()));
         lead["createDate"] = crate::google::GoogleDate::json(today);
         lead["title"] = lead["customer"]
             .as_object()

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use super::odata;
 use super::{before, dropped, lock, ErrorShape, SimState};
-use crate::microsoft::model::{db_timestamp, parse_timestamp};
+use crate::timefmt::{db_timestamp, parse_timestamp};
 
 type Shared = Arc<SimState>;
 

@@ -7,7 +7,7 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 
-use crate::microsoft::model::parse_timestamp;
+use crate::timefmt::parse_timestamp;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 
-use crate::microsoft::model::db_timestamp;
+use crate::timefmt::db_timestamp;
 
 const CUSTOMERS: &[(&str, &str, &str)] = &[
     ("Fabrikam Inc", "Seattle", "US"),

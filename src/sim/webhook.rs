@@ -21,7 +21,7 @@ use rcgen::{
 use serde_json::{json, Value};
 
 use super::{lock, SimState};
-use crate::microsoft::model::db_timestamp;
+use crate::timefmt::db_timestamp;
 
 type Shared = Arc<SimState>;
 
@@ -430,7 +430,7 @@ impl super::Simulator {
     pub fn register_webhook(&self, url: &str) {
         lock(&self.state.webhook).registration = Some((
             url.to_string(),
-            crate::webhook::config::DEFAULT_EVENTS
+            crate::config::webhook::DEFAULT_EVENTS
                 .iter()
                 .map(|e| e.to_string())
                 .collect(),

@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use crate::microsoft::model::db_timestamp;
+use crate::timefmt::db_timestamp;
 
 /// One alert, exactly as the JSON sinks receive it (and as it is stored: the store owns the
 /// record, so it imports nothing from `alerts`).

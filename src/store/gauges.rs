@@ -11,7 +11,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::StoreError;
 use crate::metrics::StateSnapshot;
-use crate::microsoft::model::parse_timestamp;
+use crate::timefmt::parse_timestamp;
 
 /// A read-only connection for the metrics endpoint (never creates or migrates anything).
 pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {

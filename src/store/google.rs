@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::StoreError;
 use crate::google::{Lead, Opportunity};
-use crate::microsoft::model::db_timestamp;
 use crate::microsoft::ParsedReferral;
+use crate::timefmt::db_timestamp;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Link {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::StoreError;
-use crate::microsoft::model::{db_timestamp, parse_timestamp};
+use crate::timefmt::{db_timestamp, parse_timestamp};
 
 pub const CREATE_LEAD: &str = "create_lead";
 pub const PATCH_REFERRAL: &str = "patch_referral";

@@ -6,8 +6,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
 use super::StoreError;
-use crate::microsoft::model::{db_timestamp, parse_timestamp};
 use crate::microsoft::{ParsedReferral, RejectedRecord};
+use crate::timefmt::{db_timestamp, parse_timestamp};
 
 /// What one committed page did to the table.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]

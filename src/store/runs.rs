@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::referrals::UpsertCounts;
 use super::StoreError;
-use crate::microsoft::model::{db_timestamp, parse_timestamp};
+use crate::timefmt::{db_timestamp, parse_timestamp};
 
 pub fn start_cycle(
     conn: &Connection,

@@ -6,8 +6,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::StoreError;
-use crate::microsoft::model::parse_timestamp;
 use crate::store::referrals::{summary_row, ReferralSummary, SUMMARY_COLUMNS};
+use crate::timefmt::parse_timestamp;
 
 /// How many leads and opportunities are linked to referrals.
 #[derive(Debug, Clone, Copy, Default, Serialize)]

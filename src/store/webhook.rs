@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::StoreError;
-use crate::microsoft::model::{db_timestamp, parse_timestamp};
+use crate::timefmt::{db_timestamp, parse_timestamp};
 
 /// An event as the receiver stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,19 +8,18 @@
 //! so a create is sent by exactly one of them.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::receiver::Accepted;
-use crate::alerts::deliver::{self, AlertStats};
-use crate::app::App;
+use crate::alerts::deliver::{self, AlertSettings, AlertStats};
 use crate::http::{with_retry, ApiError};
 use crate::store::webhook::{self as wstore, OpenEvent};
 use crate::store::{google as gstore, referrals, StoreError};
 use crate::sync::push::{self, PushStats};
+use crate::sync::CycleContext;
 
 /// Why a forward failed (the event stays open for another attempt, or polling).
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +40,20 @@ impl ForwardError {
     }
 }
 
+/// What the hand-off uses, and nothing more (never the whole `App`): the store and the
+/// clients of the cycle context, the alert settings, and the event retry limit. Built by the
+/// app (`App::webhook_handoff`) and asked for again per event, since SIGHUP replaces the app.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    /// The store, the Microsoft client (with `[microsoft.retry]`), the Google side, the stop.
+    pub cycle: CycleContext,
+    pub alerts: AlertSettings,
+    /// Dry run: alerts are recorded, not delivered.
+    pub dry_run: bool,
+    /// `webhook.max_attempts`: a transiently failing event is tried this often.
+    pub max_attempts: u32,
+}
+
 /// What one forward did.
 #[derive(Debug, Clone, Default)]
 pub struct Forwarded {
@@ -51,41 +64,44 @@ pub struct Forwarded {
 }
 
 /// Forwards one referral along the deadline path.
-pub async fn forward_referral(app: &App, referral_id: &str) -> Result<Forwarded, ForwardError> {
-    let microsoft = &app.cycle.microsoft;
-    let retry = app.config.microsoft.retry.policy();
-    let parsed = with_retry(&retry, "get referral", || {
+pub async fn forward_referral(
+    handoff: &Handoff,
+    referral_id: &str,
+) -> Result<Forwarded, ForwardError> {
+    let ctx = &handoff.cycle;
+    let microsoft = &ctx.microsoft;
+    let parsed = with_retry(&ctx.pull.retry, "get referral", || {
         microsoft.get_referral(referral_id)
     })
     .await?;
     let now = Utc::now();
-    app.store
+    ctx.store
         .call(move |c| referrals::commit_page(c, &[parsed], &[], None, now))
         .await?;
     let alerts = deliver::for_referral(
-        &app.store,
-        &app.alerts,
+        &ctx.store,
+        &handoff.alerts,
         referral_id,
         now,
-        app.config.daemon.dry_run,
+        handoff.dry_run,
     )
     .await;
     let mut pushed = PushStats::default();
-    if let Some(google) = &app.cycle.google {
-        push::plan_one(&app.store, &google.policy, referral_id, Utc::now()).await?;
+    if let Some(google) = &ctx.google {
+        push::plan_one(&ctx.store, &google.policy, referral_id, Utc::now()).await?;
         let cycle = format!("webhook:{referral_id}");
         pushed = push::push_due(
-            &app.store,
+            &ctx.store,
             microsoft,
-            &app.cycle.pull.retry,
+            &ctx.pull.retry,
             google,
             &cycle,
-            &app.cycle.stop,
+            &ctx.stop,
         )
         .await?;
     }
     let id = referral_id.to_string();
-    let lead = app
+    let lead = ctx
         .store
         .call(move |c| Ok(gstore::link(c, &id)?.and_then(|l| l.lead_name)))
         .await?;
@@ -98,17 +114,13 @@ pub async fn forward_referral(app: &App, referral_id: &str) -> Result<Forwarded,
 
 /// Forwards stored events until `shutdown`: those handed over by the receiver at once, plus
 /// (at start and every `sweep_interval`) every accepted event not processed yet.
+/// `handoff` gives the current hand-off (it changes on SIGHUP).
 pub async fn run(
-    app: impl Fn() -> Arc<App> + Send + 'static,
+    handoff: impl Fn() -> Handoff + Send + 'static,
+    every: std::time::Duration,
     mut events: mpsc::Receiver<Accepted>,
     shutdown: CancellationToken,
 ) {
-    let every = app()
-        .config
-        .webhook
-        .as_ref()
-        .map(|w| w.sweep_interval.0)
-        .unwrap_or(std::time::Duration::from_secs(30));
     let mut sweep = tokio::time::interval(every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -116,18 +128,23 @@ pub async fn run(
             biased;
             _ = shutdown.cancelled() => return,
             accepted = events.recv() => match accepted {
-                Some(a) => settle(&app(), a.referral_id.as_deref(), Some(a.event_id)).await,
+                Some(a) => settle(&handoff(), a.referral_id.as_deref(), Some(a.event_id)).await,
                 None => return,
             },
             // The first tick is immediate: the start-up replay of a crash after the 200.
-            _ = sweep.tick() => replay(&app()).await,
+            _ = sweep.tick() => replay(&handoff()).await,
         }
     }
 }
 
 /// Forwards every open event once (grouped by referral).
-pub async fn replay(app: &App) {
-    let open = match app.store.call(|c| wstore::open_events(c, 10_000)).await {
+pub async fn replay(handoff: &Handoff) {
+    let open = match handoff
+        .cycle
+        .store
+        .call(|c| wstore::open_events(c, 10_000))
+        .await
+    {
         Ok(o) => o,
         Err(e) => {
             tracing::error!(error = %e, "cannot read open webhook events");
@@ -144,47 +161,44 @@ pub async fn replay(app: &App) {
     for event in open {
         match &event.referral_id {
             Some(id) if !seen.insert(id.clone()) => {}
-            id => settle(app, id.as_deref(), Some(event.id)).await,
+            id => settle(handoff, id.as_deref(), Some(event.id)).await,
         }
     }
 }
 
 /// Forwards a referral's open events (all of them: one forward settles them together), or
 /// marks an event about no referral (`test-created`) processed.
-async fn settle(app: &App, referral_id: Option<&str>, event_id: Option<i64>) {
-    if let Err(e) = try_settle(app, referral_id, event_id).await {
+async fn settle(handoff: &Handoff, referral_id: Option<&str>, event_id: Option<i64>) {
+    if let Err(e) = try_settle(handoff, referral_id, event_id).await {
         tracing::error!(error = %e, "cannot record a webhook event's outcome");
     }
 }
 
 async fn try_settle(
-    app: &App,
+    handoff: &Handoff,
     referral_id: Option<&str>,
     event_id: Option<i64>,
 ) -> Result<(), StoreError> {
+    let store = &handoff.cycle.store;
     let Some(referral_id) = referral_id else {
         if let Some(id) = event_id {
-            app.store
+            store
                 .call(move |c| wstore::mark_processed(c, id, None, Utc::now()))
                 .await?;
         }
         return Ok(());
     };
     let id = referral_id.to_string();
-    let open: Vec<OpenEvent> = app
-        .store
+    let open: Vec<OpenEvent> = store
         .call(move |c| wstore::open_for_referral(c, &id))
         .await?;
     if open.is_empty() {
         return Ok(()); // An earlier forward settled it (a repeated referral in the channel).
     }
-    match forward_referral(app, referral_id).await {
+    match forward_referral(handoff, referral_id).await {
         Ok(forwarded) => {
             let id = referral_id.to_string();
-            let lead_at = app
-                .store
-                .call(move |c| wstore::lead_created_at(c, &id))
-                .await?;
+            let lead_at = store.call(move |c| wstore::lead_created_at(c, &id)).await?;
             let now = Utc::now();
             for event in open {
                 let lead_ms = lead_at
@@ -194,7 +208,7 @@ async fn try_settle(
                     let elapsed = std::time::Duration::from_millis(ms.max(0) as u64);
                     crate::metrics::global().webhook_event_to_lead(elapsed);
                 }
-                app.store
+                store
                     .call(move |c| wstore::mark_processed(c, event.id, lead_ms, now))
                     .await?;
             }
@@ -208,7 +222,7 @@ async fn try_settle(
         }
         Err(e) => {
             let max = if e.is_transient() {
-                app.config.webhook.as_ref().map_or(5, |w| w.max_attempts)
+                handoff.max_attempts
             } else {
                 1
             };
@@ -216,7 +230,7 @@ async fn try_settle(
             let message = e.to_string();
             for event in open {
                 let m = message.clone();
-                app.store
+                store
                     .call(move |c| wstore::mark_attempt_failed(c, event.id, &m, max))
                     .await?;
             }

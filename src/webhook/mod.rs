@@ -1,37 +1,38 @@
-//! Partner Center referral webhooks (issue 12), off unless `[webhook]` is set: the [`config`],
+//! Partner Center referral webhooks (issue 12), off unless `[webhook]` is set: its section is
+//! [`crate::config::webhook`],
 //! signature checks ([`verify`]), the HTTP [`receiver`] that stores a verified event before it
 //! answers 200, the hand-off of the referral to the deadline path ([`forward`]), and the
 //! registration commands ([`registration`]). Polling stays the safety net: events can be late,
 //! repeated or lost, and nothing here is needed for a referral to be synced eventually.
 
-pub mod config;
 pub mod forward;
 pub mod receiver;
 pub mod registration;
 pub mod verify;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-pub use config::PartnerWebhookConfig;
+pub use crate::config::PartnerWebhookConfig;
 
-use crate::app::App;
+use forward::Handoff;
 
 /// Starts the receiver on `webhook.listen` and the forwarder (which first replays what an
-/// earlier process accepted but did not forward). `app` gives the current app (it changes on
-/// SIGHUP). Returns the bound address and the forwarder's task, for shutdown to wait on.
+/// earlier process accepted but did not forward). `handoff` gives what the forwarder uses,
+/// from the current app (it changes on SIGHUP). Returns the bound address and the
+/// forwarder's task, for shutdown to wait on.
 pub async fn start(
     config: &PartnerWebhookConfig,
-    app: impl Fn() -> Arc<App> + Send + 'static,
+    handoff: impl Fn() -> Handoff + Send + 'static,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), String> {
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let store = app().store.clone();
+    let store = handoff().cycle.store.clone();
     let addr = receiver::serve(config, store, tx, shutdown.clone()).await?;
-    let forwarder = tokio::spawn(forward::run(app, rx, shutdown));
+    let every = config.sweep_interval.0;
+    let forwarder = tokio::spawn(forward::run(handoff, every, rx, shutdown));
     Ok((addr, forwarder))
 }
 

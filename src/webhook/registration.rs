@@ -19,11 +19,9 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::PartnerWebhookConfig;
-use crate::app::commands::{Outcome, Printed};
-use crate::app::AppError;
 use crate::config::Config;
 use crate::http::{new_request_id, send_and_read, ApiError};
-use crate::microsoft::{MicrosoftClient, TokenSource};
+use crate::microsoft::TokenSource;
 use crate::store::webhook as wstore;
 use crate::store::Store;
 
@@ -57,17 +55,9 @@ impl RegistrationClient {
             .as_ref()
             .ok_or("webhook: the [webhook] section is missing")?;
         let ms = &config.microsoft;
-        let http = MicrosoftClient::build_http(ms.timeout.0, ms.connect_timeout.0);
-        let tokens = TokenSource::new(
-            http.clone(),
-            &ms.authority,
-            ms.tenant.as_deref().unwrap_or_default(),
-            ms.client_id.clone().unwrap_or_default(),
-            ms.client_secret.clone(),
-            ms.refresh_token.clone(),
-            config.token_file(),
-        )?
-        .with_scope(crate::microsoft::CLASSIC_SCOPE);
+        let http = crate::http::client(ms.timeout.0, ms.connect_timeout.0);
+        let tokens = TokenSource::from_config(http.clone(), config)?
+            .with_scope(crate::microsoft::CLASSIC_SCOPE);
         let base = Url::parse(webhook.api_base.trim_end_matches('/'))
             .map_err(|e| format!("webhook.api_base: {e}"))?;
         Ok(RegistrationClient {
@@ -260,68 +250,4 @@ pub async fn test(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// `cosell-sync webhook …`: runs one subcommand; what to print, or why it failed.
-pub async fn command(config: &Config, action: crate::cli::WebhookCommand) -> Outcome {
-    use crate::cli::WebhookCommand;
-    let webhook = config.webhook.as_ref().ok_or_else(|| {
-        AppError::Config(
-            "webhook: the [webhook] section is missing (listen, public_url); see config.example.toml"
-                .into(),
-        )
-    })?;
-    let client = RegistrationClient::from_config(config).map_err(AppError::Config)?;
-    let refused = |e: &dyn std::fmt::Display| AppError::Refused(e.to_string());
-    let text = match action {
-        WebhookCommand::Register => {
-            let r = client.register(webhook).await.map_err(|e| refused(&e))?;
-            format!(
-                "registered {} for {} (subscriber {})\n",
-                r.webhook_url.as_deref().unwrap_or(&webhook.public_url),
-                r.webhook_events.join(", "),
-                r.subscriber_id.as_deref().unwrap_or("?")
-            )
-        }
-        WebhookCommand::Show => match client.show().await.map_err(|e| refused(&e))? {
-            Some(r) => {
-                let mut text = format!(
-                    "registered: {}\nevents: {}\nsubscriber: {}\n",
-                    r.webhook_url.as_deref().unwrap_or("?"),
-                    r.webhook_events.join(", "),
-                    r.subscriber_id.as_deref().unwrap_or("?")
-                );
-                if r.webhook_url.as_deref() != Some(webhook.public_url.as_str()) {
-                    text.push_str(&format!(
-                        "note: webhook.public_url is {}; run `cosell-sync webhook register`\n",
-                        webhook.public_url
-                    ));
-                }
-                text
-            }
-            None => "no registration; run `cosell-sync webhook register`\n".into(),
-        },
-        WebhookCommand::Unregister => {
-            client.unregister().await.map_err(|e| refused(&e))?;
-            "registration removed; referrals still arrive by polling\n".into()
-        }
-        WebhookCommand::Test { wait } => {
-            match test(config, &client, Duration::from_secs(wait)).await.map_err(|e| refused(&e))? {
-                TestOutcome::Verified { via_temporary_receiver } => {
-                    let by = if via_temporary_receiver {
-                        "a temporary receiver (the daemon is not running)"
-                    } else {
-                        "the running daemon's receiver"
-                    };
-                    format!("test-created event arrived and verified, received by {by}\n")
-                }
-                TestOutcome::Rejected => return Err(refused(&"an event arrived but failed verification (see the log: certificate_url_prefixes, ca_file, certificate_subject)")),
-                TestOutcome::Missing => return Err(refused(&format!(
-                    "no event arrived within {wait}s: check the registration (webhook show), the reverse proxy and the firewall for {}",
-                    webhook.public_url
-                ))),
-            }
-        }
-    };
-    Ok(Printed::ok(text))
 }

@@ -33,7 +33,7 @@ async fn wiremock_client(server: &MockServer, dir: &std::path::Path) -> Microsof
         })))
         .mount(server)
         .await;
-    let http = MicrosoftClient::build_http(Duration::from_secs(5), Duration::from_secs(2));
+    let http = cosell_sync::http::client(Duration::from_secs(5), Duration::from_secs(2));
     let tokens = TokenSource::new(
         http.clone(),
         &server.uri(),

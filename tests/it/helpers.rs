@@ -174,7 +174,7 @@ max_delay = "500ms"
     /// A client against the simulator, as the daemon builds it.
     pub fn client(&self, token_file: &Path) -> MicrosoftClient {
         let c = &self.sim.state.credentials;
-        let http = MicrosoftClient::build_http(
+        let http = cosell_sync::http::client(
             std::time::Duration::from_secs(10),
             std::time::Duration::from_secs(5),
         );

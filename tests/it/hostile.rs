@@ -289,10 +289,7 @@ async fn an_absurd_token_lifetime_is_clamped() {
         .mount(&server)
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let http = cosell_sync::microsoft::MicrosoftClient::build_http(
-        Duration::from_secs(5),
-        Duration::from_secs(2),
-    );
+    let http = cosell_sync::http::client(Duration::from_secs(5), Duration::from_secs(2));
     let tokens = cosell_sync::microsoft::TokenSource::new(
         http,
         &server.uri(),

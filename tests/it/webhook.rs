@@ -63,7 +63,7 @@ async fn start_in_process(h: &Hooked) -> (Arc<App>, CancellationToken) {
     let app = Arc::new(app);
     let stop = CancellationToken::new();
     let a = app.clone();
-    cosell_sync::webhook::start(&webhook, move || a.clone(), stop.clone())
+    cosell_sync::webhook::start(&webhook, move || a.webhook_handoff(), stop.clone())
         .await
         .unwrap();
     h.env.sim.register_webhook(&h.public_url);

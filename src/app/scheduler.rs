@@ -23,7 +23,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::app::{App, Cycle};
+use super::{App, Cycle};
 use crate::config::Config;
 use crate::health::Health;
 use crate::systemd::{watchdog_interval, Notifier};
@@ -87,9 +87,10 @@ pub async fn run(
     let webhook = match app.config.webhook.clone() {
         Some(w) => {
             let d = daemon.clone();
-            let (_, forwarder) = crate::webhook::start(&w, move || d.app(), shutdown.clone())
-                .await
-                .map_err(|e| anyhow::anyhow!(e))?;
+            let (_, forwarder) =
+                crate::webhook::start(&w, move || d.app().webhook_handoff(), shutdown.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
             Some(forwarder)
         }
         None => None,

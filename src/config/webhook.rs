@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, HumanDuration};
+use super::{ConfigError, HumanDuration};
 
 /// The events the daemon subscribes to: the four referral events Microsoft's own co-sell
 /// connectors register, plus `test-created`, which `webhook test` needs.
@@ -139,7 +139,7 @@ impl PartnerWebhookConfig {
             }
         }
         if let Some(path) = self.ca_file.as_ref().filter(|p| !p.as_os_str().is_empty()) {
-            if let Err(e) = super::verify::read_pem_roots(path) {
+            if let Err(e) = crate::pem::read_pem_roots(path) {
                 errors.push(ConfigError::new("webhook.ca_file", e));
             }
         }

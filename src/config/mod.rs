@@ -1,0 +1,88 @@
+//! Configuration, a leaf module (it imports no feature module): the [`types`] of every section,
+//! [`load`]ing (compiled-in defaults, then the TOML file, then `COSELL_SECTION__KEY` env
+//! variables, figment), [`secrets`] inline or from `_file` paths (relative ones in systemd's
+//! `$CREDENTIALS_DIRECTORY`), [`validate`] whose every message names the offending key, the
+//! [`webhook`] section, and the redacted view `check-config` prints.
+
+mod duration;
+mod errors;
+mod load;
+mod secrets;
+mod types;
+mod validate;
+pub mod webhook;
+
+use std::path::PathBuf;
+
+pub use duration::{HumanDuration, MAX_DURATION};
+pub use errors::{ConfigError, ConfigErrors};
+pub use load::{config_path, Loaded};
+pub(crate) use secrets::fnv1a;
+pub use secrets::{redacted_url, resolve_secret_path};
+pub use types::*;
+pub use validate::parse_cron;
+pub use webhook::PartnerWebhookConfig;
+
+/// Where the configuration file is looked for when neither `--config` nor `COSELL_CONFIG` say.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/cosell-sync/config.toml";
+/// Prefix of environment overrides: `COSELL_MICROSOFT__TENANT` sets `microsoft.tenant`.
+pub const ENV_PREFIX: &str = "COSELL_";
+/// Name of the rotated Microsoft refresh-token file, kept beside the database (never in it).
+pub const TOKEN_FILE_NAME: &str = "microsoft-refresh-token";
+
+impl Config {
+    /// The Google side runs when a partner id is configured.
+    pub fn google_enabled(&self) -> bool {
+        self.google
+            .partner_id
+            .as_deref()
+            .is_some_and(|p| !p.trim().is_empty())
+    }
+
+    /// The rotated Microsoft refresh token's file, beside the database.
+    pub fn token_file(&self) -> PathBuf {
+        self.state.path.with_file_name(TOKEN_FILE_NAME)
+    }
+
+    /// The effective configuration as TOML, secrets shown as `[redacted]`.
+    pub fn redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn human_durations_parse_and_print() {
+        for (text, secs) in [
+            ("90m", 5400),
+            ("72h", 259_200),
+            ("14d", 1_209_600),
+            ("1h30m", 5400),
+            ("2w", 1_209_600),
+        ] {
+            let d: HumanDuration = text.parse().unwrap();
+            assert_eq!(d.0, Duration::from_secs(secs), "{text}");
+        }
+        assert_eq!(HumanDuration::secs(72 * 3600).to_string(), "72h");
+        assert_eq!(HumanDuration::secs(14 * 86_400).to_string(), "14d");
+        assert_eq!(HumanDuration::secs(5400).to_string(), "90m");
+        assert_eq!(
+            "500ms".parse::<HumanDuration>().unwrap().to_string(),
+            "500ms"
+        );
+        for bad in ["", "h", "12", "3 days", "5y", "-3h"] {
+            assert!(bad.parse::<HumanDuration>().is_err(), "{bad:?} must fail");
+        }
+    }
+
+    #[test]
+    fn cron_needs_six_fields() {
+        assert!(parse_cron("0 */5 * * * *").is_ok());
+        let err = parse_cron("*/5 * * * *").unwrap_err();
+        assert!(err.contains("invalid cron expression"), "{err}");
+    }
+}

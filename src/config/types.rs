@@ -1,0 +1,480 @@
+//! The configuration's types: one struct per TOML section, with its compiled-in defaults.
+
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use super::secrets::{redact, redact_headers, redact_url};
+use super::{HumanDuration, PartnerWebhookConfig};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub state: StateConfig,
+    pub schedule: ScheduleConfig,
+    pub daemon: DaemonConfig,
+    pub log: LogConfig,
+    pub microsoft: MicrosoftConfig,
+    pub google: GoogleConfig,
+    pub sync: SyncConfig,
+    pub refresh: RefreshConfig,
+    pub forward: ForwardConfig,
+    pub alerts: AlertsConfig,
+    pub metrics: MetricsConfig,
+    /// Partner Center webhooks; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<PartnerWebhookConfig>,
+}
+
+/// Prometheus metrics and `/healthz` over HTTP, for `run` only.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `host:port` to serve `/metrics` and `/healthz` on, e.g. "127.0.0.1:9464"; off when unset.
+    pub listen: Option<String>,
+    /// A non-loopback `listen` is warned about at start unless this says it is on purpose
+    /// (a firewall or network policy guards the port).
+    pub allow_remote: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// The SQLite database. The rotated Microsoft refresh token is kept beside it.
+    pub path: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            path: PathBuf::from("/var/lib/cosell-sync/state.db"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleConfig {
+    /// 6-field cron, seconds first, UTC: when the deadline lane ticks (Microsoft pull →
+    /// expiry alerts → plan → lead creates and write-backs → alert delivery).
+    pub sync: String,
+    /// Between reads of the changes to referrals already known (the incremental query:
+    /// accepted or declined in the portal, values edited). `run` reads them in the background,
+    /// at low priority, so they never hold a new referral back; `sync` reads them every time.
+    pub changes_every: HumanDuration,
+    /// Between full plans of every candidate referral, a safety net beside the plan queue
+    /// (the deadline lane plans only referrals whose inputs changed). Runs in the refresh lane.
+    pub full_plan_every: HumanDuration,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            sync: "0 */5 * * * *".into(),
+            changes_every: HumanDuration::secs(60),
+            full_plan_every: HumanDuration::secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// How long a running cycle may go on after SIGTERM before the process exits anyway.
+    /// Keep it below systemd's `TimeoutStopSec`.
+    pub shutdown_grace: HumanDuration,
+    /// Run a cycle as soon as `run` starts instead of waiting for the first cron tick.
+    pub sync_on_start: bool,
+    /// Plan and log every remote write without sending it, on a throw-away copy of the
+    /// database, so the next real run finds everything as it was (`--dry-run` sets it too).
+    pub dry_run: bool,
+    /// A cycle running longer than this counts as stuck: the systemd watchdog is no longer
+    /// fed (systemd restarts the daemon) and `/healthz` answers 503.
+    pub stuck_after: HumanDuration,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            shutdown_grace: HumanDuration::secs(30),
+            sync_on_start: true,
+            dry_run: false,
+            stuck_after: HumanDuration::secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+    /// For systemd's journal: `<N>` priority prefixes, no timestamps or colours.
+    Journald,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `cosell_sync=debug,info`); `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Retry settings shared by both APIs' `[*.retry]` tables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub max_retries: usize,
+    pub min_delay: HumanDuration,
+    pub max_delay: HumanDuration,
+    pub max_total: HumanDuration,
+    pub max_retry_after: HumanDuration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        // The single source of the retry defaults; `http::RetryPolicy::default` reads them.
+        RetryConfig {
+            max_retries: 5,
+            min_delay: HumanDuration(std::time::Duration::from_millis(500)),
+            max_delay: HumanDuration::secs(30),
+            max_total: HumanDuration::secs(120),
+            max_retry_after: HumanDuration::secs(120),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MicrosoftConfig {
+    pub api_base: String,
+    /// Token endpoint: `{authority}/{tenant}/oauth2/v2.0/token`.
+    pub authority: String,
+    pub tenant: Option<String>,
+    pub client_id: Option<String>,
+    #[serde(serialize_with = "redact")]
+    pub client_secret: Option<SecretString>,
+    pub client_secret_file: Option<PathBuf>,
+    /// Only the first token: every grant returns a new one, kept in the token file.
+    #[serde(serialize_with = "redact")]
+    pub refresh_token: Option<SecretString>,
+    pub refresh_token_file: Option<PathBuf>,
+    pub requests_per_second: f64,
+    /// `$top` of list queries; Partner Center serves at most 100 per page.
+    pub page_size: u32,
+    pub timeout: HumanDuration,
+    pub connect_timeout: HumanDuration,
+    /// The incremental query re-reads this much before the watermark, so nothing slips between
+    /// pages or clocks.
+    pub incremental_overlap: HumanDuration,
+    /// On the very first cycle the incremental query starts this far back.
+    pub initial_lookback: HumanDuration,
+    pub retry: RetryConfig,
+}
+
+impl Default for MicrosoftConfig {
+    fn default() -> Self {
+        MicrosoftConfig {
+            api_base: "https://api.partner.microsoft.com".into(),
+            authority: "https://login.microsoftonline.com".into(),
+            tenant: None,
+            client_id: None,
+            client_secret: None,
+            client_secret_file: None,
+            refresh_token: None,
+            refresh_token_file: None,
+            requests_per_second: 5.0,
+            page_size: 100,
+            timeout: HumanDuration::secs(60),
+            connect_timeout: HumanDuration::secs(10),
+            incremental_overlap: HumanDuration::secs(10 * 60),
+            initial_lookback: HumanDuration::secs(30 * 86_400),
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+/// The Google side (Cloud CRM Partners), with its own timeouts and retry settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GoogleConfig {
+    pub api_base: String,
+    pub partner_id: Option<String>,
+    pub credentials_file: Option<PathBuf>,
+    pub requests_per_second: f64,
+    /// Whole-request timeout of one Google call.
+    pub timeout: HumanDuration,
+    pub connect_timeout: HumanDuration,
+    /// In-call retries of idempotent Google calls (gets, opportunity patches); never creates.
+    pub retry: RetryConfig,
+    pub lead: GoogleLeadConfig,
+}
+
+impl Default for GoogleConfig {
+    fn default() -> Self {
+        GoogleConfig {
+            api_base: "https://cloudcrmpartners.googleapis.com".into(),
+            partner_id: None,
+            credentials_file: None,
+            requests_per_second: 5.0,
+            timeout: HumanDuration::secs(30),
+            connect_timeout: HumanDuration::secs(10),
+            retry: RetryConfig::default(),
+            lead: GoogleLeadConfig::default(),
+        }
+    }
+}
+
+/// The refresh lane: when tracked Google records are read again (see `sync::refresh`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RefreshConfig {
+    /// Google reads the refresh lane may make in any hour (at most a twelfth of it in any
+    /// five minutes). The default, 3600, is one read a second on average: a fifth of the
+    /// default 5 requests/s quota, the rest left to lead creates and patches.
+    pub reads_per_hour: u64,
+    /// A record that changed (or was just tracked) is read again this soon.
+    pub min_interval: HumanDuration,
+    /// The longest wait between reads of a record that matters now: an opportunity in play
+    /// (not in a final stage), a lead whose referral is near its deadline.
+    pub hot_max_interval: HumanDuration,
+    /// The longest wait between reads of any other tracked record.
+    pub max_interval: HumanDuration,
+    /// A referral still New this close to its deadline makes its lead "hot".
+    pub near_deadline: HumanDuration,
+    /// Reads in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        RefreshConfig {
+            reads_per_hour: 3600,
+            min_interval: HumanDuration::secs(300),
+            hot_max_interval: HumanDuration::secs(1800),
+            max_interval: HumanDuration::secs(6 * 3600),
+            near_deadline: HumanDuration::secs(72 * 3600),
+            concurrency: 2,
+        }
+    }
+}
+
+/// Values for the lead fields a referral cannot supply (every field the API marks Required
+/// must be sent; enum values must be real ones, never `*_UNSPECIFIED`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GoogleLeadConfig {
+    pub submitter_email: Option<String>,
+    pub engagement_model: String,
+    pub deal_transaction_type: String,
+    pub support_level: String,
+    /// Deal term (a string in the API, e.g. months).
+    pub deal_term: String,
+    pub delivery_model: String,
+    pub contract_vehicle: String,
+    pub isv_solution_connect_deal: bool,
+    pub is_confidential: Option<bool>,
+    /// The Google `ProductFamily` when no entry of `product_families` matches the referral.
+    pub product_family: Option<String>,
+    /// Microsoft product or solution id (`details.requirements.products[].id`,
+    /// `solutions[].id`) → Google `ProductFamily`. The first match wins.
+    pub product_families: std::collections::BTreeMap<String, String>,
+    /// Used when the referral has no currency.
+    pub default_currency: Option<String>,
+    /// Used when the referral has no deal value.
+    pub default_deal_value: Option<f64>,
+    /// When the referral has no closing date: today plus this.
+    pub default_close_in: Option<HumanDuration>,
+    /// The field of the Google `Customer` object that carries the customer's name. The
+    /// Customer schema is not in the published pages ([?] in the API reference), so it is a
+    /// setting rather than a guess baked into the code.
+    pub customer_name_field: String,
+}
+
+impl Default for GoogleLeadConfig {
+    fn default() -> Self {
+        GoogleLeadConfig {
+            submitter_email: None,
+            engagement_model: "ENGAGEMENT_MODEL_SERVICE".into(),
+            deal_transaction_type: "DEAL_TRANSACTION_TYPE_DEAL_SUBMISSION".into(),
+            support_level: "SUPPORT_LEVEL_TECHNICAL_SUPPORT".into(),
+            deal_term: "12".into(),
+            delivery_model: "DELIVERY_MODEL_OTHER".into(),
+            contract_vehicle: "CONTRACT_VEHICLE_NOT_KNOWN_AT_THIS_TIME".into(),
+            isv_solution_connect_deal: false,
+            is_confidential: None,
+            product_family: None,
+            product_families: Default::default(),
+            default_currency: None,
+            default_deal_value: None,
+            default_close_in: None,
+            customer_name_field: "organizationName".into(),
+        }
+    }
+}
+
+/// Who wins when both sides changed a field to different values since the last sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictPolicy {
+    Microsoft,
+    Google,
+    /// Write nothing; record the conflict and alert.
+    Manual,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    pub conflict: ConflictPolicy,
+    /// Google opportunity stages that close the referral as Closed/Lost.
+    pub lost_stages: Vec<String>,
+    /// Google opportunity stages that close the referral as Closed/Won (none by default: the
+    /// published SalesStage values have no won stage).
+    pub won_stages: Vec<String>,
+    /// Move a linked open opportunity to SALES_STAGE_CLOSED_LOST when Microsoft closes the
+    /// referral as Declined, Lost or Expired.
+    pub close_google_on_microsoft_close: bool,
+    /// Remote writes and Google reads in flight at once.
+    pub concurrency: usize,
+    /// Attempts before a failing write is dead-lettered.
+    pub max_attempts: u32,
+    /// The outbox's retry schedule: exponential from `retry_min` to `retry_max`, jittered.
+    pub retry_min: HumanDuration,
+    pub retry_max: HumanDuration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            conflict: ConflictPolicy::Manual,
+            lost_stages: vec!["SALES_STAGE_CLOSED_LOST".into()],
+            won_stages: Vec::new(),
+            close_google_on_microsoft_close: true,
+            concurrency: 4,
+            max_attempts: 8,
+            retry_min: HumanDuration::secs(30),
+            retry_max: HumanDuration::secs(3600),
+        }
+    }
+}
+
+/// Which incoming referrals become Google leads (default: every incoming Pending one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    pub enabled: bool,
+    pub substatuses: Vec<String>,
+    /// Empty = any qualification.
+    pub qualifications: Vec<String>,
+    /// ISO country codes of the customer; empty = any.
+    pub countries: Vec<String>,
+    pub min_deal_value: f64,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            enabled: true,
+            substatuses: vec!["Pending".into()],
+            qualifications: Vec::new(),
+            countries: Vec::new(),
+            min_deal_value: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// How long Microsoft waits for an answer when a referral has no `expirationDateTime`.
+    pub response_window: HumanDuration,
+    /// Warn when this little time is left before the deadline (one alert per threshold).
+    pub thresholds: Vec<HumanDuration>,
+    /// Cycles failing in a row before `sync_unhealthy` (an authentication failure is at once).
+    pub failed_cycles: u32,
+    /// Link to a referral in Partner Center; `{id}` is replaced by the referral id.
+    pub referral_url: String,
+    /// Delivery tries per sink and alert within one cycle; what is left is retried next cycle.
+    pub delivery_attempts: usize,
+    /// The deadline in alert texts (the log and command sinks): `UTC` or an offset `+01:00`.
+    /// Slack and Teams show each reader's own local time whatever this says.
+    pub timezone: String,
+    pub webhook: Vec<WebhookConfig>,
+    pub command: Vec<CommandConfig>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            response_window: HumanDuration::secs(14 * 86_400),
+            thresholds: vec![
+                HumanDuration::secs(72 * 3600),
+                HumanDuration::secs(24 * 3600),
+                HumanDuration::secs(4 * 3600),
+            ],
+            failed_cycles: 3,
+            referral_url: "https://partner.microsoft.com/dashboard/referrals/v2/leads/{id}/details"
+                .into(),
+            delivery_attempts: 3,
+            timezone: "UTC".into(),
+            webhook: Vec::new(),
+            command: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertFormat {
+    Json,
+    Slack,
+    Teams,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The path of a Slack or Teams webhook URL is its key: printed only as
+    /// [`redacted_url`], never stored (deliveries are keyed by [`WebhookConfig::sink_key`]).
+    #[serde(serialize_with = "redact_url")]
+    pub url: String,
+    /// What deliveries are recorded and shown under; default: the host and a hash of the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default = "default_format")]
+    pub format: AlertFormat,
+    /// Extra request headers, e.g. for authentication.
+    #[serde(default, serialize_with = "redact_headers")]
+    pub headers: std::collections::BTreeMap<String, SecretString>,
+    #[serde(default = "default_sink_timeout")]
+    pub timeout: HumanDuration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandConfig {
+    /// The program and its arguments; the JSON alert arrives on stdin.
+    pub argv: Vec<String>,
+    #[serde(default = "default_sink_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_format() -> AlertFormat {
+    AlertFormat::Json
+}
+
+fn default_sink_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
+}

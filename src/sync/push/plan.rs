@@ -1,0 +1,232 @@
+//! Planning: what becomes an outbox row (reconcile each candidate referral, store its actions),
+//! and the stored action format.
+
+use super::*;
+
+/// Which referrals a plan covers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum PlanScope {
+    /// Every candidate: incoming referrals still New and every linked referral — except,
+    /// with a time, those the plan queue planned after a change at or after it.
+    All(Option<DateTime<Utc>>),
+    /// The plan queue: referrals whose inputs changed since they were last planned.
+    Queued,
+}
+
+/// Reconciles every candidate referral in batches, storing each batch's decisions in one
+/// transaction. `planned_since` (a cycle's start) leaves out the referrals that cycle's plan
+/// queue already planned after their last change: each is planned once per change.
+pub async fn plan_all(
+    store: &Store,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    planned_since: Option<DateTime<Utc>>,
+) -> Result<PlanStats, StoreError> {
+    let stats = plan_batches(store, policy, now, PlanScope::All(planned_since)).await?;
+    // Everything queued before this plan began has been planned with newer data.
+    store
+        .call(move |c| schedule::planned_before(c, now))
+        .await?;
+    Ok(stats)
+}
+
+/// Plans the referrals queued since their last plan (new or changed referrals, changed Google
+/// records, new links), in batches, taking each off the queue in the transaction that planned
+/// it. This is what the deadline lane runs every tick: its cost follows what changed, not how
+/// many referrals are tracked.
+pub async fn plan_queued(
+    store: &Store,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Result<PlanStats, StoreError> {
+    plan_batches(store, policy, now, PlanScope::Queued).await
+}
+
+/// Plans `scope` in keyset-paginated batches of 500 (memory stays flat), each batch's
+/// decisions stored in one transaction.
+pub(super) async fn plan_batches(
+    store: &Store,
+    policy: &Policy,
+    now: DateTime<Utc>,
+    scope: PlanScope,
+) -> Result<PlanStats, StoreError> {
+    let mut stats = PlanStats::default();
+    let mut after = String::new();
+    loop {
+        let (policy, cursor) = (policy.clone(), after.clone());
+        let (batch_stats, last) = store
+            .call(move |c| {
+                let (rows, last) = match scope {
+                    PlanScope::All(since) => {
+                        let rows = gstore::snapshot_batch(c, &cursor, 500, since)?;
+                        let last = rows.last().map(|r| r.referral.referral.id.clone());
+                        (
+                            rows.into_iter()
+                                .map(|r| (r.referral.referral.id.clone(), Some(r)))
+                                .collect(),
+                            last,
+                        )
+                    }
+                    PlanScope::Queued => {
+                        let ids = schedule::queued_for_plan(c, &cursor, 500)?;
+                        let mut rows: Vec<(String, Option<SnapshotRow>)> = Vec::new();
+                        for id in &ids {
+                            rows.push((id.clone(), gstore::snapshot_one(c, id)?));
+                        }
+                        (rows, ids.last().cloned())
+                    }
+                };
+                let tx = c.transaction()?;
+                let mut s = PlanStats::default();
+                for (id, row) in &rows {
+                    if let Some(row) = row {
+                        let plan = reconcile(row, &policy, now);
+                        apply_plan(&tx, id, &plan, now, &mut s)?;
+                        s.referrals += 1;
+                    }
+                    if scope == PlanScope::Queued {
+                        schedule::planned(&tx, id)?;
+                    }
+                }
+                tx.commit()?;
+                Ok((s, last))
+            })
+            .await?;
+        stats.add(batch_stats);
+        match last {
+            Some(id) => after = id,
+            None => return Ok(stats),
+        }
+    }
+}
+
+/// Re-plans one referral (after a 412 re-read, or a webhook event).
+pub async fn plan_one(
+    store: &Store,
+    policy: &Policy,
+    referral_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let (policy, id) = (policy.clone(), referral_id.to_string());
+    store
+        .call(move |c| {
+            let row = gstore::snapshot_one(c, &id)?;
+            let tx = c.transaction()?;
+            if let Some(row) = row {
+                let plan = reconcile(&row, &policy, now);
+                apply_plan(&tx, &id, &plan, now, &mut PlanStats::default())?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+}
+
+pub(super) fn apply_plan(
+    tx: &rusqlite::Transaction,
+    referral_id: &str,
+    plan: &Plan,
+    now: DateTime<Utc>,
+    stats: &mut PlanStats,
+) -> Result<(), StoreError> {
+    for action in &plan.actions {
+        let target = match action {
+            Action::CreateLead { .. } => None,
+            Action::PatchReferral { .. } => Some(referral_id.to_string()),
+            Action::PatchOpportunity { name, .. } => Some(name.clone()),
+        };
+        if outbox::enqueue(
+            tx,
+            referral_id,
+            action.kind(),
+            target.as_deref(),
+            &encode(action),
+            now,
+        )? {
+            stats.queued += 1;
+        }
+    }
+    let mut fields = Vec::new();
+    for c in &plan.conflicts {
+        fields.push(c.field);
+        if gstore::record_conflict(
+            tx,
+            referral_id,
+            c.field,
+            &c.microsoft,
+            &c.google,
+            &c.base,
+            now,
+        )? {
+            stats.conflicts += 1;
+            tracing::warn!(
+                referral_id,
+                field = c.field,
+                microsoft = %c.microsoft,
+                google = %c.google,
+                base = %c.base,
+                "conflict: both sides changed; [sync] conflict = \"manual\" writes nothing"
+            );
+        }
+    }
+    gstore::clear_conflicts(tx, referral_id, &fields)?;
+    if let Some(reason) = &plan.forward_blocked {
+        stats.blocked += 1;
+        tracing::warn!(referral_id, reason, "referral cannot become a Google lead");
+    }
+    gstore::set_forward_blocked(tx, referral_id, plan.forward_blocked.as_deref(), now)?;
+    gstore::update_base(tx, referral_id, &plan.agreed, now)?;
+    Ok(())
+}
+
+/// The version of the stored action format: `{"v": 1, "action": "create_lead", ...}`.
+pub(super) const ACTION_FORMAT: u64 = 1;
+
+/// An action as the outbox stores it: the tagged action plus its format version.
+pub fn encode(action: &Action) -> Value {
+    let mut value = serde_json::to_value(action).expect("an action serializes");
+    if let Some(object) = value.as_object_mut() {
+        object.insert("v".into(), ACTION_FORMAT.into());
+    }
+    value
+}
+
+/// The action an outbox row holds. Rows of the first format (no `v`: the payload fields of
+/// its `kind` only) still decode; a row that cannot decode is an error that names why.
+pub fn decode(row: &OutboxRow) -> Result<Action, String> {
+    let mut payload = row.payload.clone();
+    let Some(object) = payload.as_object_mut() else {
+        return Err(format!("payload is not a JSON object: {}", row.payload));
+    };
+    match object.remove("v") {
+        Some(v) if v == ACTION_FORMAT => {}
+        Some(v) => {
+            return Err(format!(
+            "action format {v} is newer than this cosell-sync reads ({ACTION_FORMAT}); upgrade it"
+        ))
+        }
+        None => {
+            // Format 0: the kind lived in its own column, the opportunity name in `target`,
+            // and a `null` base value meant "leave it" (as that version read it).
+            object.insert("action".into(), row.kind.clone().into());
+            if let Some(base) = object.get_mut("base_after").and_then(Value::as_object_mut) {
+                base.retain(|_, v| !v.is_null());
+            }
+            if row.kind == PATCH_OPPORTUNITY {
+                let name = row.target.clone().unwrap_or_default();
+                object.entry("name").or_insert(name.into());
+            }
+        }
+    }
+    let action: Action = serde_json::from_value(payload)
+        .map_err(|e| format!("{} action {}: {e}", row.kind, row.id))?;
+    if action.kind() != row.kind {
+        return Err(format!(
+            "row {} is a {} but holds a {}",
+            row.id,
+            row.kind,
+            action.kind()
+        ));
+    }
+    Ok(action)
+}
