@@ -14,14 +14,13 @@
 //! This module sits above [`crate::sync`] and [`crate::alerts`] and joins them, so neither
 //! imports the other.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::Utc;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::alerts::deliver::{self, AlertSettings, AlertStats, Raise};
+use crate::alerts::deliver::{self, AlertSettings, AlertStats, CycleDelivery, Raise};
 use crate::store::runs;
 use crate::sync::pull::{MicrosoftPull, Queries};
 use crate::sync::{push, refresh, CycleContext, CycleError, CycleReport, PullStats, RefreshStats};
@@ -86,13 +85,13 @@ impl TickOptions {
     }
 }
 
-/// The alert phases of one cycle: what they raised and delivered, and the sinks that failed
-/// (not tried again until the next cycle).
+/// The alert phases of one cycle: what they raised and delivered, and what they share (sinks
+/// that failed, chat messages sent).
 struct Alerting<'a> {
     store: &'a crate::store::Store,
     settings: &'a AlertSettings,
     dry_run: bool,
-    broken_sinks: HashSet<String>,
+    delivery: CycleDelivery,
     stats: AlertStats,
 }
 
@@ -104,7 +103,7 @@ impl Alerting<'_> {
             which,
             Utc::now(),
             self.dry_run,
-            &mut self.broken_sinks,
+            &mut self.delivery,
         )
         .await;
         self.stats.add(stats);
@@ -126,7 +125,7 @@ pub async fn run_cycle(
         store: &ctx.store,
         settings: alerts,
         dry_run,
-        broken_sinks: HashSet::new(),
+        delivery: CycleDelivery::default(),
         stats: AlertStats::default(),
     };
     async {
@@ -164,6 +163,8 @@ pub async fn run_cycle(
             auth_failed: report.auth_failed,
         };
         alerting.raise(health).await;
+        // After the alerts: a referral that just expired has its alert before it is counted.
+        crate::service_level::settle(&ctx.store, alerts.window, Utc::now()).await;
     }
     .instrument(span.clone())
     .await;
@@ -187,12 +188,14 @@ async fn pull_acting_on_new(
 ) -> Result<PullStats, (PullStats, CycleError)> {
     let (store, client, now) = (&ctx.store, &ctx.microsoft, report.started_at);
     let mut pull = MicrosoftPull::with(store, client, &ctx.pull, now, queries);
+    let mut progress = PullProgress::default();
     loop {
         let page = match pull.next_page().await {
             Ok(Some(page)) => page,
             Ok(None) => return Ok(pull.stats()),
             Err(e) => return Err((pull.stats(), e)),
         };
+        progress.page(&page);
         if page.counts.new == 0 {
             continue;
         }
@@ -202,6 +205,37 @@ async fn pull_acting_on_new(
         );
         if let Err(e) = forwarded {
             return Err((pull.stats(), e));
+        }
+    }
+}
+
+/// Progress of a pull that spans pages (a first sync over a large inbox): shown from the
+/// second page on, so a one-page cycle of the daemon stays quiet.
+#[derive(Default)]
+struct PullProgress {
+    first_page: Option<u64>,
+    shown: Option<crate::progress::Progress>,
+}
+
+impl PullProgress {
+    fn page(&mut self, page: &crate::sync::pull::PageDone) {
+        let Some(first) = self.first_page else {
+            self.first_page = Some(page.read);
+            return;
+        };
+        let shown = self
+            .shown
+            .get_or_insert_with(|| crate::progress::Progress::new("referrals read", None));
+        if shown.done() == 0 {
+            shown.inc(first);
+        }
+        shown.inc(page.read);
+        // `@odata.count` is a total only when it is more than what was read ([?]: it may
+        // count the page); the inbox query's total, so only while on the inbox.
+        if let Some(total) = page.total_hint.filter(|t| *t > shown.done()) {
+            if page.query == "inbox" {
+                shown.set_total(total);
+            }
         }
     }
 }

@@ -13,6 +13,8 @@
 //! - [`app`]: wiring: builds the clients and the store; `sync_once`; the commands
 //!   ([`app::commands`]), `link` and the demo.
 //! - [`status`]: what `status` knows (and `status --referral`), read from the store.
+//! - [`service_level`]: how fast referrals are answered, how many expire: metrics and `status`.
+//! - [`progress`]: progress of long work: a bar on a terminal, periodic log lines otherwise.
 //! - [`render`]: every command's tables and JSON, in one place.
 //! - [`timefmt`]: one time format for people (`2026-12-01 14:05 UTC`, `2 d 12 h`), pure.
 //! - [`app::scheduler`]: the daemon (`run`): the cron job, the no-overlap guard, SIGHUP reload,
@@ -53,7 +55,9 @@ pub mod lanes;
 pub mod metrics;
 pub mod microsoft;
 pub mod pem;
+pub mod progress;
 pub mod render;
+pub mod service_level;
 pub mod sim;
 pub mod status;
 pub mod store;

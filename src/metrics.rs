@@ -97,6 +97,8 @@ pub struct Metrics {
     webhook_events: Family<Labels, Counter>,
     webhook_rejected: Family<Labels, Counter>,
     webhook_event_to_lead: Histogram,
+    referral_response: HistogramFamily,
+    referrals_expired_unanswered: Counter,
 }
 
 /// The process-wide metrics.
@@ -114,6 +116,16 @@ fn unix_seconds(at: SystemTime) -> f64 {
 /// API requests: 5 ms to ~80 s.
 fn request_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// Time to answer a referral: 15 min to the 14-day window (the alert thresholds among them).
+fn response_buckets() -> Histogram {
+    const HOUR: f64 = 3600.0;
+    Histogram::new(
+        [0.25, 1.0, 4.0, 12.0, 24.0, 48.0, 72.0, 168.0, 240.0, 336.0]
+            .into_iter()
+            .map(|h| h * HOUR),
+    )
 }
 
 /// Cycles and lanes: 50 ms to ~14 h.
@@ -151,6 +163,8 @@ impl Metrics {
             awaiting: Family::default(),
             awaiting_without_lead: Family::default(),
             alerts: Family::default(),
+            referral_response: Family::new_with_constructor(response_buckets),
+            referrals_expired_unanswered: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -278,6 +292,23 @@ impl Metrics {
             "Alerts raised, by kind and delivery state.",
             m.alerts.clone(),
         );
+        r.register(
+            "cosell_referral_response_seconds",
+            "Time from a referral's creation to its first answer, by outcome (accepted, declined).",
+            m.referral_response.clone(),
+        );
+        r.register(
+            "cosell_referrals_expired_unanswered",
+            "Incoming referrals whose deadline passed unanswered (each counted once, from the database).",
+            m.referrals_expired_unanswered.clone(),
+        );
+        // Both outcomes from the start, so dashboards and rules see the series before the
+        // first answer.
+        for outcome in ["accepted", "declined"] {
+            let _ = m
+                .referral_response
+                .get_or_create(&vec![("outcome", outcome.to_string())]);
+        }
         r.register_collector(Box::new(ProcessCollector::new()));
         Metrics { registry: r, ..m }
     }
@@ -318,6 +349,18 @@ impl Metrics {
 
     pub fn webhook_event_to_lead(&self, elapsed: Duration) {
         self.webhook_event_to_lead.observe(elapsed.as_secs_f64());
+    }
+
+    /// A referral answered (`accepted` or `declined`) this long after it was created.
+    pub fn referral_answered(&self, outcome: &str, seconds: f64) {
+        self.referral_response
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .observe(seconds);
+    }
+
+    /// Referrals that just passed their deadline unanswered.
+    pub fn referrals_expired_unanswered(&self, n: u64) {
+        self.referrals_expired_unanswered.inc_by(n);
     }
 
     pub fn retry(&self, what: &str) {

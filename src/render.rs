@@ -69,6 +69,15 @@ pub fn alerts(rows: &[AlertRow]) -> String {
     out
 }
 
+/// One sink's lines of `alerts test`: the result, then what the sink gets.
+pub fn sink_test(test: &crate::alerts::deliver::SinkTest) -> String {
+    let head = match &test.result {
+        Ok(()) => format!("ok      {}", test.key),
+        Err(e) => format!("FAILED  {}: {e}", test.key),
+    };
+    format!("{head}\n        gets: {}\n", test.gets)
+}
+
 /// `audit`, and the timeline of `status --referral`.
 pub fn audit(rows: &[AuditRow]) -> String {
     let mut out = String::new();
@@ -141,6 +150,8 @@ pub fn status(report: &StatusReport, limit: usize) -> String {
     let _ = writeln!(out);
     awaiting(&mut out, report, limit);
     let _ = writeln!(out);
+    service_level(&mut out, &report.last_30_days, report.generated_at);
+    let _ = writeln!(out);
     states(&mut out, report);
     let _ = writeln!(out);
     google_and_outbox(&mut out, report, limit);
@@ -148,6 +159,42 @@ pub fn status(report: &StatusReport, limit: usize) -> String {
     let _ = writeln!(out);
     last_cycles(&mut out, report);
     out
+}
+
+/// The "last 30 days" block: the partner's service level.
+fn service_level(
+    out: &mut String,
+    s: &crate::service_level::ServiceLevel,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let hours = |h: Option<f64>| match h {
+        Some(h) => time_left(chrono::Duration::minutes((h * 60.0).round() as i64)),
+        None => "-".into(),
+    };
+    let _ = writeln!(out, "Last {} days:", s.days);
+    let _ = writeln!(
+        out,
+        "  answered {} ({} accepted, {} declined); time to answer: median {}, p90 {}",
+        s.answered,
+        s.accepted,
+        s.declined,
+        hours(s.median_hours_to_answer),
+        hours(s.p90_hours_to_answer)
+    );
+    let _ = writeln!(out, "  expired unanswered: {}", s.expired);
+    if s.nearest_deadlines.is_empty() {
+        let _ = writeln!(out, "  nearest deadlines: none waiting");
+    }
+    for (i, n) in s.nearest_deadlines.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "  {:<19} {:<11} {:<28} {}",
+            if i == 0 { "nearest deadlines:" } else { "" },
+            time_left(n.deadline - now),
+            truncate(n.customer.as_deref().unwrap_or("?"), 28),
+            n.referral_id
+        );
+    }
 }
 
 fn awaiting(out: &mut String, report: &StatusReport, limit: usize) {

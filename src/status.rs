@@ -42,6 +42,8 @@ pub struct StatusReport {
     pub referrals_by_state: Vec<StateCount>,
     /// Incoming referrals still New, nearest deadline first.
     pub awaiting_response: Vec<Expiring>,
+    /// The service level: answered, time to answer, expired, nearest deadlines.
+    pub last_30_days: crate::service_level::ServiceLevel,
     pub rejected_records: u64,
     pub last_cycles: Vec<CycleRun>,
     /// Outbox actions by kind and state.
@@ -90,8 +92,18 @@ pub fn status(
                 .cmp(&b.deadline)
                 .then(a.referral.id.cmp(&b.referral.id))
         });
+        // Deadlines still ahead: a past one can no longer be met.
+        let ahead = awaiting.iter().filter(|e| e.deadline > now);
+        let nearest = ahead.map(|e| crate::service_level::NearestDeadline {
+            referral_id: e.referral.id.clone(),
+            customer: e.referral.customer.clone(),
+            deadline: e.deadline,
+            remaining_hours: e.remaining_hours,
+        });
+        let last_30_days = crate::service_level::last_days(c, 30, now, nearest)?;
         Ok(StatusReport {
             generated_at: now,
+            last_30_days,
             database: store.path().display().to_string(),
             referrals_by_state: referrals::counts_by_state(c)?
                 .into_iter()

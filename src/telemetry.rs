@@ -34,7 +34,7 @@ pub fn init(format: LogFormat, level: &str) {
         std::env::var_os("NO_COLOR").as_deref(),
     );
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(crate::progress::stderr_writer)
         .with_target(false);
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match format {

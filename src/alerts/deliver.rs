@@ -4,6 +4,11 @@
 //! Delivered is recorded per sink, so nothing delivered is ever sent again. A sink that keeps
 //! failing is skipped for the rest of the cycle and noted once in the log; it never blocks or
 //! fails the sync. The log is always a sink.
+//!
+//! Each sink takes only the alerts its route lets through ([`super::route`]): a delivery is
+//! recorded only for those, so an alert a sink does not take is never "undelivered" for it.
+//! Chat sinks get at most [`CHAT_MESSAGES_PER_CYCLE`] messages per cycle, then a digest
+//! ([`super::digest`]).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -13,7 +18,9 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use tokio::io::AsyncWriteExt;
 
+use super::digest::{Digest, CHAT_MESSAGES_PER_CYCLE};
 use super::due::{expiry_alert, forward_blocked_alert, health_alert, HealthEpisode};
+use super::route::Route;
 use super::{format, Alert};
 use crate::config::{AlertFormat, AlertsConfig, CommandConfig, WebhookConfig};
 use crate::store::{alerts as astore, google as gstore, outbox, referrals, Store, StoreError};
@@ -34,30 +41,46 @@ impl Sink {
         }
     }
 
+    /// Which alerts this sink takes.
+    pub fn route(&self) -> Route {
+        match self {
+            Sink::Webhook(w) => Route::new(&w.kinds, w.min_severity, &w.thresholds),
+            Sink::Command(c) => Route::new(&c.kinds, c.min_severity, &c.thresholds),
+        }
+    }
+
+    /// A chat sink (Slack, Teams) is read by people: it gets digests instead of floods.
+    pub fn is_chat(&self) -> bool {
+        matches!(self, Sink::Webhook(w) if w.format != AlertFormat::Json)
+    }
+
+    /// Posts a rendered message (an alert or a digest) to a webhook.
+    async fn post(&self, http: &reqwest::Client, body: serde_json::Value) -> Result<(), String> {
+        let Sink::Webhook(w) = self else {
+            return Err("only webhooks take posts".into());
+        };
+        let mut request = http.post(&w.url).timeout(w.timeout.0).json(&body);
+        for (name, value) in &w.headers {
+            request = request.header(name, value.expose_secret());
+        }
+        // reqwest names the URL in its errors: the URL is a secret.
+        let response = request
+            .send()
+            .await
+            .map_err(|e| crate::http::error_chain(&e.without_url()))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            // The receiver's reason (Slack's `invalid_blocks`, say) goes in the log.
+            let body = response.text().await.unwrap_or_default();
+            Err(sink_error(status.as_u16(), &body))
+        }
+    }
+
     async fn send(&self, http: &reqwest::Client, alert: &Alert) -> Result<(), String> {
         match self {
-            Sink::Webhook(w) => {
-                let mut request = http
-                    .post(&w.url)
-                    .timeout(w.timeout.0)
-                    .json(&format::render(w.format, alert));
-                for (name, value) in &w.headers {
-                    request = request.header(name, value.expose_secret());
-                }
-                // reqwest names the URL in its errors: the URL is a secret.
-                let response = request
-                    .send()
-                    .await
-                    .map_err(|e| crate::http::error_chain(&e.without_url()))?;
-                let status = response.status();
-                if status.is_success() {
-                    Ok(())
-                } else {
-                    // The receiver's reason (Slack's `invalid_blocks`, say) goes in the log.
-                    let body = response.text().await.unwrap_or_default();
-                    Err(sink_error(status.as_u16(), &body))
-                }
-            }
+            Sink::Webhook(w) => self.post(http, format::render(w.format, alert)).await,
             Sink::Command(c) => run_command(c, alert).await,
         }
     }
@@ -114,6 +137,8 @@ async fn run_command(c: &CommandConfig, alert: &Alert) -> Result<(), String> {
 pub struct AlertSettings {
     pub window: chrono::Duration,
     pub thresholds: Vec<chrono::Duration>,
+    /// The same thresholds as alerts name them (`"72h"`), for describing routes.
+    pub threshold_labels: Vec<String>,
     pub failed_cycles: u32,
     pub referral_url: String,
     /// For the deadline in alert texts (log and command sinks; chat sinks show local time).
@@ -124,12 +149,22 @@ pub struct AlertSettings {
 }
 
 impl AlertSettings {
+    /// The keys of the sinks that take this alert (its deliveries are recorded for these).
+    pub fn sinks_taking(&self, alert: &Alert) -> Vec<String> {
+        self.sinks
+            .iter()
+            .filter(|s| s.route().takes(alert))
+            .map(Sink::key)
+            .collect()
+    }
+
     pub fn from_config(config: &AlertsConfig) -> Self {
         let mut sinks: Vec<Sink> = config.webhook.iter().cloned().map(Sink::Webhook).collect();
         sinks.extend(config.command.iter().cloned().map(Sink::Command));
         AlertSettings {
             window: config.response_window.as_chrono(),
             thresholds: config.thresholds.iter().map(|t| t.as_chrono()).collect(),
+            threshold_labels: config.thresholds.iter().map(|t| t.to_string()).collect(),
             failed_cycles: config.failed_cycles,
             referral_url: config.referral_url.clone(),
             timezone: crate::timefmt::parse_offset(&config.timezone)
@@ -179,23 +214,76 @@ pub enum Raise {
     },
 }
 
+/// What the alert phases of one cycle share.
+#[derive(Debug, Default)]
+pub struct CycleDelivery {
+    /// Sinks that failed earlier in this cycle: not tried again until the next cycle (their
+    /// deliveries wait, recorded).
+    broken: HashSet<String>,
+    /// Messages each chat sink got in this cycle (at most [`CHAT_MESSAGES_PER_CYCLE`]).
+    chat_sent: HashMap<String, usize>,
+    /// Alerts raised in this cycle, by kind and threshold (for the log's summary line).
+    raised: std::collections::BTreeMap<String, u64>,
+}
+
+impl CycleDelivery {
+    /// Messages this chat sink may still get in this cycle.
+    fn chat_room(&self, key: &str) -> usize {
+        CHAT_MESSAGES_PER_CYCLE.saturating_sub(self.chat_sent.get(key).copied().unwrap_or(0))
+    }
+
+    /// One line in the log when a cycle raised a flood (a first sync over a full inbox): the
+    /// log keeps one line per alert, and this says what they add up to.
+    fn log_summary(&self, awaiting: Option<u64>) {
+        let total: u64 = self.raised.values().sum();
+        if total <= CHAT_MESSAGES_PER_CYCLE as u64 {
+            return;
+        }
+        let parts: Vec<String> = self
+            .raised
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        let awaiting = awaiting
+            .map(|n| format!("; {n} incoming referrals await an answer"))
+            .unwrap_or_default();
+        tracing::warn!(
+            raised = total,
+            "ALERT SUMMARY: {total} alerts raised in this cycle ({}){awaiting}; chat sinks got a digest; `{}` lists them",
+            parts.join(", "),
+            super::digest::LIST_COMMAND
+        );
+    }
+}
+
 /// Raises the alerts asked for and delivers everything pending. Errors are logged; this
-/// never fails the cycle.
-///
-/// `broken` holds the sinks that failed earlier in this cycle: they are not tried again until
-/// the next cycle (their deliveries wait, recorded).
+/// never fails the cycle. [`Raise::All`] is the cycle's last phase: chat sinks get what the
+/// earlier phases held back (one digest when it is too much).
 pub async fn raise_and_deliver(
     store: &Store,
     settings: &AlertSettings,
     raise: Raise,
     now: DateTime<Utc>,
     dry_run: bool,
-    broken: &mut HashSet<String>,
+    cycle: &mut CycleDelivery,
 ) -> AlertStats {
     let mut stats = AlertStats::default();
+    let last = matches!(raise, Raise::All { .. });
     match raise_due(store, settings, raise, now).await {
-        Ok(raised) => stats.raised = raised,
+        Ok((raised, tally)) => {
+            stats.raised = raised;
+            for (k, n) in tally {
+                *cycle.raised.entry(k).or_default() += n;
+            }
+        }
         Err(e) => tracing::error!(error = %e, "cannot record alerts"),
+    }
+    if last && cycle.raised.values().sum::<u64>() > CHAT_MESSAGES_PER_CYCLE as u64 {
+        let awaiting = store
+            .call(crate::store::responses::count_awaiting)
+            .await
+            .ok();
+        cycle.log_summary(awaiting);
     }
     if dry_run {
         if !settings.sinks.is_empty() && stats.raised > 0 {
@@ -206,7 +294,7 @@ pub async fn raise_and_deliver(
         }
         return stats;
     }
-    match deliver_pending(store, settings, broken).await {
+    match deliver_pending(store, settings, cycle, last).await {
         Ok((delivered, undelivered)) => {
             stats.delivered = delivered;
             stats.undelivered = undelivered;
@@ -216,23 +304,32 @@ pub async fn raise_and_deliver(
     stats
 }
 
+/// `referral_expiring at 4h`, `referral_expired`, `conflict`: how the summary counts alerts.
+fn tally_key(alert: &Alert) -> String {
+    match &alert.threshold {
+        Some(t) => format!("{} at {t}", alert.kind),
+        None => alert.kind.clone(),
+    }
+}
+
 async fn raise_due(
     store: &Store,
     settings: &AlertSettings,
     which: Raise,
     now: DateTime<Utc>,
-) -> Result<u64, StoreError> {
+) -> Result<(u64, std::collections::BTreeMap<String, u64>), StoreError> {
     let settings = settings.clone();
     store
         .call(move |c| {
-            let sinks: Vec<String> = settings.sinks.iter().map(Sink::key).collect();
             let tx = c.transaction()?;
             let mut count = 0;
+            let mut tally = std::collections::BTreeMap::<String, u64>::new();
             // Records each alert as it is found (never a list of them: a large inbox can
             // cross thresholds by the thousand) and logs the new ones: the log is a sink.
             let mut raise = |tx: &rusqlite::Connection, alert: Alert| -> Result<(), StoreError> {
-                if astore::raise(tx, &alert, &sinks, now)? {
+                if astore::raise(tx, &alert, &settings.sinks_taking(&alert), now)? {
                     count += 1;
+                    *tally.entry(tally_key(&alert)).or_default() += 1;
                     let referral = alert.referral_id.as_deref().unwrap_or("-");
                     match alert.severity.as_str() {
                         "critical" => tracing::error!(alert_id = %alert.id, kind = %alert.kind, referral_id = referral, "ALERT: {}", alert.message),
@@ -260,7 +357,7 @@ async fn raise_due(
             }
             let Raise::All { error, auth_failed } = which else {
                 tx.commit()?;
-                return Ok(count);
+                return Ok((count, tally));
             };
             // Health.
             let mut health: HealthEpisode = astore::get_health(&tx, "sync")?
@@ -276,7 +373,7 @@ async fn raise_due(
                 raise(&tx, alert)?;
             }
             tx.commit()?;
-            Ok(count)
+            Ok((count, tally))
         })
         .await
 }
@@ -358,9 +455,8 @@ pub async fn for_referral(
             else {
                 return Ok(0);
             };
-            let sinks: Vec<String> = s.sinks.iter().map(Sink::key).collect();
             let tx = c.transaction()?;
-            let new = astore::raise(&tx, &alert, &sinks, now)?;
+            let new = astore::raise(&tx, &alert, &s.sinks_taking(&alert), now)?;
             tx.commit()?;
             if new {
                 tracing::warn!(alert_id = %alert.id, kind = %alert.kind, referral_id = %id, "ALERT: {}", alert.message);
@@ -375,7 +471,8 @@ pub async fn for_referral(
     if dry_run || stats.raised == 0 {
         return stats;
     }
-    match deliver_pending(store, settings, &mut HashSet::new()).await {
+    // An event is a cycle of its own: a digest if what is pending is too much for a message each.
+    match deliver_pending(store, settings, &mut CycleDelivery::default(), true).await {
         Ok((delivered, undelivered)) => {
             stats.delivered = delivered;
             stats.undelivered = undelivered;
@@ -385,13 +482,14 @@ pub async fn for_referral(
     stats
 }
 
-/// Delivers every pending (alert, sink) pair whose sink is still configured.
+/// Delivers every pending (alert, sink) pair whose sink is still configured, sink by sink.
+/// `last`: the cycle's last phase, where a chat sink gets what earlier phases held back.
 pub async fn deliver_pending(
     store: &Store,
     settings: &AlertSettings,
-    broken: &mut HashSet<String>,
+    cycle: &mut CycleDelivery,
+    last: bool,
 ) -> Result<(u64, u64), StoreError> {
-    let sinks: HashMap<String, &Sink> = settings.sinks.iter().map(|s| (s.key(), s)).collect();
     // Databases of earlier versions keyed webhook deliveries by the URL itself (a secret).
     let renames: Vec<(String, String)> = settings
         .sinks
@@ -404,47 +502,177 @@ pub async fn deliver_pending(
     store
         .call(move |c| astore::rename_sinks(c, &renames))
         .await?;
+    let mut by_sink: HashMap<String, Vec<(Alert, u32)>> = HashMap::new();
+    for (alert, sink_key, attempts) in store.call(|c| astore::pending(c, 10_000)).await? {
+        // A sink removed from the config: its old deliveries wait, unsent.
+        by_sink.entry(sink_key).or_default().push((alert, attempts));
+    }
     let (mut delivered, mut undelivered) = (0, 0);
-    let pending = store.call(|c| astore::pending(c, 10_000)).await?;
-    for (alert, sink_key, attempts_before) in pending {
-        let Some(sink) = sinks.get(&sink_key) else {
-            continue; // A sink removed from the config: its old deliveries wait, unsent.
+    for sink in &settings.sinks {
+        let key = sink.key();
+        let Some(items) = by_sink.remove(&key) else {
+            continue;
         };
-        if broken.contains(&sink_key) {
+        let items = keep_routed(store, sink, &key, items).await?;
+        if items.is_empty() {
+            continue;
+        }
+        if cycle.broken.contains(&key) {
+            undelivered += items.len() as u64;
+            continue;
+        }
+        let (d, u) = match sink.is_chat() {
+            true => deliver_to_chat(store, settings, sink, &key, items, cycle, last).await?,
+            false => deliver_each(store, settings, sink, &key, items, cycle).await?,
+        };
+        delivered += d;
+        undelivered += u;
+    }
+    close_recovered_episodes(store, settings, &cycle.broken).await?;
+    Ok((delivered, undelivered))
+}
+
+/// The deliveries this sink still takes; those its route no longer lets through (the config
+/// changed since they were raised) are dropped, not sent and not counted as undelivered.
+async fn keep_routed(
+    store: &Store,
+    sink: &Sink,
+    key: &str,
+    items: Vec<(Alert, u32)>,
+) -> Result<Vec<(Alert, u32)>, StoreError> {
+    let route = sink.route();
+    let (kept, dropped): (Vec<_>, Vec<_>) = items.into_iter().partition(|(a, _)| route.takes(a));
+    if !dropped.is_empty() {
+        let ids: Vec<String> = dropped.into_iter().map(|(a, _)| a.id).collect();
+        tracing::info!(sink = %key, alerts = ids.len(), "alerts this sink no longer takes (its routing changed) are not sent to it");
+        let key = key.to_string();
+        store
+            .call(move |c| astore::drop_unrouted(c, &ids, &key))
+            .await?;
+    }
+    Ok(kept)
+}
+
+/// A chat sink: one message per alert while the cycle's budget allows, else one digest in
+/// the cycle's last phase. An earlier phase keeps one message in hand for that digest and
+/// holds back what does not fit (recorded, pending: nothing is lost).
+async fn deliver_to_chat(
+    store: &Store,
+    settings: &AlertSettings,
+    sink: &Sink,
+    key: &str,
+    items: Vec<(Alert, u32)>,
+    cycle: &mut CycleDelivery,
+    last: bool,
+) -> Result<(u64, u64), StoreError> {
+    let room = cycle.chat_room(key);
+    let in_hand = usize::from(!last);
+    if items.len() + in_hand <= room {
+        return deliver_each(store, settings, sink, key, items, cycle).await;
+    }
+    if !last || room == 0 {
+        return Ok((0, 0)); // Held back for the last phase (or the next cycle).
+    }
+    let Sink::Webhook(w) = sink else {
+        return deliver_each(store, settings, sink, key, items, cycle).await;
+    };
+    let alerts: Vec<&Alert> = items.iter().map(|(a, _)| a).collect();
+    let body = Digest::of(&alerts).render(w.format, Utc::now());
+    let ids: Vec<String> = items.iter().map(|(a, _)| a.id.clone()).collect();
+    let result = (|| sink.post(&settings.http, body.clone()))
+        .retry(backoff(settings))
+        .await;
+    let sink_key = key.to_string();
+    match result {
+        Ok(()) => {
+            *cycle.chat_sent.entry(sink_key.clone()).or_default() += 1;
+            tracing::info!(sink = %key, alerts = ids.len(), "alert digest delivered (one message instead of {})", ids.len());
+            let n = ids.len() as u64;
+            store
+                .call(move |c| astore::delivered_many(c, &ids, &sink_key, Utc::now()))
+                .await?;
+            Ok((n, 0))
+        }
+        Err(error) => {
+            cycle.broken.insert(sink_key.clone());
+            tracing::warn!(sink = %key, alerts = ids.len(), %error, "alert digest not delivered; its alerts are kept and retried next cycle");
+            let n = ids.len() as u64;
+            let logged = error.clone();
+            store
+                .call(move |c| astore::failed_many(c, &ids, &sink_key, &logged))
+                .await?;
+            note_failing_sink(store, key, &error).await?;
+            Ok((0, n))
+        }
+    }
+}
+
+fn backoff(settings: &AlertSettings) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(settings.attempts.saturating_sub(1))
+        .with_jitter()
+}
+
+/// One call per alert, oldest first; the first failure marks the sink broken for the cycle.
+async fn deliver_each(
+    store: &Store,
+    settings: &AlertSettings,
+    sink: &Sink,
+    key: &str,
+    items: Vec<(Alert, u32)>,
+    cycle: &mut CycleDelivery,
+) -> Result<(u64, u64), StoreError> {
+    let (mut delivered, mut undelivered) = (0, 0);
+    for (alert, attempts_before) in items {
+        if cycle.broken.contains(key) {
             undelivered += 1;
             continue;
         }
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(2))
-            .with_max_times(settings.attempts.saturating_sub(1))
-            .with_jitter();
-        let result = (|| sink.send(&settings.http, &alert)).retry(backoff).await;
-        let (id, key) = (alert.id.clone(), sink_key.clone());
+        let result = (|| sink.send(&settings.http, &alert))
+            .retry(backoff(settings))
+            .await;
+        let (id, sink_key) = (alert.id.clone(), key.to_string());
         match result {
             Ok(()) => {
                 delivered += 1;
+                if sink.is_chat() {
+                    *cycle.chat_sent.entry(sink_key.clone()).or_default() += 1;
+                }
                 store
-                    .call(move |c| astore::delivered(c, &id, &key, Utc::now()))
+                    .call(move |c| astore::delivered(c, &id, &sink_key, Utc::now()))
                     .await?;
             }
             Err(error) => {
                 undelivered += 1;
-                broken.insert(sink_key.clone());
+                cycle.broken.insert(sink_key.clone());
                 if attempts_before == 0 {
-                    tracing::warn!(sink = %sink_key, alert_id = %alert.id, %error, "alert not delivered; it is kept and retried next cycle");
+                    tracing::warn!(sink = %key, alert_id = %alert.id, %error, "alert not delivered; it is kept and retried next cycle");
                 }
                 let logged = error.clone();
                 store
-                    .call(move |c| astore::failed(c, &id, &key, &logged))
+                    .call(move |c| astore::failed(c, &id, &sink_key, &logged))
                     .await?;
-                note_failing_sink(store, &sink_key, &error).await?;
+                note_failing_sink(store, key, &error).await?;
             }
         }
     }
-    // A sink that works again closes its failing episode.
-    for key in sinks.keys().filter(|k| !broken.contains(*k)) {
-        let key = key.clone();
+    Ok((delivered, undelivered))
+}
+
+/// A sink that works again closes its failing episode.
+async fn close_recovered_episodes(
+    store: &Store,
+    settings: &AlertSettings,
+    broken: &HashSet<String>,
+) -> Result<(), StoreError> {
+    for key in settings
+        .sinks
+        .iter()
+        .map(Sink::key)
+        .filter(|k| !broken.contains(k))
+    {
         let was_failing = store
             .call({
                 let key = key.clone();
@@ -458,7 +686,7 @@ pub async fn deliver_pending(
                 .await?;
         }
     }
-    Ok((delivered, undelivered))
+    Ok(())
 }
 
 /// One notice in the log per episode of a failing sink.
@@ -479,8 +707,17 @@ async fn note_failing_sink(store: &Store, key: &str, error: &str) -> Result<(), 
     Ok(())
 }
 
+/// One sink's `alerts test` line: its key, what it gets, and how the test went.
+#[derive(Debug)]
+pub struct SinkTest {
+    pub key: String,
+    /// `referral_expiring at 4h; referral_expired` ([`Route::describe`]).
+    pub gets: String,
+    pub result: Result<(), String>,
+}
+
 /// `alerts test`: one test alert to every sink, each result reported; nothing recorded.
-pub async fn send_test(settings: &AlertSettings) -> Vec<(String, Result<(), String>)> {
+pub async fn send_test(settings: &AlertSettings) -> Vec<SinkTest> {
     let now = Utc::now();
     let mut alert = Alert::general(
         format!("test:{}", now.timestamp()),
@@ -492,7 +729,11 @@ pub async fn send_test(settings: &AlertSettings) -> Vec<(String, Result<(), Stri
     alert.customer = Some("Test Customer".into());
     let mut results = Vec::new();
     for sink in &settings.sinks {
-        results.push((sink.key(), sink.send(&settings.http, &alert).await));
+        results.push(SinkTest {
+            key: sink.key(),
+            gets: sink.route().describe(&settings.threshold_labels),
+            result: sink.send(&settings.http, &alert).await,
+        });
     }
     results
 }

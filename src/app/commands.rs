@@ -131,14 +131,9 @@ pub async fn alerts_test(config: &Config) -> Outcome {
     }
     let mut out = String::new();
     let mut failed = false;
-    for (sink, result) in crate::alerts::deliver::send_test(&settings).await {
-        match result {
-            Ok(()) => out.push_str(&format!("ok      {sink}\n")),
-            Err(e) => {
-                failed = true;
-                out.push_str(&format!("FAILED  {sink}: {e}\n"));
-            }
-        }
+    for test in crate::alerts::deliver::send_test(&settings).await {
+        failed |= test.result.is_err();
+        out.push_str(&render::sink_test(&test));
     }
     Ok(Printed {
         stdout: out,

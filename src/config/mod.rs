@@ -2,11 +2,13 @@
 //! [`load`]ing (compiled-in defaults, then the TOML file, then `COSELL_SECTION__KEY` env
 //! variables, figment), [`secrets`] inline or from `_file` paths (relative ones in systemd's
 //! `$CREDENTIALS_DIRECTORY`), [`validate`] whose every message names the offending key, the
-//! [`webhook`] section, and the redacted view `check-config` prints.
+//! [`webhook`] section, alert sinks' [`routes`] (their keys checked), and the redacted view
+//! `check-config` prints.
 
 mod duration;
 mod errors;
 mod load;
+mod routes;
 mod secrets;
 mod types;
 mod validate;
@@ -17,6 +19,7 @@ use std::path::PathBuf;
 pub use duration::{HumanDuration, MAX_DURATION};
 pub use errors::{ConfigError, ConfigErrors};
 pub use load::{config_path, Loaded};
+pub use routes::{Severity, ALERT_KINDS};
 pub(crate) use secrets::fnv1a;
 pub use secrets::{redacted_url, resolve_secret_path};
 pub use types::*;

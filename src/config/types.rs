@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use super::routes::Severity;
 use super::secrets::{redact, redact_headers, redact_url};
 use super::{HumanDuration, PartnerWebhookConfig};
 
@@ -460,6 +461,16 @@ pub struct WebhookConfig {
     pub headers: std::collections::BTreeMap<String, SecretString>,
     #[serde(default = "default_sink_timeout")]
     pub timeout: HumanDuration,
+    /// Routing (spec §4): only these alert kinds; absent or empty = all.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Routing: only alerts at least this severe.
+    #[serde(default)]
+    pub min_severity: Severity,
+    /// Routing: `referral_expiring` only at these thresholds (each one of `[alerts]
+    /// thresholds`); absent or empty = all. Other kinds are unaffected.
+    #[serde(default)]
+    pub thresholds: Vec<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -469,6 +480,16 @@ pub struct CommandConfig {
     pub argv: Vec<String>,
     #[serde(default = "default_sink_timeout")]
     pub timeout: HumanDuration,
+    /// Routing (spec §4): only these alert kinds; absent or empty = all.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Routing: only alerts at least this severe.
+    #[serde(default)]
+    pub min_severity: Severity,
+    /// Routing: `referral_expiring` only at these thresholds (each one of `[alerts]
+    /// thresholds`); absent or empty = all. Other kinds are unaffected.
+    #[serde(default)]
+    pub thresholds: Vec<HumanDuration>,
 }
 
 fn default_format() -> AlertFormat {

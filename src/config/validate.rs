@@ -310,6 +310,7 @@ impl Config {
                 "a threshold must be more than 0s",
             ));
         }
+        self.alerts.check_routes(errors);
         if crate::timefmt::parse_offset(&self.alerts.timezone).is_none() {
             errors.push(ConfigError::new(
                 "alerts.timezone",

@@ -86,6 +86,8 @@ pub struct ReferralPage {
     pub rejected: Vec<RejectedRecord>,
     pub next_link: Option<String>,
     pub request_id: Option<String>,
+    /// `@odata.count`, when the answer has a usable one (a progress hint, never trusted).
+    pub count: Option<u64>,
 }
 
 /// One JSON Patch operation; Partner Center takes `replace` and `add` only.
@@ -272,7 +274,7 @@ impl MicrosoftClient {
             request_id: answer.request_id.clone(),
         };
         let page = super::model::parse_page(&answer.body).map_err(malformed)?;
-        let next_link = page.next_link;
+        let (next_link, count) = (page.next_link, page.count);
         let mut referrals = Vec::with_capacity(page.items.len());
         let mut rejected = Vec::new();
         for item in page.items {
@@ -286,6 +288,7 @@ impl MicrosoftClient {
             rejected,
             next_link,
             request_id: answer.request_id,
+            count,
         })
     }
 

@@ -275,6 +275,9 @@ fn sanitize(referral: &mut Referral) {
 pub struct RawPage {
     pub items: Vec<Result<ParsedReferral, RejectedRecord>>,
     pub next_link: Option<String>,
+    /// `@odata.count` when it is a whole number (only a hint for progress: [?] whether it
+    /// counts the query or the page).
+    pub count: Option<u64>,
 }
 
 /// Parses a list answer. Only an unreadable envelope (not JSON, no `value` array) fails the
@@ -286,6 +289,8 @@ pub fn parse_page(body: &str) -> Result<RawPage, String> {
         value: Option<Vec<&'a serde_json::value::RawValue>>,
         #[serde(rename = "@odata.nextLink", default)]
         next_link: Option<Value>,
+        #[serde(rename = "@odata.count", default)]
+        count: Option<Value>,
     }
     let envelope: Envelope = serde_json::from_str(body).map_err(|e| e.to_string())?;
     let items = envelope.value.ok_or("no \"value\" array")?;
@@ -301,6 +306,7 @@ pub fn parse_page(body: &str) -> Result<RawPage, String> {
             .map(|item| ParsedReferral::from_raw(item.get()))
             .collect(),
         next_link,
+        count: envelope.count.as_ref().and_then(Value::as_u64),
     })
 }
 

@@ -274,3 +274,52 @@ pub fn set_health(
     )?;
     Ok(())
 }
+
+/// Marks many deliveries to one sink done at once (a digest replaced them), in one transaction.
+pub fn delivered_many(
+    conn: &mut Connection,
+    alert_ids: &[String],
+    sink: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    for id in alert_ids {
+        delivered(&tx, id, sink, now)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// A digest that failed: one more attempt and the error on each delivery it carried.
+pub fn failed_many(
+    conn: &mut Connection,
+    alert_ids: &[String],
+    sink: &str,
+    error: &str,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    for id in alert_ids {
+        failed(&tx, id, sink, error)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Pending deliveries a sink no longer takes (its `kinds`, `min_severity` or `thresholds`
+/// changed since the alert was raised): dropped, as if the alert had been raised under the
+/// new routing, so they are neither sent nor counted as undelivered. Delivered ones stay.
+pub fn drop_unrouted(
+    conn: &mut Connection,
+    alert_ids: &[String],
+    sink: &str,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    for id in alert_ids {
+        tx.prepare_cached(
+            "DELETE FROM alert_deliveries WHERE alert_id = ?1 AND sink = ?2 AND state = 'pending'",
+        )?
+        .execute(params![id, sink])?;
+    }
+    tx.commit()?;
+    Ok(())
+}

@@ -10,6 +10,7 @@ pub mod gauges;
 pub mod google;
 pub mod outbox;
 pub mod referrals;
+pub mod responses;
 pub mod runs;
 pub mod schedule;
 pub mod views;
@@ -46,6 +47,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "0006_webhook_events.sql",
         include_str!("../../migrations/0006_webhook_events.sql"),
+    ),
+    (
+        7,
+        "0007_responses.sql",
+        include_str!("../../migrations/0007_responses.sql"),
     ),
 ];
 

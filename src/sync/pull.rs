@@ -62,6 +62,10 @@ pub struct PageDone {
     pub counts: UpsertCounts,
     /// The ids of the page's readable referrals.
     pub ids: Vec<String>,
+    /// Records read on this page (readable or not), and the query's total when the API
+    /// says (`@odata.count`; a hint for progress only).
+    pub read: u64,
+    pub total_hint: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -224,9 +228,11 @@ impl<'a> MicrosoftPull<'a> {
         let high_water = page.referrals.iter().map(|r| r.referral.updated_at()).max();
         let mark = watermark.zip(high_water);
         let next = page.next_link.clone();
+        let total_hint = page.count;
         let (referrals, rejected) = (page.referrals, page.rejected);
         let ids: Vec<String> = referrals.iter().map(|r| r.referral.id.clone()).collect();
-        self.query_seen += (referrals.len() + rejected.len()) as u64;
+        let read = (referrals.len() + rejected.len()) as u64;
+        self.query_seen += read;
         let counts = self
             .store
             .call(move |c| referrals::commit_page(c, &referrals, &rejected, mark, Utc::now()))
@@ -248,7 +254,13 @@ impl<'a> MicrosoftPull<'a> {
             );
             self.last_progress = Instant::now();
         }
-        Ok(PageDone { query, counts, ids })
+        Ok(PageDone {
+            query,
+            counts,
+            ids,
+            read,
+            total_hint,
+        })
     }
 
     fn query_name(&self) -> &'static str {

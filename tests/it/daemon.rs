@@ -147,7 +147,15 @@ async fn notify_watchdog_metrics_reload_and_stop_in_order() {
     )
     .unwrap();
     kill(&child, "-HUP");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait on the log line, not a fixed time (a loaded machine reloads slowly).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("configuration reloaded")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         text.contains("configuration reload refused") && text.contains("schedule.sync"),

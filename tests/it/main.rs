@@ -17,4 +17,6 @@ mod lanes;
 mod limits;
 mod logs;
 mod metrics;
+mod routing;
+mod service_level;
 mod webhook;

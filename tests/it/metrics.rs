@@ -184,6 +184,20 @@ async fn metrics_parse_as_openmetrics_with_histograms_and_process_metrics() {
     }
     assert_eq!(number(value(family("cosell_healthy"), &[]).unwrap()), 1.0);
 
+    // The service level: the sample's referral past its deadline is counted (from the
+    // database), and the answer-time histogram has both outcomes before any answer.
+    let expired = family("cosell_referrals_expired_unanswered");
+    assert_eq!(expired.family_type, OpenMetricsType::Counter);
+    assert!(number(value(expired, &[]).unwrap()) >= 1.0);
+    let answered = family("cosell_referral_response_seconds");
+    assert_eq!(answered.family_type, OpenMetricsType::Histogram);
+    for outcome in ["accepted", "declined"] {
+        assert!(
+            value(answered, &[("outcome", outcome)]).is_some(),
+            "{outcome}"
+        );
+    }
+
     // Every metric the dashboard and the alert rules use exists (renames break this test).
     let mut exposed: BTreeSet<String> = BTreeSet::new();
     for (name, f) in families {
