@@ -110,7 +110,7 @@ async fn forged_flood(t: &Target, seconds: u64, clients: usize, distinct: bool) 
     let mut workers = Vec::new();
     for _ in 0..clients {
         let (client, url, prefix, sig) = (
-            reqwest::Client::new(),
+            cosell_sync::http::client_builder().build().unwrap(),
             t.public_url.clone(),
             prefix.clone(),
             signature.clone(),
@@ -238,7 +238,7 @@ async fn slow_connections(t: &Target, slow: usize) {
         let url = t.healthz.clone();
         let sampling = sampling.clone();
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = cosell_sync::http::client_builder().build().unwrap();
             let (mut worst, mut failed, mut asked) = (Duration::ZERO, 0, 0);
             while sampling.load(Ordering::Relaxed) {
                 let started = Instant::now();

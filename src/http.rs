@@ -178,6 +178,15 @@ pub fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
+/// Every HTTP client starts here: rustls with ring, the one crypto provider in the tree
+/// (reqwest is built with `rustls-no-provider`, so the provider is installed before the first
+/// client; installing it again is a no-op).
+#[allow(clippy::disallowed_methods)] // the one place a client is begun
+pub fn client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// The redirect policy of every client: follow a few redirects within one origin, never to
 /// another (reqwest would re-send custom headers such as a webhook's `X-Api-Key` there).
 pub fn same_origin_redirects() -> reqwest::redirect::Policy {
@@ -408,7 +417,7 @@ pub fn new_request_id() -> String {
 /// The HTTP client every API client uses (Microsoft, Google, the webhook registration): rustls,
 /// bounded connect and total timeouts, same-origin redirects only. The one place it is built.
 pub fn client(timeout: Duration, connect_timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+    client_builder()
         .timeout(timeout)
         .connect_timeout(connect_timeout)
         .redirect(same_origin_redirects())

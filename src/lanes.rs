@@ -310,7 +310,10 @@ async fn google_phases(
     }
     let now = Utc::now();
     if options.full_plan {
-        let planned = push::plan_all(&ctx.store, &google.policy, now).await?;
+        // What this cycle's pages already planned (new referrals and their links) is not
+        // planned again: every referral once per change.
+        let since = Some(report.started_at);
+        let planned = push::plan_all(&ctx.store, &google.policy, now, since).await?;
         report.planned.add(planned);
     }
     forward_queued(ctx, report).await
@@ -418,7 +421,7 @@ pub async fn refresh_once(ctx: &CycleContext) -> Result<RefreshStats, CycleError
 /// periodic safety net beside the plan queue).
 pub async fn full_plan(ctx: &CycleContext) -> Result<crate::sync::PlanStats, CycleError> {
     match &ctx.google {
-        Some(google) => Ok(push::plan_all(&ctx.store, &google.policy, Utc::now()).await?),
+        Some(google) => Ok(push::plan_all(&ctx.store, &google.policy, Utc::now(), None).await?),
         None => Ok(Default::default()),
     }
 }

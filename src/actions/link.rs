@@ -6,10 +6,10 @@
 
 use std::path::Path;
 
-use aws_lc_rs::hmac;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use ring::hmac;
 
 pub use crate::config::actions::read_key_file;
 
@@ -143,7 +143,8 @@ fn generated_key(path: &Path) -> Result<Vec<u8>, String> {
         return read_key_file(path);
     }
     let mut key = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut key).map_err(|_| "no randomness for the link key".to_string())?;
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| "no randomness for the link key".to_string())?;
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

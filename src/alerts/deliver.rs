@@ -182,7 +182,7 @@ impl AlertSettings {
                 .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("UTC is an offset")),
             attempts: config.delivery_attempts.max(1),
             sinks,
-            http: reqwest::Client::builder()
+            http: crate::http::client_builder()
                 .connect_timeout(Duration::from_secs(5))
                 // A redirect to another host would re-POST the alert with its secret headers.
                 .redirect(crate::http::same_origin_redirects())

@@ -391,7 +391,7 @@ async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Res
     let url = crate::alerts::deliver::action_url(&alerting, &alert)
         .ok_or_else(|| anyhow::anyhow!("the alert has no action_url"))?;
     let token = url.rsplit('/').next().unwrap_or_default().to_string();
-    let http = reqwest::Client::new();
+    let http = crate::http::client_builder().build()?;
     let page_html = http.get(&url).send().await?.text().await?;
     println!("   alert for {}", first.id);
     println!("     → action_url {}/…", actions.public_url);

@@ -182,7 +182,25 @@ impl ParsedReferral {
     pub fn from_value(value: Value) -> Result<ParsedReferral, RejectedRecord> {
         let raw = value.to_string();
         let id = value.get("id").and_then(Value::as_str).map(str::to_string);
-        match serde_json::from_value::<Referral>(value) {
+        Self::checked(serde_json::from_value::<Referral>(value), raw, move |_| id)
+    }
+
+    /// Reads a referral the store kept (`raw_json`, written from [`ParsedReferral::raw`]):
+    /// straight into the typed view, and the text kept as it is. The planner reads every
+    /// candidate this way; going through a `Value` tree and writing it back out cost more than
+    /// the plan itself.
+    pub fn from_stored(raw: String) -> Result<ParsedReferral, RejectedRecord> {
+        let typed = serde_json::from_str::<Referral>(&raw);
+        Self::checked(typed, raw, id_of)
+    }
+
+    /// The checks every referral passes, however it was read: an id, sane values.
+    fn checked(
+        typed: Result<Referral, serde_json::Error>,
+        raw: String,
+        id: impl FnOnce(&str) -> Option<String>,
+    ) -> Result<ParsedReferral, RejectedRecord> {
+        match typed {
             Ok(referral) if referral.id.trim().is_empty() => Err(RejectedRecord {
                 id: None,
                 error: "empty id".into(),
@@ -193,7 +211,7 @@ impl ParsedReferral {
                 Ok(ParsedReferral { referral, raw })
             }
             Err(e) => Err(RejectedRecord {
-                id,
+                id: id(&raw),
                 error: e.to_string(),
                 raw,
             }),
@@ -416,6 +434,93 @@ mod tests {
         assert!(
             parsed.raw.len() > MAX_TEXT_CHARS * 2,
             "the raw JSON keeps it all"
+        );
+    }
+
+    /// A random value for a referral field: the shapes the API sends and the hostile ones.
+    fn hostile(rng: &mut fastrand::Rng) -> Value {
+        match rng.u8(..10) {
+            0 => Value::Null,
+            1 => json!(rng.f64() * 1e9),
+            2 => json!(["NaN", "inf", "-5", "1e309", "12.5", ""][rng.usize(..6)]),
+            3 => json!(rng.i64(..)),
+            4 => json!("é".repeat(rng.usize(..3) * MAX_TEXT_CHARS / 2 + 1)),
+            5 => json!({"nested": [1, "two", null, {"x": rng.bool()}]}),
+            6 => json!(
+                [
+                    "2026-11-10T08:14:05Z",
+                    "2026-11-10",
+                    "yesterday",
+                    "2026-11-10T08:14:05.1234567"
+                ][rng.usize(..4)]
+            ),
+            7 => json!(rng.bool()),
+            8 => json!(
+                ["New", "Active", "Closed", "Paused", "Pending", "Incoming", ""][rng.usize(..7)]
+            ),
+            _ => json!(format!("text-{}", rng.u32(..))),
+        }
+    }
+
+    /// The planner reads stored referrals with `from_stored` (straight into the typed view);
+    /// the pull reads them with `from_value`. Over generated referrals, hostile values
+    /// included, both read the same stored text the same way: same typed view, same text,
+    /// same rejection.
+    #[test]
+    fn a_stored_referral_reads_back_as_the_pull_read_it() {
+        let mut rng = fastrand::Rng::with_seed(20);
+        let now = chrono::Utc::now();
+        let fields = [
+            "/status",
+            "/substatus",
+            "/direction",
+            "/name",
+            "/externalReferenceId",
+            "/createdDateTime",
+            "/updatedDateTime",
+            "/expirationDateTime",
+            "/details/dealValue",
+            "/details/currency",
+            "/details/closingDateTime",
+            "/details/notes",
+            "/customerProfile/name",
+            "/customerProfile/address",
+            "/id",
+            "/eTag",
+        ];
+        let inbox = crate::sim::sample::pending_inbox(50, now);
+        let (mut read, mut rejected) = (0, 0);
+        for case in 0..2_000 {
+            let mut value = inbox[case % inbox.len()].clone();
+            for _ in 0..rng.usize(..4) {
+                let path = fields[rng.usize(..fields.len())];
+                let (parent, key) = path.rsplit_once('/').unwrap();
+                if let Some(Value::Object(map)) = value.pointer_mut(parent) {
+                    map.insert(key.to_string(), hostile(&mut rng));
+                }
+            }
+            let pulled = ParsedReferral::from_value(value);
+            let stored_text = match &pulled {
+                Ok(p) => p.raw.clone(),
+                Err(r) => r.raw.clone(),
+            };
+            let stored = ParsedReferral::from_stored(stored_text);
+            match (pulled, stored) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(format!("{:?}", a.referral), format!("{:?}", b.referral));
+                    assert_eq!(a.raw, b.raw);
+                    read += 1;
+                }
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.id, b.id, "case {case}");
+                    rejected += 1;
+                }
+                (a, b) => panic!("case {case}: the pull read {a:?}, the store read {b:?}"),
+            }
+        }
+        assert!(
+            read > 500 && rejected > 100,
+            "read {read}, rejected {rejected}"
         );
     }
 

@@ -7,8 +7,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
-use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::signature::{KeyPair, UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -16,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use base64::Engine;
+use ring::signature::{KeyPair, UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256};
 use serde_json::{json, Value};
 
 use super::{before, dropped, lock, ErrorShape, SimState};
@@ -50,28 +49,26 @@ pub const PARTNER_ID: &str = "1234567";
 const CLIENT_EMAIL: &str = "cosell-sync@sim-project.iam.gserviceaccount.com";
 
 struct SimKey {
-    pkcs8_pem: String,
+    pkcs8_pem: &'static str,
     public_der: Vec<u8>,
 }
 
-/// One RSA key per process: generating one costs a moment, and every simulator may share it.
+/// The simulator's service-account key: a fixed 2048-bit test key (ring, the one crypto
+/// provider in the tree, signs with RSA keys but does not generate them). It signs nothing but
+/// the simulator's own token grants on the loopback.
+const SERVICE_ACCOUNT_KEY: &str = include_str!("keys/google-service-account.pem");
+
 fn key() -> &'static SimKey {
     static KEY: OnceLock<SimKey> = OnceLock::new();
     KEY.get_or_init(|| {
-        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
-            .expect("RSA key generation");
-        let der = pair.as_der().expect("PKCS#8 encoding");
-        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-        let body: Vec<&str> = b64
-            .as_bytes()
-            .chunks(64)
-            .map(|c| std::str::from_utf8(c).expect("base64 is ascii"))
-            .collect();
+        use rustls_pki_types::pem::PemObject;
+        let der =
+            rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(SERVICE_ACCOUNT_KEY.as_bytes())
+                .expect("the test key is PKCS#8 PEM");
+        let pair = ring::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der())
+            .expect("the test key is an RSA key");
         SimKey {
-            pkcs8_pem: format!(
-                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-                body.join("\n")
-            ),
+            pkcs8_pem: SERVICE_ACCOUNT_KEY,
             public_der: pair.public_key().as_ref().to_vec(),
         }
     })

@@ -75,12 +75,20 @@ struct Signer {
     untrusted_key: KeyPair,
 }
 
-/// One per process: RSA key generation is the slow part, and any simulator may share it.
+/// One per process: every simulator may share it.
 fn signer() -> &'static Signer {
     static SIGNER: OnceLock<Signer> = OnceLock::new();
     SIGNER.get_or_init(|| {
-        let (ca_pem, leaf_der, leaf_key) = chain("cosell-sync simulated Microsoft root");
-        let (_, untrusted_der, untrusted_key) = chain("an untrusted root");
+        let (ca_pem, leaf_der, leaf_key) = chain(
+            "cosell-sync simulated Microsoft root",
+            include_str!("keys/webhook-root.pem"),
+            include_str!("keys/webhook-leaf.pem"),
+        );
+        let (_, untrusted_der, untrusted_key) = chain(
+            "an untrusted root",
+            include_str!("keys/untrusted-root.pem"),
+            include_str!("keys/untrusted-leaf.pem"),
+        );
         Signer {
             ca_pem,
             leaf_der,
@@ -91,19 +99,22 @@ fn signer() -> &'static Signer {
     })
 }
 
-/// A CA (PEM) and a leaf certificate (DER) issued to [`SUBJECT`], with the leaf's key.
-fn chain(ca_name: &str) -> (String, Vec<u8>, KeyPair) {
-    let rsa = || KeyPair::generate_for(&PKCS_RSA_SHA256).expect("aws-lc-rs generates RSA keys");
+/// A CA (PEM) and a leaf certificate (DER) issued to [`SUBJECT`], with the leaf's key. The
+/// keys are fixed 2048-bit test keys (PKCS#8 PEM): ring signs with RSA but does not generate it.
+fn chain(ca_name: &str, ca_key: &str, leaf_key: &str) -> (String, Vec<u8>, KeyPair) {
+    let rsa = |pem: &str| {
+        KeyPair::from_pkcs8_pem_and_sign_algo(pem, &PKCS_RSA_SHA256).expect("a PKCS#8 RSA key")
+    };
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca.distinguished_name.push(DnType::CommonName, ca_name);
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let issuer = CertifiedIssuer::self_signed(ca, rsa()).expect("CA signs itself");
+    let issuer = CertifiedIssuer::self_signed(ca, rsa(ca_key)).expect("CA signs itself");
     let mut leaf = CertificateParams::new(vec![SUBJECT.to_string()]).expect("leaf params");
     leaf.distinguished_name.push(DnType::CommonName, SUBJECT);
     leaf.distinguished_name
         .push(DnType::OrganizationName, "Microsoft Corporation");
-    let leaf_key = rsa();
+    let leaf_key = rsa(leaf_key);
     let cert = leaf
         .signed_by(&leaf_key, &issuer)
         .expect("CA signs the leaf");
@@ -371,7 +382,7 @@ async fn deliver(target: String, request: SignedRequest, delivery: Delivery) {
     if !delivery.delay.is_zero() {
         tokio::time::sleep(delivery.delay).await;
     }
-    let client = reqwest::Client::builder()
+    let client = crate::http::client_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .expect("reqwest client builds");

@@ -296,17 +296,26 @@ pub struct SnapshotRow {
 /// A batch of referrals that may need work, in id order after `after`: incoming referrals
 /// still New (forward candidates), every linked referral, and every unlinked one that names
 /// a Google record (recovery adopts it). Batches keep memory flat.
+///
+/// With `planned_since`, a referral new or changed at or after it and no longer in the plan
+/// queue is left out: the queue planned it after that change (a change queues its referral
+/// in the same transaction), so a full plan at the end of a cycle does not plan again what
+/// the cycle's own pages just planned.
 pub fn snapshot_batch(
     conn: &Connection,
     after: &str,
     limit: usize,
+    planned_since: Option<DateTime<Utc>>,
 ) -> Result<Vec<SnapshotRow>, StoreError> {
+    let since = planned_since.map(db_timestamp);
     snapshots(
         conn,
         "r.id > ?1 AND (l.referral_id IS NOT NULL OR (r.status = 'New' AND r.direction = 'Incoming')
                          OR r.external_reference_id LIKE 'partners/%')
+         AND NOT (?3 IS NOT NULL AND r.last_changed_at >= ?3
+                  AND NOT EXISTS (SELECT 1 FROM plan_queue q WHERE q.referral_id = r.id))
          ORDER BY r.id LIMIT ?2",
-        params![after, limit as i64],
+        params![after, limit as i64, since],
     )
 }
 
@@ -350,11 +359,7 @@ fn snapshots(
     let mut out = Vec::new();
     for row in rows {
         let (id, raw, lead, opp_name, opp_raw, has_base, deal, close, create_exists, kinds) = row?;
-        let value: serde_json::Value = match serde_json::from_str(&raw) {
-            Ok(v) => v,
-            Err(_) => continue,
-        };
-        let Ok(referral) = ParsedReferral::from_value(value) else {
+        let Ok(referral) = ParsedReferral::from_stored(raw) else {
             continue;
         };
         let link = (lead.is_some() || opp_name.is_some()).then(|| Link {

@@ -35,6 +35,15 @@ pub fn queued_for_plan(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Whether a referral waits to be planned.
+pub fn is_queued(conn: &Connection, referral_id: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM plan_queue WHERE referral_id = ?1")?
+        .query_row([referral_id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
 /// Takes a referral off the plan queue (in the transaction that planned it).
 pub fn planned(conn: &Connection, referral_id: &str) -> Result<(), StoreError> {
     conn.prepare_cached("DELETE FROM plan_queue WHERE referral_id = ?1")?

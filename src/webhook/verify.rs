@@ -308,7 +308,7 @@ impl Verifier {
                 "no trust roots: the system has none and webhook.ca_file is not set".into(),
             );
         }
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
             .redirect(reqwest::redirect::Policy::none())
@@ -333,7 +333,7 @@ impl Verifier {
         let end_entity = self.trust.check(&chain)?;
         end_entity
             .verify_signature(
-                webpki::aws_lc_rs::RSA_PKCS1_2048_8192_SHA256,
+                webpki::ring::RSA_PKCS1_2048_8192_SHA256,
                 body,
                 &signed.signature,
             )

@@ -124,7 +124,10 @@ fn token_of(url: &str) -> &str {
 }
 
 async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let mut request = reqwest::Client::new().get(url);
+    let mut request = cosell_sync::http::client_builder()
+        .build()
+        .unwrap()
+        .get(url);
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
@@ -133,7 +136,11 @@ async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
 }
 
 async fn post(url: &str, form: &[(&str, &str)], headers: &[(&str, &str)]) -> (u16, String) {
-    let mut request = reqwest::Client::new().post(url).form(form);
+    let mut request = cosell_sync::http::client_builder()
+        .build()
+        .unwrap()
+        .post(url)
+        .form(form);
     for (k, v) in headers {
         request = request.header(*k, *v);
     }
@@ -401,7 +408,13 @@ key_file = "{key}"
     let until = Instant::now() + Duration::from_secs(30);
     // Served once the first tick stored the referral.
     loop {
-        if let Ok(r) = reqwest::get(&url).await {
+        if let Ok(r) = cosell_sync::http::client_builder()
+            .build()
+            .unwrap()
+            .get(&url)
+            .send()
+            .await
+        {
             if r.status() == 200 {
                 break;
             }
@@ -414,7 +427,9 @@ key_file = "{key}"
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The receiver answers on the same port: an unsigned event is refused.
-    let event = reqwest::Client::new()
+    let event = cosell_sync::http::client_builder()
+        .build()
+        .unwrap()
         .post(format!("http://127.0.0.1:{port}/partner-center/events"))
         .body("{}")
         .send()

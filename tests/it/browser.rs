@@ -58,7 +58,7 @@ impl Driver {
         let mut d = Driver {
             child,
             url: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
+            http: cosell_sync::http::client_builder().build().unwrap(),
             session: String::new(),
         };
         let until = Instant::now() + Duration::from_secs(20);

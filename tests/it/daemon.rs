@@ -39,7 +39,8 @@ pub(crate) fn collect(
 }
 
 pub(crate) async fn http_get(url: &str) -> (u16, String) {
-    let response = reqwest::get(url).await.unwrap();
+    let client = cosell_sync::http::client_builder().build().unwrap();
+    let response = client.get(url).send().await.unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
 }
 

@@ -111,6 +111,40 @@ async fn a_deadline_tick_makes_no_google_read_and_does_not_wait_for_a_slow_refre
     assert_eq!(stats.read, 12);
 }
 
+/// Each referral is planned once per change (issue 20). A first sync of N new referrals
+/// plans each once, on its page: not again for the link its create made, the write-back's
+/// answer, or the full plan at the end (it planned each about three times: CPU grew with it).
+/// Then a full plan on the next sync plans each once more, and nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_sync_plans_each_new_referral_once() {
+    let env = TestEnv::with_google("").await;
+    let n = 250;
+    env.sim.put_referrals(sample::pending_inbox(n, Utc::now()));
+    let app = worker(&env);
+    let first = app.sync_once().await;
+    assert!(first.report.ok(), "{:?}", first.report.error);
+    assert_eq!(env.sim.google_leads().len(), n);
+    assert_eq!(env.sim.counter("patch"), n as u64, "one write-back each");
+    assert_eq!(
+        first.report.planned.referrals, n as u64,
+        "planned once each"
+    );
+    let queued: i64 = env.query("SELECT COUNT(*) FROM plan_queue", |r| r.get(0));
+    assert_eq!(queued, 0, "nothing is left to plan");
+    let writes = env.sim.counter("google.create_lead") + env.sim.counter("patch");
+    let again = app.sync_once().await;
+    assert!(again.report.ok(), "{:?}", again.report.error);
+    assert_eq!(
+        again.report.planned.referrals, n as u64,
+        "the full plan, once each"
+    );
+    assert_eq!(again.report.planned.queued, 0);
+    assert_eq!(
+        env.sim.counter("google.create_lead") + env.sim.counter("patch"),
+        writes
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_deadline_tick_plans_nothing_and_writes_nothing() {
     let env = TestEnv::with_google("").await;
@@ -345,7 +379,11 @@ async fn the_daemon_alerts_an_urgent_referral_before_a_throttled_refresh_finishe
     let reads_when_alerted = gets(&env) - reads_before;
     let has_lead = env.sim.leads_per_external_id().get("urgent-2") == Some(&1);
     // The metrics show each lane and the refresh backlog.
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    let metrics = cosell_sync::http::client_builder()
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
         .await
         .unwrap()
         .text()

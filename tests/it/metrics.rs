@@ -86,7 +86,8 @@ async fn metrics_parse_as_openmetrics_with_histograms_and_process_metrics() {
         "no cycle: {seen:?}"
     );
     let url = format!("http://127.0.0.1:{port}/metrics");
-    let response = reqwest::get(&url).await.unwrap();
+    let client = cosell_sync::http::client_builder().build().unwrap();
+    let response = client.get(&url).send().await.unwrap();
     let content_type = response.headers()["content-type"]
         .to_str()
         .unwrap()

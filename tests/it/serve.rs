@@ -139,7 +139,13 @@ async fn connections_over_the_cap_are_closed_at_once_and_the_rest_keep_working()
     let url = format!("http://{addr}/ok");
     let mut answered = false;
     for _ in 0..50 {
-        if let Ok(r) = reqwest::get(&url).await {
+        if let Ok(r) = cosell_sync::http::client_builder()
+            .build()
+            .unwrap()
+            .get(&url)
+            .send()
+            .await
+        {
             answered = r.status() == 200;
             break;
         }
@@ -194,7 +200,7 @@ async fn two_routers_share_one_address_and_a_taken_address_is_a_bind_error_namin
     let bound = listeners.bind().await.unwrap();
     assert_eq!(bound.addr("webhook.listen"), bound.addr("actions.listen"));
     bound.serve(stop.clone());
-    let client = reqwest::Client::new();
+    let client = cosell_sync::http::client_builder().build().unwrap();
     let event = client
         .post(format!("http://{listen}/events"))
         .send()

@@ -517,7 +517,7 @@ async fn generated_tamperings_of_a_signed_event_are_all_refused() {
     let h = hooked("").await;
     let (_app, _stop) = start_in_process(&h).await;
     let mut rng = fastrand::Rng::with_seed(12);
-    let client = reqwest::Client::new();
+    let client = cosell_sync::http::client_builder().build().unwrap();
     let body = format!(
         r#"{{"EventName":"referral-created","ResourceUri":"https://api.partnercenter.microsoft.com/engagements/v1/referrals/{}","ResourceName":"referral","AuditUri":null,"ResourceChangeUtcDate":"2026-01-01T00:00:00Z"}}"#,
         sample::referral_id(50)
@@ -734,7 +734,7 @@ async fn run_with_its_webhook_address_taken_exits_78_before_any_token_grant() {
 
 /// Forged events (each naming its own missing certificate) from 16 clients at once.
 async fn flood_of_forgeries(public_url: &str, prefix: &str, round: usize, n: usize) {
-    let client = reqwest::Client::new();
+    let client = cosell_sync::http::client_builder().build().unwrap();
     let body = r#"{"EventName":"referral-created","ResourceUri":"https://x/engagements/v1/referrals/forged"}"#;
     let signature = cosell_sync::sim::webhook::sign(body.as_bytes());
     let mut sent = Vec::new();

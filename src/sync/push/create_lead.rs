@@ -46,8 +46,14 @@ pub(super) async fn lead_created(
         .call(move |c| {
             let tx = c.transaction()?;
             let now = Utc::now();
+            // The new link and lead copy would queue a plan; that plan would decide only the
+            // write-back queued below. Unless something else queued it, it stays unqueued.
+            let was_queued = schedule::is_queued(&tx, &referral_id)?;
             gstore::set_link(&tx, &referral_id, Some(&created.name), None, "created", now)?;
             gstore::save_lead(&tx, &created, Some(&referral_id), now)?;
+            if !was_queued {
+                schedule::planned(&tx, &referral_id)?;
+            }
             // The answer is the lead's current copy: no read is due before the minimum.
             schedule::checked_fresh(&tx, &created.name, &referral_id, first_check, now)?;
             // The write-back follows from the new link: queued in the same transaction.

@@ -63,7 +63,10 @@ pub(super) async fn patch_referral(
         _ => false,
     };
     match result {
-        Ok(outcome) => referral_patched(store, cycle_id, &row, fields, outcome, base_after).await,
+        Ok(outcome) => {
+            let guarded = etag.is_some();
+            referral_patched(store, cycle_id, &row, fields, outcome, base_after, guarded).await
+        }
         Err(e) => {
             let ms = (microsoft, microsoft_retry);
             patch_failed(store, ms, google, cycle_id, row, fields, e, replan_spent).await
@@ -125,7 +128,9 @@ pub(super) async fn patch_failed(
 }
 
 /// The patch went through: the base it agreed on, the done row and its audit entry in one
-/// transaction, then the referral as Partner Center returned it.
+/// transaction, then the referral as Partner Center returned it. Sent with `If-Match`
+/// (`guarded`), that copy is the one the plan saw plus this patch (any other change would
+/// have been a 412), so it is stored without queueing another plan of it.
 pub(super) async fn referral_patched(
     store: &Store,
     cycle_id: &str,
@@ -133,6 +138,7 @@ pub(super) async fn referral_patched(
     fields: String,
     outcome: crate::microsoft::WriteOutcome,
     base_after: BaseUpdate,
+    guarded: bool,
 ) -> Result<Outcome, StoreError> {
     let id = row.referral_id.clone();
     let audit = AuditEntry {
@@ -154,7 +160,11 @@ pub(super) async fn referral_patched(
             record_done(&tx, action, None, &audit, &cycle, now)?;
             tx.commit()?;
             if let Some(fresh) = fresh {
+                let was_queued = schedule::is_queued(c, &id)?;
                 referrals::commit_page(c, &[fresh], &[], None, now)?;
+                if guarded && !was_queued {
+                    schedule::planned(c, &id)?;
+                }
             }
             Ok(())
         })

@@ -6,20 +6,23 @@ use super::*;
 /// Which referrals a plan covers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum PlanScope {
-    /// Every candidate: incoming referrals still New and every linked referral.
-    All,
+    /// Every candidate: incoming referrals still New and every linked referral — except,
+    /// with a time, those the plan queue planned after a change at or after it.
+    All(Option<DateTime<Utc>>),
     /// The plan queue: referrals whose inputs changed since they were last planned.
     Queued,
 }
 
 /// Reconciles every candidate referral in batches, storing each batch's decisions in one
-/// transaction.
+/// transaction. `planned_since` (a cycle's start) leaves out the referrals that cycle's plan
+/// queue already planned after their last change: each is planned once per change.
 pub async fn plan_all(
     store: &Store,
     policy: &Policy,
     now: DateTime<Utc>,
+    planned_since: Option<DateTime<Utc>>,
 ) -> Result<PlanStats, StoreError> {
-    let stats = plan_batches(store, policy, now, PlanScope::All).await?;
+    let stats = plan_batches(store, policy, now, PlanScope::All(planned_since)).await?;
     // Everything queued before this plan began has been planned with newer data.
     store
         .call(move |c| schedule::planned_before(c, now))
@@ -54,8 +57,8 @@ pub(super) async fn plan_batches(
         let (batch_stats, last) = store
             .call(move |c| {
                 let (rows, last) = match scope {
-                    PlanScope::All => {
-                        let rows = gstore::snapshot_batch(c, &cursor, 500)?;
+                    PlanScope::All(since) => {
+                        let rows = gstore::snapshot_batch(c, &cursor, 500, since)?;
                         let last = rows.last().map(|r| r.referral.referral.id.clone());
                         (
                             rows.into_iter()
