@@ -80,6 +80,17 @@ pub struct App {
 }
 
 impl App {
+    /// The action page's settings (`None` without `[actions]`): built here, so the page takes
+    /// what it uses and never the app.
+    pub fn page_settings(&self) -> Option<crate::actions::page::PageSettings> {
+        Some(crate::actions::page::PageSettings {
+            signer: self.alerts.links.clone()?,
+            config: self.config.actions.clone()?,
+            window: self.config.alerts.response_window.as_chrono(),
+            referral_url: self.config.alerts.referral_url.clone(),
+        })
+    }
+
     /// Builds the store and the clients. No cycle may run until [`App::become_worker`].
     pub fn build(config: Config) -> Result<App, AppError> {
         let (store, dry_run_dir) = if config.daemon.dry_run {

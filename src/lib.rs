@@ -46,7 +46,8 @@
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
 //! - [`telemetry`]: tracing subscriber set-up (text, json, journald).
 //! - [`generate`]: the man page and shell completions from the clap definitions.
-//! - [`actions`]: accept / decline from the alert: `[actions]`, signed links, the page.
+//! - [`actions`]: accept / decline from the alert: `[actions]` and the page.
+//! - [`links`]: the signed action links (HMAC, one referral, until its deadline), a leaf.
 //! - [`webhook`]: Partner Center referral events (optional): receiver, verification, the
 //!   producer hand-off (GET + commit + wake), registration.
 //! - [`wake`]: the deadline lane's doorbell (asks coalesce; "pull" or "no pull needed"), a leaf.
@@ -66,6 +67,7 @@ pub mod google;
 pub mod health;
 pub mod http;
 pub mod lanes;
+pub mod links;
 pub mod metrics;
 pub mod microsoft;
 pub mod pem;

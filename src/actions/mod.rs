@@ -4,8 +4,7 @@
 //! queues the answer; the answer lane sends it ([`crate::sync::push::answer_referral`]).
 
 mod html;
-pub mod link;
 pub mod page;
 
 pub use crate::config::ActionsConfig;
-pub use link::LinkSigner;
+pub use crate::links::LinkSigner;

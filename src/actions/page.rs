@@ -20,9 +20,9 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::html::{form_page, message_page, Fact};
-use super::link::{Claims, LinkError, LinkSigner};
 use super::ActionsConfig;
 use crate::alerts::format::deal;
+use crate::links::{Claims, LinkError, LinkSigner};
 use crate::store::answers::{self, PageFacts};
 use crate::store::{Store, StoreError};
 use crate::sync::answer::{encode, Answer, Decision};
@@ -426,14 +426,4 @@ pub async fn serve(
         .map_err(|e| e.to_string())?;
     tracing::info!(%addr, "action page listening");
     Ok(addr)
-}
-
-/// The page's settings from the app (`None` without `[actions]`).
-pub fn settings_of(app: &crate::app::App) -> Option<PageSettings> {
-    Some(PageSettings {
-        signer: app.alerts.links.clone()?,
-        config: app.config.actions.clone()?,
-        window: app.config.alerts.response_window.as_chrono(),
-        referral_url: app.config.alerts.referral_url.clone(),
-    })
 }

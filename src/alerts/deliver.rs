@@ -154,7 +154,7 @@ pub struct AlertSettings {
     pub sinks: Vec<Sink>,
     pub http: reqwest::Client,
     /// `[actions]`: signs the `action_url` of `referral_expiring` alerts.
-    pub links: Option<std::sync::Arc<crate::actions::LinkSigner>>,
+    pub links: Option<std::sync::Arc<crate::links::LinkSigner>>,
     /// Health alerts the store could not record yet (see [`super::unrecorded`]).
     pub unrecorded: super::unrecorded::Memory,
 }

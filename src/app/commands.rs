@@ -409,7 +409,7 @@ async fn listen(
         listeners.mount("webhook.listen", &webhook.listen, router);
         events = Some(rx);
     }
-    if let Some(settings) = crate::actions::page::settings_of(app) {
+    if let Some(settings) = app.page_settings() {
         let listen = settings.config.listen.clone();
         let router = crate::actions::page::router(settings, app.store.clone(), answers.clone());
         listeners.mount("actions.listen", &listen, router);

@@ -1,4 +1,4 @@
-//! Signed action links: `public_url/TOKEN`, where the token names one referral and when it
+//! Signed action links (a leaf: alerts sign them, the action page checks them): `public_url/TOKEN`, where the token names one referral and when it
 //! stops working (the referral's deadline), under an HMAC-SHA256 of both. A token is useless
 //! for any other referral, after its deadline, or with one character changed. The key is
 //! `[actions] key_file`, or 32 random bytes generated once in the state directory (0600).
@@ -63,7 +63,10 @@ impl LinkSigner {
     }
 
     /// The signer of `[actions]`: its key file, or the state directory's generated key.
-    pub fn load(config: &super::ActionsConfig, state_dir: &Path) -> Result<LinkSigner, String> {
+    pub fn load(
+        config: &crate::config::ActionsConfig,
+        state_dir: &Path,
+    ) -> Result<LinkSigner, String> {
         let key = match config.key_file() {
             Some(path) => read_key_file(path)?,
             None => generated_key(&state_dir.join("actions.key"))?,
