@@ -45,11 +45,16 @@ cannot() {
 
 [ "${COSELL_SYSTEMD_TEST:-}" = skip ] && skip "COSELL_SYSTEMD_TEST=skip"
 [ "$(id -u)" = 0 ] || cannot "needs root (debootstrap, chroot, systemd-nspawn)"
-if ! command -v systemd-nspawn >/dev/null || ! command -v debootstrap >/dev/null; then
-  say "installing systemd-container and debootstrap"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 \
-    systemd-container debootstrap >/dev/null \
-    || cannot "systemd-nspawn and debootstrap are missing and apt-get could not install them"
+if ! command -v systemd-nspawn >/dev/null || ! command -v debootstrap >/dev/null \
+  || ! command -v lintian >/dev/null; then
+  say "installing systemd-container, debootstrap and lintian"
+  # A fresh machine may have no package lists yet: install, else update and install.
+  install_tools() {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 \
+      systemd-container debootstrap lintian >/dev/null
+  }
+  install_tools || { apt-get update -qq >/dev/null && install_tools; } \
+    || cannot "systemd-nspawn, debootstrap or lintian are missing and apt-get could not install them"
 fi
 
 # 1. The package, from the binary the tests already built (no second build).
