@@ -2,7 +2,7 @@
 //! command, prints what it returns and exits with its code.
 
 use cosell_sync::app::commands::{self as cmd, Outcome};
-use cosell_sync::cli::{AlertsCommand, AuthCommand, Cli, Command};
+use cosell_sync::cli::{Cli, Command};
 use cosell_sync::config::config_path;
 use cosell_sync::{exit, telemetry};
 
@@ -77,51 +77,5 @@ async fn dispatch(cli: Cli) -> Outcome {
     }
     let config = cmd::load_config_for(&cli.command, &file, dry_run)?;
     telemetry::init(config.log.format, &config.log.level);
-    match cli.command {
-        Command::CheckConfig => cmd::check_config(&config, &file),
-        Command::Status {
-            json,
-            limit,
-            referral,
-        } => cmd::status(&config, json, limit, referral.as_deref()),
-        Command::Link {
-            referral_id,
-            google_resource_name,
-        } => cmd::link(config, &referral_id, &google_resource_name).await,
-        Command::Alerts { action } => match action {
-            AlertsCommand::Test => cmd::alerts_test(&config).await,
-            AlertsCommand::List {
-                pending,
-                limit,
-                json,
-            } => cmd::alerts_list(&config, pending, limit, json),
-        },
-        Command::Auth { action } => match action {
-            AuthCommand::Microsoft => cmd::auth_microsoft(&config, |m| println!("{m}")).await,
-            AuthCommand::Check => cmd::auth_check(&config).await,
-        },
-        Command::Audit {
-            referral,
-            since,
-            limit,
-            json,
-        } => cmd::audit(&config, referral.as_deref(), since, limit, json),
-        Command::Outbox { action } => cmd::outbox(&config, action),
-        Command::Accept {
-            referral_id, note, ..
-        } => cmd::accept(config, &referral_id, note, answer_dry_run).await,
-        Command::Decline {
-            referral_id,
-            reason,
-            note,
-            ..
-        } => cmd::decline(config, &referral_id, reason, note, answer_dry_run).await,
-        Command::Sync { all, .. } => cmd::sync(config, all).await,
-        Command::Backup { path } => cmd::backup(&config, &path),
-        Command::Reload { pid, wait } => cmd::reload(&config, pid, wait),
-        Command::Run { .. } => cmd::run(config, &file, dry_run).await,
-        Command::Demo { .. } | Command::Sim { .. } => unreachable!("handled before the config"),
-        Command::Man | Command::Completions { .. } => unreachable!("handled in main"),
-        Command::Webhook { action } => cmd::webhook(&config, action).await,
-    }
+    cmd::dispatch(cli.command, config, &file, dry_run, answer_dry_run).await
 }

@@ -532,3 +532,64 @@ pub fn reload(config: &Config, pid: i32, wait_secs: u64) -> Outcome {
         ))),
     }
 }
+
+/// Runs one command with its loaded configuration: the one `match` from a command to its
+/// function, shared by `main` and the tests' in-process driver. `demo`, `sim`, `man` and
+/// `completions` need no configuration and never reach it.
+pub async fn dispatch(
+    command: crate::cli::Command,
+    config: Config,
+    file: &Path,
+    dry_run: bool,
+    answer_dry_run: bool,
+) -> Outcome {
+    use crate::cli::{AlertsCommand, AuthCommand, Command};
+    let file = file.to_path_buf();
+    match command {
+        Command::CheckConfig => check_config(&config, &file),
+        Command::Status {
+            json,
+            limit,
+            referral,
+        } => status(&config, json, limit, referral.as_deref()),
+        Command::Link {
+            referral_id,
+            google_resource_name,
+        } => link(config, &referral_id, &google_resource_name).await,
+        Command::Alerts { action } => match action {
+            AlertsCommand::Test => alerts_test(&config).await,
+            AlertsCommand::List {
+                pending,
+                limit,
+                json,
+            } => alerts_list(&config, pending, limit, json),
+        },
+        Command::Auth { action } => match action {
+            AuthCommand::Microsoft => auth_microsoft(&config, |m| println!("{m}")).await,
+            AuthCommand::Check => auth_check(&config).await,
+        },
+        Command::Audit {
+            referral,
+            since,
+            limit,
+            json,
+        } => audit(&config, referral.as_deref(), since, limit, json),
+        Command::Outbox { action } => outbox(&config, action),
+        Command::Accept {
+            referral_id, note, ..
+        } => accept(config, &referral_id, note, answer_dry_run).await,
+        Command::Decline {
+            referral_id,
+            reason,
+            note,
+            ..
+        } => decline(config, &referral_id, reason, note, answer_dry_run).await,
+        Command::Sync { all, .. } => sync(config, all).await,
+        Command::Backup { path } => backup(&config, &path),
+        Command::Reload { pid, wait } => reload(&config, pid, wait),
+        Command::Run { .. } => run(config, &file, dry_run).await,
+        Command::Demo { .. } | Command::Sim { .. } => unreachable!("handled before the config"),
+        Command::Man | Command::Completions { .. } => unreachable!("handled in main"),
+        Command::Webhook { action } => webhook(&config, action).await,
+    }
+}

@@ -8,7 +8,7 @@ use std::process::Output;
 use std::sync::Arc;
 
 use cosell_sync::app::commands as cmd;
-use cosell_sync::cli::{AlertsCommand, Cli, Command};
+use cosell_sync::cli::{Cli, Command};
 use cosell_sync::http::RateLimiter;
 use cosell_sync::microsoft::{MicrosoftClient, TokenSource};
 use cosell_sync::sim::Simulator;
@@ -205,49 +205,22 @@ max_delay = "500ms"
 
 /// The commands a test runs in process; `run` and `auth microsoft` need the binary.
 async fn in_process(cli: Cli, file: &Path) -> cmd::Outcome {
-    let config = cmd::load_config_for(&cli.command, file, cli.is_dry_run())?;
+    use cosell_sync::cli::AuthCommand;
+    let dry_run = cli.is_dry_run();
+    let config = cmd::load_config_for(&cli.command, file, dry_run)?;
     let answer_dry_run = cli.is_answer_dry_run();
     match cli.command {
-        Command::Accept {
-            referral_id, note, ..
-        } => cmd::accept(config, &referral_id, note, answer_dry_run).await,
-        Command::Decline {
-            referral_id,
-            reason,
-            note,
-            ..
-        } => cmd::decline(config, &referral_id, reason, note, answer_dry_run).await,
-        Command::Sync { all, .. } => cmd::sync(config, all).await,
-        Command::CheckConfig => cmd::check_config(&config, file),
-        Command::Status {
-            json,
-            limit,
-            referral,
-        } => cmd::status(&config, json, limit, referral.as_deref()),
-        Command::Link {
-            referral_id,
-            google_resource_name,
-        } => cmd::link(config, &referral_id, &google_resource_name).await,
-        Command::Audit {
-            referral,
-            since,
-            limit,
-            json,
-        } => cmd::audit(&config, referral.as_deref(), since, limit, json),
-        Command::Outbox { action } => cmd::outbox(&config, action),
-        Command::Backup { path } => cmd::backup(&config, &path),
-        Command::Alerts {
-            action: AlertsCommand::Test,
-        } => cmd::alerts_test(&config).await,
-        Command::Alerts {
-            action:
-                AlertsCommand::List {
-                    pending,
-                    limit,
-                    json,
-                },
-        } => cmd::alerts_list(&config, pending, limit, json),
-        other => panic!("{other:?} needs the binary: use TestEnv::cli"),
+        Command::Run { .. }
+        | Command::Auth {
+            action: AuthCommand::Microsoft,
+        }
+        | Command::Demo { .. }
+        | Command::Sim { .. }
+        | Command::Man
+        | Command::Completions { .. } => {
+            panic!("{:?} needs the binary: use TestEnv::cli", cli.command)
+        }
+        command => cmd::dispatch(command, config, file, dry_run, answer_dry_run).await,
     }
 }
 
