@@ -3,23 +3,23 @@
 //! `link` in [`link`], one cycle (`sync`), the daemon (`run`, via
 //! [`scheduler`]).
 
-pub mod answer;
+pub(crate) mod answer;
 pub mod commands;
-pub mod demo;
-pub mod link;
-pub mod scheduler;
+pub(crate) mod demo;
+pub(crate) mod link;
+pub(crate) mod scheduler;
 
 use std::sync::Arc;
 
 use chrono::Utc;
 
-pub use crate::status::{status, StatusReport};
+pub(crate) use crate::status::status;
 
 use crate::alerts::deliver::AlertSettings;
 use crate::config::{Config, ConfigErrors};
 use crate::google::{GoogleAuth, GoogleClient};
 use crate::http::RateLimiter;
-pub use crate::lanes::Cycle;
+pub(crate) use crate::lanes::Cycle;
 use crate::lanes::{self, TickOptions};
 use crate::microsoft::{MicrosoftClient, TokenSource};
 use crate::store::outbox;
@@ -72,7 +72,7 @@ pub struct App {
     pub config: Arc<Config>,
     pub store: Store,
     pub cycle: CycleContext,
-    pub alerts: AlertSettings,
+    pub(crate) alerts: AlertSettings,
     /// Held by the process that runs cycles (`run`, `sync`); see [`App::become_worker`].
     worker_lock: Option<Arc<std::fs::File>>,
     /// Dry run: the directory of the throw-away database copy (removed on drop).
@@ -82,7 +82,7 @@ pub struct App {
 impl App {
     /// The action page's settings (`None` without `[actions]`): built here, so the page takes
     /// what it uses and never the app.
-    pub fn page_settings(&self) -> Option<crate::actions::page::PageSettings> {
+    pub(crate) fn page_settings(&self) -> Option<crate::actions::page::PageSettings> {
         Some(crate::actions::page::PageSettings {
             signer: self.alerts.links.clone()?,
             config: self.config.actions.clone()?,
@@ -200,7 +200,7 @@ impl App {
 
     /// A reloaded app keeps the worker lock of the one it replaces (and skips recovery:
     /// the old app's writes may still be in flight).
-    pub fn inherit_worker(&mut self, from: &App) {
+    pub(crate) fn inherit_worker(&mut self, from: &App) {
         self.worker_lock = from.worker_lock.clone();
         self.cycle.stop = from.cycle.stop.clone();
         self.alerts.unrecorded = from.alerts.unrecorded.clone();
@@ -224,7 +224,7 @@ impl App {
     }
 
     /// One deadline tick as `ask` wants it (the daemon's lane and [`App::serve_wakes`]).
-    pub async fn asked_tick(&self, full_plan: bool, ask: TickAsk) -> Cycle {
+    pub(crate) async fn asked_tick(&self, full_plan: bool, ask: TickAsk) -> Cycle {
         let options = TickOptions::deadline(full_plan);
         match ask.pull {
             true => self.cycle_with(options).await,

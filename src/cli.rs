@@ -20,7 +20,7 @@ pub struct Cli {
     /// Only with `run` and `sync`: plan and log every remote write without sending it; the
     /// database is left as it was.
     #[arg(long)]
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
 
     #[command(subcommand)]
     pub command: Command,
@@ -224,7 +224,7 @@ pub enum OutboxState {
 
 impl OutboxState {
     /// The name stored in the database.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             OutboxState::Pending => "pending",
             OutboxState::InFlight => "in_flight",

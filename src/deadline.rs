@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 /// When Microsoft archives the referral as Closed/Expired if nobody answers.
-pub fn deadline(
+pub(crate) fn deadline(
     created_at: DateTime<Utc>,
     expires_at: Option<DateTime<Utc>>,
     response_window: Duration,
@@ -13,7 +13,7 @@ pub fn deadline(
 }
 
 /// The tightest threshold already crossed (`remaining <= threshold`), if any.
-pub fn tightest_crossed(remaining: Duration, thresholds: &[Duration]) -> Option<Duration> {
+pub(crate) fn tightest_crossed(remaining: Duration, thresholds: &[Duration]) -> Option<Duration> {
     thresholds.iter().copied().filter(|t| remaining <= *t).min()
 }
 

@@ -8,7 +8,7 @@ use clap::CommandFactory;
 use crate::cli::{Cli, Command};
 
 /// Shells `cosell-sync completions` writes a script for.
-pub use clap_complete::Shell;
+pub(crate) use clap_complete::Shell;
 
 /// `man` and `completions` print to stdout and need no configuration: `Some(exit code)` for
 /// them, `None` for every other command.
@@ -33,7 +33,7 @@ pub fn run(command: &Command) -> Option<i32> {
 const BIN: &str = "cosell-sync";
 
 /// Writes the completion script for `shell` to `out`.
-pub fn completions(shell: Shell, out: &mut dyn Write) {
+pub(crate) fn completions(shell: Shell, out: &mut dyn Write) {
     let mut command = Cli::command();
     if shell != Shell::Bash {
         clap_complete::generate(shell, &mut command, BIN, out);
@@ -57,7 +57,7 @@ fn fix_bash_state_names(script: &str) -> String {
 
 /// Writes the man page, cosell-sync(1), in roff to `out`: the clap text of every command,
 /// then the sections an administrator looks for (files, environment, exit status).
-pub fn man_page(out: &mut dyn Write) -> std::io::Result<()> {
+pub(crate) fn man_page(out: &mut dyn Write) -> std::io::Result<()> {
     let command = Cli::command()
         .long_about(
             "Keeps Microsoft Partner Center co-sell referrals and Google Cloud CRM Partners leads \

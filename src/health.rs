@@ -19,25 +19,25 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::metrics::{self as registry, StateSnapshot};
-pub use crate::metrics::{Lane, WriteCounts};
+pub(crate) use crate::metrics::{Lane, WriteCounts};
 use crate::store::{gauges, Store};
 
 /// State gauges older than this are read again at the next scrape.
-pub const STATE_MAX_AGE: Duration = Duration::from_secs(5);
+pub(crate) const STATE_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// Scrapes within this long of the last rendering get the same text (a scraper hammering
 /// `/metrics` costs the daemon a copy, not an encoding and four `/proc` reads).
-pub const RENDER_MAX_AGE: Duration = Duration::from_secs(1);
+pub(crate) const RENDER_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// How one cycle (the deadline lane's run today) ended, as plain data.
 #[derive(Debug, Clone)]
 pub struct CycleOutcome {
     pub started_at: SystemTime,
-    pub elapsed: Duration,
-    pub ok: bool,
-    pub writes: WriteCounts,
-    pub alerts_delivered: u64,
-    pub alerts_undelivered: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) ok: bool,
+    pub(crate) writes: WriteCounts,
+    pub(crate) alerts_delivered: u64,
+    pub(crate) alerts_undelivered: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -50,7 +50,7 @@ struct LaneState {
 
 /// The daemon's liveness, shared by the scheduler, the watchdog and `/healthz`.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     lanes: Mutex<[LaneState; 2]>,
     /// Deadline runs (cycles) failed in a row.
     failing_in_a_row: AtomicU32,
@@ -72,7 +72,7 @@ impl Health {
     }
 
     /// A lane begins a run.
-    pub fn lane_started(&self, lane: Lane) {
+    pub(crate) fn lane_started(&self, lane: Lane) {
         let now = Instant::now();
         self.with_lane(lane, |s| {
             s.first_started.get_or_insert(now);
@@ -81,7 +81,7 @@ impl Health {
     }
 
     /// A lane ended a run; a failed deadline run counts towards `failed_cycles`.
-    pub fn lane_finished(&self, lane: Lane, ok: bool, elapsed: Duration) {
+    pub(crate) fn lane_finished(&self, lane: Lane, ok: bool, elapsed: Duration) {
         self.with_lane(lane, |s| {
             s.running_since = None;
             s.last_finished = Some(Instant::now());
@@ -98,17 +98,17 @@ impl Health {
 
     /// The refresh lane's backlog: records due for a read, and how long the oldest of them
     /// has waited past its due time.
-    pub fn set_refresh_backlog(&self, due: u64, oldest_unchecked_age: Option<Duration>) {
+    pub(crate) fn set_refresh_backlog(&self, due: u64, oldest_unchecked_age: Option<Duration>) {
         registry::global().refresh_backlog(due, oldest_unchecked_age);
     }
 
     /// A cycle begins: the deadline lane's run.
-    pub fn cycle_started(&self) {
+    pub(crate) fn cycle_started(&self) {
         self.lane_started(Lane::Deadline);
     }
 
     /// A cycle ended: its metrics, and the deadline lane's run.
-    pub fn cycle_finished(&self, outcome: &CycleOutcome) {
+    pub(crate) fn cycle_finished(&self, outcome: &CycleOutcome) {
         registry::global().cycle(
             outcome.started_at,
             outcome.ok,
@@ -121,21 +121,21 @@ impl Health {
     }
 
     /// How long the deadline lane's current run (the cycle) has been going, if one is.
-    pub fn running_for(&self) -> Option<Duration> {
+    pub(crate) fn running_for(&self) -> Option<Duration> {
         self.lane_running_for(Lane::Deadline)
     }
 
-    pub fn lane_running_for(&self, lane: Lane) -> Option<Duration> {
+    pub(crate) fn lane_running_for(&self, lane: Lane) -> Option<Duration> {
         self.with_lane(lane, |s| s.running_since.map(|t| t.elapsed()))
     }
 
     /// The daemon stops for good: `/healthz` says why until the process is gone.
-    pub fn set_fatal(&self, why: String) {
+    pub(crate) fn set_fatal(&self, why: String) {
         *self.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
     }
 
     /// `Ok` when healthy, else why not.
-    pub fn check(&self, failed_cycles: u32, stuck_after: Duration) -> Result<(), String> {
+    pub(crate) fn check(&self, failed_cycles: u32, stuck_after: Duration) -> Result<(), String> {
         if let Some(why) = self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Err(why);
         }
@@ -194,34 +194,12 @@ struct Endpoint {
 }
 
 /// Whether `[metrics] listen` should be warned about: not loopback and no `allow_remote`.
-pub fn remote_listen_unexplained(addr: &std::net::SocketAddr, allow_remote: bool) -> bool {
+pub(crate) fn remote_listen_unexplained(addr: &std::net::SocketAddr, allow_remote: bool) -> bool {
     !addr.ip().is_loopback() && !allow_remote
 }
 
-/// Serves `/metrics` and `/healthz` on `listen` until `shutdown`, on the daemon's server
-/// layer (`run` instead mounts [`router`] with its other listeners).
-pub async fn serve(
-    listen: &str,
-    health: Arc<Health>,
-    store: Store,
-    config: &crate::config::Config,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> Result<std::net::SocketAddr, crate::serve::BindError> {
-    let app = router(health, store, config);
-    let addr = crate::serve::serve(
-        "metrics.listen",
-        listen,
-        app,
-        crate::serve::Limits::daemon(),
-        shutdown,
-    )
-    .await?;
-    listening(addr, config);
-    Ok(addr)
-}
-
 /// The start-up lines about a bound endpoint.
-pub fn listening(addr: std::net::SocketAddr, config: &crate::config::Config) {
+pub(crate) fn listening(addr: std::net::SocketAddr, config: &crate::config::Config) {
     if remote_listen_unexplained(&addr, config.metrics.allow_remote) {
         tracing::warn!(
             %addr,
@@ -232,7 +210,7 @@ pub fn listening(addr: std::net::SocketAddr, config: &crate::config::Config) {
 }
 
 /// `/metrics` and `/healthz`, to mount on the server layer.
-pub fn router(health: Arc<Health>, store: Store, config: &crate::config::Config) -> Router {
+pub(crate) fn router(health: Arc<Health>, store: Store, config: &crate::config::Config) -> Router {
     registry::global();
     let state = Endpoint {
         health,

@@ -120,7 +120,7 @@ impl ApiError {
 }
 
 /// The full cause chain of an error on one line (reqwest hides the useful part in `source`).
-pub fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -270,7 +270,7 @@ impl RateLimiter {
     }
 
     /// Waits until one more request fits under the rate.
-    pub async fn acquire(&self) {
+    pub(crate) async fn acquire(&self) {
         let wait_until = {
             let mut next = self.next_free.lock().await;
             let now = Instant::now();
@@ -292,7 +292,7 @@ impl RateLimiter {
     /// (a refresh read) goes only when no foreground request holds the coming slots, and it
     /// leaves half the burst to them. Foreground requests ([`acquire`](Self::acquire)) reserve
     /// their slot at once, so they always go first.
-    pub async fn acquire_background(&self) {
+    pub(crate) async fn acquire_background(&self) {
         let allowance = self.interval * (self.burst - 1);
         let reserve = self.interval * (self.burst / 2);
         loop {
@@ -313,14 +313,14 @@ impl RateLimiter {
 
 /// An HTTP answer read in full, before the API-specific client interprets it.
 #[derive(Debug)]
-pub struct RawAnswer {
-    pub status: reqwest::StatusCode,
-    pub headers: reqwest::header::HeaderMap,
-    pub text: String,
+pub(crate) struct RawAnswer {
+    pub(crate) status: reqwest::StatusCode,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) text: String,
 }
 
 impl RawAnswer {
-    pub fn header(&self, name: &str) -> Option<String> {
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
         self.headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -328,14 +328,14 @@ impl RawAnswer {
     }
 
     /// `Retry-After`, or the "Try again in N seconds" of the body.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         parse_retry_after(self.header("retry-after").as_deref(), &self.text)
     }
 }
 
 /// Sends a request and reads its whole answer, counting it in the metrics. A failure to
 /// send or to read becomes a transport error (with whether the request may have been sent).
-pub async fn send_and_read(
+pub(crate) async fn send_and_read(
     api: &'static str,
     method: &str,
     path: &str,
@@ -361,7 +361,7 @@ pub async fn send_and_read(
 }
 
 /// Reads a body up to [`MAX_BODY_BYTES`]; a longer one is an error, not an allocation.
-pub async fn read_capped(
+pub(crate) async fn read_capped(
     api: &'static str,
     method: &str,
     path: &str,
@@ -382,7 +382,7 @@ pub async fn read_capped(
 
 /// Why [`read_at_most`] stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum CappedReadError {
+pub(crate) enum CappedReadError {
     #[error("answer larger than {0} bytes")]
     TooLarge(usize),
     #[error("{}", error_chain(.0))]
@@ -392,7 +392,7 @@ pub enum CappedReadError {
 /// Reads a body chunk by chunk as it streams, and stops (dropping the connection) as soon as
 /// it would pass `cap` bytes: a declared Content-Length over the cap is refused unread, and a
 /// chunked answer with no length is never buffered past the cap.
-pub async fn read_at_most(
+pub(crate) async fn read_at_most(
     mut response: reqwest::Response,
     cap: usize,
 ) -> Result<Vec<u8>, CappedReadError> {
@@ -410,7 +410,7 @@ pub async fn read_at_most(
 }
 
 /// A fresh correlation id for one request (`client-request-id`).
-pub fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 

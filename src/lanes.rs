@@ -86,7 +86,7 @@ impl TickOptions {
     }
 
     /// The same tick without the Microsoft pull ("no pull needed").
-    pub fn without_pull(self) -> TickOptions {
+    pub(crate) fn without_pull(self) -> TickOptions {
         TickOptions {
             pull: false,
             ..self
@@ -94,7 +94,7 @@ impl TickOptions {
     }
 
     /// `sync`: everything, once.
-    pub fn one_shot() -> TickOptions {
+    pub(crate) fn one_shot() -> TickOptions {
         TickOptions {
             pull: true,
             changes: true,
@@ -105,7 +105,7 @@ impl TickOptions {
     }
 
     /// `sync --all`: everything, once, and every tracked Google record re-read.
-    pub fn one_shot_all() -> TickOptions {
+    pub(crate) fn one_shot_all() -> TickOptions {
         TickOptions {
             read_all: true,
             ..TickOptions::one_shot()
@@ -140,7 +140,7 @@ impl Alerting<'_> {
 
 /// Runs one cycle: records it, runs the phases, records how it ended. A failure is in the
 /// report (and its `cycle_runs` row), never a panic; alerts are raised whatever happened.
-pub async fn run_cycle(
+pub(crate) async fn run_cycle(
     ctx: &CycleContext,
     alerts: &AlertSettings,
     options: TickOptions,
@@ -471,7 +471,7 @@ async fn record_end(ctx: &CycleContext, report: &CycleReport, span: &tracing::Sp
 }
 
 /// How long the refresh lane pauses after a pass, from what the pass found.
-pub fn refresh_pause(result: &Result<RefreshStats, CycleError>) -> Duration {
+pub(crate) fn refresh_pause(result: &Result<RefreshStats, CycleError>) -> Duration {
     match result {
         Ok(s) if s.more_due && !s.budget_exhausted => Duration::ZERO,
         Ok(s) if s.budget_exhausted => Duration::from_secs(5),

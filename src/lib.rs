@@ -57,7 +57,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod actions;
-pub mod alerts;
+pub(crate) mod alerts;
 pub mod app;
 pub mod cli;
 pub mod config;

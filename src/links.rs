@@ -11,7 +11,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use ring::hmac;
 
-pub use crate::config::actions::read_key_file;
+pub(crate) use crate::config::actions::read_key_file;
 
 /// A token longer than this is not one of ours (read nothing more of it).
 const MAX_TOKEN_CHARS: usize = 600;
@@ -24,7 +24,7 @@ const DOMAIN: &str = "cosell-sync/answer-link/v1";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
     pub referral_id: String,
-    pub expires: DateTime<Utc>,
+    pub(crate) expires: DateTime<Utc>,
 }
 
 /// Why a token is refused (every case is a 403, and no Partner Center request).
@@ -81,7 +81,7 @@ impl LinkSigner {
         )
     }
 
-    pub fn token(&self, referral_id: &str, expires: DateTime<Utc>) -> String {
+    pub(crate) fn token(&self, referral_id: &str, expires: DateTime<Utc>) -> String {
         let exp = expires.timestamp();
         format!(
             "{}.{exp}.{}",

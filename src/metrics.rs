@@ -20,20 +20,18 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 /// The content type of [`Metrics::render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The daemon's two lanes: `deadline` (Microsoft inbox, leads for new referrals, expiry
 /// alerts; must never wait) and `refresh` (re-reading Google records in the background).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Lane {
+pub(crate) enum Lane {
     Deadline,
     Refresh,
 }
 
 impl Lane {
-    pub const ALL: [Lane; 2] = [Lane::Deadline, Lane::Refresh];
-
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Lane::Deadline => "deadline",
             Lane::Refresh => "refresh",
@@ -47,26 +45,26 @@ type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// Remote writes of one cycle, by result.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WriteCounts {
-    pub done: u64,
-    pub retried: u64,
-    pub dead: u64,
-    pub quarantined: u64,
+pub(crate) struct WriteCounts {
+    pub(crate) done: u64,
+    pub(crate) retried: u64,
+    pub(crate) dead: u64,
+    pub(crate) quarantined: u64,
 }
 
 /// Gauges about the database's state, read by the caller (see `store::gauges`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StateSnapshot {
+pub(crate) struct StateSnapshot {
     /// (kind, state, count) of outbox actions.
-    pub outbox: Vec<(String, String, u64)>,
+    pub(crate) outbox: Vec<(String, String, u64)>,
     /// (time-left bucket, has a Google lead or opportunity, count) of referrals awaiting a
     /// response.
-    pub awaiting: Vec<(&'static str, bool, u64)>,
+    pub(crate) awaiting: Vec<(&'static str, bool, u64)>,
     /// (kind, delivery state, count) of alerts.
-    pub alerts: Vec<(String, String, u64)>,
+    pub(crate) alerts: Vec<(String, String, u64)>,
     /// Google records due for a refresh read, and how long the longest-unchecked one has
     /// gone unread (`None` without a refresh schedule).
-    pub refresh_backlog: Option<(u64, Option<Duration>)>,
+    pub(crate) refresh_backlog: Option<(u64, Option<Duration>)>,
 }
 
 /// Every metric family of the process.
@@ -335,7 +333,7 @@ impl Metrics {
     }
 
     /// One API request: answered with `status`, or failed before an answer (`None`).
-    pub fn api_request(
+    pub(crate) fn api_request(
         &self,
         api: &'static str,
         method: &str,
@@ -356,27 +354,27 @@ impl Metrics {
     }
 
     /// A Partner Center event received: `verified`, `rejected`, `duplicate`, ...
-    pub fn webhook_event(&self, outcome: &'static str) {
+    pub(crate) fn webhook_event(&self, outcome: &'static str) {
         self.webhook_events
             .get_or_create(&vec![("outcome", outcome.into())])
             .inc();
     }
 
-    pub fn webhook_rejected(&self, reason: &str) {
+    pub(crate) fn webhook_rejected(&self, reason: &str) {
         self.webhook_rejected
             .get_or_create(&vec![("reason", reason.into())])
             .inc();
     }
 
     /// A signing-certificate fetch ended: `ok` or `failed`.
-    pub fn webhook_certificate_fetch(&self, outcome: &'static str) {
+    pub(crate) fn webhook_certificate_fetch(&self, outcome: &'static str) {
         self.webhook_certificate_fetches
             .get_or_create(&vec![("outcome", outcome.into())])
             .inc();
     }
 
     /// The HTTP server layer refused or cut off a connection or request.
-    pub fn http_rejected(&self, listener: &str, reason: &'static str) {
+    pub(crate) fn http_rejected(&self, listener: &str, reason: &'static str) {
         self.http_rejected
             .get_or_create(&vec![
                 ("listener", listener.to_string()),
@@ -386,36 +384,36 @@ impl Metrics {
     }
 
     /// Open connections of one listener, up (`+1`) or down (`-1`).
-    pub fn http_connections(&self, listener: &str, delta: i64) {
+    pub(crate) fn http_connections(&self, listener: &str, delta: i64) {
         self.http_connections
             .get_or_create(&vec![("listener", listener.to_string())])
             .inc_by(delta);
     }
 
-    pub fn webhook_event_to_lead(&self, elapsed: Duration) {
+    pub(crate) fn webhook_event_to_lead(&self, elapsed: Duration) {
         self.webhook_event_to_lead.observe(elapsed.as_secs_f64());
     }
 
     /// A referral answered (`accepted` or `declined`) this long after it was created.
-    pub fn referral_answered(&self, outcome: &str, seconds: f64) {
+    pub(crate) fn referral_answered(&self, outcome: &str, seconds: f64) {
         self.referral_response
             .get_or_create(&vec![("outcome", outcome.to_string())])
             .observe(seconds);
     }
 
     /// Referrals that just passed their deadline unanswered.
-    pub fn referrals_expired_unanswered(&self, n: u64) {
+    pub(crate) fn referrals_expired_unanswered(&self, n: u64) {
         self.referrals_expired_unanswered.inc_by(n);
     }
 
-    pub fn retry(&self, what: &str) {
+    pub(crate) fn retry(&self, what: &str) {
         self.retries
             .get_or_create(&vec![("what", what.into())])
             .inc();
     }
 
     /// A finished cycle: `started_at` is when it started.
-    pub fn cycle(
+    pub(crate) fn cycle(
         &self,
         started_at: SystemTime,
         ok: bool,
@@ -455,7 +453,7 @@ impl Metrics {
     }
 
     /// A lane finished a run at `finished_at`.
-    pub fn lane(&self, lane: Lane, ok: bool, elapsed: Duration, finished_at: SystemTime) {
+    pub(crate) fn lane(&self, lane: Lane, ok: bool, elapsed: Duration, finished_at: SystemTime) {
         let outcome = if ok { "ok" } else { "failed" };
         let labels = vec![("lane", lane.as_str().to_string())];
         self.lane_runs
@@ -477,19 +475,19 @@ impl Metrics {
         }
     }
 
-    pub fn refresh_backlog(&self, due: u64, oldest_unchecked_age: Option<Duration>) {
+    pub(crate) fn refresh_backlog(&self, due: u64, oldest_unchecked_age: Option<Duration>) {
         self.refresh_backlog
             .set(i64::try_from(due).unwrap_or(i64::MAX));
         self.refresh_oldest_unchecked_age
             .set(oldest_unchecked_age.map_or(0.0, |d| d.as_secs_f64()));
     }
 
-    pub fn set_healthy(&self, healthy: bool) {
+    pub(crate) fn set_healthy(&self, healthy: bool) {
         self.healthy.set(healthy as i64);
     }
 
     /// Replaces the state gauges (label sets no longer present disappear).
-    pub fn set_state(&self, state: &StateSnapshot) {
+    pub(crate) fn set_state(&self, state: &StateSnapshot) {
         let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.outbox.clear();
         for (kind, st, n) in &state.outbox {

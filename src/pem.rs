@@ -7,7 +7,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, TrustAnchor};
 
 /// A `.cer` file is DER; a PEM file may carry the leaf first, then intermediates.
-pub fn parse_certificates(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn parse_certificates(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
     if bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(bytes)
             .collect::<Result<_, _>>()
@@ -24,7 +24,7 @@ pub fn parse_certificates(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, 
 }
 
 /// The trust roots of a PEM file (for `webhook.ca_file`).
-pub fn read_pem_roots(path: &Path) -> Result<Vec<TrustAnchor<'static>>, String> {
+pub(crate) fn read_pem_roots(path: &Path) -> Result<Vec<TrustAnchor<'static>>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let certs = parse_certificates(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     certs

@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// How often the log says how far long work got (when there is no bar).
-pub const LOG_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The bar on screen, if any: the log writer hides it while it writes.
 static ACTIVE: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// A bar on stderr (a terminal).
     Bar,
     /// A log line now and then.
@@ -28,7 +28,7 @@ pub enum Mode {
 
 impl Mode {
     /// A bar when stderr is a terminal, log lines otherwise.
-    pub fn detect() -> Mode {
+    pub(crate) fn detect() -> Mode {
         match std::io::stderr().is_terminal() {
             true => Mode::Bar,
             false => Mode::Log,
@@ -38,7 +38,7 @@ impl Mode {
 
 /// One piece of long work. Dropping it finishes it.
 #[derive(Debug)]
-pub struct Progress {
+pub(crate) struct Progress {
     what: &'static str,
     bar: Option<ProgressBar>,
     done: u64,
@@ -49,11 +49,11 @@ pub struct Progress {
 
 impl Progress {
     /// `what` names the work in the log and on the bar (`"inbox"`); `total` when known.
-    pub fn new(what: &'static str, total: Option<u64>) -> Progress {
+    pub(crate) fn new(what: &'static str, total: Option<u64>) -> Progress {
         Self::with_mode(what, total, Mode::detect())
     }
 
-    pub fn with_mode(what: &'static str, total: Option<u64>, mode: Mode) -> Progress {
+    pub(crate) fn with_mode(what: &'static str, total: Option<u64>, mode: Mode) -> Progress {
         let bar = (mode == Mode::Bar).then(|| {
             let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
             bar.set_style(style(total.is_some()));
@@ -75,7 +75,7 @@ impl Progress {
     }
 
     /// The total became known (or changed).
-    pub fn set_total(&mut self, total: u64) {
+    pub(crate) fn set_total(&mut self, total: u64) {
         self.total = Some(total);
         if let Some(bar) = &self.bar {
             bar.set_length(total);
@@ -84,7 +84,7 @@ impl Progress {
     }
 
     /// `n` more done.
-    pub fn inc(&mut self, n: u64) {
+    pub(crate) fn inc(&mut self, n: u64) {
         self.done += n;
         match &self.bar {
             Some(bar) => bar.inc(n),
@@ -96,12 +96,12 @@ impl Progress {
         }
     }
 
-    pub fn done(&self) -> u64 {
+    pub(crate) fn done(&self) -> u64 {
         self.done
     }
 
     /// The work ended: the bar goes, and the log says how it went.
-    pub fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         self.close();
     }
 
@@ -157,7 +157,7 @@ fn style(known_total: bool) -> ProgressStyle {
 }
 
 /// Items per second so far.
-pub fn rate(done: u64, elapsed: Duration) -> f64 {
+pub(crate) fn rate(done: u64, elapsed: Duration) -> f64 {
     match elapsed.as_secs_f64() {
         s if s > 0.0 => done as f64 / s,
         _ => 0.0,
@@ -165,7 +165,7 @@ pub fn rate(done: u64, elapsed: Duration) -> f64 {
 }
 
 /// Time left at the rate so far; `None` before any progress or past the total.
-pub fn time_left(done: u64, total: u64, elapsed: Duration) -> Option<Duration> {
+pub(crate) fn time_left(done: u64, total: u64, elapsed: Duration) -> Option<Duration> {
     if done == 0 || done >= total {
         return None;
     }
@@ -174,11 +174,11 @@ pub fn time_left(done: u64, total: u64, elapsed: Duration) -> Option<Duration> {
 }
 
 /// The log's stderr writer: hides the bar (if one is on screen) while a line is written.
-pub fn stderr_writer() -> StderrAroundBar {
+pub(crate) fn stderr_writer() -> StderrAroundBar {
     StderrAroundBar
 }
 
-pub struct StderrAroundBar;
+pub(crate) struct StderrAroundBar;
 
 impl Write for StderrAroundBar {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

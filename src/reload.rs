@@ -8,15 +8,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The file beside the database that holds the last reload's outcome.
-pub const RESULT_FILE_NAME: &str = "reload-result";
+pub(crate) const RESULT_FILE_NAME: &str = "reload-result";
 
-pub fn result_file(state_path: &Path) -> PathBuf {
+pub(crate) fn result_file(state_path: &Path) -> PathBuf {
     state_path.with_file_name(RESULT_FILE_NAME)
 }
 
 /// The daemon's side: records a reload's outcome (the first line is unique per reload, so a
 /// waiting command sees a change even when two reloads end alike).
-pub fn record(state_path: &Path, outcome: &Result<(), String>) {
+pub(crate) fn record(state_path: &Path, outcome: &Result<(), String>) {
     let stamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
     let text = match outcome {
         Ok(()) => format!("{stamp} {}\nok\n", std::process::id()),
@@ -32,13 +32,13 @@ pub fn record(state_path: &Path, outcome: &Result<(), String>) {
 
 /// What the daemon answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     Reloaded,
     Refused(String),
 }
 
 /// Signals `pid` and waits up to `wait` for the daemon's answer.
-pub fn request(state_path: &Path, pid: i32, wait: Duration) -> Result<Answer, String> {
+pub(crate) fn request(state_path: &Path, pid: i32, wait: Duration) -> Result<Answer, String> {
     let file = result_file(state_path);
     let before = std::fs::read_to_string(&file).ok();
     if pid <= 1 {

@@ -17,7 +17,7 @@ use crate::timefmt::{human, human_text, time_left};
 use crate::webhook::registration::Registration;
 
 /// Pretty JSON with a final newline.
-pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
+pub(crate) fn json<T: Serialize + ?Sized>(value: &T) -> String {
     match serde_json::to_string_pretty(value) {
         Ok(text) => text + "\n",
         // Our report types always serialize; say so rather than print nothing.
@@ -26,7 +26,7 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
 }
 
 /// `sync`'s one-line summary of a cycle that ran.
-pub fn cycle(report: &CycleReport, alerts: &AlertStats) -> String {
+pub(crate) fn cycle(report: &CycleReport, alerts: &AlertStats) -> String {
     format!(
         "cycle ok: {} pages, {} new, {} changed, {} unchanged, {} unreadable; google: {} read, {} queued, {} written, {} to retry, {} dead, {} quarantined; alerts: {} raised, {} delivered, {} undelivered\n",
         report.pages,
@@ -67,7 +67,7 @@ fn google_reads(g: &crate::sync::GooglePullStats) -> String {
 }
 
 /// `alerts list`.
-pub fn alerts(rows: &[AlertRow]) -> String {
+pub(crate) fn alerts(rows: &[AlertRow]) -> String {
     let mut out = String::new();
     if rows.is_empty() {
         out.push_str("no alerts\n");
@@ -90,7 +90,7 @@ pub fn alerts(rows: &[AlertRow]) -> String {
 }
 
 /// One sink's lines of `alerts test`: the result, then what the sink gets.
-pub fn sink_test(test: &crate::alerts::deliver::SinkTest) -> String {
+pub(crate) fn sink_test(test: &crate::alerts::deliver::SinkTest) -> String {
     let head = match &test.result {
         Ok(()) => format!("ok      {}", test.key),
         Err(e) => format!("FAILED  {}: {e}", test.key),
@@ -99,7 +99,7 @@ pub fn sink_test(test: &crate::alerts::deliver::SinkTest) -> String {
 }
 
 /// `audit`, and the timeline of `status --referral`.
-pub fn audit(rows: &[AuditRow]) -> String {
+pub(crate) fn audit(rows: &[AuditRow]) -> String {
     let mut out = String::new();
     if rows.is_empty() {
         out.push_str("no remote writes recorded\n");
@@ -132,7 +132,7 @@ pub fn audit(rows: &[AuditRow]) -> String {
 }
 
 /// `outbox list`.
-pub fn outbox(rows: &[OutboxRow]) -> String {
+pub(crate) fn outbox(rows: &[OutboxRow]) -> String {
     let mut out = String::new();
     if rows.is_empty() {
         out.push_str("no actions\n");
@@ -168,7 +168,7 @@ pub fn outbox(rows: &[OutboxRow]) -> String {
 }
 
 /// `status` for a terminal: the referrals closest to expiry first.
-pub fn status(report: &StatusReport, limit: usize) -> String {
+pub(crate) fn status(report: &StatusReport, limit: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "cosell-sync status — {}", report.database);
     let _ = writeln!(out);
@@ -424,7 +424,7 @@ fn last_cycles(out: &mut String, report: &StatusReport) {
 }
 
 /// `status --referral ID`.
-pub fn referral(view: &ReferralView) -> String {
+pub(crate) fn referral(view: &ReferralView) -> String {
     let mut out = String::new();
     let r = &view.referral;
     let _ = writeln!(
@@ -491,11 +491,11 @@ pub fn referral(view: &ReferralView) -> String {
 }
 
 /// The width every command's text fits in.
-pub const COLUMNS: usize = 80;
+pub(crate) const COLUMNS: usize = 80;
 
 /// `text` word-wrapped to [`COLUMNS`], every line indented by `indent` spaces (a word longer
 /// than the line, a URL say, gets a line of its own). No trailing newline.
-pub fn wrap(text: &str, indent: usize) -> String {
+pub(crate) fn wrap(text: &str, indent: usize) -> String {
     let width = COLUMNS.saturating_sub(indent).max(20);
     let pad = " ".repeat(indent);
     let mut lines: Vec<String> = Vec::new();
@@ -521,7 +521,7 @@ pub fn wrap(text: &str, indent: usize) -> String {
 
 /// Each line of `text` fitted to [`COLUMNS`]: a longer one is wrapped, its continuation
 /// indented under its first word (after the leading spaces and a "1. " or a severity).
-pub fn fit(text: &str) -> String {
+pub(crate) fn fit(text: &str) -> String {
     text.lines()
         .map(|line| {
             if line.chars().count() <= COLUMNS {
@@ -543,7 +543,7 @@ pub fn fit(text: &str) -> String {
         .join("\n")
 }
 
-pub fn truncate(text: &str, width: usize) -> String {
+pub(crate) fn truncate(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         text.to_string()
     } else {
@@ -554,7 +554,10 @@ pub fn truncate(text: &str, width: usize) -> String {
 }
 
 /// `backup`: where the copy went and what it holds.
-pub fn backup(path: &std::path::Path, report: &crate::store::backup::BackupReport) -> String {
+pub(crate) fn backup(
+    path: &std::path::Path,
+    report: &crate::store::backup::BackupReport,
+) -> String {
     format!(
         "backup written to {} ({} bytes, schema version {}, {} referrals)\nrestore: stop the daemon, copy it to [state] path (removing state.db-wal and state.db-shm), start the daemon; it re-links every lead from Partner Center\n",
         path.display(),
@@ -564,7 +567,7 @@ pub fn backup(path: &std::path::Path, report: &crate::store::backup::BackupRepor
     )
 }
 /// `webhook register`: what was registered.
-pub fn webhook_registered(r: &Registration, public_url: &str) -> String {
+pub(crate) fn webhook_registered(r: &Registration, public_url: &str) -> String {
     format!(
         "registered {} for {} (subscriber {})\n",
         r.webhook_url.as_deref().unwrap_or(public_url),
@@ -574,7 +577,7 @@ pub fn webhook_registered(r: &Registration, public_url: &str) -> String {
 }
 
 /// `webhook show`: the registration, and a note when it is not `webhook.public_url`.
-pub fn webhook_registration(r: Option<&Registration>, public_url: &str) -> String {
+pub(crate) fn webhook_registration(r: Option<&Registration>, public_url: &str) -> String {
     let Some(r) = r else {
         return "no registration; run `cosell-sync webhook register`\n".into();
     };
@@ -593,7 +596,7 @@ pub fn webhook_registration(r: Option<&Registration>, public_url: &str) -> Strin
 }
 
 /// `webhook test` when a verified event arrived.
-pub fn webhook_test_verified(via_temporary_receiver: bool) -> String {
+pub(crate) fn webhook_test_verified(via_temporary_receiver: bool) -> String {
     let by = if via_temporary_receiver {
         "a temporary receiver (the daemon is not running)"
     } else {

@@ -33,12 +33,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// At most one aggregated rejection line per listener and this period.
-pub const LOG_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const LOG_EVERY: Duration = Duration::from_secs(10);
 /// File descriptors kept free for everything but served connections (the database, its WAL,
 /// outbound HTTPS to both clouds, the alert sinks, the journal).
-pub const RESERVED_FDS: u64 = 256;
+pub(crate) const RESERVED_FDS: u64 = 256;
 /// Open connections over all listeners, at most (less when the fd limit is lower).
-pub const MAX_CONNECTIONS: usize = 4096;
+pub(crate) const MAX_CONNECTIONS: usize = 4096;
 /// The largest request head read (headers beyond it get 431); also bounds each
 /// connection's read buffer.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -60,7 +60,7 @@ pub struct Limits {
 impl Limits {
     /// The daemon's limits: 10 s for a head, 20 s for a body (a Partner Center event is a
     /// few hundred bytes), 30 s idle, and the connection cap below the fd limit.
-    pub fn daemon() -> Limits {
+    pub(crate) fn daemon() -> Limits {
         Limits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(20),
@@ -71,12 +71,12 @@ impl Limits {
 }
 
 /// The connection cap for a soft fd limit of `nofile`: [`RESERVED_FDS`] stay free.
-pub fn connection_cap(nofile: u64) -> usize {
+pub(crate) fn connection_cap(nofile: u64) -> usize {
     (nofile.saturating_sub(RESERVED_FDS) as usize).clamp(16, MAX_CONNECTIONS)
 }
 
 /// The process's soft `RLIMIT_NOFILE`.
-pub fn fd_limit() -> u64 {
+pub(crate) fn fd_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -93,8 +93,8 @@ pub fn fd_limit() -> u64 {
 #[error("{key} {listen}: {message}")]
 pub struct BindError {
     pub key: String,
-    pub listen: String,
-    pub message: String,
+    pub(crate) listen: String,
+    pub(crate) message: String,
 }
 
 impl BindError {
@@ -501,7 +501,7 @@ impl AsyncWrite for Tracked {
 
 /// Refusals waiting for their aggregated log line, per listener.
 #[derive(Debug, Default)]
-pub struct RejectionLog {
+pub(crate) struct RejectionLog {
     pending: BTreeMap<String, Pending>,
 }
 
@@ -516,7 +516,7 @@ struct Pending {
 impl RejectionLog {
     /// Counts one refusal; returns the line to log now, if one is due: the first refusal
     /// after a quiet [`LOG_EVERY`] is logged at once, the rest wait for [`Self::due`].
-    pub fn record(
+    pub(crate) fn record(
         &mut self,
         listener: &str,
         reason: &'static str,
@@ -536,7 +536,7 @@ impl RejectionLog {
 
     /// The lines due at `now`: every listener with refusals counted and no line for
     /// [`LOG_EVERY`].
-    pub fn due(&mut self, now: Instant) -> Vec<String> {
+    pub(crate) fn due(&mut self, now: Instant) -> Vec<String> {
         self.pending
             .iter_mut()
             .filter(|(_, p)| !p.counts.is_empty())
@@ -572,14 +572,14 @@ fn rejection_log() -> &'static Mutex<RejectionLog> {
 }
 
 /// Counts a refusal on `listener` in the metrics and the aggregated log.
-pub fn record_rejection(listener: &str, reason: &'static str, detail: Option<&str>) {
+pub(crate) fn record_rejection(listener: &str, reason: &'static str, detail: Option<&str>) {
     crate::metrics::global().http_rejected(listener, reason);
     log_rejection(listener, reason, detail);
 }
 
 /// Counts a refusal in the aggregated log only (for refusals with metrics of their own, like
 /// the webhook's signature checks).
-pub fn log_rejection(listener: &str, reason: &'static str, detail: Option<&str>) {
+pub(crate) fn log_rejection(listener: &str, reason: &'static str, detail: Option<&str>) {
     let line = rejection_log()
         .lock()
         .unwrap_or_else(|p| p.into_inner())

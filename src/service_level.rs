@@ -11,7 +11,7 @@ use crate::store::{Store, StoreError};
 
 /// Closes the waits that ended since the last cycle and records them: the answer-time
 /// histogram by outcome, the expired counter. Errors are logged; this never fails a cycle.
-pub async fn settle(store: &Store, window: Duration, now: DateTime<Utc>) -> Vec<Settled> {
+pub(crate) async fn settle(store: &Store, window: Duration, now: DateTime<Utc>) -> Vec<Settled> {
     match store.call(move |c| responses::settle(c, window, now)).await {
         Ok(settled) => {
             record(&settled);
@@ -41,33 +41,33 @@ fn record(settled: &[Settled]) {
 
 /// `status`'s "last 30 days" block.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ServiceLevel {
-    pub days: i64,
+pub(crate) struct ServiceLevel {
+    pub(crate) days: i64,
     /// Accepted plus declined.
-    pub answered: u64,
-    pub accepted: u64,
-    pub declined: u64,
+    pub(crate) answered: u64,
+    pub(crate) accepted: u64,
+    pub(crate) declined: u64,
     /// From creation to answer, over the answered ones (None before the first answer).
-    pub median_hours_to_answer: Option<f64>,
-    pub p90_hours_to_answer: Option<f64>,
-    pub expired: u64,
+    pub(crate) median_hours_to_answer: Option<f64>,
+    pub(crate) p90_hours_to_answer: Option<f64>,
+    pub(crate) expired: u64,
     /// The referrals still waiting whose deadlines come first.
-    pub nearest_deadlines: Vec<NearestDeadline>,
+    pub(crate) nearest_deadlines: Vec<NearestDeadline>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NearestDeadline {
-    pub referral_id: String,
-    pub customer: Option<String>,
-    pub deadline: DateTime<Utc>,
-    pub remaining_hours: f64,
+pub(crate) struct NearestDeadline {
+    pub(crate) referral_id: String,
+    pub(crate) customer: Option<String>,
+    pub(crate) deadline: DateTime<Utc>,
+    pub(crate) remaining_hours: f64,
 }
 
 /// How many nearest deadlines the block shows.
 const NEAREST: usize = 5;
 
 /// The block for the last `days` days; `nearest` are the waiting referrals, nearest first.
-pub fn last_days(
+pub(crate) fn last_days(
     conn: &rusqlite::Connection,
     days: i64,
     now: DateTime<Utc>,
@@ -88,7 +88,7 @@ pub fn last_days(
 }
 
 /// The nearest-rank percentile of ascending `sorted` values (`q` in 0..=1).
-pub fn percentile(sorted: &[i64], q: f64) -> Option<i64> {
+pub(crate) fn percentile(sorted: &[i64], q: f64) -> Option<i64> {
     if sorted.is_empty() {
         return None;
     }

@@ -18,64 +18,64 @@ use crate::store::{Store, StoreError};
 
 /// A referral still waiting for an answer, with its deadline.
 #[derive(Debug, Clone, Serialize)]
-pub struct Expiring {
+pub(crate) struct Expiring {
     #[serde(flatten)]
-    pub referral: ReferralSummary,
-    pub deadline: DateTime<Utc>,
-    pub remaining_hours: f64,
+    pub(crate) referral: ReferralSummary,
+    pub(crate) deadline: DateTime<Utc>,
+    pub(crate) remaining_hours: f64,
     /// The tightest alert threshold already crossed, as configured (`"24h"`).
-    pub threshold: Option<String>,
+    pub(crate) threshold: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct StateCount {
-    pub status: String,
-    pub substatus: String,
-    pub count: u64,
+pub(crate) struct StateCount {
+    pub(crate) status: String,
+    pub(crate) substatus: String,
+    pub(crate) count: u64,
 }
 
 /// What the daemon knows, as `status` prints it.
 #[derive(Debug, Clone, Serialize)]
-pub struct StatusReport {
-    pub generated_at: DateTime<Utc>,
-    pub database: String,
-    pub referrals_by_state: Vec<StateCount>,
+pub(crate) struct StatusReport {
+    pub(crate) generated_at: DateTime<Utc>,
+    pub(crate) database: String,
+    pub(crate) referrals_by_state: Vec<StateCount>,
     /// Incoming referrals still New, nearest deadline first.
-    pub awaiting_response: Vec<Expiring>,
+    pub(crate) awaiting_response: Vec<Expiring>,
     /// The service level: answered, time to answer, expired, nearest deadlines.
-    pub last_30_days: crate::service_level::ServiceLevel,
-    pub rejected_records: u64,
-    pub last_cycles: Vec<CycleRun>,
+    pub(crate) last_30_days: crate::service_level::ServiceLevel,
+    pub(crate) rejected_records: u64,
+    pub(crate) last_cycles: Vec<CycleRun>,
     /// Outbox actions by kind and state.
-    pub outbox: Vec<OutboxCount>,
+    pub(crate) outbox: Vec<OutboxCount>,
     /// Actions that need a person (dead or quarantined) and open ones, newest first.
-    pub actions_needing_attention: Vec<OutboxRow>,
-    pub open_actions: Vec<OutboxRow>,
-    pub conflicts: Vec<ConflictRow>,
+    pub(crate) actions_needing_attention: Vec<OutboxRow>,
+    pub(crate) open_actions: Vec<OutboxRow>,
+    pub(crate) conflicts: Vec<ConflictRow>,
     /// Referrals the forward rules chose that cannot make a valid lead.
-    pub cannot_forward: Vec<Blocked>,
-    pub links: LinkCounts,
+    pub(crate) cannot_forward: Vec<Blocked>,
+    pub(crate) links: LinkCounts,
     /// The refresh lane: records tracked and due, the oldest unchecked, the budget used.
-    pub refresh: RefreshBacklog,
+    pub(crate) refresh: RefreshBacklog,
     /// Partner Center events (present when `[webhook]` is set).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub webhooks: Option<crate::store::webhook::WebhookStats>,
+    pub(crate) webhooks: Option<crate::store::webhook::WebhookStats>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct OutboxCount {
-    pub kind: String,
-    pub state: String,
-    pub count: u64,
+pub(crate) struct OutboxCount {
+    pub(crate) kind: String,
+    pub(crate) state: String,
+    pub(crate) count: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Blocked {
-    pub referral_id: String,
-    pub reason: String,
+pub(crate) struct Blocked {
+    pub(crate) referral_id: String,
+    pub(crate) reason: String,
 }
 
-pub fn status(
+pub(crate) fn status(
     store: &Store,
     config: &Config,
     now: DateTime<Utc>,
@@ -142,24 +142,24 @@ pub fn status(
 
 /// One referral with everything known about it (`status --referral ID`).
 #[derive(Debug, Clone, Serialize)]
-pub struct ReferralView {
-    pub generated_at: DateTime<Utc>,
-    pub referral: ReferralSummary,
+pub(crate) struct ReferralView {
+    pub(crate) generated_at: DateTime<Utc>,
+    pub(crate) referral: ReferralSummary,
     /// Set while the referral still waits for an answer.
-    pub awaiting: Option<Expiring>,
-    pub link: Option<Link>,
-    pub lead: Option<GoogleRecord>,
-    pub opportunity: Option<GoogleRecord>,
+    pub(crate) awaiting: Option<Expiring>,
+    pub(crate) link: Option<Link>,
+    pub(crate) lead: Option<GoogleRecord>,
+    pub(crate) opportunity: Option<GoogleRecord>,
     /// Every remote write about it, oldest first.
-    pub timeline: Vec<AuditRow>,
+    pub(crate) timeline: Vec<AuditRow>,
     /// Its outbox actions, newest first.
-    pub actions: Vec<OutboxRow>,
+    pub(crate) actions: Vec<OutboxRow>,
     /// Alerts about it, newest first.
-    pub alerts: Vec<AlertRow>,
+    pub(crate) alerts: Vec<AlertRow>,
 }
 
 /// `status --referral ID`; `None` when the database does not know the referral.
-pub fn referral_view(
+pub(crate) fn referral_view(
     store: &Store,
     config: &Config,
     id: &str,

@@ -6,13 +6,13 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
 #[derive(Debug)]
-pub struct Notifier {
+pub(crate) struct Notifier {
     socket: Option<(UnixDatagram, SocketAddr)>,
 }
 
 impl Notifier {
     /// Reads `$NOTIFY_SOCKET` (a path, or `@name` for an abstract socket).
-    pub fn from_env() -> Notifier {
+    pub(crate) fn from_env() -> Notifier {
         let socket = std::env::var("NOTIFY_SOCKET").ok().and_then(|path| {
             let addr = if let Some(name) = path.strip_prefix('@') {
                 use std::os::linux::net::SocketAddrExt;
@@ -27,10 +27,6 @@ impl Notifier {
             Some((socket, addr))
         });
         Notifier { socket }
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.socket.is_some()
     }
 
     fn send(&self, message: &str) {
@@ -58,26 +54,26 @@ impl Notifier {
         }
     }
 
-    pub fn ready(&self) {
+    pub(crate) fn ready(&self) {
         self.send("READY=1");
     }
 
     /// A one-line status for `systemctl status`.
-    pub fn status(&self, text: &str) {
+    pub(crate) fn status(&self, text: &str) {
         self.send(&format!("STATUS={}", text.replace('\n', " ")));
     }
 
-    pub fn watchdog(&self) {
+    pub(crate) fn watchdog(&self) {
         self.send("WATCHDOG=1");
     }
 
-    pub fn stopping(&self) {
+    pub(crate) fn stopping(&self) {
         self.send("STOPPING=1");
     }
 }
 
 /// The watchdog interval systemd expects pings within, if it enabled one for this process.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
     if let Ok(pid) = std::env::var("WATCHDOG_PID") {
         if pid.parse::<u32>().ok()? != std::process::id() {

@@ -83,7 +83,7 @@ fn filter(rust_log: Option<&str>, level: &str) -> EnvFilter {
 
 /// Colour only on a terminal, and never when `NO_COLOR` is set to anything non-empty
 /// (<https://no-color.org>).
-pub fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+pub(crate) fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
     stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
@@ -103,7 +103,7 @@ fn native_journal() -> Option<tracing_journald::Layer> {
 }
 
 /// Whether `JOURNAL_STREAM` (`device:inode`, decimal) names the file stderr is.
-pub fn journal_stream_is(value: &str, dev: u64, ino: u64) -> bool {
+pub(crate) fn journal_stream_is(value: &str, dev: u64, ino: u64) -> bool {
     value
         .split_once(':')
         .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))

@@ -5,12 +5,12 @@
 use chrono::{DateTime, Duration, FixedOffset, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 
 /// `2026-12-01 14:05 UTC`: minutes are the precision a person acts on.
-pub fn human(at: DateTime<Utc>) -> String {
+pub(crate) fn human(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
 /// The same in a fixed offset (`[alerts] timezone`): `2026-12-01 15:05 +01:00`; UTC stays `UTC`.
-pub fn human_in(at: DateTime<Utc>, zone: FixedOffset) -> String {
+pub(crate) fn human_in(at: DateTime<Utc>, zone: FixedOffset) -> String {
     if zone.local_minus_utc() == 0 {
         return human(at);
     }
@@ -20,7 +20,7 @@ pub fn human_in(at: DateTime<Utc>, zone: FixedOffset) -> String {
 }
 
 /// A stored timestamp (RFC 3339, any precision) for people; text that is not one is shown as is.
-pub fn human_text(stored: &str) -> String {
+pub(crate) fn human_text(stored: &str) -> String {
     match DateTime::parse_from_rfc3339(stored) {
         Ok(t) => human(t.with_timezone(&Utc)),
         Err(_) => stored.to_string(),
@@ -28,7 +28,7 @@ pub fn human_text(stored: &str) -> String {
 }
 
 /// Time left in one unit family: `2 d 12 h`, `5 h 30 min`, `45 min`; `expired` at or below zero.
-pub fn time_left(remaining: Duration) -> String {
+pub(crate) fn time_left(remaining: Duration) -> String {
     let minutes = remaining.num_minutes();
     if minutes <= 0 {
         return "expired".into();
@@ -44,7 +44,7 @@ pub fn time_left(remaining: Duration) -> String {
 }
 
 /// Parses `[alerts] timezone`: `UTC`, `Z`, or an offset `+01:00` / `-05:30` / `+0100`.
-pub fn parse_offset(text: &str) -> Option<FixedOffset> {
+pub(crate) fn parse_offset(text: &str) -> Option<FixedOffset> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("utc") || text == "Z" {
         return FixedOffset::east_opt(0);

@@ -41,10 +41,10 @@ impl Default for DeadlineWake {
 
 /// What a tick asked of the lane should do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TickAsk {
+pub(crate) struct TickAsk {
     /// Pull the Microsoft inbox first (false: the work is already stored, e.g. a webhook
     /// event's referral: plan, push and alert only).
-    pub pull: bool,
+    pub(crate) pull: bool,
 }
 
 impl DeadlineWake {
@@ -53,14 +53,14 @@ impl DeadlineWake {
     }
 
     /// Asks for a tick that pulls the inbox (the schedule, a changed record, start-up).
-    pub fn ask_with_pull(&self) {
+    pub(crate) fn ask_with_pull(&self) {
         self.inner.pull.store(true, Ordering::SeqCst);
         self.inner.notify.notify_one();
     }
 
     /// Asks for a tick over what is already stored ("no pull needed"); returns the tick to
     /// wait for with [`DeadlineWake::finished_after`].
-    pub fn ask_without_pull(&self) -> u64 {
+    pub(crate) fn ask_without_pull(&self) -> u64 {
         // Read before notifying: the tick that serves this ask begins after this number.
         let begun = self.inner.begun.load(Ordering::SeqCst);
         self.inner.notify.notify_one();
@@ -68,12 +68,12 @@ impl DeadlineWake {
     }
 
     /// Waits for the next ask (the lane's side).
-    pub async fn asked(&self) {
+    pub(crate) async fn asked(&self) {
         self.inner.notify.notified().await;
     }
 
     /// The lane begins a tick: what the asks since the last one want.
-    pub fn begin(&self) -> TickAsk {
+    pub(crate) fn begin(&self) -> TickAsk {
         self.inner.begun.fetch_add(1, Ordering::SeqCst);
         TickAsk {
             pull: self.inner.pull.swap(false, Ordering::SeqCst),
@@ -81,12 +81,12 @@ impl DeadlineWake {
     }
 
     /// The lane finished the tick it began last.
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         self.inner.finished.send_modify(|n| *n += 1);
     }
 
     /// Waits until tick number `tick` (from [`DeadlineWake::ask_without_pull`]) has finished.
-    pub async fn finished_after(&self, tick: u64) {
+    pub(crate) async fn finished_after(&self, tick: u64) {
         let mut finished = self.inner.finished.subscribe();
         // The sender lives in `self`: this never errs while we hold it.
         let _ = finished.wait_for(|n| *n >= tick).await;

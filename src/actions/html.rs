@@ -5,12 +5,12 @@
 use std::fmt::Write;
 
 /// One line of facts: a text, or a link (opened without a Referer: the page URL is a secret).
-pub enum Fact {
+pub(crate) enum Fact {
     Text(String),
     Link { text: String, href: String },
 }
 
-pub fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -73,7 +73,7 @@ fn facts_list(out: &mut String, facts: &[(&str, Fact)], urgent: bool) {
 }
 
 /// The decision page: the facts, then one form (its contract is fixed in spec §4).
-pub fn form_page(
+pub(crate) fn form_page(
     facts: &[(&str, Fact)],
     urgent: bool,
     token: &str,
@@ -111,7 +111,7 @@ pub fn form_page(
 }
 
 /// An outcome or a refusal: a heading, one sentence, and the facts when there are any.
-pub fn message_page(title: &str, message: &str, facts: &[(&str, Fact)], ok: bool) -> String {
+pub(crate) fn message_page(title: &str, message: &str, facts: &[(&str, Fact)], ok: bool) -> String {
     let mut out = String::new();
     head(&mut out, title);
     let class = if ok { "outcome" } else { "outcome refused" };

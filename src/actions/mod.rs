@@ -4,7 +4,7 @@
 //! queues the answer; the answer lane sends it ([`crate::sync::push::answer_referral`]).
 
 mod html;
-pub mod page;
+pub(crate) mod page;
 
-pub use crate::config::ActionsConfig;
+pub(crate) use crate::config::ActionsConfig;
 pub use crate::links::LinkSigner;

@@ -38,13 +38,13 @@ const MAX_ACTOR_CHARS: usize = 256;
 
 /// What the page needs besides the store: the links' signer and the `[actions]` settings.
 #[derive(Debug, Clone)]
-pub struct PageSettings {
-    pub signer: Arc<LinkSigner>,
-    pub config: ActionsConfig,
+pub(crate) struct PageSettings {
+    pub(crate) signer: Arc<LinkSigner>,
+    pub(crate) config: ActionsConfig,
     /// `[alerts] response_window`: the deadline when Microsoft gives none.
-    pub window: chrono::Duration,
+    pub(crate) window: chrono::Duration,
     /// `[alerts] referral_url`, with `{id}`.
-    pub referral_url: String,
+    pub(crate) referral_url: String,
 }
 
 struct Shared {
@@ -55,7 +55,7 @@ struct Shared {
 }
 
 /// The page's router; `wake` is the answer lane's.
-pub fn router(settings: PageSettings, store: Store, wake: Arc<Notify>) -> Router {
+pub(crate) fn router(settings: PageSettings, store: Store, wake: Arc<Notify>) -> Router {
     let route = format!("{}/{{token}}", settings.config.path());
     let shared = Arc::new(Shared {
         settings,
@@ -415,7 +415,7 @@ impl View {
 /// Serves the page alone on `[actions] listen` until `shutdown`, on the daemon's one server
 /// layer (its timeouts, caps and rejection counting); `run` instead mounts [`router`] beside
 /// its other listeners. Returns the bound address.
-pub async fn serve(
+pub(crate) async fn serve(
     listen: &str,
     router: Router,
     shutdown: tokio_util::sync::CancellationToken,

@@ -27,14 +27,14 @@ use crate::store::{alerts as astore, google as gstore, outbox, referrals, Store,
 
 /// A place alerts go besides the log.
 #[derive(Debug, Clone)]
-pub enum Sink {
+pub(crate) enum Sink {
     Webhook(WebhookConfig),
     Command(CommandConfig),
 }
 
 impl Sink {
     /// The name deliveries are recorded under.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         match self {
             Sink::Webhook(w) => w.sink_key(),
             Sink::Command(c) => format!("command:{}", c.argv.join(" ")),
@@ -42,7 +42,7 @@ impl Sink {
     }
 
     /// Which alerts this sink takes.
-    pub fn route(&self) -> Route {
+    pub(crate) fn route(&self) -> Route {
         match self {
             Sink::Webhook(w) => Route::new(&w.kinds, w.min_severity, &w.thresholds),
             Sink::Command(c) => Route::new(&c.kinds, c.min_severity, &c.thresholds),
@@ -50,7 +50,7 @@ impl Sink {
     }
 
     /// A chat sink (Slack, Teams) is read by people: it gets digests instead of floods.
-    pub fn is_chat(&self) -> bool {
+    pub(crate) fn is_chat(&self) -> bool {
         matches!(self, Sink::Webhook(w) if w.format != AlertFormat::Json)
     }
 
@@ -141,27 +141,27 @@ async fn run_command(c: &CommandConfig, alert: &Alert) -> Result<(), String> {
 
 /// What alerting needs, built once from `[alerts]`.
 #[derive(Debug, Clone)]
-pub struct AlertSettings {
-    pub window: chrono::Duration,
-    pub thresholds: Vec<chrono::Duration>,
+pub(crate) struct AlertSettings {
+    pub(crate) window: chrono::Duration,
+    pub(crate) thresholds: Vec<chrono::Duration>,
     /// The same thresholds as alerts name them (`"72h"`), for describing routes.
-    pub threshold_labels: Vec<String>,
-    pub failed_cycles: u32,
-    pub referral_url: String,
+    pub(crate) threshold_labels: Vec<String>,
+    pub(crate) failed_cycles: u32,
+    pub(crate) referral_url: String,
     /// For the deadline in alert texts (log and command sinks; chat sinks show local time).
-    pub timezone: chrono::FixedOffset,
-    pub attempts: usize,
-    pub sinks: Vec<Sink>,
-    pub http: reqwest::Client,
+    pub(crate) timezone: chrono::FixedOffset,
+    pub(crate) attempts: usize,
+    pub(crate) sinks: Vec<Sink>,
+    pub(crate) http: reqwest::Client,
     /// `[actions]`: signs the `action_url` of `referral_expiring` alerts.
-    pub links: Option<std::sync::Arc<crate::links::LinkSigner>>,
+    pub(crate) links: Option<std::sync::Arc<crate::links::LinkSigner>>,
     /// Health alerts the store could not record yet (see [`super::unrecorded`]).
-    pub unrecorded: super::unrecorded::Memory,
+    pub(crate) unrecorded: super::unrecorded::Memory,
 }
 
 impl AlertSettings {
     /// The keys of the sinks that take this alert (its deliveries are recorded for these).
-    pub fn sinks_taking(&self, alert: &Alert) -> Vec<String> {
+    pub(crate) fn sinks_taking(&self, alert: &Alert) -> Vec<String> {
         self.sinks
             .iter()
             .filter(|s| s.route().takes(alert))
@@ -169,7 +169,7 @@ impl AlertSettings {
             .collect()
     }
 
-    pub fn from_config(config: &AlertsConfig) -> Self {
+    pub(crate) fn from_config(config: &AlertsConfig) -> Self {
         let mut sinks: Vec<Sink> = config.webhook.iter().cloned().map(Sink::Webhook).collect();
         sinks.extend(config.command.iter().cloned().map(Sink::Command));
         AlertSettings {
@@ -199,12 +199,12 @@ impl AlertSettings {
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct AlertStats {
     pub raised: u64,
-    pub delivered: u64,
-    pub undelivered: u64,
+    pub(crate) delivered: u64,
+    pub(crate) undelivered: u64,
 }
 
 impl AlertStats {
-    pub fn add(&mut self, o: AlertStats) {
+    pub(crate) fn add(&mut self, o: AlertStats) {
         self.raised += o.raised;
         self.delivered += o.delivered;
         self.undelivered = o.undelivered;
@@ -213,7 +213,7 @@ impl AlertStats {
 
 /// Which alerts to raise now.
 #[derive(Debug, Clone)]
-pub enum Raise {
+pub(crate) enum Raise {
     /// Expiry alerts only: they need nothing but Microsoft data, so they go out right after
     /// the pull, before any Google work.
     Expiry,
@@ -229,7 +229,7 @@ pub enum Raise {
 
 /// What the alert phases of one cycle share.
 #[derive(Debug, Default)]
-pub struct CycleDelivery {
+pub(crate) struct CycleDelivery {
     /// Sinks that failed earlier in this cycle: not tried again until the next cycle (their
     /// deliveries wait, recorded).
     broken: HashSet<String>,
@@ -272,7 +272,7 @@ impl CycleDelivery {
 /// Raises the alerts asked for and delivers everything pending. Errors are logged; this
 /// never fails the cycle. [`Raise::All`] is the cycle's last phase: chat sinks get what the
 /// earlier phases held back (one digest when it is too much).
-pub async fn raise_and_deliver(
+pub(crate) async fn raise_and_deliver(
     store: &Store,
     settings: &AlertSettings,
     raise: Raise,
@@ -459,58 +459,9 @@ fn attention_alerts(
     Ok(alerts)
 }
 
-/// The alert phase for one referral that just arrived (a webhook event): its expiry alert, if
-/// a threshold is crossed, then delivery of everything pending. Health alerts stay with the
-/// cycle. Errors are logged; this never fails the caller.
-pub async fn for_referral(
-    store: &Store,
-    settings: &AlertSettings,
-    referral_id: &str,
-    now: DateTime<Utc>,
-    dry_run: bool,
-) -> AlertStats {
-    let mut stats = AlertStats::default();
-    let (s, id) = (settings.clone(), referral_id.to_string());
-    let raised = store
-        .call(move |c| {
-            let Some(r) = referrals::awaiting_response_one(c, &id)? else {
-                return Ok(0);
-            };
-            let Some(alert) =
-                expiry_alert(&r, s.window, &s.thresholds, &s.referral_url, s.timezone, now)
-            else {
-                return Ok(0);
-            };
-            let tx = c.transaction()?;
-            let new = astore::raise(&tx, &alert, &s.sinks_taking(&alert), now)?;
-            tx.commit()?;
-            if new {
-                tracing::warn!(alert_id = %alert.id, kind = %alert.kind, referral_id = %id, "ALERT: {}", alert.message);
-            }
-            Ok(u64::from(new))
-        })
-        .await;
-    match raised {
-        Ok(n) => stats.raised = n,
-        Err(e) => tracing::error!(error = %e, "cannot record alerts"),
-    }
-    if dry_run || stats.raised == 0 {
-        return stats;
-    }
-    // An event is a cycle of its own: a digest if what is pending is too much for a message each.
-    match deliver_pending(store, settings, &mut CycleDelivery::default(), true).await {
-        Ok((delivered, undelivered)) => {
-            stats.delivered = delivered;
-            stats.undelivered = undelivered;
-        }
-        Err(e) => tracing::error!(error = %e, "cannot deliver alerts"),
-    }
-    stats
-}
-
 /// Delivers every pending (alert, sink) pair whose sink is still configured, sink by sink.
 /// `last`: the cycle's last phase, where a chat sink gets what earlier phases held back.
-pub async fn deliver_pending(
+pub(crate) async fn deliver_pending(
     store: &Store,
     settings: &AlertSettings,
     cycle: &mut CycleDelivery,
@@ -718,7 +669,7 @@ async fn close_recovered_episodes(
 }
 
 /// The signed link of a `referral_expiring` alert, valid until the referral's deadline.
-pub fn action_url(settings: &AlertSettings, alert: &Alert) -> Option<String> {
+pub(crate) fn action_url(settings: &AlertSettings, alert: &Alert) -> Option<String> {
     let signer = settings.links.as_ref()?;
     if alert.kind != "referral_expiring" {
         return None;
@@ -747,15 +698,15 @@ async fn note_failing_sink(store: &Store, key: &str, error: &str) -> Result<(), 
 
 /// One sink's `alerts test` line: its key, what it gets, and how the test went.
 #[derive(Debug)]
-pub struct SinkTest {
-    pub key: String,
+pub(crate) struct SinkTest {
+    pub(crate) key: String,
     /// `referral_expiring at 4h; referral_expired` ([`Route::describe`]).
-    pub gets: String,
-    pub result: Result<(), String>,
+    pub(crate) gets: String,
+    pub(crate) result: Result<(), String>,
 }
 
 /// `alerts test`: one test alert to every sink, each result reported; nothing recorded.
-pub async fn send_test(settings: &AlertSettings) -> Vec<SinkTest> {
+pub(crate) async fn send_test(settings: &AlertSettings) -> Vec<SinkTest> {
     let now = Utc::now();
     let mut alert = Alert::general(
         format!("test:{}", now.timestamp()),

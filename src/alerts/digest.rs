@@ -15,33 +15,33 @@ use crate::config::AlertFormat;
 use crate::timefmt::{human, time_left};
 
 /// The most messages one cycle sends to one chat sink.
-pub const CHAT_MESSAGES_PER_CYCLE: usize = 10;
+pub(crate) const CHAT_MESSAGES_PER_CYCLE: usize = 10;
 
 /// How many deadlines a digest lists.
 const NEAREST: usize = 10;
 
 /// The command that lists every alert (a digest names it for the rest).
-pub const LIST_COMMAND: &str = "cosell-sync alerts list --limit 5000";
+pub(crate) const LIST_COMMAND: &str = "cosell-sync alerts list --limit 5000";
 
 /// One digest: what it replaces, counted, and the nearest deadlines.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Digest {
-    pub total: usize,
+pub(crate) struct Digest {
+    pub(crate) total: usize,
     /// `("referral_expiring at 72h", 1200)`, tightest thresholds and worst kinds first.
-    pub counts: Vec<(String, usize)>,
-    pub nearest: Vec<Nearest>,
+    pub(crate) counts: Vec<(String, usize)>,
+    pub(crate) nearest: Vec<Nearest>,
 }
 
 /// A referral among the nearest deadlines.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Nearest {
-    pub what: String,
-    pub deadline: DateTime<Utc>,
-    pub link: Option<String>,
+pub(crate) struct Nearest {
+    pub(crate) what: String,
+    pub(crate) deadline: DateTime<Utc>,
+    pub(crate) link: Option<String>,
 }
 
 impl Digest {
-    pub fn of(alerts: &[&Alert]) -> Digest {
+    pub(crate) fn of(alerts: &[&Alert]) -> Digest {
         let mut counts: BTreeMap<(u8, i64, String), usize> = BTreeMap::new();
         for alert in alerts {
             *counts.entry(count_key(alert)).or_default() += 1;
@@ -74,7 +74,7 @@ impl Digest {
         )
     }
 
-    pub fn render(&self, format: AlertFormat, now: DateTime<Utc>) -> Value {
+    pub(crate) fn render(&self, format: AlertFormat, now: DateTime<Utc>) -> Value {
         match format {
             AlertFormat::Slack => self.slack(now),
             AlertFormat::Teams => self.teams(now),

@@ -13,7 +13,7 @@ use crate::timefmt::{human_in, time_left};
 
 /// The expiry alert a referral should have by now, if any; its text shows the deadline in
 /// `zone` (`[alerts] timezone`, for the log and command sinks).
-pub fn expiry_alert(
+pub(crate) fn expiry_alert(
     referral: &ReferralSummary,
     window: Duration,
     thresholds: &[Duration],
@@ -85,7 +85,7 @@ pub fn expiry_alert(
 /// `forward_blocked`: a referral that cannot become a Google lead (a missing field, an unusable
 /// amount, an unmapped product) will expire unless a person fixes something. Once per referral
 /// and reason: the id carries a stable hash of the reason.
-pub fn forward_blocked_alert(
+pub(crate) fn forward_blocked_alert(
     referral_id: &str,
     reason: &str,
     referral_url: &str,
@@ -112,14 +112,14 @@ pub fn forward_blocked_alert(
 /// The sync's health episode, kept between cycles (not the daemon's liveness, which is
 /// [`crate::health::Health`]).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct HealthEpisode {
-    pub failing_in_a_row: u32,
+pub(crate) struct HealthEpisode {
+    pub(crate) failing_in_a_row: u32,
     /// When the open unhealthy episode began (None = healthy).
-    pub episode_since: Option<String>,
+    pub(crate) episode_since: Option<String>,
 }
 
 /// Updates the health after a cycle and returns the alert it calls for, if any.
-pub fn health_alert(
+pub(crate) fn health_alert(
     health: &mut HealthEpisode,
     cycle_error: Option<&str>,
     auth_failed: bool,

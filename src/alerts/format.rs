@@ -12,7 +12,7 @@ use super::Alert;
 use crate::config::AlertFormat;
 use crate::timefmt::{human, time_left};
 
-pub fn render(format: AlertFormat, alert: &Alert) -> Value {
+pub(crate) fn render(format: AlertFormat, alert: &Alert) -> Value {
     match format {
         AlertFormat::Json => serde_json::to_value(alert).unwrap_or(Value::Null),
         AlertFormat::Slack => slack(alert),
@@ -91,14 +91,14 @@ fn facts(alert: &Alert) -> Vec<(&'static str, Fact)> {
 }
 
 /// Slack's control characters in text: without this `AT&T <Retail>` reads as a broken link.
-pub fn slack_escape(text: &str) -> String {
+pub(crate) fn slack_escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
 
 /// A deal value with its currency (`250000.00 USD`), or `-`.
-pub fn deal(value: Option<f64>, currency: Option<&str>) -> String {
+pub(crate) fn deal(value: Option<f64>, currency: Option<&str>) -> String {
     match (value, currency) {
         (Some(v), Some(c)) => format!("{v:.2} {c}"),
         (Some(v), None) => format!("{v:.2}"),

@@ -3,17 +3,17 @@
 //! delivery ([`deliver`]): recorded before sending, retried per sink, kept across restarts,
 //! never blocking or failing the sync.
 
-pub mod deliver;
-pub mod digest;
-pub mod due;
-pub mod format;
-pub mod route;
-pub mod unrecorded;
+pub(crate) mod deliver;
+pub(crate) mod digest;
+pub(crate) mod due;
+pub(crate) mod format;
+pub(crate) mod route;
+pub(crate) mod unrecorded;
 
-pub use crate::store::alerts::Alert;
-pub use deliver::{AlertSettings, Sink};
+pub(crate) use crate::store::alerts::Alert;
+pub(crate) use deliver::AlertSettings;
 
 /// The command that shows a referral's timeline, lead, opportunity and alerts.
-pub fn status_command(referral_id: &str) -> String {
+pub(crate) fn status_command(referral_id: &str) -> String {
     format!("cosell-sync status --referral {referral_id}")
 }

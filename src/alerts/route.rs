@@ -8,16 +8,20 @@ use crate::config::{HumanDuration, Severity, ALERT_KINDS};
 
 /// One sink's filter; the default takes everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Route {
+pub(crate) struct Route {
     /// Empty = every kind.
-    pub kinds: Vec<String>,
-    pub min_severity: Severity,
+    pub(crate) kinds: Vec<String>,
+    pub(crate) min_severity: Severity,
     /// `referral_expiring` thresholds as alerts name them (`"4h"`); empty = all.
-    pub thresholds: Vec<String>,
+    pub(crate) thresholds: Vec<String>,
 }
 
 impl Route {
-    pub fn new(kinds: &[String], min_severity: Severity, thresholds: &[HumanDuration]) -> Route {
+    pub(crate) fn new(
+        kinds: &[String],
+        min_severity: Severity,
+        thresholds: &[HumanDuration],
+    ) -> Route {
         Route {
             kinds: kinds.to_vec(),
             min_severity,
@@ -27,7 +31,7 @@ impl Route {
     }
 
     /// Whether this sink gets the alert. `test` alerts (from `alerts test`) go everywhere.
-    pub fn takes(&self, alert: &Alert) -> bool {
+    pub(crate) fn takes(&self, alert: &Alert) -> bool {
         if alert.kind == "test" {
             return true;
         }
@@ -48,7 +52,7 @@ impl Route {
 
     /// What the sink gets, for `alerts test` and `check-config` readers:
     /// `referral_expiring at 4h; referral_expired; … (warning and above)`.
-    pub fn describe(&self, all_thresholds: &[String]) -> String {
+    pub(crate) fn describe(&self, all_thresholds: &[String]) -> String {
         let kinds: Vec<&str> = match self.kinds.is_empty() {
             true => ALERT_KINDS.to_vec(),
             false => ALERT_KINDS

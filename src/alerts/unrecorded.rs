@@ -16,28 +16,28 @@ use crate::store::{alerts as astore, Store, StoreError};
 
 /// What this process knows and the store does not hold yet.
 #[derive(Debug, Default)]
-pub struct Unrecorded {
+pub(crate) struct Unrecorded {
     /// The health episode, newer than the stored one while set.
-    pub episode: Option<HealthEpisode>,
+    pub(crate) episode: Option<HealthEpisode>,
     /// Alerts raised from memory, each with the sinks that have it.
-    pub alerts: Vec<(Alert, Vec<String>)>,
+    pub(crate) alerts: Vec<(Alert, Vec<String>)>,
 }
 
 /// Shared by every cycle of the process (a reload keeps it).
-pub type Memory = Arc<Mutex<Unrecorded>>;
+pub(crate) type Memory = Arc<Mutex<Unrecorded>>;
 
 fn lock(memory: &Memory) -> std::sync::MutexGuard<'_, Unrecorded> {
     memory.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The episode to continue from: memory's when the store is behind, else the stored one.
-pub fn episode(memory: &Memory, stored: Option<HealthEpisode>) -> HealthEpisode {
+pub(crate) fn episode(memory: &Memory, stored: Option<HealthEpisode>) -> HealthEpisode {
     lock(memory).episode.clone().or(stored).unwrap_or_default()
 }
 
 /// Raising failed to record: the health alert is decided from memory (the stored episode is
 /// read if the store still reads) and kept there. Returns how many alerts were raised.
-pub async fn raise(
+pub(crate) async fn raise(
     store: &Store,
     settings: &AlertSettings,
     error: Option<&str>,
@@ -71,7 +71,7 @@ pub async fn raise(
 
 /// Raises one alert outside the planner (once: its id is its dedupe key): recorded with a
 /// pending delivery per sink, or held in memory when the store refuses the write.
-pub async fn raise_one(store: &Store, settings: &AlertSettings, alert: Alert) -> u64 {
+pub(crate) async fn raise_one(store: &Store, settings: &AlertSettings, alert: Alert) -> u64 {
     let sinks = settings.sinks_taking(&alert);
     let to_record = alert.clone();
     let now = Utc::now();
@@ -104,7 +104,7 @@ pub async fn raise_one(store: &Store, settings: &AlertSettings, alert: Alert) ->
 
 /// `token_unsaved`: the rotated Microsoft refresh token lives only in memory (once per
 /// episode: keyed on when the first write failed).
-pub fn token_unsaved_alert(unsaved: &crate::microsoft::auth::UnsavedToken) -> Alert {
+pub(crate) fn token_unsaved_alert(unsaved: &crate::microsoft::auth::UnsavedToken) -> Alert {
     let since = unsaved
         .since
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -122,7 +122,7 @@ pub fn token_unsaved_alert(unsaved: &crate::microsoft::auth::UnsavedToken) -> Al
 }
 
 /// Sends the alerts held in memory to each sink that does not have them yet.
-pub async fn deliver(settings: &AlertSettings, broken: &mut HashSet<String>) -> (u64, u64) {
+pub(crate) async fn deliver(settings: &AlertSettings, broken: &mut HashSet<String>) -> (u64, u64) {
     let held: Vec<(Alert, Vec<String>)> = lock(&settings.unrecorded).alerts.clone();
     let (mut delivered, mut undelivered) = (0, 0);
     for (alert, done) in held {
@@ -169,7 +169,7 @@ async fn send(settings: &AlertSettings, sink: &Sink, alert: &Alert) -> Result<()
 /// The store takes writes again: records the held alerts (with a pending delivery for every
 /// sink, then the ones already made marked delivered), inside the caller's transaction.
 /// Returns what was recorded, to forget once the transaction commits.
-pub fn record(
+pub(crate) fn record(
     tx: &rusqlite::Connection,
     settings: &AlertSettings,
     now: DateTime<Utc>,
@@ -187,7 +187,7 @@ pub fn record(
 }
 
 /// After the commit that recorded `ids` and the episode: memory holds nothing the store lacks.
-pub fn forget(memory: &Memory, ids: &[String]) {
+pub(crate) fn forget(memory: &Memory, ids: &[String]) {
     let mut held = lock(memory);
     held.episode = None;
     held.alerts.retain(|(a, _)| !ids.contains(&a.id));

@@ -27,7 +27,7 @@ fn actor() -> String {
     }
 }
 
-pub async fn run(
+pub(crate) async fn run(
     config: Config,
     referral_id: &str,
     decision: Decision,

@@ -121,7 +121,7 @@ fn show<T: serde::Serialize + ?Sized>(
 
 /// `check-config`: validates, then checks what `sync` would refuse at start (the Google key
 /// file), and prints the effective configuration with secrets redacted.
-pub fn check_config(config: &Config, file: &Path) -> Outcome {
+pub(crate) fn check_config(config: &Config, file: &Path) -> Outcome {
     if config.google_enabled() {
         let key = config
             .google
@@ -139,7 +139,7 @@ pub fn check_config(config: &Config, file: &Path) -> Outcome {
 }
 
 /// `status [--json] [--limit N] [--referral ID]`.
-pub fn status(config: &Config, json: bool, limit: usize, referral: Option<&str>) -> Outcome {
+pub(crate) fn status(config: &Config, json: bool, limit: usize, referral: Option<&str>) -> Outcome {
     let store = open_for_reading(config)?;
     let now = Utc::now();
     if let Some(id) = referral {
@@ -156,14 +156,14 @@ pub fn status(config: &Config, json: bool, limit: usize, referral: Option<&str>)
 }
 
 /// `alerts list [--pending] [--limit N] [--json]`.
-pub fn alerts_list(config: &Config, pending: bool, limit: usize, json: bool) -> Outcome {
+pub(crate) fn alerts_list(config: &Config, pending: bool, limit: usize, json: bool) -> Outcome {
     let store = open_for_reading(config)?;
     let rows = store.call_blocking(|c| crate::store::alerts::list(c, pending, limit))?;
     show(json, rows.as_slice(), render::alerts)
 }
 
 /// `alerts test`: one test alert to every sink, each result reported; 1 when one failed.
-pub async fn alerts_test(config: &Config) -> Outcome {
+pub(crate) async fn alerts_test(config: &Config) -> Outcome {
     let settings = crate::alerts::AlertSettings::from_config(&config.alerts);
     if settings.sinks.is_empty() {
         return Ok(Printed::ok("no alert sinks configured ([[alerts.webhook]] or [[alerts.command]]); alerts go to the log only\n"));
@@ -181,7 +181,7 @@ pub async fn alerts_test(config: &Config) -> Outcome {
 }
 
 /// `audit [--referral ID] [--since T] [--limit N] [--json]`.
-pub fn audit(
+pub(crate) fn audit(
     config: &Config,
     referral: Option<&str>,
     since: Option<DateTime<Utc>>,
@@ -194,7 +194,7 @@ pub fn audit(
 }
 
 /// `outbox [list|retry|drop]`.
-pub fn outbox(config: &Config, command: Option<OutboxCommand>) -> Outcome {
+pub(crate) fn outbox(config: &Config, command: Option<OutboxCommand>) -> Outcome {
     let now = Utc::now();
     match command.unwrap_or(OutboxCommand::List {
         states: vec![],
@@ -248,7 +248,7 @@ fn needs_force(action: &outbox::OutboxRow, force: bool) -> Option<String> {
 }
 
 /// `link REFERRAL_ID RESOURCE`.
-pub async fn link(config: Config, referral_id: &str, resource: &str) -> Outcome {
+pub(crate) async fn link(config: Config, referral_id: &str, resource: &str) -> Outcome {
     let app = App::build(config)?;
     let message = super::link::link(&app, referral_id, resource).await?;
     Ok(Printed::ok(message + "\n"))
@@ -259,7 +259,7 @@ pub async fn link(config: Config, referral_id: &str, resource: &str) -> Outcome 
 /// so a check cannot avoid rotating it; dropping the new token could leave the daemon with a
 /// retired one. The new token is kept in the token file, as the daemon keeps it, and the
 /// output says so.
-pub async fn auth_check(config: &Config) -> Outcome {
+pub(crate) async fn auth_check(config: &Config) -> Outcome {
     let mut out = String::new();
     let mut failed = false;
     let ms = &config.microsoft;
@@ -312,7 +312,7 @@ async fn google_token(config: &Config) -> Option<Result<(), String>> {
 }
 
 /// `auth microsoft`: the device-code sign-in; `show` prints the instructions as they come.
-pub async fn auth_microsoft(config: &Config, show: impl Fn(&str)) -> Outcome {
+pub(crate) async fn auth_microsoft(config: &Config, show: impl Fn(&str)) -> Outcome {
     let ms = &config.microsoft;
     let http = crate::http::client(ms.timeout.0, ms.connect_timeout.0);
     let token_file = config.token_file();
@@ -335,13 +335,13 @@ pub async fn auth_microsoft(config: &Config, show: impl Fn(&str)) -> Outcome {
 
 /// `backup PATH`: a consistent copy of the database (SQLite's online backup), safe while the
 /// daemon runs.
-pub fn backup(config: &Config, path: &Path) -> Outcome {
+pub(crate) fn backup(config: &Config, path: &Path) -> Outcome {
     let report = crate::store::backup::backup(&config.state.path, path)?;
     Ok(Printed::ok(render::backup(path, &report)))
 }
 
 /// `sync [--dry-run]`: one full cycle with its alerts, then a one-line summary.
-pub async fn sync(config: Config, all: bool) -> Outcome {
+pub(crate) async fn sync(config: Config, all: bool) -> Outcome {
     let mut app = App::build(config)?;
     app.become_worker()?;
     let cycle = match all {
@@ -355,7 +355,7 @@ pub async fn sync(config: Config, all: bool) -> Outcome {
 }
 
 /// `run [--dry-run]`: the daemon, until SIGTERM or SIGINT.
-pub async fn run(config: Config, file: &Path, force_dry_run: bool) -> Outcome {
+pub(crate) async fn run(config: Config, file: &Path, force_dry_run: bool) -> Outcome {
     let mut app = App::build(config)?;
     app.become_worker()?;
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -432,7 +432,7 @@ async fn listen(
 }
 
 /// `accept REFERRAL_ID [--note] [--dry-run]`: status Active / Accepted in Partner Center.
-pub async fn accept(
+pub(crate) async fn accept(
     config: Config,
     referral_id: &str,
     note: Option<String>,
@@ -444,7 +444,7 @@ pub async fn accept(
 
 /// `decline REFERRAL_ID --reason TEXT [--note] [--dry-run]`: Closed / Declined, the reason
 /// as `statusReason`.
-pub async fn decline(
+pub(crate) async fn decline(
     config: Config,
     referral_id: &str,
     reason: String,

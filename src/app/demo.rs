@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::sim::{google::PARTNER_ID, sample, Fault, Simulator};
 use crate::sync::CycleReport;
 
-pub async fn run(referrals: usize) -> anyhow::Result<()> {
+pub(crate) async fn run(referrals: usize) -> anyhow::Result<()> {
     let sim = Simulator::start().await?;
     let now = Utc::now();
     let samples = sample::demo_set(referrals, now);
@@ -227,7 +227,7 @@ async fn step(app: &App) -> CycleReport {
 }
 
 /// A configuration pointing every endpoint at the simulator (Google key file in `state_dir`).
-pub fn demo_config(sim: &Simulator, state_dir: &std::path::Path) -> anyhow::Result<Config> {
+pub(crate) fn demo_config(sim: &Simulator, state_dir: &std::path::Path) -> anyhow::Result<Config> {
     let creds = &sim.state.credentials;
     let key_file = state_dir.join("google-key.json");
     std::fs::write(&key_file, sim.google_key_json())?;

@@ -11,7 +11,7 @@ use crate::store::views;
 
 /// `link REFERRAL_ID RESOURCE`: tracks an existing lead or opportunity for a referral,
 /// after checking with a `get` that it exists.
-pub async fn link(app: &App, referral_id: &str, resource: &str) -> Result<String, AppError> {
+pub(crate) async fn link(app: &App, referral_id: &str, resource: &str) -> Result<String, AppError> {
     let google = app.cycle.google.as_ref().ok_or_else(|| {
         AppError::Config("google.partner_id: is missing; linking needs the Google side".into())
     })?;

@@ -33,10 +33,10 @@ use crate::wake::DeadlineWake;
 
 /// What a reload needs to rebuild the app the way `main` built it.
 #[derive(Debug, Clone)]
-pub struct Reload {
-    pub config_file: PathBuf,
+pub(crate) struct Reload {
+    pub(crate) config_file: PathBuf,
     /// `--dry-run` given on the command line stays in force across reloads.
-    pub force_dry_run: bool,
+    pub(crate) force_dry_run: bool,
 }
 
 /// Shared between the lanes, the cron job, the watchdog, the reload handler and shutdown.
@@ -82,7 +82,7 @@ impl Daemon {
 }
 
 /// Runs cycles on the schedule until `shutdown` is cancelled.
-pub async fn run(
+pub(crate) async fn run(
     app: App,
     shutdown: CancellationToken,
     reload: Reload,
@@ -524,7 +524,7 @@ async fn feed_watchdog(daemon: Arc<Daemon>, interval: Duration) {
 /// Cancels `token` on SIGTERM or SIGINT. SIGHUP's handler is installed here too, with
 /// SIGTERM's, so a reload sent while the daemon starts never kills it (its default action);
 /// [`run`] takes the reload once it is up.
-pub fn cancel_on_signals(token: CancellationToken) -> anyhow::Result<()> {
+pub(crate) fn cancel_on_signals(token: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -16,23 +16,23 @@ pub struct ActionsConfig {
     pub listen: String,
     /// Links are `public_url/TOKEN`; the page answers on this URL's path (the proxy forwards
     /// it unchanged). `http://` only for a loopback set-up.
-    pub public_url: String,
+    pub(crate) public_url: String,
     /// E.g. `X-Forwarded-Email` behind an SSO proxy: then required on every request (403
     /// without) and recorded as the actor. Empty = none (the actor is `link`).
     #[serde(default)]
-    pub actor_header: String,
+    pub(crate) actor_header: String,
     /// The reasons the page offers for a decline (each becomes `statusReason`).
     #[serde(default = "default_reasons")]
-    pub decline_reasons: Vec<String>,
+    pub(crate) decline_reasons: Vec<String>,
     /// The links' HMAC key (at least 32 bytes). Empty = `actions.key` generated in the
     /// state directory (mode 0600).
     #[serde(default)]
-    pub key_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
 }
 
 /// Reasons a partner declines a co-sell referral. [?] Partner Center's own list is not
 /// published (`partner-apis.md`: statusReason is a free string).
-pub fn default_reasons() -> Vec<String> {
+pub(crate) fn default_reasons() -> Vec<String> {
     [
         "Not a fit for our solution area",
         "No capacity to take this on now",
@@ -47,30 +47,30 @@ pub fn default_reasons() -> Vec<String> {
 }
 
 /// A reason is at most this long (Partner Center's limit is unpublished; the page shows it).
-pub const MAX_REASON_CHARS: usize = 200;
+pub(crate) const MAX_REASON_CHARS: usize = 200;
 
 impl ActionsConfig {
     /// The page's path: `public_url`'s, without a trailing `/` (empty for the root).
-    pub fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         reqwest::Url::parse(&self.public_url)
             .map(|u| u.path().trim_end_matches('/').to_string())
             .unwrap_or_default()
     }
 
     /// The key file, when one is named.
-    pub fn key_file(&self) -> Option<&std::path::Path> {
+    pub(crate) fn key_file(&self) -> Option<&std::path::Path> {
         self.key_file
             .as_deref()
             .filter(|p| !p.as_os_str().is_empty())
     }
 
     /// The actor header, when one is set.
-    pub fn actor_header(&self) -> Option<&str> {
+    pub(crate) fn actor_header(&self) -> Option<&str> {
         Some(self.actor_header.trim()).filter(|h| !h.is_empty())
     }
 
     /// Every problem, each naming its `actions.*` key.
-    pub fn validate(&self, errors: &mut Vec<ConfigError>) {
+    pub(crate) fn validate(&self, errors: &mut Vec<ConfigError>) {
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             errors.push(ConfigError::new(
                 "actions.listen",
@@ -118,7 +118,7 @@ impl ActionsConfig {
 
     /// `[actions] listen` may share `[webhook] listen` (one server, both routes) but not
     /// its path, and never the metrics port.
-    pub fn validate_listen(
+    pub(crate) fn validate_listen(
         &self,
         webhook: Option<&super::PartnerWebhookConfig>,
         metrics_listen: Option<&str>,
@@ -186,10 +186,10 @@ impl ActionsConfig {
 }
 
 /// A key shorter than this is refused (HMAC-SHA256 keys should be at least the hash size).
-pub const MIN_KEY_BYTES: usize = 32;
+pub(crate) const MIN_KEY_BYTES: usize = 32;
 
 /// An operator's key file: its bytes (trailing whitespace trimmed), at least 32.
-pub fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let trimmed = bytes.trim_ascii_end().to_vec();
     if trimmed.len() < MIN_KEY_BYTES {

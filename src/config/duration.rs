@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// No duration in the configuration may exceed this (ten years): beyond it a number is a
 /// typo, and time arithmetic with it could overflow.
-pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 const MAX_DURATION_TEXT: &str = "3650d";
 
 /// A duration written the way people write them: `"90m"`, `"72h"`, `"14d"`, `"1h30m"`, `"500ms"`.

@@ -12,7 +12,6 @@ use super::{Config, ConfigError, ConfigErrors, DEFAULT_CONFIG_PATH, ENV_PREFIX};
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: Config,
-    pub file: PathBuf,
 }
 
 /// What a command needs from the configuration beyond its keys.
@@ -82,7 +81,7 @@ impl Config {
     }
 
     /// The part of [`Config::load`] after the file check; tests feed it a figment directly.
-    pub fn from_figment(figment: Figment, file: &Path) -> Result<Loaded, ConfigErrors> {
+    pub(crate) fn from_figment(figment: Figment, file: &Path) -> Result<Loaded, ConfigErrors> {
         Self::from_figment_checked(figment, file, Needs::ALL)
     }
 
@@ -99,10 +98,7 @@ impl Config {
             config.google.credentials_file = Some(super::resolve_secret_path(path, base_dir));
         }
         config.validate_checked(needs.refresh_token)?;
-        Ok(Loaded {
-            config,
-            file: file.to_path_buf(),
-        })
+        Ok(Loaded { config })
     }
 }
 

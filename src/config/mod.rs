@@ -5,7 +5,7 @@
 //! [`webhook`] and [`actions`] sections, alert sinks' [`routes`] (their keys checked), and the
 //! redacted view `check-config` prints.
 
-pub mod actions;
+pub(crate) mod actions;
 mod duration;
 mod errors;
 mod load;
@@ -13,16 +13,16 @@ mod routes;
 mod secrets;
 mod types;
 mod validate;
-pub mod webhook;
+pub(crate) mod webhook;
 
 use std::path::PathBuf;
 
-pub use actions::ActionsConfig;
-pub use duration::{HumanDuration, MAX_DURATION};
+pub(crate) use actions::ActionsConfig;
+pub(crate) use duration::HumanDuration;
 pub use errors::{ConfigError, ConfigErrors};
 pub use load::{config_path, Loaded};
 pub use routes::{Severity, ALERT_KINDS};
-pub(crate) use secrets::fnv1a;
+pub use secrets::fnv1a;
 pub use secrets::{redacted_url, resolve_secret_path};
 pub use types::*;
 pub use validate::{listen_addresses_overlap, parse_cron};

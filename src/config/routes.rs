@@ -29,7 +29,7 @@ pub enum Severity {
 impl Severity {
     /// The severity an alert's text names; an unknown one counts as the most severe, so a
     /// filter never hides it.
-    pub fn of(text: &str) -> Severity {
+    pub(crate) fn of(text: &str) -> Severity {
         match text {
             "info" => Severity::Info,
             "warning" => Severity::Warning,
@@ -37,7 +37,7 @@ impl Severity {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Severity::Info => "info",
             Severity::Warning => "warning",

@@ -38,7 +38,7 @@ pub(super) fn redact_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Err
 impl WebhookConfig {
     /// The key deliveries are stored and shown under: `webhook:NAME`, or the redacted URL
     /// with a stable hash of the whole URL (two webhooks on one host stay apart).
-    pub fn sink_key(&self) -> String {
+    pub(crate) fn sink_key(&self) -> String {
         match &self.name {
             Some(name) => format!("webhook:{name}"),
             None => format!(
@@ -52,7 +52,7 @@ impl WebhookConfig {
 
 /// FNV-1a, 64 bits: stable across Rust versions and platforms (std's hasher is not), which
 /// a key stored in the database needs.
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
@@ -104,7 +104,7 @@ impl Config {
 
 /// The directory beside the configuration file that holds the secrets: the unit's
 /// `LoadCredential=` lines copy from it, and a root shell reads from it directly.
-pub const CREDENTIALS_DIR_NAME: &str = "credentials";
+pub(crate) const CREDENTIALS_DIR_NAME: &str = "credentials";
 
 /// A relative secret path is looked up in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential`)
 /// when it is set, else in `credentials/` beside the configuration file: the same file either

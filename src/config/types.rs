@@ -74,10 +74,10 @@ pub struct ScheduleConfig {
     /// Between reads of the changes to referrals already known (the incremental query:
     /// accepted or declined in the portal, values edited). `run` reads them in the background,
     /// at low priority, so they never hold a new referral back; `sync` reads them every time.
-    pub changes_every: HumanDuration,
+    pub(crate) changes_every: HumanDuration,
     /// Between full plans of every candidate referral, a safety net beside the plan queue
     /// (the deadline lane plans only referrals whose inputs changed). Runs in the refresh lane.
-    pub full_plan_every: HumanDuration,
+    pub(crate) full_plan_every: HumanDuration,
 }
 
 impl Default for ScheduleConfig {
@@ -103,7 +103,7 @@ pub struct DaemonConfig {
     pub dry_run: bool,
     /// A cycle running longer than this counts as stuck: the systemd watchdog is no longer
     /// fed (systemd restarts the daemon) and `/healthz` answers 503.
-    pub stuck_after: HumanDuration,
+    pub(crate) stuck_after: HumanDuration,
 }
 
 impl Default for DaemonConfig {
@@ -146,12 +146,12 @@ impl Default for LogConfig {
 /// Retry settings shared by both APIs' `[*.retry]` tables.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    pub max_retries: usize,
-    pub min_delay: HumanDuration,
-    pub max_delay: HumanDuration,
-    pub max_total: HumanDuration,
-    pub max_retry_after: HumanDuration,
+pub(crate) struct RetryConfig {
+    pub(crate) max_retries: usize,
+    pub(crate) min_delay: HumanDuration,
+    pub(crate) max_delay: HumanDuration,
+    pub(crate) max_total: HumanDuration,
+    pub(crate) max_retry_after: HumanDuration,
 }
 
 impl Default for RetryConfig {
@@ -172,27 +172,27 @@ impl Default for RetryConfig {
 pub struct MicrosoftConfig {
     pub api_base: String,
     /// Token endpoint: `{authority}/{tenant}/oauth2/v2.0/token`.
-    pub authority: String,
+    pub(crate) authority: String,
     pub tenant: Option<String>,
-    pub client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
     #[serde(serialize_with = "redact")]
     pub client_secret: Option<SecretString>,
-    pub client_secret_file: Option<PathBuf>,
+    pub(crate) client_secret_file: Option<PathBuf>,
     /// Only the first token: every grant returns a new one, kept in the token file.
     #[serde(serialize_with = "redact")]
-    pub refresh_token: Option<SecretString>,
-    pub refresh_token_file: Option<PathBuf>,
-    pub requests_per_second: f64,
+    pub(crate) refresh_token: Option<SecretString>,
+    pub(crate) refresh_token_file: Option<PathBuf>,
+    pub(crate) requests_per_second: f64,
     /// `$top` of list queries; Partner Center serves at most 100 per page.
-    pub page_size: u32,
-    pub timeout: HumanDuration,
-    pub connect_timeout: HumanDuration,
+    pub(crate) page_size: u32,
+    pub(crate) timeout: HumanDuration,
+    pub(crate) connect_timeout: HumanDuration,
     /// The incremental query re-reads this much before the watermark, so nothing slips between
     /// pages or clocks.
-    pub incremental_overlap: HumanDuration,
+    pub(crate) incremental_overlap: HumanDuration,
     /// On the very first cycle the incremental query starts this far back.
-    pub initial_lookback: HumanDuration,
-    pub retry: RetryConfig,
+    pub(crate) initial_lookback: HumanDuration,
+    pub(crate) retry: RetryConfig,
 }
 
 impl Default for MicrosoftConfig {
@@ -222,15 +222,15 @@ impl Default for MicrosoftConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct GoogleConfig {
     pub api_base: String,
-    pub partner_id: Option<String>,
-    pub credentials_file: Option<PathBuf>,
-    pub requests_per_second: f64,
+    pub(crate) partner_id: Option<String>,
+    pub(crate) credentials_file: Option<PathBuf>,
+    pub(crate) requests_per_second: f64,
     /// Whole-request timeout of one Google call.
-    pub timeout: HumanDuration,
-    pub connect_timeout: HumanDuration,
+    pub(crate) timeout: HumanDuration,
+    pub(crate) connect_timeout: HumanDuration,
     /// In-call retries of idempotent Google calls (gets, opportunity patches); never creates.
-    pub retry: RetryConfig,
-    pub lead: GoogleLeadConfig,
+    pub(crate) retry: RetryConfig,
+    pub(crate) lead: GoogleLeadConfig,
 }
 
 impl Default for GoogleConfig {
@@ -257,16 +257,16 @@ pub struct RefreshConfig {
     /// default 5 requests/s quota, the rest left to lead creates and patches.
     pub reads_per_hour: u64,
     /// A record that changed (or was just tracked) is read again this soon.
-    pub min_interval: HumanDuration,
+    pub(crate) min_interval: HumanDuration,
     /// The longest wait between reads of a record that matters now: an opportunity in play
     /// (not in a final stage), a lead whose referral is near its deadline.
-    pub hot_max_interval: HumanDuration,
+    pub(crate) hot_max_interval: HumanDuration,
     /// The longest wait between reads of any other tracked record.
-    pub max_interval: HumanDuration,
+    pub(crate) max_interval: HumanDuration,
     /// A referral still New this close to its deadline makes its lead "hot".
-    pub near_deadline: HumanDuration,
+    pub(crate) near_deadline: HumanDuration,
     /// Reads in flight at once.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
 }
 
 impl Default for RefreshConfig {
@@ -286,32 +286,32 @@ impl Default for RefreshConfig {
 /// must be sent; enum values must be real ones, never `*_UNSPECIFIED`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct GoogleLeadConfig {
-    pub submitter_email: Option<String>,
-    pub engagement_model: String,
-    pub deal_transaction_type: String,
-    pub support_level: String,
+pub(crate) struct GoogleLeadConfig {
+    pub(crate) submitter_email: Option<String>,
+    pub(crate) engagement_model: String,
+    pub(crate) deal_transaction_type: String,
+    pub(crate) support_level: String,
     /// Deal term (a string in the API, e.g. months).
-    pub deal_term: String,
-    pub delivery_model: String,
-    pub contract_vehicle: String,
-    pub isv_solution_connect_deal: bool,
-    pub is_confidential: Option<bool>,
+    pub(crate) deal_term: String,
+    pub(crate) delivery_model: String,
+    pub(crate) contract_vehicle: String,
+    pub(crate) isv_solution_connect_deal: bool,
+    pub(crate) is_confidential: Option<bool>,
     /// The Google `ProductFamily` when no entry of `product_families` matches the referral.
-    pub product_family: Option<String>,
+    pub(crate) product_family: Option<String>,
     /// Microsoft product or solution id (`details.requirements.products[].id`,
     /// `solutions[].id`) → Google `ProductFamily`. The first match wins.
-    pub product_families: std::collections::BTreeMap<String, String>,
+    pub(crate) product_families: std::collections::BTreeMap<String, String>,
     /// Used when the referral has no currency.
-    pub default_currency: Option<String>,
+    pub(crate) default_currency: Option<String>,
     /// Used when the referral has no deal value.
-    pub default_deal_value: Option<f64>,
+    pub(crate) default_deal_value: Option<f64>,
     /// When the referral has no closing date: today plus this.
-    pub default_close_in: Option<HumanDuration>,
+    pub(crate) default_close_in: Option<HumanDuration>,
     /// The field of the Google `Customer` object that carries the customer's name. The
     /// Customer schema is not in the published pages ([?] in the API reference), so it is a
     /// setting rather than a guess baked into the code.
-    pub customer_name_field: String,
+    pub(crate) customer_name_field: String,
 }
 
 impl Default for GoogleLeadConfig {
@@ -359,12 +359,12 @@ pub struct SyncConfig {
     /// referral as Declined, Lost or Expired.
     pub close_google_on_microsoft_close: bool,
     /// Remote writes and Google reads in flight at once.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Attempts before a failing write is dead-lettered.
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
     /// The outbox's retry schedule: exponential from `retry_min` to `retry_max`, jittered.
-    pub retry_min: HumanDuration,
-    pub retry_max: HumanDuration,
+    pub(crate) retry_min: HumanDuration,
+    pub(crate) retry_max: HumanDuration,
 }
 
 impl Default for SyncConfig {
@@ -387,12 +387,12 @@ impl Default for SyncConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ForwardConfig {
     pub enabled: bool,
-    pub substatuses: Vec<String>,
+    pub(crate) substatuses: Vec<String>,
     /// Empty = any qualification.
-    pub qualifications: Vec<String>,
+    pub(crate) qualifications: Vec<String>,
     /// ISO country codes of the customer; empty = any.
-    pub countries: Vec<String>,
-    pub min_deal_value: f64,
+    pub(crate) countries: Vec<String>,
+    pub(crate) min_deal_value: f64,
 }
 
 impl Default for ForwardConfig {
@@ -415,16 +415,16 @@ pub struct AlertsConfig {
     /// Warn when this little time is left before the deadline (one alert per threshold).
     pub thresholds: Vec<HumanDuration>,
     /// Cycles failing in a row before `sync_unhealthy` (an authentication failure is at once).
-    pub failed_cycles: u32,
+    pub(crate) failed_cycles: u32,
     /// Link to a referral in Partner Center; `{id}` is replaced by the referral id.
-    pub referral_url: String,
+    pub(crate) referral_url: String,
     /// Delivery tries per sink and alert within one cycle; what is left is retried next cycle.
-    pub delivery_attempts: usize,
+    pub(crate) delivery_attempts: usize,
     /// The deadline in alert texts (the log and command sinks): `UTC` or an offset `+01:00`.
     /// Slack and Teams show each reader's own local time whatever this says.
-    pub timezone: String,
-    pub webhook: Vec<WebhookConfig>,
-    pub command: Vec<CommandConfig>,
+    pub(crate) timezone: String,
+    pub(crate) webhook: Vec<WebhookConfig>,
+    pub(crate) command: Vec<CommandConfig>,
 }
 
 impl Default for AlertsConfig {
@@ -449,7 +449,7 @@ impl Default for AlertsConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum AlertFormat {
+pub(crate) enum AlertFormat {
     Json,
     Slack,
     Teams,
@@ -457,50 +457,50 @@ pub enum AlertFormat {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
+pub(crate) struct WebhookConfig {
     /// The path of a Slack or Teams webhook URL is its key: printed only as
     /// [`redacted_url`], never stored (deliveries are keyed by [`WebhookConfig::sink_key`]).
     #[serde(serialize_with = "redact_url")]
-    pub url: String,
+    pub(crate) url: String,
     /// What deliveries are recorded and shown under; default: the host and a hash of the URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     #[serde(default = "default_format")]
-    pub format: AlertFormat,
+    pub(crate) format: AlertFormat,
     /// Extra request headers, e.g. for authentication.
     #[serde(default, serialize_with = "redact_headers")]
-    pub headers: std::collections::BTreeMap<String, SecretString>,
+    pub(crate) headers: std::collections::BTreeMap<String, SecretString>,
     #[serde(default = "default_sink_timeout")]
-    pub timeout: HumanDuration,
+    pub(crate) timeout: HumanDuration,
     /// Routing (spec §4): only these alert kinds; absent or empty = all.
     #[serde(default)]
-    pub kinds: Vec<String>,
+    pub(crate) kinds: Vec<String>,
     /// Routing: only alerts at least this severe.
     #[serde(default)]
-    pub min_severity: Severity,
+    pub(crate) min_severity: Severity,
     /// Routing: `referral_expiring` only at these thresholds (each one of `[alerts]
     /// thresholds`); absent or empty = all. Other kinds are unaffected.
     #[serde(default)]
-    pub thresholds: Vec<HumanDuration>,
+    pub(crate) thresholds: Vec<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CommandConfig {
+pub(crate) struct CommandConfig {
     /// The program and its arguments; the JSON alert arrives on stdin.
-    pub argv: Vec<String>,
+    pub(crate) argv: Vec<String>,
     #[serde(default = "default_sink_timeout")]
-    pub timeout: HumanDuration,
+    pub(crate) timeout: HumanDuration,
     /// Routing (spec §4): only these alert kinds; absent or empty = all.
     #[serde(default)]
-    pub kinds: Vec<String>,
+    pub(crate) kinds: Vec<String>,
     /// Routing: only alerts at least this severe.
     #[serde(default)]
-    pub min_severity: Severity,
+    pub(crate) min_severity: Severity,
     /// Routing: `referral_expiring` only at these thresholds (each one of `[alerts]
     /// thresholds`); absent or empty = all. Other kinds are unaffected.
     #[serde(default)]
-    pub thresholds: Vec<HumanDuration>,
+    pub(crate) thresholds: Vec<HumanDuration>,
 }
 
 fn default_format() -> AlertFormat {

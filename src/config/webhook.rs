@@ -9,7 +9,7 @@ use super::{ConfigError, HumanDuration};
 
 /// The events the daemon subscribes to: the four referral events Microsoft's own co-sell
 /// connectors register, plus `test-created`, which `webhook test` needs.
-pub const DEFAULT_EVENTS: &[&str] = &[
+pub(crate) const DEFAULT_EVENTS: &[&str] = &[
     "referral-created",
     "referral-updated",
     "related-referral-created",
@@ -22,34 +22,34 @@ pub const DEFAULT_EVENTS: &[&str] = &[
 #[serde(deny_unknown_fields)]
 pub struct PartnerWebhookConfig {
     /// The plain-HTTP receiver's address; TLS is the reverse proxy's job.
-    pub listen: String,
+    pub(crate) listen: String,
     /// What Partner Center calls (registered by `webhook register`); the receiver answers POST
     /// on this URL's path.
-    pub public_url: String,
+    pub(crate) public_url: String,
     /// `X-MS-Certificate-Url` must start with one of these, or the event is rejected before
     /// anything is fetched.
     #[serde(default = "default_prefixes")]
-    pub certificate_url_prefixes: Vec<String>,
+    pub(crate) certificate_url_prefixes: Vec<String>,
     /// An extra trust root (PEM) besides the system's, for the simulator and tests. Empty = none.
     #[serde(default)]
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// The signing certificate must be issued to this name (DNS name or common name). [I]: the
     /// documented sample certificate is `pcnotifications-dispatch.microsoft.com.cer`.
     #[serde(default = "default_subject")]
-    pub certificate_subject: String,
+    pub(crate) certificate_subject: String,
     /// The events registered.
     #[serde(default = "default_events")]
-    pub events: Vec<String>,
+    pub(crate) events: Vec<String>,
     /// The classic Partner Center API that hosts `/webhooks/v1/registration` (not the
     /// Referrals API host).
     #[serde(default = "default_api_base")]
-    pub api_base: String,
+    pub(crate) api_base: String,
     /// How often accepted events that were not forwarded yet are retried.
     #[serde(default = "default_sweep")]
-    pub sweep_interval: HumanDuration,
+    pub(crate) sweep_interval: HumanDuration,
     /// Forward attempts per event before it is left to polling.
     #[serde(default = "default_attempts")]
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
 }
 
 fn default_prefixes() -> Vec<String> {
@@ -77,7 +77,7 @@ fn default_attempts() -> u32 {
 }
 
 /// A section with every default and the given `public_url` (listening on 127.0.0.1:8787).
-pub fn example(public_url: &str) -> PartnerWebhookConfig {
+pub(crate) fn example(public_url: &str) -> PartnerWebhookConfig {
     PartnerWebhookConfig {
         listen: "127.0.0.1:8787".into(),
         public_url: public_url.into(),
@@ -93,14 +93,14 @@ pub fn example(public_url: &str) -> PartnerWebhookConfig {
 
 impl PartnerWebhookConfig {
     /// The receiver's path: `public_url`'s path.
-    pub fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         reqwest::Url::parse(&self.public_url)
             .map(|u| u.path().to_string())
             .unwrap_or_else(|_| "/".into())
     }
 
     /// Every problem, each naming its `webhook.*` key.
-    pub fn validate(&self, errors: &mut Vec<ConfigError>) {
+    pub(crate) fn validate(&self, errors: &mut Vec<ConfigError>) {
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             errors.push(ConfigError::new(
                 "webhook.listen",

@@ -21,7 +21,7 @@ impl std::fmt::Debug for GoogleAuth {
 
 impl GoogleAuth {
     /// Reads a service-account key file (JSON with `client_email`, `private_key`, `token_uri`).
-    pub fn from_key_file(path: &Path) -> Result<GoogleAuth, String> {
+    pub(crate) fn from_key_file(path: &Path) -> Result<GoogleAuth, String> {
         let account = CustomServiceAccount::from_file(path)
             .map_err(|e| format!("cannot use the service-account key {}: {e}", path.display()))?;
         Ok(GoogleAuth {
@@ -29,7 +29,7 @@ impl GoogleAuth {
         })
     }
 
-    pub async fn token(&self) -> Result<SecretString, ApiError> {
+    pub(crate) async fn token(&self) -> Result<SecretString, ApiError> {
         let token = self
             .provider
             .token(&[super::SCOPE])

@@ -20,7 +20,7 @@ const API: &str = "google";
 
 /// A request that holds its token and its rate-limit slot and has not been sent.
 #[derive(Debug)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     method: Method,
     url: Url,
     body: Option<String>,
@@ -31,9 +31,9 @@ pub struct Prepared {
 
 /// A successful call's parsed body and the id to quote in the audit table.
 #[derive(Debug)]
-pub struct Answer<T> {
-    pub value: T,
-    pub request_id: String,
+pub(crate) struct Answer<T> {
+    pub(crate) value: T,
+    pub(crate) request_id: String,
 }
 
 #[derive(Debug, Clone)]
@@ -80,23 +80,11 @@ impl GoogleClient {
         url
     }
 
-    /// Gets a service-account token now (`auth check`).
-    pub async fn check_auth(&self) -> Result<(), ApiError> {
-        self.auth.token().await.map(|_| ())
-    }
-
-    /// `POST /v1/{parent}/leads`. The caller must treat a transport error with `maybe_sent`
-    /// (or an unreadable 2xx body) as an unknown outcome, not as a failure to retry.
-    pub async fn create_lead(&self, parent: &str, lead: &Value) -> Result<Answer<Lead>, ApiError> {
-        let ready = self.prepare_create_lead(parent, lead).await?;
-        self.send_create_lead(ready).await
-    }
-
     /// The first half of a create: gets the token and waits for the rate limiter, sending
     /// nothing. The caller records "may be on the wire" between this and
     /// [`GoogleClient::send_create_lead`], so a crash never leaves a create in doubt that was
     /// only waiting for its turn.
-    pub async fn prepare_create_lead(
+    pub(crate) async fn prepare_create_lead(
         &self,
         parent: &str,
         lead: &Value,
@@ -108,7 +96,7 @@ impl GoogleClient {
     }
 
     /// Sends a create prepared by [`GoogleClient::prepare_create_lead`], at once.
-    pub async fn send_create_lead(&self, ready: Prepared) -> Result<Answer<Lead>, ApiError> {
+    pub(crate) async fn send_create_lead(&self, ready: Prepared) -> Result<Answer<Lead>, ApiError> {
         let parent = ready.label.clone();
         let (body, request_id) = self.dispatch(ready).await?;
         let lead =
@@ -119,7 +107,7 @@ impl GoogleClient {
         })
     }
 
-    pub async fn get_lead(&self, name: &str) -> Result<Answer<Lead>, ApiError> {
+    pub(crate) async fn get_lead(&self, name: &str) -> Result<Answer<Lead>, ApiError> {
         let (body, request_id) = self.send(Method::GET, self.url(name), None).await?;
         let lead =
             Lead::from_value(&body).map_err(|e| self.malformed("GET", name, e, &request_id))?;
@@ -129,7 +117,10 @@ impl GoogleClient {
         })
     }
 
-    pub async fn get_opportunity(&self, name: &str) -> Result<Answer<Opportunity>, ApiError> {
+    pub(crate) async fn get_opportunity(
+        &self,
+        name: &str,
+    ) -> Result<Answer<Opportunity>, ApiError> {
         let (body, request_id) = self.send(Method::GET, self.url(name), None).await?;
         let opp = Opportunity::from_value(&body)
             .map_err(|e| self.malformed("GET", name, e, &request_id))?;
@@ -140,7 +131,7 @@ impl GoogleClient {
     }
 
     /// `PATCH /v1/{name}?updateMask=a,b`: only the masked fields of `body` are written.
-    pub async fn patch_opportunity(
+    pub(crate) async fn patch_opportunity(
         &self,
         name: &str,
         body: &Value,

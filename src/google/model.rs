@@ -8,17 +8,17 @@ use serde_json::Value;
 
 /// `google.type.Date`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GoogleDate {
+pub(crate) struct GoogleDate {
     #[serde(default)]
-    pub year: i32,
+    pub(crate) year: i32,
     #[serde(default)]
-    pub month: u32,
+    pub(crate) month: u32,
     #[serde(default)]
-    pub day: u32,
+    pub(crate) day: u32,
 }
 
 impl GoogleDate {
-    pub fn from_naive(d: NaiveDate) -> Self {
+    pub(crate) fn from_naive(d: NaiveDate) -> Self {
         GoogleDate {
             year: d.year(),
             month: d.month(),
@@ -27,23 +27,23 @@ impl GoogleDate {
     }
 
     /// A full date, or `None` when a part is unspecified (0).
-    pub fn to_naive(self) -> Option<NaiveDate> {
+    pub(crate) fn to_naive(self) -> Option<NaiveDate> {
         NaiveDate::from_ymd_opt(self.year, self.month, self.day)
     }
 
-    pub fn parse(value: &Value) -> Option<NaiveDate> {
+    pub(crate) fn parse(value: &Value) -> Option<NaiveDate> {
         serde_json::from_value::<GoogleDate>(value.clone())
             .ok()
             .and_then(GoogleDate::to_naive)
     }
 
-    pub fn json(d: NaiveDate) -> Value {
+    pub(crate) fn json(d: NaiveDate) -> Value {
         serde_json::to_value(Self::from_naive(d)).expect("date serializes")
     }
 }
 
 /// An int64 field: JSON string per the API (`"12"`), a number tolerated.
-pub fn int64(value: &Value) -> Option<i64> {
+pub(crate) fn int64(value: &Value) -> Option<i64> {
     match value {
         Value::String(s) => s.trim().parse().ok(),
         Value::Number(n) => n.as_i64(),
@@ -60,16 +60,16 @@ fn text(value: &Value, key: &str) -> Option<String> {
 }
 
 #[derive(Debug, Clone)]
-pub struct Lead {
-    pub name: String,
-    pub external_system_id: Option<String>,
-    pub lead_status: Option<String>,
-    pub approval_status: Option<String>,
-    pub raw: String,
+pub(crate) struct Lead {
+    pub(crate) name: String,
+    pub(crate) external_system_id: Option<String>,
+    pub(crate) lead_status: Option<String>,
+    pub(crate) approval_status: Option<String>,
+    pub(crate) raw: String,
 }
 
 impl Lead {
-    pub fn from_value(value: &Value) -> Result<Lead, String> {
+    pub(crate) fn from_value(value: &Value) -> Result<Lead, String> {
         let name = text(value, "name").ok_or("lead without a name")?;
         Ok(Lead {
             name,
@@ -82,19 +82,17 @@ impl Lead {
 }
 
 #[derive(Debug, Clone)]
-pub struct Opportunity {
-    pub name: String,
-    pub lead: Option<String>,
-    pub sales_stage: Option<String>,
-    pub deal_size: Option<f64>,
-    pub close_date: Option<NaiveDate>,
-    pub external_system_id: Option<String>,
-    pub term_months: Option<i64>,
-    pub raw: String,
+pub(crate) struct Opportunity {
+    pub(crate) name: String,
+    pub(crate) sales_stage: Option<String>,
+    pub(crate) deal_size: Option<f64>,
+    pub(crate) close_date: Option<NaiveDate>,
+    pub(crate) external_system_id: Option<String>,
+    pub(crate) raw: String,
 }
 
 impl Opportunity {
-    pub fn from_value(value: &Value) -> Result<Opportunity, String> {
+    pub(crate) fn from_value(value: &Value) -> Result<Opportunity, String> {
         let name = text(value, "name").ok_or("opportunity without a name")?;
         let deal_size = match value.get("dealSize") {
             None | Some(Value::Null) => None,
@@ -107,12 +105,10 @@ impl Opportunity {
         };
         Ok(Opportunity {
             name,
-            lead: text(value, "lead"),
             sales_stage: text(value, "salesStage"),
             deal_size,
             close_date: value.get("closeDate").and_then(GoogleDate::parse),
             external_system_id: text(value, "externalSystemId"),
-            term_months: value.get("termMonths").and_then(int64),
             raw: value.to_string(),
         })
     }
@@ -120,13 +116,13 @@ impl Opportunity {
 
 /// `partners/{p}/leads/{l}` or `partners/{p}/opportunities/{o}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResourceKind {
+pub(crate) enum ResourceKind {
     Lead,
     Opportunity,
 }
 
 /// Checks a resource name's shape and tells which kind it is.
-pub fn resource_kind(name: &str) -> Option<ResourceKind> {
+pub(crate) fn resource_kind(name: &str) -> Option<ResourceKind> {
     let parts: Vec<&str> = name.split('/').collect();
     match parts.as_slice() {
         ["partners", p, "leads", l] if !p.is_empty() && !l.is_empty() => Some(ResourceKind::Lead),
@@ -151,7 +147,6 @@ mod tests {
         assert_eq!(o.name, "partners/1234567/opportunities/42");
         assert_eq!(o.deal_size, Some(125000.0));
         assert_eq!(o.close_date, NaiveDate::from_ymd_opt(2027, 2, 28));
-        assert_eq!(o.term_months, Some(12));
         assert_eq!(o.sales_stage.as_deref(), Some("SALES_STAGE_QUALIFY"));
     }
 

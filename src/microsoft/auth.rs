@@ -54,7 +54,7 @@ struct Unsaved {
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnsavedToken {
     pub token_file: PathBuf,
-    pub since: chrono::DateTime<chrono::Utc>,
+    pub(crate) since: chrono::DateTime<chrono::Utc>,
     pub error: String,
 }
 
@@ -87,7 +87,7 @@ fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64
 impl TokenSource {
     /// From `[microsoft]` (authority, tenant, client id, secrets) and the token file beside the
     /// database: the one place the Referrals API's tokens are set up from the settings.
-    pub fn from_config(http: reqwest::Client, config: &Config) -> Result<Self, String> {
+    pub(crate) fn from_config(http: reqwest::Client, config: &Config) -> Result<Self, String> {
         let ms = &config.microsoft;
         Self::new(
             http,
@@ -163,7 +163,7 @@ impl TokenSource {
 
     /// The same grant for another resource (the same refresh token serves several Partner
     /// Center resources, e.g. the classic API that hosts webhook registrations).
-    pub fn with_scope(mut self, scope: &str) -> Self {
+    pub(crate) fn with_scope(mut self, scope: &str) -> Self {
         self.scope = scope.to_string();
         self
     }
@@ -330,7 +330,7 @@ pub fn token_lifetime(expires_in: Option<u64>) -> Duration {
 }
 
 /// `{authority}/{tenant}/oauth2/v2.0/{endpoint}`.
-pub fn token_endpoint(
+pub(crate) fn token_endpoint(
     authority: &str,
     tenant: &str,
     endpoint: &str,
@@ -345,7 +345,7 @@ pub fn token_endpoint(
 
 /// Writes a secret so that no reader ever sees a partial file or a wider mode than 0600:
 /// a temporary file in the same directory, fsync, rename over, fsync the directory.
-pub fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(crate) fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path
         .parent()
@@ -456,7 +456,7 @@ struct DeviceCode {
 /// interval, `expired_token` and refusals end it), and stores the refresh token in the token
 /// file. `show` receives the instructions for the person.
 #[allow(clippy::too_many_arguments)]
-pub async fn device_code_flow(
+pub(crate) async fn device_code_flow(
     http: &reqwest::Client,
     authority: &str,
     tenant: &str,

@@ -47,7 +47,7 @@ pub struct Paging {
 }
 
 impl Paging {
-    pub fn new(max_pages: u64) -> Self {
+    pub(crate) fn new(max_pages: u64) -> Self {
         Paging {
             seen: Default::default(),
             pages: 1,
@@ -56,7 +56,7 @@ impl Paging {
     }
 
     /// The request for the page after the one just read, which named `link`.
-    pub fn next(&mut self, link: String) -> Result<PageRequest, ApiError> {
+    pub(crate) fn next(&mut self, link: String) -> Result<PageRequest, ApiError> {
         self.pages += 1;
         if self.pages > self.max_pages {
             return Err(ApiError::Refused {
@@ -87,15 +87,15 @@ pub struct ReferralPage {
     pub next_link: Option<String>,
     pub request_id: Option<String>,
     /// `@odata.count`, when the answer has a usable one (a progress hint, never trusted).
-    pub count: Option<u64>,
+    pub(crate) count: Option<u64>,
 }
 
 /// One JSON Patch operation; Partner Center takes `replace` and `add` only.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PatchOp {
-    pub op: &'static str,
-    pub path: String,
-    pub value: Value,
+    pub(crate) op: &'static str,
+    pub(crate) path: String,
+    pub(crate) value: Value,
 }
 
 impl PatchOp {
@@ -140,7 +140,7 @@ impl<'de> serde::Deserialize<'de> for PatchOp {
 pub struct WriteOutcome {
     pub request_id: Option<String>,
     /// Present when the server returned the representation.
-    pub referral: Option<ParsedReferral>,
+    pub(crate) referral: Option<ParsedReferral>,
 }
 
 struct Answer {
@@ -192,7 +192,7 @@ impl MicrosoftClient {
     }
 
     /// The same client at background priority.
-    pub fn background(&self) -> MicrosoftClient {
+    pub(crate) fn background(&self) -> MicrosoftClient {
         MicrosoftClient {
             background: true,
             ..self.clone()
@@ -221,7 +221,7 @@ impl MicrosoftClient {
     /// The URL of a page. A nextLink is used verbatim (even when its path differs from the
     /// collection's, as documented samples show), resolved against the base if relative, and
     /// upgraded to https only when the configured base is https.
-    pub fn page_url(&self, request: &PageRequest) -> Result<Url, ApiError> {
+    pub(crate) fn page_url(&self, request: &PageRequest) -> Result<Url, ApiError> {
         match request {
             PageRequest::Query {
                 filter,

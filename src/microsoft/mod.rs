@@ -3,7 +3,7 @@
 //! OData literal helpers ([`odata`]).
 
 pub mod auth;
-pub mod client;
+pub(crate) mod client;
 pub mod model;
 pub mod odata;
 

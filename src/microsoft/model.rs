@@ -28,7 +28,7 @@ macro_rules! open_enum {
                     $name::Other(s) => s,
                 }
             }
-            pub fn parse(s: &str) -> Self {
+            pub(crate) fn parse(s: &str) -> Self {
                 match s {
                     $(stringify!($variant) => $name::$variant,)+
                     other => $name::Other(other.to_string()),
@@ -68,37 +68,35 @@ open_enum!(Direction { Incoming, Outgoing });
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Address {
+pub(crate) struct Address {
     #[serde(default)]
-    pub city: Option<String>,
-    #[serde(default)]
-    pub country: Option<String>,
+    pub(crate) country: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CustomerProfile {
+pub(crate) struct CustomerProfile {
     #[serde(default)]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     #[serde(default, deserialize_with = "lenient_object")]
-    pub address: Option<Address>,
+    pub(crate) address: Option<Address>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ReferralDetails {
+pub(crate) struct ReferralDetails {
     #[serde(default)]
-    pub notes: Option<String>,
+    pub(crate) notes: Option<String>,
     /// A finite, non-negative amount; anything else is `None` with the reason in
     /// [`ReferralDetails::deal_value_error`], so it is reported by field and never sent.
     #[serde(default, deserialize_with = "lenient_number")]
-    pub deal_value: Option<f64>,
+    pub(crate) deal_value: Option<f64>,
     #[serde(skip)]
-    pub deal_value_error: Option<String>,
+    pub(crate) deal_value_error: Option<String>,
     #[serde(default)]
-    pub currency: Option<String>,
+    pub(crate) currency: Option<String>,
     #[serde(default, deserialize_with = "lenient_opt_datetime")]
-    pub closing_date_time: Option<DateTime<Utc>>,
+    pub(crate) closing_date_time: Option<DateTime<Utc>>,
 }
 
 /// The fields of a referral the daemon reads. Everything else is in the raw JSON.
@@ -107,39 +105,39 @@ pub struct ReferralDetails {
 pub struct Referral {
     pub id: String,
     #[serde(default)]
-    pub engagement_id: Option<String>,
+    pub(crate) engagement_id: Option<String>,
     #[serde(default)]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     #[serde(default)]
-    pub external_reference_id: Option<String>,
+    pub(crate) external_reference_id: Option<String>,
     #[serde(deserialize_with = "lenient_datetime")]
-    pub created_date_time: DateTime<Utc>,
+    pub(crate) created_date_time: DateTime<Utc>,
     #[serde(default, deserialize_with = "lenient_opt_datetime")]
-    pub updated_date_time: Option<DateTime<Utc>>,
+    pub(crate) updated_date_time: Option<DateTime<Utc>>,
     #[serde(default, deserialize_with = "lenient_opt_datetime")]
-    pub expiration_date_time: Option<DateTime<Utc>>,
+    pub(crate) expiration_date_time: Option<DateTime<Utc>>,
     #[serde(default)]
-    pub status: Option<ReferralStatus>,
+    pub(crate) status: Option<ReferralStatus>,
     #[serde(default)]
-    pub substatus: Option<ReferralSubstatus>,
+    pub(crate) substatus: Option<ReferralSubstatus>,
     #[serde(default)]
-    pub direction: Option<Direction>,
+    pub(crate) direction: Option<Direction>,
     #[serde(default)]
-    pub qualification: Option<String>,
+    pub(crate) qualification: Option<String>,
     #[serde(default, rename = "type")]
-    pub referral_type: Option<String>,
+    pub(crate) referral_type: Option<String>,
     /// Sent back verbatim (quotes included) in `If-Match`.
     #[serde(default)]
     pub e_tag: Option<String>,
     #[serde(default, deserialize_with = "lenient_object")]
-    pub customer_profile: Option<CustomerProfile>,
+    pub(crate) customer_profile: Option<CustomerProfile>,
     #[serde(default, deserialize_with = "lenient_object")]
-    pub details: Option<ReferralDetails>,
+    pub(crate) details: Option<ReferralDetails>,
 }
 
 impl Referral {
     /// When the referral last changed; a referral without `updatedDateTime` changed when created.
-    pub fn updated_at(&self) -> DateTime<Utc> {
+    pub(crate) fn updated_at(&self) -> DateTime<Utc> {
         self.updated_date_time.unwrap_or(self.created_date_time)
     }
 
@@ -147,7 +145,7 @@ impl Referral {
         self.customer_profile.as_ref()?.name.as_deref()
     }
 
-    pub fn customer_country(&self) -> Option<&str> {
+    pub(crate) fn customer_country(&self) -> Option<&str> {
         self.customer_profile
             .as_ref()?
             .address
@@ -161,25 +159,25 @@ impl Referral {
 #[derive(Debug, Clone)]
 pub struct ParsedReferral {
     pub referral: Referral,
-    pub raw: String,
+    pub(crate) raw: String,
 }
 
 /// A record of a page that could not be read as a referral: reported, kept, and skipped.
 #[derive(Debug, Clone)]
 pub struct RejectedRecord {
     pub id: Option<String>,
-    pub error: String,
-    pub raw: String,
+    pub(crate) error: String,
+    pub(crate) raw: String,
 }
 
 /// The longest free text kept in the typed view (the notes that become the Google lead's
 /// summary). Google does not publish its limit [?]; this is far below any plausible one and far
 /// above any real note. The raw JSON keeps the full text.
-pub const MAX_TEXT_CHARS: usize = 10_000;
+pub(crate) const MAX_TEXT_CHARS: usize = 10_000;
 
 impl ParsedReferral {
     /// Reads one element of a page's `value` array; a bad one never fails its page.
-    pub fn from_value(value: Value) -> Result<ParsedReferral, RejectedRecord> {
+    pub(crate) fn from_value(value: Value) -> Result<ParsedReferral, RejectedRecord> {
         let raw = value.to_string();
         let id = value.get("id").and_then(Value::as_str).map(str::to_string);
         Self::checked(serde_json::from_value::<Referral>(value), raw, move |_| id)
@@ -189,7 +187,7 @@ impl ParsedReferral {
     /// straight into the typed view, and the text kept as it is. The planner reads every
     /// candidate this way; going through a `Value` tree and writing it back out cost more than
     /// the plan itself.
-    pub fn from_stored(raw: String) -> Result<ParsedReferral, RejectedRecord> {
+    pub(crate) fn from_stored(raw: String) -> Result<ParsedReferral, RejectedRecord> {
         let typed = serde_json::from_str::<Referral>(&raw);
         Self::checked(typed, raw, id_of)
     }
@@ -221,7 +219,7 @@ impl ParsedReferral {
     /// Reads one item from its own JSON text. JSON that `serde_json` cannot hold as a value
     /// (a number beyond f64 such as `1e400`, nesting deeper than 128, a lone surrogate) is
     /// rejected here, with the id when one can still be read, instead of failing the page.
-    pub fn from_raw(raw: &str) -> Result<ParsedReferral, RejectedRecord> {
+    pub(crate) fn from_raw(raw: &str) -> Result<ParsedReferral, RejectedRecord> {
         match serde_json::from_str::<Value>(raw) {
             Ok(value) => Self::from_value(value),
             Err(e) => Err(RejectedRecord {
@@ -274,10 +272,10 @@ fn sanitize(referral: &mut Referral) {
 #[derive(Debug)]
 pub struct RawPage {
     pub items: Vec<Result<ParsedReferral, RejectedRecord>>,
-    pub next_link: Option<String>,
+    pub(crate) next_link: Option<String>,
     /// `@odata.count` when it is a whole number (only a hint for progress: [?] whether it
     /// counts the query or the page).
-    pub count: Option<u64>,
+    pub(crate) count: Option<u64>,
 }
 
 /// Parses a list answer. Only an unreadable envelope (not JSON, no `value` array) fails the

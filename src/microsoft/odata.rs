@@ -3,7 +3,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 
 /// A string literal with OData escaping: a single quote is doubled (`O'Neil` → `'O''Neil'`).
-pub fn string_literal(value: &str) -> String {
+pub(crate) fn string_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
@@ -13,13 +13,13 @@ pub fn eq(field: &str, value: &str) -> String {
 }
 
 /// A DateTimeOffset literal (OData v4: unquoted, UTC, `Z`).
-pub fn datetime_literal(at: DateTime<Utc>) -> String {
+pub(crate) fn datetime_literal(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// Percent-encodes a query value, keeping the characters OData examples show literally
 /// (`$ ' ( ) , : /`) so requests read like the documentation; spaces become `%20`.
-pub fn encode_query_value(value: &str) -> String {
+pub(crate) fn encode_query_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 8);
     for b in value.bytes() {
         match b {

@@ -24,7 +24,7 @@ type Shared = Arc<SimState>;
 /// The simulated Google records.
 #[derive(Debug, Default)]
 pub struct GoogleState {
-    pub(crate) leads: BTreeMap<String, Value>,
+    pub leads: BTreeMap<String, Value>,
     pub(crate) opportunities: BTreeMap<String, Value>,
     pub(crate) access_tokens: HashSet<String>,
     /// The `updateMask` of every opportunity patch received, in order.
@@ -88,7 +88,7 @@ pub fn key_json(base_url: &str) -> String {
     .to_string()
 }
 
-pub fn router() -> Router<Shared> {
+pub(crate) fn router() -> Router<Shared> {
     Router::new()
         .route("/google/token", post(token))
         .route("/v1/partners/{partner}/leads", post(create_lead))

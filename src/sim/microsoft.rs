@@ -18,7 +18,7 @@ use crate::timefmt::{db_timestamp, parse_timestamp};
 
 type Shared = Arc<SimState>;
 
-pub fn router() -> Router<Shared> {
+pub(crate) fn router() -> Router<Shared> {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/{tenant}/oauth2/v2.0/devicecode", post(device_code))

@@ -5,7 +5,7 @@
 
 pub mod google;
 pub mod microsoft;
-pub mod odata;
+pub(crate) mod odata;
 pub mod sample;
 pub mod standalone;
 pub mod webhook;
@@ -103,26 +103,26 @@ impl Default for SimCredentials {
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct TokenState {
+pub struct TokenState {
     pub refresh_tokens: HashSet<String>,
-    pub access_tokens: HashSet<String>,
+    pub(crate) access_tokens: HashSet<String>,
     /// Entra may keep an old refresh token valid for a while; the strict default revokes it at
     /// once, so a client that fails to persist the rotated token fails loudly.
-    pub keep_rotated: bool,
-    pub access_token_lifetime_secs: u64,
+    pub(crate) keep_rotated: bool,
+    pub(crate) access_token_lifetime_secs: u64,
     /// Device codes handed out, and what the next polls answer (`authorization_pending`,
     /// `slow_down`, `expired_token`; empty = signed in).
-    pub device_codes: HashSet<String>,
-    pub device_script: VecDeque<String>,
+    pub(crate) device_codes: HashSet<String>,
+    pub(crate) device_script: VecDeque<String>,
 }
 
 /// A paging cursor: the ids that matched the first request, and how far the client is.
 /// A skiptoken stays valid after use (a retried page must work), like a stateless token.
 #[derive(Debug, Clone)]
-pub(crate) struct Cursor {
+pub struct Cursor {
     pub ids: Arc<Vec<String>>,
-    pub offset: usize,
-    pub top: usize,
+    pub(crate) offset: usize,
+    pub(crate) top: usize,
 }
 
 /// A referral PATCH as the simulator saw it: what a test checks ("exactly one PATCH").
@@ -141,19 +141,19 @@ pub struct SimPatch {
 #[derive(Debug)]
 pub struct SimState {
     pub credentials: SimCredentials,
-    pub(crate) referrals: Mutex<BTreeMap<String, Value>>,
-    pub(crate) cursors: Mutex<HashMap<String, Cursor>>,
-    pub(crate) tokens: Mutex<TokenState>,
+    pub referrals: Mutex<BTreeMap<String, Value>>,
+    pub cursors: Mutex<HashMap<String, Cursor>>,
+    pub tokens: Mutex<TokenState>,
     faults: Mutex<Faults>,
     counters: Mutex<BTreeMap<String, u64>>,
     /// The kinds of the last requests, oldest first (bounded), for tests of request order.
     request_log: Mutex<VecDeque<String>>,
-    pub(crate) google: Mutex<google::GoogleState>,
-    pub(crate) webhook: Mutex<webhook::WebhookState>,
+    pub google: Mutex<google::GoogleState>,
+    pub webhook: Mutex<webhook::WebhookState>,
     /// Every referral PATCH that reached the rules (after faults), oldest first (bounded).
-    pub(crate) patches: Mutex<VecDeque<SimPatch>>,
+    pub patches: Mutex<VecDeque<SimPatch>>,
     /// `http://127.0.0.1:PORT`, known once the listener is bound.
-    pub(crate) base_url: Mutex<String>,
+    pub base_url: Mutex<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -218,12 +218,12 @@ impl Simulator {
         Self::start_with(SimCredentials::default()).await
     }
 
-    pub async fn start_with(credentials: SimCredentials) -> std::io::Result<Simulator> {
+    pub(crate) async fn start_with(credentials: SimCredentials) -> std::io::Result<Simulator> {
         Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), credentials).await
     }
 
     /// Starts on `addr` (`cosell-sync sim --listen`, to rehearse an install against it).
-    pub async fn start_on(
+    pub(crate) async fn start_on(
         addr: SocketAddr,
         credentials: SimCredentials,
     ) -> std::io::Result<Simulator> {
@@ -359,7 +359,7 @@ impl Simulator {
 
 /// Which API's error body a fault answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ErrorShape {
+pub enum ErrorShape {
     Microsoft,
     Google,
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::timefmt::parse_timestamp;
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Expr {
+pub(crate) enum Expr {
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
     Not(Box<Expr>),
@@ -18,7 +18,7 @@ pub enum Expr {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum CmpOp {
+pub(crate) enum CmpOp {
     Eq,
     Ne,
     Gt,
@@ -28,7 +28,7 @@ pub enum CmpOp {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Operand {
+pub(crate) enum Operand {
     Path(Vec<String>),
     Literal(Value),
 }
@@ -183,7 +183,7 @@ impl Parser {
 }
 
 /// Parses a `$filter` expression.
-pub fn parse_filter(input: &str) -> Result<Expr, String> {
+pub(crate) fn parse_filter(input: &str) -> Result<Expr, String> {
     let mut parser = Parser {
         tokens: tokenize(input)?,
         pos: 0,
@@ -210,7 +210,7 @@ fn resolve<'a>(record: &'a Value, operand: &'a Operand) -> &'a Value {
 
 /// Orders two JSON values the way OData compares them: datetimes as instants, numbers as
 /// numbers, strings as strings; anything else (or a null) is unordered.
-pub fn compare_values(a: &Value, b: &Value) -> Option<Ordering> {
+pub(crate) fn compare_values(a: &Value, b: &Value) -> Option<Ordering> {
     match (a, b) {
         (Value::String(x), Value::String(y)) => {
             let looks_like_time = |s: &str| s.len() >= 11 && s.as_bytes()[10] == b'T';
@@ -227,7 +227,7 @@ pub fn compare_values(a: &Value, b: &Value) -> Option<Ordering> {
     }
 }
 
-pub fn matches(expr: &Expr, record: &Value) -> bool {
+pub(crate) fn matches(expr: &Expr, record: &Value) -> bool {
     match expr {
         Expr::And(a, b) => matches(a, record) && matches(b, record),
         Expr::Or(a, b) => matches(a, record) || matches(b, record),
@@ -251,12 +251,12 @@ pub fn matches(expr: &Expr, record: &Value) -> bool {
 
 /// One `$orderby` key.
 #[derive(Debug, Clone, PartialEq)]
-pub struct OrderKey {
-    pub path: Vec<String>,
-    pub descending: bool,
+pub(crate) struct OrderKey {
+    pub(crate) path: Vec<String>,
+    pub(crate) descending: bool,
 }
 
-pub fn parse_orderby(input: &str) -> Result<Vec<OrderKey>, String> {
+pub(crate) fn parse_orderby(input: &str) -> Result<Vec<OrderKey>, String> {
     input
         .split(',')
         .map(|part| {
@@ -275,7 +275,7 @@ pub fn parse_orderby(input: &str) -> Result<Vec<OrderKey>, String> {
         .collect()
 }
 
-pub fn order(a: &Value, b: &Value, keys: &[OrderKey]) -> Ordering {
+pub(crate) fn order(a: &Value, b: &Value, keys: &[OrderKey]) -> Ordering {
     for key in keys {
         let ord =
             compare_values(lookup(a, &key.path), lookup(b, &key.path)).unwrap_or(Ordering::Equal);

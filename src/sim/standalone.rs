@@ -20,11 +20,11 @@ pub struct Options {
 }
 
 /// The file names the shipped config and the unit's `LoadCredential=` lines use.
-pub const CLIENT_SECRET_FILE: &str = "microsoft-client-secret";
-pub const GOOGLE_KEY_FILE: &str = "google-key.json";
+pub(crate) const CLIENT_SECRET_FILE: &str = "microsoft-client-secret";
+pub(crate) const GOOGLE_KEY_FILE: &str = "google-key.json";
 
 /// Starts the simulator, writes the secret files, and returns it with the text to print.
-pub async fn start(options: &Options) -> anyhow::Result<(Simulator, String)> {
+pub(crate) async fn start(options: &Options) -> anyhow::Result<(Simulator, String)> {
     let sim = Simulator::start_on(options.listen, SimCredentials::default())
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.listen))?;
@@ -42,7 +42,7 @@ pub async fn start(options: &Options) -> anyhow::Result<(Simulator, String)> {
 }
 
 /// Runs until `stop` is cancelled (SIGTERM or SIGINT in the binary).
-pub async fn serve(options: &Options, stop: CancellationToken) -> anyhow::Result<String> {
+pub(crate) async fn serve(options: &Options, stop: CancellationToken) -> anyhow::Result<String> {
     let (sim, text) = start(options).await?;
     print!("{text}");
     use std::io::Write;

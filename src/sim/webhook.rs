@@ -26,11 +26,11 @@ use crate::timefmt::db_timestamp;
 type Shared = Arc<SimState>;
 
 /// The subject the simulator's signing certificate is issued to (the real one's name [I]).
-pub const SUBJECT: &str = "pcnotifications-dispatch.microsoft.com";
+pub(crate) const SUBJECT: &str = "pcnotifications-dispatch.microsoft.com";
 /// File name of the signing certificate under `/cert/`.
-pub const CERT_FILE: &str = "pcnotifications-dispatch.microsoft.com.cer";
+pub(crate) const CERT_FILE: &str = "pcnotifications-dispatch.microsoft.com.cer";
 /// A certificate with the right name from a CA nobody trusts.
-pub const UNTRUSTED_CERT_FILE: &str = "untrusted.cer";
+pub(crate) const UNTRUSTED_CERT_FILE: &str = "untrusted.cer";
 
 /// A way to forge an event, for tests that every forgery is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,9 +61,9 @@ pub struct Delivery {
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct WebhookState {
+pub struct WebhookState {
     pub registration: Option<(String, Vec<String>, String)>,
-    pub delivery: Delivery,
+    pub(crate) delivery: Delivery,
 }
 
 /// The simulator's signing material: a root CA, a leaf under it, and an untrusted pair.
@@ -121,7 +121,7 @@ fn chain(ca_name: &str, ca_key: &str, leaf_key: &str) -> (String, Vec<u8>, KeyPa
     (issuer.pem(), cert.der().to_vec(), leaf_key)
 }
 
-pub fn router() -> Router<Shared> {
+pub(crate) fn router() -> Router<Shared> {
     Router::new()
         .route(
             "/webhooks/v1/registration",
@@ -459,7 +459,7 @@ pub fn sign(body: &[u8]) -> String {
 
 /// The CA (PEM) and the leaf (DER) the simulator signs with, for unit tests of the verifier.
 #[cfg(test)]
-pub(crate) fn material() -> (String, Vec<u8>, Vec<u8>) {
+pub fn material() -> (String, Vec<u8>, Vec<u8>) {
     let s = signer();
     (
         s.ca_pem.clone(),

@@ -10,45 +10,45 @@ use crate::timefmt::db_timestamp;
 /// One alert, exactly as the JSON sinks receive it (and as it is stored: the store owns the
 /// record, so it imports nothing from `alerts`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Alert {
+pub(crate) struct Alert {
     /// Stable dedupe key: the same across retries and restarts.
-    pub id: String,
+    pub(crate) id: String,
     /// `referral_expiring`, `referral_expired`, `sync_unhealthy`, `sync_recovered`,
     /// `action_failed`, `conflict`, `forward_blocked` (or `test` from `alerts test`).
-    pub kind: String,
+    pub(crate) kind: String,
     /// `info`, `warning` or `critical`.
-    pub severity: String,
-    pub referral_id: Option<String>,
+    pub(crate) severity: String,
+    pub(crate) referral_id: Option<String>,
     /// The referral's name in Partner Center. Fields added after the first release default,
     /// so alerts stored by an older version still decode.
     #[serde(default)]
-    pub referral_name: Option<String>,
-    pub customer: Option<String>,
+    pub(crate) referral_name: Option<String>,
+    pub(crate) customer: Option<String>,
     #[serde(default)]
-    pub deal_value: Option<f64>,
+    pub(crate) deal_value: Option<f64>,
     #[serde(default)]
-    pub currency: Option<String>,
+    pub(crate) currency: Option<String>,
     /// RFC 3339.
-    pub deadline: Option<String>,
+    pub(crate) deadline: Option<String>,
     /// The alert threshold crossed, as configured (`"24h"`).
-    pub threshold: Option<String>,
-    pub remaining_hours: Option<f64>,
-    pub message: String,
+    pub(crate) threshold: Option<String>,
+    pub(crate) remaining_hours: Option<f64>,
+    pub(crate) message: String,
     /// The referral in Partner Center.
-    pub link: Option<String>,
+    pub(crate) link: Option<String>,
     /// The command that shows everything about it (`cosell-sync status --referral ID`).
     #[serde(default)]
-    pub command: Option<String>,
-    pub created_at: String,
+    pub(crate) command: Option<String>,
+    pub(crate) created_at: String,
     /// `referral_expiring` with `[actions]`: the signed link to the page that accepts or
     /// declines the referral. Added at delivery, never stored (it is a capability).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action_url: Option<String>,
+    pub(crate) action_url: Option<String>,
 }
 
 impl Alert {
     /// An alert about no referral in particular.
-    pub fn general(
+    pub(crate) fn general(
         id: String,
         kind: &str,
         severity: &str,
@@ -79,7 +79,7 @@ impl Alert {
 /// Records an alert and a pending delivery for each sink — unless an alert with this id
 /// exists already (then nothing happens: an alert is raised once, ever). Returns whether it
 /// was new.
-pub fn raise(
+pub(crate) fn raise(
     conn: &Connection,
     alert: &Alert,
     sinks: &[String],
@@ -111,17 +111,12 @@ pub fn raise(
     Ok(true)
 }
 
-pub fn exists(conn: &Connection, id: &str) -> Result<bool, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM alerts WHERE id = ?1")?
-        .query_row([id], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
 /// Re-keys deliveries recorded under an old sink key (`(old, new)` pairs), so no webhook URL
 /// stays in the database; a delivery already under the new key wins.
-pub fn rename_sinks(conn: &Connection, renames: &[(String, String)]) -> Result<(), StoreError> {
+pub(crate) fn rename_sinks(
+    conn: &Connection,
+    renames: &[(String, String)],
+) -> Result<(), StoreError> {
     for (old, new) in renames {
         conn.execute(
             "UPDATE OR IGNORE alert_deliveries SET sink = ?2 WHERE sink = ?1",
@@ -133,7 +128,10 @@ pub fn rename_sinks(conn: &Connection, renames: &[(String, String)]) -> Result<(
 }
 
 /// Deliveries still to make, oldest first, for the given sinks.
-pub fn pending(conn: &Connection, limit: usize) -> Result<Vec<(Alert, String, u32)>, StoreError> {
+pub(crate) fn pending(
+    conn: &Connection,
+    limit: usize,
+) -> Result<Vec<(Alert, String, u32)>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.payload, d.sink, d.attempts FROM alert_deliveries d JOIN alerts a ON a.id = d.alert_id
          WHERE d.state = 'pending' ORDER BY a.created_at, a.id LIMIT ?1",
@@ -155,7 +153,7 @@ pub fn pending(conn: &Connection, limit: usize) -> Result<Vec<(Alert, String, u3
     Ok(out)
 }
 
-pub fn delivered(
+pub(crate) fn delivered(
     conn: &Connection,
     alert_id: &str,
     sink: &str,
@@ -169,7 +167,7 @@ pub fn delivered(
     Ok(())
 }
 
-pub fn failed(
+pub(crate) fn failed(
     conn: &Connection,
     alert_id: &str,
     sink: &str,
@@ -184,15 +182,15 @@ pub fn failed(
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct AlertRow {
+pub(crate) struct AlertRow {
     #[serde(flatten)]
-    pub alert: Alert,
+    pub(crate) alert: Alert,
     /// Per sink: `delivered`, or `pending (N attempts: last error)`.
-    pub deliveries: Vec<(String, String)>,
+    pub(crate) deliveries: Vec<(String, String)>,
 }
 
 /// Alerts, newest first; only those with an undelivered sink when `pending_only`.
-pub fn list(
+pub(crate) fn list(
     conn: &Connection,
     pending_only: bool,
     limit: usize,
@@ -201,7 +199,7 @@ pub fn list(
 }
 
 /// The alerts about one referral, newest first.
-pub fn for_referral(
+pub(crate) fn for_referral(
     conn: &Connection,
     referral_id: &str,
     limit: usize,
@@ -258,7 +256,7 @@ fn list_where(
     Ok(out)
 }
 
-pub fn get_health(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+pub(crate) fn get_health(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
         .query_row("SELECT value FROM health WHERE key = ?1", [key], |r| {
             r.get(0)
@@ -266,7 +264,7 @@ pub fn get_health(conn: &Connection, key: &str) -> Result<Option<String>, StoreE
         .optional()?)
 }
 
-pub fn set_health(
+pub(crate) fn set_health(
     conn: &Connection,
     key: &str,
     value: &str,
@@ -281,7 +279,7 @@ pub fn set_health(
 }
 
 /// Marks many deliveries to one sink done at once (a digest replaced them), in one transaction.
-pub fn delivered_many(
+pub(crate) fn delivered_many(
     conn: &mut Connection,
     alert_ids: &[String],
     sink: &str,
@@ -296,7 +294,7 @@ pub fn delivered_many(
 }
 
 /// A digest that failed: one more attempt and the error on each delivery it carried.
-pub fn failed_many(
+pub(crate) fn failed_many(
     conn: &mut Connection,
     alert_ids: &[String],
     sink: &str,
@@ -313,7 +311,7 @@ pub fn failed_many(
 /// Pending deliveries a sink no longer takes (its `kinds`, `min_severity` or `thresholds`
 /// changed since the alert was raised): dropped, as if the alert had been raised under the
 /// new routing, so they are neither sent nor counted as undelivered. Delivered ones stay.
-pub fn drop_unrouted(
+pub(crate) fn drop_unrouted(
     conn: &mut Connection,
     alert_ids: &[String],
     sink: &str,

@@ -12,7 +12,7 @@ use crate::timefmt::{db_timestamp, parse_timestamp};
 
 /// Queues an answer, or finds the one already open for this referral (a double click, two
 /// people at once: one row, one PATCH). Returns the row id and whether this call added it.
-pub fn enqueue(
+pub(crate) fn enqueue(
     conn: &Connection,
     referral_id: &str,
     payload: &serde_json::Value,
@@ -39,7 +39,10 @@ pub fn enqueue(
 
 /// Takes the next due answer and counts the attempt (the row stays `pending` until
 /// [`mark_sending`]).
-pub fn take_due(conn: &Connection, now: DateTime<Utc>) -> Result<Option<OutboxRow>, StoreError> {
+pub(crate) fn take_due(
+    conn: &Connection,
+    now: DateTime<Utc>,
+) -> Result<Option<OutboxRow>, StoreError> {
     let now = db_timestamp(now);
     let id: Option<i64> = conn
         .query_row(
@@ -59,7 +62,7 @@ pub fn take_due(conn: &Connection, now: DateTime<Utc>) -> Result<Option<OutboxRo
 
 /// Whether an answer is due now (the daemon's answer lane polls this: the command line, in
 /// another process, cannot wake it otherwise).
-pub fn any_due(conn: &Connection, now: DateTime<Utc>) -> Result<bool, StoreError> {
+pub(crate) fn any_due(conn: &Connection, now: DateTime<Utc>) -> Result<bool, StoreError> {
     Ok(conn
         .prepare_cached(
             "SELECT 1 FROM outbox WHERE state = 'pending' AND kind = 'answer_referral'
@@ -72,7 +75,11 @@ pub fn any_due(conn: &Connection, now: DateTime<Utc>) -> Result<bool, StoreError
 
 /// In flight right before a PATCH (also again after a 412 re-read). False when the operator
 /// dropped the row meanwhile: then nothing may be sent.
-pub fn mark_sending(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+pub(crate) fn mark_sending(
+    conn: &Connection,
+    id: i64,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
     let n = conn.execute(
         "UPDATE outbox SET state = 'in_flight', updated_at = ?2
          WHERE id = ?1 AND state IN ('pending', 'in_flight')",
@@ -83,15 +90,15 @@ pub fn mark_sending(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<bo
 
 /// How an answer row ends (or waits): its state, its outcome JSON, the error, when to retry.
 #[derive(Debug, Clone)]
-pub struct Finish {
-    pub state: &'static str,
-    pub result: Option<String>,
-    pub error: Option<String>,
-    pub request_id: Option<String>,
-    pub retry_at: Option<DateTime<Utc>>,
+pub(crate) struct Finish {
+    pub(crate) state: &'static str,
+    pub(crate) result: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) request_id: Option<String>,
+    pub(crate) retry_at: Option<DateTime<Utc>>,
 }
 
-pub fn finish(
+pub(crate) fn finish(
     conn: &Connection,
     id: i64,
     f: &Finish,
@@ -116,7 +123,7 @@ pub fn finish(
 }
 
 /// An audit row with the person who asked for the write.
-pub fn audit(
+pub(crate) fn audit(
     conn: &Connection,
     entry: &AuditEntry,
     actor: &str,
@@ -131,7 +138,7 @@ pub fn audit(
 }
 
 /// The latest finished answer of a referral (who answered it here, and how), for the page.
-pub fn latest_finished(
+pub(crate) fn latest_finished(
     conn: &Connection,
     referral_id: &str,
 ) -> Result<Option<OutboxRow>, StoreError> {
@@ -152,16 +159,19 @@ pub fn latest_finished(
 
 /// What the action page shows about a referral: the stored copy and its Google records.
 #[derive(Debug, Clone, Serialize)]
-pub struct PageFacts {
-    pub id: String,
-    pub raw: serde_json::Value,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub lead: Option<String>,
-    pub opportunity: Option<String>,
+pub(crate) struct PageFacts {
+    pub(crate) id: String,
+    pub(crate) raw: serde_json::Value,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) expires_at: Option<DateTime<Utc>>,
+    pub(crate) lead: Option<String>,
+    pub(crate) opportunity: Option<String>,
 }
 
-pub fn page_facts(conn: &Connection, referral_id: &str) -> Result<Option<PageFacts>, StoreError> {
+pub(crate) fn page_facts(
+    conn: &Connection,
+    referral_id: &str,
+) -> Result<Option<PageFacts>, StoreError> {
     Ok(conn
         .query_row(
             "SELECT r.raw_json, r.created_at, r.expires_at, l.lead_name, l.opportunity_name

@@ -14,15 +14,15 @@ use super::StoreError;
 
 /// What a backup wrote.
 #[derive(Debug, Clone)]
-pub struct BackupReport {
-    pub bytes: u64,
-    pub schema_version: i64,
-    pub referrals: i64,
+pub(crate) struct BackupReport {
+    pub(crate) bytes: u64,
+    pub(crate) schema_version: i64,
+    pub(crate) referrals: i64,
 }
 
 /// Copies the database at `db` to `dest` (mode 0600), page by page in small steps so a
 /// running daemon's writes interleave, and checks the copy's integrity before renaming it in.
-pub fn backup(db: &Path, dest: &Path) -> Result<BackupReport, StoreError> {
+pub(crate) fn backup(db: &Path, dest: &Path) -> Result<BackupReport, StoreError> {
     if !db.is_file() {
         return Err(StoreError::Missing {
             path: db.to_path_buf(),

@@ -14,7 +14,7 @@ use crate::metrics::StateSnapshot;
 use crate::timefmt::parse_timestamp;
 
 /// A read-only connection for the metrics endpoint (never creates or migrates anything).
-pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+pub(crate) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let open_err = |source| StoreError::Open {
         path: path.to_path_buf(),
         source,
@@ -30,7 +30,7 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// Reads the whole snapshot in one read transaction (a consistent view).
-pub fn read(
+pub(crate) fn read(
     conn: &mut Connection,
     now: DateTime<Utc>,
     window: chrono::Duration,
@@ -55,7 +55,7 @@ pub fn read(
 }
 
 /// The time-left bucket of a deadline (one of `metrics::TIME_LEFT_BUCKETS`).
-pub fn time_left_bucket(left: chrono::Duration) -> &'static str {
+pub(crate) fn time_left_bucket(left: chrono::Duration) -> &'static str {
     if left <= chrono::Duration::zero() {
         "expired"
     } else if left < chrono::Duration::hours(4) {

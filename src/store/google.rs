@@ -11,35 +11,35 @@ use crate::microsoft::ParsedReferral;
 use crate::timefmt::db_timestamp;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Link {
-    pub referral_id: String,
-    pub lead_name: Option<String>,
-    pub opportunity_name: Option<String>,
+pub(crate) struct Link {
+    pub(crate) referral_id: String,
+    pub(crate) lead_name: Option<String>,
+    pub(crate) opportunity_name: Option<String>,
 }
 
 /// Values both sides agreed on at the last successful sync.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Base {
-    pub deal_value: Option<f64>,
-    pub close_date: Option<NaiveDate>,
+pub(crate) struct Base {
+    pub(crate) deal_value: Option<f64>,
+    pub(crate) close_date: Option<NaiveDate>,
 }
 
 /// A change to the base: `Some(v)` sets the field to `v`, `None` leaves it. Stored, an absent
 /// key leaves the field and `null` empties it (plain serde would read both as "leave").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
-pub struct BaseUpdate {
+pub(crate) struct BaseUpdate {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present"
     )]
-    pub deal_value: Option<Option<f64>>,
+    pub(crate) deal_value: Option<Option<f64>>,
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         deserialize_with = "present"
     )]
-    pub close_date: Option<Option<NaiveDate>>,
+    pub(crate) close_date: Option<Option<NaiveDate>>,
 }
 
 /// A key that is present (even as `null`) is a change.
@@ -52,12 +52,12 @@ where
 }
 
 impl BaseUpdate {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.deal_value.is_none() && self.close_date.is_none()
     }
 }
 
-pub fn link(conn: &Connection, referral_id: &str) -> Result<Option<Link>, StoreError> {
+pub(crate) fn link(conn: &Connection, referral_id: &str) -> Result<Option<Link>, StoreError> {
     Ok(conn
         .query_row(
             "SELECT referral_id, lead_name, opportunity_name FROM links WHERE referral_id = ?1",
@@ -74,7 +74,10 @@ pub fn link(conn: &Connection, referral_id: &str) -> Result<Option<Link>, StoreE
 }
 
 /// Which referral a Google resource is linked to, if any.
-pub fn linked_referral(conn: &Connection, resource: &str) -> Result<Option<String>, StoreError> {
+pub(crate) fn linked_referral(
+    conn: &Connection,
+    resource: &str,
+) -> Result<Option<String>, StoreError> {
     Ok(conn
         .query_row(
             "SELECT referral_id FROM links WHERE lead_name = ?1 OR opportunity_name = ?1",
@@ -85,7 +88,7 @@ pub fn linked_referral(conn: &Connection, resource: &str) -> Result<Option<Strin
 }
 
 /// Records that `resource` (a lead or an opportunity) belongs to `referral_id`.
-pub fn set_link(
+pub(crate) fn set_link(
     tx: &Transaction,
     referral_id: &str,
     lead: Option<&str>,
@@ -134,7 +137,7 @@ fn queue_plan_if(
 
 /// Stores the current copy of a lead; returns whether it differed from the last copy (a
 /// changed record queues its referral for planning).
-pub fn save_lead(
+pub(crate) fn save_lead(
     tx: &Connection,
     lead: &Lead,
     referral_id: Option<&str>,
@@ -163,7 +166,7 @@ pub fn save_lead(
 }
 
 /// Stores the current copy of an opportunity; returns whether it differed from the last copy.
-pub fn save_opportunity(
+pub(crate) fn save_opportunity(
     tx: &Connection,
     opp: &Opportunity,
     referral_id: Option<&str>,
@@ -192,7 +195,7 @@ pub fn save_opportunity(
     Ok(changed)
 }
 
-pub fn update_base(
+pub(crate) fn update_base(
     conn: &Connection,
     referral_id: &str,
     update: &BaseUpdate,
@@ -219,7 +222,7 @@ pub fn update_base(
     Ok(())
 }
 
-pub fn record_conflict(
+pub(crate) fn record_conflict(
     conn: &Connection,
     referral_id: &str,
     field: &str,
@@ -241,7 +244,7 @@ pub fn record_conflict(
 }
 
 /// Clears the conflicts of a referral except those still present.
-pub fn clear_conflicts(
+pub(crate) fn clear_conflicts(
     conn: &Connection,
     referral_id: &str,
     keep: &[&str],
@@ -259,7 +262,7 @@ pub fn clear_conflicts(
     Ok(())
 }
 
-pub fn set_forward_blocked(
+pub(crate) fn set_forward_blocked(
     conn: &Connection,
     referral_id: &str,
     reason: Option<&str>,
@@ -282,15 +285,15 @@ pub fn set_forward_blocked(
 
 /// Everything the planner needs about one referral.
 #[derive(Debug, Clone)]
-pub struct SnapshotRow {
-    pub referral: ParsedReferral,
-    pub link: Option<Link>,
-    pub opportunity: Option<Opportunity>,
-    pub base: Option<Base>,
+pub(crate) struct SnapshotRow {
+    pub(crate) referral: ParsedReferral,
+    pub(crate) link: Option<Link>,
+    pub(crate) opportunity: Option<Opportunity>,
+    pub(crate) base: Option<Base>,
     /// A lead create exists that was not dropped (open, done, dead or quarantined).
-    pub create_exists: bool,
+    pub(crate) create_exists: bool,
     /// Kinds of writes already pending, in flight, dead or quarantined for this referral.
-    pub blocked_kinds: Vec<String>,
+    pub(crate) blocked_kinds: Vec<String>,
 }
 
 /// A batch of referrals that may need work, in id order after `after`: incoming referrals
@@ -301,7 +304,7 @@ pub struct SnapshotRow {
 /// queue is left out: the queue planned it after that change (a change queues its referral
 /// in the same transaction), so a full plan at the end of a cycle does not plan again what
 /// the cycle's own pages just planned.
-pub fn snapshot_batch(
+pub(crate) fn snapshot_batch(
     conn: &Connection,
     after: &str,
     limit: usize,
@@ -320,7 +323,7 @@ pub fn snapshot_batch(
 }
 
 /// One referral's snapshot, whatever its state.
-pub fn snapshot_one(conn: &Connection, id: &str) -> Result<Option<SnapshotRow>, StoreError> {
+pub(crate) fn snapshot_one(conn: &Connection, id: &str) -> Result<Option<SnapshotRow>, StoreError> {
     Ok(snapshots(conn, "r.id = ?1", params![id])?.pop())
 }
 
@@ -388,68 +391,20 @@ fn snapshots(
     Ok(out)
 }
 
-/// A batch of `(resource name, referral id)` to read, and the cursor for the next batch.
-pub type TrackedBatch = (Vec<(String, String)>, Option<String>);
-
-/// The tracked Google resources of a batch of linked referrals (in referral order after
-/// `after`) to `get` this cycle: leads not yet final, opportunities not in a final stage.
-/// Returns the resources and the last referral id of the batch (the next cursor).
-pub fn tracked_batch(
-    conn: &Connection,
-    after: &str,
-    limit: usize,
-    final_stages: &[String],
-) -> Result<TrackedBatch, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT l.referral_id, l.lead_name, g.lead_status, g.approval_status,
-                l.opportunity_name, o.sales_stage
-         FROM links l
-         LEFT JOIN google_leads g ON g.name = l.lead_name
-         LEFT JOIN google_opportunities o ON o.name = l.opportunity_name
-         WHERE l.referral_id > ?1 ORDER BY l.referral_id LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![after, limit as i64], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, Option<String>>(1)?,
-            r.get::<_, Option<String>>(2)?,
-            r.get::<_, Option<String>>(3)?,
-            r.get::<_, Option<String>>(4)?,
-            r.get::<_, Option<String>>(5)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    let mut last = None;
-    for row in rows {
-        let (referral_id, lead, lead_status, approval, opp, stage) = row?;
-        let lead_final = lead_status.as_deref() == Some("STATE_CONVERTED")
-            || approval.as_deref() == Some("APPROVAL_STATE_NOT_APPROVED");
-        if let Some(lead) = lead.filter(|_| !lead_final) {
-            out.push((lead, referral_id.clone()));
-        }
-        let opp_final = stage.as_ref().is_some_and(|s| final_stages.contains(s));
-        if let Some(opp) = opp.filter(|_| !opp_final) {
-            out.push((opp, referral_id.clone()));
-        }
-        last = Some(referral_id);
-    }
-    Ok((out, last))
-}
-
 #[derive(Debug, Clone, Serialize)]
-pub struct ConflictRow {
-    pub referral_id: String,
-    pub field: String,
-    pub microsoft_value: Option<String>,
-    pub google_value: Option<String>,
-    pub base_value: Option<String>,
-    pub detected_at: String,
+pub(crate) struct ConflictRow {
+    pub(crate) referral_id: String,
+    pub(crate) field: String,
+    pub(crate) microsoft_value: Option<String>,
+    pub(crate) google_value: Option<String>,
+    pub(crate) base_value: Option<String>,
+    pub(crate) detected_at: String,
 }
 
 impl ConflictRow {
     /// `Microsoft 111, Google 222 (last agreed 100)`: the one wording `status` and the
     /// conflict alert share.
-    pub fn values(&self) -> String {
+    pub(crate) fn values(&self) -> String {
         format!(
             "Microsoft {}, Google {} (last agreed {})",
             self.microsoft_value.as_deref().unwrap_or("-"),
@@ -459,7 +414,7 @@ impl ConflictRow {
     }
 }
 
-pub fn conflicts(conn: &Connection) -> Result<Vec<ConflictRow>, StoreError> {
+pub(crate) fn conflicts(conn: &Connection) -> Result<Vec<ConflictRow>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT referral_id, field, microsoft_value, google_value, base_value, detected_at
          FROM conflicts ORDER BY detected_at, referral_id",
@@ -477,7 +432,7 @@ pub fn conflicts(conn: &Connection) -> Result<Vec<ConflictRow>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn forward_blocked(conn: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+pub(crate) fn forward_blocked(conn: &Connection) -> Result<Vec<(String, String)>, StoreError> {
     let mut stmt =
         conn.prepare("SELECT referral_id, reason FROM forward_blocked ORDER BY referral_id")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;

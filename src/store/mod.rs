@@ -5,19 +5,19 @@
 //! worker threads. The table families live in submodules as plain functions over a
 //! `rusqlite::Connection`, so they are testable without a runtime.
 
-pub mod alerts;
-pub mod answers;
-pub mod backup;
-pub mod gauges;
-pub mod google;
-pub mod outbox;
-pub mod referrals;
-pub mod responses;
-pub mod retention;
-pub mod runs;
-pub mod schedule;
-pub mod views;
-pub mod webhook;
+pub(crate) mod alerts;
+pub(crate) mod answers;
+pub(crate) mod backup;
+pub(crate) mod gauges;
+pub(crate) mod google;
+pub(crate) mod outbox;
+pub(crate) mod referrals;
+pub(crate) mod responses;
+pub(crate) mod retention;
+pub(crate) mod runs;
+pub(crate) mod schedule;
+pub(crate) mod views;
+pub(crate) mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -69,7 +69,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 /// The schema version this binary reads and writes.
-pub const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -128,13 +128,14 @@ fn describe(e: &rusqlite::Error) -> String {
 }
 
 /// SQLITE_FULL: no space on the device (or the database at its page limit).
-pub fn is_disk_full(e: &rusqlite::Error) -> bool {
+pub(crate) fn is_disk_full(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 impl StoreError {
     /// Whether this is a full disk (see [`is_disk_full`]).
-    pub fn is_disk_full(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_disk_full(&self) -> bool {
         match self {
             StoreError::Sql(e) | StoreError::Open { source: e, .. } => is_disk_full(e),
             StoreError::Migration { source, .. } => is_disk_full(source),
@@ -145,7 +146,7 @@ impl StoreError {
 
 /// Copies the database at `real` to `copy` as one consistent snapshot, even while a daemon
 /// writes (`VACUUM INTO`), opening `real` read-only. For `--dry-run`'s throw-away copy.
-pub fn snapshot_copy(real: &Path, copy: &Path) -> Result<(), StoreError> {
+pub(crate) fn snapshot_copy(real: &Path, copy: &Path) -> Result<(), StoreError> {
     let conn = Connection::open_with_flags(real, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|source| StoreError::Open {
             path: real.to_path_buf(),
@@ -167,13 +168,13 @@ pub struct Store {
 
 /// Which file a path named when it was opened: device and inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileIdentity {
+pub(crate) struct FileIdentity {
     dev: u64,
     ino: u64,
 }
 
 impl FileIdentity {
-    pub fn of(path: &Path) -> std::io::Result<FileIdentity> {
+    pub(crate) fn of(path: &Path) -> std::io::Result<FileIdentity> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(path)?;
         Ok(FileIdentity {
@@ -252,7 +253,7 @@ impl Store {
     /// Opens an existing database for reading only (`status`, `outbox list`, `alerts list`,
     /// `audit`): never creates a file or directory, never migrates, and works on a database
     /// the user may only read.
-    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+    pub(crate) fn open_read_only(path: &Path) -> Result<Store, StoreError> {
         use rusqlite::OpenFlags;
         if !path.is_file() {
             return Err(StoreError::Missing {
@@ -291,14 +292,14 @@ impl Store {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Checks that the configured path still names the file this store opened (same device
     /// and inode): a deleted database, or one replaced under a running daemon, is an error
     /// (the daemon stops) instead of writes into an unlinked file that vanish at exit.
-    pub fn check_identity(&self) -> Result<(), StoreError> {
+    pub(crate) fn check_identity(&self) -> Result<(), StoreError> {
         let Some(opened) = self.identity else {
             return Ok(());
         };
@@ -316,7 +317,7 @@ impl Store {
     }
 
     /// Runs `f` with the connection on the blocking pool.
-    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -331,7 +332,7 @@ impl Store {
     }
 
     /// Runs `f` with the connection on the current thread (for commands outside a runtime).
-    pub fn call_blocking<T>(
+    pub(crate) fn call_blocking<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
@@ -352,7 +353,7 @@ fn writers() -> &'static Mutex<Writers> {
 
 /// Creates `path` with mode 0600 unless it exists: the database holds customer data, and
 /// SQLite gives its `-wal` and `-shm` files the database file's mode.
-pub fn create_private(path: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::OpenOptions::new()
         .write(true)
@@ -389,7 +390,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 }
 
 /// `PRAGMA integrity_check`; `ok` when the file is sound.
-pub fn integrity_check(conn: &Connection) -> Result<String, StoreError> {
+pub(crate) fn integrity_check(conn: &Connection) -> Result<String, StoreError> {
     Ok(conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
 }
 

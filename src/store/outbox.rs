@@ -10,29 +10,29 @@ use serde_json::Value;
 use super::StoreError;
 use crate::timefmt::{db_timestamp, parse_timestamp};
 
-pub const CREATE_LEAD: &str = "create_lead";
-pub const PATCH_REFERRAL: &str = "patch_referral";
-pub const PATCH_OPPORTUNITY: &str = "patch_opportunity";
+pub(crate) const CREATE_LEAD: &str = "create_lead";
+pub(crate) const PATCH_REFERRAL: &str = "patch_referral";
+pub(crate) const PATCH_OPPORTUNITY: &str = "patch_opportunity";
 /// Accept or decline a referral: its own executor ([`crate::sync::push::answer_referral`]), never
 /// taken by [`take_due`].
-pub const ANSWER_REFERRAL: &str = "answer_referral";
+pub(crate) const ANSWER_REFERRAL: &str = "answer_referral";
 /// Link a Google record a referral's externalReferenceId names (recovery, migration 0009).
-pub const ADOPT_LINK: &str = "adopt_link";
+pub(crate) const ADOPT_LINK: &str = "adopt_link";
 
 #[derive(Debug, Clone, Serialize)]
-pub struct OutboxRow {
-    pub id: i64,
-    pub referral_id: String,
-    pub kind: String,
-    pub target: Option<String>,
-    pub payload: Value,
-    pub state: String,
-    pub attempts: u32,
-    pub next_attempt_at: DateTime<Utc>,
-    pub last_error: Option<String>,
-    pub request_id: Option<String>,
-    pub result: Option<String>,
-    pub updated_at: String,
+pub(crate) struct OutboxRow {
+    pub(crate) id: i64,
+    pub(crate) referral_id: String,
+    pub(crate) kind: String,
+    pub(crate) target: Option<String>,
+    pub(crate) payload: Value,
+    pub(crate) state: String,
+    pub(crate) attempts: u32,
+    pub(crate) next_attempt_at: DateTime<Utc>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) request_id: Option<String>,
+    pub(crate) result: Option<String>,
+    pub(crate) updated_at: String,
 }
 
 const COLUMNS: &str = "id, referral_id, kind, target, payload, state, attempts, next_attempt_at,
@@ -59,7 +59,7 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<OutboxRow> {
 
 /// Adds an action unless an equivalent one is open (or, for creates, exists at all).
 /// Returns whether it was added.
-pub fn enqueue(
+pub(crate) fn enqueue(
     conn: &Connection,
     referral_id: &str,
     kind: &str,
@@ -83,7 +83,7 @@ pub fn enqueue(
 /// stops before sending leaves it due, never in doubt. Only [`mark_sending`], right before the
 /// request goes on the wire, moves it to `in_flight`, and only for the latest taker (the
 /// claim is a compare-and-swap on `attempts`): a second taker can never also send it.
-pub fn take_due(
+pub(crate) fn take_due(
     conn: &Connection,
     now: DateTime<Utc>,
     exclude: &[i64],
@@ -103,7 +103,7 @@ pub fn take_due(
 
 /// Whether a taker may send the action it took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendClaim {
+pub(crate) enum SendClaim {
     /// Moved to `in_flight` by this taker: send it.
     Won,
     /// An operator dropped it meanwhile: nothing may be sent.
@@ -118,7 +118,7 @@ pub enum SendClaim {
 /// rate limiter). The claim is a compare-and-swap on the attempt this taker counted in
 /// [`take_due`]: of two takers of one row only the latest can win, so a write is sent at most
 /// once whoever took it, and the loser learns why.
-pub fn mark_sending(
+pub(crate) fn mark_sending(
     conn: &Connection,
     row: &OutboxRow,
     now: DateTime<Utc>,
@@ -146,7 +146,7 @@ pub fn mark_sending(
 
 /// How many Partner Center PATCHes of this referral met a 412 in this cycle (from the audit
 /// log): the first re-plans, a second waits for the next cycle.
-pub fn count_412_in_cycle(
+pub(crate) fn count_412_in_cycle(
     conn: &Connection,
     cycle_id: &str,
     referral_id: &str,
@@ -161,7 +161,7 @@ pub fn count_412_in_cycle(
 
 /// Gives back a taken action that was never sent (shutdown began first): due again at once,
 /// the attempt not counted.
-pub fn release(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub(crate) fn release(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
     conn.prepare_cached(
         "UPDATE outbox SET attempts = MAX(attempts - 1, 0), next_attempt_at = ?2, updated_at = ?2,
             last_error = 'shutdown began before this write was sent'
@@ -173,7 +173,7 @@ pub fn release(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<(), Sto
 
 /// How an attempt ended.
 #[derive(Debug, Clone)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Done {
         result: Option<String>,
     },
@@ -205,7 +205,7 @@ impl Outcome {
     }
 }
 
-pub fn finish(
+pub(crate) fn finish(
     conn: &Connection,
     id: i64,
     outcome: &Outcome,
@@ -241,7 +241,7 @@ pub fn finish(
 /// At start-up: actions a stopped process left in flight. Only a request that may have been
 /// on the wire is `in_flight` (see [`mark_sending`]): such a lead create may have reached
 /// Google, so it is quarantined for a person; every other write is safe to repeat.
-pub fn recover_in_flight(
+pub(crate) fn recover_in_flight(
     conn: &Connection,
     now: DateTime<Utc>,
 ) -> Result<(usize, usize), StoreError> {
@@ -260,7 +260,7 @@ pub fn recover_in_flight(
     Ok((quarantined, requeued))
 }
 
-pub fn get(conn: &Connection, id: i64) -> Result<Option<OutboxRow>, StoreError> {
+pub(crate) fn get(conn: &Connection, id: i64) -> Result<Option<OutboxRow>, StoreError> {
     Ok(conn
         .query_row(
             &format!("SELECT {COLUMNS} FROM outbox WHERE id = ?1"),
@@ -271,7 +271,7 @@ pub fn get(conn: &Connection, id: i64) -> Result<Option<OutboxRow>, StoreError> 
 }
 
 /// Actions in the given states (all when empty), newest first.
-pub fn list(
+pub(crate) fn list(
     conn: &Connection,
     states: &[&str],
     limit: usize,
@@ -287,7 +287,7 @@ pub fn list(
 }
 
 /// The actions about one referral, newest first.
-pub fn for_referral(
+pub(crate) fn for_referral(
     conn: &Connection,
     referral_id: &str,
     limit: usize,
@@ -299,7 +299,7 @@ pub fn for_referral(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn counts_by_state(conn: &Connection) -> Result<Vec<(String, String, u64)>, StoreError> {
+pub(crate) fn counts_by_state(conn: &Connection) -> Result<Vec<(String, String, u64)>, StoreError> {
     let mut stmt =
         conn.prepare("SELECT kind, state, COUNT(*) FROM outbox GROUP BY 1, 2 ORDER BY 1, 2")?;
     let rows = stmt.query_map([], |r| {
@@ -309,7 +309,7 @@ pub fn counts_by_state(conn: &Connection) -> Result<Vec<(String, String, u64)>, 
 }
 
 /// `outbox retry ID`: a dead or quarantined action goes back to pending, due now.
-pub fn retry(
+pub(crate) fn retry(
     conn: &Connection,
     id: i64,
     now: DateTime<Utc>,
@@ -346,7 +346,7 @@ pub fn retry(
 /// `outbox drop ID`: the action will not be sent. A dropped create lets the planner create
 /// a lead again, so only drop a quarantined create once you know no lead exists (or after
 /// `link`ing the one that does).
-pub fn drop_action(
+pub(crate) fn drop_action(
     conn: &Connection,
     id: i64,
     now: DateTime<Utc>,
@@ -373,7 +373,7 @@ pub fn drop_action(
 }
 
 /// Closes a quarantined create once the operator linked the lead that exists.
-pub fn resolve_quarantined_create(
+pub(crate) fn resolve_quarantined_create(
     conn: &Connection,
     referral_id: &str,
     lead: &str,
@@ -389,18 +389,18 @@ pub fn resolve_quarantined_create(
 
 /// One row of the audit log.
 #[derive(Debug, Clone, Serialize)]
-pub struct AuditEntry {
-    pub api: &'static str,
-    pub method: &'static str,
-    pub resource: String,
-    pub fields: Option<String>,
-    pub outcome: &'static str,
-    pub status_code: Option<u16>,
-    pub request_id: Option<String>,
-    pub detail: Option<String>,
+pub(crate) struct AuditEntry {
+    pub(crate) api: &'static str,
+    pub(crate) method: &'static str,
+    pub(crate) resource: String,
+    pub(crate) fields: Option<String>,
+    pub(crate) outcome: &'static str,
+    pub(crate) status_code: Option<u16>,
+    pub(crate) request_id: Option<String>,
+    pub(crate) detail: Option<String>,
 }
 
-pub fn audit(
+pub(crate) fn audit(
     conn: &Connection,
     entry: &AuditEntry,
     cycle_id: Option<&str>,
@@ -545,23 +545,23 @@ mod tests {
 
 /// One audit row as `audit` prints it.
 #[derive(Debug, Clone, Serialize)]
-pub struct AuditRow {
-    pub at: String,
-    pub cycle_id: Option<String>,
-    pub api: String,
-    pub method: String,
-    pub resource: String,
-    pub fields: Option<String>,
-    pub outcome: String,
-    pub status_code: Option<i64>,
-    pub request_id: Option<String>,
-    pub detail: Option<String>,
+pub(crate) struct AuditRow {
+    pub(crate) at: String,
+    pub(crate) cycle_id: Option<String>,
+    pub(crate) api: String,
+    pub(crate) method: String,
+    pub(crate) resource: String,
+    pub(crate) fields: Option<String>,
+    pub(crate) outcome: String,
+    pub(crate) status_code: Option<i64>,
+    pub(crate) request_id: Option<String>,
+    pub(crate) detail: Option<String>,
     /// Who asked (an accept or decline); `None` for the daemon's own writes.
-    pub actor: Option<String>,
+    pub(crate) actor: Option<String>,
 }
 
 /// Audit rows, oldest first; `referral` matches the referral id or a linked Google resource.
-pub fn audit_rows(
+pub(crate) fn audit_rows(
     conn: &Connection,
     referral: Option<&str>,
     since: Option<DateTime<Utc>>,

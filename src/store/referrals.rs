@@ -14,12 +14,12 @@ use crate::timefmt::{db_timestamp, parse_timestamp};
 pub struct UpsertCounts {
     pub new: u64,
     pub changed: u64,
-    pub unchanged: u64,
-    pub rejected: u64,
+    pub(crate) unchanged: u64,
+    pub(crate) rejected: u64,
 }
 
 impl UpsertCounts {
-    pub fn add(&mut self, other: UpsertCounts) {
+    pub(crate) fn add(&mut self, other: UpsertCounts) {
         self.new += other.new;
         self.changed += other.changed;
         self.unchanged += other.unchanged;
@@ -29,7 +29,7 @@ impl UpsertCounts {
 
 /// Stores a page: upserts its referrals, keeps its rejected records, and (when given) moves
 /// the named watermark forward — all or nothing.
-pub fn commit_page(
+pub(crate) fn commit_page(
     conn: &mut Connection,
     referrals: &[ParsedReferral],
     rejected: &[RejectedRecord],
@@ -166,7 +166,10 @@ fn advance_watermark(
     Ok(())
 }
 
-pub fn watermark(conn: &Connection, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+pub(crate) fn watermark(
+    conn: &Connection,
+    name: &str,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
     let text: Option<String> = conn
         .query_row(
             "SELECT value FROM sync_watermarks WHERE name = ?1",
@@ -179,20 +182,20 @@ pub fn watermark(conn: &Connection, name: &str) -> Result<Option<DateTime<Utc>>,
 
 /// A referral as `status` shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct ReferralSummary {
-    pub id: String,
-    pub name: Option<String>,
-    pub customer: Option<String>,
-    pub status: Option<String>,
-    pub substatus: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub deal_value: Option<f64>,
-    pub currency: Option<String>,
+pub(crate) struct ReferralSummary {
+    pub(crate) id: String,
+    pub(crate) name: Option<String>,
+    pub(crate) customer: Option<String>,
+    pub(crate) status: Option<String>,
+    pub(crate) substatus: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) expires_at: Option<DateTime<Utc>>,
+    pub(crate) deal_value: Option<f64>,
+    pub(crate) currency: Option<String>,
 }
 
 /// Incoming referrals in status New (Pending or Received): their response clock is running.
-pub fn awaiting_response(conn: &Connection) -> Result<Vec<ReferralSummary>, StoreError> {
+pub(crate) fn awaiting_response(conn: &Connection) -> Result<Vec<ReferralSummary>, StoreError> {
     let mut out = Vec::new();
     each_awaiting_response(conn, |r| {
         out.push(r);
@@ -202,7 +205,7 @@ pub fn awaiting_response(conn: &Connection) -> Result<Vec<ReferralSummary>, Stor
 }
 
 /// The same, one at a time, so a large inbox is never held in memory.
-pub fn each_awaiting_response(
+pub(crate) fn each_awaiting_response(
     conn: &Connection,
     mut f: impl FnMut(ReferralSummary) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
@@ -219,7 +222,7 @@ pub fn each_awaiting_response(
 }
 
 /// One referral, when it is an incoming one still New (its response clock is running).
-pub fn awaiting_response_one(
+pub(crate) fn awaiting_response_one(
     conn: &Connection,
     id: &str,
 ) -> Result<Option<ReferralSummary>, StoreError> {
@@ -234,10 +237,10 @@ pub fn awaiting_response_one(
 }
 
 /// The columns [`summary_row`] reads, in its order.
-pub const SUMMARY_COLUMNS: &str =
+pub(crate) const SUMMARY_COLUMNS: &str =
     "id, name, customer_name, status, substatus, created_at, expires_at, deal_value, currency";
 
-pub fn summary_row(row: &rusqlite::Row) -> rusqlite::Result<ReferralSummary> {
+pub(crate) fn summary_row(row: &rusqlite::Row) -> rusqlite::Result<ReferralSummary> {
     let created: String = row.get(5)?;
     let expires: Option<String> = row.get(6)?;
     Ok(ReferralSummary {
@@ -254,7 +257,7 @@ pub fn summary_row(row: &rusqlite::Row) -> rusqlite::Result<ReferralSummary> {
 }
 
 /// Referral counts by (status, substatus).
-pub fn counts_by_state(conn: &Connection) -> Result<Vec<(String, String, u64)>, StoreError> {
+pub(crate) fn counts_by_state(conn: &Connection) -> Result<Vec<(String, String, u64)>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT COALESCE(status, '?'), COALESCE(substatus, '?'), COUNT(*) FROM referrals
          GROUP BY 1, 2 ORDER BY 1, 2",
@@ -265,7 +268,7 @@ pub fn counts_by_state(conn: &Connection) -> Result<Vec<(String, String, u64)>, 
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-pub fn count_rejected(conn: &Connection) -> Result<u64, StoreError> {
+pub(crate) fn count_rejected(conn: &Connection) -> Result<u64, StoreError> {
     Ok(
         conn.query_row("SELECT COUNT(*) FROM rejected_records", [], |r| {
             r.get::<_, i64>(0)
@@ -274,11 +277,11 @@ pub fn count_rejected(conn: &Connection) -> Result<u64, StoreError> {
 }
 
 /// A referral's stored `externalReferenceId` and when this database last saw it change.
-pub type ReferenceAndChange = (Option<String>, DateTime<Utc>);
+pub(crate) type ReferenceAndChange = (Option<String>, DateTime<Utc>);
 
 /// [`ReferenceAndChange`] of one referral (the lead-create guard of recovery: an old copy is
 /// read again before a create).
-pub fn reference_and_change(
+pub(crate) fn reference_and_change(
     conn: &Connection,
     id: &str,
 ) -> Result<Option<ReferenceAndChange>, StoreError> {
@@ -297,13 +300,13 @@ pub fn reference_and_change(
 
 /// The stored referral as a patch needs it: its status, its eTag (sent as `If-Match`) and
 /// its raw JSON (a value already there is never written).
-pub struct ForPatch {
-    pub status: Option<String>,
-    pub etag: Option<String>,
-    pub raw: serde_json::Value,
+pub(crate) struct ForPatch {
+    pub(crate) status: Option<String>,
+    pub(crate) etag: Option<String>,
+    pub(crate) raw: serde_json::Value,
 }
 
-pub fn for_patch(conn: &Connection, id: &str) -> Result<Option<ForPatch>, StoreError> {
+pub(crate) fn for_patch(conn: &Connection, id: &str) -> Result<Option<ForPatch>, StoreError> {
     let row: Option<(Option<String>, Option<String>, String)> = conn
         .query_row(
             "SELECT status, etag, raw_json FROM referrals WHERE id = ?1",

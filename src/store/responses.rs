@@ -16,18 +16,18 @@ const AWAITING: &str = "status = 'New' AND substatus IN ('Pending', 'Received')
 
 /// A referral's wait that just ended.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Settled {
-    pub referral_id: String,
+pub(crate) struct Settled {
+    pub(crate) referral_id: String,
     /// `accepted`, `declined`, `expired` or `closed` (closed some other way).
-    pub outcome: &'static str,
+    pub(crate) outcome: &'static str,
     /// From creation to the answer (accepted, declined) or to the deadline (expired).
-    pub seconds: i64,
+    pub(crate) seconds: i64,
 }
 
 /// Opens a row for every referral now waiting, then settles the open rows whose referral
 /// was answered, closed, or passed its deadline. Returns what was settled now (each row is
 /// settled once: the update only touches open rows).
-pub fn settle(
+pub(crate) fn settle(
     conn: &mut Connection,
     window: Duration,
     now: DateTime<Utc>,
@@ -115,18 +115,18 @@ impl OpenRow {
 
 /// The last `days` days (by settlement time): answered, time to answer, expired.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct ResponseWindow {
-    pub days: i64,
-    pub accepted: u64,
-    pub declined: u64,
+pub(crate) struct ResponseWindow {
+    pub(crate) days: i64,
+    pub(crate) accepted: u64,
+    pub(crate) declined: u64,
     /// Seconds from creation to answer, accepted and declined, ascending.
     #[serde(skip)]
-    pub answer_seconds: Vec<i64>,
-    pub expired: u64,
+    pub(crate) answer_seconds: Vec<i64>,
+    pub(crate) expired: u64,
 }
 
 /// What was settled since `now - days`.
-pub fn window(
+pub(crate) fn window(
     conn: &Connection,
     days: i64,
     now: DateTime<Utc>,
@@ -162,7 +162,7 @@ pub fn window(
 }
 
 /// How many incoming referrals wait for an answer now.
-pub fn count_awaiting(conn: &mut Connection) -> Result<u64, StoreError> {
+pub(crate) fn count_awaiting(conn: &mut Connection) -> Result<u64, StoreError> {
     Ok(conn.query_row(
         &format!("SELECT COUNT(*) FROM referrals WHERE {AWAITING}"),
         [],

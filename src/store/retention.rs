@@ -16,21 +16,21 @@ use super::{Store, StoreError};
 use crate::microsoft::model::db_timestamp;
 
 /// Rows per batch: each batch is one short write transaction.
-pub const BATCH: usize = 500;
+pub(crate) const BATCH: usize = 500;
 
 /// What one prune removed, per table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Pruned {
-    pub cycle_runs: u64,
-    pub webhook_events: u64,
-    pub outbox: u64,
-    pub alerts: u64,
-    pub rejected_records: u64,
-    pub audit_log: u64,
+pub(crate) struct Pruned {
+    pub(crate) cycle_runs: u64,
+    pub(crate) webhook_events: u64,
+    pub(crate) outbox: u64,
+    pub(crate) alerts: u64,
+    pub(crate) rejected_records: u64,
+    pub(crate) audit_log: u64,
 }
 
 impl Pruned {
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.cycle_runs
             + self.webhook_events
             + self.outbox
@@ -42,13 +42,13 @@ impl Pruned {
 
 /// The cut-offs: rows older than these (and finished) go.
 #[derive(Debug, Clone, Copy)]
-pub struct Cutoffs {
-    pub history: DateTime<Utc>,
-    pub audit: DateTime<Utc>,
+pub(crate) struct Cutoffs {
+    pub(crate) history: DateTime<Utc>,
+    pub(crate) audit: DateTime<Utc>,
 }
 
 impl Cutoffs {
-    pub fn from(
+    pub(crate) fn from(
         now: DateTime<Utc>,
         retention: std::time::Duration,
         audit: std::time::Duration,
@@ -119,7 +119,7 @@ fn alerts_batch(conn: &mut Connection, cutoff: DateTime<Utc>) -> Result<u64, Sto
 
 /// Prunes everything past its cut-off, batch after batch, each batch its own call on the
 /// store (other work interleaves between them).
-pub async fn prune(store: &Store, cutoffs: Cutoffs) -> Result<Pruned, StoreError> {
+pub(crate) async fn prune(store: &Store, cutoffs: Cutoffs) -> Result<Pruned, StoreError> {
     let mut pruned = Pruned::default();
     type Family = (&'static str, DateTime<Utc>, fn(&mut Pruned) -> &mut u64);
     let families: [Family; 5] = [

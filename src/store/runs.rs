@@ -9,7 +9,7 @@ use super::referrals::UpsertCounts;
 use super::StoreError;
 use crate::timefmt::{db_timestamp, parse_timestamp};
 
-pub fn start_cycle(
+pub(crate) fn start_cycle(
     conn: &Connection,
     cycle_id: &str,
     now: DateTime<Utc>,
@@ -21,7 +21,7 @@ pub fn start_cycle(
     Ok(())
 }
 
-pub fn finish_cycle(
+pub(crate) fn finish_cycle(
     conn: &Connection,
     cycle_id: &str,
     now: DateTime<Utc>,
@@ -53,7 +53,7 @@ pub fn finish_cycle(
 }
 
 /// Marks cycles a dead process left `running`. Returns how many.
-pub fn mark_interrupted(conn: &Connection, now: DateTime<Utc>) -> Result<usize, StoreError> {
+pub(crate) fn mark_interrupted(conn: &Connection, now: DateTime<Utc>) -> Result<usize, StoreError> {
     Ok(conn.execute(
         "UPDATE cycle_runs SET outcome = 'interrupted', finished_at = ?1,
             error = 'the process stopped before the cycle finished'
@@ -63,22 +63,22 @@ pub fn mark_interrupted(conn: &Connection, now: DateTime<Utc>) -> Result<usize, 
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct CycleRun {
-    pub cycle_id: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub outcome: String,
-    pub pages: u64,
-    pub referrals_seen: u64,
-    pub referrals_new: u64,
-    pub referrals_changed: u64,
-    pub records_rejected: u64,
-    pub actions_done: u64,
-    pub actions_failed: u64,
-    pub error: Option<String>,
+pub(crate) struct CycleRun {
+    pub(crate) cycle_id: String,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) finished_at: Option<DateTime<Utc>>,
+    pub(crate) outcome: String,
+    pub(crate) pages: u64,
+    pub(crate) referrals_seen: u64,
+    pub(crate) referrals_new: u64,
+    pub(crate) referrals_changed: u64,
+    pub(crate) records_rejected: u64,
+    pub(crate) actions_done: u64,
+    pub(crate) actions_failed: u64,
+    pub(crate) error: Option<String>,
 }
 
-pub fn recent_cycles(conn: &Connection, limit: usize) -> Result<Vec<CycleRun>, StoreError> {
+pub(crate) fn recent_cycles(conn: &Connection, limit: usize) -> Result<Vec<CycleRun>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT cycle_id, started_at, finished_at, outcome, pages, referrals_seen, referrals_new,
                 referrals_changed, records_rejected, error, actions_done, actions_failed

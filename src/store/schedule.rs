@@ -10,7 +10,7 @@ use super::StoreError;
 use crate::timefmt::{db_timestamp, parse_timestamp};
 
 /// Queues a referral for the next plan (idempotent).
-pub fn mark_for_plan(
+pub(crate) fn mark_for_plan(
     conn: &Connection,
     referral_id: &str,
     now: DateTime<Utc>,
@@ -23,7 +23,7 @@ pub fn mark_for_plan(
 }
 
 /// Up to `limit` queued referrals, in id order after `after`.
-pub fn queued_for_plan(
+pub(crate) fn queued_for_plan(
     conn: &Connection,
     after: &str,
     limit: usize,
@@ -36,7 +36,7 @@ pub fn queued_for_plan(
 }
 
 /// Whether a referral waits to be planned.
-pub fn is_queued(conn: &Connection, referral_id: &str) -> Result<bool, StoreError> {
+pub(crate) fn is_queued(conn: &Connection, referral_id: &str) -> Result<bool, StoreError> {
     Ok(conn
         .prepare_cached("SELECT 1 FROM plan_queue WHERE referral_id = ?1")?
         .query_row([referral_id], |_| Ok(()))
@@ -45,21 +45,21 @@ pub fn is_queued(conn: &Connection, referral_id: &str) -> Result<bool, StoreErro
 }
 
 /// Takes a referral off the plan queue (in the transaction that planned it).
-pub fn planned(conn: &Connection, referral_id: &str) -> Result<(), StoreError> {
+pub(crate) fn planned(conn: &Connection, referral_id: &str) -> Result<(), StoreError> {
     conn.prepare_cached("DELETE FROM plan_queue WHERE referral_id = ?1")?
         .execute([referral_id])?;
     Ok(())
 }
 
 /// Takes every referral queued up to `at` off the plan queue (a full plan started at `at`).
-pub fn planned_before(conn: &Connection, at: DateTime<Utc>) -> Result<(), StoreError> {
+pub(crate) fn planned_before(conn: &Connection, at: DateTime<Utc>) -> Result<(), StoreError> {
     conn.prepare_cached("DELETE FROM plan_queue WHERE queued_at <= ?1")?
         .execute([db_timestamp(at)])?;
     Ok(())
 }
 
 /// How many referrals wait to be planned.
-pub fn plan_queue_len(conn: &Connection) -> Result<u64, StoreError> {
+pub(crate) fn plan_queue_len(conn: &Connection) -> Result<u64, StoreError> {
     Ok(conn.query_row("SELECT COUNT(*) FROM plan_queue", [], |r| {
         r.get::<_, i64>(0)
     })? as u64)
@@ -67,7 +67,7 @@ pub fn plan_queue_len(conn: &Connection) -> Result<u64, StoreError> {
 
 /// Gives every linked Google record without a schedule row one, due at once. Covers links
 /// made by any path (`link`, a created lead, a database from before the schedule existed).
-pub fn adopt_linked(conn: &Connection, now: DateTime<Utc>) -> Result<u64, StoreError> {
+pub(crate) fn adopt_linked(conn: &Connection, now: DateTime<Utc>) -> Result<u64, StoreError> {
     let now = db_timestamp(now);
     let mut added = 0;
     for column in ["lead_name", "opportunity_name"] {
@@ -85,7 +85,7 @@ pub fn adopt_linked(conn: &Connection, now: DateTime<Utc>) -> Result<u64, StoreE
 
 /// Records that `name` was just read (or written and answered with its current copy): the
 /// next check is `interval` from now.
-pub fn checked_fresh(
+pub(crate) fn checked_fresh(
     conn: &Connection,
     name: &str,
     referral_id: &str,
@@ -114,23 +114,22 @@ pub fn checked_fresh(
 
 /// A tracked record whose check is due, with what the schedule policy needs of its referral.
 #[derive(Debug, Clone)]
-pub struct DueRecord {
-    pub name: String,
-    pub referral_id: String,
+pub(crate) struct DueRecord {
+    pub(crate) name: String,
+    pub(crate) referral_id: String,
     /// The current back-off step (0 = never checked).
-    pub interval: std::time::Duration,
-    pub failures: u32,
-    /// The referral's status, substatus, direction, creation and expiry (for "near a deadline").
-    pub referral_status: Option<String>,
-    pub referral_substatus: Option<String>,
-    pub referral_incoming: bool,
-    pub referral_created_at: Option<DateTime<Utc>>,
-    pub referral_expires_at: Option<DateTime<Utc>>,
+    pub(crate) interval: std::time::Duration,
+    pub(crate) failures: u32,
+    /// The referral's status, direction, creation and expiry (for "near a deadline").
+    pub(crate) referral_status: Option<String>,
+    pub(crate) referral_incoming: bool,
+    pub(crate) referral_created_at: Option<DateTime<Utc>>,
+    pub(crate) referral_expires_at: Option<DateTime<Utc>>,
 }
 
 /// Makes every tracked record that is not final due at `now`, whatever its schedule
 /// (`sync --all`). Returns how many there are.
-pub fn make_all_due(conn: &Connection, now: DateTime<Utc>) -> Result<u64, StoreError> {
+pub(crate) fn make_all_due(conn: &Connection, now: DateTime<Utc>) -> Result<u64, StoreError> {
     adopt_linked(conn, now)?;
     conn.prepare_cached(
         "UPDATE refresh_schedule SET next_check_at = ?1
@@ -145,7 +144,7 @@ pub fn make_all_due(conn: &Connection, now: DateTime<Utc>) -> Result<u64, StoreE
 }
 
 /// When the next tracked record falls due (`None`: none is tracked, or all are final).
-pub fn next_due_at(conn: &Connection) -> Result<Option<DateTime<Utc>>, StoreError> {
+pub(crate) fn next_due_at(conn: &Connection) -> Result<Option<DateTime<Utc>>, StoreError> {
     let at: Option<String> = conn.query_row(
         "SELECT MIN(next_check_at) FROM refresh_schedule WHERE next_check_at IS NOT NULL",
         [],
@@ -155,13 +154,13 @@ pub fn next_due_at(conn: &Connection) -> Result<Option<DateTime<Utc>>, StoreErro
 }
 
 /// Up to `limit` records due at `now`, the longest overdue first.
-pub fn due_records(
+pub(crate) fn due_records(
     conn: &Connection,
     now: DateTime<Utc>,
     limit: usize,
 ) -> Result<Vec<DueRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT s.name, s.referral_id, s.interval_s, s.failures, r.status, r.substatus,
+        "SELECT s.name, s.referral_id, s.interval_s, s.failures, r.status,
                 r.direction, r.created_at, r.expires_at
          FROM refresh_schedule s LEFT JOIN referrals r ON r.id = s.referral_id
          WHERE s.next_check_at IS NOT NULL AND s.next_check_at <= ?1
@@ -174,16 +173,15 @@ pub fn due_records(
             interval: std::time::Duration::from_secs(r.get::<_, i64>(2)?.max(0) as u64),
             failures: r.get::<_, i64>(3)?.clamp(0, u32::MAX as i64) as u32,
             referral_status: r.get(4)?,
-            referral_substatus: r.get(5)?,
             referral_incoming: r
-                .get::<_, Option<String>>(6)?
+                .get::<_, Option<String>>(5)?
                 .is_none_or(|d| d == "Incoming"),
             referral_created_at: r
-                .get::<_, Option<String>>(7)?
+                .get::<_, Option<String>>(6)?
                 .as_deref()
                 .and_then(parse_timestamp),
             referral_expires_at: r
-                .get::<_, Option<String>>(8)?
+                .get::<_, Option<String>>(7)?
                 .as_deref()
                 .and_then(parse_timestamp),
         })
@@ -193,7 +191,7 @@ pub fn due_records(
 
 /// What a check of one record decided.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum CheckResult {
+pub(crate) enum CheckResult {
     /// Read; `changed` says whether its copy differed. Next check after `interval`.
     Read {
         changed: bool,
@@ -205,7 +203,7 @@ pub enum CheckResult {
     Final,
 }
 
-pub fn record_check(
+pub(crate) fn record_check(
     conn: &Connection,
     name: &str,
     result: CheckResult,
@@ -248,7 +246,7 @@ pub fn record_check(
 }
 
 /// Counts `n` refresh reads at `now` against the budget, and forgets reads older than an hour.
-pub fn log_reads(conn: &Connection, n: u64, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub(crate) fn log_reads(conn: &Connection, n: u64, now: DateTime<Utc>) -> Result<(), StoreError> {
     let at = db_timestamp(now);
     let mut insert = conn.prepare_cached("INSERT INTO refresh_reads (at) VALUES (?1)")?;
     for _ in 0..n {
@@ -260,7 +258,7 @@ pub fn log_reads(conn: &Connection, n: u64, now: DateTime<Utc>) -> Result<(), St
 }
 
 /// Refresh reads made after `since`.
-pub fn reads_since(conn: &Connection, since: DateTime<Utc>) -> Result<u64, StoreError> {
+pub(crate) fn reads_since(conn: &Connection, since: DateTime<Utc>) -> Result<u64, StoreError> {
     Ok(conn.query_row(
         "SELECT COUNT(*) FROM refresh_reads WHERE at > ?1",
         [db_timestamp(since)],
@@ -274,25 +272,25 @@ pub struct RefreshBacklog {
     /// Records still tracked (not final).
     pub tracked: u64,
     /// Records whose check is due now.
-    pub due: u64,
+    pub(crate) due: u64,
     /// The tracked record checked longest ago (never checked first).
-    pub oldest_unchecked: Option<OldestUnchecked>,
+    pub(crate) oldest_unchecked: Option<OldestUnchecked>,
     /// Refresh reads in the last hour (what the budget counts).
-    pub reads_last_hour: u64,
+    pub(crate) reads_last_hour: u64,
     /// Referrals waiting to be planned.
-    pub plan_queue: u64,
+    pub(crate) plan_queue: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct OldestUnchecked {
-    pub name: String,
-    pub referral_id: String,
+pub(crate) struct OldestUnchecked {
+    pub(crate) name: String,
+    pub(crate) referral_id: String,
     /// `None` when it was never read since it became tracked.
-    pub last_checked_at: Option<DateTime<Utc>>,
-    pub next_check_at: Option<DateTime<Utc>>,
+    pub(crate) last_checked_at: Option<DateTime<Utc>>,
+    pub(crate) next_check_at: Option<DateTime<Utc>>,
 }
 
-pub fn backlog(conn: &Connection, now: DateTime<Utc>) -> Result<RefreshBacklog, StoreError> {
+pub(crate) fn backlog(conn: &Connection, now: DateTime<Utc>) -> Result<RefreshBacklog, StoreError> {
     let (tracked, due): (i64, i64) = conn.query_row(
         "SELECT COUNT(*), COALESCE(SUM(next_check_at <= ?1), 0) FROM refresh_schedule
          WHERE next_check_at IS NOT NULL",

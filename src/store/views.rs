@@ -11,12 +11,12 @@ use crate::timefmt::parse_timestamp;
 
 /// How many leads and opportunities are linked to referrals.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct LinkCounts {
-    pub leads: u64,
-    pub opportunities: u64,
+pub(crate) struct LinkCounts {
+    pub(crate) leads: u64,
+    pub(crate) opportunities: u64,
 }
 
-pub fn link_counts(conn: &Connection) -> Result<LinkCounts, StoreError> {
+pub(crate) fn link_counts(conn: &Connection) -> Result<LinkCounts, StoreError> {
     Ok(conn.query_row(
         "SELECT COUNT(lead_name), COUNT(opportunity_name) FROM links",
         [],
@@ -29,7 +29,7 @@ pub fn link_counts(conn: &Connection) -> Result<LinkCounts, StoreError> {
     )?)
 }
 
-pub fn referral_exists(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+pub(crate) fn referral_exists(conn: &Connection, id: &str) -> Result<bool, StoreError> {
     Ok(conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM referrals WHERE id = ?1)",
         [id],
@@ -38,7 +38,7 @@ pub fn referral_exists(conn: &Connection, id: &str) -> Result<bool, StoreError> 
 }
 
 /// One referral as `status --referral` shows it.
-pub fn referral(conn: &Connection, id: &str) -> Result<Option<ReferralSummary>, StoreError> {
+pub(crate) fn referral(conn: &Connection, id: &str) -> Result<Option<ReferralSummary>, StoreError> {
     Ok(conn
         .query_row(
             &format!("SELECT {SUMMARY_COLUMNS} FROM referrals WHERE id = ?1"),
@@ -50,15 +50,15 @@ pub fn referral(conn: &Connection, id: &str) -> Result<Option<ReferralSummary>, 
 
 /// The last copy of a tracked Google record, as the referral view shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct GoogleRecord {
-    pub name: String,
+pub(crate) struct GoogleRecord {
+    pub(crate) name: String,
     /// Lead status (and approval) or opportunity sales stage.
-    pub state: Option<String>,
-    pub deal_size: Option<f64>,
-    pub fetched_at: chrono::DateTime<Utc>,
+    pub(crate) state: Option<String>,
+    pub(crate) deal_size: Option<f64>,
+    pub(crate) fetched_at: chrono::DateTime<Utc>,
 }
 
-pub fn lead(conn: &Connection, name: &str) -> Result<Option<GoogleRecord>, StoreError> {
+pub(crate) fn lead(conn: &Connection, name: &str) -> Result<Option<GoogleRecord>, StoreError> {
     record(
         conn,
         "SELECT name, TRIM(COALESCE(lead_status, '') || ' ' || COALESCE(approval_status, '')),
@@ -67,7 +67,10 @@ pub fn lead(conn: &Connection, name: &str) -> Result<Option<GoogleRecord>, Store
     )
 }
 
-pub fn opportunity(conn: &Connection, name: &str) -> Result<Option<GoogleRecord>, StoreError> {
+pub(crate) fn opportunity(
+    conn: &Connection,
+    name: &str,
+) -> Result<Option<GoogleRecord>, StoreError> {
     record(
         conn,
         "SELECT name, sales_stage, deal_size, fetched_at FROM google_opportunities WHERE name = ?1",

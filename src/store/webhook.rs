@@ -11,17 +11,17 @@ use crate::timefmt::{db_timestamp, parse_timestamp};
 
 /// An event as the receiver stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewEvent {
-    pub event_name: String,
-    pub resource_uri: String,
-    pub referral_id: Option<String>,
-    pub changed_at: String,
-    pub body: String,
+pub(crate) struct NewEvent {
+    pub(crate) event_name: String,
+    pub(crate) resource_uri: String,
+    pub(crate) referral_id: Option<String>,
+    pub(crate) changed_at: String,
+    pub(crate) body: String,
 }
 
 impl NewEvent {
     /// The de-duplication key: the same delivery repeated maps to the same key.
-    pub fn dedupe_key(&self) -> String {
+    pub(crate) fn dedupe_key(&self) -> String {
         format!(
             "{}\n{}\n{}",
             self.event_name, self.resource_uri, self.changed_at
@@ -31,15 +31,15 @@ impl NewEvent {
 
 /// An accepted event waiting to be forwarded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpenEvent {
-    pub id: i64,
-    pub event_name: String,
-    pub referral_id: Option<String>,
-    pub received_at: DateTime<Utc>,
+pub(crate) struct OpenEvent {
+    pub(crate) id: i64,
+    pub(crate) event_name: String,
+    pub(crate) referral_id: Option<String>,
+    pub(crate) received_at: DateTime<Utc>,
 }
 
 /// Stores an accepted event. Returns its row id, or `None` when it is a duplicate.
-pub fn accept(
+pub(crate) fn accept(
     conn: &mut Connection,
     event: &NewEvent,
     now: DateTime<Utc>,
@@ -76,7 +76,7 @@ pub fn accept(
 }
 
 /// Counts `n` events refused by the receiver (they are not stored: forgeries are not kept).
-pub fn reject(conn: &mut Connection, n: u64) -> Result<(), StoreError> {
+pub(crate) fn reject(conn: &mut Connection, n: u64) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     add(&tx, "received", n)?;
     add(&tx, "rejected", n)?;
@@ -85,7 +85,7 @@ pub fn reject(conn: &mut Connection, n: u64) -> Result<(), StoreError> {
 }
 
 /// Adds one to a counter (`received`, `verified`, `rejected`, `duplicate`).
-pub fn bump(conn: &Connection, name: &str) -> Result<(), StoreError> {
+pub(crate) fn bump(conn: &Connection, name: &str) -> Result<(), StoreError> {
     add(conn, name, 1)
 }
 
@@ -100,7 +100,7 @@ fn add(conn: &Connection, name: &str, n: u64) -> Result<(), StoreError> {
 
 /// Accepted events not yet forwarded (after a crash, a full channel or a failed attempt),
 /// oldest first.
-pub fn open_events(conn: &Connection, limit: usize) -> Result<Vec<OpenEvent>, StoreError> {
+pub(crate) fn open_events(conn: &Connection, limit: usize) -> Result<Vec<OpenEvent>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, event_name, referral_id, received_at FROM webhook_events
          WHERE state = 'accepted' ORDER BY id LIMIT ?1",
@@ -118,7 +118,7 @@ pub fn open_events(conn: &Connection, limit: usize) -> Result<Vec<OpenEvent>, St
 }
 
 /// Accepted events of one referral (all of them are settled by one forward).
-pub fn open_for_referral(
+pub(crate) fn open_for_referral(
     conn: &Connection,
     referral_id: &str,
 ) -> Result<Vec<OpenEvent>, StoreError> {
@@ -139,7 +139,7 @@ pub fn open_for_referral(
 }
 
 /// Marks an event forwarded, with the receipt-to-lead time when it led to a lead create.
-pub fn mark_processed(
+pub(crate) fn mark_processed(
     conn: &Connection,
     id: i64,
     lead_ms: Option<i64>,
@@ -155,7 +155,7 @@ pub fn mark_processed(
 }
 
 /// Records a failed forward; after `max_attempts` the event is `failed` (polling covers it).
-pub fn mark_attempt_failed(
+pub(crate) fn mark_attempt_failed(
     conn: &Connection,
     id: i64,
     error: &str,
@@ -176,7 +176,7 @@ pub fn mark_attempt_failed(
 }
 
 /// When the referral's lead create finished (`done`), if it did.
-pub fn lead_created_at(
+pub(crate) fn lead_created_at(
     conn: &Connection,
     referral_id: &str,
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -192,7 +192,7 @@ pub fn lead_created_at(
 }
 
 /// Whether an event with this name arrived verified since `since` (for `webhook test`).
-pub fn arrived_since(
+pub(crate) fn arrived_since(
     conn: &Connection,
     event_name: &str,
     since: DateTime<Utc>,
@@ -206,21 +206,21 @@ pub fn arrived_since(
 
 /// What `status` shows about webhooks.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct WebhookStats {
-    pub received: u64,
-    pub verified: u64,
-    pub rejected: u64,
-    pub duplicate: u64,
+pub(crate) struct WebhookStats {
+    pub(crate) received: u64,
+    pub(crate) verified: u64,
+    pub(crate) rejected: u64,
+    pub(crate) duplicate: u64,
     /// Accepted and not yet forwarded.
-    pub open: u64,
-    pub failed: u64,
+    pub(crate) open: u64,
+    pub(crate) failed: u64,
     /// Receipt → lead created, over the last 1,000 events that led to a lead.
-    pub lead_ms_p50: Option<i64>,
-    pub lead_ms_p95: Option<i64>,
-    pub last_event_at: Option<String>,
+    pub(crate) lead_ms_p50: Option<i64>,
+    pub(crate) lead_ms_p95: Option<i64>,
+    pub(crate) last_event_at: Option<String>,
 }
 
-pub fn stats(conn: &Connection) -> Result<WebhookStats, StoreError> {
+pub(crate) fn stats(conn: &Connection) -> Result<WebhookStats, StoreError> {
     let mut s = WebhookStats::default();
     let mut stmt = conn.prepare("SELECT name, value FROM webhook_counters")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;

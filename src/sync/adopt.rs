@@ -24,7 +24,7 @@ use crate::store::{referrals, schedule, Store, StoreError};
 
 /// What a referral's `externalReferenceId` names.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Named {
+pub(crate) enum Named {
     /// A lead or opportunity of this partner: adopt it.
     Ours(String),
     /// A Google record of another partner: never overwritten, never a create.
@@ -34,7 +34,7 @@ pub enum Named {
 }
 
 /// Reads `externalReferenceId` (pure): a Google resource name of `partner_id` is ours.
-pub fn named_record(external_reference_id: Option<&str>, partner_id: &str) -> Named {
+pub(crate) fn named_record(external_reference_id: Option<&str>, partner_id: &str) -> Named {
     let Some(name) = external_reference_id
         .map(str::trim)
         .filter(|n| !n.is_empty())
@@ -52,7 +52,7 @@ pub fn named_record(external_reference_id: Option<&str>, partner_id: &str) -> Na
 
 /// Whether `name` looks like a Google CRM Partners resource name (of any partner): a value
 /// the write-back must never overwrite with another.
-pub fn is_google_name(name: &str) -> bool {
+pub(crate) fn is_google_name(name: &str) -> bool {
     resource_kind(name.trim()).is_some()
 }
 
@@ -272,7 +272,7 @@ pub(crate) async fn guard_create(
 /// Whether a write-back of `/externalReferenceId` may replace `current`: never a Google name
 /// other than the one being written (checked again right before the PATCH, on the stored
 /// copy the PATCH's If-Match is about).
-pub fn may_replace_reference(current: Option<&str>, new: &str) -> bool {
+pub(crate) fn may_replace_reference(current: Option<&str>, new: &str) -> bool {
     match current.map(str::trim).filter(|c| !c.is_empty()) {
         Some(c) => c == new || !is_google_name(c),
         None => true,

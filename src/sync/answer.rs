@@ -18,14 +18,14 @@ use crate::timefmt::human;
 /// Accept, or decline with a reason (which becomes `statusReason`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
-pub enum Decision {
+pub(crate) enum Decision {
     Accept,
     Decline { reason: String },
 }
 
 impl Decision {
     /// `accept` or `decline`, as the command and the page name them.
-    pub fn verb(&self) -> &'static str {
+    pub(crate) fn verb(&self) -> &'static str {
         match self {
             Decision::Accept => "accept",
             Decision::Decline { .. } => "decline",
@@ -33,7 +33,7 @@ impl Decision {
     }
 
     /// `accepted` or `declined`.
-    pub fn past(&self) -> &'static str {
+    pub(crate) fn past(&self) -> &'static str {
         match self {
             Decision::Accept => "accepted",
             Decision::Decline { .. } => "declined",
@@ -44,19 +44,19 @@ impl Decision {
 /// An answer as queued: what, an optional note (kept in the audit log; Partner Center's
 /// field for it is not documented), and who asked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Answer {
+pub(crate) struct Answer {
     #[serde(flatten)]
-    pub decision: Decision,
+    pub(crate) decision: Decision,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
     /// `cli:USER`, the SSO header's value, or `link`.
-    pub actor: String,
+    pub(crate) actor: String,
 }
 
 /// The stored format's version: `{"v": 1, "action": "answer_referral", "decision": ...}`.
 const FORMAT: u64 = 1;
 
-pub fn encode(answer: &Answer) -> Value {
+pub(crate) fn encode(answer: &Answer) -> Value {
     let mut value = serde_json::to_value(answer).expect("an answer serializes");
     if let Some(o) = value.as_object_mut() {
         o.insert("v".into(), FORMAT.into());
@@ -67,7 +67,7 @@ pub fn encode(answer: &Answer) -> Value {
 
 /// The answer a row holds; a row that cannot be read is an error that says why (never a
 /// guessed write).
-pub fn decode(payload: &Value) -> Result<Answer, String> {
+pub(crate) fn decode(payload: &Value) -> Result<Answer, String> {
     let mut payload = payload.clone();
     let Some(o) = payload.as_object_mut() else {
         return Err("the answer payload is not a JSON object".into());
@@ -93,7 +93,7 @@ pub fn decode(payload: &Value) -> Result<Answer, String> {
 }
 
 /// The PATCH that answers a referral. [I] see the module docs.
-pub fn patch_body(decision: &Decision) -> Vec<PatchOp> {
+pub(crate) fn patch_body(decision: &Decision) -> Vec<PatchOp> {
     match decision {
         Decision::Accept => vec![
             PatchOp::replace("/status", "Active"),
@@ -109,7 +109,7 @@ pub fn patch_body(decision: &Decision) -> Vec<PatchOp> {
 
 /// What to do with an answer, given the referral as Partner Center has it now.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Incoming, New and before its deadline: send this PATCH.
     Send(Vec<PatchOp>),
     /// Already in the asked state: nothing to write (exit 0). The text says since when.
@@ -119,7 +119,7 @@ pub enum Verdict {
 }
 
 /// The referral's response deadline (`expirationDateTime`, else created + the window).
-pub fn deadline_of(referral: &Referral, window: Duration) -> DateTime<Utc> {
+pub(crate) fn deadline_of(referral: &Referral, window: Duration) -> DateTime<Utc> {
     crate::deadline::deadline(
         referral.created_date_time,
         referral.expiration_date_time,
@@ -128,7 +128,7 @@ pub fn deadline_of(referral: &Referral, window: Duration) -> DateTime<Utc> {
 }
 
 /// Never a write to a referral that is not incoming and New, nor past its deadline.
-pub fn decide(
+pub(crate) fn decide(
     referral: &Referral,
     raw: &Value,
     decision: &Decision,

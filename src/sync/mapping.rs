@@ -10,7 +10,7 @@ use crate::google::GoogleDate;
 use crate::microsoft::Referral;
 
 /// Builds the `leads.create` body for a referral.
-pub fn lead_for(
+pub(crate) fn lead_for(
     referral: &Referral,
     raw: &Value,
     defaults: &GoogleLeadConfig,

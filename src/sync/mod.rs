@@ -4,12 +4,12 @@
 //! Accept / decline: the pure decision ([`answer`]) and its executor
 //! ([`push::answer_referral`]).
 
-pub mod adopt;
-pub mod answer;
-pub mod mapping;
-pub mod pull;
+pub(crate) mod adopt;
+pub(crate) mod answer;
+pub(crate) mod mapping;
+pub(crate) mod pull;
 pub mod push;
-pub mod reconcile;
+pub(crate) mod reconcile;
 pub mod refresh;
 
 use std::time::Duration;
@@ -23,10 +23,10 @@ use crate::microsoft::MicrosoftClient;
 use crate::store::referrals::UpsertCounts;
 use crate::store::{Store, StoreError};
 
-pub use pull::{pull_microsoft, PullSettings, PullStats};
-pub use push::{PlanStats, PushStats, Schedule};
-pub use reconcile::Policy;
-pub use refresh::{RefreshSettings, RefreshStats};
+pub(crate) use pull::{PullSettings, PullStats};
+pub(crate) use push::{PlanStats, PushStats, Schedule};
+pub(crate) use reconcile::Policy;
+pub(crate) use refresh::{RefreshSettings, RefreshStats};
 
 /// Why a cycle failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,21 +81,21 @@ pub struct GooglePullStats {
     pub fetched: u64,
     pub failed: u64,
     /// Tracked records not re-read because they were not due (`sync` without `--all`).
-    pub not_due: u64,
+    pub(crate) not_due: u64,
     /// Due, but left for later by the hourly read budget.
-    pub left_due: u64,
+    pub(crate) left_due: u64,
     /// When the next tracked record falls due after this cycle.
-    pub next_due_at: Option<DateTime<Utc>>,
+    pub(crate) next_due_at: Option<DateTime<Utc>>,
 }
 
 /// What a cycle did, for the log, `status` and the exit code.
 #[derive(Debug, Clone, Serialize)]
 pub struct CycleReport {
     pub cycle_id: String,
-    pub started_at: DateTime<Utc>,
-    pub elapsed: Duration,
-    pub pages: u64,
-    pub counts: UpsertCounts,
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) elapsed: Duration,
+    pub(crate) pages: u64,
+    pub(crate) counts: UpsertCounts,
     pub google: GooglePullStats,
     pub planned: PlanStats,
     pub pushed: PushStats,

@@ -23,16 +23,16 @@ use crate::store::referrals::{self, UpsertCounts};
 use crate::store::Store;
 
 /// The watermark of the incremental query.
-pub const INCREMENTAL_WATERMARK: &str = "microsoft.referrals.updated";
+pub(crate) const INCREMENTAL_WATERMARK: &str = "microsoft.referrals.updated";
 /// The inbox query of the spec: every incoming referral nobody has answered yet.
-pub const INBOX_FILTER: &str = "direction eq 'Incoming' and substatus eq 'Pending'";
+pub(crate) const INBOX_FILTER: &str = "direction eq 'Incoming' and substatus eq 'Pending'";
 
 #[derive(Debug, Clone)]
 pub struct PullSettings {
     pub page_size: u32,
-    pub retry: RetryPolicy,
-    pub overlap: Duration,
-    pub initial_lookback: Duration,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) overlap: Duration,
+    pub(crate) initial_lookback: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -57,15 +57,15 @@ pub const INBOX_ORDER: &str = "createdDateTime asc";
 
 /// One committed page of the pull.
 #[derive(Debug, Clone)]
-pub struct PageDone {
-    pub query: &'static str,
-    pub counts: UpsertCounts,
+pub(crate) struct PageDone {
+    pub(crate) query: &'static str,
+    pub(crate) counts: UpsertCounts,
     /// The ids of the page's readable referrals.
-    pub ids: Vec<String>,
+    pub(crate) ids: Vec<String>,
     /// Records read on this page (readable or not), and the query's total when the API
     /// says (`@odata.count`; a hint for progress only).
-    pub read: u64,
-    pub total_hint: Option<u64>,
+    pub(crate) read: u64,
+    pub(crate) total_hint: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -78,7 +78,7 @@ enum Stage {
 
 /// The pull as a sequence of pages: the inbox query, then the incremental query, then the
 /// watermark moved to the start of the pull. On failure, every page committed stays committed.
-pub struct MicrosoftPull<'a> {
+pub(crate) struct MicrosoftPull<'a> {
     store: &'a Store,
     client: &'a MicrosoftClient,
     settings: &'a PullSettings,
@@ -96,17 +96,7 @@ pub struct MicrosoftPull<'a> {
 }
 
 impl<'a> MicrosoftPull<'a> {
-    /// Both queries: the inbox, then the changes.
-    pub fn new(
-        store: &'a Store,
-        client: &'a MicrosoftClient,
-        settings: &'a PullSettings,
-        now: DateTime<Utc>,
-    ) -> Self {
-        Self::with(store, client, settings, now, Queries::Both)
-    }
-
-    pub fn with(
+    pub(crate) fn with(
         store: &'a Store,
         client: &'a MicrosoftClient,
         settings: &'a PullSettings,
@@ -137,12 +127,12 @@ impl<'a> MicrosoftPull<'a> {
     }
 
     /// What was pulled so far.
-    pub fn stats(&self) -> PullStats {
+    pub(crate) fn stats(&self) -> PullStats {
         self.stats
     }
 
     /// Reads and commits the next page; `None` once the pull is complete.
-    pub async fn next_page(&mut self) -> Result<Option<PageDone>, CycleError> {
+    pub(crate) async fn next_page(&mut self) -> Result<Option<PageDone>, CycleError> {
         loop {
             match self.stage {
                 Stage::Done => return Ok(None),
@@ -290,23 +280,5 @@ fn log_rejected(query: &str, rejected: &[RejectedRecord], request_id: Option<&st
             error = %bad.error,
             "skipping a referral that cannot be read (kept in rejected_records)"
         );
-    }
-}
-
-/// Runs the whole pull. On failure returns what was done so far with the error; every page
-/// committed before the failure stays committed.
-pub async fn pull_microsoft(
-    store: &Store,
-    client: &MicrosoftClient,
-    settings: &PullSettings,
-    now: DateTime<Utc>,
-) -> Result<PullStats, (PullStats, CycleError)> {
-    let mut pull = MicrosoftPull::new(store, client, settings, now);
-    loop {
-        match pull.next_page().await {
-            Ok(Some(_)) => {}
-            Ok(None) => return Ok(pull.stats()),
-            Err(e) => return Err((pull.stats(), e)),
-        }
     }
 }

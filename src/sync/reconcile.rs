@@ -19,20 +19,20 @@ use super::adopt::{is_google_name, named_record, Named};
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub partner_id: String,
-    pub conflict: ConflictPolicy,
-    pub lost_stages: Vec<String>,
-    pub won_stages: Vec<String>,
-    pub close_google_on_microsoft_close: bool,
-    pub forward: ForwardConfig,
-    pub lead: GoogleLeadConfig,
+    pub(crate) conflict: ConflictPolicy,
+    pub(crate) lost_stages: Vec<String>,
+    pub(crate) won_stages: Vec<String>,
+    pub(crate) close_google_on_microsoft_close: bool,
+    pub(crate) forward: ForwardConfig,
+    pub(crate) lead: GoogleLeadConfig,
 }
 
 /// Stages after which an opportunity is not written to or polled any more.
-pub const CLOSED_ADMIN: &str = "SALES_STAGE_CLOSED_ADMIN";
-pub const CLOSED_LOST: &str = "SALES_STAGE_CLOSED_LOST";
+pub(crate) const CLOSED_ADMIN: &str = "SALES_STAGE_CLOSED_ADMIN";
+pub(crate) const CLOSED_LOST: &str = "SALES_STAGE_CLOSED_LOST";
 
 impl Policy {
-    pub fn final_stages(&self) -> Vec<String> {
+    pub(crate) fn final_stages(&self) -> Vec<String> {
         let mut stages = self.lost_stages.clone();
         stages.extend(self.won_stages.iter().cloned());
         stages.push(CLOSED_ADMIN.into());
@@ -45,7 +45,7 @@ impl Policy {
 /// row decodes back to exactly this, or is reported as undecodable — never guessed at.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Action {
+pub(crate) enum Action {
     CreateLead {
         lead: Value,
     },
@@ -67,7 +67,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Action::CreateLead { .. } => CREATE_LEAD,
             Action::PatchReferral { .. } => PATCH_REFERRAL,
@@ -79,25 +79,25 @@ impl Action {
 
 /// Both sides changed a field differently and the policy is `manual`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Conflict {
-    pub field: &'static str,
-    pub microsoft: String,
-    pub google: String,
-    pub base: String,
+pub(crate) struct Conflict {
+    pub(crate) field: &'static str,
+    pub(crate) microsoft: String,
+    pub(crate) google: String,
+    pub(crate) base: String,
 }
 
 /// What reconcile decided for one referral.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Plan {
-    pub actions: Vec<Action>,
-    pub conflicts: Vec<Conflict>,
+pub(crate) struct Plan {
+    pub(crate) actions: Vec<Action>,
+    pub(crate) conflicts: Vec<Conflict>,
     /// The forward rules chose the referral but it cannot make a valid lead (why).
-    pub forward_blocked: Option<String>,
+    pub(crate) forward_blocked: Option<String>,
     /// Fields both sides already agree on whose base differs: record without writing.
-    pub agreed: BaseUpdate,
+    pub(crate) agreed: BaseUpdate,
 }
 
-pub fn reconcile(snapshot: &SnapshotRow, policy: &Policy, now: DateTime<Utc>) -> Plan {
+pub(crate) fn reconcile(snapshot: &SnapshotRow, policy: &Policy, now: DateTime<Utc>) -> Plan {
     let mut plan = Plan::default();
     let r = &snapshot.referral.referral;
     let closed = r.status == Some(ReferralStatus::Closed);

@@ -31,18 +31,18 @@ pub struct RefreshSettings {
     pub reads_per_hour: u64,
     pub min_interval: Duration,
     pub hot_max_interval: Duration,
-    pub max_interval: Duration,
+    pub(crate) max_interval: Duration,
     /// A referral this close to its deadline makes its lead "hot".
-    pub near_deadline: chrono::Duration,
+    pub(crate) near_deadline: chrono::Duration,
     /// Microsoft's response window, for referrals without `expirationDateTime`.
-    pub response_window: chrono::Duration,
-    pub concurrency: usize,
+    pub(crate) response_window: chrono::Duration,
+    pub(crate) concurrency: usize,
     /// Records read per pass at most (a pass is one budget decision).
-    pub batch: usize,
+    pub(crate) batch: usize,
 }
 
 /// The next interval after a read: back to the minimum on change, doubled otherwise, capped.
-pub fn next_interval(
+pub(crate) fn next_interval(
     previous: Duration,
     changed: bool,
     hot: bool,
@@ -60,14 +60,14 @@ pub fn next_interval(
 }
 
 /// How long to wait after a failed read: the same doubling, by failures, never below a minute.
-pub fn retry_after_failure(failures: u32, s: &RefreshSettings) -> Duration {
+pub(crate) fn retry_after_failure(failures: u32, s: &RefreshSettings) -> Duration {
     let step = s.min_interval.max(Duration::from_secs(60));
     step.saturating_mul(1u32 << failures.min(16))
         .min(s.max_interval.max(step))
 }
 
 /// Reads the budget still allows now, given the reads of the last hour and last five minutes.
-pub fn allowance(reads_last_hour: u64, reads_last_5min: u64, reads_per_hour: u64) -> u64 {
+pub(crate) fn allowance(reads_last_hour: u64, reads_last_5min: u64, reads_per_hour: u64) -> u64 {
     let hour_left = reads_per_hour.saturating_sub(reads_last_hour);
     let slice = reads_per_hour.div_ceil(12);
     hour_left.min(slice.saturating_sub(reads_last_5min))
@@ -78,17 +78,17 @@ pub fn allowance(reads_last_hour: u64, reads_last_5min: u64, reads_per_hour: u64
 pub struct RefreshStats {
     pub read: u64,
     pub changed: u64,
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// Records found final (never read again).
     pub finalized: u64,
     /// The budget allowed no read now.
     pub budget_exhausted: bool,
     /// More records were due than this pass read.
-    pub more_due: bool,
+    pub(crate) more_due: bool,
 }
 
 impl RefreshStats {
-    pub fn add(&mut self, o: RefreshStats) {
+    pub(crate) fn add(&mut self, o: RefreshStats) {
         self.read += o.read;
         self.changed += o.changed;
         self.failed += o.failed;
@@ -294,7 +294,7 @@ enum Fetched {
 }
 
 /// A lead Google converted or rejected is not read again.
-pub fn lead_is_final(status: Option<&str>, approval: Option<&str>) -> bool {
+pub(crate) fn lead_is_final(status: Option<&str>, approval: Option<&str>) -> bool {
     status == Some("STATE_CONVERTED") || approval == Some("APPROVAL_STATE_NOT_APPROVED")
 }
 

@@ -21,7 +21,7 @@ use crate::wake::DeadlineWake;
 
 /// Why a forward failed (the event stays open for another attempt, or polling).
 #[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
+pub(crate) enum ForwardError {
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error(transparent)]
@@ -30,7 +30,7 @@ pub enum ForwardError {
 
 impl ForwardError {
     /// Worth another attempt later (a permanent API answer, e.g. 404, is not).
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             ForwardError::Api(e) => e.is_transient(),
             ForwardError::Store(_) => true,
@@ -47,9 +47,9 @@ pub struct Handoff {
     /// The store, the Microsoft client (with `[microsoft.retry]`), the stop.
     pub cycle: CycleContext,
     /// Wakes the one executor (the deadline lane) once the referrals are stored.
-    pub wake: DeadlineWake,
+    pub(crate) wake: DeadlineWake,
     /// `webhook.max_attempts`: a transiently failing event is tried this often.
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
 }
 
 /// GETs a referral and commits it (queuing its plan); the lane does the rest.
@@ -70,7 +70,7 @@ async fn fetch_and_commit(handoff: &Handoff, referral_id: &str) -> Result<(), Fo
 /// Forwards stored events until `shutdown`: those handed over by the receiver at once, plus
 /// (at start and every `sweep_interval`) every accepted event not processed yet.
 /// `handoff` gives the current hand-off (it changes on SIGHUP).
-pub async fn run(
+pub(crate) async fn run(
     handoff: impl Fn() -> Handoff + Send + 'static,
     every: std::time::Duration,
     mut events: mpsc::Receiver<Accepted>,
@@ -100,7 +100,7 @@ pub async fn run(
 }
 
 /// Forwards every open event once (grouped by referral).
-pub async fn replay(handoff: &Handoff, shutdown: &CancellationToken) {
+pub(crate) async fn replay(handoff: &Handoff, shutdown: &CancellationToken) {
     let open = match handoff
         .cycle
         .store

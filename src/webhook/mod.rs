@@ -5,17 +5,17 @@
 //! registration commands ([`registration`]). Polling stays the safety net: events can be late,
 //! repeated or lost, and nothing here is needed for a referral to be synced eventually.
 
-pub mod forward;
+pub(crate) mod forward;
 pub mod receiver;
-pub mod registration;
-pub mod verify;
+pub(crate) mod registration;
+pub(crate) mod verify;
 
 use std::net::SocketAddr;
 
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::config::PartnerWebhookConfig;
+pub(crate) use crate::config::PartnerWebhookConfig;
 
 use forward::Handoff;
 
@@ -38,14 +38,14 @@ pub async fn start(
 }
 
 /// Accepted events, from the receiver to the forwarder.
-pub type Events = tokio::sync::mpsc::Receiver<receiver::Accepted>;
+pub(crate) type Events = tokio::sync::mpsc::Receiver<receiver::Accepted>;
 
 fn events_channel() -> (tokio::sync::mpsc::Sender<receiver::Accepted>, Events) {
     tokio::sync::mpsc::channel(1024)
 }
 
 /// The receiver's router (to mount on the server layer) and the events it will accept.
-pub fn receiver_router(
+pub(crate) fn receiver_router(
     config: &PartnerWebhookConfig,
     store: crate::store::Store,
 ) -> Result<(axum::Router, Events), String> {
@@ -54,7 +54,7 @@ pub fn receiver_router(
 }
 
 /// The forwarder: replays what was accepted but not forwarded, then forwards `events`.
-pub fn start_forwarder(
+pub(crate) fn start_forwarder(
     config: &PartnerWebhookConfig,
     handoff: impl Fn() -> Handoff + Send + 'static,
     events: Events,
@@ -65,11 +65,11 @@ pub fn start_forwarder(
 }
 
 /// The event name `webhook test` asks for.
-pub const TEST_EVENT: &str = "test-created";
+pub(crate) const TEST_EVENT: &str = "test-created";
 
 /// `status`'s line about events, e.g. `Webhook events: 12 received, 11 verified, 1 rejected,
 /// 3 duplicate, 0 waiting; event → lead p50 0.3s, p95 0.9s; last 2026-01-01T…`.
-pub fn status_line(w: &crate::store::webhook::WebhookStats) -> String {
+pub(crate) fn status_line(w: &crate::store::webhook::WebhookStats) -> String {
     let secs =
         |ms: Option<i64>| ms.map_or("-".to_string(), |v| format!("{:.1}s", v as f64 / 1000.0));
     format!(
@@ -89,23 +89,23 @@ pub fn status_line(w: &crate::store::webhook::WebhookStats) -> String {
 /// A Partner Center event: thin, it names the resource; the referral itself is fetched.
 /// Field names as documented (PascalCase); camelCase is accepted too.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Event {
+pub(crate) struct Event {
     #[serde(rename = "EventName", alias = "eventName")]
-    pub event_name: String,
+    pub(crate) event_name: String,
     #[serde(rename = "ResourceUri", alias = "resourceUri", default)]
-    pub resource_uri: String,
+    pub(crate) resource_uri: String,
     #[serde(rename = "ResourceName", alias = "resourceName", default)]
-    pub resource_name: Option<String>,
+    pub(crate) resource_name: Option<String>,
     #[serde(
         rename = "ResourceChangeUtcDate",
         alias = "resourceChangeUtcDate",
         default
     )]
-    pub change_utc: Option<String>,
+    pub(crate) change_utc: Option<String>,
 }
 
 impl Event {
-    pub fn parse(body: &[u8]) -> Result<Event, String> {
+    pub(crate) fn parse(body: &[u8]) -> Result<Event, String> {
         let event: Event =
             serde_json::from_slice(body).map_err(|e| format!("not a Partner Center event: {e}"))?;
         if event.event_name.trim().is_empty() || event.event_name.len() > 100 {
@@ -117,7 +117,7 @@ impl Event {
     /// The referral id of a referral event: the last segment of `ResourceUri`
     /// (`…/engagements/v1/referrals/{id}`). [I] The documented URI is on the classic host, not
     /// the Referrals API's, so only the id is used; the daemon GETs it from its own API base.
-    pub fn referral_id(&self) -> Option<String> {
+    pub(crate) fn referral_id(&self) -> Option<String> {
         if !self.event_name.contains("referral") {
             return None;
         }

@@ -29,8 +29,8 @@ const MAX_BODY: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     pub event_id: i64,
-    pub event_name: String,
-    pub referral_id: Option<String>,
+    pub(crate) event_name: String,
+    pub(crate) referral_id: Option<String>,
 }
 
 struct Shared {
@@ -79,7 +79,7 @@ impl RejectedTally {
 }
 
 /// The router alone (tests and `webhook test` serve it themselves).
-pub fn router(
+pub(crate) fn router(
     config: &PartnerWebhookConfig,
     store: Store,
     events: mpsc::Sender<Accepted>,

@@ -30,18 +30,18 @@ const PATH: &str = "/webhooks/v1/registration";
 
 /// The registration as Partner Center returns it (PascalCase documented; camelCase accepted).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Registration {
+pub(crate) struct Registration {
     #[serde(rename = "SubscriberId", alias = "subscriberId", default)]
-    pub subscriber_id: Option<String>,
+    pub(crate) subscriber_id: Option<String>,
     #[serde(rename = "WebhookUrl", alias = "webhookUrl", default)]
-    pub webhook_url: Option<String>,
+    pub(crate) webhook_url: Option<String>,
     #[serde(rename = "WebhookEvents", alias = "webhookEvents", default)]
-    pub webhook_events: Vec<String>,
+    pub(crate) webhook_events: Vec<String>,
 }
 
 /// The registration client.
 #[derive(Debug, Clone)]
-pub struct RegistrationClient {
+pub(crate) struct RegistrationClient {
     http: reqwest::Client,
     base: Url,
     tokens: Arc<TokenSource>,
@@ -49,7 +49,7 @@ pub struct RegistrationClient {
 
 impl RegistrationClient {
     /// From the configuration: `[microsoft]` credentials, `webhook.api_base`.
-    pub fn from_config(config: &Config) -> Result<Self, String> {
+    pub(crate) fn from_config(config: &Config) -> Result<Self, String> {
         let webhook = config
             .webhook
             .as_ref()
@@ -127,7 +127,7 @@ impl RegistrationClient {
     }
 
     /// The current registration, `None` when there is none.
-    pub async fn show(&self) -> Result<Option<Registration>, ApiError> {
+    pub(crate) async fn show(&self) -> Result<Option<Registration>, ApiError> {
         let Some(value) = self.call(Method::GET, "", None).await? else {
             return Ok(None);
         };
@@ -147,7 +147,10 @@ impl RegistrationClient {
 
     /// Registers `webhook.public_url` for `webhook.events`: POST when there is no registration,
     /// PUT (replace) when there is one.
-    pub async fn register(&self, webhook: &PartnerWebhookConfig) -> Result<Registration, ApiError> {
+    pub(crate) async fn register(
+        &self,
+        webhook: &PartnerWebhookConfig,
+    ) -> Result<Registration, ApiError> {
         let body = json!({ "WebhookUrl": webhook.public_url, "WebhookEvents": webhook.events });
         let method = if self.show().await?.is_some() {
             Method::PUT
@@ -168,12 +171,12 @@ impl RegistrationClient {
     }
 
     /// `DELETE …/registration`. [?] DELETE is not in the captured docs; the answer is reported.
-    pub async fn unregister(&self) -> Result<(), ApiError> {
+    pub(crate) async fn unregister(&self) -> Result<(), ApiError> {
         self.call(Method::DELETE, "", None).await.map(|_| ())
     }
 
     /// Asks for a `test-created` event; returns its correlation id when the answer has one.
-    pub async fn request_test_event(&self) -> Result<Option<String>, ApiError> {
+    pub(crate) async fn request_test_event(&self) -> Result<Option<String>, ApiError> {
         let answer = self
             .call(Method::POST, "/validationEvents", None)
             .await?
@@ -187,7 +190,7 @@ impl RegistrationClient {
 
 /// How `webhook test` ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TestOutcome {
+pub(crate) enum TestOutcome {
     /// A verified `test-created` event was stored.
     Verified { via_temporary_receiver: bool },
     /// Something arrived but failed verification.
@@ -197,7 +200,7 @@ pub enum TestOutcome {
 }
 
 /// `webhook test`: request the event and wait up to `wait` for it.
-pub async fn test(
+pub(crate) async fn test(
     config: &Config,
     client: &RegistrationClient,
     wait: Duration,

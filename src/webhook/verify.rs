@@ -33,15 +33,15 @@ const CACHE_TTL: Duration = Duration::from_secs(3600);
 /// signature least recently (or never) goes first.
 const CACHE_MAX: usize = 32;
 /// A certificate URL whose fetch or check failed is not fetched again for this long.
-pub const NEGATIVE_TTL: Duration = Duration::from_secs(30);
+pub(crate) const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 /// At most this many failed URLs are remembered; when full, new URLs are refused unfetched
 /// until entries expire (so no URL is ever fetched twice within [`NEGATIVE_TTL`]).
 const NEGATIVE_MAX: usize = 20_000;
 /// Certificate fetches in flight at once, over all URLs; a request that would start one more
 /// is refused without a fetch.
-pub const MAX_FETCHES_IN_FLIGHT: usize = 8;
+pub(crate) const MAX_FETCHES_IN_FLIGHT: usize = 8;
 /// A certificate file larger than this is not a certificate.
-pub const MAX_CERT_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_CERT_BYTES: usize = 64 * 1024;
 /// RSA 2048 to 8192 bits: the signature is as long as the key's modulus.
 const SIGNATURE_BYTES: std::ops::RangeInclusive<usize> = 256..=1024;
 /// A longer `X-MS-Certificate-Url` is not a certificate URL.
@@ -49,7 +49,7 @@ const MAX_URL_CHARS: usize = 512;
 
 /// Why an event was refused (HTTP 401). `reason()` is the metric label.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     #[error("no signature (Authorization: Signature … or x-ms-signature)")]
     Unsigned,
     #[error("signature is not base64")]
@@ -73,7 +73,7 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Rejection::Unsigned => "unsigned",
             Rejection::BadEncoding => "bad_encoding",
@@ -91,14 +91,17 @@ impl Rejection {
 
 /// The headers of a signed event, checked for presence and form (no network).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignedHeaders {
-    pub signature: Vec<u8>,
-    pub certificate_url: reqwest::Url,
+pub(crate) struct SignedHeaders {
+    pub(crate) signature: Vec<u8>,
+    pub(crate) certificate_url: reqwest::Url,
 }
 
 /// Reads the signature headers and checks the certificate URL's form against the trusted
 /// prefixes: everything that costs no network.
-pub fn check_headers(headers: &HeaderMap, prefixes: &[String]) -> Result<SignedHeaders, Rejection> {
+pub(crate) fn check_headers(
+    headers: &HeaderMap,
+    prefixes: &[String],
+) -> Result<SignedHeaders, Rejection> {
     let text = |name: &str| {
         headers
             .get(name)
@@ -265,7 +268,7 @@ struct Trust {
 }
 
 /// Verifies events; one per receiver, shared by its requests.
-pub struct Verifier {
+pub(crate) struct Verifier {
     prefixes: Vec<String>,
     trust: Arc<Trust>,
     http: reqwest::Client,
@@ -288,7 +291,7 @@ fn lock(m: &Mutex<Certificates>) -> std::sync::MutexGuard<'_, Certificates> {
 
 impl Verifier {
     /// System roots plus the roots in `ca_file` (when set).
-    pub fn new(
+    pub(crate) fn new(
         prefixes: Vec<String>,
         subject: String,
         ca_file: Option<&Path>,
@@ -326,7 +329,7 @@ impl Verifier {
 
     /// The whole check for one event: headers, certificate (cached or fetched), chain, subject,
     /// signature over `body`.
-    pub async fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Rejection> {
+    pub(crate) async fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Rejection> {
         let signed = check_headers(headers, &self.prefixes)?;
         let url = signed.certificate_url.as_str();
         let chain = self.certificate(&signed.certificate_url).await?;
@@ -465,7 +468,7 @@ async fn fetch(
     parse_certificates(&bytes).map_err(unavailable)
 }
 
-pub use crate::pem::{parse_certificates, read_pem_roots};
+pub(crate) use crate::pem::{parse_certificates, read_pem_roots};
 
 /// A DNS name in the subject alternative names, or else the subject's common name.
 fn issued_to(end_entity: &EndEntityCert<'_>, _der: &CertificateDer<'_>, subject: &str) -> bool {

@@ -24,38 +24,33 @@ use crate::sync::Schedule;
 #[derive(Debug, Clone)]
 pub struct AnswerContext {
     pub store: Store,
-    pub microsoft: MicrosoftClient,
-    pub retry: RetryPolicy,
+    pub(crate) microsoft: MicrosoftClient,
+    pub(crate) retry: RetryPolicy,
     /// `[alerts] response_window`: the deadline when Microsoft gives none.
-    pub window: chrono::Duration,
-    pub schedule: Schedule,
-    pub stop: CancellationToken,
+    pub(crate) window: chrono::Duration,
+    pub(crate) schedule: Schedule,
+    pub(crate) stop: CancellationToken,
     /// `[daemon] dry_run`: decide and log, never send.
-    pub dry_run: bool,
+    pub(crate) dry_run: bool,
 }
 
 /// How an answer ended, as the command and the page show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AnswerResult {
+pub(crate) struct AnswerResult {
     /// `sent` (this answer changed Partner Center), `already` (it was already so),
     /// `refused` (it cannot be: why is in `message`), `queued` (Partner Center did not
     /// answer; retried later).
-    pub outcome: String,
-    pub message: String,
+    pub(crate) outcome: String,
+    pub(crate) message: String,
     /// `accept` or `decline`.
-    pub decision: String,
-    pub actor: String,
-    pub at: DateTime<Utc>,
+    pub(crate) decision: String,
+    pub(crate) actor: String,
+    pub(crate) at: DateTime<Utc>,
 }
 
 impl AnswerResult {
-    /// The referral is now as asked.
-    pub fn succeeded(&self) -> bool {
-        matches!(self.outcome.as_str(), "sent" | "already")
-    }
-
     /// `accepted` or `declined`.
-    pub fn decision_past(&self) -> &'static str {
+    pub(crate) fn decision_past(&self) -> &'static str {
         match self.decision.as_str() {
             "accept" => "accepted",
             _ => "declined",
@@ -64,7 +59,7 @@ impl AnswerResult {
 }
 
 /// Sends every due answer; returns how many were handled.
-pub async fn send_due(ctx: &AnswerContext) -> Result<u64, StoreError> {
+pub(crate) async fn send_due(ctx: &AnswerContext) -> Result<u64, StoreError> {
     let mut handled = 0;
     while !ctx.stop.is_cancelled() {
         let Some(row) = ctx.store.call(|c| answers::take_due(c, Utc::now())).await? else {
@@ -412,7 +407,11 @@ fn audit_entry(
 }
 
 /// Waits until the answer row settles: closed, or waiting for a retry with its reason.
-pub async fn wait_for_outcome(store: &Store, id: i64, limit: Duration) -> Option<AnswerResult> {
+pub(crate) async fn wait_for_outcome(
+    store: &Store,
+    id: i64,
+    limit: Duration,
+) -> Option<AnswerResult> {
     let until = tokio::time::Instant::now() + limit;
     loop {
         let row = store

@@ -14,7 +14,7 @@ pub(super) struct PushRun {
 /// starts and the running ones finish. A row is taken only when a worker slot is free to run
 /// it, and marked `in_flight` only immediately before its request is sent, so a crash or a
 /// stop leaves at most `concurrency` writes in doubt.
-pub async fn push_due(
+pub(crate) async fn push_due(
     store: &Store,
     microsoft: &MicrosoftClient,
     microsoft_retry: &RetryPolicy,

@@ -10,7 +10,7 @@
 //! [`create_lead`], [`patch_referral`], [`patch_opportunity`]. Accepts and declines have an
 //! executor of their own, [`answer_referral`] (the answer lane; never taken by [`push_due`]).
 
-pub mod answer_referral;
+pub(crate) mod answer_referral;
 mod create_lead;
 mod execute;
 mod patch_opportunity;
@@ -37,11 +37,11 @@ use crate::store::{referrals, schedule};
 use crate::store::{Store, StoreError};
 
 use create_lead::*;
-pub use execute::push_due;
+pub(crate) use execute::push_due;
 use execute::*;
 use patch_opportunity::*;
 use patch_referral::*;
-pub use plan::{decode, encode, plan_all, plan_one, plan_queued};
+pub(crate) use plan::{decode, encode, plan_all, plan_one, plan_queued};
 // Recovery (`sync::adopt`) records its outcomes the way every action does.
 pub(in crate::sync) use execute::{failure, finish};
 
@@ -72,12 +72,12 @@ impl Schedule {
 pub struct PlanStats {
     pub referrals: u64,
     pub queued: u64,
-    pub conflicts: u64,
-    pub blocked: u64,
+    pub(crate) conflicts: u64,
+    pub(crate) blocked: u64,
 }
 
 impl PlanStats {
-    pub fn add(&mut self, other: PlanStats) {
+    pub(crate) fn add(&mut self, other: PlanStats) {
         self.referrals += other.referrals;
         self.queued += other.queued;
         self.conflicts += other.conflicts;
@@ -88,14 +88,14 @@ impl PlanStats {
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PushStats {
     pub done: u64,
-    pub retried: u64,
-    pub dead: u64,
-    pub quarantined: u64,
-    pub superseded: u64,
+    pub(crate) retried: u64,
+    pub(crate) dead: u64,
+    pub(crate) quarantined: u64,
+    pub(crate) superseded: u64,
 }
 
 impl PushStats {
-    pub fn add(&mut self, o: PushStats) {
+    pub(crate) fn add(&mut self, o: PushStats) {
         self.done += o.done;
         self.retried += o.retried;
         self.dead += o.dead;

@@ -16,7 +16,7 @@ pub(super) enum PlanScope {
 /// Reconciles every candidate referral in batches, storing each batch's decisions in one
 /// transaction. `planned_since` (a cycle's start) leaves out the referrals that cycle's plan
 /// queue already planned after their last change: each is planned once per change.
-pub async fn plan_all(
+pub(crate) async fn plan_all(
     store: &Store,
     policy: &Policy,
     now: DateTime<Utc>,
@@ -34,7 +34,7 @@ pub async fn plan_all(
 /// records, new links), in batches, taking each off the queue in the transaction that planned
 /// it. This is what the deadline lane runs every tick: its cost follows what changed, not how
 /// many referrals are tracked.
-pub async fn plan_queued(
+pub(crate) async fn plan_queued(
     store: &Store,
     policy: &Policy,
     now: DateTime<Utc>,
@@ -101,7 +101,7 @@ pub(super) async fn plan_batches(
 }
 
 /// Re-plans one referral (after a 412 re-read, or a webhook event).
-pub async fn plan_one(
+pub(crate) async fn plan_one(
     store: &Store,
     policy: &Policy,
     referral_id: &str,
@@ -184,7 +184,7 @@ pub(super) fn apply_plan(
 pub(super) const ACTION_FORMAT: u64 = 1;
 
 /// An action as the outbox stores it: the tagged action plus its format version.
-pub fn encode(action: &Action) -> Value {
+pub(crate) fn encode(action: &Action) -> Value {
     let mut value = serde_json::to_value(action).expect("an action serializes");
     if let Some(object) = value.as_object_mut() {
         object.insert("v".into(), ACTION_FORMAT.into());
@@ -194,7 +194,7 @@ pub fn encode(action: &Action) -> Value {
 
 /// The action an outbox row holds. Rows of the first format (no `v`: the payload fields of
 /// its `kind` only) still decode; a row that cannot decode is an error that names why.
-pub fn decode(row: &OutboxRow) -> Result<Action, String> {
+pub(crate) fn decode(row: &OutboxRow) -> Result<Action, String> {
     let mut payload = row.payload.clone();
     let Some(object) = payload.as_object_mut() else {
         return Err(format!("payload is not a JSON object: {}", row.payload));
