@@ -53,14 +53,14 @@ impl Config {
 
     /// For `auth microsoft`, which is how the first refresh token is obtained: the same as
     /// [`Config::load`] without requiring one.
-    pub fn load_for_auth(file: &Path) -> Result<Loaded, ConfigErrors> {
+    pub(crate) fn load_for_auth(file: &Path) -> Result<Loaded, ConfigErrors> {
         Self::load_checked(file, false)
     }
 
     /// For the commands that only read the database (`status`, `alerts list`, `outbox list`,
     /// `audit`, `reload`): the same validation, but no secret is read and no refresh token is
     /// needed, so they work from any shell that can read the config and the database.
-    pub fn load_read_only(file: &Path) -> Result<Loaded, ConfigErrors> {
+    pub(crate) fn load_read_only(file: &Path) -> Result<Loaded, ConfigErrors> {
         Self::load_with(file, Needs::READ_ONLY)
     }
 

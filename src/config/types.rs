@@ -415,7 +415,7 @@ pub struct AlertsConfig {
     /// Warn when this little time is left before the deadline (one alert per threshold).
     pub thresholds: Vec<HumanDuration>,
     /// Cycles failing in a row before `sync_unhealthy` (an authentication failure is at once).
-    pub(crate) failed_cycles: u32,
+    pub failed_cycles: u32,
     /// Link to a referral in Partner Center; `{id}` is replaced by the referral id.
     pub(crate) referral_url: String,
     /// Delivery tries per sink and alert within one cycle; what is left is retried next cycle.

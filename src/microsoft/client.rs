@@ -192,7 +192,7 @@ impl MicrosoftClient {
     }
 
     /// The same client at background priority.
-    pub(crate) fn background(&self) -> MicrosoftClient {
+    pub fn background(&self) -> MicrosoftClient {
         MicrosoftClient {
             background: true,
             ..self.clone()

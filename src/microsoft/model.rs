@@ -272,7 +272,7 @@ fn sanitize(referral: &mut Referral) {
 #[derive(Debug)]
 pub struct RawPage {
     pub items: Vec<Result<ParsedReferral, RejectedRecord>>,
-    pub(crate) next_link: Option<String>,
+    pub next_link: Option<String>,
     /// `@odata.count` when it is a whole number (only a hint for progress: [?] whether it
     /// counts the query or the page).
     pub(crate) count: Option<u64>,

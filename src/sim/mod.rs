@@ -5,7 +5,7 @@
 
 pub mod google;
 pub mod microsoft;
-pub(crate) mod odata;
+pub mod odata;
 pub mod sample;
 pub mod standalone;
 pub mod webhook;
@@ -201,7 +201,7 @@ impl SimState {
 
 /// A running simulator; stops when dropped.
 pub struct Simulator {
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     pub state: Arc<SimState>,
     stop: CancellationToken,
 }

@@ -79,7 +79,7 @@ pub struct CycleContext {
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct GooglePullStats {
     pub fetched: u64,
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// Tracked records not re-read because they were not due (`sync` without `--all`).
     pub(crate) not_due: u64,
     /// Due, but left for later by the hourly read budget.

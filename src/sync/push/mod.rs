@@ -88,7 +88,7 @@ impl PlanStats {
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PushStats {
     pub done: u64,
-    pub(crate) retried: u64,
+    pub retried: u64,
     pub(crate) dead: u64,
     pub(crate) quarantined: u64,
     pub(crate) superseded: u64,
