@@ -420,7 +420,8 @@ pub struct AlertsConfig {
     pub referral_url: String,
     /// Delivery tries per sink and alert within one cycle; what is left is retried next cycle.
     pub delivery_attempts: usize,
-    /// The deadline in alert texts (the log and command sinks): `UTC` or an offset `+01:00`.
+    /// The deadline in alert texts (the log and command sinks): `UTC`, an IANA zone name
+    /// (`Europe/Berlin`, daylight saving followed) or a fixed offset `+01:00`.
     /// Slack and Teams show each reader's own local time whatever this says.
     pub timezone: String,
     pub webhook: Vec<WebhookConfig>,
