@@ -243,6 +243,7 @@ fn bad_values_are_reported_together_in_plain_words() {
 [sync]
 concurrncy = 8
 max_attempts = \"five\"
+retry_min = true
 
 [log]
 format = \"jsn\"
@@ -265,6 +266,11 @@ reads_per_hour = -1
                 "no {e:?} in {errors:#?}"
             );
         }
+        let quoted = errors
+            .iter()
+            .find(|m| m.starts_with("sync.retry_min"))
+            .unwrap();
+        assert!(quoted.contains("expected a duration in quotes"), "{quoted}");
         let typo = errors.iter().find(|m| m.contains("concurrncy")).unwrap();
         assert!(typo.ends_with("did you mean `concurrency`?"), "{typo}");
         let format = errors.iter().find(|m| m.starts_with("log.format")).unwrap();
@@ -284,13 +290,18 @@ fn a_value_where_a_table_belongs_and_a_misspelt_section_are_explained() {
     Jail::expect_with(|jail| {
         jail.create_file(
             "config.toml",
-            &format!("log = \"debug\"\n{GOOD}\n[sycn]\nconcurrency = 2\n"),
+            &format!("log = \"debug\"\n{GOOD}\n[sycn]\nconcurrency = 2\n[refresh]\nconcurrency = \"2\"\n"),
         )?;
         let errors = messages(load(jail).unwrap_err());
         assert!(
             errors
                 .iter()
                 .any(|m| m.starts_with("log: expected a table like [log], got \"debug\"")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors.iter().any(|m| m.starts_with("refresh.concurrency:")
+                && m.ends_with("; write it without quotes: 2")),
             "{errors:#?}"
         );
         assert!(

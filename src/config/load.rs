@@ -267,9 +267,10 @@ fn describe(figment: &Figment, e: &figment::Error) -> ConfigError {
             format!("{got:?} is not one of {}{hint}", one_of(words))
         }
         Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => format!(
-            "expected {}, got {}",
+            "expected {}, got {}{}",
             plain_expected(expected, &key),
-            plain_actual(actual)
+            plain_actual(actual),
+            unquote_hint(actual, expected)
         ),
         Kind::InvalidLength(len, expected) => {
             format!(
@@ -283,7 +284,11 @@ fn describe(figment: &Figment, e: &figment::Error) -> ConfigError {
     };
     if let Some(from) = source_of(figment, e, &path) {
         // Before the suggestion: "… (in FILE); did you mean …" reads in that order.
-        match message.find("; did you mean") {
+        let hint = ["; did you mean", "; write it without quotes"]
+            .iter()
+            .filter_map(|marker| message.find(marker))
+            .min();
+        match hint {
             Some(at) => message.insert_str(at, &format!(" ({from})")),
             None => message.push_str(&format!(" ({from})")),
         }
@@ -330,6 +335,22 @@ fn plain_expected(expected: &str, key: &str) -> String {
             "one of this key's words, in quotes (config.example.toml lists them)".into()
         }
         other => other.replace('`', ""),
+    }
+}
+
+/// `page_size = "100"`: a number or boolean in quotes is text to TOML; say so.
+fn unquote_hint(actual: &Actual, expected: &str) -> String {
+    let Actual::Str(text) = actual else {
+        return String::new();
+    };
+    let number = expected.starts_with(['u', 'i', 'f']) && expected[1..].parse::<u8>().is_ok()
+        || expected == "usize";
+    let fits = (number && text.trim().parse::<f64>().is_ok())
+        || (matches!(expected, "a boolean" | "bool") && matches!(text.trim(), "true" | "false"));
+    if fits {
+        format!("; write it without quotes: {}", text.trim())
+    } else {
+        String::new()
     }
 }
 
