@@ -548,16 +548,7 @@ pub async fn health(config: &Config, file: &Path, timeout_secs: u64) -> Outcome 
             "is not set: the probe asks the daemon's /healthz there (e.g. listen = \"127.0.0.1:9464\")".into(),
         ));
     };
-    let mut addr: std::net::SocketAddr = listen
-        .parse()
-        .map_err(|_| invalid(format!("{listen:?} is not host:port")))?;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(match addr {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    let url = format!("http://{addr}/healthz");
+    let url = healthz_url(listen).ok_or_else(|| invalid(format!("{listen:?} is not host:port")))?;
     let timeout = std::time::Duration::from_secs(timeout_secs.max(1));
     let client = crate::http::client_builder()
         .timeout(timeout)
@@ -583,6 +574,19 @@ pub async fn health(config: &Config, file: &Path, timeout_secs: u64) -> Outcome 
             "unhealthy: {url} answered {code}: {body}"
         )))
     }
+}
+
+/// The URL `health` asks for `[metrics] listen`: a wildcard address (`0.0.0.0:9464` in a
+/// container) is asked on the loopback of its family, where the daemon also answers.
+fn healthz_url(listen: &str) -> Option<String> {
+    let mut addr: std::net::SocketAddr = listen.parse().ok()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Some(format!("http://{addr}/healthz"))
 }
 
 /// Runs one command with its loaded configuration: the one `match` from a command to its
@@ -644,5 +648,20 @@ pub async fn dispatch(
         Command::Demo { .. } | Command::Sim { .. } => unreachable!("handled before the config"),
         Command::Man | Command::Completions { .. } => unreachable!("handled in main"),
         Command::Webhook { action } => webhook(&config, action).await,
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    #[test]
+    fn wildcards_are_probed_on_the_loopback() {
+        use super::healthz_url as url;
+        assert_eq!(
+            url("0.0.0.0:9464").unwrap(),
+            "http://127.0.0.1:9464/healthz"
+        );
+        assert_eq!(url("[::]:9464").unwrap(), "http://[::1]:9464/healthz");
+        assert_eq!(url("127.0.0.1:1").unwrap(), "http://127.0.0.1:1/healthz");
+        assert_eq!(url("localhost:9464"), None);
     }
 }

@@ -365,10 +365,7 @@ async fn the_reload_command_exits_with_the_daemons_answer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn microsoft_only_status_metrics_and_the_health_probe() {
     let port = free_port();
-    let env = TestEnv::with_extra(&format!(
-        "\n[metrics]\nlisten = \"0.0.0.0:{port}\"\nallow_remote = true\n"
-    ))
-    .await;
+    let env = TestEnv::with_extra(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).await;
     env.sim
         .put_referrals(sample::demo_set(12, chrono::Utc::now()));
     let notify_path = env.dir.path().join("notify.sock");
@@ -413,7 +410,6 @@ async fn microsoft_only_status_metrics_and_the_health_probe() {
         "{metrics}"
     );
 
-    // 0.0.0.0 is probed on 127.0.0.1.
     let probe = env.run(&["health"]).await;
     assert!(probe.status.success(), "{probe:?}");
     assert!(probe.stdout.starts_with("healthy:"), "{probe:?}");
@@ -425,7 +421,7 @@ async fn microsoft_only_status_metrics_and_the_health_probe() {
     let probe = env.run(&["health", "--timeout", "2"]).await;
     assert_eq!(probe.status.code(), Some(1), "{probe:?}");
     assert!(probe.stderr.contains("no answer"), "{probe:?}");
-    env.edit_config(|t| t.replace(&format!("listen = \"0.0.0.0:{port}\""), ""));
+    env.edit_config(|t| t.replace(&format!("listen = \"127.0.0.1:{port}\""), ""));
     let probe = env.run(&["health"]).await;
     assert_eq!(probe.status.code(), Some(78), "{probe:?}");
     assert!(
