@@ -62,8 +62,19 @@ impl AppError {
     }
 }
 
+/// One error a paragraph, within 80 columns: continuation lines indented under the key, so
+/// a list of several errors still reads as a list in a terminal.
 fn indented(errors: &ConfigErrors) -> String {
-    errors.0.iter().map(|e| format!("\n  {e}")).collect()
+    errors
+        .0
+        .iter()
+        .map(|e| {
+            format!(
+                "\n  {}",
+                crate::render::wrap(&e.to_string(), 4).trim_start()
+            )
+        })
+        .collect()
 }
 
 /// Everything a cycle needs, built once per process.

@@ -162,6 +162,14 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         wait: u64,
     },
+    /// Probe the running daemon: GET /healthz on [metrics] listen; exit 0 when it answers
+    /// 200, 1 when it answers otherwise or not at all, 78 without [metrics] listen. For a
+    /// container's HEALTHCHECK (the image has no shell or curl); reads no secret.
+    Health {
+        /// How long to wait for the answer, in seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// Serve the simulator of both clouds with sample data until stopped, to rehearse an
     /// install: it prints the config keys that point at it.
     Sim {

@@ -8,7 +8,7 @@
 //! [`RENDER_MAX_AGE`], so scraping does not slow a cycle.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -56,6 +56,10 @@ pub(crate) struct Health {
     failing_in_a_row: AtomicU32,
     /// Why the daemon is stopping for good (its database file is gone): unhealthy until exit.
     fatal: Mutex<Option<String>>,
+    /// Whether the running configuration has `[google]`: the metrics endpoint exports the
+    /// "without lead" gauges only then. Here, not in the endpoint, because a reload may turn
+    /// the Google side on or off and the endpoint is built once.
+    google_enabled: AtomicBool,
 }
 
 fn index(lane: Lane) -> usize {
@@ -66,6 +70,15 @@ fn index(lane: Lane) -> usize {
 }
 
 impl Health {
+    /// The running configuration's `[google]` state (at start and on every reload).
+    pub fn set_google_enabled(&self, on: bool) {
+        self.google_enabled.store(on, Ordering::Relaxed);
+    }
+
+    pub fn google_enabled(&self) -> bool {
+        self.google_enabled.load(Ordering::Relaxed)
+    }
+
     fn with_lane<T>(&self, lane: Lane, f: impl FnOnce(&mut LaneState) -> T) -> T {
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut lanes[index(lane)])
@@ -257,13 +270,20 @@ async fn refresh_state(e: &Endpoint) {
     let path = cache.path.clone();
     let conn = cache.conn.take();
     let window = e.window;
+    let google_enabled = e.health.google_enabled();
     let read = tokio::task::spawn_blocking(move || {
         let mut conn = match conn {
             Some(c) => c,
             None => gauges::open_reader(&path)?,
         };
         let snapshot = gauges::read(&mut conn, chrono::Utc::now(), window);
-        snapshot.map(|s| (conn, s))
+        snapshot.map(|s| {
+            let s = StateSnapshot {
+                google_enabled,
+                ..s
+            };
+            (conn, s)
+        })
     })
     .await;
     match read {

@@ -64,7 +64,10 @@ pub(crate) struct StateSnapshot {
     pub(crate) alerts: Vec<(String, String, u64)>,
     /// Google records due for a refresh read, and how long the longest-unchecked one has
     /// gone unread (`None` without a refresh schedule).
-    pub(crate) refresh_backlog: Option<(u64, Option<Duration>)>,
+    pub refresh_backlog: Option<(u64, Option<Duration>)>,
+    /// Whether the Google side runs. Without it, "awaiting a response without a Google
+    /// lead" is every referral by design, not a problem: that family then has no series.
+    pub google_enabled: bool,
 }
 
 /// Every metric family of the process.
@@ -508,9 +511,14 @@ impl Metrics {
                     .sum::<u64>()
             };
             self.awaiting.get_or_create(&labels).set(count(of(None)));
-            self.awaiting_without_lead
-                .get_or_create(&labels)
-                .set(count(of(Some(false))));
+            // Microsoft-only: no series rather than 0. Absent says "does not apply" (0 would
+            // claim every referral has a lead), and the CosellReferralsExpiringWithoutLead
+            // rule, a `> 0` over this family, has nothing to fire on.
+            if state.google_enabled {
+                self.awaiting_without_lead
+                    .get_or_create(&labels)
+                    .set(count(of(Some(false))));
+            }
         }
         if let Some((due, oldest)) = state.refresh_backlog {
             self.refresh_backlog(due, oldest);
@@ -657,12 +665,21 @@ mod tests {
             awaiting: vec![("lt_4h", false, 2), ("lt_4h", true, 5)],
             alerts: vec![],
             refresh_backlog: Some((7, Some(Duration::from_secs(90)))),
+            google_enabled: true,
         });
+        assert!(m
+            .render()
+            .contains("cosell_referrals_awaiting_response_without_lead{time_left=\"lt_4h\"} 2"));
         m.set_state(&StateSnapshot {
             outbox: vec![("create_lead".into(), "done".into(), 3)],
             ..StateSnapshot::default()
         });
         let text = m.render();
+        // Microsoft-only (the default snapshot): no "without lead" series at all.
+        assert!(
+            !text.contains("cosell_referrals_awaiting_response_without_lead{"),
+            "{text}"
+        );
         assert!(text.contains("cosell_outbox_actions{kind=\"create_lead\",state=\"done\"} 3"));
         assert!(!text.contains("state=\"pending\""), "{text}");
         assert!(text.contains("cosell_referrals_awaiting_response{time_left=\"lt_4h\"} 0"));

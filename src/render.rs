@@ -284,16 +284,27 @@ fn states(out: &mut String, report: &StatusReport) {
 }
 
 fn google_and_outbox(out: &mut String, report: &StatusReport, limit: usize) {
-    let _ = writeln!(
-        out,
-        "Google: {} leads and {} opportunities tracked",
-        report.links.leads, report.links.opportunities
-    );
-    let _ = writeln!(
-        out,
-        "{}",
-        wrap(&refresh(&report.refresh, report.generated_at), 0)
-    );
+    if report.google_enabled {
+        let _ = writeln!(
+            out,
+            "Google: {} leads and {} opportunities tracked",
+            report.links.leads, report.links.opportunities
+        );
+        let _ = writeln!(
+            out,
+            "{}",
+            wrap(&refresh(&report.refresh, report.generated_at), 0)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{}",
+            wrap(
+                "Google: off (Microsoft-only: no [google] partner_id); referrals are watched and alerted on, none is planned into Google",
+                0
+            )
+        );
+    }
     if let Some(w) = &report.webhooks {
         let _ = writeln!(out, "{}", crate::webhook::status_line(w));
     }

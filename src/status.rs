@@ -56,7 +56,10 @@ pub(crate) struct StatusReport {
     pub(crate) cannot_forward: Vec<Blocked>,
     pub(crate) links: LinkCounts,
     /// The refresh lane: records tracked and due, the oldest unchecked, the budget used.
-    pub(crate) refresh: RefreshBacklog,
+    pub refresh: RefreshBacklog,
+    /// Whether the Google side runs (`[google] partner_id`). Microsoft-only, nothing is
+    /// planned into Google, so `refresh.plan_queue` is 0 rather than every referral "waiting".
+    pub google_enabled: bool,
     /// Partner Center events (present when `[webhook]` is set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) webhooks: Option<crate::store::webhook::WebhookStats>,
@@ -130,7 +133,17 @@ pub(crate) fn status(
                     reason,
                 })
                 .collect(),
-            refresh: schedule::backlog(c, now)?,
+            refresh: {
+                let mut backlog = schedule::backlog(c, now)?;
+                // Referrals are still queued for planning Microsoft-only (turning Google on
+                // later plans them at once), but nothing will plan them while it is off:
+                // they are not "waiting", and saying so forever read as a stuck daemon.
+                if !config.google_enabled() {
+                    backlog.plan_queue = 0;
+                }
+                backlog
+            },
+            google_enabled: config.google_enabled(),
             links: views::link_counts(c)?,
             webhooks: match config.webhook {
                 Some(_) => Some(crate::store::webhook::stats(c)?),

@@ -9,14 +9,62 @@ pub(crate) fn human(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M UTC").to_string()
 }
 
-/// The same in a fixed offset (`[alerts] timezone`): `2026-12-01 15:05 +01:00`; UTC stays `UTC`.
-pub(crate) fn human_in(at: DateTime<Utc>, zone: FixedOffset) -> String {
-    if zone.local_minus_utc() == 0 {
-        return human(at);
+/// `[alerts] timezone`: a fixed offset, or a zone by name whose offset follows daylight
+/// saving time at each instant shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zone {
+    Fixed(FixedOffset),
+    Named(chrono_tz::Tz),
+}
+
+impl From<FixedOffset> for Zone {
+    fn from(offset: FixedOffset) -> Self {
+        Zone::Fixed(offset)
     }
-    at.with_timezone(&zone)
-        .format("%Y-%m-%d %H:%M %:z")
-        .to_string()
+}
+
+impl Zone {
+    pub fn utc() -> Zone {
+        Zone::Fixed(FixedOffset::east_opt(0).expect("UTC is an offset"))
+    }
+}
+
+/// Parses `[alerts] timezone`: `UTC`, an offset (`+01:00`), or an IANA name
+/// (`Europe/Berlin`, any case).
+pub fn parse_zone(text: &str) -> Option<Zone> {
+    if let Some(offset) = parse_offset(text) {
+        return Some(Zone::Fixed(offset));
+    }
+    let text = text.trim();
+    if let Ok(tz) = text.parse::<chrono_tz::Tz>() {
+        return Some(Zone::Named(tz));
+    }
+    chrono_tz::TZ_VARIANTS
+        .iter()
+        .find(|tz| tz.name().eq_ignore_ascii_case(text))
+        .map(|tz| Zone::Named(*tz))
+}
+
+/// Every zone name `[alerts] timezone` takes (for a did-you-mean on a typo).
+pub fn zone_names() -> impl Iterator<Item = &'static str> {
+    chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name())
+}
+
+/// The same in `[alerts] timezone`: `2026-12-01 15:05 +01:00` for an offset, UTC stays
+/// `UTC`, and a named zone shows the abbreviation in force at that instant
+/// (`2026-07-01 14:05 CEST`, `2026-12-01 15:05 CET`).
+pub fn human_in(at: DateTime<Utc>, zone: impl Into<Zone>) -> String {
+    match zone.into() {
+        Zone::Fixed(offset) if offset.local_minus_utc() == 0 => human(at),
+        Zone::Fixed(offset) => at
+            .with_timezone(&offset)
+            .format("%Y-%m-%d %H:%M %:z")
+            .to_string(),
+        Zone::Named(tz) => at
+            .with_timezone(&tz)
+            .format("%Y-%m-%d %H:%M %Z")
+            .to_string(),
+    }
 }
 
 /// A stored timestamp (RFC 3339, any precision) for people; text that is not one is shown as is.
@@ -123,6 +171,46 @@ mod tests {
         assert_eq!(left(45), "45 min");
         assert_eq!(left(0), "expired");
         assert_eq!(left(-90), "expired");
+    }
+
+    #[test]
+    fn named_zones_follow_daylight_saving_time() {
+        let berlin = parse_zone("Europe/Berlin").unwrap();
+        assert_eq!(parse_zone("europe/berlin"), Some(berlin));
+        // Berlin moves to CEST at 01:00 UTC on 2026-03-29: one minute apart, two offsets.
+        assert_eq!(
+            human_in(at("2026-03-29T00:59:00Z"), berlin),
+            "2026-03-29 01:59 CET"
+        );
+        assert_eq!(
+            human_in(at("2026-03-29T01:00:00Z"), berlin),
+            "2026-03-29 03:00 CEST"
+        );
+        assert_eq!(
+            human_in(at("2026-10-25T00:30:00Z"), berlin),
+            "2026-10-25 02:30 CEST"
+        );
+        assert_eq!(
+            human_in(at("2026-10-25T01:30:00Z"), berlin),
+            "2026-10-25 02:30 CET"
+        );
+        assert_eq!(parse_zone("UTC"), Some(Zone::utc()));
+        assert!(parse_zone("Europe/Berln").is_none());
+        assert!(parse_zone("").is_none());
+    }
+
+    /// Generated hostile names (proptest is not a dependency; seeded `fastrand` is): never a
+    /// panic, and every accepted zone formats an instant.
+    #[test]
+    fn generated_zone_text_never_panics() {
+        let mut rng = fastrand::Rng::with_seed(0x7a0e_0421);
+        let now = at("2026-03-29T01:00:00Z");
+        for _ in 0..5_000 {
+            let text = crate::config::hostile_text(&mut rng, 6);
+            if let Some(zone) = parse_zone(&text) {
+                assert!(!human_in(now, zone).is_empty(), "{text:?}");
+            }
+        }
     }
 
     #[test]

@@ -230,3 +230,182 @@ fn stray_cosell_variables_that_are_not_keys_leave_the_config_valid() {
         Ok(())
     });
 }
+
+/// Issue 21: three bad values take one run, each with its key, what it takes in plain words
+/// and, for a misspelt key or word, the nearest right one.
+#[test]
+fn bad_values_are_reported_together_in_plain_words() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "config.toml",
+            &format!(
+                "{GOOD}
+[sync]
+concurrncy = 8
+max_attempts = \"five\"
+retry_min = true
+
+[log]
+format = \"jsn\"
+
+[refresh]
+reads_per_hour = -1
+"
+            ),
+        )?;
+        let errors = messages(load(jail).unwrap_err());
+        let expect = [
+            "sync.concurrncy is not a key of [sync]",
+            "sync.max_attempts: expected a whole number from 0 to 4294967295, got \"five\"",
+            "log.format: \"jsn\" is not one of \"text\", \"json\" or \"journald\"",
+            "refresh.reads_per_hour: expected a whole number from 0 to 18446744073709551615, got -1",
+        ];
+        for e in expect {
+            assert!(
+                errors.iter().any(|m| m.starts_with(e)),
+                "no {e:?} in {errors:#?}"
+            );
+        }
+        let quoted = errors
+            .iter()
+            .find(|m| m.starts_with("sync.retry_min"))
+            .unwrap();
+        assert!(quoted.contains("expected a duration in quotes"), "{quoted}");
+        let typo = errors.iter().find(|m| m.contains("concurrncy")).unwrap();
+        assert!(typo.ends_with("did you mean `concurrency`?"), "{typo}");
+        let format = errors.iter().find(|m| m.starts_with("log.format")).unwrap();
+        assert!(format.ends_with("did you mean \"json\"?"), "{format}");
+        for m in &errors {
+            for rust in ["expected u32", "u64", "struct ", "untagged", "``"] {
+                assert!(!m.contains(rust), "Rust's words in {m:?}");
+            }
+            assert!(m.matches('`').count() <= 2, "nested backticks in {m:?}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn a_value_where_a_table_belongs_and_a_misspelt_section_are_explained() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "config.toml",
+            &format!("log = \"debug\"\n{GOOD}\n[sycn]\nconcurrency = 2\n[refresh]\nconcurrency = \"2\"\n"),
+        )?;
+        let errors = messages(load(jail).unwrap_err());
+        assert!(
+            errors
+                .iter()
+                .any(|m| m.starts_with("log: expected a table like [log], got \"debug\"")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors.iter().any(|m| m.starts_with("refresh.concurrency:")
+                && m.ends_with("; write it without quotes: 2")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|m| m.starts_with("sycn is not a section")
+                    && m.ends_with("did you mean [sync]?")),
+            "{errors:#?}"
+        );
+        Ok(())
+    });
+}
+
+/// A value from the environment names the variable, not the file.
+#[test]
+fn a_bad_value_from_the_environment_names_the_variable() {
+    Jail::expect_with(|jail| {
+        jail.create_file("config.toml", GOOD)?;
+        jail.set_env("COSELL_SYNC__MAX_ATTEMPTS", "lots");
+        let errors = messages(load(jail).unwrap_err());
+        assert!(
+            errors
+                .iter()
+                .any(|m| m.starts_with("sync.max_attempts:")
+                    && m.contains("COSELL_SYNC__MAX_ATTEMPTS")),
+            "{errors:#?}"
+        );
+        Ok(())
+    });
+}
+
+/// systemd runs the daemon in `/`: figment showed the file relative to the working
+/// directory, so a reload refused under systemd named `etc/cosell-sync/config.toml`.
+#[test]
+fn the_file_named_in_an_error_keeps_its_leading_slash() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "config.toml",
+            &format!("{GOOD}\n[sync]\nmax_attempts = \"five\"\n"),
+        )?;
+        let file = jail.directory().join("config.toml");
+        assert!(file.is_absolute());
+        std::env::set_current_dir("/").unwrap(); // the jail restores the working directory
+        let errors = messages(Config::load(&file).unwrap_err());
+        let wanted = format!("(in {})", file.display());
+        assert!(
+            errors.iter().any(|m| m.contains(&wanted)),
+            "no {wanted:?} in {errors:#?}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn durations_take_spelled_units_and_say_which_forms_work() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "config.toml",
+            &format!("{GOOD}\n[daemon]\nshutdown_grace = \"30 seconds\"\n[alerts]\nresponse_window = \"2 weeks\"\n"),
+        )?;
+        let config = load(jail).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.daemon.shutdown_grace.0.as_secs(), 30);
+        assert_eq!(config.alerts.response_window.0.as_secs(), 14 * 86_400);
+
+        jail.create_file(
+            "config.toml",
+            &format!("{GOOD}\n[daemon]\nshutdown_grace = \"30 fortnights\"\nstuck_after = true\n"),
+        )?;
+        let errors = messages(load(jail).unwrap_err());
+        let grace = errors
+            .iter()
+            .find(|m| m.starts_with("daemon.shutdown_grace:"))
+            .unwrap_or_else(|| panic!("{errors:#?}"));
+        assert!(grace.contains("use 30s, 5m, 2h or 1d"), "{grace}");
+        assert!(
+            errors
+                .iter()
+                .any(|m| m.starts_with("daemon.stuck_after: expected a duration")),
+            "{errors:#?}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn time_zones_by_name_are_accepted_and_a_typo_gets_a_suggestion() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "config.toml",
+            &format!("{GOOD}\n[alerts]\ntimezone = \"Europe/Berlin\"\n"),
+        )?;
+        let config = load(jail).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.alerts.timezone, "Europe/Berlin");
+
+        jail.create_file(
+            "config.toml",
+            &format!("{GOOD}\n[alerts]\ntimezone = \"Europe/Berln\"\n"),
+        )?;
+        let errors = messages(load(jail).unwrap_err());
+        assert!(
+            errors.iter().any(|m| m.starts_with("alerts.timezone:")
+                && m.ends_with("did you mean \"Europe/Berlin\"?")),
+            "{errors:#?}"
+        );
+        Ok(())
+    });
+}

@@ -149,10 +149,10 @@ pub(crate) struct AlertSettings {
     pub(crate) failed_cycles: u32,
     pub(crate) referral_url: String,
     /// For the deadline in alert texts (log and command sinks; chat sinks show local time).
-    pub(crate) timezone: chrono::FixedOffset,
-    pub(crate) attempts: usize,
-    pub(crate) sinks: Vec<Sink>,
-    pub(crate) http: reqwest::Client,
+    pub timezone: crate::timefmt::Zone,
+    pub attempts: usize,
+    pub sinks: Vec<Sink>,
+    pub http: reqwest::Client,
     /// `[actions]`: signs the `action_url` of `referral_expiring` alerts.
     pub(crate) links: Option<std::sync::Arc<crate::links::LinkSigner>>,
     /// Health alerts the store could not record yet (see [`super::unrecorded`]).
@@ -178,8 +178,9 @@ impl AlertSettings {
             threshold_labels: config.thresholds.iter().map(|t| t.to_string()).collect(),
             failed_cycles: config.failed_cycles,
             referral_url: config.referral_url.clone(),
-            timezone: crate::timefmt::parse_offset(&config.timezone)
-                .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("UTC is an offset")),
+            // Validated at load; UTC only for a config that never went through validation.
+            timezone: crate::timefmt::parse_zone(&config.timezone)
+                .unwrap_or_else(crate::timefmt::Zone::utc),
             attempts: config.delivery_attempts.max(1),
             sinks,
             http: crate::http::client_builder()

@@ -3,13 +3,13 @@
 //! threshold, ever, because the id names both), or `referral_expired` once the deadline passed.
 //! Health: `sync_unhealthy` once per episode of failing cycles, and a recovery notice.
 
-use chrono::{DateTime, Duration, FixedOffset, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
 
 use super::Alert;
 use crate::config::HumanDuration;
 use crate::deadline;
 use crate::store::referrals::ReferralSummary;
-use crate::timefmt::{human_in, time_left};
+use crate::timefmt::{human_in, time_left, Zone};
 
 /// The expiry alert a referral should have by now, if any; its text shows the deadline in
 /// `zone` (`[alerts] timezone`, for the log and command sinks).
@@ -18,9 +18,10 @@ pub(crate) fn expiry_alert(
     window: Duration,
     thresholds: &[Duration],
     referral_url: &str,
-    zone: FixedOffset,
+    zone: impl Into<Zone>,
     now: DateTime<Utc>,
 ) -> Option<Alert> {
+    let zone = zone.into();
     let due = deadline::deadline(referral.created_at, referral.expires_at, window);
     let remaining = due - now;
     let customer = referral
@@ -178,6 +179,7 @@ fn auth_hint(error: &str) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::FixedOffset;
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -310,6 +312,37 @@ mod tests {
         assert!(
             auth.message.contains("authentication"),
             "auth failures alert at once"
+        );
+    }
+
+    /// A referral raised in winter whose deadline falls after the switch to summer time: a
+    /// named zone shows the deadline in the offset of that day, not of today.
+    #[test]
+    fn a_named_zone_shows_the_deadline_in_its_own_daylight_saving_time() {
+        let r = referral("2026-03-20T12:00:00Z", None, "Pending");
+        let berlin = crate::timefmt::parse_zone("Europe/Berlin").unwrap();
+        let a = expiry_alert(
+            &r,
+            Duration::days(14),
+            &thresholds(),
+            URL,
+            berlin,
+            at("2026-03-28T13:00:00Z"), // still CET here
+        );
+        assert!(a.is_none(), "6 days left: no threshold crossed");
+        let a = expiry_alert(
+            &r,
+            Duration::days(14),
+            &thresholds(),
+            URL,
+            berlin,
+            at("2026-03-31T13:00:00Z"),
+        )
+        .unwrap();
+        assert!(
+            a.message.ends_with("(deadline 2026-04-03 14:00 CEST)."),
+            "{}",
+            a.message
         );
     }
 

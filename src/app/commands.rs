@@ -57,6 +57,7 @@ pub fn load_config_for(
     let read_only = matches!(
         command,
         Command::Status { .. }
+            | Command::Health { .. }
             | Command::Reload { .. }
             | Command::Backup { .. }
             | Command::Audit { .. }
@@ -362,6 +363,7 @@ pub(crate) async fn run(config: Config, file: &Path, force_dry_run: bool) -> Out
     scheduler::cancel_on_signals(shutdown.clone())
         .map_err(|e| AppError::Refused(format!("cannot install signal handlers: {e}")))?;
     let health = Arc::new(crate::health::Health::default());
+    health.set_google_enabled(app.config.google_enabled());
     // Answers queued by the action page wake the answer lane at once.
     let answers = Arc::new(tokio::sync::Notify::new());
     let webhook_events = listen(&app, &health, &answers, &shutdown).await?;
@@ -533,6 +535,60 @@ pub fn reload(config: &Config, pid: i32, wait_secs: u64) -> Outcome {
     }
 }
 
+/// `health`: the daemon's own `/healthz` verdict (failing cycles, a stuck lane, a replaced
+/// database) as an exit code, so a container's HEALTHCHECK needs no curl. A wildcard listen
+/// address (`0.0.0.0:9464` in a container) is probed on the loopback of its family.
+pub async fn health(config: &Config, file: &Path, timeout_secs: u64) -> Outcome {
+    let invalid = |message: String| AppError::InvalidConfig {
+        file: file.to_path_buf(),
+        errors: crate::config::ConfigError::new("metrics.listen", message).into(),
+    };
+    let Some(listen) = config.metrics.listen.as_deref() else {
+        return Err(invalid(
+            "is not set: the probe asks the daemon's /healthz there (e.g. listen = \"127.0.0.1:9464\")".into(),
+        ));
+    };
+    let url = healthz_url(listen).ok_or_else(|| invalid(format!("{listen:?} is not host:port")))?;
+    let timeout = std::time::Duration::from_secs(timeout_secs.max(1));
+    let client = crate::http::client_builder()
+        .timeout(timeout)
+        // The daemon is local: an HTTP(S)_PROXY in the environment must not take the probe.
+        .no_proxy()
+        .build()
+        .map_err(|e| AppError::Refused(format!("cannot build an HTTP client: {e}")))?;
+    let response = client.get(&url).send().await.map_err(|e| {
+        AppError::Refused(format!(
+            "unhealthy: no answer from {url} within {} s ({e}); is the daemon running?",
+            timeout.as_secs()
+        ))
+    })?;
+    let code = response.status();
+    let body = response.text().await.unwrap_or_default();
+    let body = body.trim();
+    if code.is_success() {
+        Ok(Printed::ok(format!(
+            "healthy: {url} answered {code}: {body}\n"
+        )))
+    } else {
+        Err(AppError::Refused(format!(
+            "unhealthy: {url} answered {code}: {body}"
+        )))
+    }
+}
+
+/// The URL `health` asks for `[metrics] listen`: a wildcard address (`0.0.0.0:9464` in a
+/// container) is asked on the loopback of its family, where the daemon also answers.
+fn healthz_url(listen: &str) -> Option<String> {
+    let mut addr: std::net::SocketAddr = listen.parse().ok()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Some(format!("http://{addr}/healthz"))
+}
+
 /// Runs one command with its loaded configuration: the one `match` from a command to its
 /// function, shared by `main` and the tests' in-process driver. `demo`, `sim`, `man` and
 /// `completions` need no configuration and never reach it.
@@ -587,9 +643,25 @@ pub async fn dispatch(
         Command::Sync { all, .. } => sync(config, all).await,
         Command::Backup { path } => backup(&config, &path),
         Command::Reload { pid, wait } => reload(&config, pid, wait),
+        Command::Health { timeout } => health(&config, &file, timeout).await,
         Command::Run { .. } => run(config, &file, dry_run).await,
         Command::Demo { .. } | Command::Sim { .. } => unreachable!("handled before the config"),
         Command::Man | Command::Completions { .. } => unreachable!("handled in main"),
         Command::Webhook { action } => webhook(&config, action).await,
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    #[test]
+    fn wildcards_are_probed_on_the_loopback() {
+        use super::healthz_url as url;
+        assert_eq!(
+            url("0.0.0.0:9464").unwrap(),
+            "http://127.0.0.1:9464/healthz"
+        );
+        assert_eq!(url("[::]:9464").unwrap(), "http://[::1]:9464/healthz");
+        assert_eq!(url("127.0.0.1:1").unwrap(), "http://127.0.0.1:1/healthz");
+        assert_eq!(url("localhost:9464"), None);
     }
 }

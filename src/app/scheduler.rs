@@ -267,6 +267,9 @@ fn reload_app(daemon: &Daemon, reload: &Reload) -> Result<bool, String> {
     let mut app = App::build(config).map_err(|e| e.to_string())?;
     app.inherit_worker(&current);
     let changed = app.config.schedule.sync != current.config.schedule.sync;
+    daemon
+        .health
+        .set_google_enabled(app.config.google_enabled());
     *daemon.app.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(app);
     // The forward rules or the sync policy may have changed: plan everything once.
     daemon.full_plan_due.store(true, Ordering::SeqCst);

@@ -3,10 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use figment::error::{Actual, Kind};
 use figment::providers::{Env, Format, Toml};
-use figment::Figment;
+use figment::value::Value;
+use figment::{Figment, Source};
 
-use super::{Config, ConfigError, ConfigErrors, DEFAULT_CONFIG_PATH, ENV_PREFIX};
+use super::{suggest, Config, ConfigError, ConfigErrors, DEFAULT_CONFIG_PATH, ENV_PREFIX};
 
 /// Where the configuration came from, for messages and `check-config`.
 #[derive(Debug, Clone)]
@@ -90,15 +92,304 @@ impl Config {
         file: &Path,
         needs: Needs,
     ) -> Result<Loaded, ConfigErrors> {
-        let mut config: Config = figment.extract().map_err(figment_errors)?;
+        let (config, mut errors) = extract_collecting(&figment);
+        // Without any Config (a file that is not TOML) there is nothing left to check.
+        let Some(mut config) = config else {
+            return Err(ConfigErrors(errors));
+        };
         let base_dir = file.parent().unwrap_or(Path::new("."));
         if needs.secrets {
-            config.resolve_secrets(base_dir)?;
+            if let Err(e) = config.resolve_secrets(base_dir) {
+                errors.extend(e.0);
+            }
         } else if let Some(path) = &config.google.credentials_file {
             config.google.credentials_file = Some(super::resolve_secret_path(path, base_dir));
         }
-        config.validate_checked(needs.refresh_token)?;
-        Ok(Loaded { config })
+        if let Err(e) = config.validate_checked(needs.refresh_token) {
+            // A key whose value could not be read was checked with its default; what that
+            // says about it ("is missing") would only repeat the first error.
+            for v in e.0 {
+                if !errors.iter().any(|d| d.key == v.key) {
+                    errors.push(v);
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(Loaded {
+                config,
+                file: file.to_path_buf(),
+            })
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// At most this many bad keys are peeled off before giving up (a config has fewer keys).
+const MAX_PEELS: usize = 256;
+
+/// Reads the layered values into a [`Config`], collecting every key serde refuses instead
+/// of the first one only.
+///
+/// Why this design: serde (and so figment) stops at the first error, and a hand-written
+/// schema of every key's type would drift from the structs. So the merged values are taken
+/// as figment's untyped tree, and the structs themselves stay the schema: deserialize; on an
+/// error, record it (in plain words, see [`describe`]) and remove the offending key from the
+/// tree (its compiled-in default applies), then deserialize again, until it succeeds. Every
+/// wrong key costs one more pass over a tree of a few dozen keys. The result is a `Config`
+/// the validation can then check too, so a file with a wrong type and a wrong value shows
+/// both in one run.
+fn extract_collecting(figment: &Figment) -> (Option<Config>, Vec<ConfigError>) {
+    let mut tree: Value = match figment.extract() {
+        Ok(tree) => tree,
+        Err(e) => return (None, e.into_iter().map(|e| describe(figment, &e)).collect()),
+    };
+    let mut errors = Vec::new();
+    for _ in 0..MAX_PEELS {
+        let failure = match tree.deserialize::<Config>() {
+            Ok(config) => return (Some(config), errors),
+            Err(e) => e,
+        };
+        let mut peeled = false;
+        for e in failure {
+            errors.push(describe(figment, &e));
+            peeled |= remove(&mut tree, &peel_path(&e));
+        }
+        if !peeled {
+            break;
+        }
+    }
+    (None, errors)
+}
+
+/// The part of the tree to drop so that the next pass gets past `e`: the unknown key itself,
+/// the table that lacks a required key, or the value of the wrong type.
+fn peel_path(e: &figment::Error) -> Vec<String> {
+    full_path(e)
+}
+
+/// The path of the key an error is about. figment's path of an unknown key already ends in
+/// the key; of a missing one, it may end at the table: then the key is added.
+fn full_path(e: &figment::Error) -> Vec<String> {
+    let mut path = e.path.clone();
+    let name = match &e.kind {
+        Kind::UnknownField(name, _) => Some(name.as_str()),
+        Kind::MissingField(name) => Some(name.as_ref()),
+        _ => None,
+    };
+    if let Some(name) = name {
+        if path.last().map(String::as_str) != Some(name) {
+            path.push(name.to_string());
+        }
+    }
+    path
+}
+
+/// Removes `path` from the tree (a number indexes a list); whether anything was removed.
+fn remove(tree: &mut Value, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = tree;
+    for segment in parents {
+        node = match node {
+            Value::Dict(_, dict) => match dict.get_mut(segment) {
+                Some(child) => child,
+                None => return false,
+            },
+            Value::Array(_, items) => {
+                match segment.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                    Some(child) => child,
+                    None => return false,
+                }
+            }
+            _ => return false,
+        };
+    }
+    match node {
+        Value::Dict(_, dict) => dict.remove(last).is_some(),
+        Value::Array(_, items) => match last.parse::<usize>() {
+            Ok(i) if i < items.len() => {
+                items.remove(i);
+                true
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// `alerts.thresholds[1]` for the path `["alerts", "thresholds", "1"]`.
+fn key_of(path: &[String]) -> String {
+    let mut key = String::new();
+    for segment in path {
+        if segment.parse::<usize>().is_ok() && !key.is_empty() {
+            key.push_str(&format!("[{segment}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(segment);
+        }
+    }
+    key
+}
+
+/// One figment error as the operator should read it: the key, what it takes in plain words
+/// (never serde's "u32" or "struct LogConfig"), what it got, where it came from, and the
+/// nearest right word when the key or value looks misspelt. No message nests backticks.
+fn describe(figment: &Figment, e: &figment::Error) -> ConfigError {
+    let path = full_path(e);
+    let key = key_of(&path);
+    let section = match &e.kind {
+        Kind::UnknownField(..) | Kind::MissingField(_) => key_of(&path[..path.len() - 1]),
+        _ => key_of(&e.path),
+    };
+    let mut message = match &e.kind {
+        Kind::UnknownField(name, known) if section.is_empty() => {
+            let hint = suggest::did_you_mean(name, known.iter().copied())
+                .map(|k| format!("; did you mean [{k}]?"))
+                .unwrap_or_default();
+            format!("is not a section of the configuration{hint}")
+        }
+        Kind::UnknownField(name, known) => {
+            let hint = suggest::did_you_mean(name, known.iter().copied())
+                .map(|k| format!("; did you mean `{k}`?"))
+                .unwrap_or_default();
+            format!("is not a key of [{section}]{hint}")
+        }
+        Kind::MissingField(_) => "is missing".to_string(),
+        Kind::UnknownVariant(got, words) => {
+            let hint = suggest::did_you_mean(got, words.iter().copied())
+                .map(|w| format!("; did you mean \"{w}\"?"))
+                .unwrap_or_default();
+            format!("{got:?} is not one of {}{hint}", one_of(words))
+        }
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => format!(
+            "expected {}, got {}{}",
+            plain_expected(expected, &key),
+            plain_actual(actual),
+            unquote_hint(actual, expected)
+        ),
+        Kind::InvalidLength(len, expected) => {
+            format!(
+                "expected {}, got a list of {len}",
+                plain_expected(expected, &key)
+            )
+        }
+        Kind::DuplicateField(name) => format!("sets {name} twice"),
+        Kind::Message(text) => text.clone(),
+        other => other.to_string().replace('`', ""),
+    };
+    if let Some(from) = source_of(figment, e, &path) {
+        // Before the suggestion: "… (in FILE); did you mean …" reads in that order.
+        let hint = ["; did you mean", "; write it without quotes"]
+            .iter()
+            .filter_map(|marker| message.find(marker))
+            .min();
+        match hint {
+            Some(at) => message.insert_str(at, &format!(" ({from})")),
+            None => message.push_str(&format!(" ({from})")),
+        }
+    }
+    ConfigError::new(if key.is_empty() { "config".into() } else { key }, message)
+}
+
+/// `text, json or journald`.
+fn one_of(words: &[&str]) -> String {
+    match words {
+        [] => "the accepted words".into(),
+        [one] => format!("\"{one}\""),
+        [init @ .., last] => {
+            let init: Vec<String> = init.iter().map(|w| format!("\"{w}\"")).collect();
+            format!("{} or \"{last}\"", init.join(", "))
+        }
+    }
+}
+
+/// serde's name of a type, in the words of the config file.
+fn plain_expected(expected: &str, key: &str) -> String {
+    let whole = |max: u128| format!("a whole number from 0 to {max}");
+    match expected {
+        "u8" => whole(u8::MAX.into()),
+        "u16" => whole(u16::MAX.into()),
+        "u32" => whole(u32::MAX.into()),
+        "u64" => whole(u64::MAX.into()),
+        "usize" => whole(usize::MAX as u128),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".into(),
+        "f32" | "f64" => "a number, like 5 or 2.5".into(),
+        "a boolean" | "bool" => "true or false".into(),
+        "a string" | "a character" | "a borrowed string" | "string" | "char" => {
+            "text in quotes".into()
+        }
+        "a sequence" | "a tuple" => "a list in brackets, like [\"a\", \"b\"]".into(),
+        e if e.starts_with("struct ") || e == "a map" || e.starts_with("map") => {
+            if key.is_empty() {
+                "a table".into()
+            } else {
+                format!("a table like [{key}]")
+            }
+        }
+        e if e.starts_with("enum ") || e.starts_with("variant") => {
+            "one of this key's words, in quotes (config.example.toml lists them)".into()
+        }
+        other => other.replace('`', ""),
+    }
+}
+
+/// `page_size = "100"`: a number or boolean in quotes is text to TOML; say so.
+fn unquote_hint(actual: &Actual, expected: &str) -> String {
+    let Actual::Str(text) = actual else {
+        return String::new();
+    };
+    let number = expected.starts_with(['u', 'i', 'f']) && expected[1..].parse::<u8>().is_ok()
+        || expected == "usize";
+    let fits = (number && text.trim().parse::<f64>().is_ok())
+        || (matches!(expected, "a boolean" | "bool") && matches!(text.trim(), "true" | "false"));
+    if fits {
+        format!("; write it without quotes: {}", text.trim())
+    } else {
+        String::new()
+    }
+}
+
+/// What the file had, without serde's backticks.
+fn plain_actual(actual: &Actual) -> String {
+    match actual {
+        Actual::Bool(b) => b.to_string(),
+        Actual::Unsigned(n) => n.to_string(),
+        Actual::Signed(n) => n.to_string(),
+        Actual::Float(f) => f.to_string(),
+        Actual::Char(c) => format!("{:?}", c.to_string()),
+        Actual::Str(s) => format!("{s:?}"),
+        Actual::Seq => "a list".into(),
+        Actual::Map => "a table".into(),
+        Actual::Unit => "an empty value".into(),
+        other => other.to_string().replace('`', ""),
+    }
+}
+
+/// Where the value came from: the file's full path (figment's own display shortens it
+/// relative to the working directory: under systemd that is `/`, so
+/// `/etc/cosell-sync/config.toml` lost its leading slash), or the environment variable.
+fn source_of(figment: &Figment, e: &figment::Error, path: &[String]) -> Option<String> {
+    let dotted: Vec<&str> = path
+        .iter()
+        .filter(|s| s.parse::<usize>().is_err())
+        .map(String::as_str)
+        .collect();
+    let metadata = e
+        .metadata
+        .as_ref()
+        .or_else(|| figment.find_metadata(&dotted.join(".")))?;
+    match &metadata.source {
+        Some(Source::File(file)) => Some(format!("in {}", file.display())),
+        Some(other) => Some(format!("from {other}")),
+        None if metadata.name.contains("environment") && !dotted.is_empty() => Some(format!(
+            "from the environment variable {ENV_PREFIX}{}",
+            dotted.join("__").to_uppercase()
+        )),
+        None => None,
     }
 }
 
@@ -109,29 +400,6 @@ fn config_env() -> Env {
     Env::prefixed(ENV_PREFIX)
         .filter(|key| key.as_str().contains("__"))
         .split("__")
-}
-
-/// Converts figment's error list into key-named errors.
-fn figment_errors(err: figment::Error) -> ConfigErrors {
-    ConfigErrors(
-        err.into_iter()
-            .map(|e| {
-                let key = e.path.join(".");
-                let source = e
-                    .metadata
-                    .as_ref()
-                    .map(|m| match &m.source {
-                        Some(src) => format!(" (from {} {src})", m.name),
-                        None => format!(" (from {})", m.name),
-                    })
-                    .unwrap_or_default();
-                ConfigError::new(
-                    if key.is_empty() { "config".into() } else { key },
-                    format!("{}{source}", e.kind),
-                )
-            })
-            .collect(),
-    )
 }
 
 /// The configuration file exists, is a file and this process may read it; each failure says

@@ -11,6 +11,7 @@ mod errors;
 mod load;
 mod routes;
 mod secrets;
+pub(crate) mod suggest;
 mod types;
 mod validate;
 pub(crate) mod webhook;
@@ -63,6 +64,51 @@ impl Config {
     }
 }
 
+/// Hostile text for the generated tests of the config's parsers: digits, unit letters and
+/// words, signs, dots, spaces, slashes and some multi-byte characters, in any order.
+#[cfg(test)]
+pub(crate) fn hostile_text(rng: &mut fastrand::Rng, max_len: usize) -> String {
+    const PIECES: &[&str] = &[
+        "0",
+        "1",
+        "9",
+        "30",
+        "18446744073709551615",
+        "99999999999999999999",
+        "s",
+        "m",
+        "h",
+        "d",
+        "w",
+        "ms",
+        "y",
+        "seconds",
+        "minute",
+        "hours",
+        "day",
+        "weeks",
+        " ",
+        "  ",
+        "\t",
+        "-",
+        "+",
+        ".",
+        ":",
+        "/",
+        "_",
+        "Europe",
+        "Berlin",
+        "UTC",
+        "é",
+        "日",
+        "\u{1F600}",
+        "\u{0}",
+        "Z",
+    ];
+    let n = rng.usize(0..=max_len);
+    (0..n).map(|_| PIECES[rng.usize(..PIECES.len())]).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,7 +133,7 @@ mod tests {
             "500ms".parse::<HumanDuration>().unwrap().to_string(),
             "500ms"
         );
-        for bad in ["", "h", "12", "3 days", "5y", "-3h"] {
+        for bad in ["", "h", "12", "3 fortnights", "5y", "-3h"] {
             assert!(bad.parse::<HumanDuration>().is_err(), "{bad:?} must fail");
         }
     }

@@ -419,8 +419,9 @@ pub struct AlertsConfig {
     /// Link to a referral in Partner Center; `{id}` is replaced by the referral id.
     pub(crate) referral_url: String,
     /// Delivery tries per sink and alert within one cycle; what is left is retried next cycle.
-    pub(crate) delivery_attempts: usize,
-    /// The deadline in alert texts (the log and command sinks): `UTC` or an offset `+01:00`.
+    pub delivery_attempts: usize,
+    /// The deadline in alert texts (the log and command sinks): `UTC`, an IANA zone name
+    /// (`Europe/Berlin`, daylight saving followed) or a fixed offset `+01:00`.
     /// Slack and Teams show each reader's own local time whatever this says.
     pub(crate) timezone: String,
     pub(crate) webhook: Vec<WebhookConfig>,

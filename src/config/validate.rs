@@ -323,12 +323,15 @@ impl Config {
             ));
         }
         self.alerts.check_routes(errors);
-        if crate::timefmt::parse_offset(&self.alerts.timezone).is_none() {
+        if crate::timefmt::parse_zone(&self.alerts.timezone).is_none() {
+            let zone = &self.alerts.timezone;
+            let hint = super::suggest::did_you_mean(zone, crate::timefmt::zone_names())
+                .map(|name| format!("; did you mean \"{name}\"?"))
+                .unwrap_or_default();
             errors.push(ConfigError::new(
                 "alerts.timezone",
                 format!(
-                    "{:?} is not UTC or an offset like \"+01:00\" (zone names are not supported)",
-                    self.alerts.timezone
+                    "{zone:?} is not a time zone: use a name like \"Europe/Berlin\", \"UTC\" or an offset like \"+01:00\"{hint}"
                 ),
             ));
         }

@@ -51,6 +51,8 @@ pub(crate) fn read(
         awaiting,
         alerts,
         refresh_backlog: Some((backlog.due, oldest_age)),
+        // The caller knows the configuration; the database does not.
+        google_enabled: false,
     })
 }
 

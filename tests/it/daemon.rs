@@ -50,6 +50,8 @@ pub(crate) fn spawn_run(
     log: &std::path::Path,
 ) -> tokio::process::Child {
     tokio::process::Command::new(BIN)
+        // systemd starts services in `/`: messages naming the config must keep its full path.
+        .current_dir("/")
         .arg("--config")
         .arg(&env.config)
         .arg("run")
@@ -228,6 +230,10 @@ async fn healthz_answers_503_after_failing_cycles() {
         let (code, body) = http_get(&format!("http://127.0.0.1:{port}/healthz")).await;
         if code == 503 {
             assert!(body.contains("cycles failed"), "{body}");
+            // The HEALTHCHECK probe says the same with its exit code.
+            let probe = env.run(&["health"]).await;
+            assert_eq!(probe.status.code(), Some(1), "{probe:?}");
+            assert!(probe.stderr.contains("answered 503"), "{probe:?}");
             break;
         }
         assert!(
@@ -250,6 +256,8 @@ async fn healthz_answers_503_after_failing_cycles() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let probe = env.run(&["health"]).await;
+    assert!(probe.status.success(), "{probe:?}");
     kill(&child, "-TERM");
     assert_eq!(child.wait().await.unwrap().code(), Some(0));
 }
@@ -301,6 +309,35 @@ async fn the_reload_command_exits_with_the_daemons_answer() {
         "{err}"
     );
 
+    // The daemon's own refusal of a wrong type (sent as systemd would, a bare SIGHUP, since
+    // the command refuses such a file itself): the message names the file with its leading
+    // slash although the daemon runs in `/`, and lists every bad key of the file at once.
+    std::fs::write(
+        &env.config,
+        format!("{good}\n[sync]\nmax_attempts = \"five\"\nconcurrncy = 2\n"),
+    )
+    .unwrap();
+    let result = env.dir.path().join("reload-result");
+    let before = std::fs::read_to_string(&result).unwrap_or_default();
+    kill(&child, "-HUP");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            std::fs::read_to_string(&result).is_ok_and(|now| now != before)
+        })
+        .await,
+        "no reload outcome"
+    );
+    let refused = std::fs::read_to_string(&result).unwrap();
+    let wanted = format!("(in {})", env.config.display());
+    assert!(env.config.is_absolute());
+    assert!(refused.contains("refused"), "{refused}");
+    assert!(refused.contains(&wanted), "no {wanted:?} in {refused}");
+    assert!(
+        refused.contains("sync.max_attempts: expected a whole number"),
+        "{refused}"
+    );
+    assert!(refused.contains("did you mean `concurrency`?"), "{refused}");
+
     // A file that does not even parse: refused before any signal, as a config error.
     std::fs::write(
         &env.config,
@@ -319,4 +356,76 @@ async fn the_reload_command_exits_with_the_daemons_answer() {
         String::from_utf8_lossy(&out.stderr)
     );
     kill(&child, "-TERM");
+}
+
+/// Microsoft-only (no `[google]`): `status` does not count referrals as waiting to be planned
+/// (nothing plans them), `/metrics` has no "without lead" series (so the
+/// CosellReferralsExpiringWithoutLead rule cannot fire), and the `health` probe a container's
+/// HEALTHCHECK runs exits 0 against the running daemon.
+#[tokio::test(flavor = "multi_thread")]
+async fn microsoft_only_status_metrics_and_the_health_probe() {
+    let port = free_port();
+    let env = TestEnv::with_extra(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).await;
+    env.sim
+        .put_referrals(sample::demo_set(12, chrono::Utc::now()));
+    let notify_path = env.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&notify_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let log = env.dir.path().join("daemon.log");
+    let mut child = spawn_run(&env, &notify_path, &log);
+    let mut seen = Vec::new();
+    assert!(
+        collect(
+            &socket,
+            &mut seen,
+            "STATUS=last cycle ok",
+            Duration::from_secs(20)
+        ),
+        "no cycle: {seen:?}"
+    );
+
+    let status = env.run(&["status"]).await;
+    assert!(status.status.success(), "{status:?}");
+    assert!(
+        !status.stdout.contains("waiting to be planned"),
+        "{}",
+        status.stdout
+    );
+    assert!(status.stdout.contains("Google: off"), "{}", status.stdout);
+    let json = env.run(&["status", "--json"]).await;
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(json["google_enabled"], false);
+    assert_eq!(json["refresh"]["plan_queue"], 0);
+
+    let (code, metrics) = http_get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("cosell_referrals_awaiting_response{"),
+        "the awaiting gauges are there: {metrics}"
+    );
+    assert!(
+        !metrics.contains("cosell_referrals_awaiting_response_without_lead{"),
+        "{metrics}"
+    );
+
+    let probe = env.run(&["health"]).await;
+    assert!(probe.status.success(), "{probe:?}");
+    assert!(probe.stdout.starts_with("healthy:"), "{probe:?}");
+
+    kill(&child, "-TERM");
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+
+    // Nothing listening: 1; no [metrics] listen at all: a config error naming the key, 78.
+    let probe = env.run(&["health", "--timeout", "2"]).await;
+    assert_eq!(probe.status.code(), Some(1), "{probe:?}");
+    assert!(probe.stderr.contains("no answer"), "{probe:?}");
+    env.edit_config(|t| t.replace(&format!("listen = \"127.0.0.1:{port}\""), ""));
+    let probe = env.run(&["health"]).await;
+    assert_eq!(probe.status.code(), Some(78), "{probe:?}");
+    assert!(
+        probe.stderr.contains("metrics.listen is not set"),
+        "{probe:?}"
+    );
 }

@@ -301,3 +301,46 @@ fn the_unit_stops_restart_loops_and_reports_refused_reloads() {
     let test = std::fs::read_to_string(format!("{root}/contrib/systemd-test/run.sh")).unwrap();
     assert!(test.contains("--property=LoadCredential=microsoft-client-secret:/etc/cosell-sync/credentials/microsoft-client-secret"));
 }
+
+/// The container image's HEALTHCHECK and its documented one-off first sign-in are real
+/// commands of this binary (a rename would leave the image probing or signing in with a
+/// command that no longer exists), and the build context leaves target/ and .git out.
+#[test]
+fn the_containerfile_probes_and_signs_in_with_real_commands() {
+    use cosell_sync::cli::{AuthCommand, Cli, Command};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let file = std::fs::read_to_string(root.join("contrib/Containerfile")).unwrap();
+
+    // HEALTHCHECK ... CMD ["/usr/local/bin/cosell-sync", "health"]
+    let check = file
+        .split("\nHEALTHCHECK ")
+        .nth(1)
+        .expect("a HEALTHCHECK instruction");
+    let cmd = check.split("CMD").nth(1).unwrap().lines().next().unwrap();
+    let argv: Vec<String> = serde_json::from_str(cmd.trim()).unwrap();
+    assert_eq!(argv[0], "/usr/local/bin/cosell-sync");
+    let cli = Cli::try_parse_checked(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    assert!(matches!(cli.command, Command::Health { .. }), "{argv:?}");
+
+    // The first sign-in is a one-off `podman run ... cosell-sync auth microsoft` on the
+    // state volume, never an `exec` into a daemon that exits 78 without a token.
+    let sign_in = file
+        .lines()
+        .find(|l| l.contains("cosell-sync auth microsoft"))
+        .expect("a documented first sign-in");
+    let words: Vec<&str> = sign_in.trim_start_matches('#').split_whitespace().collect();
+    let cli = Cli::try_parse_checked(["cosell-sync", words[1], words[2]]).unwrap();
+    assert!(matches!(
+        cli.command,
+        Command::Auth {
+            action: AuthCommand::Microsoft
+        }
+    ));
+    assert!(!file.contains("podman exec"), "exec into what? {file}");
+    assert!(file.contains("--chown=65532:65532 /out/state /var/lib/cosell-sync"));
+
+    let ignore = std::fs::read_to_string(root.join(".containerignore")).unwrap();
+    for needed in ["target/", ".git/"] {
+        assert!(ignore.lines().any(|l| l.trim() == needed), "{needed}");
+    }
+}
