@@ -71,11 +71,11 @@ fn index(lane: Lane) -> usize {
 
 impl Health {
     /// The running configuration's `[google]` state (at start and on every reload).
-    pub fn set_google_enabled(&self, on: bool) {
+    pub(crate) fn set_google_enabled(&self, on: bool) {
         self.google_enabled.store(on, Ordering::Relaxed);
     }
 
-    pub fn google_enabled(&self) -> bool {
+    pub(crate) fn google_enabled(&self) -> bool {
         self.google_enabled.load(Ordering::Relaxed)
     }
 

@@ -64,10 +64,10 @@ pub(crate) struct StateSnapshot {
     pub(crate) alerts: Vec<(String, String, u64)>,
     /// Google records due for a refresh read, and how long the longest-unchecked one has
     /// gone unread (`None` without a refresh schedule).
-    pub refresh_backlog: Option<(u64, Option<Duration>)>,
+    pub(crate) refresh_backlog: Option<(u64, Option<Duration>)>,
     /// Whether the Google side runs. Without it, "awaiting a response without a Google
     /// lead" is every referral by design, not a problem: that family then has no series.
-    pub google_enabled: bool,
+    pub(crate) google_enabled: bool,
 }
 
 /// Every metric family of the process.

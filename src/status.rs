@@ -56,10 +56,10 @@ pub(crate) struct StatusReport {
     pub(crate) cannot_forward: Vec<Blocked>,
     pub(crate) links: LinkCounts,
     /// The refresh lane: records tracked and due, the oldest unchecked, the budget used.
-    pub refresh: RefreshBacklog,
+    pub(crate) refresh: RefreshBacklog,
     /// Whether the Google side runs (`[google] partner_id`). Microsoft-only, nothing is
     /// planned into Google, so `refresh.plan_queue` is 0 rather than every referral "waiting".
-    pub google_enabled: bool,
+    pub(crate) google_enabled: bool,
     /// Partner Center events (present when `[webhook]` is set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) webhooks: Option<crate::store::webhook::WebhookStats>,

@@ -12,7 +12,7 @@ pub(crate) fn human(at: DateTime<Utc>) -> String {
 /// `[alerts] timezone`: a fixed offset, or a zone by name whose offset follows daylight
 /// saving time at each instant shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Zone {
+pub(crate) enum Zone {
     Fixed(FixedOffset),
     Named(chrono_tz::Tz),
 }
@@ -24,14 +24,14 @@ impl From<FixedOffset> for Zone {
 }
 
 impl Zone {
-    pub fn utc() -> Zone {
+    pub(crate) fn utc() -> Zone {
         Zone::Fixed(FixedOffset::east_opt(0).expect("UTC is an offset"))
     }
 }
 
 /// Parses `[alerts] timezone`: `UTC`, an offset (`+01:00`), or an IANA name
 /// (`Europe/Berlin`, any case).
-pub fn parse_zone(text: &str) -> Option<Zone> {
+pub(crate) fn parse_zone(text: &str) -> Option<Zone> {
     if let Some(offset) = parse_offset(text) {
         return Some(Zone::Fixed(offset));
     }
@@ -46,14 +46,14 @@ pub fn parse_zone(text: &str) -> Option<Zone> {
 }
 
 /// Every zone name `[alerts] timezone` takes (for a did-you-mean on a typo).
-pub fn zone_names() -> impl Iterator<Item = &'static str> {
+pub(crate) fn zone_names() -> impl Iterator<Item = &'static str> {
     chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name())
 }
 
 /// The same in `[alerts] timezone`: `2026-12-01 15:05 +01:00` for an offset, UTC stays
 /// `UTC`, and a named zone shows the abbreviation in force at that instant
 /// (`2026-07-01 14:05 CEST`, `2026-12-01 15:05 CET`).
-pub fn human_in(at: DateTime<Utc>, zone: impl Into<Zone>) -> String {
+pub(crate) fn human_in(at: DateTime<Utc>, zone: impl Into<Zone>) -> String {
     match zone.into() {
         Zone::Fixed(offset) if offset.local_minus_utc() == 0 => human(at),
         Zone::Fixed(offset) => at

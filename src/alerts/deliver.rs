@@ -149,10 +149,10 @@ pub(crate) struct AlertSettings {
     pub(crate) failed_cycles: u32,
     pub(crate) referral_url: String,
     /// For the deadline in alert texts (log and command sinks; chat sinks show local time).
-    pub timezone: crate::timefmt::Zone,
-    pub attempts: usize,
-    pub sinks: Vec<Sink>,
-    pub http: reqwest::Client,
+    pub(crate) timezone: crate::timefmt::Zone,
+    pub(crate) attempts: usize,
+    pub(crate) sinks: Vec<Sink>,
+    pub(crate) http: reqwest::Client,
     /// `[actions]`: signs the `action_url` of `referral_expiring` alerts.
     pub(crate) links: Option<std::sync::Arc<crate::links::LinkSigner>>,
     /// Health alerts the store could not record yet (see [`super::unrecorded`]).

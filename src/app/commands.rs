@@ -98,7 +98,7 @@ pub fn load_config_for_auth(file: &Path) -> Result<Config, AppError> {
 /// The one place the read-only commands (`status`, `audit`, `alerts list`, `outbox list`)
 /// open the database.
 /// Read-only: never creates, migrates or writes ("no database at PATH" when it is missing).
-pub fn open_for_reading(config: &Config) -> Result<Store, AppError> {
+pub(crate) fn open_for_reading(config: &Config) -> Result<Store, AppError> {
     Ok(Store::open_read_only(&config.state.path)?)
 }
 

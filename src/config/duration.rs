@@ -19,7 +19,7 @@ impl HumanDuration {
     pub const fn secs(s: u64) -> Self {
         HumanDuration(Duration::from_secs(s))
     }
-    pub fn as_chrono(&self) -> chrono::Duration {
+    pub(crate) fn as_chrono(&self) -> chrono::Duration {
         chrono::Duration::from_std(self.0).unwrap_or(chrono::Duration::MAX)
     }
 }

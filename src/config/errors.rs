@@ -5,7 +5,7 @@ use std::fmt;
 /// A configuration problem, always tied to the key that causes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    pub key: String,
+    pub(crate) key: String,
     pub(crate) message: String,
 }
 

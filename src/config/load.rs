@@ -55,7 +55,7 @@ impl Config {
 
     /// For `auth microsoft`, which is how the first refresh token is obtained: the same as
     /// [`Config::load`] without requiring one.
-    pub(crate) fn load_for_auth(file: &Path) -> Result<Loaded, ConfigErrors> {
+    pub fn load_for_auth(file: &Path) -> Result<Loaded, ConfigErrors> {
         Self::load_checked(file, false)
     }
 
@@ -115,10 +115,7 @@ impl Config {
             }
         }
         if errors.is_empty() {
-            Ok(Loaded {
-                config,
-                file: file.to_path_buf(),
-            })
+            Ok(Loaded { config })
         } else {
             Err(ConfigErrors(errors))
         }

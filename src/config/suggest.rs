@@ -5,7 +5,7 @@
 /// Edit distance counting an insertion, a deletion, a substitution or a swap of two
 /// neighbours as one (optimal string alignment): "sycn" is one slip from "sync", as a person
 /// sees it. Over chars and case-insensitive: `Concurrency` and `concurrency` are one word.
-pub fn edit_distance(a: &str, b: &str) -> usize {
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().flat_map(char::to_lowercase).collect();
     let b: Vec<char> = b.chars().flat_map(char::to_lowercase).collect();
     // The full table: the words are short (keys, zone names), so its size never matters.
@@ -34,7 +34,7 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 /// The candidate closest to `word`, when it is close enough to be a typo of it: at most a
 /// third of the word's length apart (at least 1, so a one-letter slip always counts; at most
 /// 3, so a long unrelated word never "matches"). Ties go to the first candidate.
-pub fn did_you_mean<'a>(
+pub(crate) fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {

@@ -415,15 +415,15 @@ pub struct AlertsConfig {
     /// Warn when this little time is left before the deadline (one alert per threshold).
     pub thresholds: Vec<HumanDuration>,
     /// Cycles failing in a row before `sync_unhealthy` (an authentication failure is at once).
-    pub failed_cycles: u32,
+    pub(crate) failed_cycles: u32,
     /// Link to a referral in Partner Center; `{id}` is replaced by the referral id.
     pub(crate) referral_url: String,
     /// Delivery tries per sink and alert within one cycle; what is left is retried next cycle.
-    pub delivery_attempts: usize,
+    pub(crate) delivery_attempts: usize,
     /// The deadline in alert texts (the log and command sinks): `UTC`, an IANA zone name
     /// (`Europe/Berlin`, daylight saving followed) or a fixed offset `+01:00`.
     /// Slack and Teams show each reader's own local time whatever this says.
-    pub(crate) timezone: String,
+    pub timezone: String,
     pub(crate) webhook: Vec<WebhookConfig>,
     pub(crate) command: Vec<CommandConfig>,
 }

@@ -5,7 +5,7 @@
 
 pub mod google;
 pub mod microsoft;
-pub mod odata;
+pub(crate) mod odata;
 pub mod sample;
 pub mod standalone;
 pub mod webhook;
@@ -103,8 +103,8 @@ impl Default for SimCredentials {
 }
 
 #[derive(Debug, Default)]
-pub struct TokenState {
-    pub refresh_tokens: HashSet<String>,
+pub(crate) struct TokenState {
+    pub(crate) refresh_tokens: HashSet<String>,
     pub(crate) access_tokens: HashSet<String>,
     /// Entra may keep an old refresh token valid for a while; the strict default revokes it at
     /// once, so a client that fails to persist the rotated token fails loudly.
@@ -119,8 +119,8 @@ pub struct TokenState {
 /// A paging cursor: the ids that matched the first request, and how far the client is.
 /// A skiptoken stays valid after use (a retried page must work), like a stateless token.
 #[derive(Debug, Clone)]
-pub struct Cursor {
-    pub ids: Arc<Vec<String>>,
+pub(crate) struct Cursor {
+    pub(crate) ids: Arc<Vec<String>>,
     pub(crate) offset: usize,
     pub(crate) top: usize,
 }
@@ -142,18 +142,18 @@ pub struct SimPatch {
 pub struct SimState {
     pub credentials: SimCredentials,
     pub referrals: Mutex<BTreeMap<String, Value>>,
-    pub cursors: Mutex<HashMap<String, Cursor>>,
-    pub tokens: Mutex<TokenState>,
+    pub(crate) cursors: Mutex<HashMap<String, Cursor>>,
+    pub(crate) tokens: Mutex<TokenState>,
     faults: Mutex<Faults>,
     counters: Mutex<BTreeMap<String, u64>>,
     /// The kinds of the last requests, oldest first (bounded), for tests of request order.
     request_log: Mutex<VecDeque<String>>,
-    pub google: Mutex<google::GoogleState>,
-    pub webhook: Mutex<webhook::WebhookState>,
+    pub(crate) google: Mutex<google::GoogleState>,
+    pub(crate) webhook: Mutex<webhook::WebhookState>,
     /// Every referral PATCH that reached the rules (after faults), oldest first (bounded).
-    pub patches: Mutex<VecDeque<SimPatch>>,
+    pub(crate) patches: Mutex<VecDeque<SimPatch>>,
     /// `http://127.0.0.1:PORT`, known once the listener is bound.
-    pub base_url: Mutex<String>,
+    pub(crate) base_url: Mutex<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -201,7 +201,7 @@ impl SimState {
 
 /// A running simulator; stops when dropped.
 pub struct Simulator {
-    pub(crate) addr: SocketAddr,
+    pub addr: SocketAddr,
     pub state: Arc<SimState>,
     stop: CancellationToken,
 }
@@ -218,12 +218,12 @@ impl Simulator {
         Self::start_with(SimCredentials::default()).await
     }
 
-    pub(crate) async fn start_with(credentials: SimCredentials) -> std::io::Result<Simulator> {
+    pub async fn start_with(credentials: SimCredentials) -> std::io::Result<Simulator> {
         Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), credentials).await
     }
 
     /// Starts on `addr` (`cosell-sync sim --listen`, to rehearse an install against it).
-    pub(crate) async fn start_on(
+    pub async fn start_on(
         addr: SocketAddr,
         credentials: SimCredentials,
     ) -> std::io::Result<Simulator> {
