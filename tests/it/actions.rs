@@ -40,6 +40,11 @@ impl Drop for Page {
 /// Referrals `ids` with 3 h left (each crosses the 4 h threshold at once) and one past its
 /// deadline ([`expired_id`]), the daemon with `[actions]` and a JSON alert sink.
 pub(crate) async fn start(ids: std::ops::Range<usize>, extra: &str) -> Page {
+    start_on(TestEnv::new().await, ids, extra).await
+}
+
+/// [`start`] on a given environment (one with the Google side, say).
+async fn start_on(env: TestEnv, ids: std::ops::Range<usize>, extra: &str) -> Page {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -50,7 +55,6 @@ pub(crate) async fn start(ids: std::ops::Range<usize>, extra: &str) -> Page {
         .respond_with(ResponseTemplate::new(200))
         .mount(&server)
         .await;
-    let env = TestEnv::new().await;
     let key = env.dir.path().join("links.key");
     std::fs::write(&key, KEY).unwrap();
     let public_url = format!("http://127.0.0.1:{port}/act");
@@ -341,6 +345,64 @@ async fn double_clicks_two_people_and_the_portal_first_make_at_most_one_patch() 
         took[took.len() - 1]
     );
     assert!(p95 <= Duration::from_secs(1), "p95 {p95:?}");
+}
+
+/// One executor: answers from the page and the lead creates (and write-backs) of the same
+/// new referrals, racing in the daemon, never have more than `[sync] concurrency` remote
+/// writes on the wire at once, Partner Center and Google together; every answer is sent once
+/// and no row records a reason that did not happen.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_and_creates_share_one_executor_and_one_concurrency() {
+    let env = TestEnv::with_google("concurrency = 1").await;
+    // Slow enough that the answers arrive while the creates are still being sent.
+    env.sim.set_create_latency(Duration::from_millis(100));
+    env.sim.set_patch_latency(Duration::from_millis(100));
+    let page = start_on(env, 600..610, "").await;
+    let urls = action_urls(&page, 10).await;
+    let answered = futures_util::future::join_all(
+        urls.iter()
+            .map(|(id, url)| async move { (id.clone(), answer(url, id, "accept", "").await) }),
+    )
+    .await;
+    for (id, (status, html)) in &answered {
+        assert_eq!(*status, 200, "{id}: {html}");
+        assert_eq!(page_status(&page.env, id), "Active");
+        assert_eq!(
+            page.env
+                .sim
+                .applied_patches(id)
+                .iter()
+                .filter(|p| p.body[0]["path"] == "/status")
+                .count(),
+            1,
+            "{id}: one answer PATCH"
+        );
+    }
+    let env = &page.env;
+    let all_linked = crate::helpers::wait_until(Duration::from_secs(30), || {
+        let open: i64 = env.query(
+            "SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'in_flight')",
+            |r| r.get(0),
+        );
+        let leads = env.sim.leads_per_external_id();
+        open == 0 && urls.keys().all(|id| leads.get(id) == Some(&1))
+    })
+    .await;
+    let log = || std::fs::read_to_string(&page.log).unwrap_or_default();
+    assert!(all_linked, "{}", log());
+    assert_eq!(
+        env.sim.max_writes_in_flight(),
+        1,
+        "two executors: more writes on the wire than [sync] concurrency\n{}",
+        log()
+    );
+    let wrong: i64 = env.query(
+        "SELECT (SELECT COUNT(*) FROM outbox WHERE COALESCE(result, '') || COALESCE(last_error, '')
+                  LIKE '%operator%' OR COALESCE(result, '') || COALESCE(last_error, '') LIKE '%taken again%')
+              + (SELECT COUNT(*) FROM audit_log WHERE COALESCE(detail, '') LIKE '%operator%')",
+        |r| r.get(0),
+    );
+    assert_eq!(wrong, 0, "a reason recorded that did not happen");
 }
 
 #[tokio::test(flavor = "multi_thread")]
