@@ -21,6 +21,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::alerts::deliver::{self, AlertSettings, AlertStats, CycleDelivery, Raise};
+use crate::store::outbox::Kinds;
 use crate::store::{runs, schedule};
 use crate::sync::pull::{MicrosoftPull, Queries};
 use crate::sync::{
@@ -276,34 +277,28 @@ impl PullProgress {
     }
 }
 
-/// Plans the queued referrals and pushes what is due (the forward path of new referrals).
+/// Plans the queued referrals and pushes what is due (the forward path of new referrals),
+/// accepts and declines first; without the Google side, the answers alone.
 async fn forward_queued(ctx: &CycleContext, report: &mut CycleReport) -> Result<(), CycleError> {
-    let Some(google) = &ctx.google else {
-        return Ok(());
-    };
-    let planned = push::plan_queued(&ctx.store, &google.policy, Utc::now()).await?;
-    report.planned.add(planned);
-    let pushed = push::push_due(
-        &ctx.store,
-        &ctx.microsoft,
-        &ctx.pull.retry,
-        google,
-        &report.cycle_id,
-        &ctx.stop,
-    )
-    .await?;
+    if let Some(google) = &ctx.google {
+        let planned = push::plan_queued(&ctx.store, &google.policy, Utc::now()).await?;
+        report.planned.add(planned);
+    }
+    let pushed = push::push_due(ctx, &report.cycle_id, Kinds::All).await?;
     report.pushed.add(pushed);
     Ok(())
 }
 
-/// Plan and push (and, for a one-shot cycle, the Google reads due first).
+/// Plan and push (and, for a one-shot cycle, the Google reads due first); the push sends
+/// queued accepts and declines too.
 async fn google_phases(
     ctx: &CycleContext,
     options: TickOptions,
     report: &mut CycleReport,
 ) -> Result<(), CycleError> {
     let Some(google) = &ctx.google else {
-        return Ok(());
+        // Queued accepts and declines still go out.
+        return forward_queued(ctx, report).await;
     };
     if options.read_google {
         report.google = read_google(ctx, options.read_all).await?;
