@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{stdout, TestEnv};
+use crate::helpers::{stdout, wait_until, wait_until_async, TestEnv};
 
 /// The links' key in these tests (a file, so the test can sign its own forgeries).
 const KEY: &str = "0123456789abcdef0123456789abcdef-test-key";
@@ -100,8 +100,8 @@ format = "json"
 
 /// The `action_url` of each referral's expiry alert, once all `n` arrived.
 pub(crate) async fn action_urls(page: &Page, n: usize) -> BTreeMap<String, String> {
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
+    let found = &std::sync::Mutex::new(BTreeMap::new());
+    let arrived = wait_until_async(Duration::from_secs(60), || async move {
         let mut urls = BTreeMap::new();
         for request in page.server.received_requests().await.unwrap_or_default() {
             let alert: Value = serde_json::from_slice(&request.body).unwrap_or_default();
@@ -115,12 +115,14 @@ pub(crate) async fn action_urls(page: &Page, n: usize) -> BTreeMap<String, Strin
                 );
             }
         }
-        if urls.len() >= n {
-            return urls;
-        }
-        assert!(Instant::now() < until, "alerts did not arrive: {urls:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let all = urls.len() >= n;
+        *found.lock().unwrap() = urls;
+        all
+    })
+    .await;
+    let urls = found.lock().unwrap().clone();
+    assert!(arrived, "alerts did not arrive: {urls:?}");
+    urls
 }
 
 fn token_of(url: &str) -> &str {
@@ -379,7 +381,7 @@ async fn answers_and_creates_share_one_executor_and_one_concurrency() {
         );
     }
     let env = &page.env;
-    let all_linked = crate::helpers::wait_until(Duration::from_secs(30), || {
+    let all_linked = wait_until(Duration::from_secs(30), || {
         let open: i64 = env.query(
             "SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'in_flight')",
             |r| r.get(0),
@@ -467,27 +469,19 @@ key_file = "{key}"
     let mut daemon = crate::daemon::spawn_run(&env, &env.dir.path().join("notify.sock"), &log);
     let url =
         LinkSigner::new(KEY.as_bytes(), &public_url).url(&id, now + chrono::Duration::days(1));
-    let until = Instant::now() + Duration::from_secs(30);
     // Served once the first tick stored the referral.
-    loop {
-        if let Ok(r) = cosell_sync::http::client_builder()
-            .build()
-            .unwrap()
-            .get(&url)
-            .send()
-            .await
-        {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < until,
-            "the page never answered: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let url = &url;
+    let served = wait_until_async(Duration::from_secs(30), || async move {
+        let client = cosell_sync::http::client_builder().build().unwrap();
+        let r = client.get(url).send().await;
+        r.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(
+        served,
+        "the page never answered: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     // The receiver answers on the same port: an unsigned event is refused.
     let event = cosell_sync::http::client_builder()
         .build()
@@ -498,7 +492,7 @@ key_file = "{key}"
         .await
         .unwrap();
     assert_eq!(event.status().as_u16(), 401);
-    assert_eq!(answer(&url, &id, "accept", "").await.0, 200);
+    assert_eq!(answer(url, &id, "accept", "").await.0, 200);
     assert_eq!(page_status(&env, &id), "Active");
     crate::daemon::kill(&daemon, "-TERM");
     let _ = daemon.wait().await;
