@@ -3,7 +3,8 @@
 //! - The **deadline lane** ([`run_cycle`] with [`TickOptions::deadline`]) runs every tick and
 //!   never waits on Google re-reads: Microsoft pull (inbox + incremental) → expiry alerts
 //!   (raised and delivered at once: they need only Microsoft data) → plan the referrals whose
-//!   inputs changed → lead creates and write-backs → every other alert and delivery.
+//!   inputs changed → queued accepts and declines, lead creates and write-backs (one executor,
+//!   answers first) → every other alert and delivery.
 //! - The **refresh lane** ([`refresh_once`], looped by [`crate::app::scheduler`]) re-reads tracked
 //!   Google records on their own schedule under the hourly budget, at background priority on
 //!   the shared rate limiter; a changed record queues its referral for the deadline lane.
