@@ -150,6 +150,7 @@ impl App {
                 pull,
                 google,
                 stop: tokio_util::sync::CancellationToken::new(),
+                answers: answer_settings(&config),
             },
             config: Arc::new(config),
             store,
@@ -275,24 +276,6 @@ impl App {
         self.cycle_with(TickOptions::deadline(full_plan)).await
     }
 
-    /// What the answer executor needs (accept / decline), from this app's clients.
-    pub fn answer_context(&self) -> sync::push::answer_referral::AnswerContext {
-        let sync = &self.config.sync;
-        sync::push::answer_referral::AnswerContext {
-            store: self.store.clone(),
-            microsoft: self.cycle.microsoft.clone(),
-            retry: self.cycle.pull.retry,
-            window: self.config.alerts.response_window.as_chrono(),
-            schedule: sync::Schedule {
-                max_attempts: sync.max_attempts,
-                min: sync.retry_min.0,
-                max: sync.retry_max.0,
-            },
-            stop: self.cycle.stop.clone(),
-            dry_run: self.config.daemon.dry_run,
-        }
-    }
-
     /// Whether this process holds the worker lock (it may send writes).
     pub fn is_worker(&self) -> bool {
         self.worker_lock.is_some()
@@ -341,6 +324,20 @@ fn dry_run_copy(real: &std::path::Path) -> Result<(Store, tempfile::TempDir), Ap
         crate::store::snapshot_copy(real, &copy)?;
     }
     Ok((Store::open(&copy)?, dir))
+}
+
+/// What accepts and declines need besides the clients.
+fn answer_settings(config: &Config) -> sync::push::answer_referral::AnswerSettings {
+    let sync = &config.sync;
+    sync::push::answer_referral::AnswerSettings {
+        window: config.alerts.response_window.as_chrono(),
+        schedule: sync::Schedule {
+            max_attempts: sync.max_attempts,
+            min: sync.retry_min.0,
+            max: sync.retry_max.0,
+        },
+        dry_run: config.daemon.dry_run,
+    }
 }
 
 /// The Google client and the sync policy, from configuration.

@@ -3,7 +3,8 @@
 //! - The **deadline lane** ([`run_cycle`] with [`TickOptions::deadline`]) runs every tick and
 //!   never waits on Google re-reads: Microsoft pull (inbox + incremental) → expiry alerts
 //!   (raised and delivered at once: they need only Microsoft data) → plan the referrals whose
-//!   inputs changed → lead creates and write-backs → every other alert and delivery.
+//!   inputs changed → queued accepts and declines, lead creates and write-backs (one executor,
+//!   answers first) → every other alert and delivery.
 //! - The **refresh lane** ([`refresh_once`], looped by [`crate::app::scheduler`]) re-reads tracked
 //!   Google records on their own schedule under the hourly budget, at background priority on
 //!   the shared rate limiter; a changed record queues its referral for the deadline lane.
@@ -21,6 +22,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::alerts::deliver::{self, AlertSettings, AlertStats, CycleDelivery, Raise};
+use crate::store::outbox::Kinds;
 use crate::store::{runs, schedule};
 use crate::sync::pull::{MicrosoftPull, Queries};
 use crate::sync::{
@@ -276,34 +278,28 @@ impl PullProgress {
     }
 }
 
-/// Plans the queued referrals and pushes what is due (the forward path of new referrals).
+/// Plans the queued referrals and pushes what is due (the forward path of new referrals),
+/// accepts and declines first; without the Google side, the answers alone.
 async fn forward_queued(ctx: &CycleContext, report: &mut CycleReport) -> Result<(), CycleError> {
-    let Some(google) = &ctx.google else {
-        return Ok(());
-    };
-    let planned = push::plan_queued(&ctx.store, &google.policy, Utc::now()).await?;
-    report.planned.add(planned);
-    let pushed = push::push_due(
-        &ctx.store,
-        &ctx.microsoft,
-        &ctx.pull.retry,
-        google,
-        &report.cycle_id,
-        &ctx.stop,
-    )
-    .await?;
+    if let Some(google) = &ctx.google {
+        let planned = push::plan_queued(&ctx.store, &google.policy, Utc::now()).await?;
+        report.planned.add(planned);
+    }
+    let pushed = push::push_due(ctx, &report.cycle_id, Kinds::All).await?;
     report.pushed.add(pushed);
     Ok(())
 }
 
-/// Plan and push (and, for a one-shot cycle, the Google reads due first).
+/// Plan and push (and, for a one-shot cycle, the Google reads due first); the push sends
+/// queued accepts and declines too.
 async fn google_phases(
     ctx: &CycleContext,
     options: TickOptions,
     report: &mut CycleReport,
 ) -> Result<(), CycleError> {
     let Some(google) = &ctx.google else {
-        return Ok(());
+        // Queued accepts and declines still go out.
+        return forward_queued(ctx, report).await;
     };
     if options.read_google {
         report.google = read_google(ctx, options.read_all).await?;

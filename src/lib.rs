@@ -7,10 +7,13 @@
 //!
 //! Work reaches Partner Center and Google through one executor. Producers store what they
 //! learned and ring the deadline lane's doorbell ([`wake`]): the cron job (pull the inbox),
-//! the refresh lane and the background change reader (a record changed: plan it), and the
-//! webhook forwarder (the event's referral is fetched and committed: "no pull needed"). The
-//! deadline lane alone plans, pushes the outbox under one `[sync] concurrency` and raises and
-//! delivers alerts; an outbox row is sent only by the taker that claimed it last.
+//! the refresh lane and the background change reader (a record changed: plan it), the
+//! webhook forwarder (the event's referral is fetched and committed: "no pull needed"), and
+//! the action page (an accept or decline is queued in the outbox: "no pull needed"; one
+//! queued by the command line beside a running daemon is seen within a quarter second). The
+//! deadline lane alone plans, pushes the outbox (answers first, lead creates and write-backs)
+//! under one `[sync] concurrency` and raises and delivers alerts; an outbox row is sent only by
+//! the taker that claimed it last.
 //!
 //! Module map, one owner per concern:
 //! - [`cli`]: the command line (fixed names, spec §4); `main` calls one [`app::commands`]
@@ -25,7 +28,8 @@
 //! - [`render`]: every command's tables and JSON, in one place.
 //! - [`timefmt`]: one time format for people (`2026-12-01 14:05 UTC`, `2 d 12 h`), pure.
 //! - [`app::scheduler`]: the daemon (`run`): the cron job, the no-overlap guard, SIGHUP reload,
-//!   shutdown with a grace period; part of the wiring, since a reload rebuilds the app.
+//!   shutdown with a grace period; part of the wiring, since a reload rebuilds the app. Two
+//!   lanes (deadline, refresh); no lane of its own for answers.
 //! - [`serve`]: the one HTTP server layer of every listener: header, body and idle timeouts,
 //!   a connection cap below the fd limit, refusals counted and logged in aggregate.
 //! - [`reload`]: `cosell-sync reload`: SIGHUP to the daemon and its answer (`ExecReload=`).
@@ -39,18 +43,21 @@
 //! - [`store`]: SQLite (WAL, migrations, schema version) behind a blocking-thread boundary.
 //! - [`lanes`]: the deadline lane (pull → expiry alerts → plan → push → alerts) and the
 //!   refresh lane (Google re-reads on a per-record schedule), joining `sync` and `alerts`.
-//! - [`sync`]: the primitives: Microsoft pull, Google refresh, the pure `reconcile`, the outbox.
+//! - [`sync`]: the primitives: Microsoft pull, Google refresh, the pure `reconcile`, the outbox
+//!   and its one executor (`sync::push::push_due`, every action kind, accept/decline included).
 //! - [`deadline`]: the 14-day response window arithmetic, pure.
 //! - [`alerts`]: expiry and health alerts (pure planner), formats, durable delivery to sinks.
 //! - [`pem`]: certificate files (DER/PEM, trust roots), a leaf for config and the verifier.
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
 //! - [`telemetry`]: tracing subscriber set-up (text, json, journald).
 //! - [`generate`]: the man page and shell completions from the clap definitions.
-//! - [`actions`]: accept / decline from the alert: `[actions]` and the page.
+//! - [`actions`]: accept / decline from the alert: `[actions]` and the page (a producer: it
+//!   queues the answer and wakes the deadline lane).
 //! - [`links`]: the signed action links (HMAC, one referral, until its deadline), a leaf.
 //! - [`webhook`]: Partner Center referral events (optional): receiver, verification, the
 //!   producer hand-off (GET + commit + wake), registration.
-//! - [`wake`]: the deadline lane's doorbell (asks coalesce; "pull" or "no pull needed"), a leaf.
+//! - [`wake`]: the deadline lane's doorbell (asks coalesce; "pull" or "no pull needed"), a leaf;
+//!   rung by the cron job, the refresh lane, the webhook forwarder and the action page.
 
 // Errors here travel the slow path (after a network round trip or an HTTP answer); a few hundred
 // bytes moved per error is nothing next to that, and boxing would only add noise.

@@ -1,7 +1,8 @@
 //! The deadline lane's doorbell: producers (the cron job, the refresh lane, the webhook
-//! forwarder) ask for a tick, saying whether it must pull the Microsoft inbox; the one lane
-//! that executes (plans, pushes, raises alerts) takes the asks, coalesced, and tells waiters
-//! when a tick that began after their ask has finished. A leaf: it knows no feature module.
+//! forwarder, the action page) ask for a tick, saying whether it must pull the Microsoft
+//! inbox; the one lane that executes (plans, pushes, raises alerts) takes the asks, coalesced,
+//! and tells waiters when a tick that began after their ask has finished. A leaf: it knows no
+//! feature module.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,7 +1,8 @@
 //! The action page's HTTP side: one axum [`Router`] built by [`router`], mounted on the
 //! daemon's listener for `[actions] listen` (alone, or beside the webhook receiver).
 //! `GET public_url/TOKEN` shows the referral and the form; `POST` of that form queues the
-//! answer in the outbox, wakes the answer lane and shows its outcome. A link that is forged,
+//! answer in the outbox, wakes the deadline lane ("no pull needed": its one executor sends
+//! the answer, first of what is due) and shows the outcome. A link that is forged,
 //! altered, expired, used for another referral, or a request without the SSO header, gets
 //! 403 before anything is read or sent. A referral already answered shows its outcome, and a
 //! POST then changes nothing.
@@ -17,7 +18,6 @@ use axum::routing::get;
 use axum::{Form, Router};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::sync::Notify;
 
 use super::html::{form_page, message_page, Fact};
 use super::ActionsConfig;
@@ -28,6 +28,7 @@ use crate::store::{Store, StoreError};
 use crate::sync::answer::{encode, Answer, Decision};
 use crate::sync::push::answer_referral::{wait_for_outcome, AnswerResult};
 use crate::timefmt::{human, time_left};
+use crate::wake::DeadlineWake;
 
 /// A form is a few hundred bytes; anything near this is not our form.
 const MAX_BODY: usize = 16 * 1024;
@@ -50,12 +51,12 @@ pub(crate) struct PageSettings {
 struct Shared {
     settings: PageSettings,
     store: Store,
-    /// Wakes the answer lane (the one executor) as soon as an answer is queued.
-    wake: Arc<Notify>,
+    /// Wakes the deadline lane (the one executor) as soon as an answer is queued.
+    wake: DeadlineWake,
 }
 
-/// The page's router; `wake` is the answer lane's.
-pub(crate) fn router(settings: PageSettings, store: Store, wake: Arc<Notify>) -> Router {
+/// The page's router; `wake` is the deadline lane's doorbell.
+pub fn router(settings: PageSettings, store: Store, wake: DeadlineWake) -> Router {
     let route = format!("{}/{{token}}", settings.config.path());
     let shared = Arc::new(Shared {
         settings,
@@ -291,7 +292,8 @@ async fn queue(s: &Shared, referral_id: &str, answer: &Answer) -> Result<i64, St
         .call(move |c| answers::enqueue(c, &id, &payload, Utc::now()))
         .await?;
     tracing::info!(referral_id, actor = %answer.actor, decision = answer.decision.verb(), joined = !added, "answer queued from the action page");
-    s.wake.notify_one();
+    // A producer hand-off: the answer is stored, the lane needs no pull to send it.
+    s.wake.ask_without_pull();
     Ok(row)
 }
 

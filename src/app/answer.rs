@@ -1,6 +1,7 @@
 //! `accept` and `decline` (spec §4): the answer is queued in the outbox like every remote
-//! write; then this process sends it when it can take the worker lock (no daemon runs on the
-//! database), or waits for the running daemon's answer lane to send it. Either way the person
+//! write; then this process sends it with the one executor when it can take the worker lock
+//! (no daemon runs on the database), or waits for the running daemon to send it: the daemon
+//! sees it queued ([`wake_on_queued`]) and wakes its deadline lane. Either way the person
 //! gets the outcome: exit 0 when the referral is now as asked (also when it already was),
 //! 1 when it cannot be, or is not sent yet. `--dry-run` decides on a throw-away copy of the
 //! database and prints the PATCH it would send.
@@ -12,9 +13,11 @@ use chrono::Utc;
 use super::commands::{Outcome, Printed};
 use super::{App, AppError};
 use crate::config::Config;
+use crate::store::outbox::Kinds;
 use crate::store::{answers, referrals};
 use crate::sync::answer::{decide, encode, patch_body, Answer, Decision, Verdict};
-use crate::sync::push::answer_referral::{send_due, wait_for_outcome, AnswerResult};
+use crate::sync::push::answer_referral::{wait_for_outcome, AnswerResult};
+use crate::wake::DeadlineWake;
 
 /// How long the command waits for a running daemon to send the answer.
 const WAIT_FOR_DAEMON: Duration = Duration::from_secs(60);
@@ -50,7 +53,9 @@ pub(crate) async fn run(
         .await?;
     let outcome = match app.become_worker() {
         Ok(()) => {
-            send_due(&app.answer_context()).await?;
+            // This process is the worker: its one executor sends the answers queued (this
+            // one and any left by an earlier command), never the lead creates of the queue.
+            crate::sync::push::push_due(&app.cycle, "accept-decline", Kinds::Answers).await?;
             wait_for_outcome(&app.store, row, Duration::from_secs(1)).await
         }
         Err(AppError::Busy(_)) => {
@@ -63,6 +68,34 @@ pub(crate) async fn run(
         Err(e) => return Err(e),
     };
     report(referral_id, &answer, row, outcome)
+}
+
+/// How often a daemon looks for answers queued by the command line in another process
+/// (which cannot ring its doorbell); the action page, in the daemon, rings it at once.
+const POLL_QUEUED: Duration = Duration::from_millis(250);
+
+/// A producer for the daemon (and the demo): an answer queued by another process wakes the
+/// deadline lane ("no pull needed"), whose executor sends it. One ask at a time: the next
+/// look comes after the tick that served it, so an answer waiting for a retry never spins.
+pub async fn wake_on_queued(
+    store: crate::store::Store,
+    wake: DeadlineWake,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(POLL_QUEUED) => {}
+            _ = stop.cancelled() => return,
+        }
+        let due = store.call(|c| answers::any_due(c, Utc::now())).await;
+        if due.unwrap_or(false) {
+            let tick = wake.ask_without_pull();
+            tokio::select! {
+                _ = wake.finished_after(tick) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
 }
 
 /// Exit 0 only when the referral is now in the asked state.

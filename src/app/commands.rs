@@ -364,14 +364,15 @@ pub(crate) async fn run(config: Config, file: &Path, force_dry_run: bool) -> Out
         .map_err(|e| AppError::Refused(format!("cannot install signal handlers: {e}")))?;
     let health = Arc::new(crate::health::Health::default());
     health.set_google_enabled(app.config.google_enabled());
-    // Answers queued by the action page wake the answer lane at once.
-    let answers = Arc::new(tokio::sync::Notify::new());
-    let webhook_events = listen(&app, &health, &answers, &shutdown).await?;
+    // The deadline lane's doorbell: the action page (bound here, before start-up) rings it
+    // when it queued an answer, and the lane's one executor sends it.
+    let wake = crate::wake::DeadlineWake::new();
+    let webhook_events = listen(&app, &health, &wake, &shutdown).await?;
     let reload = scheduler::Reload {
         config_file: file.to_path_buf(),
         force_dry_run,
     };
-    scheduler::run(app, shutdown, reload, health, webhook_events, answers)
+    scheduler::run(app, shutdown, reload, health, webhook_events, wake)
         .await
         .map_err(|e| match e.downcast::<crate::store::StoreError>() {
             Ok(store) => AppError::Store(store),
@@ -388,7 +389,7 @@ pub(crate) async fn run(config: Config, file: &Path, force_dry_run: bool) -> Out
 async fn listen(
     app: &App,
     health: &Arc<crate::health::Health>,
-    answers: &Arc<tokio::sync::Notify>,
+    wake: &crate::wake::DeadlineWake,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<Option<crate::webhook::Events>, AppError> {
     // The fd limit is the unit's LimitNOFILE (setrlimit is outside its system-call filter).
@@ -413,7 +414,7 @@ async fn listen(
     }
     if let Some(settings) = app.page_settings() {
         let listen = settings.config.listen.clone();
-        let router = crate::actions::page::router(settings, app.store.clone(), answers.clone());
+        let router = crate::actions::page::router(settings, app.store.clone(), wake.clone());
         listeners.mount("actions.listen", &listen, router);
     }
     let bound = listeners

@@ -317,7 +317,8 @@ async fn webhook_step(sim: &Simulator, app: &App, dir: &std::path::Path) -> anyh
     Ok(())
 }
 
-/// Demo step 7: the action page on an ephemeral port with the answer lane beside it; one
+/// Demo step 7: the action page on an ephemeral port with a bare deadline lane beside it (the
+/// one executor the page and the command's queued answer wake); one
 /// referral accepted with the page's form (as a browser posts it), one declined with the
 /// `decline` command (which queues the answer and waits for the running "daemon" to send it).
 async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Result<()> {
@@ -344,23 +345,20 @@ async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Res
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let _stop = stop.clone().drop_guard();
-    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-    let router = page::router(settings, app.store.clone(), wake.clone());
+    // The demo has no daemon scheduler: a bare deadline lane sends what the page queues, and
+    // the daemon's look for answers queued by the command line runs beside it.
+    let wake = crate::wake::DeadlineWake::new();
+    let lane_app = std::sync::Arc::new(app.clone());
+    tokio::spawn(lane_app.serve_wakes(wake.clone(), stop.clone()));
+    tokio::spawn(super::answer::wake_on_queued(
+        app.store.clone(),
+        wake.clone(),
+        stop.clone(),
+    ));
+    let router = page::router(settings, app.store.clone(), wake);
     page::serve(&actions.listen, router, stop.clone())
         .await
         .map_err(anyhow::Error::msg)?;
-    let lane = app.answer_context();
-    let lane_stop = stop.clone();
-    tokio::spawn(async move {
-        while !lane_stop.is_cancelled() {
-            let _ = crate::sync::push::answer_referral::send_due(&lane).await;
-            tokio::select! {
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
-                _ = lane_stop.cancelled() => {}
-            }
-        }
-    });
     let now = Utc::now();
     let window = config.alerts.response_window.as_chrono();
     let open: Vec<_> = app

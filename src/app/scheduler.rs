@@ -1,12 +1,13 @@
 //! The daemon loop, two lanes (see [`crate::lanes`]):
-//! - the **deadline lane**: one task runs ticks one after another, never two at once. The
-//!   tokio-cron-scheduler job on `[schedule] sync` only *asks* for a tick (a stored
-//!   permit: a tick asked for while one runs starts right after it, and asks coalesce), and so
-//!   does the refresh lane when a Google record changed. The first tick runs at start-up.
+//! - the **deadline lane**: one task runs ticks one after another, never two at once, and is
+//!   the one executor of remote writes. The tokio-cron-scheduler job on `[schedule] sync`
+//!   only *asks* for a tick (a stored permit: a tick asked for while one runs starts right
+//!   after it, and asks coalesce), and so do the other producers: the refresh lane when a
+//!   Google record changed, the webhook forwarder and the action page ("no pull needed": the
+//!   work is stored), and a look every quarter second for answers the command line queued
+//!   from another process. The first tick runs at start-up.
 //! - the **refresh lane**: one task re-reads due Google records pass after pass, at
 //!   background priority, and runs the periodic full plan. It never holds the deadline lane.
-//! - the **answer lane**: sends queued accepts and declines at once (woken by the action page,
-//!   or seen within a quarter second when the command line queued them).
 //!
 //! systemd notifications (READY once config, database and the first token are good; STATUS
 //! after each tick; WATCHDOG while no tick is stuck; STOPPING); SIGHUP reloads the
@@ -45,10 +46,8 @@ struct Daemon {
     /// Held while a deadline tick runs: what shutdown waits for.
     running: Arc<Mutex<()>>,
     /// Asks the deadline lane for a tick (permits coalesce: never a queue of ticks); the
-    /// webhook forwarder asks through it too, "no pull needed".
+    /// webhook forwarder and the action page ask through it too, "no pull needed".
     wake: DeadlineWake,
-    /// Wakes the answer lane: an accept or decline was queued by the action page.
-    answers: Arc<tokio::sync::Notify>,
     /// The next tick plans every referral (start-up, a reloaded policy).
     full_plan_due: AtomicBool,
     notifier: Notifier,
@@ -81,14 +80,15 @@ impl Daemon {
     }
 }
 
-/// Runs cycles on the schedule until `shutdown` is cancelled.
-pub(crate) async fn run(
+/// Runs cycles on the schedule until `shutdown` is cancelled. `wake` is the deadline lane's
+/// doorbell, already handed to the action page (bound before start-up).
+pub async fn run(
     app: App,
     shutdown: CancellationToken,
     reload: Reload,
     health: Arc<Health>,
     webhook_events: Option<crate::webhook::Events>,
-    answers: Arc<tokio::sync::Notify>,
+    wake: DeadlineWake,
 ) -> anyhow::Result<()> {
     // A reload during start-up (before the first token) is taken after it, never fatal.
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -99,8 +99,7 @@ pub(crate) async fn run(
     let daemon = Arc::new(Daemon {
         app: RwLock::new(Arc::new(app)),
         running: Arc::new(Mutex::new(())),
-        wake: DeadlineWake::new(),
-        answers,
+        wake,
         full_plan_due: AtomicBool::new(true),
         notifier: Notifier::from_env(),
         health,
@@ -136,7 +135,12 @@ pub(crate) async fn run(
     }
     let deadline = tokio::spawn(deadline_lane(daemon.clone()));
     let refresh = tokio::spawn(refresh_lane(daemon.clone()));
-    let answers = tokio::spawn(answer_lane(daemon.clone()));
+    // Answers the command line queued from another process: seen and handed to the lane.
+    let answers = tokio::spawn(super::answer::wake_on_queued(
+        app.store.clone(),
+        daemon.wake.clone(),
+        shutdown.clone(),
+    ));
     if let Some(interval) = watchdog_interval() {
         tokio::spawn(feed_watchdog(daemon.clone(), interval));
     }
@@ -200,16 +204,19 @@ async fn serve_reloads(
 struct Lanes {
     deadline: tokio::task::JoinHandle<()>,
     refresh: tokio::task::JoinHandle<()>,
+    /// The look for answers queued by another process (a producer: stopped at once).
     answers: tokio::task::JoinHandle<()>,
     webhook: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Stops everything within `[daemon] shutdown_grace`: the refresh lane at once (its reads
-/// are idempotent), then the cron job, the webhook forwarder and the running deadline tick.
+/// Stops everything within `[daemon] shutdown_grace`: the refresh lane and the look for
+/// queued answers at once (reads only), then the cron job, the webhook forwarder and the
+/// running deadline tick (an answer being sent finishes with it).
 async fn stop(daemon: &Daemon, scheduler: &mut JobScheduler, lanes: Lanes) {
     let grace = daemon.app().config.daemon.shutdown_grace.0;
     let stop_by = Instant::now() + grace;
     lanes.refresh.abort();
+    lanes.answers.abort();
     if tokio::time::timeout_at(stop_by, scheduler.shutdown())
         .await
         .is_err()
@@ -220,8 +227,6 @@ async fn stop(daemon: &Daemon, scheduler: &mut JobScheduler, lanes: Lanes) {
         // The forwarder stops between events; a forward in flight gets the grace period.
         let _ = tokio::time::timeout_at(stop_by, forwarder).await;
     }
-    // An answer being sent finishes (its PATCH is one request); no new one starts.
-    let _ = tokio::time::timeout_at(stop_by, lanes.answers).await;
     match tokio::time::timeout_at(stop_by, lanes.deadline).await {
         Ok(_) => tracing::info!("stopped"),
         Err(_) => tracing::warn!(
@@ -323,39 +328,6 @@ async fn deadline_lane(daemon: Arc<Daemon>) {
         if !cycle.report.ok() && full_plan {
             // Not planned after all: the next tick tries again.
             daemon.full_plan_due.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
-/// How often the answer lane looks for answers queued by another process (the command line
-/// cannot wake it); the action page wakes it at once.
-const ANSWER_POLL: Duration = Duration::from_millis(250);
-
-/// The answer lane: accepts and declines go out as soon as they are queued, never behind a
-/// deadline tick (its own executor: answers are not taken by the write executor).
-async fn answer_lane(daemon: Arc<Daemon>) {
-    loop {
-        let app = daemon.app();
-        if let Err(e) = crate::sync::push::answer_referral::send_due(&app.answer_context()).await {
-            tracing::error!(error = %e, "answer lane: the database failed; trying again");
-        }
-        tokio::select! {
-            _ = daemon.answers.notified() => {}
-            _ = until_answer_due(&app) => {}
-            _ = daemon.shutdown.cancelled() => return,
-        }
-    }
-}
-
-async fn until_answer_due(app: &App) {
-    loop {
-        tokio::time::sleep(ANSWER_POLL).await;
-        let due = app
-            .store
-            .call(|c| crate::store::answers::any_due(c, chrono::Utc::now()))
-            .await;
-        if due.unwrap_or(false) {
-            return;
         }
     }
 }

@@ -395,6 +395,7 @@ async fn create_lead(
         (g.create_latency, g.create_429.take())
     };
     let _answered = InFlight(state.clone());
+    let _on_wire = super::WriteOnWire::start(&state);
     if let Some(secs) = too_many {
         let mut response = error(
             StatusCode::TOO_MANY_REQUESTS,

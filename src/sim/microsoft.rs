@@ -391,6 +391,11 @@ async fn patch_one(
     if let Err(r) = authorized(&state, &headers) {
         return r;
     }
+    let _on_wire = super::WriteOnWire::start(&state);
+    let latency = *lock(&state.patch_latency);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let drop_after = match before(&state, "patch", ErrorShape::Microsoft).await {
         Ok(d) => d,
         Err(r) => return r,

@@ -154,6 +154,36 @@ pub struct SimState {
     pub(crate) patches: Mutex<VecDeque<SimPatch>>,
     /// `http://127.0.0.1:PORT`, known once the listener is bound.
     pub(crate) base_url: Mutex<String>,
+    /// Writes being answered now, both clouds together (what one executor bounds).
+    pub(crate) writes: Mutex<WriteGauge>,
+    /// How long a referral PATCH takes to answer (after it is counted on the wire).
+    pub(crate) patch_latency: Mutex<Duration>,
+}
+
+/// Lead creates and referral PATCHes being answered at once, and the most ever: the client
+/// promises at most `[sync] concurrency` remote writes on the wire, whatever produced them.
+#[derive(Debug, Default)]
+pub(crate) struct WriteGauge {
+    in_flight: usize,
+    max: usize,
+}
+
+/// One write on the wire, from its arrival until its answer is made (or it is dropped).
+pub(crate) struct WriteOnWire(Arc<SimState>);
+
+impl WriteOnWire {
+    pub(crate) fn start(state: &Arc<SimState>) -> WriteOnWire {
+        let mut w = lock(&state.writes);
+        w.in_flight += 1;
+        w.max = w.max.max(w.in_flight);
+        WriteOnWire(state.clone())
+    }
+}
+
+impl Drop for WriteOnWire {
+    fn drop(&mut self) {
+        lock(&self.0.writes).in_flight -= 1;
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -181,6 +211,8 @@ impl SimState {
             webhook: Mutex::new(webhook::WebhookState::default()),
             patches: Mutex::new(VecDeque::new()),
             base_url: Mutex::new(String::new()),
+            writes: Mutex::new(WriteGauge::default()),
+            patch_latency: Mutex::new(Duration::ZERO),
         }
     }
 
@@ -286,6 +318,17 @@ impl Simulator {
             .into_iter()
             .filter(|p| p.referral_id == referral_id && p.status < 300)
             .collect()
+    }
+
+    /// Every referral PATCH from now on takes `latency` to answer (it is counted at once).
+    pub fn set_patch_latency(&self, latency: Duration) {
+        *lock(&self.state.patch_latency) = latency;
+    }
+
+    /// The most remote writes (lead creates and referral PATCHes together) ever being
+    /// answered at once.
+    pub fn max_writes_in_flight(&self) -> usize {
+        lock(&self.state.writes).max
     }
 
     pub fn referral_count(&self) -> usize {

@@ -1,6 +1,7 @@
 //! Answers to referrals (accept / decline) in the outbox: queued by the command line or the
-//! action page, taken only by the answer executor ([`crate::sync::push::answer_referral`]), finished with
-//! their outcome as JSON in `result`, audited with the person who asked.
+//! action page, taken by the one executor like every action ([`super::outbox::take_due`];
+//! sent by [`crate::sync::push::answer_referral`]), finished with their outcome as JSON in
+//! `result`, audited with the person who asked.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -37,32 +38,9 @@ pub(crate) fn enqueue(
     Ok((open, false))
 }
 
-/// Takes the next due answer and counts the attempt (the row stays `pending` until
-/// [`mark_sending`]).
-pub(crate) fn take_due(
-    conn: &Connection,
-    now: DateTime<Utc>,
-) -> Result<Option<OutboxRow>, StoreError> {
-    let now = db_timestamp(now);
-    let id: Option<i64> = conn
-        .query_row(
-            "UPDATE outbox SET attempts = attempts + 1, updated_at = ?1
-             WHERE id = (SELECT id FROM outbox WHERE state = 'pending' AND kind = 'answer_referral'
-                           AND next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT 1)
-             RETURNING id",
-            [&now],
-            |r| r.get(0),
-        )
-        .optional()?;
-    match id {
-        Some(id) => outbox::get(conn, id),
-        None => Ok(None),
-    }
-}
-
-/// Whether an answer is due now (the daemon's answer lane polls this: the command line, in
-/// another process, cannot wake it otherwise).
-pub(crate) fn any_due(conn: &Connection, now: DateTime<Utc>) -> Result<bool, StoreError> {
+/// Whether an answer is due now (the daemon polls this and wakes its deadline lane: the
+/// command line, in another process, cannot wake it otherwise).
+pub fn any_due(conn: &Connection, now: DateTime<Utc>) -> Result<bool, StoreError> {
     Ok(conn
         .prepare_cached(
             "SELECT 1 FROM outbox WHERE state = 'pending' AND kind = 'answer_referral'
@@ -201,7 +179,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn one_open_answer_per_referral_and_only_the_answer_executor_takes_it() {
+    fn one_open_answer_per_referral_taken_first_by_the_one_executor() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.db")).unwrap();
         let now = Utc::now();
@@ -215,13 +193,26 @@ mod tests {
                     (first, false),
                     "a double click joins the open one"
                 );
-                assert!(
-                    outbox::take_due(c, now, &[])?.is_none(),
-                    "the write executor never takes an answer"
-                );
+                outbox::enqueue(c, "r2", outbox::CREATE_LEAD, None, &json!({}), now)?;
                 assert!(any_due(c, now)?);
-                let row = take_due(c, now)?.expect("due");
+                let only = outbox::Kinds::Answers;
+                let row = outbox::take_due_of(c, now, &[], only)?.expect("due");
                 assert_eq!((row.id, row.attempts), (first, 1));
+                assert!(
+                    outbox::take_due_of(c, now, &[row.id], only)?.is_none(),
+                    "an answers-only taker leaves the create"
+                );
+                assert_eq!(
+                    outbox::take_due(c, now, &[])?.map(|r| r.id),
+                    Some(first),
+                    "the one executor takes the answer first"
+                );
+                let row = outbox::get(c, first)?.expect("stored");
+                assert_eq!(
+                    outbox::mark_sending(c, &row, now)?,
+                    outbox::SendClaim::Won,
+                    "the latest taker sends it"
+                );
                 assert!(mark_sending(c, row.id, now)?);
                 assert!(mark_sending(c, row.id, now)?, "again after a 412 re-read");
                 finish(

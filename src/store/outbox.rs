@@ -10,12 +10,12 @@ use serde_json::Value;
 use super::StoreError;
 use crate::timefmt::{db_timestamp, parse_timestamp};
 
-pub(crate) const CREATE_LEAD: &str = "create_lead";
-pub(crate) const PATCH_REFERRAL: &str = "patch_referral";
-pub(crate) const PATCH_OPPORTUNITY: &str = "patch_opportunity";
-/// Accept or decline a referral: its own executor ([`crate::sync::push::answer_referral`]), never
-/// taken by [`take_due`].
-pub(crate) const ANSWER_REFERRAL: &str = "answer_referral";
+pub const CREATE_LEAD: &str = "create_lead";
+pub const PATCH_REFERRAL: &str = "patch_referral";
+pub const PATCH_OPPORTUNITY: &str = "patch_opportunity";
+/// Accept or decline a referral ([`crate::sync::push::answer_referral`]): taken by the same
+/// [`take_due`] as every action, ahead of the others.
+pub const ANSWER_REFERRAL: &str = "answer_referral";
 /// Link a Google record a referral's externalReferenceId names (recovery, migration 0009).
 pub(crate) const ADOPT_LINK: &str = "adopt_link";
 
@@ -88,17 +88,42 @@ pub(crate) fn take_due(
     now: DateTime<Utc>,
     exclude: &[i64],
 ) -> Result<Option<OutboxRow>, StoreError> {
+    take_due_of(conn, now, exclude, Kinds::All)
+}
+
+/// Which actions a taker sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kinds {
+    /// Every kind (the deadline lane with the Google side on).
+    All,
+    /// Accepts and declines only: the Google side is off, or the `accept`/`decline` command
+    /// sends its own answer (never the lead creates of the queue as a side effect).
+    Answers,
+}
+
+/// [`take_due`] of some kinds. Answers go first: a person waits on the page (or the command)
+/// for each, and the referral's deadline is what the product is about; a backlog of creates
+/// never holds an answer back by more than the writes already on the wire.
+pub fn take_due_of(
+    conn: &Connection,
+    now: DateTime<Utc>,
+    exclude: &[i64],
+    kinds: Kinds,
+) -> Result<Option<OutboxRow>, StoreError> {
     let now = db_timestamp(now);
     let exclude = serde_json::to_string(exclude).unwrap_or_else(|_| "[]".into());
+    let answers_only = kinds == Kinds::Answers;
     let mut stmt = conn.prepare_cached(&format!(
         "UPDATE outbox SET attempts = attempts + 1, updated_at = ?1
          WHERE id = (SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?1
-                       AND kind <> 'answer_referral'
+                       AND (kind = 'answer_referral' OR NOT ?3)
                        AND id NOT IN (SELECT value FROM json_each(?2))
-                     ORDER BY next_attempt_at, id LIMIT 1)
+                     ORDER BY kind = 'answer_referral' DESC, next_attempt_at, id LIMIT 1)
          RETURNING {COLUMNS}"
     ))?;
-    Ok(stmt.query_row(params![now, exclude], row).optional()?)
+    Ok(stmt
+        .query_row(params![now, exclude, answers_only], row)
+        .optional()?)
 }
 
 /// Whether a taker may send the action it took.

@@ -4,6 +4,7 @@
 //! counted once whatever restarts or which code path (pull, webhook, `accept`) stored it.
 
 use chrono::{DateTime, Duration, Utc};
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection};
 use serde::Serialize;
 
@@ -40,37 +41,49 @@ pub(crate) fn settle(
         ),
         [],
     )?;
-    let open: Vec<OpenRow> = tx
-        .prepare(
+    // The open rows are read as a stream and only the waits that ended are kept: every
+    // referral still waiting has an open row, so collecting them all made each cycle's memory
+    // grow with the inbox (~40 MB at 100,000 referrals).
+    let mut ending = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached(
             "SELECT r.id, r.status, r.substatus, r.created_at, r.expires_at, r.updated_at
              FROM referral_responses x JOIN referrals r ON r.id = x.referral_id
              WHERE x.outcome IS NULL",
-        )?
-        .query_map([], |row| {
-            Ok(OpenRow {
-                id: row.get(0)?,
-                status: row.get(1)?,
-                substatus: row.get(2)?,
-                created_at: row.get(3)?,
-                expires_at: row.get(4)?,
-                updated_at: row.get(5)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut settled = Vec::new();
-    for row in open {
-        let Some((outcome, at)) = row.outcome(window, now) else {
-            continue;
-        };
-        let created = parse_timestamp(&row.created_at).unwrap_or(at);
-        let seconds = (at - created).num_seconds().max(0);
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            // Text read in place; anything else (NULL, a stray number) reads as absent.
+            let text = |i: usize| -> rusqlite::Result<Option<&str>> {
+                Ok(match row.get_ref(i)? {
+                    ValueRef::Text(t) => std::str::from_utf8(t).ok(),
+                    _ => None,
+                })
+            };
+            let open = OpenRow {
+                status: text(1)?,
+                substatus: text(2)?,
+                created_at: text(3)?.unwrap_or_default(),
+                expires_at: text(4)?,
+                updated_at: text(5)?.unwrap_or_default(),
+            };
+            let Some((outcome, at)) = open.outcome(window, now) else {
+                continue;
+            };
+            let created = parse_timestamp(open.created_at).unwrap_or(at);
+            let seconds = (at - created).num_seconds().max(0);
+            ending.push((row.get::<_, String>(0)?, outcome, at, seconds));
+        }
+    }
+    let mut settled = Vec::with_capacity(ending.len());
+    for (referral_id, outcome, at, seconds) in ending {
         tx.prepare_cached(
             "UPDATE referral_responses SET outcome = ?2, settled_at = ?3, seconds = ?4
              WHERE referral_id = ?1 AND outcome IS NULL",
         )?
-        .execute(params![row.id, outcome, db_timestamp(at), seconds])?;
+        .execute(params![referral_id, outcome, db_timestamp(at), seconds])?;
         settled.push(Settled {
-            referral_id: row.id,
+            referral_id,
             outcome,
             seconds,
         });
@@ -79,31 +92,31 @@ pub(crate) fn settle(
     Ok(settled)
 }
 
-struct OpenRow {
-    id: String,
-    status: Option<String>,
-    substatus: Option<String>,
-    created_at: String,
-    expires_at: Option<String>,
-    updated_at: String,
+/// An open row, borrowed from the statement's current row (no allocation per referral).
+struct OpenRow<'a> {
+    status: Option<&'a str>,
+    substatus: Option<&'a str>,
+    created_at: &'a str,
+    expires_at: Option<&'a str>,
+    updated_at: &'a str,
 }
 
-impl OpenRow {
+impl OpenRow<'_> {
     /// How the wait ended and when, or `None` while it goes on.
     fn outcome(
         &self,
         window: Duration,
         now: DateTime<Utc>,
     ) -> Option<(&'static str, DateTime<Utc>)> {
-        let created = parse_timestamp(&self.created_at)?;
-        let expires = self.expires_at.as_deref().and_then(parse_timestamp);
+        let created = parse_timestamp(self.created_at)?;
+        let expires = self.expires_at.and_then(parse_timestamp);
         let deadline = crate::deadline::deadline(created, expires, window);
         // The answer's time: Partner Center's updatedDateTime when the answer was first seen
         // (never after now, never before the referral existed).
-        let answered = parse_timestamp(&self.updated_at)
+        let answered = parse_timestamp(self.updated_at)
             .unwrap_or(now)
             .clamp(created, now.max(created));
-        match (self.status.as_deref(), self.substatus.as_deref()) {
+        match (self.status, self.substatus) {
             (Some("New"), _) => (deadline <= now).then_some(("expired", deadline)),
             (Some("Active"), _) => Some(("accepted", answered)),
             (Some("Closed"), Some("Declined")) => Some(("declined", answered)),

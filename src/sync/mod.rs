@@ -1,7 +1,7 @@
 //! The sync primitives both lanes are made of: the Microsoft pull ([`pull`]), the Google
 //! refresh on a per-record schedule ([`refresh`]), the pure planner ([`reconcile`], with
 //! [`mapping`] for new leads) and the outbox ([`push`]). [`crate::lanes`] puts them in order.
-//! Accept / decline: the pure decision ([`answer`]) and its executor
+//! Accept / decline: the pure decision ([`answer`]) and how the one executor sends it
 //! ([`push::answer_referral`]).
 
 pub(crate) mod adopt;
@@ -73,6 +73,8 @@ pub struct CycleContext {
     pub google: Option<GoogleSide>,
     /// Cancelled on SIGTERM: no new remote write starts after it.
     pub stop: tokio_util::sync::CancellationToken,
+    /// What accepts and declines need: the cycle's executor sends them too.
+    pub answers: push::answer_referral::AnswerSettings,
 }
 
 /// What the Google reads of a cycle did (a one-shot `sync` reads what is due).

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{stdout, TestEnv};
+use crate::helpers::{stdout, wait_until, wait_until_async, TestEnv};
 
 /// The links' key in these tests (a file, so the test can sign its own forgeries).
 const KEY: &str = "0123456789abcdef0123456789abcdef-test-key";
@@ -40,6 +40,11 @@ impl Drop for Page {
 /// Referrals `ids` with 3 h left (each crosses the 4 h threshold at once) and one past its
 /// deadline ([`expired_id`]), the daemon with `[actions]` and a JSON alert sink.
 pub(crate) async fn start(ids: std::ops::Range<usize>, extra: &str) -> Page {
+    start_on(TestEnv::new().await, ids, extra).await
+}
+
+/// [`start`] on a given environment (one with the Google side, say).
+async fn start_on(env: TestEnv, ids: std::ops::Range<usize>, extra: &str) -> Page {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -50,7 +55,6 @@ pub(crate) async fn start(ids: std::ops::Range<usize>, extra: &str) -> Page {
         .respond_with(ResponseTemplate::new(200))
         .mount(&server)
         .await;
-    let env = TestEnv::new().await;
     let key = env.dir.path().join("links.key");
     std::fs::write(&key, KEY).unwrap();
     let public_url = format!("http://127.0.0.1:{port}/act");
@@ -96,8 +100,8 @@ format = "json"
 
 /// The `action_url` of each referral's expiry alert, once all `n` arrived.
 pub(crate) async fn action_urls(page: &Page, n: usize) -> BTreeMap<String, String> {
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
+    let found = &std::sync::Mutex::new(BTreeMap::new());
+    let arrived = wait_until_async(Duration::from_secs(60), || async move {
         let mut urls = BTreeMap::new();
         for request in page.server.received_requests().await.unwrap_or_default() {
             let alert: Value = serde_json::from_slice(&request.body).unwrap_or_default();
@@ -111,12 +115,14 @@ pub(crate) async fn action_urls(page: &Page, n: usize) -> BTreeMap<String, Strin
                 );
             }
         }
-        if urls.len() >= n {
-            return urls;
-        }
-        assert!(Instant::now() < until, "alerts did not arrive: {urls:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let all = urls.len() >= n;
+        *found.lock().unwrap() = urls;
+        all
+    })
+    .await;
+    let urls = found.lock().unwrap().clone();
+    assert!(arrived, "alerts did not arrive: {urls:?}");
+    urls
 }
 
 fn token_of(url: &str) -> &str {
@@ -343,6 +349,64 @@ async fn double_clicks_two_people_and_the_portal_first_make_at_most_one_patch() 
     assert!(p95 <= Duration::from_secs(1), "p95 {p95:?}");
 }
 
+/// One executor: answers from the page and the lead creates (and write-backs) of the same
+/// new referrals, racing in the daemon, never have more than `[sync] concurrency` remote
+/// writes on the wire at once, Partner Center and Google together; every answer is sent once
+/// and no row records a reason that did not happen.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_and_creates_share_one_executor_and_one_concurrency() {
+    let env = TestEnv::with_google("concurrency = 1").await;
+    // Slow enough that the answers arrive while the creates are still being sent.
+    env.sim.set_create_latency(Duration::from_millis(100));
+    env.sim.set_patch_latency(Duration::from_millis(100));
+    let page = start_on(env, 600..610, "").await;
+    let urls = action_urls(&page, 10).await;
+    let answered = futures_util::future::join_all(
+        urls.iter()
+            .map(|(id, url)| async move { (id.clone(), answer(url, id, "accept", "").await) }),
+    )
+    .await;
+    for (id, (status, html)) in &answered {
+        assert_eq!(*status, 200, "{id}: {html}");
+        assert_eq!(page_status(&page.env, id), "Active");
+        assert_eq!(
+            page.env
+                .sim
+                .applied_patches(id)
+                .iter()
+                .filter(|p| p.body[0]["path"] == "/status")
+                .count(),
+            1,
+            "{id}: one answer PATCH"
+        );
+    }
+    let env = &page.env;
+    let all_linked = wait_until(Duration::from_secs(30), || {
+        let open: i64 = env.query(
+            "SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'in_flight')",
+            |r| r.get(0),
+        );
+        let leads = env.sim.leads_per_external_id();
+        open == 0 && urls.keys().all(|id| leads.get(id) == Some(&1))
+    })
+    .await;
+    let log = || std::fs::read_to_string(&page.log).unwrap_or_default();
+    assert!(all_linked, "{}", log());
+    assert_eq!(
+        env.sim.max_writes_in_flight(),
+        1,
+        "two executors: more writes on the wire than [sync] concurrency\n{}",
+        log()
+    );
+    let wrong: i64 = env.query(
+        "SELECT (SELECT COUNT(*) FROM outbox WHERE COALESCE(result, '') || COALESCE(last_error, '')
+                  LIKE '%operator%' OR COALESCE(result, '') || COALESCE(last_error, '') LIKE '%taken again%')
+              + (SELECT COUNT(*) FROM audit_log WHERE COALESCE(detail, '') LIKE '%operator%')",
+        |r| r.get(0),
+    );
+    assert_eq!(wrong, 0, "a reason recorded that did not happen");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sso_header_is_required_and_recorded_as_the_actor() {
     let page = start(300..301, "actor_header = \"X-Forwarded-Email\"").await;
@@ -405,27 +469,19 @@ key_file = "{key}"
     let mut daemon = crate::daemon::spawn_run(&env, &env.dir.path().join("notify.sock"), &log);
     let url =
         LinkSigner::new(KEY.as_bytes(), &public_url).url(&id, now + chrono::Duration::days(1));
-    let until = Instant::now() + Duration::from_secs(30);
     // Served once the first tick stored the referral.
-    loop {
-        if let Ok(r) = cosell_sync::http::client_builder()
-            .build()
-            .unwrap()
-            .get(&url)
-            .send()
-            .await
-        {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < until,
-            "the page never answered: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let url = &url;
+    let served = wait_until_async(Duration::from_secs(30), || async move {
+        let client = cosell_sync::http::client_builder().build().unwrap();
+        let r = client.get(url).send().await;
+        r.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(
+        served,
+        "the page never answered: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     // The receiver answers on the same port: an unsigned event is refused.
     let event = cosell_sync::http::client_builder()
         .build()
@@ -436,7 +492,7 @@ key_file = "{key}"
         .await
         .unwrap();
     assert_eq!(event.status().as_u16(), 401);
-    assert_eq!(answer(&url, &id, "accept", "").await.0, 200);
+    assert_eq!(answer(url, &id, "accept", "").await.0, 200);
     assert_eq!(page_status(&env, &id), "Active");
     crate::daemon::kill(&daemon, "-TERM");
     let _ = daemon.wait().await;

@@ -9,7 +9,7 @@ use chrono::Utc;
 use cosell_sync::sim::{sample, Fault};
 use serde_json::json;
 
-use crate::helpers::{stderr, stdout, TestEnv};
+use crate::helpers::{stderr, stdout, wait_until, TestEnv};
 
 /// A simulator with one incoming New referral (3 days old), synced into the database.
 async fn synced(i: usize) -> (TestEnv, String) {
@@ -239,17 +239,13 @@ async fn with_a_daemon_running_the_daemon_sends_it_and_the_command_reports_it() 
     let log = dir.join("daemon.log");
     let mut daemon = crate::daemon::spawn_run(&env, &dir.join("notify.sock"), &log);
     // The daemon holds the worker lock once it has started its first tick.
-    let started = tokio::time::Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("daemon started")
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "daemon did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let started = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("daemon started")
+    })
+    .await;
+    assert!(started, "daemon did not start");
     let out = env
         .cli(&["decline", &id, "--reason", "Outside our region"])
         .await;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use cosell_sync::sim::{sample, Faults};
 
-use crate::helpers::{wait_until, TestEnv, BIN};
+use crate::helpers::{wait_until, wait_until_async, TestEnv, BIN};
 
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -225,37 +225,29 @@ async fn healthz_answers_503_after_failing_cycles() {
         ),
         "{seen:?}"
     );
-    let started = Instant::now();
-    loop {
-        let (code, body) = http_get(&format!("http://127.0.0.1:{port}/healthz")).await;
-        if code == 503 {
-            assert!(body.contains("cycles failed"), "{body}");
-            // The HEALTHCHECK probe says the same with its exit code.
-            let probe = env.run(&["health"]).await;
-            assert_eq!(probe.status.code(), Some(1), "{probe:?}");
-            assert!(probe.stderr.contains("answered 503"), "{probe:?}");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "healthz never turned 503"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let healthz = &format!("http://127.0.0.1:{port}/healthz");
+    let last = &std::sync::Mutex::new((0, String::new()));
+    let unhealthy = wait_until_async(Duration::from_secs(20), || async move {
+        let got = http_get(healthz).await;
+        let turned = got.0 == 503;
+        *last.lock().unwrap() = got;
+        turned
+    })
+    .await;
+    let (_, body) = last.lock().unwrap().clone();
+    assert!(unhealthy, "healthz never turned 503: {body}");
+    assert!(body.contains("cycles failed"), "{body}");
+    // The HEALTHCHECK probe says the same with its exit code.
+    let probe = env.run(&["health"]).await;
+    assert_eq!(probe.status.code(), Some(1), "{probe:?}");
+    assert!(probe.stderr.contains("answered 503"), "{probe:?}");
     // Recovery: the API works again, /healthz follows.
     env.sim.set_faults(Faults::default());
-    let started = Instant::now();
-    while http_get(&format!("http://127.0.0.1:{port}/healthz"))
-        .await
-        .0
-        != 200
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "healthz never recovered"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let recovered = wait_until_async(Duration::from_secs(20), || async move {
+        http_get(healthz).await.0 == 200
+    })
+    .await;
+    assert!(recovered, "healthz never recovered");
     let probe = env.run(&["health"]).await;
     assert!(probe.status.success(), "{probe:?}");
     kill(&child, "-TERM");

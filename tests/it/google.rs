@@ -672,8 +672,10 @@ async fn an_outbox_row_that_cannot_be_read_is_dead_and_alerted_never_silently_cl
 }
 
 /// `sync` is one tick of `run`: a Google record read moments ago is not due, so a change made
-/// a second later is not seen, and the last line says so (how many not re-read, when the
+/// after that read is not seen, and the last line says so (how many not re-read, when the
 /// next is due). `sync --all` re-reads every tracked record that is not final, and sees it.
+/// The record's own timestamps prove the order (read, then changed, then read by `--all`),
+/// moments apart: no need to wait a whole second between them.
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_all_sees_a_google_change_made_a_second_earlier_and_sync_says_what_it_skipped() {
     let env = TestEnv::with_google("").await;
@@ -687,9 +689,16 @@ async fn sync_all_sees_a_google_change_made_a_second_earlier_and_sync_says_what_
     // This sync reads the just-linked opportunity (due at once) and schedules its next read.
     let first = sync_ok(&env).await;
     assert!(first.contains("google records: "), "{first}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let checked = |env: &TestEnv| {
+        let sql = format!("SELECT last_checked_at FROM refresh_schedule WHERE name = '{opp}'");
+        let at: String = env.query(&sql, |r| r.get(0));
+        cosell_sync::timefmt::parse_timestamp(&at).expect("a timestamp")
+    };
+    let read_at = checked(&env);
     env.sim
         .edit_opportunity(&opp, |o| o["salesStage"] = "SALES_STAGE_CLOSED_LOST".into());
+    let changed_at = chrono::Utc::now();
+    assert!(read_at < changed_at, "changed after its last read");
     let skipped = sync_ok(&env).await;
     let last = skipped.lines().last().unwrap_or_default().to_string();
     assert!(
@@ -712,5 +721,9 @@ async fn sync_all_sees_a_google_change_made_a_second_earlier_and_sync_says_what_
         (r["status"].as_str(), r["substatus"].as_str()),
         (Some("Closed"), Some("Lost")),
         "{out}"
+    );
+    assert!(
+        checked(&env) > changed_at,
+        "re-read by --all after the change"
     );
 }

@@ -278,6 +278,22 @@ pub fn stderr(o: &impl Captured) -> String {
     o.err()
 }
 
+/// [`wait_until`] for a check that awaits (a mock server's requests, an HTTP answer).
+pub async fn wait_until_async<F, Fut>(within: std::time::Duration, mut done: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    done().await
+}
+
 /// Waits until `done` holds (checked every 20 ms), at most `within`; whether it held.
 /// Tests wait on a log line, a metric or a database row with this, never a fixed sleep.
 pub async fn wait_until(within: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {

@@ -48,7 +48,9 @@ async fn kill_rounds(rounds: usize) -> (usize, usize) {
     .await;
     let referrals = sample::pending_inbox(16 * rounds + 40, chrono::Utc::now());
     env.sim.put_referrals(referrals.clone());
-    env.sim.set_create_latency(Duration::from_millis(300));
+    // Creates stay on the wire long enough for a kill to land mid-create most times; the
+    // kill comes within a few create latencies (below) of this process's first create.
+    env.sim.set_create_latency(Duration::from_millis(150));
     let mut expected_quarantine: BTreeSet<String> = BTreeSet::new();
     for round in 0..rounds {
         let before = env.sim.create_requests().len();
@@ -65,7 +67,7 @@ async fn kill_rounds(rounds: usize) -> (usize, usize) {
             env.sim.create_requests().len() > before,
             "round {round}: no create started within 30 s"
         );
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..1000))).await;
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..500))).await;
         let pid = child.id().unwrap().to_string();
         let signal = if round % 2 == 0 { "-KILL" } else { "-TERM" };
         std::process::Command::new("kill")

@@ -14,7 +14,7 @@ use cosell_sync::sync::refresh::refresh_pass;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{stderr, TestEnv, BIN};
+use crate::helpers::{stderr, wait_until, wait_until_async, TestEnv, BIN};
 
 /// The app as `run` builds it, in this process.
 fn worker(env: &TestEnv) -> App {
@@ -69,9 +69,9 @@ fn interval_s(env: &TestEnv, name: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deadline_tick_makes_no_google_read_and_does_not_wait_for_a_slow_refresh() {
     let env = TestEnv::with_google("").await;
-    tracked(&env, 12).await;
-    // Every Google read now takes 1 s: the refresh of 12 records, 2 at a time, takes ~6 s,
-    // far longer than a deadline tick.
+    tracked(&env, 6).await;
+    // Every Google read now takes 1 s: the refresh of 6 records, 2 at a time, takes ~3 s,
+    // far longer than a deadline tick (and a read outlasts the tick: see below).
     env.sim.set_google_read_delay(Duration::from_secs(1));
     let app = std::sync::Arc::new(worker(&env));
     let reads_before = gets(&env);
@@ -108,7 +108,7 @@ async fn a_deadline_tick_makes_no_google_read_and_does_not_wait_for_a_slow_refre
     );
     assert_eq!(cycle.report.google.fetched, 0);
     let stats = refresh.await.unwrap().expect("refresh pass");
-    assert_eq!(stats.read, 12);
+    assert_eq!(stats.read, 6);
 }
 
 /// Each referral is planned once per change (issue 20). A first sync of N new referrals
@@ -346,8 +346,10 @@ async fn the_daemon_alerts_an_urgent_referral_before_a_throttled_refresh_finishe
         .replace("[state]", "[schedule]\nsync = \"* * * * * *\"\n\n[state]")
     });
     tracked(&env, 20).await;
-    // Each Google read takes 3 s: re-reading the 20 tracked leads takes a minute.
-    env.sim.set_google_read_delay(Duration::from_secs(3));
+    // Each Google read takes 1 s: re-reading the 20 tracked leads one at a time takes 20 s,
+    // ten times what the urgent referral's alert needs. (Nothing waits for the reads to
+    // finish: SIGTERM stops the refresh lane at once.)
+    env.sim.set_google_read_delay(Duration::from_secs(1));
     let reads_before = gets(&env);
     let log = env.dir.path().join("daemon.log");
     let mut child = tokio::process::Command::new(BIN)
@@ -359,25 +361,29 @@ async fn the_daemon_alerts_an_urgent_referral_before_a_throttled_refresh_finishe
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The urgent referral arrives while the refresh lane is inside a slow read.
+    assert!(
+        wait_until(Duration::from_secs(30), || gets(&env) > reads_before).await,
+        "the refresh lane never read: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     env.sim.put_referrals([urgent_referral("urgent-2", 3)]);
-    let mut alerted = false;
-    for _ in 0..100 {
-        let bodies: Vec<serde_json::Value> = server
-            .received_requests()
-            .await
-            .unwrap()
+    let server = &server;
+    let alerted = wait_until_async(Duration::from_secs(20), || async move {
+        let requests = server.received_requests().await.unwrap_or_default();
+        requests
             .iter()
-            .filter_map(|r| serde_json::from_slice(&r.body).ok())
-            .collect();
-        if bodies.iter().any(|b| b["referral_id"] == "urgent-2") {
-            alerted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+            .any(|b| b["referral_id"] == "urgent-2")
+    })
+    .await;
     let reads_when_alerted = gets(&env) - reads_before;
-    let has_lead = env.sim.leads_per_external_id().get("urgent-2") == Some(&1);
+    // The alert and the lead create of a new page run side by side: the lead follows at once.
+    let has_lead = wait_until(Duration::from_secs(10), || {
+        env.sim.leads_per_external_id().get("urgent-2") == Some(&1)
+    })
+    .await;
+    let reads_when_linked = gets(&env) - reads_before;
     // The metrics show each lane and the refresh backlog.
     let metrics = cosell_sync::http::client_builder()
         .build()
@@ -402,10 +408,10 @@ async fn the_daemon_alerts_an_urgent_referral_before_a_throttled_refresh_finishe
         let _ = child.start_kill();
     }
     assert!(alerted, "{}", std::fs::read_to_string(&log).unwrap());
-    assert!(has_lead, "the lead exists by the time the alert arrived");
+    assert!(has_lead, "no lead for the urgent referral");
     assert!(
-        reads_when_alerted < 20,
-        "alerted while the refresh lane had read {reads_when_alerted} of 20 records"
+        reads_when_alerted < 20 && reads_when_linked < 20,
+        "alerted after {reads_when_alerted} and linked after {reads_when_linked} of the refresh lane's 20 reads"
     );
     assert!(
         status.contains("Refresh lane: 21 Google records tracked"),

@@ -9,7 +9,7 @@ use cosell_sync::sim::sample;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{stderr, stdout, TestEnv};
+use crate::helpers::{stderr, stdout, wait_until, TestEnv};
 
 /// Finding 9: `[google] partner_id` without any product family can never forward.
 #[tokio::test(flavor = "multi_thread")]
@@ -148,8 +148,28 @@ async fn a_reload_during_start_up_does_not_kill_the_daemon() {
             &format!("authority = \"{dead_url}\""),
         )
     });
-    let mut child = crate::kill::spawn_run(&env);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let log = env.dir.path().join("daemon.log");
+    let mut child = tokio::process::Command::new(crate::helpers::BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let logged = |attempt: &str| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .any(|l| l.contains("first token not available yet") && l.contains(attempt))
+    };
+    // The first try failed: the signal handlers are in place and start-up waits to retry.
+    assert!(
+        wait_until(Duration::from_secs(20), || logged("attempt=1")).await,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     let pid = child.id().unwrap().to_string();
     let signal = |name: &str| {
         assert!(std::process::Command::new("kill")
@@ -159,7 +179,12 @@ async fn a_reload_during_start_up_does_not_kill_the_daemon() {
             .success())
     };
     signal("-HUP");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The next try (a second after the first) is logged only by a daemon still alive.
+    assert!(
+        wait_until(Duration::from_secs(20), || logged("attempt=2")
+            || child.try_wait().is_ok_and(|s| s.is_some()))
+        .await
+    );
     assert!(
         child.try_wait().unwrap().is_none(),
         "the daemon died of a SIGHUP during start-up"

@@ -1,37 +1,57 @@
-//! The answer executor: sends queued accepts and declines to Partner Center, one at a time,
-//! in the worker process only (the daemon's answer lane, or the command when no daemon runs).
-//! Each PATCH carries `If-Match` with the eTag of the copy it was decided on; a 412 re-reads
-//! the referral and decides again ([`super::answer::decide`]), never a blind retry. Every
-//! PATCH is audited with the person who asked. The outcome lands in the row's `result` as an
-//! [`AnswerResult`], which the command and the page read back.
+//! Sending a queued accept or decline to Partner Center: one answer row, taken by the one
+//! executor ([`super::push_due`], in the deadline lane of the worker process, or in the
+//! `accept`/`decline` command when no daemon runs) beside every other outbox action and under
+//! the same `[sync] concurrency`. Each PATCH carries `If-Match` with the eTag of the copy it
+//! was decided on; a 412 re-reads the referral and decides again ([`super::answer::decide`]),
+//! never a blind retry. Every PATCH is audited with the person who asked. The outcome lands in
+//! the row's `result` as an [`AnswerResult`], which the command and the page read back.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use crate::http::{with_retry, ApiError, RetryPolicy};
 use crate::microsoft::model::ParsedReferral;
 use crate::microsoft::{MicrosoftClient, PatchOp};
 use crate::store::answers::{self, Finish};
-use crate::store::outbox::{self, AuditEntry, OutboxRow};
+use crate::store::outbox::{self, AuditEntry, OutboxRow, Outcome, SendClaim};
 use crate::store::{referrals, Store, StoreError};
 use crate::sync::answer::{decide, decode, Answer, Verdict};
-use crate::sync::Schedule;
+use crate::sync::{CycleContext, Schedule};
 
-/// What the executor needs: taken by reference from the app (never the app itself).
+/// The settings answers need besides the clients (the `[alerts]` window, the `[sync]` retry
+/// schedule, dry run): in the cycle context, since the executor that sends them is the cycle's.
 #[derive(Debug, Clone)]
-pub struct AnswerContext {
-    pub store: Store,
-    pub(crate) microsoft: MicrosoftClient,
-    pub(crate) retry: RetryPolicy,
+pub struct AnswerSettings {
     /// `[alerts] response_window`: the deadline when Microsoft gives none.
-    pub(crate) window: chrono::Duration,
-    pub(crate) schedule: Schedule,
-    pub(crate) stop: CancellationToken,
+    pub window: chrono::Duration,
+    pub schedule: Schedule,
     /// `[daemon] dry_run`: decide and log, never send.
     pub(crate) dry_run: bool,
+}
+
+/// What sending one answer uses, borrowed from the executor's cycle context.
+struct AnswerContext<'a> {
+    store: &'a Store,
+    microsoft: &'a MicrosoftClient,
+    retry: &'a RetryPolicy,
+    window: chrono::Duration,
+    schedule: Schedule,
+    dry_run: bool,
+}
+
+impl<'a> AnswerContext<'a> {
+    fn of(ctx: &'a CycleContext) -> AnswerContext<'a> {
+        AnswerContext {
+            store: &ctx.store,
+            microsoft: &ctx.microsoft,
+            retry: &ctx.pull.retry,
+            window: ctx.answers.window,
+            schedule: ctx.answers.schedule,
+            dry_run: ctx.answers.dry_run,
+        }
+    }
 }
 
 /// How an answer ended, as the command and the page show it.
@@ -58,24 +78,17 @@ impl AnswerResult {
     }
 }
 
-/// Sends every due answer; returns how many were handled.
-pub(crate) async fn send_due(ctx: &AnswerContext) -> Result<u64, StoreError> {
-    let mut handled = 0;
-    while !ctx.stop.is_cancelled() {
-        let Some(row) = ctx.store.call(|c| answers::take_due(c, Utc::now())).await? else {
-            break;
-        };
-        let span = tracing::info_span!("answer", id = row.id, referral_id = %row.referral_id);
-        tracing::Instrument::instrument(send_one(ctx, row), span).await?;
-        handled += 1;
-    }
-    Ok(handled)
-}
-
 /// At most this many decisions per answer in one go: each after a 412 re-read.
 const MAX_ROUNDS: u32 = 3;
 
-async fn send_one(ctx: &AnswerContext, row: OutboxRow) -> Result<(), StoreError> {
+/// Sends one answer row the executor took; the outcome is recorded on the row (and returned
+/// for the cycle's counts).
+pub(super) async fn send(ctx: &CycleContext, row: OutboxRow) -> Result<Outcome, StoreError> {
+    let span = tracing::info_span!("answer", id = row.id, referral_id = %row.referral_id);
+    tracing::Instrument::instrument(send_one(&AnswerContext::of(ctx), row), span).await
+}
+
+async fn send_one(ctx: &AnswerContext<'_>, row: OutboxRow) -> Result<Outcome, StoreError> {
     let answer = match decode(&row.payload) {
         Ok(a) => a,
         Err(e) => {
@@ -83,9 +96,13 @@ async fn send_one(ctx: &AnswerContext, row: OutboxRow) -> Result<(), StoreError>
             return close(ctx, &row, None, "dead", "refused", &error, None).await;
         }
     };
-    let Some(mut current) = stored_or_fresh(ctx, &row, &answer).await? else {
-        return Ok(());
+    let mut current = match stored_or_fresh(ctx, &row, &answer).await? {
+        Ok(current) => current,
+        Err(closed) => return Ok(closed),
     };
+    // The first send claims the row the way every action is claimed (a compare-and-swap on
+    // the attempt this taker counted); later rounds, after a 412, hold it already.
+    let mut claimed = false;
     for _ in 0..MAX_ROUNDS {
         let verdict = decide(
             &current.referral,
@@ -109,18 +126,14 @@ async fn send_one(ctx: &AnswerContext, row: OutboxRow) -> Result<(), StoreError>
             }
             Verdict::Send(ops) => ops,
         };
-        let id = row.id;
-        if !ctx
-            .store
-            .call(move |c| answers::mark_sending(c, id, Utc::now()))
-            .await?
-        {
-            return Ok(()); // dropped by the operator meanwhile: nothing is sent
+        if let Some(not_sent) = claim(ctx, &row, claimed).await? {
+            return Ok(not_sent);
         }
+        claimed = true;
         let etag = current.referral.e_tag.clone();
         // Transient failures are retried here: If-Match makes a repeat safe (a PATCH that went
         // through makes the next one a 412, which re-reads and finds it answered).
-        let sent = with_retry(&ctx.retry, "answer referral", || {
+        let sent = with_retry(ctx.retry, "answer referral", || {
             ctx.microsoft
                 .patch_referral(&row.referral_id, &ops, etag.as_deref())
         })
@@ -133,8 +146,8 @@ async fn send_one(ctx: &AnswerContext, row: OutboxRow) -> Result<(), StoreError>
                     "412: the referral changed since it was read; re-reading and deciding again"
                 );
                 match read_fresh(ctx, &row, &answer).await? {
-                    Some(fresh) => current = fresh,
-                    None => return Ok(()),
+                    Ok(fresh) => current = fresh,
+                    Err(closed) => return Ok(closed),
                 }
             }
             Err(e) => {
@@ -147,12 +160,48 @@ async fn send_one(ctx: &AnswerContext, row: OutboxRow) -> Result<(), StoreError>
     retry_later(ctx, &row, &answer, m.into(), None).await
 }
 
+/// Moves the row `in_flight` right before its PATCH. `Some(outcome)`: do not send (the
+/// operator dropped it, or a newer taker holds it); nothing is recorded on a row this taker
+/// no longer owns.
+async fn claim(
+    ctx: &AnswerContext<'_>,
+    row: &OutboxRow,
+    claimed: bool,
+) -> Result<Option<Outcome>, StoreError> {
+    let (taken, id) = (row.clone(), row.id);
+    let reason = if claimed {
+        let still = ctx
+            .store
+            .call(move |c| answers::mark_sending(c, id, Utc::now()))
+            .await?;
+        match still {
+            true => return Ok(None),
+            false => "no longer pending (dropped by the operator); not sent",
+        }
+    } else {
+        let claim = ctx
+            .store
+            .call(move |c| outbox::mark_sending(c, &taken, Utc::now()))
+            .await?;
+        match claim {
+            SendClaim::Won => return Ok(None),
+            SendClaim::Dropped => "no longer pending (dropped by the operator); not sent",
+            SendClaim::TakenByAnother => "taken again by a newer attempt, which sends it",
+            SendClaim::Closed => "closed meanwhile; not sent",
+        }
+    };
+    tracing::info!(reason, "answer not sent");
+    Ok(Some(Outcome::Superseded {
+        reason: reason.into(),
+    }))
+}
+
 /// The stored copy when it has an eTag (a stale one costs a 412 and a re-read), else a GET.
 async fn stored_or_fresh(
-    ctx: &AnswerContext,
+    ctx: &AnswerContext<'_>,
     row: &OutboxRow,
     answer: &Answer,
-) -> Result<Option<ParsedReferral>, StoreError> {
+) -> Result<Result<ParsedReferral, Outcome>, StoreError> {
     let id = row.referral_id.clone();
     let stored = ctx
         .store
@@ -162,19 +211,19 @@ async fn stored_or_fresh(
         .filter(|s| s.etag.is_some())
         .and_then(|s| ParsedReferral::from_value(s.raw).ok());
     match parsed {
-        Some(p) => Ok(Some(p)),
+        Some(p) => Ok(Ok(p)),
         None => read_fresh(ctx, row, answer).await,
     }
 }
 
-/// GETs the referral and stores it. `None` when the row was closed instead (unknown
+/// GETs the referral and stores it. `Err(outcome)` when the row was closed instead (unknown
 /// referral, Partner Center unreachable: retried later).
 async fn read_fresh(
-    ctx: &AnswerContext,
+    ctx: &AnswerContext<'_>,
     row: &OutboxRow,
     answer: &Answer,
-) -> Result<Option<ParsedReferral>, StoreError> {
-    let read = with_retry(&ctx.retry, "get referral", || {
+) -> Result<Result<ParsedReferral, Outcome>, StoreError> {
+    let read = with_retry(ctx.retry, "get referral", || {
         ctx.microsoft.get_referral(&row.referral_id)
     })
     .await;
@@ -184,37 +233,42 @@ async fn read_fresh(
             ctx.store
                 .call(move |c| referrals::commit_page(c, &[copy], &[], None, Utc::now()))
                 .await?;
-            Ok(Some(fresh))
+            Ok(Ok(fresh))
         }
         Err(e) if e.status() == Some(404) => {
             let m = format!(
                 "referral {} is unknown to Partner Center (404)",
                 row.referral_id
             );
-            close(ctx, row, Some(answer), "superseded", "refused", &m, None).await?;
-            Ok(None)
+            Ok(Err(close(
+                ctx,
+                row,
+                Some(answer),
+                "superseded",
+                "refused",
+                &m,
+                None,
+            )
+            .await?))
         }
-        Err(e) => {
-            failed(ctx, row, answer, &e).await?;
-            Ok(None)
-        }
+        Err(e) => Ok(Err(failed(ctx, row, answer, &e).await?)),
     }
 }
 
 /// The PATCH went through: its audit row (with the actor), the referral as it is now, and
 /// the done row, in one transaction.
 async fn answered(
-    ctx: &AnswerContext,
+    ctx: &AnswerContext<'_>,
     row: &OutboxRow,
     answer: &Answer,
     ops: &[PatchOp],
     w: crate::microsoft::WriteOutcome,
-) -> Result<(), StoreError> {
+) -> Result<Outcome, StoreError> {
     // 200 with the representation (asked for), 204 without.
     let code = if w.referral.is_some() { 200 } else { 204 };
     let fresh = match w.referral {
         Some(r) => Some(r),
-        None => with_retry(&ctx.retry, "get referral", || {
+        None => with_retry(ctx.retry, "get referral", || {
             ctx.microsoft.get_referral(&row.referral_id)
         })
         .await
@@ -238,7 +292,7 @@ async fn answered(
         w.request_id.clone(),
         None,
     );
-    let (id, actor) = (row.id, answer.actor.clone());
+    let (id, actor, stored) = (row.id, answer.actor.clone(), result.clone());
     let request_id = w.request_id;
     ctx.store
         .call(move |c| {
@@ -250,7 +304,7 @@ async fn answered(
             answers::audit(&tx, &entry, &actor, now)?;
             let finish = Finish {
                 state: "done",
-                result: Some(result),
+                result: Some(stored),
                 error: None,
                 request_id,
                 retry_at: None,
@@ -261,16 +315,18 @@ async fn answered(
         })
         .await?;
     tracing::info!(decision = answer.decision.verb(), actor = %answer.actor, "referral answered in Partner Center");
-    Ok(())
+    Ok(Outcome::Done {
+        result: Some(result),
+    })
 }
 
 /// A failed PATCH or read: transient ones wait for the next try, others are refused.
 async fn failed(
-    ctx: &AnswerContext,
+    ctx: &AnswerContext<'_>,
     row: &OutboxRow,
     answer: &Answer,
     e: &ApiError,
-) -> Result<(), StoreError> {
+) -> Result<Outcome, StoreError> {
     if (e.is_transient() || e.is_auth()) && row.attempts < ctx.schedule.max_attempts {
         let m = format!(
             "Partner Center did not answer ({e}); the answer stays queued and is sent again"
@@ -282,12 +338,12 @@ async fn failed(
 }
 
 async fn retry_later(
-    ctx: &AnswerContext,
+    ctx: &AnswerContext<'_>,
     row: &OutboxRow,
     answer: &Answer,
     message: String,
     retry_after: Option<std::time::Duration>,
-) -> Result<(), StoreError> {
+) -> Result<Outcome, StoreError> {
     let delay = ctx.schedule.delay(row.attempts, retry_after);
     let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1));
     tracing::warn!(error = %message, retry_at = %at, "answer not sent yet");
@@ -305,14 +361,14 @@ async fn retry_later(
 
 /// Records where the row ends (or waits) with its outcome.
 async fn close(
-    ctx: &AnswerContext,
+    ctx: &AnswerContext<'_>,
     row: &OutboxRow,
     answer: Option<&Answer>,
     state: &'static str,
     outcome: &str,
     message: &str,
     retry_at: Option<DateTime<Utc>>,
-) -> Result<(), StoreError> {
+) -> Result<Outcome, StoreError> {
     let result = answer.map(|a| result_of(a, outcome, message));
     if state != "pending" {
         tracing::info!(outcome, message, "answer closed without a write");
@@ -327,7 +383,16 @@ async fn close(
     let id = row.id;
     ctx.store
         .call(move |c| answers::finish(c, id, &finish, Utc::now()))
-        .await
+        .await?;
+    let message = message.to_string();
+    Ok(match state {
+        "pending" => Outcome::Retry {
+            at: retry_at.unwrap_or_else(Utc::now),
+            error: message,
+        },
+        "dead" => Outcome::Dead { error: message },
+        _ => Outcome::Superseded { reason: message },
+    })
 }
 
 fn result_of(answer: &Answer, outcome: &str, message: &str) -> String {
@@ -342,7 +407,7 @@ fn result_of(answer: &Answer, outcome: &str, message: &str) -> String {
 }
 
 async fn audit_failure(
-    ctx: &AnswerContext,
+    ctx: &AnswerContext<'_>,
     row: &OutboxRow,
     answer: &Answer,
     ops: &[PatchOp],

@@ -14,23 +14,33 @@ pub(super) struct PushRun {
 /// starts and the running ones finish. A row is taken only when a worker slot is free to run
 /// it, and marked `in_flight` only immediately before its request is sent, so a crash or a
 /// stop leaves at most `concurrency` writes in doubt.
-pub(crate) async fn push_due(
-    store: &Store,
-    microsoft: &MicrosoftClient,
-    microsoft_retry: &RetryPolicy,
-    google: &GoogleSide,
+///
+/// The one executor of the worker process: lead creates, write-backs and opportunity patches
+/// (with the Google side on) and accepts and declines share its `[sync] concurrency` slots;
+/// `kinds` narrows what it takes (the `accept`/`decline` command sends answers only).
+pub async fn push_due(
+    ctx: &CycleContext,
     cycle_id: &str,
-    stop: &CancellationToken,
+    kinds: outbox::Kinds,
 ) -> Result<PushStats, StoreError> {
+    let (store, stop) = (&ctx.store, &ctx.stop);
+    let google = ctx.google.as_ref();
+    // Without the Google side only answers can be sent (every other kind writes to Google
+    // or follows a Google write).
+    let kinds = match google {
+        Some(_) => kinds,
+        None => outbox::Kinds::Answers,
+    };
+    let concurrency = google.map_or(1, |g| g.concurrency).max(1);
     let mut stats = PushStats::default();
     let run = PushRun { stop: stop.clone() };
     let mut running = futures_util::stream::FuturesUnordered::new();
     let mut taken: Vec<i64> = Vec::new();
     loop {
-        while running.len() < google.concurrency.max(1) && !stop.is_cancelled() {
+        while running.len() < concurrency && !stop.is_cancelled() {
             let exclude = taken.clone();
             let Some(row) = store
-                .call(move |c| outbox::take_due(c, Utc::now(), &exclude))
+                .call(move |c| outbox::take_due_of(c, Utc::now(), &exclude, kinds))
                 .await?
             else {
                 break;
@@ -39,19 +49,18 @@ pub(crate) async fn push_due(
             let id = row.id;
             let run = &run;
             running.push(async move {
-                (
-                    id,
-                    execute(
-                        store,
-                        microsoft,
-                        microsoft_retry,
-                        google,
-                        cycle_id,
-                        row,
-                        run,
-                    )
-                    .await,
-                )
+                let outcome = match (row.kind.as_str(), google) {
+                    (outbox::ANSWER_REFERRAL, _) => answer_referral::send(ctx, row).await,
+                    (_, Some(google)) => {
+                        let microsoft = (&ctx.microsoft, &ctx.pull.retry);
+                        execute(store, microsoft, google, cycle_id, row, run).await
+                    }
+                    // Not taken: `kinds` is answers only without the Google side.
+                    (_, None) => Ok(Outcome::Superseded {
+                        reason: "the Google side is off".into(),
+                    }),
+                };
+                (id, outcome)
             });
         }
         let Some((id, result)) = running.next().await else {
@@ -117,8 +126,7 @@ pub(super) async fn mark_sending(
 
 pub(super) async fn execute(
     store: &Store,
-    microsoft: &MicrosoftClient,
-    microsoft_retry: &RetryPolicy,
+    (microsoft, microsoft_retry): (&MicrosoftClient, &RetryPolicy),
     google: &GoogleSide,
     cycle_id: &str,
     row: OutboxRow,

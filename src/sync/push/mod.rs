@@ -7,8 +7,9 @@
 //!
 //! [`plan`] decides what becomes an outbox row (and the stored action format); [`execute`]
 //! takes due rows with bounded concurrency and records outcomes; one file per action kind:
-//! [`create_lead`], [`patch_referral`], [`patch_opportunity`]. Accepts and declines have an
-//! executor of their own, [`answer_referral`] (the answer lane; never taken by [`push_due`]).
+//! [`create_lead`], [`patch_referral`], [`patch_opportunity`], and [`answer_referral`]:
+//! accepts and declines are taken by the same [`push_due`] (first, under the same
+//! `[sync] concurrency`), so the worker process has one executor whatever produced the work.
 
 pub(crate) mod answer_referral;
 mod create_lead;
@@ -26,7 +27,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::reconcile::{reconcile, Action, Plan, Policy};
-use super::GoogleSide;
+use super::{CycleContext, GoogleSide};
 use crate::http::{with_retry, ApiError, RetryPolicy};
 use crate::microsoft::{MicrosoftClient, PatchOp, ReferralStatus};
 use crate::store::google::{self as gstore, BaseUpdate, SnapshotRow};
