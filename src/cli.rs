@@ -20,7 +20,7 @@ pub struct Cli {
     /// Only with `run` and `sync`: plan and log every remote write without sending it; the
     /// database is left as it was.
     #[arg(long)]
-    pub(crate) dry_run: bool,
+    pub dry_run: bool,
 
     #[command(subcommand)]
     pub command: Command,

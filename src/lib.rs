@@ -89,7 +89,7 @@ pub mod store;
 pub mod sync;
 pub(crate) mod systemd;
 pub mod telemetry;
-pub(crate) mod timefmt;
+pub mod timefmt;
 pub mod wake;
 pub mod webhook;
 

@@ -56,7 +56,7 @@ struct Shared {
 }
 
 /// The page's router; `wake` is the deadline lane's doorbell.
-pub fn router(settings: PageSettings, store: Store, wake: DeadlineWake) -> Router {
+pub(crate) fn router(settings: PageSettings, store: Store, wake: DeadlineWake) -> Router {
     let route = format!("{}/{{token}}", settings.config.path());
     let shared = Arc::new(Shared {
         settings,

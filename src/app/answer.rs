@@ -77,7 +77,7 @@ const POLL_QUEUED: Duration = Duration::from_millis(250);
 /// A producer for the daemon (and the demo): an answer queued by another process wakes the
 /// deadline lane ("no pull needed"), whose executor sends it. One ask at a time: the next
 /// look comes after the tick that served it, so an answer waiting for a retry never spins.
-pub async fn wake_on_queued(
+pub(crate) async fn wake_on_queued(
     store: crate::store::Store,
     wake: DeadlineWake,
     stop: tokio_util::sync::CancellationToken,

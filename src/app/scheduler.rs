@@ -82,7 +82,7 @@ impl Daemon {
 
 /// Runs cycles on the schedule until `shutdown` is cancelled. `wake` is the deadline lane's
 /// doorbell, already handed to the action page (bound before start-up).
-pub async fn run(
+pub(crate) async fn run(
     app: App,
     shutdown: CancellationToken,
     reload: Reload,

@@ -16,11 +16,11 @@ pub struct ActionsConfig {
     pub listen: String,
     /// Links are `public_url/TOKEN`; the page answers on this URL's path (the proxy forwards
     /// it unchanged). `http://` only for a loopback set-up.
-    pub(crate) public_url: String,
+    pub public_url: String,
     /// E.g. `X-Forwarded-Email` behind an SSO proxy: then required on every request (403
     /// without) and recorded as the actor. Empty = none (the actor is `link`).
     #[serde(default)]
-    pub(crate) actor_header: String,
+    pub actor_header: String,
     /// The reasons the page offers for a decline (each becomes `statusReason`).
     #[serde(default = "default_reasons")]
     pub(crate) decline_reasons: Vec<String>,

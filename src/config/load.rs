@@ -62,7 +62,7 @@ impl Config {
     /// For the commands that only read the database (`status`, `alerts list`, `outbox list`,
     /// `audit`, `reload`): the same validation, but no secret is read and no refresh token is
     /// needed, so they work from any shell that can read the config and the database.
-    pub(crate) fn load_read_only(file: &Path) -> Result<Loaded, ConfigErrors> {
+    pub fn load_read_only(file: &Path) -> Result<Loaded, ConfigErrors> {
         Self::load_with(file, Needs::READ_ONLY)
     }
 

@@ -172,7 +172,7 @@ impl Default for RetryConfig {
 pub struct MicrosoftConfig {
     pub api_base: String,
     /// Token endpoint: `{authority}/{tenant}/oauth2/v2.0/token`.
-    pub(crate) authority: String,
+    pub authority: String,
     pub tenant: Option<String>,
     pub(crate) client_id: Option<String>,
     #[serde(serialize_with = "redact")]

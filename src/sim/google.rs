@@ -23,8 +23,8 @@ type Shared = Arc<SimState>;
 
 /// The simulated Google records.
 #[derive(Debug, Default)]
-pub(crate) struct GoogleState {
-    pub(crate) leads: BTreeMap<String, Value>,
+pub struct GoogleState {
+    pub leads: BTreeMap<String, Value>,
     pub(crate) opportunities: BTreeMap<String, Value>,
     pub(crate) access_tokens: HashSet<String>,
     /// The `updateMask` of every opportunity patch received, in order.

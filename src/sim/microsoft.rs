@@ -37,7 +37,7 @@ pub fn touch(referral: &mut Value) {
     referral["updatedDateTime"] = json!(db_timestamp(chrono::Utc::now()));
 }
 
-pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response {
     let mut response = (
         status,
         Json(json!({"error": {"code": code, "message": message}})),

@@ -5,7 +5,7 @@
 
 pub mod google;
 pub mod microsoft;
-pub(crate) mod odata;
+pub mod odata;
 pub mod sample;
 pub mod standalone;
 pub mod webhook;
@@ -103,8 +103,8 @@ impl Default for SimCredentials {
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct TokenState {
-    pub(crate) refresh_tokens: HashSet<String>,
+pub struct TokenState {
+    pub refresh_tokens: HashSet<String>,
     pub(crate) access_tokens: HashSet<String>,
     /// Entra may keep an old refresh token valid for a while; the strict default revokes it at
     /// once, so a client that fails to persist the rotated token fails loudly.
@@ -119,8 +119,8 @@ pub(crate) struct TokenState {
 /// A paging cursor: the ids that matched the first request, and how far the client is.
 /// A skiptoken stays valid after use (a retried page must work), like a stateless token.
 #[derive(Debug, Clone)]
-pub(crate) struct Cursor {
-    pub(crate) ids: Arc<Vec<String>>,
+pub struct Cursor {
+    pub ids: Arc<Vec<String>>,
     pub(crate) offset: usize,
     pub(crate) top: usize,
 }
@@ -142,37 +142,37 @@ pub struct SimPatch {
 pub struct SimState {
     pub credentials: SimCredentials,
     pub referrals: Mutex<BTreeMap<String, Value>>,
-    pub(crate) cursors: Mutex<HashMap<String, Cursor>>,
-    pub(crate) tokens: Mutex<TokenState>,
+    pub cursors: Mutex<HashMap<String, Cursor>>,
+    pub tokens: Mutex<TokenState>,
     faults: Mutex<Faults>,
     counters: Mutex<BTreeMap<String, u64>>,
     /// The kinds of the last requests, oldest first (bounded), for tests of request order.
     request_log: Mutex<VecDeque<String>>,
-    pub(crate) google: Mutex<google::GoogleState>,
-    pub(crate) webhook: Mutex<webhook::WebhookState>,
+    pub google: Mutex<google::GoogleState>,
+    pub webhook: Mutex<webhook::WebhookState>,
     /// Every referral PATCH that reached the rules (after faults), oldest first (bounded).
-    pub(crate) patches: Mutex<VecDeque<SimPatch>>,
+    pub patches: Mutex<VecDeque<SimPatch>>,
     /// `http://127.0.0.1:PORT`, known once the listener is bound.
-    pub(crate) base_url: Mutex<String>,
+    pub base_url: Mutex<String>,
     /// Writes being answered now, both clouds together (what one executor bounds).
-    pub(crate) writes: Mutex<WriteGauge>,
+    pub writes: Mutex<WriteGauge>,
     /// How long a referral PATCH takes to answer (after it is counted on the wire).
-    pub(crate) patch_latency: Mutex<Duration>,
+    pub patch_latency: Mutex<Duration>,
 }
 
 /// Lead creates and referral PATCHes being answered at once, and the most ever: the client
 /// promises at most `[sync] concurrency` remote writes on the wire, whatever produced them.
 #[derive(Debug, Default)]
-pub(crate) struct WriteGauge {
+pub struct WriteGauge {
     in_flight: usize,
     max: usize,
 }
 
 /// One write on the wire, from its arrival until its answer is made (or it is dropped).
-pub(crate) struct WriteOnWire(Arc<SimState>);
+pub struct WriteOnWire(Arc<SimState>);
 
 impl WriteOnWire {
-    pub(crate) fn start(state: &Arc<SimState>) -> WriteOnWire {
+    pub fn start(state: &Arc<SimState>) -> WriteOnWire {
         let mut w = lock(&state.writes);
         w.in_flight += 1;
         w.max = w.max.max(w.in_flight);
@@ -233,7 +233,7 @@ impl SimState {
 
 /// A running simulator; stops when dropped.
 pub struct Simulator {
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     pub state: Arc<SimState>,
     stop: CancellationToken,
 }
@@ -250,12 +250,12 @@ impl Simulator {
         Self::start_with(SimCredentials::default()).await
     }
 
-    pub async fn start_with(credentials: SimCredentials) -> std::io::Result<Simulator> {
+    pub(crate) async fn start_with(credentials: SimCredentials) -> std::io::Result<Simulator> {
         Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), credentials).await
     }
 
     /// Starts on `addr` (`cosell-sync sim --listen`, to rehearse an install against it).
-    pub async fn start_on(
+    pub(crate) async fn start_on(
         addr: SocketAddr,
         credentials: SimCredentials,
     ) -> std::io::Result<Simulator> {

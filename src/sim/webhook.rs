@@ -61,8 +61,8 @@ pub struct Delivery {
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct WebhookState {
-    pub(crate) registration: Option<(String, Vec<String>, String)>,
+pub struct WebhookState {
+    pub registration: Option<(String, Vec<String>, String)>,
     pub(crate) delivery: Delivery,
 }
 

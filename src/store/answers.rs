@@ -1,5 +1,5 @@
 //! Answers to referrals (accept / decline) in the outbox: queued by the command line or the
-//! action page, taken by the one executor like every action ([`super::outbox::take_due`];
+//! action page, taken by the one executor like every action ([`super::outbox::take_due_of`];
 //! sent by [`crate::sync::push::answer_referral`]), finished with their outcome as JSON in
 //! `result`, audited with the person who asked.
 
@@ -40,7 +40,7 @@ pub(crate) fn enqueue(
 
 /// Whether an answer is due now (the daemon polls this and wakes its deadline lane: the
 /// command line, in another process, cannot wake it otherwise).
-pub fn any_due(conn: &Connection, now: DateTime<Utc>) -> Result<bool, StoreError> {
+pub(crate) fn any_due(conn: &Connection, now: DateTime<Utc>) -> Result<bool, StoreError> {
     Ok(conn
         .prepare_cached(
             "SELECT 1 FROM outbox WHERE state = 'pending' AND kind = 'answer_referral'
@@ -203,7 +203,7 @@ mod tests {
                     "an answers-only taker leaves the create"
                 );
                 assert_eq!(
-                    outbox::take_due(c, now, &[])?.map(|r| r.id),
+                    outbox::take_due_of(c, now, &[], outbox::Kinds::All)?.map(|r| r.id),
                     Some(first),
                     "the one executor takes the answer first"
                 );

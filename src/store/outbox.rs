@@ -10,12 +10,12 @@ use serde_json::Value;
 use super::StoreError;
 use crate::timefmt::{db_timestamp, parse_timestamp};
 
-pub const CREATE_LEAD: &str = "create_lead";
-pub const PATCH_REFERRAL: &str = "patch_referral";
-pub const PATCH_OPPORTUNITY: &str = "patch_opportunity";
+pub(crate) const CREATE_LEAD: &str = "create_lead";
+pub(crate) const PATCH_REFERRAL: &str = "patch_referral";
+pub(crate) const PATCH_OPPORTUNITY: &str = "patch_opportunity";
 /// Accept or decline a referral ([`crate::sync::push::answer_referral`]): taken by the same
-/// [`take_due`] as every action, ahead of the others.
-pub const ANSWER_REFERRAL: &str = "answer_referral";
+/// [`take_due_of`] as every action, ahead of the others.
+pub(crate) const ANSWER_REFERRAL: &str = "answer_referral";
 /// Link a Google record a referral's externalReferenceId names (recovery, migration 0009).
 pub(crate) const ADOPT_LINK: &str = "adopt_link";
 
@@ -78,22 +78,9 @@ pub(crate) fn enqueue(
     Ok(n > 0)
 }
 
-/// Takes the next due action for a free worker slot, skipping `exclude` (the ones this
-/// process is running now), and counts the attempt. The row stays `pending`: a process that
-/// stops before sending leaves it due, never in doubt. Only [`mark_sending`], right before the
-/// request goes on the wire, moves it to `in_flight`, and only for the latest taker (the
-/// claim is a compare-and-swap on `attempts`): a second taker can never also send it.
-pub(crate) fn take_due(
-    conn: &Connection,
-    now: DateTime<Utc>,
-    exclude: &[i64],
-) -> Result<Option<OutboxRow>, StoreError> {
-    take_due_of(conn, now, exclude, Kinds::All)
-}
-
 /// Which actions a taker sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kinds {
+pub(crate) enum Kinds {
     /// Every kind (the deadline lane with the Google side on).
     All,
     /// Accepts and declines only: the Google side is off, or the `accept`/`decline` command
@@ -101,10 +88,16 @@ pub enum Kinds {
     Answers,
 }
 
-/// [`take_due`] of some kinds. Answers go first: a person waits on the page (or the command)
+/// Takes the next due action for a free worker slot, skipping `exclude` (the ones this
+/// process is running now), and counts the attempt. The row stays `pending`: a process that
+/// stops before sending leaves it due, never in doubt. Only [`mark_sending`], right before the
+/// request goes on the wire, moves it to `in_flight`, and only for the latest taker (the
+/// claim is a compare-and-swap on `attempts`): a second taker can never also send it.
+///
+/// Of `kinds` only. Answers go first: a person waits on the page (or the command)
 /// for each, and the referral's deadline is what the product is about; a backlog of creates
 /// never holds an answer back by more than the writes already on the wire.
-pub fn take_due_of(
+pub(crate) fn take_due_of(
     conn: &Connection,
     now: DateTime<Utc>,
     exclude: &[i64],
@@ -141,7 +134,7 @@ pub(crate) enum SendClaim {
 
 /// Moves a taken action to `in_flight` immediately before its request is sent (after the
 /// rate limiter). The claim is a compare-and-swap on the attempt this taker counted in
-/// [`take_due`]: of two takers of one row only the latest can win, so a write is sent at most
+/// [`take_due_of`]: of two takers of one row only the latest can win, so a write is sent at most
 /// once whoever took it, and the loser learns why.
 pub(crate) fn mark_sending(
     conn: &Connection,
@@ -455,6 +448,15 @@ mod tests {
     use super::*;
     use crate::store::Store;
     use serde_json::json;
+
+    /// Every kind: what the deadline lane takes with the Google side on.
+    fn take_due(
+        conn: &Connection,
+        now: DateTime<Utc>,
+        exclude: &[i64],
+    ) -> Result<Option<OutboxRow>, StoreError> {
+        take_due_of(conn, now, exclude, Kinds::All)
+    }
 
     #[test]
     fn a_referral_never_gets_two_creates_and_one_open_write_per_kind() {

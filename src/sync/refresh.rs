@@ -29,8 +29,8 @@ use crate::store::{google as gstore, Store};
 #[derive(Debug, Clone)]
 pub struct RefreshSettings {
     pub reads_per_hour: u64,
-    pub min_interval: Duration,
-    pub hot_max_interval: Duration,
+    pub(crate) min_interval: Duration,
+    pub(crate) hot_max_interval: Duration,
     pub(crate) max_interval: Duration,
     /// A referral this close to its deadline makes its lead "hot".
     pub(crate) near_deadline: chrono::Duration,

@@ -26,7 +26,7 @@ use crate::sync::{CycleContext, Schedule};
 pub struct AnswerSettings {
     /// `[alerts] response_window`: the deadline when Microsoft gives none.
     pub window: chrono::Duration,
-    pub schedule: Schedule,
+    pub(crate) schedule: Schedule,
     /// `[daemon] dry_run`: decide and log, never send.
     pub(crate) dry_run: bool,
 }

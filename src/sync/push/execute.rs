@@ -18,7 +18,7 @@ pub(super) struct PushRun {
 /// The one executor of the worker process: lead creates, write-backs and opportunity patches
 /// (with the Google side on) and accepts and declines share its `[sync] concurrency` slots;
 /// `kinds` narrows what it takes (the `accept`/`decline` command sends answers only).
-pub async fn push_due(
+pub(crate) async fn push_due(
     ctx: &CycleContext,
     cycle_id: &str,
     kinds: outbox::Kinds,
