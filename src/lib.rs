@@ -58,6 +58,11 @@
 //!   producer hand-off (GET + commit + wake), registration.
 //! - [`wake`]: the deadline lane's doorbell (asks coalesce; "pull" or "no pull needed"), a leaf;
 //!   rung by the cron job, the refresh lane, the webhook forwarder and the action page.
+//!
+//! Visibility: every item is `pub(crate)` unless the binary (`main.rs`), an integration test
+//! or a bench names it, and the modules none of them reach are private, so the compiler keeps
+//! the boundary and reports dead code. The `pub` modules below are those namespaces; inside
+//! them only what those callers use is `pub`.
 
 // Errors here travel the slow path (after a network round trip or an HTTP answer); a few hundred
 // bytes moved per error is nothing next to that, and boxing would only add noise.
