@@ -14,6 +14,10 @@ fn main() {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // The store runs every call on a blocking thread, all behind one connection's lock:
+        // more threads than callers that can make progress only wait on it, and each one
+        // idle for 10 s keeps its stack and malloc cache (the first sync grew to 33 threads).
+        .max_blocking_threads(16)
         .build()
     {
         Ok(rt) => rt,

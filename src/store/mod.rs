@@ -66,6 +66,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0009_recovery.sql",
         include_str!("../../migrations/0009_recovery.sql"),
     ),
+    (
+        10,
+        "0010_answers_due.sql",
+        include_str!("../../migrations/0010_answers_due.sql"),
+    ),
 ];
 
 /// The schema version this binary reads and writes.

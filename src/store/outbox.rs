@@ -106,17 +106,30 @@ pub(crate) fn take_due_of(
     let now = db_timestamp(now);
     let exclude = serde_json::to_string(exclude).unwrap_or_else(|_| "[]".into());
     let answers_only = kinds == Kinds::Answers;
-    let mut stmt = conn.prepare_cached(&format!(
-        "UPDATE outbox SET attempts = attempts + 1, updated_at = ?1
-         WHERE id = (SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?1
-                       AND (kind = 'answer_referral' OR NOT ?3)
-                       AND id NOT IN (SELECT value FROM json_each(?2))
-                     ORDER BY kind = 'answer_referral' DESC, next_attempt_at, id LIMIT 1)
-         RETURNING {COLUMNS}"
-    ))?;
+    let mut stmt = conn.prepare_cached(&take_due_sql())?;
     Ok(stmt
         .query_row(params![now, exclude, answers_only], row)
         .optional()?)
+}
+
+/// The claim: two lookups, each an index walk in (next_attempt_at, id) order: a due answer
+/// (the partial index `outbox_answers_due`), else any due action (`outbox_due`). One ORDER BY
+/// putting answers first could use neither index and sorted every due row on every claim.
+/// (`INDEXED BY`: without statistics the planner would walk `outbox_due` for answers too.)
+fn take_due_sql() -> String {
+    format!(
+        "UPDATE outbox SET attempts = attempts + 1, updated_at = ?1
+         WHERE id = COALESCE(
+             (SELECT id FROM outbox INDEXED BY outbox_answers_due
+               WHERE state = 'pending' AND kind = 'answer_referral' AND next_attempt_at <= ?1
+                 AND id NOT IN (SELECT value FROM json_each(?2))
+               ORDER BY next_attempt_at, id LIMIT 1),
+             (SELECT id FROM outbox
+               WHERE NOT ?3 AND state = 'pending' AND next_attempt_at <= ?1
+                 AND id NOT IN (SELECT value FROM json_each(?2))
+               ORDER BY next_attempt_at, id LIMIT 1))
+         RETURNING {COLUMNS}"
+    )
 }
 
 /// Whether a taker may send the action it took.
@@ -456,6 +469,27 @@ mod tests {
         exclude: &[i64],
     ) -> Result<Option<OutboxRow>, StoreError> {
         take_due_of(conn, now, exclude, Kinds::All)
+    }
+
+    #[test]
+    fn a_claim_walks_an_index_and_never_sorts_the_pending_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        store
+            .call_blocking(|c| {
+                let plan: Vec<String> = c
+                    .prepare(&format!("EXPLAIN QUERY PLAN {}", take_due_sql()))?
+                    .query_map(params!["2026-12-02T00:00:00Z", "[]", false], |r| {
+                        r.get::<_, String>(3)
+                    })?
+                    .collect::<Result<_, _>>()?;
+                let plan = plan.join("\n");
+                assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+                assert!(plan.contains("outbox_answers_due"), "{plan}");
+                assert!(plan.contains("outbox_due"), "{plan}");
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[test]
