@@ -409,3 +409,30 @@ fn time_zones_by_name_are_accepted_and_a_typo_gets_a_suggestion() {
         Ok(())
     });
 }
+
+#[test]
+fn two_bad_items_of_one_list_are_each_named_by_their_own_index() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "config.toml",
+            &format!(
+                "{GOOD}
+[alerts]
+thresholds = [\"1d\", \"-5h\", \"99999999999d\", \"2h\"]
+"
+            ),
+        )?;
+        let errors = messages(load(jail).unwrap_err());
+        let at = |key: &str| errors.iter().filter(|m| m.starts_with(key)).count();
+        // Removing the first bad item shifted the second one down: both were "[1]".
+        assert_eq!(at("alerts.thresholds[1]:"), 1, "{errors:#?}");
+        assert_eq!(at("alerts.thresholds[2]:"), 1, "{errors:#?}");
+        assert!(
+            errors
+                .iter()
+                .any(|m| m.starts_with("alerts.thresholds[2]:") && m.contains("too large")),
+            "{errors:#?}"
+        );
+        Ok(())
+    });
+}

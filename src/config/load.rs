@@ -142,21 +142,83 @@ fn extract_collecting(figment: &Figment) -> (Option<Config>, Vec<ConfigError>) {
         Err(e) => return (None, e.into_iter().map(|e| describe(figment, &e)).collect()),
     };
     let mut errors = Vec::new();
+    let mut removed = RemovedItems::default();
     for _ in 0..MAX_PEELS {
         let failure = match tree.deserialize::<Config>() {
             Ok(config) => return (Some(config), errors),
             Err(e) => e,
         };
-        let mut peeled = false;
-        for e in failure {
+        // Every path of this pass is translated before any removal, and items are removed
+        // from the end of a list first, so one removal never shifts another's index.
+        let mut peel: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+        for mut e in failure {
+            let here = peel_path(&e);
+            // Named by its place in the file, not in the tree with earlier items peeled off.
+            e.path = removed.in_file(&e.path);
             errors.push(describe(figment, &e));
-            peeled |= remove(&mut tree, &peel_path(&e));
+            peel.push((removed.in_file(&here), here));
+        }
+        peel.sort_by(|a, b| by_index(&b.1, &a.1));
+        let mut peeled = false;
+        for (in_file, here) in peel {
+            if remove(&mut tree, &here) {
+                peeled = true;
+                removed.note(&in_file);
+            }
         }
         if !peeled {
             break;
         }
     }
     (None, errors)
+}
+
+/// Orders paths segment by segment, list indexes as numbers.
+fn by_index(a: &[String], b: &[String]) -> std::cmp::Ordering {
+    let key = |s: &String| (s.parse::<usize>().ok(), s.clone());
+    a.iter().map(key).cmp(b.iter().map(key))
+}
+
+/// The list items peeled off so far, by the list's path, as their indexes in the file: a
+/// list's later items move down when one is removed, and an error about one of them must
+/// still name the index the operator sees (`alerts.thresholds[2]`, not `[1]`).
+#[derive(Default)]
+struct RemovedItems(std::collections::HashMap<Vec<String>, Vec<usize>>);
+
+impl RemovedItems {
+    /// `path` (indexes in the peeled tree) with each index as it is in the file.
+    fn in_file(&self, path: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(path.len());
+        for segment in path {
+            let index = segment.parse::<usize>().ok();
+            match (index, self.0.get(&out)) {
+                (Some(mut i), Some(gone)) => {
+                    // `gone` is ascending: each removed item at or before `i` shifts it up.
+                    for g in gone {
+                        if *g <= i {
+                            i += 1;
+                        }
+                    }
+                    out.push(i.to_string());
+                }
+                _ => out.push(segment.clone()),
+            }
+        }
+        out
+    }
+
+    /// Records that the item at `path` (in file indexes) was removed.
+    fn note(&mut self, path: &[String]) {
+        let Some((last, list)) = path.split_last() else {
+            return;
+        };
+        if let Ok(i) = last.parse::<usize>() {
+            let gone = self.0.entry(list.to_vec()).or_default();
+            if let Err(at) = gone.binary_search(&i) {
+                gone.insert(at, i);
+            }
+        }
+    }
 }
 
 /// The part of the tree to drop so that the next pass gets past `e`: the unknown key itself,
@@ -427,5 +489,34 @@ fn check_readable(file: &Path) -> Result<(), ConfigErrors> {
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(permission(e)),
             Err(e) => Err(error(format!("cannot be read: {e}"))),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Generated: items removed one at a time from a list, each named by its index in what is
+    /// left; `in_file` must always give back its index in the original list.
+    #[test]
+    fn peeled_list_items_keep_their_index_in_the_file() {
+        let mut rng = fastrand::Rng::with_seed(20);
+        for _ in 0..2_000 {
+            let len = rng.usize(1..40);
+            let mut left: Vec<usize> = (0..len).collect();
+            let mut removed = RemovedItems::default();
+            let list = vec!["alerts".to_string(), "thresholds".to_string()];
+            while !left.is_empty() && rng.bool() {
+                let here = rng.usize(..left.len());
+                let path = [list.clone(), vec![here.to_string()]].concat();
+                let in_file = removed.in_file(&path);
+                assert_eq!(in_file[2], left[here].to_string(), "{left:?}");
+                removed.note(&in_file);
+                left.remove(here);
+            }
+            // An index in another list is left alone.
+            let other = vec!["sinks".to_string(), "3".to_string()];
+            assert_eq!(removed.in_file(&other), other);
+        }
     }
 }
