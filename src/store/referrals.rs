@@ -2,7 +2,7 @@
 //! transaction together with the watermark it justifies.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::StoreError;
@@ -37,9 +37,23 @@ pub(crate) fn commit_page(
     now: DateTime<Utc>,
 ) -> Result<UpsertCounts, StoreError> {
     let tx = conn.transaction()?;
+    let counts = store_page(&tx, referrals, rejected, watermark, now)?;
+    tx.commit()?;
+    Ok(counts)
+}
+
+/// [`commit_page`] inside a transaction the caller commits (a write's outcome and the
+/// referral copy its answer carries are one transaction: one WAL commit, never half).
+pub(crate) fn store_page(
+    tx: &Connection,
+    referrals: &[ParsedReferral],
+    rejected: &[RejectedRecord],
+    watermark: Option<(&str, DateTime<Utc>)>,
+    now: DateTime<Utc>,
+) -> Result<UpsertCounts, StoreError> {
     let mut counts = UpsertCounts::default();
     for referral in referrals {
-        match upsert(&tx, referral, now)? {
+        match upsert(tx, referral, now)? {
             Upserted::New => counts.new += 1,
             Upserted::Changed => counts.changed += 1,
             Upserted::Unchanged => {
@@ -48,16 +62,15 @@ pub(crate) fn commit_page(
             }
         }
         // A new or changed referral is planned by the next deadline tick.
-        super::schedule::mark_for_plan(&tx, &referral.referral.id, now)?;
+        super::schedule::mark_for_plan(tx, &referral.referral.id, now)?;
     }
     for record in rejected {
-        keep_rejected(&tx, "microsoft.referral", record, now)?;
+        keep_rejected(tx, "microsoft.referral", record, now)?;
         counts.rejected += 1;
     }
     if let Some((name, value)) = watermark {
-        advance_watermark(&tx, name, value, now)?;
+        advance_watermark(tx, name, value, now)?;
     }
-    tx.commit()?;
     Ok(counts)
 }
 
@@ -68,7 +81,7 @@ enum Upserted {
 }
 
 fn upsert(
-    tx: &Transaction,
+    tx: &Connection,
     parsed: &ParsedReferral,
     now: DateTime<Utc>,
 ) -> Result<Upserted, StoreError> {
@@ -134,7 +147,7 @@ fn upsert(
 }
 
 fn keep_rejected(
-    tx: &Transaction,
+    tx: &Connection,
     source: &str,
     record: &RejectedRecord,
     now: DateTime<Utc>,
@@ -152,7 +165,7 @@ fn keep_rejected(
 
 /// Moves a watermark forward only (a smaller value never moves it back).
 fn advance_watermark(
-    tx: &Transaction,
+    tx: &Connection,
     name: &str,
     value: DateTime<Utc>,
     now: DateTime<Utc>,

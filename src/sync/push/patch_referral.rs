@@ -158,14 +158,16 @@ pub(super) async fn referral_patched(
             let now = Utc::now();
             gstore::update_base(&tx, &id, &base_after, now)?;
             record_done(&tx, action, None, &audit, &cycle, now)?;
-            tx.commit()?;
+            // The answer's copy of the referral in the same transaction: one commit per
+            // write-back instead of three, and never a done row beside a stale copy.
             if let Some(fresh) = fresh {
-                let was_queued = schedule::is_queued(c, &id)?;
-                referrals::commit_page(c, &[fresh], &[], None, now)?;
+                let was_queued = schedule::is_queued(&tx, &id)?;
+                referrals::store_page(&tx, &[fresh], &[], None, now)?;
                 if guarded && !was_queued {
-                    schedule::planned(c, &id)?;
+                    schedule::planned(&tx, &id)?;
                 }
             }
+            tx.commit()?;
             Ok(())
         })
         .await?;
