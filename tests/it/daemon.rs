@@ -2,6 +2,7 @@
 //! metrics and `/healthz`, SIGTERM.
 
 use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cosell_sync::sim::{sample, Faults};
@@ -44,6 +45,19 @@ pub(crate) async fn http_get(url: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
+/// `run` with a notify socket (its reads time out after 100 ms) and its log in the test's
+/// directory: the socket to `collect` from, the daemon, the log's path.
+pub(crate) fn start_run(env: &TestEnv) -> (UnixDatagram, tokio::process::Child, PathBuf) {
+    let notify_path = env.dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&notify_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let log = env.dir.path().join("daemon.log");
+    let child = spawn_run(env, &notify_path, &log);
+    (socket, child, log)
+}
+
 pub(crate) fn spawn_run(
     env: &TestEnv,
     notify: &std::path::Path,
@@ -81,13 +95,7 @@ async fn notify_watchdog_metrics_reload_and_stop_in_order() {
     let env = TestEnv::with_google(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).await;
     env.sim
         .put_referrals(sample::demo_set(12, chrono::Utc::now()));
-    let notify_path = env.dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&notify_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let log = env.dir.path().join("daemon.log");
-    let mut child = spawn_run(&env, &notify_path, &log);
+    let (socket, mut child, log) = start_run(&env);
 
     let mut seen = Vec::new();
     assert!(
@@ -204,13 +212,7 @@ async fn healthz_answers_503_after_failing_cycles() {
         rate_5xx: 1.0,
         ..Faults::default()
     });
-    let notify_path = env.dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&notify_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let log = env.dir.path().join("daemon.log");
-    let mut child = spawn_run(&env, &notify_path, &log);
+    let (socket, mut child, _log) = start_run(&env);
     let mut seen = Vec::new();
     assert!(
         collect(&socket, &mut seen, "READY=1", Duration::from_secs(20)),
@@ -259,13 +261,7 @@ async fn healthz_answers_503_after_failing_cycles() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reload_command_exits_with_the_daemons_answer() {
     let env = TestEnv::new().await;
-    let notify_path = env.dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&notify_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let log = env.dir.path().join("daemon.log");
-    let child = spawn_run(&env, &notify_path, &log);
+    let (socket, child, _log) = start_run(&env);
     let mut seen = Vec::new();
     assert!(
         collect(&socket, &mut seen, "READY=1", Duration::from_secs(20)),
@@ -360,13 +356,7 @@ async fn microsoft_only_status_metrics_and_the_health_probe() {
     let env = TestEnv::with_extra(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).await;
     env.sim
         .put_referrals(sample::demo_set(12, chrono::Utc::now()));
-    let notify_path = env.dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&notify_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let log = env.dir.path().join("daemon.log");
-    let mut child = spawn_run(&env, &notify_path, &log);
+    let (socket, mut child, _log) = start_run(&env);
     let mut seen = Vec::new();
     assert!(
         collect(

@@ -3,13 +3,12 @@
 //! shipped Grafana dashboard and alert rules name present in it.
 
 use std::collections::BTreeSet;
-use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use cosell_sync::sim::{sample, Fault};
 use openmetrics_parser::{MetricFamily, OpenMetricsType, OpenMetricsValue};
 
-use crate::daemon::{collect, free_port, kill, spawn_run};
+use crate::daemon::{collect, free_port, kill, start_run};
 use crate::helpers::TestEnv;
 
 type Family = MetricFamily<OpenMetricsType, OpenMetricsValue>;
@@ -63,13 +62,7 @@ async fn metrics_parse_as_openmetrics_with_histograms_and_process_metrics() {
     .await;
     env.sim
         .put_referrals(sample::demo_set(12, chrono::Utc::now()));
-    let notify_path = env.dir.path().join("notify.sock");
-    let socket = UnixDatagram::bind(&notify_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let log = env.dir.path().join("daemon.log");
-    let mut child = spawn_run(&env, &notify_path, &log);
+    let (socket, mut child, _log) = start_run(&env);
     let mut seen = Vec::new();
     assert!(
         collect(&socket, &mut seen, "READY=1", Duration::from_secs(20)),
