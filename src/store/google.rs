@@ -59,17 +59,16 @@ impl BaseUpdate {
 
 pub(crate) fn link(conn: &Connection, referral_id: &str) -> Result<Option<Link>, StoreError> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT referral_id, lead_name, opportunity_name FROM links WHERE referral_id = ?1",
-            [referral_id],
-            |r| {
-                Ok(Link {
-                    referral_id: r.get(0)?,
-                    lead_name: r.get(1)?,
-                    opportunity_name: r.get(2)?,
-                })
-            },
-        )
+        )?
+        .query_row([referral_id], |r| {
+            Ok(Link {
+                referral_id: r.get(0)?,
+                lead_name: r.get(1)?,
+                opportunity_name: r.get(2)?,
+            })
+        })
         .optional()?)
 }
 
@@ -79,11 +78,10 @@ pub(crate) fn linked_referral(
     resource: &str,
 ) -> Result<Option<String>, StoreError> {
     Ok(conn
-        .query_row(
+        .prepare_cached(
             "SELECT referral_id FROM links WHERE lead_name = ?1 OR opportunity_name = ?1",
-            [resource],
-            |r| r.get(0),
-        )
+        )?
+        .query_row([resource], |r| r.get(0))
         .optional()?)
 }
 

@@ -182,12 +182,12 @@ pub(crate) fn count_412_in_cycle(
     cycle_id: &str,
     referral_id: &str,
 ) -> Result<u64, StoreError> {
-    Ok(conn.query_row(
-        "SELECT COUNT(*) FROM audit_log WHERE cycle_id = ?1 AND resource = ?2
+    Ok(conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM audit_log WHERE cycle_id = ?1 AND resource = ?2
            AND api = 'microsoft' AND method = 'PATCH' AND status_code = 412",
-        params![cycle_id, referral_id],
-        |r| r.get::<_, i64>(0),
-    )? as u64)
+        )?
+        .query_row(params![cycle_id, referral_id], |r| r.get::<_, i64>(0))? as u64)
 }
 
 /// Gives back a taken action that was never sent (shutdown began first): due again at once,

@@ -299,11 +299,10 @@ pub(crate) fn reference_and_change(
     id: &str,
 ) -> Result<Option<ReferenceAndChange>, StoreError> {
     let row: Option<(Option<String>, String)> = conn
-        .query_row(
+        .prepare_cached(
             "SELECT external_reference_id, last_changed_at FROM referrals WHERE id = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        )?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     Ok(row.map(|(reference, changed)| {
         let changed = crate::microsoft::model::parse_timestamp(&changed).unwrap_or_default();
@@ -321,11 +320,8 @@ pub(crate) struct ForPatch {
 
 pub(crate) fn for_patch(conn: &Connection, id: &str) -> Result<Option<ForPatch>, StoreError> {
     let row: Option<(Option<String>, Option<String>, String)> = conn
-        .query_row(
-            "SELECT status, etag, raw_json FROM referrals WHERE id = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+        .prepare_cached("SELECT status, etag, raw_json FROM referrals WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
     Ok(row.map(|(status, etag, raw)| ForPatch {
         status,
