@@ -71,6 +71,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0010_answers_due.sql",
         include_str!("../../migrations/0010_answers_due.sql"),
     ),
+    (
+        11,
+        "0011_outbox_without_in_lists.sql",
+        include_str!("../../migrations/0011_outbox_without_in_lists.sql"),
+    ),
 ];
 
 /// The schema version this binary reads and writes.
@@ -243,8 +248,13 @@ impl Store {
         conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         // WAL lets `status` read while `run` writes; NORMAL sync is durable across process
         // crashes (only an OS crash can lose the last commits, never corrupt the file).
+        // A checkpoint every 4,000 pages (16 MiB of WAL) instead of 1,000: a first sync
+        // writes ~50 pages per referral, mostly the same few index pages again, and each
+        // checkpoint copies every distinct page and syncs twice; 4x fewer of them cost ~5 %
+        // less CPU. The WAL file keeps its largest size, 16 MiB, between checkpoints.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+             PRAGMA wal_autocheckpoint = 4000;",
         )
         .map_err(open_err)?;
         tune_statements(&conn).map_err(open_err)?;

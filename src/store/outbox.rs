@@ -69,14 +69,15 @@ pub(crate) fn enqueue(
 ) -> Result<bool, StoreError> {
     let now = db_timestamp(now);
     let n = conn
-        .prepare_cached(
-            "INSERT INTO outbox (referral_id, kind, target, payload, state, next_attempt_at, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?5)
-             ON CONFLICT DO NOTHING",
-        )?
+        .prepare_cached(ENQUEUE)?
         .execute(params![referral_id, kind, target, payload.to_string(), now])?;
     Ok(n > 0)
 }
+
+const ENQUEUE: &str = "INSERT INTO outbox (referral_id, kind, target, payload, state,
+        next_attempt_at, created_at, updated_at)
+    VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?5)
+    ON CONFLICT DO NOTHING";
 
 /// Which actions a taker sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,32 +105,53 @@ pub(crate) fn take_due_of(
     kinds: Kinds,
 ) -> Result<Option<OutboxRow>, StoreError> {
     let now = db_timestamp(now);
-    let exclude = serde_json::to_string(exclude).unwrap_or_else(|_| "[]".into());
-    let answers_only = kinds == Kinds::Answers;
-    let mut stmt = conn.prepare_cached(&take_due_sql())?;
-    Ok(stmt
-        .query_row(params![now, exclude, answers_only], row)
-        .optional()?)
+    // One write transaction (the connection begins them IMMEDIATE): the pick and the count
+    // of the attempt are one claim for any other process.
+    let tx = conn.unchecked_transaction()?;
+    let picked = match first_due(&tx, DUE_ANSWER, &now, exclude)? {
+        Some(id) => Some(id),
+        None if kinds == Kinds::All => first_due(&tx, DUE_ANY, &now, exclude)?,
+        None => None,
+    };
+    let Some(id) = picked else {
+        return Ok(None);
+    };
+    tx.prepare_cached(TAKE)?.execute(params![id, now])?;
+    let taken = get(&tx, id)?;
+    tx.commit()?;
+    Ok(taken)
 }
 
-/// The claim: two lookups, each an index walk in (next_attempt_at, id) order: a due answer
+/// The claim's two lookups, each an index walk in (next_attempt_at, id) order: a due answer
 /// (the partial index `outbox_answers_due`), else any due action (`outbox_due`). One ORDER BY
 /// putting answers first could use neither index and sorted every due row on every claim.
 /// (`INDEXED BY`: without statistics the planner would walk `outbox_due` for answers too.)
-fn take_due_sql() -> String {
-    format!(
-        "UPDATE outbox SET attempts = attempts + 1, updated_at = ?1
-         WHERE id = COALESCE(
-             (SELECT id FROM outbox INDEXED BY outbox_answers_due
-               WHERE state = 'pending' AND kind = 'answer_referral' AND next_attempt_at <= ?1
-                 AND id NOT IN (SELECT value FROM json_each(?2))
-               ORDER BY next_attempt_at, id LIMIT 1),
-             (SELECT id FROM outbox
-               WHERE NOT ?3 AND state = 'pending' AND next_attempt_at <= ?1
-                 AND id NOT IN (SELECT value FROM json_each(?2))
-               ORDER BY next_attempt_at, id LIMIT 1))
-         RETURNING {COLUMNS}"
-    )
+/// Each reads one row more than this process runs, and the first it does not run is taken:
+/// an exclusion list in SQL (`NOT IN (json_each(...))`) built a temporary table per claim.
+const DUE_ANSWER: &str = "SELECT id FROM outbox INDEXED BY outbox_answers_due
+    WHERE state = 'pending' AND kind = 'answer_referral' AND next_attempt_at <= ?1
+    ORDER BY next_attempt_at, id LIMIT ?2";
+const DUE_ANY: &str = "SELECT id FROM outbox
+    WHERE state = 'pending' AND next_attempt_at <= ?1
+    ORDER BY next_attempt_at, id LIMIT ?2";
+/// Counts the attempt; the row stays `pending` (see [`take_due_of`]).
+const TAKE: &str = "UPDATE outbox SET attempts = attempts + 1, updated_at = ?2 WHERE id = ?1";
+
+fn first_due(
+    conn: &Connection,
+    sql: &str,
+    now: &str,
+    exclude: &[i64],
+) -> Result<Option<i64>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let mut rows = stmt.query(params![now, exclude.len() as i64 + 1])?;
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        if !exclude.contains(&id) {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
 }
 
 /// Whether a taker may send the action it took.
@@ -155,10 +177,7 @@ pub(crate) fn mark_sending(
     now: DateTime<Utc>,
 ) -> Result<SendClaim, StoreError> {
     let n = conn
-        .prepare_cached(
-            "UPDATE outbox SET state = 'in_flight', updated_at = ?3
-             WHERE id = ?1 AND state = 'pending' AND attempts = ?2",
-        )?
+        .prepare_cached(MARK_SENDING)?
         .execute(params![row.id, row.attempts, db_timestamp(now)])?;
     if n == 1 {
         return Ok(SendClaim::Won);
@@ -174,6 +193,9 @@ pub(crate) fn mark_sending(
         Some(_) => SendClaim::Closed,
     })
 }
+
+const MARK_SENDING: &str = "UPDATE outbox SET state = 'in_flight', updated_at = ?3
+    WHERE id = ?1 AND state = 'pending' AND attempts = ?2";
 
 /// How many Partner Center PATCHes of this referral met a 412 in this cycle (from the audit
 /// log): the first re-plans, a second waits for the next cycle.
@@ -251,13 +273,7 @@ pub(crate) fn finish(
         }
         Outcome::Superseded { reason } => (None, Some(reason.clone()), None),
     };
-    conn.prepare_cached(
-        "UPDATE outbox SET state = ?2, next_attempt_at = COALESCE(?3, next_attempt_at),
-            last_error = COALESCE(?4, last_error), result = COALESCE(?5, result),
-            request_id = COALESCE(?6, request_id), updated_at = ?7
-         WHERE id = ?1",
-    )?
-    .execute(params![
+    conn.prepare_cached(FINISH)?.execute(params![
         id,
         outcome.state(),
         next,
@@ -268,6 +284,11 @@ pub(crate) fn finish(
     ])?;
     Ok(())
 }
+
+const FINISH: &str = "UPDATE outbox SET state = ?2, next_attempt_at = COALESCE(?3, next_attempt_at),
+        last_error = COALESCE(?4, last_error), result = COALESCE(?5, result),
+        request_id = COALESCE(?6, request_id), updated_at = ?7
+    WHERE id = ?1";
 
 /// At start-up: actions a stopped process left in flight. Only a request that may have been
 /// on the wire is `in_flight` (see [`mark_sending`]): such a lead create may have reached
@@ -293,11 +314,8 @@ pub(crate) fn recover_in_flight(
 
 pub(crate) fn get(conn: &Connection, id: i64) -> Result<Option<OutboxRow>, StoreError> {
     Ok(conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM outbox WHERE id = ?1"),
-            [id],
-            row,
-        )
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM outbox WHERE id = ?1"))?
+        .query_row([id], row)
         .optional()?)
 }
 
@@ -477,16 +495,49 @@ mod tests {
         let store = Store::open(&dir.path().join("s.db")).unwrap();
         store
             .call_blocking(|c| {
-                let plan: Vec<String> = c
-                    .prepare(&format!("EXPLAIN QUERY PLAN {}", take_due_sql()))?
-                    .query_map(params!["2026-12-02T00:00:00Z", "[]", false], |r| {
-                        r.get::<_, String>(3)
-                    })?
-                    .collect::<Result<_, _>>()?;
-                let plan = plan.join("\n");
-                assert!(!plan.contains("TEMP B-TREE"), "{plan}");
-                assert!(plan.contains("outbox_answers_due"), "{plan}");
-                assert!(plan.contains("outbox_due"), "{plan}");
+                for (sql, index) in [(DUE_ANSWER, "outbox_answers_due"), (DUE_ANY, "outbox_due")] {
+                    let plan: Vec<String> = c
+                        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?
+                        .query_map(params!["2026-12-02T00:00:00Z", 9], |r| {
+                            r.get::<_, String>(3)
+                        })?
+                        .collect::<Result<_, _>>()?;
+                    let plan = plan.join("\n");
+                    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+                    assert!(plan.contains(index), "{plan}");
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// Every action is enqueued, claimed, marked and finished: none of those statements may
+    /// build a temporary b-tree each time it runs (an IN list of three or more constants in a
+    /// CHECK or a partial index's predicate did, three per state change; so did the claim's
+    /// exclusion list and its RETURNING clause).
+    #[test]
+    fn an_action_s_statements_build_no_temporary_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        store
+            .call_blocking(|c| {
+                let statements = [
+                    ("enqueue", ENQUEUE),
+                    ("due answer", DUE_ANSWER),
+                    ("due action", DUE_ANY),
+                    ("take", TAKE),
+                    ("mark sending", MARK_SENDING),
+                    ("finish", FINISH),
+                ];
+                for (name, sql) in statements {
+                    let mut explain = c.prepare(&format!("EXPLAIN {sql}"))?;
+                    let unbound = vec![rusqlite::types::Null; explain.parameter_count()];
+                    let opcodes: Vec<String> = explain
+                        .query_map(rusqlite::params_from_iter(unbound), |r| r.get(1))?
+                        .collect::<Result<_, _>>()?;
+                    let temporary = opcodes.iter().filter(|op| *op == "OpenEphemeral").count();
+                    assert_eq!(temporary, 0, "{name} opens {temporary} temporary tables");
+                }
                 Ok(())
             })
             .unwrap();
