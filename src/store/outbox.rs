@@ -68,9 +68,13 @@ pub(crate) fn enqueue(
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
     let now = db_timestamp(now);
-    let n = conn
-        .prepare_cached(ENQUEUE)?
-        .execute(params![referral_id, kind, target, payload.to_string(), now])?;
+    let n = conn.prepare_cached(ENQUEUE)?.execute(params![
+        referral_id,
+        kind,
+        target,
+        payload.to_string(),
+        now
+    ])?;
     Ok(n > 0)
 }
 
@@ -176,9 +180,11 @@ pub(crate) fn mark_sending(
     row: &OutboxRow,
     now: DateTime<Utc>,
 ) -> Result<SendClaim, StoreError> {
-    let n = conn
-        .prepare_cached(MARK_SENDING)?
-        .execute(params![row.id, row.attempts, db_timestamp(now)])?;
+    let n = conn.prepare_cached(MARK_SENDING)?.execute(params![
+        row.id,
+        row.attempts,
+        db_timestamp(now)
+    ])?;
     if n == 1 {
         return Ok(SendClaim::Won);
     }
@@ -285,7 +291,8 @@ pub(crate) fn finish(
     Ok(())
 }
 
-const FINISH: &str = "UPDATE outbox SET state = ?2, next_attempt_at = COALESCE(?3, next_attempt_at),
+const FINISH: &str =
+    "UPDATE outbox SET state = ?2, next_attempt_at = COALESCE(?3, next_attempt_at),
         last_error = COALESCE(?4, last_error), result = COALESCE(?5, result),
         request_id = COALESCE(?6, request_id), updated_at = ?7
     WHERE id = ?1";

@@ -74,7 +74,8 @@ const WEBHOOK_EVENTS: &str = "DELETE FROM webhook_events WHERE id IN (SELECT id 
 /// Finished actions by age: the partial index `outbox_finished`, its predicate repeated word
 /// for word (migration 0011), so the walk starts at the oldest instead of reading every
 /// finished row of the retention window.
-const OUTBOX: &str = "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox INDEXED BY outbox_finished
+const OUTBOX: &str =
+    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox INDEXED BY outbox_finished
     WHERE (state = 'done' OR state = 'superseded' OR state = 'dropped') AND updated_at < ?1
       AND kind <> 'create_lead' LIMIT ?2)";
 const REJECTED: &str = "DELETE FROM rejected_records WHERE id IN (SELECT id FROM rejected_records
