@@ -180,18 +180,24 @@ pub(crate) fn mark_sending(
     row: &OutboxRow,
     now: DateTime<Utc>,
 ) -> Result<SendClaim, StoreError> {
-    let n = conn.prepare_cached(MARK_SENDING)?.execute(params![
-        row.id,
-        row.attempts,
-        db_timestamp(now)
-    ])?;
+    mark_attempt_sending(conn, row.id, row.attempts, now)
+}
+
+/// [`mark_sending`] by the row's id and the attempt its taker counted.
+pub(crate) fn mark_attempt_sending(
+    conn: &Connection,
+    id: i64,
+    attempts: u32,
+    now: DateTime<Utc>,
+) -> Result<SendClaim, StoreError> {
+    let n = conn
+        .prepare_cached(MARK_SENDING)?
+        .execute(params![id, attempts, db_timestamp(now)])?;
     if n == 1 {
         return Ok(SendClaim::Won);
     }
     let state: Option<String> = conn
-        .query_row("SELECT state FROM outbox WHERE id = ?1", [row.id], |r| {
-            r.get(0)
-        })
+        .query_row("SELECT state FROM outbox WHERE id = ?1", [id], |r| r.get(0))
         .optional()?;
     Ok(match state.as_deref() {
         Some("dropped") | None => SendClaim::Dropped,

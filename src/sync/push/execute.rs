@@ -95,23 +95,29 @@ pub(super) async fn mark_sending(
     row: &OutboxRow,
     stop: &CancellationToken,
 ) -> Result<Option<Outcome>, StoreError> {
-    let id = row.id;
-    if stop.is_cancelled() {
+    let (id, attempts, stopping) = (row.id, row.attempts, stop.is_cancelled());
+    store
+        .call(move |c| claim_send(c, id, attempts, stopping))
+        .await
+}
+
+/// [`mark_sending`] inside a store call that already holds the connection (a send whose
+/// checks read the database claims in the same call).
+pub(super) fn claim_send(
+    c: &rusqlite::Connection,
+    id: i64,
+    attempts: u32,
+    stopping: bool,
+) -> Result<Option<Outcome>, StoreError> {
+    if stopping {
         // Not started: due again at once for the next process, the attempt not counted.
-        let outcome = Outcome::Retry {
+        outbox::release(c, id, Utc::now())?;
+        return Ok(Some(Outcome::Retry {
             at: Utc::now(),
             error: "shutdown began before this write was sent".into(),
-        };
-        store
-            .call(move |c| outbox::release(c, id, Utc::now()))
-            .await?;
-        return Ok(Some(outcome));
+        }));
     }
-    let claimed = row.clone();
-    let claim = store
-        .call(move |c| outbox::mark_sending(c, &claimed, Utc::now()))
-        .await?;
-    let reason = match claim {
+    let reason = match outbox::mark_attempt_sending(c, id, attempts, Utc::now())? {
         outbox::SendClaim::Won => return Ok(None),
         outbox::SendClaim::Dropped => "no longer pending (dropped by the operator); not sent",
         outbox::SendClaim::TakenByAnother => {

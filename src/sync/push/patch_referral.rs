@@ -11,46 +11,37 @@ pub(super) async fn patch_referral(
     ops: Vec<PatchOp>,
     base_after: BaseUpdate,
 ) -> Result<Outcome, StoreError> {
-    let stop = &run.stop;
     let id = row.referral_id.clone();
-    let current = {
-        let id = id.clone();
-        store.call(move |c| referrals::for_patch(c, &id)).await?
+    // The stored copy, the checks, this cycle's 412s and the claim: one store call.
+    let ready = {
+        let (id, cycle) = (id.clone(), cycle_id.to_string());
+        let (action, attempts, stopping) = (row.id, row.attempts, run.stop.is_cancelled());
+        store
+            .call(move |c| {
+                let current = referrals::for_patch(c, &id)?;
+                let ready = match ready_to_send(current, ops) {
+                    Err(reason) => return Ok(Err(reason)),
+                    Ok(ready) => ready,
+                };
+                if outbox::count_412_in_cycle(c, &cycle, &id)? >= 2 {
+                    // Two 412s in this cycle already (a write and its re-plan): no third
+                    // try until the next cycle re-reads and re-plans.
+                    return Ok(Err(
+                        "412 twice in this cycle; the next cycle re-plans".into()
+                    ));
+                }
+                Ok(Ok(match claim_send(c, action, attempts, stopping)? {
+                    Some(not_sent) => Err(not_sent),
+                    None => Ok(ready),
+                }))
+            })
+            .await?
     };
-    let Some(referrals::ForPatch { status, etag, raw }) = current else {
-        return supersede(store, row.id, "referral unknown").await;
+    let (ops, etag, fields) = match ready {
+        Ok(Ok(ready)) => ready,
+        Ok(Err(not_sent)) => return Ok(not_sent),
+        Err(reason) => return supersede(store, row.id, &reason).await,
     };
-    if status.as_deref() == Some(ReferralStatus::Closed.as_str()) {
-        return supersede(store, row.id, "referral is Closed; never written").await;
-    }
-    // Never a name of another Google record overwritten (recovery, issue 15).
-    if let Some(reason) = crate::sync::adopt::reference_kept(&raw, &ops) {
-        return supersede(store, row.id, &reason).await;
-    }
-    // Never a write whose value is already there.
-    let ops: Vec<PatchOp> = ops
-        .into_iter()
-        .filter(|o| pointer(&raw, &o.path) != Some(&o.value))
-        .collect();
-    if ops.is_empty() {
-        return supersede(store, row.id, "every value is already there").await;
-    }
-    let fields = ops
-        .iter()
-        .map(|o| o.path.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
-    if count_412(store, cycle_id, &row.referral_id).await? >= 2 {
-        // Two 412s in this cycle already (a write and its re-plan): no third try until the
-        // next cycle re-reads and re-plans.
-        let outcome = Outcome::Superseded {
-            reason: "412 twice in this cycle; the next cycle re-plans".into(),
-        };
-        return finish(store, row.id, outcome, None, None).await;
-    }
-    if let Some(outcome) = mark_sending(store, &row, stop).await? {
-        return Ok(outcome);
-    }
     let result = with_retry(microsoft_retry, "patch referral", || {
         microsoft.patch_referral(&id, &ops, etag.as_deref())
     })
@@ -72,6 +63,37 @@ pub(super) async fn patch_referral(
             patch_failed(store, ms, google, cycle_id, row, fields, e, replan_spent).await
         }
     }
+}
+
+/// What a patch sends, or why nothing is to be sent: the operations whose value is not
+/// already in the stored copy, its eTag, and the fields they name.
+type Ready = (Vec<PatchOp>, Option<String>, String);
+
+fn ready_to_send(current: Option<referrals::ForPatch>, ops: Vec<PatchOp>) -> Result<Ready, String> {
+    let Some(referrals::ForPatch { status, etag, raw }) = current else {
+        return Err("referral unknown".into());
+    };
+    if status.as_deref() == Some(ReferralStatus::Closed.as_str()) {
+        return Err("referral is Closed; never written".into());
+    }
+    // Never a name of another Google record overwritten (recovery, issue 15).
+    if let Some(reason) = crate::sync::adopt::reference_kept(&raw, &ops) {
+        return Err(reason);
+    }
+    // Never a write whose value is already there.
+    let ops: Vec<PatchOp> = ops
+        .into_iter()
+        .filter(|o| pointer(&raw, &o.path) != Some(&o.value))
+        .collect();
+    if ops.is_empty() {
+        return Err("every value is already there".into());
+    }
+    let fields = ops
+        .iter()
+        .map(|o| o.path.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok((ops, etag, fields))
 }
 
 /// A failed patch: a first 412 re-reads and re-plans, a second one in the cycle waits for
