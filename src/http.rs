@@ -180,11 +180,31 @@ pub fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
 
 /// Every HTTP client starts here: rustls with ring, the one crypto provider in the tree
 /// (reqwest is built with `rustls-no-provider`, so the provider is installed before the first
-/// client; installing it again is a no-op).
+/// client; installing it again is a no-op), trusting the system's roots read once per process.
 #[allow(clippy::disallowed_methods)] // the one place a client is begun
 pub fn client_builder() -> reqwest::ClientBuilder {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
+    let roots = system_roots()
+        .iter()
+        .filter_map(|der| reqwest::Certificate::from_der(der).ok());
+    // The same roots reqwest's platform verifier reads on Linux, but that verifier read and
+    // parsed every file of /etc/ssl/certs again for each client: four times per `sync`, the
+    // largest part of a command's start-up. (A caller may still add its own roots.)
+    reqwest::Client::builder().tls_certs_only(roots)
+}
+
+/// The system's trust roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` when set, else the distribution's
+/// store), read on first use; unreadable ones are logged and left out.
+pub(crate) fn system_roots() -> &'static [rustls_pki_types::CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<rustls_pki_types::CertificateDer<'static>>> =
+        std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for error in &found.errors {
+            tracing::warn!(%error, "a system trust root could not be read");
+        }
+        found.certs
+    })
 }
 
 /// The redirect policy of every client: follow a few redirects within one origin, never to

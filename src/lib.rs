@@ -40,7 +40,7 @@
 //! - [`http`]: what every client shares: error taxonomy, Retry-After, backoff, rate limit.
 //! - [`microsoft`]: Entra refresh-token grant with a rotating token file, and the Referrals client.
 //! - [`google`]: service-account tokens and the Cloud CRM Partners client (four methods).
-//! - [`store`]: SQLite (WAL, migrations, schema version) behind a blocking-thread boundary.
+//! - [`store`]: SQLite (WAL, migrations, schema version), one thread per connection.
 //! - [`lanes`]: the deadline lane (pull → expiry alerts → plan → push → alerts) and the
 //!   refresh lane (Google re-reads on a per-record schedule), joining `sync` and `alerts`.
 //! - [`sync`]: the primitives: Microsoft pull, Google refresh, the pure `reconcile`, the outbox

@@ -14,9 +14,9 @@ fn main() {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        // The store runs every call on a blocking thread, all behind one connection's lock:
-        // more threads than callers that can make progress only wait on it, and each one
-        // idle for 10 s keeps its stack and malloc cache (the first sync grew to 33 threads).
+        // The store has its own thread per connection; what still blocks (name lookups) needs
+        // few threads, and each one idle for 10 s keeps its stack and malloc cache (the first
+        // sync grew to 33 when every store call was a blocking task).
         .max_blocking_threads(16)
         .build()
     {

@@ -1,8 +1,8 @@
 //! The state store: one SQLite file (WAL, `busy_timeout`), numbered migrations from
 //! `migrations/` applied at start-up, and a schema version the code checks (`user_version`).
 //!
-//! All database work runs on tokio's blocking pool through [`Store::call`], never on the async
-//! worker threads. The table families live in submodules as plain functions over a
+//! All database work of the daemon runs on the connection's own thread through
+//! [`Store::call`], never on the async worker threads. The table families live in submodules as plain functions over a
 //! `rusqlite::Connection`, so they are testable without a runtime.
 
 pub(crate) mod alerts;

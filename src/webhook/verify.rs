@@ -297,8 +297,7 @@ impl Verifier {
         ca_file: Option<&Path>,
     ) -> Result<Verifier, String> {
         let mut roots: Vec<TrustAnchor<'static>> = Vec::new();
-        let native = rustls_native_certs::load_native_certs();
-        for cert in &native.certs {
+        for cert in crate::http::system_roots() {
             if let Ok(anchor) = webpki::anchor_from_trusted_cert(cert) {
                 roots.push(anchor.to_owned());
             }
