@@ -76,6 +76,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0011_outbox_without_in_lists.sql",
         include_str!("../../migrations/0011_outbox_without_in_lists.sql"),
     ),
+    (
+        12,
+        "0012_referrals_awaiting.sql",
+        include_str!("../../migrations/0012_referrals_awaiting.sql"),
+    ),
 ];
 
 /// The schema version this binary reads and writes.

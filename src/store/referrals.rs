@@ -222,16 +222,21 @@ pub(crate) fn each_awaiting_response(
     conn: &Connection,
     mut f: impl FnMut(ReferralSummary) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {SUMMARY_COLUMNS} FROM referrals
-         WHERE status = 'New' AND substatus IN ('Pending', 'Received')
-           AND (direction = 'Incoming' OR direction IS NULL)"
-    ))?;
+    let mut stmt = conn.prepare_cached(&awaiting_sql())?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         f(summary_row(row)?)?;
     }
     Ok(())
+}
+
+/// Read every cycle: the index `referrals_awaiting` holds every column it reads (migration 12).
+fn awaiting_sql() -> String {
+    format!(
+        "SELECT {SUMMARY_COLUMNS} FROM referrals
+         WHERE status = 'New' AND substatus IN ('Pending', 'Received')
+           AND (direction = 'Incoming' OR direction IS NULL)"
+    )
 }
 
 /// One referral, when it is an incoming one still New (its response clock is running).
@@ -333,6 +338,31 @@ pub(crate) fn for_patch(conn: &Connection, id: &str) -> Result<Option<ForPatch>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every cycle reads the referrals whose response clock runs, three times: from an index
+    /// that holds the columns, never from the table's rows with their raw JSON.
+    #[test]
+    fn the_referrals_awaiting_a_response_are_read_from_an_index_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let awaiting = "status = 'New' AND substatus IN ('Pending', 'Received')
+            AND (direction = 'Incoming' OR direction IS NULL)";
+        for sql in [
+            awaiting_sql(),
+            format!("SELECT id, created_at FROM referrals WHERE {awaiting}"),
+            format!("SELECT COUNT(*) FROM referrals WHERE {awaiting}"),
+        ] {
+            let plan: Vec<String> = store
+                .call_blocking(|c| {
+                    Ok(c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?
+                        .query_map([], |r| r.get::<_, String>(3))?
+                        .collect::<Result<_, _>>()?)
+                })
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(plan.contains("COVERING INDEX referrals_awaiting"), "{sql}\n{plan}");
+        }
+    }
     use crate::store::Store;
     use serde_json::json;
 
