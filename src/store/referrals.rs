@@ -360,7 +360,10 @@ mod tests {
                 })
                 .unwrap();
             let plan = plan.join("\n");
-            assert!(plan.contains("COVERING INDEX referrals_awaiting"), "{sql}\n{plan}");
+            assert!(
+                plan.contains("COVERING INDEX referrals_awaiting"),
+                "{sql}\n{plan}"
+            );
         }
     }
     use crate::store::Store;
