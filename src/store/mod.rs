@@ -2,8 +2,8 @@
 //! `migrations/` applied at start-up, and a schema version the code checks (`user_version`).
 //!
 //! All database work of the daemon runs on the connection's own thread through
-//! [`Store::call`], never on the async worker threads. The table families live in submodules as plain functions over a
-//! `rusqlite::Connection`, so they are testable without a runtime.
+//! [`Store::call`], never on the async worker threads. The table families live in submodules
+//! as plain functions over a `rusqlite::Connection`, so they are testable without a runtime.
 
 pub(crate) mod alerts;
 pub(crate) mod answers;
@@ -212,13 +212,14 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// Commands outside a runtime ([`Store::call_blocking`]) take the same lock directly.
 struct Shared {
     conn: Arc<Mutex<Connection>>,
-    /// Started by the first asynchronous call (most commands never make one).
-    worker: std::sync::OnceLock<Worker>,
+    /// Started by the first asynchronous call (most commands never make one); `None` when the
+    /// thread could not be started.
+    worker: std::sync::OnceLock<Option<Worker>>,
 }
 
 struct Worker {
-    jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    jobs: std::sync::mpsc::Sender<Job>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -251,22 +252,16 @@ impl Shared {
                     }
                 });
             match thread {
-                Ok(thread) => Worker {
-                    jobs: Mutex::new(Some(jobs)),
-                    thread: Mutex::new(Some(thread)),
-                },
+                Ok(thread) => Some(Worker { jobs, thread }),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the database thread");
-                    Worker {
-                        jobs: Mutex::new(None),
-                        thread: Mutex::new(None),
-                    }
+                    None
                 }
             }
         });
-        let jobs = worker.jobs.lock().unwrap_or_else(|p| p.into_inner());
-        jobs.as_ref()
-            .and_then(|jobs| jobs.send(job).ok())
+        worker
+            .as_ref()
+            .and_then(|worker| worker.jobs.send(job).ok())
             .ok_or_else(|| StoreError::Worker("the database thread is not running".into()))
     }
 }
@@ -275,21 +270,14 @@ impl Drop for Shared {
     /// Closes the queue and waits for the thread, so the connection is closed (and its WAL
     /// checkpointed) when the last handle goes, as it was before the thread.
     fn drop(&mut self) {
-        let Some(worker) = self.worker.take() else {
+        let Some(Some(Worker { jobs, thread })) = self.worker.take() else {
             return;
         };
-        drop(worker.jobs.lock().unwrap_or_else(|p| p.into_inner()).take());
-        let thread = worker
-            .thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(thread) = thread {
-            // A call that owned the last handle runs on the thread itself: it cannot wait for
-            // itself, and ends right after.
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
+        drop(jobs);
+        // A call that owned the last handle runs on the thread itself: it cannot wait for
+        // itself, and ends right after.
+        if thread.thread().id() != std::thread::current().id() {
+            let _ = thread.join();
         }
     }
 }
@@ -479,6 +467,26 @@ type Writers = std::collections::HashMap<PathBuf, (std::sync::Weak<Shared>, Opti
 fn writers() -> &'static Mutex<Writers> {
     static WRITERS: std::sync::OnceLock<Mutex<Writers>> = std::sync::OnceLock::new();
     WRITERS.get_or_init(Mutex::default)
+}
+
+/// SQLite's query plan for `sql`, one step per line, its parameters unbound (plan tests).
+#[cfg(test)]
+pub(crate) fn query_plan(conn: &Connection, sql: &str) -> rusqlite::Result<String> {
+    Ok(explained(conn, &format!("EXPLAIN QUERY PLAN {sql}"), 3)?.join("\n"))
+}
+
+/// The opcodes SQLite compiles `sql` to, its parameters unbound (tests of what a statement does).
+#[cfg(test)]
+pub(crate) fn opcodes(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<String>> {
+    explained(conn, &format!("EXPLAIN {sql}"), 1)
+}
+
+#[cfg(test)]
+fn explained(conn: &Connection, explain: &str, column: usize) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(explain)?;
+    let unbound = vec![rusqlite::types::Null; stmt.parameter_count()];
+    let rows = stmt.query_map(rusqlite::params_from_iter(unbound), |r| r.get(column))?;
+    rows.collect()
 }
 
 /// How many compiled statements a connection keeps. A first sync runs a few dozen distinct

@@ -509,13 +509,7 @@ mod tests {
         store
             .call_blocking(|c| {
                 for (sql, index) in [(DUE_ANSWER, "outbox_answers_due"), (DUE_ANY, "outbox_due")] {
-                    let plan: Vec<String> = c
-                        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?
-                        .query_map(params!["2026-12-02T00:00:00Z", 9], |r| {
-                            r.get::<_, String>(3)
-                        })?
-                        .collect::<Result<_, _>>()?;
-                    let plan = plan.join("\n");
+                    let plan = crate::store::query_plan(c, sql)?;
                     assert!(!plan.contains("TEMP B-TREE"), "{plan}");
                     assert!(plan.contains(index), "{plan}");
                 }
@@ -543,12 +537,10 @@ mod tests {
                     ("finish", FINISH),
                 ];
                 for (name, sql) in statements {
-                    let mut explain = c.prepare(&format!("EXPLAIN {sql}"))?;
-                    let unbound = vec![rusqlite::types::Null; explain.parameter_count()];
-                    let opcodes: Vec<String> = explain
-                        .query_map(rusqlite::params_from_iter(unbound), |r| r.get(1))?
-                        .collect::<Result<_, _>>()?;
-                    let temporary = opcodes.iter().filter(|op| *op == "OpenEphemeral").count();
+                    let temporary = crate::store::opcodes(c, sql)?
+                        .iter()
+                        .filter(|op| *op == "OpenEphemeral")
+                        .count();
                     assert_eq!(temporary, 0, "{name} opens {temporary} temporary tables");
                 }
                 Ok(())

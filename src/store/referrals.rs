@@ -352,14 +352,9 @@ mod tests {
             format!("SELECT id, created_at FROM referrals WHERE {awaiting}"),
             format!("SELECT COUNT(*) FROM referrals WHERE {awaiting}"),
         ] {
-            let plan: Vec<String> = store
-                .call_blocking(|c| {
-                    Ok(c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?
-                        .query_map([], |r| r.get::<_, String>(3))?
-                        .collect::<Result<_, _>>()?)
-                })
+            let plan = store
+                .call_blocking(|c| Ok(crate::store::query_plan(c, &sql)?))
                 .unwrap();
-            let plan = plan.join("\n");
             assert!(
                 plan.contains("COVERING INDEX referrals_awaiting"),
                 "{sql}\n{plan}"
