@@ -47,6 +47,8 @@
 //!   and its one executor (`sync::push::push_due`, every action kind, accept/decline included).
 //! - [`deadline`]: the 14-day response window arithmetic, pure.
 //! - [`alerts`]: expiry and health alerts (pure planner), formats, durable delivery to sinks.
+//! - [`outside`]: text set outside the company (referral and customer names), typed so no
+//!   chat format can forget to escape it; a leaf.
 //! - [`pem`]: certificate files (DER/PEM, trust roots), a leaf for config and the verifier.
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
 //! - [`telemetry`]: tracing subscriber set-up (text, json, journald).
@@ -82,6 +84,7 @@ pub mod lanes;
 pub(crate) mod links;
 pub mod metrics;
 pub mod microsoft;
+pub(crate) mod outside;
 pub(crate) mod pem;
 pub(crate) mod progress;
 pub(crate) mod reload;

@@ -248,7 +248,7 @@ impl CycleDelivery {
 
     /// One line in the log when a cycle raised a flood (a first sync over a full inbox): the
     /// log keeps one line per alert, and this says what they add up to.
-    fn log_summary(&self, awaiting: Option<u64>) {
+    fn log_summary(&self, awaiting: Option<u64>, chat: bool) {
         let total: u64 = self.raised.values().sum();
         if total <= CHAT_MESSAGES_PER_CYCLE as u64 {
             return;
@@ -263,8 +263,13 @@ impl CycleDelivery {
             .unwrap_or_default();
         tracing::warn!(
             raised = total,
-            "ALERT SUMMARY: {total} alerts raised in this cycle ({}){awaiting}; chat sinks got a digest; `{}` lists them",
+            "ALERT SUMMARY: {total} alerts raised in this cycle ({}){awaiting}{}; `{}` lists them",
             parts.join(", "),
+            if chat {
+                "; chat sinks got a digest"
+            } else {
+                ""
+            },
             super::digest::LIST_COMMAND
         );
     }
@@ -305,7 +310,7 @@ pub(crate) async fn raise_and_deliver(
             .call(crate::store::responses::count_awaiting)
             .await
             .ok();
-        cycle.log_summary(awaiting);
+        cycle.log_summary(awaiting, settings.sinks.iter().any(Sink::is_chat));
     }
     if dry_run {
         if !settings.sinks.is_empty() && stats.raised > 0 {

@@ -8,6 +8,7 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use super::Alert;
 use crate::config::HumanDuration;
 use crate::deadline;
+use crate::outside::Outside;
 use crate::store::referrals::ReferralSummary;
 use crate::timefmt::{human_in, time_left, Zone};
 
@@ -24,12 +25,14 @@ pub(crate) fn expiry_alert(
     let zone = zone.into();
     let due = deadline::deadline(referral.created_at, referral.expires_at, window);
     let remaining = due - now;
+    // The message is for the log, the JSON and command sinks (readers of text as text); the
+    // chat formats build their own sentence from the fields, which stay outside text.
     let customer = referral
         .customer
-        .clone()
-        .unwrap_or_else(|| "unknown customer".into());
+        .as_ref()
+        .map_or("unknown customer", Outside::unescaped);
     let hours = (remaining.num_minutes() as f64 / 60.0 * 10.0).round() / 10.0;
-    let what = match referral.name.as_deref() {
+    let what = match referral.name.as_ref().map(Outside::unescaped) {
         Some(name) => format!("Referral \"{name}\" for {customer}"),
         None => format!("Referral for {customer}"),
     };
@@ -69,7 +72,7 @@ pub(crate) fn expiry_alert(
         severity: severity.into(),
         referral_id: Some(referral.id.clone()),
         referral_name: referral.name.clone(),
-        customer: Some(customer),
+        customer: Some(Outside::new(customer)),
         deal_value: referral.deal_value,
         currency: referral.currency.clone(),
         deadline: Some(due.to_rfc3339_opts(SecondsFormat::Secs, true)),
@@ -366,7 +369,10 @@ mod tests {
             "Referral \"Deal\" for Fabrikam expires in 2 d 12 h unless accepted or declined (deadline 2026-11-15 01:00 +01:00)."
         );
         assert_eq!(
-            (a.referral_name.as_deref(), a.customer.as_deref()),
+            (
+                a.referral_name.as_ref().map(Outside::unescaped),
+                a.customer.as_ref().map(Outside::unescaped)
+            ),
             (Some("Deal"), Some("Fabrikam"))
         );
         assert_eq!(
