@@ -52,6 +52,8 @@
 //! - [`pem`]: certificate files (DER/PEM, trust roots), a leaf for config and the verifier.
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
 //! - [`telemetry`]: tracing subscriber set-up (text, json, journald).
+//! - [`files`]: the one bounded reader of every file the configuration names (regular files
+//!   only, a cap per kind), a leaf.
 //! - [`generate`]: the man page and shell completions from the clap definitions.
 //! - [`actions`]: accept / decline from the alert: `[actions]` and the page (a producer: it
 //!   queues the answer and wakes the deadline lane).
@@ -76,6 +78,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub(crate) mod deadline;
+pub(crate) mod files;
 pub mod generate;
 pub(crate) mod google;
 pub(crate) mod health;

@@ -19,7 +19,9 @@ use secrecy::ExposeSecret;
 use tokio::io::AsyncWriteExt;
 
 use super::digest::{Digest, CHAT_MESSAGES_PER_CYCLE};
-use super::due::{expiry_alert, forward_blocked_alert, health_alert, HealthEpisode};
+use super::due::{
+    expiry_alert, forward_blocked_alert, health_alert, link_key_alert, HealthEpisode,
+};
 use super::route::Route;
 use super::{format, Alert};
 use crate::config::{AlertFormat, AlertsConfig, CommandConfig, WebhookConfig};
@@ -398,6 +400,16 @@ async fn raise_due(
                 raise(&tx, alert)?;
             }
             astore::set_health(&tx, "sync", &serde_json::to_string(&health).expect("health serializes"), now)?;
+            if let Some(links) = &settings.links {
+                let current = links.fingerprint();
+                let previous = astore::get_health(&tx, "link_key")?;
+                if let Some(alert) = link_key_alert(previous.as_deref(), &current, now) {
+                    raise(&tx, alert)?;
+                }
+                if previous.as_deref() != Some(current.as_str()) {
+                    astore::set_health(&tx, "link_key", &current, now)?;
+                }
+            }
             // Writes that need a person, referrals that can never be forwarded as they are,
             // conflicts the manual policy left.
             for alert in attention_alerts(&tx, &settings.referral_url, now)? {

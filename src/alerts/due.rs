@@ -113,6 +113,28 @@ pub(crate) fn forward_blocked_alert(
     alert
 }
 
+/// `link_key_changed`: the action links' key is not the one earlier links were signed with (a
+/// deleted `actions.key` was regenerated at start, or `key_file` names another key), so every
+/// Accept/Decline link already sent stopped working. Once per new key; nothing the first time
+/// a key is seen.
+pub(crate) fn link_key_alert(
+    previous: Option<&str>,
+    current: &str,
+    now: DateTime<Utc>,
+) -> Option<Alert> {
+    let previous = previous.filter(|p| *p != current)?;
+    Some(Alert::general(
+        format!("link_key_changed:{current}"),
+        "link_key_changed",
+        "warning",
+        format!(
+            "The action links' key changed (key {previous} is now {current}): every Accept/Decline link sent in an alert before {} stopped working (its page answers 403). People can answer from the next alert, with `cosell-sync accept`/`decline`, or in Partner Center. If actions.key was deleted by mistake, restore it from the backup taken with the database and restart.",
+            crate::timefmt::human(now)
+        ),
+        now,
+    ))
+}
+
 /// The sync's health episode, kept between cycles (not the daemon's liveness, which is
 /// [`crate::health::Health`]).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -404,5 +426,19 @@ mod tests {
         let grant = "token endpoint answered HTTP 400: invalid_grant AADSTS70000";
         let a = health_alert(&mut HealthEpisode::default(), Some(grant), true, 3, now).unwrap();
         assert!(a.message.contains("auth microsoft"), "{}", a.message);
+    }
+
+    #[test]
+    fn a_changed_link_key_is_announced_once_and_a_first_key_is_not() {
+        let now = at("2026-11-22T10:00:00Z");
+        assert_eq!(link_key_alert(None, "aa", now), None, "the first key");
+        assert_eq!(link_key_alert(Some("aa"), "aa", now), None, "the same key");
+        let a = link_key_alert(Some("aa"), "bb", now).unwrap();
+        assert_eq!(
+            (a.id.as_str(), a.kind.as_str()),
+            ("link_key_changed:bb", "link_key_changed")
+        );
+        assert!(a.message.contains("stopped working"), "{}", a.message);
+        assert!(a.message.contains("2026-11-22 10:00 UTC"), "{}", a.message);
     }
 }
