@@ -338,8 +338,11 @@ pub(crate) async fn auth_microsoft(config: &Config, show: impl Fn(&str)) -> Outc
 /// `backup PATH`: a consistent copy of the database (SQLite's online backup), safe while the
 /// daemon runs.
 pub(crate) fn backup(config: &Config, path: &Path) -> Outcome {
-    let report = crate::store::backup::backup(&config.state.path, path)?;
-    Ok(Printed::ok(render::backup(path, &report)))
+    let db = &config.state.path;
+    let dest = crate::store::backup::destination(db, path, chrono::Utc::now())
+        .map_err(|e| AppError::Usage(e.to_string()))?;
+    let report = crate::store::backup::backup(db, &dest)?;
+    Ok(Printed::ok(render::backup(&report.path, &report)))
 }
 
 /// `sync [--dry-run]`: one full cycle with its alerts, then a one-line summary.
