@@ -141,7 +141,11 @@ pub(crate) fn read_text(path: &Path, kind: Kind) -> Result<String, FileError> {
 /// `Some(mode)` when the file at `path` can be read by users other than its owner (group or
 /// others have a read bit): a secret there is one `cat` away from anyone on the machine.
 pub(crate) fn readable_by_others(path: &Path) -> Option<u32> {
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    // A device or a FIFO is refused when read; its mode says nothing about a secret.
+    let meta = std::fs::metadata(path)
+        .ok()
+        .filter(std::fs::Metadata::is_file)?;
+    let mode = meta.permissions().mode() & 0o777;
     (mode & 0o044 != 0).then_some(mode)
 }
 
@@ -195,5 +199,10 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             assert_eq!(readable_by_others(&path).is_some(), open, "{mode:o}");
         }
+        assert_eq!(
+            readable_by_others(Path::new("/dev/zero")),
+            None,
+            "not a file"
+        );
     }
 }
