@@ -48,12 +48,16 @@ pub enum AppError {
     /// The command was refused (bad argument, remote check failed).
     #[error("{0}")]
     Refused(String),
+    /// An argument names something the command must not touch (exit 2, like clap's own).
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl AppError {
     pub fn exit_code(&self) -> i32 {
         match self {
             AppError::Config(_) | AppError::InvalidConfig { .. } => crate::exit::CONFIG,
+            AppError::Usage(_) => crate::exit::USAGE,
             AppError::Store(StoreError::Replaced { .. }) => crate::exit::STORE_REPLACED,
             AppError::Store(_) | AppError::Busy(_) | AppError::Refused(_) => {
                 crate::exit::CYCLE_FAILED

@@ -47,9 +47,13 @@
 //!   and its one executor (`sync::push::push_due`, every action kind, accept/decline included).
 //! - [`deadline`]: the 14-day response window arithmetic, pure.
 //! - [`alerts`]: expiry and health alerts (pure planner), formats, durable delivery to sinks.
+//! - [`outside`]: text set outside the company (referral and customer names), typed so no
+//!   chat format can forget to escape it; a leaf.
 //! - [`pem`]: certificate files (DER/PEM, trust roots), a leaf for config and the verifier.
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
 //! - [`telemetry`]: tracing subscriber set-up (text, json, journald).
+//! - [`files`]: the one bounded reader of every file the configuration names (regular files
+//!   only, a cap per kind), a leaf.
 //! - [`generate`]: the man page and shell completions from the clap definitions.
 //! - [`actions`]: accept / decline from the alert: `[actions]` and the page (a producer: it
 //!   queues the answer and wakes the deadline lane).
@@ -74,6 +78,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub(crate) mod deadline;
+pub(crate) mod files;
 pub mod generate;
 pub(crate) mod google;
 pub(crate) mod health;
@@ -82,6 +87,7 @@ pub mod lanes;
 pub(crate) mod links;
 pub mod metrics;
 pub mod microsoft;
+pub(crate) mod outside;
 pub(crate) mod pem;
 pub(crate) mod progress;
 pub(crate) mod reload;

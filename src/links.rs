@@ -74,6 +74,17 @@ impl LinkSigner {
         Ok(LinkSigner::new(&key, &config.public_url))
     }
 
+    /// A short public name of the key (an HMAC of a fixed text, never the key itself): kept in
+    /// the database, so a changed key (a deleted `actions.key` regenerated, another
+    /// `key_file`) is noticed and announced.
+    pub(crate) fn fingerprint(&self) -> String {
+        let tag = hmac::sign(&self.key, b"cosell-sync link key fingerprint");
+        tag.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     fn mac(&self, referral_id: &str, expires: i64) -> hmac::Tag {
         hmac::sign(
             &self.key,

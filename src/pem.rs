@@ -25,7 +25,8 @@ pub(crate) fn parse_certificates(bytes: &[u8]) -> Result<Vec<CertificateDer<'sta
 
 /// The trust roots of a PEM file (for `webhook.ca_file`).
 pub(crate) fn read_pem_roots(path: &Path) -> Result<Vec<TrustAnchor<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes =
+        crate::files::read(path, crate::files::Kind::Certificates).map_err(|e| e.to_string())?;
     let certs = parse_certificates(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     certs
         .iter()

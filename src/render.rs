@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::alerts::deliver::AlertStats;
 use crate::alerts::format::deal;
+use crate::outside::Outside;
 use crate::status::{ReferralView, StatusReport};
 use crate::store::alerts::AlertRow;
 use crate::store::outbox::{AuditRow, OutboxRow};
@@ -282,7 +283,10 @@ fn awaiting(out: &mut String, report: &StatusReport, limit: usize) {
                 left
             },
             e.deadline.format("%m-%d %H:%M"),
-            truncate(e.referral.customer.as_deref().unwrap_or("?"), 17),
+            truncate(
+                e.referral.customer.as_ref().map_or("?", Outside::unescaped),
+                17
+            ),
             e.referral.id
         );
     }
@@ -472,9 +476,10 @@ pub(crate) fn referral(view: &ReferralView) -> String {
         out,
         "Referral {} — {}",
         r.id,
-        r.name.as_deref().unwrap_or("(no name)")
+        r.name.as_ref().map_or("(no name)", Outside::unescaped)
     );
-    let _ = writeln!(out, "  customer:  {}", r.customer.as_deref().unwrap_or("?"));
+    let customer = r.customer.as_ref().map_or("?", Outside::unescaped);
+    let _ = writeln!(out, "  customer:  {customer}");
     let _ = writeln!(
         out,
         "  state:     {}/{}",

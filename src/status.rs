@@ -99,7 +99,11 @@ pub(crate) fn status(
         let ahead = awaiting.iter().filter(|e| e.deadline > now);
         let nearest = ahead.map(|e| crate::service_level::NearestDeadline {
             referral_id: e.referral.id.clone(),
-            customer: e.referral.customer.clone(),
+            customer: e
+                .referral
+                .customer
+                .as_ref()
+                .map(|c| c.unescaped().to_string()),
             deadline: e.deadline,
             remaining_hours: e.remaining_hours,
         });

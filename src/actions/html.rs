@@ -45,7 +45,7 @@ fn head(out: &mut String, title: &str) {
         out,
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <meta name=\"referrer\" content=\"no-referrer\">\
+         <meta name=\"referrer\" content=\"same-origin\">\
          <title>{}</title><style>{STYLE}</style></head><body><main>",
         escape(title)
     );

@@ -69,14 +69,16 @@ pub(crate) fn router(settings: PageSettings, store: Store, wake: DeadlineWake) -
 }
 
 /// A page with the headers every answer carries: never cached, never framed, never sending
-/// its URL (the token) as a Referer, no script allowed.
+/// its URL (the token) as a Referer to another site, no script allowed. `same-origin`, not
+/// `no-referrer`: under `no-referrer` a browser sends `Origin: null` with the page's own form,
+/// which [`same_origin`] must refuse; to ourselves the Referer is the URL the form posts to.
 fn page(status: StatusCode, html: String) -> Response {
     let mut r = (status, html).into_response();
     let h = r.headers_mut();
     for (name, value) in [
         ("content-type", "text/html; charset=utf-8"),
         ("cache-control", "no-store"),
-        ("referrer-policy", "no-referrer"),
+        ("referrer-policy", "same-origin"),
         ("x-frame-options", "DENY"),
         ("x-content-type-options", "nosniff"),
         (

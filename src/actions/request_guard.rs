@@ -43,7 +43,8 @@ impl std::fmt::Display for Refusal {
 /// where a request comes from in `Sec-Fetch-Site` (only `same-origin`, or `none` for one the
 /// person typed, pass) and in `Origin` (must be `public_url`'s scheme, host and port). A
 /// request with neither (curl, a script) is judged by its link or token alone: these headers
-/// protect the signed-in colleague's browser, not the link.
+/// protect the signed-in colleague's browser, not the link. A page whose form posts here must
+/// not use `Referrer-Policy: no-referrer`: browsers then send `Origin: null`, refused here.
 pub(crate) fn same_origin(headers: &HeaderMap, public_url: &str) -> Result<(), Refusal> {
     for value in headers.get_all("sec-fetch-site") {
         match value.to_str().map(|v| v.trim().to_ascii_lowercase()) {

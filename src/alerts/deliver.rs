@@ -19,7 +19,9 @@ use secrecy::ExposeSecret;
 use tokio::io::AsyncWriteExt;
 
 use super::digest::{Digest, CHAT_MESSAGES_PER_CYCLE};
-use super::due::{expiry_alert, forward_blocked_alert, health_alert, HealthEpisode};
+use super::due::{
+    expiry_alert, forward_blocked_alert, health_alert, link_key_alert, HealthEpisode,
+};
 use super::route::Route;
 use super::{format, Alert};
 use crate::config::{AlertFormat, AlertsConfig, CommandConfig, WebhookConfig};
@@ -306,7 +308,7 @@ impl CycleDelivery {
 
     /// One line in the log when a cycle raised a flood (a first sync over a full inbox): the
     /// log keeps one line per alert, and this says what they add up to.
-    fn log_summary(&self, awaiting: Option<u64>) {
+    fn log_summary(&self, awaiting: Option<u64>, chat: bool) {
         let total: u64 = self.raised.values().sum();
         if total <= CHAT_MESSAGES_PER_CYCLE as u64 {
             return;
@@ -321,8 +323,13 @@ impl CycleDelivery {
             .unwrap_or_default();
         tracing::warn!(
             raised = total,
-            "ALERT SUMMARY: {total} alerts raised in this cycle ({}){awaiting}; chat sinks got a digest; `{}` lists them",
+            "ALERT SUMMARY: {total} alerts raised in this cycle ({}){awaiting}{}; `{}` lists them",
             parts.join(", "),
+            if chat {
+                "; chat sinks got a digest"
+            } else {
+                ""
+            },
             super::digest::LIST_COMMAND
         );
     }
@@ -363,7 +370,7 @@ pub(crate) async fn raise_and_deliver(
             .call(crate::store::responses::count_awaiting)
             .await
             .ok();
-        cycle.log_summary(awaiting);
+        cycle.log_summary(awaiting, settings.sinks.iter().any(Sink::is_chat));
     }
     if dry_run {
         if !settings.sinks.is_empty() && stats.raised > 0 {
@@ -451,6 +458,16 @@ async fn raise_due(
                 raise(&tx, alert)?;
             }
             astore::set_health(&tx, "sync", &serde_json::to_string(&health).expect("health serializes"), now)?;
+            if let Some(links) = &settings.links {
+                let current = links.fingerprint();
+                let previous = astore::get_health(&tx, "link_key")?;
+                if let Some(alert) = link_key_alert(previous.as_deref(), &current, now) {
+                    raise(&tx, alert)?;
+                }
+                if previous.as_deref() != Some(current.as_str()) {
+                    astore::set_health(&tx, "link_key", &current, now)?;
+                }
+            }
             // Writes that need a person, referrals that can never be forwarded as they are,
             // conflicts the manual policy left.
             for alert in attention_alerts(&tx, &settings.referral_url, now)? {

@@ -1,18 +1,18 @@
 //! No floods (spec §3): a chat sink (Slack, Teams) gets at most [`CHAT_MESSAGES_PER_CYCLE`]
 //! messages from one cycle. Above that it gets one digest instead: how many alerts of each
 //! kind and threshold, the ten nearest deadlines with their links, and the command that lists
-//! the rest. This module builds the digest from the alerts it replaces and renders it; the
-//! deliverer decides when to send one. JSON and command sinks never get digests.
+//! the rest. This module builds the digest from the alerts it replaces; each chat format
+//! renders it beside its single alert ([`super::format`]); the deliverer decides when to send
+//! one. JSON and command sinks never get digests.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::format::slack_escape;
 use super::Alert;
 use crate::config::AlertFormat;
-use crate::timefmt::{human, time_left};
+use crate::outside::Outside;
 
 /// The most messages one cycle sends to one chat sink.
 pub(crate) const CHAT_MESSAGES_PER_CYCLE: usize = 10;
@@ -35,7 +35,8 @@ pub(crate) struct Digest {
 /// A referral among the nearest deadlines.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Nearest {
-    pub(crate) what: String,
+    /// `Deal (Customer)`: outside text.
+    pub(crate) what: Outside,
     pub(crate) deadline: DateTime<Utc>,
     pub(crate) link: Option<String>,
 }
@@ -67,87 +68,16 @@ impl Digest {
         }
     }
 
-    fn headline(&self) -> String {
+    pub(crate) fn headline(&self) -> String {
         format!(
             "cosell-sync: {} alerts in one cycle (one digest instead of {} messages)",
             self.total, self.total
         )
     }
 
+    /// The digest as `format` shows it (each chat format renders it beside its single alert).
     pub(crate) fn render(&self, format: AlertFormat, now: DateTime<Utc>) -> Value {
-        match format {
-            AlertFormat::Slack => self.slack(now),
-            AlertFormat::Teams => self.teams(now),
-            // Never sent: JSON sinks get one call per alert.
-            AlertFormat::Json => json!({"kind": "digest", "total": self.total}),
-        }
-    }
-
-    fn slack(&self, now: DateTime<Utc>) -> Value {
-        let mut lines = vec![format!("*{}*", slack_escape(&self.headline()))];
-        for (what, n) in &self.counts {
-            lines.push(format!("• {n} × {}", slack_escape(what)));
-        }
-        if !self.nearest.is_empty() {
-            lines.push(format!("*Nearest {} deadlines:*", self.nearest.len()));
-        }
-        for n in &self.nearest {
-            let when = format!(
-                "<!date^{}^{{date_short_pretty}} {{time}}|{}> ({} left)",
-                n.deadline.timestamp(),
-                human(n.deadline),
-                time_left(n.deadline - now)
-            );
-            let what = match &n.link {
-                Some(link) => format!("<{}|{}>", slack_escape(link), slack_escape(&n.what)),
-                None => slack_escape(&n.what),
-            };
-            lines.push(format!("• {what}: {when}"));
-        }
-        lines.push(format!("The rest: `{LIST_COMMAND}`"));
-        json!({
-            "text": slack_escape(&self.headline()),
-            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": lines.join("\n")}}]
-        })
-    }
-
-    fn teams(&self, now: DateTime<Utc>) -> Value {
-        let counts: Vec<Value> = self
-            .counts
-            .iter()
-            .map(|(what, n)| json!({"title": n.to_string(), "value": what}))
-            .collect();
-        let mut body = vec![
-            json!({"type": "TextBlock", "size": "Medium", "weight": "Bolder", "text": self.headline(), "wrap": true}),
-            json!({"type": "FactSet", "facts": counts}),
-        ];
-        for n in &self.nearest {
-            let at = n
-                .deadline
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            let what = match &n.link {
-                Some(link) => format!("[{}]({link})", n.what),
-                None => n.what.clone(),
-            };
-            body.push(json!({
-                "type": "TextBlock",
-                "wrap": true,
-                "text": format!("{what}: {{{{DATE({at}, SHORT)}}}} {{{{TIME({at})}}}} ({} left)", time_left(n.deadline - now)),
-            }));
-        }
-        body.push(
-            json!({"type": "TextBlock", "wrap": true, "text": format!("The rest: {LIST_COMMAND}")}),
-        );
-        let card = json!({
-            "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
-            "type": "AdaptiveCard",
-            "version": "1.4",
-            "body": body,
-        });
-        json!({
-            "type": "message",
-            "attachments": [{"contentType": "application/vnd.microsoft.card.adaptive", "content": card}]
-        })
+        super::format::render_digest(format, self, now)
     }
 }
 
@@ -167,13 +97,16 @@ fn count_key(alert: &Alert) -> (u8, i64, String) {
     }
 }
 
-/// `Referral "Deal" for Fabrikam`, or the customer, or the id.
-fn describe(alert: &Alert) -> String {
-    let customer = alert.customer.as_deref().unwrap_or("unknown customer");
+/// `Deal (Fabrikam)`, or the id and the customer, or the message: outside text all of it.
+fn describe(alert: &Alert) -> Outside {
+    let customer = alert
+        .customer
+        .as_ref()
+        .map_or("unknown customer", Outside::unescaped);
     match (&alert.referral_name, &alert.referral_id) {
-        (Some(name), _) => format!("{name} ({customer})"),
-        (None, Some(id)) => format!("{id} ({customer})"),
-        (None, None) => alert.message.clone(),
+        (Some(name), _) => Outside::new(format!("{} ({customer})", name.unescaped())),
+        (None, Some(id)) => Outside::new(format!("{id} ({customer})")),
+        (None, None) => Outside::new(alert.message.as_str()),
     }
 }
 
@@ -196,7 +129,7 @@ mod tests {
             now,
         );
         a.referral_id = Some(format!("r{i}"));
-        a.referral_name = Some(format!("Deal {i} <&>"));
+        a.referral_name = Some(format!("Deal {i} <&>").into());
         a.customer = Some("Fabrikam".into());
         a.threshold = Some(threshold.into());
         a.deadline = Some((now + chrono::Duration::hours(hours_left)).to_rfc3339());
@@ -222,7 +155,7 @@ mod tests {
             ]
         );
         assert_eq!(d.nearest.len(), 10);
-        assert!(d.nearest[0].what.starts_with("Deal 30"));
+        assert!(d.nearest[0].what.unescaped().starts_with("Deal 30"));
         assert!(d.nearest.windows(2).all(|w| w[0].deadline <= w[1].deadline));
         let slack = d.render(AlertFormat::Slack, now).to_string();
         assert!(slack.contains("https://pc.example/leads/r30"));
@@ -231,5 +164,21 @@ mod tests {
         let teams = d.render(AlertFormat::Teams, now).to_string();
         assert!(teams.contains("https://pc.example/leads/r30"));
         assert!(teams.contains("AdaptiveCard"));
+    }
+
+    /// A nearest deadline already past reads `expired`, not `(expired left)`.
+    #[test]
+    fn a_past_deadline_reads_expired() {
+        let now = Utc::now();
+        let alerts = [expiring(1, "4h", -2, now), expiring(2, "4h", 3, now)];
+        let d = Digest::of(&alerts.iter().collect::<Vec<_>>());
+        for format in [AlertFormat::Slack, AlertFormat::Teams] {
+            let text = d.render(format, now).to_string();
+            assert!(!text.contains("expired left"), "{text}");
+            assert!(
+                text.contains("(expired)") && text.contains(" left)"),
+                "{text}"
+            );
+        }
     }
 }

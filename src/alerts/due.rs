@@ -8,6 +8,7 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use super::Alert;
 use crate::config::HumanDuration;
 use crate::deadline;
+use crate::outside::Outside;
 use crate::store::referrals::ReferralSummary;
 use crate::timefmt::{human_in, time_left, Zone};
 
@@ -24,12 +25,14 @@ pub(crate) fn expiry_alert(
     let zone = zone.into();
     let due = deadline::deadline(referral.created_at, referral.expires_at, window);
     let remaining = due - now;
+    // The message is for the log, the JSON and command sinks (readers of text as text); the
+    // chat formats build their own sentence from the fields, which stay outside text.
     let customer = referral
         .customer
-        .clone()
-        .unwrap_or_else(|| "unknown customer".into());
+        .as_ref()
+        .map_or("unknown customer", Outside::unescaped);
     let hours = (remaining.num_minutes() as f64 / 60.0 * 10.0).round() / 10.0;
-    let what = match referral.name.as_deref() {
+    let what = match referral.name.as_ref().map(Outside::unescaped) {
         Some(name) => format!("Referral \"{name}\" for {customer}"),
         None => format!("Referral for {customer}"),
     };
@@ -69,7 +72,7 @@ pub(crate) fn expiry_alert(
         severity: severity.into(),
         referral_id: Some(referral.id.clone()),
         referral_name: referral.name.clone(),
-        customer: Some(customer),
+        customer: Some(Outside::new(customer)),
         deal_value: referral.deal_value,
         currency: referral.currency.clone(),
         deadline: Some(due.to_rfc3339_opts(SecondsFormat::Secs, true)),
@@ -108,6 +111,28 @@ pub(crate) fn forward_blocked_alert(
     alert.link = Some(referral_url.replace("{id}", referral_id));
     alert.command = Some(super::status_command(referral_id));
     alert
+}
+
+/// `link_key_changed`: the action links' key is not the one earlier links were signed with (a
+/// deleted `actions.key` was regenerated at start, or `key_file` names another key), so every
+/// Accept/Decline link already sent stopped working. Once per new key; nothing the first time
+/// a key is seen.
+pub(crate) fn link_key_alert(
+    previous: Option<&str>,
+    current: &str,
+    now: DateTime<Utc>,
+) -> Option<Alert> {
+    let previous = previous.filter(|p| *p != current)?;
+    Some(Alert::general(
+        format!("link_key_changed:{current}"),
+        "link_key_changed",
+        "warning",
+        format!(
+            "The action links' key changed (key {previous} is now {current}): every Accept/Decline link sent in an alert before {} stopped working (its page answers 403). People can answer from the next alert, with `cosell-sync accept`/`decline`, or in Partner Center. If actions.key was deleted by mistake, restore it from the backup taken with the database and restart.",
+            crate::timefmt::human(now)
+        ),
+        now,
+    ))
 }
 
 /// The sync's health episode, kept between cycles (not the daemon's liveness, which is
@@ -366,7 +391,10 @@ mod tests {
             "Referral \"Deal\" for Fabrikam expires in 2 d 12 h unless accepted or declined (deadline 2026-11-15 01:00 +01:00)."
         );
         assert_eq!(
-            (a.referral_name.as_deref(), a.customer.as_deref()),
+            (
+                a.referral_name.as_ref().map(Outside::unescaped),
+                a.customer.as_ref().map(Outside::unescaped)
+            ),
             (Some("Deal"), Some("Fabrikam"))
         );
         assert_eq!(
@@ -398,5 +426,19 @@ mod tests {
         let grant = "token endpoint answered HTTP 400: invalid_grant AADSTS70000";
         let a = health_alert(&mut HealthEpisode::default(), Some(grant), true, 3, now).unwrap();
         assert!(a.message.contains("auth microsoft"), "{}", a.message);
+    }
+
+    #[test]
+    fn a_changed_link_key_is_announced_once_and_a_first_key_is_not() {
+        let now = at("2026-11-22T10:00:00Z");
+        assert_eq!(link_key_alert(None, "aa", now), None, "the first key");
+        assert_eq!(link_key_alert(Some("aa"), "aa", now), None, "the same key");
+        let a = link_key_alert(Some("aa"), "bb", now).unwrap();
+        assert_eq!(
+            (a.id.as_str(), a.kind.as_str()),
+            ("link_key_changed:bb", "link_key_changed")
+        );
+        assert!(a.message.contains("stopped working"), "{}", a.message);
+        assert!(a.message.contains("2026-11-22 10:00 UTC"), "{}", a.message);
     }
 }

@@ -123,6 +123,7 @@ fn show<T: serde::Serialize + ?Sized>(
 /// `check-config`: validates, then checks what `sync` would refuse at start (the Google key
 /// file), and prints the effective configuration with secrets redacted.
 pub(crate) fn check_config(config: &Config, file: &Path) -> Outcome {
+    warn_open_secrets(config, file);
     if config.google_enabled() {
         let key = config
             .google
@@ -343,8 +344,11 @@ pub(crate) async fn auth_microsoft(config: &Config, show: impl Fn(&str)) -> Outc
 /// `backup PATH`: a consistent copy of the database (SQLite's online backup), safe while the
 /// daemon runs.
 pub(crate) fn backup(config: &Config, path: &Path) -> Outcome {
-    let report = crate::store::backup::backup(&config.state.path, path)?;
-    Ok(Printed::ok(render::backup(path, &report)))
+    let db = &config.state.path;
+    let dest = crate::store::backup::destination(db, path, chrono::Utc::now())
+        .map_err(|e| AppError::Usage(e.to_string()))?;
+    let report = crate::store::backup::backup(db, &dest)?;
+    Ok(Printed::ok(render::backup(&report.path, &report)))
 }
 
 /// `sync [--dry-run]`: one full cycle with its alerts, then a one-line summary.
@@ -361,8 +365,25 @@ pub(crate) async fn sync(config: Config, all: bool) -> Outcome {
     }
 }
 
+/// `check-config` and `run`: a secret or key file that other users can read is named with its
+/// key (a warning: the service still starts; the file's owner decides).
+fn warn_open_secrets(config: &Config, file: &Path) {
+    let base = file.parent().unwrap_or(Path::new("."));
+    for (key, path) in config.secret_files(base) {
+        if let Some(mode) = crate::files::readable_by_others(&path) {
+            tracing::warn!(
+                key,
+                path = %path.display(),
+                "{key}: {} is readable by other users (mode {mode:03o}); it holds a secret: `chmod 600` it",
+                path.display()
+            );
+        }
+    }
+}
+
 /// `run [--dry-run]`: the daemon, until SIGTERM or SIGINT.
 pub(crate) async fn run(config: Config, file: &Path, force_dry_run: bool) -> Outcome {
+    warn_open_secrets(&config, file);
     let mut app = App::build(config)?;
     app.become_worker()?;
     let shutdown = tokio_util::sync::CancellationToken::new();

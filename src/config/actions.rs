@@ -190,7 +190,7 @@ pub(crate) const MIN_KEY_BYTES: usize = 32;
 
 /// An operator's key file: its bytes (trailing whitespace trimmed), at least 32.
 pub(crate) fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = crate::files::read(path, crate::files::Kind::Secret).map_err(|e| e.to_string())?;
     let trimmed = bytes.trim_ascii_end().to_vec();
     if trimmed.len() < MIN_KEY_BYTES {
         return Err(format!(

@@ -484,6 +484,10 @@ fn check_readable(file: &Path) -> Result<(), ConfigErrors> {
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(permission(e)),
         Err(e) => Err(error(format!("cannot be read: {e}"))),
         Ok(m) if !m.is_file() => Err(error("is not a regular file".into())),
+        Ok(m) if m.len() > crate::files::Kind::Config.max_bytes() => Err(error(format!(
+            "is larger than {} bytes: not a cosell-sync configuration",
+            crate::files::Kind::Config.max_bytes()
+        ))),
         Ok(_) => match std::fs::File::open(file) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(permission(e)),

@@ -2,10 +2,11 @@
 //! [`load`]ing (compiled-in defaults, then the TOML file, then `COSELL_SECTION__KEY` env
 //! variables, figment), [`secrets`] inline or from `_file` paths (relative ones in systemd's
 //! `$CREDENTIALS_DIRECTORY`), [`validate`] whose every message names the offending key, the
-//! [`webhook`] and [`actions`] sections, alert sinks' [`routes`] (their keys checked), and the
-//! redacted view `check-config` prints.
+//! [`webhook`] and [`actions`] sections, alert sinks' [`routes`] (their keys checked), the
+//! [`bounds`] no value may cross, and the redacted view `check-config` prints.
 
 pub(crate) mod actions;
+mod bounds;
 mod duration;
 mod errors;
 mod load;

@@ -102,6 +102,37 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Every secret or key file this configuration reads, each with the key that names it
+    /// (relative paths resolved as they are read), for the "readable by others" warning.
+    pub(crate) fn secret_files(&self, base_dir: &Path) -> Vec<(&'static str, PathBuf)> {
+        let ms = &self.microsoft;
+        let mut files = Vec::new();
+        for (key, file) in [
+            ("microsoft.client_secret_file", &ms.client_secret_file),
+            ("microsoft.refresh_token_file", &ms.refresh_token_file),
+        ] {
+            if let Some(path) = file {
+                files.push((key, resolve_secret_path(path, base_dir)));
+            }
+        }
+        files.push(("microsoft refresh token store", self.token_file()));
+        if let Some(path) = &self.google.credentials_file {
+            files.push((
+                "google.credentials_file",
+                resolve_secret_path(path, base_dir),
+            ));
+        }
+        if let Some(actions) = &self.actions {
+            match actions.key_file() {
+                Some(path) => files.push(("actions.key_file", path.to_path_buf())),
+                None => files.push(("actions.key", self.state_dir().join("actions.key"))),
+            }
+        }
+        files
+    }
+}
+
 /// The directory beside the configuration file that holds the secrets: the unit's
 /// `LoadCredential=` lines copy from it, and a root shell reads from it directly.
 pub(crate) const CREDENTIALS_DIR_NAME: &str = "credentials";
@@ -141,12 +172,8 @@ fn resolve_secret(
         ));
     }
     let path = resolve_secret_path(file, base_dir);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        ConfigError::new(
-            format!("{key}_file"),
-            format!("cannot read {}: {e}", path.display()),
-        )
-    })?;
+    let text = crate::files::read_text(&path, crate::files::Kind::Secret)
+        .map_err(|e| ConfigError::new(format!("{key}_file"), e.to_string()))?;
     let value = text.trim();
     if value.is_empty() {
         return Err(ConfigError::new(

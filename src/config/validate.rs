@@ -104,6 +104,7 @@ impl Config {
         self.check_microsoft(&mut errors, require_refresh_token);
         self.check_google(&mut errors);
         self.check_sync_alerts_metrics(&mut errors);
+        self.check_bounds(&mut errors);
         if errors.is_empty() {
             Ok(())
         } else {

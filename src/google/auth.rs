@@ -22,7 +22,9 @@ impl std::fmt::Debug for GoogleAuth {
 impl GoogleAuth {
     /// Reads a service-account key file (JSON with `client_email`, `private_key`, `token_uri`).
     pub(crate) fn from_key_file(path: &Path) -> Result<GoogleAuth, String> {
-        let account = CustomServiceAccount::from_file(path)
+        let json =
+            crate::files::read_text(path, crate::files::Kind::Key).map_err(|e| e.to_string())?;
+        let account = CustomServiceAccount::from_json(&json)
             .map_err(|e| format!("cannot use the service-account key {}: {e}", path.display()))?;
         Ok(GoogleAuth {
             provider: Arc::new(account),

@@ -198,16 +198,16 @@ impl TokenSource {
         if let Some(unsaved) = self.unsaved_slot().as_ref() {
             return Ok(unsaved.token.clone());
         }
-        match std::fs::read_to_string(&self.token_file) {
+        match crate::files::read_text(&self.token_file, crate::files::Kind::Secret) {
             Ok(text) if !text.trim().is_empty() => {
                 return Ok(SecretString::from(text.trim().to_string()))
             }
             Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.is_not_found() => {}
             Err(e) => {
                 return Err(ApiError::Auth {
                     api: API,
-                    message: format!("cannot read token file {}: {e}", self.token_file.display()),
+                    message: format!("token file: {e}"),
                     code: None,
                     transient: false,
                 })

@@ -5,10 +5,12 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use crate::outside::Outside;
 use crate::timefmt::db_timestamp;
 
 /// One alert, exactly as the JSON sinks receive it (and as it is stored: the store owns the
-/// record, so it imports nothing from `alerts`).
+/// record, so it imports nothing from `alerts`). The referral's name and customer stay
+/// [`Outside`] text up to the chat formats.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Alert {
     /// Stable dedupe key: the same across retries and restarts.
@@ -22,8 +24,8 @@ pub(crate) struct Alert {
     /// The referral's name in Partner Center. Fields added after the first release default,
     /// so alerts stored by an older version still decode.
     #[serde(default)]
-    pub(crate) referral_name: Option<String>,
-    pub(crate) customer: Option<String>,
+    pub(crate) referral_name: Option<Outside>,
+    pub(crate) customer: Option<Outside>,
     #[serde(default)]
     pub(crate) deal_value: Option<f64>,
     #[serde(default)]

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::StoreError;
 use crate::microsoft::{ParsedReferral, RejectedRecord};
+use crate::outside::Outside;
 use crate::timefmt::{db_timestamp, parse_timestamp};
 
 /// What one committed page did to the table.
@@ -197,8 +198,9 @@ pub(crate) fn watermark(
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ReferralSummary {
     pub(crate) id: String,
-    pub(crate) name: Option<String>,
-    pub(crate) customer: Option<String>,
+    /// Set outside the company: [`Outside`] up to whoever renders it.
+    pub(crate) name: Option<Outside>,
+    pub(crate) customer: Option<Outside>,
     pub(crate) status: Option<String>,
     pub(crate) substatus: Option<String>,
     pub(crate) created_at: DateTime<Utc>,
@@ -263,8 +265,8 @@ pub(crate) fn summary_row(row: &rusqlite::Row) -> rusqlite::Result<ReferralSumma
     let expires: Option<String> = row.get(6)?;
     Ok(ReferralSummary {
         id: row.get(0)?,
-        name: row.get(1)?,
-        customer: row.get(2)?,
+        name: row.get::<_, Option<String>>(1)?.map(Outside::from),
+        customer: row.get::<_, Option<String>>(2)?.map(Outside::from),
         status: row.get(3)?,
         substatus: row.get(4)?,
         created_at: parse_timestamp(&created).unwrap_or_default(),

@@ -272,3 +272,52 @@ async fn a_sinks_error_body_is_kept_with_the_failed_delivery() {
         "{test}"
     );
 }
+
+/// Issue 30's repro: a New referral 3 h from its deadline named like a markdown link, a Teams
+/// sink and a Slack sink, `sync`: neither payload carries the stranger's link or a mention; the
+/// JSON sink gets the name as it is (its reader's business).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_referral_named_like_a_link_reaches_chat_without_the_link() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let sinks = ["teams", "slack", "json"]
+        .map(|f| webhook(&format!("{}/{f}", server.uri()), f))
+        .concat();
+    let env = TestEnv::with_extra(&sinks).await;
+    let now = chrono::Utc::now();
+    let age = chrono::Duration::days(14) - chrono::Duration::hours(3);
+    let mut referral = sample::referral(1, now, age, "New", "Pending");
+    let name = "[Click to accept](https://evil.example/phish) <!channel> @here";
+    referral["name"] = Value::String(name.into());
+    referral["customerProfile"]["name"] = Value::String("evil.example\u{202E}".into());
+    env.sim.put_referrals([referral]);
+    let out = env.run(&["sync"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut seen = BTreeMap::new();
+    for request in server.received_requests().await.unwrap() {
+        let body = String::from_utf8(request.body.clone()).unwrap();
+        seen.insert(request.url.path().to_string(), body);
+    }
+    for chat in ["/teams", "/slack"] {
+        let body = &seen[chat];
+        for bad in [
+            "[Click",
+            "https://evil",
+            "evil.example",
+            "<!channel>",
+            "@here",
+            "\\u202e",
+        ] {
+            assert!(
+                !body.to_lowercase().contains(bad),
+                "{chat} carries {bad}: {body}"
+            );
+        }
+        assert!(body.contains("Click to accept"), "{chat}: {body}");
+    }
+    let json: Value = serde_json::from_str(&seen["/json"]).unwrap();
+    assert_eq!(json["referral_name"], name);
+}

@@ -1,6 +1,7 @@
 //! A real browser on the action page: headless Chromium (Debian's `chromium` and
 //! `chromium-driver`), driven over chromedriver's WebDriver HTTP API, opens the link from a
-//! real expiry alert, picks a reason, presses Decline, and the simulator shows the PATCH.
+//! real expiry alert, picks a reason, presses Decline, and the simulator shows the PATCH; the
+//! same browser made to post the form from another origin is refused and sends nothing.
 //! Without a browser this test says why it skipped; `BROWSER_TEST_REQUIRED=1` (set by
 //! `.ci/run`) makes a missing browser a failure. `BROWSER_TEST_SCREENSHOT=1` rewrites
 //! `docs/action-page.png`.
@@ -158,11 +159,41 @@ async fn a_browser_declines_from_the_alert_link() {
         let _ = writeln!(std::io::stderr(), "browser test skipped: {why}");
         return;
     };
-    let page = start(400..401, "").await;
-    let urls = action_urls(&page, 1).await;
-    let (id, url) = urls.iter().next().unwrap();
+    let page = start(400..402, "").await;
+    let urls = action_urls(&page, 2).await;
+    let mut it = urls.iter();
+    let (id, url) = it.next().unwrap();
+    let (other_id, other_url) = it.next().unwrap();
     let profile = tempfile::tempdir().unwrap();
     let browser = Driver::start(&chromium, &driver, profile.path()).await;
+
+    // Issue 30: another site's page (another port: same site, another origin) makes the
+    // browser post a valid form for the other referral. Refused; nothing reaches Partner Center.
+    let evil = wiremock::MockServer::start().await;
+    let form = format!(
+        "<!doctype html><form method=post action=\"{other_url}\">\
+         <input name=token value=\"{}\"><input name=referral value=\"{other_id}\">\
+         <input name=action value=decline><input name=reason value=\"Deal size too small\">\
+         </form><script>document.forms[0].submit()</script>",
+        other_url.rsplit('/').next().unwrap()
+    );
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_raw(form, "text/html"))
+        .mount(&evil)
+        .await;
+    browser
+        .call(
+            "POST",
+            "/url",
+            Some(json!({"url": format!("{}/win", evil.uri())})),
+        )
+        .await;
+    let until = Instant::now() + Duration::from_secs(20);
+    while !browser.source().await.contains("sent from another site") {
+        assert!(Instant::now() < until, "{}", browser.source().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(page.env.sim.applied_patches(other_id).is_empty());
     browser
         .call("POST", "/url", Some(json!({"url": url})))
         .await;

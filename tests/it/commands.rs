@@ -384,3 +384,48 @@ async fn zero_google_reads_per_hour_is_refused_with_the_reason() {
         stderr(&out)
     );
 }
+
+/// Issue 30 items 7 and 8: a NUL byte in `state.path`, a retention under a day, an audit
+/// retention under 30 days and a `thresholds` list past its cap are configuration errors
+/// (exit 78, naming the key) for `check-config` and `sync` alike, not exit 1 at the first open.
+#[tokio::test(flavor = "multi_thread")]
+async fn nul_paths_short_retentions_and_long_lists_exit_78_naming_the_key() {
+    let env = TestEnv::new().await;
+    let state = env.state_db().display().to_string();
+    let thresholds = vec!["\"1h\""; 17].join(", ");
+    let cases = [
+        ("state.path", format!("\\u0000{state}")),
+        ("state.retention", format!("{state}\"\nretention = \"1ms")),
+        (
+            "state.audit_retention",
+            format!("{state}\"\naudit_retention = \"0s"),
+        ),
+        (
+            "alerts.thresholds",
+            format!("{state}\"\n[alerts]\nthresholds = [{thresholds}]\n#\""),
+        ),
+    ];
+    for (key, path) in cases {
+        env.write_config("");
+        env.edit_config(|t| {
+            t.replace(
+                &format!("path = \"{state}\""),
+                &format!("path = \"{path}\""),
+            )
+        });
+        for command in ["check-config", "sync"] {
+            let out = env.run(&[command]).await;
+            assert_eq!(
+                out.status.code(),
+                Some(78),
+                "{key} {command}: {}",
+                stderr(&out)
+            );
+            assert!(
+                stderr(&out).contains(key),
+                "{key} {command}: {}",
+                stderr(&out)
+            );
+        }
+    }
+}

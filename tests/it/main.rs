@@ -22,6 +22,7 @@ mod logs;
 mod metrics;
 mod recovery;
 mod routing;
+mod secret_files;
 mod serve;
 mod service_level;
 mod sim;

@@ -8,7 +8,7 @@ use std::path::Path;
 use cosell_sync::sim::sample;
 use serde_json::Value;
 
-use crate::helpers::{stderr, TestEnv};
+use crate::helpers::{stderr, stdout, TestEnv};
 
 async fn sync_ok(env: &TestEnv) {
     let out = env.run(&["sync"]).await;
@@ -426,4 +426,61 @@ async fn db_bytes_per_referral_and_per_tick() {
         empty as f64 / n as f64,
         per_tick * 288.0
     );
+}
+
+/// Issue 30 item 3, through the command: `backup` of the live database's own files is a usage
+/// error (exit 2) that touches nothing; `backup DIR` writes `DIR/state-<time>.db`; no partial
+/// copy is left anywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_refuses_the_live_files_and_writes_into_a_directory() {
+    let env = TestEnv::new().await;
+    env.sim
+        .put_referrals(sample::pending_inbox(5, chrono::Utc::now()));
+    sync_ok(&env).await;
+    let db = env.state_db();
+    let before = std::fs::read(&db).unwrap();
+    for live in ["", "-wal", "-shm"] {
+        let path = format!("{}{live}", db.display());
+        let out = env.cli(&["backup", &path]).await;
+        assert_eq!(out.status.code(), Some(2), "{path}: {}", stderr(&out));
+        assert!(stderr(&out).contains("live database"), "{}", stderr(&out));
+    }
+    let dotted = env.dir.path().join(".").join("state.db");
+    assert_eq!(
+        env.cli(&["backup", dotted.to_str().unwrap()])
+            .await
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "the live database was touched"
+    );
+    let dir = env.dir.path().join("backups");
+    std::fs::create_dir(&dir).unwrap();
+    let out = env.cli(&["backup", dir.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    assert!(
+        written[0].starts_with("state-") && written[0].ends_with(".db"),
+        "{written:?}"
+    );
+    assert!(stdout(&out).contains(&written[0]), "{}", stdout(&out));
+    let partial = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("partial")
+        })
+        .count();
+    assert_eq!(partial, 0);
 }

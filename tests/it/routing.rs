@@ -356,6 +356,8 @@ async fn the_log_keeps_one_line_per_alert_and_sums_up_a_flood_in_one_line() {
         "{}",
         summaries[0]
     );
+    // No chat sink here: no digest was sent, and the line does not say one was.
+    assert!(!summaries[0].contains("digest"), "{}", summaries[0]);
     // A quiet cycle says nothing more.
     let again = stderr(&env.cli(&["sync"]).await);
     assert!(!again.contains("ALERT SUMMARY"), "{again}");
