@@ -600,13 +600,29 @@ pub(crate) fn backup(
     report: &crate::store::backup::BackupReport,
 ) -> String {
     format!(
-        "backup written to {} ({} bytes, schema version {}, {} referrals)\nrestore: stop the daemon, copy it to [state] path (removing state.db-wal and state.db-shm), start the daemon; it re-links every lead from Partner Center\n",
+        "backup written to {} ({} bytes, schema version {}, {} referrals)\nrestore: stop the daemon, `cosell-sync restore PATH`, start the daemon; it re-links every lead from Partner Center\n",
         path.display(),
         report.bytes,
         report.schema_version,
         report.referrals
     )
 }
+/// `restore BACKUP`: what was installed, and what comes next.
+pub(crate) fn restored(
+    backup: &std::path::Path,
+    r: &crate::store::restore::RestoreReport,
+) -> String {
+    fit(&format!(
+        "restored {} to {} (schema version {}, {} referrals; owner {}:{}, mode 0600)\nnext: `systemctl start cosell-sync`; it re-links every lead from Partner Center (`cosell-sync outbox list --state dead` after the first cycle)\n",
+        backup.display(),
+        r.path.display(),
+        r.contents.0,
+        r.contents.1,
+        r.owner.0,
+        r.owner.1
+    ))
+}
+
 /// `webhook register`: what was registered.
 pub(crate) fn webhook_registered(r: &Registration, public_url: &str) -> String {
     format!(

@@ -60,6 +60,7 @@ pub fn load_config_for(
             | Command::Health { .. }
             | Command::Reload { .. }
             | Command::Backup { .. }
+            | Command::Restore { .. }
             | Command::Audit { .. }
             | Command::Alerts {
                 action: AlertsCommand::List { .. }
@@ -338,6 +339,16 @@ pub(crate) async fn auth_microsoft(config: &Config, show: impl Fn(&str)) -> Outc
         "Signed in. The refresh token is stored in {} (mode 0600); the daemon rotates it from now on.\n",
         token_file.display()
     )))
+}
+
+/// `restore BACKUP`: the backup installed at `[state] path`, owned as the service needs.
+pub(crate) fn restore(config: &Config, backup: &Path) -> Outcome {
+    use crate::store::restore::RestoreError;
+    match crate::store::restore::restore(backup, &config.state.path) {
+        Ok(report) => Ok(Printed::ok(render::restored(backup, &report))),
+        Err(e @ RestoreError::Running { .. }) => Err(AppError::Busy(e.to_string())),
+        Err(e) => Err(AppError::Refused(e.to_string())),
+    }
 }
 
 /// `backup PATH`: a consistent copy of the database (SQLite's online backup), safe while the
@@ -649,6 +660,7 @@ pub async fn dispatch(
         } => decline(config, &referral_id, reason, note, answer_dry_run).await,
         Command::Sync { all, .. } => sync(config, all).await,
         Command::Backup { path } => backup(&config, &path),
+        Command::Restore { backup } => restore(&config, &backup),
         Command::Reload { pid, wait } => reload(&config, pid, wait),
         Command::Health { timeout } => health(&config, &file, timeout).await,
         Command::Run { .. } => run(config, &file, dry_run).await,

@@ -262,12 +262,10 @@ fn reload_app(daemon: &Daemon, reload: &Reload) -> Result<bool, String> {
     let current = daemon.app();
     // A reload never opens a new file where the database was: the next tick stops instead.
     current.store.check_identity().map_err(|e| e.to_string())?;
-    if config.state.path != current.config.state.path {
-        return Err(format!(
-            "state.path cannot change while running ({} → {}); restart instead",
-            current.config.state.path.display(),
-            config.state.path.display()
-        ));
+    // All or nothing: a key read only at start refuses the whole reload.
+    let restart = crate::reload::restart_needed(&current.config, &config);
+    if !restart.is_empty() {
+        return Err(crate::reload::needs_restart_message(&restart));
     }
     let mut app = App::build(config).map_err(|e| e.to_string())?;
     app.inherit_worker(&current);
