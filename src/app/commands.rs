@@ -170,7 +170,9 @@ pub(crate) fn alerts_list(config: &Config, pending: bool, limit: usize, json: bo
 pub(crate) async fn alerts_test(config: &Config) -> Outcome {
     let settings = crate::alerts::AlertSettings::from_config(&config.alerts);
     if settings.sinks.is_empty() {
-        return Ok(Printed::ok("no alert sinks configured ([[alerts.webhook]] or [[alerts.command]]); alerts go to the log only\n"));
+        return Ok(Printed::ok(
+            "no alert sinks configured ([[alerts.webhook]] or [[alerts.command]]);\nalerts go to the log only\n",
+        ));
     }
     let mut out = String::new();
     let mut failed = false;
