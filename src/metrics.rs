@@ -213,13 +213,11 @@ impl Metrics {
             referrals_expired_unanswered: Counter::default(),
             registry: Registry::default(),
         };
-        // A gauge, not OpenMetrics' `info` type: Prometheus' own parser (`promtool check
-        // metrics`, Debian's 2.42) refuses "unknown metric type info". Same series name.
-        let build: Family<Labels, Gauge> = Family::default();
-        build
-            .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())])
-            .set(1);
-        r.register("cosell_build_info", "The running build (always 1)", build);
+        r.register(
+            "cosell_build_info",
+            "The running build (always 1)",
+            build_info(),
+        );
         r.register(
             "cosell_api_requests",
             "API requests answered (status) or failed before an answer (status=\"error\")",
@@ -584,6 +582,17 @@ impl Metrics {
         }
         out
     }
+}
+
+/// `cosell_build_info{version} 1`: a gauge, not OpenMetrics' `info` type, which Prometheus'
+/// own parser (`promtool check metrics`, Debian's 2.42) refuses as "unknown metric type
+/// info". The series name is the same.
+fn build_info() -> Family<Labels, Gauge> {
+    let build: Family<Labels, Gauge> = Family::default();
+    build
+        .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())])
+        .set(1);
+    build
 }
 
 /// The time-left buckets of referrals awaiting a response, always all exported.

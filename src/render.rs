@@ -497,6 +497,10 @@ pub(crate) fn referral(view: &ReferralView) -> String {
                 .unwrap_or_default()
         );
     }
+    if let Some(url) = &view.action_url {
+        // A URL does not wrap: on a line of its own, to copy whole.
+        let _ = writeln!(out, "  answer it (accept or decline):\n    {url}");
+    }
     for (what, record) in [("lead", &view.lead), ("opportunity", &view.opportunity)] {
         let line = match record {
             Some(g) => format!(

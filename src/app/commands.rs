@@ -162,7 +162,8 @@ pub(crate) fn status(config: &Config, json: bool, limit: usize, referral: Option
 /// `alerts list [--pending] [--limit N] [--json]`.
 pub(crate) fn alerts_list(config: &Config, pending: bool, limit: usize, json: bool) -> Outcome {
     let store = open_for_reading(config)?;
-    let rows = store.call_blocking(|c| crate::store::alerts::list(c, pending, limit))?;
+    let mut rows = store.call_blocking(|c| crate::store::alerts::list(c, pending, limit))?;
+    crate::status::with_action_urls(config, &mut rows, Utc::now());
     show(json, rows.as_slice(), render::alerts)
 }
 
