@@ -8,7 +8,8 @@
 #   naming it, and served after a restart) → ten restarts in a row leave it active → stop;
 #   full (with [google] and the key's drop-in): start → leads created → reload → stop →
 #   the database deleted and an older backup restored → starts, re-links without a create;
-#   `dpkg -i` over the running service restarts it (a new PID);
+#   `dpkg -i` over the running service restarts it (a new PID); a missing credential file
+#   is not restarted and check-config names it;
 #   then a failing start trips the start limit, and purge says what it removes and does.
 #
 #   contrib/systemd-test/run.sh      (as root; .ci/run calls it)
@@ -300,6 +301,23 @@ new_pid=$(inside systemctl show cosell-sync -p MainPID --value)
 inside systemctl stop cosell-sync || fail "stop after the upgrade"
 ok "dpkg -i restarts the running service (MainPID $old_pid → $new_pid)"
 inside systemctl reset-failed cosell-sync 2>/dev/null || true
+
+say "a missing credential file: 243/CREDENTIALS, not restarted, named by check-config"
+inside mv /etc/cosell-sync/credentials/microsoft-client-secret /root/microsoft-client-secret
+if inside systemctl start cosell-sync 2>/dev/null; then fail "started without its credential file"; fi
+sleep 2
+result=$(inside systemctl show cosell-sync -p ExecMainStatus --value)
+restarts=$(inside systemctl show cosell-sync -p NRestarts --value)
+[ "$result" = 243 ] || fail "ExecMainStatus=$result, not 243"
+s=$(inside systemctl is-active cosell-sync || true)
+[ "$s" = failed ] || fail "a missing credential left it '$s' (a restart pending?)"
+[ "$restarts" = "$(inside systemctl show cosell-sync -p NRestarts --value)" ] || fail "restarted"
+if out=$(inside cosell-sync check-config 2>&1); then fail "check-config passed without the secret"; fi
+echo "$out" | grep -q "/etc/cosell-sync/credentials/microsoft-client-secret" \
+  || fail "check-config does not name the file: $out"
+inside mv /root/microsoft-client-secret /etc/cosell-sync/credentials/microsoft-client-secret
+inside systemctl reset-failed cosell-sync 2>/dev/null || true
+ok "243/CREDENTIALS: failed, not restarted; check-config as root names the missing file"
 
 say "restart policy: a start that keeps failing trips the start limit"
 # Exit 1 (Entra refuses a wrong client secret) with a short RestartSec in a drop-in, so the limit trips

@@ -290,6 +290,12 @@ fn the_unit_stops_restart_loops_and_reports_refused_reloads() {
         burst >= 15,
         "StartLimitBurst={burst}: ten restarts would trip it"
     );
+    // A missing credential file (243/CREDENTIALS) is not fixed by restarting every 30 s.
+    let prevent = value("RestartPreventExitStatus").join(" ");
+    assert!(
+        prevent.split_whitespace().any(|s| s == "243") && prevent.contains("78"),
+        "RestartPreventExitStatus={prevent}"
+    );
     assert!(
         value("ExecReload")[0].contains("reload --pid $MAINPID"),
         "{unit}"
