@@ -448,3 +448,41 @@ async fn a_reload_that_needs_a_restart_is_refused_whole_naming_the_key() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     kill(&child, "-TERM");
 }
+
+/// Issue 28, item 5: `systemctl status` tells the story. While the first cycle runs, STATUS
+/// says so (pages, writes); a quiet cycle right after a busy one keeps the busy one in view.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_line_shows_the_running_cycle_and_keeps_the_last_change() {
+    let env = TestEnv::with_google("\n[schedule]\nsync = \"*/2 * * * * *\"\n").await;
+    env.sim
+        .put_referrals(sample::demo_set(12, chrono::Utc::now()));
+    let (socket, mut child, _log) = start_run(&env);
+    let mut seen = Vec::new();
+    let busy = "STATUS=last cycle ok";
+    assert!(
+        collect(&socket, &mut seen, busy, Duration::from_secs(30)),
+        "no cycle: {seen:?}"
+    );
+    let first = seen.last().unwrap().clone();
+    assert!(
+        first.contains(" written") && !first.contains("nothing new"),
+        "{first}"
+    );
+    assert!(
+        seen.iter()
+            .any(|m| m.starts_with("STATUS=cycle running for ")),
+        "no progress while the first cycle ran: {seen:?}"
+    );
+    assert!(
+        collect(&socket, &mut seen, busy, Duration::from_secs(10)),
+        "no second cycle: {seen:?}"
+    );
+    let quiet = seen.last().unwrap();
+    let change = first.trim_start_matches("STATUS=last cycle ok at ");
+    assert!(
+        quiet.contains("nothing new; last change ") && quiet.ends_with(change),
+        "the quiet cycle hides the first one: {quiet}\nfirst: {first}"
+    );
+    kill(&child, "-TERM");
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+}
