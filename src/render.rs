@@ -144,14 +144,15 @@ pub(crate) fn audit(rows: &[AuditRow]) -> String {
             r.outcome,
             status.as_deref().unwrap_or("-"),
         );
+        // One paragraph each, so `request-id: ID` and `by: ACTOR` never break apart.
         let mut rest = format!(
-            "{}\nfields: {}  request-id: {}",
+            "{}\nfields: {}\nrequest-id: {}",
             r.resource,
             r.fields.as_deref().unwrap_or("-"),
             r.request_id.as_deref().unwrap_or("-"),
         );
         if let Some(actor) = &r.actor {
-            let _ = write!(rest, "  by: {actor}");
+            let _ = write!(rest, "\nby: {actor}");
         }
         if let Some(detail) = &r.detail {
             let _ = write!(rest, "\n({detail})");

@@ -175,20 +175,31 @@ pub(crate) struct ReferralView {
 }
 
 /// With `[actions]`: each expiring alert's link to answer its referral, signed now (never
-/// stored), so a referral alerted before `[actions]` was turned on has one too.
+/// stored), so a referral alerted before `[actions]` was turned on has one too. Only while the
+/// referral still awaits an answer: an answered one needs no link, and shows no capability.
 pub(crate) fn with_action_urls(
+    store: &Store,
     config: &Config,
     rows: &mut [crate::store::alerts::AlertRow],
     now: DateTime<Utc>,
-) {
+) -> Result<(), StoreError> {
     let Some(signer) = crate::links::LinkSigner::load_existing(config) else {
-        return;
+        return Ok(());
     };
     for row in rows
         .iter_mut()
         .filter(|r| r.alert.kind == "referral_expiring")
     {
         let a = &mut row.alert;
+        let Some(id) = a.referral_id.clone() else {
+            continue;
+        };
+        let awaiting = store.call_blocking(|c| {
+            Ok(crate::store::referrals::awaiting_response_one(c, &id)?.is_some())
+        })?;
+        if !awaiting {
+            continue;
+        }
         let deadline = a
             .deadline
             .as_deref()
@@ -197,6 +208,7 @@ pub(crate) fn with_action_urls(
             a.action_url = signer.url_until(id, deadline.with_timezone(&Utc), now);
         }
     }
+    Ok(())
 }
 
 /// `status --referral ID`; `None` when the database does not know the referral.
@@ -242,10 +254,11 @@ pub(crate) fn referral_view(
             referral,
         }))
     })?;
-    Ok(view.map(|mut v| {
-        with_action_urls(config, &mut v.alerts, now);
-        v
-    }))
+    let Some(mut view) = view else {
+        return Ok(None);
+    };
+    with_action_urls(store, config, &mut view.alerts, now)?;
+    Ok(Some(view))
 }
 
 fn thresholds(config: &Config) -> Vec<chrono::Duration> {

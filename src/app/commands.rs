@@ -163,7 +163,7 @@ pub(crate) fn status(config: &Config, json: bool, limit: usize, referral: Option
 pub(crate) fn alerts_list(config: &Config, pending: bool, limit: usize, json: bool) -> Outcome {
     let store = open_for_reading(config)?;
     let mut rows = store.call_blocking(|c| crate::store::alerts::list(c, pending, limit))?;
-    crate::status::with_action_urls(config, &mut rows, Utc::now());
+    crate::status::with_action_urls(&store, config, &mut rows, Utc::now())?;
     show(json, rows.as_slice(), render::alerts)
 }
 

@@ -550,4 +550,21 @@ async fn a_referral_alerted_before_actions_were_enabled_gets_a_link_in_alerts_li
     assert_eq!(verified(view["action_url"].as_str().unwrap()), id);
     let text = stdout(&env.run(&["status", "--referral", &id]).await);
     assert!(text.contains(&format!("    {base}/")), "{text}");
+
+    // Answered (in Partner Center): no link, no capability shown.
+    let mut closed = sample::referral(
+        0,
+        now,
+        chrono::Duration::days(14) - chrono::Duration::hours(20),
+        "Closed",
+        "Declined",
+    );
+    closed["updatedDateTime"] = Value::from(Utc::now().to_rfc3339());
+    env.sim.put_referrals(vec![closed]);
+    assert!(env.run(&["sync"]).await.status.success());
+    let answered = alerts_json(&env).await;
+    assert!(
+        answered.iter().all(|a| a.get("action_url").is_none()),
+        "{answered:?}"
+    );
 }
