@@ -79,10 +79,12 @@ impl StatusLine {
     }
 }
 
-/// `0.4 s`, `95.8 s`, `3 min 12 s`: the elapsed time as the log's `elapsed_ms` has it.
+/// `31 ms`, `95.8 s`, `3 min 12 s`: the elapsed time as the log's `elapsed_ms` has it.
 fn seconds(d: Duration) -> String {
     let s = d.as_secs_f64();
-    if s < 120.0 {
+    if s < 1.0 {
+        format!("{} ms", d.as_millis())
+    } else if s < 120.0 {
         format!("{s:.1} s")
     } else {
         format!("{} min {} s", d.as_secs() / 60, d.as_secs() % 60)
@@ -118,7 +120,7 @@ mod tests {
         let quiet = line.finished(&cycle(0, 0, 400, at + chrono::Duration::seconds(96)));
         assert_eq!(
             quiet,
-            "last cycle ok at 2026-12-07 11:33 UTC (0.4 s): nothing new; last change 2026-12-07 11:32 UTC (95.8 s): 240 new, 0 changed, 480 written, 0 alerts"
+            "last cycle ok at 2026-12-07 11:33 UTC (400 ms): nothing new; last change 2026-12-07 11:32 UTC (95.8 s): 240 new, 0 changed, 480 written, 0 alerts"
         );
     }
 
@@ -138,5 +140,6 @@ mod tests {
             "cycle running for 95.8 s: 3 pages read, 12 of 20 writes done"
         );
         assert_eq!(seconds(Duration::from_secs(192)), "3 min 12 s");
+        assert_eq!(seconds(Duration::from_millis(31)), "31 ms");
     }
 }
