@@ -204,6 +204,13 @@ for cmd in "alerts list" "outbox list" "audit"; do
   out=$(inside cosell-sync $cmd 2>&1) || fail "$cmd as root: $out"
 done
 ok "status, alerts list, outbox list, audit as root"
+# The default text log under journald: priorities (journalctl -p finds the ALERT lines) and
+# the journal's timestamp only.
+alerts_logged=$(inside journalctl -u cosell-sync -p warning -o cat --no-pager -q | grep -c "ALERT: " || true)
+[ "$alerts_logged" -gt 0 ] || fail "journalctl -p warning finds no ALERT line"
+stamped=$(inside journalctl -u cosell-sync -o cat --no-pager -q _COMM=cosell-sync | grep -c '^20[0-9][0-9]-' || true)
+[ "$stamped" = 0 ] || fail "$stamped log lines carry a second timestamp"
+ok "text logs under journald: $alerts_logged ALERT lines at warning or above, one timestamp"
 
 inside systemctl reload cosell-sync || fail "systemctl reload (good config)"
 expect_active
