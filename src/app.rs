@@ -8,6 +8,7 @@ pub mod commands;
 pub(crate) mod demo;
 pub(crate) mod link;
 pub(crate) mod scheduler;
+pub(crate) mod status_line;
 
 use std::sync::Arc;
 

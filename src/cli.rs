@@ -129,10 +129,16 @@ pub enum Command {
         action: Option<OutboxCommand>,
     },
     /// Write a consistent copy of the database to PATH (safe while `run` is active; restore:
-    /// stop the daemon, put the copy at [state] path, start it).
+    /// stop the daemon, `cosell-sync restore PATH`, start it).
     Backup {
         /// Where the copy goes (replaced whole when it exists).
         path: PathBuf,
+    },
+    /// Install a backup at [state] path with the state directory's owner and mode 0600, on a
+    /// fresh host too (refused while the daemon runs; the copy is checked first).
+    Restore {
+        /// The backup to install (`cosell-sync backup` wrote it).
+        backup: PathBuf,
     },
     /// Print the man page, cosell-sync(1), in roff (`cosell-sync man | man -l -`).
     Man,

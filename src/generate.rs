@@ -161,7 +161,11 @@ through \fB$CREDENTIALS_DIRECTORY\fR by the config's relative \fI*_file\fR paths
 .TP
 \fI/var/lib/cosell\-sync/state.db\fR
 The SQLite database ([state] path); \fImicrosoft\-refresh\-token\fR beside it holds the
-rotated Microsoft refresh token (0600).
+rotated Microsoft refresh token (0600). Install a backup with \fBcosell\-sync restore\fR.
+.TP
+\fI/var/lib/cosell\-sync/actions.key\fR
+With [actions] and no key_file: the generated HMAC key (0600) that signs the accept and
+decline links in alerts. A secret: losing it only invalidates links already sent.
 .SH ENVIRONMENT
 .TP
 \fBCOSELL_CONFIG\fR
@@ -188,6 +192,11 @@ The cycle or command failed (remote API, authentication refused, database unusab
 .TP
 \fB2\fR
 Command-line usage error.
+.TP
+\fB75\fR
+\fBrun\fR only: the database file was deleted or replaced while the daemon had it open
+(EX_TEMPFAIL). It stopped instead of writing into a file that is gone; systemd restarts it on
+purpose, and the restart opens the file now at the path and re-links every lead.
 .TP
 \fB78\fR
 Configuration error (EX_CONFIG); the unit's RestartPreventExitStatus=78 stops restarts.
@@ -246,6 +255,9 @@ mod tests {
             "no pages that do not exist"
         );
         assert!(roff.contains(".SH EXIT STATUS") && roff.contains("\\fB78\\fR"));
+        // Issue 28: exit 75 and the action-link key were missing.
+        assert!(roff.contains("\\fB75\\fR"), "exit code 75");
+        assert!(roff.contains("actions.key"), "the action-link key file");
     }
 
     /// What bash offers for `words` (the last one is being completed), with the script sourced

@@ -298,7 +298,12 @@ async fn refresh_state(e: &Endpoint) {
     }
 }
 
-async fn render_metrics(State(e): State<Endpoint>) -> impl IntoResponse {
+/// OpenMetrics when the scraper asks for it (Prometheus does), else the Prometheus text format
+/// (`curl`, `promtool check metrics`).
+async fn render_metrics(
+    State(e): State<Endpoint>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
     let body = {
         let mut last = e.rendered.lock().await;
         match &*last {
@@ -314,7 +319,16 @@ async fn render_metrics(State(e): State<Endpoint>) -> impl IntoResponse {
             }
         }
     };
-    ([("content-type", registry::CONTENT_TYPE)], body.to_string())
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    match registry::wants_openmetrics(accept) {
+        true => ([("content-type", registry::CONTENT_TYPE)], body.to_string()),
+        false => (
+            [("content-type", registry::CLASSIC_CONTENT_TYPE)],
+            registry::classic_text(&body),
+        ),
+    }
 }
 
 #[cfg(test)]

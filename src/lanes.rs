@@ -149,6 +149,7 @@ pub(crate) async fn run_cycle(
     dry_run: bool,
 ) -> Cycle {
     let started = tokio::time::Instant::now();
+    crate::progress::cycle_started();
     let mut report = CycleReport::new(Utc::now());
     let span = tracing::info_span!("cycle", cycle_id = %report.cycle_id);
     let mut alerting = Alerting {
@@ -234,6 +235,7 @@ async fn pull_acting_on_new(
             Err(e) => return Err((pull.stats(), e)),
         };
         progress.page(&page);
+        crate::progress::page_read();
         if page.counts.new == 0 {
             continue;
         }

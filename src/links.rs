@@ -85,6 +85,31 @@ impl LinkSigner {
             .collect()
     }
 
+    /// For the read-only commands (`alerts list`, `status --referral`): the signer when its key
+    /// exists already (never generated here: a command run by root must not make the key the
+    /// service then cannot read); `None` without `[actions]` or a key.
+    pub(crate) fn load_existing(config: &crate::config::Config) -> Option<LinkSigner> {
+        let actions = config.actions.as_ref()?;
+        let key = match actions.key_file() {
+            Some(path) => read_key_file(path).ok()?,
+            None => {
+                let path = config.state_dir().join("actions.key");
+                path.exists().then(|| read_key_file(&path).ok()).flatten()?
+            }
+        };
+        Some(LinkSigner::new(&key, &actions.public_url))
+    }
+
+    /// The link for an alert about a referral still to answer, `None` once its deadline passed.
+    pub(crate) fn url_until(
+        &self,
+        referral_id: &str,
+        deadline: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<String> {
+        (deadline > now).then(|| self.url(referral_id, deadline))
+    }
+
     fn mac(&self, referral_id: &str, expires: i64) -> hmac::Tag {
         hmac::sign(
             &self.key,

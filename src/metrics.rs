@@ -16,11 +16,49 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 /// The content type of [`Metrics::render`]'s output.
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The Prometheus text format (0.0.4), for a scraper that does not ask for OpenMetrics:
+/// `curl`, `promtool check metrics` (Prometheus itself asks for OpenMetrics).
+pub(crate) const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether a request's `Accept` header asks for OpenMetrics (as Prometheus does).
+pub(crate) fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.contains("application/openmetrics-text"))
+}
+
+/// The OpenMetrics text as the Prometheus text format: a counter family is named with its
+/// `_total` samples' name (OpenMetrics names it without), and the `# EOF` and `# UNIT` lines
+/// go. What stays (gauges, histograms, samples) reads the same in both.
+pub(crate) fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
 
 /// The daemon's two lanes: `deadline` (Microsoft inbox, leads for new referrals, expiry
 /// alerts; must never wait) and `refresh` (re-reading Google records in the background).
@@ -140,6 +178,7 @@ fn cycle_buckets() -> Histogram {
 impl Metrics {
     /// Every family, created and registered with its help text. Long by design: a flat list,
     /// one registration a metric, read top to bottom like the `/metrics` page it makes.
+    /// Help texts end without a period: `Registry::register` appends one.
     fn new() -> Metrics {
         let mut r = Registry::default();
         let m = Metrics {
@@ -175,153 +214,153 @@ impl Metrics {
             registry: Registry::default(),
         };
         r.register(
-            "cosell_build",
-            "The running build (always 1).",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION").to_string())]),
+            "cosell_build_info",
+            "The running build (always 1)",
+            build_info(),
         );
         r.register(
             "cosell_api_requests",
-            "API requests answered (status) or failed before an answer (status=\"error\").",
+            "API requests answered (status) or failed before an answer (status=\"error\")",
             m.api_requests.clone(),
         );
         r.register(
             "cosell_api_request_duration_seconds",
-            "Time from sending an API request to its whole answer read.",
+            "Time from sending an API request to its whole answer read",
             m.api_request_duration.clone(),
         );
         r.register(
             "cosell_retries",
-            "Retries of transient API failures.",
+            "Retries of transient API failures",
             m.retries.clone(),
         );
         r.register(
             "cosell_webhook_events",
-            "Partner Center events received, by outcome (verified, rejected, duplicate).",
+            "Partner Center events received, by outcome (verified, rejected, duplicate)",
             m.webhook_events.clone(),
         );
         r.register(
             "cosell_webhook_rejected",
-            "Partner Center events refused (401), by reason.",
+            "Partner Center events refused (401), by reason",
             m.webhook_rejected.clone(),
         );
         r.register(
             "cosell_webhook_event_to_lead_seconds",
-            "Time from a Partner Center event to the Google lead of its referral.",
+            "Time from a Partner Center event to the Google lead of its referral",
             m.webhook_event_to_lead.clone(),
         );
         r.register(
             "cosell_webhook_certificate_fetches",
-            "Signing-certificate fetches made by the webhook receiver, by outcome (ok, failed).",
+            "Signing-certificate fetches made by the webhook receiver, by outcome (ok, failed)",
             m.webhook_certificate_fetches.clone(),
         );
         r.register(
             "cosell_http_rejected",
-            "Connections and requests the daemon's HTTP servers cut off or refused, by listener and reason (connection_cap, header_timeout, body_timeout, idle_timeout, body_too_large, signature).",
+            "Connections and requests the daemon's HTTP servers cut off or refused, by listener and reason (connection_cap, header_timeout, body_timeout, idle_timeout, body_too_large, signature)",
             m.http_rejected.clone(),
         );
         r.register(
             "cosell_http_connections",
-            "Open connections per listener of the daemon's HTTP servers.",
+            "Open connections per listener of the daemon's HTTP servers",
             m.http_connections.clone(),
         );
         r.register(
             "cosell_cycles",
-            "Sync cycles run, by outcome.",
+            "Sync cycles run, by outcome",
             m.cycles.clone(),
         );
         r.register(
             "cosell_cycle_duration_seconds",
-            "Wall time of a sync cycle.",
+            "Wall time of a sync cycle",
             m.cycle_duration.clone(),
         );
         r.register(
             "cosell_last_cycle_success",
-            "1 when the last cycle succeeded, 0 when it failed.",
+            "1 when the last cycle succeeded, 0 when it failed",
             m.last_cycle_success.clone(),
         );
         r.register(
             "cosell_last_cycle_timestamp_seconds",
-            "When the last cycle started (Unix time).",
+            "When the last cycle started (Unix time)",
             m.last_cycle_timestamp.clone(),
         );
         r.register(
             "cosell_last_success_timestamp_seconds",
-            "When the last successful cycle started (Unix time); 0 before the first.",
+            "When the last successful cycle started (Unix time); 0 before the first",
             m.last_success_timestamp.clone(),
         );
         r.register(
             "cosell_writes",
-            "Remote writes sent from the outbox, by result.",
+            "Remote writes sent from the outbox, by result",
             m.writes.clone(),
         );
         r.register(
             "cosell_alerts_delivered",
-            "Alert deliveries to sinks, by result.",
+            "Alert deliveries to sinks, by result",
             m.alerts_delivered.clone(),
         );
         r.register(
             "cosell_lane_runs",
-            "Runs of each lane (deadline, refresh), by outcome.",
+            "Runs of each lane (deadline, refresh), by outcome",
             m.lane_runs.clone(),
         );
         r.register(
             "cosell_lane_duration_seconds",
-            "Wall time of one run of a lane.",
+            "Wall time of one run of a lane",
             m.lane_duration.clone(),
         );
         r.register(
             "cosell_lane_last_run_timestamp_seconds",
-            "When a lane last finished a run (Unix time).",
+            "When a lane last finished a run (Unix time)",
             m.lane_last_run.clone(),
         );
         r.register(
             "cosell_lane_last_success_timestamp_seconds",
-            "When a lane last finished a successful run (Unix time).",
+            "When a lane last finished a successful run (Unix time)",
             m.lane_last_success.clone(),
         );
         r.register(
             "cosell_refresh_backlog_records",
-            "Google records due for a refresh read and not yet read.",
+            "Google records due for a refresh read and not yet read",
             m.refresh_backlog.clone(),
         );
         r.register(
             "cosell_refresh_oldest_unchecked_age_seconds",
-            "Age of the oldest due Google record not yet re-read (0 when none).",
+            "Age of the oldest due Google record not yet re-read (0 when none)",
             m.refresh_oldest_unchecked_age.clone(),
         );
         r.register(
             "cosell_healthy",
-            "1 when /healthz answers 200.",
+            "1 when /healthz answers 200",
             m.healthy.clone(),
         );
         r.register(
             "cosell_outbox_actions",
-            "Outbox actions by kind and state (quarantined: a lead create whose outcome is unknown).",
+            "Outbox actions by kind and state (quarantined: a lead create whose outcome is unknown)",
             m.outbox.clone(),
         );
         r.register(
             "cosell_referrals_awaiting_response",
-            "Incoming referrals nobody accepted or declined yet, by time left to the deadline.",
+            "Incoming referrals nobody accepted or declined yet, by time left to the deadline",
             m.awaiting.clone(),
         );
         r.register(
             "cosell_referrals_awaiting_response_without_lead",
-            "Referrals awaiting a response that have no Google lead or opportunity, by time left.",
+            "Referrals awaiting a response that have no Google lead or opportunity, by time left",
             m.awaiting_without_lead.clone(),
         );
         r.register(
             "cosell_alerts",
-            "Alerts raised, by kind and delivery state.",
+            "Alerts raised, by kind and delivery state",
             m.alerts.clone(),
         );
         r.register(
             "cosell_referral_response_seconds",
-            "Time from a referral's creation to its first answer, by outcome (accepted, declined).",
+            "Time from a referral's creation to its first answer, by outcome (accepted, declined)",
             m.referral_response.clone(),
         );
         r.register(
             "cosell_referrals_expired_unanswered",
-            "Incoming referrals whose deadline passed unanswered (each counted once, from the database).",
+            "Incoming referrals whose deadline passed unanswered (each counted once, from the database)",
             m.referrals_expired_unanswered.clone(),
         );
         // Both outcomes from the start, so dashboards and rules see the series before the
@@ -545,6 +584,17 @@ impl Metrics {
     }
 }
 
+/// `cosell_build_info{version} 1`: a gauge, not OpenMetrics' `info` type, which Prometheus'
+/// own parser (`promtool check metrics`, Debian's 2.42) refuses as "unknown metric type
+/// info". The series name is the same.
+fn build_info() -> Family<Labels, Gauge> {
+    let build: Family<Labels, Gauge> = Family::default();
+    build
+        .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())])
+        .set(1);
+    build
+}
+
 /// The time-left buckets of referrals awaiting a response, always all exported.
 pub const TIME_LEFT_BUCKETS: [&str; 5] = ["expired", "lt_4h", "lt_24h", "lt_72h", "gte_72h"];
 
@@ -647,6 +697,20 @@ impl Collector for ProcessCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_classic_text_names_counters_with_total_and_drops_eof() {
+        let om = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total{x=\"1\"} 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            classic_text(om),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{x=\"1\"} 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+        )));
+        assert!(!wants_openmetrics(Some("*/*")));
+        assert!(!wants_openmetrics(None));
+    }
 
     #[test]
     fn process_metrics_are_read_from_proc() {

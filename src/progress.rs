@@ -14,6 +14,25 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// How often the log says how far long work got (when there is no bar).
 pub(crate) const LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// Pages the running cycle has read, for the daemon's `STATUS=` line (reset at each cycle's
+/// start; one cycle runs at a time).
+static CYCLE_PAGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A cycle starts: no page read yet.
+pub(crate) fn cycle_started() {
+    CYCLE_PAGES.store(0, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The running cycle read one more page.
+pub(crate) fn page_read() {
+    CYCLE_PAGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Pages the running cycle has read so far.
+pub(crate) fn cycle_pages() -> u64 {
+    CYCLE_PAGES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The bar on screen, if any: the log writer hides it while it writes.
 static ACTIVE: Mutex<Option<ProgressBar>> = Mutex::new(None);
 

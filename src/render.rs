@@ -126,40 +126,45 @@ pub(crate) fn sink_test(test: &crate::alerts::deliver::SinkTest) -> String {
     format!("{head}\n{}\n", wrap(&format!("gets: {}", test.gets), 8))
 }
 
-/// `audit`, and the timeline of `status --referral`.
+/// `audit`, and the timeline of `status --referral`: a head line per write (time, API,
+/// method, outcome, status), then its resource and the rest wrapped under it, so a line fits
+/// 80 columns however long a resource name or request id is.
 pub(crate) fn audit(rows: &[AuditRow]) -> String {
     let mut out = String::new();
     if rows.is_empty() {
         out.push_str("no remote writes recorded\n");
     }
     for r in rows {
+        let status = r.status_code.map(|s| s.to_string());
         let _ = writeln!(
             out,
-            "{}  {:<9} {:<19} {:<7} {:>3}  {}  fields: {}  request-id: {}{}{}",
+            "{}  {:<9} {:<19} {:<7} {:>3}",
             human_text(&r.at),
             r.api,
             r.method,
             r.outcome,
-            r.status_code
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "-".into()),
+            status.as_deref().unwrap_or("-"),
+        );
+        // One paragraph each, so `request-id: ID` and `by: ACTOR` never break apart.
+        let mut rest = format!(
+            "{}\nfields: {}\nrequest-id: {}",
             r.resource,
             r.fields.as_deref().unwrap_or("-"),
             r.request_id.as_deref().unwrap_or("-"),
-            r.actor
-                .as_deref()
-                .map(|a| format!("  by: {a}"))
-                .unwrap_or_default(),
-            r.detail
-                .as_deref()
-                .map(|d| format!("  ({d})"))
-                .unwrap_or_default()
         );
+        if let Some(actor) = &r.actor {
+            let _ = write!(rest, "\nby: {actor}");
+        }
+        if let Some(detail) = &r.detail {
+            let _ = write!(rest, "\n({detail})");
+        }
+        let _ = writeln!(out, "{}", wrap(&rest, 4));
     }
     out
 }
 
-/// `outbox list`.
+/// `outbox list`: a head line per action, its referral and its last error or result below,
+/// wrapped to 80 columns.
 pub(crate) fn outbox(rows: &[OutboxRow]) -> String {
     let mut out = String::new();
     if rows.is_empty() {
@@ -168,8 +173,8 @@ pub(crate) fn outbox(rows: &[OutboxRow]) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<7} {:<12} {:<18} {:<38} {:>3}  {:<20}  LAST ERROR / RESULT",
-        "ID", "STATE", "KIND", "REFERRAL", "TRY", "NEXT ATTEMPT"
+        "{:<7} {:<12} {:<18} {:>3}  {:<20}\n        REFERRAL / LAST ERROR OR RESULT",
+        "ID", "STATE", "KIND", "TRY", "NEXT ATTEMPT"
     );
     for r in rows {
         let next = if matches!(r.state.as_str(), "pending" | "in_flight") {
@@ -179,18 +184,12 @@ pub(crate) fn outbox(rows: &[OutboxRow]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<7} {:<12} {:<18} {:<38} {:>3}  {:<20}  {}",
-            r.id,
-            r.state,
-            r.kind,
-            r.referral_id,
-            r.attempts,
-            next,
-            r.last_error
-                .as_deref()
-                .or(r.result.as_deref())
-                .unwrap_or("")
+            "{:<7} {:<12} {:<18} {:>3}  {:<20}\n        {}",
+            r.id, r.state, r.kind, r.attempts, next, r.referral_id,
         );
+        if let Some(text) = r.last_error.as_deref().or(r.result.as_deref()) {
+            let _ = writeln!(out, "{}", wrap(text, 8));
+        }
     }
     out
 }
@@ -504,6 +503,10 @@ pub(crate) fn referral(view: &ReferralView) -> String {
                 .unwrap_or_default()
         );
     }
+    if let Some(url) = &view.action_url {
+        // A URL does not wrap: on a line of its own, to copy whole.
+        let _ = writeln!(out, "  answer it (accept or decline):\n    {url}");
+    }
     for (what, record) in [("lead", &view.lead), ("opportunity", &view.opportunity)] {
         let line = match record {
             Some(g) => format!(
@@ -605,13 +608,29 @@ pub(crate) fn backup(
     report: &crate::store::backup::BackupReport,
 ) -> String {
     format!(
-        "backup written to {} ({} bytes, schema version {}, {} referrals)\nrestore: stop the daemon, copy it to [state] path (removing state.db-wal and state.db-shm), start the daemon; it re-links every lead from Partner Center\n",
+        "backup written to {} ({} bytes, schema version {}, {} referrals)\nrestore: stop the daemon, `cosell-sync restore PATH`, start the daemon; it re-links every lead from Partner Center\n",
         path.display(),
         report.bytes,
         report.schema_version,
         report.referrals
     )
 }
+/// `restore BACKUP`: what was installed, and what comes next.
+pub(crate) fn restored(
+    backup: &std::path::Path,
+    r: &crate::store::restore::RestoreReport,
+) -> String {
+    fit(&format!(
+        "restored {} to {} (schema version {}, {} referrals; owner {}:{}, mode 0600)\nnext: `systemctl start cosell-sync`; it re-links every lead from Partner Center (`cosell-sync outbox list --state dead` after the first cycle)\n",
+        backup.display(),
+        r.path.display(),
+        r.contents.0,
+        r.contents.1,
+        r.owner.0,
+        r.owner.1
+    ))
+}
+
 /// `webhook register`: what was registered.
 pub(crate) fn webhook_registered(r: &Registration, public_url: &str) -> String {
     format!(

@@ -164,6 +164,9 @@ pub(crate) struct ReferralView {
     pub(crate) referral: ReferralSummary,
     /// Set while the referral still waits for an answer.
     pub(crate) awaiting: Option<Expiring>,
+    /// With `[actions]`, while it waits: the signed link to the page that answers it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) action_url: Option<String>,
     pub(crate) link: Option<Link>,
     pub(crate) lead: Option<GoogleRecord>,
     pub(crate) opportunity: Option<GoogleRecord>,
@@ -175,6 +178,43 @@ pub(crate) struct ReferralView {
     pub(crate) alerts: Vec<AlertRow>,
 }
 
+/// With `[actions]`: each expiring alert's link to answer its referral, signed now (never
+/// stored), so a referral alerted before `[actions]` was turned on has one too. Only while the
+/// referral still awaits an answer: an answered one needs no link, and shows no capability.
+pub(crate) fn with_action_urls(
+    store: &Store,
+    config: &Config,
+    rows: &mut [crate::store::alerts::AlertRow],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let Some(signer) = crate::links::LinkSigner::load_existing(config) else {
+        return Ok(());
+    };
+    for row in rows
+        .iter_mut()
+        .filter(|r| r.alert.kind == "referral_expiring")
+    {
+        let a = &mut row.alert;
+        let Some(id) = a.referral_id.clone() else {
+            continue;
+        };
+        let awaiting = store.call_blocking(|c| {
+            Ok(crate::store::referrals::awaiting_response_one(c, &id)?.is_some())
+        })?;
+        if !awaiting {
+            continue;
+        }
+        let deadline = a
+            .deadline
+            .as_deref()
+            .and_then(|d| DateTime::parse_from_rfc3339(d).ok());
+        if let (Some(id), Some(deadline)) = (&a.referral_id, deadline) {
+            a.action_url = signer.url_until(id, deadline.with_timezone(&Utc), now);
+        }
+    }
+    Ok(())
+}
+
 /// `status --referral ID`; `None` when the database does not know the referral.
 pub(crate) fn referral_view(
     store: &Store,
@@ -184,7 +224,8 @@ pub(crate) fn referral_view(
 ) -> Result<Option<ReferralView>, StoreError> {
     let window = config.alerts.response_window.as_chrono();
     let thresholds = thresholds(config);
-    store.call_blocking(|c| {
+    let signer = crate::links::LinkSigner::load_existing(config);
+    let view = store.call_blocking(|c| {
         let Some(referral) = views::referral(c, id)? else {
             return Ok(None);
         };
@@ -200,9 +241,14 @@ pub(crate) fn referral_view(
             Some(name) => views::opportunity(c, name)?,
             None => None,
         };
+        let action_url = match (&awaiting, &signer) {
+            (Some(e), Some(signer)) => signer.url_until(id, e.deadline, now),
+            _ => None,
+        };
         Ok(Some(ReferralView {
             generated_at: now,
             awaiting,
+            action_url,
             link,
             lead,
             opportunity,
@@ -211,7 +257,12 @@ pub(crate) fn referral_view(
             alerts: astore::for_referral(c, id, 100)?,
             referral,
         }))
-    })
+    })?;
+    let Some(mut view) = view else {
+        return Ok(None);
+    };
+    with_action_urls(store, config, &mut view.alerts, now)?;
+    Ok(Some(view))
 }
 
 fn thresholds(config: &Config) -> Vec<chrono::Duration> {

@@ -4,7 +4,9 @@
 //! `journald`: native journal entries (priority, and every field as a journal field, so
 //! `journalctl REFERRAL_ID=…` works) when stderr is the journal, plain text on a terminal,
 //! else (a pipe to a collector) `<N>`-prefixed lines on stderr with the prefix on every line
-//! of a multi-line message. Logs go to stderr;
+//! of a multi-line message. `text` under systemd (stderr is the journal: `JOURNAL_STREAM`)
+//! writes those `<N>` lines too, so `journalctl -p warning` finds warnings and each line has
+//! one timestamp, the journal's. Logs go to stderr;
 //! stdout stays for command output such as `status --json`.
 
 use std::fmt;
@@ -27,6 +29,9 @@ const QUIET: &[&str] = &["tokio_cron_scheduler"];
 /// The format the installed subscriber writes, for [`print_error`].
 static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
+/// Whether the installed subscriber writes `<N>` priority prefixes, for [`print_error`].
+static PREFIXED: OnceLock<bool> = OnceLock::new();
+
 /// Installs the global subscriber once; later calls are ignored (tests, `demo`).
 pub fn init(format: LogFormat, level: &str) {
     let filter = filter(std::env::var("RUST_LOG").ok().as_deref(), level);
@@ -38,7 +43,18 @@ pub fn init(format: LogFormat, level: &str) {
         .with_writer(crate::progress::stderr_writer)
         .with_target(false);
     let registry = tracing_subscriber::registry().with(filter);
+    let journal = stderr_is_journal();
+    let prefixed = match format {
+        LogFormat::Text => journal,
+        LogFormat::Json => false,
+        LogFormat::Journald => !std::io::stderr().is_terminal(),
+    };
     let installed = match format {
+        // Under systemd the journal stamps each line and reads its priority from `<N>`: no
+        // second timestamp, no level word, priorities that `journalctl -p` filters on.
+        LogFormat::Text if journal => registry
+            .with(fmt.with_ansi(false).event_format(PriorityPrefix))
+            .try_init(),
         LogFormat::Text => registry.with(fmt.with_ansi(colour)).try_init(),
         LogFormat::Json => registry
             .with(
@@ -62,6 +78,7 @@ pub fn init(format: LogFormat, level: &str) {
     };
     if installed.is_ok() {
         let _ = FORMAT.set(format);
+        let _ = PREFIXED.set(prefixed);
     }
 }
 
@@ -91,15 +108,23 @@ pub(crate) fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::O
 /// `JOURNAL_STREAM` to stderr's `device:inode`) and its socket answers; `None` otherwise, so
 /// `format = "journald"` in a terminal or a container still logs, with priority prefixes.
 fn native_journal() -> Option<tracing_journald::Layer> {
-    use std::os::unix::fs::MetadataExt;
-    let stream = std::env::var("JOURNAL_STREAM").ok()?;
-    let stderr = std::fs::metadata("/proc/self/fd/2").ok()?;
-    if !journal_stream_is(&stream, stderr.dev(), stderr.ino()) {
+    if !stderr_is_journal() {
         return None;
     }
     tracing_journald::layer()
         .ok()
         .map(|l| l.with_field_prefix(None))
+}
+
+/// Whether stderr is connected to the journal: systemd sets `JOURNAL_STREAM` to its
+/// `device:inode` (a child whose stderr was redirected inherits the variable, not the match).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2")
+        .is_ok_and(|stderr| journal_stream_is(&stream, stderr.dev(), stderr.ino()))
 }
 
 /// Whether `JOURNAL_STREAM` (`device:inode`, decimal) names the file stderr is.
@@ -122,7 +147,7 @@ pub fn print_error(message: &str) {
             });
             eprintln!("{line}");
         }
-        Some(LogFormat::Journald) if !std::io::stderr().is_terminal() => {
+        Some(_) if PREFIXED.get() == Some(&true) => {
             eprint!("{}", prefix_lines(3, &format!("cosell-sync: {message}")))
         }
         _ => eprintln!("cosell-sync: {message}"),

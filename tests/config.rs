@@ -57,6 +57,16 @@ fn the_example_config_is_valid() {
         jail.create_file("microsoft-client-secret", "from-file\n")?;
         jail.create_file("microsoft-refresh-token", "rt-from-file\n")?;
         jail.set_env("COSELL_STATE__PATH", dir.join("state.db").display());
+        // As shipped, its client_id is the all-zeros placeholder: refused, naming the key.
+        let e = load(jail).unwrap_err().to_string();
+        assert!(
+            e.contains("microsoft.client_id") && e.contains("placeholder"),
+            "{e}"
+        );
+        jail.set_env(
+            "COSELL_MICROSOFT__CLIENT_ID",
+            "00000000-0000-0000-0000-00000000c0de",
+        );
         let config = load(jail).unwrap_or_else(|e| panic!("config.example.toml: {e}"));
         assert_eq!(
             config.microsoft.client_secret.unwrap().expose_secret(),

@@ -60,6 +60,7 @@ pub fn load_config_for(
             | Command::Health { .. }
             | Command::Reload { .. }
             | Command::Backup { .. }
+            | Command::Restore { .. }
             | Command::Audit { .. }
             | Command::Alerts {
                 action: AlertsCommand::List { .. }
@@ -162,7 +163,8 @@ pub(crate) fn status(config: &Config, json: bool, limit: usize, referral: Option
 /// `alerts list [--pending] [--limit N] [--json]`.
 pub(crate) fn alerts_list(config: &Config, pending: bool, limit: usize, json: bool) -> Outcome {
     let store = open_for_reading(config)?;
-    let rows = store.call_blocking(|c| crate::store::alerts::list(c, pending, limit))?;
+    let mut rows = store.call_blocking(|c| crate::store::alerts::list(c, pending, limit))?;
+    crate::status::with_action_urls(&store, config, &mut rows, Utc::now())?;
     show(json, rows.as_slice(), render::alerts)
 }
 
@@ -170,7 +172,9 @@ pub(crate) fn alerts_list(config: &Config, pending: bool, limit: usize, json: bo
 pub(crate) async fn alerts_test(config: &Config) -> Outcome {
     let settings = crate::alerts::AlertSettings::from_config(&config.alerts);
     if settings.sinks.is_empty() {
-        return Ok(Printed::ok("no alert sinks configured ([[alerts.webhook]] or [[alerts.command]]); alerts go to the log only\n"));
+        return Ok(Printed::ok(
+            "no alert sinks configured ([[alerts.webhook]] or [[alerts.command]]);\nalerts go to the log only\n",
+        ));
     }
     let mut out = String::new();
     let mut failed = false;
@@ -339,6 +343,16 @@ pub(crate) async fn auth_microsoft(config: &Config, show: impl Fn(&str)) -> Outc
         "Signed in. The refresh token is stored in {} (mode 0600); the daemon rotates it from now on.\n",
         token_file.display()
     )))
+}
+
+/// `restore BACKUP`: the backup installed at `[state] path`, owned as the service needs.
+pub(crate) fn restore(config: &Config, backup: &Path) -> Outcome {
+    use crate::store::restore::RestoreError;
+    match crate::store::restore::restore(backup, &config.state.path) {
+        Ok(report) => Ok(Printed::ok(render::restored(backup, &report))),
+        Err(e @ RestoreError::Running { .. }) => Err(AppError::Busy(e.to_string())),
+        Err(e) => Err(AppError::Refused(e.to_string())),
+    }
 }
 
 /// `backup PATH`: a consistent copy of the database (SQLite's online backup), safe while the
@@ -670,6 +684,7 @@ pub async fn dispatch(
         } => decline(config, &referral_id, reason, note, answer_dry_run).await,
         Command::Sync { all, .. } => sync(config, all).await,
         Command::Backup { path } => backup(&config, &path),
+        Command::Restore { backup } => restore(&config, &backup),
         Command::Reload { pid, wait } => reload(&config, pid, wait),
         Command::Health { timeout } => health(&config, &file, timeout).await,
         Command::Run { .. } => run(config, &file, dry_run).await,

@@ -26,7 +26,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{App, Cycle};
+use super::App;
 use crate::config::Config;
 use crate::health::Health;
 use crate::systemd::{watchdog_interval, Notifier};
@@ -55,6 +55,8 @@ struct Daemon {
     shutdown: CancellationToken,
     /// Set when the database file is gone: `run` stops and returns it (its own exit code).
     store_lost: std::sync::Mutex<Option<crate::store::StoreError>>,
+    /// What `STATUS=` says between and during cycles.
+    status_line: std::sync::Mutex<super::status_line::StatusLine>,
 }
 
 impl Daemon {
@@ -105,6 +107,7 @@ pub(crate) async fn run(
         health,
         shutdown: shutdown.clone(),
         store_lost: std::sync::Mutex::new(None),
+        status_line: Default::default(),
     });
     let mut scheduler = JobScheduler::new().await?;
     let job_id = add_job(&mut scheduler, &daemon).await?;
@@ -262,12 +265,10 @@ fn reload_app(daemon: &Daemon, reload: &Reload) -> Result<bool, String> {
     let current = daemon.app();
     // A reload never opens a new file where the database was: the next tick stops instead.
     current.store.check_identity().map_err(|e| e.to_string())?;
-    if config.state.path != current.config.state.path {
-        return Err(format!(
-            "state.path cannot change while running ({} → {}); restart instead",
-            current.config.state.path.display(),
-            config.state.path.display()
-        ));
+    // All or nothing: a key read only at start refuses the whole reload.
+    let restart = crate::reload::restart_needed(&current.config, &config);
+    if !restart.is_empty() {
+        return Err(crate::reload::needs_restart_message(&restart));
     }
     let mut app = App::build(config).map_err(|e| e.to_string())?;
     app.inherit_worker(&current);
@@ -321,10 +322,13 @@ async fn deadline_lane(daemon: Arc<Daemon>) {
         let ask = daemon.wake.begin();
         let full_plan = daemon.full_plan_due.swap(false, Ordering::SeqCst);
         daemon.health.cycle_started();
+        let progress = tokio::spawn(show_progress(daemon.clone(), app.clone()));
         let cycle = app.asked_tick(full_plan, ask).await;
+        progress.abort();
         daemon.wake.finish();
         daemon.health.cycle_finished(&cycle.outcome());
-        daemon.notifier.status(&status_line(&cycle));
+        let line = lock(&daemon.status_line).finished(&cycle);
+        daemon.notifier.status(&line);
         if !cycle.report.ok() && full_plan {
             // Not planned after all: the next tick tries again.
             daemon.full_plan_due.store(true, Ordering::SeqCst);
@@ -462,16 +466,30 @@ async fn refresh_pass(
     pass
 }
 
-fn status_line(cycle: &Cycle) -> String {
-    let r = &cycle.report;
-    let at = r.started_at.format("%Y-%m-%d %H:%M UTC");
-    match &r.error {
-        None => format!(
-            "last cycle ok at {at}: {} new, {} changed, {} written, {} alerts",
-            r.counts.new, r.counts.changed, r.pushed.done, cycle.alerts.raised
-        ),
-        Some(e) => format!("last cycle FAILED at {at}: {e}"),
+/// `STATUS=` while a tick runs: at once, then every few seconds, how far it got (aborted
+/// when the tick ends).
+async fn show_progress(daemon: Arc<Daemon>, app: Arc<App>) {
+    let started = chrono::Utc::now();
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        let (writes_done, writes_open) = app
+            .store
+            .call(move |c| crate::store::runs::writes_since(c, started))
+            .await
+            .unwrap_or_default();
+        let progress = super::status_line::Progress {
+            pages: crate::progress::cycle_pages(),
+            writes_done,
+            writes_open,
+        };
+        let line = lock(&daemon.status_line).running(started, chrono::Utc::now(), progress);
+        daemon.notifier.status(&line);
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Pings the watchdog while the daemon is not shutting down and no cycle is stuck, so

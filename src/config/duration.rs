@@ -27,7 +27,7 @@ impl HumanDuration {
 /// The help every duration error ends with. Spelled-out units are accepted too because
 /// people write them ("30 seconds" used to fail with an empty unit).
 const ACCEPTED: &str =
-    "use 30s, 5m, 2h or 1d (also ms and w, combined like 1h30m, or words like \"30 seconds\")";
+    "use 30s, 5m, 2h or 1d (also ms and w, 1.5h, combined like 1h30m, or words like \"30 seconds\")";
 
 /// Milliseconds per unit, for the short forms and the common spelled-out ones (any case).
 /// Whole milliseconds in integers: floats made "7ms" 6.999… ms, which printed as "6ms".
@@ -67,7 +67,22 @@ impl FromStr for HumanDuration {
             let number: u64 = rest[..digits].parse().map_err(|_| {
                 format!("invalid duration {s:?}: too large (at most {MAX_DURATION_TEXT})")
             })?;
-            rest = rest[digits..].trim_start();
+            rest = &rest[digits..];
+            // A decimal part ("1.5h"): whole milliseconds in integers, at most 9 digits.
+            let (fraction, places) = match rest.strip_prefix('.') {
+                Some(after) => {
+                    let n = after.chars().take_while(|c| c.is_ascii_digit()).count();
+                    if n == 0 || n > 9 {
+                        return Err(format!(
+                            "invalid duration {s:?}: expected 1 to 9 digits after the point; {ACCEPTED}"
+                        ));
+                    }
+                    rest = &after[n..];
+                    (after[..n].parse::<u64>().unwrap_or(0), n as u32)
+                }
+                None => (0, 0),
+            };
+            rest = rest.trim_start();
             // ASCII letters only, so the byte length is the char count.
             let unit_len = rest.chars().take_while(|c| c.is_ascii_alphabetic()).count();
             let unit = &rest[..unit_len];
@@ -85,9 +100,17 @@ impl FromStr for HumanDuration {
                     ))
                 }
             };
+            let scale = 10u64.pow(places);
+            let fraction_ms = fraction * per_unit; // < 10^9 x 6.1 x 10^8: fits in u64
+            if fraction_ms % scale != 0 {
+                return Err(format!(
+                    "invalid duration {s:?}: not a whole number of milliseconds; {ACCEPTED}"
+                ));
+            }
             // Checked: a number no clock can hold is an error naming the key, not a panic.
             total = number
                 .checked_mul(per_unit)
+                .and_then(|ms| ms.checked_add(fraction_ms / scale))
                 .map(Duration::from_millis)
                 .and_then(|part| total.checked_add(part))
                 .filter(|t| *t <= MAX_DURATION)
@@ -188,6 +211,25 @@ mod tests {
             "500 milliseconds".parse::<HumanDuration>().unwrap().0,
             Duration::from_millis(500)
         );
+    }
+
+    /// Issue 28: `"1.5h"` was refused as "1 has no unit".
+    #[test]
+    fn decimal_numbers_are_accepted_when_they_make_whole_milliseconds() {
+        let millis = |text: &str| match text.parse::<HumanDuration>() {
+            Ok(d) => d.0.as_millis(),
+            Err(e) => panic!("{text}: {e}"),
+        };
+        assert_eq!(millis("1.5h"), 5_400_000);
+        assert_eq!(millis("0.5d"), 43_200_000);
+        assert_eq!(millis("2.25 hours"), 8_100_000);
+        assert_eq!(millis("1.5s"), 1500);
+        assert_eq!(millis("0.001s"), 1);
+        assert_eq!(millis("1.5h30m"), 7_200_000);
+        for bad in ["1.5ms", "1.h", ".5h", "1.0000000001h", "0.0001s"] {
+            let e = bad.parse::<HumanDuration>().unwrap_err();
+            assert!(e.contains("use 30s, 5m, 2h or 1d"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use super::{Config, ConfigError, ConfigErrors, HumanDuration};
 
+/// `config.example.toml`'s `microsoft.client_id`, refused as a value.
+const PLACEHOLDER_CLIENT_ID: &str = "00000000-0000-0000-0000-000000000000";
+
 impl Config {
     /// Per key, the longest duration that makes sense; longer is a typo (a grace period of a
     /// year, a timeout of a month) and is refused by key. A table, one row a key.
@@ -140,6 +143,14 @@ impl Config {
             if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
                 errors.push(ConfigError::missing(key));
             }
+        }
+        // The example's all-zeros id passed every check and failed only at Entra, as
+        // "unauthorized_client", long after the install looked done.
+        if ms.client_id.as_deref().map(str::trim) == Some(PLACEHOLDER_CLIENT_ID) {
+            errors.push(ConfigError::new(
+                "microsoft.client_id",
+                "is the example's placeholder (all zeros): set your Entra app registration's Application (client) ID",
+            ));
         }
         if require_refresh_token && ms.refresh_token.is_none() && !self.token_file().exists() {
             errors.push(ConfigError::new(

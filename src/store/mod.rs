@@ -13,6 +13,7 @@ pub(crate) mod google;
 pub(crate) mod outbox;
 pub(crate) mod referrals;
 pub(crate) mod responses;
+pub(crate) mod restore;
 pub(crate) mod retention;
 pub(crate) mod runs;
 pub(crate) mod schedule;
@@ -93,6 +94,16 @@ pub enum StoreError {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
+    },
+    /// The file exists but this process may not write it: a copy put in place by root (`cp`
+    /// keeps root as the owner) under a service that runs as its own user.
+    #[error("database {path} is owned by uid {owner} (mode {mode:04o}) and this process (uid {uid}) cannot write it: a copy put in place as root stays root's. Fix: `chown --reference={dir} {path} && chmod 0600 {path}`, or install a backup with `cosell-sync restore BACKUP`, which does this")]
+    NotOwned {
+        path: PathBuf,
+        dir: PathBuf,
+        owner: u32,
+        mode: u32,
+        uid: u32,
     },
     #[error("database {path}: cannot create its directory: {source}")]
     Directory {
@@ -322,6 +333,7 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
+        check_writable(path)?;
         create_private(path).map_err(|source| StoreError::Directory {
             path: path.to_path_buf(),
             source,
@@ -510,6 +522,40 @@ fn tune_statements(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Creates `path` with mode 0600 unless it exists: the database holds customer data, and
 /// SQLite gives its `-wal` and `-shm` files the database file's mode.
+/// An existing database this process cannot write is named with its owner and the fix,
+/// instead of SQLite's "unable to open database file".
+fn check_writable(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return Ok(());
+    };
+    // SAFETY: access(2) reads a NUL-terminated path; geteuid(2) has no arguments.
+    let (writable, uid) = unsafe {
+        (
+            libc::access(c_path.as_ptr(), libc::R_OK | libc::W_OK) == 0,
+            libc::geteuid(),
+        )
+    };
+    if writable {
+        return Ok(());
+    }
+    Err(StoreError::NotOwned {
+        path: path.to_path_buf(),
+        dir: path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf(),
+        owner: meta.uid(),
+        mode: meta.mode() & 0o7777,
+        uid,
+    })
+}
+
 pub(crate) fn create_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::OpenOptions::new()

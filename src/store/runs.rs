@@ -21,6 +21,28 @@ pub(crate) fn start_cycle(
     Ok(())
 }
 
+/// The running cycle's writes for the `STATUS=` line: `(done since `since`, still open)`.
+/// Both counts read an index (`outbox_finished` on `updated_at`, `outbox_due` on `state`).
+pub(crate) fn writes_since(
+    conn: &Connection,
+    since: DateTime<Utc>,
+) -> Result<(u64, u64), StoreError> {
+    // The IN term repeats the partial index's own condition, so SQLite may use the index.
+    let done: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM outbox WHERE state IN ('done', 'superseded', 'dropped')
+           AND updated_at >= ?1 AND state = 'done'",
+        [db_timestamp(since)],
+        |r| r.get(0),
+    )?;
+    let open: i64 = conn.query_row(
+        "SELECT (SELECT COUNT(*) FROM outbox WHERE state = 'pending')
+              + (SELECT COUNT(*) FROM outbox WHERE state = 'in_flight')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok((done.max(0) as u64, open.max(0) as u64))
+}
+
 pub(crate) fn finish_cycle(
     conn: &Connection,
     cycle_id: &str,

@@ -576,3 +576,67 @@ async fn cross_site_posts_and_ambiguous_actors_are_refused_and_send_nothing() {
     assert!(audit.contains("by: ana@partner.example"), "{audit}");
     assert!(!audit.contains("attacker"), "{audit}");
 }
+
+async fn alerts_json(env: &TestEnv) -> Vec<Value> {
+    let out = env.run(&["alerts", "list", "--json"]).await;
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
+/// Issue 28: `alerts list --json` and `status --referral` show the link that answers a
+/// referral, also for one alerted before `[actions]` was turned on (the link is signed when
+/// shown, never stored).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_referral_alerted_before_actions_were_enabled_gets_a_link_in_alerts_list_and_status() {
+    let env = TestEnv::new().await;
+    let now = Utc::now();
+    env.sim.put_referrals(vec![sample::referral(
+        0,
+        now,
+        chrono::Duration::days(14) - chrono::Duration::hours(20),
+        "New",
+        "Pending",
+    )]);
+    assert!(env.run(&["sync"]).await.status.success());
+    let id = sample::referral_id(0);
+    let before = alerts_json(&env).await;
+    assert!(before[0].get("action_url").is_none(), "{before:?}");
+
+    // [actions] turned on afterwards.
+    let key = env.dir.path().join("links.key");
+    std::fs::write(&key, KEY).unwrap();
+    let base = "https://sync.example.com/act";
+    env.write_config(&format!(
+        "\n[actions]\nlisten = \"127.0.0.1:0\"\npublic_url = \"{base}\"\nkey_file = \"{}\"\n",
+        key.display()
+    ));
+    let signer = LinkSigner::new(KEY.as_bytes(), base);
+    let verified = |url: &str| {
+        let token = url.strip_prefix(&format!("{base}/")).unwrap();
+        signer.verify(token, Utc::now()).unwrap().referral_id
+    };
+    let after = alerts_json(&env).await;
+    let url = after[0]["action_url"].as_str().expect("action_url");
+    assert_eq!(verified(url), id);
+    let out = env.run(&["status", "--referral", &id, "--json"]).await;
+    let view: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(verified(view["action_url"].as_str().unwrap()), id);
+    let text = stdout(&env.run(&["status", "--referral", &id]).await);
+    assert!(text.contains(&format!("    {base}/")), "{text}");
+
+    // Answered (in Partner Center): no link, no capability shown.
+    let mut closed = sample::referral(
+        0,
+        now,
+        chrono::Duration::days(14) - chrono::Duration::hours(20),
+        "Closed",
+        "Declined",
+    );
+    closed["updatedDateTime"] = Value::from(Utc::now().to_rfc3339());
+    env.sim.put_referrals(vec![closed]);
+    assert!(env.run(&["sync"]).await.status.success());
+    let answered = alerts_json(&env).await;
+    assert!(
+        answered.iter().all(|a| a.get("action_url").is_none()),
+        "{answered:?}"
+    );
+}

@@ -256,18 +256,24 @@ async fn healthz_answers_503_after_failing_cycles() {
     assert_eq!(child.wait().await.unwrap().code(), Some(0));
 }
 
-/// `systemctl reload` runs `cosell-sync reload --pid $MAINPID`: it must fail when the daemon
-/// refuses the new configuration (a `kill -HUP` returns 0 whatever happens next).
-#[tokio::test(flavor = "multi_thread")]
-async fn the_reload_command_exits_with_the_daemons_answer() {
-    let env = TestEnv::new().await;
-    let (socket, child, _log) = start_run(&env);
+/// `run` started and READY: the child, its log and its pid (for `reload --pid`).
+fn ready_daemon(env: &TestEnv) -> (tokio::process::Child, PathBuf, String) {
+    let (socket, child, log) = start_run(env);
     let mut seen = Vec::new();
     assert!(
         collect(&socket, &mut seen, "READY=1", Duration::from_secs(20)),
         "no READY: {seen:?}"
     );
     let pid = child.id().unwrap().to_string();
+    (child, log, pid)
+}
+
+/// `systemctl reload` runs `cosell-sync reload --pid $MAINPID`: it must fail when the daemon
+/// refuses the new configuration (a `kill -HUP` returns 0 whatever happens next).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reload_command_exits_with_the_daemons_answer() {
+    let env = TestEnv::new().await;
+    let (child, _log, pid) = ready_daemon(&env);
 
     let out = env.cli(&["reload", "--pid", &pid]).await;
     assert!(
@@ -410,4 +416,73 @@ async fn microsoft_only_status_metrics_and_the_health_probe() {
         probe.stderr.contains("metrics.listen is not set"),
         "{probe:?}"
     );
+}
+
+/// Issue 28, item 4: a reload is all or nothing. Adding `[metrics] listen` (bound only at
+/// start) with an alerts change refuses the whole reload, naming the key and saying
+/// "restart"; `reload` exits 1; nothing is applied. Without it, the rest reloads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_needs_a_restart_is_refused_whole_naming_the_key() {
+    let env = TestEnv::new().await;
+    let (child, log, pid) = ready_daemon(&env);
+    let port = free_port();
+    let alerts = "\n[alerts]\nfailed_cycles = 4\n";
+    env.write_config(&format!(
+        "{alerts}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    ));
+    let out = env.cli(&["reload", "--pid", &pid]).await;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("needs a restart: metrics.listen"), "{err}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing listens"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("configuration reloaded"), "{text}");
+
+    // Without the restart-only key, the same change reloads.
+    env.write_config(alerts);
+    let out = env.cli(&["reload", "--pid", &pid]).await;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    kill(&child, "-TERM");
+}
+
+/// Issue 28, item 5: `systemctl status` tells the story. While the first cycle runs, STATUS
+/// says so (pages, writes); a quiet cycle right after a busy one keeps the busy one in view.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_line_shows_the_running_cycle_and_keeps_the_last_change() {
+    let env = TestEnv::with_google("\n[schedule]\nsync = \"*/2 * * * * *\"\n").await;
+    env.sim
+        .put_referrals(sample::demo_set(12, chrono::Utc::now()));
+    let (socket, mut child, _log) = start_run(&env);
+    let mut seen = Vec::new();
+    let busy = "STATUS=last cycle ok";
+    assert!(
+        collect(&socket, &mut seen, busy, Duration::from_secs(30)),
+        "no cycle: {seen:?}"
+    );
+    let first = seen.last().unwrap().clone();
+    assert!(
+        first.contains(" written") && !first.contains("nothing new"),
+        "{first}"
+    );
+    assert!(
+        seen.iter()
+            .any(|m| m.starts_with("STATUS=cycle running for ")),
+        "no progress while the first cycle ran: {seen:?}"
+    );
+    assert!(
+        collect(&socket, &mut seen, busy, Duration::from_secs(10)),
+        "no second cycle: {seen:?}"
+    );
+    let quiet = seen.last().unwrap();
+    let change = first.trim_start_matches("STATUS=last cycle ok at ");
+    assert!(
+        quiet.contains("nothing new; last change ") && quiet.ends_with(change),
+        "the quiet cycle hides the first one: {quiet}\nfirst: {first}"
+    );
+    kill(&child, "-TERM");
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
 }

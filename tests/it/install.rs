@@ -71,6 +71,11 @@ fn documented_layout(dir_mode: u32, file_mode: u32) -> Layout {
         example.contains(&*state.to_string_lossy()),
         "state.path replaced"
     );
+    // The example's all-zeros client_id is refused as a placeholder: the operator's own.
+    let example = example.replace(
+        "client_id = \"00000000-0000-0000-0000-000000000000\"",
+        "client_id = \"00000000-0000-0000-0000-00000000c0de\"",
+    );
     std::fs::write(&config, example).unwrap();
     set_mode(&config, file_mode);
     set_mode(&etc, dir_mode);
@@ -265,6 +270,7 @@ fn the_unit_stops_restart_loops_and_reports_refused_reloads() {
         n.parse::<u64>().unwrap()
             * match unit {
                 "min" => 60,
+                "h" => 3600,
                 "s" | "" => 1,
                 u => panic!("unit {u}"),
             }
@@ -277,6 +283,18 @@ fn the_unit_stops_restart_loops_and_reports_refused_reloads() {
         burst * (restart + 90) < interval,
         "{burst} starts of up to {}s never fit in {interval}s: the limit never trips",
         restart + 90
+    );
+    // The limit counts the operator's restarts too: ten in five minutes, after the first
+    // start, must leave the service up (issue 28), with room to spare.
+    assert!(
+        burst >= 15,
+        "StartLimitBurst={burst}: ten restarts would trip it"
+    );
+    // A missing credential file (243/CREDENTIALS) is not fixed by restarting every 30 s.
+    let prevent = value("RestartPreventExitStatus").join(" ");
+    assert!(
+        prevent.split_whitespace().any(|s| s == "243") && prevent.contains("78"),
+        "RestartPreventExitStatus={prevent}"
     );
     assert!(
         value("ExecReload")[0].contains("reload --pid $MAINPID"),
@@ -343,4 +361,50 @@ fn the_containerfile_probes_and_signs_in_with_real_commands() {
     for needed in ["target/", ".git/"] {
         assert!(ignore.lines().any(|l| l.trim() == needed), "{needed}");
     }
+}
+
+/// Issue 28: the documented way to write a secret file works under `sh` (dash on Debian),
+/// not only bash (`<<<` failed there): each documented line, run by `sh` against a
+/// temporary directory, writes the secret with mode 0600.
+#[test]
+fn the_documented_secret_file_command_works_under_sh() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut found = 0;
+    for doc in ["README.md", "docs/operations.md"] {
+        let text = std::fs::read_to_string(format!("{root}/{doc}")).unwrap();
+        // The command may be wrapped over two lines inside backticks in the prose.
+        let joined = text.replace("\n   ", " ");
+        for line in joined.lines().filter(|l| l.contains("/dev/stdin")) {
+            let command = line
+                .split('`')
+                .find(|part| part.contains("/dev/stdin"))
+                .unwrap_or(line)
+                .trim();
+            let dir = tempfile::tempdir().unwrap();
+            let command = command.replace(
+                "/etc/cosell-sync/credentials",
+                &dir.path().display().to_string(),
+            );
+            let mut sh = std::process::Command::new("sh");
+            sh.args(["-c", &command]).env("SECRET", "s3cret value");
+            let out = sh.output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{doc}: `{command}` under sh: {err}"
+            );
+            let file = dir.path().join("microsoft-client-secret");
+            assert_eq!(
+                std::fs::read_to_string(&file).unwrap().trim_end(),
+                "s3cret value",
+                "{doc}"
+            );
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{doc}");
+            found += 1;
+        }
+    }
+    assert!(found >= 2, "the documented commands were not found");
 }

@@ -160,3 +160,53 @@ async fn journald_format_at_a_terminal_prints_no_priority_prefixes() {
     assert!(text.contains("cosell-sync:"), "{text}");
     assert!(!text.contains("<3>") && !text.contains("<6>"), "{text}");
 }
+
+/// Issue 28, item 7: the default `text` format under systemd (stderr is the journal, as
+/// `JOURNAL_STREAM` says) carries priorities, so `journalctl -p warning` finds warnings and
+/// errors, and one timestamp per line (the journal's).
+#[tokio::test]
+async fn text_logs_into_the_journal_carry_priorities_and_no_timestamp_of_their_own() {
+    use std::os::unix::fs::MetadataExt;
+    let env = TestEnv::with_extra("max_retries = 0\n").await;
+    env.sim.set_faults(Faults {
+        rate_5xx: 1.0,
+        ..Faults::default()
+    });
+    // The journal's stream, as a file: JOURNAL_STREAM names its device and inode.
+    let path = env.dir.path().join("journal-stream");
+    let file = std::fs::File::create(&path).unwrap();
+    let meta = file.metadata().unwrap();
+    let out = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("sync")
+        .env_remove("RUST_LOG")
+        .env("COSELL_LOG__FORMAT", "text")
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(file))
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(out.code(), Some(1));
+    let log = std::fs::read_to_string(&path).unwrap();
+    let mut priorities = std::collections::BTreeSet::new();
+    for line in log.lines() {
+        let (priority, rest) = line
+            .strip_prefix('<')
+            .and_then(|l| l.split_once('>'))
+            .unwrap_or_else(|| panic!("no priority: {line:?}\n{log}"));
+        priorities.insert(priority.to_string());
+        assert!(
+            !rest.starts_with(|c: char| c.is_ascii_digit()) && !rest.contains("  INFO "),
+            "a timestamp or level of its own: {line:?}"
+        );
+    }
+    assert!(priorities.contains("3"), "no error priority: {log}");
+    assert!(priorities.contains("6"), "no info priority: {log}");
+    let last = log.lines().last().unwrap();
+    assert!(
+        last.starts_with("<3>") && last.contains("cycle failed"),
+        "{last}"
+    );
+}

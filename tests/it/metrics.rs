@@ -51,6 +51,41 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
+/// `promtool check metrics` (Debian's `prometheus` package ships it; `.ci/run` installs it
+/// and sets `PROMTOOL_REQUIRED=1`) accepts the scrape: what a Prometheus server and its
+/// linter make of it. Without promtool this says so and checks nothing more.
+fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let required = std::env::var("PROMTOOL_REQUIRED").is_ok_and(|v| v == "1");
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        assert!(!required, "PROMTOOL_REQUIRED=1 but promtool is not on PATH");
+        let _ = writeln!(
+            std::io::stderr(),
+            "promtool check skipped: not on PATH (Debian: apt-get install prometheus)"
+        );
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}\n--- scrape ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_parse_as_openmetrics_with_histograms_and_process_metrics() {
     let port = free_port();
@@ -80,7 +115,13 @@ async fn metrics_parse_as_openmetrics_with_histograms_and_process_metrics() {
     );
     let url = format!("http://127.0.0.1:{port}/metrics");
     let client = cosell_sync::http::client_builder().build().unwrap();
-    let response = client.get(&url).send().await.unwrap();
+    // As Prometheus asks.
+    let response = client
+        .get(&url)
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .unwrap();
     let content_type = response.headers()["content-type"]
         .to_str()
         .unwrap()
@@ -101,6 +142,26 @@ async fn metrics_parse_as_openmetrics_with_histograms_and_process_metrics() {
     for (name, f) in families {
         assert!(!f.help.trim().is_empty(), "{name} has no HELP");
     }
+    // Issue 28: prometheus-client appends the period, so a help text ending in one read "..".
+    let doubled: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("# HELP") && l.ends_with(".."))
+        .collect();
+    assert!(
+        doubled.is_empty(),
+        "HELP texts ending in '..': {doubled:#?}"
+    );
+    // Without asking for OpenMetrics (`curl`, promtool): the Prometheus text format.
+    let classic = client.get(&url).send().await.unwrap();
+    assert!(
+        classic.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        classic.headers()
+    );
+    promtool_check_metrics(&classic.text().await.unwrap());
 
     // Real histograms for cycle and request durations.
     let cycle = family("cosell_cycle_duration_seconds");
@@ -153,8 +214,8 @@ async fn metrics_parse_as_openmetrics_with_histograms_and_process_metrics() {
         OpenMetricsType::Histogram
     );
 
-    let build = family("cosell_build");
-    assert_eq!(build.family_type, OpenMetricsType::Info);
+    let build = family("cosell_build_info");
+    assert_eq!(build.family_type, OpenMetricsType::Gauge);
     assert!(value(build, &[("version", env!("CARGO_PKG_VERSION"))]).is_some());
 
     // Process metrics.

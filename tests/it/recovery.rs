@@ -484,3 +484,93 @@ async fn backup_refuses_the_live_files_and_writes_into_a_directory() {
         .count();
     assert_eq!(partial, 0);
 }
+
+/// Issue 28, item 3: `restore` installs a backup at `[state] path` the way the service needs
+/// it (the state directory's owner, 0600, no stale WAL), refuses while `run` holds the
+/// worker lock, and the restored database syncs.
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_installs_a_backup_with_the_directorys_owner_and_refuses_while_running() {
+    use std::os::unix::fs::MetadataExt;
+    let env = TestEnv::new().await;
+    env.sim
+        .put_referrals(sample::pending_inbox(3, chrono::Utc::now()));
+    sync_ok(&env).await;
+    let backup = env.dir.path().join("backup.db");
+    let out = env.run(&["backup", backup.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The database is deleted (a new host); its stale WAL is left behind.
+    let db = env.state_db();
+    std::fs::remove_file(&db).unwrap();
+    std::fs::write(db.with_file_name("state.db-wal"), b"stale").unwrap();
+    let out = env.run(&["restore", backup.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = out.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        text.contains("3 referrals") && text.contains("mode 0600"),
+        "{text}"
+    );
+    let (meta, dir) = (
+        std::fs::metadata(&db).unwrap(),
+        std::fs::metadata(env.dir.path()).unwrap(),
+    );
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!((meta.uid(), meta.gid()), (dir.uid(), dir.gid()));
+    assert!(!db.with_file_name("state.db-wal").exists());
+    sync_ok(&env).await;
+
+    // While `run` holds the worker lock: refused, nothing replaced.
+    let (_socket, child, _log) = crate::daemon::start_run(&env);
+    let lock = db.with_extension("lock");
+    assert!(
+        crate::helpers::wait_until(std::time::Duration::from_secs(20), || {
+            std::fs::File::open(&lock).is_ok_and(|f| f.try_lock().is_err())
+        })
+        .await,
+        "run never took the lock"
+    );
+    let before = std::fs::metadata(&db).unwrap().ino();
+    let out = env.run(&["restore", backup.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("stop the daemon first"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::metadata(&db).unwrap().ino(), before);
+    crate::daemon::kill(&child, "-TERM");
+}
+
+/// Issue 28, item 3: a database the process cannot write (a root `cp` under a service user)
+/// fails naming its owner and the fix, not SQLite's "unable to open database file". Needs
+/// root to run the binary as another user; skipped otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_the_service_cannot_write_names_its_owner_and_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid(2) has no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run the binary as another user");
+        return;
+    }
+    let env = TestEnv::new().await;
+    sync_ok(&env).await;
+    let db = env.state_db();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&env.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = tokio::process::Command::new(crate::helpers::BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .arg("sync")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let words = err.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(words.contains("is owned by uid 0"), "{err}");
+    assert!(words.contains("cosell-sync restore"), "{err}");
+    assert!(words.contains("chown --reference="), "{err}");
+}
