@@ -40,6 +40,9 @@
 //! - [`http`]: what every client shares: error taxonomy, Retry-After, backoff, rate limit.
 //! - [`microsoft`]: Entra refresh-token grant with a rotating token file, and the Referrals client.
 //! - [`google`]: service-account tokens and the Cloud CRM Partners client (four methods).
+//! - [`aws`]: AWS Partner Central engagement invitations (spec §8): own SigV4 signer and
+//!   verifier, the tolerant model of the five operations, the client. Not wired into the
+//!   cycle yet (pull, alerts and answers come next); `pub` so tests reach it meanwhile.
 //! - [`store`]: SQLite (WAL, migrations, schema version), one thread per connection.
 //! - [`lanes`]: the deadline lane (pull → expiry alerts → plan → push → alerts) and the
 //!   refresh lane (Google re-reads on a per-record schedule), joining `sync` and `alerts`.
@@ -71,6 +74,7 @@
 pub mod actions;
 pub(crate) mod alerts;
 pub mod app;
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub(crate) mod deadline;
