@@ -5,4 +5,5 @@
 //! Not wired yet: pulling invitations into the store, their alerts and status, and answers
 //! through the one executor come next (they build on the executor and triage refactors).
 
+pub mod model;
 pub mod sigv4;
