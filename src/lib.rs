@@ -50,6 +50,7 @@
 //!   and its one executor (`sync::push::push_due`, every action kind, accept/decline included).
 //! - [`deadline`]: the 14-day response window arithmetic, pure.
 //! - [`alerts`]: expiry and health alerts (pure planner), formats, durable delivery to sinks.
+//! - [`open_enum`]: `open_enum!`, the string enums of the API models that keep unknown values.
 //! - [`pem`]: certificate files (DER/PEM, trust roots), a leaf for config and the verifier.
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
 //! - [`telemetry`]: tracing subscriber set-up (text, json, journald).
@@ -86,6 +87,7 @@ pub mod lanes;
 pub(crate) mod links;
 pub mod metrics;
 pub mod microsoft;
+pub(crate) mod open_enum;
 pub(crate) mod pem;
 pub(crate) mod progress;
 pub(crate) mod reload;

@@ -14,47 +14,11 @@
 //! that [I]; which member names a Lead or Account Planning invitation's title is not in the
 //! model [?], so the engagement's title stands in for it.
 
-use std::fmt;
-
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 
+use crate::open_enum::open_enum;
 use crate::timefmt::parse_timestamp;
-
-/// Declares a string enum whose wire values are given, keeping unknown values verbatim.
-macro_rules! open_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident = $wire:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($variant,)+
-            /// A value this version does not know; kept verbatim.
-            Other(String),
-        }
-
-        impl $name {
-            pub fn as_str(&self) -> &str {
-                match self {
-                    $($name::$variant => $wire,)+
-                    $name::Other(s) => s,
-                }
-            }
-
-            pub fn parse(s: &str) -> Self {
-                match s {
-                    $($wire => $name::$variant,)+
-                    other => $name::Other(other.to_string()),
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
 
 open_enum!(
     /// An invitation's state; only `PENDING` can still be answered.
