@@ -261,21 +261,18 @@ pub struct RejectedItem {
 #[error("{0}")]
 pub struct MalformedAnswer(pub String);
 
-/// One page of `ListEngagementInvitations`.
+/// One page of a list answer: the items read, the items that could not be, and `NextToken`.
 #[derive(Debug)]
-pub struct InvitationPage {
-    pub invitations: Vec<ParsedInvitation>,
+pub struct Page<T> {
+    pub items: Vec<T>,
     pub rejected: Vec<RejectedItem>,
     pub next_token: Option<String>,
 }
 
+/// One page of `ListEngagementInvitations`.
+pub type InvitationPage = Page<ParsedInvitation>;
 /// One page of `ListEngagementByAcceptingInvitationTasks`.
-#[derive(Debug)]
-pub struct TaskPage {
-    pub tasks: Vec<Task>,
-    pub rejected: Vec<RejectedItem>,
-    pub next_token: Option<String>,
-}
+pub type TaskPage = Page<Task>;
 
 /// An accept task, as `StartEngagementByAcceptingInvitationTask` answers it and as the task
 /// list shows it.
@@ -354,7 +351,7 @@ fn envelope<'a>(
 /// nesting deeper than 128) is rejected with its id when one can still be read.
 fn read_item<T>(
     raw: &str,
-    read: impl Fn(&Value) -> Result<T, MalformedAnswer>,
+    read: &impl Fn(&Value) -> Result<T, MalformedAnswer>,
 ) -> Result<(T, String), RejectedItem> {
     let value: Value = match serde_json::from_str(raw) {
         Ok(v) => v,
@@ -385,21 +382,41 @@ fn id_of(raw: &str) -> Option<String> {
     serde_json::from_str::<IdOnly>(raw).ok()?.id
 }
 
-/// Parses a `ListEngagementInvitations` answer: only an unusable envelope fails the page.
-pub fn parse_invitation_page(body: &str) -> Result<InvitationPage, MalformedAnswer> {
-    let (items, next_token) = envelope(body, "EngagementInvitationSummaries")?;
-    let mut page = InvitationPage {
-        invitations: Vec::with_capacity(items.len()),
+/// Reads a list answer: only an unusable envelope fails the page, each item on its own.
+fn parse_list<T>(
+    body: &str,
+    list: &str,
+    read: impl Fn(&Value) -> Result<T, MalformedAnswer>,
+) -> Result<Page<(T, String)>, MalformedAnswer> {
+    let (items, next_token) = envelope(body, list)?;
+    let mut page = Page {
+        items: Vec::with_capacity(items.len()),
         rejected: Vec::new(),
         next_token,
     };
     for item in items {
-        match read_item(item.get(), Invitation::from_value) {
-            Ok((invitation, raw)) => page.invitations.push(ParsedInvitation { invitation, raw }),
+        match read_item(item.get(), &read) {
+            Ok(read) => page.items.push(read),
             Err(bad) => page.rejected.push(bad),
         }
     }
     Ok(page)
+}
+
+/// Parses a `ListEngagementInvitations` answer.
+pub fn parse_invitation_page(body: &str) -> Result<InvitationPage, MalformedAnswer> {
+    let page = parse_list(
+        body,
+        "EngagementInvitationSummaries",
+        Invitation::from_value,
+    )?;
+    Ok(Page {
+        items: (page.items.into_iter())
+            .map(|(invitation, raw)| ParsedInvitation { invitation, raw })
+            .collect(),
+        rejected: page.rejected,
+        next_token: page.next_token,
+    })
 }
 
 /// Parses a `GetEngagementInvitation` answer (the invitation is the whole object).
@@ -414,19 +431,12 @@ pub fn parse_invitation(body: &str) -> Result<ParsedInvitation, MalformedAnswer>
 
 /// Parses a `ListEngagementByAcceptingInvitationTasks` answer.
 pub fn parse_task_page(body: &str) -> Result<TaskPage, MalformedAnswer> {
-    let (items, next_token) = envelope(body, "TaskSummaries")?;
-    let mut page = TaskPage {
-        tasks: Vec::with_capacity(items.len()),
-        rejected: Vec::new(),
-        next_token,
-    };
-    for item in items {
-        match read_item(item.get(), Task::from_value) {
-            Ok((task, _)) => page.tasks.push(task),
-            Err(bad) => page.rejected.push(bad),
-        }
-    }
-    Ok(page)
+    let page = parse_list(body, "TaskSummaries", Task::from_value)?;
+    Ok(Page {
+        items: page.items.into_iter().map(|(task, _)| task).collect(),
+        rejected: page.rejected,
+        next_token: page.next_token,
+    })
 }
 
 /// Parses a `StartEngagementByAcceptingInvitationTask` answer.
@@ -552,7 +562,7 @@ mod tests {
         };
         let body = json!({"EngagementInvitationSummaries": [summary("engi-0000000000001"), {"Arn": "no id"}, 7, summary("engi-0000000000002")], "NextToken": "t2"});
         let page = parse_invitation_page(&body.to_string()).unwrap();
-        assert_eq!(page.invitations.len(), 2);
+        assert_eq!(page.items.len(), 2);
         assert_eq!(page.rejected.len(), 2);
         assert_eq!(page.next_token.as_deref(), Some("t2"));
         let last =
@@ -566,10 +576,10 @@ mod tests {
             "OpportunityId": "O1234567", "StartTime": "2026-12-01T09:00:00Z"},
             {"TaskId": "task-0000000000002", "TaskStatus": "FAILED", "ReasonCode": "EngagementConflict", "Message": "m"}]});
         let page = parse_task_page(&tasks.to_string()).unwrap();
-        assert_eq!(page.tasks[0].status, Some(TaskStatus::Complete));
-        assert_eq!(page.tasks[0].opportunity_id.as_deref(), Some("O1234567"));
+        assert_eq!(page.items[0].status, Some(TaskStatus::Complete));
+        assert_eq!(page.items[0].opportunity_id.as_deref(), Some("O1234567"));
         assert_eq!(
-            page.tasks[1].reason_code.as_deref(),
+            page.items[1].reason_code.as_deref(),
             Some("EngagementConflict")
         );
         let started =
@@ -666,11 +676,11 @@ mod tests {
             let body =
                 json!({"EngagementInvitationSummaries": items, "NextToken": "next", "Extra": 1});
             let page = parse_invitation_page(&body.to_string()).expect("the envelope is fine");
-            assert_eq!(page.invitations.len() + page.rejected.len(), items.len());
+            assert_eq!(page.items.len() + page.rejected.len(), items.len());
             assert_eq!(page.next_token.as_deref(), Some("next"));
             for id in &intact_ids {
                 let found = page
-                    .invitations
+                    .items
                     .iter()
                     .find(|p| &p.invitation.id == id)
                     .unwrap_or_else(|| panic!("case {case}: {id} was lost"));
@@ -684,7 +694,7 @@ mod tests {
                     .as_ref()
                     .is_none_or(|c| c.chars().count() <= MAX_TEXT_CHARS));
             }
-            kept += page.invitations.len();
+            kept += page.items.len();
             rejected += page.rejected.len();
         }
         assert!(
