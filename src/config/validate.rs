@@ -104,6 +104,9 @@ impl Config {
         self.check_microsoft(&mut errors, require_refresh_token);
         self.check_google(&mut errors);
         self.check_sync_alerts_metrics(&mut errors);
+        if let Some(aws) = &self.aws {
+            aws.validate(self.actions.as_ref(), &mut errors);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
