@@ -5,5 +5,6 @@
 //! Not wired yet: pulling invitations into the store, their alerts and status, and answers
 //! through the one executor come next (they build on the executor and triage refactors).
 
+pub mod client;
 pub mod model;
 pub mod sigv4;
