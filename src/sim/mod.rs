@@ -2,7 +2,10 @@
 //! token endpoint and the Partner Center Referrals API, behaving as `partner-apis.md` documents
 //! (OData subset, nextLink paging on the documented `/v1.0/referrals?$skiptoken=` shape, PATCH
 //! with eTags and 412, status rules), with switchable faults. It listens on 127.0.0.1 only.
+//! AWS Partner Central's inbox is [`aws`], a simulator of its own on its own port (not yet in
+//! `demo`).
 
+pub mod aws;
 pub mod google;
 pub mod microsoft;
 pub mod odata;
