@@ -480,12 +480,16 @@ invitation_url = \"https://partnercentral.example/invitations/{{id}}\"
 #[test]
 fn aws_credentials_come_from_the_environment_when_the_section_has_none() {
     Jail::expect_with(|jail| {
-        jail.create_file("config.toml", &format!("{GOOD}\n[aws]\n"))?;
+        // No [aws] in the file: the section comes from the environment (spec §4).
+        jail.create_file("config.toml", GOOD)?;
+        jail.set_env("COSELL_AWS__CATALOG", "Sandbox");
         jail.set_env("AWS_ACCESS_KEY_ID", "AKIDFROMENV");
         jail.set_env("AWS_SECRET_ACCESS_KEY", "env-secret");
         jail.set_env("AWS_SESSION_TOKEN", "env-token");
         let config = load(jail).unwrap();
-        let credentials = config.aws.unwrap().credentials().unwrap().clone();
+        let aws = config.aws.expect("[aws] is on from the environment");
+        assert_eq!(aws.catalog(), "Sandbox");
+        let credentials = aws.credentials().unwrap().clone();
         assert_eq!(credentials.access_key_id, "AKIDFROMENV");
         assert_eq!(
             credentials.session_token.unwrap().expose_secret(),
@@ -509,6 +513,7 @@ catalog = \"aws\"
 endpoint = \"http://partnercentral.example\"
 invitation_url = \"https://partnercentral.example/invitations\"
 requests_per_second = 0
+timeout = \"2h\"
 "
         ),
     )
@@ -532,6 +537,7 @@ requests_per_second = 0
         "aws.endpoint",
         "aws.invitation_url",
         "aws.requests_per_second",
+        "aws.timeout",
         "aws.access_key_id",
     ] {
         assert!(stderr.contains(key), "{key} not named: {stderr}");

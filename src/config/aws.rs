@@ -232,6 +232,27 @@ impl AwsConfig {
         shared_file_credentials(base_dir, &var)
     }
 
+    /// The longest each duration may be: a request an hour, the retry policy a day (the same
+    /// ceilings as `[microsoft]`'s).
+    pub(super) fn duration_ceilings(
+        &self,
+    ) -> Vec<(String, std::time::Duration, std::time::Duration)> {
+        const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+        const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+        let retry = &self.retry;
+        [
+            ("timeout", self.timeout.0, HOUR),
+            ("connect_timeout", self.connect_timeout.0, HOUR),
+            ("retry.min_delay", retry.min_delay.0, DAY),
+            ("retry.max_delay", retry.max_delay.0, DAY),
+            ("retry.max_total", retry.max_total.0, DAY),
+            ("retry.max_retry_after", retry.max_retry_after.0, DAY),
+        ]
+        .into_iter()
+        .map(|(key, value, max)| (format!("aws.{key}"), value, max))
+        .collect()
+    }
+
     /// Every problem, each naming its `aws.*` key; with `[actions]`, its decline reasons must
     /// also be valid `RejectionReason`s.
     pub(super) fn validate(&self, actions: Option<&ActionsConfig>, errors: &mut Vec<ConfigError>) {

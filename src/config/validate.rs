@@ -93,6 +93,9 @@ impl Config {
         for (i, c) in self.alerts.command.iter().enumerate() {
             out.push((format!("alerts.command[{i}].timeout"), c.timeout.0, HOUR));
         }
+        if let Some(aws) = &self.aws {
+            out.extend(aws.duration_ceilings());
+        }
         out
     }
 
