@@ -128,13 +128,7 @@ impl AwsSimulator {
         let app = Router::new()
             .route("/", post(handle))
             .with_state(state.clone());
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stopped.cancelled().await })
-                .await;
-        });
+        let stop = super::spawn_server(listener, app);
         Ok(AwsSimulator { addr, state, stop })
     }
 

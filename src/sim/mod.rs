@@ -270,13 +270,7 @@ impl Simulator {
             .merge(google::router())
             .merge(webhook::router())
             .with_state(state.clone());
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stopped.cancelled().await })
-                .await;
-        });
+        let stop = spawn_server(listener, app);
         Ok(Simulator { addr, state, stop })
     }
 
@@ -401,6 +395,21 @@ impl Simulator {
     pub fn script_device_flow(&self, answers: &[&str]) {
         lock(&self.state.tokens).device_script = answers.iter().map(|a| a.to_string()).collect();
     }
+}
+
+/// Serves `app` on `listener` until the returned token is cancelled (a simulator's drop).
+pub(crate) fn spawn_server(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stopped.cancelled().await })
+            .await;
+    });
+    stop
 }
 
 /// Which API's error body a fault answers with.
