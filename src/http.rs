@@ -63,6 +63,40 @@ pub enum ApiError {
         code: Option<String>,
         transient: bool,
     },
+    /// An API that names its errors (AWS JSON: `__type` or `x-amzn-errortype`), classified by
+    /// that name and never by the HTTP status, which differs between services for one error.
+    #[error("{api} {operation}: {name} (HTTP {status}): {message}{detail}{rid}",
+        detail = detail.as_deref().map(|d| format!("; {d}")).unwrap_or_default(),
+        rid = request_id.as_deref().map(|r| format!(" (request-id {r})")).unwrap_or_default())]
+    Named {
+        api: &'static str,
+        operation: String,
+        status: u16,
+        /// The error's name without its namespace, e.g. `ThrottlingException`.
+        name: String,
+        class: ErrorClass,
+        message: String,
+        /// What the operator needs beyond the message: the missing IAM action, the fields a
+        /// validation refused, the quota that is spent.
+        detail: Option<String>,
+        retry_after: Option<Duration>,
+        request_id: Option<String>,
+    },
+}
+
+/// What a named error means for the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Worth another try after a pause (throttling, an internal error, 5xx).
+    Transient,
+    /// The credentials are refused or lack a permission: the operator has to act.
+    Auth,
+    /// Asking again gets the same answer (validation, a spent quota, an unknown error).
+    Permanent,
+    /// The resource changed under the request: read it again and decide again.
+    Conflict,
+    /// The resource does not exist (any more).
+    NotFound,
 }
 
 impl ApiError {
@@ -74,26 +108,41 @@ impl ApiError {
             ApiError::Transport { .. } | ApiError::Malformed { .. } => true,
             ApiError::Refused { .. } => false,
             ApiError::Auth { transient, .. } => *transient,
+            ApiError::Named { class, .. } => *class == ErrorClass::Transient,
+        }
+    }
+
+    /// The class of a named error (AWS); `None` for the other variants.
+    pub fn named_class(&self) -> Option<ErrorClass> {
+        match self {
+            ApiError::Named { class, .. } => Some(*class),
+            _ => None,
         }
     }
 
     /// The server's requested pause before the next try, if it gave one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ApiError::Status { retry_after, .. } => *retry_after,
+            ApiError::Status { retry_after, .. } | ApiError::Named { retry_after, .. } => {
+                *retry_after
+            }
             _ => None,
         }
     }
 
     pub fn status(&self) -> Option<u16> {
         match self {
-            ApiError::Status { status, .. } => Some(*status),
+            ApiError::Status { status, .. } | ApiError::Named { status, .. } => Some(*status),
             _ => None,
         }
     }
 
     pub fn is_auth(&self) -> bool {
-        matches!(self, ApiError::Auth { .. }) || matches!(self.status(), Some(401 | 403))
+        match self {
+            ApiError::Auth { .. } => true,
+            ApiError::Named { class, .. } => *class == ErrorClass::Auth,
+            _ => matches!(self.status(), Some(401 | 403)),
+        }
     }
 
     /// Builds a transport error from a reqwest error, keeping whether the request may have
@@ -286,6 +335,15 @@ impl RateLimiter {
             interval: Duration::from_secs_f64((1.0 / rate).min(3600.0)),
             burst: (rate.floor() as u32).clamp(1, 100),
             next_free: Mutex::new(None),
+        }
+    }
+
+    /// At most `requests_per_second` in any sliding second, evenly spaced, with no burst: the
+    /// form a quota counted per second needs (AWS Partner Central: 1 write a second).
+    pub fn evenly(requests_per_second: f64) -> Self {
+        RateLimiter {
+            burst: 1,
+            ..RateLimiter::new(requests_per_second)
         }
     }
 
@@ -560,6 +618,50 @@ mod tests {
         }
         // Burst of 2, then one every 500 ms: the 6th goes at 2 s.
         assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_even_limiter_never_lets_two_requests_into_one_second() {
+        let limiter = RateLimiter::evenly(1.0);
+        let mut sent = Vec::new();
+        let started = Instant::now();
+        for _ in 0..5 {
+            limiter.acquire().await;
+            sent.push(started.elapsed());
+        }
+        for pair in sent.windows(2) {
+            assert!(pair[1] - pair[0] >= Duration::from_secs(1), "{sent:?}");
+        }
+        // Ten a second, no burst: 11 requests span a full second.
+        let limiter = RateLimiter::evenly(10.0);
+        let started = Instant::now();
+        for _ in 0..11 {
+            limiter.acquire().await;
+        }
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn named_errors_are_classified_by_name_not_status() {
+        let named = |status, class| ApiError::Named {
+            api: "aws",
+            operation: "GetEngagementInvitation".into(),
+            status,
+            name: "X".into(),
+            class,
+            message: "m".into(),
+            detail: None,
+            retry_after: None,
+            request_id: None,
+        };
+        assert!(named(400, ErrorClass::Transient).is_transient());
+        assert!(!named(500, ErrorClass::Permanent).is_transient());
+        assert!(!named(403, ErrorClass::Transient).is_auth());
+        assert!(named(400, ErrorClass::Auth).is_auth());
+        assert_eq!(
+            named(400, ErrorClass::Conflict).named_class(),
+            Some(ErrorClass::Conflict)
+        );
     }
 
     #[tokio::test(start_paused = true)]

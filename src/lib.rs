@@ -40,6 +40,9 @@
 //! - [`http`]: what every client shares: error taxonomy, Retry-After, backoff, rate limit.
 //! - [`microsoft`]: Entra refresh-token grant with a rotating token file, and the Referrals client.
 //! - [`google`]: service-account tokens and the Cloud CRM Partners client (four methods).
+//! - [`aws`]: AWS Partner Central engagement invitations (spec §8): own SigV4 signer and
+//!   verifier, the tolerant model of the five operations, the client. Not wired into the
+//!   cycle yet (pull, alerts and answers come next); `pub` so tests reach it meanwhile.
 //! - [`store`]: SQLite (WAL, migrations, schema version), one thread per connection.
 //! - [`lanes`]: the deadline lane (pull → expiry alerts → plan → push → alerts) and the
 //!   refresh lane (Google re-reads on a per-record schedule), joining `sync` and `alerts`.
@@ -49,6 +52,7 @@
 //! - [`alerts`]: expiry and health alerts (pure planner), formats, durable delivery to sinks.
 //! - [`outside`]: text set outside the company (referral and customer names), typed so no
 //!   chat format can forget to escape it; a leaf.
+//! - [`open_enum`]: `open_enum!`, the string enums of the API models that keep unknown values.
 //! - [`pem`]: certificate files (DER/PEM, trust roots), a leaf for config and the verifier.
 //! - [`sim`]: the simulator of both clouds' APIs, used by `demo` and the tests.
 //! - [`telemetry`]: tracing subscriber set-up (text, json, journald).
@@ -75,6 +79,7 @@
 pub mod actions;
 pub(crate) mod alerts;
 pub mod app;
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub(crate) mod deadline;
@@ -87,6 +92,7 @@ pub mod lanes;
 pub(crate) mod links;
 pub mod metrics;
 pub mod microsoft;
+pub(crate) mod open_enum;
 pub(crate) mod outside;
 pub(crate) mod pem;
 pub(crate) mod progress;

@@ -446,3 +446,110 @@ thresholds = [\"1d\", \"-5h\", \"99999999999d\", \"2h\"]
         Ok(())
     });
 }
+
+// ---- [aws] (spec §4, §8) ----
+
+#[test]
+fn an_aws_section_loads_with_its_credentials_and_prints_no_secret() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "config.toml",
+            &format!(
+                "{GOOD}
+[aws]
+catalog = \"Sandbox\"
+access_key_id = \"AKIDEXAMPLE\"
+secret_access_key_file = \"aws-secret-access-key\"
+invitation_url = \"https://partnercentral.example/invitations/{{id}}\"
+"
+            ),
+        )?;
+        let dir = jail.directory().to_path_buf();
+        jail.set_env("CREDENTIALS_DIRECTORY", dir.display());
+        jail.create_file("aws-secret-access-key", "aws-s3cret-from-file\n")?;
+        // The keys in [aws] come before the environment (§8's order).
+        jail.set_env("AWS_ACCESS_KEY_ID", "AKIDFROMENV");
+        jail.set_env("AWS_SECRET_ACCESS_KEY", "env-secret");
+        let config = load(jail).unwrap();
+        let aws = config.aws.as_ref().expect("[aws] is on");
+        assert_eq!(aws.catalog(), "Sandbox");
+        assert_eq!(aws.requests_per_second(), 10.0, "the default read rate");
+        let credentials = aws.credentials().unwrap();
+        assert_eq!(credentials.access_key_id, "AKIDEXAMPLE");
+        assert_eq!(
+            credentials.secret_access_key.expose_secret(),
+            "aws-s3cret-from-file"
+        );
+        let printed = config.redacted_toml();
+        assert!(printed.contains("[aws]"), "{printed}");
+        assert!(!printed.contains("aws-s3cret-from-file"), "{printed}");
+        Ok(())
+    });
+}
+
+#[test]
+fn aws_credentials_come_from_the_environment_when_the_section_has_none() {
+    Jail::expect_with(|jail| {
+        // No [aws] in the file: the section comes from the environment (spec §4).
+        jail.create_file("config.toml", GOOD)?;
+        jail.set_env("COSELL_AWS__CATALOG", "Sandbox");
+        jail.set_env("AWS_ACCESS_KEY_ID", "AKIDFROMENV");
+        jail.set_env("AWS_SECRET_ACCESS_KEY", "env-secret");
+        jail.set_env("AWS_SESSION_TOKEN", "env-token");
+        let config = load(jail).unwrap();
+        let aws = config.aws.expect("[aws] is on from the environment");
+        assert_eq!(aws.catalog(), "Sandbox");
+        let credentials = aws.credentials().unwrap().clone();
+        assert_eq!(credentials.access_key_id, "AKIDFROMENV");
+        assert_eq!(
+            credentials.session_token.unwrap().expose_secret(),
+            "env-token"
+        );
+        assert_eq!(credentials.source.to_string(), "the AWS_* environment");
+        Ok(())
+    });
+}
+
+#[test]
+fn each_aws_mistake_names_its_key_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{GOOD}
+[aws]
+catalog = \"aws\"
+endpoint = \"http://partnercentral.example\"
+invitation_url = \"https://partnercentral.example/invitations\"
+requests_per_second = 0
+timeout = \"2h\"
+"
+        ),
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cosell-sync"));
+    command
+        .args(["--config", config.to_str().unwrap(), "check-config"])
+        // No credentials anywhere: not in the environment, no ~/.aws/credentials.
+        .env("HOME", dir.path())
+        .env_remove("CREDENTIALS_DIRECTORY");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("AWS_") || name.starts_with("COSELL_") {
+            command.env_remove(name);
+        }
+    }
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    for key in [
+        "aws.catalog",
+        "aws.endpoint",
+        "aws.invitation_url",
+        "aws.requests_per_second",
+        "aws.timeout",
+        "aws.access_key_id",
+    ] {
+        assert!(stderr.contains(key), "{key} not named: {stderr}");
+    }
+}

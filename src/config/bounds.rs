@@ -162,6 +162,16 @@ impl Config {
         if let Some(p) = self.actions.as_ref().and_then(|a| a.key_file.as_deref()) {
             out.push(("actions.key_file", p));
         }
+        if let Some(aws) = &self.aws {
+            for (key, path) in [
+                ("aws.secret_access_key_file", &aws.secret_access_key_file),
+                ("aws.session_token_file", &aws.session_token_file),
+            ] {
+                if let Some(p) = path {
+                    out.push((key, p.as_path()));
+                }
+            }
+        }
         out
     }
 }
@@ -200,13 +210,19 @@ mod tests {
         c.sync.lost_stages = vec!["X".into(); MAX_LIST + 1];
         c.state.path = "/var/lib/cosell\0sync/state.db".into();
         c.microsoft.client_secret_file = Some("secret\0".into());
+        let mut aws: crate::config::aws::AwsConfig =
+            toml::from_str("session_token_file = \"token\\u0000\"").unwrap();
+        aws.secret_access_key_file = Some("key\0".into());
+        c.aws = Some(aws);
         assert_eq!(
             keys(&c),
             [
                 "alerts.thresholds",
                 "sync.lost_stages",
                 "state.path",
-                "microsoft.client_secret_file"
+                "microsoft.client_secret_file",
+                "aws.secret_access_key_file",
+                "aws.session_token_file"
             ]
         );
     }

@@ -2,10 +2,11 @@
 //! [`load`]ing (compiled-in defaults, then the TOML file, then `COSELL_SECTION__KEY` env
 //! variables, figment), [`secrets`] inline or from `_file` paths (relative ones in systemd's
 //! `$CREDENTIALS_DIRECTORY`), [`validate`] whose every message names the offending key, the
-//! [`webhook`] and [`actions`] sections, alert sinks' [`routes`] (their keys checked), the
-//! [`bounds`] no value may cross, and the redacted view `check-config` prints.
+//! [`webhook`], [`actions`] and [`aws`] sections, alert sinks' [`routes`] (their keys checked),
+//! the [`bounds`] no value may cross, and the redacted view `check-config` prints.
 
 pub(crate) mod actions;
+pub(crate) mod aws;
 mod bounds;
 mod duration;
 mod errors;
@@ -20,6 +21,9 @@ pub(crate) mod webhook;
 use std::path::PathBuf;
 
 pub(crate) use actions::ActionsConfig;
+pub use aws::{
+    check_rejection_reason, AwsConfig, AwsCredentials, BadRejectionReason, CredentialSource,
+};
 pub(crate) use duration::HumanDuration;
 pub use errors::{ConfigError, ConfigErrors};
 pub use load::{config_path, Loaded};

@@ -94,6 +94,9 @@ impl Config {
         if let Some(path) = &self.google.credentials_file {
             self.google.credentials_file = Some(resolve_secret_path(path, base_dir));
         }
+        if let Some(aws) = &mut self.aws {
+            aws.resolve_secrets(base_dir, &|name| std::env::var(name).ok(), &mut errors);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -150,7 +153,7 @@ pub fn resolve_secret_path(path: &Path, base_dir: &Path) -> PathBuf {
     }
 }
 
-fn resolve_secret(
+pub(super) fn resolve_secret(
     key: &str,
     inline: &mut Option<SecretString>,
     file: Option<&Path>,

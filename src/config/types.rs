@@ -29,6 +29,9 @@ pub struct Config {
     /// Links in expiry alerts to a page that answers the referral; off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actions: Option<super::ActionsConfig>,
+    /// AWS Partner Central engagement invitations (spec §8); off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aws: Option<super::AwsConfig>,
 }
 
 /// Prometheus metrics and `/healthz` over HTTP, for `run` only.

@@ -96,6 +96,9 @@ impl Config {
         for (i, c) in self.alerts.command.iter().enumerate() {
             out.push((format!("alerts.command[{i}].timeout"), c.timeout.0, HOUR));
         }
+        if let Some(aws) = &self.aws {
+            out.extend(aws.duration_ceilings());
+        }
         out
     }
 
@@ -108,6 +111,9 @@ impl Config {
         self.check_google(&mut errors);
         self.check_sync_alerts_metrics(&mut errors);
         self.check_bounds(&mut errors);
+        if let Some(aws) = &self.aws {
+            aws.validate(self.actions.as_ref(), &mut errors);
+        }
         if errors.is_empty() {
             Ok(())
         } else {

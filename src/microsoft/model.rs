@@ -4,57 +4,11 @@
 //! fields are ignored (they stay in the raw JSON), numbers may arrive as strings, and timestamps
 //! may lack a zone or carry up to 9 fractional digits.
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-/// Declares a string enum that keeps values it does not know instead of failing the record.
-macro_rules! open_enum {
-    ($(#[$meta:meta])* $name:ident { $($variant:ident),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($variant,)+
-            /// A value this version does not know; kept verbatim.
-            Other(String),
-        }
-
-        impl $name {
-            pub fn as_str(&self) -> &str {
-                match self {
-                    $($name::$variant => stringify!($variant),)+
-                    $name::Other(s) => s,
-                }
-            }
-            pub(crate) fn parse(s: &str) -> Self {
-                match s {
-                    $(stringify!($variant) => $name::$variant,)+
-                    other => $name::Other(other.to_string()),
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                Ok($name::parse(&String::deserialize(d)?))
-            }
-        }
-    };
-}
+use crate::open_enum::open_enum;
 
 open_enum!(
     /// `New → Active → Closed`; Closed is terminal.

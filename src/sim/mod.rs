@@ -2,7 +2,10 @@
 //! token endpoint and the Partner Center Referrals API, behaving as `partner-apis.md` documents
 //! (OData subset, nextLink paging on the documented `/v1.0/referrals?$skiptoken=` shape, PATCH
 //! with eTags and 412, status rules), with switchable faults. It listens on 127.0.0.1 only.
+//! AWS Partner Central's inbox is [`aws`], a simulator of its own on its own port (not yet in
+//! `demo`).
 
+pub mod aws;
 pub mod google;
 pub mod microsoft;
 pub mod odata;
@@ -267,13 +270,7 @@ impl Simulator {
             .merge(google::router())
             .merge(webhook::router())
             .with_state(state.clone());
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stopped.cancelled().await })
-                .await;
-        });
+        let stop = spawn_server(listener, app);
         Ok(Simulator { addr, state, stop })
     }
 
@@ -398,6 +395,21 @@ impl Simulator {
     pub fn script_device_flow(&self, answers: &[&str]) {
         lock(&self.state.tokens).device_script = answers.iter().map(|a| a.to_string()).collect();
     }
+}
+
+/// Serves `app` on `listener` until the returned token is cancelled (a simulator's drop).
+pub(crate) fn spawn_server(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stopped.cancelled().await })
+            .await;
+    });
+    stop
 }
 
 /// Which API's error body a fault answers with.
