@@ -144,7 +144,7 @@ pub(crate) fn outbox(rows: &[OutboxRow]) -> String {
         "ID", "STATE", "KIND", "REFERRAL", "TRY", "NEXT ATTEMPT"
     );
     for r in rows {
-        let next = if matches!(r.state.as_str(), "pending" | "in_flight") {
+        let next = if r.state.is_open() {
             human(r.next_attempt_at)
         } else {
             "-".into()

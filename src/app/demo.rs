@@ -345,17 +345,14 @@ async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Res
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let _stop = stop.clone().drop_guard();
-    // The demo has no daemon scheduler: a bare deadline lane sends what the page queues, and
-    // the daemon's look for answers queued by the command line runs beside it.
-    let wake = crate::wake::DeadlineWake::new();
-    let lane_app = std::sync::Arc::new(app.clone());
-    tokio::spawn(lane_app.serve_wakes(wake.clone(), stop.clone()));
-    tokio::spawn(super::answer::wake_on_queued(
-        app.store.clone(),
-        wake.clone(),
+    // The demo has no daemon scheduler: the daemon's answer sender sends what the page (or
+    // the command line) queues.
+    let sender_app = std::sync::Arc::new(app.clone());
+    tokio::spawn(super::answer::send_queued(
+        move || sender_app.clone(),
         stop.clone(),
     ));
-    let router = page::router(settings, app.store.clone(), wake);
+    let router = page::router(settings, app.store.clone(), app.cycle.send.answers.clone());
     page::serve(&actions.listen, router, stop.clone())
         .await
         .map_err(anyhow::Error::msg)?;

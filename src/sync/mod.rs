@@ -1,6 +1,7 @@
 //! The sync primitives both lanes are made of: the Microsoft pull ([`pull`]), the Google
 //! refresh on a per-record schedule ([`refresh`]), the pure planner ([`reconcile`], with
-//! [`mapping`] for new leads) and the outbox ([`push`]). [`crate::lanes`] puts them in order.
+//! [`mapping`] for new leads; [`adopt`] reads what a referral's externalReferenceId names)
+//! and the outbox with its one executor ([`push`]). [`crate::lanes`] puts them in order.
 //! Accept / decline: the pure decision ([`answer`]) and how the one executor sends it
 //! ([`push::answer_referral`]).
 
@@ -24,7 +25,7 @@ use crate::store::referrals::UpsertCounts;
 use crate::store::{Store, StoreError};
 
 pub(crate) use pull::{PullSettings, PullStats};
-pub(crate) use push::{PlanStats, PushStats, Schedule};
+pub(crate) use push::{PlanStats, PushStats, Schedule, SendSettings};
 pub(crate) use reconcile::Policy;
 pub(crate) use refresh::{RefreshSettings, RefreshStats};
 
@@ -49,16 +50,12 @@ impl CycleError {
 pub struct GoogleSide {
     pub client: GoogleClient,
     pub policy: Policy,
-    pub schedule: Schedule,
-    pub concurrency: usize,
     /// In-call retries of idempotent Google calls (gets, patches) — `[google.retry]`;
     /// never used for creates.
     pub retry: RetryPolicy,
     pub refresh: RefreshSettings,
-    /// Log each write instead of sending it.
-    pub dry_run: bool,
     /// When this worker began: a referral copy older than this may predate a restore, so a
-    /// lead create reads the referral again first (see [`adopt::guard_create`]).
+    /// lead create reads the referral again first (the guard in `push::create_lead`).
     pub fresh_since: DateTime<Utc>,
 }
 
@@ -73,8 +70,8 @@ pub struct CycleContext {
     pub google: Option<GoogleSide>,
     /// Cancelled on SIGTERM: no new remote write starts after it.
     pub stop: tokio_util::sync::CancellationToken,
-    /// What accepts and declines need: the cycle's executor sends them too.
-    pub answers: push::answer_referral::AnswerSettings,
+    /// How the one executor sends, whatever the action kind (answers included).
+    pub send: SendSettings,
 }
 
 /// What the Google reads of a cycle did (a one-shot `sync` reads what is due).

@@ -16,11 +16,11 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use super::CycleError;
-use crate::http::{with_retry, RetryPolicy};
-use crate::microsoft::model::RejectedRecord;
+use crate::http::{with_retry, ApiError, RetryPolicy};
+use crate::microsoft::model::{ParsedReferral, RejectedRecord};
 use crate::microsoft::{odata, MicrosoftClient, PageRequest, Paging, MAX_PAGES};
 use crate::store::referrals::{self, UpsertCounts};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The watermark of the incremental query.
 pub(crate) const INCREMENTAL_WATERMARK: &str = "microsoft.referrals.updated";
@@ -33,6 +33,31 @@ pub struct PullSettings {
     pub(crate) retry: RetryPolicy,
     pub(crate) overlap: Duration,
     pub(crate) initial_lookback: Duration,
+}
+
+/// Reads one referral again (GET, with `[microsoft.retry]`) and stores it, which queues its
+/// plan when it changed: the one "refresh this referral" of the webhook forwarder, the lead
+/// create guard, the re-read after a 412 and the answers. `Ok(Err(e))`: the read failed and
+/// nothing was stored.
+pub(crate) async fn refresh_referral(
+    store: &Store,
+    microsoft: &MicrosoftClient,
+    retry: &RetryPolicy,
+    referral_id: &str,
+) -> Result<Result<ParsedReferral, ApiError>, StoreError> {
+    let read = with_retry(retry, "get referral", || {
+        microsoft.get_referral(referral_id)
+    })
+    .await;
+    let fresh = match read {
+        Ok(fresh) => fresh,
+        Err(e) => return Ok(Err(e)),
+    };
+    let copy = fresh.clone();
+    store
+        .call(move |c| referrals::commit_page(c, &[copy], &[], None, Utc::now()))
+        .await?;
+    Ok(Ok(fresh))
 }
 
 #[derive(Debug, Clone, Copy, Default)]
