@@ -235,3 +235,61 @@ async fn create_failed(
     );
     exec.record(row, Settled::audited(outcome, entry)).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::App;
+    use crate::sim::{sample, Simulator};
+    use crate::store::outbox::{self, Kinds};
+
+    /// Issue 26: a lead create is one store call before its request (the guard's read and
+    /// the claim) and one after it (link, lead copy, plan, done row, audit row), counted on
+    /// the store's own counter of asynchronous calls.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_lead_create_makes_two_store_calls_after_its_take() {
+        let sim = Simulator::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::app::demo::demo_config(&sim, dir.path()).unwrap();
+        let mut app = App::build(config).unwrap();
+        app.become_worker().unwrap();
+        let mut ctx = app.cycle.clone();
+        let google = ctx.google.as_mut().expect("the demo has the Google side");
+        // This process's own pull wrote the copy: the guard trusts it (no re-read).
+        google.fresh_since = chrono::DateTime::<Utc>::MIN_UTC;
+        let now = Utc::now();
+        let raw = sample::referral(7, now, chrono::Duration::hours(2), "New", "Pending");
+        let parsed = crate::microsoft::model::ParsedReferral::from_value(raw).unwrap();
+        let store = ctx.store.clone();
+        store
+            .call(move |c| referrals::commit_page(c, &[parsed], &[], None, now))
+            .await
+            .unwrap();
+        let policy = ctx.google.as_ref().unwrap().policy.clone();
+        let planned = super::super::plan_all(&store, &policy, now, None).await.unwrap();
+        assert_eq!(planned.queued, 1, "one lead create queued");
+        let row = store
+            .call(|c| outbox::take_due_of(c, Utc::now(), &[], Kinds::All))
+            .await
+            .unwrap()
+            .expect("the create is due");
+        let lead = match super::super::plan::decode(&row).unwrap() {
+            crate::sync::reconcile::Action::CreateLead { lead } => lead,
+            other => panic!("not a create: {other:?}"),
+        };
+        let exec = Executor::of(&ctx, "test");
+        let google = ctx.google.as_ref().unwrap();
+        let before = store.calls();
+        let outcome = execute(&exec, google, row, lead).await.unwrap();
+        assert!(matches!(outcome, Outcome::Done { .. }), "{outcome:?}");
+        assert_eq!(store.calls() - before, 2, "store calls of one lead create");
+        assert_eq!(sim.leads_per_external_id().len(), 1);
+        // The write-back was planned in the create's transaction.
+        let open = store
+            .call(|c| outbox::list(c, &[outbox::State::Pending], 10))
+            .await
+            .unwrap();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].kind, outbox::PATCH_REFERRAL);
+    }
+}
