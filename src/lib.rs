@@ -39,7 +39,8 @@
 //! - [`status`]: what `status` knows (and `status --referral`), read from the store.
 //! - [`service_level`]: how fast referrals are answered, how many expire: metrics and `status`.
 //! - [`progress`]: progress of long work: a bar on a terminal, periodic log lines otherwise.
-//! - [`render`]: every command's tables and JSON, in one place.
+//! - [`render`]: the commands' tables, listings and JSON (one-line confirmations are written
+//!   by the command, in `app/`).
 //! - [`timefmt`]: one time format for people (`2026-12-01 14:05 UTC`, `2 d 12 h`), pure.
 //! - [`app::scheduler`]: the daemon (`run`): the cron job, the no-overlap guard, SIGHUP reload,
 //!   shutdown with a grace period; part of the wiring, since a reload rebuilds the app. Two

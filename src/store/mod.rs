@@ -25,6 +25,9 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 /// The migrations, in order. The file name's number is the schema version it brings.
+/// There is no version 5: none was ever committed (the webhook's migration came as 6), and a
+/// gap is harmless, since a database runs every migration above its version. Numbers are
+/// never reused or shifted: a database at 6 must not run a new 5.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,

@@ -266,7 +266,9 @@ mod tests {
             .await
             .unwrap();
         let policy = ctx.google.as_ref().unwrap().policy.clone();
-        let planned = super::super::plan_all(&store, &policy, now, None).await.unwrap();
+        let planned = super::super::plan_all(&store, &policy, now, None)
+            .await
+            .unwrap();
         assert_eq!(planned.queued, 1, "one lead create queued");
         let row = store
             .call(|c| outbox::take_due_of(c, Utc::now(), &[], Kinds::All))
