@@ -125,7 +125,6 @@ impl App {
         .map_err(AppError::Config)?;
         let pull = PullSettings {
             page_size: ms.page_size,
-            retry: ms.retry.policy(),
             overlap: ms.incremental_overlap.0,
             initial_lookback: ms.initial_lookback.0,
         };
@@ -149,6 +148,7 @@ impl App {
             cycle: CycleContext {
                 store: store.clone(),
                 microsoft,
+                microsoft_retry: ms.retry.policy(),
                 pull,
                 google,
                 stop: tokio_util::sync::CancellationToken::new(),

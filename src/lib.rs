@@ -18,7 +18,7 @@
 //!
 //! How an action kind plugs in (the next cloud's too: AWS Partner Central invitations): one
 //! variant of `sync::reconcile::Action` (what is queued, and how it is stored: `encode` /
-//! `decode` in `sync::push::plan`, a new `kind` name in `store::outbox`), and one file in
+//! `decode` in `sync::plan`, a new `kind` name in `store::outbox`), and one file in
 //! `sync::push` with one entry point, `execute(&Executor, ..., row, payload) -> Outcome`,
 //! called from `Executor::execute`. The kind decides and sends; the executor gives it what
 //! it needs: the clients with their retry policies, `claim` (right before the request; a

@@ -530,8 +530,8 @@ pub fn reload(config: &Config, pid: i32, wait_secs: u64) -> Outcome {
     )
     .map_err(AppError::Refused)?;
     match answer {
-        crate::reload::Answer::Reloaded => Ok(Printed::ok("configuration reloaded\n")),
-        crate::reload::Answer::Refused(why) => Err(AppError::Refused(format!(
+        crate::reload::ReloadReply::Reloaded => Ok(Printed::ok("configuration reloaded\n")),
+        crate::reload::ReloadReply::Refused(why) => Err(AppError::Refused(format!(
             "reload refused; the daemon keeps its running configuration:\n{why}"
         ))),
     }

@@ -159,7 +159,7 @@ mod tests {
                     outbox::SendClaim::Won,
                     "again after a 412 re-read"
                 );
-                let done = outbox::Outcome::Done { result: None };
+                let done = outbox::ActionOutcome::Done { result: None };
                 outbox::finish(c, row.id, &done, Some("{}"), None, now)?;
                 assert!(!any_due(c, now)?);
                 assert_eq!(latest_finished(c, "r1")?.map(|r| r.id), Some(first));

@@ -314,7 +314,7 @@ pub(crate) fn release(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<
 
 /// How an attempt ended.
 #[derive(Debug, Clone)]
-pub(crate) enum Outcome {
+pub(crate) enum ActionOutcome {
     Done {
         result: Option<String>,
     },
@@ -334,36 +334,36 @@ pub(crate) enum Outcome {
     },
 }
 
-impl Outcome {
+impl ActionOutcome {
     pub(crate) fn state(&self) -> State {
         match self {
-            Outcome::Done { .. } => State::Done,
-            Outcome::Retry { .. } => State::Pending,
-            Outcome::Dead { .. } => State::Dead,
-            Outcome::Quarantined { .. } => State::Quarantined,
-            Outcome::Superseded { .. } => State::Superseded,
+            ActionOutcome::Done { .. } => State::Done,
+            ActionOutcome::Retry { .. } => State::Pending,
+            ActionOutcome::Dead { .. } => State::Dead,
+            ActionOutcome::Quarantined { .. } => State::Quarantined,
+            ActionOutcome::Superseded { .. } => State::Superseded,
         }
     }
 }
 
 /// Records how an attempt ended: the state, the retry time, the error and the result.
 /// `result` is a kind's own result text kept whatever the outcome (an answer's outcome for
-/// the person who asked); without it a done row keeps [`Outcome::Done`]'s.
+/// the person who asked); without it a done row keeps [`ActionOutcome::Done`]'s.
 pub(crate) fn finish(
     conn: &Connection,
     id: i64,
-    outcome: &Outcome,
+    outcome: &ActionOutcome,
     result: Option<&str>,
     request_id: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let (next, error, done) = match outcome {
-        Outcome::Done { result } => (None, None, result.clone()),
-        Outcome::Retry { at, error } => (Some(db_timestamp(*at)), Some(error.clone()), None),
-        Outcome::Dead { error } | Outcome::Quarantined { error } => {
+        ActionOutcome::Done { result } => (None, None, result.clone()),
+        ActionOutcome::Retry { at, error } => (Some(db_timestamp(*at)), Some(error.clone()), None),
+        ActionOutcome::Dead { error } | ActionOutcome::Quarantined { error } => {
             (None, Some(error.clone()), None)
         }
-        Outcome::Superseded { reason } => (None, Some(reason.clone()), None),
+        ActionOutcome::Superseded { reason } => (None, Some(reason.clone()), None),
     };
     conn.prepare_cached(FINISH)?.execute(params![
         id,
@@ -646,7 +646,7 @@ mod tests {
                 finish(
                     c,
                     claimed.id,
-                    &Outcome::Done {
+                    &ActionOutcome::Done {
                         result: Some("partners/1/leads/1".into()),
                     },
                     None,

@@ -1,13 +1,15 @@
 //! The sync primitives both lanes are made of: the Microsoft pull ([`pull`]), the Google
 //! refresh on a per-record schedule ([`refresh`]), the pure planner ([`reconcile`], with
-//! [`mapping`] for new leads; [`adopt`] reads what a referral's externalReferenceId names)
-//! and the outbox with its one executor ([`push`]). [`crate::lanes`] puts them in order.
+//! [`mapping`] for new leads and [`adopt`] for what a referral's externalReferenceId names),
+//! planning into the outbox ([`plan`]) and the outbox's one executor ([`push`]).
+//! [`crate::lanes`] puts them in order.
 //! Accept / decline: the pure decision ([`answer`]) and how the one executor sends it
 //! ([`push::answer_referral`]).
 
 pub(crate) mod adopt;
 pub(crate) mod answer;
 pub(crate) mod mapping;
+pub mod plan;
 pub(crate) mod pull;
 pub mod push;
 pub(crate) mod reconcile;
@@ -24,8 +26,9 @@ use crate::microsoft::MicrosoftClient;
 use crate::store::referrals::UpsertCounts;
 use crate::store::{Store, StoreError};
 
+pub(crate) use plan::PlanStats;
 pub(crate) use pull::{PullSettings, PullStats};
-pub(crate) use push::{PlanStats, PushStats, Schedule, SendSettings};
+pub(crate) use push::{PushStats, Schedule, SendSettings};
 pub(crate) use reconcile::Policy;
 pub(crate) use refresh::{RefreshSettings, RefreshStats};
 
@@ -64,7 +67,9 @@ pub struct GoogleSide {
 pub struct CycleContext {
     pub store: Store,
     pub microsoft: MicrosoftClient,
-    /// The Microsoft pull, and `[microsoft.retry]` for every Microsoft call.
+    /// `[microsoft.retry]`: every Microsoft call (pull pages, re-reads, patches, answers).
+    pub microsoft_retry: RetryPolicy,
+    /// The Microsoft pull's paging and watermark settings.
     pub pull: PullSettings,
     /// `None` when `[google]` is not configured: the daemon then only pulls Microsoft.
     pub google: Option<GoogleSide>,

@@ -30,7 +30,6 @@ pub(crate) const INBOX_FILTER: &str = "direction eq 'Incoming' and substatus eq 
 #[derive(Debug, Clone)]
 pub struct PullSettings {
     pub page_size: u32,
-    pub(crate) retry: RetryPolicy,
     pub(crate) overlap: Duration,
     pub(crate) initial_lookback: Duration,
 }
@@ -106,6 +105,8 @@ enum Stage {
 pub(crate) struct MicrosoftPull<'a> {
     store: &'a Store,
     client: &'a MicrosoftClient,
+    /// `[microsoft.retry]`.
+    retry: &'a RetryPolicy,
     settings: &'a PullSettings,
     now: DateTime<Utc>,
     queries: Queries,
@@ -123,7 +124,7 @@ pub(crate) struct MicrosoftPull<'a> {
 impl<'a> MicrosoftPull<'a> {
     pub(crate) fn with(
         store: &'a Store,
-        client: &'a MicrosoftClient,
+        (client, retry): (&'a MicrosoftClient, &'a RetryPolicy),
         settings: &'a PullSettings,
         now: DateTime<Utc>,
         queries: Queries,
@@ -136,6 +137,7 @@ impl<'a> MicrosoftPull<'a> {
         MicrosoftPull {
             store,
             client,
+            retry,
             settings,
             now,
             queries,
@@ -234,10 +236,7 @@ impl<'a> MicrosoftPull<'a> {
     async fn read(&mut self, request: PageRequest) -> Result<PageDone, CycleError> {
         let query = self.query_name();
         let client = self.client;
-        let page = with_retry(&self.settings.retry, "list referrals", || {
-            client.list_page(&request)
-        })
-        .await?;
+        let page = with_retry(self.retry, "list referrals", || client.list_page(&request)).await?;
         log_rejected(query, &page.rejected, page.request_id.as_deref());
         let watermark = (self.stage == Stage::Incremental).then_some(INCREMENTAL_WATERMARK);
         let high_water = page.referrals.iter().map(|r| r.referral.updated_at()).max();

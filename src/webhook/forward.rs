@@ -56,7 +56,7 @@ pub struct Handoff {
 /// GETs a referral and commits it (queuing its plan); the lane does the rest.
 async fn fetch_and_commit(handoff: &Handoff, referral_id: &str) -> Result<(), ForwardError> {
     let ctx = &handoff.cycle;
-    let retry = &ctx.pull.retry;
+    let retry = &ctx.microsoft_retry;
     refresh_referral(&ctx.store, &ctx.microsoft, retry, referral_id).await??;
     Ok(())
 }

@@ -8,7 +8,7 @@ use super::executor::Executor;
 use crate::google::model::{resource_kind, ResourceKind};
 use crate::http::{with_retry, ApiError};
 use crate::store::google as gstore;
-use crate::store::outbox::{self, OutboxRow, Outcome};
+use crate::store::outbox::{self, ActionOutcome, OutboxRow};
 use crate::store::{schedule, StoreError};
 use crate::sync::GoogleSide;
 
@@ -19,7 +19,7 @@ pub(super) async fn execute(
     google: &GoogleSide,
     row: OutboxRow,
     name: String,
-) -> Result<Outcome, StoreError> {
+) -> Result<ActionOutcome, StoreError> {
     let referral_id = row.referral_id.clone();
     let (owner, existing) = {
         let (id, n) = (referral_id.clone(), name.clone());
@@ -31,37 +31,41 @@ pub(super) async fn execute(
         let error = format!(
             "externalReferenceId names {name}, which is linked to referral {other}: not linked, no lead created; a person decides (cosell-sync status --referral {referral_id})"
         );
-        return exec.record(&row, Outcome::Dead { error }.into()).await;
+        return exec
+            .record(&row, ActionOutcome::Dead { error }.into())
+            .await;
     }
     if existing.is_some() {
         let reason = "already linked; nothing to adopt".to_string();
         return exec
-            .record(&row, Outcome::Superseded { reason }.into())
+            .record(&row, ActionOutcome::Superseded { reason }.into())
             .await;
     }
     let Some(kind) = resource_kind(&name) else {
         let error = format!("{name} is not a Google resource name");
-        return exec.record(&row, Outcome::Dead { error }.into()).await;
+        return exec
+            .record(&row, ActionOutcome::Dead { error }.into())
+            .await;
     };
     let read = read_record(google, &name, kind).await;
     let outcome = match read {
         Ok(record) if record.external_system_id() == Some(referral_id.as_str()) => {
             return link_adopted(exec, google, &row, record).await;
         }
-        Ok(record) => Outcome::Dead {
+        Ok(record) => ActionOutcome::Dead {
             error: format!(
                 "externalReferenceId names {name}, whose externalSystemId is {} (not this referral): not linked, no lead created. If it is this referral's, run `cosell-sync link {referral_id} {name}`; if not, correct externalReferenceId in Partner Center",
                 record.external_system_id().unwrap_or("absent")
             ),
         },
-        Err(e) if e.status() == Some(404) => Outcome::Dead {
+        Err(e) if e.status() == Some(404) => ActionOutcome::Dead {
             error: format!(
                 "externalReferenceId names {name}, which does not exist in Google (404): not linked, no lead created. Correct externalReferenceId in Partner Center, or link the right record (cosell-sync link {referral_id} NAME)"
             ),
         },
         Err(e) => exec.failure(&row, &e),
     };
-    if let Outcome::Dead { error } = &outcome {
+    if let ActionOutcome::Dead { error } = &outcome {
         tracing::error!(referral_id = %referral_id, error, "link cannot be recovered");
     }
     exec.record(&row, outcome.into()).await
@@ -118,7 +122,7 @@ async fn link_adopted(
     google: &GoogleSide,
     row: &OutboxRow,
     record: Record,
-) -> Result<Outcome, StoreError> {
+) -> Result<ActionOutcome, StoreError> {
     let referral_id = row.referral_id.clone();
     let first_check = google.refresh.min_interval;
     let name = record.name().to_string();
@@ -137,7 +141,7 @@ async fn link_adopted(
         schedule::checked_fresh(tx, record.name(), &referral_id, first_check, now)?;
         Ok(())
     });
-    let done = Outcome::Done {
+    let done = ActionOutcome::Done {
         result: Some(name.clone()),
     };
     let outcome = exec.record_with(row, done.into(), also).await?;

@@ -15,7 +15,7 @@ use super::executor::{failed_audit, Executor, Settled};
 use crate::http::{with_retry, ApiError};
 use crate::microsoft::model::ParsedReferral;
 use crate::microsoft::{PatchOp, WriteOutcome};
-use crate::store::outbox::{self, AuditEntry, OutboxRow, Outcome};
+use crate::store::outbox::{self, ActionOutcome, AuditEntry, OutboxRow};
 use crate::store::{referrals, Store, StoreError};
 use crate::sync::answer::{decide, Answer, Verdict};
 use crate::wake::AnswerWake;
@@ -63,7 +63,7 @@ pub(super) async fn execute(
     exec: &Executor<'_>,
     row: OutboxRow,
     answer: Answer,
-) -> Result<Outcome, StoreError> {
+) -> Result<ActionOutcome, StoreError> {
     let mut current = match stored_or_fresh(exec, &row, &answer).await? {
         Ok(current) => current,
         Err(closed) => return Ok(closed),
@@ -134,7 +134,7 @@ async fn stored_or_fresh(
     exec: &Executor<'_>,
     row: &OutboxRow,
     answer: &Answer,
-) -> Result<Result<ParsedReferral, Outcome>, StoreError> {
+) -> Result<Result<ParsedReferral, ActionOutcome>, StoreError> {
     let id = row.referral_id.clone();
     let stored = exec
         .store
@@ -155,7 +155,7 @@ async fn read_fresh(
     exec: &Executor<'_>,
     row: &OutboxRow,
     answer: &Answer,
-) -> Result<Result<ParsedReferral, Outcome>, StoreError> {
+) -> Result<Result<ParsedReferral, ActionOutcome>, StoreError> {
     let read = exec.refresh_referral(&row.referral_id).await?;
     match read {
         Ok(fresh) => Ok(Ok(fresh)),
@@ -180,7 +180,7 @@ async fn answered(
     answer: &Answer,
     ops: &[PatchOp],
     written: WriteOutcome,
-) -> Result<Outcome, StoreError> {
+) -> Result<ActionOutcome, StoreError> {
     // 200 with the representation (asked for), 204 without: then read it again.
     let code = if written.referral.is_some() { 200 } else { 204 };
     let fresh = match written.referral {
@@ -201,7 +201,7 @@ async fn answered(
     let done = Settled {
         result: Some(result.clone()),
         ..Settled::sent(
-            Outcome::Done {
+            ActionOutcome::Done {
                 result: Some(result),
             },
             audit,
@@ -226,9 +226,9 @@ async fn failed(
     answer: &Answer,
     e: &ApiError,
     audit: Option<AuditEntry>,
-) -> Result<Outcome, StoreError> {
+) -> Result<ActionOutcome, StoreError> {
     let (outcome, message) = match exec.failure(row, e) {
-        Outcome::Retry { at, .. } => {
+        ActionOutcome::Retry { at, .. } => {
             let m = format!(
                 "Partner Center did not answer ({e}); the answer stays queued and is sent again"
             );
@@ -243,7 +243,7 @@ async fn failed(
     let settled = Settled {
         result: Some(result),
         audit,
-        ..Settled::from(Outcome::Dead { error: message })
+        ..Settled::from(ActionOutcome::Dead { error: message })
     };
     exec.record(row, settled).await
 }
@@ -255,12 +255,12 @@ async fn retry_later(
     message: String,
     at: DateTime<Utc>,
     audit: Option<AuditEntry>,
-) -> Result<Outcome, StoreError> {
+) -> Result<ActionOutcome, StoreError> {
     let result = result_of(answer, AnswerOutcome::Queued, &message);
     let settled = Settled {
         result: Some(result),
         audit,
-        ..Settled::from(Outcome::Retry { at, error: message })
+        ..Settled::from(ActionOutcome::Retry { at, error: message })
     };
     exec.record(row, settled).await
 }
@@ -272,11 +272,11 @@ async fn close(
     answer: &Answer,
     outcome: AnswerOutcome,
     message: String,
-) -> Result<Outcome, StoreError> {
+) -> Result<ActionOutcome, StoreError> {
     tracing::info!(?outcome, message, "answer closed without a write");
     let settled = Settled {
         result: Some(result_of(answer, outcome, &message)),
-        ..Settled::from(Outcome::Superseded { reason: message })
+        ..Settled::from(ActionOutcome::Superseded { reason: message })
     };
     exec.record(row, settled).await
 }

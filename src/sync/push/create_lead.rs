@@ -8,14 +8,14 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::executor::{failed_audit, Claim, Executor, Settled};
-use super::plan::plan_in;
 use crate::google::client::Reply;
 use crate::google::Lead;
 use crate::http::ApiError;
 use crate::store::google as gstore;
-use crate::store::outbox::{AuditEntry, OutboxRow, Outcome};
+use crate::store::outbox::{ActionOutcome, AuditEntry, OutboxRow};
 use crate::store::{referrals, schedule, StoreError};
 use crate::sync::adopt::{named_record, Named};
+use crate::sync::plan::plan_in;
 use crate::sync::{GoogleSide, Policy};
 
 /// Creates the lead of `row` (the one entry point of this kind).
@@ -24,7 +24,7 @@ pub(super) async fn execute(
     google: &GoogleSide,
     row: OutboxRow,
     lead: Value,
-) -> Result<Outcome, StoreError> {
+) -> Result<ActionOutcome, StoreError> {
     let parent = format!("partners/{}", google.policy.partner_id);
     // One attempt, never wrapped in a retry: a create has no request id, and Google has no
     // lookup by externalSystemId, so a repeated create could be a duplicate lead. Token and
@@ -79,10 +79,10 @@ enum Guarded {
     /// The stored copy predates this process: read the referral again first.
     Stale,
     /// Not sent (shutdown, or no longer this taker's): see [`Claim::run`].
-    NotSent(Outcome),
+    NotSent(ActionOutcome),
     /// The referral names a Google record: no create; the create is closed and the referral
     /// planned again (which adopts the record when it is this partner's).
-    Stopped(Outcome),
+    Stopped(ActionOutcome),
 }
 
 impl Guard {
@@ -113,7 +113,7 @@ impl Guard {
                 ", a record of another partner"
             }
         );
-        let outcome = Outcome::Superseded { reason };
+        let outcome = ActionOutcome::Superseded { reason };
         let tx = c.transaction()?;
         let now = Utc::now();
         Settled::from(outcome.clone()).write(&tx, self.claim.id(), "", now)?;
@@ -131,12 +131,12 @@ async fn reread(
     exec: &Executor<'_>,
     google: &GoogleSide,
     row: &OutboxRow,
-) -> Result<Result<Guard, Outcome>, StoreError> {
+) -> Result<Result<Guard, ActionOutcome>, StoreError> {
     let read = exec.refresh_referral(&row.referral_id).await?;
     if let Err(e) = read {
         let outcome = match exec.failure(row, &e) {
             // A dead read leaves the create waiting.
-            Outcome::Dead { error } => Outcome::Retry {
+            ActionOutcome::Dead { error } => ActionOutcome::Retry {
                 at: Utc::now() + chrono::Duration::minutes(5),
                 error: format!("re-reading the referral before creating: {error}"),
             },
@@ -159,7 +159,7 @@ async fn lead_created(
     google: &GoogleSide,
     row: &OutboxRow,
     reply: Reply<Lead>,
-) -> Result<Outcome, StoreError> {
+) -> Result<ActionOutcome, StoreError> {
     let (created, request_id) = (reply.value, reply.request_id);
     let referral_id = row.referral_id.clone();
     let name = created.name.clone();
@@ -176,7 +176,7 @@ async fn lead_created(
         detail: None,
         actor: None,
     };
-    let done = Outcome::Done {
+    let done = ActionOutcome::Done {
         result: Some(name.clone()),
     };
     let also = Box::new(move |tx: &rusqlite::Transaction, now: DateTime<Utc>| {
@@ -208,7 +208,7 @@ async fn create_failed(
     row: &OutboxRow,
     parent: &str,
     e: ApiError,
-) -> Result<Outcome, StoreError> {
+) -> Result<ActionOutcome, StoreError> {
     let unknown = matches!(
         e,
         ApiError::Transport {
@@ -217,7 +217,7 @@ async fn create_failed(
         } | ApiError::Malformed { .. }
     );
     let outcome = if unknown {
-        Outcome::Quarantined {
+        ActionOutcome::Quarantined {
             error: format!(
                 "outcome unknown ({e}); the lead may exist in Google: link it (cosell-sync link {} partners/{}/leads/ID) or, if it does not exist, cosell-sync outbox retry {}",
                 row.referral_id, google.policy.partner_id, row.id
@@ -266,7 +266,7 @@ mod tests {
             .await
             .unwrap();
         let policy = ctx.google.as_ref().unwrap().policy.clone();
-        let planned = super::super::plan_all(&store, &policy, now, None)
+        let planned = crate::sync::plan::plan_all(&store, &policy, now, None)
             .await
             .unwrap();
         assert_eq!(planned.queued, 1, "one lead create queued");
@@ -275,7 +275,7 @@ mod tests {
             .await
             .unwrap()
             .expect("the create is due");
-        let lead = match super::super::plan::decode(&row).unwrap() {
+        let lead = match crate::sync::plan::decode(&row).unwrap() {
             crate::sync::reconcile::Action::CreateLead { lead } => lead,
             other => panic!("not a create: {other:?}"),
         };
@@ -283,7 +283,7 @@ mod tests {
         let google = ctx.google.as_ref().unwrap();
         let before = store.calls();
         let outcome = execute(&exec, google, row, lead).await.unwrap();
-        assert!(matches!(outcome, Outcome::Done { .. }), "{outcome:?}");
+        assert!(matches!(outcome, ActionOutcome::Done { .. }), "{outcome:?}");
         assert_eq!(store.calls() - before, 2, "store calls of one lead create");
         assert_eq!(sim.leads_per_external_id().len(), 1);
         // The write-back was planned in the create's transaction.

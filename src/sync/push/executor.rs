@@ -14,14 +14,14 @@ use rusqlite::{Connection, Transaction};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::plan::decode;
 use super::{adopt_link, answer_referral, create_lead, patch_opportunity, patch_referral};
 use super::{PushStats, Schedule};
 use crate::http::{ApiError, RetryPolicy};
 use crate::microsoft::model::ParsedReferral;
 use crate::microsoft::MicrosoftClient;
-use crate::store::outbox::{self, AuditEntry, Kinds, OutboxRow, Outcome, SendClaim};
+use crate::store::outbox::{self, ActionOutcome, AuditEntry, Kinds, OutboxRow, SendClaim};
 use crate::store::{Store, StoreError};
+use crate::sync::plan::decode;
 use crate::sync::pull::refresh_referral;
 use crate::sync::reconcile::Action;
 use crate::sync::{CycleContext, GoogleSide};
@@ -85,7 +85,7 @@ pub(crate) struct Executor<'a> {
 /// What one attempt leaves on its row, recorded by [`Executor::record`].
 #[derive(Debug, Clone)]
 pub(crate) struct Settled {
-    pub(crate) outcome: Outcome,
+    pub(crate) outcome: ActionOutcome,
     /// A kind's own result text, kept whatever the outcome (an answer's outcome for the
     /// person who asked).
     pub(crate) result: Option<String>,
@@ -93,8 +93,8 @@ pub(crate) struct Settled {
     pub(crate) audit: Option<AuditEntry>,
 }
 
-impl From<Outcome> for Settled {
-    fn from(outcome: Outcome) -> Settled {
+impl From<ActionOutcome> for Settled {
+    fn from(outcome: ActionOutcome) -> Settled {
         Settled {
             outcome,
             result: None,
@@ -106,7 +106,7 @@ impl From<Outcome> for Settled {
 
 impl Settled {
     /// An outcome with the audit row of its request.
-    pub(crate) fn audited(outcome: Outcome, audit: AuditEntry) -> Settled {
+    pub(crate) fn audited(outcome: ActionOutcome, audit: AuditEntry) -> Settled {
         Settled {
             audit: Some(audit),
             ..Settled::from(outcome)
@@ -114,7 +114,7 @@ impl Settled {
     }
 
     /// A request that went through: the row keeps its request id too.
-    pub(crate) fn sent(outcome: Outcome, audit: AuditEntry) -> Settled {
+    pub(crate) fn sent(outcome: ActionOutcome, audit: AuditEntry) -> Settled {
         Settled {
             request_id: audit.request_id.clone(),
             ..Settled::audited(outcome, audit)
@@ -146,15 +146,15 @@ impl Settled {
 }
 
 /// The log line of a recorded outcome (the ones a person may have to act on).
-pub(crate) fn log(id: i64, outcome: &Outcome) {
+pub(crate) fn log(id: i64, outcome: &ActionOutcome) {
     match outcome {
-        Outcome::Dead { error } => {
+        ActionOutcome::Dead { error } => {
             tracing::error!(action_id = id, error, "write failed for good (dead)")
         }
-        Outcome::Quarantined { error } => {
+        ActionOutcome::Quarantined { error } => {
             tracing::error!(action_id = id, error, "lead create quarantined")
         }
-        Outcome::Retry { error, at } => {
+        ActionOutcome::Retry { error, at } => {
             tracing::warn!(action_id = id, error, retry_at = %at, "write will be retried")
         }
         _ => {}
@@ -171,7 +171,7 @@ impl<'a> Executor<'a> {
         Executor {
             store: &ctx.store,
             microsoft: &ctx.microsoft,
-            microsoft_retry: &ctx.pull.retry,
+            microsoft_retry: &ctx.microsoft_retry,
             google: ctx.google.as_ref(),
             send: &ctx.send,
             stop: &ctx.stop,
@@ -241,7 +241,7 @@ impl<'a> Executor<'a> {
     }
 
     /// Decodes a taken row and hands it to its kind's file (the one entry point each).
-    async fn execute(&self, row: OutboxRow) -> Result<Outcome, StoreError> {
+    async fn execute(&self, row: OutboxRow) -> Result<ActionOutcome, StoreError> {
         use tracing::Instrument;
         let span = tracing::info_span!("action", id = row.id, kind = %row.kind, referral_id = %row.referral_id);
         async move {
@@ -250,7 +250,9 @@ impl<'a> Executor<'a> {
                 Err(error) => {
                     // Never guessed at, never silently closed: a person looks at it.
                     let error = format!("the stored action cannot be read: {error}");
-                    return self.record(&row, Outcome::Dead { error }.into()).await;
+                    return self
+                        .record(&row, ActionOutcome::Dead { error }.into())
+                        .await;
                 }
             };
             if let Action::AnswerReferral { answer } = action {
@@ -260,7 +262,7 @@ impl<'a> Executor<'a> {
             let Some(google) = self.google else {
                 let reason = "the Google side is off".to_string();
                 return self
-                    .record(&row, Outcome::Superseded { reason }.into())
+                    .record(&row, ActionOutcome::Superseded { reason }.into())
                     .await;
             };
             // An adoption only reads Google: a dry run does it too (into the throw-away copy).
@@ -296,7 +298,7 @@ impl<'a> Executor<'a> {
 
     /// Dry run: logs the write (method, path, body summary) and closes it in the throw-away
     /// copy.
-    async fn dry_run(&self, row: &OutboxRow, action: &Action) -> Result<Outcome, StoreError> {
+    async fn dry_run(&self, row: &OutboxRow, action: &Action) -> Result<ActionOutcome, StoreError> {
         let (method, path, summary) = match action {
             Action::AdoptLink { name } => ("GET", format!("/v1/{name}"), String::new()),
             Action::CreateLead { lead } => (
@@ -327,7 +329,7 @@ impl<'a> Executor<'a> {
         };
         tracing::warn!(referral_id = %row.referral_id, method, path = %path, body = %summary, "DRY RUN: would send");
         let reason = "dry run: not sent".to_string();
-        self.record(row, Outcome::Superseded { reason }.into())
+        self.record(row, ActionOutcome::Superseded { reason }.into())
             .await
     }
 
@@ -342,7 +344,7 @@ impl<'a> Executor<'a> {
     }
 
     /// [`Claim::run`] in a store call of its own. `Some(outcome)`: do not send.
-    pub(crate) async fn claim(&self, claim: Claim) -> Result<Option<Outcome>, StoreError> {
+    pub(crate) async fn claim(&self, claim: Claim) -> Result<Option<ActionOutcome>, StoreError> {
         self.store.call(move |c| claim.run(c)).await
     }
 
@@ -354,7 +356,7 @@ impl<'a> Executor<'a> {
         row: &OutboxRow,
         settled: Settled,
         also: Also,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<ActionOutcome, StoreError> {
         let (id, cycle) = (row.id, self.cycle_id.to_string());
         let outcome = settled.outcome.clone();
         self.store
@@ -377,7 +379,7 @@ impl<'a> Executor<'a> {
         &self,
         row: &OutboxRow,
         settled: Settled,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<ActionOutcome, StoreError> {
         self.record_with(row, settled, Box::new(|_, _| Ok(())))
             .await
     }
@@ -411,20 +413,20 @@ impl<'a> Executor<'a> {
 
     /// The failure outcome for a call that can be repeated safely: retried while the
     /// schedule allows (transient or authentication errors), else dead.
-    pub(crate) fn failure(&self, row: &OutboxRow, e: &ApiError) -> Outcome {
+    pub(crate) fn failure(&self, row: &OutboxRow, e: &ApiError) -> ActionOutcome {
         let error = e.to_string();
         let repeatable = e.is_transient() || e.is_auth();
         if repeatable && row.attempts < self.send.schedule.max_attempts {
-            Outcome::Retry {
+            ActionOutcome::Retry {
                 at: self.retry_time(row.attempts, e.retry_after()),
                 error,
             }
         } else if repeatable {
-            Outcome::Dead {
+            ActionOutcome::Dead {
                 error: format!("gave up after {} attempts: {error}", row.attempts),
             }
         } else {
-            Outcome::Dead { error }
+            ActionOutcome::Dead { error }
         }
     }
 }
@@ -451,10 +453,10 @@ impl Claim {
     /// `Some(outcome)`: do not send (shutdown began: given back, due again at once and the
     /// attempt not counted; or the row was dropped, taken again or closed meanwhile: nothing
     /// is recorded on a row this taker no longer owns).
-    pub(crate) fn run(self, c: &Connection) -> Result<Option<Outcome>, StoreError> {
+    pub(crate) fn run(self, c: &Connection) -> Result<Option<ActionOutcome>, StoreError> {
         if self.stopping && !self.held {
             outbox::release(c, self.id, Utc::now())?;
-            return Ok(Some(Outcome::Retry {
+            return Ok(Some(ActionOutcome::Retry {
                 at: Utc::now(),
                 error: "shutdown began before this write was sent".into(),
             }));
@@ -467,7 +469,7 @@ impl Claim {
             SendClaim::Closed => "closed meanwhile; not sent",
         };
         tracing::info!(reason, "action not sent");
-        Ok(Some(Outcome::Superseded {
+        Ok(Some(ActionOutcome::Superseded {
             reason: reason.into(),
         }))
     }

@@ -5,10 +5,10 @@
 //! quarantined, never repeated. A 412 on a referral patch re-reads the referral and re-plans.
 //! Every remote write lands in the audit log with its request id.
 //!
-//! [`plan`] decides what becomes an outbox row (and the stored action format); [`executor`]
-//! is the one executor: it takes due rows (answers first) under one `[sync] concurrency`,
+//! [`crate::sync::plan`] decides what becomes an outbox row (and the stored action format);
+//! [`executor`] is the one executor: it takes due rows (answers first) under one `[sync] concurrency`,
 //! claims and records every kind the same way. One file per action kind, each with one entry
-//! point `execute(&Executor, ..., row, payload) -> Outcome`: [`create_lead`],
+//! point `execute(&Executor, ..., row, payload) -> ActionOutcome`: [`create_lead`],
 //! [`patch_referral`], [`patch_opportunity`], [`adopt_link`] and [`answer_referral`]
 //! (accepts and declines). A new kind is one file here and one variant of
 //! [`crate::sync::reconcile::Action`] (see `lib.rs`).
@@ -19,18 +19,16 @@ mod create_lead;
 pub(crate) mod executor;
 mod patch_opportunity;
 mod patch_referral;
-mod plan;
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::store::outbox::{Kinds, Outcome};
+use crate::store::outbox::{ActionOutcome, Kinds};
 use crate::store::StoreError;
 use crate::sync::CycleContext;
 
 pub(crate) use executor::{Executor, SendSettings};
-pub(crate) use plan::{plan_all, plan_queued};
 
 /// Executes due actions with the cycle's executor (see [`Executor::run`]).
 pub(crate) async fn push_due(
@@ -65,23 +63,6 @@ impl Schedule {
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct PlanStats {
-    pub referrals: u64,
-    pub queued: u64,
-    pub(crate) conflicts: u64,
-    pub(crate) blocked: u64,
-}
-
-impl PlanStats {
-    pub(crate) fn add(&mut self, other: PlanStats) {
-        self.referrals += other.referrals;
-        self.queued += other.queued;
-        self.conflicts += other.conflicts;
-        self.blocked += other.blocked;
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PushStats {
     pub done: u64,
     pub retried: u64,
@@ -92,13 +73,13 @@ pub struct PushStats {
 
 impl PushStats {
     /// Counts one recorded outcome.
-    pub(crate) fn count(&mut self, outcome: &Outcome) {
+    pub(crate) fn count(&mut self, outcome: &ActionOutcome) {
         match outcome {
-            Outcome::Done { .. } => self.done += 1,
-            Outcome::Retry { .. } => self.retried += 1,
-            Outcome::Dead { .. } => self.dead += 1,
-            Outcome::Quarantined { .. } => self.quarantined += 1,
-            Outcome::Superseded { .. } => self.superseded += 1,
+            ActionOutcome::Done { .. } => self.done += 1,
+            ActionOutcome::Retry { .. } => self.retried += 1,
+            ActionOutcome::Dead { .. } => self.dead += 1,
+            ActionOutcome::Quarantined { .. } => self.quarantined += 1,
+            ActionOutcome::Superseded { .. } => self.superseded += 1,
         }
     }
 
@@ -114,11 +95,11 @@ impl PushStats {
 #[cfg(test)]
 mod tests {
     use super::executor::retry_at;
-    use super::plan::{decode, encode};
     use super::*;
     use crate::microsoft::PatchOp;
     use crate::store::google::BaseUpdate;
     use crate::store::outbox::{OutboxRow, State};
+    use crate::sync::plan::{decode, encode};
     use crate::sync::reconcile::Action;
     use chrono::Utc;
     use serde_json::{json, Value};

@@ -5,7 +5,7 @@ use serde_json::Value;
 use super::executor::{failed_audit, Executor, Settled};
 use crate::http::with_retry;
 use crate::store::google::{self as gstore, BaseUpdate};
-use crate::store::outbox::{AuditEntry, OutboxRow, Outcome};
+use crate::store::outbox::{ActionOutcome, AuditEntry, OutboxRow};
 use crate::store::StoreError;
 use crate::sync::GoogleSide;
 
@@ -24,7 +24,7 @@ pub(super) async fn execute(
     google: &GoogleSide,
     row: OutboxRow,
     patch: OpportunityPatch,
-) -> Result<Outcome, StoreError> {
+) -> Result<ActionOutcome, StoreError> {
     let OpportunityPatch {
         name,
         body,
@@ -53,7 +53,7 @@ pub(super) async fn execute(
                 detail: None,
                 actor: None,
             };
-            let done = Settled::sent(Outcome::Done { result: None }, audit);
+            let done = Settled::sent(ActionOutcome::Done { result: None }, audit);
             let also = Box::new(move |tx: &rusqlite::Transaction, now| {
                 gstore::save_opportunity(tx, &opp, Some(&referral_id), now)?;
                 gstore::update_base(tx, &referral_id, &base_after, now)

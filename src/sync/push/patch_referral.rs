@@ -3,13 +3,13 @@
 use chrono::Utc;
 
 use super::executor::{failed_audit, Executor, Settled};
-use super::plan::plan_one;
 use crate::http::{with_retry, ApiError};
 use crate::microsoft::{PatchOp, ReferralStatus, WriteOutcome};
 use crate::store::google::{self as gstore, BaseUpdate};
-use crate::store::outbox::{self, AuditEntry, OutboxRow, Outcome};
+use crate::store::outbox::{self, ActionOutcome, AuditEntry, OutboxRow};
 use crate::store::{referrals, schedule, StoreError};
 use crate::sync::adopt::reference_kept;
+use crate::sync::plan::plan_one;
 use crate::sync::GoogleSide;
 
 /// What a patch sends: the operations whose value is not already in the stored copy, its
@@ -29,7 +29,7 @@ pub(super) async fn execute(
     row: OutboxRow,
     ops: Vec<PatchOp>,
     base_after: BaseUpdate,
-) -> Result<Outcome, StoreError> {
+) -> Result<ActionOutcome, StoreError> {
     let checked = {
         let (id, cycle, claim) = (
             row.referral_id.clone(),
@@ -51,7 +51,7 @@ pub(super) async fn execute(
                     Ok(_) => "412 twice in this cycle; the next cycle re-plans".to_string(),
                     Err(reason) => reason,
                 };
-                let closed = Outcome::Superseded { reason: skip };
+                let closed = ActionOutcome::Superseded { reason: skip };
                 Settled::from(closed.clone()).write(c, claim.id(), &cycle, Utc::now())?;
                 Ok(Err(closed))
             })
@@ -112,7 +112,7 @@ async fn patch_failed(
     row: &OutboxRow,
     fields: String,
     e: ApiError,
-) -> Result<Outcome, StoreError> {
+) -> Result<ActionOutcome, StoreError> {
     let entry = failed_audit(
         "microsoft",
         "PATCH",
@@ -133,12 +133,12 @@ async fn patch_failed(
     };
     if replan_spent {
         tracing::warn!(referral_id = %row.referral_id, "412 again after re-planning; waiting for the next cycle");
-        let outcome = Outcome::Superseded {
+        let outcome = ActionOutcome::Superseded {
             reason: format!("412 again after re-planning; the next cycle re-plans: {e}"),
         };
         return exec.record(row, Settled::audited(outcome, entry)).await;
     }
-    let outcome = Outcome::Superseded {
+    let outcome = ActionOutcome::Superseded {
         reason: format!("re-planned after 412: {e}"),
     };
     let done = exec.record(row, Settled::audited(outcome, entry)).await?;
@@ -163,7 +163,7 @@ async fn referral_patched(
     written: WriteOutcome,
     base_after: BaseUpdate,
     guarded: bool,
-) -> Result<Outcome, StoreError> {
+) -> Result<ActionOutcome, StoreError> {
     let id = row.referral_id.clone();
     let audit = AuditEntry {
         api: "microsoft",
@@ -190,6 +190,6 @@ async fn referral_patched(
         }
         Ok(())
     });
-    let done = Settled::sent(Outcome::Done { result: None }, audit);
+    let done = Settled::sent(ActionOutcome::Done { result: None }, audit);
     exec.record_with(row, done, also).await
 }

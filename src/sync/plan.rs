@@ -1,19 +1,36 @@
-//! Planning: what becomes an outbox row (reconcile each candidate referral, store its actions),
-//! and the stored action format.
+//! Planning: what becomes an outbox row (reconcile each candidate referral, store its
+//! actions, in batches or inside an action's own transaction), and the stored action format.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::PlanStats;
 use crate::store::google::{self as gstore, SnapshotRow};
 use crate::store::outbox::{self, OutboxRow, ANSWER_REFERRAL, PATCH_OPPORTUNITY};
 use crate::store::{schedule, Store, StoreError};
 use crate::sync::answer;
 use crate::sync::reconcile::{reconcile, Action, Plan, Policy};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PlanStats {
+    pub referrals: u64,
+    pub queued: u64,
+    pub(crate) conflicts: u64,
+    pub(crate) blocked: u64,
+}
+
+impl PlanStats {
+    pub(crate) fn add(&mut self, other: PlanStats) {
+        self.referrals += other.referrals;
+        self.queued += other.queued;
+        self.conflicts += other.conflicts;
+        self.blocked += other.blocked;
+    }
+}
 
 /// Which referrals a plan covers.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum PlanScope {
+enum PlanScope {
     /// Every candidate: incoming referrals still New and every linked referral — except,
     /// with a time, those the plan queue planned after a change at or after it.
     All(Option<DateTime<Utc>>),
@@ -52,7 +69,7 @@ pub(crate) async fn plan_queued(
 
 /// Plans `scope` in keyset-paginated batches of 500 (memory stays flat), each batch's
 /// decisions stored in one transaction.
-pub(super) async fn plan_batches(
+async fn plan_batches(
     store: &Store,
     policy: &Policy,
     now: DateTime<Utc>,
@@ -142,7 +159,7 @@ pub(crate) fn plan_in(
     Ok(())
 }
 
-pub(super) fn apply_plan(
+fn apply_plan(
     tx: &rusqlite::Transaction,
     referral_id: &str,
     plan: &Plan,
@@ -202,7 +219,7 @@ pub(super) fn apply_plan(
 }
 
 /// The version of the stored action format: `{"v": 1, "action": "create_lead", ...}`.
-pub(super) const ACTION_FORMAT: u64 = 1;
+const ACTION_FORMAT: u64 = 1;
 
 /// An action as the outbox stores it: the tagged action plus its format version (an answer
 /// keeps its own versioned format, [`answer::encode`]).
