@@ -160,7 +160,7 @@ mod tests {
                     "again after a 412 re-read"
                 );
                 let done = outbox::ActionOutcome::Done { result: None };
-                outbox::finish(c, row.id, &done, Some("{}"), None, now)?;
+                outbox::finish(c, (row.id, row.attempts), &done, Some("{}"), None, now)?;
                 assert!(!any_due(c, now)?);
                 assert_eq!(latest_finished(c, "r1")?.map(|r| r.id), Some(first));
                 let (next, added) = enqueue(c, "r1", &json!({}), now)?;

@@ -346,17 +346,19 @@ impl ActionOutcome {
     }
 }
 
-/// Records how an attempt ended: the state, the retry time, the error and the result.
+/// Records how attempt `attempts` ended: the state, the retry time, the error and the result.
 /// `result` is a kind's own result text kept whatever the outcome (an answer's outcome for
-/// the person who asked); without it a done row keeps [`ActionOutcome::Done`]'s.
+/// the person who asked); without it a done row keeps [`ActionOutcome::Done`]'s. Only the
+/// row's latest taker records: a taker whose row was taken again since (its attempt is
+/// older) changes nothing, whatever it decided. Returns whether the row was changed.
 pub(crate) fn finish(
     conn: &Connection,
-    id: i64,
+    (id, attempts): (i64, u32),
     outcome: &ActionOutcome,
     result: Option<&str>,
     request_id: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let (next, error, done) = match outcome {
         ActionOutcome::Done { result } => (None, None, result.clone()),
         ActionOutcome::Retry { at, error } => (Some(db_timestamp(*at)), Some(error.clone()), None),
@@ -365,23 +367,24 @@ pub(crate) fn finish(
         }
         ActionOutcome::Superseded { reason } => (None, Some(reason.clone()), None),
     };
-    conn.prepare_cached(FINISH)?.execute(params![
+    let changed = conn.prepare_cached(FINISH)?.execute(params![
         id,
         outcome.state().as_str(),
         next,
         error,
         result.map(str::to_string).or(done),
         request_id,
-        db_timestamp(now)
+        db_timestamp(now),
+        attempts
     ])?;
-    Ok(())
+    Ok(changed == 1)
 }
 
 const FINISH: &str =
     "UPDATE outbox SET state = ?2, next_attempt_at = COALESCE(?3, next_attempt_at),
         last_error = COALESCE(?4, last_error), result = COALESCE(?5, result),
         request_id = COALESCE(?6, request_id), updated_at = ?7
-    WHERE id = ?1";
+    WHERE id = ?1 AND attempts = ?8";
 
 /// At start-up: actions a stopped process left in flight. Only a request that may have been
 /// on the wire is `in_flight` (see [`mark_sending`]): such a lead create may have reached
@@ -643,16 +646,14 @@ mod tests {
                 assert!(!enqueue(c, "r1", CREATE_LEAD, None, &json!({}), now)?);
                 let claimed = take_due(c, now, &[])?.expect("one due");
                 assert!(take_due(c, now, &[claimed.id])?.is_none());
-                finish(
-                    c,
-                    claimed.id,
-                    &ActionOutcome::Done {
-                        result: Some("partners/1/leads/1".into()),
-                    },
-                    None,
-                    None,
-                    now,
-                )?;
+                let done = ActionOutcome::Done {
+                    result: Some("partners/1/leads/1".into()),
+                };
+                let stale = (claimed.id, claimed.attempts - 1);
+                assert!(!finish(c, stale, &done, None, None, now)?, "an older taker");
+                assert_eq!(get(c, claimed.id)?.unwrap().state, State::Pending);
+                let latest = (claimed.id, claimed.attempts);
+                assert!(finish(c, latest, &done, None, None, now)?);
                 // Even a finished create blocks another one.
                 assert!(!enqueue(c, "r1", CREATE_LEAD, None, &json!({}), now)?);
                 assert!(enqueue(c, "r1", PATCH_REFERRAL, None, &json!({}), now)?);

@@ -116,7 +116,7 @@ impl Guard {
         let outcome = ActionOutcome::Superseded { reason };
         let tx = c.transaction()?;
         let now = Utc::now();
-        Settled::from(outcome.clone()).write(&tx, self.claim.id(), "", now)?;
+        Settled::from(outcome.clone()).write(&tx, self.claim.taken(), "", now)?;
         // The planner decides what follows (an adoption of this partner's record, or the
         // referral marked as blocked), in the same transaction.
         plan_in(&tx, &self.policy, &self.referral_id, now)?;

@@ -123,18 +123,26 @@ impl Settled {
 }
 
 impl Settled {
-    /// Writes the attempt's end on row `id` (state, retry time, error, result) and its
-    /// audit row, inside the caller's transaction: what [`Executor::record_with`] commits,
-    /// and what a store call that decides not to send (a guard, a check) writes itself.
+    /// Writes the end of attempt `taken` (the row's id and the attempt its taker counted:
+    /// state, retry time, error, result) and its audit row, inside the caller's transaction:
+    /// what [`Executor::record_with`] commits, and what a store call that decides not to send
+    /// (a guard, a check) writes itself. A taker whose row was taken again since writes
+    /// nothing (two runs of the executor may take one due answer; the latest one owns it).
     pub(crate) fn write(
         &self,
         c: &Connection,
-        id: i64,
+        taken: (i64, u32),
         cycle_id: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let (result, request_id) = (self.result.as_deref(), self.request_id.as_deref());
-        outbox::finish(c, id, &self.outcome, result, request_id, now)?;
+        if !outbox::finish(c, taken, &self.outcome, result, request_id, now)? {
+            tracing::info!(
+                action_id = taken.0,
+                "taken again by a newer attempt; not recorded"
+            );
+            return Ok(());
+        }
         if let Some(entry) = &self.audit {
             // An answer's audit row names the person who asked, not a sync cycle (its 412s
             // are not a write-back's: see `outbox::count_412_in_cycle`).
@@ -357,14 +365,14 @@ impl<'a> Executor<'a> {
         settled: Settled,
         also: Also,
     ) -> Result<ActionOutcome, StoreError> {
-        let (id, cycle) = (row.id, self.cycle_id.to_string());
+        let (id, attempts, cycle) = (row.id, row.attempts, self.cycle_id.to_string());
         let outcome = settled.outcome.clone();
         self.store
             .call(move |c| {
                 let tx = c.transaction()?;
                 let now = Utc::now();
                 also(&tx, now)?;
-                settled.write(&tx, id, &cycle, now)?;
+                settled.write(&tx, (id, attempts), &cycle, now)?;
                 tx.commit()?;
                 Ok(())
             })
@@ -446,8 +454,9 @@ pub(crate) struct Claim {
 }
 
 impl Claim {
-    pub(crate) fn id(&self) -> i64 {
-        self.id
+    /// The row's id and the attempt this taker counted.
+    pub(crate) fn taken(&self) -> (i64, u32) {
+        (self.id, self.attempts)
     }
 
     /// `Some(outcome)`: do not send (shutdown began: given back, due again at once and the

@@ -52,7 +52,7 @@ pub(super) async fn execute(
                     Err(reason) => reason,
                 };
                 let closed = ActionOutcome::Superseded { reason: skip };
-                Settled::from(closed.clone()).write(c, claim.id(), &cycle, Utc::now())?;
+                Settled::from(closed.clone()).write(c, claim.taken(), &cycle, Utc::now())?;
                 Ok(Err(closed))
             })
             .await?
