@@ -23,7 +23,11 @@ mod common;
 use cosell_sync::sim::{sample, Simulator};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cosell-sync");
+/// The daemon under test: this package's binary, or `BENCH_BIN` (another build, to
+/// alternate two builds in the same hour).
+fn bin() -> String {
+    std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cosell-sync").to_string())
+}
 
 type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
@@ -57,7 +61,7 @@ format = "json"
 }
 
 fn sync_once(config: &std::path::Path) {
-    let status = std::process::Command::new(BIN)
+    let status = std::process::Command::new(bin())
         .arg("--config")
         .arg(config)
         .arg("sync")
@@ -183,7 +187,7 @@ fn main() {
 
         // The daemon at 10 requests/s per API.
         std::fs::write(&cfg, config(dir.path(), &sim, 10, &hook, "")).unwrap();
-        let mut child = std::process::Command::new(BIN)
+        let mut child = std::process::Command::new(bin())
             .arg("--config")
             .arg(&cfg)
             .arg("run")

@@ -23,7 +23,11 @@ use axum::Json;
 use cosell_sync::sim::{sample, Simulator};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cosell-sync");
+/// The daemon under test: this package's binary, or `BENCH_BIN` (another build, to
+/// alternate two builds in the same hour).
+fn bin() -> String {
+    std::env::var("BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cosell-sync").to_string())
+}
 
 type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
@@ -127,7 +131,7 @@ ca_file = "{ca}"
     // 10,000 tracked leads: one initial sync (no webhook registered yet, so no events).
     sim.put_referrals(sample::pending_inbox(tracked, chrono::Utc::now()));
     let started = Instant::now();
-    let status = std::process::Command::new(BIN)
+    let status = std::process::Command::new(bin())
         .arg("--config")
         .arg(&config)
         .arg("sync")
@@ -142,7 +146,7 @@ ca_file = "{ca}"
         sim.google_leads().len()
     );
 
-    let mut daemon = std::process::Command::new(BIN)
+    let mut daemon = std::process::Command::new(bin())
         .arg("--config")
         .arg(&config)
         .arg("run")

@@ -26,7 +26,9 @@ use crate::microsoft::{MicrosoftClient, TokenSource};
 use crate::store::outbox;
 use crate::store::runs;
 use crate::store::{Store, StoreError};
-use crate::sync::{self, CycleContext, GoogleSide, Policy, PullSettings, RefreshSettings};
+use crate::sync::{
+    self, CycleContext, GoogleSide, Policy, PullSettings, RefreshSettings, SendSettings,
+};
 use crate::wake::{DeadlineWake, TickAsk};
 use tokio_util::sync::CancellationToken;
 
@@ -128,7 +130,6 @@ impl App {
         .map_err(AppError::Config)?;
         let pull = PullSettings {
             page_size: ms.page_size,
-            retry: ms.retry.policy(),
             overlap: ms.incremental_overlap.0,
             initial_lookback: ms.initial_lookback.0,
         };
@@ -152,10 +153,11 @@ impl App {
             cycle: CycleContext {
                 store: store.clone(),
                 microsoft,
+                microsoft_retry: ms.retry.policy(),
                 pull,
                 google,
                 stop: tokio_util::sync::CancellationToken::new(),
-                answers: answer_settings(&config),
+                send: send_settings(&config),
             },
             config: Arc::new(config),
             store,
@@ -220,6 +222,8 @@ impl App {
     pub(crate) fn inherit_worker(&mut self, from: &App) {
         self.worker_lock = from.worker_lock.clone();
         self.cycle.stop = from.cycle.stop.clone();
+        // The page and the answer sender hold the executor's doorbell: it outlives a reload.
+        self.cycle.send.answers = from.cycle.send.answers.clone();
         self.alerts.unrecorded = from.alerts.unrecorded.clone();
         if same_credentials(&self.config.microsoft, &from.config.microsoft) {
             let tokens = from.cycle.microsoft.tokens();
@@ -281,11 +285,6 @@ impl App {
         self.cycle_with(TickOptions::deadline(full_plan)).await
     }
 
-    /// Whether this process holds the worker lock (it may send writes).
-    pub fn is_worker(&self) -> bool {
-        self.worker_lock.is_some()
-    }
-
     async fn cycle_with(&self, options: TickOptions) -> Cycle {
         debug_assert!(
             self.worker_lock.is_some(),
@@ -331,18 +330,17 @@ fn dry_run_copy(real: &std::path::Path) -> Result<(Store, tempfile::TempDir), Ap
     Ok((Store::open(&copy)?, dir))
 }
 
-/// What accepts and declines need besides the clients.
-fn answer_settings(config: &Config) -> sync::push::answer_referral::AnswerSettings {
+/// How the one executor sends, whatever the action kind: the `[sync]` retry schedule (built
+/// here only) and concurrency, the response window answers are checked against, dry run.
+fn send_settings(config: &Config) -> SendSettings {
     let sync = &config.sync;
-    sync::push::answer_referral::AnswerSettings {
-        window: config.alerts.response_window.as_chrono(),
-        schedule: sync::Schedule {
-            max_attempts: sync.max_attempts,
-            min: sync.retry_min.0,
-            max: sync.retry_max.0,
-        },
-        dry_run: config.daemon.dry_run,
-    }
+    let schedule = sync::Schedule {
+        max_attempts: sync.max_attempts,
+        min: sync.retry_min.0,
+        max: sync.retry_max.0,
+    };
+    let window = config.alerts.response_window.as_chrono();
+    SendSettings::new(schedule, sync.concurrency, config.daemon.dry_run, window)
 }
 
 /// The Google client and the sync policy, from configuration.
@@ -375,15 +373,8 @@ fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
             forward: config.forward.clone(),
             lead: g.lead.clone(),
         },
-        schedule: sync::Schedule {
-            max_attempts: sync.max_attempts,
-            min: sync.retry_min.0,
-            max: sync.retry_max.0,
-        },
-        concurrency: sync.concurrency,
         retry: g.retry.policy(),
         refresh: refresh_settings(config),
-        dry_run: config.daemon.dry_run,
         fresh_since: Utc::now(),
     })
 }

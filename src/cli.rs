@@ -237,16 +237,17 @@ pub enum OutboxState {
 }
 
 impl OutboxState {
-    /// The name stored in the database.
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The store's state of that name.
+    pub(crate) fn state(self) -> crate::store::outbox::State {
+        use crate::store::outbox::State;
         match self {
-            OutboxState::Pending => "pending",
-            OutboxState::InFlight => "in_flight",
-            OutboxState::Done => "done",
-            OutboxState::Dead => "dead",
-            OutboxState::Quarantined => "quarantined",
-            OutboxState::Dropped => "dropped",
-            OutboxState::Superseded => "superseded",
+            OutboxState::Pending => State::Pending,
+            OutboxState::InFlight => State::InFlight,
+            OutboxState::Done => State::Done,
+            OutboxState::Dead => State::Dead,
+            OutboxState::Quarantined => State::Quarantined,
+            OutboxState::Dropped => State::Dropped,
+            OutboxState::Superseded => State::Superseded,
         }
     }
 }

@@ -26,7 +26,8 @@ use crate::store::outbox::Kinds;
 use crate::store::{runs, schedule};
 use crate::sync::pull::{MicrosoftPull, Queries};
 use crate::sync::{
-    push, refresh, CycleContext, CycleError, CycleReport, GooglePullStats, PullStats, RefreshStats,
+    plan, push, refresh, CycleContext, CycleError, CycleReport, GooglePullStats, PullStats,
+    RefreshStats,
 };
 
 /// A cycle's report and what its alert phases did.
@@ -184,7 +185,7 @@ pub(crate) async fn run_cycle(
         // (a slow or dead alert sink never delays a lead create).
         let google = async {
             match report.ok() {
-                true => google_phases(ctx, options, &mut report).await,
+                true => plan_and_push(ctx, options, &mut report).await,
                 false => Ok(()),
             }
         };
@@ -226,7 +227,8 @@ async fn pull_acting_on_new(
     report: &mut CycleReport,
 ) -> Result<PullStats, (PullStats, CycleError)> {
     let (store, client, now) = (&ctx.store, &ctx.microsoft, report.started_at);
-    let mut pull = MicrosoftPull::with(store, client, &ctx.pull, now, queries);
+    let microsoft = (client, &ctx.microsoft_retry);
+    let mut pull = MicrosoftPull::with(store, microsoft, &ctx.pull, now, queries);
     let mut progress = PullProgress::default();
     loop {
         let page = match pull.next_page().await {
@@ -284,7 +286,7 @@ impl PullProgress {
 /// accepts and declines first; without the Google side, the answers alone.
 async fn forward_queued(ctx: &CycleContext, report: &mut CycleReport) -> Result<(), CycleError> {
     if let Some(google) = &ctx.google {
-        let planned = push::plan_queued(&ctx.store, &google.policy, Utc::now()).await?;
+        let planned = plan::plan_queued(&ctx.store, &google.policy, Utc::now()).await?;
         report.planned.add(planned);
     }
     let pushed = push::push_due(ctx, &report.cycle_id, Kinds::All).await?;
@@ -294,7 +296,7 @@ async fn forward_queued(ctx: &CycleContext, report: &mut CycleReport) -> Result<
 
 /// Plan and push (and, for a one-shot cycle, the Google reads due first); the push sends
 /// queued accepts and declines too.
-async fn google_phases(
+async fn plan_and_push(
     ctx: &CycleContext,
     options: TickOptions,
     report: &mut CycleReport,
@@ -311,7 +313,7 @@ async fn google_phases(
         // What this cycle's pages already planned (new referrals and their links) is not
         // planned again: every referral once per change.
         let since = Some(report.started_at);
-        let planned = push::plan_all(&ctx.store, &google.policy, now, since).await?;
+        let planned = plan::plan_all(&ctx.store, &google.policy, now, since).await?;
         report.planned.add(planned);
     }
     forward_queued(ctx, report).await
@@ -387,7 +389,7 @@ pub async fn changes_once(ctx: &CycleContext) -> Result<PullStats, CycleError> {
     let client = ctx.microsoft.background();
     let mut pull = MicrosoftPull::with(
         &ctx.store,
-        &client,
+        (&client, &ctx.microsoft_retry),
         &ctx.pull,
         Utc::now(),
         Queries::ChangesOnly,
@@ -419,7 +421,7 @@ pub async fn refresh_once(ctx: &CycleContext) -> Result<RefreshStats, CycleError
 /// periodic safety net beside the plan queue).
 pub async fn full_plan(ctx: &CycleContext) -> Result<crate::sync::PlanStats, CycleError> {
     match &ctx.google {
-        Some(google) => Ok(push::plan_all(&ctx.store, &google.policy, Utc::now(), None).await?),
+        Some(google) => Ok(plan::plan_all(&ctx.store, &google.policy, Utc::now(), None).await?),
         None => Ok(Default::default()),
     }
 }

@@ -5,15 +5,29 @@
 //! (raw JSON included, so no field is ever lost), and the pure planners decide what to do next.
 //! Nothing flows backwards: clients never touch the store, the store never calls a client.
 //!
-//! Work reaches Partner Center and Google through one executor. Producers store what they
-//! learned and ring the deadline lane's doorbell ([`wake`]): the cron job (pull the inbox),
-//! the refresh lane and the background change reader (a record changed: plan it), the
-//! webhook forwarder (the event's referral is fetched and committed: "no pull needed"), and
-//! the action page (an accept or decline is queued in the outbox: "no pull needed"; one
-//! queued by the command line beside a running daemon is seen within a quarter second). The
-//! deadline lane alone plans, pushes the outbox (answers first, lead creates and write-backs)
-//! under one `[sync] concurrency` and raises and delivers alerts; an outbox row is sent only by
-//! the taker that claimed it last.
+//! Work reaches Partner Center and Google through one executor (`sync::push::Executor`).
+//! Producers store what they learned and ring a doorbell ([`wake`]): the cron job (pull the
+//! inbox), the refresh lane and the background change reader (a record changed: plan it) and
+//! the webhook forwarder (the event's referral is fetched and committed: "no pull needed")
+//! ring the deadline lane's, which plans, runs the executor and raises and delivers alerts;
+//! the action page rings the executor's own for answers (an accept or decline is queued in
+//! the outbox and sent at once, without a cycle; one queued by the command line beside a
+//! running daemon is seen within a quarter second). Every run of the executor takes answers
+//! first and shares one `[sync] concurrency`; an outbox row is sent only by the taker that
+//! claimed it last.
+//!
+//! How an action kind plugs in (the next cloud's too: AWS Partner Central invitations): one
+//! variant of `sync::reconcile::Action` (what is queued, and how it is stored: `encode` /
+//! `decode` in `sync::plan`, a new `kind` name in `store::outbox`), and one file in
+//! `sync::push` with one entry point, `execute(&Executor, ..., row, payload) -> Outcome`,
+//! called from `Executor::execute`. The kind decides and sends; the executor gives it what
+//! it needs: the clients with their retry policies, `claim` (right before the request; a
+//! check that reads the store runs `Claim::run` in its own store call), `failure` (retry or
+//! dead by the `[sync]` schedule) and `record` / `record_with` (state, retry time, result,
+//! audit row and what a success changes, one transaction). A one-call kind (a decline) is
+//! claim → request → record; a long-running one (an accept that starts an AWS task) records
+//! `Outcome::Retry` with the task's id in `result` until the task settles, each poll one
+//! attempt. A new client (an AWS one) joins the executor beside `microsoft` and `google`.
 //!
 //! Module map, one owner per concern:
 //! - [`cli`]: the command line (fixed names, spec §4); `main` calls one [`app::commands`]
@@ -25,11 +39,12 @@
 //! - [`status`]: what `status` knows (and `status --referral`), read from the store.
 //! - [`service_level`]: how fast referrals are answered, how many expire: metrics and `status`.
 //! - [`progress`]: progress of long work: a bar on a terminal, periodic log lines otherwise.
-//! - [`render`]: every command's tables and JSON, in one place.
+//! - [`render`]: the commands' tables, listings and JSON (one-line confirmations are written
+//!   by the command, in `app/`).
 //! - [`timefmt`]: one time format for people (`2026-12-01 14:05 UTC`, `2 d 12 h`), pure.
 //! - [`app::scheduler`]: the daemon (`run`): the cron job, the no-overlap guard, SIGHUP reload,
 //!   shutdown with a grace period; part of the wiring, since a reload rebuilds the app. Two
-//!   lanes (deadline, refresh); no lane of its own for answers.
+//!   lanes (deadline, refresh) and the answer sender (the executor, answers only).
 //! - [`serve`]: the one HTTP server layer of every listener: header, body and idle timeouts,
 //!   a connection cap below the fd limit, refusals counted and logged in aggregate.
 //! - [`reload`]: `cosell-sync reload`: SIGHUP to the daemon and its answer (`ExecReload=`).
@@ -46,8 +61,9 @@
 //! - [`store`]: SQLite (WAL, migrations, schema version), one thread per connection.
 //! - [`lanes`]: the deadline lane (pull → expiry alerts → plan → push → alerts) and the
 //!   refresh lane (Google re-reads on a per-record schedule), joining `sync` and `alerts`.
-//! - [`sync`]: the primitives: Microsoft pull, Google refresh, the pure `reconcile`, the outbox
-//!   and its one executor (`sync::push::push_due`, every action kind, accept/decline included).
+//! - [`sync`]: the primitives: Microsoft pull (and the one "refresh this referral"), Google
+//!   refresh, the pure `reconcile`, the outbox and its one executor (`sync::push::Executor`,
+//!   every action kind, accept/decline included).
 //! - [`deadline`]: the 14-day response window arithmetic, pure.
 //! - [`alerts`]: expiry and health alerts (pure planner), formats, durable delivery to sinks.
 //! - [`outside`]: text set outside the company (referral and customer names), typed so no
@@ -60,12 +76,13 @@
 //!   only, a cap per kind), a leaf.
 //! - [`generate`]: the man page and shell completions from the clap definitions.
 //! - [`actions`]: accept / decline from the alert: `[actions]` and the page (a producer: it
-//!   queues the answer and wakes the deadline lane).
+//!   queues the answer and rings the executor's doorbell for answers).
 //! - [`links`]: the signed action links (HMAC, one referral, until its deadline), a leaf.
 //! - [`webhook`]: Partner Center referral events (optional): receiver, verification, the
 //!   producer hand-off (GET + commit + wake), registration.
-//! - [`wake`]: the deadline lane's doorbell (asks coalesce; "pull" or "no pull needed"), a leaf;
-//!   rung by the cron job, the refresh lane, the webhook forwarder and the action page.
+//! - [`wake`]: the doorbells, a leaf: the deadline lane's (asks coalesce; "pull" or "no pull
+//!   needed"), rung by the cron job, the refresh lane and the webhook forwarder; the
+//!   executor's for answers, rung by the action page.
 //!
 //! Visibility: every item is `pub(crate)` unless the binary (`main.rs`), an integration test
 //! or a bench names it, and the modules none of them reach are private, so the compiler keeps

@@ -102,13 +102,13 @@ pub(crate) fn needs_restart_message(keys: &[String]) -> String {
 
 /// What the daemon answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Answer {
+pub(crate) enum ReloadReply {
     Reloaded,
     Refused(String),
 }
 
 /// Signals `pid` and waits up to `wait` for the daemon's answer.
-pub(crate) fn request(state_path: &Path, pid: i32, wait: Duration) -> Result<Answer, String> {
+pub(crate) fn request(state_path: &Path, pid: i32, wait: Duration) -> Result<ReloadReply, String> {
     let file = result_file(state_path);
     let before = std::fs::read_to_string(&file).ok();
     if pid <= 1 {
@@ -136,11 +136,11 @@ pub(crate) fn request(state_path: &Path, pid: i32, wait: Duration) -> Result<Ans
     ))
 }
 
-fn parse(text: &str) -> Answer {
+fn parse(text: &str) -> ReloadReply {
     let mut lines = text.lines().skip(1);
     match lines.next() {
-        Some("ok") => Answer::Reloaded,
-        _ => Answer::Refused(lines.collect::<Vec<_>>().join("\n")),
+        Some("ok") => ReloadReply::Reloaded,
+        _ => ReloadReply::Refused(lines.collect::<Vec<_>>().join("\n")),
     }
 }
 
@@ -181,13 +181,13 @@ mod tests {
         let db = dir.path().join("state.db");
         record(&db, &Ok(()));
         let first = std::fs::read_to_string(result_file(&db)).unwrap();
-        assert_eq!(parse(&first), Answer::Reloaded);
+        assert_eq!(parse(&first), ReloadReply::Reloaded);
         record(&db, &Err("schedule.sync: bad\nsecond line".into()));
         let second = std::fs::read_to_string(result_file(&db)).unwrap();
         assert_ne!(first, second);
         assert_eq!(
             parse(&second),
-            Answer::Refused("schedule.sync: bad\nsecond line".into())
+            ReloadReply::Refused("schedule.sync: bad\nsecond line".into())
         );
     }
 }

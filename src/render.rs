@@ -1,5 +1,7 @@
-//! Every command's output for people (tables) and for programs (JSON), in one place: times for
-//! people in [`crate::timefmt`]'s one format, RFC 3339 in JSON.
+//! The commands' tables and listings for people, and their JSON for programs: times for
+//! people in [`crate::timefmt`]'s one format, RFC 3339 in JSON. A command's one-line
+//! confirmation ("referral X accepted", "action 7 dropped") is written where the command
+//! runs, in `app/` (`Printed::ok`): it is a sentence, not a layout.
 
 use std::fmt::Write;
 
@@ -177,7 +179,7 @@ pub(crate) fn outbox(rows: &[OutboxRow]) -> String {
         "ID", "STATE", "KIND", "TRY", "NEXT ATTEMPT"
     );
     for r in rows {
-        let next = if matches!(r.state.as_str(), "pending" | "in_flight") {
+        let next = if r.state.is_open() {
             human(r.next_attempt_at)
         } else {
             "-".into()

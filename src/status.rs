@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::deadline;
 use crate::store::alerts::{self as astore, AlertRow};
 use crate::store::google::{self as gstore, ConflictRow, Link};
-use crate::store::outbox::{self, AuditRow, OutboxRow};
+use crate::store::outbox::{self, AuditRow, OutboxRow, State};
 use crate::store::referrals::{self, ReferralSummary};
 use crate::store::runs::{self, CycleRun};
 use crate::store::schedule::{self, RefreshBacklog};
@@ -127,8 +127,8 @@ pub(crate) fn status(
                 .into_iter()
                 .map(|(kind, state, count)| OutboxCount { kind, state, count })
                 .collect(),
-            actions_needing_attention: outbox::list(c, &["dead", "quarantined"], 50)?,
-            open_actions: outbox::list(c, &["pending", "in_flight"], 50)?,
+            actions_needing_attention: outbox::list(c, &[State::Dead, State::Quarantined], 50)?,
+            open_actions: outbox::list(c, &[State::Pending, State::InFlight], 50)?,
             conflicts: gstore::conflicts(c)?,
             cannot_forward: gstore::forward_blocked(c)?
                 .into_iter()

@@ -1,8 +1,9 @@
-//! The deadline lane's doorbell: producers (the cron job, the refresh lane, the webhook
-//! forwarder, the action page) ask for a tick, saying whether it must pull the Microsoft
-//! inbox; the one lane that executes (plans, pushes, raises alerts) takes the asks, coalesced,
-//! and tells waiters when a tick that began after their ask has finished. A leaf: it knows no
-//! feature module.
+//! The doorbells. The deadline lane's ([`DeadlineWake`]): producers (the cron job, the
+//! refresh lane, the webhook forwarder) ask for a tick, saying whether it must pull the
+//! Microsoft inbox; the lane (plans, pushes, raises alerts) takes the asks, coalesced, and
+//! tells waiters when a tick that began after their ask has finished. The executor's for
+//! answers ([`AnswerWake`]): an answer queued by the page or the command line is sent without
+//! a cycle, and its waiter learns when a row was recorded. A leaf: it knows no feature module.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -94,6 +95,68 @@ impl DeadlineWake {
     }
 }
 
+/// The executor's doorbell for answers: rung when an answer is queued (the page; the
+/// daemon's look for answers the command line queued), taken by the daemon's answer sender,
+/// which runs the one executor for answers only (no cycle, no alert evaluation). Every row
+/// the executor records moves the `recorded` count, which the page waits on.
+#[derive(Debug, Clone)]
+pub struct AnswerWake {
+    inner: Arc<AnswerInner>,
+}
+
+#[derive(Debug)]
+struct AnswerInner {
+    /// A stored permit: an answer queued while the sender runs starts one more run.
+    notify: Notify,
+    /// Rows recorded by the executor so far.
+    recorded: watch::Sender<u64>,
+}
+
+impl Default for AnswerWake {
+    fn default() -> Self {
+        AnswerWake {
+            inner: Arc::new(AnswerInner {
+                notify: Notify::new(),
+                recorded: watch::channel(0).0,
+            }),
+        }
+    }
+}
+
+impl AnswerWake {
+    /// An answer was queued: send it.
+    pub(crate) fn ring(&self) {
+        self.inner.notify.notify_one();
+    }
+
+    /// Waits for the next ring (the sender's side).
+    pub(crate) async fn rung(&self) {
+        self.inner.notify.notified().await;
+    }
+
+    /// The executor recorded a row.
+    pub(crate) fn recorded(&self) {
+        self.inner.recorded.send_modify(|n| *n += 1);
+    }
+
+    /// How many rows were recorded so far: the number to wait [`AnswerWake::after`].
+    pub(crate) fn seen(&self) -> u64 {
+        *self.inner.recorded.borrow()
+    }
+
+    /// Waits until a row is recorded after `seen` was read.
+    pub(crate) fn after(
+        &self,
+        seen: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        let mut recorded = self.inner.recorded.subscribe();
+        Box::pin(async move {
+            // The sender lives in `self`: this never errs while we hold it.
+            let _ = recorded.wait_for(|n| *n > seen).await;
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +180,23 @@ mod tests {
         assert!(!waiter.is_finished());
         wake.finish();
         waiter.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_waiter_learns_of_a_row_recorded_after_it_looked() {
+        let wake = AnswerWake::default();
+        wake.recorded();
+        let seen = wake.seen();
+        let waiter = tokio::spawn({
+            let wake = wake.clone();
+            async move { wake.after(seen).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "nothing recorded since it looked");
+        wake.recorded();
+        waiter.await.unwrap();
+        // A ring while nobody waits is kept for the next wait.
+        wake.ring();
+        wake.rung().await;
     }
 }

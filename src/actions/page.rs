@@ -1,8 +1,8 @@
 //! The action page's HTTP side: one axum [`Router`] built by [`router`], mounted on the
 //! daemon's listener for `[actions] listen` (alone, or beside the webhook receiver).
 //! `GET public_url/TOKEN` shows the referral and the form; `POST` of that form queues the
-//! answer in the outbox, wakes the deadline lane ("no pull needed": its one executor sends
-//! the answer, first of what is due) and shows the outcome. A link that is forged,
+//! answer in the outbox, rings the executor's doorbell for answers (the one executor sends
+//! it at once, without a cycle) and shows the outcome once the executor recorded it. A link that is forged,
 //! altered, expired, used for another referral, or a request without the SSO header, gets
 //! 403 before anything is read or sent. A referral already answered shows its outcome, and a
 //! POST then changes nothing.
@@ -27,9 +27,9 @@ use crate::links::{Claims, LinkError, LinkSigner};
 use crate::store::answers::{self, PageFacts};
 use crate::store::{Store, StoreError};
 use crate::sync::answer::{encode, Answer, Decision};
-use crate::sync::push::answer_referral::{wait_for_outcome, AnswerResult};
+use crate::sync::push::answer_referral::{wait_for_outcome, AnswerOutcome, AnswerResult};
 use crate::timefmt::{human, time_left};
-use crate::wake::DeadlineWake;
+use crate::wake::AnswerWake;
 
 /// A form is a few hundred bytes; anything near this is not our form.
 const MAX_BODY: usize = 16 * 1024;
@@ -50,17 +50,18 @@ pub(crate) struct PageSettings {
 struct Shared {
     settings: PageSettings,
     store: Store,
-    /// Wakes the deadline lane (the one executor) as soon as an answer is queued.
-    wake: DeadlineWake,
+    /// The executor's doorbell for answers: rung as soon as one is queued; the page waits
+    /// on its signal for the row to be recorded.
+    answers: AnswerWake,
 }
 
-/// The page's router; `wake` is the deadline lane's doorbell.
-pub(crate) fn router(settings: PageSettings, store: Store, wake: DeadlineWake) -> Router {
+/// The page's router; `answers` is the executor's doorbell for answers.
+pub(crate) fn router(settings: PageSettings, store: Store, answers: AnswerWake) -> Router {
     let route = format!("{}/{{token}}", settings.config.path());
     let shared = Arc::new(Shared {
         settings,
         store,
-        wake,
+        answers,
     });
     Router::new()
         .route(&route, get(show).post(answer))
@@ -210,7 +211,7 @@ async fn answered_outcome(s: &Shared, facts: &PageFacts) -> Option<(String, Stri
         .flatten()
         .and_then(|row| row.result)
         .and_then(|r| serde_json::from_str::<AnswerResult>(&r).ok())
-        .filter(|r| r.outcome == "sent");
+        .filter(|r| r.outcome == AnswerOutcome::Sent);
     let title = match (status, substatus) {
         ("Active", _) => "Accepted".to_string(),
         ("Closed", "Declined") => "Declined".to_string(),
@@ -285,7 +286,7 @@ async fn answer(
         Ok(id) => id,
         Err(e) => return unavailable(e),
     };
-    let outcome = wait_for_outcome(&s.store, id, WAIT_FOR_OUTCOME).await;
+    let outcome = wait_for_outcome(&s.store, id, WAIT_FOR_OUTCOME, Some(&s.answers)).await;
     outcome_page(&queued, outcome, &view.facts())
 }
 
@@ -307,8 +308,8 @@ async fn queue(s: &Shared, referral_id: &str, answer: &Answer) -> Result<i64, St
         .call(move |c| answers::enqueue(c, &id, &payload, Utc::now()))
         .await?;
     tracing::info!(referral_id, actor = %answer.actor, decision = answer.decision.verb(), joined = !added, "answer queued from the action page");
-    // A producer hand-off: the answer is stored, the lane needs no pull to send it.
-    s.wake.ask_without_pull();
+    // The executor sends it now, without a cycle.
+    s.answers.ring();
     Ok(row)
 }
 
@@ -327,12 +328,12 @@ fn outcome_page(asked: &Answer, outcome: Option<AnswerResult>, facts: &[(&str, F
         );
     };
     let same = r.decision.is_empty() || r.decision == asked.decision.verb();
-    match r.outcome.as_str() {
-        "queued" => page(
+    match r.outcome {
+        AnswerOutcome::Queued => page(
             StatusCode::ACCEPTED,
             message_page("Queued", &r.message, facts, true),
         ),
-        "sent" | "already" if same => {
+        AnswerOutcome::Sent | AnswerOutcome::Already if same => {
             let title = if asked.decision == Decision::Accept {
                 "Accepted"
             } else {
@@ -343,7 +344,7 @@ fn outcome_page(asked: &Answer, outcome: Option<AnswerResult>, facts: &[(&str, F
                 message_page(title, &format!("{}.", r.message), facts, true),
             )
         }
-        "sent" => page(
+        AnswerOutcome::Sent => page(
             StatusCode::CONFLICT,
             message_page(
                 "Answered the other way",
@@ -352,7 +353,7 @@ fn outcome_page(asked: &Answer, outcome: Option<AnswerResult>, facts: &[(&str, F
                 false,
             ),
         ),
-        _ => page(
+        AnswerOutcome::Already | AnswerOutcome::Refused => page(
             StatusCode::CONFLICT,
             message_page("Not answered", &r.message, facts, false),
         ),

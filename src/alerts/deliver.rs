@@ -493,7 +493,7 @@ fn attention_alerts(
         alert
     };
     let mut alerts = Vec::new();
-    for row in outbox::list(tx, &["dead", "quarantined"], 1000)? {
+    for row in outbox::list(tx, &[outbox::State::Dead, outbox::State::Quarantined], 1000)? {
         let alert = Alert::general(
             format!("action_failed:{}:{}", row.id, row.state),
             "action_failed",

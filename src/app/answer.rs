@@ -1,7 +1,7 @@
 //! `accept` and `decline` (spec §4): the answer is queued in the outbox like every remote
 //! write; then this process sends it with the one executor when it can take the worker lock
 //! (no daemon runs on the database), or waits for the running daemon to send it: the daemon
-//! sees it queued ([`wake_on_queued`]) and wakes its deadline lane. Either way the person
+//! sees it queued and its answer sender ([`send_queued`]) sends it without a cycle. Either way the person
 //! gets the outcome: exit 0 when the referral is now as asked (also when it already was),
 //! 1 when it cannot be, or is not sent yet. `--dry-run` decides on a throw-away copy of the
 //! database and prints the PATCH it would send.
@@ -16,8 +16,7 @@ use crate::config::Config;
 use crate::store::outbox::Kinds;
 use crate::store::{answers, referrals};
 use crate::sync::answer::{decide, encode, patch_body, Answer, Decision, Verdict};
-use crate::sync::push::answer_referral::{wait_for_outcome, AnswerResult};
-use crate::wake::DeadlineWake;
+use crate::sync::push::answer_referral::{wait_for_outcome, AnswerOutcome, AnswerResult};
 
 /// How long the command waits for a running daemon to send the answer.
 const WAIT_FOR_DAEMON: Duration = Duration::from_secs(60);
@@ -56,44 +55,53 @@ pub(crate) async fn run(
             // This process is the worker: its one executor sends the answers queued (this
             // one and any left by an earlier command), never the lead creates of the queue.
             crate::sync::push::push_due(&app.cycle, "accept-decline", Kinds::Answers).await?;
-            wait_for_outcome(&app.store, row, Duration::from_secs(1)).await
+            let recorded = Some(&app.cycle.send.answers);
+            wait_for_outcome(&app.store, row, Duration::from_secs(1), recorded).await
         }
         Err(AppError::Busy(_)) => {
             tracing::info!(
                 action = row,
                 "a daemon runs on this database; waiting for it to send the answer"
             );
-            wait_for_outcome(&app.store, row, WAIT_FOR_DAEMON).await
+            // Sent by another process: no signal reaches this one; the row is looked at.
+            wait_for_outcome(&app.store, row, WAIT_FOR_DAEMON, None).await
         }
         Err(e) => return Err(e),
     };
     report(referral_id, &answer, row, outcome)
 }
 
-/// How often a daemon looks for answers queued by the command line in another process
+/// How often the daemon looks for answers queued by the command line in another process
 /// (which cannot ring its doorbell); the action page, in the daemon, rings it at once.
 const POLL_QUEUED: Duration = Duration::from_millis(250);
 
-/// A producer for the daemon (and the demo): an answer queued by another process wakes the
-/// deadline lane ("no pull needed"), whose executor sends it. One ask at a time: the next
-/// look comes after the tick that served it, so an answer waiting for a retry never spins.
-pub(crate) async fn wake_on_queued(
-    store: crate::store::Store,
-    wake: DeadlineWake,
+/// The daemon's (and the demo's) answer sender: an answer queued by the page (which rings
+/// [`crate::wake::AnswerWake`]) or by the command line in another process (seen within a
+/// quarter second) is sent by the one executor, answers only, under the same `[sync]
+/// concurrency` slots as the deadline lane's sends: no cycle, no `cycle_runs` row, no alert
+/// evaluation (those keep their schedule). `app` gives the current app (SIGHUP replaces it).
+pub(crate) async fn send_queued(
+    app: impl Fn() -> std::sync::Arc<App>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
+        let current = app();
         tokio::select! {
-            _ = tokio::time::sleep(POLL_QUEUED) => {}
+            _ = current.cycle.send.answers.rung() => {}
+            _ = tokio::time::sleep(POLL_QUEUED) => {
+                let due = current.store.call(|c| answers::any_due(c, Utc::now())).await;
+                if !due.unwrap_or(false) {
+                    continue;
+                }
+            }
             _ = stop.cancelled() => return,
         }
-        let due = store.call(|c| answers::any_due(c, Utc::now())).await;
-        if due.unwrap_or(false) {
-            let tick = wake.ask_without_pull();
-            tokio::select! {
-                _ = wake.finished_after(tick) => {}
-                _ = stop.cancelled() => return,
-            }
+        if stop.is_cancelled() {
+            return;
+        }
+        if let Err(e) = crate::sync::push::push_due(&current.cycle, "answers", Kinds::Answers).await
+        {
+            tracing::error!(error = %e, "queued answers not sent; the next look tries again");
         }
     }
 }
@@ -107,23 +115,25 @@ fn report(referral_id: &str, asked: &Answer, row: i64, outcome: Option<AnswerRes
         )));
     };
     let same = r.decision == asked.decision.verb();
-    match r.outcome.as_str() {
-        "sent" if same => Ok(Printed::ok(format!(
+    match r.outcome {
+        AnswerOutcome::Sent if same => Ok(Printed::ok(format!(
             "{}\n(action {row}, by {}).\n",
             r.message, r.actor
         ))),
-        "already" if same => Ok(Printed::ok(format!("{}; nothing was sent.\n", r.message))),
-        "sent" | "already" => Err(AppError::Refused(format!(
+        AnswerOutcome::Already if same => {
+            Ok(Printed::ok(format!("{}; nothing was sent.\n", r.message)))
+        }
+        AnswerOutcome::Sent | AnswerOutcome::Already => Err(AppError::Refused(format!(
             "referral {referral_id} was {} by {} meanwhile: {}",
             r.decision_past(),
             r.actor,
             r.message
         ))),
-        "queued" => Err(AppError::Refused(format!(
+        AnswerOutcome::Queued => Err(AppError::Refused(format!(
             "not sent yet: {} (action {row}; `cosell-sync outbox list`)",
             r.message
         ))),
-        _ => Err(AppError::Refused(r.message)),
+        AnswerOutcome::Refused => Err(AppError::Refused(r.message)),
     }
 }
 

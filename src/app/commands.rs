@@ -219,7 +219,8 @@ pub(crate) fn outbox(config: &Config, command: Option<OutboxCommand>) -> Outcome
             json,
         } => {
             let store = open_for_reading(config)?;
-            let states: Vec<&str> = states.iter().map(|s| OutboxState::as_str(*s)).collect();
+            let states: Vec<outbox::State> =
+                states.iter().map(|s| OutboxState::state(*s)).collect();
             let rows = store.call_blocking(|c| outbox::list(c, &states, limit))?;
             show(json, rows.as_slice(), render::outbox)
         }
@@ -251,7 +252,7 @@ pub(crate) fn outbox(config: &Config, command: Option<OutboxCommand>) -> Outcome
 /// A quarantined lead create may already have made its lead: sending it again may make a
 /// second one, so it takes `--force` (after checking Google), or `link` for the lead found.
 fn needs_force(action: &outbox::OutboxRow, force: bool) -> Option<String> {
-    (action.state == "quarantined" && action.kind == outbox::CREATE_LEAD && !force).then(|| {
+    (action.state == outbox::State::Quarantined && action.kind == outbox::CREATE_LEAD && !force).then(|| {
         format!(
             "action {} is a quarantined lead create: its first attempt may have reached Google, and sending it again may create a second lead for referral {}. Look for the lead in Google first: if it exists, `cosell-sync link {} partners/…/leads/…`; if it does not, `cosell-sync outbox retry {} --force`",
             action.id, action.referral_id, action.referral_id, action.id
@@ -405,10 +406,10 @@ pub(crate) async fn run(config: Config, file: &Path, force_dry_run: bool) -> Out
         .map_err(|e| AppError::Refused(format!("cannot install signal handlers: {e}")))?;
     let health = Arc::new(crate::health::Health::default());
     health.set_google_enabled(app.config.google_enabled());
-    // The deadline lane's doorbell: the action page (bound here, before start-up) rings it
-    // when it queued an answer, and the lane's one executor sends it.
+    // The action page (bound here, before start-up) rings the executor's doorbell for
+    // answers (`app.cycle.send.answers`); the deadline lane has its own.
+    let webhook_events = listen(&app, &health, &shutdown).await?;
     let wake = crate::wake::DeadlineWake::new();
-    let webhook_events = listen(&app, &health, &wake, &shutdown).await?;
     let reload = scheduler::Reload {
         config_file: file.to_path_buf(),
         force_dry_run,
@@ -430,7 +431,6 @@ pub(crate) async fn run(config: Config, file: &Path, force_dry_run: bool) -> Out
 async fn listen(
     app: &App,
     health: &Arc<crate::health::Health>,
-    wake: &crate::wake::DeadlineWake,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<Option<crate::webhook::Events>, AppError> {
     // The fd limit is the unit's LimitNOFILE (setrlimit is outside its system-call filter).
@@ -455,7 +455,8 @@ async fn listen(
     }
     if let Some(settings) = app.page_settings() {
         let listen = settings.config.listen.clone();
-        let router = crate::actions::page::router(settings, app.store.clone(), wake.clone());
+        let answers = app.cycle.send.answers.clone();
+        let router = crate::actions::page::router(settings, app.store.clone(), answers);
         listeners.mount("actions.listen", &listen, router);
     }
     let bound = listeners
@@ -570,8 +571,8 @@ pub fn reload(config: &Config, pid: i32, wait_secs: u64) -> Outcome {
     )
     .map_err(AppError::Refused)?;
     match answer {
-        crate::reload::Answer::Reloaded => Ok(Printed::ok("configuration reloaded\n")),
-        crate::reload::Answer::Refused(why) => Err(AppError::Refused(format!(
+        crate::reload::ReloadReply::Reloaded => Ok(Printed::ok("configuration reloaded\n")),
+        crate::reload::ReloadReply::Refused(why) => Err(AppError::Refused(format!(
             "reload refused; the daemon keeps its running configuration:\n{why}"
         ))),
     }

@@ -317,11 +317,16 @@ async fn webhook_step(sim: &Simulator, app: &App, dir: &std::path::Path) -> anyh
     Ok(())
 }
 
-/// Demo step 7: the action page on an ephemeral port with a bare deadline lane beside it (the
-/// one executor the page and the command's queued answer wake); one
-/// referral accepted with the page's form (as a browser posts it), one declined with the
-/// `decline` command (which queues the answer and waits for the running "daemon" to send it).
-async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Result<()> {
+/// The page on an ephemeral port and the answer sender beside it (the demo has no daemon
+/// scheduler), until the returned guard is dropped.
+async fn serve_page(
+    app: &App,
+    config: &Config,
+) -> anyhow::Result<(
+    crate::actions::ActionsConfig,
+    std::sync::Arc<crate::actions::LinkSigner>,
+    tokio_util::sync::DropGuard,
+)> {
     use crate::actions::page;
     let listener_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -344,36 +349,51 @@ async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Res
         referral_url: config.alerts.referral_url.clone(),
     };
     let stop = tokio_util::sync::CancellationToken::new();
-    let _stop = stop.clone().drop_guard();
-    // The demo has no daemon scheduler: a bare deadline lane sends what the page queues, and
-    // the daemon's look for answers queued by the command line runs beside it.
-    let wake = crate::wake::DeadlineWake::new();
-    let lane_app = std::sync::Arc::new(app.clone());
-    tokio::spawn(lane_app.serve_wakes(wake.clone(), stop.clone()));
-    tokio::spawn(super::answer::wake_on_queued(
-        app.store.clone(),
-        wake.clone(),
+    let sender_app = std::sync::Arc::new(app.clone());
+    tokio::spawn(super::answer::send_queued(
+        move || sender_app.clone(),
         stop.clone(),
     ));
-    let router = page::router(settings, app.store.clone(), wake);
+    let router = page::router(settings, app.store.clone(), app.cycle.send.answers.clone());
     page::serve(&actions.listen, router, stop.clone())
         .await
         .map_err(anyhow::Error::msg)?;
+    Ok((actions, signer, stop.drop_guard()))
+}
+
+/// The two open referrals nearest their deadline (those have expiry alerts).
+async fn two_open_referrals(
+    app: &App,
+    config: &Config,
+) -> anyhow::Result<(
+    crate::store::referrals::ReferralSummary,
+    crate::store::referrals::ReferralSummary,
+)> {
     let now = Utc::now();
     let window = config.alerts.response_window.as_chrono();
-    let open: Vec<_> = app
+    let mut open: Vec<_> = app
         .store
         .call(|c| crate::store::referrals::awaiting_response(c))
         .await?
         .into_iter()
         .filter(|r| crate::deadline::deadline(r.created_at, r.expires_at, window) > now)
         .collect();
-    // Nearest deadline first: those have expiry alerts.
-    let mut open = open;
     open.sort_by_key(|r| crate::deadline::deadline(r.created_at, r.expires_at, window));
-    let [first, second, ..] = open.as_slice() else {
-        anyhow::bail!("the demo needs two open referrals");
-    };
+    let mut open = open.into_iter();
+    match (open.next(), open.next()) {
+        (Some(first), Some(second)) => Ok((first, second)),
+        _ => anyhow::bail!("the demo needs two open referrals"),
+    }
+}
+
+/// Demo step 7: the action page on an ephemeral port with the daemon's answer sender beside
+/// it (the one executor, answers only, woken by the page and by the command's queued
+/// answer); one referral accepted with the page's form (as a browser posts it), one declined
+/// with the `decline` command (which queues the answer and waits for the running "daemon" to
+/// send it).
+async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Result<()> {
+    let (actions, signer, _stop) = serve_page(app, config).await?;
+    let (first, second) = two_open_referrals(app, config).await?;
     // The link exactly as the alert sinks get it: from the first referral's expiry alert.
     let id = first.id.clone();
     let alert = app

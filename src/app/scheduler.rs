@@ -1,11 +1,13 @@
-//! The daemon loop, two lanes (see [`crate::lanes`]):
-//! - the **deadline lane**: one task runs ticks one after another, never two at once, and is
-//!   the one executor of remote writes. The tokio-cron-scheduler job on `[schedule] sync`
-//!   only *asks* for a tick (a stored permit: a tick asked for while one runs starts right
-//!   after it, and asks coalesce), and so do the other producers: the refresh lane when a
-//!   Google record changed, the webhook forwarder and the action page ("no pull needed": the
-//!   work is stored), and a look every quarter second for answers the command line queued
-//!   from another process. The first tick runs at start-up.
+//! The daemon loop, two lanes (see [`crate::lanes`]) and the answer sender:
+//! - the **deadline lane**: one task runs ticks one after another, never two at once, each
+//!   running the one executor of remote writes. The tokio-cron-scheduler job on `[schedule]
+//!   sync` only *asks* for a tick (a stored permit: a tick asked for while one runs starts
+//!   right after it, and asks coalesce), and so do the other producers: the refresh lane when
+//!   a Google record changed and the webhook forwarder ("no pull needed": the work is
+//!   stored). The first tick runs at start-up.
+//! - the **answer sender**: the same executor for answers only, run when the action page
+//!   rings its doorbell or a look every quarter second finds answers the command line queued
+//!   from another process; no cycle, no alert evaluation; the same `[sync] concurrency`.
 //! - the **refresh lane**: one task re-reads due Google records pass after pass, at
 //!   background priority, and runs the periodic full plan. It never holds the deadline lane.
 //!
@@ -138,10 +140,13 @@ pub(crate) async fn run(
     }
     let deadline = tokio::spawn(deadline_lane(daemon.clone()));
     let refresh = tokio::spawn(refresh_lane(daemon.clone()));
-    // Answers the command line queued from another process: seen and handed to the lane.
-    let answers = tokio::spawn(super::answer::wake_on_queued(
-        app.store.clone(),
-        daemon.wake.clone(),
+    // Answers (queued by the page, or by the command line in another process) are sent by
+    // the one executor at once, without a cycle.
+    let answers = tokio::spawn(super::answer::send_queued(
+        {
+            let d = daemon.clone();
+            move || d.app()
+        },
         shutdown.clone(),
     ));
     if let Some(interval) = watchdog_interval() {
@@ -207,19 +212,18 @@ async fn serve_reloads(
 struct Lanes {
     deadline: tokio::task::JoinHandle<()>,
     refresh: tokio::task::JoinHandle<()>,
-    /// The look for answers queued by another process (a producer: stopped at once).
+    /// The answer sender (the one executor, answers only).
     answers: tokio::task::JoinHandle<()>,
     webhook: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Stops everything within `[daemon] shutdown_grace`: the refresh lane and the look for
-/// queued answers at once (reads only), then the cron job, the webhook forwarder and the
-/// running deadline tick (an answer being sent finishes with it).
+/// Stops everything within `[daemon] shutdown_grace`: the refresh lane at once (reads
+/// only), then the cron job, the webhook forwarder, the answer sender and the running
+/// deadline tick (a write being sent finishes; no new one starts after SIGTERM).
 async fn stop(daemon: &Daemon, scheduler: &mut JobScheduler, lanes: Lanes) {
     let grace = daemon.app().config.daemon.shutdown_grace.0;
     let stop_by = Instant::now() + grace;
     lanes.refresh.abort();
-    lanes.answers.abort();
     if tokio::time::timeout_at(stop_by, scheduler.shutdown())
         .await
         .is_err()
@@ -230,6 +234,7 @@ async fn stop(daemon: &Daemon, scheduler: &mut JobScheduler, lanes: Lanes) {
         // The forwarder stops between events; a forward in flight gets the grace period.
         let _ = tokio::time::timeout_at(stop_by, forwarder).await;
     }
+    let _ = tokio::time::timeout_at(stop_by, lanes.answers).await;
     match tokio::time::timeout_at(stop_by, lanes.deadline).await {
         Ok(_) => tracing::info!("stopped"),
         Err(_) => tracing::warn!(

@@ -150,3 +150,64 @@ mod tests {
         assert!(err.contains("invalid cron expression"), "{err}");
     }
 }
+
+/// Defaults in one place (issue 26): every key of `config.example.toml` that has a
+/// compiled-in default shows that default, and every defaulted key is in the example.
+/// Required keys (tenant, client_id, partner_id, ...) have no default: the example's value is
+/// a placeholder and is not compared.
+#[cfg(test)]
+mod example_defaults {
+    use super::*;
+
+    /// Leaves of a TOML table as `section.key` → value (arrays are leaves).
+    fn leaves(prefix: &str, table: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
+        for (k, v) in table {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                toml::Value::Table(t) => leaves(&path, t, out),
+                other => out.push((path, other.clone())),
+            }
+        }
+    }
+
+    /// Two spellings of one value: equal, or the same duration ("60m" and "1h").
+    fn same(a: &toml::Value, b: &toml::Value) -> bool {
+        let duration = |v: &toml::Value| v.as_str().and_then(|s| s.parse::<HumanDuration>().ok());
+        a == b
+            || matches!((duration(a), duration(b)), (Some(x), Some(y)) if x.0 == y.0)
+            || matches!((a.as_float(), b.as_integer()), (Some(x), Some(y)) if x == y as f64)
+            || matches!((a.as_integer(), b.as_float()), (Some(x), Some(y)) if x as f64 == y)
+    }
+
+    #[test]
+    fn every_default_is_the_example_s_value_and_every_defaulted_key_is_in_it() {
+        let example: toml::Table = toml::from_str(include_str!("../../config.example.toml"))
+            .expect("config.example.toml is TOML");
+        let defaults = toml::Table::try_from(Config::default()).expect("the defaults serialize");
+        let (mut shown, mut compiled) = (Vec::new(), Vec::new());
+        leaves("", &example, &mut shown);
+        leaves("", &defaults, &mut compiled);
+        let mut wrong = Vec::new();
+        for (key, default) in &compiled {
+            match shown.iter().find(|(k, _)| k == key) {
+                Some((_, value)) if same(value, default) => {}
+                Some((_, value)) => {
+                    wrong.push(format!("{key}: compiled-in {default}, example {value}"))
+                }
+                // No sink by default: an empty list needs no line (the example shows
+                // commented sinks instead).
+                None if default.as_array().is_some_and(Vec::is_empty) => {}
+                None => wrong.push(format!("{key}: compiled-in {default}, not in the example")),
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "defaults and config.example.toml disagree:\n{}",
+            wrong.join("\n")
+        );
+    }
+}

@@ -31,7 +31,7 @@ pub(crate) struct Prepared {
 
 /// A successful call's parsed body and the id to quote in the audit table.
 #[derive(Debug)]
-pub(crate) struct Answer<T> {
+pub(crate) struct Reply<T> {
     pub(crate) value: T,
     pub(crate) request_id: String,
 }
@@ -96,35 +96,32 @@ impl GoogleClient {
     }
 
     /// Sends a create prepared by [`GoogleClient::prepare_create_lead`], at once.
-    pub(crate) async fn send_create_lead(&self, ready: Prepared) -> Result<Answer<Lead>, ApiError> {
+    pub(crate) async fn send_create_lead(&self, ready: Prepared) -> Result<Reply<Lead>, ApiError> {
         let parent = ready.label.clone();
         let (body, request_id) = self.dispatch(ready).await?;
         let lead =
             Lead::from_value(&body).map_err(|e| self.malformed("POST", &parent, e, &request_id))?;
-        Ok(Answer {
+        Ok(Reply {
             value: lead,
             request_id,
         })
     }
 
-    pub(crate) async fn get_lead(&self, name: &str) -> Result<Answer<Lead>, ApiError> {
+    pub(crate) async fn get_lead(&self, name: &str) -> Result<Reply<Lead>, ApiError> {
         let (body, request_id) = self.send(Method::GET, self.url(name), None).await?;
         let lead =
             Lead::from_value(&body).map_err(|e| self.malformed("GET", name, e, &request_id))?;
-        Ok(Answer {
+        Ok(Reply {
             value: lead,
             request_id,
         })
     }
 
-    pub(crate) async fn get_opportunity(
-        &self,
-        name: &str,
-    ) -> Result<Answer<Opportunity>, ApiError> {
+    pub(crate) async fn get_opportunity(&self, name: &str) -> Result<Reply<Opportunity>, ApiError> {
         let (body, request_id) = self.send(Method::GET, self.url(name), None).await?;
         let opp = Opportunity::from_value(&body)
             .map_err(|e| self.malformed("GET", name, e, &request_id))?;
-        Ok(Answer {
+        Ok(Reply {
             value: opp,
             request_id,
         })
@@ -136,14 +133,14 @@ impl GoogleClient {
         name: &str,
         body: &Value,
         update_mask: &[String],
-    ) -> Result<Answer<Opportunity>, ApiError> {
+    ) -> Result<Reply<Opportunity>, ApiError> {
         let mut url = self.url(name);
         url.query_pairs_mut()
             .append_pair("updateMask", &update_mask.join(","));
         let (body, request_id) = self.send(Method::PATCH, url, Some(body)).await?;
         let opp = Opportunity::from_value(&body)
             .map_err(|e| self.malformed("PATCH", name, e, &request_id))?;
-        Ok(Answer {
+        Ok(Reply {
             value: opp,
             request_id,
         })

@@ -143,7 +143,7 @@ pub struct WriteOutcome {
     pub(crate) referral: Option<ParsedReferral>,
 }
 
-struct Answer {
+struct Reply {
     body: String,
     request_id: Option<String>,
 }
@@ -354,7 +354,7 @@ impl MicrosoftClient {
         url: Url,
         body: Option<Value>,
         if_match: Option<&str>,
-    ) -> Result<Answer, ApiError> {
+    ) -> Result<Reply, ApiError> {
         let mut refreshed = false;
         loop {
             let token = self.tokens.access_token().await?;
@@ -408,7 +408,7 @@ impl MicrosoftClient {
                 "partner center answered"
             );
             if status.is_success() {
-                return Ok(Answer {
+                return Ok(Reply {
                     body: answer.text,
                     request_id,
                 });

@@ -1,13 +1,14 @@
 //! Answers to referrals (accept / decline) in the outbox: queued by the command line or the
-//! action page, taken by the one executor like every action ([`super::outbox::take_due_of`];
-//! sent by [`crate::sync::push::answer_referral`]), finished with their outcome as JSON in
-//! `result`, audited with the person who asked.
+//! action page, then an ordinary action: taken, claimed, finished and audited (with the
+//! person who asked) by the one executor like every kind ([`super::outbox`]; sent by
+//! [`crate::sync::push::answer_referral`]). What is answer-specific lives here: one open
+//! answer per referral, the look for due ones, the latest finished one and the page's facts.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
-use super::outbox::{self, AuditEntry, OutboxRow, ANSWER_REFERRAL};
+use super::outbox::{self, OutboxRow, ANSWER_REFERRAL};
 use super::StoreError;
 use crate::timefmt::{db_timestamp, parse_timestamp};
 
@@ -38,7 +39,7 @@ pub(crate) fn enqueue(
     Ok((open, false))
 }
 
-/// Whether an answer is due now (the daemon polls this and wakes its deadline lane: the
+/// Whether an answer is due now (the daemon polls this and runs its answer sender: the
 /// command line, in another process, cannot wake it otherwise).
 pub(crate) fn any_due(conn: &Connection, now: DateTime<Utc>) -> Result<bool, StoreError> {
     Ok(conn
@@ -49,70 +50,6 @@ pub(crate) fn any_due(conn: &Connection, now: DateTime<Utc>) -> Result<bool, Sto
         .query_row([db_timestamp(now)], |_| Ok(()))
         .optional()?
         .is_some())
-}
-
-/// In flight right before a PATCH (also again after a 412 re-read). False when the operator
-/// dropped the row meanwhile: then nothing may be sent.
-pub(crate) fn mark_sending(
-    conn: &Connection,
-    id: i64,
-    now: DateTime<Utc>,
-) -> Result<bool, StoreError> {
-    let n = conn.execute(
-        "UPDATE outbox SET state = 'in_flight', updated_at = ?2
-         WHERE id = ?1 AND state IN ('pending', 'in_flight')",
-        params![id, db_timestamp(now)],
-    )?;
-    Ok(n == 1)
-}
-
-/// How an answer row ends (or waits): its state, its outcome JSON, the error, when to retry.
-#[derive(Debug, Clone)]
-pub(crate) struct Finish {
-    pub(crate) state: &'static str,
-    pub(crate) result: Option<String>,
-    pub(crate) error: Option<String>,
-    pub(crate) request_id: Option<String>,
-    pub(crate) retry_at: Option<DateTime<Utc>>,
-}
-
-pub(crate) fn finish(
-    conn: &Connection,
-    id: i64,
-    f: &Finish,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE outbox SET state = ?2, result = COALESCE(?3, result), last_error = ?4,
-            request_id = COALESCE(?5, request_id),
-            next_attempt_at = COALESCE(?6, next_attempt_at), updated_at = ?7
-         WHERE id = ?1",
-        params![
-            id,
-            f.state,
-            f.result,
-            f.error,
-            f.request_id,
-            f.retry_at.map(db_timestamp),
-            db_timestamp(now)
-        ],
-    )?;
-    Ok(())
-}
-
-/// An audit row with the person who asked for the write.
-pub(crate) fn audit(
-    conn: &Connection,
-    entry: &AuditEntry,
-    actor: &str,
-    now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    outbox::audit(conn, entry, None, now)?;
-    conn.execute(
-        "UPDATE audit_log SET actor = ?2 WHERE id = ?1",
-        params![conn.last_insert_rowid(), actor],
-    )?;
-    Ok(())
 }
 
 /// The latest finished answer of a referral (who answered it here, and how), for the page.
@@ -213,20 +150,17 @@ mod tests {
                     outbox::SendClaim::Won,
                     "the latest taker sends it"
                 );
-                assert!(mark_sending(c, row.id, now)?);
-                assert!(mark_sending(c, row.id, now)?, "again after a 412 re-read");
-                finish(
-                    c,
-                    row.id,
-                    &Finish {
-                        state: "done",
-                        result: Some("{}".into()),
-                        error: None,
-                        request_id: None,
-                        retry_at: None,
-                    },
-                    now,
-                )?;
+                let held = |c: &Connection| {
+                    outbox::mark_attempt_sending(c, row.id, row.attempts, true, now)
+                };
+                assert_eq!(held(c)?, outbox::SendClaim::Won);
+                assert_eq!(
+                    held(c)?,
+                    outbox::SendClaim::Won,
+                    "again after a 412 re-read"
+                );
+                let done = outbox::ActionOutcome::Done { result: None };
+                outbox::finish(c, (row.id, row.attempts), &done, Some("{}"), None, now)?;
                 assert!(!any_due(c, now)?);
                 assert_eq!(latest_finished(c, "r1")?.map(|r| r.id), Some(first));
                 let (next, added) = enqueue(c, "r1", &json!({}), now)?;

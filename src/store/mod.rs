@@ -26,6 +26,9 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 /// The migrations, in order. The file name's number is the schema version it brings.
+/// There is no version 5: none was ever committed (the webhook's migration came as 6), and a
+/// gap is harmless, since a database runs every migration above its version. Numbers are
+/// never reused or shifted: a database at 6 must not run a new 5.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
@@ -223,6 +226,9 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// Commands outside a runtime ([`Store::call_blocking`]) take the same lock directly.
 struct Shared {
     conn: Arc<Mutex<Connection>>,
+    /// Asynchronous calls made so far: each is a hand-off to the connection's thread and
+    /// back, the cost the executor keeps to one per step of an action (issue 26).
+    calls: std::sync::atomic::AtomicU64,
     /// Started by the first asynchronous call (most commands never make one); `None` when the
     /// thread could not be started.
     worker: std::sync::OnceLock<Option<Worker>>,
@@ -244,6 +250,7 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     fn new(conn: Connection) -> Shared {
         Shared {
+            calls: std::sync::atomic::AtomicU64::new(0),
             conn: Arc::new(Mutex::new(conn)),
             worker: std::sync::OnceLock::new(),
         }
@@ -441,6 +448,7 @@ impl Store {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
+        (self.conn.calls).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.conn.submit(Box::new(move |conn: &mut Connection| {
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)));
             // The caller may have gone (a cancelled future): the work is done all the same.
@@ -460,6 +468,12 @@ impl Store {
             }
             Err(_) => Err(StoreError::Worker("the database thread stopped".into())),
         }
+    }
+
+    /// How many asynchronous calls ([`Store::call`]) this store has run so far.
+    #[cfg(test)]
+    pub(crate) fn calls(&self) -> u64 {
+        self.conn.calls.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `f` with the connection on the current thread (for commands outside a runtime).

@@ -19,6 +19,74 @@ pub(crate) const ANSWER_REFERRAL: &str = "answer_referral";
 /// Link a Google record a referral's externalReferenceId names (recovery, migration 0009).
 pub(crate) const ADOPT_LINK: &str = "adopt_link";
 
+/// Where an outbox row is in its life. The database keeps the snake_case name (a CHECK
+/// constraint of migration 0002 lists them); code outside the store names the variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum State {
+    /// Due at `next_attempt_at` (a taker counted an attempt but has not sent it yet, too).
+    Pending,
+    /// Claimed by its latest taker right before its request: it may be on the wire.
+    InFlight,
+    Done,
+    /// Failed for good: an `action_failed` alert for a person.
+    Dead,
+    /// A lead create whose outcome is unknown: never repeated without a person.
+    Quarantined,
+    /// Dropped by the operator (`outbox drop`).
+    Dropped,
+    /// Closed without a write (nothing left to write, re-planned, dry run).
+    Superseded,
+}
+
+impl State {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::InFlight => "in_flight",
+            State::Done => "done",
+            State::Dead => "dead",
+            State::Quarantined => "quarantined",
+            State::Dropped => "dropped",
+            State::Superseded => "superseded",
+        }
+    }
+
+    fn parse(text: &str) -> Option<State> {
+        [
+            State::Pending,
+            State::InFlight,
+            State::Done,
+            State::Dead,
+            State::Quarantined,
+            State::Dropped,
+            State::Superseded,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
+    /// Still to be sent, or being sent.
+    pub(crate) fn is_open(self) -> bool {
+        matches!(self, State::Pending | State::InFlight)
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl rusqlite::types::FromSql for State {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let text = value.as_str()?;
+        State::parse(text).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("unknown outbox state {text:?}").into())
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct OutboxRow {
     pub(crate) id: i64,
@@ -26,7 +94,7 @@ pub(crate) struct OutboxRow {
     pub(crate) kind: String,
     pub(crate) target: Option<String>,
     pub(crate) payload: Value,
-    pub(crate) state: String,
+    pub(crate) state: State,
     pub(crate) attempts: u32,
     pub(crate) next_attempt_at: DateTime<Utc>,
     pub(crate) last_error: Option<String>,
@@ -174,40 +242,48 @@ pub(crate) enum SendClaim {
 /// Moves a taken action to `in_flight` immediately before its request is sent (after the
 /// rate limiter). The claim is a compare-and-swap on the attempt this taker counted in
 /// [`take_due_of`]: of two takers of one row only the latest can win, so a write is sent at most
-/// once whoever took it, and the loser learns why.
+/// once whoever took it, and the loser learns why. (The executor claims with
+/// [`mark_attempt_sending`]; the tests here name the row.)
+#[cfg(test)]
 pub(crate) fn mark_sending(
     conn: &Connection,
     row: &OutboxRow,
     now: DateTime<Utc>,
 ) -> Result<SendClaim, StoreError> {
-    mark_attempt_sending(conn, row.id, row.attempts, now)
+    mark_attempt_sending(conn, row.id, row.attempts, false, now)
 }
 
-/// [`mark_sending`] by the row's id and the attempt its taker counted.
+/// [`mark_sending`] by the row's id and the attempt its taker counted. `held`: this taker
+/// moved it `in_flight` already and sends again in the same attempt (an answer decided anew
+/// after a 412 re-read); it still may not when the operator dropped it meanwhile.
 pub(crate) fn mark_attempt_sending(
     conn: &Connection,
     id: i64,
     attempts: u32,
+    held: bool,
     now: DateTime<Utc>,
 ) -> Result<SendClaim, StoreError> {
-    let n = conn
-        .prepare_cached(MARK_SENDING)?
-        .execute(params![id, attempts, db_timestamp(now)])?;
+    let n = conn.prepare_cached(MARK_SENDING)?.execute(params![
+        id,
+        attempts,
+        db_timestamp(now),
+        held
+    ])?;
     if n == 1 {
         return Ok(SendClaim::Won);
     }
-    let state: Option<String> = conn
+    let state: Option<State> = conn
         .query_row("SELECT state FROM outbox WHERE id = ?1", [id], |r| r.get(0))
         .optional()?;
-    Ok(match state.as_deref() {
-        Some("dropped") | None => SendClaim::Dropped,
-        Some("pending") | Some("in_flight") => SendClaim::TakenByAnother,
+    Ok(match state {
+        Some(State::Dropped) | None => SendClaim::Dropped,
+        Some(State::Pending | State::InFlight) => SendClaim::TakenByAnother,
         Some(_) => SendClaim::Closed,
     })
 }
 
 const MARK_SENDING: &str = "UPDATE outbox SET state = 'in_flight', updated_at = ?3
-    WHERE id = ?1 AND state = 'pending' AND attempts = ?2";
+    WHERE id = ?1 AND attempts = ?2 AND (state = 'pending' OR (?4 AND state = 'in_flight'))";
 
 /// How many Partner Center PATCHes of this referral met a 412 in this cycle (from the audit
 /// log): the first re-plans, a second waits for the next cycle.
@@ -238,7 +314,7 @@ pub(crate) fn release(conn: &Connection, id: i64, now: DateTime<Utc>) -> Result<
 
 /// How an attempt ended.
 #[derive(Debug, Clone)]
-pub(crate) enum Outcome {
+pub(crate) enum ActionOutcome {
     Done {
         result: Option<String>,
     },
@@ -258,50 +334,57 @@ pub(crate) enum Outcome {
     },
 }
 
-impl Outcome {
-    fn state(&self) -> &'static str {
+impl ActionOutcome {
+    pub(crate) fn state(&self) -> State {
         match self {
-            Outcome::Done { .. } => "done",
-            Outcome::Retry { .. } => "pending",
-            Outcome::Dead { .. } => "dead",
-            Outcome::Quarantined { .. } => "quarantined",
-            Outcome::Superseded { .. } => "superseded",
+            ActionOutcome::Done { .. } => State::Done,
+            ActionOutcome::Retry { .. } => State::Pending,
+            ActionOutcome::Dead { .. } => State::Dead,
+            ActionOutcome::Quarantined { .. } => State::Quarantined,
+            ActionOutcome::Superseded { .. } => State::Superseded,
         }
     }
 }
 
+/// Records how attempt `attempts` ended: the state, the retry time, the error and the result.
+/// `result` is a kind's own result text kept whatever the outcome (an answer's outcome for
+/// the person who asked); without it a done row keeps [`ActionOutcome::Done`]'s. Only the
+/// row's latest taker records: a taker whose row was taken again since (its attempt is
+/// older) changes nothing, whatever it decided. Returns whether the row was changed.
 pub(crate) fn finish(
     conn: &Connection,
-    id: i64,
-    outcome: &Outcome,
+    (id, attempts): (i64, u32),
+    outcome: &ActionOutcome,
+    result: Option<&str>,
     request_id: Option<&str>,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
-    let (next, error, result) = match outcome {
-        Outcome::Done { result } => (None, None, result.clone()),
-        Outcome::Retry { at, error } => (Some(db_timestamp(*at)), Some(error.clone()), None),
-        Outcome::Dead { error } | Outcome::Quarantined { error } => {
+) -> Result<bool, StoreError> {
+    let (next, error, done) = match outcome {
+        ActionOutcome::Done { result } => (None, None, result.clone()),
+        ActionOutcome::Retry { at, error } => (Some(db_timestamp(*at)), Some(error.clone()), None),
+        ActionOutcome::Dead { error } | ActionOutcome::Quarantined { error } => {
             (None, Some(error.clone()), None)
         }
-        Outcome::Superseded { reason } => (None, Some(reason.clone()), None),
+        ActionOutcome::Superseded { reason } => (None, Some(reason.clone()), None),
     };
-    conn.prepare_cached(FINISH)?.execute(params![
+    let changed = conn.prepare_cached(FINISH)?.execute(params![
         id,
-        outcome.state(),
+        outcome.state().as_str(),
         next,
         error,
-        result,
+        result.map(str::to_string).or(done),
         request_id,
-        db_timestamp(now)
+        db_timestamp(now),
+        attempts
     ])?;
-    Ok(())
+    Ok(changed == 1)
 }
 
 const FINISH: &str =
     "UPDATE outbox SET state = ?2, next_attempt_at = COALESCE(?3, next_attempt_at),
         last_error = COALESCE(?4, last_error), result = COALESCE(?5, result),
         request_id = COALESCE(?6, request_id), updated_at = ?7
-    WHERE id = ?1";
+    WHERE id = ?1 AND attempts = ?8";
 
 /// At start-up: actions a stopped process left in flight. Only a request that may have been
 /// on the wire is `in_flight` (see [`mark_sending`]): such a lead create may have reached
@@ -335,10 +418,10 @@ pub(crate) fn get(conn: &Connection, id: i64) -> Result<Option<OutboxRow>, Store
 /// Actions in the given states (all when empty), newest first.
 pub(crate) fn list(
     conn: &Connection,
-    states: &[&str],
+    states: &[State],
     limit: usize,
 ) -> Result<Vec<OutboxRow>, StoreError> {
-    let states = serde_json::to_string(states).expect("strings serialize");
+    let states = serde_json::to_string(states).expect("states serialize");
     let mut stmt = conn.prepare(&format!(
         "SELECT {COLUMNS} FROM outbox
          WHERE json_array_length(?1) = 0 OR state IN (SELECT value FROM json_each(?1))
@@ -379,7 +462,7 @@ pub(crate) fn retry(
     let Some(current) = get(conn, id)? else {
         return Ok(Err(format!("no outbox action {id}")));
     };
-    if !matches!(current.state.as_str(), "dead" | "quarantined") {
+    if !matches!(current.state, State::Dead | State::Quarantined) {
         return Ok(Err(format!(
             "action {id} is {}; only dead or quarantined actions can be retried",
             current.state
@@ -417,8 +500,8 @@ pub(crate) fn drop_action(
         return Ok(Err(format!("no outbox action {id}")));
     };
     if matches!(
-        current.state.as_str(),
-        "done" | "dropped" | "superseded" | "in_flight"
+        current.state,
+        State::Done | State::Dropped | State::Superseded | State::InFlight
     ) {
         return Ok(Err(format!(
             "action {id} is {}; it cannot be dropped",
@@ -460,8 +543,11 @@ pub(crate) struct AuditEntry {
     pub(crate) status_code: Option<u16>,
     pub(crate) request_id: Option<String>,
     pub(crate) detail: Option<String>,
+    /// Who asked for the write (an accept or decline); `None` for the daemon's own writes.
+    pub(crate) actor: Option<String>,
 }
 
+/// The one writer of the audit log (every action kind's rows, ok or failed).
 pub(crate) fn audit(
     conn: &Connection,
     entry: &AuditEntry,
@@ -469,8 +555,8 @@ pub(crate) fn audit(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO audit_log (at, cycle_id, api, method, resource, fields, outcome, status_code, request_id, detail)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO audit_log (at, cycle_id, api, method, resource, fields, outcome, status_code, request_id, detail, actor)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         db_timestamp(now),
@@ -482,7 +568,8 @@ pub(crate) fn audit(
         entry.outcome,
         entry.status_code,
         entry.request_id,
-        entry.detail
+        entry.detail,
+        entry.actor
     ])?;
     Ok(())
 }
@@ -559,15 +646,14 @@ mod tests {
                 assert!(!enqueue(c, "r1", CREATE_LEAD, None, &json!({}), now)?);
                 let claimed = take_due(c, now, &[])?.expect("one due");
                 assert!(take_due(c, now, &[claimed.id])?.is_none());
-                finish(
-                    c,
-                    claimed.id,
-                    &Outcome::Done {
-                        result: Some("partners/1/leads/1".into()),
-                    },
-                    None,
-                    now,
-                )?;
+                let done = ActionOutcome::Done {
+                    result: Some("partners/1/leads/1".into()),
+                };
+                let stale = (claimed.id, claimed.attempts - 1);
+                assert!(!finish(c, stale, &done, None, None, now)?, "an older taker");
+                assert_eq!(get(c, claimed.id)?.unwrap().state, State::Pending);
+                let latest = (claimed.id, claimed.attempts);
+                assert!(finish(c, latest, &done, None, None, now)?);
                 // Even a finished create blocks another one.
                 assert!(!enqueue(c, "r1", CREATE_LEAD, None, &json!({}), now)?);
                 assert!(enqueue(c, "r1", PATCH_REFERRAL, None, &json!({}), now)?);
@@ -591,7 +677,7 @@ mod tests {
                 assert_eq!(mark_sending(c, &first, now)?, SendClaim::Won);
                 assert_eq!(mark_sending(c, &second, now)?, SendClaim::Won);
                 assert_eq!(recover_in_flight(c, now)?, (1, 1));
-                let quarantined = list(c, &["quarantined"], 10)?;
+                let quarantined = list(c, &[State::Quarantined], 10)?;
                 assert_eq!(quarantined[0].referral_id, "r1");
                 assert!(retry(c, quarantined[0].id, now)?.is_ok());
                 assert!(drop_action(c, quarantined[0].id, now)?.is_ok());
@@ -623,8 +709,8 @@ mod tests {
                 assert_eq!(mark_sending(c, &rows[0], now)?, SendClaim::Won);
                 // The process dies here; the next one recovers.
                 assert_eq!(recover_in_flight(c, now)?, (1, 0));
-                assert_eq!(list(c, &["quarantined"], 20)?.len(), 1);
-                assert_eq!(list(c, &["pending"], 20)?.len(), 9);
+                assert_eq!(list(c, &[State::Quarantined], 20)?.len(), 1);
+                assert_eq!(list(c, &[State::Pending], 20)?.len(), 9);
                 // A dropped row is never sent.
                 let next = take_due(c, now, &[])?.expect("due");
                 drop_action(c, next.id, now)?.unwrap();

@@ -1,12 +1,15 @@
 //! The sync primitives both lanes are made of: the Microsoft pull ([`pull`]), the Google
 //! refresh on a per-record schedule ([`refresh`]), the pure planner ([`reconcile`], with
-//! [`mapping`] for new leads) and the outbox ([`push`]). [`crate::lanes`] puts them in order.
+//! [`mapping`] for new leads and [`adopt`] for what a referral's externalReferenceId names),
+//! planning into the outbox ([`plan`]) and the outbox's one executor ([`push`]).
+//! [`crate::lanes`] puts them in order.
 //! Accept / decline: the pure decision ([`answer`]) and how the one executor sends it
 //! ([`push::answer_referral`]).
 
 pub(crate) mod adopt;
 pub(crate) mod answer;
 pub(crate) mod mapping;
+pub mod plan;
 pub(crate) mod pull;
 pub mod push;
 pub(crate) mod reconcile;
@@ -23,8 +26,9 @@ use crate::microsoft::MicrosoftClient;
 use crate::store::referrals::UpsertCounts;
 use crate::store::{Store, StoreError};
 
+pub(crate) use plan::PlanStats;
 pub(crate) use pull::{PullSettings, PullStats};
-pub(crate) use push::{PlanStats, PushStats, Schedule};
+pub(crate) use push::{PushStats, Schedule, SendSettings};
 pub(crate) use reconcile::Policy;
 pub(crate) use refresh::{RefreshSettings, RefreshStats};
 
@@ -49,16 +53,12 @@ impl CycleError {
 pub struct GoogleSide {
     pub client: GoogleClient,
     pub policy: Policy,
-    pub schedule: Schedule,
-    pub concurrency: usize,
     /// In-call retries of idempotent Google calls (gets, patches) — `[google.retry]`;
     /// never used for creates.
     pub retry: RetryPolicy,
     pub refresh: RefreshSettings,
-    /// Log each write instead of sending it.
-    pub dry_run: bool,
     /// When this worker began: a referral copy older than this may predate a restore, so a
-    /// lead create reads the referral again first (see [`adopt::guard_create`]).
+    /// lead create reads the referral again first (the guard in `push::create_lead`).
     pub fresh_since: DateTime<Utc>,
 }
 
@@ -67,14 +67,16 @@ pub struct GoogleSide {
 pub struct CycleContext {
     pub store: Store,
     pub microsoft: MicrosoftClient,
-    /// The Microsoft pull, and `[microsoft.retry]` for every Microsoft call.
+    /// `[microsoft.retry]`: every Microsoft call (pull pages, re-reads, patches, answers).
+    pub microsoft_retry: RetryPolicy,
+    /// The Microsoft pull's paging and watermark settings.
     pub pull: PullSettings,
     /// `None` when `[google]` is not configured: the daemon then only pulls Microsoft.
     pub google: Option<GoogleSide>,
     /// Cancelled on SIGTERM: no new remote write starts after it.
     pub stop: tokio_util::sync::CancellationToken,
-    /// What accepts and declines need: the cycle's executor sends them too.
-    pub answers: push::answer_referral::AnswerSettings,
+    /// How the one executor sends, whatever the action kind (answers included).
+    pub send: SendSettings,
 }
 
 /// What the Google reads of a cycle did (a one-shot `sync` reads what is due).

@@ -16,11 +16,11 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 
 use super::CycleError;
-use crate::http::{with_retry, RetryPolicy};
-use crate::microsoft::model::RejectedRecord;
+use crate::http::{with_retry, ApiError, RetryPolicy};
+use crate::microsoft::model::{ParsedReferral, RejectedRecord};
 use crate::microsoft::{odata, MicrosoftClient, PageRequest, Paging, MAX_PAGES};
 use crate::store::referrals::{self, UpsertCounts};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The watermark of the incremental query.
 pub(crate) const INCREMENTAL_WATERMARK: &str = "microsoft.referrals.updated";
@@ -30,9 +30,33 @@ pub(crate) const INBOX_FILTER: &str = "direction eq 'Incoming' and substatus eq 
 #[derive(Debug, Clone)]
 pub struct PullSettings {
     pub page_size: u32,
-    pub(crate) retry: RetryPolicy,
     pub(crate) overlap: Duration,
     pub(crate) initial_lookback: Duration,
+}
+
+/// Reads one referral again (GET, with `[microsoft.retry]`) and stores it, which queues its
+/// plan when it changed: the one "refresh this referral" of the webhook forwarder, the lead
+/// create guard, the re-read after a 412 and the answers. `Ok(Err(e))`: the read failed and
+/// nothing was stored.
+pub(crate) async fn refresh_referral(
+    store: &Store,
+    microsoft: &MicrosoftClient,
+    retry: &RetryPolicy,
+    referral_id: &str,
+) -> Result<Result<ParsedReferral, ApiError>, StoreError> {
+    let read = with_retry(retry, "get referral", || {
+        microsoft.get_referral(referral_id)
+    })
+    .await;
+    let fresh = match read {
+        Ok(fresh) => fresh,
+        Err(e) => return Ok(Err(e)),
+    };
+    let copy = fresh.clone();
+    store
+        .call(move |c| referrals::commit_page(c, &[copy], &[], None, Utc::now()))
+        .await?;
+    Ok(Ok(fresh))
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -81,6 +105,8 @@ enum Stage {
 pub(crate) struct MicrosoftPull<'a> {
     store: &'a Store,
     client: &'a MicrosoftClient,
+    /// `[microsoft.retry]`.
+    retry: &'a RetryPolicy,
     settings: &'a PullSettings,
     now: DateTime<Utc>,
     queries: Queries,
@@ -98,7 +124,7 @@ pub(crate) struct MicrosoftPull<'a> {
 impl<'a> MicrosoftPull<'a> {
     pub(crate) fn with(
         store: &'a Store,
-        client: &'a MicrosoftClient,
+        (client, retry): (&'a MicrosoftClient, &'a RetryPolicy),
         settings: &'a PullSettings,
         now: DateTime<Utc>,
         queries: Queries,
@@ -111,6 +137,7 @@ impl<'a> MicrosoftPull<'a> {
         MicrosoftPull {
             store,
             client,
+            retry,
             settings,
             now,
             queries,
@@ -209,10 +236,7 @@ impl<'a> MicrosoftPull<'a> {
     async fn read(&mut self, request: PageRequest) -> Result<PageDone, CycleError> {
         let query = self.query_name();
         let client = self.client;
-        let page = with_retry(&self.settings.retry, "list referrals", || {
-            client.list_page(&request)
-        })
-        .await?;
+        let page = with_retry(self.retry, "list referrals", || client.list_page(&request)).await?;
         log_rejected(query, &page.rejected, page.request_id.as_deref());
         let watermark = (self.stage == Stage::Incremental).then_some(INCREMENTAL_WATERMARK);
         let high_water = page.referrals.iter().map(|r| r.referral.updated_at()).max();

@@ -11,9 +11,12 @@ use serde_json::{json, Map, Value};
 use crate::config::{ConflictPolicy, ForwardConfig, GoogleLeadConfig};
 use crate::microsoft::{PatchOp, ReferralStatus, ReferralSubstatus};
 use crate::store::google::{BaseUpdate, SnapshotRow};
-use crate::store::outbox::{ADOPT_LINK, CREATE_LEAD, PATCH_OPPORTUNITY, PATCH_REFERRAL};
+use crate::store::outbox::{
+    ADOPT_LINK, ANSWER_REFERRAL, CREATE_LEAD, PATCH_OPPORTUNITY, PATCH_REFERRAL,
+};
 
 use super::adopt::{is_google_name, named_record, Named};
+use super::answer::Answer;
 
 /// The policy half of reconcile's input.
 #[derive(Debug, Clone)]
@@ -60,9 +63,15 @@ pub(crate) enum Action {
         base_after: BaseUpdate,
     },
     /// Read the Google record the referral's externalReferenceId names and link it if its
-    /// externalSystemId is this referral (recovery; executed by `adopt`).
+    /// externalSystemId is this referral (recovery; executed by `push::adopt_link`).
     AdoptLink {
         name: String,
+    },
+    /// Accept or decline (queued by a person, never planned here): stored in its own
+    /// versioned format (`sync::answer::encode`), hence not serialized with the others.
+    #[serde(skip)]
+    AnswerReferral {
+        answer: Answer,
     },
 }
 
@@ -73,6 +82,7 @@ impl Action {
             Action::PatchReferral { .. } => PATCH_REFERRAL,
             Action::PatchOpportunity { .. } => PATCH_OPPORTUNITY,
             Action::AdoptLink { .. } => ADOPT_LINK,
+            Action::AnswerReferral { .. } => ANSWER_REFERRAL,
         }
     }
 }

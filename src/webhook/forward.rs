@@ -13,9 +13,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::receiver::Accepted;
-use crate::http::{with_retry, ApiError};
+use crate::http::ApiError;
 use crate::store::webhook::{self as wstore, OpenEvent};
-use crate::store::{google as gstore, referrals, StoreError};
+use crate::store::{google as gstore, StoreError};
+use crate::sync::pull::refresh_referral;
 use crate::sync::CycleContext;
 use crate::wake::DeadlineWake;
 
@@ -55,15 +56,8 @@ pub struct Handoff {
 /// GETs a referral and commits it (queuing its plan); the lane does the rest.
 async fn fetch_and_commit(handoff: &Handoff, referral_id: &str) -> Result<(), ForwardError> {
     let ctx = &handoff.cycle;
-    let microsoft = &ctx.microsoft;
-    let parsed = with_retry(&ctx.pull.retry, "get referral", || {
-        microsoft.get_referral(referral_id)
-    })
-    .await?;
-    let now = Utc::now();
-    ctx.store
-        .call(move |c| referrals::commit_page(c, &[parsed], &[], None, now))
-        .await?;
+    let retry = &ctx.microsoft_retry;
+    refresh_referral(&ctx.store, &ctx.microsoft, retry, referral_id).await??;
     Ok(())
 }
 

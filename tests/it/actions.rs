@@ -640,3 +640,42 @@ async fn a_referral_alerted_before_actions_were_enabled_gets_a_link_in_alerts_li
         "{answered:?}"
     );
 }
+
+/// An answer from the page is sent by the executor at once, without a deadline tick: no
+/// `cycle_runs` row, no alert evaluation (alerts and the service level keep their own
+/// schedule), and the page answers once the executor recorded it (issue 26).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_from_the_page_reaches_partner_center_without_a_cycle() {
+    let page = start(900..901, "").await;
+    let urls = action_urls(&page, 1).await;
+    let (id, url) = urls.iter().next().unwrap();
+    let cycles = || {
+        page.env
+            .query("SELECT COUNT(*), COUNT(finished_at) FROM cycle_runs", |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+    };
+    // Idle: every tick begun has finished, and none began for a while.
+    let mut last = cycles();
+    let idle = wait_until(Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(700));
+        let now = cycles();
+        let quiet = now == last && now.0 == now.1;
+        last = now;
+        quiet
+    })
+    .await;
+    assert!(idle, "the daemon never went idle: {last:?}");
+    let alerts = page.server.received_requests().await.unwrap().len();
+
+    let (status, html) = answer(url, id, "accept", "").await;
+    assert_eq!(status, 200, "{html}");
+    assert_eq!(page_status(&page.env, id), "Active");
+    assert_eq!(page.env.sim.applied_patches(id).len(), 1);
+    assert_eq!(cycles(), last, "the answer ran a deadline tick");
+    let after = page.server.received_requests().await.unwrap().len();
+    assert_eq!(
+        after, alerts,
+        "alerts were evaluated and sent for one answer"
+    );
+}

@@ -5,46 +5,39 @@
 //! quarantined, never repeated. A 412 on a referral patch re-reads the referral and re-plans.
 //! Every remote write lands in the audit log with its request id.
 //!
-//! [`plan`] decides what becomes an outbox row (and the stored action format); [`execute`]
-//! takes due rows with bounded concurrency and records outcomes; one file per action kind:
-//! [`create_lead`], [`patch_referral`], [`patch_opportunity`], and [`answer_referral`]:
-//! accepts and declines are taken by the same [`push_due`] (first, under the same
-//! `[sync] concurrency`), so the worker process has one executor whatever produced the work.
+//! [`crate::sync::plan`] decides what becomes an outbox row (and the stored action format);
+//! [`executor`] is the one executor: it takes due rows (answers first) under one `[sync] concurrency`,
+//! claims and records every kind the same way. One file per action kind, each with one entry
+//! point `execute(&Executor, ..., row, payload) -> ActionOutcome`: [`create_lead`],
+//! [`patch_referral`], [`patch_opportunity`], [`adopt_link`] and [`answer_referral`]
+//! (accepts and declines). A new kind is one file here and one variant of
+//! [`crate::sync::reconcile::Action`] (see `lib.rs`).
 
+mod adopt_link;
 pub(crate) mod answer_referral;
 mod create_lead;
-mod execute;
+pub(crate) mod executor;
 mod patch_opportunity;
 mod patch_referral;
-mod plan;
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
 use serde::Serialize;
-use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-use super::reconcile::{reconcile, Action, Plan, Policy};
-use super::{CycleContext, GoogleSide};
-use crate::http::{with_retry, ApiError, RetryPolicy};
-use crate::microsoft::{MicrosoftClient, PatchOp, ReferralStatus};
-use crate::store::google::{self as gstore, BaseUpdate, SnapshotRow};
-use crate::store::outbox::{
-    self, AuditEntry, OutboxRow, Outcome, PATCH_OPPORTUNITY, PATCH_REFERRAL,
-};
-use crate::store::{referrals, schedule};
-use crate::store::{Store, StoreError};
+use crate::store::outbox::{ActionOutcome, Kinds};
+use crate::store::StoreError;
+use crate::sync::CycleContext;
 
-use create_lead::*;
-pub(crate) use execute::push_due;
-use execute::*;
-use patch_opportunity::*;
-use patch_referral::*;
-pub(crate) use plan::{decode, encode, plan_all, plan_one, plan_queued};
-// Recovery (`sync::adopt`) records its outcomes the way every action does.
-pub(in crate::sync) use execute::{failure, finish};
+pub(crate) use executor::{Executor, SendSettings};
+
+/// Executes due actions with the cycle's executor (see [`Executor::run`]).
+pub(crate) async fn push_due(
+    ctx: &CycleContext,
+    cycle_id: &str,
+    kinds: Kinds,
+) -> Result<PushStats, StoreError> {
+    Executor::of(ctx, cycle_id).run(kinds).await
+}
 
 /// The outbox's retry schedule across attempts (and cycles).
 #[derive(Debug, Clone, Copy)]
@@ -70,23 +63,6 @@ impl Schedule {
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct PlanStats {
-    pub referrals: u64,
-    pub queued: u64,
-    pub(crate) conflicts: u64,
-    pub(crate) blocked: u64,
-}
-
-impl PlanStats {
-    pub(crate) fn add(&mut self, other: PlanStats) {
-        self.referrals += other.referrals;
-        self.queued += other.queued;
-        self.conflicts += other.conflicts;
-        self.blocked += other.blocked;
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PushStats {
     pub done: u64,
     pub retried: u64,
@@ -96,6 +72,17 @@ pub struct PushStats {
 }
 
 impl PushStats {
+    /// Counts one recorded outcome.
+    pub(crate) fn count(&mut self, outcome: &ActionOutcome) {
+        match outcome {
+            ActionOutcome::Done { .. } => self.done += 1,
+            ActionOutcome::Retry { .. } => self.retried += 1,
+            ActionOutcome::Dead { .. } => self.dead += 1,
+            ActionOutcome::Quarantined { .. } => self.quarantined += 1,
+            ActionOutcome::Superseded { .. } => self.superseded += 1,
+        }
+    }
+
     pub(crate) fn add(&mut self, o: PushStats) {
         self.done += o.done;
         self.retried += o.retried;
@@ -107,8 +94,15 @@ impl PushStats {
 
 #[cfg(test)]
 mod tests {
+    use super::executor::retry_at;
     use super::*;
-    use serde_json::json;
+    use crate::microsoft::PatchOp;
+    use crate::store::google::BaseUpdate;
+    use crate::store::outbox::{OutboxRow, State};
+    use crate::sync::plan::{decode, encode};
+    use crate::sync::reconcile::Action;
+    use chrono::Utc;
+    use serde_json::{json, Value};
 
     fn row(kind: &str, target: Option<&str>, payload: Value) -> OutboxRow {
         OutboxRow {
@@ -117,7 +111,7 @@ mod tests {
             kind: kind.into(),
             target: target.map(str::to_string),
             payload,
-            state: "pending".into(),
+            state: State::Pending,
             attempts: 0,
             next_attempt_at: Utc::now(),
             last_error: None,

@@ -1,6 +1,13 @@
 //! The opportunity patch (Google): the fields the referral changed, with an update mask.
 
-use super::*;
+use serde_json::Value;
+
+use super::executor::{failed_audit, Executor, Settled};
+use crate::http::with_retry;
+use crate::store::google::{self as gstore, BaseUpdate};
+use crate::store::outbox::{ActionOutcome, AuditEntry, OutboxRow};
+use crate::store::StoreError;
+use crate::sync::GoogleSide;
 
 /// A patch of a linked opportunity, as planned.
 pub(super) struct OpportunityPatch {
@@ -10,31 +17,31 @@ pub(super) struct OpportunityPatch {
     pub(super) base_after: BaseUpdate,
 }
 
-pub(super) async fn patch_opportunity(
-    store: &Store,
+/// Sends the patch of `row` (the one entry point of this kind); the answer's copy of the
+/// opportunity and the base it agreed on are stored with the done row.
+pub(super) async fn execute(
+    exec: &Executor<'_>,
     google: &GoogleSide,
-    cycle_id: &str,
     row: OutboxRow,
     patch: OpportunityPatch,
-    stop: &CancellationToken,
-) -> Result<Outcome, StoreError> {
+) -> Result<ActionOutcome, StoreError> {
     let OpportunityPatch {
         name,
         body,
         mask,
         base_after,
     } = patch;
-    if let Some(outcome) = mark_sending(store, &row, stop).await? {
-        return Ok(outcome);
+    if let Some(not_sent) = exec.claim(exec.claim_of(&row)).await? {
+        return Ok(not_sent);
     }
     let result = with_retry(&google.retry, "patch opportunity", || {
         google.client.patch_opportunity(&name, &body, &mask)
     })
     .await;
     match result {
-        Ok(answer) => {
-            let (referral_id, id, cycle) = (row.referral_id.clone(), row.id, cycle_id.to_string());
-            let opp = answer.value;
+        Ok(reply) => {
+            let referral_id = row.referral_id.clone();
+            let opp = reply.value;
             let audit = AuditEntry {
                 api: "google",
                 method: "opportunities.patch",
@@ -42,21 +49,16 @@ pub(super) async fn patch_opportunity(
                 fields: Some(mask.join(",")),
                 outcome: "ok",
                 status_code: Some(200),
-                request_id: Some(answer.request_id),
+                request_id: Some(reply.request_id),
                 detail: None,
+                actor: None,
             };
-            store
-                .call(move |c| {
-                    let tx = c.transaction()?;
-                    let now = Utc::now();
-                    gstore::save_opportunity(&tx, &opp, Some(&referral_id), now)?;
-                    gstore::update_base(&tx, &referral_id, &base_after, now)?;
-                    record_done(&tx, id, None, &audit, &cycle, now)?;
-                    tx.commit()?;
-                    Ok(())
-                })
-                .await?;
-            Ok(Outcome::Done { result: None })
+            let done = Settled::sent(ActionOutcome::Done { result: None }, audit);
+            let also = Box::new(move |tx: &rusqlite::Transaction, now| {
+                gstore::save_opportunity(tx, &opp, Some(&referral_id), now)?;
+                gstore::update_base(tx, &referral_id, &base_after, now)
+            });
+            exec.record_with(&row, done, also).await
         }
         Err(e) => {
             let entry = failed_audit(
@@ -66,12 +68,8 @@ pub(super) async fn patch_opportunity(
                 Some(mask.join(",")),
                 &e,
             );
-            let outcome = failure(&row, &e, &google.schedule);
-            finish_failed(store, row.id, outcome, entry, cycle_id).await
+            let outcome = exec.failure(&row, &e);
+            exec.record(&row, Settled::audited(outcome, entry)).await
         }
     }
-}
-
-pub(super) fn pointer<'a>(raw: &'a Value, path: &str) -> Option<&'a Value> {
-    raw.pointer(path).filter(|v| !v.is_null())
 }

@@ -1,11 +1,36 @@
-//! Planning: what becomes an outbox row (reconcile each candidate referral, store its actions),
-//! and the stored action format.
+//! Planning: what becomes an outbox row (reconcile each candidate referral, store its
+//! actions, in batches or inside an action's own transaction), and the stored action format.
 
-use super::*;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::store::google::{self as gstore, SnapshotRow};
+use crate::store::outbox::{self, OutboxRow, ANSWER_REFERRAL, PATCH_OPPORTUNITY};
+use crate::store::{schedule, Store, StoreError};
+use crate::sync::answer;
+use crate::sync::reconcile::{reconcile, Action, Plan, Policy};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PlanStats {
+    pub referrals: u64,
+    pub queued: u64,
+    pub(crate) conflicts: u64,
+    pub(crate) blocked: u64,
+}
+
+impl PlanStats {
+    pub(crate) fn add(&mut self, other: PlanStats) {
+        self.referrals += other.referrals;
+        self.queued += other.queued;
+        self.conflicts += other.conflicts;
+        self.blocked += other.blocked;
+    }
+}
 
 /// Which referrals a plan covers.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum PlanScope {
+enum PlanScope {
     /// Every candidate: incoming referrals still New and every linked referral — except,
     /// with a time, those the plan queue planned after a change at or after it.
     All(Option<DateTime<Utc>>),
@@ -44,7 +69,7 @@ pub(crate) async fn plan_queued(
 
 /// Plans `scope` in keyset-paginated batches of 500 (memory stays flat), each batch's
 /// decisions stored in one transaction.
-pub(super) async fn plan_batches(
+async fn plan_batches(
     store: &Store,
     policy: &Policy,
     now: DateTime<Utc>,
@@ -100,7 +125,7 @@ pub(super) async fn plan_batches(
     }
 }
 
-/// Re-plans one referral (after a 412 re-read, or a webhook event).
+/// Re-plans one referral (after a 412 re-read).
 pub(crate) async fn plan_one(
     store: &Store,
     policy: &Policy,
@@ -110,19 +135,31 @@ pub(crate) async fn plan_one(
     let (policy, id) = (policy.clone(), referral_id.to_string());
     store
         .call(move |c| {
-            let row = gstore::snapshot_one(c, &id)?;
             let tx = c.transaction()?;
-            if let Some(row) = row {
-                let plan = reconcile(&row, &policy, now);
-                apply_plan(&tx, &id, &plan, now, &mut PlanStats::default())?;
-            }
+            plan_in(&tx, &policy, &id, now)?;
             tx.commit()?;
             Ok(())
         })
         .await
 }
 
-pub(super) fn apply_plan(
+/// Plans one referral inside the caller's transaction: what follows from a change an action
+/// just made (the write-back after a new link, the adoption a create guard found) is decided
+/// by the planner, from the stored state, once.
+pub(crate) fn plan_in(
+    tx: &rusqlite::Transaction,
+    policy: &Policy,
+    referral_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if let Some(row) = gstore::snapshot_one(tx, referral_id)? {
+        let plan = reconcile(&row, policy, now);
+        apply_plan(tx, referral_id, &plan, now, &mut PlanStats::default())?;
+    }
+    Ok(())
+}
+
+fn apply_plan(
     tx: &rusqlite::Transaction,
     referral_id: &str,
     plan: &Plan,
@@ -135,6 +172,7 @@ pub(super) fn apply_plan(
             Action::AdoptLink { name } => Some(name.clone()),
             Action::PatchReferral { .. } => Some(referral_id.to_string()),
             Action::PatchOpportunity { name, .. } => Some(name.clone()),
+            Action::AnswerReferral { .. } => Some(referral_id.to_string()),
         };
         if outbox::enqueue(
             tx,
@@ -181,10 +219,14 @@ pub(super) fn apply_plan(
 }
 
 /// The version of the stored action format: `{"v": 1, "action": "create_lead", ...}`.
-pub(super) const ACTION_FORMAT: u64 = 1;
+const ACTION_FORMAT: u64 = 1;
 
-/// An action as the outbox stores it: the tagged action plus its format version.
+/// An action as the outbox stores it: the tagged action plus its format version (an answer
+/// keeps its own versioned format, [`answer::encode`]).
 pub(crate) fn encode(action: &Action) -> Value {
+    if let Action::AnswerReferral { answer } = action {
+        return answer::encode(answer);
+    }
     let mut value = serde_json::to_value(action).expect("an action serializes");
     if let Some(object) = value.as_object_mut() {
         object.insert("v".into(), ACTION_FORMAT.into());
@@ -195,6 +237,10 @@ pub(crate) fn encode(action: &Action) -> Value {
 /// The action an outbox row holds. Rows of the first format (no `v`: the payload fields of
 /// its `kind` only) still decode; a row that cannot decode is an error that names why.
 pub(crate) fn decode(row: &OutboxRow) -> Result<Action, String> {
+    if row.kind == ANSWER_REFERRAL {
+        let answer = answer::decode(&row.payload).map_err(|e| format!("answer: {e}"))?;
+        return Ok(Action::AnswerReferral { answer });
+    }
     let mut payload = row.payload.clone();
     let Some(object) = payload.as_object_mut() else {
         return Err(format!("payload is not a JSON object: {}", row.payload));
