@@ -104,6 +104,8 @@ impl Config {
         self.check_microsoft(&mut errors, require_refresh_token);
         self.check_google(&mut errors);
         self.check_sync_alerts_metrics(&mut errors);
+        self.triage.validate(&mut errors);
+        super::triage::validate_rules(&self.rules, &mut errors);
         if errors.is_empty() {
             Ok(())
         } else {
