@@ -56,6 +56,8 @@
 //! - [`links`]: the signed action links (HMAC, one referral, until its deadline), a leaf.
 //! - [`webhook`]: Partner Center referral events (optional): receiver, verification, the
 //!   producer hand-off (GET + commit + wake), registration.
+//! - [`triage`]: spec §7's rules: what a rule reads of a referral (source-neutral) and the
+//!   pure evaluator (first match decides; `none` stops).
 //! - [`wake`]: the deadline lane's doorbell (asks coalesce; "pull" or "no pull needed"), a leaf;
 //!   rung by the cron job, the refresh lane, the webhook forwarder and the action page.
 //!
@@ -95,6 +97,8 @@ pub mod sync;
 pub(crate) mod systemd;
 pub mod telemetry;
 pub mod timefmt;
+#[allow(dead_code)] // wired into the cycle by the next commit
+pub(crate) mod triage;
 pub mod wake;
 pub mod webhook;
 
