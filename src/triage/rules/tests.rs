@@ -197,7 +197,8 @@ fn each_condition_holds_or_not_as_spec_7_says() {
 /// A referral that lacks a field never satisfies a condition on it, `not_` ones included.
 #[test]
 fn a_missing_field_never_satisfies_a_condition() {
-    let cases: Vec<(Edit, fn(&mut Facts))> = vec![
+    type Lose = fn(&mut Facts);
+    let cases: Vec<(Edit, Lose)> = vec![
         (
             |r| r.not_countries = vec!["US".into()],
             |f| f.country = None,
