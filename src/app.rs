@@ -151,6 +151,8 @@ impl App {
                 google,
                 stop: tokio_util::sync::CancellationToken::new(),
                 answers: answer_settings(&config),
+                triage: config.triage.clone(),
+                rules: config.rules.clone().into(),
             },
             config: Arc::new(config),
             store,

@@ -97,7 +97,6 @@ pub mod sync;
 pub(crate) mod systemd;
 pub mod telemetry;
 pub mod timefmt;
-#[allow(dead_code)] // wired into the cycle by the next commit
 pub(crate) mod triage;
 pub mod wake;
 pub mod webhook;

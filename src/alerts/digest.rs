@@ -30,6 +30,8 @@ pub(crate) struct Digest {
     /// `("referral_expiring at 72h", 1200)`, tightest thresholds and worst kinds first.
     pub(crate) counts: Vec<(String, usize)>,
     pub(crate) nearest: Vec<Nearest>,
+    /// "12 of these would be declined by rules; …" (spec §7), when the rules preview any.
+    pub(crate) rules: Option<String>,
 }
 
 /// A referral among the nearest deadlines.
@@ -64,6 +66,11 @@ impl Digest {
             total: alerts.len(),
             counts: counts.into_iter().map(|((_, _, k), n)| (k, n)).collect(),
             nearest,
+            rules: crate::triage::digest_sentence(
+                alerts
+                    .iter()
+                    .map(|a| (a.rule_decision.as_deref(), a.rule_mode.as_deref())),
+            ),
         }
     }
 
@@ -104,6 +111,7 @@ impl Digest {
             };
             lines.push(format!("• {what}: {when}"));
         }
+        lines.extend(self.rules.as_deref().map(slack_escape));
         lines.push(format!("The rest: `{LIST_COMMAND}`"));
         json!({
             "text": slack_escape(&self.headline()),
@@ -134,6 +142,9 @@ impl Digest {
                 "wrap": true,
                 "text": format!("{what}: {{{{DATE({at}, SHORT)}}}} {{{{TIME({at})}}}} ({} left)", time_left(n.deadline - now)),
             }));
+        }
+        if let Some(rules) = &self.rules {
+            body.push(json!({"type": "TextBlock", "wrap": true, "text": rules}));
         }
         body.push(
             json!({"type": "TextBlock", "wrap": true, "text": format!("The rest: {LIST_COMMAND}")}),

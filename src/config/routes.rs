@@ -14,6 +14,7 @@ pub const ALERT_KINDS: &[&str] = &[
     "action_failed",
     "conflict",
     "forward_blocked",
+    "rule_limit",
 ];
 
 /// An alert's severity, least severe first (so `>=` means "at least as severe").

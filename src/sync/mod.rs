@@ -75,6 +75,10 @@ pub struct CycleContext {
     pub stop: tokio_util::sync::CancellationToken,
     /// What accepts and declines need: the cycle's executor sends them too.
     pub answers: push::answer_referral::AnswerSettings,
+    /// `[triage]` and `[[rules]]` (spec §7): the deadline lane decides every awaiting
+    /// referral each cycle (see `crate::triage`).
+    pub(crate) triage: crate::config::TriageConfig,
+    pub(crate) rules: std::sync::Arc<[crate::config::RuleConfig]>,
 }
 
 /// What the Google reads of a cycle did (a one-shot `sync` reads what is due).

@@ -25,4 +25,5 @@ mod routing;
 mod serve;
 mod service_level;
 mod sim;
+mod triage;
 mod webhook;
