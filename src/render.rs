@@ -89,13 +89,40 @@ pub(crate) fn alerts(rows: &[AlertRow]) -> String {
     out
 }
 
+/// `check-config`'s closing comment: what reaches each sink, and the warning when a
+/// threshold reaches none (spec §3).
+pub(crate) fn routing(settings: &crate::alerts::AlertSettings) -> String {
+    let mut out = String::from("\n# Alert routing (the log gets every alert):\n");
+    let routes = settings.routes();
+    if routes.is_empty() {
+        out.push_str("#   no webhook or command sink: alerts go to the log only\n");
+    }
+    for (key, gets) in routes {
+        let _ = writeln!(out, "#   {key}");
+        let _ = writeln!(out, "{}", commented(&gets, 6));
+    }
+    if let Some(warning) = settings.routing_warning() {
+        let _ = writeln!(out, "{}", commented(&warning, 2));
+    }
+    out
+}
+
+/// `text` wrapped at `indent` as TOML comment lines (`#` in the indent's first column).
+fn commented(text: &str, indent: usize) -> String {
+    wrap(text, indent)
+        .lines()
+        .map(|l| format!("#{}", &l[1..]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// One sink's lines of `alerts test`: the result, then what the sink gets.
 pub(crate) fn sink_test(test: &crate::alerts::deliver::SinkTest) -> String {
     let head = match &test.result {
         Ok(()) => format!("ok      {}", test.key),
         Err(e) => format!("FAILED  {}: {e}", test.key),
     };
-    format!("{head}\n        gets: {}\n", test.gets)
+    format!("{head}\n{}\n", wrap(&format!("gets: {}", test.gets), 8))
 }
 
 /// `audit`, and the timeline of `status --referral`.

@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::html::{form_page, message_page, Fact};
+use super::request_guard::{same_origin, single_actor, Refusal};
 use super::ActionsConfig;
 use crate::alerts::format::deal;
 use crate::links::{Claims, LinkError, LinkSigner};
@@ -34,8 +35,6 @@ use crate::wake::DeadlineWake;
 const MAX_BODY: usize = 16 * 1024;
 /// How long a POST waits for Partner Center's answer before saying "queued".
 const WAIT_FOR_OUTCOME: Duration = Duration::from_secs(20);
-/// An actor header longer than this is refused (it lands in the audit log).
-const MAX_ACTOR_CHARS: usize = 256;
 
 /// What the page needs besides the store: the links' signer and the `[actions]` settings.
 #[derive(Debug, Clone)]
@@ -98,6 +97,21 @@ fn forbidden(message: &str) -> Response {
     refused(StatusCode::FORBIDDEN, "This link cannot be used", message)
 }
 
+/// The page's answer to a request the [`super::request_guard`] refused.
+fn guard_refused(e: Refusal) -> Response {
+    match e {
+        Refusal::CrossSite(_) => forbidden(
+            "This form was sent from another site. Open the link from the alert and answer there.",
+        ),
+        Refusal::NoActor => forbidden("Sign in through the company's sign-on first."),
+        Refusal::BadActor(_) => refused(
+            e.status(),
+            "Not understood",
+            "The sign-on header does not name exactly one person.",
+        ),
+    }
+}
+
 fn unavailable(e: StoreError) -> Response {
     tracing::error!(error = %e, "action page: database error");
     refused(
@@ -118,16 +132,10 @@ fn admit(s: &Shared, token: &str, headers: &HeaderMap) -> Result<(Claims, String
     })?;
     let actor = match s.settings.config.actor_header() {
         None => "link".to_string(),
-        Some(name) => headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty() && v.chars().count() <= MAX_ACTOR_CHARS)
-            .map(str::to_string)
-            .ok_or_else(|| {
-                tracing::warn!(header = name, "action page: request without the SSO header");
-                forbidden("Sign in through the company's sign-on first.")
-            })?,
+        Some(name) => single_actor(headers, name).map_err(|e| {
+            tracing::warn!(header = name, reason = %e, "action page: actor header refused");
+            guard_refused(e)
+        })?,
     };
     Ok((claims, actor))
 }
@@ -229,6 +237,11 @@ async fn answer(
     headers: HeaderMap,
     request: Request,
 ) -> Response {
+    // Before anything else: a form another site made the browser send changes nothing.
+    if let Err(e) = same_origin(&headers, &s.settings.config.public_url) {
+        tracing::warn!(reason = %e, "action page: cross-site POST refused");
+        return guard_refused(e);
+    }
     let (claims, actor) = match admit(&s, &token, &headers) {
         Ok(ok) => ok,
         Err(r) => return r,

@@ -161,12 +161,54 @@ pub(crate) struct AlertSettings {
 
 impl AlertSettings {
     /// The keys of the sinks that take this alert (its deliveries are recorded for these).
+    /// Alerts about no referral's expiry.
     pub(crate) fn sinks_taking(&self, alert: &Alert) -> Vec<String> {
         self.sinks
             .iter()
-            .filter(|s| s.route().takes(alert))
+            .filter(|s| s.route().takes(alert, &[]))
             .map(Sink::key)
             .collect()
+    }
+
+    /// [`Self::sinks_taking`] for any alert, reading what a sink limited to thresholds needs
+    /// (the thresholds already alerted for the referral) from the store.
+    pub(crate) fn sinks_taking_in(
+        &self,
+        conn: &rusqlite::Connection,
+        alert: &Alert,
+    ) -> Result<Vec<String>, StoreError> {
+        let alerted = alerted_before(conn, &self.sinks, alert)?;
+        Ok(self
+            .sinks
+            .iter()
+            .filter(|s| s.route().takes(alert, &alerted))
+            .map(Sink::key)
+            .collect())
+    }
+
+    /// What reaches each sink (`check-config`, `alerts test`): its key and
+    /// [`Route::describe`].
+    pub(crate) fn routes(&self) -> Vec<(String, String)> {
+        self.sinks
+            .iter()
+            .map(|s| (s.key(), s.route().describe(&self.threshold_labels)))
+            .collect()
+    }
+
+    /// The warning when some threshold's `referral_expiring` alerts reach no webhook or
+    /// command sink, only the log (none without sinks: the log is then the choice).
+    pub(crate) fn routing_warning(&self) -> Option<String> {
+        if self.sinks.is_empty() {
+            return None;
+        }
+        let routes: Vec<Route> = self.sinks.iter().map(Sink::route).collect();
+        let lost = super::route::unreached_thresholds(&routes, &self.threshold_labels);
+        (!lost.is_empty()).then(|| {
+            format!(
+                "warning: referral_expiring at {} reaches no webhook or command sink, only the log (add it to a sink's thresholds, or widen one)",
+                lost.join(", ")
+            )
+        })
     }
 
     pub(crate) fn from_config(config: &AlertsConfig) -> Self {
@@ -193,6 +235,22 @@ impl AlertSettings {
             links: None,
             unrecorded: Default::default(),
         }
+    }
+}
+
+/// The thresholds already alerted for the alert's referral, when a sink's route needs them
+/// (a `referral_expiring` alert and a sink limited to thresholds); empty otherwise.
+fn alerted_before(
+    conn: &rusqlite::Connection,
+    sinks: &[Sink],
+    alert: &Alert,
+) -> Result<Vec<String>, StoreError> {
+    match (
+        &alert.referral_id,
+        sinks.iter().any(|s| s.route().needs_history(alert)),
+    ) {
+        (Some(referral), true) => astore::expiring_thresholds(conn, referral),
+        _ => Ok(Vec::new()),
     }
 }
 
@@ -352,7 +410,7 @@ async fn raise_due(
             // Records each alert as it is found (never a list of them: a large inbox can
             // cross thresholds by the thousand) and logs the new ones: the log is a sink.
             let mut raise = |tx: &rusqlite::Connection, alert: Alert| -> Result<(), StoreError> {
-                if astore::raise(tx, &alert, &settings.sinks_taking(&alert), now)? {
+                if astore::raise_routed(tx, &alert, now, |c| settings.sinks_taking_in(c, &alert))? {
                     count += 1;
                     *tally.entry(tally_key(&alert)).or_default() += 1;
                     let referral = alert.referral_id.as_deref().unwrap_or("-");
@@ -526,7 +584,23 @@ async fn keep_routed(
     items: Vec<(Alert, u32)>,
 ) -> Result<Vec<(Alert, u32)>, StoreError> {
     let route = sink.route();
-    let (kept, dropped): (Vec<_>, Vec<_>) = items.into_iter().partition(|(a, _)| route.takes(a));
+    let mut kept = Vec::with_capacity(items.len());
+    let mut dropped = Vec::new();
+    for (alert, attempts) in items {
+        let alerted = match route.needs_history(&alert) {
+            true => {
+                let referral = alert.referral_id.clone().unwrap_or_default();
+                store
+                    .call(move |c| astore::expiring_thresholds(c, &referral))
+                    .await?
+            }
+            false => Vec::new(),
+        };
+        match route.takes(&alert, &alerted) {
+            true => kept.push((alert, attempts)),
+            false => dropped.push((alert, attempts)),
+        }
+    }
     if !dropped.is_empty() {
         let ids: Vec<String> = dropped.into_iter().map(|(a, _)| a.id).collect();
         tracing::info!(sink = %key, alerts = ids.len(), "alerts this sink no longer takes (its routing changed) are not sent to it");

@@ -126,7 +126,11 @@ pub(crate) async fn deliver(settings: &AlertSettings, broken: &mut HashSet<Strin
     let held: Vec<(Alert, Vec<String>)> = lock(&settings.unrecorded).alerts.clone();
     let (mut delivered, mut undelivered) = (0, 0);
     for (alert, done) in held {
-        for sink in settings.sinks.iter().filter(|s| s.route().takes(&alert)) {
+        for sink in settings
+            .sinks
+            .iter()
+            .filter(|s| s.route().takes(&alert, &[]))
+        {
             let key = sink.key();
             if done.contains(&key) {
                 continue;

@@ -133,10 +133,12 @@ pub(crate) fn check_config(config: &Config, file: &Path) -> Outcome {
         GoogleAuth::from_key_file(key)
             .map_err(|e| AppError::Config(format!("google.credentials_file: {e}")))?;
     }
+    let settings = crate::alerts::AlertSettings::from_config(&config.alerts);
     Ok(Printed::ok(format!(
-        "# configuration from {} (secrets redacted)\n{}",
+        "# configuration from {} (secrets redacted)\n{}{}",
         file.display(),
-        config.redacted_toml()
+        config.redacted_toml(),
+        render::routing(&settings)
     )))
 }
 
@@ -189,6 +191,10 @@ pub(crate) async fn alerts_test(config: &Config) -> Outcome {
     for test in crate::alerts::deliver::send_test(&settings).await {
         failed |= test.result.is_err();
         out.push_str(&render::sink_test(&test));
+    }
+    if let Some(warning) = settings.routing_warning() {
+        out.push_str(&render::wrap(&warning, 0));
+        out.push('\n');
     }
     Ok(Printed {
         stdout: out,

@@ -97,6 +97,17 @@ pub(crate) fn raise(
     sinks: &[String],
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
+    raise_routed(conn, alert, now, |_| Ok(sinks.to_vec()))
+}
+
+/// [`raise`], with the sinks decided only for a new alert, after it is recorded (`sinks`
+/// may read the store, e.g. [`expiring_thresholds`]; an alert already raised costs nothing).
+pub(crate) fn raise_routed(
+    conn: &Connection,
+    alert: &Alert,
+    now: DateTime<Utc>,
+    sinks: impl FnOnce(&Connection) -> Result<Vec<String>, StoreError>,
+) -> Result<bool, StoreError> {
     let inserted = conn
         .prepare_cached(
             "INSERT INTO alerts (id, kind, severity, referral_id, payload, created_at)
@@ -113,7 +124,7 @@ pub(crate) fn raise(
     if inserted == 0 {
         return Ok(false);
     }
-    for sink in sinks {
+    for sink in sinks(conn)? {
         conn.prepare_cached(
             "INSERT INTO alert_deliveries (alert_id, sink, state) VALUES (?1, ?2, 'pending')
              ON CONFLICT DO NOTHING",
@@ -121,6 +132,24 @@ pub(crate) fn raise(
         .execute(params![alert.id, sink])?;
     }
     Ok(true)
+}
+
+/// The thresholds (`"72h"`) this referral has a `referral_expiring` alert for, for routing
+/// (spec §3). Reads the primary key's range of `referral_expiring:{id}:` ids, so it costs
+/// an index seek, not a scan.
+pub(crate) fn expiring_thresholds(
+    conn: &Connection,
+    referral_id: &str,
+) -> Result<Vec<String>, StoreError> {
+    // ';' sorts right after ':', so the range holds exactly the ids with this prefix.
+    let from = format!("referral_expiring:{referral_id}:");
+    let to = format!("referral_expiring:{referral_id};");
+    let mut stmt = conn.prepare_cached(
+        "SELECT substr(id, length(?1) + 1) FROM alerts
+         WHERE id > ?1 AND id < ?2 AND referral_id = ?3",
+    )?;
+    let rows = stmt.query_map(params![from, to, referral_id], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Re-keys deliveries recorded under an old sink key (`(old, new)` pairs), so no webhook URL

@@ -504,3 +504,75 @@ fn page_status(env: &TestEnv, id: &str) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// Issue 30 items 4 and 5: a form another site makes the signed-in colleague's browser send is
+/// refused (403) and sends nothing; a proxy that appends leaves two actors, and which one is the
+/// person cannot be known (400). A request with neither Origin nor Sec-Fetch-Site (curl) is
+/// judged by its link alone, and the page's own origin passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn cross_site_posts_and_ambiguous_actors_are_refused_and_send_nothing() {
+    let page = start(310..311, "actor_header = \"X-Forwarded-Email\"").await;
+    let urls = action_urls(&page, 1).await;
+    let (id, url) = urls.iter().next().unwrap();
+    let form = [
+        ("token", token_of(url)),
+        ("referral", id.as_str()),
+        ("action", "decline"),
+        ("reason", REASON),
+    ];
+    let ana = ("X-Forwarded-Email", "ana@partner.example");
+    let ours = page.public_url.trim_end_matches("/act").to_string();
+    for cross in [
+        vec![
+            ("Origin", "https://evil.example"),
+            ("Sec-Fetch-Site", "cross-site"),
+        ],
+        vec![("Origin", "https://evil.example")],
+        vec![("Origin", "null")],
+        vec![("Sec-Fetch-Site", "cross-site")],
+        vec![("Sec-Fetch-Site", "same-site")],
+        vec![("Origin", ours.as_str()), ("Sec-Fetch-Site", "cross-site")],
+    ] {
+        let headers: Vec<_> = cross.iter().copied().chain([ana]).collect();
+        let (status, html) = post(url, &form, &headers).await;
+        assert_eq!(status, 403, "{cross:?}: {html}");
+    }
+    for actors in [
+        vec![
+            ("X-Forwarded-Email", "attacker@evil.example"),
+            ("X-Forwarded-Email", "ana@partner.example"),
+        ],
+        vec![(
+            "X-Forwarded-Email",
+            "attacker@evil.example, ana@partner.example",
+        )],
+        vec![("X-Forwarded-Email", "ana@partner.example\tadmin")],
+    ] {
+        assert_eq!(get(url, &actors).await.0, 400, "GET {actors:?}");
+        assert_eq!(post(url, &form, &actors).await.0, 400, "POST {actors:?}");
+    }
+    let long = format!("{}@partner.example", "a".repeat(250));
+    assert_eq!(
+        post(url, &form, &[("X-Forwarded-Email", &long)]).await.0,
+        400
+    );
+    assert!(
+        page.env.sim.patches().is_empty(),
+        "a refused request reached Partner Center: {:?}",
+        page.env.sim.patches()
+    );
+    // A link opened from chat is a cross-site GET: shown. Our own form's POST: answered.
+    let from_chat = [ana, ("Sec-Fetch-Site", "cross-site")];
+    assert_eq!(get(url, &from_chat).await.0, 200);
+    let same = [
+        ana,
+        ("Origin", ours.as_str()),
+        ("Sec-Fetch-Site", "same-origin"),
+    ];
+    let (status, html) = post(url, &form, &same).await;
+    assert_eq!(status, 200, "{html}");
+    assert_eq!(page.env.sim.applied_patches(id).len(), 1);
+    let audit = stdout(&page.env.run(&["audit", "--referral", id]).await);
+    assert!(audit.contains("by: ana@partner.example"), "{audit}");
+    assert!(!audit.contains("attacker"), "{audit}");
+}

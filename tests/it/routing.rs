@@ -167,6 +167,9 @@ async fn a_sink_with_thresholds_4h_gets_the_4h_alerts_and_nothing_else_of_that_k
         vec![
             format!("referral_expired:{}", r(3)),
             format!("referral_expiring:{}:72h", r(0)),
+            // First seen past 72 h (spec §3): the alert that skipped it reaches the channel.
+            format!("referral_expiring:{}:24h", r(1)),
+            format!("referral_expiring:{}:4h", r(2)),
         ]
     );
     // Nothing is "undelivered" for a sink that does not take it.
@@ -193,11 +196,18 @@ async fn a_sink_with_thresholds_4h_gets_the_4h_alerts_and_nothing_else_of_that_k
             .any(|k| k.ends_with(":24h") || k.ends_with(":72h")),
         "{got:?}"
     );
+    let got = ids_received(&channel).await;
     assert_eq!(
-        ids_received(&channel).await.len(),
-        2,
-        "nothing new for the channel"
+        got.keys().filter(|k| k.contains(&r(0))).count(),
+        1,
+        "the referral the channel had at 72 h gets nothing more there: {got:?}"
     );
+    assert_eq!(
+        got.get(&format!("referral_expiring:{}:4h", r(1))),
+        Some(&1),
+        "its 72 h never alerted, the referral's 4 h alert reaches the channel: {got:?}"
+    );
+    assert_eq!(got.len(), 5, "{got:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -303,18 +313,26 @@ async fn alerts_test_shows_what_each_sink_gets() {
     let env = TestEnv::with_extra(&extra).await;
     let out = env.run(&["alerts", "test"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+    // Lines are wrapped to 80 columns; compare the words.
+    let text = stdout(&out)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     assert!(
-        text.contains("ok      webhook:oncall\n        gets: referral_expiring at 4h\n"),
+        text.contains("ok webhook:oncall gets: referral_expiring at 4h ok"),
         "{text}"
     );
     assert!(
-        text.contains("webhook:channel\n        gets: referral_expiring at 72h; referral_expired;"),
+        text.contains("webhook:channel gets: referral_expiring at 72h (24h, 4h if 72h was skipped); referral_expired;"),
         "{text}"
     );
     assert!(
-        text.contains("gets: sync_unhealthy; sync_recovered; action_failed\n"),
+        text.contains("gets: sync_unhealthy; sync_recovered; action_failed"),
         "{text}"
+    );
+    assert!(
+        !text.contains("warning"),
+        "the ladder loses no threshold: {text}"
     );
     assert_eq!(bodies(&server).await.len(), 3, "a test alert to each sink");
 }
@@ -341,4 +359,125 @@ async fn the_log_keeps_one_line_per_alert_and_sums_up_a_flood_in_one_line() {
     // A quiet cycle says nothing more.
     let again = stderr(&env.cli(&["sync"]).await);
     assert!(!again.contains("ALERT SUMMARY"), "{again}");
+}
+
+async fn alerts_json(env: &TestEnv) -> Vec<Value> {
+    let out = env.run(&["alerts", "list", "--json"]).await;
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
+/// The deliveries `alerts list --json` shows for one alert: sink → state.
+fn deliveries_of(rows: &[Value], id: &str) -> BTreeMap<String, String> {
+    let row = rows
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("no alert {id} in {rows:?}"));
+    row["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d[0].as_str().unwrap().into(), d[1].as_str().unwrap().into()))
+        .collect()
+}
+
+/// Spec §3 (issue 28, item 1): the README's ladder loses no referral that arrives late. First
+/// seen 19 h 57 min before its deadline, the referral raises only its 24 h alert; the channel
+/// (72 h, skipped) gets it at once, on call (4 h) gets the 4 h alert later.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_referral_first_seen_past_a_sinks_threshold_still_reaches_it() {
+    let (channel, oncall) = (receiver().await, receiver().await);
+    let extra = format!(
+        "{}{}",
+        sink(&channel.uri(), "channel", "slack", "thresholds = [\"72h\"]"),
+        sink(&oncall.uri(), "oncall", "json", "thresholds = [\"4h\"]")
+    );
+    let env = TestEnv::with_extra(&extra).await;
+    let left = |minutes: i64| {
+        sample::referral(
+            0,
+            Utc::now(),
+            Duration::days(14) - Duration::minutes(minutes),
+            "New",
+            "Pending",
+        )
+    };
+    let id = sample::referral_id(0);
+    env.sim.put_referrals(vec![left(19 * 60 + 57)]);
+    assert!(env.run(&["sync"]).await.status.success());
+
+    let rows = alerts_json(&env).await;
+    let day = format!("referral_expiring:{id}:24h");
+    assert_eq!(
+        deliveries_of(&rows, &day),
+        BTreeMap::from([("webhook:channel".to_string(), "delivered".to_string())]),
+        "the channel's 72 h was skipped: it gets the 24 h alert at once"
+    );
+    assert_eq!(bodies(&channel).await.len(), 1);
+    assert!(bodies(&oncall).await.is_empty(), "on call waits for 4 h");
+
+    // Later: 3 h left.
+    let mut later = left(3 * 60);
+    later["updatedDateTime"] = Value::from(Utc::now().to_rfc3339());
+    env.sim.put_referrals(vec![later]);
+    assert!(env.run(&["sync"]).await.status.success());
+    let rows = alerts_json(&env).await;
+    let four = format!("referral_expiring:{id}:4h");
+    let got = deliveries_of(&rows, &four);
+    assert_eq!(
+        got.get("webhook:oncall").map(String::as_str),
+        Some("delivered")
+    );
+    // The channel's 72 h still got no alert of its own, so the 4 h one reaches it too.
+    assert_eq!(
+        got.get("webhook:channel").map(String::as_str),
+        Some("delivered")
+    );
+    assert_eq!(
+        ids_received(&oncall).await.into_keys().collect::<Vec<_>>(),
+        vec![four]
+    );
+}
+
+/// Issue 28: `check-config` shows what reaches each sink, and both it and `alerts test` warn
+/// when a threshold's alerts reach no webhook or command sink.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_and_alerts_test_warn_about_a_threshold_no_sink_gets() {
+    let server = receiver().await;
+    let oncall = sink(&server.uri(), "oncall", "json", "thresholds = [\"4h\"]");
+    let health = sink(&server.uri(), "ops", "json", "kinds = [\"sync_unhealthy\"]");
+    let env = TestEnv::with_extra(&format!("{oncall}{health}")).await;
+    // Wrapped comment lines, compared word by word without their `#`.
+    let words = |s: String| {
+        s.split_whitespace()
+            .filter(|w| *w != "#")
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let out = env.run(&["check-config"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = words(stdout(&out));
+    assert!(
+        text.contains("webhook:oncall referral_expiring at 4h; referral_expired;"),
+        "{text}"
+    );
+    assert!(
+        text.contains("webhook:ops sync_unhealthy warning"),
+        "{text}"
+    );
+    let warning =
+        "warning: referral_expiring at 72h, 24h reaches no webhook or command sink, only the log";
+    assert!(text.contains(warning), "{text}");
+    let out = env.run(&["alerts", "test"]).await;
+    assert!(words(stdout(&out)).contains(warning), "{}", stdout(&out));
+
+    // The README's ladder: nothing lost, no warning.
+    let channel = sink(&server.uri(), "channel", "slack", "thresholds = [\"72h\"]");
+    env.write_config(&format!("{channel}{oncall}"));
+    let out = env.run(&["check-config"]).await;
+    let text = words(stdout(&out));
+    assert!(
+        text.contains("webhook:channel referral_expiring at 72h (24h, 4h if 72h was skipped)"),
+        "{text}"
+    );
+    assert!(!text.contains("warning"), "{text}");
 }
