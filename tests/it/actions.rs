@@ -129,7 +129,7 @@ fn token_of(url: &str) -> &str {
     url.rsplit('/').next().unwrap()
 }
 
-async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+pub(crate) async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let mut request = cosell_sync::http::client_builder()
         .build()
         .unwrap()

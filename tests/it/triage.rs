@@ -306,3 +306,41 @@ async fn decisions_show_in_status_and_in_expiry_alerts() {
         "{alert}"
     );
 }
+
+/// The action page says what the rules decided, and the JSON sink gets the alert's
+/// `rule`, `rule_decision` and `rule_mode` (the daemon binary, end to end).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_action_page_and_the_json_alert_say_what_the_rules_decided() {
+    let page = crate::actions::start(0..3, &rules("dry-run", 20)).await;
+    let urls = crate::actions::action_urls(&page, 3).await;
+    let declined = sample::referral_id(2);
+    let (status, html) = crate::actions::get(&urls[&declined], &[]).await;
+    assert_eq!(status, 200, "{html}");
+    assert!(
+        html.contains("rule outside-territory would decline: Customer is outside our region"),
+        "{html}"
+    );
+    let (_, html) = crate::actions::get(&urls[&sample::referral_id(0)], &[]).await;
+    assert!(html.contains("no rule decides it"), "{html}");
+    let alerts: Vec<Value> = page
+        .server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    let alert = alerts
+        .iter()
+        .find(|a| a["kind"] == "referral_expiring" && a["referral_id"] == declined.as_str())
+        .unwrap();
+    assert_eq!(
+        (&alert["rule"], &alert["rule_decision"], &alert["rule_mode"]),
+        (
+            &json!("outside-territory"),
+            &json!("decline"),
+            &json!("dry-run")
+        )
+    );
+    assert!(page.env.sim.patches().is_empty(), "a dry run sends nothing");
+}
