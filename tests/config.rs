@@ -593,3 +593,45 @@ fn an_unknown_rule_action_or_mode_names_the_key() {
         Ok(())
     });
 }
+
+/// The inbox trusts the actor header alone: with `actor_header` on a listen address that is
+/// not loopback, a config without `proxy_secret_file` is refused naming the key (spec §7).
+#[test]
+fn an_inbox_exposed_beyond_loopback_needs_a_proxy_secret() {
+    Jail::expect_with(|jail| {
+        let actions = |listen: &str, secret: &str| {
+            format!(
+                "{GOOD}\n[actions]\nlisten = \"{listen}\"\npublic_url = \"https://sync.example.com/act\"\nactor_header = \"X-Forwarded-Email\"\n{secret}"
+            )
+        };
+        jail.create_file("config.toml", &actions("0.0.0.0:8788", ""))?;
+        let errors = messages(load(jail).unwrap_err());
+        assert!(
+            errors
+                .iter()
+                .any(|m| m.starts_with("actions.listen:") && m.contains("proxy_secret_file")),
+            "{errors:#?}"
+        );
+        jail.create_file("proxy-secret", "0123456789abcdef0123\n")?;
+        let secret = format!(
+            "proxy_secret_file = \"{}\"\n",
+            jail.directory().join("proxy-secret").display()
+        );
+        jail.create_file("config.toml", &actions("0.0.0.0:8788", &secret))?;
+        load(jail).expect("behind a proxy secret");
+        jail.create_file("config.toml", &actions("127.0.0.1:8788", ""))?;
+        load(jail).expect("on loopback");
+        jail.create_file("short", "x")?;
+        let short = format!(
+            "proxy_secret_file = \"{}\"\n",
+            jail.directory().join("short").display()
+        );
+        jail.create_file("config.toml", &actions("127.0.0.1:8788", &short))?;
+        let errors = messages(load(jail).unwrap_err());
+        assert!(
+            errors[0].starts_with("actions.proxy_secret_file:"),
+            "{errors:#?}"
+        );
+        Ok(())
+    });
+}

@@ -70,7 +70,7 @@ pub(crate) fn router(settings: PageSettings, store: Store, wake: DeadlineWake) -
 
 /// A page with the headers every answer carries: never cached, never framed, never sending
 /// its URL (the token) as a Referer, no script allowed.
-fn page(status: StatusCode, html: String) -> Response {
+pub(super) fn page(status: StatusCode, html: String) -> Response {
     let mut r = (status, html).into_response();
     let h = r.headers_mut();
     for (name, value) in [

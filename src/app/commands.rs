@@ -435,7 +435,12 @@ async fn listen(
     }
     if let Some(settings) = app.page_settings() {
         let listen = settings.config.listen.clone();
-        let router = crate::actions::page::router(settings, app.store.clone(), wake.clone());
+        // The inbox's static routes beside the page's `{token}` route (axum prefers them).
+        let inbox =
+            crate::actions::inbox::router(settings.clone(), app.store.clone(), wake.clone())
+                .map_err(|e| AppError::Config(format!("actions.proxy_secret_file: {e}")))?;
+        let router =
+            crate::actions::page::router(settings, app.store.clone(), wake.clone()).merge(inbox);
         listeners.mount("actions.listen", &listen, router);
     }
     let bound = listeners

@@ -260,3 +260,91 @@ pub(crate) fn answered_since(
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// One row of the inbox page: a referral awaiting an answer and what the rules decided.
+#[derive(Debug, Clone)]
+pub(crate) struct InboxRow {
+    pub(crate) referral: super::referrals::ReferralSummary,
+    pub(crate) deadline: DateTime<Utc>,
+    pub(crate) decision: Option<DecisionRow>,
+}
+
+/// Whether an answer is queued or was sent for this referral (then it no longer awaits one).
+fn answered(conn: &Connection, referral_id: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM outbox WHERE referral_id = ?1 AND kind = 'answer_referral'
+               AND state IN ('pending', 'in_flight', 'done') LIMIT 1",
+        )?
+        .query_row([referral_id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// The inbox (spec §7): every incoming referral awaiting an answer (New, before its
+/// deadline, no answer queued or sent), nearest deadline first; `page` counted from 1,
+/// `per_page` a page. Returns how many there are in all, and the page's rows.
+pub(crate) fn inbox(
+    conn: &Connection,
+    window: chrono::Duration,
+    now: DateTime<Utc>,
+    page: usize,
+    per_page: usize,
+) -> Result<(usize, Vec<InboxRow>), StoreError> {
+    let mut all = Vec::new();
+    super::referrals::each_awaiting_response(conn, |r| {
+        let deadline = crate::deadline::deadline(r.created_at, r.expires_at, window);
+        if deadline > now && !answered(conn, &r.id)? {
+            all.push((deadline, r));
+        }
+        Ok(())
+    })?;
+    all.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+    let total = all.len();
+    let start = page.saturating_sub(1).saturating_mul(per_page);
+    let mut rows = Vec::new();
+    for (deadline, referral) in all.into_iter().skip(start).take(per_page) {
+        let decision = decision_of(conn, &referral.id)?;
+        rows.push(InboxRow {
+            referral,
+            deadline,
+            decision,
+        });
+    }
+    Ok((total, rows))
+}
+
+/// Whether one referral awaits an answer now (the inbox POST checks each checked one).
+pub(crate) fn awaits_answer(
+    conn: &Connection,
+    referral_id: &str,
+    window: chrono::Duration,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let Some(r) = super::referrals::awaiting_response_one(conn, referral_id)? else {
+        return Ok(false);
+    };
+    let deadline = crate::deadline::deadline(r.created_at, r.expires_at, window);
+    Ok(deadline > now && !answered(conn, referral_id)?)
+}
+
+/// How a referral's latest answer stands, for the inbox's results page: `queued`, `sent`
+/// or `refused` (with the row's message), or `None` when it has no answer row.
+pub(crate) fn answer_state(
+    conn: &Connection,
+    referral_id: &str,
+) -> Result<Option<(&'static str, Option<String>)>, StoreError> {
+    let row: Option<(String, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT state, COALESCE(json_extract(result, '$.message'), last_error)
+             FROM outbox WHERE referral_id = ?1 AND kind = 'answer_referral'
+             ORDER BY id DESC LIMIT 1",
+        )?
+        .query_row([referral_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(row.map(|(state, message)| match state.as_str() {
+        "pending" | "in_flight" => ("queued", None),
+        "done" => ("sent", message),
+        _ => ("refused", message),
+    }))
+}

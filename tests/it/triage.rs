@@ -344,3 +344,166 @@ async fn the_action_page_and_the_json_alert_say_what_the_rules_decided() {
     );
     assert!(page.env.sim.patches().is_empty(), "a dry run sends nothing");
 }
+
+/// The preview over a large inbox (spec target: 10,000 referrals in at most 1 s). Ignored in
+/// a plain `cargo test` (the 10,000-referral first sync takes a while in a debug build):
+///
+///     cargo test --release --test it triage::rules_test_over_ten_thousand -- --ignored --nocapture
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn rules_test_over_ten_thousand_referrals_within_a_second() {
+    let env = TestEnv::with_extra(&rules("dry-run", 20)).await;
+    env.sim
+        .put_referrals(sample::pending_inbox(10_000, Utc::now()));
+    let out = env.run(&["sync"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut best = std::time::Duration::MAX;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let out = env.cli(&["rules", "test", "--json"]).await;
+        let took = started.elapsed();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(rows.len(), 10_000);
+        best = best.min(took);
+        println!(
+            "rules test --json over 10,000 referrals: {} ms (the whole process)",
+            took.as_millis()
+        );
+    }
+    assert!(best <= std::time::Duration::from_secs(1), "{best:?}");
+}
+
+/// The inbox form's token, from the page.
+fn inbox_token(html: &str) -> String {
+    let at = html.find("name=\"token\" value=\"").expect("a token input") + 20;
+    html[at..].split('"').next().unwrap().to_string()
+}
+
+fn no_redirects() -> reqwest::Client {
+    cosell_sync::http::client_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn post_inbox(url: &str, body: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut r = no_redirects()
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_string());
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.send().await.unwrap()
+}
+
+/// The inbox over HTTP (spec §7): 403 without the header; the page lists the referrals
+/// awaiting an answer with the rules' decision; three checked and declined with a reason are
+/// queued (303 to the results page) and sent as three PATCHes; another person's token, an
+/// expired one, an action-link token and a cross-site POST are refused and send nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_inbox_answers_the_checked_referrals_and_refuses_foreign_tokens() {
+    let extra = format!(
+        "actor_header = \"X-Forwarded-Email\"\n{}",
+        rules("dry-run", 20)
+    );
+    let page = crate::actions::start(0..4, &extra).await;
+    crate::actions::action_urls(&page, 4).await;
+    let inbox = format!("{}/inbox", page.public_url);
+    let ana = [("X-Forwarded-Email", "ana@partner.example")];
+    let (status, _) = crate::actions::get(&inbox, &[]).await;
+    assert_eq!(status, 403, "no header");
+    let (status, html) = crate::actions::get(&inbox, &ana).await;
+    assert_eq!(status, 200, "{html}");
+    assert_eq!(html.matches("name=\"referral\"").count(), 4, "{html}");
+    assert!(
+        html.contains("rule outside-territory would decline"),
+        "{html}"
+    );
+    let token = inbox_token(&html);
+    let ids: Vec<String> = (0..3).map(sample::referral_id).collect();
+    let checked: String = ids.iter().map(|id| format!("&referral={id}")).collect();
+    let form =
+        |token: &str| format!("token={token}{checked}&action=decline&reason=Deal+size+too+small");
+
+    // Refused, and nothing sent: another person's token, an expired one, an action link's,
+    // a cross-site POST, no header.
+    let signer =
+        cosell_sync::actions::LinkSigner::new(crate::actions::KEY.as_bytes(), &page.public_url);
+    let bob = signer.inbox_token("bob@partner.example", Utc::now());
+    let old = signer.inbox_token("ana@partner.example", Utc::now() - Duration::hours(13));
+    let link = signer.url(&ids[0], Utc::now() + Duration::hours(2));
+    let link_token = link.rsplit('/').next().unwrap().to_string();
+    for (what, token, headers) in [
+        ("another person's token", bob.as_str(), &ana[..]),
+        ("an expired token", old.as_str(), &ana[..]),
+        ("an action-link token", link_token.as_str(), &ana[..]),
+        ("no header", token.as_str(), &[][..]),
+    ] {
+        let r = post_inbox(&inbox, &form(token), headers).await;
+        assert_eq!(r.status().as_u16(), 403, "{what}");
+    }
+    let cross = [ana[0], ("Sec-Fetch-Site", "cross-site")];
+    assert_eq!(
+        post_inbox(&inbox, &form(&token), &cross)
+            .await
+            .status()
+            .as_u16(),
+        403
+    );
+    assert!(
+        page.env.sim.patches().is_empty(),
+        "a refused POST sends nothing"
+    );
+
+    let r = post_inbox(&inbox, &form(&token), &ana).await;
+    assert_eq!(r.status().as_u16(), 303);
+    let to = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(to.starts_with("/act/inbox/results?"), "{to}");
+    let results = format!(
+        "http://{}{to}",
+        page.public_url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap()
+    );
+    let sent = crate::helpers::wait_until(std::time::Duration::from_secs(30), || {
+        ids.iter()
+            .all(|id| page.env.sim.applied_patches(id).len() == 1)
+    })
+    .await;
+    assert!(sent, "three PATCHes");
+    for id in &ids {
+        let p = &page.env.sim.applied_patches(id)[0];
+        assert_eq!(p.body[2]["value"], "Deal size too small");
+    }
+    assert!(page
+        .env
+        .sim
+        .applied_patches(&sample::referral_id(3))
+        .is_empty());
+    let (status, html) = crate::actions::get(&results, &ana).await;
+    assert_eq!(status, 200, "{html}");
+    assert_eq!(html.matches("<strong>sent</strong>").count(), 3, "{html}");
+    // The same form again: nothing left to answer, nothing sent twice.
+    let r = post_inbox(&inbox, &form(&token), &ana).await;
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(page.env.sim.patches().len(), 3);
+    let audit = stdout(&page.env.run(&["audit", "--referral", &ids[0]]).await);
+    assert!(audit.contains("by: ana@partner.example"), "{audit}");
+}
+
+/// Without `actor_header` the inbox is off: 404 (not the action page's 403 for a bad link).
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_actor_header_the_inbox_is_not_found() {
+    let page = crate::actions::start(0..1, "").await;
+    crate::actions::action_urls(&page, 1).await;
+    let (status, _) = crate::actions::get(&format!("{}/inbox", page.public_url), &[]).await;
+    assert_eq!(status, 404);
+}
