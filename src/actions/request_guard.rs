@@ -44,15 +44,24 @@ impl std::fmt::Display for Refusal {
 /// person typed, pass) and in `Origin` (must be `public_url`'s scheme, host and port). A
 /// request with neither (curl, a script) is judged by its link or token alone: these headers
 /// protect the signed-in colleague's browser, not the link.
+///
+/// Our pages are sent with `Referrer-Policy: no-referrer`, under which a browser's form POST
+/// carries `Origin: null` (the Fetch standard serializes the origin so): that `null` passes
+/// only beside `Sec-Fetch-Site: same-origin`, which no page can forge.
 pub(crate) fn same_origin(headers: &HeaderMap, public_url: &str) -> Result<(), Refusal> {
+    let mut same_origin_said = false;
     for value in headers.get_all("sec-fetch-site") {
         match value.to_str().map(|v| v.trim().to_ascii_lowercase()) {
-            Ok(v) if v == "same-origin" || v == "none" => {}
+            Ok(v) if v == "same-origin" => same_origin_said = true,
+            Ok(v) if v == "none" => {}
             _ => return Err(Refusal::CrossSite("Sec-Fetch-Site is not same-origin")),
         }
     }
     let ours = origin_of(public_url);
     for value in headers.get_all("origin") {
+        if same_origin_said && value.as_bytes() == b"null" {
+            continue;
+        }
         let theirs = value.to_str().ok().and_then(origin_of);
         if theirs.is_none() || theirs != ours {
             return Err(Refusal::CrossSite("Origin is not public_url's"));
@@ -133,6 +142,8 @@ mod tests {
                 ("sec-fetch-site", b"same-origin"),
                 ("origin", b"https://sync.example.com"),
             ],
+            // What Chromium sends for our own form under Referrer-Policy: no-referrer.
+            vec![("sec-fetch-site", b"same-origin"), ("origin", b"null")],
         ] {
             assert_eq!(same_origin(&headers(&ok), PUBLIC), Ok(()), "{ok:?}");
         }
@@ -146,6 +157,7 @@ mod tests {
             ],
             vec![("origin", b"https://evil.example")],
             vec![("origin", b"null")],
+            vec![("sec-fetch-site", b"none"), ("origin", b"null")],
             vec![("origin", b"http://sync.example.com")],
             vec![("origin", b"https://sync.example.com:8443")],
             vec![("origin", b"https://sync.example.com.evil.example")],
