@@ -88,8 +88,7 @@ pub(crate) fn decide_all(
         if deadline <= now {
             return;
         }
-        let raw: serde_json::Value = serde_json::from_str(&a.raw).unwrap_or_default();
-        let facts = Facts::microsoft(&raw);
+        let facts = Facts::microsoft_text(&a.raw);
         let verdict = settings.rules.decide(&facts);
         rows.push(DecisionRow {
             referral_id: a.id,

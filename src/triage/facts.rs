@@ -3,7 +3,9 @@
 //! later — so the evaluator never knows which cloud a referral came from. A field the record
 //! lacks is `None`, and a `None` never satisfies a condition (not even a `not_` one).
 
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 
 /// Where a referral comes from: `"microsoft"` or `"aws"`, as rules and alerts name it.
 pub(crate) const MICROSOFT: &str = "microsoft";
@@ -84,6 +86,92 @@ impl Facts {
     }
 }
 
+/// The parts of a referral's JSON the rules read, borrowed unparsed: the rest (notes, team,
+/// consent, targets…) is skipped rather than built into a tree, which is most of the cost of
+/// deciding a stored inbox every cycle.
+#[derive(Deserialize)]
+struct Parts<'a> {
+    #[serde(borrow, rename = "customerProfile")]
+    customer_profile: Option<&'a RawValue>,
+    #[serde(borrow)]
+    details: Option<&'a RawValue>,
+    #[serde(borrow)]
+    qualification: Option<&'a RawValue>,
+    #[serde(borrow, rename = "inviteContext")]
+    invite_context: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ProfileParts<'a> {
+    #[serde(borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow)]
+    address: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct DetailsParts<'a> {
+    #[serde(borrow, rename = "dealValue")]
+    deal_value: Option<&'a RawValue>,
+    #[serde(borrow)]
+    currency: Option<&'a RawValue>,
+    #[serde(borrow)]
+    requirements: Option<&'a RawValue>,
+}
+
+impl Facts {
+    /// [`Facts::microsoft`] of a stored referral's JSON text, reading only the fields the
+    /// rules use; the same facts whatever the text (a test holds the two equal).
+    pub(crate) fn microsoft_text(raw: &str) -> Facts {
+        let Ok(parts) = serde_json::from_str::<Parts>(raw) else {
+            return Facts::microsoft(&serde_json::from_str(raw).unwrap_or_default());
+        };
+        let mut top = Map::new();
+        let parse = |r: &RawValue| serde_json::from_str::<Value>(r.get()).unwrap_or_default();
+        if let Some(p) = parts.customer_profile {
+            let profile = match serde_json::from_str::<ProfileParts>(p.get()) {
+                Ok(pp) => slim([("name", pp.name), ("address", pp.address)]),
+                Err(_) => parse(p),
+            };
+            top.insert("customerProfile".into(), profile);
+        }
+        if let Some(d) = parts.details {
+            let details = match serde_json::from_str::<DetailsParts>(d.get()) {
+                Ok(dp) => slim([
+                    ("dealValue", dp.deal_value),
+                    ("currency", dp.currency),
+                    ("requirements", dp.requirements),
+                ]),
+                Err(_) => parse(d),
+            };
+            top.insert("details".into(), details);
+        }
+        for (key, part) in [
+            ("qualification", parts.qualification),
+            ("inviteContext", parts.invite_context),
+        ] {
+            if let Some(v) = part {
+                top.insert(key.into(), parse(v));
+            }
+        }
+        Facts::microsoft(&Value::Object(top))
+    }
+}
+
+/// An object of the named parts that are present, each parsed.
+fn slim<const N: usize>(fields: [(&str, Option<&RawValue>); N]) -> Value {
+    let mut out = Map::new();
+    for (key, part) in fields {
+        if let Some(r) = part {
+            out.insert(
+                key.into(),
+                serde_json::from_str(r.get()).unwrap_or_default(),
+            );
+        }
+    }
+    Value::Object(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +210,49 @@ mod tests {
             "a value without its currency is no value"
         );
         assert_eq!(Facts::microsoft(&json!(null)).customer, None);
+    }
+
+    /// The text path reads the same facts as the tree, whatever the shapes (generated).
+    #[test]
+    fn the_text_path_reads_what_the_tree_reads() {
+        let now = chrono::Utc::now();
+        let shapes = [
+            json!(null),
+            json!("x"),
+            json!(7),
+            json!([1, {"id": "Azure"}]),
+            json!({"id": "Retail"}),
+            json!({"name": "日\u{0}", "address": {"country": "de"}}),
+            json!({"dealValue": "12.5", "currency": "EUR", "requirements": {"products": [{"id": "Azure"}]}}),
+            json!({"invitedBy": {"organizationId": "msft"}}),
+        ];
+        let keys = [
+            "customerProfile",
+            "details",
+            "qualification",
+            "inviteContext",
+            "name",
+        ];
+        let mut rng = fastrand::Rng::with_seed(31);
+        for i in 0..3_000 {
+            let mut raw =
+                crate::sim::sample::referral(i, now, chrono::Duration::days(1), "New", "Pending");
+            for _ in 0..rng.usize(0..4) {
+                let key = keys[rng.usize(..keys.len())];
+                raw[key] = shapes[rng.usize(..shapes.len())].clone();
+            }
+            if rng.u8(0..10) == 0 && raw["details"].is_object() {
+                raw["details"]["notes"] = json!(crate::config::hostile_text(&mut rng, 40));
+            }
+            let text = raw.to_string();
+            assert_eq!(
+                Facts::microsoft_text(&text),
+                Facts::microsoft(&raw),
+                "{text}"
+            );
+        }
+        for junk in ["", "null", "[]", "{", "{\"details\": {\"dealValue\": }"] {
+            assert_eq!(Facts::microsoft_text(junk).customer, None);
+        }
     }
 }
