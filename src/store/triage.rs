@@ -291,10 +291,19 @@ pub(crate) fn inbox(
     page: usize,
     per_page: usize,
 ) -> Result<(usize, Vec<InboxRow>), StoreError> {
+    // The referrals with an answer queued or sent, at once: a few rows, where a lookup per
+    // awaiting referral was ten thousand statements per page view.
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT referral_id FROM outbox WHERE kind = 'answer_referral'
+           AND state IN ('pending', 'in_flight', 'done')",
+    )?;
+    let answered: std::collections::HashSet<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     let mut all = Vec::new();
     super::referrals::each_awaiting_response(conn, |r| {
         let deadline = crate::deadline::deadline(r.created_at, r.expires_at, window);
-        if deadline > now && !answered(conn, &r.id)? {
+        if deadline > now && !answered.contains(&r.id) {
             all.push((deadline, r));
         }
         Ok(())
