@@ -158,6 +158,8 @@ impl App {
                 google,
                 stop: tokio_util::sync::CancellationToken::new(),
                 send: send_settings(&config),
+                triage: config.triage.clone(),
+                rules: config.rules.clone().into(),
             },
             config: Arc::new(config),
             store,

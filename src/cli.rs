@@ -90,6 +90,11 @@ pub enum Command {
     },
     /// Validate the configuration and print it with secrets redacted.
     CheckConfig,
+    /// The triage rules ([[rules]]): `rules test` previews their decisions.
+    Rules {
+        #[command(subcommand)]
+        action: RulesCommand,
+    },
     /// Track an existing Google lead or opportunity for a referral (checked with a `get` first).
     Link {
         /// The Microsoft referral id.
@@ -189,6 +194,17 @@ pub enum Command {
         /// google-key.json, mode 0600) into this directory.
         #[arg(long, value_name = "DIR")]
         credentials_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Every stored referral awaiting an answer, the rule that decides it and the decision,
+    /// with the rules of the config as it is now; sends nothing (exit 0; 78 on a config error).
+    Test {
+        /// One JSON array: {referral_id, source, rule, decision, reason} per referral.
+        #[arg(long)]
+        json: bool,
     },
 }
 

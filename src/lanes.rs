@@ -181,6 +181,12 @@ pub(crate) async fn run_cycle(
         if let Err((_, e)) = &pulled {
             report.fail(e);
         }
+        // The rules decide every referral awaiting an answer before the push (an apply
+        // decision queued here goes out in this cycle) and before the expiry alerts (which
+        // say what the rules decided). Not on a failed pull: never answer from a stale copy.
+        if report.ok() {
+            triage(ctx, alerts, None).await;
+        }
         // Expiry alerts go out while the Google work runs: neither waits for the other
         // (a slow or dead alert sink never delays a lead create).
         let google = async {
@@ -241,6 +247,8 @@ async fn pull_acting_on_new(
         if page.counts.new == 0 {
             continue;
         }
+        // The page's new referrals are decided first, so their first alerts say how.
+        triage(ctx, alerting.settings, Some(page.ids.clone())).await;
         let ((), forwarded) = tokio::join!(
             alerting.raise(Raise::ExpiryOf(page.ids)),
             forward_queued(ctx, report)
@@ -248,6 +256,52 @@ async fn pull_acting_on_new(
         if let Err(e) = forwarded {
             return Err((pull.stats(), e));
         }
+    }
+}
+
+/// A triage pass ([`crate::triage::cycle`]): every referral awaiting an answer (`None`), or
+/// a page's (recorded only). A store error is logged, never fails the cycle: the rules are a
+/// convenience on top of the deadline path, which goes on without them.
+async fn triage(ctx: &CycleContext, alerts: &AlertSettings, page: Option<Vec<String>>) {
+    use crate::triage::cycle::{pass, Scope, Settings};
+    if ctx.rules.is_empty() {
+        return;
+    }
+    let settings = Settings::new(&ctx.triage, &ctx.rules, ctx.send.response_window);
+    let full = page.is_none();
+    let done = ctx
+        .store
+        .call(move |c| {
+            let tx = c.transaction()?;
+            let scope = match &page {
+                Some(ids) => Scope::Only(ids),
+                None => Scope::All,
+            };
+            let done = pass(&tx, &settings, scope, Utc::now())?;
+            tx.commit()?;
+            Ok(done)
+        })
+        .await;
+    match done {
+        Ok(done) => {
+            let s = done.stats;
+            if full && s.answering > 0 {
+                tracing::info!(
+                    awaiting = s.awaiting,
+                    decided = s.answering,
+                    queued = s.queued,
+                    held = s.held,
+                    mode = ctx.triage.mode.as_str(),
+                    "triage: rules decided {} of {} referrals awaiting an answer",
+                    s.answering,
+                    s.awaiting
+                );
+            }
+            if let Some(alert) = done.limit_alert {
+                crate::alerts::unrecorded::raise_one(&ctx.store, alerts, alert).await;
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "triage: cannot record the rules' decisions"),
     }
 }
 

@@ -80,9 +80,11 @@
 //! - [`links`]: the signed action links (HMAC, one referral, until its deadline), a leaf.
 //! - [`webhook`]: Partner Center referral events (optional): receiver, verification, the
 //!   producer hand-off (GET + commit + wake), registration.
+//! - [`triage`]: spec §7's rules: what a rule reads of a referral (source-neutral) and the
+//!   pure evaluator (first match decides; `none` stops).
 //! - [`wake`]: the doorbells, a leaf: the deadline lane's (asks coalesce; "pull" or "no pull
 //!   needed"), rung by the cron job, the refresh lane and the webhook forwarder; the
-//!   executor's for answers, rung by the action page.
+//!   executor's for answers, rung by the action page and the inbox.
 //!
 //! Visibility: every item is `pub(crate)` unless the binary (`main.rs`), an integration test
 //! or a bench names it, and the modules none of them reach are private, so the compiler keeps
@@ -124,6 +126,7 @@ pub mod sync;
 pub(crate) mod systemd;
 pub mod telemetry;
 pub mod timefmt;
+pub(crate) mod triage;
 pub mod wake;
 pub mod webhook;
 

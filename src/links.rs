@@ -19,6 +19,11 @@ const MAX_TOKEN_CHARS: usize = 600;
 const MAX_REFERRAL_ID: usize = 128;
 /// What the MAC covers besides the claims: a token of another purpose never verifies here.
 const DOMAIN: &str = "cosell-sync/answer-link/v1";
+/// The inbox form's token (spec §7): its own domain and shape (two parts, never three), so
+/// it is never an action-link token nor the other way round.
+const INBOX_DOMAIN: &str = "cosell-sync/inbox-form/v1";
+/// An inbox form token is valid this long after it was issued (spec §7: 12 hours).
+pub(crate) const INBOX_TOKEN_HOURS: i64 = 12;
 
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +179,54 @@ impl LinkSigner {
     }
 }
 
+impl LinkSigner {
+    fn inbox_mac(&self, person: &str, issued: i64) -> Vec<u8> {
+        let message = format!("{INBOX_DOMAIN}\ninbox\n{person}\n{issued}");
+        hmac::sign(&self.key, message.as_bytes()).as_ref().to_vec()
+    }
+
+    /// The inbox form's token for `person`, issued `now`: `ISSUED.MAC`.
+    pub fn inbox_token(&self, person: &str, now: DateTime<Utc>) -> String {
+        let issued = now.timestamp();
+        let mac = URL_SAFE_NO_PAD.encode(self.inbox_mac(person, issued));
+        format!("{issued}.{mac}")
+    }
+
+    /// Checks an inbox form token for `person` (in constant time), then its 12 hours.
+    pub(crate) fn verify_inbox(
+        &self,
+        token: &str,
+        person: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), LinkError> {
+        if token.len() > MAX_TOKEN_CHARS {
+            return Err(LinkError::Malformed);
+        }
+        let (Some((issued, tag)), false) = (token.split_once('.'), token.matches('.').count() > 1)
+        else {
+            return Err(LinkError::Malformed);
+        };
+        let issued_num: i64 = issued
+            .parse()
+            .ok()
+            .filter(|n: &i64| n.to_string() == issued)
+            .ok_or(LinkError::Malformed)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| LinkError::Malformed)?;
+        let message = format!("{INBOX_DOMAIN}\ninbox\n{person}\n{issued_num}");
+        hmac::verify(&self.key, message.as_bytes(), &tag).map_err(|_| LinkError::Forged)?;
+        let issued = DateTime::from_timestamp(issued_num, 0).ok_or(LinkError::Malformed)?;
+        // A token from the future (a clock step) is as good as a forged one.
+        if issued > now + chrono::Duration::minutes(5)
+            || now >= issued + chrono::Duration::hours(INBOX_TOKEN_HOURS)
+        {
+            return Err(LinkError::Expired);
+        }
+        Ok(())
+    }
+}
+
 /// The state directory's key: read it, or make it once (32 random bytes, hex, mode 0600).
 fn generated_key(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Write;
@@ -217,6 +270,38 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         "2026-11-25T00:00:00Z".parse().unwrap()
+    }
+
+    /// An inbox token works for its person for 12 hours; never for another person, never as
+    /// an action link, and an action link never as an inbox token.
+    #[test]
+    fn an_inbox_token_is_its_persons_for_twelve_hours_and_never_a_link() {
+        let s = signer();
+        let token = s.inbox_token("ana@example.com", now());
+        assert_eq!(s.verify_inbox(&token, "ana@example.com", now()), Ok(()));
+        let later = now() + chrono::Duration::hours(11);
+        assert_eq!(s.verify_inbox(&token, "ana@example.com", later), Ok(()));
+        let expired = now() + chrono::Duration::hours(12);
+        assert_eq!(
+            s.verify_inbox(&token, "ana@example.com", expired),
+            Err(LinkError::Expired)
+        );
+        assert_eq!(
+            s.verify_inbox(&token, "bob@example.com", now()),
+            Err(LinkError::Forged)
+        );
+        assert!(s.verify(&token, now()).is_err(), "not an action link");
+        let link = s.token("r-1", now() + chrono::Duration::hours(5));
+        assert!(s.verify_inbox(&link, "ana@example.com", now()).is_err());
+        let other = LinkSigner::new(&[8u8; 32], "https://sync.example.com/act");
+        assert!(other
+            .verify_inbox(&token, "ana@example.com", now())
+            .is_err());
+        let mut rng = fastrand::Rng::with_seed(30);
+        for _ in 0..2_000 {
+            let junk = crate::config::hostile_text(&mut rng, 20);
+            assert!(s.verify_inbox(&junk, "ana@example.com", now()).is_err());
+        }
     }
 
     #[test]

@@ -165,6 +165,80 @@ pub(crate) fn audit(rows: &[AuditRow]) -> String {
     out
 }
 
+/// One line of `rules test` (spec §7's JSON object).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RuleTest {
+    pub(crate) referral_id: String,
+    pub(crate) source: String,
+    pub(crate) rule: Option<String>,
+    pub(crate) decision: Option<String>,
+    pub(crate) reason: Option<String>,
+    #[serde(skip)]
+    deadline: DateTime<Utc>,
+}
+
+impl From<&crate::store::triage::DecisionRow> for RuleTest {
+    fn from(d: &crate::store::triage::DecisionRow) -> Self {
+        RuleTest {
+            referral_id: d.referral_id.clone(),
+            source: d.source.clone(),
+            rule: d.rule.clone(),
+            decision: d.decision.clone(),
+            reason: d.reason.clone(),
+            deadline: d.deadline,
+        }
+    }
+}
+
+/// `rules test`: a line per referral (nearest deadline first), then the totals per rule.
+pub(crate) fn rules_test(rows: &[RuleTest], mode: &str, rules: usize) -> String {
+    let mut out = String::new();
+    if rules == 0 {
+        out.push_str("no [[rules]] configured: every referral is left to people\n");
+    }
+    if rows.is_empty() {
+        out.push_str("no referral awaits an answer\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<38} {:<10} {:<9} {:<24} DEADLINE / REASON",
+        "REFERRAL", "SOURCE", "DECISION", "RULE"
+    );
+    let mut totals = std::collections::BTreeMap::<(String, String), u64>::new();
+    for r in rows {
+        let decision = r.decision.as_deref().unwrap_or("-");
+        let rule = r.rule.as_deref().unwrap_or("-");
+        *totals
+            .entry((rule.to_string(), decision.to_string()))
+            .or_default() += 1;
+        let reason = r
+            .reason
+            .as_deref()
+            .map(|x| format!("  {x}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<38} {:<10} {:<9} {:<24} {}{reason}",
+            r.referral_id,
+            r.source,
+            decision,
+            truncate(rule, 24),
+            human(r.deadline)
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{} referrals awaiting an answer; mode {mode} (nothing was sent by this command):",
+        rows.len()
+    );
+    for ((rule, decision), n) in totals {
+        let _ = writeln!(out, "  {n:>6}  {decision:<8} {rule}");
+    }
+    out
+}
+
 /// `outbox list`: a head line per action, its referral and its last error or result below,
 /// wrapped to 80 columns.
 pub(crate) fn outbox(rows: &[OutboxRow]) -> String {
@@ -203,6 +277,8 @@ pub(crate) fn status(report: &StatusReport, limit: usize) -> String {
     let _ = writeln!(out);
     awaiting(&mut out, report, limit);
     let _ = writeln!(out);
+    triage(&mut out, &report.triage);
+    let _ = writeln!(out);
     service_level(&mut out, &report.last_30_days, report.generated_at);
     let _ = writeln!(out);
     states(&mut out, report);
@@ -212,6 +288,44 @@ pub(crate) fn status(report: &StatusReport, limit: usize) -> String {
     let _ = writeln!(out);
     last_cycles(&mut out, report);
     out
+}
+
+/// The triage block: the mode, then a count per rule and decision (spec §7).
+fn triage(out: &mut String, t: &crate::status::TriageStatus) {
+    let _ = writeln!(
+        out,
+        "Triage rules: {} configured, mode {} (at most {} rule answers an hour)",
+        t.rules, t.mode, t.max_answers_per_hour
+    );
+    if t.decisions.is_empty() && t.rules > 0 {
+        let _ = writeln!(out, "  no decisions recorded yet (the next cycle decides)");
+    }
+    for d in &t.decisions {
+        let state = match (d.decision.as_deref(), d.state.as_str()) {
+            (Some("accept" | "decline"), "shown") => {
+                format!("would {}", d.decision.as_deref().unwrap_or(""))
+            }
+            (Some(verb), "held") => format!("{verb}, held by the hourly cap"),
+            (Some(verb), "queued") => format!("{verb}, queued"),
+            (Some(verb), _) => verb.to_string(),
+            (None, _) => "no rule matched".into(),
+        };
+        let _ = writeln!(
+            out,
+            "  {:>6}  {:<24} {state}",
+            d.count,
+            truncate(d.rule.as_deref().unwrap_or("-"), 24)
+        );
+    }
+    for a in &t.answered_last_hour {
+        let _ = writeln!(
+            out,
+            "  {:>6}  {:<24} {} sent in the last hour",
+            a.count,
+            truncate(&a.rule, 24),
+            a.decision
+        );
+    }
 }
 
 /// The "last 30 days" block: the partner's service level.
@@ -508,6 +622,18 @@ pub(crate) fn referral(view: &ReferralView) -> String {
     if let Some(url) = &view.action_url {
         // A URL does not wrap: on a line of its own, to copy whole.
         let _ = writeln!(out, "  answer it (accept or decline):\n    {url}");
+    }
+    if let Some(d) = &view.triage {
+        let _ = writeln!(out, "  rules:     {}", crate::triage::sentence(d));
+    }
+    if let Some(a) = &view.rule_answer {
+        let _ = writeln!(
+            out,
+            "  rules:     rule {} answered it ({}, queued {})",
+            a.rule,
+            a.decision,
+            human(a.queued_at)
+        );
     }
     for (what, record) in [("lead", &view.lead), ("opportunity", &view.opportunity)] {
         let line = match record {

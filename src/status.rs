@@ -13,6 +13,7 @@ use crate::store::outbox::{self, AuditRow, OutboxRow, State};
 use crate::store::referrals::{self, ReferralSummary};
 use crate::store::runs::{self, CycleRun};
 use crate::store::schedule::{self, RefreshBacklog};
+use crate::store::triage as tstore;
 use crate::store::views::{self, GoogleRecord, LinkCounts};
 use crate::store::{Store, StoreError};
 
@@ -63,6 +64,48 @@ pub(crate) struct StatusReport {
     /// Partner Center events (present when `[webhook]` is set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) webhooks: Option<crate::store::webhook::WebhookStats>,
+    /// The triage rules: their mode and what they decided (spec §7).
+    pub(crate) triage: TriageStatus,
+}
+
+/// `status`'s triage block: a count per rule and decision of the referrals awaiting an
+/// answer as the last cycle decided them, and the rule answers of the last hour.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct TriageStatus {
+    pub(crate) mode: &'static str,
+    pub(crate) rules: usize,
+    pub(crate) max_answers_per_hour: u32,
+    pub(crate) decisions: Vec<crate::store::triage::RuleCount>,
+    /// Rule answers queued in the last 60 minutes, per (rule, decision).
+    pub(crate) answered_last_hour: Vec<RuleAnswers>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RuleAnswers {
+    pub(crate) rule: String,
+    pub(crate) decision: String,
+    pub(crate) count: u64,
+}
+
+fn triage_status(
+    c: &rusqlite::Connection,
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Result<TriageStatus, StoreError> {
+    Ok(TriageStatus {
+        mode: config.triage.mode.as_str(),
+        rules: config.rules.len(),
+        max_answers_per_hour: config.triage.max_answers_per_hour,
+        decisions: tstore::counts(c)?,
+        answered_last_hour: tstore::answered_since(c, now - chrono::Duration::hours(1))?
+            .into_iter()
+            .map(|(rule, decision, count)| RuleAnswers {
+                rule,
+                decision,
+                count,
+            })
+            .collect(),
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,6 +196,7 @@ pub(crate) fn status(
                 Some(_) => Some(crate::store::webhook::stats(c)?),
                 None => None,
             },
+            triage: triage_status(c, config, now)?,
         })
     })
 }
@@ -176,6 +220,17 @@ pub(crate) struct ReferralView {
     pub(crate) actions: Vec<OutboxRow>,
     /// Alerts about it, newest first.
     pub(crate) alerts: Vec<AlertRow>,
+    /// What the rules decided at the last cycle, while it awaits an answer.
+    pub(crate) triage: Option<crate::store::triage::DecisionRow>,
+    /// The rule answer queued for it, if a rule answered it.
+    pub(crate) rule_answer: Option<RuleAnswer>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RuleAnswer {
+    pub(crate) rule: String,
+    pub(crate) decision: String,
+    pub(crate) queued_at: DateTime<Utc>,
 }
 
 /// With `[actions]`: each expiring alert's link to answer its referral, signed now (never
@@ -255,6 +310,14 @@ pub(crate) fn referral_view(
             timeline: outbox::audit_rows(c, Some(id), None, 500)?,
             actions: outbox::for_referral(c, id, 100)?,
             alerts: astore::for_referral(c, id, 100)?,
+            triage: tstore::decision_of(c, id)?,
+            rule_answer: tstore::rule_answer_of(c, id)?.map(|(rule, decision, queued_at)| {
+                RuleAnswer {
+                    rule,
+                    decision,
+                    queued_at,
+                }
+            }),
             referral,
         }))
     })?;

@@ -4,7 +4,7 @@
 // figment::Jail closures return figment::Error, which is large; that is the library's shape.
 #![allow(clippy::result_large_err)]
 
-use cosell_sync::config::{Config, ConfigErrors};
+use cosell_sync::config::{Config, ConfigErrors, RuleAction, TriageMode};
 use figment::Jail;
 use secrecy::ExposeSecret;
 
@@ -552,4 +552,203 @@ timeout = \"2h\"
     ] {
         assert!(stderr.contains(key), "{key} not named: {stderr}");
     }
+}
+
+/// `[triage]` defaults to a dry run of 20 answers an hour; rules load in their order.
+#[test]
+fn triage_defaults_to_dry_run_and_rules_load_in_order() {
+    Jail::expect_with(|jail| {
+        jail.create_file("config.toml", GOOD)?;
+        let config = load(jail).unwrap();
+        assert_eq!(config.triage.mode, TriageMode::DryRun);
+        assert_eq!(config.triage.max_answers_per_hour, 20);
+        assert!(config.rules.is_empty());
+
+        jail.create_file(
+            "config.toml",
+            &format!(
+                r#"{GOOD}
+[triage]
+mode = "apply"
+max_answers_per_hour = 5
+
+[[rules]]
+name = "keep-contoso"
+customer = "(?i)contoso"
+action = "none"
+
+[[rules]]
+name = "outside_territory-2"
+not_countries = ["US", "ca"]
+min_value = 0
+max_value = 10000.5
+currency = "USD"
+action = "decline"
+reason = "Customer is outside our region"
+"#
+            ),
+        )?;
+        let config = load(jail).unwrap();
+        assert_eq!(config.triage.mode, TriageMode::Apply);
+        assert_eq!(config.triage.max_answers_per_hour, 5);
+        let names: Vec<&str> = config.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["keep-contoso", "outside_territory-2"]);
+        assert_eq!(config.rules[1].action, RuleAction::Decline);
+        jail.set_env("COSELL_TRIAGE__MODE", "dry-run");
+        assert_eq!(load(jail).unwrap().triage.mode, TriageMode::DryRun);
+        Ok(())
+    });
+}
+
+/// Each bad rule key is its own error, named `rules[N].key` (spec §7: exit 78 naming the key).
+#[test]
+fn each_bad_rule_key_is_named_by_its_index() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "config.toml",
+            &format!(
+                r#"{GOOD}
+[triage]
+max_answers_per_hour = 0
+
+[[rules]]
+name = "dup"
+action = "accept"
+
+[[rules]]
+name = "dup"
+action = "none"
+
+[[rules]]
+name = "no-reason"
+action = "decline"
+
+[[rules]]
+name = "has space"
+action = "accept"
+
+[[rules]]
+name = "bad-country"
+countries = ["US", "UK"]
+not_countries = ["XX"]
+action = "accept"
+
+[[rules]]
+name = "bad-regex"
+customer = "(unclosed"
+action = "accept"
+
+[[rules]]
+name = "bound-without-currency"
+min_value = 5000
+action = "accept"
+
+[[rules]]
+name = "bad-source"
+source = "oracle"
+currency = "dollars"
+action = "accept"
+
+[[rules]]
+name = "{long}"
+min_value = 10
+max_value = 5
+currency = "EUR"
+action = "accept"
+"#,
+                long = "x".repeat(65)
+            ),
+        )?;
+        let errors = messages(load(jail).unwrap_err());
+        for key in [
+            "triage.max_answers_per_hour:",
+            "rules[1].name:",
+            "rules[2].reason is missing",
+            "rules[3].name:",
+            "rules[4].countries[1]:",
+            "rules[4].not_countries[0]:",
+            "rules[5].customer:",
+            "rules[6].min_value:",
+            "rules[7].source:",
+            "rules[7].currency:",
+            "rules[8].name:",
+            "rules[8].max_value:",
+        ] {
+            assert_eq!(
+                errors.iter().filter(|m| m.starts_with(key)).count(),
+                1,
+                "{key} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), 12, "{errors:#?}");
+        Ok(())
+    });
+}
+
+/// A mistyped action or mode is a load error naming the key, with the words that work.
+#[test]
+fn an_unknown_rule_action_or_mode_names_the_key() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "config.toml",
+            &format!("{GOOD}\n[[rules]]\nname = \"a\"\naction = \"reject\"\n"),
+        )?;
+        let errors = messages(load(jail).unwrap_err());
+        assert!(
+            errors[0].starts_with("rules[0].action:") && errors[0].contains("decline"),
+            "{errors:#?}"
+        );
+        jail.create_file(
+            "config.toml",
+            &format!("{GOOD}\n[triage]\nmode = \"live\"\n"),
+        )?;
+        let errors = messages(load(jail).unwrap_err());
+        assert!(
+            errors[0].starts_with("triage.mode:") && errors[0].contains("dry-run"),
+            "{errors:#?}"
+        );
+        Ok(())
+    });
+}
+
+/// The inbox trusts the actor header alone: with `actor_header` on a listen address that is
+/// not loopback, a config without `proxy_secret_file` is refused naming the key (spec §7).
+#[test]
+fn an_inbox_exposed_beyond_loopback_needs_a_proxy_secret() {
+    Jail::expect_with(|jail| {
+        let actions = |listen: &str, secret: &str| {
+            format!(
+                "{GOOD}\n[actions]\nlisten = \"{listen}\"\npublic_url = \"https://sync.example.com/act\"\nactor_header = \"X-Forwarded-Email\"\n{secret}"
+            )
+        };
+        jail.create_file("config.toml", &actions("0.0.0.0:8788", ""))?;
+        let errors = messages(load(jail).unwrap_err());
+        assert!(
+            errors
+                .iter()
+                .any(|m| m.starts_with("actions.listen:") && m.contains("proxy_secret_file")),
+            "{errors:#?}"
+        );
+        jail.create_file("proxy-secret", "0123456789abcdef0123\n")?;
+        let secret = format!(
+            "proxy_secret_file = \"{}\"\n",
+            jail.directory().join("proxy-secret").display()
+        );
+        jail.create_file("config.toml", &actions("0.0.0.0:8788", &secret))?;
+        load(jail).expect("behind a proxy secret");
+        jail.create_file("config.toml", &actions("127.0.0.1:8788", ""))?;
+        load(jail).expect("on loopback");
+        jail.create_file("short", "x")?;
+        let short = format!(
+            "proxy_secret_file = \"{}\"\n",
+            jail.directory().join("short").display()
+        );
+        jail.create_file("config.toml", &actions("127.0.0.1:8788", &short))?;
+        let errors = messages(load(jail).unwrap_err());
+        assert!(
+            errors[0].starts_with("actions.proxy_secret_file:"),
+            "{errors:#?}"
+        );
+        Ok(())
+    });
 }

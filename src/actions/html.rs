@@ -38,9 +38,12 @@ button{display:block;width:100%;font:inherit;font-weight:700;padding:.8rem;margi
 .accept{background:#1a7f37;color:#fff}.decline{background:#cf222e;color:#fff}\
 .outcome{background:#fff;padding:1rem;border-radius:.5rem;border:2px solid #1a7f37}\
 .refused{border-color:#cf222e}\
+table{width:100%;border-collapse:collapse;background:#fff;font-size:.95rem}\
+th,td{text-align:left;padding:.4rem;border-bottom:1px solid #d0d7de;vertical-align:top}\
+@media (max-width:40rem){thead{display:none}tr{display:block;border-bottom:2px solid #d0d7de}td{display:block;border:0;padding:.15rem .4rem}}\
 button:focus,select:focus,textarea:focus,a:focus{outline:3px solid #0969da;outline-offset:2px}";
 
-fn head(out: &mut String, title: &str) {
+pub(super) fn head(out: &mut String, title: &str) {
     let _ = write!(
         out,
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\

@@ -73,7 +73,7 @@ pub(crate) fn router(settings: PageSettings, store: Store, answers: AnswerWake) 
 /// its URL (the token) as a Referer to another site, no script allowed. `same-origin`, not
 /// `no-referrer`: under `no-referrer` a browser sends `Origin: null` with the page's own form,
 /// which [`same_origin`] must refuse; to ourselves the Referer is the URL the form posts to.
-fn page(status: StatusCode, html: String) -> Response {
+pub(super) fn page(status: StatusCode, html: String) -> Response {
     let mut r = (status, html).into_response();
     let h = r.headers_mut();
     for (name, value) in [
@@ -166,7 +166,10 @@ async fn show(
         Err(r) => return r,
     };
     let now = Utc::now();
-    let view = View::of(&s.settings, &facts, now);
+    let mut view = View::of(&s.settings, &facts, now);
+    if let Some(rules) = rules_say(&s, &facts.id).await {
+        view.rows.push(("Rules", Fact::Text(rules)));
+    }
     if let Some(outcome) = answered_outcome(&s, &facts).await {
         return page(
             StatusCode::OK,
@@ -184,6 +187,17 @@ async fn show(
         &s.settings.config.decline_reasons,
     );
     page(StatusCode::OK, html)
+}
+
+/// What the triage rules decided (spec §7: "rule X would decline: reason"), when they did;
+/// the page shows the referral without it when the store cannot say.
+async fn rules_say(s: &Shared, referral_id: &str) -> Option<String> {
+    let id = referral_id.to_string();
+    let decided = s
+        .store
+        .call(move |c| crate::store::triage::decision_of(c, &id))
+        .await;
+    decided.ok().flatten().map(|d| crate::triage::sentence(&d))
 }
 
 fn not_found() -> Response {

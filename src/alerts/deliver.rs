@@ -431,7 +431,12 @@ async fn raise_due(
             };
             // Expiry, for every incoming referral still New (or those of one page).
             let expiry = |r: referrals::ReferralSummary| {
-                expiry_alert(&r, settings.window, &settings.thresholds, &settings.referral_url, settings.timezone, now)
+                let mut alert = expiry_alert(&r, settings.window, &settings.thresholds, &settings.referral_url, settings.timezone, now)?;
+                // What the triage rules decided (best effort: an alert never waits on it).
+                if let Ok(Some(d)) = crate::store::triage::decision_of(&tx, &r.id) {
+                    crate::triage::annotate(&mut alert, &d);
+                }
+                Some(alert)
             };
             if let Raise::ExpiryOf(ids) = &which {
                 for id in ids {

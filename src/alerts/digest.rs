@@ -30,6 +30,8 @@ pub(crate) struct Digest {
     /// `("referral_expiring at 72h", 1200)`, tightest thresholds and worst kinds first.
     pub(crate) counts: Vec<(String, usize)>,
     pub(crate) nearest: Vec<Nearest>,
+    /// "12 of these would be declined by rules; …" (spec §7), when the rules preview any.
+    pub(crate) rules: Option<String>,
 }
 
 /// A referral among the nearest deadlines.
@@ -65,6 +67,11 @@ impl Digest {
             total: alerts.len(),
             counts: counts.into_iter().map(|((_, _, k), n)| (k, n)).collect(),
             nearest,
+            rules: crate::triage::digest_sentence(
+                alerts
+                    .iter()
+                    .map(|a| (a.rule_decision.as_deref(), a.rule_mode.as_deref())),
+            ),
         }
     }
 

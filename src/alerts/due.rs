@@ -83,6 +83,9 @@ pub(crate) fn expiry_alert(
         command: Some(super::status_command(&referral.id)),
         created_at: now.to_rfc3339_opts(SecondsFormat::Secs, true),
         action_url: None,
+        rule: None,
+        rule_decision: None,
+        rule_mode: None,
     })
 }
 

@@ -152,7 +152,7 @@ impl Route {
     fn severity_allows(&self, kind: &str) -> bool {
         let most_severe = match kind {
             "sync_recovered" => Severity::Info,
-            "conflict" | "forward_blocked" | "link_key_changed" => Severity::Warning,
+            "conflict" | "forward_blocked" | "link_key_changed" | "rule_limit" => Severity::Warning,
             _ => Severity::Critical,
         };
         most_severe >= self.min_severity

@@ -57,6 +57,7 @@ pub fn load_config_for(
     let read_only = matches!(
         command,
         Command::Status { .. }
+            | Command::Rules { .. }
             | Command::Health { .. }
             | Command::Reload { .. }
             | Command::Backup { .. }
@@ -158,6 +159,20 @@ pub(crate) fn status(config: &Config, json: bool, limit: usize, referral: Option
     }
     let report = super::status(&store, config, now)?;
     show(json, &report, |r| render::status(r, limit))
+}
+
+/// `rules test [--json]`: the current rules over the stored referrals awaiting an answer,
+/// read-only (nothing recorded, nothing sent).
+pub(crate) fn rules_test(config: &Config, json: bool) -> Outcome {
+    let store = open_for_reading(config)?;
+    let settings = crate::triage::cycle::Settings::from_config(config);
+    let now = Utc::now();
+    let rows =
+        store.call_blocking(move |c| crate::triage::cycle::decide_all(c, &settings, None, now))?;
+    let preview: Vec<render::RuleTest> = rows.iter().map(render::RuleTest::from).collect();
+    show(json, preview.as_slice(), |p| {
+        render::rules_test(p, config.triage.mode.as_str(), config.rules.len())
+    })
 }
 
 /// `alerts list [--pending] [--limit N] [--json]`.
@@ -456,7 +471,12 @@ async fn listen(
     if let Some(settings) = app.page_settings() {
         let listen = settings.config.listen.clone();
         let answers = app.cycle.send.answers.clone();
-        let router = crate::actions::page::router(settings, app.store.clone(), answers);
+        // The inbox's static routes beside the page's `{token}` route (axum prefers them).
+        let inbox =
+            crate::actions::inbox::router(settings.clone(), app.store.clone(), answers.clone())
+                .map_err(|e| AppError::Config(format!("actions.proxy_secret_file: {e}")))?;
+        let router =
+            crate::actions::page::router(settings, app.store.clone(), answers).merge(inbox);
         listeners.mount("actions.listen", &listen, router);
     }
     let bound = listeners
@@ -646,6 +666,9 @@ pub async fn dispatch(
     let file = file.to_path_buf();
     match command {
         Command::CheckConfig => check_config(&config, &file),
+        Command::Rules {
+            action: crate::cli::RulesCommand::Test { json },
+        } => rules_test(&config, json),
         Command::Status {
             json,
             limit,

@@ -331,13 +331,7 @@ async fn serve_page(
     let listener_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let actions = crate::actions::ActionsConfig {
-        listen: format!("127.0.0.1:{listener_port}"),
-        public_url: format!("http://127.0.0.1:{listener_port}/act"),
-        actor_header: String::new(),
-        decline_reasons: crate::config::actions::default_reasons(),
-        key_file: None,
-    };
+    let actions = crate::actions::ActionsConfig::loopback(listener_port);
     let signer = std::sync::Arc::new(
         crate::actions::LinkSigner::load(&actions, &config.state_dir())
             .map_err(anyhow::Error::msg)?,

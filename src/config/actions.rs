@@ -28,6 +28,11 @@ pub struct ActionsConfig {
     /// state directory (mode 0600).
     #[serde(default)]
     pub(crate) key_file: Option<PathBuf>,
+    /// The inbox (spec §7) behind a proxy on another host: every inbox request must carry
+    /// `X-Proxy-Secret` with this file's content. Required for the inbox on a listen address
+    /// that is not loopback (the actor header alone would name anyone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) proxy_secret_file: Option<PathBuf>,
 }
 
 /// Reasons a partner declines a co-sell referral. [?] Partner Center's own list is not
@@ -50,6 +55,19 @@ pub(crate) fn default_reasons() -> Vec<String> {
 pub(crate) const MAX_REASON_CHARS: usize = 200;
 
 impl ActionsConfig {
+    /// The page on a loopback port with the default reasons, no SSO header and a generated
+    /// key (the demo's).
+    pub(crate) fn loopback(port: u16) -> ActionsConfig {
+        ActionsConfig {
+            listen: format!("127.0.0.1:{port}"),
+            public_url: format!("http://127.0.0.1:{port}/act"),
+            actor_header: String::new(),
+            decline_reasons: default_reasons(),
+            key_file: None,
+            proxy_secret_file: None,
+        }
+    }
+
     /// The page's path: `public_url`'s, without a trailing `/` (empty for the root).
     pub(crate) fn path(&self) -> String {
         reqwest::Url::parse(&self.public_url)
@@ -62,6 +80,20 @@ impl ActionsConfig {
         self.key_file
             .as_deref()
             .filter(|p| !p.as_os_str().is_empty())
+    }
+
+    /// The proxy secret's file, when one is named.
+    pub(crate) fn proxy_secret_file(&self) -> Option<&std::path::Path> {
+        self.proxy_secret_file
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+
+    /// Whether `listen` is a loopback address (only the local proxy can reach it).
+    pub(crate) fn listens_on_loopback(&self) -> bool {
+        self.listen
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback())
     }
 
     /// The actor header, when one is set.
@@ -109,6 +141,7 @@ impl ActionsConfig {
             }
         }
         self.validate_reasons(errors);
+        self.validate_inbox(errors);
         if let Some(path) = self.key_file() {
             if let Err(e) = read_key_file(path) {
                 errors.push(ConfigError::new("actions.key_file", e));
@@ -156,6 +189,27 @@ impl ActionsConfig {
         }
     }
 
+    /// With `actor_header` the inbox is on, and the header alone names the person: so it is
+    /// served only on a loopback `listen` or behind `proxy_secret_file` (spec §7).
+    fn validate_inbox(&self, errors: &mut Vec<ConfigError>) {
+        if let Some(path) = self.proxy_secret_file() {
+            if let Err(e) = read_proxy_secret(path) {
+                errors.push(ConfigError::new("actions.proxy_secret_file", e.to_string()));
+            }
+        } else if self.actor_header().is_some()
+            && self.listen.parse::<std::net::SocketAddr>().is_ok()
+            && !self.listens_on_loopback()
+        {
+            errors.push(ConfigError::new(
+                "actions.listen",
+                format!(
+                    "{:?} is not a loopback address, and with actor_header the inbox would trust that header from anyone who reaches the port: listen on 127.0.0.1 behind the proxy, or set actions.proxy_secret_file",
+                    self.listen
+                ),
+            ));
+        }
+    }
+
     fn validate_reasons(&self, errors: &mut Vec<ConfigError>) {
         if self.decline_reasons.is_empty() {
             errors.push(ConfigError::new(
@@ -183,6 +237,29 @@ impl ActionsConfig {
             }
         }
     }
+}
+
+/// Why the proxy secret cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProxySecretError {
+    #[error("cannot read {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("{0} holds {1} bytes; the proxy secret needs at least {MIN_PROXY_SECRET_BYTES}")]
+    Short(String, usize),
+}
+
+/// A proxy secret shorter than this is refused (it is compared, never derived from).
+const MIN_PROXY_SECRET_BYTES: usize = 16;
+
+/// The proxy secret: the file's bytes, trailing whitespace trimmed, at least 16.
+pub(crate) fn read_proxy_secret(path: &std::path::Path) -> Result<Vec<u8>, ProxySecretError> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| ProxySecretError::Read(shown.clone(), e))?;
+    let trimmed = bytes.trim_ascii_end().to_vec();
+    if trimmed.len() < MIN_PROXY_SECRET_BYTES {
+        return Err(ProxySecretError::Short(shown, trimmed.len()));
+    }
+    Ok(trimmed)
 }
 
 /// A key shorter than this is refused (HMAC-SHA256 keys should be at least the hash size).
@@ -213,6 +290,7 @@ mod tests {
             actor_header: String::new(),
             decline_reasons: default_reasons(),
             key_file: None,
+            proxy_secret_file: None,
         }
     }
 
@@ -276,6 +354,17 @@ mod tests {
             (
                 |c| c.key_file = Some("/nonexistent/key".into()),
                 "actions.key_file",
+            ),
+            (
+                |c| {
+                    c.actor_header = "X-Forwarded-Email".into();
+                    c.listen = "0.0.0.0:8788".into();
+                },
+                "actions.listen",
+            ),
+            (
+                |c| c.proxy_secret_file = Some("/nonexistent/secret".into()),
+                "actions.proxy_secret_file",
             ),
         ];
         for (edit, key) in cases {

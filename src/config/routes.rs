@@ -15,6 +15,7 @@ pub const ALERT_KINDS: &[&str] = &[
     "conflict",
     "forward_blocked",
     "link_key_changed",
+    "rule_limit",
 ];
 
 /// An alert's severity, least severe first (so `>=` means "at least as severe").

@@ -32,6 +32,11 @@ pub struct Config {
     /// AWS Partner Central engagement invitations (spec §8); off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aws: Option<super::AwsConfig>,
+    /// Triage rules: preview (`dry-run`) or answers (`apply`), and the hourly cap (spec §7).
+    pub triage: super::TriageConfig,
+    /// Ordered triage rules: the first whose conditions all hold decides (spec §7).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<super::RuleConfig>,
 }
 
 /// Prometheus metrics and `/healthz` over HTTP, for `run` only.

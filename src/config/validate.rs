@@ -114,6 +114,8 @@ impl Config {
         if let Some(aws) = &self.aws {
             aws.validate(self.actions.as_ref(), &mut errors);
         }
+        self.triage.validate(&mut errors);
+        super::triage::validate_rules(&self.rules, &mut errors);
         if errors.is_empty() {
             Ok(())
         } else {

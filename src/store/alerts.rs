@@ -46,6 +46,15 @@ pub(crate) struct Alert {
     /// declines the referral. Added at delivery, never stored (it is a capability).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) action_url: Option<String>,
+    /// The triage rule that decided the referral (spec §3, §7), when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rule: Option<String>,
+    /// Its decision: `accept`, `decline` or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rule_decision: Option<String>,
+    /// `dry-run` (shown only) or `apply` (sent as an answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rule_mode: Option<String>,
 }
 
 impl Alert {
@@ -74,6 +83,9 @@ impl Alert {
             command: None,
             created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             action_url: None,
+            rule: None,
+            rule_decision: None,
+            rule_mode: None,
         }
     }
 }

@@ -17,6 +17,7 @@ pub(crate) mod restore;
 pub(crate) mod retention;
 pub(crate) mod runs;
 pub(crate) mod schedule;
+pub(crate) mod triage;
 pub(crate) mod views;
 pub(crate) mod webhook;
 
@@ -84,6 +85,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         12,
         "0012_referrals_awaiting.sql",
         include_str!("../../migrations/0012_referrals_awaiting.sql"),
+    ),
+    (
+        13,
+        "0013_triage.sql",
+        include_str!("../../migrations/0013_triage.sql"),
     ),
 ];
 

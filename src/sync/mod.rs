@@ -77,6 +77,10 @@ pub struct CycleContext {
     pub stop: tokio_util::sync::CancellationToken,
     /// How the one executor sends, whatever the action kind (answers included).
     pub send: SendSettings,
+    /// `[triage]` and `[[rules]]` (spec §7): the deadline lane decides every awaiting
+    /// referral each cycle (see `crate::triage`).
+    pub(crate) triage: crate::config::TriageConfig,
+    pub(crate) rules: std::sync::Arc<[crate::config::RuleConfig]>,
 }
 
 /// What the Google reads of a cycle did (a one-shot `sync` reads what is due).

@@ -17,7 +17,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 use crate::helpers::{stdout, wait_until, wait_until_async, TestEnv};
 
 /// The links' key in these tests (a file, so the test can sign its own forgeries).
-const KEY: &str = "0123456789abcdef0123456789abcdef-test-key";
+pub(crate) const KEY: &str = "0123456789abcdef0123456789abcdef-test-key";
 
 pub(crate) struct Page {
     pub env: TestEnv,
@@ -129,7 +129,7 @@ fn token_of(url: &str) -> &str {
     url.rsplit('/').next().unwrap()
 }
 
-async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+pub(crate) async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let mut request = cosell_sync::http::client_builder()
         .build()
         .unwrap()

@@ -227,3 +227,101 @@ async fn a_browser_declines_from_the_alert_link() {
     assert_eq!(patches[0].body[2]["value"], reason);
     browser.call("DELETE", "", None).await;
 }
+
+/// The inbox in a real browser (spec §7): the actor header set as the SSO proxy would (over
+/// the DevTools protocol), three referrals checked and declined with a reason → three
+/// PATCHes, and the results page lists three outcomes. `BROWSER_TEST_SCREENSHOT=1` rewrites
+/// `docs/inbox.png`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_declines_three_referrals_from_the_inbox() {
+    let required = std::env::var("BROWSER_TEST_REQUIRED").is_ok_and(|v| v == "1");
+    let chromium = on_path(&["chromium", "chromium-browser", "google-chrome"]);
+    let driver = on_path(&["chromedriver"]);
+    let (Some(chromium), Some(driver)) = (chromium, driver) else {
+        let why = "chromium or chromedriver is not on PATH (Debian: apt-get install chromium chromium-driver)";
+        assert!(!required, "BROWSER_TEST_REQUIRED=1 but {why}");
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "browser test skipped: {why}");
+        return;
+    };
+    let extra = r#"actor_header = "X-Forwarded-Email"
+
+[[rules]]
+name = "outside-territory"
+not_countries = ["US", "CA"]
+action = "decline"
+reason = "Customer is outside our region"
+"#;
+    let page = start(410..416, extra).await;
+    action_urls(&page, 6).await;
+    let profile = tempfile::tempdir().unwrap();
+    let browser = Driver::start(&chromium, &driver, profile.path()).await;
+    let inbox = format!("{}/inbox", page.public_url);
+    // Without the header: 403.
+    browser
+        .call("POST", "/url", Some(json!({"url": inbox})))
+        .await;
+    assert!(
+        browser.source().await.contains("Sign in"),
+        "{}",
+        browser.source().await
+    );
+    for (cmd, params) in [
+        ("Network.enable", json!({})),
+        (
+            "Network.setExtraHTTPHeaders",
+            json!({"headers": {"X-Forwarded-Email": "ana@partner.example"}}),
+        ),
+    ] {
+        browser
+            .call(
+                "POST",
+                "/goog/cdp/execute",
+                Some(json!({"cmd": cmd, "params": params})),
+            )
+            .await;
+    }
+    browser
+        .call("POST", "/url", Some(json!({"url": inbox})))
+        .await;
+    assert!(browser.source().await.contains("Co-sell inbox"));
+    let shot = browser.call("GET", "/screenshot", None).await;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot.as_str().unwrap())
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    if std::env::var("BROWSER_TEST_SCREENSHOT").is_ok_and(|v| v == "1") {
+        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/inbox.png");
+        std::fs::write(docs, &png).unwrap();
+    }
+    let ids: Vec<String> = (410..413)
+        .map(cosell_sync::sim::sample::referral_id)
+        .collect();
+    for id in &ids {
+        browser
+            .click(&format!("input[name=referral][value=\"{id}\"]"))
+            .await;
+    }
+    let reason = "Deal size too small";
+    browser
+        .click(&format!("select[name=reason] option[value=\"{reason}\"]"))
+        .await;
+    browser.click("button[name=action][value=decline]").await;
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let source = browser.source().await;
+        if source.matches("<strong>sent</strong>").count() == 3 {
+            break;
+        }
+        assert!(Instant::now() < until, "no results page: {source}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        browser.call("POST", "/refresh", None).await;
+    }
+    for id in &ids {
+        let patches = page.env.sim.applied_patches(id);
+        assert_eq!(patches.len(), 1, "{id}: {patches:?}");
+        assert_eq!(patches[0].body[2]["value"], reason);
+    }
+    assert_eq!(page.env.sim.patches().len(), 3);
+    browser.call("DELETE", "", None).await;
+}

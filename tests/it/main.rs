@@ -26,4 +26,5 @@ mod secret_files;
 mod serve;
 mod service_level;
 mod sim;
+mod triage;
 mod webhook;

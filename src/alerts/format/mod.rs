@@ -256,6 +256,9 @@ mod tests {
             command: Some("cosell-sync status --referral r1".into()),
             created_at: "2026-11-14T03:30:00Z".into(),
             action_url: None,
+            rule: None,
+            rule_decision: None,
+            rule_mode: None,
         }
     }
 

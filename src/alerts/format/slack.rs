@@ -116,6 +116,7 @@ pub(super) fn digest(digest: &Digest, now: DateTime<Utc>) -> Value {
         };
         lines.push(format!("• {what}: {when}"));
     }
+    lines.extend(digest.rules.as_deref().map(escape));
     lines.push(format!("The rest: {}", code(LIST_COMMAND)));
     json!({
         "text": headline,

@@ -121,6 +121,9 @@ pub(super) fn digest(digest: &Digest, now: DateTime<Utc>) -> Value {
             "text": format!("{what}: {} ({})", local_time(n.deadline), left_phrase(n.deadline - now)),
         }));
     }
+    if let Some(rules) = &digest.rules {
+        body.push(json!({"type": "TextBlock", "wrap": true, "text": rules}));
+    }
     body.push(
         json!({"type": "TextBlock", "wrap": true, "text": format!("The rest: {LIST_COMMAND}")}),
     );
