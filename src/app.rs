@@ -148,6 +148,10 @@ impl App {
         };
         let mut alerts = AlertSettings::from_config(&config.alerts);
         alerts.links = links;
+        alerts.inbox_url = config.actions.as_ref().and_then(|a| {
+            a.actor_header()
+                .map(|_| format!("{}/inbox", a.public_url.trim_end_matches('/')))
+        });
         Ok(App {
             alerts,
             cycle: CycleContext {

@@ -157,6 +157,8 @@ pub(crate) struct AlertSettings {
     pub(crate) http: reqwest::Client,
     /// `[actions]`: signs the `action_url` of `referral_expiring` alerts.
     pub(crate) links: Option<std::sync::Arc<crate::links::LinkSigner>>,
+    /// `{public_url}/inbox` when the inbox is on (`[actions] actor_header`): digests link to it.
+    pub(crate) inbox_url: Option<String>,
     /// Health alerts the store could not record yet (see [`super::unrecorded`]).
     pub(crate) unrecorded: super::unrecorded::Memory,
 }
@@ -235,6 +237,7 @@ impl AlertSettings {
                 .build()
                 .expect("reqwest client builds"),
             links: None,
+            inbox_url: None,
             unrecorded: Default::default(),
         }
     }
@@ -653,7 +656,9 @@ async fn deliver_to_chat(
         return deliver_each(store, settings, sink, key, items, cycle).await;
     };
     let alerts: Vec<&Alert> = items.iter().map(|(a, _)| a).collect();
-    let body = Digest::of(&alerts).render(w.format, Utc::now());
+    let body = Digest::of(&alerts)
+        .with_inbox(settings.inbox_url.clone())
+        .render(w.format, Utc::now());
     let ids: Vec<String> = items.iter().map(|(a, _)| a.id.clone()).collect();
     let result = (|| sink.post(&settings.http, body.clone()))
         .retry(backoff(settings))

@@ -32,6 +32,8 @@ pub(crate) struct Digest {
     pub(crate) nearest: Vec<Nearest>,
     /// "12 of these would be declined by rules; …" (spec §7), when the rules preview any.
     pub(crate) rules: Option<String>,
+    /// `{public_url}/inbox` when the inbox is on (spec §7): the page that answers the rest.
+    pub(crate) inbox: Option<String>,
 }
 
 /// A referral among the nearest deadlines.
@@ -72,7 +74,14 @@ impl Digest {
                     .iter()
                     .map(|a| (a.rule_decision.as_deref(), a.rule_mode.as_deref())),
             ),
+            inbox: None,
         }
+    }
+
+    /// The digest linking to the team's inbox (`None`: the inbox is off).
+    pub(crate) fn with_inbox(mut self, inbox: Option<String>) -> Digest {
+        self.inbox = inbox;
+        self
     }
 
     pub(crate) fn headline(&self) -> String {
@@ -171,6 +180,31 @@ mod tests {
         let teams = d.render(AlertFormat::Teams, now).to_string();
         assert!(teams.contains("https://pc.example/leads/r30"));
         assert!(teams.contains("AdaptiveCard"));
+    }
+
+    /// With the inbox on, a digest links to it in every chat format (the page that answers
+    /// the rest at once); without it, no such link.
+    #[test]
+    fn a_digest_links_to_the_inbox_when_it_is_on() {
+        let now = Utc::now();
+        let alerts: Vec<Alert> = (0..12)
+            .map(|i| expiring(i, "24h", 10 + i as i64, now))
+            .collect();
+        let refs: Vec<&Alert> = alerts.iter().collect();
+        let inbox = "https://sync.example.com/act/inbox";
+        for format in [AlertFormat::Slack, AlertFormat::Teams] {
+            let off = Digest::of(&refs).render(format, now).to_string();
+            assert!(!off.contains("/inbox"), "{off}");
+            let on = Digest::of(&refs)
+                .with_inbox(Some(inbox.into()))
+                .render(format, now)
+                .to_string();
+            let link = match format {
+                AlertFormat::Slack => format!("<{inbox}|"),
+                _ => format!("]({inbox})"),
+            };
+            assert!(on.contains(&link), "{format:?}: {on}");
+        }
     }
 
     /// A nearest deadline already past reads `expired`, not `(expired left)`.

@@ -117,6 +117,12 @@ pub(super) fn digest(digest: &Digest, now: DateTime<Utc>) -> Value {
         lines.push(format!("• {what}: {when}"));
     }
     lines.extend(digest.rules.as_deref().map(escape));
+    if let Some(inbox) = &digest.inbox {
+        lines.push(format!(
+            "Answer them together: <{}|the inbox>",
+            escape(&link_target(inbox))
+        ));
+    }
     lines.push(format!("The rest: {}", code(LIST_COMMAND)));
     json!({
         "text": headline,

@@ -124,6 +124,10 @@ pub(super) fn digest(digest: &Digest, now: DateTime<Utc>) -> Value {
     if let Some(rules) = &digest.rules {
         body.push(json!({"type": "TextBlock", "wrap": true, "text": rules}));
     }
+    if let Some(inbox) = &digest.inbox {
+        let text = format!("Answer them together: [the inbox]({})", link_target(inbox));
+        body.push(json!({"type": "TextBlock", "wrap": true, "text": text}));
+    }
     body.push(
         json!({"type": "TextBlock", "wrap": true, "text": format!("The rest: {LIST_COMMAND}")}),
     );
