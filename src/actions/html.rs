@@ -252,3 +252,114 @@ mod tests {
         assert!(html.contains("name=\"viewport\""));
     }
 }
+
+#[cfg(test)]
+mod generated {
+    use super::*;
+
+    /// What HTML gives a meaning to; `hostile_text` has none of it, so it is mixed in.
+    const MARKUP: &[&str] = &[
+        "<",
+        ">",
+        "\"",
+        "'",
+        "&",
+        "&amp;",
+        "&#39;",
+        "<script>alert(1)</script>",
+        "\"><img src=x onerror=alert(1)>",
+        "</textarea>",
+        "</title>",
+        "</main>",
+        "<!--",
+        "&lt;",
+    ];
+
+    fn hostile(rng: &mut fastrand::Rng) -> String {
+        (0..rng.usize(0..6))
+            .map(|_| match rng.bool() {
+                true => MARKUP[rng.usize(..MARKUP.len())].to_string(),
+                false => crate::config::hostile_text(rng, 6),
+            })
+            .collect()
+    }
+
+    /// Every page, its texts (names, customers, reasons, actors, ids, links) taken from `t`.
+    fn pages(t: &[String]) -> Vec<String> {
+        let facts = [
+            ("Customer", Fact::Text(t[0].clone())),
+            ("Time left", Fact::Text(t[1].clone())),
+            (
+                "Partner Center",
+                Fact::Link {
+                    text: t[2].clone(),
+                    href: t[3].clone(),
+                },
+            ),
+            ("Answered by", Fact::Text(t[4].clone())),
+        ];
+        let reasons = [t[7].clone(), t[8].clone()];
+        let line = |id: &String| InboxLine {
+            id: id.clone(),
+            time_left: t[1].clone(),
+            customer: t[0].clone(),
+            value: t[13].clone(),
+            rules: t[14].clone(),
+            link: t[3].clone(),
+        };
+        let rows = [line(&t[6]), line(&t[12])];
+        let inbox = InboxView {
+            person: &t[11],
+            token: &t[5],
+            number: 2,
+            pages: 3,
+            total: 250,
+            rows: &rows,
+            reasons: &reasons,
+            as_of: &t[15],
+        };
+        let outcomes = [
+            ("sent", t[6].as_str(), None),
+            ("refused", t[12].as_str(), Some(t[14].as_str())),
+        ];
+        vec![
+            form_page(&facts, true, &t[5], &t[6], &reasons),
+            message_page(&t[9], &t[10], &facts, false),
+            inbox_page(&inbox),
+            results_page(&t[16], &outcomes),
+        ]
+    }
+
+    /// Hostile texts change no page's markup: each page has exactly the `<`, `>` and `"` it
+    /// has with those characters taken out of its texts, and every `&` starts an entity.
+    #[test]
+    fn hostile_texts_reach_every_page_escaped() {
+        let mut rng = fastrand::Rng::with_seed(0x27_e5ca_9e00);
+        for _ in 0..2_000 {
+            let texts: Vec<String> = (0..17).map(|_| hostile(&mut rng)).collect();
+            let tame: Vec<String> = texts
+                .iter()
+                .map(|t| t.replace(['<', '>', '"', '&'], "x"))
+                .collect();
+            for (html, plain) in pages(&texts).iter().zip(pages(&tame)) {
+                for c in ['<', '>', '"'] {
+                    assert_eq!(
+                        html.matches(c).count(),
+                        plain.matches(c).count(),
+                        "{c} from {texts:?} reached the page: {html}"
+                    );
+                }
+                for (at, _) in html.match_indices('&') {
+                    let rest = &html[at..];
+                    assert!(
+                        ["&amp;", "&lt;", "&gt;", "&quot;"]
+                            .iter()
+                            .any(|e| rest.starts_with(e)),
+                        "a bare & from {texts:?}: {html}"
+                    );
+                }
+                assert!(!html.contains("<script"), "{html}");
+            }
+        }
+    }
+}
