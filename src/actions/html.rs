@@ -122,11 +122,11 @@ pub(crate) fn message_page(title: &str, message: &str, facts: &[(&str, Fact)], o
     )
 }
 
-/// One inbox row, its texts already worded.
-pub(crate) struct InboxLine {
-    pub(crate) id: String,
+/// One inbox row, its texts already worded (the stored ones borrowed).
+pub(crate) struct InboxLine<'a> {
+    pub(crate) id: &'a str,
     pub(crate) time_left: String,
-    pub(crate) customer: String,
+    pub(crate) customer: &'a str,
     pub(crate) value: String,
     /// What the rules decided, as a sentence.
     pub(crate) rules: String,
@@ -143,7 +143,7 @@ pub(crate) struct InboxView<'a> {
     pub(crate) pages: usize,
     /// Referrals awaiting an answer, on every page.
     pub(crate) total: usize,
-    pub(crate) rows: &'a [InboxLine],
+    pub(crate) rows: &'a [InboxLine<'a>],
     pub(crate) reasons: &'a [String],
     /// When the time left was counted.
     pub(crate) as_of: &'a str,
@@ -299,15 +299,15 @@ mod generated {
             ("Answered by", Fact::Text(t[4].clone())),
         ];
         let reasons = [t[7].clone(), t[8].clone()];
-        let line = |id: &String| InboxLine {
-            id: id.clone(),
+        let line = |id| InboxLine {
+            id,
             time_left: t[1].clone(),
-            customer: t[0].clone(),
+            customer: &t[0],
             value: t[13].clone(),
             rules: t[14].clone(),
             link: t[3].clone(),
         };
-        let rows = [line(&t[6]), line(&t[12])];
+        let rows = [line(t[6].as_str()), line(t[12].as_str())];
         let inbox = InboxView {
             person: &t[11],
             token: &t[5],

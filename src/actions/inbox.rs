@@ -173,9 +173,9 @@ fn render_inbox(
     let lines: Vec<InboxLine> = rows
         .iter()
         .map(|r| InboxLine {
-            id: r.referral.id.clone(),
+            id: &r.referral.id,
             time_left: time_left(r.deadline - now),
-            customer: r.referral.customer.as_deref().unwrap_or("-").to_string(),
+            customer: r.referral.customer.as_deref().unwrap_or("-"),
             value: deal(r.referral.deal_value, r.referral.currency.as_deref()),
             rules: r
                 .decision
