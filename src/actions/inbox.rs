@@ -10,7 +10,6 @@
 //! form carries a token bound to the person (12 hours, never an action-link token); a
 //! cross-site POST and an ambiguous actor header are refused by [`super::request_guard`].
 
-use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -22,7 +21,7 @@ use axum::Router;
 use chrono::Utc;
 use ring::hmac;
 
-use super::html::{escape, head};
+use super::html::{inbox_page, message_page, results_page, InboxLine, InboxView};
 use super::page::{page, PageSettings};
 use super::request_guard::{same_origin, single_actor, Refusal};
 use crate::alerts::format::deal;
@@ -80,15 +79,7 @@ pub(crate) fn router(
 }
 
 fn message(status: StatusCode, title: &str, text: &str) -> Response {
-    let mut out = String::new();
-    head(&mut out, title);
-    let _ = writeln!(
-        out,
-        "<h1>{}</h1><p class=\"outcome refused\" role=\"status\">{}</p></main></body></html>",
-        escape(title),
-        escape(text)
-    );
-    page(status, out)
+    page(status, message_page(title, text, &[], false))
 }
 
 /// Who asks, after the checks every inbox request passes: the inbox is on (404), the proxy
@@ -180,66 +171,36 @@ fn render_inbox(
     rows: &[tstore::InboxRow],
     now: chrono::DateTime<Utc>,
 ) -> String {
-    let mut out = String::new();
-    head(&mut out, "Co-sell inbox");
-    let _ = write!(
-        out,
-        "<h1>Co-sell inbox</h1><p>{total} referrals await an answer, nearest deadline first. Signed in as {}.</p>",
-        escape(person)
-    );
-    let _ = write!(
-        out,
-        "<form method=\"post\"><input type=\"hidden\" name=\"token\" value=\"{}\"><table><thead><tr><th></th><th>Time left</th><th>Customer</th><th>Value</th><th>Source</th><th>Rules</th><th>Referral</th></tr></thead><tbody>",
-        escape(token)
-    );
-    for r in rows {
-        let id = &r.referral.id;
-        let rules = r
-            .decision
-            .as_ref()
-            .map(crate::triage::sentence)
-            .unwrap_or_else(|| "not decided yet".into());
-        let link = settings.signer.url(id, r.deadline);
-        let _ = write!(
-            out,
-            "<tr><td><input type=\"checkbox\" name=\"referral\" value=\"{id_e}\" id=\"r-{id_e}\" aria-label=\"Select {cust}\"></td><td>{left}</td><td><label for=\"r-{id_e}\">{cust}</label></td><td>{value}</td><td>microsoft</td><td>{rules}</td><td><a href=\"{link}\" rel=\"noreferrer noopener\">{id_e}</a></td></tr>",
-            id_e = escape(id),
-            left = escape(&time_left(r.deadline - now)),
-            cust = escape(r.referral.customer.as_ref().map(Outside::unescaped).unwrap_or("-")),
-            value = escape(&deal(r.referral.deal_value, r.referral.currency.as_deref())),
-            rules = escape(&rules),
-            link = escape(&link),
-        );
-    }
-    out.push_str("</tbody></table>");
-    if rows.is_empty() {
-        out.push_str("<p>Nothing awaits an answer.</p>");
-    }
-    out.push_str(
-        "<label for=\"reason\">Reason for declining</label><select id=\"reason\" name=\"reason\">",
-    );
-    for reason in &settings.config.decline_reasons {
-        let r = escape(reason);
-        let _ = write!(out, "<option value=\"{r}\">{r}</option>");
-    }
-    out.push_str(
-        "</select><button type=\"submit\" class=\"accept\" name=\"action\" value=\"accept\">Accept checked</button>\
-         <button type=\"submit\" class=\"decline\" name=\"action\" value=\"decline\">Decline checked</button></form>",
-    );
-    let pages = total.div_ceil(PER_PAGE).max(1);
-    let _ = write!(out, "<nav><p>Page {number} of {pages}.");
-    if number > 1 {
-        let _ = write!(out, " <a href=\"?page={}\">Previous page</a>", number - 1);
-    }
-    if number < pages {
-        let _ = write!(out, " <a href=\"?page={}\">Next page</a>", number + 1);
-    }
-    let _ = writeln!(
-        out,
-        "</p></nav><p>Deadlines shown as of {}.</p></main></body></html>",
-        escape(&human(now))
-    );
-    out
+    let lines: Vec<InboxLine> = rows
+        .iter()
+        .map(|r| InboxLine {
+            id: &r.referral.id,
+            time_left: time_left(r.deadline - now),
+            customer: r
+                .referral
+                .customer
+                .as_ref()
+                .map(Outside::unescaped)
+                .unwrap_or("-"),
+            value: deal(r.referral.deal_value, r.referral.currency.as_deref()),
+            rules: r
+                .decision
+                .as_ref()
+                .map(crate::triage::sentence)
+                .unwrap_or_else(|| "not decided yet".into()),
+            link: settings.signer.url(&r.referral.id, r.deadline),
+        })
+        .collect();
+    inbox_page(&InboxView {
+        person,
+        token,
+        number,
+        pages: total.div_ceil(PER_PAGE).max(1),
+        total,
+        rows: &lines,
+        reasons: &settings.config.decline_reasons,
+        as_of: &human(now),
+    })
 }
 
 async fn answer(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -396,29 +357,19 @@ async fn results(
             "cosell-sync could not read its database.",
         );
     };
-    let mut out = String::new();
-    head(&mut out, "Inbox: results");
-    out.push_str("<h1>Answers</h1><ul>");
-    for (state, id) in &states {
-        let (word, detail) = match state {
-            Some((word, detail)) => (*word, detail.clone()),
-            None => ("refused", Some("it no longer awaits an answer".to_string())),
-        };
-        let detail = detail
-            .map(|d| format!(": {}", escape(&d)))
-            .unwrap_or_default();
-        let _ = write!(
-            out,
-            "<li class=\"{word}\"><strong>{word}</strong> {}{detail}</li>",
-            escape(id)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "</ul><p><a href=\"{}/inbox\">Back to the inbox</a> (reload this page to see queued answers sent).</p></main></body></html>",
-        escape(&s.settings.config.path())
-    );
-    page(StatusCode::OK, out)
+    let outcomes: Vec<(&str, &str, Option<&str>)> = states
+        .iter()
+        .map(|(state, id)| match state {
+            Some((word, detail)) => (*word, id.as_str(), detail.as_deref()),
+            None => (
+                "refused",
+                id.as_str(),
+                Some("it no longer awaits an answer"),
+            ),
+        })
+        .collect();
+    let back = format!("{}/inbox", s.settings.config.path());
+    page(StatusCode::OK, results_page(&back, &outcomes))
 }
 
 /// `application/x-www-form-urlencoded` pairs, repeated keys kept (`referral=a&referral=b`).
