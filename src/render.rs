@@ -190,7 +190,8 @@ impl From<&crate::store::triage::DecisionRow> for RuleTest {
     }
 }
 
-/// `rules test`: a line per referral (nearest deadline first), then the totals per rule.
+/// `rules test`: per referral (nearest deadline first) a head line (id, decision, rule) and
+/// below it the source, deadline and reason, wrapped; then the totals per rule. 80 columns.
 pub(crate) fn rules_test(rows: &[RuleTest], mode: &str, rules: usize) -> String {
     let mut out = String::new();
     if rules == 0 {
@@ -200,11 +201,8 @@ pub(crate) fn rules_test(rows: &[RuleTest], mode: &str, rules: usize) -> String 
         out.push_str("no referral awaits an answer\n");
         return out;
     }
-    let _ = writeln!(
-        out,
-        "{:<38} {:<10} {:<9} {:<24} DEADLINE / REASON",
-        "REFERRAL", "SOURCE", "DECISION", "RULE"
-    );
+    // 36 (a referral id) + 2 + 8 + 2 + 32 = 80.
+    let _ = writeln!(out, "{:<36}  {:<8}  RULE", "REFERRAL", "DECISION");
     let mut totals = std::collections::BTreeMap::<(String, String), u64>::new();
     for r in rows {
         let decision = r.decision.as_deref().unwrap_or("-");
@@ -212,29 +210,35 @@ pub(crate) fn rules_test(rows: &[RuleTest], mode: &str, rules: usize) -> String 
         *totals
             .entry((rule.to_string(), decision.to_string()))
             .or_default() += 1;
+        let _ = writeln!(
+            out,
+            "{:<36}  {:<8}  {}",
+            truncate(&r.referral_id, 36),
+            decision,
+            truncate(rule, 32)
+        );
         let reason = r
             .reason
             .as_deref()
-            .map(|x| format!("  {x}"))
+            .map(|x| format!(": {x}"))
             .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "{:<38} {:<10} {:<9} {:<24} {}{reason}",
-            r.referral_id,
-            r.source,
-            decision,
-            truncate(rule, 24),
-            human(r.deadline)
-        );
+        let detail = format!("{}, deadline {}{reason}", r.source, human(r.deadline));
+        let _ = writeln!(out, "{}", wrap(&detail, 4));
     }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{} referrals awaiting an answer; mode {mode} (nothing was sent by this command):",
-        rows.len()
+        "{}",
+        wrap(
+            &format!(
+                "{} referrals awaiting an answer; mode {mode} (nothing was sent by this command):",
+                rows.len()
+            ),
+            0
+        )
     );
     for ((rule, decision), n) in totals {
-        let _ = writeln!(out, "  {n:>6}  {decision:<8} {rule}");
+        let _ = writeln!(out, "  {n:>6}  {decision:<8} {}", truncate(&rule, 62));
     }
     out
 }
@@ -647,6 +651,9 @@ pub(crate) fn referral(view: &ReferralView) -> String {
         };
         let _ = writeln!(out, "  {what:<10} {line}");
     }
+    // The facts above, each line fitted to 80 columns (a URL alone on its line stays whole).
+    let mut out = fit(&out);
+    out.push('\n');
     let _ = writeln!(out);
     let _ = writeln!(out, "Timeline (remote writes, oldest first):");
     for line in audit(&view.timeline).lines() {

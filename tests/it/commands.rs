@@ -354,8 +354,25 @@ async fn help_status_alerts_and_demo_fit_80_columns() {
     // Issue 28: `outbox list` reached 296 columns, `audit` 307.
     let dead = stdout(&env.run(&["outbox", "list"]).await);
     assert!(dead.contains("create_lead"), "{dead}");
+    // Triage decisions (dry run) in `status`, `status --referral` and `rules test`.
+    env.edit_config(|t| {
+        format!(
+            "{t}\n[[rules]]\nname = \"outside-our-territory-and-far-too-small-for-our-team\"\n\
+             not_countries = [\"ZW\"]\naction = \"decline\"\n\
+             reason = \"Customer is outside our region and the deal is below our minimum size\"\n"
+        )
+    });
+    assert!(env.run(&["sync"]).await.status.success());
+    let rules = stdout(&env.run(&["rules", "test"]).await);
+    assert!(
+        rules.contains("would decline") || rules.contains("decline"),
+        "{rules}"
+    );
+    let one = sample::referral_id(0);
     for args in [
         &["status"][..],
+        &["status", "--referral", &one],
+        &["rules", "test"],
         &["alerts", "list"],
         &["outbox", "list"],
         &["audit"],
