@@ -108,6 +108,31 @@ pub struct RuleConfig {
     pub reason: Option<String>,
 }
 
+impl RuleConfig {
+    /// A rule with no condition (it holds for every referral), for tests to narrow with
+    /// struct-update syntax.
+    #[cfg(test)]
+    pub(crate) fn any(name: &str, action: RuleAction) -> RuleConfig {
+        RuleConfig {
+            name: name.into(),
+            source: None,
+            countries: vec![],
+            not_countries: vec![],
+            min_value: None,
+            max_value: None,
+            currency: None,
+            industries: vec![],
+            solutions: vec![],
+            products: vec![],
+            qualifications: vec![],
+            invited_by: vec![],
+            customer: None,
+            action,
+            reason: None,
+        }
+    }
+}
+
 /// The sources a rule can name (spec §7, §8).
 pub const RULE_SOURCES: &[&str] = &["microsoft", "aws"];
 

@@ -249,21 +249,9 @@ mod tests {
 
     fn rule(name: &str, countries: &[&str], action: RuleAction) -> RuleConfig {
         RuleConfig {
-            name: name.into(),
-            source: None,
             countries: countries.iter().map(|c| c.to_string()).collect(),
-            not_countries: vec![],
-            min_value: None,
-            max_value: None,
-            currency: None,
-            industries: vec![],
-            solutions: vec![],
-            products: vec![],
-            qualifications: vec![],
-            invited_by: vec![],
-            customer: None,
-            action,
             reason: (action == RuleAction::Decline).then(|| "Not for us".into()),
+            ..RuleConfig::any(name, action)
         }
     }
 

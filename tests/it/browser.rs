@@ -198,15 +198,7 @@ async fn a_browser_declines_from_the_alert_link() {
         .call("POST", "/url", Some(json!({"url": url})))
         .await;
     assert!(browser.source().await.contains("Decline referral"));
-    let shot = browser.call("GET", "/screenshot", None).await;
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(shot.as_str().unwrap())
-        .unwrap();
-    assert!(png.starts_with(b"\x89PNG"));
-    if std::env::var("BROWSER_TEST_SCREENSHOT").is_ok_and(|v| v == "1") {
-        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/action-page.png");
-        std::fs::write(docs, &png).unwrap();
-    }
+    screenshot(&browser, "action-page.png").await;
     let reason = "Customer is outside our region";
     browser
         .click(&format!("select[name=reason] option[value=\"{reason}\"]"))
@@ -285,15 +277,7 @@ reason = "Customer is outside our region"
         .call("POST", "/url", Some(json!({"url": inbox})))
         .await;
     assert!(browser.source().await.contains("Co-sell inbox"));
-    let shot = browser.call("GET", "/screenshot", None).await;
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(shot.as_str().unwrap())
-        .unwrap();
-    assert!(png.starts_with(b"\x89PNG"));
-    if std::env::var("BROWSER_TEST_SCREENSHOT").is_ok_and(|v| v == "1") {
-        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/inbox.png");
-        std::fs::write(docs, &png).unwrap();
-    }
+    screenshot(&browser, "inbox.png").await;
     let ids: Vec<String> = (410..413)
         .map(cosell_sync::sim::sample::referral_id)
         .collect();
@@ -324,4 +308,20 @@ reason = "Customer is outside our region"
     }
     assert_eq!(page.env.sim.patches().len(), 3);
     browser.call("DELETE", "", None).await;
+}
+
+/// A screenshot of what the browser shows (it must be a PNG), written to `docs/NAME` for the
+/// README when `BROWSER_TEST_SCREENSHOT=1`.
+async fn screenshot(browser: &Driver, name: &str) {
+    let shot = browser.call("GET", "/screenshot", None).await;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot.as_str().unwrap())
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    if std::env::var("BROWSER_TEST_SCREENSHOT").is_ok_and(|v| v == "1") {
+        let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("docs")
+            .join(name);
+        std::fs::write(docs, &png).unwrap();
+    }
 }

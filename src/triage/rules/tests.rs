@@ -6,21 +6,8 @@ use crate::triage::facts::{Money, MICROSOFT};
 
 fn rule(name: &str, action: RuleAction) -> RuleConfig {
     RuleConfig {
-        name: name.into(),
-        source: None,
-        countries: vec![],
-        not_countries: vec![],
-        min_value: None,
-        max_value: None,
-        currency: None,
-        industries: vec![],
-        solutions: vec![],
-        products: vec![],
-        qualifications: vec![],
-        invited_by: vec![],
-        customer: None,
-        action,
         reason: (action == RuleAction::Decline).then(|| format!("reason of {name}")),
+        ..RuleConfig::any(name, action)
     }
 }
 
