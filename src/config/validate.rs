@@ -109,7 +109,9 @@ impl Config {
         self.check_state_and_urls(&mut errors);
         self.check_microsoft(&mut errors, require_refresh_token);
         self.check_google(&mut errors);
-        self.check_sync_alerts_metrics(&mut errors);
+        self.check_sync_refresh(&mut errors);
+        self.check_alerts(&mut errors);
+        self.check_listeners(&mut errors);
         self.check_bounds(&mut errors);
         if let Some(aws) = &self.aws {
             aws.validate(self.actions.as_ref(), &mut errors);
@@ -250,7 +252,8 @@ impl Config {
 
     /// `[sync]`, `[refresh]`, `[alerts]` and `[metrics]` checks: a flat list of independent
     /// rules, each naming its key; long only because there are many keys.
-    fn check_sync_alerts_metrics(&self, errors: &mut Vec<ConfigError>) {
+    /// Durations, concurrency, read budgets and retries of `[sync]`, `[refresh]` and `[google]`.
+    fn check_sync_refresh(&self, errors: &mut Vec<ConfigError>) {
         for (key, value, max) in self.duration_ceilings() {
             if value > max {
                 errors.push(ConfigError::new(
@@ -290,6 +293,10 @@ impl Config {
         if self.sync.max_attempts == 0 {
             errors.push(ConfigError::new("sync.max_attempts", "must be at least 1"));
         }
+    }
+
+    /// `[alerts]`: the window, sinks, thresholds, routes and time zone.
+    fn check_alerts(&self, errors: &mut Vec<ConfigError>) {
         if self.alerts.response_window.0.is_zero() {
             errors.push(ConfigError::new(
                 "alerts.response_window",
@@ -312,23 +319,6 @@ impl Config {
                     "must name a program",
                 ));
             }
-        }
-        if let Some(listen) = &self.metrics.listen {
-            if listen.parse::<std::net::SocketAddr>().is_err() {
-                errors.push(ConfigError::new(
-                    "metrics.listen",
-                    format!("{listen:?} is not host:port (e.g. \"127.0.0.1:9464\")"),
-                ));
-            }
-        }
-        if let Some(webhook) = &self.webhook {
-            webhook.validate(errors);
-        }
-        self.validate_listen_clashes(errors);
-        if let Some(actions) = &self.actions {
-            actions.validate(errors);
-            let metrics = self.metrics.listen.as_deref();
-            actions.validate_listen(self.webhook.as_ref(), metrics, errors);
         }
         if self.alerts.failed_cycles == 0 {
             errors.push(ConfigError::new(
@@ -354,6 +344,27 @@ impl Config {
                     "{zone:?} is not a time zone: use a name like \"Europe/Berlin\", \"UTC\" or an offset like \"+01:00\"{hint}"
                 ),
             ));
+        }
+    }
+
+    /// The listeners of `run`: `[metrics]`, `[webhook]`, `[actions]`, and their clashes.
+    fn check_listeners(&self, errors: &mut Vec<ConfigError>) {
+        if let Some(listen) = &self.metrics.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                errors.push(ConfigError::new(
+                    "metrics.listen",
+                    format!("{listen:?} is not host:port (e.g. \"127.0.0.1:9464\")"),
+                ));
+            }
+        }
+        if let Some(webhook) = &self.webhook {
+            webhook.validate(errors);
+        }
+        self.validate_listen_clashes(errors);
+        if let Some(actions) = &self.actions {
+            actions.validate(errors);
+            let metrics = self.metrics.listen.as_deref();
+            actions.validate_listen(self.webhook.as_ref(), metrics, errors);
         }
     }
 }
