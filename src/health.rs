@@ -18,8 +18,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+pub(crate) use crate::metrics::Lane;
 use crate::metrics::{self as registry, StateSnapshot};
-pub(crate) use crate::metrics::{Lane, WriteCounts};
+use crate::store::outbox::State as OutboxState;
 use crate::store::{gauges, Store};
 
 /// State gauges older than this are read again at the next scrape.
@@ -38,6 +39,28 @@ pub struct CycleOutcome {
     pub(crate) writes: WriteCounts,
     pub(crate) alerts_delivered: u64,
     pub(crate) alerts_undelivered: u64,
+}
+
+/// Outbox writes one cycle sent, by result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct WriteCounts {
+    pub(crate) done: u64,
+    pub(crate) retried: u64,
+    pub(crate) dead: u64,
+    pub(crate) quarantined: u64,
+}
+
+impl WriteCounts {
+    /// The counts under the `result` label of `cosell_writes`: the outbox state a write
+    /// ended in, or `retried`.
+    fn by_result(&self) -> [(&'static str, u64); 4] {
+        [
+            (OutboxState::Done.as_str(), self.done),
+            ("retried", self.retried),
+            (OutboxState::Dead.as_str(), self.dead),
+            (OutboxState::Quarantined.as_str(), self.quarantined),
+        ]
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -126,7 +149,7 @@ impl Health {
             outcome.started_at,
             outcome.ok,
             outcome.elapsed,
-            outcome.writes,
+            &outcome.writes.by_result(),
             outcome.alerts_delivered,
             outcome.alerts_undelivered,
         );

@@ -82,14 +82,6 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// Remote writes of one cycle, by result.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct WriteCounts {
-    pub(crate) done: u64,
-    pub(crate) retried: u64,
-    pub(crate) dead: u64,
-    pub(crate) quarantined: u64,
-}
-
 /// Gauges about the database's state, read by the caller (see `store::gauges`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct StateSnapshot {
@@ -496,7 +488,7 @@ impl Metrics {
         started_at: SystemTime,
         ok: bool,
         elapsed: Duration,
-        writes: WriteCounts,
+        writes: &[(&'static str, u64)],
         alerts_delivered: u64,
         alerts_undelivered: u64,
     ) {
@@ -510,12 +502,7 @@ impl Metrics {
         if ok {
             self.last_success_timestamp.set(unix_seconds(started_at));
         }
-        for (result, n) in [
-            ("done", writes.done),
-            ("retried", writes.retried),
-            ("dead", writes.dead),
-            ("quarantined", writes.quarantined),
-        ] {
+        for &(result, n) in writes {
             self.writes
                 .get_or_create(&vec![("result", result.into())])
                 .inc_by(n);
