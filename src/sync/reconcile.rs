@@ -141,7 +141,7 @@ pub(crate) fn reconcile(snapshot: &SnapshotRow, policy: &Policy, now: DateTime<U
         let raw: Value = serde_json::from_str(&snapshot.referral.raw).unwrap_or(Value::Null);
         match super::mapping::lead_for(r, &raw, &policy.lead, now) {
             Ok(lead) => plan.actions.push(Action::CreateLead { lead }),
-            Err(reason) => plan.forward_blocked = Some(reason),
+            Err(reason) => plan.forward_blocked = Some(reason.to_string()),
         }
     }
     let Some(link) = &snapshot.link else {
