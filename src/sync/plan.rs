@@ -4,11 +4,13 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::microsoft::ReferralStatus;
 use crate::store::google::{self as gstore, SnapshotRow};
 use crate::store::outbox::{self, OutboxRow, ANSWER_REFERRAL, PATCH_OPPORTUNITY};
+use crate::store::referrals;
 use crate::store::{schedule, Store, StoreError};
 use crate::sync::answer;
-use crate::sync::reconcile::{reconcile, Action, Plan, Policy};
+use crate::sync::reconcile::{after_create, reconcile, Action, Plan, Policy};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -157,6 +159,28 @@ pub(crate) fn plan_in(
         apply_plan(tx, referral_id, &plan, now, &mut PlanStats::default())?;
     }
     Ok(())
+}
+
+/// Plans a referral whose lead was just created (`lead_name`, linked in this transaction):
+/// the write-back rule of [`reconcile`] from three stored columns, without reading and
+/// parsing the whole snapshot ([`crate::sync::reconcile::after_create`]).
+pub(crate) fn plan_created(
+    tx: &rusqlite::Transaction,
+    referral_id: &str,
+    lead_name: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let Some(inputs) = referrals::write_back_inputs(tx, referral_id)? else {
+        return Ok(());
+    };
+    let closed = inputs.status.as_deref() == Some(ReferralStatus::Closed.as_str());
+    let plan = after_create(
+        lead_name,
+        inputs.reference.as_deref(),
+        closed,
+        inputs.patch_blocked,
+    );
+    apply_plan(tx, referral_id, &plan, now, &mut PlanStats::default())
 }
 
 fn apply_plan(
