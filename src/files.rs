@@ -36,7 +36,7 @@ impl Kind {
 
 /// Why a file was not read. Its `Display` names the path; the caller names the key.
 #[derive(Debug)]
-pub(crate) enum FileError {
+pub enum FileError {
     Io(PathBuf, std::io::Error),
     /// A FIFO, a device, a socket, a directory.
     NotRegular(PathBuf, &'static str),

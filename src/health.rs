@@ -18,8 +18,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+pub(crate) use crate::metrics::Lane;
 use crate::metrics::{self as registry, StateSnapshot};
-pub(crate) use crate::metrics::{Lane, WriteCounts};
+use crate::store::outbox::State as OutboxState;
 use crate::store::{gauges, Store};
 
 /// State gauges older than this are read again at the next scrape.
@@ -38,6 +39,28 @@ pub struct CycleOutcome {
     pub(crate) writes: WriteCounts,
     pub(crate) alerts_delivered: u64,
     pub(crate) alerts_undelivered: u64,
+}
+
+/// Outbox writes one cycle sent, by result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct WriteCounts {
+    pub(crate) done: u64,
+    pub(crate) retried: u64,
+    pub(crate) dead: u64,
+    pub(crate) quarantined: u64,
+}
+
+impl WriteCounts {
+    /// The counts under the `result` label of `cosell_writes`: the outbox state a write
+    /// ended in, or `retried`.
+    fn by_result(&self) -> [(&'static str, u64); 4] {
+        [
+            (OutboxState::Done.as_str(), self.done),
+            ("retried", self.retried),
+            (OutboxState::Dead.as_str(), self.dead),
+            (OutboxState::Quarantined.as_str(), self.quarantined),
+        ]
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -126,7 +149,7 @@ impl Health {
             outcome.started_at,
             outcome.ok,
             outcome.elapsed,
-            outcome.writes,
+            &outcome.writes.by_result(),
             outcome.alerts_delivered,
             outcome.alerts_undelivered,
         );
@@ -148,13 +171,13 @@ impl Health {
     }
 
     /// `Ok` when healthy, else why not.
-    pub(crate) fn check(&self, failed_cycles: u32, stuck_after: Duration) -> Result<(), String> {
+    pub(crate) fn check(&self, failed_cycles: u32, stuck_after: Duration) -> Result<(), Unhealthy> {
         if let Some(why) = self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            return Err(why);
+            return Err(Unhealthy::Stopping(why));
         }
         let failing = self.failing_in_a_row.load(Ordering::Relaxed);
         if failing >= failed_cycles {
-            return Err(format!("the last {failing} cycles failed"));
+            return Err(Unhealthy::FailedCycles(failing));
         }
         let deadline = self.with_lane(Lane::Deadline, |s| *s);
         if let Some(running) = deadline
@@ -162,24 +185,38 @@ impl Health {
             .map(|t| t.elapsed())
             .filter(|r| *r > stuck_after)
         {
-            return Err(format!(
-                "a cycle has been running for {}s",
-                running.as_secs()
-            ));
+            return Err(Unhealthy::CycleRunning(running.as_secs()));
         }
         // Before its first start the lane is not judged (the daemon may be waiting for its
         // first tick); after it, a finish must come within stuck_after.
         if let Some(since) = deadline.last_finished.or(deadline.first_started) {
             let quiet = since.elapsed();
             if quiet > stuck_after && deadline.running_since.is_none() {
-                return Err(format!(
-                    "the deadline lane has not finished a run for {}s",
-                    quiet.as_secs()
-                ));
+                return Err(Unhealthy::NoFinish(quiet.as_secs()));
             }
         }
         Ok(())
     }
+}
+
+/// Why `/healthz` answers 503.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Unhealthy {
+    /// The daemon stops for good ([`Health::set_fatal`]'s words).
+    #[error("{0}")]
+    Stopping(String),
+    /// The database file was replaced or removed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Deadline runs failed in a row.
+    #[error("the last {0} cycles failed")]
+    FailedCycles(u32),
+    /// Seconds the running cycle has taken.
+    #[error("a cycle has been running for {0}s")]
+    CycleRunning(u64),
+    /// Seconds since the deadline lane last finished (or started) a run.
+    #[error("the deadline lane has not finished a run for {0}s")]
+    NoFinish(u64),
 }
 
 /// The cached state gauges and the read-only connection they come from.
@@ -249,7 +286,7 @@ async fn healthz(State(e): State<Endpoint>) -> impl IntoResponse {
     let checked = e
         .store
         .check_identity()
-        .map_err(|e| e.to_string())
+        .map_err(Unhealthy::from)
         .and_then(|()| e.health.check(e.failed_cycles, e.stuck_after));
     match checked {
         Ok(()) => (StatusCode::OK, "ok\n".to_string()),
@@ -344,7 +381,11 @@ mod tests {
             h.lane_started(Lane::Deadline);
             h.lane_finished(Lane::Deadline, false, Duration::from_millis(5));
         }
-        assert!(h.check(2, stuck).unwrap_err().contains("2 cycles failed"));
+        assert!(h
+            .check(2, stuck)
+            .unwrap_err()
+            .to_string()
+            .contains("2 cycles failed"));
         // Refresh-lane failures do not count towards failed_cycles.
         h.lane_started(Lane::Deadline);
         h.lane_finished(Lane::Deadline, true, Duration::from_millis(5));
@@ -359,7 +400,7 @@ mod tests {
         let h = Health::default();
         assert!(h.check(3, Duration::from_secs(60)).is_ok());
         h.set_fatal("database state.db was deleted".into());
-        let why = h.check(3, Duration::from_secs(60)).unwrap_err();
+        let why = h.check(3, Duration::from_secs(60)).unwrap_err().to_string();
         assert!(why.contains("was deleted"), "{why}");
     }
 
@@ -371,12 +412,16 @@ mod tests {
         h.lane_finished(Lane::Deadline, true, Duration::from_millis(1));
         assert!(h.check(3, stuck).is_ok());
         std::thread::sleep(Duration::from_millis(60));
-        let why = h.check(3, stuck).unwrap_err();
+        let why = h.check(3, stuck).unwrap_err().to_string();
         assert!(why.contains("deadline lane has not finished"), "{why}");
         // A run that starts and hangs is stuck too.
         h.lane_started(Lane::Deadline);
         std::thread::sleep(Duration::from_millis(60));
-        assert!(h.check(3, stuck).unwrap_err().contains("running for"));
+        assert!(h
+            .check(3, stuck)
+            .unwrap_err()
+            .to_string()
+            .contains("running for"));
     }
 
     #[test]

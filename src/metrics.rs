@@ -82,14 +82,6 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// Remote writes of one cycle, by result.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct WriteCounts {
-    pub(crate) done: u64,
-    pub(crate) retried: u64,
-    pub(crate) dead: u64,
-    pub(crate) quarantined: u64,
-}
-
 /// Gauges about the database's state, read by the caller (see `store::gauges`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct StateSnapshot {
@@ -176,12 +168,38 @@ fn cycle_buckets() -> Histogram {
 }
 
 impl Metrics {
-    /// Every family, created and registered with its help text. Long by design: a flat list,
-    /// one registration a metric, read top to bottom like the `/metrics` page it makes.
-    /// Help texts end without a period: `Registry::register` appends one.
+    /// Every family, created and registered with its help text, in the order of the `/metrics`
+    /// page it makes: API requests, webhook, HTTP servers, cycles and lanes, then the state
+    /// read from the database. Help texts end without a period: `Registry::register` appends
+    /// one.
     fn new() -> Metrics {
+        let m = Metrics::unregistered();
         let mut r = Registry::default();
-        let m = Metrics {
+        r.register(
+            "cosell_build_info",
+            "The running build (always 1)",
+            build_info(),
+        );
+        m.register_api(&mut r);
+        m.register_webhook(&mut r);
+        m.register_http(&mut r);
+        m.register_cycles(&mut r);
+        m.register_lanes(&mut r);
+        m.register_state(&mut r);
+        // Both outcomes from the start, so dashboards and rules see the series before the
+        // first answer.
+        for outcome in ["accepted", "declined"] {
+            let _ = m
+                .referral_response
+                .get_or_create(&vec![("outcome", outcome.to_string())]);
+        }
+        r.register_collector(Box::new(ProcessCollector::new()));
+        Metrics { registry: r, ..m }
+    }
+
+    /// Every family created, none registered yet (`registry` is an empty placeholder).
+    fn unregistered() -> Metrics {
+        Metrics {
             api_requests: Family::default(),
             api_request_duration: Family::new_with_constructor(request_buckets),
             retries: Family::default(),
@@ -212,166 +230,176 @@ impl Metrics {
             referral_response: Family::new_with_constructor(response_buckets),
             referrals_expired_unanswered: Counter::default(),
             registry: Registry::default(),
-        };
-        r.register(
-            "cosell_build_info",
-            "The running build (always 1)",
-            build_info(),
-        );
+        }
+    }
+
+    /// API requests, their duration and retries.
+    fn register_api(&self, r: &mut Registry) {
         r.register(
             "cosell_api_requests",
             "API requests answered (status) or failed before an answer (status=\"error\")",
-            m.api_requests.clone(),
+            self.api_requests.clone(),
         );
         r.register(
             "cosell_api_request_duration_seconds",
             "Time from sending an API request to its whole answer read",
-            m.api_request_duration.clone(),
+            self.api_request_duration.clone(),
         );
         r.register(
             "cosell_retries",
             "Retries of transient API failures",
-            m.retries.clone(),
+            self.retries.clone(),
         );
+    }
+
+    /// The Partner Center webhook receiver.
+    fn register_webhook(&self, r: &mut Registry) {
         r.register(
             "cosell_webhook_events",
             "Partner Center events received, by outcome (verified, rejected, duplicate)",
-            m.webhook_events.clone(),
+            self.webhook_events.clone(),
         );
         r.register(
             "cosell_webhook_rejected",
             "Partner Center events refused (401), by reason",
-            m.webhook_rejected.clone(),
+            self.webhook_rejected.clone(),
         );
         r.register(
             "cosell_webhook_event_to_lead_seconds",
             "Time from a Partner Center event to the Google lead of its referral",
-            m.webhook_event_to_lead.clone(),
+            self.webhook_event_to_lead.clone(),
         );
         r.register(
             "cosell_webhook_certificate_fetches",
             "Signing-certificate fetches made by the webhook receiver, by outcome (ok, failed)",
-            m.webhook_certificate_fetches.clone(),
+            self.webhook_certificate_fetches.clone(),
         );
+    }
+
+    /// The daemon's HTTP servers.
+    fn register_http(&self, r: &mut Registry) {
         r.register(
             "cosell_http_rejected",
             "Connections and requests the daemon's HTTP servers cut off or refused, by listener and reason (connection_cap, header_timeout, body_timeout, idle_timeout, body_too_large, signature)",
-            m.http_rejected.clone(),
+            self.http_rejected.clone(),
         );
         r.register(
             "cosell_http_connections",
             "Open connections per listener of the daemon's HTTP servers",
-            m.http_connections.clone(),
+            self.http_connections.clone(),
         );
+    }
+
+    /// Sync cycles, outbox writes and alert deliveries.
+    fn register_cycles(&self, r: &mut Registry) {
         r.register(
             "cosell_cycles",
             "Sync cycles run, by outcome",
-            m.cycles.clone(),
+            self.cycles.clone(),
         );
         r.register(
             "cosell_cycle_duration_seconds",
             "Wall time of a sync cycle",
-            m.cycle_duration.clone(),
+            self.cycle_duration.clone(),
         );
         r.register(
             "cosell_last_cycle_success",
             "1 when the last cycle succeeded, 0 when it failed",
-            m.last_cycle_success.clone(),
+            self.last_cycle_success.clone(),
         );
         r.register(
             "cosell_last_cycle_timestamp_seconds",
             "When the last cycle started (Unix time)",
-            m.last_cycle_timestamp.clone(),
+            self.last_cycle_timestamp.clone(),
         );
         r.register(
             "cosell_last_success_timestamp_seconds",
             "When the last successful cycle started (Unix time); 0 before the first",
-            m.last_success_timestamp.clone(),
+            self.last_success_timestamp.clone(),
         );
         r.register(
             "cosell_writes",
             "Remote writes sent from the outbox, by result",
-            m.writes.clone(),
+            self.writes.clone(),
         );
         r.register(
             "cosell_alerts_delivered",
             "Alert deliveries to sinks, by result",
-            m.alerts_delivered.clone(),
+            self.alerts_delivered.clone(),
         );
+    }
+
+    /// The lanes (deadline, refresh) and the refresh backlog.
+    fn register_lanes(&self, r: &mut Registry) {
         r.register(
             "cosell_lane_runs",
             "Runs of each lane (deadline, refresh), by outcome",
-            m.lane_runs.clone(),
+            self.lane_runs.clone(),
         );
         r.register(
             "cosell_lane_duration_seconds",
             "Wall time of one run of a lane",
-            m.lane_duration.clone(),
+            self.lane_duration.clone(),
         );
         r.register(
             "cosell_lane_last_run_timestamp_seconds",
             "When a lane last finished a run (Unix time)",
-            m.lane_last_run.clone(),
+            self.lane_last_run.clone(),
         );
         r.register(
             "cosell_lane_last_success_timestamp_seconds",
             "When a lane last finished a successful run (Unix time)",
-            m.lane_last_success.clone(),
+            self.lane_last_success.clone(),
         );
         r.register(
             "cosell_refresh_backlog_records",
             "Google records due for a refresh read and not yet read",
-            m.refresh_backlog.clone(),
+            self.refresh_backlog.clone(),
         );
         r.register(
             "cosell_refresh_oldest_unchecked_age_seconds",
             "Age of the oldest due Google record not yet re-read (0 when none)",
-            m.refresh_oldest_unchecked_age.clone(),
+            self.refresh_oldest_unchecked_age.clone(),
         );
+    }
+
+    /// Health and the state read from the database: outbox, referrals, alerts.
+    fn register_state(&self, r: &mut Registry) {
         r.register(
             "cosell_healthy",
             "1 when /healthz answers 200",
-            m.healthy.clone(),
+            self.healthy.clone(),
         );
         r.register(
             "cosell_outbox_actions",
             "Outbox actions by kind and state (quarantined: a lead create whose outcome is unknown)",
-            m.outbox.clone(),
+            self.outbox.clone(),
         );
         r.register(
             "cosell_referrals_awaiting_response",
             "Incoming referrals nobody accepted or declined yet, by time left to the deadline",
-            m.awaiting.clone(),
+            self.awaiting.clone(),
         );
         r.register(
             "cosell_referrals_awaiting_response_without_lead",
             "Referrals awaiting a response that have no Google lead or opportunity, by time left",
-            m.awaiting_without_lead.clone(),
+            self.awaiting_without_lead.clone(),
         );
         r.register(
             "cosell_alerts",
             "Alerts raised, by kind and delivery state",
-            m.alerts.clone(),
+            self.alerts.clone(),
         );
         r.register(
             "cosell_referral_response_seconds",
             "Time from a referral's creation to its first answer, by outcome (accepted, declined)",
-            m.referral_response.clone(),
+            self.referral_response.clone(),
         );
         r.register(
             "cosell_referrals_expired_unanswered",
             "Incoming referrals whose deadline passed unanswered (each counted once, from the database)",
-            m.referrals_expired_unanswered.clone(),
+            self.referrals_expired_unanswered.clone(),
         );
-        // Both outcomes from the start, so dashboards and rules see the series before the
-        // first answer.
-        for outcome in ["accepted", "declined"] {
-            let _ = m
-                .referral_response
-                .get_or_create(&vec![("outcome", outcome.to_string())]);
-        }
-        r.register_collector(Box::new(ProcessCollector::new()));
-        Metrics { registry: r, ..m }
     }
 
     /// One API request: answered with `status`, or failed before an answer (`None`).
@@ -460,7 +488,7 @@ impl Metrics {
         started_at: SystemTime,
         ok: bool,
         elapsed: Duration,
-        writes: WriteCounts,
+        writes: &[(&'static str, u64)],
         alerts_delivered: u64,
         alerts_undelivered: u64,
     ) {
@@ -474,12 +502,7 @@ impl Metrics {
         if ok {
             self.last_success_timestamp.set(unix_seconds(started_at));
         }
-        for (result, n) in [
-            ("done", writes.done),
-            ("retried", writes.retried),
-            ("dead", writes.dead),
-            ("quarantined", writes.quarantined),
-        ] {
+        for &(result, n) in writes {
             self.writes
                 .get_or_create(&vec![("result", result.into())])
                 .inc_by(n);

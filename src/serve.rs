@@ -95,9 +95,15 @@ pub struct BindError {
     pub key: String,
     pub(crate) listen: String,
     pub(crate) message: String,
+    kind: std::io::ErrorKind,
 }
 
 impl BindError {
+    /// Another socket listens at the address already.
+    pub(crate) fn in_use(&self) -> bool {
+        self.kind == std::io::ErrorKind::AddrInUse
+    }
+
     fn new(key: &str, listen: &str, e: &std::io::Error) -> BindError {
         let hint = match e.kind() {
             std::io::ErrorKind::AddrInUse => {
@@ -110,6 +116,7 @@ impl BindError {
             key: key.to_string(),
             listen: listen.to_string(),
             message: format!("cannot listen: {e}{hint}"),
+            kind: e.kind(),
         }
     }
 }

@@ -189,7 +189,7 @@ async fn serve_reloads(
                 let outcome = reload_app(daemon, reload);
                 crate::reload::record(
                     &daemon.app().config.state.path,
-                    &outcome.as_ref().map(|_| ()).map_err(Clone::clone),
+                    &outcome.as_ref().map(|_| ()).map_err(ToString::to_string),
                 );
                 match outcome {
                     Ok(schedule_changed) => {
@@ -261,21 +261,36 @@ async fn add_job(scheduler: &mut JobScheduler, daemon: &Arc<Daemon>) -> anyhow::
     Ok(scheduler.add(job).await?)
 }
 
+/// Why a reload was refused (the running configuration stays); the text goes to `reload`.
+#[derive(Debug, thiserror::Error)]
+enum ReloadRefused {
+    #[error(transparent)]
+    Invalid(#[from] crate::config::ConfigErrors),
+    /// The database file was replaced or removed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Keys read only at start changed.
+    #[error("{}", crate::reload::needs_restart_message(.0))]
+    RestartNeeded(Vec<String>),
+    #[error(transparent)]
+    Build(#[from] super::AppError),
+}
+
 /// Rebuilds the app from the file; the old one stays when the new config is not valid.
 /// Returns whether the schedule changed.
-fn reload_app(daemon: &Daemon, reload: &Reload) -> Result<bool, String> {
-    let loaded = Config::load(&reload.config_file).map_err(|e| e.to_string())?;
+fn reload_app(daemon: &Daemon, reload: &Reload) -> Result<bool, ReloadRefused> {
+    let loaded = Config::load(&reload.config_file)?;
     let mut config = loaded.config;
     config.daemon.dry_run |= reload.force_dry_run;
     let current = daemon.app();
     // A reload never opens a new file where the database was: the next tick stops instead.
-    current.store.check_identity().map_err(|e| e.to_string())?;
+    current.store.check_identity()?;
     // All or nothing: a key read only at start refuses the whole reload.
     let restart = crate::reload::restart_needed(&current.config, &config);
     if !restart.is_empty() {
-        return Err(crate::reload::needs_restart_message(&restart));
+        return Err(ReloadRefused::RestartNeeded(restart));
     }
-    let mut app = App::build(config).map_err(|e| e.to_string())?;
+    let mut app = App::build(config)?;
     app.inherit_worker(&current);
     let changed = app.config.schedule.sync != current.config.schedule.sync;
     daemon

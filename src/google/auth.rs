@@ -9,6 +9,19 @@ use secrecy::SecretString;
 
 use crate::http::ApiError;
 
+/// Why a service-account key file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KeyError {
+    #[error(transparent)]
+    Read(#[from] crate::files::FileError),
+    /// The file is not a service-account key `gcp_auth` accepts: its words.
+    #[error("cannot use the service-account key {}: {message}", .path.display())]
+    Unusable {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
 pub struct GoogleAuth {
     provider: Arc<dyn TokenProvider>,
 }
@@ -21,11 +34,12 @@ impl std::fmt::Debug for GoogleAuth {
 
 impl GoogleAuth {
     /// Reads a service-account key file (JSON with `client_email`, `private_key`, `token_uri`).
-    pub(crate) fn from_key_file(path: &Path) -> Result<GoogleAuth, String> {
-        let json =
-            crate::files::read_text(path, crate::files::Kind::Key).map_err(|e| e.to_string())?;
-        let account = CustomServiceAccount::from_json(&json)
-            .map_err(|e| format!("cannot use the service-account key {}: {e}", path.display()))?;
+    pub(crate) fn from_key_file(path: &Path) -> Result<GoogleAuth, KeyError> {
+        let json = crate::files::read_text(path, crate::files::Kind::Key)?;
+        let account = CustomServiceAccount::from_json(&json).map_err(|e| KeyError::Unusable {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         Ok(GoogleAuth {
             provider: Arc::new(account),
         })

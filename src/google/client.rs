@@ -146,12 +146,18 @@ impl GoogleClient {
         })
     }
 
-    fn malformed(&self, method: &str, path: &str, message: String, request_id: &str) -> ApiError {
+    fn malformed(
+        &self,
+        method: &str,
+        path: &str,
+        message: impl std::fmt::Display,
+        request_id: &str,
+    ) -> ApiError {
         ApiError::Malformed {
             api: API,
             method: method.into(),
             path: path.into(),
-            message,
+            message: message.to_string(),
             request_id: Some(request_id.to_string()),
         }
     }

@@ -59,6 +59,18 @@ fn text(value: &Value, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Why a Google answer is not a lead or opportunity this daemon can read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum RecordError {
+    /// `lead` or `opportunity`.
+    #[error("{0} without a name")]
+    NoName(&'static str),
+    #[error("dealSize {0:?} is not a number")]
+    DealSizeText(String),
+    #[error("dealSize {0} is not a number")]
+    DealSizeValue(Value),
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Lead {
     pub(crate) name: String,
@@ -69,8 +81,8 @@ pub(crate) struct Lead {
 }
 
 impl Lead {
-    pub(crate) fn from_value(value: &Value) -> Result<Lead, String> {
-        let name = text(value, "name").ok_or("lead without a name")?;
+    pub(crate) fn from_value(value: &Value) -> Result<Lead, RecordError> {
+        let name = text(value, "name").ok_or(RecordError::NoName("lead"))?;
         Ok(Lead {
             name,
             external_system_id: text(value, "externalSystemId"),
@@ -92,16 +104,16 @@ pub(crate) struct Opportunity {
 }
 
 impl Opportunity {
-    pub(crate) fn from_value(value: &Value) -> Result<Opportunity, String> {
-        let name = text(value, "name").ok_or("opportunity without a name")?;
+    pub(crate) fn from_value(value: &Value) -> Result<Opportunity, RecordError> {
+        let name = text(value, "name").ok_or(RecordError::NoName("opportunity"))?;
         let deal_size = match value.get("dealSize") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => n.as_f64(),
             Some(Value::String(s)) => Some(
                 s.parse()
-                    .map_err(|_| format!("dealSize {s:?} is not a number"))?,
+                    .map_err(|_| RecordError::DealSizeText(s.clone()))?,
             ),
-            Some(other) => return Err(format!("dealSize {other} is not a number")),
+            Some(other) => return Err(RecordError::DealSizeValue(other.clone())),
         };
         Ok(Opportunity {
             name,

@@ -98,6 +98,7 @@ impl TokenSource {
             ms.refresh_token.clone(),
             config.token_file(),
         )
+        .map_err(|e| e.to_string())
     }
 
     pub fn new(
@@ -108,7 +109,7 @@ impl TokenSource {
         client_secret: Option<SecretString>,
         initial_refresh_token: Option<SecretString>,
         token_file: PathBuf,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BadEndpoint> {
         let token_url = token_endpoint(authority, tenant, "token")?;
         Ok(TokenSource {
             http,
@@ -329,18 +330,30 @@ pub fn token_lifetime(expires_in: Option<u64>) -> Duration {
     Duration::from_secs(expires_in.unwrap_or(3600)).min(MAX_TOKEN_LIFETIME)
 }
 
+/// A token endpoint URL that does not parse (`authority` or `tenant` is wrong).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad token endpoint {text:?}: {error}")]
+pub struct BadEndpoint {
+    text: String,
+    /// The URL parser's words.
+    error: String,
+}
+
 /// `{authority}/{tenant}/oauth2/v2.0/{endpoint}`.
 pub(crate) fn token_endpoint(
     authority: &str,
     tenant: &str,
     endpoint: &str,
-) -> Result<reqwest::Url, String> {
+) -> Result<reqwest::Url, BadEndpoint> {
     let text = format!(
         "{}/{}/oauth2/v2.0/{endpoint}",
         authority.trim_end_matches('/'),
         tenant.trim_matches('/')
     );
-    reqwest::Url::parse(&text).map_err(|e| format!("bad token endpoint {text:?}: {e}"))
+    reqwest::Url::parse(&text).map_err(|e| BadEndpoint {
+        text,
+        error: e.to_string(),
+    })
 }
 
 /// Writes a secret so that no reader ever sees a partial file or a wider mode than 0600:
@@ -465,8 +478,8 @@ pub(crate) async fn device_code_flow(
     token_file: &Path,
     show: impl Fn(&str),
 ) -> Result<(), String> {
-    let device_url = token_endpoint(authority, tenant, "devicecode")?;
-    let token_url = token_endpoint(authority, tenant, "token")?;
+    let device_url = token_endpoint(authority, tenant, "devicecode").map_err(|e| e.to_string())?;
+    let token_url = token_endpoint(authority, tenant, "token").map_err(|e| e.to_string())?;
     let answer = http
         .post(device_url.clone())
         .form(&[("client_id", client_id), ("scope", super::SCOPE)])

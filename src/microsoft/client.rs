@@ -287,7 +287,7 @@ impl MicrosoftClient {
             message,
             request_id: answer.request_id.clone(),
         };
-        let page = super::model::parse_page(&answer.body).map_err(malformed)?;
+        let page = super::model::parse_page(&answer.body).map_err(|e| malformed(e.to_string()))?;
         let (next_link, count) = (page.next_link, page.count);
         let mut referrals = Vec::with_capacity(page.items.len());
         let mut rejected = Vec::new();

@@ -232,9 +232,21 @@ pub struct RawPage {
     pub(crate) count: Option<u64>,
 }
 
+/// Why a list answer's envelope cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PageError {
+    /// Not JSON, or not the envelope's shape: serde's words.
+    #[error("{0}")]
+    Json(String),
+    #[error("no \"value\" array")]
+    NoValue,
+    #[error("@odata.nextLink is not a string: {0}")]
+    NextLinkNotString(Value),
+}
+
 /// Parses a list answer. Only an unreadable envelope (not JSON, no `value` array) fails the
 /// page; a bad item becomes a [`RejectedRecord`] and the rest proceed.
-pub fn parse_page(body: &str) -> Result<RawPage, String> {
+pub fn parse_page(body: &str) -> Result<RawPage, PageError> {
     #[derive(Deserialize)]
     struct Envelope<'a> {
         #[serde(borrow)]
@@ -244,13 +256,14 @@ pub fn parse_page(body: &str) -> Result<RawPage, String> {
         #[serde(rename = "@odata.count", default)]
         count: Option<Value>,
     }
-    let envelope: Envelope = serde_json::from_str(body).map_err(|e| e.to_string())?;
-    let items = envelope.value.ok_or("no \"value\" array")?;
+    let envelope: Envelope =
+        serde_json::from_str(body).map_err(|e| PageError::Json(e.to_string()))?;
+    let items = envelope.value.ok_or(PageError::NoValue)?;
     let next_link = match envelope.next_link {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.is_empty() => None,
         Some(Value::String(s)) => Some(s),
-        Some(other) => return Err(format!("@odata.nextLink is not a string: {other}")),
+        Some(other) => return Err(PageError::NextLinkNotString(other)),
     };
     Ok(RawPage {
         items: items

@@ -317,6 +317,37 @@ pub(crate) fn reference_and_change(
     }))
 }
 
+/// What decides the write-back after a lead create
+/// ([`crate::sync::reconcile::after_create`]): the referral's externalReferenceId, its status,
+/// and whether a patch of it is open, dead or quarantined (the planner then queues none).
+pub(crate) struct WriteBackInputs {
+    pub(crate) reference: Option<String>,
+    pub(crate) status: Option<String>,
+    pub(crate) patch_blocked: bool,
+}
+
+pub(crate) fn write_back_inputs(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<WriteBackInputs>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT r.external_reference_id, r.status,
+                    EXISTS (SELECT 1 FROM outbox k WHERE k.referral_id = r.id
+                            AND k.kind = 'patch_referral'
+                            AND k.state IN ('pending', 'in_flight', 'dead', 'quarantined'))
+             FROM referrals r WHERE r.id = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok(WriteBackInputs {
+                reference: r.get(0)?,
+                status: r.get(1)?,
+                patch_blocked: r.get(2)?,
+            })
+        })
+        .optional()?)
+}
+
 /// The stored referral as a patch needs it: its status, its eTag (sent as `If-Match`) and
 /// its raw JSON (a value already there is never written).
 pub(crate) struct ForPatch {

@@ -65,28 +65,42 @@ pub(crate) fn encode(answer: &Answer) -> Value {
     value
 }
 
+/// Why a stored answer cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("the answer payload is not a JSON object")]
+    NotAnObject,
+    /// The `v` the row has (`None`: none).
+    #[error("answer format {0:?} is not the one this cosell-sync reads ({FORMAT})", FORMAT = FORMAT)]
+    Format(Option<Value>),
+    #[error("the row does not hold an answer_referral action")]
+    NotAnAnswer,
+    /// The fields do not make an answer: serde's words.
+    #[error("{0}")]
+    Fields(String),
+    #[error("a decline without a reason")]
+    DeclineWithoutReason,
+}
+
 /// The answer a row holds; a row that cannot be read is an error that says why (never a
 /// guessed write).
-pub(crate) fn decode(payload: &Value) -> Result<Answer, String> {
+pub(crate) fn decode(payload: &Value) -> Result<Answer, DecodeError> {
     let mut payload = payload.clone();
     let Some(o) = payload.as_object_mut() else {
-        return Err("the answer payload is not a JSON object".into());
+        return Err(DecodeError::NotAnObject);
     };
     match o.remove("v") {
         Some(v) if v == FORMAT => {}
-        other => {
-            return Err(format!(
-                "answer format {other:?} is not the one this cosell-sync reads ({FORMAT})"
-            ))
-        }
+        other => return Err(DecodeError::Format(other)),
     }
     if o.remove("action").as_ref().and_then(Value::as_str) != Some(ANSWER_REFERRAL) {
-        return Err("the row does not hold an answer_referral action".into());
+        return Err(DecodeError::NotAnAnswer);
     }
-    let answer: Answer = serde_json::from_value(payload).map_err(|e| e.to_string())?;
+    let answer: Answer =
+        serde_json::from_value(payload).map_err(|e| DecodeError::Fields(e.to_string()))?;
     if let Decision::Decline { reason } = &answer.decision {
         if reason.trim().is_empty() {
-            return Err("a decline without a reason".into());
+            return Err(DecodeError::DeclineWithoutReason);
         }
     }
     Ok(answer)

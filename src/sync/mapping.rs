@@ -9,51 +9,67 @@ use crate::config::GoogleLeadConfig;
 use crate::google::GoogleDate;
 use crate::microsoft::Referral;
 
+/// Why a referral cannot make a valid lead: the missing field, as a person reads it (the
+/// `forward_blocked` alert's reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Unmappable {
+    #[error("customerProfile.name is missing")]
+    NoCustomer,
+    /// `details.dealValue` holds something that is not an amount: why, in the parser's words.
+    #[error("{0}")]
+    UnusableDealValue(String),
+    #[error("details.dealValue is missing and google.lead.default_deal_value is not set")]
+    NoDealValue,
+    #[error("details.currency is missing and google.lead.default_currency is not set")]
+    NoCurrency,
+    #[error("details.closingDateTime is missing and google.lead.default_close_in is not set")]
+    NoCloseDate,
+    #[error("google.lead.submitter_email is not set")]
+    NoSubmitter,
+    /// The referral's Microsoft products and solutions, none of them mapped.
+    #[error("no Google product family for Microsoft products/solutions [{}]; set google.lead.product_family or add them to google.lead.product_families", .0.join(", "))]
+    NoProductFamily(Vec<String>),
+}
+
 /// Builds the `leads.create` body for a referral.
 pub(crate) fn lead_for(
     referral: &Referral,
     raw: &Value,
     defaults: &GoogleLeadConfig,
     now: DateTime<Utc>,
-) -> Result<Value, String> {
+) -> Result<Value, Unmappable> {
     let details = referral.details.clone().unwrap_or_default();
     let customer = referral
         .customer_name()
         .filter(|n| !n.trim().is_empty())
-        .ok_or("customerProfile.name is missing")?;
+        .ok_or(Unmappable::NoCustomer)?;
     if let Some(unusable) = &details.deal_value_error {
         // Never replaced by a default nor sent as null: a person must correct it.
-        return Err(unusable.clone());
+        return Err(Unmappable::UnusableDealValue(unusable.clone()));
     }
     let value = details
         .deal_value
         .or(defaults.default_deal_value)
-        .ok_or("details.dealValue is missing and google.lead.default_deal_value is not set")?;
+        .ok_or(Unmappable::NoDealValue)?;
     let currency = details
         .currency
         .clone()
         .filter(|c| !c.trim().is_empty())
         .or_else(|| defaults.default_currency.clone())
-        .ok_or("details.currency is missing and google.lead.default_currency is not set")?;
+        .ok_or(Unmappable::NoCurrency)?;
     let close = match details.closing_date_time {
         Some(t) => t.date_naive(),
         None => {
-            let within = defaults.default_close_in.ok_or(
-                "details.closingDateTime is missing and google.lead.default_close_in is not set",
-            )?;
+            let within = defaults.default_close_in.ok_or(Unmappable::NoCloseDate)?;
             (now + within.as_chrono()).date_naive()
         }
     };
     let submitter = defaults
         .submitter_email
         .clone()
-        .ok_or("google.lead.submitter_email is not set")?;
-    let product = product_family(raw, defaults).ok_or_else(|| {
-        format!(
-            "no Google product family for Microsoft products/solutions [{}]; set google.lead.product_family or add them to google.lead.product_families",
-            microsoft_products(raw).join(", ")
-        )
-    })?;
+        .ok_or(Unmappable::NoSubmitter)?;
+    let product = product_family(raw, defaults)
+        .ok_or_else(|| Unmappable::NoProductFamily(microsoft_products(raw)))?;
     let title = referral
         .name
         .clone()
@@ -170,7 +186,9 @@ mod tests {
         let raw: Value = serde_json::from_str(&r.raw).unwrap();
         let mut d = defaults();
         d.product_family = Some("GOOGLE_WORKSPACE".into());
-        let err = lead_for(&r.referral, &raw, &d, Utc::now()).unwrap_err();
+        let err = lead_for(&r.referral, &raw, &d, Utc::now())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("details.closingDateTime is missing"),
             "{err}"
@@ -187,7 +205,9 @@ mod tests {
         let raw: Value = serde_json::from_str(&r.raw).unwrap();
         let mut d = defaults();
         d.product_families.clear();
-        let err = lead_for(&r.referral, &raw, &d, Utc::now()).unwrap_err();
+        let err = lead_for(&r.referral, &raw, &d, Utc::now())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("[Azure, SOL-DataPlatform]"), "{err}");
     }
 }

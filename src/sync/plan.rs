@@ -4,11 +4,13 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::microsoft::ReferralStatus;
 use crate::store::google::{self as gstore, SnapshotRow};
 use crate::store::outbox::{self, OutboxRow, ANSWER_REFERRAL, PATCH_OPPORTUNITY};
+use crate::store::referrals;
 use crate::store::{schedule, Store, StoreError};
 use crate::sync::answer;
-use crate::sync::reconcile::{reconcile, Action, Plan, Policy};
+use crate::sync::reconcile::{after_create, reconcile, Action, Plan, Policy};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -159,6 +161,28 @@ pub(crate) fn plan_in(
     Ok(())
 }
 
+/// Plans a referral whose lead was just created (`lead_name`, linked in this transaction):
+/// the write-back rule of [`reconcile`] from three stored columns, without reading and
+/// parsing the whole snapshot ([`crate::sync::reconcile::after_create`]).
+pub(crate) fn plan_created(
+    tx: &rusqlite::Transaction,
+    referral_id: &str,
+    lead_name: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let Some(inputs) = referrals::write_back_inputs(tx, referral_id)? else {
+        return Ok(());
+    };
+    let closed = inputs.status.as_deref() == Some(ReferralStatus::Closed.as_str());
+    let plan = after_create(
+        lead_name,
+        inputs.reference.as_deref(),
+        closed,
+        inputs.patch_blocked,
+    );
+    apply_plan(tx, referral_id, &plan, now, &mut PlanStats::default())
+}
+
 fn apply_plan(
     tx: &rusqlite::Transaction,
     referral_id: &str,
@@ -234,24 +258,47 @@ pub(crate) fn encode(action: &Action) -> Value {
     value
 }
 
+/// Why an outbox row's action cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum DecodeError {
+    #[error("answer: {0}")]
+    Answer(#[from] answer::DecodeError),
+    /// The whole payload.
+    #[error("payload is not a JSON object: {0}")]
+    NotAnObject(Value),
+    /// The row's `v`.
+    #[error("action format {0} is newer than this cosell-sync reads ({ACTION_FORMAT}); upgrade it", ACTION_FORMAT = ACTION_FORMAT)]
+    NewerFormat(Value),
+    /// The fields do not make an action of the row's kind: serde's words.
+    #[error("{kind} action {id}: {message}")]
+    Fields {
+        kind: String,
+        id: i64,
+        message: String,
+    },
+    /// The row's `kind` column and the payload's action differ.
+    #[error("row {id} is a {kind} but holds a {holds}")]
+    KindMismatch {
+        id: i64,
+        kind: String,
+        holds: &'static str,
+    },
+}
+
 /// The action an outbox row holds. Rows of the first format (no `v`: the payload fields of
 /// its `kind` only) still decode; a row that cannot decode is an error that names why.
-pub(crate) fn decode(row: &OutboxRow) -> Result<Action, String> {
+pub(crate) fn decode(row: &OutboxRow) -> Result<Action, DecodeError> {
     if row.kind == ANSWER_REFERRAL {
-        let answer = answer::decode(&row.payload).map_err(|e| format!("answer: {e}"))?;
+        let answer = answer::decode(&row.payload)?;
         return Ok(Action::AnswerReferral { answer });
     }
     let mut payload = row.payload.clone();
     let Some(object) = payload.as_object_mut() else {
-        return Err(format!("payload is not a JSON object: {}", row.payload));
+        return Err(DecodeError::NotAnObject(row.payload.clone()));
     };
     match object.remove("v") {
         Some(v) if v == ACTION_FORMAT => {}
-        Some(v) => {
-            return Err(format!(
-            "action format {v} is newer than this cosell-sync reads ({ACTION_FORMAT}); upgrade it"
-        ))
-        }
+        Some(v) => return Err(DecodeError::NewerFormat(v)),
         None => {
             // Format 0: the kind lived in its own column, the opportunity name in `target`,
             // and a `null` base value meant "leave it" (as that version read it).
@@ -265,15 +312,17 @@ pub(crate) fn decode(row: &OutboxRow) -> Result<Action, String> {
             }
         }
     }
-    let action: Action = serde_json::from_value(payload)
-        .map_err(|e| format!("{} action {}: {e}", row.kind, row.id))?;
+    let action: Action = serde_json::from_value(payload).map_err(|e| DecodeError::Fields {
+        kind: row.kind.clone(),
+        id: row.id,
+        message: e.to_string(),
+    })?;
     if action.kind() != row.kind {
-        return Err(format!(
-            "row {} is a {} but holds a {}",
-            row.id,
-            row.kind,
-            action.kind()
-        ));
+        return Err(DecodeError::KindMismatch {
+            id: row.id,
+            kind: row.kind.clone(),
+            holds: action.kind(),
+        });
     }
     Ok(action)
 }

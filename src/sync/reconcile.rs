@@ -141,7 +141,7 @@ pub(crate) fn reconcile(snapshot: &SnapshotRow, policy: &Policy, now: DateTime<U
         let raw: Value = serde_json::from_str(&snapshot.referral.raw).unwrap_or(Value::Null);
         match super::mapping::lead_for(r, &raw, &policy.lead, now) {
             Ok(lead) => plan.actions.push(Action::CreateLead { lead }),
-            Err(reason) => plan.forward_blocked = Some(reason),
+            Err(reason) => plan.forward_blocked = Some(reason.to_string()),
         }
     }
     let Some(link) = &snapshot.link else {
@@ -154,27 +154,9 @@ pub(crate) fn reconcile(snapshot: &SnapshotRow, policy: &Policy, now: DateTime<U
     // a conflict for a person).
     let google_ref = link.lead_name.as_ref().or(link.opportunity_name.as_ref());
     if let Some(name) = google_ref {
-        let current = r
-            .external_reference_id
-            .as_deref()
-            .map(str::trim)
-            .filter(|c| !c.is_empty());
-        let linked = |c: &str| {
-            link.lead_name.as_deref() == Some(c) || link.opportunity_name.as_deref() == Some(c)
-        };
-        match current {
-            Some(c) if linked(c) => {}
-            Some(c) if is_google_name(c) => plan.conflicts.push(Conflict {
-                field: "externalReferenceId",
-                microsoft: c.to_string(),
-                google: name.clone(),
-                base: show::<String>(None),
-            }),
-            _ if !closed => writes
-                .ms_ops
-                .push(PatchOp::replace("/externalReferenceId", name.as_str())),
-            _ => {}
-        }
+        let linked = [link.lead_name.as_deref(), link.opportunity_name.as_deref()];
+        let current = r.external_reference_id.as_deref();
+        write_back(current, &linked, name, closed, &mut writes, &mut plan);
     }
 
     if let Some(opp) = &snapshot.opportunity {
@@ -190,6 +172,63 @@ pub(crate) fn reconcile(snapshot: &SnapshotRow, policy: &Policy, now: DateTime<U
     }
 
     if !writes.ms_ops.is_empty() && !closed && !blocked(PATCH_REFERRAL) {
+        plan.actions.push(Action::PatchReferral {
+            ops: writes.ms_ops,
+            base_after: writes.ms_base,
+        });
+    }
+    plan
+}
+
+/// The write-back rule: the referral names its Google record `name` in externalReferenceId —
+/// unless `current` already names one of the `linked` records, or another Google record
+/// (never overwritten: a conflict for a person), or the referral is closed.
+fn write_back(
+    current: Option<&str>,
+    linked: &[Option<&str>],
+    name: &str,
+    closed: bool,
+    writes: &mut Writes,
+    plan: &mut Plan,
+) {
+    let current = current.map(str::trim).filter(|c| !c.is_empty());
+    match current {
+        Some(c) if linked.contains(&Some(c)) => {}
+        Some(c) if is_google_name(c) => plan.conflicts.push(Conflict {
+            field: "externalReferenceId",
+            microsoft: c.to_string(),
+            google: name.to_string(),
+            base: show::<String>(None),
+        }),
+        _ if !closed => writes
+            .ms_ops
+            .push(PatchOp::replace("/externalReferenceId", name)),
+        _ => {}
+    }
+}
+
+/// What a referral the lead `lead_name` was just created for gets planned: what [`reconcile`]
+/// makes of a snapshot linked to that lead alone (no opportunity yet, so no field sync) — the
+/// write-back, or its conflict — from the three inputs that decide it: the referral's
+/// `reference` (externalReferenceId), whether it is `closed`, and whether a patch of it is
+/// `patch_blocked` (one open, dead or quarantined).
+pub(crate) fn after_create(
+    lead_name: &str,
+    reference: Option<&str>,
+    closed: bool,
+    patch_blocked: bool,
+) -> Plan {
+    let mut plan = Plan::default();
+    let mut writes = Writes::default();
+    write_back(
+        reference,
+        &[Some(lead_name)],
+        lead_name,
+        closed,
+        &mut writes,
+        &mut plan,
+    );
+    if !writes.ms_ops.is_empty() && !closed && !patch_blocked {
         plan.actions.push(Action::PatchReferral {
             ops: writes.ms_ops,
             base_after: writes.ms_base,
@@ -951,5 +990,37 @@ mod tests {
             base(100.0, D),
         );
         assert_eq!(plan(&s, ConflictPolicy::Manual), Plan::default());
+    }
+
+    /// Issue 26: the plan made right after a create, from three columns, is the one the
+    /// planner makes of the whole snapshot.
+    #[test]
+    fn after_create_plans_what_reconcile_plans() {
+        let references = [
+            None,
+            Some(""),
+            Some(LEAD),
+            Some("partners/1/leads/99"),
+            Some("CRM-77"),
+        ];
+        for reference in references {
+            for (status, substatus) in [("New", "Pending"), ("Closed", "Declined")] {
+                for blocked in [false, true] {
+                    let mut s = linked(
+                        referral(status, substatus, reference, 100.0, CLOSE),
+                        None,
+                        None,
+                    );
+                    if blocked {
+                        s.blocked_kinds = vec![PATCH_REFERRAL.into()];
+                    }
+                    assert_eq!(
+                        after_create(LEAD, reference, status == "Closed", blocked),
+                        plan(&s, ConflictPolicy::Manual),
+                        "{reference:?} {status} blocked={blocked}"
+                    );
+                }
+            }
+        }
     }
 }

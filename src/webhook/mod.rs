@@ -29,7 +29,7 @@ pub async fn start(
     config: &PartnerWebhookConfig,
     handoff: impl Fn() -> Handoff + Send + 'static,
     shutdown: CancellationToken,
-) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), String> {
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), receiver::StartError> {
     let (tx, rx) = events_channel();
     let store = handoff().cycle.store.clone();
     let addr = receiver::serve(config, store, tx, shutdown.clone()).await?;
@@ -50,7 +50,8 @@ pub(crate) fn receiver_router(
     store: crate::store::Store,
 ) -> Result<(axum::Router, Events), String> {
     let (tx, rx) = events_channel();
-    Ok((receiver::router(config, store, tx)?, rx))
+    let router = receiver::router(config, store, tx).map_err(|e| e.to_string())?;
+    Ok((router, rx))
 }
 
 /// The forwarder: replays what was accepted but not forwarded, then forwards `events`.
@@ -104,12 +105,22 @@ pub(crate) struct Event {
     pub(crate) change_utc: Option<String>,
 }
 
+/// Why a signed body is not an event this daemon reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum UnreadableEvent {
+    /// serde's words.
+    #[error("not a Partner Center event: {0}")]
+    NotAnEvent(String),
+    #[error("EventName is empty or too long")]
+    BadEventName,
+}
+
 impl Event {
-    pub(crate) fn parse(body: &[u8]) -> Result<Event, String> {
+    pub(crate) fn parse(body: &[u8]) -> Result<Event, UnreadableEvent> {
         let event: Event =
-            serde_json::from_slice(body).map_err(|e| format!("not a Partner Center event: {e}"))?;
+            serde_json::from_slice(body).map_err(|e| UnreadableEvent::NotAnEvent(e.to_string()))?;
         if event.event_name.trim().is_empty() || event.event_name.len() > 100 {
-            return Err("EventName is empty or too long".into());
+            return Err(UnreadableEvent::BadEventName);
         }
         Ok(event)
     }

@@ -78,18 +78,26 @@ impl RejectedTally {
     }
 }
 
+/// Why the receiver cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("webhook.ca_file: {0}")]
+    Trust(#[from] super::verify::TrustError),
+    #[error(transparent)]
+    Bind(#[from] crate::serve::BindError),
+}
+
 /// The router alone (tests and `webhook test` serve it themselves).
 pub(crate) fn router(
     config: &PartnerWebhookConfig,
     store: Store,
     events: mpsc::Sender<Accepted>,
-) -> Result<Router, String> {
+) -> Result<Router, StartError> {
     let verifier = Verifier::new(
         config.certificate_url_prefixes.clone(),
         config.certificate_subject.clone(),
         config.ca_file.as_deref(),
-    )
-    .map_err(|e| format!("webhook.ca_file: {e}"))?;
+    )?;
     let shared = Arc::new(Shared {
         verifier,
         store,
@@ -110,7 +118,7 @@ pub async fn serve(
     store: Store,
     events: mpsc::Sender<Accepted>,
     shutdown: CancellationToken,
-) -> Result<SocketAddr, String> {
+) -> Result<SocketAddr, StartError> {
     let app = router(config, store, events)?;
     let addr = crate::serve::serve(
         "webhook.listen",
@@ -119,8 +127,7 @@ pub async fn serve(
         crate::serve::Limits::daemon(),
         shutdown,
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     listening(config, addr);
     Ok(addr)
 }

@@ -216,8 +216,9 @@ pub(crate) async fn test(
     let (tx, _rx) = tokio::sync::mpsc::channel(16);
     let temporary = match super::receiver::serve(webhook, store.clone(), tx, stop.clone()).await {
         Ok(_) => true,
-        Err(e) if e.contains("in use") => false, // The daemon's receiver is listening.
-        Err(e) => return Err(e),
+        // The daemon's receiver is listening.
+        Err(super::receiver::StartError::Bind(e)) if e.in_use() => false,
+        Err(e) => return Err(e.to_string()),
     };
     let since = Utc::now();
     let rejected_before = store

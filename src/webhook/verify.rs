@@ -289,13 +289,25 @@ fn lock(m: &Mutex<Certificates>) -> std::sync::MutexGuard<'_, Certificates> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Why the verifier cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error(transparent)]
+    Roots(#[from] crate::pem::RootsError),
+    #[error("no trust roots: the system has none and webhook.ca_file is not set")]
+    NoRoots,
+    /// reqwest's words.
+    #[error("cannot build the certificate client: {0}")]
+    Client(String),
+}
+
 impl Verifier {
     /// System roots plus the roots in `ca_file` (when set).
     pub(crate) fn new(
         prefixes: Vec<String>,
         subject: String,
         ca_file: Option<&Path>,
-    ) -> Result<Verifier, String> {
+    ) -> Result<Verifier, TrustError> {
         let mut roots: Vec<TrustAnchor<'static>> = Vec::new();
         for cert in crate::http::system_roots() {
             if let Ok(anchor) = webpki::anchor_from_trusted_cert(cert) {
@@ -306,9 +318,7 @@ impl Verifier {
             roots.extend(read_pem_roots(path)?);
         }
         if roots.is_empty() {
-            return Err(
-                "no trust roots: the system has none and webhook.ca_file is not set".into(),
-            );
+            return Err(TrustError::NoRoots);
         }
         let http = crate::http::client_builder()
             .timeout(Duration::from_secs(10))
@@ -316,7 +326,7 @@ impl Verifier {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("cosell-sync/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cannot build the certificate client: {e}"))?;
+            .map_err(|e| TrustError::Client(e.to_string()))?;
         Ok(Verifier {
             prefixes,
             trust: Arc::new(Trust { subject, roots }),
@@ -464,7 +474,7 @@ async fn fetch(
     let bytes = crate::http::read_at_most(response, MAX_CERT_BYTES)
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    parse_certificates(&bytes).map_err(unavailable)
+    parse_certificates(&bytes).map_err(|e| unavailable(e.to_string()))
 }
 
 pub(crate) use crate::pem::{parse_certificates, read_pem_roots};

@@ -15,7 +15,7 @@ use crate::store::google as gstore;
 use crate::store::outbox::{ActionOutcome, AuditEntry, OutboxRow};
 use crate::store::{referrals, schedule, StoreError};
 use crate::sync::adopt::{named_record, Named};
-use crate::sync::plan::plan_in;
+use crate::sync::plan::{plan_created, plan_in};
 use crate::sync::{GoogleSide, Policy};
 
 /// Creates the lead of `row` (the one entry point of this kind).
@@ -164,7 +164,6 @@ async fn lead_created(
     let referral_id = row.referral_id.clone();
     let name = created.name.clone();
     let first_check = google.refresh.min_interval;
-    let policy = google.policy.clone();
     let audit = AuditEntry {
         api: "google",
         method: "leads.create",
@@ -187,7 +186,7 @@ async fn lead_created(
         gstore::save_lead(tx, &created, Some(&referral_id), now)?;
         // The answer is the lead's current copy: no read is due before the minimum.
         schedule::checked_fresh(tx, &created.name, &referral_id, first_check, now)?;
-        plan_in(tx, &policy, &referral_id, now)?;
+        plan_created(tx, &referral_id, &created.name, now)?;
         if !was_queued {
             schedule::planned(tx, &referral_id)?;
         }

@@ -48,10 +48,11 @@ pub(super) async fn execute(
                     }
                     // Two 412s in this cycle already (a write and its re-plan): no third
                     // try until the next cycle re-reads and re-plans.
-                    Ok(_) => "412 twice in this cycle; the next cycle re-plans".to_string(),
+                    Ok(_) => NotSent::Twice412,
                     Err(reason) => reason,
                 };
-                let closed = ActionOutcome::Superseded { reason: skip };
+                let reason = skip.to_string();
+                let closed = ActionOutcome::Superseded { reason };
                 Settled::from(closed.clone()).write(c, claim.taken(), &cycle, Utc::now())?;
                 Ok(Err(closed))
             })
@@ -75,17 +76,37 @@ pub(super) async fn execute(
     }
 }
 
-/// What a patch sends, or why nothing is to be sent (the reason a superseded row keeps).
-fn ready_to_send(current: Option<referrals::ForPatch>, ops: Vec<PatchOp>) -> Result<Ready, String> {
+/// Why a patch is not sent: the reason its superseded row keeps.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum NotSent {
+    #[error("referral unknown")]
+    Unknown,
+    #[error("referral is Closed; never written")]
+    Closed,
+    /// Another Google record's name would be overwritten ([`reference_kept`]'s words).
+    #[error("{0}")]
+    ReferenceKept(String),
+    #[error("every value is already there")]
+    AlreadyThere,
+    /// Two 412s in this cycle already (a write and its re-plan).
+    #[error("412 twice in this cycle; the next cycle re-plans")]
+    Twice412,
+}
+
+/// What a patch sends, or why nothing is to be sent.
+fn ready_to_send(
+    current: Option<referrals::ForPatch>,
+    ops: Vec<PatchOp>,
+) -> Result<Ready, NotSent> {
     let Some(referrals::ForPatch { status, etag, raw }) = current else {
-        return Err("referral unknown".into());
+        return Err(NotSent::Unknown);
     };
     if status.as_deref() == Some(ReferralStatus::Closed.as_str()) {
-        return Err("referral is Closed; never written".into());
+        return Err(NotSent::Closed);
     }
     // Never a name of another Google record overwritten (recovery, issue 15).
     if let Some(reason) = reference_kept(&raw, &ops) {
-        return Err(reason);
+        return Err(NotSent::ReferenceKept(reason));
     }
     // Never a write whose value is already there.
     let ops: Vec<PatchOp> = ops
@@ -93,7 +114,7 @@ fn ready_to_send(current: Option<referrals::ForPatch>, ops: Vec<PatchOp>) -> Res
         .filter(|o| raw.pointer(&o.path).filter(|v| !v.is_null()) != Some(&o.value))
         .collect();
     if ops.is_empty() {
-        return Err("every value is already there".into());
+        return Err(NotSent::AlreadyThere);
     }
     let fields = ops
         .iter()
