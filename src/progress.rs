@@ -133,7 +133,7 @@ impl Progress {
         }
         // Short work needs no line: the cycle's own summary says what it did.
         if self.started.elapsed() >= LOG_EVERY {
-            self.log("done");
+            self.log("finished");
         }
     }
 
