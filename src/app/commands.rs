@@ -247,7 +247,7 @@ pub(crate) fn outbox(config: &Config, command: Option<OutboxCommand>) -> Outcome
                     if let Some(refused) = current.and_then(|a| needs_force(&a, force)) {
                         return Ok(Err(refused));
                     }
-                    outbox::retry(c, id, now)
+                    Ok(outbox::retry(c, id, now)?.map_err(|e| e.to_string()))
                 })?
                 .map_err(AppError::Refused)?;
             Ok(Printed::ok(format!(
@@ -258,7 +258,7 @@ pub(crate) fn outbox(config: &Config, command: Option<OutboxCommand>) -> Outcome
             let store = open_for_writing(config)?;
             store
                 .call_blocking(|c| outbox::drop_action(c, id, now))?
-                .map_err(AppError::Refused)?;
+                .map_err(|e| AppError::Refused(e.to_string()))?;
             Ok(Printed::ok(format!("action {id} dropped\n")))
         }
     }
@@ -589,7 +589,7 @@ pub fn reload(config: &Config, pid: i32, wait_secs: u64) -> Outcome {
         pid,
         std::time::Duration::from_secs(wait_secs),
     )
-    .map_err(AppError::Refused)?;
+    .map_err(|e| AppError::Refused(e.to_string()))?;
     match answer {
         crate::reload::ReloadReply::Reloaded => Ok(Printed::ok("configuration reloaded\n")),
         crate::reload::ReloadReply::Refused(why) => Err(AppError::Refused(format!(
