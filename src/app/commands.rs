@@ -294,7 +294,8 @@ pub(crate) async fn auth_check(config: &Config) -> Outcome {
     let token_file = config.token_file();
     let before = std::fs::read_to_string(&token_file).ok();
     let http = crate::http::client(ms.timeout.0, ms.connect_timeout.0);
-    let tokens = TokenSource::from_config(http, config).map_err(AppError::Config)?;
+    let tokens =
+        TokenSource::from_config(http, config).map_err(|e| AppError::Config(e.to_string()))?;
     match tokens.access_token().await {
         Ok(_) => {
             out.push_str("ok      microsoft: a token for the Referrals API was granted\n");

@@ -56,7 +56,8 @@ impl RegistrationClient {
             .ok_or("webhook: the [webhook] section is missing")?;
         let ms = &config.microsoft;
         let http = crate::http::client(ms.timeout.0, ms.connect_timeout.0);
-        let tokens = TokenSource::from_config(http.clone(), config)?
+        let tokens = TokenSource::from_config(http.clone(), config)
+            .map_err(|e| e.to_string())?
             .with_scope(crate::microsoft::CLASSIC_SCOPE);
         let base = Url::parse(webhook.api_base.trim_end_matches('/'))
             .map_err(|e| format!("webhook.api_base: {e}"))?;
