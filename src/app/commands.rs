@@ -465,7 +465,7 @@ async fn listen(
     let mut events = None;
     if let Some(webhook) = &config.webhook {
         let (router, rx) = crate::webhook::receiver_router(webhook, app.store.clone())
-            .map_err(AppError::Config)?;
+            .map_err(|e| AppError::Config(e.to_string()))?;
         listeners.mount("webhook.listen", &webhook.listen, router);
         events = Some(rx);
     }
@@ -540,7 +540,8 @@ pub async fn webhook(config: &Config, action: crate::cli::WebhookCommand) -> Out
                 .into(),
         )
     })?;
-    let client = RegistrationClient::from_config(config).map_err(AppError::Config)?;
+    let client =
+        RegistrationClient::from_config(config).map_err(|e| AppError::Config(e.to_string()))?;
     let refused = |e: &dyn std::fmt::Display| AppError::Refused(e.to_string());
     let text = match action {
         WebhookCommand::Register => {
