@@ -326,16 +326,31 @@ pub(crate) async fn auth_check(config: &Config) -> Outcome {
     })
 }
 
-async fn google_token(config: &Config) -> Option<Result<(), String>> {
+/// Why `auth check` got no Google token.
+#[derive(Debug, thiserror::Error)]
+enum GoogleTokenError {
+    #[error("google.credentials_file is missing")]
+    NoKeyFile,
+    #[error("google.credentials_file: {0}")]
+    Key(crate::google::auth::KeyError),
+    #[error("{0}")]
+    Token(crate::http::ApiError),
+}
+
+async fn google_token(config: &Config) -> Option<Result<(), GoogleTokenError>> {
     if !config.google_enabled() {
         return None;
     }
     let Some(key) = config.google.credentials_file.as_ref() else {
-        return Some(Err("google.credentials_file is missing".into()));
+        return Some(Err(GoogleTokenError::NoKeyFile));
     };
     let result = match GoogleAuth::from_key_file(key) {
-        Ok(auth) => auth.token().await.map(|_| ()).map_err(|e| e.to_string()),
-        Err(e) => Err(format!("google.credentials_file: {e}")),
+        Ok(auth) => auth
+            .token()
+            .await
+            .map(|_| ())
+            .map_err(GoogleTokenError::Token),
+        Err(e) => Err(GoogleTokenError::Key(e)),
     };
     Some(result)
 }
