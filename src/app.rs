@@ -120,14 +120,15 @@ impl App {
         };
         let ms = &config.microsoft;
         let http = crate::http::client(ms.timeout.0, ms.connect_timeout.0);
-        let tokens = TokenSource::from_config(http.clone(), &config).map_err(AppError::Config)?;
+        let tokens = TokenSource::from_config(http.clone(), &config)
+            .map_err(|e| AppError::Config(e.to_string()))?;
         let microsoft = MicrosoftClient::new(
             http,
             &ms.api_base,
             Arc::new(tokens),
             Arc::new(RateLimiter::new(ms.requests_per_second)),
         )
-        .map_err(AppError::Config)?;
+        .map_err(|e| AppError::Config(e.to_string()))?;
         let pull = PullSettings {
             page_size: ms.page_size,
             overlap: ms.incremental_overlap.0,
@@ -366,7 +367,7 @@ fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
         Arc::new(auth),
         Arc::new(RateLimiter::new(g.requests_per_second)),
     )
-    .map_err(AppError::Config)?;
+    .map_err(|e| AppError::Config(e.to_string()))?;
     let sync = &config.sync;
     Ok(GoogleSide {
         client,

@@ -518,6 +518,27 @@ impl crate::config::RetryConfig {
     }
 }
 
+/// An `api_base` setting that is not a URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad {setting} {text:?}: {error}")]
+pub struct BadApiBase {
+    setting: &'static str,
+    text: String,
+    /// The URL parser's words.
+    error: String,
+}
+
+impl BadApiBase {
+    /// `text` (a trailing `/` dropped) as the base URL `setting` names.
+    pub(crate) fn parse(setting: &'static str, text: &str) -> Result<reqwest::Url, BadApiBase> {
+        reqwest::Url::parse(text.trim_end_matches('/')).map_err(|e| BadApiBase {
+            setting,
+            text: text.to_string(),
+            error: e.to_string(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

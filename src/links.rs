@@ -11,7 +11,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use ring::hmac;
 
-pub(crate) use crate::config::actions::read_key_file;
+pub(crate) use crate::config::actions::{read_key_file, KeyError};
 
 /// A token longer than this is not one of ours (read nothing more of it).
 const MAX_TOKEN_CHARS: usize = 600;
@@ -68,10 +68,10 @@ impl LinkSigner {
     }
 
     /// The signer of `[actions]`: its key file, or the state directory's generated key.
-    pub fn load(
+    pub(crate) fn load(
         config: &crate::config::ActionsConfig,
         state_dir: &Path,
-    ) -> Result<LinkSigner, String> {
+    ) -> Result<LinkSigner, KeyError> {
         let key = match config.key_file() {
             Some(path) => read_key_file(path)?,
             None => generated_key(&state_dir.join("actions.key"))?,
@@ -228,7 +228,7 @@ impl LinkSigner {
 }
 
 /// The state directory's key: read it, or make it once (32 random bytes, hex, mode 0600).
-fn generated_key(path: &Path) -> Result<Vec<u8>, String> {
+fn generated_key(path: &Path) -> Result<Vec<u8>, KeyError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if path.exists() {
@@ -236,10 +236,13 @@ fn generated_key(path: &Path) -> Result<Vec<u8>, String> {
     }
     let mut key = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
-        .map_err(|_| "no randomness for the link key".to_string())?;
+        .map_err(|_| KeyError::NoRandomness)?;
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|error| KeyError::CreateDir {
+            dir: dir.to_path_buf(),
+            error,
+        })?;
     }
     match std::fs::OpenOptions::new()
         .write(true)
@@ -250,13 +253,19 @@ fn generated_key(path: &Path) -> Result<Vec<u8>, String> {
         Ok(mut file) => {
             file.write_all(hex.as_bytes())
                 .and_then(|_| file.sync_all())
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                .map_err(|error| KeyError::Write {
+                    path: path.to_path_buf(),
+                    error,
+                })?;
             tracing::info!(path = %path.display(), "generated the action links' key (mode 0600)");
             Ok(hex.into_bytes())
         }
         // Another process made it first: use theirs.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_key_file(path),
-        Err(e) => Err(format!("cannot create {}: {e}", path.display())),
+        Err(error) => Err(KeyError::Create {
+            path: path.to_path_buf(),
+            error,
+        }),
     }
 }
 

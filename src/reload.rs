@@ -17,7 +17,7 @@ pub(crate) fn result_file(state_path: &Path) -> PathBuf {
 
 /// The daemon's side: records a reload's outcome (the first line is unique per reload, so a
 /// waiting command sees a change even when two reloads end alike).
-pub(crate) fn record(state_path: &Path, outcome: &Result<(), String>) {
+pub(crate) fn record<E: std::fmt::Display>(state_path: &Path, outcome: &Result<(), E>) {
     let stamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
     let text = match outcome {
         Ok(()) => format!("{stamp} {}\nok\n", std::process::id()),
@@ -107,19 +107,38 @@ pub(crate) enum ReloadReply {
     Refused(String),
 }
 
+/// Why `reload` got no answer from the daemon.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReloadError {
+    #[error("{0} is not the daemon's process id")]
+    NotDaemon(i32),
+    #[error("cannot send SIGHUP to process {pid}: {error}")]
+    Signal { pid: i32, error: std::io::Error },
+    #[error("process {pid} did not answer within {} s (no change to {}); see `journalctl -u cosell-sync`", wait.as_secs(), file.display())]
+    NoAnswer {
+        pid: i32,
+        wait: Duration,
+        file: PathBuf,
+    },
+}
+
 /// Signals `pid` and waits up to `wait` for the daemon's answer.
-pub(crate) fn request(state_path: &Path, pid: i32, wait: Duration) -> Result<ReloadReply, String> {
+pub(crate) fn request(
+    state_path: &Path,
+    pid: i32,
+    wait: Duration,
+) -> Result<ReloadReply, ReloadError> {
     let file = result_file(state_path);
     let before = std::fs::read_to_string(&file).ok();
     if pid <= 1 {
-        return Err(format!("{pid} is not the daemon's process id"));
+        return Err(ReloadError::NotDaemon(pid));
     }
     // SAFETY: kill(2) with a plain pid and signal number; no memory is shared.
     if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-        return Err(format!(
-            "cannot send SIGHUP to process {pid}: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(ReloadError::Signal {
+            pid,
+            error: std::io::Error::last_os_error(),
+        });
     }
     let started = Instant::now();
     while started.elapsed() < wait {
@@ -129,11 +148,7 @@ pub(crate) fn request(state_path: &Path, pid: i32, wait: Duration) -> Result<Rel
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(format!(
-        "process {pid} did not answer within {} s (no change to {}); see `journalctl -u cosell-sync`",
-        wait.as_secs(),
-        file.display()
-    ))
+    Err(ReloadError::NoAnswer { pid, wait, file })
 }
 
 fn parse(text: &str) -> ReloadReply {
@@ -179,10 +194,13 @@ mod tests {
     fn a_recorded_outcome_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("state.db");
-        record(&db, &Ok(()));
+        record(&db, &Ok::<(), String>(()));
         let first = std::fs::read_to_string(result_file(&db)).unwrap();
         assert_eq!(parse(&first), ReloadReply::Reloaded);
-        record(&db, &Err("schedule.sync: bad\nsecond line".into()));
+        record(
+            &db,
+            &Err::<(), String>("schedule.sync: bad\nsecond line".into()),
+        );
         let second = std::fs::read_to_string(result_file(&db)).unwrap();
         assert_ne!(first, second);
         assert_eq!(

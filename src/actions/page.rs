@@ -278,7 +278,7 @@ async fn answer(
     }
     let decision = match parse_decision(&s.settings.config, field("action"), field("reason")) {
         Ok(d) => d,
-        Err(message) => return refused(StatusCode::BAD_REQUEST, "Not understood", &message),
+        Err(e) => return refused(StatusCode::BAD_REQUEST, "Not understood", &e.to_string()),
     };
     let facts = match load(&s, &claims.referral_id).await {
         Ok(Some(f)) => f,
@@ -304,14 +304,27 @@ async fn answer(
     outcome_page(&queued, outcome, &view.facts())
 }
 
-fn parse_decision(config: &ActionsConfig, action: &str, reason: &str) -> Result<Decision, String> {
+/// A form that asks for no decision the page offers (the person is told which to choose).
+#[derive(Debug, thiserror::Error)]
+enum FormError {
+    #[error("Choose one of the listed reasons to decline.")]
+    UnlistedReason,
+    #[error("Choose Accept or Decline.")]
+    NoDecision,
+}
+
+fn parse_decision(
+    config: &ActionsConfig,
+    action: &str,
+    reason: &str,
+) -> Result<Decision, FormError> {
     match action {
         "accept" => Ok(Decision::Accept),
         "decline" if config.decline_reasons.iter().any(|r| r == reason) => Ok(Decision::Decline {
             reason: reason.to_string(),
         }),
-        "decline" => Err("Choose one of the listed reasons to decline.".into()),
-        _ => Err("Choose Accept or Decline.".into()),
+        "decline" => Err(FormError::UnlistedReason),
+        _ => Err(FormError::NoDecision),
     }
 }
 
@@ -451,11 +464,9 @@ pub(crate) async fn serve(
     listen: &str,
     router: Router,
     shutdown: tokio_util::sync::CancellationToken,
-) -> Result<std::net::SocketAddr, String> {
+) -> Result<std::net::SocketAddr, crate::serve::BindError> {
     let limits = crate::serve::Limits::daemon();
-    let addr = crate::serve::serve("actions.listen", listen, router, limits, shutdown)
-        .await
-        .map_err(|e| e.to_string())?;
+    let addr = crate::serve::serve("actions.listen", listen, router, limits, shutdown).await?;
     tracing::info!(%addr, "action page listening");
     Ok(addr)
 }

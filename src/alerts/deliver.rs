@@ -57,9 +57,9 @@ impl Sink {
     }
 
     /// Posts a rendered message (an alert or a digest) to a webhook.
-    async fn post(&self, http: &reqwest::Client, body: serde_json::Value) -> Result<(), String> {
+    async fn post(&self, http: &reqwest::Client, body: serde_json::Value) -> Result<(), SinkError> {
         let Sink::Webhook(w) = self else {
-            return Err("only webhooks take posts".into());
+            return Err(SinkError::NotWebhook);
         };
         let mut request = http.post(&w.url).timeout(w.timeout.0).json(&body);
         for (name, value) in &w.headers {
@@ -69,7 +69,7 @@ impl Sink {
         let response = request
             .send()
             .await
-            .map_err(|e| crate::http::error_chain(&e.without_url()))?;
+            .map_err(|e| SinkError::Unreachable(crate::http::error_chain(&e.without_url())))?;
         let status = response.status();
         if status.is_success() {
             Ok(())
@@ -80,16 +80,52 @@ impl Sink {
                 .await
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default();
-            Err(sink_error(status.as_u16(), &body))
+            Err(SinkError::Rejected {
+                status: status.as_u16(),
+                body,
+            })
         }
     }
 
-    pub(super) async fn send(&self, http: &reqwest::Client, alert: &Alert) -> Result<(), String> {
+    pub(super) async fn send(
+        &self,
+        http: &reqwest::Client,
+        alert: &Alert,
+    ) -> Result<(), SinkError> {
         match self {
             Sink::Webhook(w) => self.post(http, format::render(w.format, alert)).await,
             Sink::Command(c) => run_command(c, alert).await,
         }
     }
+}
+
+/// Why a sink did not take an alert; its text goes in the log, the store and `alerts test`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SinkError {
+    #[error("only webhooks take posts")]
+    NotWebhook,
+    /// The request did not get an answer (the chain of causes, the URL left out: a secret).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The receiver answered with an error status.
+    #[error("{}", sink_error(*status, body))]
+    Rejected { status: u16, body: String },
+    #[error("cannot start {program}: {error}")]
+    Start {
+        program: String,
+        error: std::io::Error,
+    },
+    #[error("stdin: {0}")]
+    Stdin(std::io::Error),
+    #[error("{0}")]
+    Wait(std::io::Error),
+    #[error("timed out after {0}")]
+    TimedOut(crate::config::HumanDuration),
+    #[error("{status} ({stderr})")]
+    Failed {
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
 }
 
 /// A sink's error answer longer than this is not read (its reason is in the first lines).
@@ -106,7 +142,7 @@ fn sink_error(status: u16, body: &str) -> String {
     format!("HTTP {status}: {cut}{more}")
 }
 
-async fn run_command(c: &CommandConfig, alert: &Alert) -> Result<(), String> {
+async fn run_command(c: &CommandConfig, alert: &Alert) -> Result<(), SinkError> {
     let body =
         serde_json::to_vec(&format::render(AlertFormat::Json, alert)).expect("alerts serialize");
     let mut child = tokio::process::Command::new(&c.argv[0])
@@ -116,28 +152,27 @@ async fn run_command(c: &CommandConfig, alert: &Alert) -> Result<(), String> {
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", c.argv[0]))?;
+        .map_err(|error| SinkError::Start {
+            program: c.argv[0].clone(),
+            error,
+        })?;
     let mut stdin = child.stdin.take().expect("piped stdin");
     let run = async {
-        stdin
-            .write_all(&body)
-            .await
-            .map_err(|e| format!("stdin: {e}"))?;
+        stdin.write_all(&body).await.map_err(SinkError::Stdin)?;
         drop(stdin);
-        child.wait_with_output().await.map_err(|e| e.to_string())
+        child.wait_with_output().await.map_err(SinkError::Wait)
     };
     let output = tokio::time::timeout(c.timeout.0, run)
         .await
-        .map_err(|_| format!("timed out after {}", c.timeout))??;
+        .map_err(|_| SinkError::TimedOut(c.timeout))??;
     if output.status.success() {
         Ok(())
     } else {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        Err(format!(
-            "{} ({})",
-            output.status,
-            stderr.lines().next().unwrap_or("")
-        ))
+        Err(SinkError::Failed {
+            status: output.status,
+            stderr: stderr.lines().next().unwrap_or("").to_string(),
+        })
     }
 }
 
@@ -678,11 +713,11 @@ async fn deliver_to_chat(
             cycle.broken.insert(sink_key.clone());
             tracing::warn!(sink = %key, alerts = ids.len(), %error, "alert digest not delivered; its alerts are kept and retried next cycle");
             let n = ids.len() as u64;
-            let logged = error.clone();
+            let logged = error.to_string();
             store
                 .call(move |c| astore::failed_many(c, &ids, &sink_key, &logged))
                 .await?;
-            note_failing_sink(store, key, &error).await?;
+            note_failing_sink(store, key, &error.to_string()).await?;
             Ok((0, n))
         }
     }
@@ -731,11 +766,11 @@ async fn deliver_each(
                 if attempts_before == 0 {
                     tracing::warn!(sink = %key, alert_id = %alert.id, %error, "alert not delivered; it is kept and retried next cycle");
                 }
-                let logged = error.clone();
+                let logged = error.to_string();
                 store
                     .call(move |c| astore::failed(c, &id, &sink_key, &logged))
                     .await?;
-                note_failing_sink(store, key, &error).await?;
+                note_failing_sink(store, key, &error.to_string()).await?;
             }
         }
     }
@@ -804,7 +839,7 @@ pub(crate) struct SinkTest {
     pub(crate) key: String,
     /// `referral_expiring at 4h; referral_expired` ([`Route::describe`]).
     pub(crate) gets: String,
-    pub(crate) result: Result<(), String>,
+    pub(crate) result: Result<(), SinkError>,
 }
 
 /// `alerts test`: one test alert to every sink, each result reported; nothing recorded.

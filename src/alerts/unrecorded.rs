@@ -160,7 +160,11 @@ pub(crate) async fn deliver(settings: &AlertSettings, broken: &mut HashSet<Strin
     (delivered, undelivered)
 }
 
-async fn send(settings: &AlertSettings, sink: &Sink, alert: &Alert) -> Result<(), String> {
+async fn send(
+    settings: &AlertSettings,
+    sink: &Sink,
+    alert: &Alert,
+) -> Result<(), super::deliver::SinkError> {
     use backon::Retryable;
     let backoff = backon::ExponentialBuilder::default()
         .with_min_delay(std::time::Duration::from_millis(200))

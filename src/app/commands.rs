@@ -247,7 +247,7 @@ pub(crate) fn outbox(config: &Config, command: Option<OutboxCommand>) -> Outcome
                     if let Some(refused) = current.and_then(|a| needs_force(&a, force)) {
                         return Ok(Err(refused));
                     }
-                    outbox::retry(c, id, now)
+                    Ok(outbox::retry(c, id, now)?.map_err(|e| e.to_string()))
                 })?
                 .map_err(AppError::Refused)?;
             Ok(Printed::ok(format!(
@@ -258,7 +258,7 @@ pub(crate) fn outbox(config: &Config, command: Option<OutboxCommand>) -> Outcome
             let store = open_for_writing(config)?;
             store
                 .call_blocking(|c| outbox::drop_action(c, id, now))?
-                .map_err(AppError::Refused)?;
+                .map_err(|e| AppError::Refused(e.to_string()))?;
             Ok(Printed::ok(format!("action {id} dropped\n")))
         }
     }
@@ -294,7 +294,8 @@ pub(crate) async fn auth_check(config: &Config) -> Outcome {
     let token_file = config.token_file();
     let before = std::fs::read_to_string(&token_file).ok();
     let http = crate::http::client(ms.timeout.0, ms.connect_timeout.0);
-    let tokens = TokenSource::from_config(http, config).map_err(AppError::Config)?;
+    let tokens =
+        TokenSource::from_config(http, config).map_err(|e| AppError::Config(e.to_string()))?;
     match tokens.access_token().await {
         Ok(_) => {
             out.push_str("ok      microsoft: a token for the Referrals API was granted\n");
@@ -325,16 +326,31 @@ pub(crate) async fn auth_check(config: &Config) -> Outcome {
     })
 }
 
-async fn google_token(config: &Config) -> Option<Result<(), String>> {
+/// Why `auth check` got no Google token.
+#[derive(Debug, thiserror::Error)]
+enum GoogleTokenError {
+    #[error("google.credentials_file is missing")]
+    NoKeyFile,
+    #[error("google.credentials_file: {0}")]
+    Key(crate::google::auth::KeyError),
+    #[error("{0}")]
+    Token(crate::http::ApiError),
+}
+
+async fn google_token(config: &Config) -> Option<Result<(), GoogleTokenError>> {
     if !config.google_enabled() {
         return None;
     }
     let Some(key) = config.google.credentials_file.as_ref() else {
-        return Some(Err("google.credentials_file is missing".into()));
+        return Some(Err(GoogleTokenError::NoKeyFile));
     };
     let result = match GoogleAuth::from_key_file(key) {
-        Ok(auth) => auth.token().await.map(|_| ()).map_err(|e| e.to_string()),
-        Err(e) => Err(format!("google.credentials_file: {e}")),
+        Ok(auth) => auth
+            .token()
+            .await
+            .map(|_| ())
+            .map_err(GoogleTokenError::Token),
+        Err(e) => Err(GoogleTokenError::Key(e)),
     };
     Some(result)
 }
@@ -464,7 +480,7 @@ async fn listen(
     let mut events = None;
     if let Some(webhook) = &config.webhook {
         let (router, rx) = crate::webhook::receiver_router(webhook, app.store.clone())
-            .map_err(AppError::Config)?;
+            .map_err(|e| AppError::Config(e.to_string()))?;
         listeners.mount("webhook.listen", &webhook.listen, router);
         events = Some(rx);
     }
@@ -539,7 +555,8 @@ pub async fn webhook(config: &Config, action: crate::cli::WebhookCommand) -> Out
                 .into(),
         )
     })?;
-    let client = RegistrationClient::from_config(config).map_err(AppError::Config)?;
+    let client =
+        RegistrationClient::from_config(config).map_err(|e| AppError::Config(e.to_string()))?;
     let refused = |e: &dyn std::fmt::Display| AppError::Refused(e.to_string());
     let text = match action {
         WebhookCommand::Register => {
@@ -589,7 +606,7 @@ pub fn reload(config: &Config, pid: i32, wait_secs: u64) -> Outcome {
         pid,
         std::time::Duration::from_secs(wait_secs),
     )
-    .map_err(AppError::Refused)?;
+    .map_err(|e| AppError::Refused(e.to_string()))?;
     match answer {
         crate::reload::ReloadReply::Reloaded => Ok(Printed::ok("configuration reloaded\n")),
         crate::reload::ReloadReply::Refused(why) => Err(AppError::Refused(format!(

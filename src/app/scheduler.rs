@@ -189,7 +189,7 @@ async fn serve_reloads(
                 let outcome = reload_app(daemon, reload);
                 crate::reload::record(
                     &daemon.app().config.state.path,
-                    &outcome.as_ref().map(|_| ()).map_err(ToString::to_string),
+                    &outcome.as_ref().map(|_| ()),
                 );
                 match outcome {
                     Ok(schedule_changed) => {

@@ -144,7 +144,7 @@ impl ActionsConfig {
         self.validate_inbox(errors);
         if let Some(path) = self.key_file() {
             if let Err(e) = read_key_file(path) {
-                errors.push(ConfigError::new("actions.key_file", e));
+                errors.push(ConfigError::new("actions.key_file", e.to_string()));
             }
         }
     }
@@ -265,16 +265,38 @@ pub(crate) fn read_proxy_secret(path: &std::path::Path) -> Result<Vec<u8>, Proxy
 /// A key shorter than this is refused (HMAC-SHA256 keys should be at least the hash size).
 pub(crate) const MIN_KEY_BYTES: usize = 32;
 
+/// Why the action links' key is not there: its file unreadable or short, or not made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KeyError {
+    #[error("{0}")]
+    File(crate::files::FileError),
+    #[error("{} holds {len} bytes; an HMAC key needs at least {MIN_KEY_BYTES} (e.g. `head -c 32 /dev/urandom | base64 > FILE`)", path.display())]
+    TooShort { path: PathBuf, len: usize },
+    #[error("no randomness for the link key")]
+    NoRandomness,
+    #[error("{}: {error}", dir.display())]
+    CreateDir { dir: PathBuf, error: std::io::Error },
+    #[error("cannot write {}: {error}", path.display())]
+    Write {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot create {}: {error}", path.display())]
+    Create {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
 /// An operator's key file: its bytes (trailing whitespace trimmed), at least 32.
-pub(crate) fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    let bytes = crate::files::read(path, crate::files::Kind::Secret).map_err(|e| e.to_string())?;
+pub(crate) fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>, KeyError> {
+    let bytes = crate::files::read(path, crate::files::Kind::Secret).map_err(KeyError::File)?;
     let trimmed = bytes.trim_ascii_end().to_vec();
     if trimmed.len() < MIN_KEY_BYTES {
-        return Err(format!(
-            "{} holds {} bytes; an HMAC key needs at least {MIN_KEY_BYTES} (e.g. `head -c 32 /dev/urandom | base64 > FILE`)",
-            path.display(),
-            trimmed.len()
-        ));
+        return Err(KeyError::TooShort {
+            path: path.to_path_buf(),
+            len: trimmed.len(),
+        });
     }
     Ok(trimmed)
 }

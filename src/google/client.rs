@@ -53,9 +53,8 @@ impl GoogleClient {
         api_base: &str,
         auth: Arc<GoogleAuth>,
         limiter: Arc<RateLimiter>,
-    ) -> Result<Self, String> {
-        let api_base = Url::parse(api_base.trim_end_matches('/'))
-            .map_err(|e| format!("bad google.api_base {api_base:?}: {e}"))?;
+    ) -> Result<Self, crate::http::BadApiBase> {
+        let api_base = crate::http::BadApiBase::parse("google.api_base", api_base)?;
         Ok(GoogleClient {
             http,
             api_base,

@@ -87,7 +87,7 @@ fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64
 impl TokenSource {
     /// From `[microsoft]` (authority, tenant, client id, secrets) and the token file beside the
     /// database: the one place the Referrals API's tokens are set up from the settings.
-    pub(crate) fn from_config(http: reqwest::Client, config: &Config) -> Result<Self, String> {
+    pub(crate) fn from_config(http: reqwest::Client, config: &Config) -> Result<Self, BadEndpoint> {
         let ms = &config.microsoft;
         Self::new(
             http,
@@ -98,7 +98,6 @@ impl TokenSource {
             ms.refresh_token.clone(),
             config.token_file(),
         )
-        .map_err(|e| e.to_string())
     }
 
     pub fn new(

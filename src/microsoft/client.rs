@@ -165,9 +165,8 @@ impl MicrosoftClient {
         api_base: &str,
         tokens: Arc<TokenSource>,
         limiter: Arc<RateLimiter>,
-    ) -> Result<Self, String> {
-        let api_base = Url::parse(api_base.trim_end_matches('/'))
-            .map_err(|e| format!("bad microsoft.api_base {api_base:?}: {e}"))?;
+    ) -> Result<Self, crate::http::BadApiBase> {
+        let api_base = crate::http::BadApiBase::parse("microsoft.api_base", api_base)?;
         Ok(MicrosoftClient {
             http,
             api_base,

@@ -146,56 +146,72 @@ async fn token(State(state): State<Shared>, Form(form): Form<HashMap<String, Str
         .into_response()
 }
 
+/// Why the simulated token endpoint refused a JWT bearer grant.
+#[derive(Debug, thiserror::Error)]
+enum JwtError {
+    #[error("not three parts")]
+    NotThreeParts,
+    #[error("{0}")]
+    Base64(#[from] base64::DecodeError),
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("alg {0} is not RS256")]
+    Alg(Value),
+    #[error("bad signature")]
+    BadSignature,
+    #[error("unknown issuer {0}")]
+    Issuer(Value),
+    #[error("scope cloudcrmpartners not requested")]
+    Scope,
+    #[error("audience {0} is not this token endpoint")]
+    Audience(Value),
+    #[error("expired")]
+    Expired,
+}
+
 /// Checks the JWT bearer grant: RS256 signed by the issued key, issued by its service
 /// account, for the cloudcrmpartners scope, addressed to this token endpoint, not expired.
-fn verify_jwt(jwt: &str) -> Result<(), String> {
+fn verify_jwt(jwt: &str) -> Result<(), JwtError> {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let parts: Vec<&str> = jwt.split('.').collect();
     let [header, claims, signature] = parts.as_slice() else {
-        return Err("not three parts".into());
+        return Err(JwtError::NotThreeParts);
     };
-    let decode = |p: &str| -> Result<Value, String> {
-        let bytes = b64
-            .decode(p.trim_end_matches('='))
-            .map_err(|e| e.to_string())?;
-        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    let decode = |p: &str| -> Result<Value, JwtError> {
+        let bytes = b64.decode(p.trim_end_matches('='))?;
+        Ok(serde_json::from_slice(&bytes)?)
     };
     let header = decode(header)?;
     if header["alg"] != "RS256" {
-        return Err(format!("alg {} is not RS256", header["alg"]));
+        return Err(JwtError::Alg(header["alg"].clone()));
     }
     // Base64url with or without padding: both are seen in the wild.
-    let signature = b64
-        .decode(signature.trim_end_matches('='))
-        .map_err(|e| e.to_string())?;
+    let signature = b64.decode(signature.trim_end_matches('='))?;
     let signed = &jwt[..jwt.rfind('.').expect("three parts")];
     UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &key().public_der)
         .verify(signed.as_bytes(), &signature)
-        .map_err(|_| "bad signature".to_string())?;
+        .map_err(|_| JwtError::BadSignature)?;
     let claims = decode(claims)?;
     if claims["iss"] != CLIENT_EMAIL {
-        return Err(format!("unknown issuer {}", claims["iss"]));
+        return Err(JwtError::Issuer(claims["iss"].clone()));
     }
     if !claims["scope"]
         .as_str()
         .unwrap_or("")
         .contains(crate::google::SCOPE)
     {
-        return Err("scope cloudcrmpartners not requested".into());
+        return Err(JwtError::Scope);
     }
     if !claims["aud"]
         .as_str()
         .unwrap_or("")
         .ends_with("/google/token")
     {
-        return Err(format!(
-            "audience {} is not this token endpoint",
-            claims["aud"]
-        ));
+        return Err(JwtError::Audience(claims["aud"].clone()));
     }
     let now = chrono::Utc::now().timestamp();
     if claims["exp"].as_i64().unwrap_or(0) < now {
-        return Err("expired".into());
+        return Err(JwtError::Expired);
     }
     Ok(())
 }

@@ -9,6 +9,31 @@ use serde_json::Value;
 
 use crate::timefmt::parse_timestamp;
 
+/// Why a `$filter` or `$orderby` expression was refused (the simulator answers 400 with the text).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum QueryError {
+    #[error("unterminated string literal")]
+    UnterminatedString,
+    #[error("missing ')'")]
+    MissingClose,
+    #[error("unsupported operator '{0}'")]
+    UnsupportedOperator(String),
+    #[error("expected a comparison operator, found {0}")]
+    ExpectedOperator(String),
+    #[error("functions and lambdas ('{0}(...)') are not supported")]
+    Function(String),
+    #[error("bad literal '{0}'")]
+    BadLiteral(String),
+    #[error("expected a property or a literal, found {0}")]
+    ExpectedOperand(String),
+    #[error("unexpected {0}")]
+    Unexpected(String),
+    #[error("empty $orderby key")]
+    EmptyOrderKey,
+    #[error("bad $orderby direction '{0}'")]
+    BadDirection(String),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Expr {
     And(Box<Expr>, Box<Expr>),
@@ -41,7 +66,7 @@ enum Token {
     Word(String),
 }
 
-fn tokenize(input: &str) -> Result<Vec<Token>, String> {
+fn tokenize(input: &str) -> Result<Vec<Token>, QueryError> {
     let chars: Vec<char> = input.chars().collect();
     let mut tokens = Vec::new();
     let mut i = 0;
@@ -62,7 +87,7 @@ fn tokenize(input: &str) -> Result<Vec<Token>, String> {
                 i += 1;
                 loop {
                     match chars.get(i) {
-                        None => return Err("unterminated string literal".into()),
+                        None => return Err(QueryError::UnterminatedString),
                         Some('\'') if chars.get(i + 1) == Some(&'\'') => {
                             s.push('\'');
                             i += 2;
@@ -101,7 +126,7 @@ impl Parser {
         matches!(self.tokens.get(self.pos), Some(Token::Word(w)) if w.eq_ignore_ascii_case(word))
     }
 
-    fn or(&mut self) -> Result<Expr, String> {
+    fn or(&mut self) -> Result<Expr, QueryError> {
         let mut left = self.and()?;
         while self.peek_word("or") {
             self.pos += 1;
@@ -110,7 +135,7 @@ impl Parser {
         Ok(left)
     }
 
-    fn and(&mut self) -> Result<Expr, String> {
+    fn and(&mut self) -> Result<Expr, QueryError> {
         let mut left = self.unary()?;
         while self.peek_word("and") {
             self.pos += 1;
@@ -119,7 +144,7 @@ impl Parser {
         Ok(left)
     }
 
-    fn unary(&mut self) -> Result<Expr, String> {
+    fn unary(&mut self) -> Result<Expr, QueryError> {
         if self.peek_word("not") {
             self.pos += 1;
             return Ok(Expr::Not(Box::new(self.unary()?)));
@@ -128,7 +153,7 @@ impl Parser {
             self.pos += 1;
             let inner = self.or()?;
             if self.tokens.get(self.pos) != Some(&Token::Close) {
-                return Err("missing ')'".into());
+                return Err(QueryError::MissingClose);
             }
             self.pos += 1;
             return Ok(inner);
@@ -142,25 +167,23 @@ impl Parser {
                 "lt" => CmpOp::Lt,
                 "ge" => CmpOp::Ge,
                 "le" => CmpOp::Le,
-                other => return Err(format!("unsupported operator '{other}'")),
+                other => return Err(QueryError::UnsupportedOperator(other.to_string())),
             },
-            other => return Err(format!("expected a comparison operator, found {other:?}")),
+            other => return Err(QueryError::ExpectedOperator(format!("{other:?}"))),
         };
         self.pos += 1;
         let right = self.operand()?;
         Ok(Expr::Compare(left, op, right))
     }
 
-    fn operand(&mut self) -> Result<Operand, String> {
+    fn operand(&mut self) -> Result<Operand, QueryError> {
         let token = self.tokens.get(self.pos).cloned();
         self.pos += 1;
         match token {
             Some(Token::Str(s)) => Ok(Operand::Literal(Value::String(s))),
             Some(Token::Word(w)) => {
                 if self.tokens.get(self.pos) == Some(&Token::Open) {
-                    return Err(format!(
-                        "functions and lambdas ('{w}(...)') are not supported"
-                    ));
+                    return Err(QueryError::Function(w));
                 }
                 Ok(match w.as_str() {
                     "true" => Operand::Literal(Value::Bool(true)),
@@ -170,27 +193,31 @@ impl Parser {
                         if parse_timestamp(&w).is_some() {
                             Operand::Literal(Value::String(w))
                         } else {
-                            let n: f64 = w.parse().map_err(|_| format!("bad literal '{w}'"))?;
+                            let n: f64 =
+                                w.parse().map_err(|_| QueryError::BadLiteral(w.clone()))?;
                             Operand::Literal(serde_json::json!(n))
                         }
                     }
                     _ => Operand::Path(w.split('/').map(str::to_string).collect()),
                 })
             }
-            other => Err(format!("expected a property or a literal, found {other:?}")),
+            other => Err(QueryError::ExpectedOperand(format!("{other:?}"))),
         }
     }
 }
 
 /// Parses a `$filter` expression.
-pub(crate) fn parse_filter(input: &str) -> Result<Expr, String> {
+pub(crate) fn parse_filter(input: &str) -> Result<Expr, QueryError> {
     let mut parser = Parser {
         tokens: tokenize(input)?,
         pos: 0,
     };
     let expr = parser.or()?;
     if parser.pos != parser.tokens.len() {
-        return Err(format!("unexpected {:?}", parser.tokens[parser.pos]));
+        return Err(QueryError::Unexpected(format!(
+            "{:?}",
+            parser.tokens[parser.pos]
+        )));
     }
     Ok(expr)
 }
@@ -256,16 +283,16 @@ pub(crate) struct OrderKey {
     pub(crate) descending: bool,
 }
 
-pub(crate) fn parse_orderby(input: &str) -> Result<Vec<OrderKey>, String> {
+pub(crate) fn parse_orderby(input: &str) -> Result<Vec<OrderKey>, QueryError> {
     input
         .split(',')
         .map(|part| {
             let mut words = part.split_whitespace();
-            let field = words.next().ok_or("empty $orderby key")?;
+            let field = words.next().ok_or(QueryError::EmptyOrderKey)?;
             let descending = match words.next().map(str::to_ascii_lowercase).as_deref() {
                 None | Some("asc") => false,
                 Some("desc") => true,
-                Some(other) => return Err(format!("bad $orderby direction '{other}'")),
+                Some(other) => return Err(QueryError::BadDirection(other.to_string())),
             };
             Ok(OrderKey {
                 path: field.split('/').map(str::to_string).collect(),

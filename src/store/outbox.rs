@@ -453,20 +453,33 @@ pub(crate) fn counts_by_state(conn: &Connection) -> Result<Vec<(String, String, 
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// Why `outbox retry` or `outbox drop` left an action as it was.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ActionRefused {
+    #[error("no outbox action {0}")]
+    NoAction(i64),
+    #[error("action {id} is {state}; only dead or quarantined actions can be retried")]
+    NotRetryable { id: i64, state: State },
+    #[error("action {id} is {state}; it cannot be dropped")]
+    NotDroppable { id: i64, state: State },
+    #[error("another {kind} for referral {referral_id} is already open")]
+    AlreadyOpen { kind: String, referral_id: String },
+}
+
 /// `outbox retry ID`: a dead or quarantined action goes back to pending, due now.
 pub(crate) fn retry(
     conn: &Connection,
     id: i64,
     now: DateTime<Utc>,
-) -> Result<Result<(), String>, StoreError> {
+) -> Result<Result<(), ActionRefused>, StoreError> {
     let Some(current) = get(conn, id)? else {
-        return Ok(Err(format!("no outbox action {id}")));
+        return Ok(Err(ActionRefused::NoAction(id)));
     };
     if !matches!(current.state, State::Dead | State::Quarantined) {
-        return Ok(Err(format!(
-            "action {id} is {}; only dead or quarantined actions can be retried",
-            current.state
-        )));
+        return Ok(Err(ActionRefused::NotRetryable {
+            id,
+            state: current.state,
+        }));
     }
     let now = db_timestamp(now);
     let changed = conn.execute(
@@ -479,10 +492,10 @@ pub(crate) fn retry(
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
-            Ok(Err(format!(
-                "another {} for referral {} is already open",
-                current.kind, current.referral_id
-            )))
+            Ok(Err(ActionRefused::AlreadyOpen {
+                kind: current.kind,
+                referral_id: current.referral_id,
+            }))
         }
         Err(e) => Err(e.into()),
     }
@@ -495,18 +508,18 @@ pub(crate) fn drop_action(
     conn: &Connection,
     id: i64,
     now: DateTime<Utc>,
-) -> Result<Result<(), String>, StoreError> {
+) -> Result<Result<(), ActionRefused>, StoreError> {
     let Some(current) = get(conn, id)? else {
-        return Ok(Err(format!("no outbox action {id}")));
+        return Ok(Err(ActionRefused::NoAction(id)));
     };
     if matches!(
         current.state,
         State::Done | State::Dropped | State::Superseded | State::InFlight
     ) {
-        return Ok(Err(format!(
-            "action {id} is {}; it cannot be dropped",
-            current.state
-        )));
+        return Ok(Err(ActionRefused::NotDroppable {
+            id,
+            state: current.state,
+        }));
     }
     conn.execute(
         "UPDATE outbox SET state = 'dropped', updated_at = ?2 WHERE id = ?1",

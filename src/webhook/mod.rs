@@ -48,9 +48,9 @@ fn events_channel() -> (tokio::sync::mpsc::Sender<receiver::Accepted>, Events) {
 pub(crate) fn receiver_router(
     config: &PartnerWebhookConfig,
     store: crate::store::Store,
-) -> Result<(axum::Router, Events), String> {
+) -> Result<(axum::Router, Events), receiver::StartError> {
     let (tx, rx) = events_channel();
-    let router = receiver::router(config, store, tx).map_err(|e| e.to_string())?;
+    let router = receiver::router(config, store, tx)?;
     Ok((router, rx))
 }
 

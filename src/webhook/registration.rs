@@ -47,19 +47,37 @@ pub(crate) struct RegistrationClient {
     tokens: Arc<TokenSource>,
 }
 
+/// Why `webhook register|show|unregister|test` could not start, or `test` stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WebhookCommandError {
+    #[error("webhook: the [webhook] section is missing")]
+    NoSection,
+    #[error(transparent)]
+    Endpoint(#[from] crate::microsoft::auth::BadEndpoint),
+    /// `webhook.api_base` is not a URL (the parser's words).
+    #[error("webhook.api_base: {0}")]
+    ApiBase(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Receiver(#[from] super::receiver::StartError),
+    #[error("cannot request a test event: {0}")]
+    RequestTest(ApiError),
+}
+
 impl RegistrationClient {
     /// From the configuration: `[microsoft]` credentials, `webhook.api_base`.
-    pub(crate) fn from_config(config: &Config) -> Result<Self, String> {
+    pub(crate) fn from_config(config: &Config) -> Result<Self, WebhookCommandError> {
         let webhook = config
             .webhook
             .as_ref()
-            .ok_or("webhook: the [webhook] section is missing")?;
+            .ok_or(WebhookCommandError::NoSection)?;
         let ms = &config.microsoft;
         let http = crate::http::client(ms.timeout.0, ms.connect_timeout.0);
         let tokens = TokenSource::from_config(http.clone(), config)?
             .with_scope(crate::microsoft::CLASSIC_SCOPE);
         let base = Url::parse(webhook.api_base.trim_end_matches('/'))
-            .map_err(|e| format!("webhook.api_base: {e}"))?;
+            .map_err(|e| WebhookCommandError::ApiBase(e.to_string()))?;
         Ok(RegistrationClient {
             http,
             base,
@@ -204,12 +222,12 @@ pub(crate) async fn test(
     config: &Config,
     client: &RegistrationClient,
     wait: Duration,
-) -> Result<TestOutcome, String> {
+) -> Result<TestOutcome, WebhookCommandError> {
     let webhook = config
         .webhook
         .as_ref()
-        .ok_or("webhook: the [webhook] section is missing")?;
-    let store = Store::open(&config.state.path).map_err(|e| e.to_string())?;
+        .ok_or(WebhookCommandError::NoSection)?;
+    let store = Store::open(&config.state.path)?;
     let stop = CancellationToken::new();
     let _stop_guard = stop.clone().drop_guard();
     // No forwarder here: the event is only stored; the daemon marks it processed later.
@@ -218,18 +236,14 @@ pub(crate) async fn test(
         Ok(_) => true,
         // The daemon's receiver is listening.
         Err(super::receiver::StartError::Bind(e)) if e.in_use() => false,
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
     let since = Utc::now();
-    let rejected_before = store
-        .call(|c| wstore::stats(c))
-        .await
-        .map_err(|e| e.to_string())?
-        .rejected;
+    let rejected_before = store.call(|c| wstore::stats(c)).await?.rejected;
     client
         .request_test_event()
         .await
-        .map_err(|e| format!("cannot request a test event: {e}"))?;
+        .map_err(WebhookCommandError::RequestTest)?;
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let (arrived, stats) = store
@@ -239,8 +253,7 @@ pub(crate) async fn test(
                     wstore::stats(c)?,
                 ))
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if arrived {
             return Ok(TestOutcome::Verified {
                 via_temporary_receiver: temporary,
