@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -213,8 +213,8 @@ pub enum OutboxCommand {
     /// List actions (newest first).
     List {
         /// Only actions in this state (repeatable).
-        #[arg(long = "state", value_enum)]
-        states: Vec<OutboxState>,
+        #[arg(long = "state", value_parser = outbox_states())]
+        states: Vec<String>,
         /// How many actions to list (the newest).
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -239,33 +239,10 @@ pub enum OutboxCommand {
     },
 }
 
-/// The states of an outbox action, as `outbox list --state` takes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-#[value(rename_all = "snake_case")]
-pub enum OutboxState {
-    Pending,
-    InFlight,
-    Done,
-    Dead,
-    Quarantined,
-    Dropped,
-    Superseded,
-}
-
-impl OutboxState {
-    /// The store's state of that name.
-    pub(crate) fn state(self) -> crate::store::outbox::State {
-        use crate::store::outbox::State;
-        match self {
-            OutboxState::Pending => State::Pending,
-            OutboxState::InFlight => State::InFlight,
-            OutboxState::Done => State::Done,
-            OutboxState::Dead => State::Dead,
-            OutboxState::Quarantined => State::Quarantined,
-            OutboxState::Dropped => State::Dropped,
-            OutboxState::Superseded => State::Superseded,
-        }
-    }
+/// The states of an outbox action, as `outbox list --state` takes them: the store's own names,
+/// so the two can never list different states.
+fn outbox_states() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(crate::store::outbox::State::ALL.map(|s| s.as_str()))
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::{scheduler, App, AppError};
-use crate::cli::{OutboxCommand, OutboxState};
+use crate::cli::OutboxCommand;
 use crate::config::Config;
 use crate::google::GoogleAuth;
 use crate::microsoft::TokenSource;
@@ -234,8 +234,11 @@ pub(crate) fn outbox(config: &Config, command: Option<OutboxCommand>) -> Outcome
             json,
         } => {
             let store = open_for_reading(config)?;
-            let states: Vec<outbox::State> =
-                states.iter().map(|s| OutboxState::state(*s)).collect();
+            // Clap let only the store's own names through.
+            let states: Vec<outbox::State> = states
+                .iter()
+                .filter_map(|s| outbox::State::parse(s))
+                .collect();
             let rows = store.call_blocking(|c| outbox::list(c, &states, limit))?;
             show(json, rows.as_slice(), render::outbox)
         }

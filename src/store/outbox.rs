@@ -52,18 +52,20 @@ impl State {
         }
     }
 
-    fn parse(text: &str) -> Option<State> {
-        [
-            State::Pending,
-            State::InFlight,
-            State::Done,
-            State::Dead,
-            State::Quarantined,
-            State::Dropped,
-            State::Superseded,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+    /// Every state, in the order of their life (and of `outbox list --state`'s help).
+    pub(crate) const ALL: [State; 7] = [
+        State::Pending,
+        State::InFlight,
+        State::Done,
+        State::Dead,
+        State::Quarantined,
+        State::Dropped,
+        State::Superseded,
+    ];
+
+    /// The state its snake_case name names (the database's text, the CLI's `--state`).
+    pub(crate) fn parse(text: &str) -> Option<State> {
+        State::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
     /// Still to be sent, or being sent.
