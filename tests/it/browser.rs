@@ -148,15 +148,7 @@ impl Driver {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_declines_from_the_alert_link() {
-    let required = std::env::var("BROWSER_TEST_REQUIRED").is_ok_and(|v| v == "1");
-    let chromium = on_path(&["chromium", "chromium-browser", "google-chrome"]);
-    let driver = on_path(&["chromedriver"]);
-    let (Some(chromium), Some(driver)) = (chromium, driver) else {
-        let why = "chromium or chromedriver is not on PATH (Debian: apt-get install chromium chromium-driver)";
-        assert!(!required, "BROWSER_TEST_REQUIRED=1 but {why}");
-        // Straight to stderr: the test harness captures `eprintln!` of a passing test.
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "browser test skipped: {why}");
+    let Some((chromium, driver)) = browser_and_driver() else {
         return;
     };
     let page = start(400..402, "").await;
@@ -226,14 +218,7 @@ async fn a_browser_declines_from_the_alert_link() {
 /// `docs/inbox.png`.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_browser_declines_three_referrals_from_the_inbox() {
-    let required = std::env::var("BROWSER_TEST_REQUIRED").is_ok_and(|v| v == "1");
-    let chromium = on_path(&["chromium", "chromium-browser", "google-chrome"]);
-    let driver = on_path(&["chromedriver"]);
-    let (Some(chromium), Some(driver)) = (chromium, driver) else {
-        let why = "chromium or chromedriver is not on PATH (Debian: apt-get install chromium chromium-driver)";
-        assert!(!required, "BROWSER_TEST_REQUIRED=1 but {why}");
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "browser test skipped: {why}");
+    let Some((chromium, driver)) = browser_and_driver() else {
         return;
     };
     let extra = r#"actor_header = "X-Forwarded-Email"
@@ -324,4 +309,21 @@ async fn screenshot(browser: &Driver, name: &str) {
             .join(name);
         std::fs::write(docs, &png).unwrap();
     }
+}
+
+/// Chromium and its driver from PATH; `None` (the test skips, saying why on stderr) when
+/// either is missing, unless `BROWSER_TEST_REQUIRED=1` makes that a failure.
+fn browser_and_driver() -> Option<(PathBuf, PathBuf)> {
+    let required = std::env::var("BROWSER_TEST_REQUIRED").is_ok_and(|v| v == "1");
+    let chromium = on_path(&["chromium", "chromium-browser", "google-chrome"]);
+    let driver = on_path(&["chromedriver"]);
+    if let (Some(chromium), Some(driver)) = (chromium, driver) {
+        return Some((chromium, driver));
+    }
+    let why = "chromium or chromedriver is not on PATH (Debian: apt-get install chromium chromium-driver)";
+    assert!(!required, "BROWSER_TEST_REQUIRED=1 but {why}");
+    // Straight to stderr: the test harness captures `eprintln!` of a passing test.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "browser test skipped: {why}");
+    None
 }
