@@ -37,8 +37,13 @@ fn main() {
             e.exit_code()
         }
     };
-    // Do not wait for detached blocking work (a hung DNS lookup, say) past the command's end.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // Exit without tearing the runtime down. A teardown drops the connection tasks first,
+    // and a write still running past `shutdown_grace` would record that as its own failure:
+    // a lead create was quarantined for "dispatch task is gone". Left alone, it stays in
+    // flight as after a SIGKILL, and the next start quarantines it saying the process
+    // stopped. Nothing needs the teardown: the store commits each step as it goes, and no
+    // detached blocking work (a hung DNS lookup, say) is waited for.
+    std::mem::forget(runtime);
     std::process::exit(code);
 }
 

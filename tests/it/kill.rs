@@ -1,7 +1,8 @@
 //! Finding 1 of issue 9: random SIGKILLs and SIGTERMs (past `shutdown_grace`) while lead
 //! creates are slow. Only a create that may be on the wire is ever in doubt: at most
 //! `concurrency` creates per kill end quarantined, and every quarantined one really reached
-//! the server (the simulator's own record of the creates it received).
+//! the server (the simulator's own record of the creates it received), but for the few a kill
+//! catches between the claim's commit and the request's write.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -52,6 +53,7 @@ async fn kill_rounds(rounds: usize) -> (usize, usize) {
     // kill comes within a few create latencies (below) of this process's first create.
     env.sim.set_create_latency(Duration::from_millis(150));
     let mut expected_quarantine: BTreeSet<String> = BTreeSet::new();
+    let mut unsent_in_doubt = 0;
     for round in 0..rounds {
         let before = env.sim.create_requests().len();
         let mut child = spawn_run(&env);
@@ -94,12 +96,19 @@ async fn kill_rounds(rounds: usize) -> (usize, usize) {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        for id in &doubtful {
-            assert!(
-                received.contains(id),
-                "round {round} ({signal}): create for {id} is in doubt but never reached the server"
+        // The claim commits `in_flight` before the request is written (it must come first),
+        // and a new connection's connect comes between the two: a SIGKILL can land there,
+        // mostly on a loaded machine. Counted here, bounded below for the whole run.
+        let unsent: Vec<&String> = doubtful
+            .iter()
+            .filter(|id| !received.contains(*id))
+            .collect();
+        if !unsent.is_empty() {
+            eprintln!(
+                "round {round} ({signal}): in doubt but never reached the server: {unsent:?}"
             );
         }
+        unsent_in_doubt += unsent.len();
         expected_quarantine.extend(doubtful);
     }
     // A clean cycle recovers: the doubtful creates are quarantined, nothing else is.
@@ -127,6 +136,13 @@ async fn kill_rounds(rounds: usize) -> (usize, usize) {
     let received = env.sim.create_requests();
     let unique: BTreeSet<&String> = received.iter().collect();
     assert_eq!(unique.len(), received.len(), "a create was sent twice");
+    // A claim made early (before the rate limiter or the slot, say) would leave most of the
+    // quarantined creates unsent.
+    assert!(
+        unsent_in_doubt * 2 <= quarantined.len(),
+        "{unsent_in_doubt} of {} quarantined creates never reached the server",
+        quarantined.len()
+    );
     assert!(
         quarantined.len() >= rounds / 4,
         "the kills should land mid-create: only {} quarantined in {rounds} kills",
