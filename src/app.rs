@@ -4,6 +4,7 @@
 //! [`scheduler`]).
 
 pub(crate) mod answer;
+mod aws_auth;
 pub mod commands;
 pub(crate) mod demo;
 pub(crate) mod link;
@@ -137,7 +138,9 @@ impl App {
         let google = if config.google_enabled() {
             Some(google_side(&config)?)
         } else {
-            tracing::info!("[google] partner_id is not set: only the Microsoft side runs");
+            if config.microsoft_enabled() {
+                tracing::info!("[google] partner_id is not set: only the Microsoft side runs");
+            }
             None
         };
         let links = match &config.actions {
@@ -157,6 +160,7 @@ impl App {
             alerts,
             cycle: CycleContext {
                 store: store.clone(),
+                microsoft_on: config.microsoft_enabled(),
                 microsoft,
                 microsoft_retry: ms.retry.policy(),
                 pull,

@@ -169,7 +169,8 @@ pub(crate) async fn run_cycle(
             true => Queries::Both,
             false => Queries::InboxOnly,
         };
-        let pulled = match options.pull {
+        // Without [microsoft] (AWS only) there is no Partner Center inbox to read.
+        let pulled = match options.pull && ctx.microsoft_on {
             true => pull_acting_on_new(ctx, queries, &mut alerting, &mut report).await,
             false => Ok(PullStats::default()),
         };
@@ -440,6 +441,9 @@ async fn read_due(
 /// overlap re-read after it) never holds a new referral back. Changed referrals are queued
 /// for planning; the caller wakes the deadline lane when there are any.
 pub async fn changes_once(ctx: &CycleContext) -> Result<PullStats, CycleError> {
+    if !ctx.microsoft_on {
+        return Ok(PullStats::default());
+    }
     let client = ctx.microsoft.background();
     let mut pull = MicrosoftPull::with(
         &ctx.store,

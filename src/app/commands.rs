@@ -285,14 +285,40 @@ pub(crate) async fn link(config: Config, referral_id: &str, resource: &str) -> O
     Ok(Printed::ok(message + "\n"))
 }
 
-/// `auth check`: a token from each cloud, nothing else. The database is not opened. Entra
-/// answers every refresh-token grant with a new refresh token and may retire the one redeemed,
-/// so a check cannot avoid rotating it; dropping the new token could leave the daemon with a
-/// retired one. The new token is kept in the token file, as the daemon keeps it, and the
-/// output says so.
+/// `auth check`: a token from each cloud and one read from AWS, nothing else. The database
+/// is not opened. Entra answers every refresh-token grant with a new refresh token and may
+/// retire the one redeemed, so a check cannot avoid rotating it; dropping the new token could
+/// leave the daemon with a retired one. The new token is kept in the token file, as the daemon
+/// keeps it, and the output says so.
 pub(crate) async fn auth_check(config: &Config) -> Outcome {
     let mut out = String::new();
     let mut failed = false;
+    match config.microsoft_enabled() {
+        true => failed |= microsoft_token(config, &mut out).await?,
+        false => out.push_str("skip    microsoft: [microsoft] is not configured\n"),
+    }
+    match google_token(config).await {
+        None => out.push_str("skip    google: [google] partner_id is not set\n"),
+        Some(Ok(())) => out
+            .push_str("ok      google: a service-account token for cloudcrmpartners was granted\n"),
+        Some(Err(e)) => {
+            failed = true;
+            out.push_str(&format!("FAILED  google: {e}\n"));
+        }
+    }
+    if let Some(aws) = &config.aws {
+        let (line, aws_failed) = super::aws_auth::check(aws).await;
+        out.push_str(&line);
+        failed |= aws_failed;
+    }
+    Ok(Printed {
+        stdout: out,
+        code: if failed { exit::CYCLE_FAILED } else { exit::OK },
+    })
+}
+
+/// `auth check`'s Microsoft line: a token grant (and the rotated token kept); whether it failed.
+async fn microsoft_token(config: &Config, out: &mut String) -> Result<bool, AppError> {
     let ms = &config.microsoft;
     let token_file = config.token_file();
     let before = std::fs::read_to_string(&token_file).ok();
@@ -308,25 +334,13 @@ pub(crate) async fn auth_check(config: &Config) -> Outcome {
                     token_file.display()
                 ));
             }
+            Ok(false)
         }
         Err(e) => {
-            failed = true;
             out.push_str(&format!("FAILED  microsoft: {e}\n"));
+            Ok(true)
         }
     }
-    match google_token(config).await {
-        None => out.push_str("skip    google: [google] partner_id is not set\n"),
-        Some(Ok(())) => out
-            .push_str("ok      google: a service-account token for cloudcrmpartners was granted\n"),
-        Some(Err(e)) => {
-            failed = true;
-            out.push_str(&format!("FAILED  google: {e}\n"));
-        }
-    }
-    Ok(Printed {
-        stdout: out,
-        code: if failed { exit::CYCLE_FAILED } else { exit::OK },
-    })
 }
 
 /// Why `auth check` got no Google token.
@@ -360,6 +374,11 @@ async fn google_token(config: &Config) -> Option<Result<(), GoogleTokenError>> {
 
 /// `auth microsoft`: the device-code sign-in; `show` prints the instructions as they come.
 pub(crate) async fn auth_microsoft(config: &Config, show: impl Fn(&str)) -> Outcome {
+    if !config.microsoft_enabled() {
+        return Err(AppError::Config(
+            "auth microsoft: [microsoft] is not configured, so Microsoft is off (an AWS-only set-up needs no Microsoft sign-in); add [microsoft] with tenant and client_id to co-sell with Microsoft too".into(),
+        ));
+    }
     let ms = &config.microsoft;
     let http = crate::http::client(ms.timeout.0, ms.connect_timeout.0);
     let token_file = config.token_file();
@@ -417,6 +436,16 @@ pub(crate) async fn sync(config: Config, all: bool) -> Outcome {
 /// `check-config` and `run`: a secret or key file that other users can read is named with its
 /// key (a warning: the service still starts; the file's owner decides).
 fn warn_open_secrets(config: &Config, file: &Path) {
+    if let Some(mode) = crate::files::readable_by_others(file) {
+        for key in config.inline_secrets() {
+            tracing::warn!(
+                key,
+                path = %file.display(),
+                "{key}: {} is readable by other users (mode {mode:03o}) and holds this secret inline: move it to {key}_file (a relative path is read from credentials/ beside the config, or systemd's $CREDENTIALS_DIRECTORY), or `chmod 600` the config",
+                file.display()
+            );
+        }
+    }
     let base = file.parent().unwrap_or(Path::new("."));
     for (key, path) in config.secret_files(base) {
         if let Some(mode) = crate::files::readable_by_others(&path) {

@@ -306,6 +306,10 @@ fn reload_app(daemon: &Daemon, reload: &Reload) -> Result<bool, ReloadRefused> {
 /// READY=1 waits for a working token: a few tries (the network may still be coming up),
 /// then the daemon gives up with the error, so a bad credential is visible at once.
 async fn wait_for_first_token(app: &App, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    if !app.cycle.microsoft_on {
+        tracing::info!("[microsoft] is not configured: Microsoft is off; no token is asked for");
+        return Ok(());
+    }
     let mut delay = Duration::from_secs(1);
     for attempt in 1..=6 {
         match app.cycle.microsoft.check_auth().await {

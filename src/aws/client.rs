@@ -114,6 +114,25 @@ impl AwsClient {
         })
     }
 
+    /// The client `[aws]` describes: its endpoint, catalog, read rate, timeouts and the
+    /// credentials found in §8's order. Refused when the configuration was loaded without
+    /// reading secrets (no credentials then).
+    pub fn from_config(aws: &crate::config::AwsConfig) -> Result<AwsClient, ApiError> {
+        let found = aws.credentials().ok_or_else(|| ApiError::Refused {
+            api: API,
+            message: "no credentials were read for [aws]".into(),
+        })?;
+        let credentials = Credentials {
+            access_key_id: found.access_key_id.clone(),
+            secret_access_key: found.secret_access_key.clone(),
+            session_token: found.session_token.clone(),
+        };
+        let (timeout, connect_timeout) = aws.timeouts();
+        let http = crate::http::client(timeout, connect_timeout);
+        let reads = aws.requests_per_second();
+        AwsClient::new(http, aws.endpoint(), aws.catalog(), credentials, reads)
+    }
+
     /// One page of the invitations this account received that are still `PENDING`.
     pub async fn list_pending_invitations(
         &self,

@@ -131,6 +131,11 @@ impl AwsConfig {
         self.requests_per_second
     }
 
+    /// The whole-request and the connect timeout of one call.
+    pub fn timeouts(&self) -> (std::time::Duration, std::time::Duration) {
+        (self.timeout.0, self.connect_timeout.0)
+    }
+
     /// Reads the secret files and finds the credentials in §8's order; `env` is the process
     /// environment (a parameter, so the order is tested without touching it).
     pub(super) fn resolve_secrets(
@@ -315,6 +320,28 @@ impl AwsConfig {
                     format!("{e} (with [aws], every reason must be a valid RejectionReason)"),
                 ));
             }
+        }
+    }
+}
+
+/// With `[aws]`, every rule `reason` that may be sent as a `RejectionReason` (a rule not
+/// limited to `source = "microsoft"`) must be one: 1–80 characters of the model's pattern.
+/// A key that already has an error (the general reason checks) is not named twice.
+pub(super) fn validate_rule_reasons(rules: &[super::RuleConfig], errors: &mut Vec<ConfigError>) {
+    for (i, rule) in rules.iter().enumerate() {
+        let key = format!("rules[{i}].reason");
+        let (Some(reason), false) = (&rule.reason, rule.source.as_deref() == Some("microsoft"))
+        else {
+            continue;
+        };
+        if errors.iter().any(|e| e.key == key) {
+            continue;
+        }
+        if let Err(e) = check_rejection_reason(reason) {
+            errors.push(ConfigError::new(
+                key,
+                format!("{e} (with [aws], a rule's reason is sent as the RejectionReason; limit the rule to source = \"microsoft\" to keep a longer one)"),
+            ));
         }
     }
 }

@@ -8,6 +8,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::value::Value;
 use figment::{Figment, Source};
 
+use super::types::NamedSections;
 use super::{suggest, Config, ConfigError, ConfigErrors, DEFAULT_CONFIG_PATH, ENV_PREFIX};
 
 /// Where the configuration came from, for messages and `check-config`.
@@ -97,6 +98,7 @@ impl Config {
         let Some(mut config) = config else {
             return Err(ConfigErrors(errors));
         };
+        config.named = named_sections(&figment);
         let base_dir = file.parent().unwrap_or(Path::new("."));
         if needs.secrets {
             if let Err(e) = config.resolve_secrets(base_dir) {
@@ -121,6 +123,36 @@ impl Config {
         }
     }
 }
+
+/// Which sections the file or the environment names: figment's merged tree holds only what
+/// they gave (the compiled-in defaults are serde's, applied later), so a section is there
+/// exactly when the operator wrote it, even empty, or set one of its `COSELL_SECTION__KEY`.
+fn named_sections(figment: &Figment) -> NamedSections {
+    let named = |section: &str| figment.find_value(section).is_ok();
+    let in_file = |key: &&str| {
+        let written = figment
+            .find_value(key)
+            .ok()
+            .and_then(|v| v.into_string())
+            .is_some_and(|v| !v.trim().is_empty());
+        let from_file = figment
+            .find_metadata(key)
+            .is_some_and(|m| matches!(m.source, Some(Source::File(_))));
+        written && from_file
+    };
+    NamedSections {
+        no_microsoft: !named("microsoft"),
+        google: named("google"),
+        inline_secrets: INLINE_SECRETS.iter().copied().filter(in_file).collect(),
+    }
+}
+
+/// The secrets a configuration file may hold inline (each also has a `_file` form).
+const INLINE_SECRETS: &[&str] = &[
+    "microsoft.client_secret",
+    "microsoft.refresh_token",
+    "aws.secret_access_key",
+];
 
 /// At most this many bad keys are peeled off before giving up (a config has fewer keys).
 const MAX_PEELS: usize = 256;

@@ -40,10 +40,26 @@ pub use webhook::PartnerWebhookConfig;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/cosell-sync/config.toml";
 /// Prefix of environment overrides: `COSELL_MICROSOFT__TENANT` sets `microsoft.tenant`.
 pub const ENV_PREFIX: &str = "COSELL_";
+/// What `check-config` says when `[microsoft]` is left out.
+pub const MICROSOFT_OFF_NOTE: &str = "# [microsoft] is not configured: Microsoft is off (no Partner Center pull, token, webhook or answers); only the [aws] inbox is watched\n";
 /// Name of the rotated Microsoft refresh-token file, kept beside the database (never in it).
 pub const TOKEN_FILE_NAME: &str = "microsoft-refresh-token";
 
 impl Config {
+    /// The Microsoft side runs when `[microsoft]` is in the file or the environment (spec
+    /// §8): an AWS-only partner leaves it out, and then no Microsoft token is asked for and
+    /// nothing is pulled from or sent to Partner Center.
+    pub fn microsoft_enabled(&self) -> bool {
+        !self.named.no_microsoft
+    }
+
+    /// The secrets written inline in the configuration file (for the "readable by others"
+    /// warning: such a file must be readable by its owner only, or the secret moved to a
+    /// `_file`).
+    pub(crate) fn inline_secrets(&self) -> &[&'static str] {
+        &self.named.inline_secrets
+    }
+
     /// The Google side runs when a partner id is configured.
     pub fn google_enabled(&self) -> bool {
         self.google
@@ -65,9 +81,17 @@ impl Config {
         }
     }
 
-    /// The effective configuration as TOML, secrets shown as `[redacted]`.
+    /// The effective configuration as TOML, secrets shown as `[redacted]`. With Microsoft
+    /// off its section is left out (its defaults are not in force) and a comment says so.
     pub fn redacted_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+        let printed = match self.microsoft_enabled() {
+            true => toml::to_string_pretty(self),
+            false => toml::Table::try_from(self).and_then(|mut table| {
+                table.remove("microsoft");
+                toml::to_string_pretty(&table).map(|text| format!("{MICROSOFT_OFF_NOTE}{text}"))
+            }),
+        };
+        printed.unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
 }
 

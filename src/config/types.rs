@@ -37,6 +37,24 @@ pub struct Config {
     /// Ordered triage rules: the first whose conditions all hold decides (spec §7).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<super::RuleConfig>,
+    /// Which optional sections the file or the environment named, set by loading (the
+    /// structs above cannot tell a section left out from one with every key at its default).
+    #[serde(skip)]
+    pub(crate) named: NamedSections,
+}
+
+/// The sections whose mere presence decides something (spec §8): `[microsoft]` is on when it
+/// is in the file or the environment (`COSELL_MICROSOFT__*`). The default is Microsoft on,
+/// as every configuration was before `[aws]`: a `Config` built in code keeps it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NamedSections {
+    /// Neither the file nor the environment has `[microsoft]`.
+    pub(crate) no_microsoft: bool,
+    /// The file or the environment has `[google]` (even without `partner_id`).
+    pub(crate) google: bool,
+    /// The secrets written inline in the configuration file itself (not the environment,
+    /// not a `_file`): a file others can read must not hold them (spec §8).
+    pub(crate) inline_secrets: Vec<&'static str>,
 }
 
 /// Prometheus metrics and `/healthz` over HTTP, for `run` only.

@@ -107,7 +107,10 @@ impl Config {
     pub(super) fn validate_checked(&self, require_refresh_token: bool) -> Result<(), ConfigErrors> {
         let mut errors = Vec::new();
         self.check_state_and_urls(&mut errors);
-        self.check_microsoft(&mut errors, require_refresh_token);
+        self.check_inboxes(&mut errors);
+        if self.microsoft_enabled() {
+            self.check_microsoft(&mut errors, require_refresh_token);
+        }
         self.check_google(&mut errors);
         self.check_sync_refresh(&mut errors);
         self.check_alerts(&mut errors);
@@ -118,6 +121,9 @@ impl Config {
         }
         self.triage.validate(&mut errors);
         super::triage::validate_rules(&self.rules, &mut errors);
+        if self.aws.is_some() {
+            super::aws::validate_rule_reasons(&self.rules, &mut errors);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -141,6 +147,33 @@ impl Config {
             if let Err(e) = check_base_url(value) {
                 errors.push(ConfigError::new(key, e));
             }
+        }
+    }
+
+    /// Which inboxes are watched (spec §8): `[microsoft]`, `[aws]` or both; Google leads and
+    /// Partner Center events come from Microsoft referrals, so `[google]` and `[webhook]`
+    /// need `[microsoft]`.
+    fn check_inboxes(&self, errors: &mut Vec<ConfigError>) {
+        if self.microsoft_enabled() {
+            return;
+        }
+        if self.aws.is_none() {
+            errors.push(ConfigError::new(
+                "microsoft",
+                "is missing, and so is [aws]: configure at least one inbox ([microsoft] for Partner Center referrals, [aws] for AWS Partner Central invitations; see config.example.toml)",
+            ));
+        }
+        if self.named.google || self.google_enabled() {
+            errors.push(ConfigError::new(
+                "google",
+                "needs [microsoft]: Google leads are made from Partner Center referrals only (add [microsoft], or remove [google] for an AWS-only set-up)",
+            ));
+        }
+        if self.webhook.is_some() {
+            errors.push(ConfigError::new(
+                "webhook",
+                "needs [microsoft]: it receives Partner Center events (add [microsoft], or remove [webhook] for an AWS-only set-up)",
+            ));
         }
     }
 

@@ -41,6 +41,9 @@ pub struct TokenSource {
     cached: Mutex<Option<CachedToken>>,
     /// A rotated refresh token not yet in the token file, and the first failed write.
     unsaved: std::sync::Mutex<Option<Unsaved>>,
+    /// `[microsoft]` is not configured (an AWS-only set-up): every grant is refused here,
+    /// before any request, whatever token file a former set-up left in the state directory.
+    off: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -89,7 +92,7 @@ impl TokenSource {
     /// database: the one place the Referrals API's tokens are set up from the settings.
     pub(crate) fn from_config(http: reqwest::Client, config: &Config) -> Result<Self, BadEndpoint> {
         let ms = &config.microsoft;
-        Self::new(
+        let mut source = Self::new(
             http,
             &ms.authority,
             ms.tenant.as_deref().unwrap_or_default(),
@@ -97,7 +100,9 @@ impl TokenSource {
             ms.client_secret.clone(),
             ms.refresh_token.clone(),
             config.token_file(),
-        )
+        )?;
+        source.off = !config.microsoft_enabled();
+        Ok(source)
     }
 
     pub fn new(
@@ -120,6 +125,7 @@ impl TokenSource {
             initial_refresh_token,
             cached: Mutex::new(None),
             unsaved: std::sync::Mutex::new(None),
+            off: false,
         })
     }
 
@@ -194,6 +200,14 @@ impl TokenSource {
 
     /// The refresh token to redeem: the rotated one on disk, else the configured first one.
     fn current_refresh_token(&self) -> Result<SecretString, ApiError> {
+        if self.off {
+            return Err(ApiError::Auth {
+                api: API,
+                message: "Microsoft is off: [microsoft] is not configured (an AWS-only set-up asks Partner Center for nothing)".into(),
+                code: None,
+                transient: false,
+            });
+        }
         // Newer than the file, which could not take it.
         if let Some(unsaved) = self.unsaved_slot().as_ref() {
             return Ok(unsaved.token.clone());

@@ -11,7 +11,7 @@
 //! `PENDING` or a `ClientToken` reused for another invitation, and the invitation turning
 //! `ACCEPTED` when its task completes. Wiring into `demo` comes next.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -79,6 +79,8 @@ pub struct AwsState {
     polls_to_finish: u32,
     fail_next: Option<Outcome>,
     throttle_next: u32,
+    /// Operations the caller's IAM policy does not allow (`AccessDeniedException`).
+    denied: BTreeSet<String>,
     requests: VecDeque<AwsRequest>,
     counters: BTreeMap<String, u64>,
     next_id: u64,
@@ -97,6 +99,7 @@ impl Default for AwsState {
             polls_to_finish: 2,
             fail_next: None,
             throttle_next: 0,
+            denied: BTreeSet::new(),
             requests: VecDeque::new(),
             counters: BTreeMap::new(),
             next_id: 0,
@@ -192,6 +195,12 @@ impl AwsSimulator {
     /// The next `n` signed requests get `ThrottlingException`.
     pub fn throttle_next(&self, n: u32) {
         lock(&self.state).throttle_next = n;
+    }
+
+    /// From now on `operation` is refused with `AccessDeniedException`, as AWS refuses a
+    /// caller whose IAM policy lacks `partnercentral:<operation>`.
+    pub fn deny(&self, operation: &str) {
+        lock(&self.state).denied.insert(operation.to_string());
     }
 
     /// Requests served, by operation (and `throttled`, `refused:<error>`).
@@ -324,6 +333,18 @@ async fn handle(State(state): State<Shared>, headers: HeaderMap, body: Bytes) ->
             json!({}),
         );
     };
+    if state.denied.contains(operation) {
+        *state
+            .counters
+            .entry("refused:AccessDeniedException".into())
+            .or_default() += 1;
+        return error(
+            StatusCode::BAD_REQUEST,
+            "AccessDeniedException",
+            &format!("User: arn:aws:iam::{RECEIVER_ACCOUNT}:user/cosell-sync is not authorized to perform: partnercentral:{operation} because no identity-based policy allows the partnercentral:{operation} action"),
+            json!({"Reason": "ACCESS_DENIED"}),
+        );
+    }
     if state.throttle_next > 0 {
         state.throttle_next -= 1;
         *state.counters.entry("throttled".into()).or_default() += 1;

@@ -66,6 +66,9 @@ pub struct GoogleSide {
 #[derive(Debug, Clone)]
 pub struct CycleContext {
     pub store: Store,
+    /// False without `[microsoft]` (an AWS-only set-up): no pull, no changes read; the
+    /// client is there but its token source refuses every grant before any request.
+    pub(crate) microsoft_on: bool,
     pub microsoft: MicrosoftClient,
     /// `[microsoft.retry]`: every Microsoft call (pull pages, re-reads, patches, answers).
     pub microsoft_retry: RetryPolicy,
