@@ -19,12 +19,12 @@ const BAD_SIGNATURE: &[&str] = &[
 /// One `auth check` line for AWS (ending in a newline) and whether the check failed.
 pub(crate) async fn check(aws: &AwsConfig) -> (String, bool) {
     let Some(found) = aws.credentials() else {
-        return ("FAILED  aws: no credentials were read for [aws]\n".into(), true);
+        return (
+            "FAILED  aws: no credentials were read for [aws]\n".into(),
+            true,
+        );
     };
-    let from = format!(
-        "access key {} from {}",
-        found.access_key_id, found.source
-    );
+    let from = format!("access key {} from {}", found.access_key_id, found.source);
     let client = match AwsClient::from_config(aws) {
         Ok(client) => client,
         Err(e) => return (format!("FAILED  aws: {e}\n"), true),

@@ -658,6 +658,44 @@ mod tests {
     }
 
     #[test]
+    fn rule_reasons_that_may_reach_aws_must_be_rejection_reasons() {
+        use crate::config::{RuleAction, RuleConfig};
+        let rule = |reason: &str, source: Option<&str>| RuleConfig {
+            source: source.map(str::to_string),
+            reason: Some(reason.to_string()),
+            ..RuleConfig::any("r", RuleAction::Decline)
+        };
+        let long = "x".repeat(81);
+        let rules = [
+            rule("Outside our region", None),
+            rule(&long, None),
+            rule(&long, Some("aws")),
+            rule(&long, Some("microsoft")),
+            rule("tab\there", None),
+        ];
+        let mut errors = Vec::new();
+        validate_rule_reasons(&rules, &mut errors);
+        let said: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert!(
+            said[0].starts_with("rules[1].reason is 81 characters long"),
+            "{said:?}"
+        );
+        assert!(
+            said[1].starts_with("rules[2].reason is 81 characters long"),
+            "{said:?}"
+        );
+        assert!(
+            said[2].starts_with("rules[4].reason: character 4"),
+            "{said:?}"
+        );
+        // A key the general checks already named is not named twice.
+        let mut errors = vec![ConfigError::new("rules[1].reason", "is longer than 200")];
+        validate_rule_reasons(&rules[..2], &mut errors);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+    }
+
+    #[test]
     fn rejection_reasons_follow_the_model_pattern() {
         for good in [
             "Customer problem unclear",
