@@ -153,6 +153,19 @@ pub fn resolve_secret_path(path: &Path, base_dir: &Path) -> PathBuf {
     }
 }
 
+/// Under systemd a relative secret path is a credential, and the unit's blank default stands
+/// in for a file missing from `credentials/`: say which file to create.
+fn blank_credential_hint(file: &Path, base_dir: &Path) -> String {
+    let under_systemd = std::env::var_os("CREDENTIALS_DIRECTORY").is_some_and(|d| !d.is_empty());
+    if file.is_absolute() || !under_systemd {
+        return String::new();
+    }
+    format!(
+        " (the unit's blank default: is {} missing? Put the secret there and restart)",
+        base_dir.join(CREDENTIALS_DIR_NAME).join(file).display()
+    )
+}
+
 pub(super) fn resolve_secret(
     key: &str,
     inline: &mut Option<SecretString>,
@@ -181,7 +194,11 @@ pub(super) fn resolve_secret(
     if value.is_empty() {
         return Err(ConfigError::new(
             format!("{key}_file"),
-            format!("{} is empty", path.display()),
+            format!(
+                "{} is empty{}",
+                path.display(),
+                blank_credential_hint(file, base_dir)
+            ),
         ));
     }
     *inline = Some(SecretString::from(value.to_string()));

@@ -404,3 +404,35 @@ async fn an_inline_secret_in_a_config_others_can_read_is_named() {
         stderr(&out)
     );
 }
+
+/// Under systemd, a secret file missing from `credentials/` arrives as the unit's blank
+/// `SetCredential=` default: the config error names the key and the file to create (and the
+/// unit, not restarting on 78, waits for the operator).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blank_credential_names_its_key_and_the_missing_file() {
+    let env = TestEnv::new().await;
+    let aws = AwsSimulator::start().await.unwrap();
+    let trap = Trap::start().await;
+    let keys = format!(
+        "access_key_id = \"{ACCESS_KEY_ID}\"\nsecret_access_key_file = \"aws-secret-access-key\""
+    );
+    write_aws_only(&env, &aws, &keys, "");
+    let credentials = env.dir.path().join("run-credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::write(credentials.join("aws-secret-access-key"), "\n").unwrap();
+    let dir = credentials.display().to_string();
+    let out = cli(
+        &env,
+        &trap,
+        &["check-config"],
+        &[("CREDENTIALS_DIRECTORY", &dir)],
+    )
+    .await;
+    let err = stderr(&out).replace("\n    ", " ");
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    let expected = format!(
+        "aws.secret_access_key_file: {dir}/aws-secret-access-key is empty (the unit's blank default: is {}/credentials/aws-secret-access-key missing?",
+        env.dir.path().display()
+    );
+    assert!(err.contains(&expected), "{err}");
+}

@@ -251,7 +251,7 @@ async fn auth_check_as_root_leaves_the_rotated_token_to_the_state_directorys_own
 }
 
 /// The unit as docs/operations.md promises it: a start that keeps failing can trip the start
-/// limit, the reload reports refusals, and no optional secret is a required credential.
+/// limit, the reload reports refusals, and no secret is a required credential.
 #[test]
 fn the_unit_stops_restart_loops_and_reports_refused_reloads() {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -300,19 +300,40 @@ fn the_unit_stops_restart_loops_and_reports_refused_reloads() {
         value("ExecReload")[0].contains("reload --pid $MAINPID"),
         "{unit}"
     );
+    // Every secret is a credential, and none is required (spec §8: the shipped unit starts for
+    // an AWS-only partner, who has no Microsoft secret): each LoadCredential= has a blank
+    // SetCredential= default, which systemd uses when the file is missing instead of
+    // refusing the start (243).
     let credentials = value("LoadCredential");
+    let ids: Vec<&str> = credentials
+        .iter()
+        .map(|c| c.split(':').next().unwrap())
+        .collect();
     assert_eq!(
-        credentials,
-        ["microsoft-client-secret:/etc/cosell-sync/credentials/microsoft-client-secret"],
-        "only the always-needed secret is a required credential"
+        ids,
+        [
+            "microsoft-client-secret",
+            "microsoft-refresh-token",
+            "google-key.json",
+            "aws-secret-access-key",
+            "aws-session-token"
+        ],
+        "{credentials:?}"
     );
-    // The docs give the optional lines and the package's path.
+    for (id, credential) in ids.iter().zip(&credentials) {
+        assert_eq!(
+            *credential,
+            format!("{id}:/etc/cosell-sync/credentials/{id}"),
+            "the credential is the file of its name in credentials/"
+        );
+        assert!(
+            value("SetCredential").contains(&format!("{id}:\\n")),
+            "LoadCredential={credential} has no blank SetCredential= default: a missing file would fail the start"
+        );
+    }
+    // The docs give the package's path for the first sign-in.
     let ops = std::fs::read_to_string(format!("{root}/docs/operations.md")).unwrap();
-    for line in [
-        "LoadCredential=google-key.json:/etc/cosell-sync/credentials/google-key.json",
-        "LoadCredential=microsoft-refresh-token:/etc/cosell-sync/credentials/microsoft-refresh-token",
-        "/usr/bin/cosell-sync --config /etc/cosell-sync/config.toml auth microsoft",
-    ] {
+    for line in ["/usr/bin/cosell-sync --config /etc/cosell-sync/config.toml auth microsoft"] {
         assert!(ops.contains(line), "docs/operations.md lacks {line}");
     }
     // The real-systemd test runs the documented first sign-in.
