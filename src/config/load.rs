@@ -142,7 +142,6 @@ fn named_sections(figment: &Figment) -> NamedSections {
     };
     NamedSections {
         no_microsoft: !named("microsoft"),
-        google: named("google"),
         inline_secrets: INLINE_SECRETS.iter().copied().filter(in_file).collect(),
     }
 }

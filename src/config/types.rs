@@ -50,8 +50,6 @@ pub struct Config {
 pub(crate) struct NamedSections {
     /// Neither the file nor the environment has `[microsoft]`.
     pub(crate) no_microsoft: bool,
-    /// The file or the environment has `[google]` (even without `partner_id`).
-    pub(crate) google: bool,
     /// The secrets written inline in the configuration file itself (not the environment,
     /// not a `_file`): a file others can read must not hold them (spec §8).
     pub(crate) inline_secrets: Vec<&'static str>,
