@@ -9,7 +9,9 @@
 #   full (with [google] and the key's drop-in): start → leads created → reload → stop →
 #   the database deleted and an older backup restored → starts, re-links without a create;
 #   `dpkg -i` over the running service restarts it (a new PID); a missing credential file
-#   is not restarted and check-config names it;
+#   arrives blank (the unit's SetCredential= default): exit 78 naming the key, not restarted,
+#   and check-config names the file; AWS-only (no [microsoft], no Microsoft or Google secret
+#   file): the shipped unit starts and asks Microsoft for nothing;
 #   then a failing start trips the start limit, and purge says what it removes and does.
 #
 #   contrib/systemd-test/run.sh      (as root; .ci/run calls it)
@@ -256,13 +258,10 @@ restarts=$(inside systemctl show cosell-sync -p NRestarts --value)
 [ "$restarts" = 0 ] || fail "NRestarts=$restarts"
 ok "systemctl stop → inactive, NRestarts=0"
 
-say "full set-up: [google] with the key's drop-in"
+say "full set-up: [google], its key in credentials/ (the shipped unit loads it: no drop-in)"
 inside mv /root/google-key.json /etc/cosell-sync/credentials/google-key.json
 inside sh -c 'sed -i "s|^# partner_id = \"1234567\".*|partner_id = \"1234567\"|" /etc/cosell-sync/config.toml'
 inside grep -q '^partner_id = "1234567"' /etc/cosell-sync/config.toml || fail "partner_id edit"
-inside mkdir -p /etc/systemd/system/cosell-sync.service.d
-inside sh -c 'printf "[Service]\nLoadCredential=google-key.json:/etc/cosell-sync/credentials/google-key.json\n" > /etc/systemd/system/cosell-sync.service.d/google.conf'
-inside systemctl daemon-reload
 out=$(inside cosell-sync check-config 2>&1) || fail "check-config with [google]: $out"
 inside systemctl start cosell-sync || fail "start with [google]"
 expect_active
@@ -309,27 +308,54 @@ inside systemctl stop cosell-sync || fail "stop after the upgrade"
 ok "dpkg -i restarts the running service (MainPID $old_pid → $new_pid)"
 inside systemctl reset-failed cosell-sync 2>/dev/null || true
 
-say "a missing credential file: 243/CREDENTIALS, not restarted, named by check-config"
+say "a missing credential file: blank (the unit's default), exit 78 naming the key, not restarted"
 inside mv /etc/cosell-sync/credentials/microsoft-client-secret /root/microsoft-client-secret
 if inside systemctl start cosell-sync 2>/dev/null; then fail "started without its credential file"; fi
 sleep 2
 result=$(inside systemctl show cosell-sync -p ExecMainStatus --value)
 restarts=$(inside systemctl show cosell-sync -p NRestarts --value)
-[ "$result" = 243 ] || fail "ExecMainStatus=$result, not 243"
+[ "$result" = 78 ] || fail "ExecMainStatus=$result, not 78"
 s=$(inside systemctl is-active cosell-sync || true)
 [ "$s" = failed ] || fail "a missing credential left it '$s' (a restart pending?)"
+sleep 1
 [ "$restarts" = "$(inside systemctl show cosell-sync -p NRestarts --value)" ] || fail "restarted"
+inside journalctl -u cosell-sync --no-pager -q -o cat | tr -s ' \n' ' ' \
+  | grep -q "microsoft.client_secret_file: .*microsoft-client-secret is empty (the unit's blank default: is /etc/cosell-sync/credentials/microsoft-client-secret missing?" \
+  || fail "the journal does not name the key and the missing file"
 if out=$(inside cosell-sync check-config 2>&1); then fail "check-config passed without the secret"; fi
 echo "$out" | grep -q "/etc/cosell-sync/credentials/microsoft-client-secret" \
   || fail "check-config does not name the file: $out"
 inside mv /root/microsoft-client-secret /etc/cosell-sync/credentials/microsoft-client-secret
 inside systemctl reset-failed cosell-sync 2>/dev/null || true
-ok "243/CREDENTIALS: failed, not restarted; check-config as root names the missing file"
+ok "a missing credential: 78, failed, not restarted; the journal and check-config name the key and file"
+
+say "AWS-only: no [microsoft], no Microsoft or Google secret file; the shipped unit starts"
+inside cp /etc/cosell-sync/config.toml /root/config.full
+inside mkdir -p /root/away
+inside mv /etc/cosell-sync/credentials/microsoft-client-secret /etc/cosell-sync/credentials/google-key.json /root/away/
+inside sh -c 'printf "%s\n" sim-aws-secret-access-key | install -m 0600 /dev/stdin /etc/cosell-sync/credentials/aws-secret-access-key'
+# Nothing listens at the endpoint: this stage checks the start, not the AWS inbox.
+inside sh -c 'printf "[state]\npath = \"/var/lib/cosell-sync/state.db\"\n\n[aws]\ncatalog = \"Sandbox\"\nendpoint = \"http://127.0.0.1:8601\"\naccess_key_id = \"AKIDSIMULATORAWS01\"\nsecret_access_key_file = \"aws-secret-access-key\"\n" > /etc/cosell-sync/config.toml'
+out=$(inside cosell-sync check-config 2>&1) || fail "check-config AWS-only: $out"
+echo "$out" | grep -q "Microsoft is off" || fail "check-config does not say Microsoft is off: $out"
+inside systemctl start cosell-sync || fail "systemctl start AWS-only"
+expect_active
+sub=$(inside systemctl show cosell-sync -p SubState --value)
+[ "$sub" = running ] || fail "AWS-only SubState $sub"
+inside journalctl -u cosell-sync --no-pager -q | grep -q "Microsoft is off; no token is asked for" \
+  || fail "AWS-only: the journal does not say Microsoft is off"
+inside systemctl stop cosell-sync || fail "stop AWS-only"
+inside rm /etc/cosell-sync/credentials/aws-secret-access-key
+inside sh -c 'mv /root/away/* /etc/cosell-sync/credentials/'
+inside cp /root/config.full /etc/cosell-sync/config.toml
+inside systemctl reset-failed cosell-sync 2>/dev/null || true
+ok "AWS-only: active (running) with the shipped unit, READY without a Microsoft token"
 
 say "restart policy: a start that keeps failing trips the start limit"
 # Exit 1 (Entra refuses a wrong client secret) with a short RestartSec in a drop-in, so the limit trips
 # within the test; the shipped 30s and 20 starts in 1 h are checked by tests/it/install.rs.
 inside sh -c 'echo wrong-secret > /etc/cosell-sync/credentials/microsoft-client-secret'
+inside mkdir -p /etc/systemd/system/cosell-sync.service.d
 inside sh -c 'printf "[Service]\nRestartSec=1s\n" > /etc/systemd/system/cosell-sync.service.d/fast.conf'
 inside systemctl daemon-reload
 inside systemctl start cosell-sync 2>/dev/null || true
