@@ -333,9 +333,8 @@ fn the_unit_stops_restart_loops_and_reports_refused_reloads() {
     }
     // The docs give the package's path for the first sign-in.
     let ops = std::fs::read_to_string(format!("{root}/docs/operations.md")).unwrap();
-    for line in ["/usr/bin/cosell-sync --config /etc/cosell-sync/config.toml auth microsoft"] {
-        assert!(ops.contains(line), "docs/operations.md lacks {line}");
-    }
+    let line = "/usr/bin/cosell-sync --config /etc/cosell-sync/config.toml auth microsoft";
+    assert!(ops.contains(line), "docs/operations.md lacks {line}");
     // The real-systemd test runs the documented first sign-in.
     let test = std::fs::read_to_string(format!("{root}/contrib/systemd-test/run.sh")).unwrap();
     assert!(test.contains("--property=LoadCredential=microsoft-client-secret:/etc/cosell-sync/credentials/microsoft-client-secret"));
