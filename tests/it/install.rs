@@ -415,7 +415,9 @@ fn the_documented_secret_file_command_works_under_sh() {
                 Some(0),
                 "{doc}: `{command}` under sh: {err}"
             );
-            let file = dir.path().join("microsoft-client-secret");
+            // The file the command names (the Microsoft secret, the AWS one, ...).
+            let name = command.rsplit('/').next().unwrap().trim();
+            let file = dir.path().join(name);
             assert_eq!(
                 std::fs::read_to_string(&file).unwrap().trim_end(),
                 "s3cret value",
