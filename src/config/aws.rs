@@ -7,7 +7,8 @@
 //!
 //! Also the rule every `RejectionReason` must meet (1–80 characters of the model's pattern),
 //! here because the configuration checks decline reasons with it and the configuration is a
-//! leaf. Using the section (pull, alerts, answers, `auth check`) comes next.
+//! leaf; so is the same check of rule reasons with `[aws]`. `auth check` uses the section;
+//! the pull, alerts and answers come next.
 
 use std::path::{Path, PathBuf};
 
