@@ -4,6 +4,7 @@
 //! [`scheduler`]).
 
 pub(crate) mod answer;
+pub(crate) mod aws_answer;
 pub mod commands;
 pub(crate) mod demo;
 pub(crate) mod link;
@@ -161,6 +162,7 @@ impl App {
                 microsoft_retry: ms.retry.policy(),
                 pull,
                 google,
+                aws: aws_side(&config)?,
                 stop: tokio_util::sync::CancellationToken::new(),
                 send: send_settings(&config),
                 triage: config.triage.clone(),
@@ -351,6 +353,35 @@ fn send_settings(config: &Config) -> SendSettings {
 }
 
 /// The Google client and the sync policy, from configuration.
+/// The AWS client of `[aws]` (spec §8), with the credentials found in §8's order; `None`
+/// without the section, or when this command read no secrets.
+fn aws_side(config: &Config) -> Result<Option<crate::sync::AwsSide>, AppError> {
+    let Some(aws) = &config.aws else {
+        return Ok(None);
+    };
+    let Some(found) = aws.credentials() else {
+        return Ok(None);
+    };
+    let credentials = crate::aws::sigv4::Credentials {
+        access_key_id: found.access_key_id.clone(),
+        secret_access_key: found.secret_access_key.clone(),
+        session_token: found.session_token.clone(),
+    };
+    let http = crate::http::client(aws.timeout.0, aws.connect_timeout.0);
+    let client = crate::aws::client::AwsClient::new(
+        http,
+        aws.endpoint(),
+        aws.catalog(),
+        credentials,
+        aws.requests_per_second(),
+    )
+    .map_err(|e| AppError::Config(e.to_string()))?;
+    Ok(Some(crate::sync::AwsSide {
+        client,
+        retry: aws.retry.policy(),
+    }))
+}
+
 fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
     let g = &config.google;
     let key = g

@@ -22,7 +22,7 @@ use crate::sync::push::answer_referral::{wait_for_outcome, AnswerOutcome, Answer
 const WAIT_FOR_DAEMON: Duration = Duration::from_secs(60);
 
 /// `cli:USER`: who asked, for the audit log.
-fn actor() -> String {
+pub(super) fn actor() -> String {
     match std::env::var("USER").or_else(|_| std::env::var("LOGNAME")) {
         Ok(user) if !user.trim().is_empty() => format!("cli:{}", user.trim()),
         _ => "cli".into(),
@@ -36,6 +36,10 @@ pub(crate) async fn run(
     note: Option<String>,
     dry_run: bool,
 ) -> Outcome {
+    if crate::sync::aws_answer::is_invitation_id(referral_id) {
+        // An AWS engagement invitation (spec §8): same outbox, same executor.
+        return super::aws_answer::run(config, referral_id, decision, note, dry_run).await;
+    }
     if dry_run {
         return preview(config, referral_id, &decision).await;
     }

@@ -43,6 +43,10 @@ pub(crate) struct AnswerResult {
     pub(crate) decision: String,
     pub(crate) actor: String,
     pub(crate) at: DateTime<Utc>,
+    /// An AWS accept: its task as last read (the `TaskId` followed, the new
+    /// `OpportunityId` once `COMPLETE`, `ReasonCode` and `Message` when `FAILED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) task: Option<crate::sync::aws_answer::AcceptTask>,
 }
 
 impl AnswerResult {
@@ -288,6 +292,7 @@ fn result_of(answer: &Answer, outcome: AnswerOutcome, message: &str) -> String {
         decision: answer.decision.verb().into(),
         actor: answer.actor.clone(),
         at: Utc::now(),
+        task: None,
     })
     .expect("a result serializes")
 }
@@ -374,6 +379,7 @@ pub(crate) async fn wait_for_outcome(
                     decision: String::new(),
                     actor: String::new(),
                     at: Utc::now(),
+                    task: None,
                 })
             });
         }
