@@ -627,6 +627,22 @@ pub(crate) fn referral(view: &ReferralView) -> String {
         // A URL does not wrap: on a line of its own, to copy whole.
         let _ = writeln!(out, "  answer it (accept or decline):\n    {url}");
     }
+    if let Some(t) = &view.aws_task {
+        let _ = writeln!(
+            out,
+            "  AWS task:  {} {}{}",
+            t.task_id.as_deref().unwrap_or("(no TaskId)"),
+            t.status.as_deref().unwrap_or("IN_PROGRESS"),
+            match (&t.opportunity_id, &t.reason_code) {
+                (Some(o), _) => format!(", opportunity {o}"),
+                (None, Some(code)) => format!(
+                    ": {code}: {}",
+                    t.message.as_deref().unwrap_or("(no Message)")
+                ),
+                (None, None) => String::new(),
+            }
+        );
+    }
     if let Some(d) = &view.triage {
         let _ = writeln!(out, "  rules:     {}", crate::triage::sentence(d));
     }

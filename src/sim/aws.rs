@@ -66,6 +66,8 @@ struct SimTask {
 pub struct AwsRequest {
     pub operation: String,
     pub body: Value,
+    /// When it arrived (the write quota is counted on these).
+    pub at: DateTime<Utc>,
 }
 
 /// The simulated account's state.
@@ -79,6 +81,10 @@ pub struct AwsState {
     polls_to_finish: u32,
     fail_next: Option<Outcome>,
     throttle_next: u32,
+    /// `ThrottlingException` for the next requests of one operation.
+    throttle_operation: Option<(String, u32)>,
+    /// Requests answered with `ThrottlingException`, oldest first (bounded).
+    throttled: VecDeque<AwsRequest>,
     requests: VecDeque<AwsRequest>,
     counters: BTreeMap<String, u64>,
     next_id: u64,
@@ -97,6 +103,8 @@ impl Default for AwsState {
             polls_to_finish: 2,
             fail_next: None,
             throttle_next: 0,
+            throttle_operation: None,
+            throttled: VecDeque::new(),
             requests: VecDeque::new(),
             counters: BTreeMap::new(),
             next_id: 0,
@@ -192,6 +200,17 @@ impl AwsSimulator {
     /// The next `n` signed requests get `ThrottlingException`.
     pub fn throttle_next(&self, n: u32) {
         lock(&self.state).throttle_next = n;
+    }
+
+    /// The next `n` requests of `operation` (e.g. the accept's start) get
+    /// `ThrottlingException`, whatever comes between them.
+    pub fn throttle_next_of(&self, operation: &str, n: u32) {
+        lock(&self.state).throttle_operation = Some((operation.to_string(), n));
+    }
+
+    /// The signed requests answered with `ThrottlingException`, oldest first (bounded).
+    pub fn throttled(&self) -> Vec<AwsRequest> {
+        lock(&self.state).throttled.iter().cloned().collect()
     }
 
     /// Requests served, by operation (and `throttled`, `refused:<error>`).
@@ -324,9 +343,26 @@ async fn handle(State(state): State<Shared>, headers: HeaderMap, body: Bytes) ->
             json!({}),
         );
     };
-    if state.throttle_next > 0 {
-        state.throttle_next -= 1;
+    let this_one = match &mut state.throttle_operation {
+        Some((op, n)) if op == operation && *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    };
+    if state.throttle_next > 0 || this_one {
+        if !this_one {
+            state.throttle_next -= 1;
+        }
         *state.counters.entry("throttled".into()).or_default() += 1;
+        if state.throttled.len() >= 1_000 {
+            state.throttled.pop_front();
+        }
+        state.throttled.push_back(AwsRequest {
+            operation: operation.to_string(),
+            body: input.clone(),
+            at: Utc::now(),
+        });
         return error(
             StatusCode::BAD_REQUEST,
             "ThrottlingException",
@@ -341,6 +377,7 @@ async fn handle(State(state): State<Shared>, headers: HeaderMap, body: Bytes) ->
     state.requests.push_back(AwsRequest {
         operation: operation.to_string(),
         body: input.clone(),
+        at: Utc::now(),
     });
     let catalog = match input.get("Catalog").and_then(Value::as_str) {
         Some(c) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphabetic()) => c.to_string(),

@@ -158,9 +158,9 @@ pub(crate) fn decide(invitation: &Invitation, decision: &AwsDecision) -> Verdict
         (Some(InvitationStatus::Accepted), AwsDecision::Decline { .. }) => Verdict::Refuse(
             format!("invitation {id} was answered the other way: accepted in AWS Partner Central"),
         ),
-        (Some(InvitationStatus::Rejected), AwsDecision::Accept { .. }) => Verdict::Refuse(
-            format!("invitation {id} was answered the other way: declined in AWS Partner Central{reason}"),
-        ),
+        (Some(InvitationStatus::Rejected), AwsDecision::Accept { .. }) => Verdict::Refuse(format!(
+            "invitation {id} was answered the other way: declined in AWS Partner Central{reason}"
+        )),
         (Some(InvitationStatus::Expired), _) => {
             let when = invitation
                 .expiration_date
@@ -170,9 +170,9 @@ pub(crate) fn decide(invitation: &Invitation, decision: &AwsDecision) -> Verdict
                 "invitation {id} expired{when}: nobody accepted it before its ExpirationDate"
             ))
         }
-        (Some(InvitationStatus::Other(s)), _) => Verdict::Refuse(format!(
-            "invitation {id} is {s}, which cannot be answered"
-        )),
+        (Some(InvitationStatus::Other(s)), _) => {
+            Verdict::Refuse(format!("invitation {id} is {s}, which cannot be answered"))
+        }
         (None, _) => Verdict::Refuse(format!(
             "invitation {id} has no Status; it is not answered blind"
         )),
@@ -276,7 +276,9 @@ mod tests {
         };
         let stored = encode(&answer);
         assert_eq!(stored["action"], AWS_ACCEPT);
-        assert!(stored["client_token"].as_str().is_some_and(|t| t.len() >= 32));
+        assert!(stored["client_token"]
+            .as_str()
+            .is_some_and(|t| t.len() >= 32));
         assert_eq!(decode(AWS_ACCEPT, &stored), Ok(answer));
         let long = "x".repeat(81);
         for (kind, bad) in [

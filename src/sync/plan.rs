@@ -11,8 +11,8 @@ use crate::store::outbox::{
 };
 use crate::store::referrals;
 use crate::store::{schedule, Store, StoreError};
-use crate::sync::{answer, aws_answer};
 use crate::sync::reconcile::{after_create, reconcile, Action, Plan, Policy};
+use crate::sync::{answer, aws_answer};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]

@@ -82,9 +82,8 @@ pub(super) async fn execute(
             aws.client.start_accept_task(&row.referral_id, &token)
         })
         .await;
-        let fields = format!(
-            "accept (StartEngagementByAcceptingInvitationTask ClientToken={token})"
-        );
+        let fields =
+            format!("accept (StartEngagementByAcceptingInvitationTask ClientToken={token})");
         match started {
             Ok(started) => {
                 let mut task = AcceptTask {
@@ -229,7 +228,9 @@ async fn settle(
         Some("COMPLETE") => {
             let message = format!(
                 "invitation {id} accepted in AWS Partner Central: opportunity {} ({})",
-                task.opportunity_id.as_deref().unwrap_or("(no OpportunityId given)"),
+                task.opportunity_id
+                    .as_deref()
+                    .unwrap_or("(no OpportunityId given)"),
                 task.task_id.as_deref().unwrap_or("no TaskId")
             );
             let result = result_of(answer, AnswerOutcome::Sent, &message, Some(task));
@@ -251,7 +252,10 @@ async fn settle(
         }
         Some("FAILED") => {
             task.failed += 1;
-            let m = format!("AWS could not accept invitation {id}: {}", task_detail(&task));
+            let m = format!(
+                "AWS could not accept invitation {id}: {}",
+                task_detail(&task)
+            );
             dead(exec, row, answer, m, Some(task), audit).await
         }
         _ if timed_out(&task, Utc::now()) => {
@@ -299,9 +303,15 @@ pub(super) async fn read_invitation(
     .await;
     match read {
         Ok(parsed) => Ok(Ok(parsed.invitation)),
-        Err(e) => Ok(Err(
-            failed(exec, row, answer, &e, stored_task_of(row, answer), None).await?,
-        )),
+        Err(e) => Ok(Err(failed(
+            exec,
+            row,
+            answer,
+            &e,
+            stored_task_of(row, answer),
+            None,
+        )
+        .await?)),
     }
 }
 

@@ -272,7 +272,9 @@ impl<'a> Executor<'a> {
                 Action::AnswerReferral { answer } => {
                     return answer_referral::execute(self, row, answer).await
                 }
-                Action::AwsAccept { answer } => return aws_accept::execute(self, row, answer).await,
+                Action::AwsAccept { answer } => {
+                    return aws_accept::execute(self, row, answer).await
+                }
                 Action::AwsDecline { answer } => {
                     return aws_decline::execute(self, row, answer).await
                 }

@@ -1,0 +1,337 @@
+//! Answers to AWS engagement invitations (spec §8): `accept engi-…` and `decline engi-…`
+//! through the one executor, against the AWS simulator (which follows `partner-apis.md`
+//! part D): one task start whose `ClientToken` survives a throttled retry and a restart, the
+//! task followed to `COMPLETE` (its opportunity in `status` and `audit`) or `FAILED`
+//! (`action_failed`), one reject with its reason, a reason AWS would refuse refused before
+//! anything is sent, an invitation accepted in the console left alone, and writes never
+//! faster than one a second.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use cosell_sync::sim::aws::{self as sim_aws, AwsRequest, AwsSimulator};
+use serde_json::Value;
+
+use crate::helpers::{stderr, stdout, wait_until, TestEnv, BIN};
+
+const START: &str = "StartEngagementByAcceptingInvitationTask";
+const LIST_TASKS: &str = "ListEngagementByAcceptingInvitationTasks";
+const REJECT: &str = "RejectEngagementInvitation";
+/// A sample invitation days from its deadline.
+const INVITATION: &str = "engi-sim0000000002";
+
+/// The simulators (Microsoft's, kept in the config, and AWS's with the sample inbox) and a
+/// config with `[aws]` pointing at the AWS one with a key it allows.
+async fn with_aws_answers() -> (TestEnv, AwsSimulator) {
+    let aws = AwsSimulator::start()
+        .await
+        .expect("the AWS simulator starts");
+    aws.put_invitations(sim_aws::sample_invitations(Utc::now()));
+    aws.allow_key("AKIDANSWERSTEST01", "answers-test-secret", None);
+    let env = TestEnv::new().await;
+    env.write_config(&format!(
+        r#"
+[aws]
+endpoint = "{endpoint}"
+access_key_id = "AKIDANSWERSTEST01"
+secret_access_key = "answers-test-secret"
+
+[aws.retry]
+min_delay = "10ms"
+max_delay = "50ms"
+
+[sync]
+retry_min = "10ms"
+retry_max = "50ms"
+"#,
+        endpoint = aws.endpoint()
+    ));
+    (env, aws)
+}
+
+/// The invitation as the AWS inbox stores it: a row of `referrals`, New/Pending while
+/// `PENDING` (the answer marks it answered).
+fn store_invitation(env: &TestEnv, id: &str) {
+    let conn = rusqlite::Connection::open(env.state_db()).unwrap();
+    let now = cosell_sync::timefmt::db_timestamp(Utc::now());
+    conn.execute(
+        "INSERT INTO referrals (id, name, customer_name, status, substatus, created_at,
+             updated_at, raw_json, first_seen_at, last_changed_at)
+         VALUES (?1, 'SAP migration', 'Tailspin Toys', 'New', 'Pending', ?2, ?2, '{}', ?2, ?2)",
+        rusqlite::params![id, now],
+    )
+    .unwrap();
+}
+
+fn of(requests: &[AwsRequest], operation: &str) -> Vec<AwsRequest> {
+    requests
+        .iter()
+        .filter(|r| r.operation == operation)
+        .cloned()
+        .collect()
+}
+
+fn writes(aws: &AwsSimulator) -> Vec<AwsRequest> {
+    let all = aws.requests();
+    let mut out = of(&all, START);
+    out.extend(of(&all, REJECT));
+    out
+}
+
+#[tokio::test]
+async fn an_accept_starts_one_task_with_one_client_token_across_a_throttle_and_a_restart() {
+    let (env, aws) = with_aws_answers().await;
+    // A database with its schema, and the invitation in it as the inbox keeps it.
+    let sync = env.run(&["sync"]).await;
+    assert_eq!(sync.status.code(), Some(0), "{}", stderr(&sync));
+    store_invitation(&env, INVITATION);
+    aws.set_polls_to_finish(1);
+    aws.throttle_next_of(START, 1);
+    // The first process starts the task and is killed before the task completes (its first
+    // poll is 5 s after the start).
+    let mut first = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["accept", INVITATION])
+        .env_remove("RUST_LOG")
+        .env_remove("COSELL_CONFIG")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let started = wait_until(Duration::from_secs(20), || {
+        !of(&aws.requests(), START).is_empty()
+    })
+    .await;
+    assert!(started, "the task was started: {:?}", aws.requests());
+    first.start_kill().unwrap();
+    let _ = first.wait().await;
+    assert!(
+        of(&aws.requests(), LIST_TASKS).is_empty(),
+        "killed before the task was read"
+    );
+    // The restart: the same accept again joins the open action and follows its task.
+    let out = env.run(&["accept", INVITATION]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let requests = aws.requests();
+    let throttled = of(&aws.throttled(), START);
+    assert_eq!(throttled.len(), 1, "the first start was throttled");
+    let starts: Vec<AwsRequest> = throttled.into_iter().chain(of(&requests, START)).collect();
+    let token = starts[0].body["ClientToken"]
+        .as_str()
+        .expect("a ClientToken");
+    assert!(!token.is_empty());
+    for start in &starts {
+        assert_eq!(start.body["ClientToken"], token, "one token: {starts:?}");
+        assert_eq!(start.body["Identifier"], INVITATION);
+        assert_eq!(start.body["Catalog"], "AWS");
+    }
+    // One task: every poll names the same one, and it ended COMPLETE with its opportunity.
+    let polls = of(&requests, LIST_TASKS);
+    assert!(!polls.is_empty());
+    let task = polls[0].body["TaskIdentifier"][0].clone();
+    assert!(polls
+        .iter()
+        .all(|p| p.body["TaskIdentifier"] == Value::Array(vec![task.clone()])));
+    assert_eq!(aws.invitation(INVITATION).unwrap()["Status"], "ACCEPTED");
+    let printed = stdout(&out);
+    let opportunity = printed
+        .split_whitespace()
+        .find(|w| w.starts_with('O') && w[1..].chars().all(|c| c.is_ascii_digit()) && w.len() > 1)
+        .unwrap_or_else(|| panic!("an opportunity id in {printed}"))
+        .to_string();
+    // `status --referral engi-… --json` and `audit` show the new opportunity.
+    let status = env
+        .run(&["status", "--referral", INVITATION, "--json"])
+        .await;
+    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    let view: Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(view["aws_task"]["opportunity_id"], opportunity.as_str());
+    assert_eq!(view["aws_task"]["status"], "COMPLETE");
+    assert_eq!(view["aws_task"]["task_id"], task);
+    assert_eq!(view["referral"]["status"], "Active");
+    assert_eq!(view["referral"]["substatus"], "Accepted");
+    let text = stdout(&env.run(&["status", "--referral", INVITATION]).await);
+    assert!(
+        text.contains(&format!("opportunity {opportunity}")),
+        "{text}"
+    );
+    let audit = stdout(&env.run(&["audit", "--referral", INVITATION]).await);
+    assert!(audit.contains(&opportunity), "{audit}");
+    assert!(
+        audit.contains(token),
+        "the start is audited with its token: {audit}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_accept_task_is_action_failed_with_its_reason_code() {
+    let (env, aws) = with_aws_answers().await;
+    aws.set_polls_to_finish(0);
+    aws.fail_next_accept(
+        "OpportunityConflict",
+        "An opportunity for this customer exists",
+    );
+    let out = env.run(&["accept", INVITATION]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let said = stderr(&out);
+    assert!(said.contains("OpportunityConflict"), "{said}");
+    assert!(
+        said.contains("An opportunity for this customer exists"),
+        "{said}"
+    );
+    assert_eq!(of(&aws.requests(), START).len(), 1);
+    // The deadline lane raises the alert of the dead action.
+    let sync = env.run(&["sync"]).await;
+    assert_eq!(sync.status.code(), Some(0), "{}", stderr(&sync));
+    let alerts: Value =
+        serde_json::from_str(&stdout(&env.run(&["alerts", "list", "--json"]).await)).unwrap();
+    let failed: Vec<&Value> = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "action_failed" || a["alert"]["kind"] == "action_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{alerts:#}");
+    assert!(
+        failed[0].to_string().contains("OpportunityConflict"),
+        "{alerts:#}"
+    );
+    assert!(failed[0].to_string().contains(INVITATION), "{alerts:#}");
+}
+
+#[tokio::test]
+async fn a_decline_sends_one_reject_with_its_reason() {
+    let (env, aws) = with_aws_answers().await;
+    let out = env
+        .run(&["decline", INVITATION, "--reason", "Unable to support"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let requests = aws.requests();
+    let rejects = of(&requests, REJECT);
+    assert_eq!(rejects.len(), 1, "{requests:?}");
+    assert_eq!(rejects[0].body["Identifier"], INVITATION);
+    assert_eq!(rejects[0].body["RejectionReason"], "Unable to support");
+    assert_eq!(rejects[0].body["Catalog"], "AWS");
+    assert_eq!(
+        requests[0].operation, "GetEngagementInvitation",
+        "read before it is answered"
+    );
+    assert_eq!(aws.invitation(INVITATION).unwrap()["Status"], "REJECTED");
+    // Declined again: read, found declined, nothing sent.
+    let again = env
+        .run(&["decline", INVITATION, "--reason", "Unable to support"])
+        .await;
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("already declined"),
+        "{}",
+        stdout(&again)
+    );
+    assert_eq!(of(&aws.requests(), REJECT).len(), 1);
+}
+
+#[tokio::test]
+async fn a_decline_reason_aws_would_refuse_is_a_usage_error_and_nothing_is_sent() {
+    let (env, aws) = with_aws_answers().await;
+    let long = "x".repeat(81);
+    for reason in [long.as_str(), "Out of scope \u{1F600}"] {
+        let out = env.run(&["decline", INVITATION, "--reason", reason]).await;
+        assert_eq!(out.status.code(), Some(2), "{reason}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("nothing was sent"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    // 80 characters is AWS's limit, not over it.
+    let dry = env
+        .run(&[
+            "decline",
+            INVITATION,
+            "--reason",
+            &"x".repeat(80),
+            "--dry-run",
+        ])
+        .await;
+    assert_eq!(dry.status.code(), Some(0), "{}", stderr(&dry));
+    assert!(stdout(&dry).contains(REJECT), "{}", stdout(&dry));
+    assert!(writes(&aws).is_empty(), "{:?}", aws.requests());
+    assert_eq!(aws.invitation(INVITATION).unwrap()["Status"], "PENDING");
+}
+
+#[tokio::test]
+async fn an_invitation_accepted_in_the_console_is_not_written() {
+    let (env, aws) = with_aws_answers().await;
+    aws.edit_invitation(INVITATION, |inv| inv["Status"] = "ACCEPTED".into());
+    let out = env.run(&["accept", INVITATION]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("already accepted"),
+        "{}",
+        stdout(&out)
+    );
+    let declined = env.run(&["decline", INVITATION, "--reason", "Other"]).await;
+    assert_eq!(declined.status.code(), Some(1));
+    assert!(
+        stderr(&declined).contains("accepted"),
+        "{}",
+        stderr(&declined)
+    );
+    assert!(writes(&aws).is_empty(), "{:?}", aws.requests());
+}
+
+#[tokio::test]
+async fn writes_to_aws_are_never_faster_than_one_a_second() {
+    let aws = AwsSimulator::start().await.unwrap();
+    let invitations = sim_aws::sample_invitations(Utc::now());
+    aws.put_invitations(invitations.clone());
+    let credentials = cosell_sync::aws::sigv4::Credentials {
+        access_key_id: sim_aws::ACCESS_KEY_ID.into(),
+        secret_access_key: sim_aws::SECRET_ACCESS_KEY.to_string().into(),
+        session_token: None,
+    };
+    let http = cosell_sync::http::client(Duration::from_secs(10), Duration::from_secs(5));
+    // Reads at 100 a second: only the write limit spaces these.
+    let client =
+        cosell_sync::aws::client::AwsClient::new(http, &aws.endpoint(), "AWS", credentials, 100.0)
+            .unwrap();
+    let ids: Vec<String> = invitations
+        .iter()
+        .map(|i| i["Id"].as_str().unwrap().to_string())
+        .collect();
+    // Four writes at once, two of each kind, with reads between them.
+    let calls = ids.iter().enumerate().map(|(n, id)| {
+        let client = client.clone();
+        async move {
+            let _ = client.get_invitation(id).await;
+            if n % 2 == 0 {
+                client
+                    .start_accept_task(id, &format!("token-{n}"))
+                    .await
+                    .map(|_| ())
+            } else {
+                client.reject_invitation(id, "Other").await
+            }
+        }
+    });
+    for done in futures_util::future::join_all(calls).await {
+        done.unwrap();
+    }
+    let mut at: Vec<_> = writes(&aws).into_iter().map(|w| w.at).collect();
+    at.sort();
+    assert_eq!(at.len(), 4);
+    for pair in at.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= chrono::Duration::seconds(1),
+            "two writes {} ms apart: {at:?}",
+            gap.num_milliseconds()
+        );
+    }
+}
