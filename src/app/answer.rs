@@ -118,7 +118,18 @@ fn report(referral_id: &str, asked: &Answer, row: i64, outcome: Option<AnswerRes
             WAIT_FOR_DAEMON.as_secs()
         )));
     };
-    let same = r.decision == asked.decision.verb();
+    report_result(
+        &format!("referral {referral_id}"),
+        asked.decision.verb(),
+        row,
+        r,
+    )
+}
+
+/// What the person is told of an answer's recorded outcome (a referral's or, `what` naming
+/// it, an AWS invitation's): exit 0 only when it is now as `asked` (`accept`, `decline`).
+pub(super) fn report_result(what: &str, asked: &str, row: i64, r: AnswerResult) -> Outcome {
+    let same = r.decision == asked;
     match r.outcome {
         AnswerOutcome::Sent if same => Ok(Printed::ok(format!(
             "{}\n(action {row}, by {}).\n",
@@ -128,7 +139,7 @@ fn report(referral_id: &str, asked: &Answer, row: i64, outcome: Option<AnswerRes
             Ok(Printed::ok(format!("{}; nothing was sent.\n", r.message)))
         }
         AnswerOutcome::Sent | AnswerOutcome::Already => Err(AppError::Refused(format!(
-            "referral {referral_id} was {} by {} meanwhile: {}",
+            "{what} was {} by {} meanwhile: {}",
             r.decision_past(),
             r.actor,
             r.message

@@ -138,36 +138,16 @@ fn report(id: &str, asked: &AwsAnswer, row: i64, seen: Option<OutboxRow>) -> Out
             WAIT.as_secs()
         )));
     };
-    let same = r.decision == asked.decision.verb();
-    match r.outcome {
-        AnswerOutcome::Sent if same => Ok(Printed::ok(format!(
-            "{}\n(action {row}, by {}).\n",
-            r.message, r.actor
-        ))),
-        AnswerOutcome::Already if same => {
-            Ok(Printed::ok(format!("{}; nothing was sent.\n", r.message)))
-        }
-        AnswerOutcome::Sent | AnswerOutcome::Already => Err(AppError::Refused(format!(
-            "invitation {id} was {} by {} meanwhile: {}",
-            match r.decision.as_str() {
-                "accept" => "accepted",
-                _ => "declined",
-            },
-            r.actor,
-            r.message
-        ))),
-        AnswerOutcome::Queued => match r.task.as_ref().and_then(|t| t.running()) {
-            Some(task) => Err(AppError::Refused(format!(
-                "the accept task {task} of invitation {id} is still running after {} s; the daemon (`cosell-sync run`) goes on following it (action {row}; `cosell-sync status --referral {id}` shows the outcome)",
-                WAIT.as_secs()
-            ))),
-            None => Err(AppError::Refused(format!(
-                "not sent yet: {} (action {row}; `cosell-sync outbox list`)",
-                r.message
-            ))),
-        },
-        AnswerOutcome::Refused => Err(AppError::Refused(r.message)),
+    if let (AnswerOutcome::Queued, Some(task)) =
+        (r.outcome, r.task.as_ref().and_then(|t| t.running()))
+    {
+        return Err(AppError::Refused(format!(
+            "the accept task {task} of invitation {id} is still running after {} s; the daemon (`cosell-sync run`) goes on following it (action {row}; `cosell-sync status --referral {id}` shows the outcome)",
+            WAIT.as_secs()
+        )));
     }
+    let what = format!("invitation {id}");
+    super::answer::report_result(&what, asked.decision.verb(), row, r)
 }
 
 /// `--dry-run`: the invitation read now (a read changes nothing), the decision, and the

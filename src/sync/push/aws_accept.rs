@@ -18,7 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::answer_referral::{AnswerOutcome, AnswerResult};
-use super::executor::{Executor, Settled};
+use super::executor::{Claim, Executor, Settled};
 use crate::aws::model::{Invitation, Task};
 use crate::http::{with_retry, ApiError, ErrorClass};
 use crate::store::answers::mark_invitation_answered;
@@ -53,29 +53,14 @@ pub(super) async fn execute(
     let token = task.client_token(client_token);
     let mut claim = exec.claim_of(&row);
     for _ in 0..MAX_ROUNDS {
-        let invitation = match read_invitation(exec, aws, &row, &answer).await? {
-            Ok(invitation) => invitation,
-            Err(closed) => return Ok(closed),
-        };
-        match decide(&invitation, &answer.decision) {
-            Verdict::Already(m) => return already(exec, &row, &answer, m).await,
-            Verdict::Refuse(m) => {
-                return close(exec, &row, &answer, AnswerOutcome::Refused, m).await
-            }
-            Verdict::Send if exec.send.dry_run => {
-                let m = format!(
-                    "dry run: would send StartEngagementByAcceptingInvitationTask {{Catalog, ClientToken: {token}, Identifier: {}}}; not sent",
-                    row.referral_id
-                );
-                tracing::warn!(invitation_id = %row.referral_id, "DRY RUN: {m}");
-                return close(exec, &row, &answer, AnswerOutcome::Refused, m).await;
-            }
-            Verdict::Send => {}
+        let would = format!(
+            "StartEngagementByAcceptingInvitationTask {{Catalog, ClientToken: {token}, Identifier: {}}}",
+            row.referral_id
+        );
+        if let Err(closed) = read_decide_claim(exec, aws, &row, &answer, &mut claim, &would).await?
+        {
+            return Ok(closed);
         }
-        if let Some(not_sent) = exec.claim(claim).await? {
-            return Ok(not_sent);
-        }
-        claim.held = true;
         // The ClientToken makes a repeat safe: a start that went through answers again
         // with the same task.
         let started = with_retry(&aws.retry, "accept invitation", || {
@@ -275,6 +260,40 @@ async fn settle(
     }
 }
 
+/// Reads the invitation, decides on it, and claims the row right before the send (the one
+/// claim). `Err(outcome)`: not sent, the row closed instead (already so, refused, a dry run
+/// logging `would_send`, gone) or not this taker's.
+pub(super) async fn read_decide_claim(
+    exec: &Executor<'_>,
+    aws: &AwsSide,
+    row: &OutboxRow,
+    answer: &AwsAnswer,
+    claim: &mut Claim,
+    would_send: &str,
+) -> Result<Result<(), ActionOutcome>, StoreError> {
+    let invitation = match read_invitation(exec, aws, row, answer).await? {
+        Ok(invitation) => invitation,
+        Err(closed) => return Ok(Err(closed)),
+    };
+    let closed = match decide(&invitation, &answer.decision) {
+        Verdict::Already(m) => already(exec, row, answer, m).await?,
+        Verdict::Refuse(m) => close(exec, row, answer, AnswerOutcome::Refused, m).await?,
+        Verdict::Send if exec.send.dry_run => {
+            let m = format!("dry run: would send {would_send}; not sent");
+            tracing::warn!(invitation_id = %row.referral_id, "DRY RUN: {m}");
+            close(exec, row, answer, AnswerOutcome::Refused, m).await?
+        }
+        Verdict::Send => match exec.claim(*claim).await? {
+            Some(not_sent) => not_sent,
+            None => {
+                claim.held = true;
+                return Ok(Ok(()));
+            }
+        },
+    };
+    Ok(Err(closed))
+}
+
 /// Without `[aws]` nothing can be sent: a person has to look (dead, `action_failed`).
 pub(super) async fn not_configured(
     exec: &Executor<'_>,
@@ -359,15 +378,11 @@ async fn dead(
     task: Option<AcceptTask>,
     audit: Option<AuditEntry>,
 ) -> Result<ActionOutcome, StoreError> {
-    let result = result_of(answer, AnswerOutcome::Refused, &message, task);
-    let settled = Settled {
-        result: Some(result),
-        audit,
-        ..Settled::from(ActionOutcome::Dead { error: message })
-    };
-    exec.record(row, settled).await
+    let outcome = ActionOutcome::Dead { error: message };
+    unsent(exec, row, answer, outcome, task, audit).await
 }
 
+/// Pending again at `at` (the next try, or the task's next poll), saying why.
 pub(super) async fn retry_later(
     exec: &Executor<'_>,
     row: &OutboxRow,
@@ -377,12 +392,33 @@ pub(super) async fn retry_later(
     task: Option<AcceptTask>,
     audit: Option<AuditEntry>,
 ) -> Result<ActionOutcome, StoreError> {
-    let result = result_of(answer, AnswerOutcome::Queued, &message, task);
+    let outcome = ActionOutcome::Retry { at, error: message };
+    unsent(exec, row, answer, outcome, task, audit).await
+}
+
+/// Records an attempt that did not settle the answer (dead, or pending again) with the
+/// answer's result: refused, or queued.
+async fn unsent(
+    exec: &Executor<'_>,
+    row: &OutboxRow,
+    answer: &AwsAnswer,
+    outcome: ActionOutcome,
+    task: Option<AcceptTask>,
+    audit: Option<AuditEntry>,
+) -> Result<ActionOutcome, StoreError> {
+    let (shown, message) = match &outcome {
+        ActionOutcome::Retry { error, .. } => (AnswerOutcome::Queued, error.clone()),
+        ActionOutcome::Dead { error } | ActionOutcome::Quarantined { error } => {
+            (AnswerOutcome::Refused, error.clone())
+        }
+        ActionOutcome::Superseded { reason } => (AnswerOutcome::Refused, reason.clone()),
+        ActionOutcome::Done { .. } => (AnswerOutcome::Sent, String::new()),
+    };
     let settled = Settled {
-        result: Some(result),
+        result: Some(result_of(answer, shown, &message, task)),
         request_id: audit.as_ref().and_then(|a| a.request_id.clone()),
         audit,
-        ..Settled::from(ActionOutcome::Retry { at, error: message })
+        ..Settled::from(outcome)
     };
     exec.record(row, settled).await
 }
@@ -438,15 +474,13 @@ pub(super) fn result_of(
     message: &str,
     task: Option<AcceptTask>,
 ) -> String {
-    serde_json::to_string(&AnswerResult {
+    AnswerResult::text(
         outcome,
-        message: message.into(),
-        decision: answer.decision.verb().into(),
-        actor: answer.actor.clone(),
-        at: Utc::now(),
+        message,
+        answer.decision.verb(),
+        &answer.actor,
         task,
-    })
-    .expect("a result serializes")
+    )
 }
 
 /// The audit row of an AWS answer's request, with the person who asked and the note.

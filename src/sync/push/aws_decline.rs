@@ -7,15 +7,15 @@
 
 use super::answer_referral::AnswerOutcome;
 use super::aws_accept::{
-    already, answered_state, aws_audit, close, failed, failed_audit, not_configured,
-    read_invitation, result_of, retry_later, MAX_ROUNDS,
+    answered_state, aws_audit, failed, failed_audit, not_configured, read_decide_claim, result_of,
+    retry_later, MAX_ROUNDS,
 };
 use super::executor::{Executor, Settled};
 use crate::http::{with_retry, ErrorClass};
 use crate::store::answers::mark_invitation_answered;
 use crate::store::outbox::{ActionOutcome, OutboxRow};
 use crate::store::StoreError;
-use crate::sync::aws_answer::{decide, AwsAnswer, AwsDecision, Verdict};
+use crate::sync::aws_answer::{AwsAnswer, AwsDecision};
 
 /// Sends one decline row the executor took (the one entry point of this kind).
 pub(super) async fn execute(
@@ -32,29 +32,14 @@ pub(super) async fn execute(
     let fields = format!("decline (RejectEngagementInvitation RejectionReason={reason})");
     let mut claim = exec.claim_of(&row);
     for _ in 0..MAX_ROUNDS {
-        let invitation = match read_invitation(exec, aws, &row, &answer).await? {
-            Ok(invitation) => invitation,
-            Err(closed) => return Ok(closed),
-        };
-        match decide(&invitation, &answer.decision) {
-            Verdict::Already(m) => return already(exec, &row, &answer, m).await,
-            Verdict::Refuse(m) => {
-                return close(exec, &row, &answer, AnswerOutcome::Refused, m).await
-            }
-            Verdict::Send if exec.send.dry_run => {
-                let m = format!(
-                    "dry run: would send RejectEngagementInvitation {{Catalog, Identifier: {}, RejectionReason: {reason:?}}}; not sent",
-                    row.referral_id
-                );
-                tracing::warn!(invitation_id = %row.referral_id, "DRY RUN: {m}");
-                return close(exec, &row, &answer, AnswerOutcome::Refused, m).await;
-            }
-            Verdict::Send => {}
+        let would = format!(
+            "RejectEngagementInvitation {{Catalog, Identifier: {}, RejectionReason: {reason:?}}}",
+            row.referral_id
+        );
+        if let Err(closed) = read_decide_claim(exec, aws, &row, &answer, &mut claim, &would).await?
+        {
+            return Ok(closed);
         }
-        if let Some(not_sent) = exec.claim(claim).await? {
-            return Ok(not_sent);
-        }
-        claim.held = true;
         // A repeat of a reject that went through is a ConflictException, which re-reads.
         let sent = with_retry(&aws.retry, "decline invitation", || {
             aws.client.reject_invitation(&row.referral_id, reason)
