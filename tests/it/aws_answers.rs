@@ -95,6 +95,8 @@ async fn an_accept_starts_one_task_with_one_client_token_across_a_throttle_and_a
         .args(["accept", INVITATION])
         .env_remove("RUST_LOG")
         .env_remove("COSELL_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("the binary starts");
@@ -334,4 +336,73 @@ async fn writes_to_aws_are_never_faster_than_one_a_second() {
             gap.num_milliseconds()
         );
     }
+}
+
+#[tokio::test]
+async fn refused_credentials_name_the_iam_action_and_nothing_is_written() {
+    let (env, aws) = with_aws_answers().await;
+    env.edit_config(|text| text.replace("answers-test-secret", "a-wrong-secret"));
+    let out = env.run(&["decline", INVITATION, "--reason", "Other"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("partnercentral:GetEngagementInvitation"),
+        "{said}"
+    );
+    assert!(said.contains("refused the credentials"), "{said}");
+    assert!(
+        aws.requests().is_empty(),
+        "refused before any operation ran"
+    );
+    assert_eq!(aws.invitation(INVITATION).unwrap()["Status"], "PENDING");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_daemon_running_it_sends_the_commands_answers_one_write_a_second() {
+    let (env, aws) = with_aws_answers().await;
+    let dir = env.dir.path();
+    let log = dir.join("daemon.log");
+    let mut daemon = crate::daemon::spawn_run(&env, &dir.join("notify.sock"), &log);
+    let started = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("daemon started")
+    })
+    .await;
+    assert!(started, "daemon did not start");
+    // Three commands at once, each in its own process: the daemon sends all three.
+    let ids = [
+        "engi-sim0000000001",
+        "engi-sim0000000003",
+        "engi-sim0000000004",
+    ];
+    let env = &env;
+    let commands = ids.iter().map(|id| async move {
+        env.cli(&["decline", id, "--reason", "Duplicate of partner referral"])
+            .await
+    });
+    for out in futures_util::future::join_all(commands).await {
+        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+        assert!(
+            stdout(&out).contains("declined in AWS Partner Central"),
+            "{}",
+            stdout(&out)
+        );
+    }
+    let mut at: Vec<_> = writes(&aws).into_iter().map(|w| w.at).collect();
+    at.sort();
+    assert_eq!(at.len(), 3, "{:?}", aws.requests());
+    for pair in at.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= chrono::Duration::seconds(1),
+            "writes {} ms apart",
+            gap.num_milliseconds()
+        );
+    }
+    for id in ids {
+        assert_eq!(aws.invitation(id).unwrap()["Status"], "REJECTED");
+    }
+    crate::daemon::kill(&daemon, "-TERM");
+    let _ = daemon.wait().await;
 }

@@ -357,9 +357,15 @@ pub(super) async fn failed(
     }
     match exec.failure(row, e) {
         ActionOutcome::Retry { at, .. } => {
-            let m = format!(
-                "AWS Partner Central did not answer ({e}); the answer stays queued and is sent again"
-            );
+            let m = match e.is_auth() {
+                // AccessDenied names the IAM action the policy lacks.
+                true => format!(
+                    "AWS Partner Central refused the credentials ({e}); the answer stays queued and is sent again"
+                ),
+                false => format!(
+                    "AWS Partner Central did not answer ({e}); the answer stays queued and is sent again"
+                ),
+            };
             retry_later(exec, row, answer, m, at, task, audit).await
         }
         _ => {
@@ -523,4 +529,64 @@ pub(super) fn failed_audit(
     e: &ApiError,
 ) -> AuditEntry {
     aws_audit(row, answer, fields, "failed", Some(e), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(status: Option<&str>, started_minutes_ago: i64) -> AcceptTask {
+        AcceptTask {
+            task_id: Some("task-0000000000007".into()),
+            started_at: Some(Utc::now() - chrono::Duration::minutes(started_minutes_ago)),
+            status: status.map(str::to_string),
+            ..AcceptTask::default()
+        }
+    }
+
+    #[test]
+    fn a_task_in_progress_past_30_minutes_is_over() {
+        assert!(!timed_out(&task(Some("IN_PROGRESS"), 29), Utc::now()));
+        assert!(timed_out(&task(Some("IN_PROGRESS"), 31), Utc::now()));
+        assert!(
+            !timed_out(&AcceptTask::default(), Utc::now()),
+            "not started: no clock"
+        );
+    }
+
+    #[test]
+    fn a_task_s_outcome_names_the_opportunity_or_the_reason() {
+        let mut t = task(Some("COMPLETE"), 1);
+        t.opportunity_id = Some("O7000001".into());
+        assert_eq!(
+            task_detail(&t),
+            "task task-0000000000007 COMPLETE: OpportunityId O7000001"
+        );
+        let mut t = task(Some("FAILED"), 1);
+        t.reason_code = Some("EngagementConflict".into());
+        t.message = Some("already engaged".into());
+        assert_eq!(
+            task_detail(&t),
+            "task task-0000000000007 FAILED: EngagementConflict: already engaged"
+        );
+        let read = Task::from_value(&serde_json::json!({
+            "TaskId": "task-0000000000007", "TaskStatus": "COMPLETE", "OpportunityId": "O9"
+        }))
+        .unwrap();
+        let mut t = task(Some("IN_PROGRESS"), 1);
+        merge(&mut t, &read);
+        assert_eq!(
+            (t.status.as_deref(), t.opportunity_id.as_deref()),
+            (Some("COMPLETE"), Some("O9"))
+        );
+        assert_eq!(t.running(), None);
+    }
+
+    #[test]
+    fn polls_wait_5_s_or_what_aws_asks() {
+        let soon = poll_time(None) - Utc::now();
+        assert!(soon <= chrono::Duration::seconds(5) && soon > chrono::Duration::seconds(4));
+        let later = poll_time(Some(Duration::from_secs(30))) - Utc::now();
+        assert!(later > chrono::Duration::seconds(29));
+    }
 }
