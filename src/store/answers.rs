@@ -50,23 +50,34 @@ pub(crate) fn enqueue_aws(
     payload: &serde_json::Value,
     now: DateTime<Utc>,
 ) -> Result<(i64, bool), StoreError> {
-    let tx = conn.unchecked_transaction()?;
-    let open: Option<i64> = tx
-        .query_row(
-            "SELECT id FROM outbox WHERE referral_id = ?1
-               AND (kind = 'aws_accept' OR kind = 'aws_decline')
-               AND state IN ('pending', 'in_flight') ORDER BY id DESC LIMIT 1",
-            [invitation_id],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(open) = open {
-        return Ok((open, false));
+    // One statement, so it is atomic inside a caller's transaction (a rule's) or alone.
+    let added = conn
+        .prepare_cached(
+            "INSERT INTO outbox (referral_id, kind, target, payload, state, next_attempt_at,
+                 created_at, updated_at)
+             SELECT ?1, ?2, ?1, ?3, 'pending', ?4, ?4, ?4
+             WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE referral_id = ?1
+                 AND (kind = 'aws_accept' OR kind = 'aws_decline')
+                 AND state IN ('pending', 'in_flight'))
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            invitation_id,
+            kind,
+            payload.to_string(),
+            db_timestamp(now)
+        ])?;
+    if added > 0 {
+        return Ok((conn.last_insert_rowid(), true));
     }
-    outbox::enqueue(&tx, invitation_id, kind, Some(invitation_id), payload, now)?;
-    let id = tx.last_insert_rowid();
-    tx.commit()?;
-    Ok((id, true))
+    let open: i64 = conn.query_row(
+        "SELECT id FROM outbox WHERE referral_id = ?1
+           AND (kind = 'aws_accept' OR kind = 'aws_decline')
+           AND state IN ('pending', 'in_flight') ORDER BY id DESC LIMIT 1",
+        [invitation_id],
+        |r| r.get(0),
+    )?;
+    Ok((open, false))
 }
 
 /// An answered invitation that is also a row of `referrals` (the AWS inbox stores it so):

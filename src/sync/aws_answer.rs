@@ -9,13 +9,43 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::answer::{Answer, Decision};
 use crate::aws::model::{Invitation, InvitationStatus};
 use crate::store::outbox::{AWS_ACCEPT, AWS_DECLINE};
+use crate::store::{answers, StoreError};
 use crate::timefmt::human;
 
 /// An invitation id (`engi-…`, or its ARN): such an id is answered in AWS Partner Central.
 pub(crate) fn is_invitation_id(id: &str) -> bool {
     id.starts_with("engi-") || (id.starts_with("arn:") && id.contains("engagement-invitation"))
+}
+
+/// Queues `answer` for `id`, whichever cloud answers it: an invitation id as an AWS answer
+/// (an accept gets its `ClientToken` now), anything else as a Partner Center answer. The one
+/// queueing of the producers (the action page, the inbox, the rules and the commands): one
+/// open answer per id, sent by the one executor. Returns the row id and whether this call
+/// added it. A decline reason AWS would refuse is still queued: its row cannot be read and
+/// goes dead, naming why (`[aws]` makes such a configured reason a config error first).
+pub(crate) fn enqueue(
+    conn: &rusqlite::Connection,
+    id: &str,
+    answer: &Answer,
+    now: DateTime<Utc>,
+) -> Result<(i64, bool), StoreError> {
+    if !is_invitation_id(id) {
+        return answers::enqueue(conn, id, &super::answer::encode(answer), now);
+    }
+    let aws = AwsAnswer {
+        decision: match &answer.decision {
+            Decision::Accept => AwsDecision::accept(),
+            Decision::Decline { reason } => AwsDecision::Decline {
+                reason: reason.clone(),
+            },
+        },
+        note: answer.note.clone(),
+        actor: answer.actor.clone(),
+    };
+    answers::enqueue_aws(conn, id, aws.decision.kind(), &encode(&aws), now)
 }
 
 /// Accept (with the idempotency key of its task start) or decline with a reason.

@@ -406,3 +406,44 @@ async fn with_a_daemon_running_it_sends_the_commands_answers_one_write_a_second(
     crate::daemon::kill(&daemon, "-TERM");
     let _ = daemon.wait().await;
 }
+
+#[tokio::test]
+async fn a_rule_answers_an_invitation_through_aws() {
+    let (env, aws) = with_aws_answers().await;
+    let sync = env.run(&["sync"]).await;
+    assert_eq!(sync.status.code(), Some(0), "{}", stderr(&sync));
+    store_invitation(&env, INVITATION);
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!(
+            r#"{text}
+[triage]
+mode = "apply"
+max_answers_per_hour = 10
+
+[[rules]]
+name = "tailspin-elsewhere"
+# Every invitation: what a rule reads of an AWS invitation is the inbox's part.
+action = "decline"
+reason = "Duplicate of partner referral"
+"#
+        ),
+    )
+    .unwrap();
+    let sync = env.run(&["sync"]).await;
+    assert_eq!(sync.status.code(), Some(0), "{}", stderr(&sync));
+    let rejects = of(&aws.requests(), REJECT);
+    assert_eq!(rejects.len(), 1, "{:?}", aws.requests());
+    assert_eq!(
+        rejects[0].body["RejectionReason"],
+        "Duplicate of partner referral"
+    );
+    let (kind, state): (String, String) = env.query(
+        "SELECT kind, state FROM outbox WHERE referral_id = 'engi-sim0000000002'",
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    );
+    assert_eq!((kind.as_str(), state.as_str()), ("aws_decline", "done"));
+    let audit = stdout(&env.run(&["audit", "--referral", INVITATION]).await);
+    assert!(audit.contains("rule:tailspin-elsewhere"), "{audit}");
+}
