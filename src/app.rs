@@ -238,6 +238,12 @@ impl App {
             let tokens = from.cycle.microsoft.tokens();
             self.cycle.microsoft = self.cycle.microsoft.with_tokens(tokens);
         }
+        if let (Some(new), Some(old)) = (&mut self.cycle.aws, &from.cycle.aws) {
+            // One process, one write limit: a reload must not restart AWS's second.
+            let rate = |c: &Config| c.aws.as_ref().map(|a| a.requests_per_second());
+            let same = rate(&self.config) == rate(&from.config);
+            new.client.keep_limits_of(&old.client, same);
+        }
         if let (Some(new), Some(old)) = (&mut self.cycle.google, &from.cycle.google) {
             new.fresh_since = old.fresh_since;
         }

@@ -119,6 +119,16 @@ impl AwsClient {
         })
     }
 
+    /// Takes over `from`'s rate limits (a reload builds a new client: the writes it sends
+    /// must still keep a second from the old client's last one). The read limit only when the
+    /// read rate is unchanged.
+    pub fn keep_limits_of(&mut self, from: &AwsClient, same_read_rate: bool) {
+        self.writes = from.writes.clone();
+        if same_read_rate {
+            self.reads = from.reads.clone();
+        }
+    }
+
     /// One page of the invitations this account received that are still `PENDING`.
     pub async fn list_pending_invitations(
         &self,

@@ -288,21 +288,43 @@ async fn an_invitation_accepted_in_the_console_is_not_written() {
     assert!(writes(&aws).is_empty(), "{:?}", aws.requests());
 }
 
-#[tokio::test]
-async fn writes_to_aws_are_never_faster_than_one_a_second() {
-    let aws = AwsSimulator::start().await.unwrap();
-    let invitations = sim_aws::sample_invitations(Utc::now());
-    aws.put_invitations(invitations.clone());
+/// A client of the simulator's default key; reads at 100 a second, so only the write limit
+/// spaces writes.
+fn sim_client(aws: &AwsSimulator) -> cosell_sync::aws::client::AwsClient {
     let credentials = cosell_sync::aws::sigv4::Credentials {
         access_key_id: sim_aws::ACCESS_KEY_ID.into(),
         secret_access_key: sim_aws::SECRET_ACCESS_KEY.to_string().into(),
         session_token: None,
     };
     let http = cosell_sync::http::client(Duration::from_secs(10), Duration::from_secs(5));
-    // Reads at 100 a second: only the write limit spaces these.
-    let client =
-        cosell_sync::aws::client::AwsClient::new(http, &aws.endpoint(), "AWS", credentials, 100.0)
-            .unwrap();
+    cosell_sync::aws::client::AwsClient::new(http, &aws.endpoint(), "AWS", credentials, 100.0)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_reloaded_client_keeps_the_write_second_of_the_one_it_replaces() {
+    let aws = AwsSimulator::start().await.unwrap();
+    aws.put_invitations(sim_aws::sample_invitations(Utc::now()));
+    let old = sim_client(&aws);
+    old.reject_invitation("engi-sim0000000001", "Other")
+        .await
+        .unwrap();
+    let mut new = sim_client(&aws);
+    new.keep_limits_of(&old, true);
+    new.reject_invitation("engi-sim0000000002", "Other")
+        .await
+        .unwrap();
+    let at: Vec<_> = writes(&aws).into_iter().map(|w| w.at).collect();
+    assert_eq!(at.len(), 2);
+    assert!(at[1] - at[0] >= chrono::Duration::seconds(1), "{at:?}");
+}
+
+#[tokio::test]
+async fn writes_to_aws_are_never_faster_than_one_a_second() {
+    let aws = AwsSimulator::start().await.unwrap();
+    let invitations = sim_aws::sample_invitations(Utc::now());
+    aws.put_invitations(invitations.clone());
+    let client = sim_client(&aws);
     let ids: Vec<String> = invitations
         .iter()
         .map(|i| i["Id"].as_str().unwrap().to_string())
