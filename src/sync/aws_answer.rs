@@ -87,17 +87,9 @@ impl AwsDecision {
     }
 }
 
-/// An answer to an invitation as queued: what, an optional note (kept in the audit log), and
-/// who asked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct AwsAnswer {
-    #[serde(flatten)]
-    pub(crate) decision: AwsDecision,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) note: Option<String>,
-    /// `cli:USER`, the SSO header's value, or `link`.
-    pub(crate) actor: String,
-}
+/// An answer to an invitation as queued: the same shape as a referral's (what, an optional
+/// note kept in the audit log, who asked), with AWS's decisions.
+pub(crate) type AwsAnswer = Answer<AwsDecision>;
 
 /// The stored format's version: `{"v": 1, "action": "aws_accept", "client_token": ...}`.
 const FORMAT: u64 = 1;

@@ -382,16 +382,7 @@ async fn refused_credentials_name_the_iam_action_and_nothing_is_written() {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_a_daemon_running_it_sends_the_commands_answers_one_write_a_second() {
     let (env, aws) = with_aws_answers().await;
-    let dir = env.dir.path();
-    let log = dir.join("daemon.log");
-    let mut daemon = crate::daemon::spawn_run(&env, &dir.join("notify.sock"), &log);
-    let started = wait_until(Duration::from_secs(30), || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("daemon started")
-    })
-    .await;
-    assert!(started, "daemon did not start");
+    let mut daemon = crate::daemon::spawn_started(&env).await;
     // Three commands at once, each in its own process: the daemon sends all three.
     let ids = [
         "engi-sim0000000001",
