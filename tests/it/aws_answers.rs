@@ -63,6 +63,18 @@ fn store_invitation(env: &TestEnv, id: &str) {
     .unwrap();
 }
 
+/// The accept task's id as its action's result stores it, once the start answered.
+fn task_stored(env: &TestEnv) -> Option<String> {
+    let conn = rusqlite::Connection::open(env.state_db()).ok()?;
+    conn.query_row(
+        "SELECT json_extract(result, '$.task.task_id') FROM outbox WHERE kind = 'aws_accept'",
+        [],
+        |r| r.get::<_, Option<String>>(0),
+    )
+    .ok()
+    .flatten()
+}
+
 fn of(requests: &[AwsRequest], operation: &str) -> Vec<AwsRequest> {
     requests
         .iter()
@@ -100,16 +112,21 @@ async fn an_accept_starts_one_task_with_one_client_token_across_a_throttle_and_a
         .kill_on_drop(true)
         .spawn()
         .expect("the binary starts");
-    let started = wait_until(Duration::from_secs(20), || {
-        !of(&aws.requests(), START).is_empty()
-    })
-    .await;
+    // Killed once the start answered and its TaskId is stored with the action.
+    let started = wait_until(Duration::from_secs(20), || task_stored(&env).is_some()).await;
     assert!(started, "the task was started: {:?}", aws.requests());
     first.start_kill().unwrap();
     let _ = first.wait().await;
     assert!(
         of(&aws.requests(), LIST_TASKS).is_empty(),
         "killed before the task was read"
+    );
+    assert_eq!(
+        env.query("SELECT state FROM outbox WHERE kind = 'aws_accept'", |r| {
+            r.get::<_, String>(0)
+        }),
+        "pending",
+        "following the task"
     );
     // The restart: the same accept again joins the open action and follows its task.
     let out = env.run(&["accept", INVITATION]).await;
@@ -168,6 +185,59 @@ async fn an_accept_starts_one_task_with_one_client_token_across_a_throttle_and_a
     assert!(
         audit.contains(token),
         "the start is audited with its token: {audit}"
+    );
+}
+
+/// A process killed while the start was on the wire: the row is in flight and its answer
+/// (the TaskId) was never stored. The next start repeats the stored ClientToken, and AWS
+/// answers with the task it already started: still one task.
+#[tokio::test]
+async fn a_start_whose_answer_was_lost_is_repeated_with_its_token_and_finds_its_task() {
+    let (env, aws) = with_aws_answers().await;
+    aws.set_polls_to_finish(1);
+    let mut first = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["accept", INVITATION])
+        .env_remove("RUST_LOG")
+        .env_remove("COSELL_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let started = wait_until(Duration::from_secs(20), || task_stored(&env).is_some()).await;
+    assert!(started, "the task was started: {:?}", aws.requests());
+    first.start_kill().unwrap();
+    let _ = first.wait().await;
+    // As if it died before the start's answer was recorded.
+    let conn = rusqlite::Connection::open(env.state_db()).unwrap();
+    conn.execute(
+        "UPDATE outbox SET state = 'in_flight', result = NULL WHERE kind = 'aws_accept'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let out = env.run(&["accept", INVITATION]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("opportunity O"), "{}", stdout(&out));
+    let requests = aws.requests();
+    let starts = of(&requests, START);
+    assert_eq!(starts.len(), 2, "sent again: {requests:?}");
+    assert_eq!(starts[0].body["ClientToken"], starts[1].body["ClientToken"]);
+    let polls = of(&requests, LIST_TASKS);
+    assert!(polls
+        .iter()
+        .all(|p| p.body["TaskIdentifier"] == polls[0].body["TaskIdentifier"]));
+    assert_eq!(
+        polls[0].body["TaskIdentifier"][0], "task-0000000000001",
+        "the one task"
     );
 }
 
