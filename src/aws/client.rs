@@ -170,6 +170,17 @@ impl AwsClient {
         model::parse_task(&answer.text).map_err(|e| malformed(op, e, answer))
     }
 
+    /// The accept tasks of invitation `id` (an invitation found accepted: the task that did
+    /// it names the opportunity).
+    pub async fn accept_tasks_of(&self, id: &str) -> Result<Vec<Task>, ApiError> {
+        let op = Operation::ListEngagementByAcceptingInvitationTasks;
+        check_identifier(op, id)?;
+        let body = json!({"Catalog": self.catalog, "EngagementInvitationIdentifier": [id]});
+        let answer = self.call(op, &body).await?;
+        let page = model::parse_task_page(&answer.text).map_err(|e| malformed(op, e, answer))?;
+        Ok(page.items)
+    }
+
     /// The accept task `task_id` as the task list shows it; `None` when it is not listed.
     pub async fn get_accept_task(&self, task_id: &str) -> Result<Option<Task>, ApiError> {
         let op = Operation::ListEngagementByAcceptingInvitationTasks;

@@ -638,11 +638,25 @@ fn list_tasks(state: &mut AwsState, catalog: &str, input: &Value) -> Response {
                     .map(|t| t.rsplit('/').next().unwrap_or(t).to_string())
                     .collect()
             });
+    let invitations: Option<Vec<String>> = input
+        .get("EngagementInvitationIdentifier")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|i| i.rsplit('/').next().unwrap_or(i).to_string())
+                .collect()
+        });
     let ids: Vec<String> = state
         .tasks
         .values()
         .filter(|t| t.catalog == catalog)
         .filter(|t| wanted.as_ref().is_none_or(|w| w.contains(&t.id)))
+        .filter(|t| {
+            invitations
+                .as_ref()
+                .is_none_or(|w| w.contains(&t.invitation_id))
+        })
         .map(|t| t.id.clone())
         .collect();
     let mut summaries = Vec::new();

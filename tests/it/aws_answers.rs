@@ -241,6 +241,69 @@ async fn a_start_whose_answer_was_lost_is_repeated_with_its_token_and_finds_its_
     );
 }
 
+/// The same lost answer, but the task completed before anyone read it: the invitation now
+/// reads ACCEPTED, nothing is written again, and the completed task's opportunity is kept.
+#[tokio::test]
+async fn a_task_that_completed_unrecorded_still_shows_its_opportunity() {
+    let (env, aws) = with_aws_answers().await;
+    let sync = env.run(&["sync"]).await;
+    assert_eq!(sync.status.code(), Some(0), "{}", stderr(&sync));
+    store_invitation(&env, INVITATION);
+    aws.set_polls_to_finish(1);
+    let mut first = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["accept", INVITATION])
+        .env_remove("RUST_LOG")
+        .env_remove("COSELL_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let started = wait_until(Duration::from_secs(20), || task_stored(&env).is_some()).await;
+    assert!(started, "the task was started: {:?}", aws.requests());
+    first.start_kill().unwrap();
+    let _ = first.wait().await;
+    let task = task_stored(&env).unwrap();
+    // AWS finishes the task meanwhile (the simulator's tasks end after their reads).
+    let client = sim_client(&aws);
+    let mut opportunity = None;
+    for _ in 0..3 {
+        opportunity = client
+            .get_accept_task(&task)
+            .await
+            .unwrap()
+            .unwrap()
+            .opportunity_id;
+    }
+    let opportunity = opportunity.expect("COMPLETE");
+    let conn = rusqlite::Connection::open(env.state_db()).unwrap();
+    conn.execute(
+        "UPDATE outbox SET state = 'in_flight', result = NULL WHERE kind = 'aws_accept'",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let out = env.run(&["accept", INVITATION]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains(&opportunity), "{}", stdout(&out));
+    assert_eq!(of(&aws.requests(), START).len(), 1, "not started again");
+    let view: Value = serde_json::from_str(&stdout(
+        &env.run(&["status", "--referral", INVITATION, "--json"])
+            .await,
+    ))
+    .unwrap();
+    assert_eq!(view["aws_task"]["opportunity_id"], opportunity.as_str());
+    assert_eq!(view["referral"]["substatus"], "Accepted");
+}
+
 #[tokio::test]
 async fn a_failed_accept_task_is_action_failed_with_its_reason_code() {
     let (env, aws) = with_aws_answers().await;

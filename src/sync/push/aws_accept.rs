@@ -276,7 +276,7 @@ pub(super) async fn read_decide_claim(
         Err(closed) => return Ok(Err(closed)),
     };
     let closed = match decide(&invitation, &answer.decision) {
-        Verdict::Already(m) => already(exec, row, answer, m).await?,
+        Verdict::Already(m) => already(exec, aws, row, answer, m).await?,
         Verdict::Refuse(m) => close(exec, row, answer, AnswerOutcome::Refused, m).await?,
         Verdict::Send if exec.send.dry_run => {
             let m = format!("dry run: would send {would_send}; not sent");
@@ -429,16 +429,27 @@ async fn unsent(
     exec.record(row, settled).await
 }
 
-/// Already answered this way: nothing sent; the stored invitation row says so too.
-pub(super) async fn already(
+/// Already answered this way: nothing sent; the stored invitation row says so too. An
+/// accepted one is asked for its completed accept task (one read): the opportunity it made
+/// is kept and shown, whoever started it (this action, before a crash lost its answer, or
+/// someone in the console).
+async fn already(
     exec: &Executor<'_>,
+    aws: &AwsSide,
     row: &OutboxRow,
     answer: &AwsAnswer,
-    message: String,
+    mut message: String,
 ) -> Result<ActionOutcome, StoreError> {
+    let task = match answer.decision {
+        AwsDecision::Accept { .. } => completed_task(aws, &row.referral_id).await,
+        AwsDecision::Decline { .. } => None,
+    };
+    if let Some(o) = task.as_ref().and_then(|t| t.opportunity_id.as_deref()) {
+        message = format!("{message}: opportunity {o}");
+    }
     tracing::info!(message, "answer closed without a write");
     let settled = Settled {
-        result: Some(result_of(answer, AnswerOutcome::Already, &message, None)),
+        result: Some(result_of(answer, AnswerOutcome::Already, &message, task)),
         ..Settled::from(ActionOutcome::Superseded { reason: message })
     };
     let (status, substatus) = answered_state(&answer.decision);
@@ -447,6 +458,26 @@ pub(super) async fn already(
         mark_invitation_answered(tx, &invitation, status, substatus, now).map(|_| ())
     });
     exec.record_with(row, settled, also).await
+}
+
+/// The `COMPLETE` accept task of an invitation, if the task list has one (a failed read
+/// only loses the opportunity id of the message).
+async fn completed_task(aws: &AwsSide, id: &str) -> Option<AcceptTask> {
+    let tasks = with_retry(&aws.retry, "read accept tasks", || {
+        aws.client.accept_tasks_of(id)
+    })
+    .await
+    .map_err(|e| tracing::warn!(error = %e, "the accept tasks of the invitation could not be read"))
+    .ok()?;
+    let done = tasks
+        .iter()
+        .find(|t| t.status.as_ref().map(|s| s.as_str()) == Some("COMPLETE"))?;
+    let mut task = AcceptTask {
+        started_at: done.start_time,
+        ..AcceptTask::default()
+    };
+    merge(&mut task, done);
+    Some(task)
 }
 
 /// The state an answered invitation's referrals row takes (`Active`/`Accepted`,
