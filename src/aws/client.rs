@@ -528,6 +528,8 @@ mod tests {
         aws.reject_invitation(ID, "Customer problem unclear")
             .await
             .unwrap();
+        let of_invitation = aws.accept_tasks_of(ID).await.unwrap();
+        assert_eq!(of_invitation[0].opportunity_id.as_deref(), Some("O42"));
         let sent = received(&server, Some("session-token")).await;
         let expected = [
             (
@@ -545,6 +547,10 @@ mod tests {
             (
                 "RejectEngagementInvitation",
                 json!({"Catalog": "AWS", "Identifier": ID, "RejectionReason": "Customer problem unclear"}),
+            ),
+            (
+                "ListEngagementByAcceptingInvitationTasks",
+                json!({"Catalog": "AWS", "EngagementInvitationIdentifier": [ID]}),
             ),
         ];
         assert_eq!(sent.len(), expected.len());
