@@ -593,3 +593,25 @@ reason = "Duplicate of partner referral"
     let audit = stdout(&env.run(&["audit", "--referral", INVITATION]).await);
     assert!(audit.contains("rule:tailspin-elsewhere"), "{audit}");
 }
+
+#[tokio::test]
+async fn an_invitation_gone_from_aws_is_dead_at_once_not_retried() {
+    let (env, aws) = with_aws_answers().await;
+    let gone = "engi-0000000000zzz";
+    let out = env.run(&["accept", gone]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("is gone"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ResourceNotFoundException"),
+        "{}",
+        stderr(&out)
+    );
+    let state: String = env.query(
+        "SELECT state FROM outbox WHERE referral_id = 'engi-0000000000zzz'",
+        |r| r.get(0),
+    );
+    assert_eq!(state, "dead", "an action_failed alert for a person");
+    let requests = aws.requests();
+    assert_eq!(requests.len(), 1, "read once, never retried: {requests:?}");
+    assert_eq!(requests[0].operation, "GetEngagementInvitation");
+}
