@@ -615,3 +615,140 @@ async fn an_invitation_gone_from_aws_is_dead_at_once_not_retried() {
     assert_eq!(requests.len(), 1, "read once, never retried: {requests:?}");
     assert_eq!(requests[0].operation, "GetEngagementInvitation");
 }
+
+/// AWS answers in order, by operation (a wiremock server as `[aws] endpoint`): for the
+/// answers the simulator cannot stage, a conflict and a validation error.
+async fn scripted(script: &[(&str, u16, Value)]) -> wiremock::MockServer {
+    use wiremock::matchers::{header, method};
+    use wiremock::{Mock, ResponseTemplate};
+    let server = wiremock::MockServer::start().await;
+    for (operation, status, body) in script {
+        Mock::given(method("POST"))
+            .and(header(
+                "x-amz-target",
+                format!("AWSPartnerCentralSelling.{operation}").as_str(),
+            ))
+            .respond_with(ResponseTemplate::new(*status).set_body_json(body.clone()))
+            .up_to_n_times(1)
+            .with_priority(1)
+            .mount(&server)
+            .await;
+    }
+    server
+}
+
+fn invitation_reading(status: &str) -> Value {
+    serde_json::json!({"Id": INVITATION, "Catalog": "AWS", "Status": status})
+}
+
+async fn operations(server: &wiremock::MockServer) -> Vec<String> {
+    server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            r.headers
+                .get("x-amz-target")?
+                .to_str()
+                .ok()
+                .map(str::to_string)
+        })
+        .map(|t| {
+            t.trim_start_matches("AWSPartnerCentralSelling.")
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_conflict_reads_the_invitation_again_and_decides_again() {
+    let (env, _aws) = with_aws_answers().await;
+    let server = scripted(&[
+        (
+            "GetEngagementInvitation",
+            200,
+            invitation_reading("PENDING"),
+        ),
+        (
+            START,
+            400,
+            serde_json::json!({"__type": "com.amazonaws#ConflictException", "message": "changed"}),
+        ),
+        (
+            "GetEngagementInvitation",
+            200,
+            invitation_reading("ACCEPTED"),
+        ),
+        (
+            LIST_TASKS,
+            200,
+            serde_json::json!({"TaskSummaries": [{"TaskId": "task-0000000000009",
+                "TaskStatus": "COMPLETE", "OpportunityId": "O123"}]}),
+        ),
+    ])
+    .await;
+    env.edit_config(|t| {
+        t.replace(
+            &format!("endpoint = \"{}\"", aws.endpoint()),
+            &format!("endpoint = \"{}\"", server.uri()),
+        )
+    });
+    let out = env.run(&["accept", INVITATION]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("already accepted"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("O123"), "{}", stdout(&out));
+    assert_eq!(
+        operations(&server).await,
+        [
+            "GetEngagementInvitation",
+            START,
+            "GetEngagementInvitation",
+            LIST_TASKS
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_validation_error_is_dead_with_its_field_list() {
+    let (env, aws) = with_aws_answers().await;
+    let server = scripted(&[
+        ("GetEngagementInvitation", 200, invitation_reading("PENDING")),
+        (
+            REJECT,
+            400,
+            serde_json::json!({"__type": "com.amazonaws#ValidationException", "message": "bad",
+                "Reason": "REQUEST_VALIDATION_FAILED",
+                "ErrorList": [{"FieldName": "RejectionReason", "Message": "not allowed", "Code": "INVALID_VALUE"}]}),
+        ),
+    ])
+    .await;
+    env.edit_config(|t| {
+        t.replace(
+            &format!("endpoint = \"{}\"", aws.endpoint()),
+            &format!("endpoint = \"{}\"", server.uri()),
+        )
+    });
+    let out = env.run(&["decline", INVITATION, "--reason", "Other"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let said = stderr(&out);
+    assert!(
+        said.contains("RejectionReason: not allowed (INVALID_VALUE)"),
+        "{said}"
+    );
+    let (state, error): (String, String) = env.query(
+        "SELECT state, last_error FROM outbox WHERE kind = 'aws_decline'",
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    );
+    assert_eq!(state, "dead");
+    assert!(error.contains("RejectionReason: not allowed"), "{error}");
+    assert_eq!(
+        operations(&server).await,
+        ["GetEngagementInvitation", REJECT],
+        "never retried"
+    );
+}
