@@ -663,7 +663,7 @@ async fn operations(server: &wiremock::MockServer) -> Vec<String> {
 
 #[tokio::test]
 async fn a_conflict_reads_the_invitation_again_and_decides_again() {
-    let (env, _aws) = with_aws_answers().await;
+    let (env, aws) = with_aws_answers().await;
     let server = scripted(&[
         (
             "GetEngagementInvitation",
