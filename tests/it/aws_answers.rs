@@ -75,6 +75,36 @@ fn task_stored(env: &TestEnv) -> Option<String> {
     .flatten()
 }
 
+/// `accept` in its own process, killed once the start answered and its TaskId is stored
+/// with the action (before the task completes: its first poll is 5 s after the start).
+async fn accept_then_kill(env: &TestEnv, aws: &AwsSimulator) {
+    let mut first = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&env.config)
+        .args(["accept", INVITATION])
+        .env_remove("RUST_LOG")
+        .env_remove("COSELL_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let started = wait_until(Duration::from_secs(20), || task_stored(env).is_some()).await;
+    assert!(started, "the task was started: {:?}", aws.requests());
+    first.start_kill().unwrap();
+    let _ = first.wait().await;
+}
+
+/// As if the process died with the start on the wire: the row in flight, no TaskId stored.
+fn lose_the_start_s_answer(env: &TestEnv) {
+    let conn = rusqlite::Connection::open(env.state_db()).unwrap();
+    conn.execute(
+        "UPDATE outbox SET state = 'in_flight', result = NULL WHERE kind = 'aws_accept'",
+        [],
+    )
+    .unwrap();
+}
+
 fn of(requests: &[AwsRequest], operation: &str) -> Vec<AwsRequest> {
     requests
         .iter()
@@ -99,24 +129,8 @@ async fn an_accept_starts_one_task_with_one_client_token_across_a_throttle_and_a
     store_invitation(&env, INVITATION);
     aws.set_polls_to_finish(1);
     aws.throttle_next_of(START, 1);
-    // The first process starts the task and is killed before the task completes (its first
-    // poll is 5 s after the start).
-    let mut first = tokio::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&env.config)
-        .args(["accept", INVITATION])
-        .env_remove("RUST_LOG")
-        .env_remove("COSELL_CONFIG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    // Killed once the start answered and its TaskId is stored with the action.
-    let started = wait_until(Duration::from_secs(20), || task_stored(&env).is_some()).await;
-    assert!(started, "the task was started: {:?}", aws.requests());
-    first.start_kill().unwrap();
-    let _ = first.wait().await;
+    // The first process starts the task and is killed before the task completes.
+    accept_then_kill(&env, &aws).await;
     assert!(
         of(&aws.requests(), LIST_TASKS).is_empty(),
         "killed before the task was read"
@@ -195,29 +209,8 @@ async fn an_accept_starts_one_task_with_one_client_token_across_a_throttle_and_a
 async fn a_start_whose_answer_was_lost_is_repeated_with_its_token_and_finds_its_task() {
     let (env, aws) = with_aws_answers().await;
     aws.set_polls_to_finish(1);
-    let mut first = tokio::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&env.config)
-        .args(["accept", INVITATION])
-        .env_remove("RUST_LOG")
-        .env_remove("COSELL_CONFIG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    let started = wait_until(Duration::from_secs(20), || task_stored(&env).is_some()).await;
-    assert!(started, "the task was started: {:?}", aws.requests());
-    first.start_kill().unwrap();
-    let _ = first.wait().await;
-    // As if it died before the start's answer was recorded.
-    let conn = rusqlite::Connection::open(env.state_db()).unwrap();
-    conn.execute(
-        "UPDATE outbox SET state = 'in_flight', result = NULL WHERE kind = 'aws_accept'",
-        [],
-    )
-    .unwrap();
-    drop(conn);
+    accept_then_kill(&env, &aws).await;
+    lose_the_start_s_answer(&env);
     let out = env.run(&["accept", INVITATION]).await;
     assert_eq!(
         out.status.code(),
@@ -250,21 +243,7 @@ async fn a_task_that_completed_unrecorded_still_shows_its_opportunity() {
     assert_eq!(sync.status.code(), Some(0), "{}", stderr(&sync));
     store_invitation(&env, INVITATION);
     aws.set_polls_to_finish(1);
-    let mut first = tokio::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&env.config)
-        .args(["accept", INVITATION])
-        .env_remove("RUST_LOG")
-        .env_remove("COSELL_CONFIG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the binary starts");
-    let started = wait_until(Duration::from_secs(20), || task_stored(&env).is_some()).await;
-    assert!(started, "the task was started: {:?}", aws.requests());
-    first.start_kill().unwrap();
-    let _ = first.wait().await;
+    accept_then_kill(&env, &aws).await;
     let task = task_stored(&env).unwrap();
     // AWS finishes the task meanwhile (the simulator's tasks end after their reads).
     let client = sim_client(&aws);
@@ -278,13 +257,7 @@ async fn a_task_that_completed_unrecorded_still_shows_its_opportunity() {
             .opportunity_id;
     }
     let opportunity = opportunity.expect("COMPLETE");
-    let conn = rusqlite::Connection::open(env.state_db()).unwrap();
-    conn.execute(
-        "UPDATE outbox SET state = 'in_flight', result = NULL WHERE kind = 'aws_accept'",
-        [],
-    )
-    .unwrap();
-    drop(conn);
+    lose_the_start_s_answer(&env);
     let out = env.run(&["accept", INVITATION]).await;
     assert_eq!(
         out.status.code(),
