@@ -49,6 +49,15 @@ retry_max = "50ms"
     (env, aws)
 }
 
+/// [`with_aws_answers`] with a database, and [`INVITATION`] in it as the inbox keeps it.
+async fn with_stored_invitation() -> (TestEnv, AwsSimulator) {
+    let (env, aws) = with_aws_answers().await;
+    let sync = env.run(&["sync"]).await;
+    assert_eq!(sync.status.code(), Some(0), "{}", stderr(&sync));
+    store_invitation(&env, INVITATION);
+    (env, aws)
+}
+
 /// The invitation as the AWS inbox stores it: a row of `referrals`, New/Pending while
 /// `PENDING` (the answer marks it answered).
 fn store_invitation(env: &TestEnv, id: &str) {
@@ -122,11 +131,7 @@ fn writes(aws: &AwsSimulator) -> Vec<AwsRequest> {
 
 #[tokio::test]
 async fn an_accept_starts_one_task_with_one_client_token_across_a_throttle_and_a_restart() {
-    let (env, aws) = with_aws_answers().await;
-    // A database with its schema, and the invitation in it as the inbox keeps it.
-    let sync = env.run(&["sync"]).await;
-    assert_eq!(sync.status.code(), Some(0), "{}", stderr(&sync));
-    store_invitation(&env, INVITATION);
+    let (env, aws) = with_stored_invitation().await;
     aws.set_polls_to_finish(1);
     aws.throttle_next_of(START, 1);
     // The first process starts the task and is killed before the task completes.
@@ -238,10 +243,7 @@ async fn a_start_whose_answer_was_lost_is_repeated_with_its_token_and_finds_its_
 /// reads ACCEPTED, nothing is written again, and the completed task's opportunity is kept.
 #[tokio::test]
 async fn a_task_that_completed_unrecorded_still_shows_its_opportunity() {
-    let (env, aws) = with_aws_answers().await;
-    let sync = env.run(&["sync"]).await;
-    assert_eq!(sync.status.code(), Some(0), "{}", stderr(&sync));
-    store_invitation(&env, INVITATION);
+    let (env, aws) = with_stored_invitation().await;
     aws.set_polls_to_finish(1);
     accept_then_kill(&env, &aws).await;
     let task = task_stored(&env).unwrap();
@@ -528,10 +530,7 @@ async fn with_a_daemon_running_it_sends_the_commands_answers_one_write_a_second(
 
 #[tokio::test]
 async fn a_rule_answers_an_invitation_through_aws() {
-    let (env, aws) = with_aws_answers().await;
-    let sync = env.run(&["sync"]).await;
-    assert_eq!(sync.status.code(), Some(0), "{}", stderr(&sync));
-    store_invitation(&env, INVITATION);
+    let (env, aws) = with_stored_invitation().await;
     let text = std::fs::read_to_string(&env.config).unwrap();
     std::fs::write(
         &env.config,
