@@ -5,6 +5,7 @@
 
 pub(crate) mod answer;
 mod aws_auth;
+pub(crate) mod aws_answer;
 pub mod commands;
 pub(crate) mod demo;
 pub(crate) mod link;
@@ -165,6 +166,7 @@ impl App {
                 microsoft_retry: ms.retry.policy(),
                 pull,
                 google,
+                aws: aws_side(&config)?,
                 stop: tokio_util::sync::CancellationToken::new(),
                 send: send_settings(&config),
                 triage: config.triage.clone(),
@@ -239,6 +241,12 @@ impl App {
         if same_credentials(&self.config.microsoft, &from.config.microsoft) {
             let tokens = from.cycle.microsoft.tokens();
             self.cycle.microsoft = self.cycle.microsoft.with_tokens(tokens);
+        }
+        if let (Some(new), Some(old)) = (&mut self.cycle.aws, &from.cycle.aws) {
+            // One process, one write limit: a reload must not restart AWS's second.
+            let rate = |c: &Config| c.aws.as_ref().map(|a| a.requests_per_second());
+            let same = rate(&self.config) == rate(&from.config);
+            new.client.keep_limits_of(&old.client, same);
         }
         if let (Some(new), Some(old)) = (&mut self.cycle.google, &from.cycle.google) {
             new.fresh_since = old.fresh_since;
@@ -355,6 +363,24 @@ fn send_settings(config: &Config) -> SendSettings {
 }
 
 /// The Google client and the sync policy, from configuration.
+/// The AWS client of `[aws]` (spec §8), with the credentials found in §8's order; `None`
+/// without the section, or when this command read no secrets.
+fn aws_side(config: &Config) -> Result<Option<crate::sync::AwsSide>, AppError> {
+    let Some(aws) = &config.aws else {
+        return Ok(None);
+    };
+    // Loaded without its secrets (a command that sends nothing to AWS): no client.
+    if aws.credentials().is_none() {
+        return Ok(None);
+    }
+    let client = crate::aws::client::AwsClient::from_config(aws)
+        .map_err(|e| AppError::Config(e.to_string()))?;
+    Ok(Some(crate::sync::AwsSide {
+        client,
+        retry: aws.retry.policy(),
+    }))
+}
+
 fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
     let g = &config.google;
     let key = g

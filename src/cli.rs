@@ -51,7 +51,8 @@ pub enum Command {
     /// Accept an incoming New referral in Partner Center (status Active, substatus Accepted).
     /// Exit 0 when it is accepted (also when it already was), 1 when it cannot be.
     Accept {
-        /// The Microsoft referral id.
+        /// The Microsoft referral id, or an AWS engagement invitation id (`engi-…`: the
+        /// command then waits up to 60 s for AWS's accept task).
         referral_id: String,
         /// A note kept with the answer in the audit log.
         #[arg(long, value_name = "TEXT")]
@@ -64,9 +65,10 @@ pub enum Command {
     /// statusReason). Exit 0 when it is declined (also when it already was), 1 when it
     /// cannot be.
     Decline {
-        /// The Microsoft referral id.
+        /// The Microsoft referral id, or an AWS engagement invitation id (`engi-…`).
         referral_id: String,
-        /// Why (becomes the referral's statusReason).
+        /// Why (becomes the referral's statusReason; for an AWS invitation its
+        /// RejectionReason, at most 80 characters).
         #[arg(long, value_name = "TEXT", value_parser = parse_reason)]
         reason: String,
         /// A note kept with the answer in the audit log.

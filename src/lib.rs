@@ -56,8 +56,9 @@
 //! - [`microsoft`]: Entra refresh-token grant with a rotating token file, and the Referrals client.
 //! - [`google`]: service-account tokens and the Cloud CRM Partners client (four methods).
 //! - [`aws`]: AWS Partner Central engagement invitations (spec §8): own SigV4 signer and
-//!   verifier, the tolerant model of the five operations, the client. Not wired into the
-//!   cycle yet (pull, alerts and answers come next); `pub` so tests reach it meanwhile.
+//!   verifier, the tolerant model of the five operations, the client. Answers (`accept` /
+//!   `decline engi-…`, the page, the rules) go through the one executor (`sync::push::aws_accept`,
+//!   `aws_decline`); the pull and alerts come next. `pub` so tests reach it.
 //! - [`store`]: SQLite (WAL, migrations, schema version), one thread per connection.
 //! - [`lanes`]: the deadline lane (pull → expiry alerts → plan → push → alerts) and the
 //!   refresh lane (Google re-reads on a per-record schedule), joining `sync` and `alerts`.

@@ -587,6 +587,23 @@ fn last_cycles(out: &mut String, report: &StatusReport) {
     }
 }
 
+/// An AWS accept task: `task-… COMPLETE, opportunity O…`, or `FAILED: ReasonCode: Message`.
+fn aws_task(t: &crate::sync::aws_answer::AcceptTask) -> String {
+    let outcome = match (&t.opportunity_id, &t.reason_code) {
+        (Some(o), _) => format!(", opportunity {o}"),
+        (None, Some(code)) => format!(
+            ": {code}: {}",
+            t.message.as_deref().unwrap_or("(no Message)")
+        ),
+        (None, None) => String::new(),
+    };
+    format!(
+        "{} {}{outcome}",
+        t.task_id.as_deref().unwrap_or("(no TaskId)"),
+        t.status.as_deref().unwrap_or("IN_PROGRESS")
+    )
+}
+
 /// `status --referral ID`.
 pub(crate) fn referral(view: &ReferralView) -> String {
     let mut out = String::new();
@@ -626,6 +643,9 @@ pub(crate) fn referral(view: &ReferralView) -> String {
     if let Some(url) = &view.action_url {
         // A URL does not wrap: on a line of its own, to copy whole.
         let _ = writeln!(out, "  answer it (accept or decline):\n    {url}");
+    }
+    if let Some(t) = &view.aws_task {
+        let _ = writeln!(out, "  AWS task:  {}", aws_task(t));
     }
     if let Some(d) = &view.triage {
         let _ = writeln!(out, "  rules:     {}", crate::triage::sentence(d));

@@ -224,6 +224,22 @@ pub(crate) struct ReferralView {
     pub(crate) triage: Option<crate::store::triage::DecisionRow>,
     /// The rule answer queued for it, if a rule answered it.
     pub(crate) rule_answer: Option<RuleAnswer>,
+    /// An AWS invitation accepted here: its accept task as last read (the `TaskId`, and the
+    /// new `OpportunityId` once `COMPLETE`, or `ReasonCode` and `Message` when `FAILED`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) aws_task: Option<crate::sync::aws_answer::AcceptTask>,
+}
+
+/// The task of the newest AWS accept among a referral's actions (newest first) that has one.
+fn aws_task(actions: &[OutboxRow]) -> Option<crate::sync::aws_answer::AcceptTask> {
+    actions
+        .iter()
+        .filter(|a| a.kind == outbox::AWS_ACCEPT)
+        .filter_map(|a| a.result.as_deref())
+        .filter_map(|r| {
+            serde_json::from_str::<crate::sync::push::answer_referral::AnswerResult>(r).ok()
+        })
+        .find_map(|r| r.task)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -300,15 +316,17 @@ pub(crate) fn referral_view(
             (Some(e), Some(signer)) => signer.url_until(id, e.deadline, now),
             _ => None,
         };
+        let actions = outbox::for_referral(c, id, 100)?;
         Ok(Some(ReferralView {
             generated_at: now,
+            aws_task: aws_task(&actions),
             awaiting,
             action_url,
             link,
             lead,
             opportunity,
             timeline: outbox::audit_rows(c, Some(id), None, 500)?,
-            actions: outbox::for_referral(c, id, 100)?,
+            actions,
             alerts: astore::for_referral(c, id, 100)?,
             triage: tstore::decision_of(c, id)?,
             rule_answer: tstore::rule_answer_of(c, id)?.map(|(rule, decision, queued_at)| {

@@ -28,8 +28,8 @@ use crate::alerts::format::deal;
 use crate::config::actions::ProxySecretError;
 use crate::outside::Outside;
 use crate::store::triage as tstore;
-use crate::store::{answers, Store};
-use crate::sync::answer::{encode, Answer, Decision};
+use crate::store::Store;
+use crate::sync::answer::{Answer, Decision};
 use crate::timefmt::{human, time_left};
 use crate::wake::AnswerWake;
 
@@ -296,7 +296,7 @@ async fn queue_all(
     ids: &[String],
     answer: &Answer,
 ) -> Result<(), crate::store::StoreError> {
-    let (window, payload, ids) = (s.settings.window, encode(answer), ids.to_vec());
+    let (window, answer, ids) = (s.settings.window, answer.clone(), ids.to_vec());
     let queued = s
         .store
         .call(move |c| {
@@ -305,7 +305,7 @@ async fn queue_all(
             for id in &ids {
                 let tx = c.transaction()?;
                 if tstore::awaits_answer(&tx, id, window, now)? {
-                    answers::enqueue(&tx, id, &payload, now)?;
+                    crate::sync::aws_answer::enqueue(&tx, id, &answer, now)?;
                     n += 1;
                 }
                 tx.commit()?;

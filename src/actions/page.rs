@@ -26,7 +26,7 @@ use crate::alerts::format::deal;
 use crate::links::{Claims, LinkError, LinkSigner};
 use crate::store::answers::{self, PageFacts};
 use crate::store::{Store, StoreError};
-use crate::sync::answer::{encode, Answer, Decision};
+use crate::sync::answer::{Answer, Decision};
 use crate::sync::push::answer_referral::{wait_for_outcome, AnswerOutcome, AnswerResult};
 use crate::timefmt::{human, time_left};
 use crate::wake::AnswerWake;
@@ -329,10 +329,10 @@ fn parse_decision(
 }
 
 async fn queue(s: &Shared, referral_id: &str, answer: &Answer) -> Result<i64, StoreError> {
-    let (id, payload) = (referral_id.to_string(), encode(answer));
+    let (id, queued) = (referral_id.to_string(), answer.clone());
     let (row, added) = s
         .store
-        .call(move |c| answers::enqueue(c, &id, &payload, Utc::now()))
+        .call(move |c| crate::sync::aws_answer::enqueue(c, &id, &queued, Utc::now()))
         .await?;
     tracing::info!(referral_id, actor = %answer.actor, decision = answer.decision.verb(), joined = !added, "answer queued from the action page");
     // The executor sends it now, without a cycle.

@@ -22,7 +22,7 @@ use crate::sync::push::answer_referral::{wait_for_outcome, AnswerOutcome, Answer
 const WAIT_FOR_DAEMON: Duration = Duration::from_secs(60);
 
 /// `cli:USER`: who asked, for the audit log.
-fn actor() -> String {
+pub(super) fn actor() -> String {
     match std::env::var("USER").or_else(|_| std::env::var("LOGNAME")) {
         Ok(user) if !user.trim().is_empty() => format!("cli:{}", user.trim()),
         _ => "cli".into(),
@@ -36,6 +36,10 @@ pub(crate) async fn run(
     note: Option<String>,
     dry_run: bool,
 ) -> Outcome {
+    if crate::sync::aws_answer::is_invitation_id(referral_id) {
+        // An AWS engagement invitation (spec §8): same outbox, same executor.
+        return super::aws_answer::run(config, referral_id, decision, note, dry_run).await;
+    }
     if dry_run {
         return preview(config, referral_id, &decision).await;
     }
@@ -114,7 +118,18 @@ fn report(referral_id: &str, asked: &Answer, row: i64, outcome: Option<AnswerRes
             WAIT_FOR_DAEMON.as_secs()
         )));
     };
-    let same = r.decision == asked.decision.verb();
+    report_result(
+        &format!("referral {referral_id}"),
+        asked.decision.verb(),
+        row,
+        r,
+    )
+}
+
+/// What the person is told of an answer's recorded outcome (a referral's or, `what` naming
+/// it, an AWS invitation's): exit 0 only when it is now as `asked` (`accept`, `decline`).
+pub(super) fn report_result(what: &str, asked: &str, row: i64, r: AnswerResult) -> Outcome {
+    let same = r.decision == asked;
     match r.outcome {
         AnswerOutcome::Sent if same => Ok(Printed::ok(format!(
             "{}\n(action {row}, by {}).\n",
@@ -124,7 +139,7 @@ fn report(referral_id: &str, asked: &Answer, row: i64, outcome: Option<AnswerRes
             Ok(Printed::ok(format!("{}; nothing was sent.\n", r.message)))
         }
         AnswerOutcome::Sent | AnswerOutcome::Already => Err(AppError::Refused(format!(
-            "referral {referral_id} was {} by {} meanwhile: {}",
+            "{what} was {} by {} meanwhile: {}",
             r.decision_past(),
             r.actor,
             r.message

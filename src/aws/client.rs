@@ -32,6 +32,11 @@ pub const TARGET_PREFIX: &str = "AWSPartnerCentralSelling";
 /// The largest `MaxResults` of `ListEngagementInvitations` (D.4).
 pub const PAGE_SIZE: u32 = 100;
 
+/// Writes a second: AWS allows 1 (D.3), counted where they arrive. Spaced 1.05 s apart here,
+/// so a request that leaves on time but arrives a little late never lands two writes in one
+/// second of AWS's count.
+const WRITES_PER_SECOND: f64 = 1.0 / 1.05;
+
 /// The five operations, by their names in the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -110,7 +115,7 @@ impl AwsClient {
             catalog: catalog.to_string(),
             credentials: Arc::new(credentials),
             reads: Arc::new(RateLimiter::evenly(reads_per_second)),
-            writes: Arc::new(RateLimiter::evenly(1.0)),
+            writes: Arc::new(RateLimiter::evenly(WRITES_PER_SECOND)),
         })
     }
 
@@ -131,6 +136,16 @@ impl AwsClient {
         let http = crate::http::client(timeout, connect_timeout);
         let reads = aws.requests_per_second();
         AwsClient::new(http, aws.endpoint(), aws.catalog(), credentials, reads)
+    }
+
+    /// Takes over `from`'s rate limits (a reload builds a new client: the writes it sends
+    /// must still keep a second from the old client's last one). The read limit only when the
+    /// read rate is unchanged.
+    pub fn keep_limits_of(&mut self, from: &AwsClient, same_read_rate: bool) {
+        self.writes = from.writes.clone();
+        if same_read_rate {
+            self.reads = from.reads.clone();
+        }
     }
 
     /// One page of the invitations this account received that are still `PENDING`.
@@ -172,6 +187,17 @@ impl AwsClient {
         let body = json!({"Catalog": self.catalog, "ClientToken": client_token, "Identifier": id});
         let answer = self.call(op, &body).await?;
         model::parse_task(&answer.text).map_err(|e| malformed(op, e, answer))
+    }
+
+    /// The accept tasks of invitation `id` (an invitation found accepted: the task that did
+    /// it names the opportunity).
+    pub async fn accept_tasks_of(&self, id: &str) -> Result<Vec<Task>, ApiError> {
+        let op = Operation::ListEngagementByAcceptingInvitationTasks;
+        check_identifier(op, id)?;
+        let body = json!({"Catalog": self.catalog, "EngagementInvitationIdentifier": [id]});
+        let answer = self.call(op, &body).await?;
+        let page = model::parse_task_page(&answer.text).map_err(|e| malformed(op, e, answer))?;
+        Ok(page.items)
     }
 
     /// The accept task `task_id` as the task list shows it; `None` when it is not listed.
@@ -521,6 +547,8 @@ mod tests {
         aws.reject_invitation(ID, "Customer problem unclear")
             .await
             .unwrap();
+        let of_invitation = aws.accept_tasks_of(ID).await.unwrap();
+        assert_eq!(of_invitation[0].opportunity_id.as_deref(), Some("O42"));
         let sent = received(&server, Some("session-token")).await;
         let expected = [
             (
@@ -538,6 +566,10 @@ mod tests {
             (
                 "RejectEngagementInvitation",
                 json!({"Catalog": "AWS", "Identifier": ID, "RejectionReason": "Customer problem unclear"}),
+            ),
+            (
+                "ListEngagementByAcceptingInvitationTasks",
+                json!({"Catalog": "AWS", "EngagementInvitationIdentifier": [ID]}),
             ),
         ];
         assert_eq!(sent.len(), expected.len());

@@ -66,6 +66,8 @@ struct SimTask {
 pub struct AwsRequest {
     pub operation: String,
     pub body: Value,
+    /// When it arrived (the write quota is counted on these).
+    pub at: DateTime<Utc>,
 }
 
 /// The simulated account's state.
@@ -81,6 +83,10 @@ pub struct AwsState {
     throttle_next: u32,
     /// Operations the caller's IAM policy does not allow (`AccessDeniedException`).
     denied: BTreeSet<String>,
+    /// `ThrottlingException` for the next requests of one operation.
+    throttle_operation: Option<(String, u32)>,
+    /// Requests answered with `ThrottlingException`, oldest first (bounded).
+    throttled: VecDeque<AwsRequest>,
     requests: VecDeque<AwsRequest>,
     counters: BTreeMap<String, u64>,
     next_id: u64,
@@ -100,6 +106,8 @@ impl Default for AwsState {
             fail_next: None,
             throttle_next: 0,
             denied: BTreeSet::new(),
+            throttle_operation: None,
+            throttled: VecDeque::new(),
             requests: VecDeque::new(),
             counters: BTreeMap::new(),
             next_id: 0,
@@ -201,6 +209,17 @@ impl AwsSimulator {
     /// caller whose IAM policy lacks `partnercentral:<operation>`.
     pub fn deny(&self, operation: &str) {
         lock(&self.state).denied.insert(operation.to_string());
+    }
+
+    /// The next `n` requests of `operation` (e.g. the accept's start) get
+    /// `ThrottlingException`, whatever comes between them.
+    pub fn throttle_next_of(&self, operation: &str, n: u32) {
+        lock(&self.state).throttle_operation = Some((operation.to_string(), n));
+    }
+
+    /// The signed requests answered with `ThrottlingException`, oldest first (bounded).
+    pub fn throttled(&self) -> Vec<AwsRequest> {
+        lock(&self.state).throttled.iter().cloned().collect()
     }
 
     /// Requests served, by operation (and `throttled`, `refused:<error>`).
@@ -345,9 +364,26 @@ async fn handle(State(state): State<Shared>, headers: HeaderMap, body: Bytes) ->
             json!({"Reason": "ACCESS_DENIED"}),
         );
     }
-    if state.throttle_next > 0 {
-        state.throttle_next -= 1;
+    let this_one = match &mut state.throttle_operation {
+        Some((op, n)) if op == operation && *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    };
+    if state.throttle_next > 0 || this_one {
+        if !this_one {
+            state.throttle_next -= 1;
+        }
         *state.counters.entry("throttled".into()).or_default() += 1;
+        if state.throttled.len() >= 1_000 {
+            state.throttled.pop_front();
+        }
+        state.throttled.push_back(AwsRequest {
+            operation: operation.to_string(),
+            body: input.clone(),
+            at: Utc::now(),
+        });
         return error(
             StatusCode::BAD_REQUEST,
             "ThrottlingException",
@@ -362,6 +398,7 @@ async fn handle(State(state): State<Shared>, headers: HeaderMap, body: Bytes) ->
     state.requests.push_back(AwsRequest {
         operation: operation.to_string(),
         body: input.clone(),
+        at: Utc::now(),
     });
     let catalog = match input.get("Catalog").and_then(Value::as_str) {
         Some(c) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_alphabetic()) => c.to_string(),
@@ -622,11 +659,25 @@ fn list_tasks(state: &mut AwsState, catalog: &str, input: &Value) -> Response {
                     .map(|t| t.rsplit('/').next().unwrap_or(t).to_string())
                     .collect()
             });
+    let invitations: Option<Vec<String>> = input
+        .get("EngagementInvitationIdentifier")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|i| i.rsplit('/').next().unwrap_or(i).to_string())
+                .collect()
+        });
     let ids: Vec<String> = state
         .tasks
         .values()
         .filter(|t| t.catalog == catalog)
         .filter(|t| wanted.as_ref().is_none_or(|w| w.contains(&t.id)))
+        .filter(|t| {
+            invitations
+                .as_ref()
+                .is_none_or(|w| w.contains(&t.invitation_id))
+        })
         .map(|t| t.id.clone())
         .collect();
     let mut summaries = Vec::new();

@@ -5,7 +5,7 @@
 //! answer per referral, the look for due ones, the latest finished one and the page's facts.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use super::outbox::{self, OutboxRow, ANSWER_REFERRAL};
@@ -39,12 +39,75 @@ pub(crate) fn enqueue(
     Ok((open, false))
 }
 
+/// Queues an answer to an AWS invitation (`kind` is `aws_accept` or `aws_decline`), or finds
+/// the one already open for it, of either kind (a double click, two people at once, an accept
+/// whose task is still followed: one row, one write). Returns the row id and whether this call
+/// added it.
+pub(crate) fn enqueue_aws(
+    conn: &Connection,
+    invitation_id: &str,
+    kind: &str,
+    payload: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<(i64, bool), StoreError> {
+    // One statement, so it is atomic inside a caller's transaction (a rule's) or alone.
+    let added = conn
+        .prepare_cached(
+            "INSERT INTO outbox (referral_id, kind, target, payload, state, next_attempt_at,
+                 created_at, updated_at)
+             SELECT ?1, ?2, ?1, ?3, 'pending', ?4, ?4, ?4
+             WHERE NOT EXISTS (SELECT 1 FROM outbox WHERE referral_id = ?1
+                 AND (kind = 'aws_accept' OR kind = 'aws_decline')
+                 AND state IN ('pending', 'in_flight'))
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            invitation_id,
+            kind,
+            payload.to_string(),
+            db_timestamp(now)
+        ])?;
+    if added > 0 {
+        return Ok((conn.last_insert_rowid(), true));
+    }
+    let open: i64 = conn.query_row(
+        "SELECT id FROM outbox WHERE referral_id = ?1
+           AND (kind = 'aws_accept' OR kind = 'aws_decline')
+           AND state IN ('pending', 'in_flight') ORDER BY id DESC LIMIT 1",
+        [invitation_id],
+        |r| r.get(0),
+    )?;
+    Ok((open, false))
+}
+
+/// An answered invitation that is also a row of `referrals` (the AWS inbox stores it so):
+/// its state as the answer left it (`Active`/`Accepted`, `Closed`/`Declined`), so status, the
+/// service level and the alerts see it answered before the next pull.
+pub(crate) fn mark_invitation_answered(
+    conn: &Connection,
+    invitation_id: &str,
+    status: &str,
+    substatus: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let now = db_timestamp(now);
+    let changed = conn
+        .prepare_cached(
+            "UPDATE referrals SET status = ?2, substatus = ?3, updated_at = ?4,
+                last_changed_at = ?4
+             WHERE id = ?1 AND (status IS NOT ?2 OR substatus IS NOT ?3)",
+        )?
+        .execute(params![invitation_id, status, substatus, now])?;
+    Ok(changed > 0)
+}
+
 /// Whether an answer is due now (the daemon polls this and runs its answer sender: the
 /// command line, in another process, cannot wake it otherwise).
 pub(crate) fn any_due(conn: &Connection, now: DateTime<Utc>) -> Result<bool, StoreError> {
     Ok(conn
         .prepare_cached(
-            "SELECT 1 FROM outbox WHERE state = 'pending' AND kind = 'answer_referral'
+            "SELECT 1 FROM outbox WHERE state = 'pending'
+               AND (kind = 'answer_referral' OR kind = 'aws_accept' OR kind = 'aws_decline')
                AND next_attempt_at <= ?1 LIMIT 1",
         )?
         .query_row([db_timestamp(now)], |_| Ok(()))
@@ -59,7 +122,8 @@ pub(crate) fn latest_finished(
 ) -> Result<Option<OutboxRow>, StoreError> {
     let id: Option<i64> = conn
         .query_row(
-            "SELECT id FROM outbox WHERE referral_id = ?1 AND kind = 'answer_referral'
+            "SELECT id FROM outbox WHERE referral_id = ?1
+               AND (kind = 'answer_referral' OR kind = 'aws_accept' OR kind = 'aws_decline')
                AND state IN ('done', 'superseded', 'dead') AND result IS NOT NULL
              ORDER BY (state = 'done') DESC, id DESC LIMIT 1",
             [referral_id],

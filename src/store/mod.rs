@@ -91,6 +91,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0013_triage.sql",
         include_str!("../../migrations/0013_triage.sql"),
     ),
+    (
+        15,
+        "0015_aws_answers.sql",
+        include_str!("../../migrations/0015_aws_answers.sql"),
+    ),
 ];
 
 /// The schema version this binary reads and writes.

@@ -16,6 +16,11 @@ pub(crate) const PATCH_OPPORTUNITY: &str = "patch_opportunity";
 /// Accept or decline a referral ([`crate::sync::push::answer_referral`]): taken by the same
 /// [`take_due_of`] as every action, ahead of the others.
 pub(crate) const ANSWER_REFERRAL: &str = "answer_referral";
+/// Accept an AWS engagement invitation ([`crate::sync::push::aws_accept`]): an answer, taken
+/// first like [`ANSWER_REFERRAL`]; its row stays pending while the AWS task is followed.
+pub(crate) const AWS_ACCEPT: &str = "aws_accept";
+/// Decline an AWS engagement invitation ([`crate::sync::push::aws_decline`]): an answer.
+pub(crate) const AWS_DECLINE: &str = "aws_decline";
 /// Link a Google record a referral's externalReferenceId names (recovery, migration 0009).
 pub(crate) const ADOPT_LINK: &str = "adopt_link";
 
@@ -203,7 +208,9 @@ pub(crate) fn take_due_of(
 /// Each reads one row more than this process runs, and the first it does not run is taken:
 /// an exclusion list in SQL (`NOT IN (json_each(...))`) built a temporary table per claim.
 const DUE_ANSWER: &str = "SELECT id FROM outbox INDEXED BY outbox_answers_due
-    WHERE state = 'pending' AND kind = 'answer_referral' AND next_attempt_at <= ?1
+    WHERE state = 'pending'
+      AND (kind = 'answer_referral' OR kind = 'aws_accept' OR kind = 'aws_decline')
+      AND next_attempt_at <= ?1
     ORDER BY next_attempt_at, id LIMIT ?2";
 const DUE_ANY: &str = "SELECT id FROM outbox
     WHERE state = 'pending' AND next_attempt_at <= ?1

@@ -33,7 +33,8 @@ pub(crate) fn awaiting(
          WHERE r.status = 'New' AND r.substatus IN ('Pending', 'Received')
            AND (r.direction = 'Incoming' OR r.direction IS NULL)
            AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.referral_id = r.id
-                 AND o.kind = 'answer_referral' AND o.state IN ('pending', 'in_flight', 'done'))
+                 AND (o.kind = 'answer_referral' OR o.kind = 'aws_accept' OR o.kind = 'aws_decline')
+                 AND o.state IN ('pending', 'in_flight', 'done'))
            AND NOT EXISTS (SELECT 1 FROM triage_answers t WHERE t.referral_id = r.id)";
     let read = |row: &rusqlite::Row| -> rusqlite::Result<Awaiting> {
         let created: String = row.get(2)?;
@@ -273,7 +274,8 @@ pub(crate) struct InboxRow {
 fn answered(conn: &Connection, referral_id: &str) -> Result<bool, StoreError> {
     Ok(conn
         .prepare_cached(
-            "SELECT 1 FROM outbox WHERE referral_id = ?1 AND kind = 'answer_referral'
+            "SELECT 1 FROM outbox WHERE referral_id = ?1
+               AND (kind = 'answer_referral' OR kind = 'aws_accept' OR kind = 'aws_decline')
                AND state IN ('pending', 'in_flight', 'done') LIMIT 1",
         )?
         .query_row([referral_id], |_| Ok(()))
@@ -294,7 +296,8 @@ pub(crate) fn inbox(
     // The referrals with an answer queued or sent, at once: a few rows, where a lookup per
     // awaiting referral was ten thousand statements per page view.
     let mut stmt = conn.prepare_cached(
-        "SELECT DISTINCT referral_id FROM outbox WHERE kind = 'answer_referral'
+        "SELECT DISTINCT referral_id FROM outbox
+         WHERE (kind = 'answer_referral' OR kind = 'aws_accept' OR kind = 'aws_decline')
            AND state IN ('pending', 'in_flight', 'done')",
     )?;
     let answered: std::collections::HashSet<String> = stmt
@@ -346,7 +349,8 @@ pub(crate) fn answer_state(
     let row: Option<(String, Option<String>)> = conn
         .prepare_cached(
             "SELECT state, COALESCE(json_extract(result, '$.message'), last_error)
-             FROM outbox WHERE referral_id = ?1 AND kind = 'answer_referral'
+             FROM outbox WHERE referral_id = ?1
+               AND (kind = 'answer_referral' OR kind = 'aws_accept' OR kind = 'aws_decline')
              ORDER BY id DESC LIMIT 1",
         )?
         .query_row([referral_id], |r| Ok((r.get(0)?, r.get(1)?)))

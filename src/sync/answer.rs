@@ -43,10 +43,12 @@ impl Decision {
 
 /// An answer as queued: what, an optional note (kept in the audit log; Partner Center's
 /// field for it is not documented), and who asked.
+/// Generic over the decision: an AWS invitation's answer is an `Answer<AwsDecision>`
+/// (`sync::aws_answer`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Answer {
+pub(crate) struct Answer<D = Decision> {
     #[serde(flatten)]
-    pub(crate) decision: Decision,
+    pub(crate) decision: D,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) note: Option<String>,
     /// `cli:USER`, the SSO header's value, or `link`.

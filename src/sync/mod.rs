@@ -8,6 +8,7 @@
 
 pub(crate) mod adopt;
 pub(crate) mod answer;
+pub(crate) mod aws_answer;
 pub(crate) mod mapping;
 pub mod plan;
 pub(crate) mod pull;
@@ -62,6 +63,15 @@ pub struct GoogleSide {
     pub fresh_since: DateTime<Utc>,
 }
 
+/// What the AWS side needs (spec §8): the Partner Central client and its retry policy.
+#[derive(Debug, Clone)]
+pub struct AwsSide {
+    pub client: crate::aws::client::AwsClient,
+    /// `[aws.retry]`: in-call retries of AWS calls (reads, the decline, and the accept's
+    /// start, repeated with the same `ClientToken`).
+    pub retry: RetryPolicy,
+}
+
 /// What a cycle needs: the store and both clients.
 #[derive(Debug, Clone)]
 pub struct CycleContext {
@@ -76,6 +86,9 @@ pub struct CycleContext {
     pub pull: PullSettings,
     /// `None` when `[google]` is not configured: the daemon then only pulls Microsoft.
     pub google: Option<GoogleSide>,
+    /// `None` without `[aws]` (or when the command read no secrets): invitations are not
+    /// answered.
+    pub aws: Option<AwsSide>,
     /// Cancelled on SIGTERM: no new remote write starts after it.
     pub stop: tokio_util::sync::CancellationToken,
     /// How the one executor sends, whatever the action kind (answers included).

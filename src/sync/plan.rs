@@ -6,11 +6,13 @@ use serde_json::Value;
 
 use crate::microsoft::ReferralStatus;
 use crate::store::google::{self as gstore, SnapshotRow};
-use crate::store::outbox::{self, OutboxRow, ANSWER_REFERRAL, PATCH_OPPORTUNITY};
+use crate::store::outbox::{
+    self, OutboxRow, ANSWER_REFERRAL, AWS_ACCEPT, AWS_DECLINE, PATCH_OPPORTUNITY,
+};
 use crate::store::referrals;
 use crate::store::{schedule, Store, StoreError};
-use crate::sync::answer;
 use crate::sync::reconcile::{after_create, reconcile, Action, Plan, Policy};
+use crate::sync::{answer, aws_answer};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -196,7 +198,9 @@ fn apply_plan(
             Action::AdoptLink { name } => Some(name.clone()),
             Action::PatchReferral { .. } => Some(referral_id.to_string()),
             Action::PatchOpportunity { name, .. } => Some(name.clone()),
-            Action::AnswerReferral { .. } => Some(referral_id.to_string()),
+            Action::AnswerReferral { .. }
+            | Action::AwsAccept { .. }
+            | Action::AwsDecline { .. } => Some(referral_id.to_string()),
         };
         if outbox::enqueue(
             tx,
@@ -248,8 +252,12 @@ const ACTION_FORMAT: u64 = 1;
 /// An action as the outbox stores it: the tagged action plus its format version (an answer
 /// keeps its own versioned format, [`answer::encode`]).
 pub(crate) fn encode(action: &Action) -> Value {
-    if let Action::AnswerReferral { answer } = action {
-        return answer::encode(answer);
+    match action {
+        Action::AnswerReferral { answer } => return answer::encode(answer),
+        Action::AwsAccept { answer } | Action::AwsDecline { answer } => {
+            return aws_answer::encode(answer)
+        }
+        _ => {}
     }
     let mut value = serde_json::to_value(action).expect("an action serializes");
     if let Some(object) = value.as_object_mut() {
@@ -263,6 +271,8 @@ pub(crate) fn encode(action: &Action) -> Value {
 pub(crate) enum DecodeError {
     #[error("answer: {0}")]
     Answer(#[from] answer::DecodeError),
+    #[error("AWS answer: {0}")]
+    AwsAnswer(#[from] aws_answer::DecodeError),
     /// The whole payload.
     #[error("payload is not a JSON object: {0}")]
     NotAnObject(Value),
@@ -291,6 +301,13 @@ pub(crate) fn decode(row: &OutboxRow) -> Result<Action, DecodeError> {
     if row.kind == ANSWER_REFERRAL {
         let answer = answer::decode(&row.payload)?;
         return Ok(Action::AnswerReferral { answer });
+    }
+    if row.kind == AWS_ACCEPT || row.kind == AWS_DECLINE {
+        let answer = aws_answer::decode(&row.kind, &row.payload)?;
+        return Ok(match row.kind == AWS_ACCEPT {
+            true => Action::AwsAccept { answer },
+            false => Action::AwsDecline { answer },
+        });
     }
     let mut payload = row.payload.clone();
     let Some(object) = payload.as_object_mut() else {

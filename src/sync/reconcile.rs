@@ -12,11 +12,13 @@ use crate::config::{ConflictPolicy, ForwardConfig, GoogleLeadConfig};
 use crate::microsoft::{PatchOp, ReferralStatus, ReferralSubstatus};
 use crate::store::google::{BaseUpdate, SnapshotRow};
 use crate::store::outbox::{
-    ADOPT_LINK, ANSWER_REFERRAL, CREATE_LEAD, PATCH_OPPORTUNITY, PATCH_REFERRAL,
+    ADOPT_LINK, ANSWER_REFERRAL, AWS_ACCEPT, AWS_DECLINE, CREATE_LEAD, PATCH_OPPORTUNITY,
+    PATCH_REFERRAL,
 };
 
 use super::adopt::{is_google_name, named_record, Named};
 use super::answer::Answer;
+use super::aws_answer::AwsAnswer;
 
 /// The policy half of reconcile's input.
 #[derive(Debug, Clone)]
@@ -73,6 +75,17 @@ pub(crate) enum Action {
     AnswerReferral {
         answer: Answer,
     },
+    /// Accept an AWS engagement invitation (queued by a person; its own versioned format,
+    /// `sync::aws_answer::encode`; executed by `push::aws_accept`).
+    #[serde(skip)]
+    AwsAccept {
+        answer: AwsAnswer,
+    },
+    /// Decline an AWS engagement invitation (`push::aws_decline`).
+    #[serde(skip)]
+    AwsDecline {
+        answer: AwsAnswer,
+    },
 }
 
 impl Action {
@@ -83,6 +96,8 @@ impl Action {
             Action::PatchOpportunity { .. } => PATCH_OPPORTUNITY,
             Action::AdoptLink { .. } => ADOPT_LINK,
             Action::AnswerReferral { .. } => ANSWER_REFERRAL,
+            Action::AwsAccept { .. } => AWS_ACCEPT,
+            Action::AwsDecline { .. } => AWS_DECLINE,
         }
     }
 }

@@ -16,8 +16,8 @@ use super::rules::RuleSet;
 use crate::config::{Config, RuleConfig, TriageConfig, TriageMode};
 use crate::store::alerts::{self as astore, Alert};
 use crate::store::triage::{self as tstore, DecisionRow, HELD, QUEUED, SHOWN};
-use crate::store::{answers, StoreError};
-use crate::sync::answer::{encode, Answer, Decision};
+use crate::store::StoreError;
+use crate::sync::answer::{Answer, Decision};
 
 /// What a pass needs, built from the config (again on every reload).
 #[derive(Debug, Clone)]
@@ -176,7 +176,7 @@ fn queue_rule_answer(
         note: None,
         actor: format!("rule:{rule}"),
     };
-    let (row, _added) = answers::enqueue(conn, referral_id, &encode(&answer), now)?;
+    let (row, _added) = crate::sync::aws_answer::enqueue(conn, referral_id, &answer, now)?;
     Ok(row)
 }
 

@@ -3,13 +3,11 @@
 //! re-reads and decides again; `--dry-run` sends and changes nothing; a transient failure
 //! leaves the answer queued; with a daemon running, the daemon sends it.
 
-use std::time::Duration;
-
 use chrono::Utc;
 use cosell_sync::sim::{sample, Fault};
 use serde_json::json;
 
-use crate::helpers::{stderr, stdout, wait_until, TestEnv};
+use crate::helpers::{stderr, stdout, TestEnv};
 
 /// A simulator with one incoming New referral (3 days old), synced into the database.
 async fn synced(i: usize) -> (TestEnv, String) {
@@ -235,17 +233,7 @@ async fn a_transient_failure_leaves_the_answer_queued_and_says_so() {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_a_daemon_running_the_daemon_sends_it_and_the_command_reports_it() {
     let (env, id) = synced(50).await;
-    let dir = env.dir.path();
-    let log = dir.join("daemon.log");
-    let mut daemon = crate::daemon::spawn_run(&env, &dir.join("notify.sock"), &log);
-    // The daemon holds the worker lock once it has started its first tick.
-    let started = wait_until(Duration::from_secs(30), || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("daemon started")
-    })
-    .await;
-    assert!(started, "daemon did not start");
+    let mut daemon = crate::daemon::spawn_started(&env).await;
     let out = env
         .cli(&["decline", &id, "--reason", "Outside our region"])
         .await;

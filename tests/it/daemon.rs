@@ -80,6 +80,22 @@ pub(crate) fn spawn_run(
         .unwrap()
 }
 
+/// `run` in the background (its log in the test's directory), once it has started: it then
+/// holds the worker lock, so a command beside it leaves its answer to the daemon.
+pub(crate) async fn spawn_started(env: &TestEnv) -> tokio::process::Child {
+    let dir = env.dir.path();
+    let log = dir.join("daemon.log");
+    let daemon = spawn_run(env, &dir.join("notify.sock"), &log);
+    let started = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("daemon started")
+    })
+    .await;
+    assert!(started, "daemon did not start");
+    daemon
+}
+
 pub(crate) fn kill(child: &tokio::process::Child, signal: &str) {
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill")

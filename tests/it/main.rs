@@ -7,6 +7,7 @@ mod actions;
 mod alerts;
 mod answer;
 mod aws_config;
+mod aws_answers;
 mod browser;
 mod client;
 mod commands;

@@ -43,9 +43,33 @@ pub(crate) struct AnswerResult {
     pub(crate) decision: String,
     pub(crate) actor: String,
     pub(crate) at: DateTime<Utc>,
+    /// An AWS accept: its task as last read (the `TaskId` followed, the new
+    /// `OpportunityId` once `COMPLETE`, `ReasonCode` and `Message` when `FAILED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) task: Option<crate::sync::aws_answer::AcceptTask>,
 }
 
 impl AnswerResult {
+    /// The row's result text of an answer's outcome now (`decision`: `accept` or `decline`),
+    /// whichever cloud it answers.
+    pub(crate) fn text(
+        outcome: AnswerOutcome,
+        message: &str,
+        decision: &str,
+        actor: &str,
+        task: Option<crate::sync::aws_answer::AcceptTask>,
+    ) -> String {
+        serde_json::to_string(&AnswerResult {
+            outcome,
+            message: message.into(),
+            decision: decision.into(),
+            actor: actor.into(),
+            at: Utc::now(),
+            task,
+        })
+        .expect("a result serializes")
+    }
+
     /// `accepted` or `declined`.
     pub(crate) fn decision_past(&self) -> &'static str {
         match self.decision.as_str() {
@@ -282,14 +306,13 @@ async fn close(
 }
 
 fn result_of(answer: &Answer, outcome: AnswerOutcome, message: &str) -> String {
-    serde_json::to_string(&AnswerResult {
+    AnswerResult::text(
         outcome,
-        message: message.into(),
-        decision: answer.decision.verb().into(),
-        actor: answer.actor.clone(),
-        at: Utc::now(),
-    })
-    .expect("a result serializes")
+        message,
+        answer.decision.verb(),
+        &answer.actor,
+        None,
+    )
 }
 
 fn audit_failed(row: &OutboxRow, answer: &Answer, ops: &[PatchOp], e: &ApiError) -> AuditEntry {
@@ -374,6 +397,7 @@ pub(crate) async fn wait_for_outcome(
                     decision: String::new(),
                     actor: String::new(),
                     at: Utc::now(),
+                    task: None,
                 })
             });
         }

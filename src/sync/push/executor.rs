@@ -14,7 +14,8 @@ use rusqlite::{Connection, Transaction};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{adopt_link, answer_referral, create_lead, patch_opportunity, patch_referral};
+use super::{adopt_link, answer_referral, aws_accept, aws_decline, create_lead};
+use super::{patch_opportunity, patch_referral};
 use super::{PushStats, Schedule};
 use crate::http::{ApiError, RetryPolicy};
 use crate::microsoft::model::ParsedReferral;
@@ -24,7 +25,7 @@ use crate::store::{Store, StoreError};
 use crate::sync::plan::decode;
 use crate::sync::pull::refresh_referral;
 use crate::sync::reconcile::Action;
-use crate::sync::{CycleContext, GoogleSide};
+use crate::sync::{AwsSide, CycleContext, GoogleSide};
 use crate::wake::AnswerWake;
 
 /// How sending goes, whatever the action kind: the `[sync]` retry schedule and concurrency,
@@ -75,6 +76,8 @@ pub(crate) struct Executor<'a> {
     pub(crate) microsoft_retry: &'a RetryPolicy,
     /// `None` without `[google]`: then only answers are taken.
     pub(crate) google: Option<&'a GoogleSide>,
+    /// `None` without `[aws]`: an answer to an invitation then fails, saying so.
+    pub(crate) aws: Option<&'a AwsSide>,
     pub(crate) send: &'a SendSettings,
     /// SIGTERM: no new write starts (see [`Claim`]).
     pub(crate) stop: &'a CancellationToken,
@@ -181,6 +184,7 @@ impl<'a> Executor<'a> {
             microsoft: &ctx.microsoft,
             microsoft_retry: &ctx.microsoft_retry,
             google: ctx.google.as_ref(),
+            aws: ctx.aws.as_ref(),
             send: &ctx.send,
             stop: &ctx.stop,
             cycle_id,
@@ -263,9 +267,18 @@ impl<'a> Executor<'a> {
                         .await;
                 }
             };
-            if let Action::AnswerReferral { answer } = action {
-                // An answer decides first, then logs what it would send in a dry run.
-                return answer_referral::execute(self, row, answer).await;
+            // An answer decides first, then logs what it would send in a dry run.
+            match action {
+                Action::AnswerReferral { answer } => {
+                    return answer_referral::execute(self, row, answer).await
+                }
+                Action::AwsAccept { answer } => {
+                    return aws_accept::execute(self, row, answer).await
+                }
+                Action::AwsDecline { answer } => {
+                    return aws_decline::execute(self, row, answer).await
+                }
+                _ => {}
             }
             let Some(google) = self.google else {
                 let reason = "the Google side is off".to_string();
@@ -297,7 +310,9 @@ impl<'a> Executor<'a> {
                     };
                     patch_opportunity::execute(self, google, row, patch).await
                 }
-                Action::AnswerReferral { .. } => unreachable!("answers are sent above"),
+                Action::AnswerReferral { .. }
+                | Action::AwsAccept { .. }
+                | Action::AwsDecline { .. } => unreachable!("answers are sent above"),
             }
         }
         .instrument(span)
@@ -334,6 +349,9 @@ impl<'a> Executor<'a> {
             ),
             // Decided and logged by the answer itself.
             Action::AnswerReferral { .. } => ("PATCH", row.referral_id.clone(), String::new()),
+            Action::AwsAccept { .. } | Action::AwsDecline { .. } => {
+                ("POST", row.referral_id.clone(), String::new())
+            }
         };
         tracing::warn!(referral_id = %row.referral_id, method, path = %path, body = %summary, "DRY RUN: would send");
         let reason = "dry run: not sent".to_string();

@@ -10,11 +10,14 @@
 //! claims and records every kind the same way. One file per action kind, each with one entry
 //! point `execute(&Executor, ..., row, payload) -> ActionOutcome`: [`create_lead`],
 //! [`patch_referral`], [`patch_opportunity`], [`adopt_link`] and [`answer_referral`]
-//! (accepts and declines). A new kind is one file here and one variant of
+//! (accepts and declines), [`aws_accept`] and [`aws_decline`] (answers to AWS engagement
+//! invitations, spec §8). A new kind is one file here and one variant of
 //! [`crate::sync::reconcile::Action`] (see `lib.rs`).
 
 mod adopt_link;
 pub(crate) mod answer_referral;
+pub(crate) mod aws_accept;
+mod aws_decline;
 mod create_lead;
 pub(crate) mod executor;
 mod patch_opportunity;
