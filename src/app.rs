@@ -27,7 +27,7 @@ use crate::store::outbox;
 use crate::store::runs;
 use crate::store::{Store, StoreError};
 use crate::sync::{
-    self, CycleContext, GoogleSide, Policy, PullSettings, RefreshSettings, SendSettings,
+    self, AwsSide, CycleContext, GoogleSide, Policy, PullSettings, RefreshSettings, SendSettings,
 };
 use crate::wake::{DeadlineWake, TickAsk};
 use tokio_util::sync::CancellationToken;
@@ -149,6 +149,11 @@ impl App {
         };
         let mut alerts = AlertSettings::from_config(&config.alerts);
         alerts.links = links;
+        alerts.invitation_url = config
+            .aws
+            .as_ref()
+            .and_then(|a| a.invitation_url.clone())
+            .filter(|u| !u.trim().is_empty());
         alerts.inbox_url = config.actions.as_ref().and_then(|a| {
             a.actor_header()
                 .map(|_| format!("{}/inbox", a.public_url.trim_end_matches('/')))
@@ -161,6 +166,7 @@ impl App {
                 microsoft_retry: ms.retry.policy(),
                 pull,
                 google,
+                aws: aws_side(&config)?,
                 stop: tokio_util::sync::CancellationToken::new(),
                 send: send_settings(&config),
                 triage: config.triage.clone(),
@@ -351,6 +357,38 @@ fn send_settings(config: &Config) -> SendSettings {
 }
 
 /// The Google client and the sync policy, from configuration.
+/// The AWS side (`[aws]`): a client with the credentials found in §8's order. `None`
+/// without the section.
+fn aws_side(config: &Config) -> Result<Option<AwsSide>, AppError> {
+    let Some(aws) = &config.aws else {
+        return Ok(None);
+    };
+    let found = aws.credentials().ok_or_else(|| {
+        AppError::Config(
+            "aws: no credentials found (aws.access_key_id, the AWS_* environment, or the shared credentials file)".into(),
+        )
+    })?;
+    let credentials = crate::aws::sigv4::Credentials {
+        access_key_id: found.access_key_id.clone(),
+        secret_access_key: found.secret_access_key.clone(),
+        session_token: found.session_token.clone(),
+    };
+    let http = crate::http::client(aws.timeout.0, aws.connect_timeout.0);
+    let client = crate::aws::client::AwsClient::new(
+        http,
+        aws.endpoint(),
+        aws.catalog(),
+        credentials,
+        aws.requests_per_second(),
+    )
+    .map_err(|e| AppError::Config(e.to_string()))?;
+    tracing::debug!(catalog = aws.catalog(), credentials = %found.source, "AWS Partner Central inbox on");
+    Ok(Some(AwsSide {
+        client,
+        retry: aws.retry.policy(),
+    }))
+}
+
 fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
     let g = &config.google;
     let key = g

@@ -1,7 +1,8 @@
 //! The two lanes, in order (issue "deadline first"):
 //!
 //! - The **deadline lane** ([`run_cycle`] with [`TickOptions::deadline`]) runs every tick and
-//!   never waits on Google re-reads: Microsoft pull (inbox + incremental) → expiry alerts
+//!   never waits on Google re-reads: Microsoft pull (inbox + incremental), and beside it the
+//!   AWS invitations when `[aws]` is set → expiry alerts
 //!   (raised and delivered at once: they need only Microsoft data) → plan the referrals whose
 //!   inputs changed → queued accepts and declines, lead creates and write-backs (one executor,
 //!   answers first) → every other alert and delivery.
@@ -169,9 +170,23 @@ pub(crate) async fn run_cycle(
             true => Queries::Both,
             false => Queries::InboxOnly,
         };
-        let pulled = match options.pull {
-            true => pull_acting_on_new(ctx, queries, &mut alerting, &mut report).await,
-            false => Ok(PullStats::default()),
+        // The AWS inbox is pulled beside Microsoft's (its own endpoint and quota); its
+        // failure is the cycle's only after the Microsoft and Google parts ran.
+        let started_at = report.started_at;
+        let microsoft = async {
+            match options.pull {
+                true => pull_acting_on_new(ctx, queries, &mut alerting, &mut report).await,
+                false => Ok(PullStats::default()),
+            }
+        };
+        let (pulled, aws_pulled) = tokio::join!(microsoft, pull_aws(ctx, options, started_at));
+        let aws_error = match aws_pulled {
+            Some(Ok(stats)) => {
+                report.aws = Some(stats);
+                None
+            }
+            Some(Err(e)) => Some(e),
+            None => None,
         };
         let pulled_stats = match &pulled {
             Ok(s) | Err((s, _)) => *s,
@@ -199,6 +214,10 @@ pub(crate) async fn run_cycle(
         if let Err(e) = google {
             report.fail(&e);
         }
+        if let Some(e) = aws_error {
+            tracing::error!(error = %e, "AWS invitations could not be pulled: {e}");
+            report.fail(&e);
+        }
         if let Some(unsaved) = ctx.microsoft.tokens().unsaved() {
             let alert = crate::alerts::unrecorded::token_unsaved_alert(&unsaved);
             alerting.stats.raised +=
@@ -220,6 +239,16 @@ pub(crate) async fn run_cycle(
         report,
         alerts: alerting.stats,
     }
+}
+
+/// The AWS pull of a cycle that pulls, when `[aws]` is configured (`None` otherwise).
+async fn pull_aws(
+    ctx: &CycleContext,
+    options: TickOptions,
+    now: chrono::DateTime<Utc>,
+) -> Option<Result<crate::sync::aws_pull::AwsPullStats, CycleError>> {
+    let aws = ctx.aws.as_ref().filter(|_| options.pull)?;
+    Some(crate::sync::aws_pull::pull_invitations(&ctx.store, aws, now).await)
 }
 
 /// The Microsoft pull, page by page. A page that brought new referrals is acted on before

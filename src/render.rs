@@ -47,6 +47,21 @@ pub(crate) fn cycle(report: &CycleReport, alerts: &AlertStats) -> String {
         alerts.delivered,
         alerts.undelivered
     ) + &google_reads(&report.google)
+        + &report.aws.map(aws_pulled).unwrap_or_default()
+}
+
+/// `sync`'s line about the AWS invitations (with `[aws]`).
+fn aws_pulled(a: crate::sync::aws_pull::AwsPullStats) -> String {
+    format!(
+        "aws invitations: {} pages, {} new, {} changed, {} unchanged, {} unreadable, {} no longer pending ({} vanished)\n",
+        a.pages,
+        a.counts.new,
+        a.counts.changed,
+        a.counts.unchanged,
+        a.counts.rejected,
+        a.ended,
+        a.vanished
+    )
 }
 
 /// `sync`'s last line: what it re-read of the tracked Google records, what not, and why.

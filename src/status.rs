@@ -30,6 +30,8 @@ pub(crate) struct Expiring {
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct StateCount {
+    /// `microsoft` or `aws`.
+    pub(crate) source: String,
     pub(crate) status: String,
     pub(crate) substatus: String,
     pub(crate) count: u64,
@@ -157,7 +159,8 @@ pub(crate) fn status(
             database: store.path().display().to_string(),
             referrals_by_state: referrals::counts_by_state(c)?
                 .into_iter()
-                .map(|(status, substatus, count)| StateCount {
+                .map(|(source, status, substatus, count)| StateCount {
+                    source,
                     status,
                     substatus,
                     count,

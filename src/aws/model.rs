@@ -145,6 +145,34 @@ impl Invitation {
     }
 }
 
+/// The deal value of an opportunity invitation, yearly, in its currency (spec §7's table):
+/// 12 × the sum of `Project.ExpectedCustomerSpend[].Amount` (monthly), when every entry has
+/// one finite amount (a number or a numeric string [I]) and all share one `CurrencyCode`.
+/// Lead and account-planning invitations have no value; anything unreadable is `None`.
+pub fn yearly_spend(value: &Value) -> Option<(f64, String)> {
+    let spend = value
+        .pointer("/Payload/OpportunityInvitation/Project/ExpectedCustomerSpend")?
+        .as_array()?;
+    let mut currency: Option<&str> = None;
+    let mut monthly = 0.0;
+    for entry in spend {
+        let amount = match entry.get("Amount")? {
+            Value::Number(n) => n.as_f64()?,
+            Value::String(s) => s.trim().parse::<f64>().ok()?,
+            _ => return None,
+        };
+        let code = entry.get("CurrencyCode")?.as_str()?;
+        if currency.is_some_and(|c| c != code) || code.is_empty() {
+            return None;
+        }
+        currency = Some(code);
+        monthly += amount;
+    }
+    let yearly = monthly * 12.0;
+    let currency = currency?.to_string();
+    yearly.is_finite().then_some((yearly, currency))
+}
+
 /// Customer, country and project title from whichever payload the invitation carries.
 fn payload_facts(r: &mut Reader<'_>) -> (Option<String>, Option<String>, Option<String>) {
     for kind in [

@@ -3,11 +3,13 @@
 //! [`mapping`] for new leads and [`adopt`] for what a referral's externalReferenceId names),
 //! planning into the outbox ([`plan`]) and the outbox's one executor ([`push`]).
 //! [`crate::lanes`] puts them in order.
+//! The AWS inbox: [`aws_pull`] (engagement invitations into the store; spec §8).
 //! Accept / decline: the pure decision ([`answer`]) and how the one executor sends it
 //! ([`push::answer_referral`]).
 
 pub(crate) mod adopt;
 pub(crate) mod answer;
+pub(crate) mod aws_pull;
 pub(crate) mod mapping;
 pub mod plan;
 pub(crate) mod pull;
@@ -62,6 +64,14 @@ pub struct GoogleSide {
     pub fresh_since: DateTime<Utc>,
 }
 
+/// Everything the AWS side of a cycle needs (`[aws]`, spec §8).
+#[derive(Debug, Clone)]
+pub struct AwsSide {
+    pub client: crate::aws::client::AwsClient,
+    /// `[aws.retry]`: every read (throttling and 5xx back off).
+    pub retry: RetryPolicy,
+}
+
 /// What a cycle needs: the store and both clients.
 #[derive(Debug, Clone)]
 pub struct CycleContext {
@@ -73,6 +83,8 @@ pub struct CycleContext {
     pub pull: PullSettings,
     /// `None` when `[google]` is not configured: the daemon then only pulls Microsoft.
     pub google: Option<GoogleSide>,
+    /// `None` when `[aws]` is not configured: no AWS invitations are pulled.
+    pub aws: Option<AwsSide>,
     /// Cancelled on SIGTERM: no new remote write starts after it.
     pub stop: tokio_util::sync::CancellationToken,
     /// How the one executor sends, whatever the action kind (answers included).
@@ -110,6 +122,8 @@ pub struct CycleReport {
     pub error: Option<String>,
     /// The failure was an authentication refusal.
     pub auth_failed: bool,
+    /// What the AWS pull did (`None`: `[aws]` off, or the pull failed).
+    pub aws: Option<aws_pull::AwsPullStats>,
 }
 
 impl CycleReport {
@@ -125,6 +139,7 @@ impl CycleReport {
             pushed: PushStats::default(),
             error: None,
             auth_failed: false,
+            aws: None,
         }
     }
 

@@ -1,0 +1,322 @@
+//! AWS engagement invitations as rows of `referrals` (migration 14, spec §8): the mapping of
+//! an invitation onto a referral row (`source = 'aws'`), the page commit of the AWS pull, the
+//! invitations still pending in the store (the pull re-reads those that left AWS's PENDING
+//! list), and the invitations AWS no longer knows.
+//!
+//! AWS statuses map onto the referral states every reader already knows: `PENDING` →
+//! New/Pending, `ACCEPTED` → Active/Accepted, `REJECTED` → Closed/Declined, `EXPIRED` →
+//! Closed/Expired. An unknown status is kept as the status itself (no substatus), so it is
+//! shown and counted but never taken for one awaiting an answer; the raw JSON keeps it too.
+//! An invitation is never queued for the lead planner: Google leads are not made for AWS
+//! invitations (spec §8).
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::referrals::{keep_rejected, UpsertCounts};
+use super::StoreError;
+use crate::aws::model::{InvitationStatus, ParsedInvitation, RejectedItem, ESTIMATED_WINDOW};
+use crate::timefmt::db_timestamp;
+
+/// `referrals.source` of an AWS invitation.
+pub(crate) const AWS: &str = "aws";
+/// `referrals.source` of a Partner Center referral.
+pub(crate) const MICROSOFT: &str = "microsoft";
+/// `rejected_records.source` of an invitation that could not be read.
+pub(crate) const REJECTED_SOURCE: &str = "aws.invitation";
+/// The substatus of an invitation AWS answered `ResourceNotFoundException` for: it is gone
+/// (our marker, not an AWS status), alerted once and never read again.
+pub(crate) const VANISHED: &str = "Vanished";
+
+/// The (status, substatus) a referral row holds for an AWS status.
+pub(crate) fn row_state(status: Option<&InvitationStatus>) -> (Option<String>, Option<String>) {
+    let pair = |a: &str, b: &str| (Some(a.to_string()), Some(b.to_string()));
+    match status {
+        Some(InvitationStatus::Pending) => pair("New", "Pending"),
+        Some(InvitationStatus::Accepted) => pair("Active", "Accepted"),
+        Some(InvitationStatus::Rejected) => pair("Closed", "Declined"),
+        Some(InvitationStatus::Expired) => pair("Closed", "Expired"),
+        Some(InvitationStatus::Other(other)) => (Some(other.clone()), None),
+        None => (None, None),
+    }
+}
+
+/// Stores a page of invitations and keeps its unreadable items, all or nothing.
+pub(crate) fn commit_invitations(
+    conn: &mut Connection,
+    invitations: &[ParsedInvitation],
+    rejected: &[RejectedItem],
+    now: DateTime<Utc>,
+) -> Result<UpsertCounts, StoreError> {
+    let tx = conn.transaction()?;
+    let mut counts = UpsertCounts::default();
+    for parsed in invitations {
+        match upsert(&tx, parsed, now)? {
+            Some(true) => counts.new += 1,
+            Some(false) => counts.changed += 1,
+            None => counts.unchanged += 1,
+        }
+    }
+    for bad in rejected {
+        let item = (bad.id.as_deref(), bad.error.as_str(), bad.raw.as_str());
+        keep_rejected(&tx, REJECTED_SOURCE, item, now)?;
+        counts.rejected += 1;
+    }
+    tx.commit()?;
+    Ok(counts)
+}
+
+/// Upserts one invitation: `Some(true)` new, `Some(false)` changed, `None` unchanged (the
+/// same raw JSON). Never touches a Microsoft row of the same id (ids cannot collide: an
+/// invitation's is `engi-…`; the guard costs nothing).
+fn upsert(
+    tx: &Connection,
+    parsed: &ParsedInvitation,
+    now: DateTime<Utc>,
+) -> Result<Option<bool>, StoreError> {
+    let inv = &parsed.invitation;
+    let existing: Option<String> = tx
+        .prepare_cached("SELECT raw_json FROM referrals WHERE id = ?1")?
+        .query_row([&inv.id], |r| r.get(0))
+        .optional()?;
+    if existing.as_deref() == Some(parsed.raw.as_str()) {
+        return Ok(None);
+    }
+    let created = inv.invitation_date.unwrap_or(now);
+    // `ExpirationDate`, else `InvitationDate` + 15 days, estimated; with neither date, 15
+    // days from when this database first saw it (estimated too), never no deadline at all.
+    let (expires, estimated) = match inv.deadline() {
+        Some(d) => (d.at, d.estimated),
+        None => (
+            created
+                .checked_add_signed(ESTIMATED_WINDOW)
+                .unwrap_or(created),
+            true,
+        ),
+    };
+    let (status, substatus) = row_state(inv.status.as_ref());
+    let value: Option<serde_json::Value> = serde_json::from_str(&parsed.raw).ok();
+    let spend = value.as_ref().and_then(crate::aws::model::yearly_spend);
+    let now_text = db_timestamp(now);
+    tx.prepare_cached(
+        "INSERT INTO referrals (id, engagement_id, name, customer_name, customer_country, status,
+            substatus, direction, referral_type, deal_value, currency, created_at, updated_at,
+            expires_at, raw_json, first_seen_at, last_changed_at, source, deadline_estimated)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'Incoming', ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?12,
+            ?12, 'aws', ?15)
+         ON CONFLICT (id) DO UPDATE SET engagement_id = excluded.engagement_id,
+            name = excluded.name,
+            customer_name = COALESCE(excluded.customer_name, referrals.customer_name),
+            customer_country = COALESCE(excluded.customer_country, referrals.customer_country),
+            status = excluded.status, substatus = excluded.substatus,
+            referral_type = excluded.referral_type,
+            deal_value = COALESCE(excluded.deal_value, referrals.deal_value),
+            currency = COALESCE(excluded.currency, referrals.currency),
+            created_at = excluded.created_at, updated_at = excluded.updated_at,
+            expires_at = excluded.expires_at, raw_json = excluded.raw_json,
+            last_changed_at = excluded.last_changed_at,
+            deadline_estimated = excluded.deadline_estimated
+         WHERE referrals.source = 'aws'",
+    )?
+    .execute(params![
+        inv.id,
+        inv.engagement_id,
+        inv.title,
+        inv.customer,
+        inv.country,
+        status,
+        substatus,
+        inv.payload_type.as_ref().map(|p| p.as_str()),
+        spend.as_ref().map(|s| s.0),
+        spend.map(|s| s.1),
+        db_timestamp(created),
+        now_text,
+        db_timestamp(expires),
+        parsed.raw,
+        estimated,
+    ])?;
+    Ok(Some(existing.is_none()))
+}
+
+/// The raw JSON of a stored invitation (`None`: not stored, or not an invitation).
+pub(crate) fn stored_raw(conn: &Connection, id: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT raw_json FROM referrals WHERE id = ?1 AND source = 'aws'")?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
+}
+
+/// The invitations the store holds as still pending (New/Pending): the pull reads again
+/// each one that is no longer in AWS's PENDING list, to learn how it ended.
+pub(crate) fn pending_ids(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id FROM referrals WHERE status = 'New' AND substatus = 'Pending'
+           AND source = 'aws' ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Marks an invitation AWS no longer knows (`ResourceNotFoundException` on the read after it
+/// left the PENDING list): Closed/Vanished, so it is neither awaited nor read again.
+pub(crate) fn mark_vanished(
+    conn: &Connection,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE referrals SET status = 'Closed', substatus = ?2, updated_at = ?3,
+            last_changed_at = ?3 WHERE id = ?1 AND source = 'aws'",
+    )?
+    .execute(params![id, VANISHED, db_timestamp(now)])?;
+    Ok(())
+}
+
+/// A vanished invitation, for its alert: (id, title, customer, when it was marked).
+pub(crate) type VanishedRow = (String, Option<String>, Option<String>, String);
+
+/// The invitations marked vanished (their alert ids are stable: each is raised once).
+pub(crate) fn vanished(conn: &Connection) -> Result<Vec<VanishedRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, name, customer_name, last_changed_at FROM referrals
+         WHERE status = 'Closed' AND substatus = ?1 AND source = 'aws' ORDER BY id LIMIT 1000",
+    )?;
+    let rows = stmt.query_map([VANISHED], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The invitations AWS marked `EXPIRED` whose change this database saw since `since`: each
+/// was tracked while pending (only PENDING ones are listed), so each gets `referral_expired`
+/// (its alert id dedupes; the window bounds the reads as the table grows).
+pub(crate) fn recently_expired(
+    conn: &Connection,
+    since: DateTime<Utc>,
+) -> Result<Vec<super::referrals::ReferralSummary>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM referrals WHERE status = 'Closed' AND substatus = 'Expired'
+           AND source = 'aws' AND last_changed_at >= ?1 ORDER BY id LIMIT 1000",
+        super::referrals::SUMMARY_COLUMNS
+    ))?;
+    let rows = stmt.query_map([db_timestamp(since)], super::referrals::summary_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Where a referral row comes from (`None`: unknown id).
+pub(crate) fn source_of(conn: &Connection, id: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT source FROM referrals WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aws::model::parse_invitation;
+    use crate::store::Store;
+    use serde_json::json;
+
+    fn invitation(id: &str, status: &str, expires: Option<&str>) -> ParsedInvitation {
+        let mut v = json!({
+            "Id": id, "Catalog": "AWS", "Status": status, "PayloadType": "OpportunityInvitation",
+            "InvitationDate": "2026-12-01T09:00:00Z", "SenderCompanyName": "Amazon Web Services",
+            "Payload": {"OpportunityInvitation": {
+                "Customer": {"CompanyName": "Example Corp", "CountryCode": "US"},
+                "Project": {"Title": "Data lake", "ExpectedCustomerSpend": [
+                    {"Amount": "1000", "CurrencyCode": "USD", "Frequency": "Monthly"},
+                    {"Amount": 500.5, "CurrencyCode": "USD"}]}}}
+        });
+        if let Some(e) = expires {
+            v["ExpirationDate"] = json!(e);
+        }
+        parse_invitation(&v.to_string()).unwrap()
+    }
+
+    type Row = (
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<f64>,
+        String,
+        bool,
+    );
+
+    fn row(c: &Connection, id: &str) -> Row {
+        c.query_row(
+            "SELECT source, status, substatus, customer_name, deal_value, expires_at,
+                    deadline_estimated FROM referrals WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_invitation_is_a_referral_row_with_its_states_deadline_and_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let now: DateTime<Utc> = "2026-12-02T00:00:00Z".parse().unwrap();
+        store
+            .call_blocking(move |c| {
+                let a = invitation(
+                    "engi-000000000000a",
+                    "PENDING",
+                    Some("2026-12-16T09:00:00Z"),
+                );
+                let b = invitation("engi-000000000000b", "PENDING", None);
+                let counts = commit_invitations(c, &[a.clone(), b], &[], now)?;
+                assert_eq!((counts.new, counts.changed), (2, 0));
+                let (source, status, sub, customer, value, expires, estimated) =
+                    row(c, "engi-000000000000a");
+                assert_eq!(source, "aws");
+                assert_eq!(
+                    (status.as_deref(), sub.as_deref()),
+                    (Some("New"), Some("Pending"))
+                );
+                assert_eq!(customer.as_deref(), Some("Example Corp"));
+                assert_eq!(value, Some(12.0 * 1500.5));
+                assert!(expires.starts_with("2026-12-16T09:00:00"), "{expires}");
+                assert!(!estimated);
+                let (.., expires, estimated) = row(c, "engi-000000000000b");
+                assert!(expires.starts_with("2026-12-16T09:00:00"), "{expires}");
+                assert!(estimated, "InvitationDate + 15 days is an estimate");
+                // Never queued for the lead planner.
+                assert_eq!(crate::store::schedule::plan_queue_len(c)?, 0);
+                assert_eq!(commit_invitations(c, &[a], &[], now)?.unchanged, 1);
+                assert_eq!(pending_ids(c)?.len(), 2);
+                for (aws, state) in [
+                    ("ACCEPTED", ("Active", Some("Accepted"))),
+                    ("REJECTED", ("Closed", Some("Declined"))),
+                    ("EXPIRED", ("Closed", Some("Expired"))),
+                    ("ARCHIVED", ("ARCHIVED", None)),
+                ] {
+                    let next = invitation("engi-000000000000a", aws, Some("2026-12-16T09:00:00Z"));
+                    assert_eq!(commit_invitations(c, &[next], &[], now)?.changed, 1);
+                    let (_, status, sub, ..) = row(c, "engi-000000000000a");
+                    assert_eq!(
+                        (status.as_deref(), sub.as_deref()),
+                        (Some(state.0), state.1)
+                    );
+                }
+                assert_eq!(pending_ids(c)?, vec!["engi-000000000000b".to_string()]);
+                mark_vanished(c, "engi-000000000000b", now)?;
+                assert!(pending_ids(c)?.is_empty());
+                assert_eq!(vanished(c)?.len(), 1);
+                Ok(())
+            })
+            .unwrap();
+    }
+}
