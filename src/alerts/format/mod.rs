@@ -285,7 +285,35 @@ mod tests {
             rule: None,
             rule_decision: None,
             rule_mode: None,
+            source: Some("microsoft".into()),
         }
+    }
+
+    /// An AWS invitation's alert reads as one in every chat format: the title, the sentence,
+    /// the facts and the link's label say AWS; the JSON says `source: aws`.
+    #[test]
+    fn an_aws_invitation_alert_says_aws() {
+        let mut a = alert();
+        a.id = "referral_expiring:engi-0000000000001:24h".into();
+        a.referral_id = Some("engi-0000000000001".into());
+        a.source = Some("aws".into());
+        a.link = Some("https://partnercentral.example/invitations/engi-0000000000001".into());
+        let json = render(AlertFormat::Json, &a);
+        assert_eq!(json["source"], "aws");
+        assert_eq!(json["referral_id"], "engi-0000000000001");
+        let slack = render(AlertFormat::Slack, &a).to_string();
+        assert!(slack.contains("AWS co-sell invitation expiring"), "{slack}");
+        assert!(slack.contains("AWS invitation \\\"Contoso"), "{slack}");
+        assert!(slack.contains("Invitation id"), "{slack}");
+        assert!(slack.contains("Open in AWS Partner Central"), "{slack}");
+        assert!(!slack.contains("Partner Center"), "{slack}");
+        let teams = render(AlertFormat::Teams, &a).to_string();
+        assert!(teams.contains("AWS co-sell invitation expiring"), "{teams}");
+        assert!(teams.contains("Open in AWS Partner Central"), "{teams}");
+        a.kind = "referral_expired".into();
+        let slack = render(AlertFormat::Slack, &a).to_string();
+        assert!(slack.contains("AWS marks it EXPIRED"), "{slack}");
+        assert!(!slack.contains("Microsoft"), "{slack}");
     }
 
     #[test]
@@ -301,7 +329,8 @@ mod tests {
                 "message": "Referral \"Contoso <Retail> & POS\" for AT&T <Retail> *bold* expires in 20 h 30 min unless accepted or declined (deadline 2026-11-15 00:00 UTC).",
                 "link": "https://partner.microsoft.com/dashboard/referrals/v2/leads/r1/details",
                 "command": "cosell-sync status --referral r1",
-                "created_at": "2026-11-14T03:30:00Z"
+                "created_at": "2026-11-14T03:30:00Z",
+                "source": "microsoft"
             })
         );
     }
