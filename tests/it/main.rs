@@ -6,6 +6,7 @@
 mod actions;
 mod alerts;
 mod answer;
+mod aws;
 mod browser;
 mod client;
 mod commands;
