@@ -82,11 +82,11 @@ fn upsert(
     if existing.as_deref() == Some(parsed.raw.as_str()) {
         return Ok(None);
     }
-    let created = inv.invitation_date.unwrap_or(now);
+    let created = inv.invitation_date.and_then(plausible).unwrap_or(now);
     // `ExpirationDate`, else `InvitationDate` + 15 days, estimated; with neither date, 15
     // days from when this database first saw it (estimated too), never no deadline at all.
-    let (expires, estimated) = match inv.deadline() {
-        Some(d) => (d.at, d.estimated),
+    let (expires, estimated) = match inv.expiration_date.and_then(plausible) {
+        Some(at) => (at, false),
         None => (
             created
                 .checked_add_signed(ESTIMATED_WINDOW)
@@ -136,6 +136,14 @@ fn upsert(
         estimated,
     ])?;
     Ok(Some(existing.is_none()))
+}
+
+/// A date an invitation can carry: between 2000 and 9999. An absurd one (year -29719 from
+/// a negative epoch, year 275760) is treated as absent, so a stored deadline is always a
+/// timestamp whose text sorts as time and reads back.
+fn plausible(at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    use chrono::Datelike;
+    (2000..=9999).contains(&at.year()).then_some(at)
 }
 
 /// The raw JSON of a stored invitation (`None`: not stored, or not an invitation).
@@ -318,5 +326,142 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+    }
+
+    /// A hostile value for a member: missing, null, wrong types, unknown enum values, huge
+    /// strings, absurd and unreadable dates.
+    fn hostile(rng: &mut fastrand::Rng) -> Option<serde_json::Value> {
+        Some(match rng.u8(..11) {
+            0 => return None,
+            1 => serde_json::Value::Null,
+            2 => json!(rng.i64(..)),
+            3 => json!(rng.f64() * 1e300),
+            4 => json!("é".repeat(rng.usize(1..5000))),
+            5 => json!(
+                [
+                    "9999-12-31T23:59:59Z",
+                    "0000-01-01T00:00:00Z",
+                    "+275760-09-13T00:00:00Z",
+                    "-262143-01-01T00:00:00Z",
+                    "2026-02-30T00:00:00Z",
+                    "yesterday",
+                ][rng.usize(..6)]
+            ),
+            6 => {
+                json!(["PENDING", "ARCHIVED", "", "pending", "EXPIRED", "ACCEPTED"][rng.usize(..6)])
+            }
+            7 => json!({"nested": [1, {"deeper": [null]}]}),
+            8 => json!([{"Amount": "1e308", "CurrencyCode": "USD"}, {"Amount": "x"}]),
+            9 => json!(-1e12 + rng.f64()),
+            _ => json!(crate::config::hostile_text(rng, 12)),
+        })
+    }
+
+    /// Generated: pages of invitations with hostile members go through the page parser and
+    /// the store mapping without a panic; every readable item is stored (its deadline sane:
+    /// a timestamp the readers parse), every unreadable one kept in `rejected_records`.
+    #[test]
+    fn hostile_invitations_are_stored_or_kept_as_rejected_never_a_panic() {
+        const MEMBERS: &[&str] = &[
+            "/Id",
+            "/Status",
+            "/PayloadType",
+            "/EngagementTitle",
+            "/InvitationDate",
+            "/ExpirationDate",
+            "/SenderCompanyName",
+            "/Payload",
+            "/Payload/OpportunityInvitation/Customer",
+            "/Payload/OpportunityInvitation/Customer/CompanyName",
+            "/Payload/OpportunityInvitation/Customer/CountryCode",
+            "/Payload/OpportunityInvitation/Project/Title",
+            "/Payload/OpportunityInvitation/Project/ExpectedCustomerSpend",
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let mut rng = fastrand::Rng::with_seed(29_014);
+        let now: DateTime<Utc> = "2026-12-02T00:00:00Z".parse().unwrap();
+        let (mut kept, mut rejected) = (0u64, 0u64);
+        // A hostile `Id` may repeat one seen before: rows are per distinct id.
+        let mut distinct = std::collections::HashSet::new();
+        for case in 0..150 {
+            let mut items = Vec::new();
+            for n in 0..rng.usize(1..10) {
+                let mut v: serde_json::Value = serde_json::from_str(
+                    &invitation(
+                        "engi-0000000000000",
+                        "PENDING",
+                        Some("2026-12-16T09:00:00Z"),
+                    )
+                    .raw,
+                )
+                .unwrap();
+                v["Id"] = json!(format!("engi-{case:06}{n:07}"));
+                for _ in 0..rng.usize(..6) {
+                    let pointer = MEMBERS[rng.usize(..MEMBERS.len())];
+                    let (parent, key) = pointer.rsplit_once('/').unwrap();
+                    if let Some(serde_json::Value::Object(map)) = v.pointer_mut(parent) {
+                        match hostile(&mut rng) {
+                            Some(h) => map.insert(key.to_string(), h),
+                            None => map.remove(key),
+                        };
+                    }
+                }
+                items.push(v);
+            }
+            let body = json!({"EngagementInvitationSummaries": items}).to_string();
+            let page = crate::aws::model::parse_invitation_page(&body).unwrap();
+            let (good, bad) = (page.items, page.rejected);
+            kept += good.len() as u64;
+            rejected += bad.len() as u64;
+            let ids: Vec<String> = good.iter().map(|p| p.invitation.id.clone()).collect();
+            distinct.extend(ids.iter().cloned());
+            store
+                .call_blocking(move |c| {
+                    let counts = commit_invitations(c, &good, &bad, now)?;
+                    assert_eq!(
+                        counts.new + counts.changed + counts.unchanged,
+                        ids.len() as u64
+                    );
+                    for id in &ids {
+                        let expires: String = c.query_row(
+                            "SELECT expires_at FROM referrals WHERE id = ?1 AND source = 'aws'",
+                            [id],
+                            |r| r.get(0),
+                        )?;
+                        assert!(
+                            crate::timefmt::parse_timestamp(&expires).is_some(),
+                            "case {case}: {id} has deadline {expires:?}"
+                        );
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let (rows, kept_bad) = store
+            .call_blocking(|c| {
+                let rows: i64 = c.query_row(
+                    "SELECT COUNT(*) FROM referrals WHERE source = 'aws'",
+                    [],
+                    |r| r.get(0),
+                )?;
+                let bad: i64 = c.query_row(
+                    "SELECT COUNT(*) FROM rejected_records WHERE source = 'aws.invitation'",
+                    [],
+                    |r| r.get(0),
+                )?;
+                Ok((rows as u64, bad as u64))
+            })
+            .unwrap();
+        assert_eq!(
+            rows,
+            distinct.len() as u64,
+            "every readable invitation stored"
+        );
+        assert!(
+            kept > 400 && rejected > 10,
+            "kept {kept}, rejected {rejected}"
+        );
+        assert!(kept_bad > 0 && kept_bad <= rejected);
     }
 }

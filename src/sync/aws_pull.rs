@@ -20,7 +20,8 @@ use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
 use super::{AwsSide, CycleError};
-use crate::aws::model::{Invitation, InvitationStatus, ParsedInvitation};
+use crate::aws::client::is_invitation_id;
+use crate::aws::model::{Invitation, InvitationStatus, ParsedInvitation, RejectedItem};
 use crate::http::{with_retry, ApiError, ErrorClass};
 use crate::store::invitations;
 use crate::store::referrals::UpsertCounts;
@@ -66,9 +67,20 @@ pub(crate) async fn pull_invitations(
                 "skipping an AWS invitation that cannot be read (kept in rejected_records)"
             );
         }
-        listed.extend(page.items.iter().map(|p| p.invitation.id.clone()));
-        let fresh = details(store, aws, page.items, &mut stats.counts).await?;
-        let rejected = page.rejected;
+        // An id outside the model's pattern can never be read or answered: kept as rejected.
+        let (items, unusable): (Vec<_>, Vec<_>) =
+            (page.items.into_iter()).partition(|p| is_invitation_id(&p.invitation.id));
+        let mut rejected = page.rejected;
+        for bad in unusable {
+            tracing::warn!(invitation_id = %bad.invitation.id, "skipping an AWS invitation whose Id is not engi-… nor an ARN (kept in rejected_records)");
+            rejected.push(RejectedItem {
+                id: Some(bad.invitation.id),
+                error: "Id is not engi- and 13 lower-case letters or digits, nor an ARN".into(),
+                raw: bad.raw,
+            });
+        }
+        listed.extend(items.iter().map(|p| p.invitation.id.clone()));
+        let fresh = details(store, aws, items, &mut stats.counts).await?;
         let counts = store
             .call(move |c| invitations::commit_invitations(c, &fresh, &rejected, now))
             .await?;

@@ -428,3 +428,123 @@ async fn no_google_lead_is_made_for_an_invitation() {
     );
     assert_eq!(blocked, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreadable_invitations_are_kept_aside_and_the_rest_of_the_page_is_stored() {
+    let env = TestEnv::with_aws("").await;
+    let d = Duration::days(1);
+    let mut no_id = invitation(3, "No Id", d, Some(Duration::days(5)));
+    no_id["Id"] = json!("");
+    let mut odd_id = invitation(4, "Odd Id", d, Some(Duration::days(5)));
+    odd_id["Id"] = json!("not-an-invitation");
+    // Unknown payload type, unreadable and absurd dates, members of the wrong type.
+    let mut odd = invitation(5, "Odd Members", d, None);
+    odd["PayloadType"] = json!("PartnerInvitation");
+    odd["InvitationDate"] = json!("yesterday");
+    odd["ExpirationDate"] = json!("+275760-09-13T00:00:00Z");
+    odd["EngagementTitle"] = json!(5);
+    odd["Payload"] = json!({"PartnerInvitation": {"Customer": {"CompanyName": ["x"]}}});
+    env.aws().put_invitations([
+        invitation(1, "Good One", d, Some(Duration::days(5))),
+        no_id,
+        odd_id,
+        odd,
+        invitation(2, "Good Two", d, Some(Duration::days(5))),
+    ]);
+    let out = env.run(&["sync"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("3 new"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("2 unreadable"), "{}", stdout(&out));
+    let rejected: i64 = env.query(
+        "SELECT COUNT(*) FROM rejected_records WHERE source = 'aws.invitation'",
+        |r| r.get(0),
+    );
+    assert_eq!(rejected, 2);
+    let (title, estimated): (String, bool) = env.query(
+        &format!(
+            "SELECT name, deadline_estimated FROM referrals WHERE id = '{}'",
+            engi(5)
+        ),
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    );
+    assert_eq!(title, format!("PartnerInvitation {}", engi(5)));
+    assert!(
+        estimated,
+        "no readable date: 15 days from first seen, estimated"
+    );
+    assert!(env.run(&["status"]).await.status.success());
+    let view = env.run(&["status", "--referral", &engi(5)]).await;
+    assert!(
+        stdout(&view).contains("unreadable: InvitationDate"),
+        "{}",
+        stdout(&view)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn throttling_backs_off_and_a_vanished_invitation_is_alerted_once() {
+    let hook = json_hook().await;
+    let env = TestEnv::with_aws(&webhook(&format!("{}/hook", hook.uri()))).await;
+    let d = Duration::days(1);
+    env.aws().put_invitations(
+        (1..=3).map(|n| invitation(n, "Throttled Ltd", d, Some(Duration::days(5)))),
+    );
+    env.aws().throttle_next(2);
+    let out = env.run(&["sync"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.aws().counter("throttled"), 2);
+    assert!(stdout(&out).contains("3 new"), "{}", stdout(&out));
+
+    // Withdrawn: AWS no longer finds it (here: moved to the other catalog).
+    env.aws()
+        .edit_invitation(&engi(2), |inv| inv["Catalog"] = json!("Sandbox"));
+    for _ in 0..3 {
+        let out = env.run(&["sync"]).await;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let reads_of_2 = operations(&env, "GetEngagementInvitation")
+        .iter()
+        .filter(|b| b["Identifier"] == engi(2).as_str())
+        .count();
+    assert_eq!(
+        reads_of_2, 2,
+        "read when new, once more when it left the list, then never"
+    );
+    let got = alerts_received(&hook).await;
+    let vanished = &got[&format!("invitation_vanished:{}", engi(2))];
+    assert_eq!(vanished["source"], "aws", "{vanished}");
+    assert_eq!(vanished["referral_id"], engi(2).as_str(), "{vanished}");
+    let calls = hook.received_requests().await.unwrap();
+    let vanished_calls = calls
+        .iter()
+        .filter(|r| String::from_utf8_lossy(&r.body).contains("invitation_vanished:"))
+        .count();
+    assert_eq!(vanished_calls, 1);
+    let state: String = env.query(
+        &format!("SELECT substatus FROM referrals WHERE id = '{}'", engi(2)),
+        |r| r.get(0),
+    );
+    assert_eq!(state, "Vanished");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_next_token_ends_the_listing_instead_of_looping() {
+    let aws = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"EngagementInvitationSummaries": [], "NextToken": "the-same-token"}),
+        ))
+        .mount(&aws)
+        .await;
+    let env = TestEnv::with_extra(&aws_section(&aws.uri(), "")).await;
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), env.run(&["sync"]))
+        .await
+        .expect("the sync ends");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lists = aws.received_requests().await.unwrap();
+    assert_eq!(
+        lists.len(),
+        2,
+        "the first page, then the page whose token repeats"
+    );
+}
