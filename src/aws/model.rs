@@ -473,7 +473,7 @@ pub fn parse_task(body: &str) -> Result<Task, MalformedAnswer> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -616,8 +616,8 @@ mod tests {
     }
 
     /// A hostile value for a member: missing, null, wrong types, unknown enum values, huge
-    /// strings, absurd and unreadable dates, deep nesting.
-    fn hostile(rng: &mut fastrand::Rng) -> Option<Value> {
+    /// strings, absurd and unreadable dates, deep nesting (the store's generated test too).
+    pub(crate) fn hostile(rng: &mut fastrand::Rng) -> Option<Value> {
         Some(match rng.u8(..12) {
             0 => return None,
             1 => Value::Null,

@@ -328,33 +328,13 @@ mod tests {
             .unwrap();
     }
 
-    /// A hostile value for a member: missing, null, wrong types, unknown enum values, huge
-    /// strings, absurd and unreadable dates.
+    /// The model's hostile member values, plus spend lists that cannot be summed.
     fn hostile(rng: &mut fastrand::Rng) -> Option<serde_json::Value> {
-        Some(match rng.u8(..11) {
-            0 => return None,
-            1 => serde_json::Value::Null,
-            2 => json!(rng.i64(..)),
-            3 => json!(rng.f64() * 1e300),
-            4 => json!("é".repeat(rng.usize(1..5000))),
-            5 => json!(
-                [
-                    "9999-12-31T23:59:59Z",
-                    "0000-01-01T00:00:00Z",
-                    "+275760-09-13T00:00:00Z",
-                    "-262143-01-01T00:00:00Z",
-                    "2026-02-30T00:00:00Z",
-                    "yesterday",
-                ][rng.usize(..6)]
-            ),
-            6 => {
-                json!(["PENDING", "ARCHIVED", "", "pending", "EXPIRED", "ACCEPTED"][rng.usize(..6)])
-            }
-            7 => json!({"nested": [1, {"deeper": [null]}]}),
-            8 => json!([{"Amount": "1e308", "CurrencyCode": "USD"}, {"Amount": "x"}]),
-            9 => json!(-1e12 + rng.f64()),
-            _ => json!(crate::config::hostile_text(rng, 12)),
-        })
+        match rng.u8(..10) {
+            0 => Some(json!([{"Amount": "1e308", "CurrencyCode": "USD"}, {"Amount": "x"}])),
+            1 => Some(json!(-1e12 + rng.f64())),
+            _ => crate::aws::model::tests::hostile(rng),
+        }
     }
 
     /// Generated: pages of invitations with hostile members go through the page parser and
