@@ -2,8 +2,8 @@
 //! `partner-apis.md` part D): SigV4 signing and its verifier ([`sigv4`]), the tolerant model of
 //! the five operations' answers ([`model`]) and the client ([`client`]).
 //!
-//! Not wired yet: pulling invitations into the store, their alerts and status, and answers
-//! through the one executor come next (they build on the executor and triage refactors).
+//! Pulled each cycle by [`crate::sync::aws_pull`] into the `referrals` table
+//! ([`crate::store::invitations`]), so alerts and `status` see invitations beside referrals.
 
 pub mod client;
 pub mod model;

@@ -6,8 +6,8 @@
 //! required `Id` is rejected, never its page.
 //!
 //! All three payload types give a customer, a title and a deadline: `ExpirationDate`, else
-//! `InvitationDate` + 15 days marked estimated (spec §8). Wiring into the store, alerts and
-//! answers comes next.
+//! `InvitationDate` + 15 days marked estimated (spec §8). The store's mapping of an
+//! invitation onto a referral row is [`crate::store::invitations`].
 //!
 //! Tolerance where the facts are guesses: timestamps are ISO 8601 strings per the SDK's serde
 //! code [V SDK], but the AWS JSON protocol's default is epoch seconds, so a number is read as
