@@ -267,7 +267,10 @@ pub(crate) fn health_alert(
 /// What the operator should do about an authentication failure, from its error text: a
 /// wrong or expired client secret is not fixed by signing in again.
 fn auth_hint(error: &str) -> &'static str {
-    if error.contains("invalid_client") || error.contains("AADSTS7000215") {
+    if error.contains("partnercentral:") {
+        // The AWS client names the IAM action in every authentication failure.
+        " Check the AWS credentials ([aws]) and that their IAM policy allows the action named above."
+    } else if error.contains("invalid_client") || error.contains("AADSTS7000215") {
         " Check microsoft.client_secret (client secrets expire: make a new one in Entra ID) and restart."
     } else if error.contains("google") || error.contains("service-account") {
         " Check the Google service-account key ([google] credentials_file) and restart."
