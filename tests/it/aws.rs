@@ -379,7 +379,10 @@ async fn access_denied_makes_sync_exit_1_naming_the_iam_action_and_microsoft_sti
         unhealthy[0]
     );
     assert!(
-        !unhealthy[0]["message"].as_str().unwrap().contains("auth microsoft"),
+        !unhealthy[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("auth microsoft"),
         "an AWS refusal is not fixed by signing in to Microsoft: {}",
         unhealthy[0]
     );
