@@ -556,3 +556,41 @@ async fn a_repeated_next_token_ends_the_listing_instead_of_looping() {
         "the first page, then the page whose token repeats"
     );
 }
+
+/// The daemon's cycle (`run`) pulls the AWS inbox and alerts from it, as `sync` does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_pulls_and_alerts_the_aws_inbox() {
+    let env = TestEnv::with_aws("").await;
+    let d = Duration::days(1);
+    env.aws().put_invitations([
+        invitation(1, "Daemon Near Ltd", d, Some(Duration::hours(10))),
+        invitation(2, "Daemon Far Ltd", d, Some(Duration::days(9))),
+    ]);
+    let (_socket, mut child, log) = crate::daemon::start_run(&env);
+    let db = env.state_db();
+    let alert_id = format!("referral_expiring:{}:24h", engi(1));
+    let seen = crate::helpers::wait_until(std::time::Duration::from_secs(30), || {
+        let Ok(conn) = rusqlite::Connection::open(&db) else {
+            return false;
+        };
+        let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap_or(0) };
+        count("SELECT COUNT(*) FROM referrals WHERE source = 'aws'") == 2
+            && count(&format!(
+                "SELECT COUNT(*) FROM alerts WHERE id = '{alert_id}'"
+            )) == 1
+    })
+    .await;
+    crate::daemon::kill(&child, "-TERM");
+    let _ = child.wait().await;
+    assert!(
+        seen,
+        "the daemon did not pull and alert: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let payload: String = env.query(
+        &format!("SELECT payload FROM alerts WHERE id = '{alert_id}'"),
+        |r| r.get(0),
+    );
+    let alert: Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(alert["source"], "aws", "{alert}");
+}
