@@ -110,13 +110,17 @@ fn main() {
         failures.push(format!("first sync: ok {ok}, {stored} of {n} stored"));
     }
     if per > TARGET_READS_PER_INVITATION {
-        failures.push(format!("{per:.3} reads per invitation > {TARGET_READS_PER_INVITATION}"));
+        failures.push(format!(
+            "{per:.3} reads per invitation > {TARGET_READS_PER_INVITATION}"
+        ));
     }
     if rate > READS_PER_SECOND * 1.05 {
         failures.push(format!("{rate:.2} reads/s > the quota {READS_PER_SECOND}"));
     }
     if alerted != due {
-        failures.push(format!("{alerted} of {due} invitations within 72 h alerted"));
+        failures.push(format!(
+            "{alerted} of {due} invitations within 72 h alerted"
+        ));
     }
 
     let (wall, ok) = sync(&config);

@@ -44,80 +44,133 @@ pub struct AwsPullStats {
     pub vanished: u64,
 }
 
-/// Pulls the AWS inbox into the store (see the module docs).
-pub(crate) async fn pull_invitations(
-    store: &Store,
-    aws: &AwsSide,
+/// The AWS pull as a sequence of pages (see the module docs): each [`AwsPull::next_page`]
+/// reads, details and commits one list page and returns the ids of its new invitations, so
+/// the caller alerts them before the next page (a first sync over a large inbox is the read
+/// quota's time: 100 detail reads a page at 10 a second); after the last page, the tracked
+/// invitations that left the list are read once more.
+pub(crate) struct AwsPull<'a> {
+    store: &'a Store,
+    aws: &'a AwsSide,
     now: DateTime<Utc>,
-) -> Result<AwsPullStats, CycleError> {
-    let mut stats = AwsPullStats::default();
-    let mut listed: HashSet<String> = HashSet::new();
-    let mut seen_tokens: HashSet<String> = HashSet::new();
-    let mut token: Option<String> = None;
-    let complete = loop {
+    stats: AwsPullStats,
+    listed: HashSet<String>,
+    seen_tokens: HashSet<String>,
+    token: Option<String>,
+    done: bool,
+}
+
+impl<'a> AwsPull<'a> {
+    pub(crate) fn new(store: &'a Store, aws: &'a AwsSide, now: DateTime<Utc>) -> Self {
+        AwsPull {
+            store,
+            aws,
+            now,
+            stats: AwsPullStats::default(),
+            listed: HashSet::new(),
+            seen_tokens: HashSet::new(),
+            token: None,
+            done: false,
+        }
+    }
+
+    /// What was pulled so far.
+    pub(crate) fn stats(&self) -> AwsPullStats {
+        self.stats
+    }
+
+    /// Reads and commits the next list page: the ids of its new invitations; `None` once the
+    /// pull (the ended invitations' reads included) is complete.
+    pub(crate) async fn next_page(&mut self) -> Result<Option<Vec<String>>, CycleError> {
+        if self.done {
+            return Ok(None);
+        }
+        let (store, aws, now) = (self.store, self.aws, self.now);
         let page = with_retry(&aws.retry, "list engagement invitations", || {
-            aws.client.list_pending_invitations(token.as_deref())
+            aws.client.list_pending_invitations(self.token.as_deref())
         })
         .await?;
-        stats.pages += 1;
-        for bad in &page.rejected {
-            tracing::warn!(
-                invitation_id = bad.id.as_deref().unwrap_or("?"),
-                error = %bad.error,
-                "skipping an AWS invitation that cannot be read (kept in rejected_records)"
-            );
-        }
-        // An id outside the model's pattern can never be read or answered: kept as rejected.
-        let (items, unusable): (Vec<_>, Vec<_>) =
-            (page.items.into_iter()).partition(|p| is_invitation_id(&p.invitation.id));
-        let mut rejected = page.rejected;
-        for bad in unusable {
-            tracing::warn!(invitation_id = %bad.invitation.id, "skipping an AWS invitation whose Id is not engi-… nor an ARN (kept in rejected_records)");
-            rejected.push(RejectedItem {
-                id: Some(bad.invitation.id),
-                error: "Id is not engi- and 13 lower-case letters or digits, nor an ARN".into(),
-                raw: bad.raw,
-            });
-        }
-        listed.extend(items.iter().map(|p| p.invitation.id.clone()));
-        let fresh = details(store, aws, items, &mut stats.counts).await?;
+        self.stats.pages += 1;
+        let (items, rejected) = usable(page.items, page.rejected);
+        self.listed
+            .extend(items.iter().map(|p| p.invitation.id.clone()));
+        let (fresh, new_ids) = details(store, aws, items, &mut self.stats.counts).await?;
         let counts = store
             .call(move |c| invitations::commit_invitations(c, &fresh, &rejected, now))
             .await?;
-        stats.counts.add(counts);
-        match page.next_token {
-            None => break true,
-            Some(next) if !seen_tokens.insert(next.clone()) => {
+        self.stats.counts.add(counts);
+        let complete = match page.next_token {
+            None => true,
+            Some(next) if !self.seen_tokens.insert(next.clone()) => {
                 tracing::error!(
-                    pages = stats.pages,
+                    pages = self.stats.pages,
                     "ListEngagementInvitations handed out a NextToken it gave before: the listing stops here (what was read is kept); invitations that left the list are checked next time"
                 );
-                break false;
+                self.done = true;
+                false
             }
-            Some(_) if stats.pages >= MAX_PAGES => {
+            Some(_) if self.stats.pages >= MAX_PAGES => {
                 tracing::error!(
-                    pages = stats.pages,
+                    pages = self.stats.pages,
                     "ListEngagementInvitations: more than {MAX_PAGES} pages; the listing stops here"
                 );
-                break false;
+                self.done = true;
+                false
             }
-            Some(next) => token = Some(next),
+            Some(next) => {
+                self.token = Some(next);
+                false
+            }
+        };
+        if complete {
+            self.done = true;
+            settle_ended(store, aws, &self.listed, now, &mut self.stats).await?;
         }
-    };
-    if complete {
-        settle_ended(store, aws, &listed, now, &mut stats).await?;
+        if self.done {
+            self.log_done();
+        }
+        Ok(Some(new_ids))
     }
-    if stats.pages > 1 || stats.counts.new > 0 || stats.ended > 0 {
-        tracing::info!(
-            pages = stats.pages,
-            new = stats.counts.new,
-            changed = stats.counts.changed,
-            ended = stats.ended,
-            vanished = stats.vanished,
-            "AWS invitations pulled"
+
+    fn log_done(&self) {
+        let stats = &self.stats;
+        if stats.pages > 1 || stats.counts.new > 0 || stats.ended > 0 {
+            tracing::info!(
+                pages = stats.pages,
+                new = stats.counts.new,
+                changed = stats.counts.changed,
+                ended = stats.ended,
+                vanished = stats.vanished,
+                "AWS invitations pulled"
+            );
+        }
+    }
+}
+
+/// A page's readable items whose id the API can be asked about, and everything else kept as
+/// rejected (an id outside the model's pattern can never be read or answered).
+fn usable(
+    items: Vec<ParsedInvitation>,
+    mut rejected: Vec<RejectedItem>,
+) -> (Vec<ParsedInvitation>, Vec<RejectedItem>) {
+    for bad in &rejected {
+        tracing::warn!(
+            invitation_id = bad.id.as_deref().unwrap_or("?"),
+            error = %bad.error,
+            "skipping an AWS invitation that cannot be read (kept in rejected_records)"
         );
     }
-    Ok(stats)
+    let (items, unusable): (Vec<_>, Vec<_>) =
+        (items.into_iter()).partition(|p| is_invitation_id(&p.invitation.id));
+    for bad in unusable {
+        tracing::warn!(invitation_id = %bad.invitation.id, "skipping an AWS invitation whose Id is not engi-… nor an ARN (kept in rejected_records)");
+        rejected.push(RejectedItem {
+            id: Some(bad.invitation.id),
+            error: "Id is not engi- and 13 lower-case letters or digits, nor an ARN".into(),
+            raw: bad.raw,
+        });
+    }
+    (items, rejected)
 }
 
 /// The facts of a list summary that, when they differ from the stored invitation's, call
@@ -143,13 +196,14 @@ fn summary_key(inv: &Invitation) -> SummaryKey<'_> {
 }
 
 /// The invitations of a page worth storing: each new one, and each whose summary changed,
-/// read in full. An unchanged one is counted and left alone (no read).
+/// read in full, and the ids of the new ones. An unchanged one is counted and left alone (no
+/// read).
 async fn details(
     store: &Store,
     aws: &AwsSide,
     items: Vec<ParsedInvitation>,
     counts: &mut UpsertCounts,
-) -> Result<Vec<ParsedInvitation>, CycleError> {
+) -> Result<(Vec<ParsedInvitation>, Vec<String>), CycleError> {
     let ids: Vec<String> = items.iter().map(|p| p.invitation.id.clone()).collect();
     let stored = store
         .call(move |c| {
@@ -184,9 +238,12 @@ async fn details(
         .buffered(CONCURRENT_READS)
         .collect::<Vec<_>>()
         .await;
-    let mut fresh = Vec::new();
+    let (mut fresh, mut new_ids) = (Vec::new(), Vec::new());
     for (summary, is_new, read) in reads {
         let id = summary.invitation.id.clone();
+        if is_new {
+            new_ids.push(id.clone());
+        }
         match read {
             Ok(mut full) => {
                 // The list asked for PENDING: a detail without a status is still pending.
@@ -210,7 +267,7 @@ async fn details(
             }
         }
     }
-    Ok(fresh)
+    Ok((fresh, new_ids))
 }
 
 async fn read_one(aws: &AwsSide, id: &str) -> Result<ParsedInvitation, ApiError> {
