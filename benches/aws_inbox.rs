@@ -102,7 +102,7 @@ fn main() {
         &db,
         "SELECT COUNT(DISTINCT referral_id) FROM alerts WHERE kind = 'referral_expiring' AND referral_id LIKE 'engi-%'",
     );
-    let due = (0..n).filter(|i| 1 + (i % 240) <= 72).count() as i64;
+    let due = (0..n).filter(|i| (i % 240) < 72).count() as i64;
     // When the first invitation alert was raised, after the start of the sync: a page's new
     // invitations are alerted before the next page is read.
     let first_alert = {
