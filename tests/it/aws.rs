@@ -594,3 +594,44 @@ async fn the_daemon_pulls_and_alerts_the_aws_inbox() {
     let alert: Value = serde_json::from_str(&payload).unwrap();
     assert_eq!(alert["source"], "aws", "{alert}");
 }
+
+/// The team's inbox page lists AWS invitations beside referrals, each row naming its source
+/// (the column said "microsoft" for every row).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_inbox_page_names_each_rows_source() {
+    let env = TestEnv::with_aws("").await;
+    let d = Duration::days(1);
+    env.aws().put_invitations([invitation(
+        1,
+        "Inbox Invitation Ltd",
+        d,
+        Some(Duration::days(3)),
+    )]);
+    let page = crate::actions::start_on(env, 0..1, "actor_header = \"X-Forwarded-Email\"\n").await;
+    // The daemon is up and has alerted once its first cycle ran.
+    crate::actions::action_urls(&page, 1).await;
+    let inbox = format!("{}/inbox", page.public_url);
+    let ana = [("X-Forwarded-Email", "ana@partner.example")];
+    let mut html = String::new();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < until {
+        let (status, text) = crate::actions::get(&inbox, &ana).await;
+        if status == 200 && text.contains(&engi(1)) && text.contains(&sample::referral_id(0)) {
+            html = text;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!html.is_empty(), "the inbox never listed both");
+    let row = |id: &str| -> String {
+        let start = html.find(&format!("value=\"{id}\"")).unwrap();
+        let end = html[start..].find("</tr>").unwrap();
+        html[start..start + end].to_string()
+    };
+    assert!(row(&engi(1)).contains("<td>aws</td>"), "{}", row(&engi(1)));
+    assert!(
+        row(&sample::referral_id(0)).contains("<td>microsoft</td>"),
+        "{}",
+        row(&sample::referral_id(0))
+    );
+}
