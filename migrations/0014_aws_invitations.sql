@@ -18,3 +18,7 @@ DROP INDEX referrals_awaiting;
 CREATE INDEX referrals_awaiting ON referrals (status, substatus, direction, id, created_at,
     expires_at, updated_at, name, customer_name, deal_value, currency, source,
     deadline_estimated);
+
+-- The AWS pull's and alerts' own reads (the invitations still pending, the ones AWS expired
+-- lately, the vanished ones) by source first: never a walk over Microsoft's closed referrals.
+CREATE INDEX referrals_by_source ON referrals (source, status, substatus, last_changed_at);

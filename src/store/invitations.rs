@@ -180,15 +180,27 @@ pub(crate) fn mark_vanished(
     Ok(())
 }
 
+/// Read every cycle: by source first (`INDEXED BY`: never a walk over Microsoft's closed
+/// referrals, whatever the planner estimates), the index of migration 14.
+const VANISHED_SQL: &str = "SELECT id, name, customer_name, last_changed_at
+    FROM referrals INDEXED BY referrals_by_source
+    WHERE source = 'aws' AND status = 'Closed' AND substatus = ?1 ORDER BY id LIMIT 1000";
+
+fn expired_sql() -> String {
+    format!(
+        "SELECT {} FROM referrals INDEXED BY referrals_by_source
+         WHERE source = 'aws' AND status = 'Closed' AND substatus = 'Expired'
+           AND last_changed_at >= ?1 ORDER BY id LIMIT 1000",
+        super::referrals::SUMMARY_COLUMNS
+    )
+}
+
 /// A vanished invitation, for its alert: (id, title, customer, when it was marked).
 pub(crate) type VanishedRow = (String, Option<String>, Option<String>, String);
 
 /// The invitations marked vanished (their alert ids are stable: each is raised once).
 pub(crate) fn vanished(conn: &Connection) -> Result<Vec<VanishedRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, name, customer_name, last_changed_at FROM referrals
-         WHERE status = 'Closed' AND substatus = ?1 AND source = 'aws' ORDER BY id LIMIT 1000",
-    )?;
+    let mut stmt = conn.prepare_cached(VANISHED_SQL)?;
     let rows = stmt.query_map([VANISHED], |r| {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
     })?;
@@ -202,11 +214,7 @@ pub(crate) fn recently_expired(
     conn: &Connection,
     since: DateTime<Utc>,
 ) -> Result<Vec<super::referrals::ReferralSummary>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {} FROM referrals WHERE status = 'Closed' AND substatus = 'Expired'
-           AND source = 'aws' AND last_changed_at >= ?1 ORDER BY id LIMIT 1000",
-        super::referrals::SUMMARY_COLUMNS
-    ))?;
+    let mut stmt = conn.prepare_cached(&expired_sql())?;
     let rows = stmt.query_map([db_timestamp(since)], super::referrals::summary_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -270,6 +278,30 @@ mod tests {
             },
         )
         .unwrap()
+    }
+
+    /// The AWS reads of every cycle go by source first: a large store of Microsoft's closed
+    /// referrals is never walked to find a few invitations.
+    #[test]
+    fn the_aws_reads_use_the_source_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        // The pending ones: the live inbox, read from a covering index either way.
+        let pending = "SELECT id FROM referrals WHERE status = 'New' AND substatus = 'Pending'
+               AND source = 'aws' ORDER BY id";
+        let plan = store
+            .call_blocking(|c| Ok(crate::store::query_plan(c, pending)?))
+            .unwrap();
+        assert!(plan.contains("COVERING INDEX"), "{plan}");
+        for sql in [expired_sql(), VANISHED_SQL.to_string()] {
+            let plan = store
+                .call_blocking(|c| Ok(crate::store::query_plan(c, &sql)?))
+                .unwrap();
+            assert!(
+                plan.contains("INDEX referrals_by_source (source=? AND status=? AND substatus=?"),
+                "{sql}\n{plan}"
+            );
+        }
     }
 
     #[test]
