@@ -418,8 +418,9 @@ fn awaiting(out: &mut String, report: &StatusReport, limit: usize) {
         ),
         n => writeln!(
             out,
-            "Awaiting response ({} incoming referrals still New, {n} of them AWS invitations), nearest deadline first:",
-            report.awaiting_response.len()
+            "Awaiting response ({} referrals, {n} AWS invitation{}), nearest deadline first:",
+            report.awaiting_response.len() - n,
+            if n == 1 { "" } else { "s" }
         ),
     }
     .ok();
@@ -463,10 +464,11 @@ fn awaiting(out: &mut String, report: &StatusReport, limit: usize) {
     }
 }
 
-/// A referral's id, an AWS invitation's with its source (`engi-… (aws, estimated deadline)`).
+/// A referral's id, an AWS invitation's with its source (`engi-… (aws, estimated)`: its
+/// deadline is InvitationDate + 15 days), within 80 columns.
 fn source_tagged(r: &crate::store::referrals::ReferralSummary) -> String {
     match (r.is_aws(), r.deadline_estimated) {
-        (true, true) => format!("{} (aws, deadline estimated)", r.id),
+        (true, true) => format!("{} (aws, estimated)", r.id),
         (true, false) => format!("{} (aws)", r.id),
         (false, _) => r.id.clone(),
     }
@@ -678,14 +680,14 @@ fn invitation(out: &mut String, inv: &crate::status::InvitationView) {
     });
     for (key, value) in [
         ("source", Some("aws".to_string())),
-        ("aws status", inv.aws_status.clone()),
+        ("aws state", inv.aws_status.clone()),
         ("type", inv.payload_type.clone()),
         ("title", Some(inv.title.unescaped().to_string())),
         ("country", inv.country.clone()),
         ("sender", sender),
         ("sent", inv.invitation_date.map(human)),
         ("expires", deadline),
-        ("engagement", inv.engagement_id.clone()),
+        ("eng. id", inv.engagement_id.clone()),
         ("message", text(&inv.invitation_message)),
         ("rejected", text(&inv.rejection_reason)),
     ] {

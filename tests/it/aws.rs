@@ -254,7 +254,7 @@ async fn an_invitation_accepted_in_the_console_is_no_write_and_its_state_is_show
     let text = stdout(&env.run(&["status"]).await);
     assert!(text.contains(&format!("{} (aws)", engi(1))), "{text}");
     assert!(
-        text.contains(&format!("{} (aws, deadline estimated)", engi(2))),
+        text.contains(&format!("{} (aws, estimated)", engi(2))),
         "{text}"
     );
 
@@ -307,7 +307,7 @@ async fn an_invitation_accepted_in_the_console_is_no_write_and_its_state_is_show
         text.starts_with(&format!("AWS invitation {}", engi(2))),
         "{text}"
     );
-    assert!(text.contains("aws status: PENDING"), "{text}");
+    assert!(text.contains("aws state: PENDING"), "{text}");
     assert!(text.contains("Estimate GmbH"), "{text}");
     assert!(
         text.contains("Amazon Web Services (account 123456789012)"),
