@@ -635,3 +635,28 @@ async fn the_inbox_page_names_each_rows_source() {
         row(&sample::referral_id(0))
     );
 }
+
+/// `link` ties Google records to Partner Center referrals only: a linked invitation would be
+/// re-read and synced as a referral.
+#[tokio::test(flavor = "multi_thread")]
+async fn link_refuses_an_aws_invitation() {
+    let env = TestEnv::with_google_and_aws("").await;
+    env.aws().put_invitations([invitation(
+        1,
+        "Link Me Ltd",
+        Duration::days(1),
+        Some(Duration::days(5)),
+    )]);
+    assert!(env.run(&["sync"]).await.status.success());
+    let out = env
+        .run(&["link", &engi(1), "partners/1234567/leads/999"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("is an AWS invitation"),
+        "{}",
+        stderr(&out)
+    );
+    let links: i64 = env.query("SELECT COUNT(*) FROM links", |r| r.get(0));
+    assert_eq!(links, 0);
+}
