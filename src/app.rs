@@ -4,8 +4,8 @@
 //! [`scheduler`]).
 
 pub(crate) mod answer;
-mod aws_auth;
 pub(crate) mod aws_answer;
+mod aws_auth;
 pub mod commands;
 pub(crate) mod demo;
 pub(crate) mod link;
@@ -153,6 +153,11 @@ impl App {
         };
         let mut alerts = AlertSettings::from_config(&config.alerts);
         alerts.links = links;
+        alerts.invitation_url = config
+            .aws
+            .as_ref()
+            .and_then(|a| a.invitation_url.clone())
+            .filter(|u| !u.trim().is_empty());
         alerts.inbox_url = config.actions.as_ref().and_then(|a| {
             a.actor_header()
                 .map(|_| format!("{}/inbox", a.public_url.trim_end_matches('/')))
@@ -362,7 +367,6 @@ fn send_settings(config: &Config) -> SendSettings {
     SendSettings::new(schedule, sync.concurrency, config.daemon.dry_run, window)
 }
 
-/// The Google client and the sync policy, from configuration.
 /// The AWS client of `[aws]` (spec §8), with the credentials found in §8's order; `None`
 /// without the section, or when this command read no secrets.
 fn aws_side(config: &Config) -> Result<Option<crate::sync::AwsSide>, AppError> {
@@ -370,9 +374,10 @@ fn aws_side(config: &Config) -> Result<Option<crate::sync::AwsSide>, AppError> {
         return Ok(None);
     };
     // Loaded without its secrets (a command that sends nothing to AWS): no client.
-    if aws.credentials().is_none() {
+    let Some(found) = aws.credentials() else {
         return Ok(None);
-    }
+    };
+    tracing::debug!(catalog = aws.catalog(), credentials = %found.source, "AWS Partner Central inbox on");
     let client = crate::aws::client::AwsClient::from_config(aws)
         .map_err(|e| AppError::Config(e.to_string()))?;
     Ok(Some(crate::sync::AwsSide {
@@ -381,6 +386,7 @@ fn aws_side(config: &Config) -> Result<Option<crate::sync::AwsSide>, AppError> {
     }))
 }
 
+/// The Google client and the sync policy, from configuration.
 fn google_side(config: &Config) -> Result<GoogleSide, AppError> {
     let g = &config.google;
     let key = g

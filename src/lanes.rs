@@ -1,7 +1,8 @@
 //! The two lanes, in order (issue "deadline first"):
 //!
 //! - The **deadline lane** ([`run_cycle`] with [`TickOptions::deadline`]) runs every tick and
-//!   never waits on Google re-reads: Microsoft pull (inbox + incremental) → expiry alerts
+//!   never waits on Google re-reads: Microsoft pull (inbox + incremental), then the AWS
+//!   invitations when `[aws]` is set (each page's new ones alerted at once) → expiry alerts
 //!   (raised and delivered at once: they need only Microsoft data) → plan the referrals whose
 //!   inputs changed → queued accepts and declines, lead creates and write-backs (one executor,
 //!   answers first) → every other alert and delivery.
@@ -174,6 +175,18 @@ pub(crate) async fn run_cycle(
             true => pull_acting_on_new(ctx, queries, &mut alerting, &mut report).await,
             false => Ok(PullStats::default()),
         };
+        // The AWS inbox next, acting on each page as Microsoft's; whatever Microsoft's pull
+        // did. Its failure is the cycle's only after the Microsoft and Google parts ran.
+        let started_at = report.started_at;
+        let aws_pulled = pull_aws(ctx, options, &mut alerting, started_at).await;
+        let aws_error = match aws_pulled {
+            Some(Ok(stats)) => {
+                report.aws = Some(stats);
+                None
+            }
+            Some(Err(e)) => Some(e),
+            None => None,
+        };
         let pulled_stats = match &pulled {
             Ok(s) | Err((s, _)) => *s,
         };
@@ -200,6 +213,10 @@ pub(crate) async fn run_cycle(
         if let Err(e) = google {
             report.fail(&e);
         }
+        if let Some(e) = aws_error {
+            tracing::error!(error = %e, "AWS invitations could not be pulled: {e}");
+            report.fail(&e);
+        }
         if let Some(unsaved) = ctx.microsoft.tokens().unsaved() {
             let alert = crate::alerts::unrecorded::token_unsaved_alert(&unsaved);
             alerting.stats.raised +=
@@ -220,6 +237,26 @@ pub(crate) async fn run_cycle(
     Cycle {
         report,
         alerts: alerting.stats,
+    }
+}
+
+/// The AWS pull of a cycle that pulls, when `[aws]` is configured (`None` otherwise), page
+/// by page: a page's new invitations get their expiry alerts before the next page is read.
+async fn pull_aws(
+    ctx: &CycleContext,
+    options: TickOptions,
+    alerting: &mut Alerting<'_>,
+    now: chrono::DateTime<Utc>,
+) -> Option<Result<crate::sync::aws_pull::AwsPullStats, CycleError>> {
+    let aws = ctx.aws.as_ref().filter(|_| options.pull)?;
+    let mut pull = crate::sync::aws_pull::AwsPull::new(&ctx.store, aws, now);
+    loop {
+        match pull.next_page().await {
+            Ok(Some(new)) if new.is_empty() => {}
+            Ok(Some(new)) => alerting.raise(Raise::ExpiryOf(new)).await,
+            Ok(None) => return Some(Ok(pull.stats())),
+            Err(e) => return Some(Err(e)),
+        }
     }
 }
 

@@ -47,6 +47,21 @@ pub(crate) fn cycle(report: &CycleReport, alerts: &AlertStats) -> String {
         alerts.delivered,
         alerts.undelivered
     ) + &google_reads(&report.google)
+        + &report.aws.map(aws_pulled).unwrap_or_default()
+}
+
+/// `sync`'s line about the AWS invitations (with `[aws]`).
+fn aws_pulled(a: crate::sync::aws_pull::AwsPullStats) -> String {
+    format!(
+        "aws invitations: {} pages, {} new, {} changed, {} unchanged, {} unreadable, {} no longer pending ({} vanished)\n",
+        a.pages,
+        a.counts.new,
+        a.counts.changed,
+        a.counts.unchanged,
+        a.counts.rejected,
+        a.ended,
+        a.vanished
+    )
 }
 
 /// `sync`'s last line: what it re-read of the tracked Google records, what not, and why.
@@ -356,6 +371,21 @@ fn service_level(
         hours(s.p90_hours_to_answer)
     );
     let _ = writeln!(out, "  expired unanswered: {}", s.expired);
+    // Each source's share, once there is more than Microsoft's (spec §8).
+    if s.by_source.iter().any(|c| c.source != "microsoft") {
+        for c in &s.by_source {
+            let _ = writeln!(
+                out,
+                "  {:<10} {} answered ({} accepted, {} declined), {} expired, {} waiting",
+                c.source,
+                c.accepted + c.declined,
+                c.accepted,
+                c.declined,
+                c.expired,
+                c.waiting
+            );
+        }
+    }
     if s.nearest_deadlines.is_empty() {
         let _ = writeln!(out, "  nearest deadlines: none waiting");
     } else {
@@ -368,17 +398,32 @@ fn service_level(
             "    {:<11} {:<26} {}",
             time_left(n.deadline - now),
             truncate(n.customer.as_deref().unwrap_or("?"), 26),
-            n.referral_id
+            match n.source.as_str() {
+                "microsoft" => n.referral_id.clone(),
+                other => format!("{} ({other})", n.referral_id),
+            }
         );
     }
 }
 
 fn awaiting(out: &mut String, report: &StatusReport, limit: usize) {
-    let _ = writeln!(
-        out,
-        "Awaiting response ({} incoming referrals still New), nearest deadline first:",
-        report.awaiting_response.len()
-    );
+    let invitations = (report.awaiting_response.iter())
+        .filter(|e| e.referral.is_aws())
+        .count();
+    match invitations {
+        0 => writeln!(
+            out,
+            "Awaiting response ({} incoming referrals still New), nearest deadline first:",
+            report.awaiting_response.len()
+        ),
+        n => writeln!(
+            out,
+            "Awaiting response ({} referrals, {n} AWS invitation{}), nearest deadline first:",
+            report.awaiting_response.len() - n,
+            if n == 1 { "" } else { "s" }
+        ),
+    }
+    .ok();
     if report.awaiting_response.is_empty() {
         let _ = writeln!(out, "  none");
         return;
@@ -406,7 +451,7 @@ fn awaiting(out: &mut String, report: &StatusReport, limit: usize) {
                 e.referral.customer.as_ref().map_or("?", Outside::unescaped),
                 17
             ),
-            e.referral.id
+            source_tagged(&e.referral)
         );
     }
     if report.awaiting_response.len() > limit {
@@ -419,13 +464,46 @@ fn awaiting(out: &mut String, report: &StatusReport, limit: usize) {
     }
 }
 
+/// A referral's id, an AWS invitation's with its source (`engi-… (aws, estimated)`: its
+/// deadline is InvitationDate + 15 days), within 80 columns.
+fn source_tagged(r: &crate::store::referrals::ReferralSummary) -> String {
+    match (r.is_aws(), r.deadline_estimated) {
+        (true, true) => format!("{} (aws, estimated)", r.id),
+        (true, false) => format!("{} (aws)", r.id),
+        (false, _) => r.id.clone(),
+    }
+}
+
 fn states(out: &mut String, report: &StatusReport) {
     let _ = writeln!(out, "Referrals by state:");
     if report.referrals_by_state.is_empty() {
         let _ = writeln!(out, "  none yet");
     }
-    for s in &report.referrals_by_state {
+    let (aws, microsoft): (Vec<_>, Vec<_>) = report
+        .referrals_by_state
+        .iter()
+        .partition(|s| s.source == crate::store::invitations::AWS);
+    for s in &microsoft {
         let _ = writeln!(out, "  {:<8} {:<10} {:>6}", s.status, s.substatus, s.count);
+    }
+    if !aws.is_empty() {
+        // AWS's own words beside ours: PENDING is New/Pending, and so on (spec §8).
+        let _ = writeln!(out, "AWS invitations by state:");
+        for s in &aws {
+            let theirs = match (s.status.as_str(), s.substatus.as_str()) {
+                ("New", "Pending") => "PENDING",
+                ("Active", "Accepted") => "ACCEPTED",
+                ("Closed", "Declined") => "REJECTED",
+                ("Closed", "Expired") => "EXPIRED",
+                ("Closed", crate::store::invitations::VANISHED) => "(vanished)",
+                (other, _) => other,
+            };
+            let _ = writeln!(
+                out,
+                "  {:<8} {:<10} {:>6}  {theirs}",
+                s.status, s.substatus, s.count
+            );
+        }
     }
     if report.rejected_records > 0 {
         let _ = writeln!(
@@ -604,16 +682,58 @@ fn aws_task(t: &crate::sync::aws_answer::AcceptTask) -> String {
     )
 }
 
+/// An AWS invitation's own facts, under its title line.
+fn invitation(out: &mut String, inv: &crate::status::InvitationView) {
+    let text = |t: &Option<Outside>| t.as_ref().map(|t| t.unescaped().to_string());
+    let sender = match (text(&inv.sender_company_name), &inv.sender_aws_account_id) {
+        (Some(name), Some(account)) => Some(format!("{name} (account {account})")),
+        (Some(name), None) => Some(name),
+        (None, Some(account)) => Some(format!("account {account}")),
+        (None, None) => None,
+    };
+    let deadline = inv.deadline.map(|d| match inv.deadline_estimated {
+        true => format!("{} (estimated: InvitationDate + 15 days)", human(d)),
+        false => human(d),
+    });
+    for (key, value) in [
+        ("source", Some("aws".to_string())),
+        ("aws state", inv.aws_status.clone()),
+        ("type", inv.payload_type.clone()),
+        ("title", Some(inv.title.unescaped().to_string())),
+        ("country", inv.country.clone()),
+        ("sender", sender),
+        ("sent", inv.invitation_date.map(human)),
+        ("expires", deadline),
+        ("eng. id", inv.engagement_id.clone()),
+        ("message", text(&inv.invitation_message)),
+        ("rejected", text(&inv.rejection_reason)),
+    ] {
+        if let Some(value) = value {
+            let _ = writeln!(out, "  {:<10} {value}", format!("{key}:"));
+        }
+    }
+    for problem in &inv.problems {
+        let _ = writeln!(out, "  unreadable: {problem}");
+    }
+}
+
 /// `status --referral ID`.
 pub(crate) fn referral(view: &ReferralView) -> String {
     let mut out = String::new();
     let r = &view.referral;
     let _ = writeln!(
         out,
-        "Referral {} — {}",
+        "{} {} — {}",
+        match r.is_aws() {
+            true => "AWS invitation",
+            false => "Referral",
+        },
         r.id,
         r.name.as_ref().map_or("(no name)", Outside::unescaped)
     );
+    if let Some(inv) = &view.invitation {
+        invitation(&mut out, inv);
+    }
     let customer = r.customer.as_ref().map_or("?", Outside::unescaped);
     let _ = writeln!(out, "  customer:  {customer}");
     let _ = writeln!(

@@ -53,11 +53,16 @@ pub(crate) struct ServiceLevel {
     pub(crate) expired: u64,
     /// The referrals still waiting whose deadlines come first.
     pub(crate) nearest_deadlines: Vec<NearestDeadline>,
+    /// The same counts per source (Microsoft referrals, AWS invitations), and how many of
+    /// each wait now.
+    pub(crate) by_source: Vec<responses::SourceCounts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct NearestDeadline {
     pub(crate) referral_id: String,
+    /// `microsoft` or `aws`.
+    pub(crate) source: String,
     pub(crate) customer: Option<String>,
     pub(crate) deadline: DateTime<Utc>,
     pub(crate) remaining_hours: f64,
@@ -84,6 +89,7 @@ pub(crate) fn last_days(
         p90_hours_to_answer: hours(0.9),
         expired: w.expired,
         nearest_deadlines: nearest.into_iter().take(NEAREST).collect(),
+        by_source: responses::by_source(conn, days, now)?,
     })
 }
 

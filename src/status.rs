@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::deadline;
+use crate::outside::Outside;
 use crate::store::alerts::{self as astore, AlertRow};
 use crate::store::google::{self as gstore, ConflictRow, Link};
 use crate::store::outbox::{self, AuditRow, OutboxRow, State};
@@ -30,6 +31,8 @@ pub(crate) struct Expiring {
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct StateCount {
+    /// `microsoft` or `aws`.
+    pub(crate) source: String,
     pub(crate) status: String,
     pub(crate) substatus: String,
     pub(crate) count: u64,
@@ -142,6 +145,7 @@ pub(crate) fn status(
         let ahead = awaiting.iter().filter(|e| e.deadline > now);
         let nearest = ahead.map(|e| crate::service_level::NearestDeadline {
             referral_id: e.referral.id.clone(),
+            source: e.referral.source.clone(),
             customer: e
                 .referral
                 .customer
@@ -157,7 +161,8 @@ pub(crate) fn status(
             database: store.path().display().to_string(),
             referrals_by_state: referrals::counts_by_state(c)?
                 .into_iter()
-                .map(|(status, substatus, count)| StateCount {
+                .map(|(source, status, substatus, count)| StateCount {
+                    source,
                     status,
                     substatus,
                     count,
@@ -228,6 +233,9 @@ pub(crate) struct ReferralView {
     /// new `OpportunityId` once `COMPLETE`, or `ReasonCode` and `Message` when `FAILED`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) aws_task: Option<crate::sync::aws_answer::AcceptTask>,
+    /// An AWS engagement invitation's own facts (`source` = `aws`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) invitation: Option<InvitationView>,
 }
 
 /// The task of the newest AWS accept among a referral's actions (newest first) that has one.
@@ -240,6 +248,62 @@ fn aws_task(actions: &[OutboxRow]) -> Option<crate::sync::aws_answer::AcceptTask
             serde_json::from_str::<crate::sync::push::answer_referral::AnswerResult>(r).ok()
         })
         .find_map(|r| r.task)
+}
+
+/// An AWS engagement invitation in full (`status --referral engi-…`, spec §8), read from
+/// the stored `GetEngagementInvitation` answer.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct InvitationView {
+    /// AWS's own status, verbatim (`PENDING`, `ACCEPTED`, `REJECTED`, `EXPIRED`, or one
+    /// this version does not know).
+    pub(crate) aws_status: Option<String>,
+    pub(crate) payload_type: Option<String>,
+    pub(crate) title: Outside,
+    pub(crate) customer: Option<Outside>,
+    pub(crate) country: Option<String>,
+    pub(crate) sender_company_name: Option<Outside>,
+    pub(crate) sender_aws_account_id: Option<String>,
+    pub(crate) engagement_id: Option<String>,
+    pub(crate) invitation_date: Option<DateTime<Utc>>,
+    pub(crate) deadline: Option<DateTime<Utc>>,
+    /// No `ExpirationDate`: the deadline is `InvitationDate` + 15 days.
+    pub(crate) deadline_estimated: bool,
+    pub(crate) rejection_reason: Option<Outside>,
+    pub(crate) invitation_message: Option<Outside>,
+    /// Members AWS sent that could not be read (named), if any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) problems: Vec<String>,
+}
+
+impl InvitationView {
+    /// From the stored raw JSON; `None` when it is not a readable invitation.
+    fn from_raw(raw: &str) -> Option<InvitationView> {
+        let value: serde_json::Value = serde_json::from_str(raw).ok()?;
+        let inv = crate::aws::model::Invitation::from_value(&value).ok()?;
+        let deadline = inv.deadline();
+        let text = |pointer: &str| {
+            value
+                .pointer(pointer)
+                .and_then(serde_json::Value::as_str)
+                .map(Outside::from)
+        };
+        Some(InvitationView {
+            aws_status: inv.status.as_ref().map(|s| s.as_str().to_string()),
+            payload_type: inv.payload_type.as_ref().map(|p| p.as_str().to_string()),
+            title: Outside::new(inv.title),
+            customer: inv.customer.map(Outside::new),
+            country: inv.country,
+            sender_company_name: inv.sender_company_name.map(Outside::new),
+            sender_aws_account_id: inv.sender_aws_account_id,
+            engagement_id: inv.engagement_id,
+            invitation_date: inv.invitation_date,
+            deadline: deadline.map(|d| d.at),
+            deadline_estimated: deadline.is_some_and(|d| d.estimated),
+            rejection_reason: inv.rejection_reason.map(Outside::new),
+            invitation_message: text("/InvitationMessage"),
+            problems: inv.problems,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -303,6 +367,12 @@ pub(crate) fn referral_view(
         let waiting = referral.status.as_deref() == Some("New")
             && matches!(referral.substatus.as_deref(), Some("Pending" | "Received"));
         let awaiting = waiting.then(|| expiring(referral.clone(), window, &thresholds, now));
+        let invitation = match referral.is_aws() {
+            true => views::raw_json(c, id)?
+                .as_deref()
+                .and_then(InvitationView::from_raw),
+            false => None,
+        };
         let link = gstore::link(c, id)?;
         let lead = match link.as_ref().and_then(|l| l.lead_name.as_deref()) {
             Some(name) => views::lead(c, name)?,
@@ -337,6 +407,7 @@ pub(crate) fn referral_view(
                 }
             }),
             referral,
+            invitation,
         }))
     })?;
     let Some(mut view) = view else {

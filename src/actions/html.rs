@@ -130,6 +130,8 @@ pub(crate) struct InboxLine<'a> {
     pub(crate) time_left: String,
     pub(crate) customer: &'a str,
     pub(crate) value: String,
+    /// `microsoft` or `aws` (an engagement invitation).
+    pub(crate) source: &'a str,
     /// What the rules decided, as a sentence.
     pub(crate) rules: String,
     /// The referral's action page.
@@ -173,7 +175,7 @@ pub(crate) fn inbox_page(v: &InboxView) -> String {
                                 td { (r.time_left) }
                                 td { label for={ "r-" (r.id) } { (r.customer) } }
                                 td { (r.value) }
-                                td { "microsoft" }
+                                td { (r.source) }
                                 td { (r.rules) }
                                 td { a href=(r.link) rel="noreferrer noopener" { (r.id) } }
                             }
@@ -306,6 +308,7 @@ mod generated {
             time_left: t[1].clone(),
             customer: &t[0],
             value: t[13].clone(),
+            source: "aws",
             rules: t[14].clone(),
             link: t[3].clone(),
         };

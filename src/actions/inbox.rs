@@ -183,6 +183,7 @@ fn render_inbox(
                 .map(Outside::unescaped)
                 .unwrap_or("-"),
             value: deal(r.referral.deal_value, r.referral.currency.as_deref()),
+            source: &r.referral.source,
             rules: r
                 .decision
                 .as_ref()

@@ -20,12 +20,16 @@ use tokio::io::AsyncWriteExt;
 
 use super::digest::{Digest, CHAT_MESSAGES_PER_CYCLE};
 use super::due::{
-    expiry_alert, forward_blocked_alert, health_alert, link_key_alert, HealthEpisode,
+    expiry_alert, forward_blocked_alert, health_alert, link_key_alert, vanished_alert,
+    HealthEpisode, RecordLinks,
 };
 use super::route::Route;
 use super::{format, Alert};
 use crate::config::{AlertFormat, AlertsConfig, CommandConfig, WebhookConfig};
-use crate::store::{alerts as astore, google as gstore, outbox, referrals, Store, StoreError};
+use crate::deadline;
+use crate::store::{
+    alerts as astore, google as gstore, invitations, outbox, referrals, Store, StoreError,
+};
 
 /// A place alerts go besides the log.
 #[derive(Debug, Clone)]
@@ -185,6 +189,9 @@ pub(crate) struct AlertSettings {
     pub(crate) threshold_labels: Vec<String>,
     pub(crate) failed_cycles: u32,
     pub(crate) referral_url: String,
+    /// `[aws] invitation_url` (with `{id}`): the link of an AWS invitation's alerts; none
+    /// when unset (a Partner Center link would be wrong).
+    pub(crate) invitation_url: Option<String>,
     /// For the deadline in alert texts (log and command sinks; chat sinks show local time).
     pub(crate) timezone: crate::timefmt::Zone,
     pub(crate) attempts: usize,
@@ -199,6 +206,14 @@ pub(crate) struct AlertSettings {
 }
 
 impl AlertSettings {
+    /// The links of alerts about one referral or invitation.
+    pub(crate) fn record_links(&self) -> RecordLinks<'_> {
+        RecordLinks {
+            referral_url: &self.referral_url,
+            invitation_url: self.invitation_url.as_deref(),
+        }
+    }
+
     /// The keys of the sinks that take this alert (its deliveries are recorded for these).
     /// Alerts about no referral's expiry.
     pub(crate) fn sinks_taking(&self, alert: &Alert) -> Vec<String> {
@@ -259,6 +274,7 @@ impl AlertSettings {
             threshold_labels: config.thresholds.iter().map(|t| t.to_string()).collect(),
             failed_cycles: config.failed_cycles,
             referral_url: config.referral_url.clone(),
+            invitation_url: None,
             // Validated at load; UTC only for a config that never went through validation.
             timezone: crate::timefmt::parse_zone(&config.timezone)
                 .unwrap_or_else(crate::timefmt::Zone::utc),
@@ -469,7 +485,7 @@ async fn raise_due(
             };
             // Expiry, for every incoming referral still New (or those of one page).
             let expiry = |r: referrals::ReferralSummary| {
-                let mut alert = expiry_alert(&r, settings.window, &settings.thresholds, &settings.referral_url, settings.timezone, now)?;
+                let mut alert = expiry_alert(&r, settings.window, &settings.thresholds, settings.record_links(), settings.timezone, now)?;
                 // What the triage rules decided (best effort: an alert never waits on it).
                 if let Ok(Some(d)) = crate::store::triage::decision_of(&tx, &r.id) {
                     crate::triage::annotate(&mut alert, &d);
@@ -487,6 +503,15 @@ async fn raise_due(
                     Some(alert) => raise(&tx, alert),
                     None => Ok(()),
                 })?;
+                // An invitation AWS marked EXPIRED before a cycle saw its deadline pass
+                // (the pull read it after it left the PENDING list) still gets its alert.
+                for r in invitations::recently_expired(&tx, now - chrono::Duration::days(7))? {
+                    let past = now.max(deadline::deadline(r.created_at, r.expires_at, settings.window) + chrono::Duration::seconds(1));
+                    if let Some(mut alert) = expiry_alert(&r, settings.window, &settings.thresholds, settings.record_links(), settings.timezone, past) {
+                        alert.created_at = now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                        raise(&tx, alert)?;
+                    }
+                }
             }
             let Raise::All { error, auth_failed } = which else {
                 tx.commit()?;
@@ -513,7 +538,7 @@ async fn raise_due(
             }
             // Writes that need a person, referrals that can never be forwarded as they are,
             // conflicts the manual policy left.
-            for alert in attention_alerts(&tx, &settings.referral_url, now)? {
+            for alert in attention_alerts(&tx, settings.record_links(), now)? {
                 raise(&tx, alert)?;
             }
             tx.commit()?;
@@ -527,13 +552,17 @@ async fn raise_due(
 /// forwarded, manual-policy conflicts (each raised once: their ids are stable).
 fn attention_alerts(
     tx: &rusqlite::Connection,
-    referral_url: &str,
+    links: RecordLinks<'_>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Alert>, StoreError> {
-    let about = |mut alert: Alert, referral_id: &str| {
+    let referral_url = links.referral_url;
+    let about = |mut alert: Alert, referral_id: &str| -> Result<Alert, StoreError> {
+        let source = invitations::source_of(tx, referral_id)?
+            .unwrap_or_else(|| invitations::MICROSOFT.into());
         alert.referral_id = Some(referral_id.to_string());
-        alert.link = Some(referral_url.replace("{id}", referral_id));
-        alert
+        alert.link = links.link(&source, referral_id);
+        alert.source = Some(source);
+        Ok(alert)
     };
     let mut alerts = Vec::new();
     for row in outbox::list(tx, &[outbox::State::Dead, outbox::State::Quarantined], 1000)? {
@@ -550,7 +579,7 @@ fn attention_alerts(
             ),
             now,
         );
-        alerts.push(about(alert, &row.referral_id));
+        alerts.push(about(alert, &row.referral_id)?);
     }
     for (referral_id, reason) in gstore::forward_blocked(tx)? {
         alerts.push(forward_blocked_alert(
@@ -573,7 +602,10 @@ fn attention_alerts(
             ),
             now,
         );
-        alerts.push(about(alert, &conflict.referral_id));
+        alerts.push(about(alert, &conflict.referral_id)?);
+    }
+    for row in invitations::vanished(tx)? {
+        alerts.push(vanished_alert(&row, links, now));
     }
     Ok(alerts)
 }

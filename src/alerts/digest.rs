@@ -119,9 +119,14 @@ fn describe(alert: &Alert) -> Outside {
         .customer
         .as_ref()
         .map_or("unknown customer", Outside::unescaped);
+    // An AWS invitation says so: the reader answers it in another console.
+    let aws = match alert.source.as_deref() {
+        Some(crate::store::invitations::AWS) => "AWS: ",
+        _ => "",
+    };
     match (&alert.referral_name, &alert.referral_id) {
-        (Some(name), _) => Outside::new(format!("{} ({customer})", name.unescaped())),
-        (None, Some(id)) => Outside::new(format!("{id} ({customer})")),
+        (Some(name), _) => Outside::new(format!("{aws}{} ({customer})", name.unescaped())),
+        (None, Some(id)) => Outside::new(format!("{aws}{id} ({customer})")),
         (None, None) => Outside::new(alert.message.as_str()),
     }
 }

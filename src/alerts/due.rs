@@ -12,13 +12,43 @@ use crate::outside::Outside;
 use crate::store::referrals::ReferralSummary;
 use crate::timefmt::{human_in, time_left, Zone};
 
+/// Where an alert about one record links: Partner Center's referral page, or `[aws]
+/// invitation_url` for an AWS invitation (no link when that is unset).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordLinks<'a> {
+    pub(crate) referral_url: &'a str,
+    pub(crate) invitation_url: Option<&'a str>,
+}
+
+impl<'a> From<&'a str> for RecordLinks<'a> {
+    /// Microsoft's link alone.
+    fn from(referral_url: &'a str) -> Self {
+        RecordLinks {
+            referral_url,
+            invitation_url: None,
+        }
+    }
+}
+
+impl RecordLinks<'_> {
+    /// The link of a record of `source` (`aws` or `microsoft`).
+    pub(crate) fn link(&self, source: &str, id: &str) -> Option<String> {
+        match source {
+            crate::store::invitations::AWS => {
+                self.invitation_url.map(|url| url.replace("{id}", id))
+            }
+            _ => Some(self.referral_url.replace("{id}", id)),
+        }
+    }
+}
+
 /// The expiry alert a referral should have by now, if any; its text shows the deadline in
 /// `zone` (`[alerts] timezone`, for the log and command sinks).
-pub(crate) fn expiry_alert(
+pub(crate) fn expiry_alert<'a>(
     referral: &ReferralSummary,
     window: Duration,
     thresholds: &[Duration],
-    referral_url: &str,
+    links: impl Into<RecordLinks<'a>>,
     zone: impl Into<Zone>,
     now: DateTime<Utc>,
 ) -> Option<Alert> {
@@ -32,9 +62,18 @@ pub(crate) fn expiry_alert(
         .as_ref()
         .map_or("unknown customer", Outside::unescaped);
     let hours = (remaining.num_minutes() as f64 / 60.0 * 10.0).round() / 10.0;
+    let (noun, archived) = match referral.is_aws() {
+        true => ("AWS invitation", "AWS marks it EXPIRED"),
+        false => ("Referral", "Microsoft archives it as Expired"),
+    };
     let what = match referral.name.as_ref().map(Outside::unescaped) {
-        Some(name) => format!("Referral \"{name}\" for {customer}"),
-        None => format!("Referral for {customer}"),
+        Some(name) => format!("{noun} \"{name}\" for {customer}"),
+        None => format!("{noun} for {customer}"),
+    };
+    // An AWS invitation without `ExpirationDate`: InvitationDate + 15 days (spec §8).
+    let estimated = match referral.deadline_estimated {
+        true => ", estimated",
+        false => "",
     };
     let (id, kind, severity, threshold, message) = if remaining <= Duration::zero() {
         (
@@ -43,7 +82,7 @@ pub(crate) fn expiry_alert(
             "critical",
             None,
             format!(
-                "{what} passed its response deadline ({}) unanswered; Microsoft archives it as Expired.",
+                "{what} passed its response deadline ({}{estimated}) unanswered; {archived}.",
                 human_in(due, zone)
             ),
         )
@@ -60,7 +99,7 @@ pub(crate) fn expiry_alert(
             },
             Some(label),
             format!(
-                "{what} expires in {} unless accepted or declined (deadline {}).",
+                "{what} expires in {} unless accepted or declined (deadline {}{estimated}).",
                 time_left(remaining),
                 human_in(due, zone)
             ),
@@ -79,13 +118,14 @@ pub(crate) fn expiry_alert(
         threshold,
         remaining_hours: Some(hours),
         message,
-        link: Some(referral_url.replace("{id}", &referral.id)),
+        link: links.into().link(&referral.source, &referral.id),
         command: Some(super::status_command(&referral.id)),
         created_at: now.to_rfc3339_opts(SecondsFormat::Secs, true),
         action_url: None,
         rule: None,
         rule_decision: None,
         rule_mode: None,
+        source: Some(referral.source.clone()),
     })
 }
 
@@ -113,6 +153,38 @@ pub(crate) fn forward_blocked_alert(
     alert.referral_id = Some(referral_id.to_string());
     alert.link = Some(referral_url.replace("{id}", referral_id));
     alert.command = Some(super::status_command(referral_id));
+    // Only Partner Center referrals are forwarded to Google.
+    alert.source = Some(crate::store::invitations::MICROSOFT.into());
+    alert
+}
+
+/// `invitation_vanished`: an AWS invitation tracked while pending that AWS no longer knows
+/// (`ResourceNotFoundException` when the pull read it after it left the PENDING list; spec
+/// §8). Once per invitation; it is not read again.
+pub(crate) fn vanished_alert(
+    (id, name, customer, _since): &crate::store::invitations::VanishedRow,
+    links: RecordLinks<'_>,
+    now: DateTime<Utc>,
+) -> Alert {
+    let what = match name {
+        Some(name) => format!("AWS invitation {id} (\"{name}\")"),
+        None => format!("AWS invitation {id}"),
+    };
+    let mut alert = Alert::general(
+        format!("invitation_vanished:{id}"),
+        "invitation_vanished",
+        "warning",
+        format!(
+            "{what} left the PENDING list and AWS no longer finds it (ResourceNotFoundException): it was withdrawn or deleted. Check it in AWS Partner Central; it is no longer tracked."
+        ),
+        now,
+    );
+    alert.referral_id = Some(id.clone());
+    alert.referral_name = name.as_deref().map(Outside::new);
+    alert.customer = customer.as_deref().map(Outside::new);
+    alert.link = links.link(crate::store::invitations::AWS, id);
+    alert.command = Some(super::status_command(id));
+    alert.source = Some(crate::store::invitations::AWS.into());
     alert
 }
 
@@ -195,7 +267,10 @@ pub(crate) fn health_alert(
 /// What the operator should do about an authentication failure, from its error text: a
 /// wrong or expired client secret is not fixed by signing in again.
 fn auth_hint(error: &str) -> &'static str {
-    if error.contains("invalid_client") || error.contains("AADSTS7000215") {
+    if error.contains("partnercentral:") {
+        // The AWS client names the IAM action in every authentication failure.
+        " Check the AWS credentials ([aws]) and that their IAM policy allows the action named above."
+    } else if error.contains("invalid_client") || error.contains("AADSTS7000215") {
         " Check microsoft.client_secret (client secrets expire: make a new one in Entra ID) and restart."
     } else if error.contains("google") || error.contains("service-account") {
         " Check the Google service-account key ([google] credentials_file) and restart."
@@ -224,6 +299,8 @@ mod tests {
             expires_at: expires.map(at),
             deal_value: None,
             currency: None,
+            source: "microsoft".into(),
+            deadline_estimated: false,
         }
     }
 

@@ -75,11 +75,12 @@ async fn check_free(
     kind: ResourceKind,
 ) -> Result<(), AppError> {
     let (id, res) = (referral_id.to_string(), resource.to_string());
-    let (known, owner, existing) = app
+    let (known, source, owner, existing) = app
         .store
         .call(move |c| {
             Ok((
                 views::referral_exists(c, &id)?,
+                crate::store::invitations::source_of(c, &id)?,
                 gstore::linked_referral(c, &res)?,
                 gstore::link(c, &id)?,
             ))
@@ -88,6 +89,12 @@ async fn check_free(
     if !known {
         return Err(AppError::Refused(format!(
             "referral {referral_id} is not in the database yet; run `cosell-sync sync` first"
+        )));
+    }
+    if source.as_deref() == Some(crate::store::invitations::AWS) {
+        // A linked record would be re-read and synced as a Partner Center referral's.
+        return Err(AppError::Refused(format!(
+            "{referral_id} is an AWS invitation: Google leads and opportunities are linked to Partner Center referrals only"
         )));
     }
     if let Some(other) = owner.filter(|o| o != referral_id) {

@@ -279,7 +279,7 @@ impl AwsClient {
 }
 
 /// The model's `Identifier` pattern: `engi-` and 13 of `[0-9a-z]`, or an ARN, 1–255 chars.
-fn check_identifier(op: Operation, id: &str) -> Result<(), ApiError> {
+pub fn is_invitation_id(id: &str) -> bool {
     let engi = id.strip_prefix("engi-").is_some_and(|rest| {
         rest.len() == 13
             && rest
@@ -287,7 +287,11 @@ fn check_identifier(op: Operation, id: &str) -> Result<(), ApiError> {
                 .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
     });
     let arn = id.starts_with("arn:") && id.len() <= 255;
-    if engi || arn {
+    engi || arn
+}
+
+fn check_identifier(op: Operation, id: &str) -> Result<(), ApiError> {
+    if is_invitation_id(id) {
         Ok(())
     } else {
         Err(refused(

@@ -2,10 +2,10 @@
 //! `partner-apis.md` part D): SigV4 signing and its verifier ([`sigv4`]), the tolerant model of
 //! the five operations' answers ([`model`]) and the client ([`client`]).
 //!
-//! Wired so far: `auth check`'s one read ([`client::AwsClient::from_config`]) and answers
-//! through the one executor (`sync::push::aws_accept` and `aws_decline`, the client built
-//! from `[aws]` beside the Microsoft and Google ones). Pulling invitations into the store,
-//! their alerts and status come next.
+//! Wired: `auth check`'s one read ([`client::AwsClient::from_config`]); the pull each cycle
+//! ([`crate::sync::aws_pull`]) into the `referrals` table ([`crate::store::invitations`]), so
+//! alerts, `status`, the inbox and the rules see invitations beside referrals; answers through
+//! the one executor (`sync::push::aws_accept` and `aws_decline`).
 
 pub mod client;
 pub mod model;

@@ -6,8 +6,8 @@
 //! required `Id` is rejected, never its page.
 //!
 //! All three payload types give a customer, a title and a deadline: `ExpirationDate`, else
-//! `InvitationDate` + 15 days marked estimated (spec §8). Wiring into the store, alerts and
-//! answers comes next.
+//! `InvitationDate` + 15 days marked estimated (spec §8). The store's mapping of an
+//! invitation onto a referral row is [`crate::store::invitations`].
 //!
 //! Tolerance where the facts are guesses: timestamps are ISO 8601 strings per the SDK's serde
 //! code [V SDK], but the AWS JSON protocol's default is epoch seconds, so a number is read as
@@ -143,6 +143,34 @@ impl Invitation {
             id,
         })
     }
+}
+
+/// The deal value of an opportunity invitation, yearly, in its currency (spec §7's table):
+/// 12 × the sum of `Project.ExpectedCustomerSpend[].Amount` (monthly), when every entry has
+/// one finite amount (a number or a numeric string [I]) and all share one `CurrencyCode`.
+/// Lead and account-planning invitations have no value; anything unreadable is `None`.
+pub fn yearly_spend(value: &Value) -> Option<(f64, String)> {
+    let spend = value
+        .pointer("/Payload/OpportunityInvitation/Project/ExpectedCustomerSpend")?
+        .as_array()?;
+    let mut currency: Option<&str> = None;
+    let mut monthly = 0.0;
+    for entry in spend {
+        let amount = match entry.get("Amount")? {
+            Value::Number(n) => n.as_f64()?,
+            Value::String(s) => s.trim().parse::<f64>().ok()?,
+            _ => return None,
+        };
+        let code = entry.get("CurrencyCode")?.as_str()?;
+        if currency.is_some_and(|c| c != code) || code.is_empty() {
+            return None;
+        }
+        currency = Some(code);
+        monthly += amount;
+    }
+    let yearly = monthly * 12.0;
+    let currency = currency?.to_string();
+    yearly.is_finite().then_some((yearly, currency))
 }
 
 /// Customer, country and project title from whichever payload the invitation carries.
@@ -445,7 +473,7 @@ pub fn parse_task(body: &str) -> Result<Task, MalformedAnswer> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -588,8 +616,8 @@ mod tests {
     }
 
     /// A hostile value for a member: missing, null, wrong types, unknown enum values, huge
-    /// strings, absurd and unreadable dates, deep nesting.
-    fn hostile(rng: &mut fastrand::Rng) -> Option<Value> {
+    /// strings, absurd and unreadable dates, deep nesting (the store's generated test too).
+    pub(crate) fn hostile(rng: &mut fastrand::Rng) -> Option<Value> {
         Some(match rng.u8(..12) {
             0 => return None,
             1 => Value::Null,

@@ -55,6 +55,10 @@ pub(crate) struct Alert {
     /// `dry-run` (shown only) or `apply` (sent as an answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) rule_mode: Option<String>,
+    /// Whose record the alert is about: `microsoft` (a referral) or `aws` (an engagement
+    /// invitation; spec §3, §8). Absent on alerts about no one referral.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) source: Option<String>,
 }
 
 impl Alert {
@@ -86,6 +90,7 @@ impl Alert {
             rule: None,
             rule_decision: None,
             rule_mode: None,
+            source: None,
         }
     }
 }

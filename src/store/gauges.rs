@@ -77,8 +77,10 @@ fn awaiting_by_time_left(
     window: chrono::Duration,
 ) -> Result<Vec<(&'static str, bool, u64)>, StoreError> {
     let mut stmt = conn.prepare_cached(
+        // An AWS invitation never gets a Google lead (spec §8): it counts as awaiting, never
+        // as "awaiting without a lead" (that gauge watches the forward path).
         "SELECT r.created_at, r.expires_at,
-                (l.lead_name IS NOT NULL OR l.opportunity_name IS NOT NULL)
+                (l.lead_name IS NOT NULL OR l.opportunity_name IS NOT NULL OR r.source = 'aws')
          FROM referrals r LEFT JOIN links l ON l.referral_id = r.id
          WHERE r.status = 'New' AND r.substatus IN ('Pending', 'Received')
            AND (r.direction = 'Incoming' OR r.direction IS NULL)",

@@ -320,7 +320,8 @@ pub(crate) fn snapshot_batch(
     )
 }
 
-/// One referral's snapshot, whatever its state.
+/// One referral's snapshot, whatever its state (Partner Center referrals only: every
+/// snapshot feeds the lead planner, and Google leads are not made for AWS invitations).
 pub(crate) fn snapshot_one(conn: &Connection, id: &str) -> Result<Option<SnapshotRow>, StoreError> {
     Ok(snapshots(conn, "r.id = ?1", params![id])?.pop())
 }
@@ -341,7 +342,7 @@ fn snapshots(
          LEFT JOIN links l ON l.referral_id = r.id
          LEFT JOIN google_opportunities o ON o.name = l.opportunity_name
          LEFT JOIN field_base b ON b.referral_id = r.id
-         WHERE {condition}"
+         WHERE r.source = 'microsoft' AND {condition}"
     ))?;
     let rows = stmt.query_map(args, |r| {
         Ok((

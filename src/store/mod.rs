@@ -10,6 +10,7 @@ pub(crate) mod answers;
 pub(crate) mod backup;
 pub(crate) mod gauges;
 pub(crate) mod google;
+pub(crate) mod invitations;
 pub(crate) mod outbox;
 pub(crate) mod referrals;
 pub(crate) mod responses;
@@ -90,6 +91,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         13,
         "0013_triage.sql",
         include_str!("../../migrations/0013_triage.sql"),
+    ),
+    (
+        14,
+        "0014_aws_invitations.sql",
+        include_str!("../../migrations/0014_aws_invitations.sql"),
     ),
     (
         15,

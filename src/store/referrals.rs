@@ -66,7 +66,8 @@ pub(crate) fn store_page(
         super::schedule::mark_for_plan(tx, &referral.referral.id, now)?;
     }
     for record in rejected {
-        keep_rejected(tx, "microsoft.referral", record, now)?;
+        let (id, error, raw) = (record.id.as_deref(), &record.error, &record.raw);
+        keep_rejected(tx, "microsoft.referral", (id, error, raw), now)?;
         counts.rejected += 1;
     }
     if let Some((name, value)) = watermark {
@@ -147,10 +148,11 @@ fn upsert(
     Ok(outcome)
 }
 
-fn keep_rejected(
+/// Keeps a record an API returned that could not be read: (its id, the error, its raw JSON).
+pub(super) fn keep_rejected(
     tx: &Connection,
     source: &str,
-    record: &RejectedRecord,
+    (id, error, raw): (Option<&str>, &str, &str),
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let now = db_timestamp(now);
@@ -160,7 +162,7 @@ fn keep_rejected(
          ON CONFLICT (source, raw_json) DO UPDATE SET last_seen_at = excluded.last_seen_at,
             error = excluded.error",
     )?
-    .execute(params![source, record.id, record.error, record.raw, now])?;
+    .execute(params![source, id, error, raw, now])?;
     Ok(())
 }
 
@@ -207,6 +209,17 @@ pub(crate) struct ReferralSummary {
     pub(crate) expires_at: Option<DateTime<Utc>>,
     pub(crate) deal_value: Option<f64>,
     pub(crate) currency: Option<String>,
+    /// `microsoft` or `aws` (an engagement invitation; migration 14).
+    pub(crate) source: String,
+    /// The deadline is an estimate: an AWS invitation without `ExpirationDate` (spec §8).
+    pub(crate) deadline_estimated: bool,
+}
+
+impl ReferralSummary {
+    /// An AWS engagement invitation (not a Partner Center referral).
+    pub(crate) fn is_aws(&self) -> bool {
+        self.source == super::invitations::AWS
+    }
 }
 
 /// Incoming referrals in status New (Pending or Received): their response clock is running.
@@ -257,8 +270,8 @@ pub(crate) fn awaiting_response_one(
 }
 
 /// The columns [`summary_row`] reads, in its order.
-pub(crate) const SUMMARY_COLUMNS: &str =
-    "id, name, customer_name, status, substatus, created_at, expires_at, deal_value, currency";
+pub(crate) const SUMMARY_COLUMNS: &str = "id, name, customer_name, status, substatus, created_at,
+    expires_at, deal_value, currency, source, deadline_estimated";
 
 pub(crate) fn summary_row(row: &rusqlite::Row) -> rusqlite::Result<ReferralSummary> {
     let created: String = row.get(5)?;
@@ -273,17 +286,22 @@ pub(crate) fn summary_row(row: &rusqlite::Row) -> rusqlite::Result<ReferralSumma
         expires_at: expires.as_deref().and_then(parse_timestamp),
         deal_value: row.get(7)?,
         currency: row.get(8)?,
+        source: row.get(9)?,
+        deadline_estimated: row.get(10)?,
     })
 }
 
-/// Referral counts by (status, substatus).
-pub(crate) fn counts_by_state(conn: &Connection) -> Result<Vec<(String, String, u64)>, StoreError> {
+/// A count of referrals in one (source, status, substatus).
+pub(crate) type StateCount = (String, String, String, u64);
+
+/// Referral counts by (source, status, substatus): Microsoft's, then AWS's invitations.
+pub(crate) fn counts_by_state(conn: &Connection) -> Result<Vec<StateCount>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT COALESCE(status, '?'), COALESCE(substatus, '?'), COUNT(*) FROM referrals
-         GROUP BY 1, 2 ORDER BY 1, 2",
+        "SELECT source, COALESCE(status, '?'), COALESCE(substatus, '?'), COUNT(*) FROM referrals
+         GROUP BY 1, 2, 3 ORDER BY source <> 'microsoft', 1, 2, 3",
     )?;
     let rows = stmt.query_map([], |r| {
-        Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

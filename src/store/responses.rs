@@ -174,6 +174,63 @@ pub(crate) fn window(
     Ok(out)
 }
 
+/// One source's part of the service level: settled since the window's start (accepted,
+/// declined, expired), and waiting now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub(crate) struct SourceCounts {
+    /// `microsoft` or `aws`.
+    pub(crate) source: String,
+    pub(crate) accepted: u64,
+    pub(crate) declined: u64,
+    pub(crate) expired: u64,
+    pub(crate) waiting: u64,
+}
+
+/// [`SourceCounts`] of each source that has any, Microsoft first.
+pub(crate) fn by_source(
+    conn: &Connection,
+    days: i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<SourceCounts>, StoreError> {
+    let since = db_timestamp(now - Duration::days(days));
+    let mut out = std::collections::BTreeMap::<(bool, String), SourceCounts>::new();
+    fn of(
+        out: &mut std::collections::BTreeMap<(bool, String), SourceCounts>,
+        source: String,
+    ) -> &mut SourceCounts {
+        let key = (source != super::invitations::MICROSOFT, source.clone());
+        out.entry(key).or_insert_with(|| SourceCounts {
+            source,
+            ..SourceCounts::default()
+        })
+    }
+    let mut settled = conn.prepare(
+        "SELECT r.source, x.outcome, COUNT(*) FROM referral_responses x
+           JOIN referrals r ON r.id = x.referral_id
+         WHERE x.outcome IS NOT NULL AND x.settled_at >= ?1 GROUP BY 1, 2",
+    )?;
+    let mut rows = settled.query([&since])?;
+    while let Some(r) = rows.next()? {
+        let (outcome, n) = (r.get::<_, String>(1)?, r.get::<_, i64>(2)? as u64);
+        let c = of(&mut out, r.get(0)?);
+        match outcome.as_str() {
+            "accepted" => c.accepted += n,
+            "declined" => c.declined += n,
+            "expired" => c.expired += n,
+            _ => {}
+        }
+    }
+    let mut waiting = conn.prepare(&format!(
+        "SELECT source, COUNT(*) FROM referrals WHERE {AWAITING} GROUP BY 1"
+    ))?;
+    let mut rows = waiting.query([])?;
+    while let Some(r) = rows.next()? {
+        let n = r.get::<_, i64>(1)? as u64;
+        of(&mut out, r.get(0)?).waiting += n;
+    }
+    Ok(out.into_values().collect())
+}
+
 /// How many incoming referrals wait for an answer now.
 pub(crate) fn count_awaiting(conn: &mut Connection) -> Result<u64, StoreError> {
     Ok(conn.query_row(

@@ -29,8 +29,11 @@ pub(crate) fn awaiting(
     only: Option<&[String]>,
     mut f: impl FnMut(Awaiting),
 ) -> Result<(), StoreError> {
+    // Partner Center referrals only, for now: the facts are read from a referral's JSON
+    // (`Facts::microsoft`) and a rule answer is queued as a Partner Center write; AWS
+    // invitations join once their facts and answers exist (spec §7's AWS column).
     let sql = "SELECT r.id, r.raw_json, r.created_at, r.expires_at FROM referrals r
-         WHERE r.status = 'New' AND r.substatus IN ('Pending', 'Received')
+         WHERE r.source = 'microsoft' AND r.status = 'New' AND r.substatus IN ('Pending', 'Received')
            AND (r.direction = 'Incoming' OR r.direction IS NULL)
            AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.referral_id = r.id
                  AND (o.kind = 'answer_referral' OR o.kind = 'aws_accept' OR o.kind = 'aws_decline')

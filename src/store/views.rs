@@ -48,6 +48,15 @@ pub(crate) fn referral(conn: &Connection, id: &str) -> Result<Option<ReferralSum
         .optional()?)
 }
 
+/// A referral's (or invitation's) raw JSON as received.
+pub(crate) fn raw_json(conn: &Connection, id: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row("SELECT raw_json FROM referrals WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
 /// The last copy of a tracked Google record, as the referral view shows it.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct GoogleRecord {

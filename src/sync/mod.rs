@@ -3,12 +3,14 @@
 //! [`mapping`] for new leads and [`adopt`] for what a referral's externalReferenceId names),
 //! planning into the outbox ([`plan`]) and the outbox's one executor ([`push`]).
 //! [`crate::lanes`] puts them in order.
+//! The AWS inbox: [`aws_pull`] (engagement invitations into the store; spec §8).
 //! Accept / decline: the pure decision ([`answer`]) and how the one executor sends it
 //! ([`push::answer_referral`]).
 
 pub(crate) mod adopt;
 pub(crate) mod answer;
 pub(crate) mod aws_answer;
+pub(crate) mod aws_pull;
 pub(crate) mod mapping;
 pub mod plan;
 pub(crate) mod pull;
@@ -67,8 +69,8 @@ pub struct GoogleSide {
 #[derive(Debug, Clone)]
 pub struct AwsSide {
     pub client: crate::aws::client::AwsClient,
-    /// `[aws.retry]`: in-call retries of AWS calls (reads, the decline, and the accept's
-    /// start, repeated with the same `ClientToken`).
+    /// `[aws.retry]`: in-call retries of every AWS call (reads back off on throttling and
+    /// 5xx; the accept's start is repeated with the same `ClientToken`).
     pub retry: RetryPolicy,
 }
 
@@ -86,8 +88,8 @@ pub struct CycleContext {
     pub pull: PullSettings,
     /// `None` when `[google]` is not configured: the daemon then only pulls Microsoft.
     pub google: Option<GoogleSide>,
-    /// `None` without `[aws]` (or when the command read no secrets): invitations are not
-    /// answered.
+    /// `None` without `[aws]` (or when the command read no secrets): no invitation is
+    /// pulled or answered.
     pub aws: Option<AwsSide>,
     /// Cancelled on SIGTERM: no new remote write starts after it.
     pub stop: tokio_util::sync::CancellationToken,
@@ -126,6 +128,8 @@ pub struct CycleReport {
     pub error: Option<String>,
     /// The failure was an authentication refusal.
     pub auth_failed: bool,
+    /// What the AWS pull did (`None`: `[aws]` off, or the pull failed).
+    pub aws: Option<aws_pull::AwsPullStats>,
 }
 
 impl CycleReport {
@@ -141,6 +145,7 @@ impl CycleReport {
             pushed: PushStats::default(),
             error: None,
             auth_failed: false,
+            aws: None,
         }
     }
 

@@ -44,7 +44,7 @@ pub(crate) async fn start(ids: std::ops::Range<usize>, extra: &str) -> Page {
 }
 
 /// [`start`] on a given environment (one with the Google side, say).
-async fn start_on(env: TestEnv, ids: std::ops::Range<usize>, extra: &str) -> Page {
+pub(crate) async fn start_on(env: TestEnv, ids: std::ops::Range<usize>, extra: &str) -> Page {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -11,15 +11,44 @@ use cosell_sync::app::commands as cmd;
 use cosell_sync::cli::{Cli, Command};
 use cosell_sync::http::RateLimiter;
 use cosell_sync::microsoft::{MicrosoftClient, TokenSource};
+use cosell_sync::sim::aws::AwsSimulator;
 use cosell_sync::sim::Simulator;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cosell-sync");
+
+/// The link AWS invitations' alerts carry in tests (`[aws] invitation_url`).
+pub const INVITATION_URL: &str = "https://partnercentral.example/invitations/{id}";
+
+/// An `[aws]` section against `endpoint` with the simulator's key, quick retries, and
+/// `extra` after it.
+pub fn aws_section(endpoint: &str, extra: &str) -> String {
+    format!(
+        r#"
+[aws]
+endpoint = "{endpoint}"
+catalog = "AWS"
+access_key_id = "{key}"
+secret_access_key = "{secret}"
+invitation_url = "{INVITATION_URL}"
+requests_per_second = 200
+
+[aws.retry]
+min_delay = "10ms"
+max_delay = "50ms"
+{extra}
+"#,
+        key = cosell_sync::sim::aws::ACCESS_KEY_ID,
+        secret = cosell_sync::sim::aws::SECRET_ACCESS_KEY,
+    )
+}
 
 /// A simulator, a temporary state directory and a config file for the binary.
 pub struct TestEnv {
     pub sim: Simulator,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// The AWS Partner Central simulator, with [`TestEnv::with_aws`].
+    pub aws: Option<AwsSimulator>,
 }
 
 impl TestEnv {
@@ -32,7 +61,12 @@ impl TestEnv {
         let sim = Simulator::start().await.expect("simulator starts");
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.toml");
-        let env = TestEnv { sim, dir, config };
+        let env = TestEnv {
+            sim,
+            dir,
+            config,
+            aws: None,
+        };
         env.write_config(extra);
         env
     }
@@ -69,6 +103,28 @@ retry_max = "50ms"
             key = key.display(),
         ));
         env
+    }
+
+    /// A config with an `[aws]` section against an AWS simulator of its own (`env.aws`),
+    /// `[microsoft]` kept; `extra` is appended.
+    pub async fn with_aws(extra: &str) -> TestEnv {
+        let aws = AwsSimulator::start().await.expect("AWS simulator starts");
+        let mut env = Self::with_extra(&aws_section(&aws.endpoint(), extra)).await;
+        env.aws = Some(aws);
+        env
+    }
+
+    /// [`TestEnv::with_google`] and [`TestEnv::with_aws`] together.
+    pub async fn with_google_and_aws(extra: &str) -> TestEnv {
+        let aws = AwsSimulator::start().await.expect("AWS simulator starts");
+        let mut env = Self::with_google(&aws_section(&aws.endpoint(), extra)).await;
+        env.aws = Some(aws);
+        env
+    }
+
+    /// The AWS simulator of [`TestEnv::with_aws`].
+    pub fn aws(&self) -> &AwsSimulator {
+        self.aws.as_ref().expect("a TestEnv made with_aws")
     }
 
     pub fn write_config(&self, extra: &str) {

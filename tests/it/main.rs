@@ -6,8 +6,9 @@
 mod actions;
 mod alerts;
 mod answer;
-mod aws_config;
+mod aws;
 mod aws_answers;
+mod aws_config;
 mod browser;
 mod client;
 mod commands;

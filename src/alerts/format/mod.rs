@@ -47,17 +47,35 @@ fn title(alert: &Alert) -> String {
         "warning" => "🟠",
         _ => "🟢",
     };
-    let what = match alert.kind.as_str() {
-        "referral_expiring" => "Co-sell referral expiring",
-        "referral_expired" => "Co-sell referral expired",
-        "sync_recovered" => "cosell-sync recovered",
-        "sync_unhealthy" => "cosell-sync needs attention",
-        "action_failed" => "A sync write failed",
-        "conflict" => "Sync conflict needs a decision",
-        "test" => "cosell-sync test alert",
-        other => other,
+    let what = match (alert.kind.as_str(), is_aws(alert)) {
+        ("referral_expiring", true) => "AWS co-sell invitation expiring",
+        ("referral_expired", true) => "AWS co-sell invitation expired",
+        ("invitation_vanished", _) => "AWS co-sell invitation vanished",
+        (kind, _) => match kind {
+            "referral_expiring" => "Co-sell referral expiring",
+            "referral_expired" => "Co-sell referral expired",
+            "sync_recovered" => "cosell-sync recovered",
+            "sync_unhealthy" => "cosell-sync needs attention",
+            "action_failed" => "A sync write failed",
+            "conflict" => "Sync conflict needs a decision",
+            "test" => "cosell-sync test alert",
+            other => other,
+        },
     };
     format!("{icon} {what}")
+}
+
+/// An alert about an AWS engagement invitation (spec §8), not a Partner Center referral.
+fn is_aws(alert: &Alert) -> bool {
+    alert.source.as_deref() == Some(crate::store::invitations::AWS)
+}
+
+/// The label of the alert's link: the console it opens.
+pub(super) fn link_label(alert: &Alert) -> &'static str {
+    match is_aws(alert) {
+        true => "Open in AWS Partner Central",
+        false => "Open in Partner Center",
+    }
 }
 
 /// A part of a sentence: the product's words, or text set outside the company.
@@ -78,13 +96,17 @@ fn sentence(alert: &Alert) -> Vec<Piece> {
         return vec![Piece::Outside(Outside::new(alert.message.as_str()))];
     }
     let mut pieces = Vec::new();
+    let (noun, archived) = match is_aws(alert) {
+        true => ("AWS invitation", "AWS marks it EXPIRED"),
+        false => ("Referral", "Microsoft archives it as Expired"),
+    };
     match &alert.referral_name {
         Some(name) => {
-            pieces.push(Piece::Ours("Referral \"".into()));
+            pieces.push(Piece::Ours(format!("{noun} \"")));
             pieces.push(Piece::Outside(name.clone()));
             pieces.push(Piece::Ours("\" for ".into()));
         }
-        None => pieces.push(Piece::Ours("Referral for ".into())),
+        None => pieces.push(Piece::Ours(format!("{noun} for "))),
     }
     match &alert.customer {
         Some(c) => pieces.push(Piece::Outside(c.clone())),
@@ -92,7 +114,7 @@ fn sentence(alert: &Alert) -> Vec<Piece> {
     }
     pieces.push(Piece::Ours(match (alert.kind.as_str(), left(alert)) {
         ("referral_expired", _) => {
-            " passed its response deadline unanswered; Microsoft archives it as Expired.".into()
+            format!(" passed its response deadline unanswered; {archived}.")
         }
         (_, Some(left)) => format!(" expires in {left} unless accepted or declined."),
         (_, None) => " expires soon unless accepted or declined.".into(),
@@ -133,8 +155,12 @@ fn left(alert: &Alert) -> Option<String> {
 
 fn facts(alert: &Alert) -> Vec<(&'static str, Fact)> {
     let mut facts = Vec::new();
+    let (noun, id) = match is_aws(alert) {
+        true => ("AWS invitation", "Invitation id"),
+        false => ("Referral", "Referral id"),
+    };
     if let Some(n) = &alert.referral_name {
-        facts.push(("Referral", Fact::Outside(n.clone())));
+        facts.push((noun, Fact::Outside(n.clone())));
     }
     if let Some(c) = &alert.customer {
         facts.push(("Customer", Fact::Outside(c.clone())));
@@ -151,7 +177,7 @@ fn facts(alert: &Alert) -> Vec<(&'static str, Fact)> {
         facts.push(("Deadline", Fact::Deadline(d)));
     }
     if let Some(r) = &alert.referral_id {
-        facts.push(("Referral id", Fact::Outside(Outside::new(r.as_str()))));
+        facts.push((id, Fact::Outside(Outside::new(r.as_str()))));
     }
     if let Some(c) = &alert.command {
         facts.push(("Details", Fact::Code(c.clone())));
@@ -259,7 +285,35 @@ mod tests {
             rule: None,
             rule_decision: None,
             rule_mode: None,
+            source: Some("microsoft".into()),
         }
+    }
+
+    /// An AWS invitation's alert reads as one in every chat format: the title, the sentence,
+    /// the facts and the link's label say AWS; the JSON says `source: aws`.
+    #[test]
+    fn an_aws_invitation_alert_says_aws() {
+        let mut a = alert();
+        a.id = "referral_expiring:engi-0000000000001:24h".into();
+        a.referral_id = Some("engi-0000000000001".into());
+        a.source = Some("aws".into());
+        a.link = Some("https://partnercentral.example/invitations/engi-0000000000001".into());
+        let json = render(AlertFormat::Json, &a);
+        assert_eq!(json["source"], "aws");
+        assert_eq!(json["referral_id"], "engi-0000000000001");
+        let slack = render(AlertFormat::Slack, &a).to_string();
+        assert!(slack.contains("AWS co-sell invitation expiring"), "{slack}");
+        assert!(slack.contains("AWS invitation \\\"Contoso"), "{slack}");
+        assert!(slack.contains("Invitation id"), "{slack}");
+        assert!(slack.contains("Open in AWS Partner Central"), "{slack}");
+        assert!(!slack.contains("Partner Center"), "{slack}");
+        let teams = render(AlertFormat::Teams, &a).to_string();
+        assert!(teams.contains("AWS co-sell invitation expiring"), "{teams}");
+        assert!(teams.contains("Open in AWS Partner Central"), "{teams}");
+        a.kind = "referral_expired".into();
+        let slack = render(AlertFormat::Slack, &a).to_string();
+        assert!(slack.contains("AWS marks it EXPIRED"), "{slack}");
+        assert!(!slack.contains("Microsoft"), "{slack}");
     }
 
     #[test]
@@ -275,7 +329,8 @@ mod tests {
                 "message": "Referral \"Contoso <Retail> & POS\" for AT&T <Retail> *bold* expires in 20 h 30 min unless accepted or declined (deadline 2026-11-15 00:00 UTC).",
                 "link": "https://partner.microsoft.com/dashboard/referrals/v2/leads/r1/details",
                 "command": "cosell-sync status --referral r1",
-                "created_at": "2026-11-14T03:30:00Z"
+                "created_at": "2026-11-14T03:30:00Z",
+                "source": "microsoft"
             })
         );
     }

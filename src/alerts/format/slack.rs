@@ -72,8 +72,9 @@ pub(super) fn alert(alert: &Alert) -> Value {
     }
     if let Some(link) = &alert.link {
         lines.push(format!(
-            "<{}|Open in Partner Center>",
-            escape(&link_target(link))
+            "<{}|{}>",
+            escape(&link_target(link)),
+            super::link_label(alert)
         ));
     }
     let mut blocks =

@@ -94,7 +94,7 @@ pub(super) fn alert(alert: &Alert) -> Value {
     }
     if let Some(link) = &alert.link {
         actions.push(
-            json!({"type": "Action.OpenUrl", "title": "Open in Partner Center", "url": link}),
+            json!({"type": "Action.OpenUrl", "title": super::link_label(alert), "url": link}),
         );
     }
     message(body, actions)
