@@ -18,6 +18,8 @@ pub(crate) struct Awaiting {
     pub(crate) raw: String,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) expires_at: Option<DateTime<Utc>>,
+    /// `referrals.source`: `microsoft` or `aws`.
+    pub(crate) source: String,
 }
 
 /// Incoming, New (Pending or Received), with no answer queued or sent (an open or finished
@@ -29,11 +31,9 @@ pub(crate) fn awaiting(
     only: Option<&[String]>,
     mut f: impl FnMut(Awaiting),
 ) -> Result<(), StoreError> {
-    // Partner Center referrals only, for now: the facts are read from a referral's JSON
-    // (`Facts::microsoft`) and a rule answer is queued as a Partner Center write; AWS
-    // invitations join once their facts and answers exist (spec §7's AWS column).
-    let sql = "SELECT r.id, r.raw_json, r.created_at, r.expires_at FROM referrals r
-         WHERE r.source = 'microsoft' AND r.status = 'New' AND r.substatus IN ('Pending', 'Received')
+    // Both sources: an AWS invitation is New/Pending while `PENDING` (spec §7's "awaiting").
+    let sql = "SELECT r.id, r.raw_json, r.created_at, r.expires_at, r.source FROM referrals r
+         WHERE r.status = 'New' AND r.substatus IN ('Pending', 'Received')
            AND (r.direction = 'Incoming' OR r.direction IS NULL)
            AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.referral_id = r.id
                  AND (o.kind = 'answer_referral' OR o.kind = 'aws_accept' OR o.kind = 'aws_decline')
@@ -47,6 +47,7 @@ pub(crate) fn awaiting(
             raw: row.get(1)?,
             created_at: parse_timestamp(&created).unwrap_or_default(),
             expires_at: expires.as_deref().and_then(parse_timestamp),
+            source: row.get(4)?,
         })
     };
     match only {

@@ -88,7 +88,7 @@ pub(crate) fn decide_all(
         if deadline <= now {
             return;
         }
-        let facts = Facts::microsoft_text(&a.raw);
+        let facts = Facts::of_stored(&a.source, &a.raw);
         let verdict = settings.rules.decide(&facts);
         rows.push(DecisionRow {
             referral_id: a.id,

@@ -1,6 +1,7 @@
 //! What the rules read of a referral, source-neutral (spec §7's table): one plain view that
-//! each source fills from its own record — Microsoft's referral JSON here, an AWS invitation
-//! later — so the evaluator never knows which cloud a referral came from. A field the record
+//! each source fills from its own record — Microsoft's referral JSON or an AWS invitation's
+//! `GetEngagementInvitation` answer — so the evaluator never knows which cloud a referral came
+//! from. A field the record
 //! lacks is `None`, and a `None` never satisfies a condition (not even a `not_` one).
 
 use serde::Deserialize;
@@ -8,7 +9,9 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// Where a referral comes from: `"microsoft"` or `"aws"`, as rules and alerts name it.
-pub(crate) const MICROSOFT: &str = "microsoft";
+pub(crate) const MICROSOFT: &str = crate::store::invitations::MICROSOFT;
+/// An AWS engagement invitation (spec §8).
+pub(crate) const AWS: &str = crate::store::invitations::AWS;
 
 /// A deal value in its currency.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +85,42 @@ impl Facts {
                     .and_then(|i| i.get("organizationId")),
             ),
             customer: text(profile.and_then(|p| p.get("name"))),
+        }
+    }
+}
+
+impl Facts {
+    /// An AWS invitation's fields (spec §7, the AWS column), from its stored
+    /// `GetEngagementInvitation` answer: the customer of whichever payload type it carries
+    /// (`Payload.*.Customer`), the yearly value of an opportunity's expected spend. AWS has no
+    /// solutions, products, qualification or inviter: a condition on them never holds.
+    pub(crate) fn aws(raw: &Value) -> Facts {
+        let customer = raw
+            .get("Payload")
+            .and_then(Value::as_object)
+            .and_then(|payload| payload.values().find_map(|p| p.get("Customer")));
+        let text = |key: &str| {
+            customer
+                .and_then(|c| c.get(key))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        Facts {
+            source: AWS,
+            country: text("CountryCode"),
+            value: crate::aws::model::yearly_spend(raw)
+                .map(|(amount, currency)| Money { amount, currency }),
+            industries: text("Industry").map(|i| vec![i]),
+            customer: text("CompanyName"),
+            ..Facts::default()
+        }
+    }
+
+    /// The facts of a stored record of `source` (`referrals.source`).
+    pub(crate) fn of_stored(source: &str, raw: &str) -> Facts {
+        match source {
+            AWS => Facts::aws(&serde_json::from_str(raw).unwrap_or_default()),
+            _ => Facts::microsoft_text(raw),
         }
     }
 }
@@ -176,6 +215,43 @@ fn slim<const N: usize>(fields: [(&str, Option<&RawValue>); N]) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_invitation_fills_the_aws_column_and_lacks_the_rest() {
+        let opportunity = json!({"Id": "engi-0000000000002", "Payload": {"OpportunityInvitation": {
+            "Customer": {"CompanyName": "Tailspin Toys", "CountryCode": "US"},
+            "Project": {"ExpectedCustomerSpend": [
+                {"Amount": "1000.5", "CurrencyCode": "USD", "Frequency": "Monthly"},
+                {"Amount": 500, "CurrencyCode": "USD", "Frequency": "Monthly"}]}}}});
+        let f = Facts::aws(&opportunity);
+        assert_eq!(f.source, "aws");
+        assert_eq!(
+            f.value,
+            Some(Money {
+                amount: 12.0 * 1500.5,
+                currency: "USD".into()
+            })
+        );
+        assert_eq!(f.solutions, None);
+        assert_eq!(f.invited_by, None);
+        let lead = json!({"Id": "engi-0000000000001", "Payload": {"LeadInvitation": {
+            "Customer": {"CompanyName": "Contoso", "CountryCode": "DE",
+                         "Industry": "Retail"}}}});
+        let f = Facts::aws(&lead);
+        assert_eq!(f.customer.as_deref(), Some("Contoso"));
+        assert_eq!(f.country.as_deref(), Some("DE"));
+        assert_eq!(f.industries, Some(vec!["Retail".to_string()]));
+        assert_eq!(f.value, None, "a lead invitation has no value");
+        let odd = json!({"Payload": {"OpportunityInvitation": {"Customer": {"CompanyName": 7}}}});
+        assert_eq!(
+            Facts::aws(&odd),
+            Facts {
+                source: AWS,
+                ..Facts::default()
+            }
+        );
+        assert_eq!(Facts::of_stored("aws", "not json").source, "aws");
+    }
 
     #[test]
     fn a_referral_fills_every_field_and_a_missing_or_mistyped_one_is_none() {

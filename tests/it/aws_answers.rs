@@ -64,7 +64,7 @@ fn store_invitation(env: &TestEnv, id: &str) {
     let conn = rusqlite::Connection::open(env.state_db()).unwrap();
     let now = cosell_sync::timefmt::db_timestamp(Utc::now());
     conn.execute(
-        "INSERT INTO referrals (id, name, customer_name, status, substatus, created_at,
+        "INSERT OR IGNORE INTO referrals (id, name, customer_name, status, substatus, created_at,
              updated_at, raw_json, first_seen_at, last_changed_at)
          VALUES (?1, 'SAP migration', 'Tailspin Toys', 'New', 'Pending', ?2, ?2, '{}', ?2, ?2)",
         rusqlite::params![id, now],
@@ -503,7 +503,13 @@ async fn with_a_daemon_running_it_sends_the_commands_answers_one_write_a_second(
             .await
     });
     for out in futures_util::future::join_all(commands).await {
-        assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+        assert!(
+            out.status.success(),
+            "{}{}\nDAEMON LOG:\n{}",
+            stdout(&out),
+            stderr(&out),
+            std::fs::read_to_string(env.dir.path().join("daemon.log")).unwrap_or_default()
+        );
         assert!(
             stdout(&out).contains("declined in AWS Partner Central"),
             "{}",
@@ -542,7 +548,10 @@ max_answers_per_hour = 10
 
 [[rules]]
 name = "tailspin-elsewhere"
-# Every invitation: what a rule reads of an AWS invitation is the inbox's part.
+# The customer of the invitation's payload (spec §7's AWS column): one of the four.
+source = "aws"
+customer = "^Tailspin"
+not_countries = ["US"]
 action = "decline"
 reason = "Duplicate of partner referral"
 "#

@@ -45,6 +45,12 @@ pub struct SendSettings {
     /// The `concurrency` send slots every run of the executor shares (the deadline lane's and
     /// the answer sender's): a slot is held from the take to the record.
     pub(crate) slots: Arc<Semaphore>,
+    /// The rows this process runs now, whichever run took them. Another run (the answer
+    /// sender beside a cycle's) must not take one of them again: that would count a newer
+    /// attempt, the first taker's claim would lose, and while each one's pre-send read (an
+    /// AWS answer's `GetEngagementInvitation`, under the read quota) waited, two runs took
+    /// the same answer in turn and neither ever sent it.
+    pub(crate) running: Arc<std::sync::Mutex<Vec<i64>>>,
 }
 
 impl SendSettings {
@@ -62,6 +68,7 @@ impl SendSettings {
             response_window,
             answers: AnswerWake::default(),
             slots: Arc::new(Semaphore::new(concurrency)),
+            running: Arc::default(),
         }
     }
 }
@@ -172,6 +179,20 @@ pub(crate) fn log(id: i64, outcome: &ActionOutcome) {
     }
 }
 
+/// A row this process runs ([`SendSettings::running`]), unmarked when its run ends or is
+/// dropped (a stop, a store error of another row).
+struct RunningMark {
+    ids: Arc<std::sync::Mutex<Vec<i64>>>,
+    id: i64,
+}
+
+impl Drop for RunningMark {
+    fn drop(&mut self) {
+        let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        ids.retain(|t| *t != self.id);
+    }
+}
+
 /// What a success changes besides its row, in the row's transaction.
 pub(crate) type Also =
     Box<dyn FnOnce(&Transaction, DateTime<Utc>) -> Result<(), StoreError> + Send>;
@@ -211,7 +232,6 @@ impl<'a> Executor<'a> {
         };
         let mut stats = PushStats::default();
         let mut running = futures_util::stream::FuturesUnordered::new();
-        let mut taken: Vec<i64> = Vec::new();
         loop {
             while running.len() < concurrency && !self.stop.is_cancelled() {
                 // Nothing of ours runs: wait for a slot another run holds; else take one only
@@ -228,26 +248,35 @@ impl<'a> Executor<'a> {
                 let Some(slot) = slot else {
                     break;
                 };
-                let exclude = taken.clone();
+                // Excluded and marked on the store's thread, so no other run's take falls
+                // between this one's take and its mark.
+                let ids = self.send.running.clone();
                 let Some(row) = self
                     .store
-                    .call(move |c| outbox::take_due_of(c, Utc::now(), &exclude, kinds))
+                    .call(move |c| {
+                        let mut ids = ids.lock().unwrap_or_else(|p| p.into_inner());
+                        let row = outbox::take_due_of(c, Utc::now(), &ids, kinds)?;
+                        ids.extend(row.as_ref().map(|r| r.id));
+                        Ok(row)
+                    })
                     .await?
                 else {
                     break;
                 };
-                taken.push(row.id);
-                let id = row.id;
+                let mark = RunningMark {
+                    ids: self.send.running.clone(),
+                    id: row.id,
+                };
                 running.push(async move {
                     let outcome = self.execute(row).await;
                     drop(slot);
-                    (id, outcome)
+                    drop(mark);
+                    outcome
                 });
             }
-            let Some((id, result)) = running.next().await else {
+            let Some(result) = running.next().await else {
                 return Ok(stats);
             };
-            taken.retain(|t| *t != id);
             stats.count(&result?);
         }
     }
