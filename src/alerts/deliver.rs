@@ -557,8 +557,14 @@ fn attention_alerts(
 ) -> Result<Vec<Alert>, StoreError> {
     let referral_url = links.referral_url;
     let about = |mut alert: Alert, referral_id: &str| -> Result<Alert, StoreError> {
-        let source = invitations::source_of(tx, referral_id)?
-            .unwrap_or_else(|| invitations::MICROSOFT.into());
+        // An answer to an invitation never pulled (`accept engi-…` before a cycle saw it)
+        // has no stored row: its id says which cloud it is.
+        let source = invitations::source_of(tx, referral_id)?.unwrap_or_else(|| {
+            match crate::aws::client::is_invitation_id(referral_id) {
+                true => invitations::AWS.into(),
+                false => invitations::MICROSOFT.into(),
+            }
+        });
         alert.referral_id = Some(referral_id.to_string());
         alert.link = links.link(&source, referral_id);
         alert.source = Some(source);
@@ -894,4 +900,54 @@ pub(crate) async fn send_test(settings: &AlertSettings) -> Vec<SinkTest> {
         });
     }
     results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::outbox;
+    use crate::store::Store;
+
+    /// A dead answer to an invitation no cycle pulled (no `referrals` row) still links to
+    /// `[aws] invitation_url` and says `source = "aws"`: its id names the cloud.
+    #[test]
+    fn an_action_failed_alert_of_an_unpulled_invitation_links_to_aws() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let now = Utc::now();
+        let links = RecordLinks {
+            referral_url: "https://partner.microsoft.example/{id}",
+            invitation_url: Some("https://partnercentral.aws.example/invitations/{id}"),
+        };
+        let alerts = store
+            .call_blocking(|c| {
+                for id in ["engi-0000000000abc", "5a3e0001-7c1e-4f0e-9d8a-000000000001"] {
+                    outbox::enqueue(
+                        c,
+                        id,
+                        outbox::AWS_DECLINE,
+                        None,
+                        &serde_json::json!({}),
+                        now,
+                    )?;
+                }
+                c.execute("UPDATE outbox SET state = 'dead'", [])?;
+                attention_alerts(c, links, now)
+            })
+            .unwrap();
+        let of = |id: &str| {
+            alerts
+                .iter()
+                .find(|a| a.referral_id.as_deref() == Some(id))
+                .unwrap()
+        };
+        let aws = of("engi-0000000000abc");
+        assert_eq!(aws.source.as_deref(), Some("aws"));
+        assert_eq!(
+            aws.link.as_deref(),
+            Some("https://partnercentral.aws.example/invitations/engi-0000000000abc")
+        );
+        let microsoft = of("5a3e0001-7c1e-4f0e-9d8a-000000000001");
+        assert_eq!(microsoft.source.as_deref(), Some("microsoft"));
+    }
 }
