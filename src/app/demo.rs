@@ -50,7 +50,7 @@ pub(crate) async fn run(referrals: usize) -> anyhow::Result<()> {
     say!(
         "  simulator of AWS Partner Central on {}: {} sample invitations",
         aws.endpoint(),
-        sim_aws::sample_invitations(now).len()
+        aws.invitation_count()
     );
     say!("  state in {}", config.state.path.display());
     match log {
