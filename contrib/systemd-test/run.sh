@@ -334,7 +334,8 @@ inside cp /etc/cosell-sync/config.toml /root/config.full
 inside mkdir -p /root/away
 inside mv /etc/cosell-sync/credentials/microsoft-client-secret /etc/cosell-sync/credentials/google-key.json /root/away/
 inside sh -c 'printf "%s\n" sim-aws-secret-access-key | install -m 0600 /dev/stdin /etc/cosell-sync/credentials/aws-secret-access-key'
-# Nothing listens at the endpoint: this stage checks the start, not the AWS inbox.
+# 8601 is the rehearsal simulator's AWS port (its sample invitations are in catalog AWS, not
+# Sandbox): this stage checks the start, not the AWS inbox.
 inside sh -c 'printf "[state]\npath = \"/var/lib/cosell-sync/state.db\"\n\n[aws]\ncatalog = \"Sandbox\"\nendpoint = \"http://127.0.0.1:8601\"\naccess_key_id = \"AKIDSIMULATORAWS01\"\nsecret_access_key_file = \"aws-secret-access-key\"\n" > /etc/cosell-sync/config.toml'
 out=$(inside cosell-sync check-config 2>&1) || fail "check-config AWS-only: $out"
 echo "$out" | grep -q "Microsoft is off" || fail "check-config does not say Microsoft is off: $out"

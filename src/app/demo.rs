@@ -1,7 +1,9 @@
-//! `cosell-sync demo`: starts the simulator of both clouds on 127.0.0.1 with sample referrals,
-//! runs real cycles of the daemon against it on a throw-away state directory, and prints the
-//! whole loop: referrals in, leads out, write-back, a linked opportunity patched, a Google
-//! stage change flowing back. No configuration and no network beyond the loopback.
+//! `cosell-sync demo`: starts the simulators of the three clouds on 127.0.0.1 with sample
+//! referrals and AWS invitations, runs real cycles of the daemon against them on a throw-away
+//! state directory, and prints the whole loop: referrals in, leads out, write-back, a linked
+//! opportunity patched, a Google stage change flowing back, and an AWS invitation pulled
+//! (through one throttle), alerted and accepted. No configuration and no network beyond the
+//! loopback.
 
 use chrono::Utc;
 use figment::providers::Serialized;
@@ -16,6 +18,7 @@ macro_rules! say {
     };
 }
 use crate::config::Config;
+use crate::sim::aws::{self as sim_aws, AwsSimulator};
 use crate::sim::{google::PARTNER_ID, sample, Fault, Simulator};
 use crate::sync::CycleReport;
 
@@ -28,12 +31,13 @@ pub(crate) async fn run(referrals: usize) -> anyhow::Result<()> {
         .filter(|r| r["substatus"] == "Pending")
         .count();
     sim.put_referrals(samples);
+    let aws = aws_simulator(now).await?;
     let dir = tempfile::tempdir()?;
     // Outside the state directory, which is removed when the demo ends: the log outlives it.
     let log = log_to_file(
         &std::env::temp_dir().join(format!("cosell-sync-demo-{}.log", std::process::id())),
     );
-    let config = demo_config(&sim, dir.path())?;
+    let config = demo_config(&sim, Some(&aws), dir.path())?;
     say!("cosell-sync demo");
     say!(
         "  simulator of Partner Center, Entra ID and Google Cloud CRM Partners on {}",
@@ -42,6 +46,11 @@ pub(crate) async fn run(referrals: usize) -> anyhow::Result<()> {
     say!(
         "  {} sample referrals ({pending} incoming Pending)",
         sim.referral_count()
+    );
+    say!(
+        "  simulator of AWS Partner Central on {}: {} sample invitations",
+        aws.endpoint(),
+        aws.invitation_count()
     );
     say!("  state in {}", config.state.path.display());
     match log {
@@ -52,7 +61,7 @@ pub(crate) async fn run(referrals: usize) -> anyhow::Result<()> {
 
     let mut app = App::build(config.clone())?;
     app.become_worker()?;
-    let cycles = story(&sim, &app, story_referral(referrals)).await?;
+    let cycles = story(&sim, &aws, &app, story_referral(referrals)).await?;
 
     say!("6. Partner Center webhooks ([webhook]): a new referral arrives as a signed event;");
     say!("   the receiver verifies it, stores it, and forwards it at once, without a cycle:");
@@ -63,6 +72,12 @@ pub(crate) async fn run(referrals: usize) -> anyhow::Result<()> {
     println!("   signed link to a small page; one referral is accepted there, one declined");
     println!("   from the command line:");
     answer_step(&sim, &app, &config).await?;
+    println!();
+
+    say!("8. AWS Partner Central ([aws]): the invitation nearest its deadline is");
+    say!("   alerted like a referral (source aws) and accepted through the same");
+    say!("   executor; its accept task is followed every 5 s until COMPLETE:");
+    aws_step(&aws, &app, &config).await?;
     println!();
 
     print_alerts(&app, 20).await?;
@@ -98,7 +113,12 @@ fn story_referral(referrals: usize) -> usize {
     }
 }
 
-async fn story(sim: &Simulator, app: &App, sample: usize) -> anyhow::Result<Vec<CycleReport>> {
+async fn story(
+    sim: &Simulator,
+    aws: &AwsSimulator,
+    app: &App,
+    sample: usize,
+) -> anyhow::Result<Vec<CycleReport>> {
     let mut cycles = Vec::new();
 
     say!("1. First cycle: pull the inbox, create one Google lead per Pending referral, write");
@@ -106,8 +126,10 @@ async fn story(sim: &Simulator, app: &App, sample: usize) -> anyhow::Result<Vec<
     sim.script_faults([Fault::TooManyRequests {
         retry_after_secs: 1,
     }]);
-    cycles.push(step(app).await);
+    let first = step(app).await;
     say!("   (the first request got 429 Retry-After: 1; the client waited and went on)");
+    print_aws_pull(aws, &first);
+    cycles.push(first);
     let sample_id = sample::referral_id(sample);
     let lead_name = sim
         .referral(&sample_id)
@@ -226,8 +248,43 @@ async fn step(app: &App) -> CycleReport {
     c
 }
 
-/// A configuration pointing every endpoint at the simulator (Google key file in `state_dir`).
-pub(crate) fn demo_config(sim: &Simulator, state_dir: &std::path::Path) -> anyhow::Result<Config> {
+/// The AWS simulator with the sample inbox (one invitation under a day from its deadline),
+/// throttling its first request, and accept tasks that end at their second poll (a poll every
+/// 5 s: the demo waits about 10 s for its task, not the default's 15).
+async fn aws_simulator(now: chrono::DateTime<Utc>) -> anyhow::Result<AwsSimulator> {
+    let aws = AwsSimulator::start().await?;
+    aws.put_invitations(sim_aws::sample_invitations(now));
+    aws.throttle_next(1);
+    aws.set_polls_to_finish(1);
+    Ok(aws)
+}
+
+/// What the first cycle's AWS pull did, and the throttle it backed off from.
+fn print_aws_pull(aws: &AwsSimulator, cycle: &CycleReport) {
+    match &cycle.aws {
+        Some(pull) => say!(
+            "   AWS Partner Central: {} invitations pulled ({} new) in {} page(s)",
+            pull.counts.new + pull.counts.changed + pull.counts.unchanged,
+            pull.counts.new,
+            pull.pages
+        ),
+        None => say!("   AWS Partner Central: the pull FAILED (see the log)"),
+    }
+    let throttled = aws.counter("throttled");
+    if throttled > 0 {
+        say!(
+            "   (AWS answered {throttled} request(s) with ThrottlingException; the client backed off and went on)"
+        );
+    }
+}
+
+/// A configuration pointing every endpoint at the simulators (Google key file in
+/// `state_dir`); `[aws]` with the AWS simulator's key when there is one.
+pub(crate) fn demo_config(
+    sim: &Simulator,
+    aws: Option<&AwsSimulator>,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<Config> {
     let creds = &sim.state.credentials;
     let key_file = state_dir.join("google-key.json");
     std::fs::write(&key_file, sim.google_key_json())?;
@@ -259,6 +316,19 @@ pub(crate) fn demo_config(sim: &Simulator, state_dir: &std::path::Path) -> anyho
         // and the hourly read budget is scaled up with it.
         "refresh": {"min_interval": "0s", "reads_per_hour": 10_000_000}
     })));
+    let figment = match aws {
+        Some(aws) => figment.merge(Serialized::default(
+            "aws",
+            serde_json::json!({
+                "endpoint": aws.endpoint(),
+                "access_key_id": sim_aws::ACCESS_KEY_ID,
+                "secret_access_key": sim_aws::SECRET_ACCESS_KEY,
+                "requests_per_second": 200.0,
+                "retry": {"min_delay": "100ms", "max_delay": "2s"}
+            }),
+        )),
+        None => figment,
+    };
     let loaded = Config::from_figment(figment, &state_dir.join("demo.toml"))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(loaded.config)
@@ -370,6 +440,8 @@ async fn two_open_referrals(
         .call(|c| crate::store::referrals::awaiting_response(c))
         .await?
         .into_iter()
+        // Step 8 answers an AWS invitation; this step answers Partner Center referrals.
+        .filter(|r| !crate::sync::aws_answer::is_invitation_id(&r.id))
         .filter(|r| crate::deadline::deadline(r.created_at, r.expires_at, window) > now)
         .collect();
     open.sort_by_key(|r| crate::deadline::deadline(r.created_at, r.expires_at, window));
@@ -453,6 +525,54 @@ async fn answer_step(sim: &Simulator, app: &App, config: &Config) -> anyhow::Res
         "   PATCHes Partner Center received for these two answers: {}\n   (each with If-Match: {})",
         answers.len(),
         answers.iter().all(|p| p.if_match.is_some())
+    );
+    Ok(())
+}
+
+/// Demo step 8: the AWS invitation alerted nearest its deadline, accepted with the `accept`
+/// command while an answer sender runs beside it (as the daemon's would): the command queues
+/// the answer, the one executor checks the invitation is still PENDING, starts the accept
+/// task with its stored ClientToken and follows it by TaskId every 5 s until COMPLETE, and
+/// the command prints the new opportunity id.
+async fn aws_step(aws: &AwsSimulator, app: &App, config: &Config) -> anyhow::Result<()> {
+    let alert = app
+        .store
+        .call(|c| crate::store::alerts::list(c, false, 100_000))
+        .await?
+        .into_iter()
+        .map(|row| row.alert)
+        .filter(|a| a.kind == "referral_expiring" && a.source.as_deref() == Some("aws"))
+        .min_by(|a, b| a.deadline.cmp(&b.deadline))
+        .ok_or_else(|| anyhow::anyhow!("no AWS invitation was alerted"))?;
+    let id = alert.referral_id.clone().unwrap_or_default();
+    say!(
+        "   alert (source aws): {} {}",
+        alert.severity,
+        alert.message
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let sender_app = std::sync::Arc::new(app.clone());
+    tokio::spawn(super::answer::send_queued(
+        move || sender_app.clone(),
+        stop.clone(),
+    ));
+    say!("   $ cosell-sync accept {id}");
+    let started = std::time::Instant::now();
+    match crate::app::commands::accept(config.clone(), &id, None, false).await {
+        Ok(printed) => printed.stdout.lines().for_each(|line| say!("   {line}")),
+        Err(e) => say!("   exit {}: {e}", e.exit_code()),
+    }
+    let requests = aws.requests();
+    let count = |operation: &str| requests.iter().filter(|r| r.operation == operation).count();
+    say!(
+        "   {} task start, {} task polls, {:.1}s; AWS now has the invitation {}",
+        count("StartEngagementByAcceptingInvitationTask"),
+        count("ListEngagementByAcceptingInvitationTasks"),
+        started.elapsed().as_secs_f64(),
+        aws.invitation(&id)
+            .map(|i| i["Status"].as_str().unwrap_or("?").to_string())
+            .unwrap_or_default()
     );
     Ok(())
 }

@@ -9,7 +9,8 @@
 //! Where part D is silent the behaviour is a guess, marked [I]: the HTTP status of the
 //! signature errors (403), `ConflictException` for an answer to an invitation that is no longer
 //! `PENDING` or a `ClientToken` reused for another invitation, and the invitation turning
-//! `ACCEPTED` when its task completes. Wiring into `demo` comes next.
+//! `ACCEPTED` when its task completes. `demo` and `cosell-sync sim` serve it with
+//! [`sample_invitations`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -133,7 +134,13 @@ impl Drop for AwsSimulator {
 impl AwsSimulator {
     /// Starts on an ephemeral port of 127.0.0.1, with no invitations.
     pub async fn start() -> std::io::Result<AwsSimulator> {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts on `addr` (`cosell-sync sim` puts it beside the other simulator's port, so a
+    /// rehearsal's `[aws] endpoint` survives a restart of the simulator).
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<AwsSimulator> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state: Shared = Arc::default();
         let app = Router::new()
@@ -159,6 +166,11 @@ impl AwsSimulator {
                 .to_string();
             state.invitations.insert(id, inv);
         }
+    }
+
+    /// How many invitations it holds (of any status).
+    pub fn invitation_count(&self) -> usize {
+        lock(&self.state).invitations.len()
     }
 
     pub fn invitation(&self, id: &str) -> Option<Value> {

@@ -2,8 +2,8 @@
 //! token endpoint and the Partner Center Referrals API, behaving as `partner-apis.md` documents
 //! (OData subset, nextLink paging on the documented `/v1.0/referrals?$skiptoken=` shape, PATCH
 //! with eTags and 412, status rules), with switchable faults. It listens on 127.0.0.1 only.
-//! AWS Partner Central's inbox is [`aws`], a simulator of its own on its own port (not yet in
-//! `demo`).
+//! AWS Partner Central's inbox is [`aws`], a simulator of its own on its own port (`demo` and
+//! `cosell-sync sim` start it beside this one).
 
 pub mod aws;
 pub mod google;

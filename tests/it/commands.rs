@@ -276,6 +276,45 @@ async fn the_demo_tells_its_story_without_log_lines_and_says_when_it_cuts() {
     let mut sorted = severities.clone();
     sorted.sort_by_key(|s| *s != "critical");
     assert_eq!(severities, sorted, "{text}");
+    assert_the_demo_s_aws_inbox(&text);
+}
+
+/// The demo's third cloud (issue 29): the sample invitations pulled through one throttle, the
+/// one near its deadline alerted with source aws, and accepted: its task started once,
+/// followed to COMPLETE, and the new opportunity id printed.
+fn assert_the_demo_s_aws_inbox(text: &str) {
+    // The story's lines are wrapped at 80 columns: read it as one line.
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains("AWS Partner Central: 4 invitations pulled (4 new)"),
+        "{text}"
+    );
+    assert!(
+        flat.contains("AWS answered 1 request(s) with ThrottlingException"),
+        "{text}"
+    );
+    assert!(
+        flat.contains("alert (source aws): critical AWS invitation \"Data lake on AWS\" for Northwind Traders expires in"),
+        "{text}"
+    );
+    assert!(
+        flat.contains("$ cosell-sync accept engi-sim0000000001"),
+        "{text}"
+    );
+    let accepted = "invitation engi-sim0000000001 accepted in AWS Partner Central: opportunity O";
+    let opportunity = flat
+        .split_once(accepted)
+        .map(|(_, rest)| rest.split_whitespace().next().unwrap_or_default())
+        .unwrap_or_else(|| panic!("the accept and its opportunity in {text}"));
+    assert!(
+        opportunity.chars().all(|c| c.is_ascii_digit()) && !opportunity.is_empty(),
+        "{text}"
+    );
+    assert!(
+        flat.contains("1 task start, 2 task polls")
+            && flat.contains("AWS now has the invitation ACCEPTED"),
+        "{text}"
+    );
 }
 
 /// Root's shell on the documented layout: the read-only commands never read a secret they do

@@ -59,7 +59,20 @@ async fn an_install_rehearses_against_the_standalone_simulator_with_its_printed_
         printed.contains(&format!("api_base = \"http://{listen}\"")),
         "{printed}"
     );
-    for secret in ["microsoft-client-secret", "google-key.json"] {
+    // AWS Partner Central is another host: its simulator on a port of its own, its keys too.
+    assert!(
+        printed.contains("\n[aws]\nendpoint = \"http://127.0.0.1:"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("access_key_id = \"AKIDSIMULATORAWS01\"\nsecret_access_key_file = \"aws-secret-access-key\"\n"),
+        "{printed}"
+    );
+    for secret in [
+        "microsoft-client-secret",
+        "google-key.json",
+        "aws-secret-access-key",
+    ] {
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(credentials.join(secret))
                 .unwrap()
@@ -93,6 +106,12 @@ async fn an_install_rehearses_against_the_standalone_simulator_with_its_printed_
     let out = run(&config, &["status", "--json"]).await;
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(status.to_string().contains("5a3e"), "{status}");
+    // The sample AWS invitations came in through the printed [aws] keys (signed with the
+    // secret from the written file).
+    assert!(
+        status.to_string().contains("engi-sim0000000001"),
+        "{status}"
+    );
 
     // SIGTERM ends it cleanly.
     crate::daemon::kill(&sim, "-TERM");

@@ -249,7 +249,7 @@ mod tests {
     async fn a_lead_create_makes_two_store_calls_after_its_take() {
         let sim = Simulator::start().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::app::demo::demo_config(&sim, dir.path()).unwrap();
+        let config = crate::app::demo::demo_config(&sim, None, dir.path()).unwrap();
         let mut app = App::build(config).unwrap();
         app.become_worker().unwrap();
         let mut ctx = app.cycle.clone();
