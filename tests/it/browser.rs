@@ -258,10 +258,24 @@ reason = "Customer is outside our region"
             )
             .await;
     }
-    browser
-        .call("POST", "/url", Some(json!({"url": inbox})))
-        .await;
-    assert!(browser.source().await.contains("Co-sell inbox"));
+    // In two of about ten full runs (once beside the nspawn test, once in a fresh clone's
+    // `.ci/run`) this first navigation with the header did not show the inbox; 12 runs of
+    // this test under load and two full runs did not reproduce it, so the cause is not known
+    // (the DevTools header arriving late is the guess). A few tries, each logged with what
+    // the page showed; a page that never shows the inbox with the header still fails.
+    let mut shown = String::new();
+    for _ in 0..5 {
+        browser
+            .call("POST", "/url", Some(json!({"url": inbox})))
+            .await;
+        shown = browser.source().await;
+        if shown.contains("Co-sell inbox") {
+            break;
+        }
+        eprintln!("the inbox did not show yet: {shown}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(shown.contains("Co-sell inbox"), "{shown}");
     screenshot(&browser, "inbox.png").await;
     let ids: Vec<String> = (410..413)
         .map(cosell_sync::sim::sample::referral_id)
