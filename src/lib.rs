@@ -58,7 +58,8 @@
 //! - [`aws`]: AWS Partner Central engagement invitations (spec §8): own SigV4 signer and
 //!   verifier, the tolerant model of the five operations, the client. Answers (`accept` /
 //!   `decline engi-…`, the page, the rules) go through the one executor (`sync::push::aws_accept`,
-//!   `aws_decline`); the pull and alerts come next. `pub` so tests reach it.
+//!   `aws_decline`); the pull (`sync::aws_pull`) stores invitations as `referrals` rows with
+//!   `source = 'aws'`, so alerts, `status` and the rules read them. `pub` so tests reach it.
 //! - [`store`]: SQLite (WAL, migrations, schema version), one thread per connection.
 //! - [`lanes`]: the deadline lane (pull → expiry alerts → plan → push → alerts) and the
 //!   refresh lane (Google re-reads on a per-record schedule), joining `sync` and `alerts`.
