@@ -39,9 +39,9 @@ pub(super) async fn execute(
         policy: google.policy.clone(),
         claim: exec.claim_of(&row),
     };
-    let checked = match exec.store.call(move |c| guard.run(c)).await? {
+    let checked = match exec.store.call_short(move |c| guard.run(c)).await? {
         Guarded::Stale => match reread(exec, google, &row).await? {
-            Ok(guard) => exec.store.call(move |c| guard.run(c)).await?,
+            Ok(guard) => exec.store.call_short(move |c| guard.run(c)).await?,
             Err(outcome) => return Ok(outcome),
         },
         checked => checked,

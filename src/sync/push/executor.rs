@@ -248,12 +248,12 @@ impl<'a> Executor<'a> {
                 let Some(slot) = slot else {
                     break;
                 };
-                // Excluded and marked on the store's thread, so no other run's take falls
+                // Excluded and marked under the connection's lock, so no other run's take falls
                 // between this one's take and its mark.
                 let ids = self.send.running.clone();
                 let Some(row) = self
                     .store
-                    .call(move |c| {
+                    .call_short(move |c| {
                         let mut ids = ids.lock().unwrap_or_else(|p| p.into_inner());
                         let row = outbox::take_due_of(c, Utc::now(), &ids, kinds)?;
                         ids.extend(row.as_ref().map(|r| r.id));
@@ -400,7 +400,7 @@ impl<'a> Executor<'a> {
 
     /// [`Claim::run`] in a store call of its own. `Some(outcome)`: do not send.
     pub(crate) async fn claim(&self, claim: Claim) -> Result<Option<ActionOutcome>, StoreError> {
-        self.store.call(move |c| claim.run(c)).await
+        self.store.call_short(move |c| claim.run(c)).await
     }
 
     /// The one record path: the row's new state, retry time, error and result, its audit
@@ -415,7 +415,7 @@ impl<'a> Executor<'a> {
         let (id, attempts, cycle) = (row.id, row.attempts, self.cycle_id.to_string());
         let outcome = settled.outcome.clone();
         self.store
-            .call(move |c| {
+            .call_short(move |c| {
                 let tx = c.transaction()?;
                 let now = Utc::now();
                 also(&tx, now)?;
@@ -443,7 +443,7 @@ impl<'a> Executor<'a> {
     pub(crate) async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
         let cycle = entry.actor.is_none().then(|| self.cycle_id.to_string());
         self.store
-            .call(move |c| outbox::audit(c, &entry, cycle.as_deref(), Utc::now()))
+            .call_short(move |c| outbox::audit(c, &entry, cycle.as_deref(), Utc::now()))
             .await
     }
 

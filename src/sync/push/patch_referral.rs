@@ -37,7 +37,7 @@ pub(super) async fn execute(
             exec.claim_of(&row),
         );
         exec.store
-            .call(move |c| {
+            .call_short(move |c| {
                 let current = referrals::for_patch(c, &id)?;
                 let skip = match ready_to_send(current, ops) {
                     Ok(ready) if outbox::count_412_in_cycle(c, &cycle, &id)? < 2 => {
