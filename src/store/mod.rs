@@ -497,7 +497,9 @@ impl Store {
     /// first sync makes six of these steps per referral. Run in place they saved 43 % of the
     /// first sync's context switches and about a tenth of its CPU (`docs/benchmarks.md`,
     /// "issue 26, a fifth session"). Like a queued call, it always runs to its end once begun
-    /// (it never awaits), and a panic is its error.
+    /// (it never awaits), and a panic is its error. Its commit may run SQLite's automatic
+    /// checkpoint (every 4,000 WAL pages: a few milliseconds, once per some thousand steps),
+    /// which then holds this runtime thread as it held the connection's before.
     pub(crate) async fn call_short<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
