@@ -254,9 +254,12 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// does a short step of an action when no call holds it ([`Store::call_short`]).
 struct Shared {
     conn: Arc<Mutex<Connection>>,
-    /// Asynchronous calls made so far: each is a hand-off to the connection's thread and
-    /// back, the cost the executor keeps to one per step of an action (issue 26).
+    /// Asynchronous calls made so far, queued or run in place: the executor keeps them to
+    /// one per step of an action (issue 26).
     calls: std::sync::atomic::AtomicU64,
+    /// Calls queued for the connection's thread and not begun: a short call runs in place
+    /// only when this is 0, so it never goes ahead of one queued before it.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     /// Started by the first asynchronous call (most commands never make one); `None` when the
     /// thread could not be started.
     worker: std::sync::OnceLock<Option<Worker>>,
@@ -279,6 +282,7 @@ impl Shared {
     fn new(conn: Connection) -> Shared {
         Shared {
             calls: std::sync::atomic::AtomicU64::new(0),
+            queued: Arc::default(),
             conn: Arc::new(Mutex::new(conn)),
             worker: std::sync::OnceLock::new(),
         }
@@ -288,12 +292,14 @@ impl Shared {
         let worker = self.worker.get_or_init(|| {
             let (jobs, queue) = std::sync::mpsc::channel::<Job>();
             let conn = Arc::clone(&self.conn);
+            let queued = Arc::clone(&self.queued);
             let thread = std::thread::Builder::new()
                 .name("store".into())
                 .spawn(move || {
                     // Ends when the last handle is dropped (the queue closes).
                     while let Ok(job) = queue.recv() {
                         let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+                        queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                         job(&mut guard);
                     }
                 });
@@ -305,10 +311,16 @@ impl Shared {
                 }
             }
         });
-        worker
+        self.queued
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let sent = worker
             .as_ref()
-            .and_then(|worker| worker.jobs.send(job).ok())
-            .ok_or_else(|| StoreError::Worker("the database thread is not running".into()))
+            .and_then(|worker| worker.jobs.send(job).ok());
+        if sent.is_none() {
+            self.queued
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        sent.ok_or_else(|| StoreError::Worker("the database thread is not running".into()))
     }
 }
 
@@ -489,17 +501,21 @@ impl Store {
     }
 
     /// [`Store::call`] for a step that touches a handful of rows by key (an action's take,
-    /// claim or record): when the connection is free it runs at once on the calling thread,
-    /// else it queues behind the running call like any other. Never for a pass over a table:
-    /// it would hold a runtime thread for as long.
+    /// claim or record): when no call runs or waits in the queue it runs at once on the
+    /// calling thread, else it queues behind them like any other. Never for a pass over a
+    /// table: it would hold a runtime thread for as long.
     ///
     /// Why: each hand-off to the connection's thread and back is two thread wake-ups, and a
-    /// first sync makes six of these steps per referral. Run in place they saved 43 % of the
-    /// first sync's context switches and about a tenth of its CPU (`docs/benchmarks.md`,
-    /// "issue 26, a fifth session"). Like a queued call, it always runs to its end once begun
-    /// (it never awaits), and a panic is its error. Its commit may run SQLite's automatic
+    /// first sync makes six of these steps per referral. Run in place they saved 41 % of the
+    /// first sync's context switches and 7 % of its CPU against `0bc82f1`
+    /// (`docs/benchmarks.md`, "issue 26, a fifth session"). Like a queued call, it always
+    /// runs to its end once begun (it never awaits), and a panic is its error.
+    ///
+    /// What can hold the runtime thread longer: the commit may run SQLite's automatic
     /// checkpoint (every 4,000 WAL pages: a few milliseconds, once per some thousand steps),
-    /// which then holds this runtime thread as it held the connection's before.
+    /// and a write waits (up to the 10 s busy timeout) while another process holds the
+    /// database's write lock (a command such as `accept` or `outbox retry`: milliseconds).
+    /// Only one call holds the connection, so at most one runtime thread ever waits so.
     pub(crate) async fn call_short<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -517,21 +533,28 @@ impl Store {
         self.call(f).await
     }
 
-    /// Runs `f` here if nothing holds the connection; gives it back otherwise. (A lock that a
-    /// panic poisoned is left to the queue, which takes it over.)
+    /// Runs `f` here if no call holds the connection or waits for it; gives it back
+    /// otherwise.
     fn try_in_place<T, F>(&self, f: F) -> Result<Result<T, StoreError>, F>
     where
         F: FnOnce(&mut Connection) -> Result<T, StoreError>,
     {
-        let Ok(mut conn) = self.conn.conn.try_lock() else {
+        if self.conn.queued.load(std::sync::atomic::Ordering::Acquire) > 0 {
             return Err(f);
+        }
+        let mut conn = match self.conn.conn.try_lock() {
+            Ok(conn) => conn,
+            // Calls catch their panics, so nothing should poison it; taken over like `call`.
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(f),
         };
         (self.conn.calls).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut conn)));
         Ok(ran.unwrap_or_else(|panic| Err(panicked(panic))))
     }
 
-    /// How many asynchronous calls ([`Store::call`]) this store has run so far.
+    /// How many asynchronous calls ([`Store::call`], [`Store::call_short`]) this store has
+    /// run so far.
     #[cfg(test)]
     pub(crate) fn calls(&self) -> u64 {
         self.conn.calls.load(std::sync::atomic::Ordering::Relaxed)
@@ -721,8 +744,9 @@ mod tests {
     }
 
     /// A short call runs in place when the connection is free, and waits its turn behind a
-    /// running call when not (never alongside it); a panic in place is that call's error and
-    /// leaves the connection usable by both kinds of call.
+    /// running call, or a queued one, when not (never alongside it, never ahead of it); a
+    /// panic in place is that call's error and leaves the connection usable by both kinds of
+    /// call.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_short_call_runs_in_place_when_free_and_queues_when_busy() {
         let dir = tempfile::tempdir().unwrap();
@@ -737,16 +761,17 @@ mod tests {
         let here = store.call_short(move |_| Ok(thread())).await.unwrap();
         assert_ne!(here, "store");
 
-        // Busy: a long queued call holds the connection; the short one must run after it,
-        // on the connection's thread, and see what it wrote.
+        // Busy: a queued call holds the connection until released; the short call must
+        // queue behind it (run on the connection's thread, after it, seeing its write).
         let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let long = {
             let store = store.clone();
             tokio::spawn(async move {
                 store
                     .call(move |c| {
                         started_tx.send(()).unwrap();
-                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        release_rx.recv().unwrap();
                         c.execute(
                             "INSERT INTO health (key, value, updated_at) VALUES ('long', '1', 'x')",
                             [],
@@ -757,19 +782,44 @@ mod tests {
             })
         };
         started_rx.recv().unwrap();
-        let (ran_on, seen): (String, i64) = store
-            .call_short(move |c| {
-                let seen =
-                    c.query_row("SELECT COUNT(*) FROM health WHERE key = 'long'", [], |r| {
-                        r.get(0)
-                    })?;
-                Ok((thread(), seen))
+        let before = store.calls();
+        let short = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .call_short(move |c| {
+                        let seen: i64 = c.query_row(
+                            "SELECT COUNT(*) FROM health WHERE key = 'long'",
+                            [],
+                            |r| r.get(0),
+                        )?;
+                        Ok((thread(), seen))
+                    })
+                    .await
             })
-            .await
-            .unwrap();
+        };
+        // Counted once it is queued (it cannot run in place while the connection is held).
+        while store.calls() == before {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        release_tx.send(()).unwrap();
         long.await.unwrap().unwrap();
+        let (ran_on, seen) = short.await.unwrap().unwrap();
         assert_eq!(ran_on, "store", "queued behind the running call");
         assert_eq!(seen, 1, "after the running call, not alongside it");
+
+        // A call waiting in the queue: the short call goes behind it, even with the
+        // connection free at this instant.
+        store
+            .conn
+            .queued
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let behind = store.call_short(move |_| Ok(thread())).await.unwrap();
+        store
+            .conn
+            .queued
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        assert_eq!(behind, "store", "never ahead of a queued call");
 
         let err = store
             .call_short(|_| -> Result<(), StoreError> { panic!("short boom") })
@@ -777,11 +827,15 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("short boom"), "{err}");
         for _ in 0..2 {
-            let n: i64 = store
-                .call_short(|c| Ok(c.query_row("SELECT COUNT(*) FROM health", [], |r| r.get(0))?))
+            let (n, ran_on): (i64, String) = store
+                .call_short(move |c| {
+                    let n = c.query_row("SELECT COUNT(*) FROM health", [], |r| r.get(0))?;
+                    Ok((n, thread()))
+                })
                 .await
                 .unwrap();
             assert_eq!(n, 1);
+            assert_ne!(ran_on, "store", "in place again after the panic");
         }
         let n: i64 = store
             .call(|c| Ok(c.query_row("SELECT COUNT(*) FROM health", [], |r| r.get(0))?))
