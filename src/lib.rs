@@ -60,7 +60,8 @@
 //!   `decline engi-…`, the page, the rules) go through the one executor (`sync::push::aws_accept`,
 //!   `aws_decline`); the pull (`sync::aws_pull`) stores invitations as `referrals` rows with
 //!   `source = 'aws'`, so alerts, `status` and the rules read them. `pub` so tests reach it.
-//! - [`store`]: SQLite (WAL, migrations, schema version), one thread per connection.
+//! - [`store`]: SQLite (WAL, migrations, schema version), one thread per connection; an
+//!   action's short steps run in place when that thread is idle (`Store::call_short`).
 //! - [`lanes`]: the deadline lane (pull → expiry alerts → plan → push → alerts) and the
 //!   refresh lane (Google re-reads on a per-record schedule), joining `sync` and `alerts`.
 //! - [`sync`]: the primitives: Microsoft pull (and the one "refresh this referral"), Google

@@ -450,20 +450,16 @@ pub(crate) fn forward_blocked(conn: &Connection) -> Result<Vec<(String, String)>
 #[cfg(test)]
 mod tests {
     use super::{snapshot_sql, SNAPSHOT_BATCH};
-    use crate::store::Store;
 
     /// The full plan reads its batches in id order from the id index: a batch never reads or
     /// sorts the referrals outside it (with the source as an index term it did, for every
     /// batch: a no-change re-sync of 10,000 referrals read 200,000 snapshots).
     #[test]
     fn a_plan_batch_walks_the_id_index_and_never_sorts() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
-        for condition in [SNAPSHOT_BATCH, "r.id = ?1"] {
-            let sql = snapshot_sql(condition);
-            let plan = store
-                .call_blocking(|c| Ok(crate::store::query_plan(c, &sql)?))
-                .unwrap();
+        let conditions = [SNAPSHOT_BATCH, "r.id = ?1"];
+        let sqls = conditions.map(snapshot_sql);
+        let plans = crate::store::query_plans_on_a_new_store(&sqls.each_ref().map(|s| s.as_str()));
+        for (condition, plan) in conditions.iter().zip(plans) {
             let first = plan.lines().next().unwrap_or_default();
             assert!(
                 first.contains("SEARCH r USING INDEX sqlite_autoindex_referrals_1 (id"),

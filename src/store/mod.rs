@@ -585,6 +585,17 @@ pub(crate) fn query_plan(conn: &Connection, sql: &str) -> rusqlite::Result<Strin
     Ok(explained(conn, &format!("EXPLAIN QUERY PLAN {sql}"), 3)?.join("\n"))
 }
 
+/// The query plan of each statement on a new, empty database with every migration applied
+/// (tests that hold a query to the index it must use).
+#[cfg(test)]
+pub(crate) fn query_plans_on_a_new_store(sqls: &[&str]) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("plans.db")).unwrap();
+    sqls.iter()
+        .map(|sql| store.call_blocking(|c| Ok(query_plan(c, sql)?)).unwrap())
+        .collect()
+}
+
 /// The opcodes SQLite compiles `sql` to, its parameters unbound (tests of what a statement does).
 #[cfg(test)]
 pub(crate) fn opcodes(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<String>> {

@@ -132,7 +132,6 @@ pub(crate) fn recent_cycles(conn: &Connection, limit: usize) -> Result<Vec<Cycle
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
 
     /// The `STATUS=` counts run at the start of every tick, on the one store thread the tick
     /// needs: they must read only the rows they count. Counting done writes through
@@ -140,19 +139,15 @@ mod tests {
     /// tracked leads, measured in the webhook bench), ahead of the tick's own calls.
     #[test]
     fn the_status_counts_read_only_recent_and_open_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
-        let plan = |sql: &str| {
-            store
-                .call_blocking(|c| Ok(crate::store::query_plan(c, sql)?))
-                .unwrap()
-        };
-        let done = plan(WRITES_DONE_SINCE);
+        let [done, open] = <[String; 2]>::try_from(crate::store::query_plans_on_a_new_store(&[
+            WRITES_DONE_SINCE,
+            WRITES_OPEN,
+        ]))
+        .unwrap();
         assert!(
             done.contains("USING INDEX outbox_finished (updated_at>?)"),
             "{done}"
         );
-        let open = plan(WRITES_OPEN);
         assert_eq!(
             open.matches("USING COVERING INDEX outbox_due (state=?)")
                 .count(),
